@@ -1,1 +1,466 @@
-//! config (in progress)
+//! The YAML config schema, its defaults, and `validate` into a checked [`Config`] that the
+//! rest of popsift trusts without re-checking.
+//!
+//! ```yaml
+//! listeners:
+//!   - listen: 127.0.0.1:1110
+//!     upstream: pop.example.com:995
+//!     upstream_tls: implicit        # implicit | starttls | none (default: implicit on 995)
+//!     upstream_ca: /etc/popsift/extra-ca.pem
+//! rules: rules/
+//! spam_action: tag                  # allow | tag | hide | delete | quarantine
+//! dry_run: false
+//! metrics: 127.0.0.1:9110           # or "off"
+//! state_dir: /var/lib/popsift
+//! max_sessions: 256
+//! timeouts: { connect: 15s, tls_handshake: 15s, greeting: 30s, upstream_reply: 60s, client_idle: 10m }
+//! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 64 }
+//! ```
+//! Command-line flags override the first listener (or define it when the file has none).
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{ServeArgs, UpstreamTls};
+use crate::rules::Action;
+
+/// Default address clients connect to.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:1110";
+/// Default metrics endpoint.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9110";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}: {message}")]
+    ParseNoLocation { path: PathBuf, message: String },
+    #[error("no upstream: give --upstream HOST:PORT or a `listeners:` entry in the config file")]
+    NoUpstream,
+    #[error("listener {index}: upstream {upstream:?}: {reason}")]
+    BadUpstream { index: usize, upstream: String, reason: String },
+    #[error("{field}: {reason}")]
+    BadValue { field: String, reason: String },
+}
+
+/// The file as written by the user.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub listeners: Vec<ListenerFile>,
+    pub rules: Option<PathBuf>,
+    pub spam_action: Option<Action>,
+    pub dry_run: Option<bool>,
+    pub metrics: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub max_sessions: Option<usize>,
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    #[serde(default)]
+    pub scan: ScanFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+    pub upstream_tls: Option<UpstreamTls>,
+    pub upstream_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    pub connect: Option<String>,
+    pub tls_handshake: Option<String>,
+    pub greeting: Option<String>,
+    pub upstream_reply: Option<String>,
+    pub client_idle: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanFile {
+    pub header_limit: Option<String>,
+    pub without_top: Option<WithoutTop>,
+    pub pipelining: Option<bool>,
+    pub window: Option<usize>,
+}
+
+/// What to do when the upstream cannot serve `TOP` (it is optional in RFC 1939 §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WithoutTop {
+    /// Show the mailbox unfiltered and log a warning.
+    Pass,
+    /// Refuse the login with `-ERR [SYS/PERM]`: the user prefers no mail to unfiltered mail.
+    Refuse,
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub rules: PathBuf,
+    pub spam_action: Action,
+    pub dry_run: bool,
+    pub metrics: Option<SocketAddr>,
+    pub state_dir: PathBuf,
+    pub max_sessions: usize,
+    pub timeouts: Timeouts,
+    pub scan: ScanSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub tls: UpstreamTls,
+    pub ca: Option<PathBuf>,
+}
+
+impl Upstream {
+    pub fn display(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Every timeout is named after its phase; errors carry the name.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub tls_handshake: Duration,
+    pub greeting: Duration,
+    pub upstream_reply: Duration,
+    /// RFC 1939 §3: an autologout timer must be at least 10 minutes.
+    pub client_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(15),
+            tls_handshake: Duration::from_secs(15),
+            greeting: Duration::from_secs(30),
+            upstream_reply: Duration::from_secs(120),
+            client_idle: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ScanSettings {
+    /// Cap on the header block kept per message (the rest of a `TOP n 0` reply is discarded).
+    pub header_limit: usize,
+    pub without_top: WithoutTop,
+    /// Pipeline scan commands when the upstream advertises PIPELINING (RFC 2449 §6.6).
+    pub pipelining: bool,
+    /// Most scan commands in flight at once.
+    pub window: usize,
+}
+
+impl Default for ScanSettings {
+    fn default() -> Self {
+        ScanSettings { header_limit: 256 * 1024, without_top: WithoutTop::Pass, pipelining: true, window: 64 }
+    }
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        ConfigFile::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(ConfigFile::default());
+        }
+        serde_norway::from_str(text).map_err(|e| match e.location() {
+            Some(loc) => ConfigError::Parse {
+                path: path.to_path_buf(),
+                line: loc.line(),
+                column: loc.column(),
+                message: e.to_string(),
+            },
+            None => ConfigError::ParseNoLocation { path: path.to_path_buf(), message: e.to_string() },
+        })
+    }
+}
+
+impl Config {
+    /// Merges the file (if any) with command-line flags and checks everything.
+    pub fn build(file: ConfigFile, args: &ServeArgs) -> Result<Config, ConfigError> {
+        let mut listeners_file = file.listeners;
+        if listeners_file.is_empty() {
+            listeners_file.push(ListenerFile::default());
+        }
+        // Flags override the first listener.
+        {
+            let first = &mut listeners_file[0];
+            if args.listen.is_some() {
+                first.listen = args.listen;
+            }
+            if args.upstream.is_some() {
+                first.upstream = args.upstream.clone();
+            }
+            if args.upstream_tls.is_some() {
+                first.upstream_tls = args.upstream_tls;
+            }
+            if args.upstream_ca.is_some() {
+                first.upstream_ca = args.upstream_ca.clone();
+            }
+        }
+        let mut listeners = Vec::new();
+        for (index, l) in listeners_file.into_iter().enumerate() {
+            let upstream = l.upstream.ok_or(ConfigError::NoUpstream)?;
+            let (host, port) = split_host_port(&upstream).map_err(|reason| ConfigError::BadUpstream {
+                index,
+                upstream: upstream.clone(),
+                reason,
+            })?;
+            let tls = l.upstream_tls.unwrap_or(if port == 995 { UpstreamTls::Implicit } else { UpstreamTls::Starttls });
+            let listen = match l.listen {
+                Some(a) => a,
+                None if index == 0 => DEFAULT_LISTEN.parse().expect("constant address"),
+                None => {
+                    return Err(ConfigError::BadValue {
+                        field: format!("listeners[{index}].listen"),
+                        reason: "required for every listener but the first".into(),
+                    })
+                }
+            };
+            listeners.push(Listener { listen, upstream: Upstream { host, port, tls, ca: l.upstream_ca } });
+        }
+        for (i, a) in listeners.iter().enumerate() {
+            if listeners[..i].iter().any(|b| b.listen == a.listen) {
+                return Err(ConfigError::BadValue {
+                    field: format!("listeners[{i}].listen"),
+                    reason: format!("{} is used by another listener", a.listen),
+                });
+            }
+        }
+        let metrics_text = args.metrics.clone().or(file.metrics).unwrap_or_else(|| DEFAULT_METRICS.to_string());
+        let metrics = if metrics_text.eq_ignore_ascii_case("off") {
+            None
+        } else {
+            Some(metrics_text.parse().map_err(|_| ConfigError::BadValue {
+                field: "metrics".into(),
+                reason: format!("{metrics_text:?} is not an ADDR:PORT or \"off\""),
+            })?)
+        };
+        let t = file.timeouts;
+        let d = Timeouts::default();
+        let timeouts = Timeouts {
+            connect: duration_field("timeouts.connect", t.connect, d.connect)?,
+            tls_handshake: duration_field("timeouts.tls_handshake", t.tls_handshake, d.tls_handshake)?,
+            greeting: duration_field("timeouts.greeting", t.greeting, d.greeting)?,
+            upstream_reply: duration_field("timeouts.upstream_reply", t.upstream_reply, d.upstream_reply)?,
+            client_idle: duration_field("timeouts.client_idle", t.client_idle, d.client_idle)?,
+        };
+        let s = file.scan;
+        let ds = ScanSettings::default();
+        let header_limit = match s.header_limit {
+            Some(text) => parse_size(&text)
+                .map_err(|reason| ConfigError::BadValue { field: "scan.header_limit".into(), reason })?,
+            None => ds.header_limit as u64,
+        };
+        if !(1024..=64 * 1024 * 1024).contains(&header_limit) {
+            return Err(ConfigError::BadValue {
+                field: "scan.header_limit".into(),
+                reason: "must be between 1KiB and 64MiB".into(),
+            });
+        }
+        let window = s.window.unwrap_or(ds.window);
+        if window == 0 || window > 4096 {
+            return Err(ConfigError::BadValue {
+                field: "scan.window".into(),
+                reason: "must be between 1 and 4096".into(),
+            });
+        }
+        let scan = ScanSettings {
+            header_limit: header_limit as usize,
+            without_top: s.without_top.unwrap_or(ds.without_top),
+            pipelining: s.pipelining.unwrap_or(ds.pipelining),
+            window,
+        };
+        let max_sessions = file.max_sessions.unwrap_or(256);
+        if max_sessions == 0 {
+            return Err(ConfigError::BadValue { field: "max_sessions".into(), reason: "must be at least 1".into() });
+        }
+        Ok(Config {
+            listeners,
+            rules: args.rules.clone().or(file.rules).unwrap_or_else(|| PathBuf::from("rules")),
+            spam_action: file.spam_action.unwrap_or(Action::Tag),
+            dry_run: args.dry_run || file.dry_run.unwrap_or(false),
+            metrics,
+            state_dir: args.state_dir.clone().or(file.state_dir).unwrap_or_else(default_state_dir),
+            max_sessions,
+            timeouts,
+            scan,
+        })
+    }
+}
+
+/// `$XDG_STATE_HOME/popsift`, else `~/.local/state/popsift`, else `./popsift-state`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("popsift");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/state/popsift");
+    }
+    PathBuf::from("popsift-state")
+}
+
+/// Splits `host:port` (IPv6 as `[::1]:110`).
+pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or("expected [IPv6]:PORT")?;
+        (h, p)
+    } else {
+        s.rsplit_once(':').ok_or("expected HOST:PORT")?
+    };
+    if host.is_empty() {
+        return Err("empty host".into());
+    }
+    let port: u16 = port.parse().map_err(|_| format!("bad port {port:?}"))?;
+    if port == 0 {
+        return Err("port 0".into());
+    }
+    Ok((host.to_string(), port))
+}
+
+fn duration_field(field: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => parse_duration(&v).map_err(|reason| ConfigError::BadValue { field: field.into(), reason }),
+    }
+}
+
+/// Parses `500ms`, `30s`, `10m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 10m)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("unknown duration unit {u:?} (ms, s, m, h)")),
+    };
+    if !(0.0..=86400.0 * 7.0).contains(&secs) || secs == 0.0 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `256KiB`, `10MB`, `1024`, `2 GiB` (KB/MB/GB are decimal, KiB/MiB/GiB binary).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 256KiB)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("unknown size unit {u:?}")),
+    };
+    Ok((n * mult) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs::default()
+    }
+
+    #[test]
+    fn flags_alone() {
+        let mut a = args();
+        a.upstream = Some("pop.example.com:995".into());
+        let c = Config::build(ConfigFile::default(), &a).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::Implicit);
+        a.upstream = Some("pop.example.com:110".into());
+        let c = Config::build(ConfigFile::default(), &a).unwrap();
+        assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::Starttls);
+        assert_eq!(c.metrics.unwrap().to_string(), DEFAULT_METRICS);
+        assert_eq!(c.timeouts.client_idle, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn no_upstream_is_an_error() {
+        assert!(matches!(Config::build(ConfigFile::default(), &args()), Err(ConfigError::NoUpstream)));
+    }
+
+    #[test]
+    fn file_with_several_listeners_and_flag_override() {
+        let text = "listeners:\n  - upstream: a.example:110\n    upstream_tls: none\n  - listen: 127.0.0.1:1111\n    upstream: b.example:995\nmetrics: 'off'\ntimeouts:\n  client_idle: 15m\nscan:\n  header_limit: 64KiB\n";
+        let f = ConfigFile::parse(text, Path::new("p.yaml")).unwrap();
+        let mut a = args();
+        a.listen = Some("127.0.0.1:2110".parse().unwrap());
+        let c = Config::build(f, &a).unwrap();
+        assert_eq!(c.listeners[0].listen.to_string(), "127.0.0.1:2110");
+        assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::None);
+        assert_eq!(c.listeners[1].upstream.tls, UpstreamTls::Implicit);
+        assert!(c.metrics.is_none());
+        assert_eq!(c.timeouts.client_idle, Duration::from_secs(900));
+        assert_eq!(c.scan.header_limit, 65536);
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_column() {
+        let err = ConfigFile::parse("rules: x\nlistenrs: []\n", Path::new("p.yaml")).unwrap_err();
+        match err {
+            ConfigError::Parse { line, column, message, .. } => {
+                assert_eq!(line, 2);
+                assert_eq!(column, 1);
+                assert!(message.contains("listenrs"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("42").unwrap(), Duration::from_secs(42));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("0").is_err());
+        assert_eq!(parse_size("256KiB").unwrap(), 262144);
+        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("[::1]:110").unwrap(), ("::1".into(), 110));
+        assert_eq!(split_host_port("h:995").unwrap(), ("h".into(), 995));
+        assert!(split_host_port("h").is_err());
+        assert!(split_host_port(":1").is_err());
+    }
+}

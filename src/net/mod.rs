@@ -1,1 +1,21 @@
-//! net (in progress)
+//! I/O at the edge: sockets, TLS, timeouts. Decisions live in [`crate::session`]; this module
+//! only performs them.
+//!
+//! - [`conn`]: a buffered connection that yields lines and multi-line bodies with named
+//!   timeouts and size caps.
+//! - [`tls`]: the rustls client configuration (platform + webpki roots + `--upstream-ca`).
+//! - [`upstream`]: connecting to the real server: TCP, implicit TLS or STLS, greeting, CAPA.
+//! - [`scan`]: the login scan (LIST, UIDL, windowed `TOP n 0`).
+//! - [`driver`]: one client session from accept to close.
+//! - [`listener`]: accept loops, the session cap, graceful shutdown.
+
+pub mod conn;
+pub mod driver;
+pub mod error;
+pub mod listener;
+pub mod scan;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+
+pub use error::{Phase, SessionError};

@@ -96,4 +96,8 @@ impl RulesHandle {
     pub fn current(&self) -> Arc<RuleSet> {
         self.current.load_full()
     }
+    pub fn load(path: &Path, opts: EngineOptions) -> Result<Arc<RulesHandle>, RuleErrors> {
+        Ok(RulesHandle::new(RuleSet::load(path, &opts)?))
+    }
+    pub fn spawn_reloader(self: &Arc<Self>) {}
 }

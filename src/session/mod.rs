@@ -1,1 +1,17 @@
-//! session (in progress)
+//! The per-client session, as decisions over values: no sockets, no clock.
+//!
+//! - [`view`]: the filtered mailbox the client sees (virtual ↔ upstream numbers, sizes,
+//!   deletion marks, what UPDATE must delete).
+//! - [`capa`]: how the upstream's capability list is rewritten for the client.
+//! - [`plan`]: what to do with each client command in AUTHORIZATION and TRANSACTION:
+//!   answer locally, relay upstream, or end the session.
+//! - [`scan`]: turning LIST/UIDL/TOP results and rule verdicts into a view.
+//!
+//! `net::driver` executes these decisions; everything here is unit-tested without I/O.
+
+pub mod capa;
+pub mod plan;
+pub mod scan;
+pub mod view;
+
+pub use view::{Disposition, Entry, MailboxView, ViewError};

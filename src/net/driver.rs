@@ -1,0 +1,565 @@
+//! One client session from accept to close: connect upstream, pass AUTHORIZATION through,
+//! scan at login, then serve the filtered view in TRANSACTION and perform UPDATE at QUIT.
+//!
+//! Pipelined client commands (RFC 2449 §6.6) are planned as soon as they are buffered and
+//! answered strictly in order. Commands that need the upstream are sent ahead when the
+//! upstream itself pipelines; otherwise one at a time. Replies to the client are batched and
+//! flushed when no further command is waiting, so a pipelining client gets full-size writes
+//! and a one-command-at-a-time client gets each reply immediately.
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::{Config, Listener, WithoutTop};
+use crate::metrics::{self as m, Direction, SessionResult};
+use crate::net::conn::{Conn, Side};
+use crate::net::error::{Phase, SessionError};
+use crate::net::scan::scan;
+use crate::net::upstream::{self, Upstream};
+use crate::pop3::capa::{self as capa_codec};
+use crate::pop3::command::{self, MAX_COMMAND_LINE};
+use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
+use crate::pop3::BodyScanner;
+use crate::rules::RulesHandle;
+use crate::session::capa::{self, Known};
+use crate::session::plan::{self, err, AuthPlan, TxPlan};
+use crate::session::scan::build_view;
+use crate::session::view::{Disposition, MailboxView};
+
+/// Client output is flushed when this much is pending, even mid-response.
+const FLUSH_AT: usize = 64 * 1024;
+/// Most planned-but-unanswered client commands; beyond this popsift stops reading ahead.
+const MAX_QUEUE: usize = 256;
+
+/// Everything a session needs that outlives it.
+pub struct SessionContext {
+    pub listener: Listener,
+    pub config: Arc<Config>,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub rules: Arc<RulesHandle>,
+}
+
+/// What the session did, for the summary log line.
+#[derive(Debug, Default)]
+struct Stats {
+    user: Option<String>,
+    messages: usize,
+    hidden: usize,
+    condemned: usize,
+    tagged: usize,
+    retrieved: usize,
+    deleted_upstream: usize,
+    auth_failed: bool,
+    logged_in: bool,
+}
+
+/// Runs one session to its end; never panics on peer input and never returns an error:
+/// everything is logged and counted here.
+pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
+    let span = info_span!("session", %peer, upstream = %ctx.listener.upstream.display(), user = tracing::field::Empty);
+    async move {
+        let started = Instant::now();
+        m::session_started();
+        let _ = client.set_nodelay(true);
+        let mut s = Session {
+            client: Conn::new(client, Side::Client),
+            up: None,
+            out: Vec::new(),
+            mid_response: false,
+            stats: Stats::default(),
+            ctx: &ctx,
+        };
+        let result = s.drive().await;
+        let outcome = match &result {
+            Ok(()) => SessionResult::Ok,
+            Err(e) if e.upstream_kind().is_some() => {
+                if let Some(kind) = e.upstream_kind() {
+                    m::upstream_error(kind);
+                }
+                s.tell_client_upstream_failed(e).await;
+                SessionResult::UpstreamError
+            }
+            Err(_) if s.stats.auth_failed && !s.stats.logged_in => SessionResult::AuthFailed,
+            Err(_) => SessionResult::ClientAborted,
+        };
+        let outcome = if outcome == SessionResult::Ok && !s.stats.logged_in && s.stats.auth_failed {
+            SessionResult::AuthFailed
+        } else {
+            outcome
+        };
+        s.client.shutdown().await;
+        let (bytes_up, bytes_client) = (s.up.as_ref().map_or(0, |u| u.conn.bytes_in), s.client.bytes_out);
+        m::bytes(Direction::FromUpstream, bytes_up);
+        m::bytes(Direction::ToClient, bytes_client);
+        m::session_finished(outcome);
+        let st = &s.stats;
+        let error = result.as_ref().err().map(|e| e.to_string());
+        info!(
+            result = ?outcome,
+            error = error.as_deref().unwrap_or(""),
+            messages = st.messages,
+            hidden = st.hidden,
+            condemned = st.condemned,
+            tagged = st.tagged,
+            retrieved = st.retrieved,
+            deleted_upstream = st.deleted_upstream,
+            bytes_from_upstream = bytes_up,
+            bytes_to_client = bytes_client,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "session finished"
+        );
+    }
+    .instrument(span)
+    .await
+}
+
+/// A queued client command waiting for its turn to be answered.
+enum Pending {
+    Local(Vec<u8>),
+    /// A single-line relayed command (NOOP).
+    Relay {
+        command: Vec<u8>,
+        sent: bool,
+    },
+    Fetch {
+        command: Vec<u8>,
+        sent: bool,
+    },
+    Capa {
+        sent: bool,
+    },
+    Quit {
+        deletions: Vec<u32>,
+    },
+}
+
+struct Session<'a> {
+    ctx: &'a SessionContext,
+    client: Conn<TcpStream>,
+    up: Option<Upstream>,
+    /// Client output not yet written.
+    out: Vec<u8>,
+    /// A multi-line reply has been started towards the client: an `-ERR` now would corrupt it.
+    mid_response: bool,
+    stats: Stats,
+}
+
+impl Session<'_> {
+    fn up(&mut self) -> &mut Upstream {
+        self.up.as_mut().expect("upstream connected before use")
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        if !self.out.is_empty() {
+            let t = self.ctx.config.timeouts.client_idle;
+            self.client.write_all(&self.out, t, Phase::Relay).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn reply(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        self.out.extend_from_slice(bytes);
+        self.flush().await
+    }
+
+    async fn tell_client_upstream_failed(&mut self, e: &SessionError) {
+        if self.mid_response {
+            // The client sees a reply without its terminator and knows it is broken.
+            return;
+        }
+        self.out.clear();
+        let text = format!("-ERR [SYS/TEMP] upstream server failed ({e}); try again later\r\n");
+        let _ = self.client.write_all(text.as_bytes(), self.ctx.config.timeouts.client_idle, Phase::Relay).await;
+    }
+
+    async fn up_write(&mut self, bytes: &[u8], phase: Phase) -> Result<(), SessionError> {
+        let t = self.ctx.config.timeouts.upstream_reply;
+        self.up().conn.write_all(bytes, t, phase).await
+    }
+
+    async fn up_line(&mut self, phase: Phase) -> Result<Vec<u8>, SessionError> {
+        let t = self.ctx.config.timeouts.upstream_reply;
+        let line = self.up().conn.read_line(MAX_STATUS_LINE, t, phase).await?;
+        if Status::parse(&line).is_none() {
+            return Err(SessionError::UpstreamProtocol {
+                phase,
+                detail: format!("not a status line: {:?}", String::from_utf8_lossy(&line[..line.len().min(80)])),
+            });
+        }
+        Ok(line.to_vec())
+    }
+
+    async fn client_line(&mut self) -> Result<Vec<u8>, SessionError> {
+        let t = self.ctx.config.timeouts.client_idle;
+        Ok(self.client.read_line(MAX_COMMAND_LINE, t, Phase::ClientIdle).await?.to_vec())
+    }
+
+    async fn drive(&mut self) -> Result<(), SessionError> {
+        let t = self.ctx.config.timeouts;
+        let up = upstream::connect(&self.ctx.listener.upstream, &self.ctx.tls, &t).await?;
+        let mut greeting = up.greeting.clone();
+        greeting.extend_from_slice(b"\r\n");
+        self.up = Some(up);
+        self.reply(&greeting).await?;
+        let Some((login_reply, view)) = self.authorization().await? else {
+            return Ok(());
+        };
+        self.reply(&login_reply).await?;
+        self.transaction(view).await
+    }
+
+    /// AUTHORIZATION (RFC 1939 §4) passed through. Returns the upstream's `+OK` for the
+    /// login (not yet sent) and the scanned view, or `None` when the client quit.
+    async fn authorization(&mut self) -> Result<Option<(Vec<u8>, MailboxView)>, SessionError> {
+        loop {
+            let line = self.client_line().await?;
+            let cmd = match command::parse(&line) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.reply(&err(e)).await?;
+                    continue;
+                }
+            };
+            debug!(command = cmd.keyword(), "client command");
+            if let command::Command::User(name) | command::Command::Apop { name, .. } = &cmd {
+                tracing::Span::current().record("user", name.as_str());
+                self.stats.user = Some(name.clone());
+            }
+            match plan::authorization(&cmd, &line) {
+                AuthPlan::Reply(b) => self.reply(&b).await?,
+                AuthPlan::Relay(l) => {
+                    self.up_write(&l, Phase::Login).await?;
+                    let mut r = self.up_line(Phase::Login).await?;
+                    r.extend_from_slice(b"\r\n");
+                    self.reply(&r).await?;
+                }
+                AuthPlan::RelayMultiline(l) => {
+                    self.up_write(&l, Phase::Login).await?;
+                    let r = self.up_line(Phase::Login).await?;
+                    let ok = Status::parse(&r).is_some_and(|s| s.is_ok());
+                    self.out.extend_from_slice(&r);
+                    self.out.extend_from_slice(b"\r\n");
+                    if ok {
+                        self.relay_body(Phase::Login).await?;
+                    }
+                    self.flush().await?;
+                }
+                AuthPlan::Login(l) => {
+                    self.up_write(&l, Phase::Login).await?;
+                    let r = self.up_line(Phase::Login).await?;
+                    if let Some(done) = self.after_login_reply(r).await? {
+                        return Ok(Some(done));
+                    }
+                }
+                AuthPlan::Sasl(l) => {
+                    self.up_write(&l, Phase::Login).await?;
+                    loop {
+                        let r = self.up_line(Phase::Login).await?;
+                        if Status::parse(&r).is_some_and(|s| s.kind == StatusKind::Continue) {
+                            // RFC 5034 §4: relay the challenge, then the client's response
+                            // line (opaque: never parsed, never logged).
+                            let mut c = r;
+                            c.extend_from_slice(b"\r\n");
+                            self.reply(&c).await?;
+                            let mut resp = self.client_line().await?;
+                            resp.extend_from_slice(b"\r\n");
+                            self.up_write(&resp, Phase::Login).await?;
+                            continue;
+                        }
+                        if let Some(done) = self.after_login_reply(r).await? {
+                            return Ok(Some(done));
+                        }
+                        break;
+                    }
+                }
+                AuthPlan::Capa => {
+                    let caps = self.up.as_ref().and_then(|u| u.caps.clone());
+                    let list = capa::rewrite(caps.as_deref(), Known { top: false, uidl: false, logged_in: false });
+                    self.reply(&capa_codec::encode(&list)).await?;
+                }
+                AuthPlan::Quit => {
+                    self.up_write(b"QUIT\r\n", Phase::Update).await?;
+                    let mut r = self.up_line(Phase::Update).await.unwrap_or_else(|_| b"+OK bye".to_vec());
+                    r.extend_from_slice(b"\r\n");
+                    self.reply(&r).await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Handles the upstream's reply to PASS / APOP / AUTH: on `+OK` scans the mailbox.
+    async fn after_login_reply(&mut self, mut r: Vec<u8>) -> Result<Option<(Vec<u8>, MailboxView)>, SessionError> {
+        let ok = Status::parse(&r).is_some_and(|s| s.is_ok());
+        r.extend_from_slice(b"\r\n");
+        if !ok {
+            self.stats.auth_failed = true;
+            self.reply(&r).await?;
+            return Ok(None);
+        }
+        self.stats.logged_in = true;
+        match self.scan_mailbox().await? {
+            Some(view) => Ok(Some((r, view))),
+            None => Ok(None),
+        }
+    }
+
+    /// The login scan: LIST, UIDL, TOP n 0, rule verdicts. `None` when the login was refused
+    /// because the server cannot TOP and the config says to refuse.
+    async fn scan_mailbox(&mut self) -> Result<Option<MailboxView>, SessionError> {
+        let cfg = self.ctx.config.clone();
+        let started = Instant::now();
+        let pipelining = cfg.scan.pipelining && capa::has(self.up().caps.as_deref(), "PIPELINING");
+        let outcome = scan(&mut self.up().conn, pipelining, &cfg.scan, &cfg.timeouts).await?;
+        if !outcome.top_supported && !outcome.items.is_empty() {
+            if cfg.scan.without_top == WithoutTop::Refuse {
+                warn!("upstream does not support TOP; refusing the login as configured (scan.without_top: refuse)");
+                self.up_write(b"QUIT\r\n", Phase::Update).await?;
+                let _ = self.up_line(Phase::Update).await;
+                self.reply(b"-ERR [SYS/PERM] the mail server cannot TOP, and popsift is configured not to pass unfiltered mail\r\n")
+                    .await?;
+                return Ok(None);
+            }
+            warn_once_no_top(&self.ctx.listener.upstream.display());
+        }
+        if outcome.top_failures > 0 {
+            warn!(failures = outcome.top_failures, "TOP failed for some messages; they are shown unfiltered");
+        }
+        let rules = self.ctx.rules.current();
+        let eval_started = Instant::now();
+        let n = outcome.items.len();
+        let view = build_view(outcome.items, &rules, cfg.dry_run);
+        let eval = eval_started.elapsed().as_secs_f64();
+        for e in view.entries() {
+            let Some(v) = &e.verdict else { continue };
+            m::message_scanned();
+            m::rule_eval_duration(eval / n.max(1) as f64);
+            let action = v.action.map_or("none", |a| a.as_str());
+            m::message_verdict(if v.spam { "spam" } else { "ham" }, action);
+            for r in &v.rules {
+                m::rule_matched(r);
+            }
+            if v.action.is_some() || v.spam {
+                let rules: Vec<&str> = v.rules.iter().map(|r| &**r).collect();
+                info!(
+                    uidl = e.uidl.as_deref().unwrap_or("-"),
+                    msg = e.upstream,
+                    action,
+                    applied = ?e.disposition,
+                    dry_run = cfg.dry_run,
+                    score = v.score,
+                    rules = rules.join(",").as_str(),
+                    "verdict"
+                );
+            }
+        }
+        m::scan_duration(started.elapsed().as_secs_f64());
+        let (_, hidden, condemned) = view.counts();
+        self.stats.messages = n;
+        self.stats.hidden = hidden;
+        self.stats.condemned = condemned;
+        self.stats.tagged = view
+            .entries()
+            .iter()
+            .filter(|e| e.disposition == Disposition::Visible && e.verdict.as_ref().is_some_and(|v| v.spam))
+            .count();
+        debug!(messages = n, hidden, condemned, elapsed_ms = started.elapsed().as_millis() as u64, "scan done");
+        Ok(Some(view))
+    }
+
+    /// Copies one multi-line body from upstream to the client, verbatim (dot-stuffing kept).
+    async fn relay_body(&mut self, phase: Phase) -> Result<(), SessionError> {
+        let t = self.ctx.config.timeouts;
+        let up = &mut self.up.as_mut().expect("upstream connected").conn;
+        let mut scanner = BodyScanner::new();
+        self.mid_response = true;
+        loop {
+            let buf = up.buffered();
+            if !buf.is_empty() {
+                let done = scanner.feed(buf);
+                let n = done.unwrap_or(buf.len());
+                self.out.extend_from_slice(&buf[..n]);
+                up.consume(n);
+                if done.is_some() {
+                    self.mid_response = false;
+                    return Ok(());
+                }
+                if self.out.len() >= FLUSH_AT {
+                    self.client.write_all(&self.out, t.client_idle, Phase::Relay).await?;
+                    self.out.clear();
+                }
+            }
+            up.fill(t.upstream_reply, phase).await?;
+        }
+    }
+
+    /// TRANSACTION (RFC 1939 §5) on the filtered view, then UPDATE at QUIT.
+    async fn transaction(&mut self, mut view: MailboxView) -> Result<(), SessionError> {
+        let caps = self.up().caps.clone();
+        let up_pipelining = capa::has(caps.as_deref(), "PIPELINING");
+        let known = Known {
+            top: view.entries().iter().any(|e| e.verdict.is_some()),
+            uidl: view.entries().iter().all(|e| e.uidl.is_some()),
+            logged_in: true,
+        };
+        let mut queue: VecDeque<Pending> = VecDeque::new();
+        let mut outstanding = 0usize;
+        let mut quit_planned = false;
+        let mut ahead = Vec::new();
+        loop {
+            // Plan every command already buffered.
+            while !quit_planned && queue.len() < MAX_QUEUE {
+                let Some(line) = self.client.take_line(MAX_COMMAND_LINE)? else { break };
+                let planned = match command::parse(&line) {
+                    Ok(cmd) => {
+                        debug!(command = cmd.keyword(), "client command");
+                        plan::transaction(&cmd, &mut view)
+                    }
+                    Err(e) => TxPlan::Reply(err(e)),
+                };
+                let send_now = up_pipelining || outstanding == 0;
+                let pending = match planned {
+                    TxPlan::Reply(b) => Pending::Local(b),
+                    TxPlan::Relay(c) => {
+                        if send_now {
+                            ahead.extend_from_slice(&c);
+                            outstanding += 1;
+                        }
+                        Pending::Relay { command: c, sent: send_now }
+                    }
+                    TxPlan::Fetch { command, .. } => {
+                        if send_now {
+                            ahead.extend_from_slice(&command);
+                            outstanding += 1;
+                        }
+                        Pending::Fetch { command, sent: send_now }
+                    }
+                    TxPlan::Capa => {
+                        if send_now {
+                            ahead.extend_from_slice(b"CAPA\r\n");
+                            outstanding += 1;
+                        }
+                        Pending::Capa { sent: send_now }
+                    }
+                    TxPlan::Quit { deletions } => {
+                        quit_planned = true;
+                        Pending::Quit { deletions }
+                    }
+                };
+                queue.push_back(pending);
+            }
+            if !ahead.is_empty() {
+                let batch = std::mem::take(&mut ahead);
+                self.up_write(&batch, Phase::Relay).await?;
+            }
+            // Answer the oldest.
+            match queue.pop_front() {
+                Some(Pending::Local(b)) => {
+                    self.out.extend_from_slice(&b);
+                    if self.out.len() >= FLUSH_AT {
+                        self.flush().await?;
+                    }
+                }
+                Some(Pending::Relay { command, sent }) => {
+                    if !sent {
+                        self.up_write(&command, Phase::Relay).await?;
+                    } else {
+                        outstanding -= 1;
+                    }
+                    let r = self.up_line(Phase::Relay).await?;
+                    self.out.extend_from_slice(&r);
+                    self.out.extend_from_slice(b"\r\n");
+                }
+                Some(Pending::Fetch { command, sent }) => {
+                    if !sent {
+                        self.up_write(&command, Phase::Relay).await?;
+                    } else {
+                        outstanding -= 1;
+                    }
+                    let r = self.up_line(Phase::Relay).await?;
+                    let ok = Status::parse(&r).is_some_and(|s| s.is_ok());
+                    self.out.extend_from_slice(&r);
+                    self.out.extend_from_slice(b"\r\n");
+                    if ok {
+                        self.relay_body(Phase::Relay).await?;
+                        self.stats.retrieved += 1;
+                    }
+                }
+                Some(Pending::Capa { sent }) => {
+                    if !sent {
+                        self.up_write(b"CAPA\r\n", Phase::Capa).await?;
+                    } else {
+                        outstanding -= 1;
+                    }
+                    let r = self.up_line(Phase::Capa).await?;
+                    let upstream_caps = if Status::parse(&r).is_some_and(|s| s.is_ok()) {
+                        let t = self.ctx.config.timeouts.upstream_reply;
+                        let body = self.up().conn.read_multiline(64 * 1024, t, Phase::Capa).await?;
+                        Some(capa_codec::parse(&body))
+                    } else {
+                        None
+                    };
+                    let list = capa::rewrite(upstream_caps.as_deref(), known);
+                    self.out.extend_from_slice(&capa_codec::encode(&list));
+                }
+                Some(Pending::Quit { deletions }) => {
+                    self.flush().await?;
+                    let reply = self.update(&deletions, up_pipelining).await?;
+                    self.reply(&reply).await?;
+                    return Ok(());
+                }
+                None => {
+                    self.flush().await?;
+                    let t = self.ctx.config.timeouts.client_idle;
+                    self.client.fill(t, Phase::ClientIdle).await?;
+                }
+            }
+        }
+    }
+
+    /// UPDATE (RFC 1939 §6): DELE the client's deletions and the condemned messages, then
+    /// QUIT. Returns the reply for the client.
+    async fn update(&mut self, deletions: &[u32], pipelining: bool) -> Result<Vec<u8>, SessionError> {
+        let window = if pipelining { self.ctx.config.scan.window.max(1) } else { 1 };
+        let mut failed = 0usize;
+        for chunk in deletions.chunks(window) {
+            let mut cmds = Vec::with_capacity(chunk.len() * 12);
+            for n in chunk {
+                cmds.extend_from_slice(&command::Command::Dele(*n).encode());
+            }
+            self.up_write(&cmds, Phase::Update).await?;
+            for n in chunk {
+                let r = self.up_line(Phase::Update).await?;
+                if Status::parse(&r).is_some_and(|s| s.is_ok()) {
+                    self.stats.deleted_upstream += 1;
+                } else {
+                    failed += 1;
+                    warn!(msg = n, reply = %String::from_utf8_lossy(&r), "upstream refused DELE; the message stays on the server");
+                }
+            }
+        }
+        if failed > 0 {
+            warn!(failed, "some deletions were refused by the server");
+        }
+        self.up_write(b"QUIT\r\n", Phase::Update).await?;
+        let mut r = self.up_line(Phase::Update).await?;
+        r.extend_from_slice(b"\r\n");
+        Ok(r)
+    }
+}
+
+fn warn_once_no_top(upstream: &str) {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static WARNED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let set = WARNED.get_or_init(|| Mutex::new(HashSet::new()));
+    let first = set.lock().map(|mut s| s.insert(upstream.to_string())).unwrap_or(false);
+    if first {
+        warn!(upstream, "upstream does not support TOP: mail is passed through UNFILTERED (set scan.without_top: refuse to refuse such logins)");
+    }
+}

@@ -1,0 +1,351 @@
+//! Client commands (RFC 1939 §§4–7; CAPA from RFC 2449 §5; STLS from RFC 2595 §4;
+//! AUTH from RFC 5034 §4; UTF8 from RFC 6856).
+//!
+//! Keywords are case-insensitive (RFC 1939 §3). Arguments are separated by single spaces,
+//! but we accept runs of spaces, as servers do. PASS takes the rest of the line verbatim,
+//! spaces included (RFC 1939 §7: "the server may treat spaces in the argument as part of the
+//! password"). Secrets are wrapped in [`Secret`], whose `Debug` never shows them.
+use std::fmt;
+
+/// Longest command line accepted from a client, excluding CRLF. RFC 2449 §4 limits commands
+/// to 255 octets, but SASL initial responses and continuation lines (XOAUTH2, OAUTHBEARER
+/// tokens) are routinely longer, so the cap is generous and applies to those lines too.
+pub const MAX_COMMAND_LINE: usize = 16 * 1024;
+
+/// A credential or SASL payload. `Debug` and `Display` print `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Secret {
+        Secret(bytes.into())
+    }
+    /// The secret bytes, for relaying only.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// One client command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    User(String),
+    Pass(Secret),
+    Apop {
+        name: String,
+        digest: Secret,
+    },
+    /// `AUTH` alone (a non-standard mechanism listing some clients send) has no mechanism.
+    Auth {
+        mechanism: Option<String>,
+        initial: Option<Secret>,
+    },
+    Capa,
+    Stls,
+    Utf8,
+    Stat,
+    List(Option<u32>),
+    Retr(u32),
+    Dele(u32),
+    Noop,
+    Rset,
+    Quit,
+    Top {
+        msg: u32,
+        lines: u64,
+    },
+    Uidl(Option<u32>),
+    /// A keyword popsift does not know; answered with `-ERR`, never relayed.
+    Unknown(String),
+}
+
+impl Command {
+    /// The keyword, upper-case, for logs and metrics. Never includes arguments.
+    pub fn keyword(&self) -> &str {
+        match self {
+            Command::User(_) => "USER",
+            Command::Pass(_) => "PASS",
+            Command::Apop { .. } => "APOP",
+            Command::Auth { .. } => "AUTH",
+            Command::Capa => "CAPA",
+            Command::Stls => "STLS",
+            Command::Utf8 => "UTF8",
+            Command::Stat => "STAT",
+            Command::List(_) => "LIST",
+            Command::Retr(_) => "RETR",
+            Command::Dele(_) => "DELE",
+            Command::Noop => "NOOP",
+            Command::Rset => "RSET",
+            Command::Quit => "QUIT",
+            Command::Top { .. } => "TOP",
+            Command::Uidl(_) => "UIDL",
+            Command::Unknown(k) => k,
+        }
+    }
+
+    /// Encodes the command as a wire line with CRLF.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        let kw = self.keyword().as_bytes();
+        out.extend_from_slice(kw);
+        match self {
+            Command::User(name) => push_arg(&mut out, name.as_bytes()),
+            Command::Pass(s) => push_arg(&mut out, s.expose()),
+            Command::Apop { name, digest } => {
+                push_arg(&mut out, name.as_bytes());
+                push_arg(&mut out, digest.expose());
+            }
+            Command::Auth { mechanism, initial } => {
+                if let Some(m) = mechanism {
+                    push_arg(&mut out, m.as_bytes());
+                }
+                if let Some(i) = initial {
+                    push_arg(&mut out, i.expose());
+                }
+            }
+            Command::List(Some(n)) | Command::Uidl(Some(n)) | Command::Retr(n) | Command::Dele(n) => {
+                push_arg(&mut out, n.to_string().as_bytes())
+            }
+            Command::Top { msg, lines } => {
+                push_arg(&mut out, msg.to_string().as_bytes());
+                push_arg(&mut out, lines.to_string().as_bytes());
+            }
+            _ => {}
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+}
+
+fn push_arg(out: &mut Vec<u8>, arg: &[u8]) {
+    out.push(b' ');
+    out.extend_from_slice(arg);
+}
+
+/// Why a command line could not be parsed. The text is safe to send in `-ERR`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("empty command")]
+    Empty,
+    #[error("{keyword}: missing argument")]
+    MissingArgument { keyword: &'static str },
+    #[error("{keyword}: too many arguments")]
+    TooManyArguments { keyword: &'static str },
+    #[error("{keyword}: invalid message number")]
+    InvalidNumber { keyword: &'static str },
+    #[error("command is not valid text")]
+    NotText,
+}
+
+/// Parses one command line (without its CRLF).
+pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
+    let (kw, rest) = match line.iter().position(|&b| b == b' ') {
+        Some(i) => (&line[..i], &line[i + 1..]),
+        None => (line, &line[line.len()..]),
+    };
+    if kw.is_empty() {
+        return Err(CommandError::Empty);
+    }
+    let kw = std::str::from_utf8(kw).map_err(|_| CommandError::NotText)?;
+    let upper = kw.to_ascii_uppercase();
+    // PASS and AUTH payloads are opaque bytes; everything else must be text.
+    match upper.as_str() {
+        "PASS" => {
+            // RFC 1939 §7: the password is the rest of the line, spaces included.
+            if rest.is_empty() {
+                return Err(CommandError::MissingArgument { keyword: "PASS" });
+            }
+            return Ok(Command::Pass(Secret::new(rest)));
+        }
+        "AUTH" => {
+            let mut parts = rest.split(|&b| b == b' ').filter(|p| !p.is_empty());
+            let mechanism = match parts.next() {
+                Some(m) => Some(String::from_utf8(m.to_vec()).map_err(|_| CommandError::NotText)?),
+                None => None,
+            };
+            let initial = parts.next().map(Secret::new);
+            if parts.next().is_some() {
+                return Err(CommandError::TooManyArguments { keyword: "AUTH" });
+            }
+            return Ok(Command::Auth { mechanism, initial });
+        }
+        "APOP" => {
+            let mut parts = rest.split(|&b| b == b' ').filter(|p| !p.is_empty());
+            let name = parts.next().ok_or(CommandError::MissingArgument { keyword: "APOP" })?;
+            let digest = parts.next().ok_or(CommandError::MissingArgument { keyword: "APOP" })?;
+            if parts.next().is_some() {
+                return Err(CommandError::TooManyArguments { keyword: "APOP" });
+            }
+            let name = String::from_utf8(name.to_vec()).map_err(|_| CommandError::NotText)?;
+            return Ok(Command::Apop { name, digest: Secret::new(digest) });
+        }
+        _ => {}
+    }
+    let rest = std::str::from_utf8(rest).map_err(|_| CommandError::NotText)?;
+    let args: Vec<&str> = rest.split(' ').filter(|a| !a.is_empty()).collect();
+    let cmd = match upper.as_str() {
+        "USER" => {
+            // Some user names contain spaces; keep the rest of the line as the server would.
+            let name = rest.trim_matches(' ');
+            if name.is_empty() {
+                return Err(CommandError::MissingArgument { keyword: "USER" });
+            }
+            Command::User(name.to_string())
+        }
+        "CAPA" => no_args(&args, "CAPA", Command::Capa)?,
+        "STLS" => no_args(&args, "STLS", Command::Stls)?,
+        "UTF8" => no_args(&args, "UTF8", Command::Utf8)?,
+        "STAT" => no_args(&args, "STAT", Command::Stat)?,
+        "NOOP" => no_args(&args, "NOOP", Command::Noop)?,
+        "RSET" => no_args(&args, "RSET", Command::Rset)?,
+        "QUIT" => no_args(&args, "QUIT", Command::Quit)?,
+        "LIST" => Command::List(optional_number(&args, "LIST")?),
+        "UIDL" => Command::Uidl(optional_number(&args, "UIDL")?),
+        "RETR" => Command::Retr(required_number(&args, "RETR")?),
+        "DELE" => Command::Dele(required_number(&args, "DELE")?),
+        "TOP" => {
+            if args.len() < 2 {
+                return Err(CommandError::MissingArgument { keyword: "TOP" });
+            }
+            if args.len() > 2 {
+                return Err(CommandError::TooManyArguments { keyword: "TOP" });
+            }
+            let msg = number(args[0], "TOP")?;
+            // RFC 1939 §7: a non-negative number of lines. Clients ask for huge values
+            // (fetchmail: 99999999) to mean "everything"; saturate instead of failing.
+            let lines = if args[1].bytes().all(|b| b.is_ascii_digit()) && !args[1].is_empty() {
+                args[1].parse::<u64>().unwrap_or(u64::MAX)
+            } else {
+                return Err(CommandError::InvalidNumber { keyword: "TOP" });
+            };
+            Command::Top { msg, lines }
+        }
+        _ => Command::Unknown(upper),
+    };
+    Ok(cmd)
+}
+
+fn no_args(args: &[&str], keyword: &'static str, cmd: Command) -> Result<Command, CommandError> {
+    if args.is_empty() {
+        Ok(cmd)
+    } else {
+        Err(CommandError::TooManyArguments { keyword })
+    }
+}
+
+fn optional_number(args: &[&str], keyword: &'static str) -> Result<Option<u32>, CommandError> {
+    match args {
+        [] => Ok(None),
+        [n] => number(n, keyword).map(Some),
+        _ => Err(CommandError::TooManyArguments { keyword }),
+    }
+}
+
+fn required_number(args: &[&str], keyword: &'static str) -> Result<u32, CommandError> {
+    match args {
+        [] => Err(CommandError::MissingArgument { keyword }),
+        [n] => number(n, keyword),
+        _ => Err(CommandError::TooManyArguments { keyword }),
+    }
+}
+
+/// A message number: decimal digits only (no sign, no spaces), at most what fits in u32.
+/// Zero parses; the mailbox view rejects it as "no such message" (RFC 1939 numbers start at 1).
+fn number(s: &str, keyword: &'static str) -> Result<u32, CommandError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(CommandError::InvalidNumber { keyword });
+    }
+    s.parse::<u32>().map_err(|_| CommandError::InvalidNumber { keyword })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Command, CommandError> {
+        parse(s.as_bytes())
+    }
+
+    #[test]
+    fn keywords_are_case_insensitive() {
+        assert_eq!(p("stat"), Ok(Command::Stat));
+        assert_eq!(p("Quit"), Ok(Command::Quit));
+        assert_eq!(p("capa"), Ok(Command::Capa));
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(p("LIST"), Ok(Command::List(None)));
+        assert_eq!(p("LIST 3"), Ok(Command::List(Some(3))));
+        assert_eq!(p("RETR 12"), Ok(Command::Retr(12)));
+        assert_eq!(p("TOP 1 0"), Ok(Command::Top { msg: 1, lines: 0 }));
+        assert_eq!(p("TOP 1 99999999"), Ok(Command::Top { msg: 1, lines: 99_999_999 }));
+        assert_eq!(p("TOP 1 999999999999999999999999"), Ok(Command::Top { msg: 1, lines: u64::MAX }));
+        assert_eq!(p("RETR -1"), Err(CommandError::InvalidNumber { keyword: "RETR" }));
+        assert_eq!(p("RETR x"), Err(CommandError::InvalidNumber { keyword: "RETR" }));
+        assert_eq!(p("RETR 99999999999"), Err(CommandError::InvalidNumber { keyword: "RETR" }));
+        assert_eq!(p("RETR"), Err(CommandError::MissingArgument { keyword: "RETR" }));
+        assert_eq!(p("DELE 1 2"), Err(CommandError::TooManyArguments { keyword: "DELE" }));
+        assert_eq!(p("TOP 1"), Err(CommandError::MissingArgument { keyword: "TOP" }));
+        assert_eq!(p("STAT 1"), Err(CommandError::TooManyArguments { keyword: "STAT" }));
+    }
+
+    #[test]
+    fn pass_keeps_spaces_and_is_redacted() {
+        let c = p("PASS my secret pw").unwrap();
+        assert_eq!(c, Command::Pass(Secret::new(&b"my secret pw"[..])));
+        assert!(!format!("{c:?}").contains("secret"));
+        assert_eq!(c.encode(), b"PASS my secret pw\r\n");
+    }
+
+    #[test]
+    fn auth_forms() {
+        assert_eq!(p("AUTH"), Ok(Command::Auth { mechanism: None, initial: None }));
+        assert_eq!(p("AUTH PLAIN"), Ok(Command::Auth { mechanism: Some("PLAIN".into()), initial: None }));
+        let c = p("AUTH PLAIN AGFsaWNlAHNlY3JldA==").unwrap();
+        assert!(matches!(&c, Command::Auth { initial: Some(_), .. }));
+        assert!(!format!("{c:?}").contains("AGFs"));
+        assert_eq!(c.encode(), b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    }
+
+    #[test]
+    fn apop() {
+        let c = p("APOP mrose c4c9334bac560ecc979e58001b3e22fb").unwrap();
+        assert!(matches!(&c, Command::Apop { name, .. } if name == "mrose"));
+        assert_eq!(c.encode(), b"APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\n");
+        assert_eq!(p("APOP mrose"), Err(CommandError::MissingArgument { keyword: "APOP" }));
+    }
+
+    #[test]
+    fn unknown_and_empty() {
+        assert_eq!(p("XTND XMIT"), Ok(Command::Unknown("XTND".into())));
+        assert_eq!(p(""), Err(CommandError::Empty));
+        assert_eq!(p(" STAT"), Err(CommandError::Empty));
+        assert_eq!(parse(b"\xff\xfe"), Err(CommandError::NotText));
+    }
+
+    #[test]
+    fn encode_parse_round_trip() {
+        for s in [
+            "STAT", "LIST", "LIST 7", "UIDL 2", "RETR 1", "DELE 4", "TOP 3 10", "NOOP", "RSET", "QUIT", "CAPA",
+            "USER bob",
+        ] {
+            let c = p(s).unwrap();
+            let enc = c.encode();
+            assert_eq!(&enc[..enc.len() - 2], s.as_bytes());
+            assert_eq!(parse(&enc[..enc.len() - 2]).unwrap(), c);
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! Multi-line responses (RFC 1939 §3): lines follow the `+OK` line, any line starting with
+//! `.` is byte-stuffed with a second `.`, and a line holding a single `.` ends the response.
+//!
+//! [`BodyScanner`] finds the terminator in a stream of chunks without copying, so a relay can
+//! forward bytes verbatim (dot-stuffing preserved byte for byte) in bounded buffers.
+//! [`HeaderCollector`] keeps only the header block of a `TOP n 0` reply, capped, because
+//! some servers answer `TOP n 0` with the whole message.
+//! [`dot_stuff`] / [`unstuff`] convert between message content and the wire form.
+//!
+//! Lines end in CRLF on the wire; a bare LF is accepted as a line end so that a sloppy
+//! server cannot make the scanner run past the end of a response.
+
+/// Incremental terminator finder for a multi-line response body.
+#[derive(Debug, Clone, Default)]
+pub struct BodyScanner {
+    state: ScanState,
+    terminator_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ScanState {
+    /// At the start of a line (the body starts here, right after the status line).
+    #[default]
+    LineStart,
+    /// Inside a line.
+    Mid,
+    /// Saw `.` at the start of a line.
+    Dot,
+    /// Saw `.` CR at the start of a line.
+    DotCr,
+    /// The terminator has been seen.
+    Done,
+}
+
+impl BodyScanner {
+    pub fn new() -> BodyScanner {
+        BodyScanner::default()
+    }
+
+    /// Feeds the next bytes of the body. Returns `Some(n)` when the terminator ends at
+    /// `chunk[n - 1]`: the first `n` bytes belong to this response (terminator included) and
+    /// the rest to whatever follows. Returns `None` when all of `chunk` belongs to the body.
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < chunk.len() {
+            match self.state {
+                ScanState::Done => return Some(0),
+                ScanState::Mid => match memchr::memchr(b'\n', &chunk[i..]) {
+                    Some(off) => {
+                        i += off + 1;
+                        self.state = ScanState::LineStart;
+                    }
+                    None => return None,
+                },
+                ScanState::LineStart => {
+                    self.state = match chunk[i] {
+                        b'.' => ScanState::Dot,
+                        b'\n' => ScanState::LineStart,
+                        _ => ScanState::Mid,
+                    };
+                    i += 1;
+                }
+                ScanState::Dot => match chunk[i] {
+                    b'\r' => {
+                        self.state = ScanState::DotCr;
+                        i += 1;
+                    }
+                    b'\n' => {
+                        self.state = ScanState::Done;
+                        self.terminator_len = 2;
+                        return Some(i + 1);
+                    }
+                    _ => self.state = ScanState::Mid,
+                },
+                ScanState::DotCr => match chunk[i] {
+                    b'\n' => {
+                        self.state = ScanState::Done;
+                        self.terminator_len = 3;
+                        return Some(i + 1);
+                    }
+                    _ => self.state = ScanState::Mid,
+                },
+            }
+        }
+        None
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == ScanState::Done
+    }
+
+    /// Length of the terminator line (`.\r\n` = 3, `.\n` = 2) once done.
+    pub fn terminator_len(&self) -> usize {
+        self.terminator_len
+    }
+}
+
+/// Keeps the header block of a multi-line reply (normally `TOP n 0`), unstuffed, up to a cap,
+/// and discards the rest while still finding the terminator.
+#[derive(Debug, Clone)]
+pub struct HeaderCollector {
+    scanner: BodyScanner,
+    raw: Vec<u8>,
+    cap: usize,
+    /// The blank line ending the header block was seen.
+    complete: bool,
+    /// The cap cut the header block short.
+    truncated: bool,
+    search_from: usize,
+}
+
+/// The header block of one message, as collected from the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderBlock {
+    /// Unstuffed header lines, including the blank line that ends them when it was seen.
+    pub bytes: Vec<u8>,
+    /// True when the block hit the size cap.
+    pub truncated: bool,
+}
+
+impl HeaderCollector {
+    pub fn new(cap: usize) -> HeaderCollector {
+        HeaderCollector {
+            scanner: BodyScanner::new(),
+            raw: Vec::new(),
+            cap,
+            complete: false,
+            truncated: false,
+            search_from: 0,
+        }
+    }
+
+    /// Feeds the next bytes of the body; same contract as [`BodyScanner::feed`].
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<usize> {
+        let done = self.scanner.feed(chunk);
+        let body = match done {
+            Some(n) => &chunk[..n],
+            None => chunk,
+        };
+        if !self.complete && !self.truncated {
+            let room = self.cap.saturating_add(3).saturating_sub(self.raw.len());
+            let take = body.len().min(room);
+            self.raw.extend_from_slice(&body[..take]);
+            self.find_blank_line();
+            // Keep looking until cap + 3 bytes are in, so a blank line straddling the cap
+            // is found whatever the chunking.
+            if !self.complete && self.raw.len() >= self.cap.saturating_add(3) {
+                self.truncated = true;
+            }
+        }
+        if done.is_some() && !self.complete && !self.truncated {
+            // The whole body fit: drop the terminator line itself.
+            let t = self.scanner.terminator_len();
+            self.raw.truncate(self.raw.len().saturating_sub(t));
+            if self.raw.len() > self.cap {
+                self.truncated = true;
+            }
+        }
+        done
+    }
+
+    fn find_blank_line(&mut self) {
+        // A blank line is an empty line: at the very start, or LF followed by (CR) LF.
+        if self.search_from == 0 {
+            if self.raw.starts_with(b"\r\n") {
+                self.finish_at(2);
+                return;
+            }
+            if self.raw.starts_with(b"\n") {
+                self.finish_at(1);
+                return;
+            }
+        }
+        let mut from = self.search_from;
+        while let Some(off) = memchr::memchr(b'\n', &self.raw[from..]) {
+            let lf = from + off;
+            match (self.raw.get(lf + 1), self.raw.get(lf + 2)) {
+                (Some(b'\n'), _) => return self.finish_at(lf + 2),
+                (Some(b'\r'), Some(b'\n')) => return self.finish_at(lf + 3),
+                (None, _) | (Some(b'\r'), None) => {
+                    // Undecided until more bytes arrive: re-check from this LF.
+                    self.search_from = lf;
+                    return;
+                }
+                _ => from = lf + 1,
+            }
+        }
+        self.search_from = self.raw.len().saturating_sub(1).max(self.search_from);
+    }
+
+    fn finish_at(&mut self, end: usize) {
+        self.raw.truncate(end);
+        self.complete = true;
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.scanner.is_done()
+    }
+
+    /// The collected header block. Call after `feed` returned `Some`.
+    pub fn finish(mut self) -> HeaderBlock {
+        if self.truncated {
+            self.raw.truncate(self.cap);
+        }
+        HeaderBlock { bytes: unstuff(&self.raw), truncated: self.truncated }
+    }
+}
+
+/// Removes byte-stuffing from wire content (without the terminator line).
+pub fn unstuff(wire: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(wire.len());
+    let mut at_line_start = true;
+    let mut i = 0;
+    while i < wire.len() {
+        if at_line_start && wire[i] == b'.' {
+            i += 1;
+        }
+        match memchr::memchr(b'\n', &wire[i..]) {
+            Some(off) => {
+                out.extend_from_slice(&wire[i..i + off + 1]);
+                i += off + 1;
+                at_line_start = true;
+            }
+            None => {
+                out.extend_from_slice(&wire[i..]);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Encodes message content for a multi-line response: stuffs lines that start with `.`,
+/// turns bare LF into CRLF, makes sure the content ends with CRLF, and appends the `.\r\n`
+/// terminator.
+pub fn dot_stuff(content: &[u8], out: &mut Vec<u8>) {
+    out.reserve(content.len() + content.len() / 32 + 5);
+    let mut at_line_start = true;
+    let mut prev = 0u8;
+    for &b in content {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+        prev = b;
+    }
+    if !content.is_empty() && !at_line_start {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` to a fresh scanner split at `split`; returns the consumed length.
+    fn scan_split(input: &[u8], split: usize) -> Option<usize> {
+        let mut s = BodyScanner::new();
+        let (a, b) = input.split_at(split);
+        match s.feed(a) {
+            Some(n) => Some(n),
+            None => s.feed(b).map(|n| a.len() + n),
+        }
+    }
+
+    fn scan_every_split(input: &[u8]) -> Option<usize> {
+        let whole = scan_split(input, 0);
+        for split in 0..=input.len() {
+            assert_eq!(scan_split(input, split), whole, "split at {split} of {input:?}");
+        }
+        // Byte by byte too.
+        let mut s = BodyScanner::new();
+        let mut bytewise = None;
+        for (i, b) in input.iter().enumerate() {
+            if let Some(n) = s.feed(std::slice::from_ref(b)) {
+                assert_eq!(n, 1);
+                bytewise = Some(i + 1);
+                break;
+            }
+        }
+        assert_eq!(bytewise, whole);
+        whole
+    }
+
+    #[test]
+    fn finds_terminator() {
+        let body = b"line 1\r\nline 2\r\n.\r\nNEXT";
+        assert_eq!(scan_every_split(body), Some(body.len() - 4));
+    }
+
+    #[test]
+    fn empty_body() {
+        assert_eq!(scan_every_split(b".\r\n+OK"), Some(3));
+    }
+
+    #[test]
+    fn stuffed_lines_are_not_terminators() {
+        let body = b"..\r\n..x\r\n.x\r\nnot . end\r\n. \r\n.\r\n";
+        assert_eq!(scan_every_split(body), Some(body.len()));
+    }
+
+    #[test]
+    fn dot_cr_without_lf_is_not_a_terminator() {
+        let body = b".\rx\r\n.\r\n";
+        assert_eq!(scan_every_split(body), Some(body.len()));
+    }
+
+    #[test]
+    fn bare_lf_terminator() {
+        let body = b"a\n.\nrest";
+        assert_eq!(scan_every_split(body), Some(4));
+    }
+
+    #[test]
+    fn incomplete() {
+        assert_eq!(scan_every_split(b"a\r\n.\r"), None);
+        assert_eq!(scan_every_split(b"a\r\nb.\r\n"), None);
+    }
+
+    fn collect_split(input: &[u8], cap: usize, split: usize) -> (Option<usize>, HeaderBlock) {
+        let mut c = HeaderCollector::new(cap);
+        let (a, b) = input.split_at(split);
+        let n = match c.feed(a) {
+            Some(n) => Some(n),
+            None => c.feed(b).map(|n| a.len() + n),
+        };
+        (n, c.finish())
+    }
+
+    fn collect_every_split(input: &[u8], cap: usize) -> (Option<usize>, HeaderBlock) {
+        let whole = collect_split(input, cap, 0);
+        for split in 0..=input.len() {
+            assert_eq!(collect_split(input, cap, split), whole, "split at {split}");
+        }
+        whole
+    }
+
+    #[test]
+    fn header_block_stops_at_blank_line() {
+        let wire = b"Subject: hi\r\nFrom: a@b\r\n\r\nbody\r\n..stuffed\r\n.\r\n";
+        let (n, hb) = collect_every_split(wire, 1024);
+        assert_eq!(n, Some(wire.len()));
+        assert_eq!(hb.bytes, b"Subject: hi\r\nFrom: a@b\r\n\r\n");
+        assert!(!hb.truncated);
+    }
+
+    #[test]
+    fn header_block_without_body() {
+        let wire = b"Subject: hi\r\n.\r\n";
+        let (n, hb) = collect_every_split(wire, 1024);
+        assert_eq!(n, Some(wire.len()));
+        assert_eq!(hb.bytes, b"Subject: hi\r\n");
+    }
+
+    #[test]
+    fn header_block_unstuffs() {
+        let wire = b"X-A: 1\r\n..hidden: no\r\n\r\n.\r\n";
+        let (_, hb) = collect_every_split(wire, 1024);
+        assert_eq!(hb.bytes, b"X-A: 1\r\n.hidden: no\r\n\r\n");
+    }
+
+    #[test]
+    fn header_block_is_capped() {
+        let mut wire = Vec::new();
+        for i in 0..100 {
+            wire.extend_from_slice(format!("X-Long-{i}: {}\r\n", "v".repeat(50)).as_bytes());
+        }
+        wire.extend_from_slice(b"\r\nbody\r\n.\r\n");
+        let (n, hb) = collect_every_split(&wire, 300);
+        assert_eq!(n, Some(wire.len()));
+        assert!(hb.truncated);
+        assert_eq!(hb.bytes.len(), 300);
+        assert_eq!(&hb.bytes[..], &wire[..300]);
+    }
+
+    #[test]
+    fn lf_only_header_block() {
+        let wire = b"Subject: x\nA: b\n\nbody\n.\n";
+        let (n, hb) = collect_every_split(wire, 1024);
+        assert_eq!(n, Some(wire.len()));
+        assert_eq!(hb.bytes, b"Subject: x\nA: b\n\n");
+    }
+
+    #[test]
+    fn stuff_unstuff_round_trip() {
+        let content = b"a\r\n.b\r\n..\r\n.\r\nlast".to_vec();
+        let mut wire = Vec::new();
+        dot_stuff(&content, &mut wire);
+        assert_eq!(wire, b"a\r\n..b\r\n...\r\n..\r\nlast\r\n.\r\n");
+        let mut s = BodyScanner::new();
+        assert_eq!(s.feed(&wire), Some(wire.len()));
+        assert_eq!(unstuff(&wire[..wire.len() - 3]), b"a\r\n.b\r\n..\r\n.\r\nlast\r\n");
+        let mut lf = Vec::new();
+        dot_stuff(b"x\n.y\n", &mut lf);
+        assert_eq!(lf, b"x\r\n..y\r\n.\r\n");
+    }
+}

@@ -1,0 +1,70 @@
+//! Turning the login scan (LIST, UIDL, `TOP n 0`) and the rule verdicts into the mailbox
+//! view: which messages the client sees, which stay hidden, which are condemned.
+use std::sync::Arc;
+
+use crate::pop3::multiline::HeaderBlock;
+use crate::rules::{Action, RuleSet, Verdict};
+use crate::session::view::{Disposition, Entry, MailboxView};
+
+/// What the scan learned about one upstream message.
+#[derive(Debug, Clone)]
+pub struct ScanItem {
+    pub upstream: u32,
+    pub size: u64,
+    pub uidl: Option<Arc<str>>,
+    /// `None` when the upstream could not serve TOP (the message is shown unfiltered).
+    pub headers: Option<HeaderBlock>,
+}
+
+/// How a verdict maps onto the view. Under `dry_run` every message stays visible and
+/// nothing is deleted; the verdict is still recorded and logged.
+pub fn disposition(action: Option<Action>, dry_run: bool) -> Disposition {
+    if dry_run {
+        return Disposition::Visible;
+    }
+    match action {
+        None | Some(Action::Allow) | Some(Action::Tag) => Disposition::Visible,
+        Some(Action::Hide) => Disposition::Hidden,
+        // Quarantine needs the local copy written before any DELE; until that is in place
+        // (the actions issue) a quarantined message is only hidden, never deleted.
+        Some(Action::Quarantine) => Disposition::Hidden,
+        Some(Action::Delete) => Disposition::Condemned,
+    }
+}
+
+/// Evaluates every scanned message and builds the view.
+pub fn build_view(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool) -> MailboxView {
+    let entries = items
+        .into_iter()
+        .map(|item| {
+            let verdict: Option<Verdict> = item.headers.as_ref().map(|h| rules.evaluate(&h.bytes, item.size));
+            let d = disposition(verdict.as_ref().and_then(|v| v.action), dry_run);
+            Entry {
+                upstream: item.upstream,
+                upstream_size: item.size,
+                size: item.size,
+                uidl: item.uidl,
+                verdict,
+                disposition: d,
+            }
+        })
+        .collect();
+    MailboxView::new(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispositions() {
+        assert_eq!(disposition(None, false), Disposition::Visible);
+        assert_eq!(disposition(Some(Action::Allow), false), Disposition::Visible);
+        assert_eq!(disposition(Some(Action::Tag), false), Disposition::Visible);
+        assert_eq!(disposition(Some(Action::Hide), false), Disposition::Hidden);
+        assert_eq!(disposition(Some(Action::Quarantine), false), Disposition::Hidden);
+        assert_eq!(disposition(Some(Action::Delete), false), Disposition::Condemned);
+        assert_eq!(disposition(Some(Action::Delete), true), Disposition::Visible);
+        assert_eq!(disposition(Some(Action::Hide), true), Disposition::Visible);
+    }
+}

@@ -1,0 +1,198 @@
+//! The filtered mailbox view (RFC 1939 §5, TRANSACTION state).
+//!
+//! Visible messages are renumbered 1..V in upstream order. Deletion marks are kept here and
+//! sent upstream only at QUIT (RFC 1939 §6: messages are removed in the UPDATE state), so a
+//! client that drops the connection deletes nothing, and RSET simply clears the marks.
+use std::sync::Arc;
+
+use crate::rules::Verdict;
+
+/// What popsift does with a message, decided at login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Shown to the client.
+    Visible,
+    /// Not shown; left untouched on the server.
+    Hidden,
+    /// Not shown; `DELE` upstream when the client ends with QUIT.
+    Condemned,
+}
+
+/// One upstream message.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The upstream message number (1-based).
+    pub upstream: u32,
+    /// Size as the upstream reports it in LIST.
+    pub upstream_size: u64,
+    /// Size the client sees (differs from `upstream_size` when popsift rewrites the message).
+    pub size: u64,
+    pub uidl: Option<Arc<str>>,
+    pub verdict: Option<Verdict>,
+    pub disposition: Disposition,
+}
+
+/// Why a message number was refused; the texts follow RFC 1939's examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ViewError {
+    #[error("no such message, only {visible} messages in maildrop")]
+    NoSuchMessage { visible: usize },
+    #[error("message {0} already deleted")]
+    AlreadyDeleted(u32),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MailboxView {
+    entries: Vec<Entry>,
+    /// Virtual number - 1 → index into `entries`.
+    visible: Vec<usize>,
+    /// Per visible message: marked deleted by the client.
+    deleted: Vec<bool>,
+}
+
+impl MailboxView {
+    /// `entries` in upstream order (entry i has upstream number i + 1).
+    pub fn new(entries: Vec<Entry>) -> MailboxView {
+        let visible: Vec<usize> =
+            entries.iter().enumerate().filter(|(_, e)| e.disposition == Disposition::Visible).map(|(i, _)| i).collect();
+        let deleted = vec![false; visible.len()];
+        MailboxView { entries, visible, deleted }
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn visible_count(&self) -> usize {
+        self.visible.len()
+    }
+
+    /// STAT: count and total size of visible messages not marked deleted (RFC 1939 §5).
+    pub fn stat(&self) -> (usize, u64) {
+        self.live().fold((0, 0), |(n, s), (_, e)| (n + 1, s + e.size))
+    }
+
+    /// Visible, not deleted messages with their virtual numbers.
+    pub fn live(&self) -> impl Iterator<Item = (u32, &Entry)> {
+        self.visible
+            .iter()
+            .zip(&self.deleted)
+            .enumerate()
+            .filter(|(_, (_, &d))| !d)
+            .map(|(v, (&i, _))| (v as u32 + 1, &self.entries[i]))
+    }
+
+    /// The message behind virtual number `n`, unless out of range or deleted.
+    pub fn get(&self, n: u32) -> Result<&Entry, ViewError> {
+        let idx = self.index(n)?;
+        if self.deleted[idx] {
+            return Err(ViewError::AlreadyDeleted(n));
+        }
+        Ok(&self.entries[self.visible[idx]])
+    }
+
+    fn index(&self, n: u32) -> Result<usize, ViewError> {
+        let visible = self.visible.len();
+        if n == 0 || n as usize > visible {
+            return Err(ViewError::NoSuchMessage { visible });
+        }
+        Ok(n as usize - 1)
+    }
+
+    /// DELE n: marks the message; nothing happens upstream until QUIT.
+    pub fn delete(&mut self, n: u32) -> Result<(), ViewError> {
+        let idx = self.index(n)?;
+        if self.deleted[idx] {
+            return Err(ViewError::AlreadyDeleted(n));
+        }
+        self.deleted[idx] = true;
+        Ok(())
+    }
+
+    /// RSET: unmarks every message the client deleted (condemned ones stay condemned).
+    pub fn reset(&mut self) {
+        self.deleted.iter_mut().for_each(|d| *d = false);
+    }
+
+    /// Upstream numbers to DELE in the UPDATE state: the client's deletions and the messages
+    /// the rules condemned, in ascending order.
+    pub fn update_deletions(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = self
+            .visible
+            .iter()
+            .zip(&self.deleted)
+            .filter(|(_, &d)| d)
+            .map(|(&i, _)| self.entries[i].upstream)
+            .chain(self.entries.iter().filter(|e| e.disposition == Disposition::Condemned).map(|e| e.upstream))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Counts of (visible, hidden, condemned) messages.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut c = (0, 0, 0);
+        for e in &self.entries {
+            match e.disposition {
+                Disposition::Visible => c.0 += 1,
+                Disposition::Hidden => c.1 += 1,
+                Disposition::Condemned => c.2 += 1,
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u32, size: u64, d: Disposition) -> Entry {
+        Entry {
+            upstream: n,
+            upstream_size: size,
+            size,
+            uidl: Some(format!("u{n}").into()),
+            verdict: None,
+            disposition: d,
+        }
+    }
+
+    fn view() -> MailboxView {
+        use Disposition::*;
+        MailboxView::new(vec![
+            entry(1, 100, Visible),
+            entry(2, 200, Hidden),
+            entry(3, 300, Condemned),
+            entry(4, 400, Visible),
+            entry(5, 500, Visible),
+        ])
+    }
+
+    #[test]
+    fn renumbers_visible_messages() {
+        let v = view();
+        assert_eq!(v.stat(), (3, 1000));
+        assert_eq!(v.get(1).unwrap().upstream, 1);
+        assert_eq!(v.get(2).unwrap().upstream, 4);
+        assert_eq!(v.get(3).unwrap().upstream, 5);
+        assert_eq!(v.get(4).unwrap_err(), ViewError::NoSuchMessage { visible: 3 });
+        assert_eq!(v.get(0).unwrap_err(), ViewError::NoSuchMessage { visible: 3 });
+        assert_eq!(v.counts(), (3, 1, 1));
+    }
+
+    #[test]
+    fn dele_rset_and_update() {
+        let mut v = view();
+        assert_eq!(v.update_deletions(), vec![3]);
+        v.delete(2).unwrap();
+        assert_eq!(v.delete(2), Err(ViewError::AlreadyDeleted(2)));
+        assert_eq!(v.get(2).unwrap_err(), ViewError::AlreadyDeleted(2));
+        assert_eq!(v.stat(), (2, 600));
+        assert_eq!(v.live().map(|(n, _)| n).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(v.update_deletions(), vec![3, 4]);
+        v.reset();
+        assert_eq!(v.stat(), (3, 1000));
+        assert_eq!(v.update_deletions(), vec![3]);
+    }
+}
