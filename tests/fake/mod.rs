@@ -1,0 +1,258 @@
+//! A small scripted POP3 server, only for what a real Dovecot cannot be made to do: APOP
+//! checks without a real digest, servers without CAPA/TOP/UIDL, `-ERR` after a correct PASS,
+//! dying mid-RETR, a TOP that returns the whole message. Everything else is tested against
+//! Dovecot.
+#![allow(dead_code)]
+
+pub mod popsift;
+
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug)]
+pub struct Behaviour {
+    pub greeting: String,
+    pub capa: Option<Vec<String>>,
+    pub top: bool,
+    pub uidl: bool,
+    /// `TOP n 0` returns the whole message.
+    pub top_returns_whole: bool,
+    /// PASS with the right password still gets `-ERR [IN-USE] …`.
+    pub err_after_correct_pass: bool,
+    /// Close the connection halfway through the body of RETR of this message.
+    pub die_mid_retr: Option<usize>,
+    /// Close the connection instead of answering QUIT in TRANSACTION.
+    pub die_at_quit: bool,
+    pub user: String,
+    pub pass: String,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            greeting: "+OK fake POP3 ready <1896.697170952@fake.example>".into(),
+            capa: Some(vec![
+                "TOP".into(),
+                "UIDL".into(),
+                "USER".into(),
+                "SASL PLAIN".into(),
+                "PIPELINING".into(),
+                "RESP-CODES".into(),
+            ]),
+            top: true,
+            uidl: true,
+            top_returns_whole: false,
+            err_after_correct_pass: false,
+            die_mid_retr: None,
+            die_at_quit: false,
+            user: "alice".into(),
+            pass: "pw".into(),
+        }
+    }
+}
+
+/// What the fake server saw, for assertions (passwords included: this is test data).
+#[derive(Default, Debug)]
+pub struct Log {
+    pub commands: Vec<String>,
+    /// Messages deleted by a completed UPDATE (1-based numbers).
+    pub expunged: Vec<usize>,
+}
+
+pub struct Fake {
+    pub addr: String,
+    pub log: Arc<Mutex<Log>>,
+}
+
+fn stuff(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in msg.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let log = Arc::new(Mutex::new(Log::default()));
+    let log2 = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else { return };
+            let b = b.clone();
+            let messages = messages.clone();
+            let log = log2.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut r = BufReader::new(r);
+                w.write_all(format!("{}\r\n", b.greeting).as_bytes()).await.ok();
+                let mut logged_in = false;
+                let mut user_ok = false;
+                let mut deleted = vec![false; messages.len()];
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let l = line.trim_end().to_string();
+                    log.lock().unwrap().commands.push(l.clone());
+                    let mut parts = l.split(' ');
+                    let kw = parts.next().unwrap_or("").to_ascii_uppercase();
+                    let args: Vec<&str> = parts.collect();
+                    let num = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok());
+                    let reply: Vec<u8> = match kw.as_str() {
+                        "CAPA" => match &b.capa {
+                            Some(c) => format!("+OK\r\n{}\r\n.\r\n", c.join("\r\n")).into_bytes(),
+                            None => b"-ERR unknown command\r\n".to_vec(),
+                        },
+                        "USER" => {
+                            user_ok = args.first() == Some(&b.user.as_str());
+                            b"+OK\r\n".to_vec()
+                        }
+                        "PASS" => {
+                            if user_ok && args.join(" ") == b.pass {
+                                if b.err_after_correct_pass {
+                                    b"-ERR [IN-USE] mailbox locked by another session\r\n".to_vec()
+                                } else {
+                                    logged_in = true;
+                                    b"+OK logged in\r\n".to_vec()
+                                }
+                            } else {
+                                b"-ERR [AUTH] authentication failed\r\n".to_vec()
+                            }
+                        }
+                        "APOP" => {
+                            // Accept a fixed digest: the real digest check is Dovecot's job.
+                            if args.first() == Some(&b.user.as_str())
+                                && args.get(1) == Some(&"c4c9334bac560ecc979e58001b3e22fb")
+                            {
+                                logged_in = true;
+                                b"+OK apop ok\r\n".to_vec()
+                            } else {
+                                b"-ERR [AUTH] bad digest\r\n".to_vec()
+                            }
+                        }
+                        "AUTH" if args.first().map(|m| m.eq_ignore_ascii_case("PLAIN")) == Some(true) => {
+                            // RFC 5034: empty challenge, then the base64 response line.
+                            w.write_all(b"+ \r\n").await.ok();
+                            line.clear();
+                            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let resp = line.trim_end().to_string();
+                            log.lock().unwrap().commands.push(resp.clone());
+                            // "\0alice\0pw" in base64
+                            if resp == "AGFsaWNlAHB3" {
+                                logged_in = true;
+                                b"+OK sasl ok\r\n".to_vec()
+                            } else if resp == "*" {
+                                b"-ERR canceled\r\n".to_vec()
+                            } else {
+                                b"-ERR [AUTH] sasl failed\r\n".to_vec()
+                            }
+                        }
+                        "QUIT" => {
+                            if logged_in {
+                                if b.die_at_quit {
+                                    return;
+                                }
+                                let mut lg = log.lock().unwrap();
+                                for (i, d) in deleted.iter().enumerate() {
+                                    if *d {
+                                        lg.expunged.push(i + 1);
+                                    }
+                                }
+                            }
+                            w.write_all(b"+OK bye\r\n").await.ok();
+                            return;
+                        }
+                        _ if !logged_in => b"-ERR not logged in\r\n".to_vec(),
+                        "STAT" => {
+                            let live: Vec<_> = messages.iter().zip(&deleted).filter(|(_, d)| !**d).collect();
+                            format!("+OK {} {}\r\n", live.len(), live.iter().map(|(m, _)| m.len()).sum::<usize>())
+                                .into_bytes()
+                        }
+                        "LIST" if args.is_empty() => {
+                            let mut s = "+OK\r\n".to_string();
+                            for (i, m) in messages.iter().enumerate() {
+                                if !deleted[i] {
+                                    s.push_str(&format!("{} {}\r\n", i + 1, m.len()));
+                                }
+                            }
+                            s.push_str(".\r\n");
+                            s.into_bytes()
+                        }
+                        "UIDL" if b.uidl && args.is_empty() => {
+                            let mut s = "+OK\r\n".to_string();
+                            for i in 0..messages.len() {
+                                if !deleted[i] {
+                                    s.push_str(&format!("{} uid-{}\r\n", i + 1, i + 1));
+                                }
+                            }
+                            s.push_str(".\r\n");
+                            s.into_bytes()
+                        }
+                        "TOP" if b.top => match num(0).filter(|n| *n >= 1 && *n <= messages.len()) {
+                            Some(n) => {
+                                let m = &messages[n - 1];
+                                let body = if b.top_returns_whole {
+                                    m.clone()
+                                } else {
+                                    let end =
+                                        m.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(m.len());
+                                    m[..end].to_vec()
+                                };
+                                let mut out = b"+OK\r\n".to_vec();
+                                out.extend_from_slice(&stuff(&body));
+                                out
+                            }
+                            None => b"-ERR no such message\r\n".to_vec(),
+                        },
+                        "RETR" => match num(0).filter(|n| *n >= 1 && *n <= messages.len()) {
+                            Some(n) => {
+                                let mut out = format!("+OK {} octets\r\n", messages[n - 1].len()).into_bytes();
+                                let body = stuff(&messages[n - 1]);
+                                if b.die_mid_retr == Some(n) {
+                                    out.extend_from_slice(&body[..body.len() / 2]);
+                                    w.write_all(&out).await.ok();
+                                    return;
+                                }
+                                out.extend_from_slice(&body);
+                                out
+                            }
+                            None => b"-ERR no such message\r\n".to_vec(),
+                        },
+                        "DELE" => match num(0).filter(|n| *n >= 1 && *n <= messages.len()) {
+                            Some(n) => {
+                                deleted[n - 1] = true;
+                                b"+OK marked\r\n".to_vec()
+                            }
+                            None => b"-ERR no such message\r\n".to_vec(),
+                        },
+                        "NOOP" => b"+OK\r\n".to_vec(),
+                        "RSET" => {
+                            deleted.iter_mut().for_each(|d| *d = false);
+                            b"+OK\r\n".to_vec()
+                        }
+                        _ => b"-ERR unknown command\r\n".to_vec(),
+                    };
+                    if w.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Fake { addr, log }
+}
