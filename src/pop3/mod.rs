@@ -13,6 +13,8 @@
 
 pub mod capa;
 pub mod command;
+#[doc(hidden)]
+pub mod invariants;
 pub mod line;
 pub mod listing;
 pub mod multiline;
