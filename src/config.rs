@@ -15,6 +15,7 @@
 //! max_sessions: 256
 //! timeouts: { connect: 15s, tls_handshake: 15s, greeting: 30s, upstream_reply: 60s, client_idle: 10m }
 //! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 64 }
+//! tag: { strip_existing: true, subject_prefix: "[SPAM] ", ham_status: false }
 //! ```
 //! Command-line flags override the first listener (or define it when the file has none).
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use serde::Deserialize;
 
 use crate::cli::{ServeArgs, UpstreamTls};
 use crate::rules::Action;
+use crate::session::tag::TagSettings;
 
 /// Default address clients connect to.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1110";
@@ -63,6 +65,16 @@ pub struct ConfigFile {
     pub timeouts: TimeoutsFile,
     #[serde(default)]
     pub scan: ScanFile,
+    #[serde(default)]
+    pub tag: TagFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagFile {
+    pub strip_existing: Option<bool>,
+    pub subject_prefix: Option<String>,
+    pub ham_status: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +127,7 @@ pub struct Config {
     pub max_sessions: usize,
     pub timeouts: Timeouts,
     pub scan: ScanSettings,
+    pub tag: TagSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +323,11 @@ impl Config {
             max_sessions,
             timeouts,
             scan,
+            tag: TagSettings {
+                strip_existing: file.tag.strip_existing.unwrap_or(true),
+                subject_prefix: file.tag.subject_prefix.filter(|p| !p.is_empty()),
+                ham_status: file.tag.ham_status.unwrap_or(false),
+            },
         })
     }
 }

@@ -97,8 +97,7 @@ async fn pipelined_client_commands_answered_in_order() {
 
 #[tokio::test]
 async fn pipelined_relay_to_upstream_without_pipelining() {
-    let mut b = Behaviour::default();
-    b.capa = Some(vec!["TOP".into(), "UIDL".into(), "USER".into()]);
+    let b = Behaviour { capa: Some(vec!["TOP".into(), "UIDL".into(), "USER".into()]), ..Behaviour::default() };
     let up = upstream(b, mailbox()).await;
     let p = popsift(&up.addr, RULES, "").await;
     let (mut c, _) = Client::connect(&p.addr).await;
@@ -136,8 +135,7 @@ async fn sasl_continuation_is_relayed() {
 
 #[tokio::test]
 async fn err_after_correct_pass_is_relayed_and_nothing_scanned() {
-    let mut b = Behaviour::default();
-    b.err_after_correct_pass = true;
+    let b = Behaviour { err_after_correct_pass: true, ..Behaviour::default() };
     let up = upstream(b, mailbox()).await;
     let p = popsift(&up.addr, RULES, "").await;
     let (mut c, _) = Client::connect(&p.addr).await;
@@ -249,4 +247,49 @@ async fn dry_run_shows_everything_and_deletes_nothing() {
     assert!(c.cmd("STAT").await.starts_with("+OK 4 "));
     assert_eq!(c.cmd("QUIT").await, "+OK bye");
     assert!(up.log.lock().unwrap().expunged.is_empty());
+}
+
+const TAG_RULES: &str = r#"
+rules:
+  - id: SUBJ_PILLS
+    header: Subject
+    regex: '(?i)pills'
+    score: 6.0
+"#;
+
+/// Unstuffs a raw multi-line body (with terminator) into the message bytes.
+fn content(body: &[u8]) -> Vec<u8> {
+    popsift::pop3::unstuff(&body[..body.len() - 3])
+}
+
+#[tokio::test]
+async fn tagged_spam_has_exact_sizes() {
+    let spam = b"From: s@spam.example\r\nX-Spam-Flag: NO\r\nSubject: cheap pills\r\n\r\n.dotted body\r\n".to_vec();
+    let ham = msg("hello", "ham\r\n");
+    let up = upstream(Behaviour::default(), vec![ham.clone(), spam.clone()]).await;
+    let p = popsift(&up.addr, TAG_RULES, "tag:\n  subject_prefix: '[SPAM] '\n").await;
+    let (mut c, _) = Client::connect(&p.addr).await;
+    login(&mut c).await;
+    let (_, list) = c.multi("LIST").await;
+    let list = String::from_utf8(list).unwrap();
+    let sizes: Vec<usize> = list.lines().filter(|l| *l != ".").map(|l| l.split(' ').nth(1).unwrap().parse().unwrap()).collect();
+    let (status, body) = c.multi("RETR 2").await;
+    let tagged = content(&body);
+    assert_eq!(sizes[1], tagged.len(), "LIST size equals the bytes RETR sends");
+    assert_eq!(status, format!("+OK {} octets", tagged.len()));
+    let text = String::from_utf8(tagged).unwrap();
+    assert_eq!(
+        text,
+        "X-Spam-Flag: YES\r\nX-Spam-Status: Yes, score=6.0 required=5.0 tests=SUBJ_PILLS\r\nX-Spam-Level: ******\r\nFrom: s@spam.example\r\nSubject: [SPAM] cheap pills\r\n\r\n.dotted body\r\n"
+    );
+    assert!(body.ends_with(b"\r\n..dotted body\r\n.\r\n"), "body stays stuffed");
+    let (_, body) = c.multi("RETR 1").await;
+    assert_eq!(content(&body), ham, "ham untouched");
+    assert_eq!(sizes[0], ham.len());
+    // TOP with a line count gets the same headers; fetchmail's full TOP equals RETR.
+    let (_, top) = c.multi("TOP 2 0").await;
+    assert!(String::from_utf8(content(&top)).unwrap().starts_with("X-Spam-Flag: YES\r\n"));
+    let (_, full) = c.multi("TOP 2 99999999").await;
+    assert_eq!(String::from_utf8(content(&full)).unwrap(), text);
+    assert_eq!(c.cmd("QUIT").await, "+OK bye");
 }

@@ -91,6 +91,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &self.buf
     }
 
+    /// Puts bytes back at the front of the buffer (they were read ahead of their turn).
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut b = BytesMut::with_capacity(bytes.len() + self.buf.len() + READ_CHUNK);
+        b.extend_from_slice(bytes);
+        b.extend_from_slice(&self.buf);
+        self.buf = b;
+    }
+
     pub fn consume(&mut self, n: usize) {
         self.buf.advance(n);
     }

@@ -23,12 +23,12 @@ use crate::net::upstream::{self, Upstream};
 use crate::pop3::capa::{self as capa_codec};
 use crate::pop3::command::{self, MAX_COMMAND_LINE};
 use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
-use crate::pop3::BodyScanner;
+use crate::pop3::{find_header_end, stuff_lines, unstuff, BodyScanner, HeaderEnd};
 use crate::rules::RulesHandle;
 use crate::session::capa::{self, Known};
 use crate::session::plan::{self, err, AuthPlan, TxPlan};
 use crate::session::scan::build_view;
-use crate::session::view::{Disposition, MailboxView};
+use crate::session::view::{Disposition, HeaderRewrite, MailboxView};
 
 /// Client output is flushed when this much is pending, even mid-response.
 const FLUSH_AT: usize = 64 * 1024;
@@ -117,6 +117,13 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
     .await
 }
 
+/// A header rewrite to apply while relaying RETR/TOP, with the sizes for the status line.
+struct Rewrite {
+    header: Arc<HeaderRewrite>,
+    upstream_size: u64,
+    size: u64,
+}
+
 /// A queued client command waiting for its turn to be answered.
 enum Pending {
     Local(Vec<u8>),
@@ -128,6 +135,7 @@ enum Pending {
     Fetch {
         command: Vec<u8>,
         sent: bool,
+        rewrite: Option<Rewrite>,
     },
     Capa {
         sent: bool,
@@ -333,7 +341,7 @@ impl Session<'_> {
         let rules = self.ctx.rules.current();
         let eval_started = Instant::now();
         let n = outcome.items.len();
-        let view = build_view(outcome.items, &rules, cfg.dry_run);
+        let view = build_view(outcome.items, &rules, cfg.dry_run, &cfg.tag);
         let eval = eval_started.elapsed().as_secs_f64();
         for e in view.entries() {
             let Some(v) = &e.verdict else { continue };
@@ -398,6 +406,71 @@ impl Session<'_> {
         }
     }
 
+    /// Relays a RETR/TOP body with its header block replaced: reads the stuffed header part,
+    /// sends the replacement (stuffed), then streams the rest verbatim.
+    async fn relay_rewritten(&mut self, rw: &HeaderRewrite) -> Result<(), SessionError> {
+        let t = self.ctx.config.timeouts;
+        let cap = self.ctx.config.scan.header_limit + 4096;
+        let mut raw: Vec<u8> = Vec::new();
+        self.mid_response = true;
+        let end = loop {
+            let up = &mut self.up.as_mut().expect("upstream connected").conn;
+            let buf = up.buffered();
+            if !buf.is_empty() {
+                let searched_from = raw.len().saturating_sub(2);
+                raw.extend_from_slice(buf);
+                let n = buf.len();
+                up.consume(n);
+                // Only the new part can hold the end; re-scan from a line boundary before it.
+                let line_start = raw[..searched_from].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                if let Some(end) = find_header_end(&raw[line_start..]) {
+                    break Some(match end {
+                        HeaderEnd::Blank { end } => HeaderEnd::Blank { end: end + line_start },
+                        HeaderEnd::Terminator { start, end } => {
+                            HeaderEnd::Terminator { start: start + line_start, end: end + line_start }
+                        }
+                    });
+                }
+                if raw.len() > cap {
+                    break None;
+                }
+            }
+            up.fill(t.upstream_reply, Phase::Relay).await?;
+        };
+        let (header_end, body_start, terminated) = match end {
+            Some(HeaderEnd::Blank { end }) => (end, end, false),
+            Some(HeaderEnd::Terminator { start, end }) => (start, end, true),
+            None => {
+                warn!("header block larger than at login; message relayed untagged");
+                (0, 0, false)
+            }
+        };
+        let actual = unstuff(&raw[..header_end]);
+        if header_end > 0 {
+            if actual == rw.original {
+                stuff_lines(&rw.replacement, &mut self.out);
+            } else {
+                // The server sent different headers than at login: send them untouched
+                // rather than guess (the announced size is then off by the difference).
+                warn!("message headers changed since login; relayed untagged");
+                self.out.extend_from_slice(&raw[..header_end]);
+            }
+        }
+        let rest = raw[body_start..].to_vec();
+        if terminated {
+            self.out.extend_from_slice(b".\r\n");
+            // Whatever followed the terminator belongs to the next reply.
+            let up = &mut self.up.as_mut().expect("upstream connected").conn;
+            up.unread(&rest);
+            self.mid_response = false;
+            return Ok(());
+        }
+        // The rest is body: hand it back to the stream relay, which starts at a line start.
+        let up = &mut self.up.as_mut().expect("upstream connected").conn;
+        up.unread(&rest);
+        self.relay_body(Phase::Relay).await
+    }
+
     /// TRANSACTION (RFC 1939 §5) on the filtered view, then UPDATE at QUIT.
     async fn transaction(&mut self, mut view: MailboxView) -> Result<(), SessionError> {
         let caps = self.up().caps.clone();
@@ -432,12 +505,18 @@ impl Session<'_> {
                         }
                         Pending::Relay { command: c, sent: send_now }
                     }
-                    TxPlan::Fetch { command, .. } => {
+                    TxPlan::Fetch { command, entry, .. } => {
                         if send_now {
                             ahead.extend_from_slice(&command);
                             outstanding += 1;
                         }
-                        Pending::Fetch { command, sent: send_now }
+                        let e = &view.entries()[entry];
+                        let rewrite = e.rewrite.clone().map(|header| Rewrite {
+                            header,
+                            upstream_size: e.upstream_size,
+                            size: e.size,
+                        });
+                        Pending::Fetch { command, sent: send_now, rewrite }
                     }
                     TxPlan::Capa => {
                         if send_now {
@@ -475,7 +554,7 @@ impl Session<'_> {
                     self.out.extend_from_slice(&r);
                     self.out.extend_from_slice(b"\r\n");
                 }
-                Some(Pending::Fetch { command, sent }) => {
+                Some(Pending::Fetch { command, sent, rewrite }) => {
                     if !sent {
                         self.up_write(&command, Phase::Relay).await?;
                     } else {
@@ -483,10 +562,21 @@ impl Session<'_> {
                     }
                     let r = self.up_line(Phase::Relay).await?;
                     let ok = Status::parse(&r).is_some_and(|s| s.is_ok());
-                    self.out.extend_from_slice(&r);
-                    self.out.extend_from_slice(b"\r\n");
+                    match (&rewrite, ok) {
+                        (Some(rw), true) => {
+                            self.out.extend_from_slice(&rewrite_octets(&r, rw.upstream_size, rw.size));
+                            self.out.extend_from_slice(b"\r\n");
+                            self.relay_rewritten(&rw.header).await?;
+                        }
+                        _ => {
+                            self.out.extend_from_slice(&r);
+                            self.out.extend_from_slice(b"\r\n");
+                            if ok {
+                                self.relay_body(Phase::Relay).await?;
+                            }
+                        }
+                    }
                     if ok {
-                        self.relay_body(Phase::Relay).await?;
                         self.stats.retrieved += 1;
                     }
                 }
@@ -551,6 +641,20 @@ impl Session<'_> {
         r.extend_from_slice(b"\r\n");
         Ok(r)
     }
+}
+
+/// Rewrites `+OK <n> octets` (the usual RETR status, RFC 1939 §7 example) to the size the
+/// client was told in LIST; any other text is left alone.
+fn rewrite_octets(status: &[u8], upstream_size: u64, size: u64) -> Vec<u8> {
+    let text = String::from_utf8_lossy(status);
+    let mut words = text.splitn(3, ' ');
+    if let (Some(ok), Some(n)) = (words.next(), words.next()) {
+        if n.parse::<u64>().ok() == Some(upstream_size) {
+            let rest = words.next().map(|r| format!(" {r}")).unwrap_or_default();
+            return format!("{ok} {size}{rest}").into_bytes();
+        }
+    }
+    status.to_vec()
 }
 
 fn warn_once_no_top(upstream: &str) {

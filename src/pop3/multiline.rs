@@ -230,6 +230,47 @@ pub fn unstuff(wire: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Where the header block ends in a stuffed multi-line body, if it is in `raw` yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderEnd {
+    /// The empty line ending the header block ends at `raw[end - 1]`.
+    Blank { end: usize },
+    /// The body ended (terminator line from `start` to `end`) before any empty line: the
+    /// message is all header.
+    Terminator { start: usize, end: usize },
+}
+
+/// Finds the end of the header block in the stuffed wire bytes of a RETR/TOP body.
+pub fn find_header_end(raw: &[u8]) -> Option<HeaderEnd> {
+    let mut line_start = 0;
+    while line_start < raw.len() {
+        let rest = &raw[line_start..];
+        let Some(lf) = memchr::memchr(b'\n', rest) else { return None };
+        let line = &rest[..lf + 1];
+        if line == b"\r\n" || line == b"\n" {
+            return Some(HeaderEnd::Blank { end: line_start + lf + 1 });
+        }
+        if line == b".\r\n" || line == b".\n" {
+            return Some(HeaderEnd::Terminator { start: line_start, end: line_start + lf + 1 });
+        }
+        line_start += lf + 1;
+    }
+    None
+}
+
+/// Stuffs content whose lines already end in CRLF (a header block), without adding a
+/// terminator.
+pub fn stuff_lines(content: &[u8], out: &mut Vec<u8>) {
+    let mut at_line_start = true;
+    for &b in content {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+}
+
 /// Encodes message content for a multi-line response: stuffs lines that start with `.`,
 /// turns bare LF into CRLF, makes sure the content ends with CRLF, and appends the `.\r\n`
 /// terminator.
@@ -384,6 +425,14 @@ mod tests {
         let (n, hb) = collect_every_split(wire, 1024);
         assert_eq!(n, Some(wire.len()));
         assert_eq!(hb.bytes, b"Subject: x\nA: b\n\n");
+    }
+
+    #[test]
+    fn header_end() {
+        assert_eq!(find_header_end(b"A: b\r\n\r\nbody"), Some(HeaderEnd::Blank { end: 8 }));
+        assert_eq!(find_header_end(b"A: b\r\n.\r\n"), Some(HeaderEnd::Terminator { start: 6, end: 9 }));
+        assert_eq!(find_header_end(b"A: b\r\n..x\r\n\r"), None);
+        assert_eq!(find_header_end(b"\r\nbody"), Some(HeaderEnd::Blank { end: 2 }));
     }
 
     #[test]

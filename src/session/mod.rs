@@ -12,6 +12,7 @@
 pub mod capa;
 pub mod plan;
 pub mod scan;
+pub mod tag;
 pub mod view;
 
 pub use view::{Disposition, Entry, MailboxView, ViewError};

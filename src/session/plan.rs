@@ -167,6 +167,7 @@ mod tests {
             uidl: Some(format!("uid-{n}").into()),
             verdict: None,
             disposition: d,
+            rewrite: None,
         };
         MailboxView::new(vec![
             e(1, Disposition::Hidden),
@@ -224,6 +225,7 @@ mod tests {
             uidl: None,
             verdict: None,
             disposition: Disposition::Visible,
+            rewrite: None,
         }]);
         assert!(reply(tx(&mut v, "UIDL")).starts_with("-ERR"));
     }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use crate::pop3::multiline::HeaderBlock;
 use crate::rules::{Action, RuleSet, Verdict};
-use crate::session::view::{Disposition, Entry, MailboxView};
+use crate::session::tag::{self, TagSettings};
+use crate::session::view::{Disposition, Entry, HeaderRewrite, MailboxView};
 
 /// What the scan learned about one upstream message.
 #[derive(Debug, Clone)]
@@ -32,21 +33,28 @@ pub fn disposition(action: Option<Action>, dry_run: bool) -> Disposition {
     }
 }
 
-/// Evaluates every scanned message and builds the view.
-pub fn build_view(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool) -> MailboxView {
+/// Evaluates every scanned message and builds the view. Visible spam (and, under dry run,
+/// every condemned message) is tagged; its size grows by exactly the header change.
+pub fn build_view(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, tagging: &TagSettings) -> MailboxView {
     let entries = items
         .into_iter()
         .map(|item| {
             let verdict: Option<Verdict> = item.headers.as_ref().map(|h| rules.evaluate(&h.bytes, item.size));
             let d = disposition(verdict.as_ref().and_then(|v| v.action), dry_run);
-            Entry {
-                upstream: item.upstream,
-                upstream_size: item.size,
-                size: item.size,
-                uidl: item.uidl,
-                verdict,
-                disposition: d,
-            }
+            let rewrite = match (&verdict, &item.headers) {
+                // A capped header block cannot be rewritten exactly: leave such a message as is.
+                (Some(v), Some(h)) if d == Disposition::Visible && !h.truncated => {
+                    let spam = v.spam && v.action != Some(Action::Allow);
+                    tag::rewrite(&h.bytes, v, spam, tagging)
+                        .map(|replacement| Arc::new(HeaderRewrite { original: h.bytes.clone(), replacement }))
+                }
+                _ => None,
+            };
+            let size = match &rewrite {
+                Some(r) => (item.size + r.replacement.len() as u64).saturating_sub(r.original.len() as u64),
+                None => item.size,
+            };
+            Entry { upstream: item.upstream, upstream_size: item.size, size, uidl: item.uidl, verdict, disposition: d, rewrite }
         })
         .collect();
     MailboxView::new(entries)

@@ -30,6 +30,16 @@ pub struct Entry {
     pub uidl: Option<Arc<str>>,
     pub verdict: Option<Verdict>,
     pub disposition: Disposition,
+    /// The header block to send instead of the original (tagging), decided at login.
+    pub rewrite: Option<Arc<HeaderRewrite>>,
+}
+
+/// A header block replacement: `size` = upstream size - original + replacement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderRewrite {
+    /// The header block as seen at login (unstuffed, with its empty line).
+    pub original: Vec<u8>,
+    pub replacement: Vec<u8>,
 }
 
 /// Why a message number was refused; the texts follow RFC 1939's examples.
@@ -155,6 +165,7 @@ mod tests {
             uidl: Some(format!("u{n}").into()),
             verdict: None,
             disposition: d,
+            rewrite: None,
         }
     }
 

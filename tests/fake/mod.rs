@@ -195,8 +195,8 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                         }
                         "UIDL" if b.uidl && args.is_empty() => {
                             let mut s = "+OK\r\n".to_string();
-                            for i in 0..messages.len() {
-                                if !deleted[i] {
+                            for (i, d) in deleted.iter().enumerate() {
+                                if !d {
                                     s.push_str(&format!("{} uid-{}\r\n", i + 1, i + 1));
                                 }
                             }
