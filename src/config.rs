@@ -16,6 +16,7 @@
 //! timeouts: { connect: 15s, tls_handshake: 15s, greeting: 30s, upstream_reply: 60s, client_idle: 10m }
 //! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 64 }
 //! tag: { strip_existing: true, subject_prefix: "[SPAM] ", ham_status: false }
+//! quarantine: { dir: /var/lib/popsift/quarantine, on_failure: hide, max_size: 64MiB }
 //! ```
 //! Command-line flags override the first listener (or define it when the file has none).
 use std::net::SocketAddr;
@@ -67,6 +68,38 @@ pub struct ConfigFile {
     pub scan: ScanFile,
     #[serde(default)]
     pub tag: TagFile,
+    #[serde(default)]
+    pub quarantine: QuarantineFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineFile {
+    /// Where the quarantine Maildirs live (default `<state_dir>/quarantine`'s parent is
+    /// the state dir; this names the state-like root directly).
+    pub dir: Option<PathBuf>,
+    pub on_failure: Option<OnFailure>,
+    pub max_size: Option<String>,
+}
+
+/// What happens to a message whose quarantine copy could not be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Keep it off the client's view (still on the server, untouched).
+    Hide,
+    /// Show it to the client as if no rule had matched.
+    Show,
+}
+
+/// Checked quarantine settings.
+#[derive(Debug, Clone)]
+pub struct QuarantineSettings {
+    /// Directory holding one Maildir per user.
+    pub dir: PathBuf,
+    pub on_failure: OnFailure,
+    /// Messages larger than this are not quarantined (they are handled as on failure).
+    pub max_size: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +161,7 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub scan: ScanSettings,
     pub tag: TagSettings,
+    pub quarantine: QuarantineSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -313,13 +347,23 @@ impl Config {
         if max_sessions == 0 {
             return Err(ConfigError::BadValue { field: "max_sessions".into(), reason: "must be at least 1".into() });
         }
+        let state_dir = args.state_dir.clone().or(file.state_dir).unwrap_or_else(default_state_dir);
+        let q = file.quarantine;
+        let quarantine = QuarantineSettings {
+            dir: q.dir.unwrap_or_else(|| state_dir.join("quarantine")),
+            on_failure: q.on_failure.unwrap_or(OnFailure::Hide),
+            max_size: match q.max_size {
+                Some(t) => parse_size(&t).map_err(|reason| ConfigError::BadValue { field: "quarantine.max_size".into(), reason })?,
+                None => 64 * 1024 * 1024,
+            },
+        };
         Ok(Config {
             listeners,
             rules: args.rules.clone().or(file.rules).unwrap_or_else(|| PathBuf::from("rules")),
             spam_action: file.spam_action.unwrap_or(Action::Tag),
             dry_run: args.dry_run || file.dry_run.unwrap_or(false),
             metrics,
-            state_dir: args.state_dir.clone().or(file.state_dir).unwrap_or_else(default_state_dir),
+            state_dir,
             max_sessions,
             timeouts,
             scan,
@@ -328,6 +372,7 @@ impl Config {
                 subject_prefix: file.tag.subject_prefix.filter(|p| !p.is_empty()),
                 ham_status: file.tag.ham_status.unwrap_or(false),
             },
+            quarantine,
         })
     }
 }

@@ -13,3 +13,4 @@ pub mod pop3;
 pub mod rules;
 pub mod scan;
 pub mod session;
+pub mod store;

@@ -206,6 +206,43 @@ impl HeaderCollector {
     }
 }
 
+/// Incremental [`unstuff`]: feed the body chunk by chunk (terminator excluded).
+#[derive(Debug, Clone)]
+pub struct Unstuffer {
+    at_line_start: bool,
+}
+
+impl Default for Unstuffer {
+    fn default() -> Self {
+        Unstuffer { at_line_start: true }
+    }
+}
+
+impl Unstuffer {
+    pub fn feed(&mut self, wire: &[u8], out: &mut Vec<u8>) {
+        let mut i = 0;
+        while i < wire.len() {
+            if self.at_line_start && wire[i] == b'.' {
+                i += 1;
+                self.at_line_start = false;
+                continue;
+            }
+            match memchr::memchr(b'\n', &wire[i..]) {
+                Some(off) => {
+                    out.extend_from_slice(&wire[i..i + off + 1]);
+                    i += off + 1;
+                    self.at_line_start = true;
+                }
+                None => {
+                    out.extend_from_slice(&wire[i..]);
+                    self.at_line_start = false;
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Removes byte-stuffing from wire content (without the terminator line).
 pub fn unstuff(wire: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(wire.len());
@@ -425,6 +462,18 @@ mod tests {
         let (n, hb) = collect_every_split(wire, 1024);
         assert_eq!(n, Some(wire.len()));
         assert_eq!(hb.bytes, b"Subject: x\nA: b\n\n");
+    }
+
+    #[test]
+    fn unstuffer_matches_unstuff_at_every_split() {
+        let wire = b"a\r\n..b\r\n.c\r\n...\r\nx";
+        for split in 0..=wire.len() {
+            let mut u = Unstuffer::default();
+            let mut out = Vec::new();
+            u.feed(&wire[..split], &mut out);
+            u.feed(&wire[split..], &mut out);
+            assert_eq!(out, unstuff(wire), "split {split}");
+        }
     }
 
     #[test]

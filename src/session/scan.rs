@@ -26,8 +26,7 @@ pub fn disposition(action: Option<Action>, dry_run: bool) -> Disposition {
     match action {
         None | Some(Action::Allow) | Some(Action::Tag) => Disposition::Visible,
         Some(Action::Hide) => Disposition::Hidden,
-        // Quarantine needs the local copy written before any DELE; until that is in place
-        // (the actions issue) a quarantined message is only hidden, never deleted.
+        // Hidden until its copy is safely on disk; only then condemned (see net::driver).
         Some(Action::Quarantine) => Disposition::Hidden,
         Some(Action::Delete) => Disposition::Condemned,
     }
@@ -36,7 +35,13 @@ pub fn disposition(action: Option<Action>, dry_run: bool) -> Disposition {
 /// Evaluates every scanned message and builds the view. Visible spam (and, under dry run,
 /// every condemned message) is tagged; its size grows by exactly the header change.
 pub fn build_view(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, tagging: &TagSettings) -> MailboxView {
-    let entries = items
+    MailboxView::new(build_entries(items, rules, dry_run, tagging))
+}
+
+/// Like [`build_view`] but returns the entries, so that quarantine can settle the fate of
+/// its messages (stored → condemned; failed → hidden or shown) before the view is fixed.
+pub fn build_entries(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, tagging: &TagSettings) -> Vec<Entry> {
+    items
         .into_iter()
         .map(|item| {
             let verdict: Option<Verdict> = item.headers.as_ref().map(|h| rules.evaluate(&h.bytes, item.size));
@@ -56,8 +61,20 @@ pub fn build_view(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, tagging:
             };
             Entry { upstream: item.upstream, upstream_size: item.size, size, uidl: item.uidl, verdict, disposition: d, rewrite }
         })
-        .collect();
-    MailboxView::new(entries)
+        .collect()
+}
+
+/// Entries awaiting quarantine (their disposition is `Hidden` until stored).
+pub fn quarantine_candidates(entries: &[Entry], dry_run: bool) -> Vec<usize> {
+    if dry_run {
+        return Vec::new();
+    }
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.verdict.as_ref().is_some_and(|v| v.action == Some(Action::Quarantine)))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 #[cfg(test)]
