@@ -6,8 +6,9 @@
 //! - the Grafana dashboard parses, has the structure Grafana's importer expects, and every
 //!   PromQL expression in it is accepted by promtool (as a recording rule, Grafana variables
 //!   substituted);
-//! - every `popsift_*` metric and every label used by the dashboard and the alerts exists in
-//!   `popsift::metrics::METRICS` (histograms also as `_bucket`, `_sum`, `_count`).
+//! - every `popsift_*` metric and every label used by the dashboard, the alerts and the example
+//!   queries in `deploy/README.md` exists in `popsift::metrics::METRICS` (histograms also as
+//!   `_bucket`, `_sum`, `_count`), and the README examples parse.
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -571,21 +572,61 @@ fn substitute_grafana_vars(expr: &str) -> String {
         .replace("$instance", ".*")
 }
 
-#[test]
-fn promtool_parses_every_dashboard_expr() {
-    let d = dashboard();
-    let mut yaml = String::from("groups:\n  - name: dashboard\n    rules:\n");
-    for (i, (title, expr)) in dashboard_exprs(&d).iter().enumerate() {
+/// Runs `promtool check rules` on the expressions written as recording rules.
+fn promtool_parses(exprs: &[(String, String)]) {
+    let mut yaml = String::from("groups:\n  - name: exprs\n    rules:\n");
+    for (i, (context, expr)) in exprs.iter().enumerate() {
         let expr = substitute_grafana_vars(expr);
-        assert!(!expr.contains('$'), "{title}: unknown variable in {expr}");
-        yaml.push_str(&format!("      - record: dashboard:expr_{i}\n"));
+        assert!(!expr.contains('$'), "{context}: unknown variable in {expr}");
+        yaml.push_str(&format!("      - record: check:expr_{i}\n"));
         yaml.push_str(&format!(
             "        expr: {}\n",
             serde_json::to_string(&expr).unwrap()
         ));
     }
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dashboard_exprs.yml");
+    let path = dir.path().join("exprs.yml");
     std::fs::write(&path, &yaml).unwrap();
     promtool(&["check", "rules", path.to_str().unwrap()]);
+}
+
+#[test]
+fn promtool_parses_every_dashboard_expr() {
+    promtool_parses(&dashboard_exprs(&dashboard()));
+}
+
+/// The example queries in `deploy/README.md` (```promql blocks, one query per line).
+fn readme_exprs() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(deploy("README.md")).unwrap();
+    let mut out = Vec::new();
+    let mut in_block = false;
+    let mut comment = String::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_block = line.trim() == "```promql";
+            continue;
+        }
+        if !in_block || line.trim().is_empty() {
+            continue;
+        }
+        if let Some(c) = line.trim().strip_prefix('#') {
+            comment = format!("README: {}", c.trim());
+        } else {
+            out.push((comment.clone(), line.trim().to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn readme_examples_are_valid_and_use_known_metrics() {
+    let exprs = readme_exprs();
+    assert!(
+        exprs.len() >= 5,
+        "README has {} example queries",
+        exprs.len()
+    );
+    let problems: Vec<String> = exprs.iter().flat_map(|(c, e)| check_expr(c, e)).collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    promtool_parses(&exprs);
 }
