@@ -415,38 +415,43 @@ pub fn install(addr: Option<SocketAddr>) -> Result<(), MetricsError> {
         return Err(err("metrics are already installed".into()));
     }
 
-    let recorder = match addr {
+    // Bind first (a busy port fails here), install second, serve last: a failed install
+    // leaves no listener or task behind.
+    let (recorder, exporter) = match addr {
         Some(addr) => {
             let _guard = runtime.enter();
             let (recorder, exporter) = builder()
                 .with_http_listener(addr)
                 .build()
                 .map_err(|e| err(e.to_string()))?;
+            (recorder, Some(exporter))
+        }
+        None => (builder().build_recorder(), None),
+    };
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| err(e.to_string()))?;
+    // Cannot fail: the global recorder is set once, and only here.
+    let _ = HANDLE.set(handle.clone());
+
+    match (exporter, addr) {
+        (Some(exporter), Some(addr)) => {
             runtime.spawn(async move {
                 if let Err(e) = exporter.await {
                     tracing::error!(%addr, error = ?e, "metrics endpoint stopped");
                 }
             });
-            recorder
         }
-        None => {
-            let recorder = builder().build_recorder();
-            // Without the exporter future nobody drains histogram samples between renders;
-            // do it like the exporter does (every 5 s) so memory stays bounded.
-            let handle = recorder.handle();
+        _ => {
+            // Without the exporter nobody drains histogram samples between renders; do it
+            // like the exporter does (every 5 s) so memory stays bounded.
             runtime.spawn(async move {
                 loop {
                     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                     handle.run_upkeep();
                 }
             });
-            recorder
         }
-    };
-    let handle = recorder.handle();
-    metrics::set_global_recorder(recorder).map_err(|e| err(e.to_string()))?;
-    // Cannot fail: the global recorder is set once, and only here.
-    let _ = HANDLE.set(handle);
+    }
 
     register();
     Ok(())
