@@ -371,11 +371,6 @@ pub const ALL_NAMES: &[&str] = &[
     START_TIME_SECONDS,
 ];
 
-/// Looks a metric up by name.
-pub fn find(name: &str) -> Option<&'static MetricDef> {
-    METRICS.iter().find(|m| m.name == name)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Installation
 // ---------------------------------------------------------------------------------------------
