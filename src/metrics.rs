@@ -1,6 +1,31 @@
-//! Every metric popsift exports, in one place (PLACEHOLDER BODIES — the metrics helper
-//! implements them; callers elsewhere use only these functions, never metric name strings).
+//! Every metric popsift exports, in one place, and the Prometheus `/metrics` endpoint.
+//!
+//! This module owns the metric *names* ([`METRICS`] is the single table: name, type, unit,
+//! labels, help text and histogram buckets), their registration at start-up and the exporter
+//! (`metrics-exporter-prometheus` with its HTTP listener). The rest of popsift records through
+//! the small functions below and never spells a metric name or a label value itself, so the
+//! exposition stays consistent with the dashboard and alert rules in `deploy/` — a test checks
+//! every PromQL expression there against [`METRICS`].
+//!
+//! Naming follows the Prometheus conventions: prefix `popsift_`, base units (`_seconds`,
+//! `_bytes`), counters end in `_total`, histograms have explicit buckets chosen for what they
+//! measure. No label ever carries a user, sender or mailbox: label values come from small closed
+//! sets (enums, `&'static str` kinds), except `rule`, whose cardinality is capped
+//! ([`RULE_LABEL_CAP`]).
+//!
+//! Labelled counters with a known value set are initialised to 0 when [`install`] runs, so
+//! `rate()`/`increase()` see the first event and alerts work from the first scrape.
+//!
+//! Before [`install`] (and in processes that never call it, e.g. `popsift check`) every
+//! recording function is a cheap no-op: the `metrics` facade drops the data.
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use metrics::{counter, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// How a client session ended (`popsift_sessions_total{result}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +40,26 @@ pub enum SessionResult {
     ClientAborted,
 }
 
+impl SessionResult {
+    /// Every variant, in label order; used to initialise the counters to 0.
+    pub const ALL: [SessionResult; 4] = [
+        SessionResult::Ok,
+        SessionResult::AuthFailed,
+        SessionResult::UpstreamError,
+        SessionResult::ClientAborted,
+    ];
+
+    /// The `result` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            SessionResult::Ok => "ok",
+            SessionResult::AuthFailed => "auth_failed",
+            SessionResult::UpstreamError => "upstream_error",
+            SessionResult::ClientAborted => "client_aborted",
+        }
+    }
+}
+
 /// Direction for `popsift_bytes_total{direction}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -24,6 +69,21 @@ pub enum Direction {
     ToClient,
 }
 
+impl Direction {
+    /// Every variant; used to initialise the counters to 0.
+    pub const ALL: [Direction; 2] = [Direction::FromUpstream, Direction::ToClient];
+
+    /// The `direction` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::FromUpstream => "from_upstream",
+            Direction::ToClient => "to_client",
+        }
+    }
+}
+
+/// The metrics endpoint could not be set up. When [`install`] was called without an address,
+/// `addr` is the unspecified address `0.0.0.0:0`.
 #[derive(Debug, thiserror::Error)]
 #[error("metrics endpoint {addr}: {reason}")]
 pub struct MetricsError {
@@ -31,24 +91,691 @@ pub struct MetricsError {
     pub reason: String,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Names. Callers outside this module never use these strings; tests and deploy checks do.
+// ---------------------------------------------------------------------------------------------
+
+/// Counter `{result}`: finished client sessions by how they ended.
+pub const SESSIONS_TOTAL: &str = "popsift_sessions_total";
+/// Gauge: client sessions currently open.
+pub const SESSIONS_ACTIVE: &str = "popsift_sessions_active";
+/// Counter: messages whose headers were evaluated against the rule set.
+pub const MESSAGES_SCANNED_TOTAL: &str = "popsift_messages_scanned_total";
+/// Counter `{verdict,action}`: messages by verdict and the action taken.
+pub const MESSAGES_TOTAL: &str = "popsift_messages_total";
+/// Counter `{rule}`: rule matches (capped label set, see [`RULE_LABEL_CAP`]).
+pub const RULE_MATCHES_TOTAL: &str = "popsift_rule_matches_total";
+/// Histogram: duration of a whole-mailbox scan.
+pub const SCAN_DURATION_SECONDS: &str = "popsift_scan_duration_seconds";
+/// Histogram: rule evaluation time for one message.
+pub const RULE_EVAL_DURATION_SECONDS: &str = "popsift_rule_eval_duration_seconds";
+/// Counter `{kind}`: upstream failures by kind.
+pub const UPSTREAM_ERRORS_TOTAL: &str = "popsift_upstream_errors_total";
+/// Histogram: time to establish the upstream connection.
+pub const UPSTREAM_CONNECT_DURATION_SECONDS: &str = "popsift_upstream_connect_duration_seconds";
+/// Counter `{direction}`: bytes relayed.
+pub const BYTES_TOTAL: &str = "popsift_bytes_total";
+/// Gauge: rules in the active rule set.
+pub const RULES_LOADED: &str = "popsift_rules_loaded";
+/// Counter `{result}`: rule (re)load attempts.
+pub const RULES_RELOADS_TOTAL: &str = "popsift_rules_reloads_total";
+/// Gauge: 1 when the most recent rule (re)load succeeded, else 0.
+pub const RULES_LAST_RELOAD_SUCCESSFUL: &str = "popsift_rules_last_reload_successful";
+/// Gauge: Unix time of the last successful rule (re)load.
+pub const RULES_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
+    "popsift_rules_last_reload_success_timestamp_seconds";
+/// Counter: messages written to the quarantine.
+pub const QUARANTINE_MESSAGES_TOTAL: &str = "popsift_quarantine_messages_total";
+/// Counter: messages that should have been quarantined but could not be written.
+pub const QUARANTINE_ERRORS_TOTAL: &str = "popsift_quarantine_errors_total";
+/// Counter `{result}`: header cache lookups, `hit` or `miss`.
+pub const HEADER_CACHE_LOOKUPS_TOTAL: &str = "popsift_header_cache_lookups_total";
+/// Gauge `{version}`: always 1; carries the version as a label.
+pub const BUILD_INFO: &str = "popsift_build_info";
+/// Gauge: Unix time at which the metrics were installed (process start, for uptime and for
+/// alerts that need a full window of data).
+pub const START_TIME_SECONDS: &str = "popsift_start_time_seconds";
+
+/// Prometheus metric type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One exported metric: everything a reader of the exposition, the dashboard or the alert
+/// rules needs to know about it.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    pub unit: Option<Unit>,
+    /// Label names; every value set is closed except `rule` (capped).
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+    /// Upper bounds of the histogram buckets (`le`), empty for counters and gauges.
+    pub buckets: &'static [f64],
+}
+
+/// Whole-mailbox scan: one `TOP n 0` (or cache lookup) per message over the network, so from a
+/// few milliseconds (small, cached mailbox on loopback) to minutes (thousands of messages at
+/// 50 ms RTT take ~100 s). Mail clients typically give up after 30–60 s.
+pub const SCAN_DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// Rule evaluation of one header block is in-memory (RegexSet, aho-corasick): microseconds,
+/// a slow rule set shows up in the milliseconds.
+pub const RULE_EVAL_DURATION_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1,
+];
+/// TCP connect plus TLS handshake to the upstream: sub-millisecond on loopback, tens to
+/// hundreds of milliseconds over the internet; the connect timeout bounds the top.
+pub const UPSTREAM_CONNECT_DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// `verdict` label values of `popsift_messages_total`.
+pub const VERDICTS: &[&str] = &["spam", "ham"];
+/// `action` label values of `popsift_messages_total`.
+pub const ACTIONS: &[&str] = &["none", "allow", "tag", "hide", "delete", "quarantine"];
+/// `kind` label values of `popsift_upstream_errors_total` initialised to 0.
+pub const UPSTREAM_ERROR_KINDS: &[&str] = &[
+    "connect", "tls", "timeout", "protocol", "closed", "greeting",
+];
+/// Only the first this-many distinct rule ids get their own `rule` label value on
+/// `popsift_rule_matches_total`; matches of any further rule are counted under
+/// `rule="_other"`. The set of labelled rules lives for the process (a reload does not reset
+/// it), so the series count is bounded even across many reloads with renamed rules.
+pub const RULE_LABEL_CAP: usize = 500;
+/// The `rule` label value for matches beyond [`RULE_LABEL_CAP`].
+pub const RULE_OTHER: &str = "_other";
+
+/// Every metric popsift exports.
+pub const METRICS: &[MetricDef] = &[
+    MetricDef {
+        name: SESSIONS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["result"],
+        help: "Client sessions that ended, by result (ok, auth_failed, upstream_error, client_aborted).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: SESSIONS_ACTIVE,
+        kind: MetricKind::Gauge,
+        unit: Some(Unit::Count),
+        labels: &[],
+        help: "Client sessions currently open.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: MESSAGES_SCANNED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &[],
+        help: "Messages whose headers were evaluated against the rule set.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: MESSAGES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["verdict", "action"],
+        help: "Messages by verdict (spam, ham) and the action taken (none, allow, tag, hide, delete, quarantine).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: RULE_MATCHES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["rule"],
+        help: "Rule matches by rule id; rules beyond the first 500 distinct ids are counted as rule=\"_other\".",
+        buckets: &[],
+    },
+    MetricDef {
+        name: SCAN_DURATION_SECONDS,
+        kind: MetricKind::Histogram,
+        unit: Some(Unit::Seconds),
+        labels: &[],
+        help: "Time to scan a whole mailbox (fetch and evaluate every message's headers).",
+        buckets: SCAN_DURATION_BUCKETS,
+    },
+    MetricDef {
+        name: RULE_EVAL_DURATION_SECONDS,
+        kind: MetricKind::Histogram,
+        unit: Some(Unit::Seconds),
+        labels: &[],
+        help: "Time to evaluate the rule set against one message's headers.",
+        buckets: RULE_EVAL_DURATION_BUCKETS,
+    },
+    MetricDef {
+        name: UPSTREAM_ERRORS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["kind"],
+        help: "Upstream failures by kind (connect, tls, timeout, protocol, closed, greeting).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: UPSTREAM_CONNECT_DURATION_SECONDS,
+        kind: MetricKind::Histogram,
+        unit: Some(Unit::Seconds),
+        labels: &[],
+        help: "Time to connect to the upstream POP3 server, including the TLS handshake.",
+        buckets: UPSTREAM_CONNECT_DURATION_BUCKETS,
+    },
+    MetricDef {
+        name: BYTES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Bytes),
+        labels: &["direction"],
+        help: "Bytes relayed, by direction (from_upstream, to_client).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: RULES_LOADED,
+        kind: MetricKind::Gauge,
+        unit: Some(Unit::Count),
+        labels: &[],
+        help: "Rules in the active rule set.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: RULES_RELOADS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["result"],
+        help: "Rule set loads and reloads, by result (success, failure).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: RULES_LAST_RELOAD_SUCCESSFUL,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: &[],
+        help: "1 if the most recent rule set load or reload succeeded, 0 if it failed.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: RULES_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
+        kind: MetricKind::Gauge,
+        unit: Some(Unit::Seconds),
+        labels: &[],
+        help: "Unix time of the last successful rule set load or reload.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: QUARANTINE_MESSAGES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &[],
+        help: "Messages written to the quarantine.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: QUARANTINE_ERRORS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &[],
+        help: "Messages that should have been quarantined but could not be written.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: HEADER_CACHE_LOOKUPS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["result"],
+        help: "Header cache lookups, by result (hit, miss).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: BUILD_INFO,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: &["version"],
+        help: "Always 1; the version label names the running popsift.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: START_TIME_SECONDS,
+        kind: MetricKind::Gauge,
+        unit: Some(Unit::Seconds),
+        labels: &[],
+        help: "Unix time at which popsift started.",
+        buckets: &[],
+    },
+];
+
+/// Every exported metric name (the `name` column of [`METRICS`]).
+pub const ALL_NAMES: &[&str] = &[
+    SESSIONS_TOTAL,
+    SESSIONS_ACTIVE,
+    MESSAGES_SCANNED_TOTAL,
+    MESSAGES_TOTAL,
+    RULE_MATCHES_TOTAL,
+    SCAN_DURATION_SECONDS,
+    RULE_EVAL_DURATION_SECONDS,
+    UPSTREAM_ERRORS_TOTAL,
+    UPSTREAM_CONNECT_DURATION_SECONDS,
+    BYTES_TOTAL,
+    RULES_LOADED,
+    RULES_RELOADS_TOTAL,
+    RULES_LAST_RELOAD_SUCCESSFUL,
+    RULES_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
+    QUARANTINE_MESSAGES_TOTAL,
+    QUARANTINE_ERRORS_TOTAL,
+    HEADER_CACHE_LOOKUPS_TOTAL,
+    BUILD_INFO,
+    START_TIME_SECONDS,
+];
+
+// ---------------------------------------------------------------------------------------------
+// Installation
+// ---------------------------------------------------------------------------------------------
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The builder with every histogram's buckets; shared by [`install`] and the unit tests.
+fn builder() -> PrometheusBuilder {
+    let mut b = PrometheusBuilder::new();
+    for m in METRICS.iter().filter(|m| m.kind == MetricKind::Histogram) {
+        b = b
+            .set_buckets_for_metric(Matcher::Full(m.name.to_owned()), m.buckets)
+            .expect("METRICS histograms have non-empty buckets (unit-tested)");
+    }
+    b
+}
+
 /// Installs the recorder and, when `addr` is given, serves `/metrics` there.
 /// Must be called inside a tokio runtime. Registers (describes) every metric and sets
 /// `popsift_build_info`.
-pub fn install(_addr: Option<SocketAddr>) -> Result<(), MetricsError> {
+///
+/// With `addr = None` (`--metrics off`) the recorder is still installed, so [`render`] works
+/// and recording costs the same, but nothing listens. The listener answers every path; use
+/// `/metrics`. Binding happens before this returns, so a busy port is an error here, not later.
+///
+/// The global recorder can be installed once per process: a second call fails.
+pub fn install(addr: Option<SocketAddr>) -> Result<(), MetricsError> {
+    let err_addr = addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let err = |reason: String| MetricsError {
+        addr: err_addr,
+        reason,
+    };
+
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| err("install must be called inside a tokio runtime".into()))?;
+    if HANDLE.get().is_some() {
+        return Err(err("metrics are already installed".into()));
+    }
+
+    // Bind first (a busy port fails here), install second, serve last: a failed install
+    // leaves no listener or task behind.
+    let (recorder, exporter) = match addr {
+        Some(addr) => {
+            let _guard = runtime.enter();
+            let (recorder, exporter) = builder()
+                .with_http_listener(addr)
+                .build()
+                .map_err(|e| err(e.to_string()))?;
+            (recorder, Some(exporter))
+        }
+        None => (builder().build_recorder(), None),
+    };
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| err(e.to_string()))?;
+    // Cannot fail: the global recorder is set once, and only here.
+    let _ = HANDLE.set(handle.clone());
+
+    match (exporter, addr) {
+        (Some(exporter), Some(addr)) => {
+            runtime.spawn(async move {
+                if let Err(e) = exporter.await {
+                    tracing::error!(%addr, error = ?e, "metrics endpoint stopped");
+                }
+            });
+        }
+        _ => {
+            // Without the exporter nobody drains histogram samples between renders; do it
+            // like the exporter does (every 5 s) so memory stays bounded.
+            runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    handle.run_upkeep();
+                }
+            });
+        }
+    }
+
+    register();
     Ok(())
 }
-pub fn session_started() {}
-pub fn session_finished(_result: SessionResult) {}
-pub fn message_scanned() {}
+
+/// The current exposition (Prometheus text format), or `None` before [`install`].
+pub fn render() -> Option<String> {
+    HANDLE.get().map(PrometheusHandle::render)
+}
+
+/// Describes every metric and creates the series whose label values are known, at 0, so they
+/// appear in the first scrape.
+fn register() {
+    for m in METRICS {
+        match (m.kind, m.unit) {
+            (MetricKind::Counter, Some(u)) => metrics::describe_counter!(m.name, u, m.help),
+            (MetricKind::Counter, None) => metrics::describe_counter!(m.name, m.help),
+            (MetricKind::Gauge, Some(u)) => metrics::describe_gauge!(m.name, u, m.help),
+            (MetricKind::Gauge, None) => metrics::describe_gauge!(m.name, m.help),
+            (MetricKind::Histogram, Some(u)) => metrics::describe_histogram!(m.name, u, m.help),
+            (MetricKind::Histogram, None) => metrics::describe_histogram!(m.name, m.help),
+        }
+    }
+
+    for r in SessionResult::ALL {
+        counter!(SESSIONS_TOTAL, "result" => r.label()).absolute(0);
+    }
+    gauge!(SESSIONS_ACTIVE).set(0.0);
+    counter!(MESSAGES_SCANNED_TOTAL).absolute(0);
+    for &verdict in VERDICTS {
+        for &action in ACTIONS {
+            counter!(MESSAGES_TOTAL, "verdict" => verdict, "action" => action).absolute(0);
+        }
+    }
+    for &kind in UPSTREAM_ERROR_KINDS {
+        counter!(UPSTREAM_ERRORS_TOTAL, "kind" => kind).absolute(0);
+    }
+    for d in Direction::ALL {
+        counter!(BYTES_TOTAL, "direction" => d.label()).absolute(0);
+    }
+    for result in ["success", "failure"] {
+        counter!(RULES_RELOADS_TOTAL, "result" => result).absolute(0);
+    }
+    counter!(QUARANTINE_MESSAGES_TOTAL).absolute(0);
+    counter!(QUARANTINE_ERRORS_TOTAL).absolute(0);
+    for result in ["hit", "miss"] {
+        counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => result).absolute(0);
+    }
+    // Histograms: registering the handle renders empty buckets from the first scrape.
+    let _ = histogram!(SCAN_DURATION_SECONDS);
+    let _ = histogram!(RULE_EVAL_DURATION_SECONDS);
+    let _ = histogram!(UPSTREAM_CONNECT_DURATION_SECONDS);
+    // `popsift_rules_loaded` and the reload gauges are set by the first rule load, not here:
+    // a made-up 0 would look like "empty rule set" / "reload failed".
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(START_TIME_SECONDS).set(unix_now());
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recording
+// ---------------------------------------------------------------------------------------------
+
+/// A client connected: `popsift_sessions_active` + 1. Pair with [`session_finished`].
+pub fn session_started() {
+    gauge!(SESSIONS_ACTIVE).increment(1.0);
+}
+
+/// A client session ended: `popsift_sessions_active` − 1 and
+/// `popsift_sessions_total{result}` + 1.
+pub fn session_finished(result: SessionResult) {
+    gauge!(SESSIONS_ACTIVE).decrement(1.0);
+    counter!(SESSIONS_TOTAL, "result" => result.label()).increment(1);
+}
+
+/// One message's headers were evaluated: `popsift_messages_scanned_total` + 1.
+pub fn message_scanned() {
+    counter!(MESSAGES_SCANNED_TOTAL).increment(1);
+}
+
 /// `verdict`: "spam" | "ham"; `action`: "none" | "allow" | "tag" | "hide" | "delete" | "quarantine".
-pub fn message_verdict(_verdict: &str, _action: &str) {}
-pub fn rule_matched(_rule_id: &str) {}
-pub fn scan_duration(_seconds: f64) {}
-pub fn rule_eval_duration(_seconds: f64) {}
+///
+/// Any other value is counted under `"other"`, so a caller bug cannot create unbounded series.
+pub fn message_verdict(verdict: &str, action: &str) {
+    let verdict = known(VERDICTS, verdict);
+    let action = known(ACTIONS, action);
+    counter!(MESSAGES_TOTAL, "verdict" => verdict, "action" => action).increment(1);
+}
+
+fn known(set: &[&'static str], value: &str) -> &'static str {
+    set.iter()
+        .find(|v| **v == value)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// A rule with a score or action matched: `popsift_rule_matches_total{rule}` + 1. The first
+/// [`RULE_LABEL_CAP`] distinct rule ids get their own series; later ones count as `_other`.
+/// Callers should report only rules that contribute a score or an action.
+pub fn rule_matched(rule_id: &str) {
+    static LABELS: OnceLock<RuleLabels> = OnceLock::new();
+    let label = LABELS
+        .get_or_init(|| RuleLabels::new(RULE_LABEL_CAP))
+        .label(rule_id);
+    counter!(RULE_MATCHES_TOTAL, "rule" => label.into_owned()).increment(1);
+}
+
+/// The bounded set of rule ids that have their own label value.
+#[derive(Debug)]
+struct RuleLabels {
+    cap: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl RuleLabels {
+    fn new(cap: usize) -> Self {
+        RuleLabels {
+            cap,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// `rule_id` if it already has a series or there is still room for one, else `_other`.
+    fn label<'a>(&self, rule_id: &'a str) -> Cow<'a, str> {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.contains(rule_id) {
+            return Cow::Borrowed(rule_id);
+        }
+        if seen.len() < self.cap {
+            seen.insert(rule_id.to_owned());
+            return Cow::Borrowed(rule_id);
+        }
+        Cow::Borrowed(RULE_OTHER)
+    }
+}
+
+/// A whole-mailbox scan took `seconds` (`popsift_scan_duration_seconds`).
+pub fn scan_duration(seconds: f64) {
+    histogram!(SCAN_DURATION_SECONDS).record(seconds);
+}
+
+/// Evaluating the rules against one message took `seconds`
+/// (`popsift_rule_eval_duration_seconds`).
+pub fn rule_eval_duration(seconds: f64) {
+    histogram!(RULE_EVAL_DURATION_SECONDS).record(seconds);
+}
+
 /// `kind`: "connect" | "tls" | "timeout" | "protocol" | "closed" | "greeting".
-pub fn upstream_error(_kind: &'static str) {}
-pub fn upstream_connect_duration(_seconds: f64) {}
-pub fn bytes(_direction: Direction, _n: u64) {}
-pub fn rules_loaded(_n: usize) {}
-pub fn rules_reload(_ok: bool) {}
-pub fn quarantine_message() {}
+pub fn upstream_error(kind: &'static str) {
+    counter!(UPSTREAM_ERRORS_TOTAL, "kind" => kind).increment(1);
+}
+
+/// Connecting to the upstream (TCP connect and, if any, the TLS handshake) took `seconds`
+/// (`popsift_upstream_connect_duration_seconds`).
+pub fn upstream_connect_duration(seconds: f64) {
+    histogram!(UPSTREAM_CONNECT_DURATION_SECONDS).record(seconds);
+}
+
+/// `n` bytes were relayed in `direction` (`popsift_bytes_total{direction}`).
+pub fn bytes(direction: Direction, n: u64) {
+    counter!(BYTES_TOTAL, "direction" => direction.label()).increment(n);
+}
+
+/// The active rule set has `n` rules (`popsift_rules_loaded`).
+pub fn rules_loaded(n: usize) {
+    gauge!(RULES_LOADED).set(n as f64);
+}
+
+/// A rule set load or reload finished; call it for the initial load too.
+/// Counts `popsift_rules_reloads_total{result="success"|"failure"}`, sets
+/// `popsift_rules_last_reload_successful` and, on success,
+/// `popsift_rules_last_reload_success_timestamp_seconds` to now.
+pub fn rules_reload(ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    counter!(RULES_RELOADS_TOTAL, "result" => result).increment(1);
+    gauge!(RULES_LAST_RELOAD_SUCCESSFUL).set(if ok { 1.0 } else { 0.0 });
+    if ok {
+        gauge!(RULES_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS).set(unix_now());
+    }
+}
+
+/// A message was written to the quarantine (`popsift_quarantine_messages_total`).
+pub fn quarantine_message() {
+    counter!(QUARANTINE_MESSAGES_TOTAL).increment(1);
+}
+
+/// A message could not be written to the quarantine (`popsift_quarantine_errors_total`).
+pub fn quarantine_error() {
+    counter!(QUARANTINE_ERRORS_TOTAL).increment(1);
+}
+
+/// A header cache lookup (`popsift_header_cache_lookups_total{result="hit"|"miss"}`).
+pub fn header_cache_lookup(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => result).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Label names that would put a person or a mailbox into a series.
+    const FORBIDDEN_LABELS: &[&str] = &[
+        "user", "username", "sender", "from", "to", "mailbox", "peer", "address", "subject",
+    ];
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let mut seen = HashSet::new();
+        for m in METRICS {
+            assert!(seen.insert(m.name), "{} defined twice", m.name);
+            assert!(m.name.starts_with("popsift_"), "{}", m.name);
+            assert!(
+                m.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{} is not snake_case",
+                m.name
+            );
+            assert!(!m.help.is_empty(), "{} has no help", m.name);
+            match m.kind {
+                MetricKind::Counter => assert!(m.name.ends_with("_total"), "{}", m.name),
+                MetricKind::Gauge => assert!(!m.name.ends_with("_total"), "{}", m.name),
+                MetricKind::Histogram => assert!(
+                    m.name.ends_with("_seconds") || m.name.ends_with("_bytes"),
+                    "{} has no base unit",
+                    m.name
+                ),
+            }
+            if m.unit == Some(Unit::Seconds) {
+                assert!(m.name.contains("_seconds"), "{}", m.name);
+            }
+            if m.unit == Some(Unit::Bytes) {
+                assert!(m.name.contains("_bytes"), "{}", m.name);
+            }
+            for l in m.labels {
+                assert!(!FORBIDDEN_LABELS.contains(l), "{} has label {l}", m.name);
+            }
+        }
+    }
+
+    #[test]
+    fn all_names_matches_the_table() {
+        let table: Vec<_> = METRICS.iter().map(|m| m.name).collect();
+        assert_eq!(table, ALL_NAMES);
+    }
+
+    #[test]
+    fn histograms_have_increasing_buckets_and_others_none() {
+        for m in METRICS {
+            if m.kind == MetricKind::Histogram {
+                assert!(!m.buckets.is_empty(), "{}", m.name);
+                assert!(m.buckets.windows(2).all(|w| w[0] < w[1]), "{}", m.name);
+                assert!(m.buckets[0] > 0.0, "{}", m.name);
+            } else {
+                assert!(m.buckets.is_empty(), "{}", m.name);
+            }
+        }
+        // Builds without error: every bucket set is accepted by the exporter.
+        let _ = builder().build_recorder();
+    }
+
+    #[test]
+    fn rule_labels_are_capped() {
+        let labels = RuleLabels::new(3);
+        assert_eq!(labels.label("a"), "a");
+        assert_eq!(labels.label("b"), "b");
+        assert_eq!(labels.label("a"), "a");
+        assert_eq!(labels.label("c"), "c");
+        assert_eq!(labels.label("d"), RULE_OTHER);
+        assert_eq!(labels.label("e"), RULE_OTHER);
+        // Rules admitted before the cap keep their own series.
+        assert_eq!(labels.label("b"), "b");
+        assert_eq!(labels.label("c"), "c");
+    }
+
+    #[test]
+    fn label_values_are_snake_case() {
+        let values = SessionResult::ALL
+            .iter()
+            .map(|r| r.label())
+            .chain(Direction::ALL.iter().map(|d| d.label()))
+            .chain(VERDICTS.iter().copied())
+            .chain(ACTIONS.iter().copied())
+            .chain(UPSTREAM_ERROR_KINDS.iter().copied());
+        for v in values {
+            assert!(
+                v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{v}"
+            );
+        }
+    }
+
+    /// Records through a local (non-global) recorder built like the installed one, so the
+    /// label mapping and the histogram buckets are checked without touching global state.
+    #[test]
+    fn recording_functions_render_expected_series() {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            register();
+            session_started();
+            session_started();
+            session_finished(SessionResult::AuthFailed);
+            message_verdict("spam", "hide");
+            bytes(Direction::ToClient, 10);
+            scan_duration(0.3);
+        });
+        let text = handle.render();
+        for line in [
+            "popsift_sessions_active 1",
+            "popsift_sessions_total{result=\"auth_failed\"} 1",
+            "popsift_sessions_total{result=\"ok\"} 0",
+            "popsift_messages_total{verdict=\"spam\",action=\"hide\"} 1",
+            "popsift_bytes_total{direction=\"to_client\"} 10",
+            "popsift_scan_duration_seconds_bucket{le=\"0.25\"} 0",
+            "popsift_scan_duration_seconds_bucket{le=\"0.5\"} 1",
+            "popsift_scan_duration_seconds_count 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+}
