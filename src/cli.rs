@@ -39,6 +39,54 @@ pub enum Command {
     Check(CheckArgs),
     /// Evaluate rules against messages on disk (.eml files, Maildir folders, mbox files).
     Scan(ScanArgs),
+    /// Look into the quarantine and restore false positives.
+    Quarantine(QuarantineArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QuarantineArgs {
+    /// Quarantine directory [default: `quarantine.dir` from the config, else
+    /// <state dir>/quarantine].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Config file to read `quarantine.dir` / `state_dir` from [default: popsift.yaml if present].
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: QuarantineAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineAction {
+    /// List quarantined messages: id, date, user, from, subject, score, rules.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one message (by id or unique id prefix) exactly as the server held it.
+    Show {
+        id: String,
+        /// Include popsift's X-Popsift-* fields (why it was quarantined).
+        #[arg(long)]
+        with_meta: bool,
+    },
+    /// Deliver a message back: to an .eml file, a Maildir or an mbox of your choice.
+    Restore {
+        id: String,
+        /// Write the message to this file (.eml).
+        #[arg(long, group = "dest")]
+        to_eml: Option<PathBuf>,
+        /// Deliver into this Maildir (created if missing), e.g. your mail client's local folder.
+        #[arg(long, group = "dest")]
+        to_maildir: Option<PathBuf>,
+        /// Append to this mbox file.
+        #[arg(long, group = "dest")]
+        to_mbox: Option<PathBuf>,
+        /// Remove it from the quarantine after a successful restore.
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 /// Upstream connection security.

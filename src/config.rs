@@ -353,7 +353,8 @@ impl Config {
             dir: q.dir.unwrap_or_else(|| state_dir.join("quarantine")),
             on_failure: q.on_failure.unwrap_or(OnFailure::Hide),
             max_size: match q.max_size {
-                Some(t) => parse_size(&t).map_err(|reason| ConfigError::BadValue { field: "quarantine.max_size".into(), reason })?,
+                Some(t) => parse_size(&t)
+                    .map_err(|reason| ConfigError::BadValue { field: "quarantine.max_size".into(), reason })?,
                 None => 64 * 1024 * 1024,
             },
         };

@@ -10,6 +10,7 @@ pub mod config;
 pub mod metrics;
 pub mod net;
 pub mod pop3;
+pub mod quarantine_cmd;
 pub mod rules;
 pub mod scan;
 pub mod session;

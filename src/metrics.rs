@@ -42,12 +42,8 @@ pub enum SessionResult {
 
 impl SessionResult {
     /// Every variant, in label order; used to initialise the counters to 0.
-    pub const ALL: [SessionResult; 4] = [
-        SessionResult::Ok,
-        SessionResult::AuthFailed,
-        SessionResult::UpstreamError,
-        SessionResult::ClientAborted,
-    ];
+    pub const ALL: [SessionResult; 4] =
+        [SessionResult::Ok, SessionResult::AuthFailed, SessionResult::UpstreamError, SessionResult::ClientAborted];
 
     /// The `result` label value.
     pub fn label(self) -> &'static str {
@@ -122,8 +118,7 @@ pub const RULES_RELOADS_TOTAL: &str = "popsift_rules_reloads_total";
 /// Gauge: 1 when the most recent rule (re)load succeeded, else 0.
 pub const RULES_LAST_RELOAD_SUCCESSFUL: &str = "popsift_rules_last_reload_successful";
 /// Gauge: Unix time of the last successful rule (re)load.
-pub const RULES_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
-    "popsift_rules_last_reload_success_timestamp_seconds";
+pub const RULES_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str = "popsift_rules_last_reload_success_timestamp_seconds";
 /// Counter: messages written to the quarantine.
 pub const QUARANTINE_MESSAGES_TOTAL: &str = "popsift_quarantine_messages_total";
 /// Counter: messages that should have been quarantined but could not be written.
@@ -161,29 +156,23 @@ pub struct MetricDef {
 /// Whole-mailbox scan: one `TOP n 0` (or cache lookup) per message over the network, so from a
 /// few milliseconds (small, cached mailbox on loopback) to minutes (thousands of messages at
 /// 50 ms RTT take ~100 s). Mail clients typically give up after 30–60 s.
-pub const SCAN_DURATION_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-];
+pub const SCAN_DURATION_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 /// Rule evaluation of one header block is in-memory (RegexSet, aho-corasick): microseconds,
 /// a slow rule set shows up in the milliseconds.
-pub const RULE_EVAL_DURATION_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
-    0.05, 0.1,
-];
+pub const RULE_EVAL_DURATION_BUCKETS: &[f64] =
+    &[0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1];
 /// TCP connect plus TLS handshake to the upstream: sub-millisecond on loopback, tens to
 /// hundreds of milliseconds over the internet; the connect timeout bounds the top.
-pub const UPSTREAM_CONNECT_DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+pub const UPSTREAM_CONNECT_DURATION_BUCKETS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// `verdict` label values of `popsift_messages_total`.
 pub const VERDICTS: &[&str] = &["spam", "ham"];
 /// `action` label values of `popsift_messages_total`.
 pub const ACTIONS: &[&str] = &["none", "allow", "tag", "hide", "delete", "quarantine"];
 /// `kind` label values of `popsift_upstream_errors_total` initialised to 0.
-pub const UPSTREAM_ERROR_KINDS: &[&str] = &[
-    "connect", "tls", "timeout", "protocol", "closed", "greeting",
-];
+pub const UPSTREAM_ERROR_KINDS: &[&str] = &["connect", "tls", "timeout", "protocol", "closed", "greeting"];
 /// Only the first this-many distinct rule ids get their own `rule` label value on
 /// `popsift_rule_matches_total`; matches of any further rule are counted under
 /// `rule="_other"`. The set of labelled rules lives for the process (a reload does not reset
@@ -399,10 +388,7 @@ fn builder() -> PrometheusBuilder {
 /// The global recorder can be installed once per process: a second call fails.
 pub fn install(addr: Option<SocketAddr>) -> Result<(), MetricsError> {
     let err_addr = addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let err = |reason: String| MetricsError {
-        addr: err_addr,
-        reason,
-    };
+    let err = |reason: String| MetricsError { addr: err_addr, reason };
 
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|_| err("install must be called inside a tokio runtime".into()))?;
@@ -415,10 +401,7 @@ pub fn install(addr: Option<SocketAddr>) -> Result<(), MetricsError> {
     let (recorder, exporter) = match addr {
         Some(addr) => {
             let _guard = runtime.enter();
-            let (recorder, exporter) = builder()
-                .with_http_listener(addr)
-                .build()
-                .map_err(|e| err(e.to_string()))?;
+            let (recorder, exporter) = builder().with_http_listener(addr).build().map_err(|e| err(e.to_string()))?;
             (recorder, Some(exporter))
         }
         None => (builder().build_recorder(), None),
@@ -506,10 +489,7 @@ fn register() {
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -543,10 +523,7 @@ pub fn message_verdict(verdict: &str, action: &str) {
 }
 
 fn known(set: &[&'static str], value: &str) -> &'static str {
-    set.iter()
-        .find(|v| **v == value)
-        .copied()
-        .unwrap_or("other")
+    set.iter().find(|v| **v == value).copied().unwrap_or("other")
 }
 
 /// A rule with a score or action matched: `popsift_rule_matches_total{rule}` + 1. The first
@@ -554,9 +531,7 @@ fn known(set: &[&'static str], value: &str) -> &'static str {
 /// Callers should report only rules that contribute a score or an action.
 pub fn rule_matched(rule_id: &str) {
     static LABELS: OnceLock<RuleLabels> = OnceLock::new();
-    let label = LABELS
-        .get_or_init(|| RuleLabels::new(RULE_LABEL_CAP))
-        .label(rule_id);
+    let label = LABELS.get_or_init(|| RuleLabels::new(RULE_LABEL_CAP)).label(rule_id);
     counter!(RULE_MATCHES_TOTAL, "rule" => label.into_owned()).increment(1);
 }
 
@@ -569,10 +544,7 @@ struct RuleLabels {
 
 impl RuleLabels {
     fn new(cap: usize) -> Self {
-        RuleLabels {
-            cap,
-            seen: Mutex::new(HashSet::new()),
-        }
+        RuleLabels { cap, seen: Mutex::new(HashSet::new()) }
     }
 
     /// `rule_id` if it already has a series or there is still room for one, else `_other`.
@@ -655,9 +627,8 @@ mod tests {
     use super::*;
 
     /// Label names that would put a person or a mailbox into a series.
-    const FORBIDDEN_LABELS: &[&str] = &[
-        "user", "username", "sender", "from", "to", "mailbox", "peer", "address", "subject",
-    ];
+    const FORBIDDEN_LABELS: &[&str] =
+        &["user", "username", "sender", "from", "to", "mailbox", "peer", "address", "subject"];
 
     #[test]
     fn names_follow_prometheus_conventions() {
@@ -666,9 +637,7 @@ mod tests {
             assert!(seen.insert(m.name), "{} defined twice", m.name);
             assert!(m.name.starts_with("popsift_"), "{}", m.name);
             assert!(
-                m.name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                m.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
                 "{} is not snake_case",
                 m.name
             );
@@ -676,11 +645,9 @@ mod tests {
             match m.kind {
                 MetricKind::Counter => assert!(m.name.ends_with("_total"), "{}", m.name),
                 MetricKind::Gauge => assert!(!m.name.ends_with("_total"), "{}", m.name),
-                MetricKind::Histogram => assert!(
-                    m.name.ends_with("_seconds") || m.name.ends_with("_bytes"),
-                    "{} has no base unit",
-                    m.name
-                ),
+                MetricKind::Histogram => {
+                    assert!(m.name.ends_with("_seconds") || m.name.ends_with("_bytes"), "{} has no base unit", m.name)
+                }
             }
             if m.unit == Some(Unit::Seconds) {
                 assert!(m.name.contains("_seconds"), "{}", m.name);
@@ -739,10 +706,7 @@ mod tests {
             .chain(ACTIONS.iter().copied())
             .chain(UPSTREAM_ERROR_KINDS.iter().copied());
         for v in values {
-            assert!(
-                v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{v}"
-            );
+            assert!(v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{v}");
         }
     }
 
@@ -772,10 +736,7 @@ mod tests {
             "popsift_scan_duration_seconds_bucket{le=\"0.5\"} 1",
             "popsift_scan_duration_seconds_count 1",
         ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
     }
 }

@@ -17,42 +17,23 @@ use popsift::metrics::{MetricKind, METRICS};
 use serde_json::Value;
 
 fn deploy(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy")
-        .join(file)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(file)
 }
 
 fn promtool(args: &[&str]) -> String {
     let out = Command::new("promtool")
         .args(args)
         .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run promtool ({e}): install Debian package `prometheus`; CI needs it")
-        });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "promtool {args:?} failed ({}):\n{text}",
-        out.status
-    );
+        .unwrap_or_else(|e| panic!("cannot run promtool ({e}): install Debian package `prometheus`; CI needs it"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?} failed ({}):\n{text}", out.status);
     text
 }
 
 #[test]
 fn promtool_accepts_scrape_config_and_its_rule_files() {
-    let out = promtool(&[
-        "check",
-        "config",
-        deploy("prometheus.yml").to_str().unwrap(),
-    ]);
-    assert!(
-        out.contains("1 rule files found"),
-        "alerts.yml not referenced?\n{out}"
-    );
+    let out = promtool(&["check", "config", deploy("prometheus.yml").to_str().unwrap()]);
+    assert!(out.contains("1 rule files found"), "alerts.yml not referenced?\n{out}");
 }
 
 #[test]
@@ -213,8 +194,7 @@ fn scan(expr: &str) -> Refs {
             }
         } else if c == b'{' {
             let (names, next) = read_matchers(i + 1);
-            refs.matcher_labels
-                .extend(names.into_iter().map(|n| (String::new(), n)));
+            refs.matcher_labels.extend(names.into_iter().map(|n| (String::new(), n)));
             i = next;
         } else if ident_start(c) {
             let s = i;
@@ -225,10 +205,7 @@ fn scan(expr: &str) -> Refs {
             let after = skip_ws(i);
             let next = b.get(after).copied();
             let lower = word.to_ascii_lowercase();
-            if matches!(
-                lower.as_str(),
-                "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
-            ) {
+            if matches!(lower.as_str(), "by" | "without" | "on" | "ignoring" | "group_left" | "group_right") {
                 if next == Some(b'(') {
                     let (names, n) = read_grouping(after);
                     refs.grouping_labels.extend(names);
@@ -240,8 +217,7 @@ fn scan(expr: &str) -> Refs {
                 refs.metrics.insert(word.to_owned());
                 if next == Some(b'{') {
                     let (names, n) = read_matchers(after + 1);
-                    refs.matcher_labels
-                        .extend(names.into_iter().map(|l| (word.to_owned(), l)));
+                    refs.matcher_labels.extend(names.into_iter().map(|l| (word.to_owned(), l)));
                     i = n;
                 }
             }
@@ -264,9 +240,7 @@ fn resolve(name: &str) -> Option<(&'static popsift::metrics::MetricDef, bool)> {
     }
     ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
         let base = name.strip_suffix(suffix)?;
-        let m = METRICS
-            .iter()
-            .find(|m| m.name == base && m.kind == MetricKind::Histogram)?;
+        let m = METRICS.iter().find(|m| m.name == base && m.kind == MetricKind::Histogram)?;
         Some((m, *suffix == "_bucket"))
     })
 }
@@ -296,20 +270,15 @@ fn check_expr(context: &str, expr: &str) -> Vec<String> {
     for (metric, label) in &refs.matcher_labels {
         let ok = TARGET_LABELS.contains(&label.as_str())
             || FOREIGN_METRICS.contains(&metric.as_str())
-            || resolve(metric).is_some_and(|(m, bucket)| {
-                m.labels.contains(&label.as_str()) || (bucket && label == "le")
-            });
+            || resolve(metric)
+                .is_some_and(|(m, bucket)| m.labels.contains(&label.as_str()) || (bucket && label == "le"));
         if !ok {
-            problems.push(format!(
-                "{context}: {metric} has no label {label:?}: {expr}"
-            ));
+            problems.push(format!("{context}: {metric} has no label {label:?}: {expr}"));
         }
     }
     for label in &refs.grouping_labels {
         if !known_labels.contains(label.as_str()) {
-            problems.push(format!(
-                "{context}: grouping by unknown label {label:?}: {expr}"
-            ));
+            problems.push(format!("{context}: grouping by unknown label {label:?}: {expr}"));
         }
     }
     problems
@@ -324,26 +293,14 @@ fn scanner_finds_names_and_labels() {
         r.metrics.iter().map(String::as_str).collect::<Vec<_>>(),
         ["popsift_scan_duration_seconds_bucket", "up"]
     );
-    assert_eq!(
-        r.grouping_labels
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        ["instance", "le"]
-    );
+    assert_eq!(r.grouping_labels.iter().map(String::as_str).collect::<Vec<_>>(), ["instance", "le"]);
     assert_eq!(r.matcher_labels.len(), 2);
 
     assert!(check_expr("t", "rate(popsift_sessions_total{result=\"ok\"}[5m])").is_empty());
     assert!(check_expr("t", "sum by (le) (popsift_scan_duration_seconds_bucket)").is_empty());
     assert_eq!(check_expr("t", "rate(popsift_session_total[5m])").len(), 1);
-    assert_eq!(
-        check_expr("t", "popsift_sessions_total{verdict=\"spam\"}").len(),
-        1
-    );
-    assert_eq!(
-        check_expr("t", "sum by (user) (popsift_sessions_total)").len(),
-        1
-    );
+    assert_eq!(check_expr("t", "popsift_sessions_total{verdict=\"spam\"}").len(), 1);
+    assert_eq!(check_expr("t", "sum by (user) (popsift_sessions_total)").len(), 1);
     assert_eq!(check_expr("t", "popsift_sessions_active_bucket").len(), 1);
 }
 
@@ -363,18 +320,9 @@ fn alert_exprs_reference_only_known_metrics_and_labels() {
             alerts.insert(name.to_owned());
             let expr = rule["expr"].as_str().expect("expr");
             problems.extend(check_expr(name, expr));
-            assert!(
-                rule["labels"]["severity"].as_str().is_some(),
-                "{name}: severity label"
-            );
-            assert!(
-                rule["annotations"]["summary"].as_str().is_some(),
-                "{name}: summary"
-            );
-            assert!(
-                rule["annotations"]["description"].as_str().is_some(),
-                "{name}: description"
-            );
+            assert!(rule["labels"]["severity"].as_str().is_some(), "{name}: severity label");
+            assert!(rule["annotations"]["summary"].as_str().is_some(), "{name}: summary");
+            assert!(rule["annotations"]["description"].as_str().is_some(), "{name}: description");
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -391,10 +339,7 @@ fn alert_exprs_reference_only_known_metrics_and_labels() {
     // Every alert has a promtool unit test.
     let tests = std::fs::read_to_string(deploy("alerts_test.yml")).unwrap();
     for a in &alerts {
-        assert!(
-            tests.contains(&format!("alertname: {a}\n")),
-            "no unit test for {a}"
-        );
+        assert!(tests.contains(&format!("alertname: {a}\n")), "no unit test for {a}");
     }
 }
 
@@ -418,10 +363,7 @@ fn dashboard_exprs(d: &Value) -> Vec<(String, String)> {
         }
         let title = p["title"].as_str().unwrap_or_default().to_owned();
         for t in p["targets"].as_array().into_iter().flatten() {
-            out.push((
-                title.clone(),
-                t["expr"].as_str().unwrap_or_default().to_owned(),
-            ));
+            out.push((title.clone(), t["expr"].as_str().unwrap_or_default().to_owned()));
         }
     }
     out
@@ -431,30 +373,18 @@ fn dashboard_exprs(d: &Value) -> Vec<(String, String)> {
 fn dashboard_has_importable_structure() {
     let d = dashboard();
     assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()));
-    assert!(d["uid"]
-        .as_str()
-        .is_some_and(|u| !u.is_empty() && u.len() <= 40));
+    assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty() && u.len() <= 40));
     let schema = d["schemaVersion"].as_u64().expect("schemaVersion");
     assert!((36..=41).contains(&schema), "schemaVersion {schema}");
-    assert!(
-        d["id"].is_null(),
-        "exported dashboards carry no database id"
-    );
+    assert!(d["id"].is_null(), "exported dashboards carry no database id");
 
     // The datasource is chosen at import time or from the dropdown: a templated variable.
     let vars = d["templating"]["list"].as_array().expect("templating.list");
-    let ds = vars
-        .iter()
-        .find(|v| v["name"] == "DS_PROMETHEUS")
-        .expect("a DS_PROMETHEUS variable");
+    let ds = vars.iter().find(|v| v["name"] == "DS_PROMETHEUS").expect("a DS_PROMETHEUS variable");
     assert_eq!(ds["type"], "datasource");
     assert_eq!(ds["query"], "prometheus");
     for v in vars.iter().filter(|v| v["type"] == "query") {
-        assert_eq!(
-            v["datasource"]["uid"], "${DS_PROMETHEUS}",
-            "variable {}",
-            v["name"]
-        );
+        assert_eq!(v["datasource"]["uid"], "${DS_PROMETHEUS}", "variable {}", v["name"]);
         let q = v["query"]["query"].as_str().expect("variable query");
         let inner = q
             .strip_prefix("label_values(")
@@ -471,10 +401,7 @@ fn dashboard_has_importable_structure() {
     let mut graph_panels = 0;
     for p in panels {
         let title = p["title"].as_str().expect("panel title");
-        assert!(
-            ids.insert(p["id"].as_u64().expect("panel id")),
-            "duplicate id in {title}"
-        );
+        assert!(ids.insert(p["id"].as_u64().expect("panel id")), "duplicate id in {title}");
         let g = &p["gridPos"];
         let (x, y, w, h) = (
             g["x"].as_u64().expect("gridPos.x"),
@@ -493,8 +420,7 @@ fn dashboard_has_importable_structure() {
         }
         graph_panels += 1;
         assert!(
-            ["timeseries", "stat", "bargauge", "gauge", "table"]
-                .contains(&p["type"].as_str().unwrap()),
+            ["timeseries", "stat", "bargauge", "gauge", "table"].contains(&p["type"].as_str().unwrap()),
             "{title}: panel type {}",
             p["type"]
         );
@@ -503,14 +429,8 @@ fn dashboard_has_importable_structure() {
         assert!(!targets.is_empty(), "{title} has no targets");
         let mut refs = BTreeSet::new();
         for t in targets {
-            assert!(
-                refs.insert(t["refId"].as_str().expect("refId")),
-                "{title}: refId twice"
-            );
-            assert!(
-                t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
-                "{title}"
-            );
+            assert!(refs.insert(t["refId"].as_str().expect("refId")), "{title}: refId twice");
+            assert!(t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()), "{title}");
             assert_eq!(t["datasource"]["uid"], "${DS_PROMETHEUS}", "{title}");
         }
     }
@@ -528,11 +448,7 @@ fn dashboard_covers_the_issue_and_uses_only_known_metrics() {
         used.extend(scan(expr).metrics);
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    let all = exprs
-        .iter()
-        .map(|(_, e)| e.as_str())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let all = exprs.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>().join("\n");
     // What issue 5 asks the dashboard to show.
     for needle in [
         "popsift_sessions_total",
@@ -579,10 +495,7 @@ fn promtool_parses(exprs: &[(String, String)]) {
         let expr = substitute_grafana_vars(expr);
         assert!(!expr.contains('$'), "{context}: unknown variable in {expr}");
         yaml.push_str(&format!("      - record: check:expr_{i}\n"));
-        yaml.push_str(&format!(
-            "        expr: {}\n",
-            serde_json::to_string(&expr).unwrap()
-        ));
+        yaml.push_str(&format!("        expr: {}\n", serde_json::to_string(&expr).unwrap()));
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("exprs.yml");
@@ -621,11 +534,7 @@ fn readme_exprs() -> Vec<(String, String)> {
 #[test]
 fn readme_examples_are_valid_and_use_known_metrics() {
     let exprs = readme_exprs();
-    assert!(
-        exprs.len() >= 5,
-        "README has {} example queries",
-        exprs.len()
-    );
+    assert!(exprs.len() >= 5, "README has {} example queries", exprs.len());
     let problems: Vec<String> = exprs.iter().flat_map(|(c, e)| check_expr(c, e)).collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     promtool_parses(&exprs);

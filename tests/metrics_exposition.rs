@@ -21,20 +21,13 @@ fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect to metrics endpoint {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n").unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read response");
     let raw = String::from_utf8(raw).expect("response is UTF-8");
     let (head, body) = raw.split_once("\r\n\r\n").expect("header/body separator");
     let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    let body = if headers
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    let body = if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         dechunk(body)
     } else {
         body.to_owned()
@@ -79,12 +72,7 @@ fn promtool_check_metrics(body: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool not found: install Debian package `prometheus` (CI needs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -97,19 +85,14 @@ fn promtool_check_metrics(body: &str) {
 
 #[test]
 fn scrape_shows_exact_counts_and_passes_promtool() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let addr = free_port();
 
     // Before install: recording is a no-op and there is nothing to render.
     metrics::session_started();
     assert!(metrics::render().is_none());
 
-    rt.block_on(async { metrics::install(Some(addr)) })
-        .expect("install metrics");
+    rt.block_on(async { metrics::install(Some(addr)) }).expect("install metrics");
     // A second install is refused, not a panic.
     assert!(rt.block_on(async { metrics::install(None) }).is_err());
 
@@ -117,25 +100,14 @@ fn scrape_shows_exact_counts_and_passes_promtool() {
     let (status, headers, body) = http_get(addr, "/metrics");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}\n{headers}");
     for r in ["ok", "auth_failed", "upstream_error", "client_aborted"] {
-        assert_value(
-            &body,
-            &format!("popsift_sessions_total{{result=\"{r}\"}}"),
-            0.0,
-        );
+        assert_value(&body, &format!("popsift_sessions_total{{result=\"{r}\"}}"), 0.0);
     }
     for k in metrics::UPSTREAM_ERROR_KINDS {
-        assert_value(
-            &body,
-            &format!("popsift_upstream_errors_total{{kind=\"{k}\"}}"),
-            0.0,
-        );
+        assert_value(&body, &format!("popsift_upstream_errors_total{{kind=\"{k}\"}}"), 0.0);
     }
     assert_value(&body, "popsift_sessions_active", 0.0);
     assert_value(&body, "popsift_scan_duration_seconds_count", 0.0);
-    assert!(
-        value(&body, "popsift_rules_loaded").is_none(),
-        "set by the first rule load only"
-    );
+    assert!(value(&body, "popsift_rules_loaded").is_none(), "set by the first rule load only");
     promtool_check_metrics(&body);
 
     // A known number of events through every API function.
@@ -180,155 +152,46 @@ fn scrape_shows_exact_counts_and_passes_promtool() {
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_value(&body, "popsift_sessions_total{result=\"ok\"}", 2.0);
     assert_value(&body, "popsift_sessions_total{result=\"auth_failed\"}", 1.0);
-    assert_value(
-        &body,
-        "popsift_sessions_total{result=\"client_aborted\"}",
-        0.0,
-    );
+    assert_value(&body, "popsift_sessions_total{result=\"client_aborted\"}", 0.0);
     // The session_started() before install was dropped, as documented.
     assert_value(&body, "popsift_sessions_active", 0.0);
     assert_value(&body, "popsift_messages_scanned_total", 5.0);
-    assert_value(
-        &body,
-        "popsift_messages_total{verdict=\"ham\",action=\"none\"}",
-        2.0,
-    );
-    assert_value(
-        &body,
-        "popsift_messages_total{verdict=\"spam\",action=\"hide\"}",
-        1.0,
-    );
-    assert_value(
-        &body,
-        "popsift_messages_total{verdict=\"spam\",action=\"quarantine\"}",
-        1.0,
-    );
-    assert_value(
-        &body,
-        "popsift_messages_total{verdict=\"spam\",action=\"other\"}",
-        1.0,
-    );
-    assert_value(
-        &body,
-        "popsift_messages_total{verdict=\"spam\",action=\"tag\"}",
-        0.0,
-    );
-    assert_value(
-        &body,
-        "popsift_rule_matches_total{rule=\"subject-viagra\"}",
-        2.0,
-    );
+    assert_value(&body, "popsift_messages_total{verdict=\"ham\",action=\"none\"}", 2.0);
+    assert_value(&body, "popsift_messages_total{verdict=\"spam\",action=\"hide\"}", 1.0);
+    assert_value(&body, "popsift_messages_total{verdict=\"spam\",action=\"quarantine\"}", 1.0);
+    assert_value(&body, "popsift_messages_total{verdict=\"spam\",action=\"other\"}", 1.0);
+    assert_value(&body, "popsift_messages_total{verdict=\"spam\",action=\"tag\"}", 0.0);
+    assert_value(&body, "popsift_rule_matches_total{rule=\"subject-viagra\"}", 2.0);
     // Label values are escaped in the exposition.
-    assert_value(
-        &body,
-        r#"popsift_rule_matches_total{rule="from \"bad\"\\domain"}"#,
-        1.0,
-    );
-    assert_value(
-        &body,
-        "popsift_scan_duration_seconds_bucket{le=\"0.25\"}",
-        0.0,
-    );
-    assert_value(
-        &body,
-        "popsift_scan_duration_seconds_bucket{le=\"0.5\"}",
-        2.0,
-    );
-    assert_value(
-        &body,
-        "popsift_scan_duration_seconds_bucket{le=\"10\"}",
-        2.0,
-    );
-    assert_value(
-        &body,
-        "popsift_scan_duration_seconds_bucket{le=\"30\"}",
-        3.0,
-    );
-    assert_value(
-        &body,
-        "popsift_scan_duration_seconds_bucket{le=\"+Inf\"}",
-        3.0,
-    );
+    assert_value(&body, r#"popsift_rule_matches_total{rule="from \"bad\"\\domain"}"#, 1.0);
+    assert_value(&body, "popsift_scan_duration_seconds_bucket{le=\"0.25\"}", 0.0);
+    assert_value(&body, "popsift_scan_duration_seconds_bucket{le=\"0.5\"}", 2.0);
+    assert_value(&body, "popsift_scan_duration_seconds_bucket{le=\"10\"}", 2.0);
+    assert_value(&body, "popsift_scan_duration_seconds_bucket{le=\"30\"}", 3.0);
+    assert_value(&body, "popsift_scan_duration_seconds_bucket{le=\"+Inf\"}", 3.0);
     assert_value(&body, "popsift_scan_duration_seconds_count", 3.0);
     assert_value(&body, "popsift_scan_duration_seconds_sum", 20.6);
-    assert_value(
-        &body,
-        "popsift_rule_eval_duration_seconds_bucket{le=\"0.00025\"}",
-        1.0,
-    );
-    assert_value(
-        &body,
-        "popsift_rule_eval_duration_seconds_bucket{le=\"0.0001\"}",
-        0.0,
-    );
+    assert_value(&body, "popsift_rule_eval_duration_seconds_bucket{le=\"0.00025\"}", 1.0);
+    assert_value(&body, "popsift_rule_eval_duration_seconds_bucket{le=\"0.0001\"}", 0.0);
     assert_value(&body, "popsift_rule_eval_duration_seconds_count", 1.0);
-    assert_value(
-        &body,
-        "popsift_upstream_errors_total{kind=\"timeout\"}",
-        2.0,
-    );
+    assert_value(&body, "popsift_upstream_errors_total{kind=\"timeout\"}", 2.0);
     assert_value(&body, "popsift_upstream_errors_total{kind=\"tls\"}", 1.0);
-    assert_value(
-        &body,
-        "popsift_upstream_errors_total{kind=\"connect\"}",
-        0.0,
-    );
-    assert_value(
-        &body,
-        "popsift_upstream_connect_duration_seconds_bucket{le=\"0.025\"}",
-        1.0,
-    );
-    assert_value(
-        &body,
-        "popsift_upstream_connect_duration_seconds_count",
-        1.0,
-    );
-    assert_value(
-        &body,
-        "popsift_bytes_total{direction=\"from_upstream\"}",
-        1500.0,
-    );
+    assert_value(&body, "popsift_upstream_errors_total{kind=\"connect\"}", 0.0);
+    assert_value(&body, "popsift_upstream_connect_duration_seconds_bucket{le=\"0.025\"}", 1.0);
+    assert_value(&body, "popsift_upstream_connect_duration_seconds_count", 1.0);
+    assert_value(&body, "popsift_bytes_total{direction=\"from_upstream\"}", 1500.0);
     assert_value(&body, "popsift_bytes_total{direction=\"to_client\"}", 700.0);
     assert_value(&body, "popsift_rules_loaded", 42.0);
-    assert_value(
-        &body,
-        "popsift_rules_reloads_total{result=\"success\"}",
-        1.0,
-    );
-    assert_value(
-        &body,
-        "popsift_rules_reloads_total{result=\"failure\"}",
-        1.0,
-    );
+    assert_value(&body, "popsift_rules_reloads_total{result=\"success\"}", 1.0);
+    assert_value(&body, "popsift_rules_reloads_total{result=\"failure\"}", 1.0);
     assert_value(&body, "popsift_rules_last_reload_successful", 0.0);
     assert_value(&body, "popsift_quarantine_messages_total", 1.0);
     assert_value(&body, "popsift_quarantine_errors_total", 1.0);
-    assert_value(
-        &body,
-        "popsift_header_cache_lookups_total{result=\"hit\"}",
-        2.0,
-    );
-    assert_value(
-        &body,
-        "popsift_header_cache_lookups_total{result=\"miss\"}",
-        1.0,
-    );
-    assert_value(
-        &body,
-        &format!(
-            "popsift_build_info{{version=\"{}\"}}",
-            env!("CARGO_PKG_VERSION")
-        ),
-        1.0,
-    );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    for ts in [
-        "popsift_rules_last_reload_success_timestamp_seconds",
-        "popsift_start_time_seconds",
-    ] {
+    assert_value(&body, "popsift_header_cache_lookups_total{result=\"hit\"}", 2.0);
+    assert_value(&body, "popsift_header_cache_lookups_total{result=\"miss\"}", 1.0);
+    assert_value(&body, &format!("popsift_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1.0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    for ts in ["popsift_rules_last_reload_success_timestamp_seconds", "popsift_start_time_seconds"] {
         let v = value(&body, ts).unwrap_or_else(|| panic!("{ts} missing"));
         assert!((now - v).abs() < 120.0, "{ts} = {v}, now = {now}");
     }
@@ -339,16 +202,8 @@ fn scrape_shows_exact_counts_and_passes_promtool() {
             metrics::MetricKind::Gauge => "gauge",
             metrics::MetricKind::Histogram => "histogram",
         };
-        assert!(
-            body.contains(&format!("# HELP {} ", m.name)),
-            "no HELP for {}",
-            m.name
-        );
-        assert!(
-            body.contains(&format!("# TYPE {} {kind}\n", m.name)),
-            "no TYPE for {}",
-            m.name
-        );
+        assert!(body.contains(&format!("# HELP {} ", m.name)), "no HELP for {}", m.name);
+        assert!(body.contains(&format!("# TYPE {} {kind}\n", m.name)), "no TYPE for {}", m.name);
     }
     promtool_check_metrics(&body);
 
@@ -357,18 +212,11 @@ fn scrape_shows_exact_counts_and_passes_promtool() {
         metrics::rule_matched(&format!("rule-{i}"));
     }
     let body = metrics::render().expect("render after install");
-    let rule_series = body
-        .lines()
-        .filter(|l| l.starts_with("popsift_rule_matches_total{"))
-        .count();
+    let rule_series = body.lines().filter(|l| l.starts_with("popsift_rule_matches_total{")).count();
     assert_eq!(rule_series, metrics::RULE_LABEL_CAP + 1, "cap plus _other");
     // Two ids were admitted before the loop, so 12 of the loop's ids overflow.
     assert_value(&body, "popsift_rule_matches_total{rule=\"_other\"}", 12.0);
-    assert_value(
-        &body,
-        "popsift_rule_matches_total{rule=\"subject-viagra\"}",
-        2.0,
-    );
+    assert_value(&body, "popsift_rule_matches_total{rule=\"subject-viagra\"}", 2.0);
     promtool_check_metrics(&body);
 
     rt.shutdown_timeout(Duration::from_secs(1));

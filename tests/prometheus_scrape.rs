@@ -18,10 +18,7 @@ use popsift::metrics::{self, Direction, SessionResult};
 use serde_json::Value;
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// Kills the Prometheus process when the test ends, however it ends.
@@ -37,9 +34,7 @@ impl Drop for Prometheus {
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -49,23 +44,13 @@ fn percent_encode(s: &str) -> String {
 fn api(addr: SocketAddr, path: &str) -> Option<Value> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).ok()?;
     let raw = String::from_utf8_lossy(&raw);
     let (head, body) = raw.split_once("\r\n\r\n")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
     serde_json::from_str(&body).ok()
 }
 
@@ -110,14 +95,9 @@ fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>)
 
 #[test]
 fn real_prometheus_scrapes_popsift_and_runs_alerts_and_dashboard_queries() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let popsift = free_addr();
-    rt.block_on(async { metrics::install(Some(popsift)) })
-        .expect("install metrics");
+    rt.block_on(async { metrics::install(Some(popsift)) }).expect("install metrics");
 
     for _ in 0..3 {
         metrics::session_started();
@@ -149,10 +129,7 @@ fn real_prometheus_scrapes_popsift_and_runs_alerts_and_dashboard_queries() {
     let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
     let child = Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
         .arg(format!("--web.listen-address={prom_addr}"))
         .stdout(Stdio::null())
         .stderr(log)
@@ -161,8 +138,7 @@ fn real_prometheus_scrapes_popsift_and_runs_alerts_and_dashboard_queries() {
     let _prometheus = Prometheus(child);
 
     let deadline = Duration::from_secs(60);
-    let log_tail =
-        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    let log_tail = || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
 
     // The target is scraped and healthy.
     let health = wait_for("the popsift target to be scraped", deadline, || {
@@ -175,59 +151,29 @@ fn real_prometheus_scrapes_popsift_and_runs_alerts_and_dashboard_queries() {
     // The values arrived as recorded.
     let got = |q: &str| scalar(prom_addr, q);
     assert_eq!(got(r#"popsift_sessions_total{result="ok"}"#), Some(2.0));
-    assert_eq!(
-        got(r#"popsift_sessions_total{result="client_aborted"}"#),
-        Some(0.0)
-    );
+    assert_eq!(got(r#"popsift_sessions_total{result="client_aborted"}"#), Some(0.0));
     assert_eq!(got("popsift_sessions_active"), Some(1.0));
-    assert_eq!(
-        got(r#"popsift_messages_total{verdict="spam",action="hide"}"#),
-        Some(1.0)
-    );
-    assert_eq!(
-        got(r#"popsift_rule_matches_total{rule="subject-lottery"}"#),
-        Some(1.0)
-    );
-    assert_eq!(
-        got(r#"popsift_bytes_total{direction="to_client"}"#),
-        Some(4096.0)
-    );
-    assert_eq!(
-        got(r#"popsift_upstream_errors_total{kind="timeout"}"#),
-        Some(1.0)
-    );
+    assert_eq!(got(r#"popsift_messages_total{verdict="spam",action="hide"}"#), Some(1.0));
+    assert_eq!(got(r#"popsift_rule_matches_total{rule="subject-lottery"}"#), Some(1.0));
+    assert_eq!(got(r#"popsift_bytes_total{direction="to_client"}"#), Some(4096.0));
+    assert_eq!(got(r#"popsift_upstream_errors_total{kind="timeout"}"#), Some(1.0));
     assert_eq!(got("popsift_rules_loaded"), Some(7.0));
     assert_eq!(got("popsift_rules_last_reload_successful"), Some(1.0));
-    assert_eq!(
-        got(r#"popsift_scan_duration_seconds_bucket{le="0.5"}"#),
-        Some(1.0)
-    );
+    assert_eq!(got(r#"popsift_scan_duration_seconds_bucket{le="0.5"}"#), Some(1.0));
     assert_eq!(got("popsift_scan_duration_seconds_count"), Some(1.0));
     assert_eq!(got(r#"up{job="popsift"}"#), Some(1.0));
-    assert_eq!(
-        got(&format!(
-            r#"popsift_build_info{{version="{}"}}"#,
-            env!("CARGO_PKG_VERSION")
-        )),
-        Some(1.0)
-    );
+    assert_eq!(got(&format!(r#"popsift_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"))), Some(1.0));
 
     // Every alert rule loaded and has been evaluated without error.
     let groups = wait_for("every alert rule to be evaluated", deadline, || {
         let r = api(prom_addr, "/api/v1/rules")?;
         let groups = r["data"]["groups"].as_array()?.clone();
-        let rules: Vec<Value> = groups
-            .iter()
-            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-            .collect();
+        let rules: Vec<Value> =
+            groups.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
         (!rules.is_empty() && rules.iter().all(|r| r["health"] != "unknown")).then_some(rules)
     });
     let shipped = std::fs::read_to_string(root.join("deploy/alerts.yml")).unwrap();
-    assert_eq!(
-        groups.len(),
-        shipped.matches("- alert:").count(),
-        "rules loaded"
-    );
+    assert_eq!(groups.len(), shipped.matches("- alert:").count(), "rules loaded");
     for rule in &groups {
         assert_eq!(rule["health"], "ok", "rule {} failed: {rule}", rule["name"]);
         // Nothing is wrong with this popsift: no alert may fire or even be pending.
@@ -235,10 +181,8 @@ fn real_prometheus_scrapes_popsift_and_runs_alerts_and_dashboard_queries() {
     }
 
     // Every dashboard query runs (Grafana variables substituted).
-    let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("deploy/grafana-dashboard.json")).unwrap(),
-    )
-    .unwrap();
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana-dashboard.json")).unwrap()).unwrap();
     let mut checked = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
@@ -254,10 +198,7 @@ fn real_prometheus_scrapes_popsift_and_runs_alerts_and_dashboard_queries() {
     }
     assert!(checked >= 10, "only {checked} dashboard queries");
     // The version stat finds this instance through the dashboard's own selector.
-    assert_eq!(
-        got(r#"count(popsift_build_info{job=~"popsift",instance=~".*"})"#),
-        Some(1.0)
-    );
+    assert_eq!(got(r#"count(popsift_build_info{job=~"popsift",instance=~".*"})"#), Some(1.0));
 
     drop(rt);
 }

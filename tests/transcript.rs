@@ -272,7 +272,8 @@ async fn tagged_spam_has_exact_sizes() {
     login(&mut c).await;
     let (_, list) = c.multi("LIST").await;
     let list = String::from_utf8(list).unwrap();
-    let sizes: Vec<usize> = list.lines().filter(|l| *l != ".").map(|l| l.split(' ').nth(1).unwrap().parse().unwrap()).collect();
+    let sizes: Vec<usize> =
+        list.lines().filter(|l| *l != ".").map(|l| l.split(' ').nth(1).unwrap().parse().unwrap()).collect();
     let (status, body) = c.multi("RETR 2").await;
     let tagged = content(&body);
     assert_eq!(sizes[1], tagged.len(), "LIST size equals the bytes RETR sends");

@@ -14,7 +14,7 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::config::{Config, Listener, WithoutTop};
+use crate::config::{Config, Listener, OnFailure, WithoutTop};
 use crate::metrics::{self as m, Direction, SessionResult};
 use crate::net::conn::{Conn, Side};
 use crate::net::error::{Phase, SessionError};
@@ -23,12 +23,13 @@ use crate::net::upstream::{self, Upstream};
 use crate::pop3::capa::{self as capa_codec};
 use crate::pop3::command::{self, MAX_COMMAND_LINE};
 use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
-use crate::pop3::{find_header_end, stuff_lines, unstuff, BodyScanner, HeaderEnd};
+use crate::pop3::{find_header_end, stuff_lines, unstuff, BodyScanner, HeaderEnd, Unstuffer};
 use crate::rules::RulesHandle;
 use crate::session::capa::{self, Known};
 use crate::session::plan::{self, err, AuthPlan, TxPlan};
-use crate::session::scan::build_view;
-use crate::session::view::{Disposition, HeaderRewrite, MailboxView};
+use crate::session::scan::{build_entries, quarantine_candidates};
+use crate::session::view::{Disposition, Entry, HeaderRewrite, MailboxView};
+use crate::store::quarantine::{Meta as QuarantineMeta, Quarantine};
 
 /// Client output is flushed when this much is pending, even mid-response.
 const FLUSH_AT: usize = 64 * 1024;
@@ -341,7 +342,25 @@ impl Session<'_> {
         let rules = self.ctx.rules.current();
         let eval_started = Instant::now();
         let n = outcome.items.len();
-        let view = build_view(outcome.items, &rules, cfg.dry_run, &cfg.tag);
+        let mut entries = build_entries(outcome.items, &rules, cfg.dry_run, &cfg.tag);
+        for i in quarantine_candidates(&entries, cfg.dry_run) {
+            match self.quarantine_one(&entries[i]).await? {
+                Ok(path) => {
+                    m::quarantine_message();
+                    info!(uidl = entries[i].uidl.as_deref().unwrap_or("-"), msg = entries[i].upstream, path = %path.display(), "quarantined; DELE at QUIT");
+                    entries[i].disposition = Disposition::Condemned;
+                }
+                Err(reason) => {
+                    m::quarantine_error();
+                    let show = cfg.quarantine.on_failure == OnFailure::Show;
+                    tracing::error!(uidl = entries[i].uidl.as_deref().unwrap_or("-"), msg = entries[i].upstream, %reason, shown = show, "quarantine failed; message NOT deleted");
+                    if show {
+                        entries[i].disposition = Disposition::Visible;
+                    }
+                }
+            }
+        }
+        let view = MailboxView::new(entries);
         let eval = eval_started.elapsed().as_secs_f64();
         for e in view.entries() {
             let Some(v) = &e.verdict else { continue };
@@ -378,6 +397,56 @@ impl Session<'_> {
             .count();
         debug!(messages = n, hidden, condemned, elapsed_ms = started.elapsed().as_millis() as u64, "scan done");
         Ok(Some(view))
+    }
+
+    /// Retrieves a message in full and writes it to the quarantine. The outer error is an
+    /// upstream failure (ends the session); the inner one a local failure to store (the
+    /// message is then not deleted).
+    async fn quarantine_one(&mut self, e: &Entry) -> Result<Result<std::path::PathBuf, String>, SessionError> {
+        let cfg = self.ctx.config.clone();
+        if e.upstream_size > cfg.quarantine.max_size {
+            return Ok(Err(format!("message of {} octets exceeds quarantine.max_size", e.upstream_size)));
+        }
+        self.up_write(&command::Command::Retr(e.upstream).encode(), Phase::Scan).await?;
+        let r = self.up_line(Phase::Scan).await?;
+        if !Status::parse(&r).is_some_and(|s| s.is_ok()) {
+            return Ok(Err(format!("upstream refused RETR: {}", String::from_utf8_lossy(&r))));
+        }
+        let mut message = Vec::with_capacity(e.upstream_size as usize + 64);
+        let mut scanner = BodyScanner::new();
+        let mut unstuffer = Unstuffer::default();
+        let up = &mut self.up.as_mut().expect("upstream connected").conn;
+        loop {
+            let buf = up.buffered();
+            if !buf.is_empty() {
+                let done = scanner.feed(buf);
+                let n = done.unwrap_or(buf.len());
+                unstuffer.feed(&buf[..n], &mut message);
+                up.consume(n);
+                if done.is_some() {
+                    // The terminator was unstuffed as an empty line: drop it.
+                    let t = scanner.terminator_len() - 1;
+                    message.truncate(message.len().saturating_sub(t));
+                    break;
+                }
+            }
+            up.fill(cfg.timeouts.upstream_reply, Phase::Scan).await?;
+        }
+        let store = Quarantine::new(&cfg.quarantine.dir);
+        let v = e.verdict.clone();
+        let meta = QuarantineMeta {
+            user: self.stats.user.clone().unwrap_or_else(|| "_unknown".into()),
+            upstream: self.ctx.listener.upstream.display(),
+            uidl: e.uidl.as_deref().unwrap_or("").to_string(),
+            score: v.as_ref().map_or(0.0, |v| v.score),
+            rules: v.map(|v| v.rules.iter().map(|r| r.to_string()).collect()).unwrap_or_default(),
+        };
+        let stored = tokio::task::spawn_blocking(move || store.store(&meta, &message)).await;
+        Ok(match stored {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("quarantine writer failed: {e}")),
+        })
     }
 
     /// Copies one multi-line body from upstream to the client, verbatim (dot-stuffing kept).

@@ -59,7 +59,15 @@ pub fn build_entries(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, taggi
                 Some(r) => (item.size + r.replacement.len() as u64).saturating_sub(r.original.len() as u64),
                 None => item.size,
             };
-            Entry { upstream: item.upstream, upstream_size: item.size, size, uidl: item.uidl, verdict, disposition: d, rewrite }
+            Entry {
+                upstream: item.upstream,
+                upstream_size: item.size,
+                size,
+                uidl: item.uidl,
+                verdict,
+                disposition: d,
+                rewrite,
+            }
         })
         .collect()
 }

@@ -107,12 +107,8 @@ pub fn spam_fields(v: &Verdict, spam: bool) -> Vec<u8> {
     if spam {
         out.extend_from_slice(b"X-Spam-Flag: YES\r\n");
     }
-    let status = format!(
-        "{}, score={:.1} required={:.1} tests={tests}",
-        if spam { "Yes" } else { "No" },
-        v.score,
-        v.threshold
-    );
+    let status =
+        format!("{}, score={:.1} required={:.1} tests={tests}", if spam { "Yes" } else { "No" }, v.score, v.threshold);
     out.extend_from_slice(&folded("X-Spam-Status", &status));
     if spam {
         let stars = if v.score >= 1.0 { "*".repeat((v.score.floor() as usize).min(50)) } else { String::new() };
@@ -151,7 +147,9 @@ pub fn rewrite(block: &[u8], v: &Verdict, spam: bool, s: &TagSettings) -> Option
         }
     }
     if spam && s.subject_prefix.is_some() && !fields_has_subject(block) {
-        out.extend_from_slice(format!("Subject: {}\r\n", s.subject_prefix.as_deref().unwrap_or("").trim_end()).as_bytes());
+        out.extend_from_slice(
+            format!("Subject: {}\r\n", s.subject_prefix.as_deref().unwrap_or("").trim_end()).as_bytes(),
+        );
     }
     out.extend_from_slice(rest);
     Some(out)

@@ -57,10 +57,8 @@ pub struct Quarantine {
 
 /// A user name made safe as a single path component.
 fn user_dir_name(user: &str) -> String {
-    let s: String = user
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "@.-_+".contains(c) { c } else { '_' })
-        .collect();
+    let s: String =
+        user.chars().map(|c| if c.is_ascii_alphanumeric() || "@.-_+".contains(c) { c } else { '_' }).collect();
     if s.is_empty() || s.starts_with('.') {
         format!("_{s}")
     } else {
@@ -89,8 +87,10 @@ fn sync_dir(dir: &Path) -> Result<(), QuarantineError> {
 }
 
 impl Quarantine {
-    pub fn new(state_dir: &Path) -> Quarantine {
-        Quarantine { root: state_dir.join("quarantine") }
+    /// `root` holds one Maildir per user (config `quarantine.dir`, default
+    /// `<state_dir>/quarantine`).
+    pub fn new(root: &Path) -> Quarantine {
+        Quarantine { root: root.to_path_buf() }
     }
 
     pub fn root(&self) -> &Path {
@@ -290,9 +290,15 @@ mod tests {
     #[test]
     fn store_list_show_original() {
         let dir = tempfile::tempdir().unwrap();
-        let q = Quarantine::new(dir.path());
+        let q = Quarantine::new(&dir.path().join("quarantine"));
         let msg = b"From: x@spam.example\r\nSubject: =?utf-8?q?win?=\r\n\r\nbody\r\n";
-        let meta = Meta { user: "alice".into(), upstream: "pop:995".into(), uidl: "u1".into(), score: 9.0, rules: vec!["A".into(), "B".into()] };
+        let meta = Meta {
+            user: "alice".into(),
+            upstream: "pop:995".into(),
+            uidl: "u1".into(),
+            score: 9.0,
+            rules: vec!["A".into(), "B".into()],
+        };
         let path = q.store(&meta, msg).unwrap();
         assert!(path.starts_with(dir.path().join("quarantine/alice/new")));
         let l = q.list().unwrap();

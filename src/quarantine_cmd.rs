@@ -1,0 +1,132 @@
+//! `popsift quarantine list|show|restore`: the user's window into the quarantine and the way
+//! back for a false positive.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{QuarantineAction, QuarantineArgs};
+use crate::config::{default_state_dir, ConfigFile};
+use crate::store::quarantine::{append_mbox, deliver_maildir, Quarantine};
+
+fn resolve_dir(args: &QuarantineArgs) -> Result<PathBuf, String> {
+    if let Some(d) = &args.dir {
+        return Ok(d.clone());
+    }
+    let file = match &args.config {
+        Some(p) => Some(ConfigFile::load(p).map_err(|e| e.to_string())?),
+        None if Path::new("popsift.yaml").exists() => {
+            Some(ConfigFile::load(Path::new("popsift.yaml")).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    let (qdir, state) = match file {
+        Some(f) => (f.quarantine.dir, f.state_dir),
+        None => (None, None),
+    };
+    Ok(qdir.unwrap_or_else(|| state.unwrap_or_else(default_state_dir).join("quarantine")))
+}
+
+/// Runs the subcommand; returns the exit code.
+pub fn run(args: &QuarantineArgs) -> i32 {
+    match run_inner(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("popsift quarantine: {e}");
+            1
+        }
+    }
+}
+
+fn run_inner(args: &QuarantineArgs) -> Result<(), String> {
+    let q = Quarantine::new(&resolve_dir(args)?);
+    let mut stdout = std::io::stdout().lock();
+    match &args.action {
+        QuarantineAction::List { json } => {
+            let items = q.list().map_err(|e| e.to_string())?;
+            for m in &items {
+                if *json {
+                    let v = serde_json::json!({
+                        "id": m.id, "user": m.user, "quarantined_at": m.quarantined_at, "from": m.from,
+                        "subject": m.subject, "score": m.score, "rules": m.rules, "uidl": m.uidl,
+                    });
+                    writeln!(stdout, "{v}").map_err(|e| e.to_string())?;
+                } else {
+                    writeln!(
+                        stdout,
+                        "{}  {}  {}  from={}  subject={}  score={}  rules={}",
+                        m.id,
+                        format_time(m.quarantined_at),
+                        m.user,
+                        m.from,
+                        m.subject,
+                        m.score,
+                        m.rules
+                    )
+                    .map_err(|e| e.to_string())?;
+                }
+            }
+            if !*json {
+                writeln!(stdout, "{} message(s) in {}", items.len(), q.root().display()).map_err(|e| e.to_string())?;
+            }
+        }
+        QuarantineAction::Show { id, with_meta } => {
+            let bytes = if *with_meta { q.show(id) } else { q.original(id) }.map_err(|e| e.to_string())?;
+            stdout.write_all(&bytes).map_err(|e| e.to_string())?;
+        }
+        QuarantineAction::Restore { id, to_eml, to_maildir, to_mbox, remove } => {
+            let msg = q.original(id).map_err(|e| e.to_string())?;
+            let dest = if let Some(p) = to_eml {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(p)
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                f.write_all(&msg).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", p.display()))?;
+                p.display().to_string()
+            } else if let Some(d) = to_maildir {
+                deliver_maildir(d, &msg).map_err(|e| e.to_string())?.display().to_string()
+            } else if let Some(m) = to_mbox {
+                append_mbox(m, &msg).map_err(|e| e.to_string())?;
+                m.display().to_string()
+            } else {
+                return Err("say where to restore to: --to-eml FILE, --to-maildir DIR or --to-mbox FILE".into());
+            };
+            if *remove {
+                q.remove(id).map_err(|e| e.to_string())?;
+            }
+            writeln!(
+                stdout,
+                "restored {id} to {dest}{}",
+                if *remove { " and removed it from the quarantine" } else { "" }
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// RFC 3339 UTC from Unix seconds, without a date crate.
+fn format_time(secs: u64) -> String {
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn time_format() {
+        assert_eq!(super::format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::format_time(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+}
