@@ -282,7 +282,7 @@ pub fn find_header_end(raw: &[u8]) -> Option<HeaderEnd> {
     let mut line_start = 0;
     while line_start < raw.len() {
         let rest = &raw[line_start..];
-        let Some(lf) = memchr::memchr(b'\n', rest) else { return None };
+        let lf = memchr::memchr(b'\n', rest)?;
         let line = &rest[..lf + 1];
         if line == b"\r\n" || line == b"\n" {
             return Some(HeaderEnd::Blank { end: line_start + lf + 1 });
