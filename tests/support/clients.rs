@@ -21,7 +21,9 @@
 //!   compare with [`getmail_comparable`] on both sides (or [`assert_getmail_equal`]).
 //! - [`RawPop`]: a minimal plain-TCP line client for transcripts and for holding a session open.
 //!
-//! Every client runs with a timeout (default 120 s) and is killed if it exceeds it.
+//! Every client runs with a timeout (default 120 s) and is killed if it exceeds it. Set
+//! `POPSIFT_HARNESS_DEBUG=1` to print every client's command line and output (fetchmail runs
+//! with `-v`, so its whole POP3 dialogue is shown; run with `-- --nocapture`).
 use super::{mail_user, require_program, Tls};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -67,11 +69,20 @@ pub fn run_with_timeout(mut cmd: Command, dir: &Path, timeout: Duration) -> RunO
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    RunOutput {
+    let out = RunOutput {
         status,
         stdout: String::from_utf8_lossy(&fs::read(&out_path).unwrap_or_default()).into_owned(),
         stderr: String::from_utf8_lossy(&fs::read(&err_path).unwrap_or_default()).into_owned(),
+    };
+    if std::env::var_os("POPSIFT_HARNESS_DEBUG").is_some() {
+        eprintln!(
+            "== {cmd:?}: {}\n-- stdout:\n{}\n-- stderr:\n{}",
+            out.status,
+            &out.stdout[..out.stdout.len().min(20_000)],
+            out.stderr
+        );
     }
+    out
 }
 
 fn split_addr(addr: &str) -> (&str, u16) {
