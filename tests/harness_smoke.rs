@@ -10,13 +10,6 @@ mod support;
 
 use support::*;
 
-fn started_with_mailbox(opts: DovecotOptions) -> (Dovecot, Vec<TestMessage>) {
-    let d = Dovecot::start(opts);
-    let mbox = test_mailbox();
-    d.deliver_all("alice", &mbox);
-    (d, mbox)
-}
-
 fn wire(mbox: &[TestMessage]) -> Vec<Vec<u8>> {
     mbox.iter().map(|m| expected_wire_form(&m.bytes)).collect()
 }
@@ -66,7 +59,7 @@ fn mailbox_has_the_promised_shape() {
 
 #[test]
 fn poplib_plain_stls_implicit_see_the_stored_messages_in_order() {
-    let (d, mbox) = started_with_mailbox(DovecotOptions::default());
+    let (d, mbox) = Dovecot::start_with_test_mailbox();
     let expected = wire(&mbox);
     let pass = d.password("alice").to_string();
     for (tls, addr) in [
@@ -126,11 +119,12 @@ fn poplib_plain_stls_implicit_see_the_stored_messages_in_order() {
     );
     assert_eq!(ap.stat.0, mbox.len());
     assert_eq!(d.mailbox("alice").len(), mbox.len(), "nothing deleted");
+    assert_eq!(d.uidls("alice"), a.uidl, "Dovecot::uidls matches poplib");
 }
 
 #[test]
 fn poplib_delete_empties_and_drop_without_quit_keeps() {
-    let (d, mbox) = started_with_mailbox(DovecotOptions::default());
+    let (d, mbox) = Dovecot::start_with_test_mailbox();
     let pass = d.password("alice").to_string();
     let dropped = poplib_fetch(
         &d.pop3_addr(),
@@ -170,7 +164,7 @@ fn poplib_delete_empties_and_drop_without_quit_keeps() {
 
 #[test]
 fn fetchmail_keep_plain_stls_implicit_then_delete() {
-    let (d, mbox) = started_with_mailbox(DovecotOptions::default());
+    let (d, mbox) = Dovecot::start_with_test_mailbox();
     let pass = d.password("alice").to_string();
     let expected: Vec<Vec<u8>> = wire(&mbox).iter().map(|m| lf_form(m)).collect();
     for (tls, addr) in [
@@ -182,6 +176,19 @@ fn fetchmail_keep_plain_stls_implicit_then_delete() {
         assert_messages_eq(&format!("fetchmail {tls:?}"), &got, &expected, &mbox);
     }
     assert_eq!(d.mailbox("alice").len(), mbox.len(), "--keep keeps");
+    // USER/PASS instead of the default CRAM-MD5 works too.
+    let got = fetchmail_fetch_with(
+        &d.pop3_addr(),
+        "alice",
+        &pass,
+        &FetchmailOpts {
+            keep: true,
+            tls: Tls::None,
+            ca: None,
+            auth: Some("password".into()),
+        },
+    );
+    assert_eq!(got.len(), mbox.len());
     let got = fetchmail_fetch(&d.pop3_addr(), "alice", &pass, false, Tls::None, None);
     assert_eq!(got.len(), mbox.len());
     assert!(
@@ -194,7 +201,7 @@ fn fetchmail_keep_plain_stls_implicit_then_delete() {
 
 #[test]
 fn getmail_plain_and_implicit_then_delete() {
-    let (d, mbox) = started_with_mailbox(DovecotOptions::default());
+    let (d, mbox) = Dovecot::start_with_test_mailbox();
     let pass = d.password("alice").to_string();
     let expected = wire(&mbox);
     let got = getmail_fetch(&d.pop3_addr(), "alice", &pass, false, Tls::None, None);
@@ -255,4 +262,31 @@ fn raw_client_reads_multiline_byte_exact() {
     assert!(p.command("RETR 1").starts_with("+OK"));
     assert_eq!(p.read_multiline(), expected_wire_form(&dots.bytes));
     assert!(p.command("QUIT").starts_with("+OK"));
+}
+
+#[test]
+#[should_panic(expected = "install the Debian package `no-such-package`")]
+fn a_missing_peer_fails_loudly() {
+    require_program("popsift-no-such-program", "no-such-package");
+}
+
+#[test]
+fn two_servers_run_side_by_side() {
+    let a = Dovecot::start(DovecotOptions {
+        users: vec![
+            ("alice".into(), "a-pw".into()),
+            ("bob".into(), "b-pw".into()),
+        ],
+        ..Default::default()
+    });
+    let b = Dovecot::start(DovecotOptions::default());
+    assert_ne!(a.pop3_addr(), b.pop3_addr());
+    a.deliver("bob", "1001.for-bob", b"Subject: hi\n\nbob\n");
+    let bob = poplib_fetch(&a.pop3_addr(), "bob", "b-pw", &PoplibOpts::default());
+    assert_eq!(bob.messages, vec![b"Subject: hi\r\n\r\nbob\r\n".to_vec()]);
+    let alice = poplib_fetch(&a.pop3_addr(), "alice", "a-pw", &PoplibOpts::default());
+    assert_eq!(alice.stat, (0, 0));
+    let wrong = try_poplib_fetch(&a.pop3_addr(), "bob", "a-pw", &PoplibOpts::default());
+    assert!(wrong.expect_err("wrong password").contains("-ERR"));
+    assert_eq!(b.mailbox("alice").len(), 0);
 }

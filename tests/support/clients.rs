@@ -274,7 +274,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 /// Fetch `addr` with fetchmail 6.4; returns each message as its MDA received it (LF line
 /// ends, see [`lf_form`]), in retrieval order. `keep: false` deletes on the server.
 /// Exit code 1 ("no mail") gives an empty list; any other failure panics with fetchmail's
-/// output.
+/// output. Shorthand for [`fetchmail_fetch_with`] with default auth.
 pub fn fetchmail_fetch(
     addr: &str,
     user: &str,
@@ -283,6 +283,40 @@ pub fn fetchmail_fetch(
     tls: Tls,
     ca: Option<&Path>,
 ) -> Vec<Vec<u8>> {
+    fetchmail_fetch_with(
+        addr,
+        user,
+        pass,
+        &FetchmailOpts {
+            keep,
+            tls,
+            ca: ca.map(Path::to_path_buf),
+            auth: None,
+        },
+    )
+}
+
+/// Options for [`fetchmail_fetch_with`].
+#[derive(Debug, Clone)]
+pub struct FetchmailOpts {
+    /// `keep` (leave mail on the server) or `no keep` (DELE + QUIT).
+    pub keep: bool,
+    pub tls: Tls,
+    /// Test CA for certificate verification (`sslcertfile`); the name checked is `localhost`.
+    pub ca: Option<PathBuf>,
+    /// fetchmail's `auth` keyword (`password` = USER/PASS, `cram-md5`, `apop`, …);
+    /// `None` = fetchmail's default `any`, which picks CRAM-MD5 when the server offers it.
+    pub auth: Option<String>,
+}
+
+/// [`fetchmail_fetch`] with every option.
+pub fn fetchmail_fetch_with(
+    addr: &str,
+    user: &str,
+    pass: &str,
+    opts: &FetchmailOpts,
+) -> Vec<Vec<u8>> {
+    let (keep, tls, ca) = (opts.keep, opts.tls, opts.ca.as_deref());
     let fetchmail = require_program("fetchmail", "fetchmail");
     let (host, port) = split_addr(addr);
     let dir = client_dir("popsift-fetchmail-");
@@ -317,11 +351,16 @@ pub fn fetchmail_fetch(
     };
     let rc = format!(
         "set no bouncemail\nset no spambounce\nset no syslog\nset invisible\n\
-         poll localhost via {host} port {port} proto pop3\n\
+         poll localhost via {host} port {port} proto pop3{auth}\n\
          \tuser \"{user}\" there with password \"{pass}\" is root here\n\
          \t{keep} fetchall no rewrite {tls_opts}\n\
          \tmda \"{mda}\"\n",
         keep = if keep { "keep" } else { "no keep" },
+        auth = opts
+            .auth
+            .as_ref()
+            .map(|a| format!(" auth {a}"))
+            .unwrap_or_default(),
         mda = mda.display(),
     );
     let rcfile = home.join(".fetchmailrc");

@@ -330,6 +330,34 @@ service imap-login {{
         fs::rename(&tmp, md.join("new").join(name)).expect("rename tmp -> new");
     }
 
+    /// Start with default options ([`DovecotOptions::default`]: user `alice`, no session lock)
+    /// and deliver the standard [`super::test_mailbox`] to `alice`.
+    pub fn start_with_test_mailbox() -> (Dovecot, Vec<super::TestMessage>) {
+        let d = Dovecot::start(DovecotOptions::default());
+        let mbox = super::test_mailbox();
+        d.deliver_all("alice", &mbox);
+        (d, mbox)
+    }
+
+    /// `UIDL` as Dovecot itself answers it (a direct plain USER/PASS session that QUITs without
+    /// deleting): `(message number, unique id)`. Opens a session, so with
+    /// `lock_session: true` it fails while another session holds the mailbox.
+    pub fn uidls(&self, user: &str) -> Vec<(usize, String)> {
+        let mut p = super::RawPop::connect(&self.pop3_addr());
+        p.login(user, self.password(user));
+        let r = p.command("UIDL");
+        assert!(r.starts_with("+OK"), "UIDL: {r}");
+        let body = p.read_multiline();
+        let _ = p.command("QUIT");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter_map(|l| {
+                let (n, uid) = l.split_once(' ')?;
+                Some((n.parse().ok()?, uid.trim().to_string()))
+            })
+            .collect()
+    }
+
     /// Deliver every message of a list (e.g. [`super::test_mailbox`]) in order.
     pub fn deliver_all(&self, user: &str, messages: &[super::TestMessage]) {
         for m in messages {
