@@ -21,6 +21,55 @@
 //! - Clients ([`clients`]): [`poplib_fetch`], [`fetchmail_fetch`], [`getmail_fetch`] and a tiny
 //!   line-oriented [`RawPop`] for transcripts (e.g. holding a session open).
 //!
+//! # Quick start for a proxy test
+//! ```ignore
+//! mod support;
+//! use support::*;
+//! let (dovecot, mbox) = Dovecot::start_with_test_mailbox();   // alice / alice-secret-pw
+//! // … start popsift with upstream = dovecot.pop3_addr() (STLS) or pop3s_addr() (implicit),
+//! //   trusting dovecot.ca_pem() …
+//! let f = poplib_fetch(&proxy_addr, "alice", "alice-secret-pw", &PoplibOpts::default());
+//! let want: Vec<Vec<u8>> = ham(&mbox).iter().map(|m| expected_wire_form(&m.bytes)).collect();
+//! assert_eq!(f.messages, want);
+//! assert_eq!(dovecot.mailbox("alice").len(), mbox.len());     // hidden spam still there
+//! ```
+//!
+//! # Quirks met, and what the harness does about them
+//! | peer | quirk | handling |
+//! |---|---|---|
+//! | Dovecot | refuses mail access as root / below `first_valid_uid` | static userdb → `popsift-mail` ([`mail_user`]); `first_valid_uid` = its uid |
+//! | Dovecot | login processes run as `dovenull` | temp dirs are 0755 |
+//! | Dovecot | serves stored LF as CRLF; adds a final CRLF to a file without final newline | [`expected_wire_form`] |
+//! | Dovecot | LIST/STAT size does **not** count that added final CRLF (2 octets less than RETR) | [`expected_list_size`] |
+//! | Dovecot | no session lock by default; `pop3_lock_session = yes` → `-ERR [IN-USE] …` | [`DovecotOptions::lock_session`] |
+//! | Dovecot | POP3 order of new mail = file-name order | test mailbox names are `NNNN.popsift-test-…` in delivery order |
+//! | poplib | strips line ends, un-stuffs only `..`, 2048-byte line limit | the script reads RETR raw ([`PopFetch::stuffing_violations`]) |
+//! | fetchmail | warns when run as root | ignored (stderr) |
+//! | fetchmail | auto-upgrades to STLS when offered, then verifies the cert | [`Tls::None`] → `sslproto ''`; STLS/implicit → `sslcertck sslcertfile CA` |
+//! | fetchmail | checks the cert name against the poll name, no IP SANs | `poll localhost via 127.0.0.1` + `sslcommonname localhost` |
+//! | fetchmail | picks CRAM-MD5 when offered | default kept; [`FetchmailOpts::auth`] to force `password` etc. |
+//! | fetchmail | exit 1 = no mail | empty list |
+//! | fetchmail | adds `Received:`, rewrites addresses, fetches only "new" mail | `set invisible`, `no rewrite`, `fetchall` |
+//! | fetchmail | strips CR for the MDA; retrieves with `RETR n` (6.4.37) | compare with [`lf_form`] |
+//! | getmail6 | refuses to deliver as root | destination `user = popsift-mail`, Maildir chowned |
+//! | getmail6 | replaces `Return-Path:`, re-folds headers > 78 chars, writes LF, adds final newline | [`getmail_comparable`] / [`assert_getmail_equal`] |
+//! | getmail6 | has no STLS for POP3 | [`getmail_fetch`] panics on [`Tls::Stls`] |
+//! | getmail6 | verifies the cert name with its own matcher | `ssl_cert_hostname = localhost` |
+//!
+//! # Deviations from the requested API
+//! - [`PoplibOpts`] has `top_lines: Option<u64>` (fetch with `TOP n k`) instead of `top_full`;
+//!   `top_lines: Some(99_999_999)` is fetchmail's old full-retrieval habit.
+//! - [`PopFetch`] has extra fields `greeting`, `capa`, `stuffing_violations`.
+//! - [`try_poplib_fetch`] returns the client's error (for `-ERR [IN-USE]`, wrong password);
+//!   [`poplib_fetch`] panics on it.
+//! - [`fetchmail_fetch`] returns messages with LF line ends (what fetchmail gives an MDA);
+//!   [`fetchmail_fetch_with`] takes [`FetchmailOpts`] (adds `auth`).
+//! - [`getmail_fetch`] supports [`Tls::None`] and [`Tls::Implicit`] only.
+//! - Extras: [`Dovecot::start_with_test_mailbox`], [`Dovecot::uidls`], [`Dovecot::deliver_all`],
+//!   [`Dovecot::log`], [`Dovecot::dir`], [`Dovecot::password`], [`Dovecot::maildir`],
+//!   [`expected_list_size`], [`ham`], [`spam`], [`RawPop`], [`run_with_timeout`],
+//!   [`require_program`].
+//!
 //! # Parallel tests
 //! cargo runs the tests of one binary on several threads. Every Dovecot and every client run
 //! gets its own temp dir; ports come from [`free_port`], which never hands out the same port
