@@ -38,7 +38,9 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { spam_action: Action::Tag }
+        EngineOptions {
+            spam_action: Action::Tag,
+        }
     }
 }
 
@@ -78,7 +80,13 @@ impl RuleSet {
     /// `header_block`: the raw header block as read from the wire (CRLF or LF, may start
     /// with an mbox `From ` line, may be truncated); `size`: the message size from LIST.
     pub fn evaluate(&self, _header_block: &[u8], _size: u64) -> Verdict {
-        Verdict { score: 0.0, threshold: 5.0, spam: false, action: None, rules: vec![] }
+        Verdict {
+            score: 0.0,
+            threshold: 5.0,
+            spam: false,
+            action: None,
+            rules: vec![],
+        }
     }
 }
 
@@ -91,7 +99,9 @@ pub struct RulesHandle {
 
 impl RulesHandle {
     pub fn new(set: RuleSet) -> Arc<RulesHandle> {
-        Arc::new(RulesHandle { current: arc_swap::ArcSwap::from_pointee(set) })
+        Arc::new(RulesHandle {
+            current: arc_swap::ArcSwap::from_pointee(set),
+        })
     }
     pub fn current(&self) -> Arc<RuleSet> {
         self.current.load_full()
