@@ -81,10 +81,12 @@
 pub mod clients;
 pub mod dovecot;
 pub mod mailbox;
+pub mod popsift;
 
 pub use clients::*;
 pub use dovecot::*;
 pub use mailbox::*;
+pub use popsift::*;
 
 use std::collections::HashSet;
 use std::net::TcpListener;

@@ -1,0 +1,186 @@
+//! popsift between a real Dovecot and real clients (Python poplib, fetchmail, getmail6).
+//! Every test starts its own Dovecot (tests/support) and a popsift binary in front of it.
+mod support;
+
+use std::collections::BTreeMap;
+
+use support::*;
+
+/// Rules matching the harness's definition of spam (`support::SPAM_RULE`).
+fn spam_rules(action: &str) -> String {
+    format!(
+        r#"
+rules:
+  - id: SPAM_DOMAIN
+    describe: the test mailbox's spam sender domain
+    header: From:addr
+    regex: '(?i)@spam\.example$'
+    action: {action}
+  - id: VIAGRA_SUBJECT
+    header: Subject
+    regex: 'VIAGRA'
+    action: {action}
+"#
+    )
+}
+
+fn alice(d: &Dovecot) -> (&'static str, String) {
+    ("alice", d.password("alice").to_string())
+}
+
+fn wire(msgs: &[TestMessage]) -> Vec<Vec<u8>> {
+    msgs.iter().map(|m| expected_wire_form(&m.bytes)).collect()
+}
+
+fn names(msgs: &[TestMessage]) -> Vec<String> {
+    msgs.iter().map(|m| m.name.clone()).collect()
+}
+
+fn keys(b: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
+    b.keys().cloned().collect()
+}
+
+#[test]
+fn poplib_through_popsift_hides_spam_and_keeps_everything() {
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let (user, pass) = alice(&d);
+    let before = d.mailbox(user);
+    let direct = poplib_fetch(&d.pop3_addr(), user, &pass, &PoplibOpts::default());
+    let rules = spam_rules("hide");
+    let p = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), tls: "none", rules: &rules, ..Default::default() });
+    let through = poplib_fetch(&p.addr, user, &pass, &PoplibOpts::default());
+
+    let ham = ham(&all);
+    assert_eq!(through.messages.len(), ham.len(), "only ham is visible");
+    assert_eq!(through.messages, wire(&ham), "ham byte-identical to the stored form");
+    assert_eq!(through.stuffing_violations, 0);
+    // Byte-identical to a direct fetch of the same messages.
+    let direct_ham: Vec<Vec<u8>> =
+        direct.messages.iter().zip(&all).filter(|(_, m)| m.kind == Kind::Ham).map(|(b, _)| b.clone()).collect();
+    assert_eq!(through.messages, direct_ham);
+    // UIDLs through popsift equal Dovecot's for the same messages; sizes too.
+    let direct_ham_uidls: Vec<String> =
+        direct.uidl.iter().zip(&all).filter(|(_, m)| m.kind == Kind::Ham).map(|((_, u), _)| u.clone()).collect();
+    let through_uidls: Vec<String> = through.uidl.iter().map(|(_, u)| u.clone()).collect();
+    assert_eq!(through_uidls, direct_ham_uidls);
+    let direct_ham_sizes: Vec<u64> =
+        direct.list.iter().zip(&all).filter(|(_, m)| m.kind == Kind::Ham).map(|((_, s), _)| *s).collect();
+    assert_eq!(through.list.iter().map(|(_, s)| *s).collect::<Vec<_>>(), direct_ham_sizes);
+    assert_eq!(through.stat, (ham.len(), direct_ham_sizes.iter().sum()));
+    // Renumbered 1..V.
+    assert_eq!(through.list.iter().map(|(n, _)| *n).collect::<Vec<_>>(), (1..=ham.len()).collect::<Vec<_>>());
+    // CAPA: honest rewrite.
+    let capa = through.capa.clone().expect("CAPA answered");
+    assert!(capa.contains(&"PIPELINING".to_string()) && capa.contains(&"IMPLEMENTATION".to_string()));
+    assert!(!capa.contains(&"STLS".to_string()));
+    assert_eq!(through.greeting, direct.greeting.split('<').next().map(|_| through.greeting.clone()).unwrap());
+    // Hidden messages are still on the server; nothing changed.
+    assert_eq!(d.mailbox(user), before);
+    // The password never reaches the log.
+    assert!(!p.log().contains(&pass), "password leaked into the log");
+}
+
+#[test]
+fn delete_action_removes_spam_only_after_quit() {
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let (user, pass) = alice(&d);
+    let rules = spam_rules("delete");
+    let p = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), tls: "none", rules: &rules, ..Default::default() });
+    // A client that drops without QUIT deletes nothing, not even condemned spam.
+    let dropped = poplib_fetch(&p.addr, user, &pass, &PoplibOpts { delete: true, quit: false, ..Default::default() });
+    assert_eq!(dropped.messages.len(), ham(&all).len());
+    assert_eq!(keys(&d.mailbox(user)), names(&all), "drop without QUIT: all messages present");
+    // Keep mode with QUIT: condemned spam is gone, every ham message stays.
+    let kept = poplib_fetch(&p.addr, user, &pass, &PoplibOpts::default());
+    assert_eq!(kept.messages, wire(&ham(&all)));
+    let after = d.mailbox(user);
+    assert_eq!(keys(&after), names(&ham(&all)), "spam deleted at QUIT, ham kept");
+    for m in ham(&all) {
+        assert_eq!(after[&m.name], m.bytes, "ham {} unaltered on the server", m.name);
+    }
+}
+
+#[test]
+fn fetchmail_keep_and_delete_through_popsift() {
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let (user, pass) = alice(&d);
+    let rules = spam_rules("hide");
+    let p = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), tls: "none", rules: &rules, ..Default::default() });
+    let expected: Vec<Vec<u8>> = ham(&all).iter().map(|m| lf_form(&expected_wire_form(&m.bytes))).collect();
+    let got = fetchmail_fetch(&p.addr, user, &pass, true, Tls::None, None);
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(got, expected, "fetchmail --keep gets the ham byte for byte");
+    assert_eq!(keys(&d.mailbox(user)), names(&all), "--keep deletes nothing");
+    let got = fetchmail_fetch(&p.addr, user, &pass, false, Tls::None, None);
+    assert_eq!(got, expected);
+    assert_eq!(keys(&d.mailbox(user)), names(&spam(&all)), "fetchmail deleted the ham it fetched; hidden spam untouched");
+}
+
+#[test]
+fn getmail_through_popsift() {
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let (user, pass) = alice(&d);
+    let rules = spam_rules("delete");
+    let p = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), tls: "none", rules: &rules, ..Default::default() });
+    let got = getmail_fetch(&p.addr, user, &pass, false, Tls::None, None);
+    assert_getmail_equal(&got, &wire(&ham(&all)));
+    assert_eq!(keys(&d.mailbox(user)), names(&ham(&all)), "condemned spam deleted at getmail's QUIT");
+    let got = getmail_fetch(&p.addr, user, &pass, true, Tls::None, None);
+    assert_getmail_equal(&got, &wire(&ham(&all)));
+    assert!(d.mailbox(user).is_empty());
+}
+
+#[test]
+fn upstream_implicit_tls_and_starttls_with_test_ca() {
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let (user, pass) = alice(&d);
+    let rules = spam_rules("hide");
+    for (addr, tls) in [(d.pop3s_addr(), "implicit"), (d.pop3_addr(), "starttls")] {
+        let p = Popsift::start(&ProxyOpts { upstream: &addr, tls, ca: Some(d.ca_pem()), rules: &rules, ..Default::default() });
+        let got = poplib_fetch(&p.addr, user, &pass, &PoplibOpts::default());
+        assert_eq!(got.messages, wire(&ham(&all)), "over {tls}");
+        // Without the test CA the certificate is refused: -ERR [SYS/TEMP], never plain text.
+        let p = Popsift::start(&ProxyOpts { upstream: &addr, tls, rules: &rules, ..Default::default() });
+        let err = try_poplib_fetch(&p.addr, user, &pass, &PoplibOpts::default()).unwrap_err();
+        assert!(err.contains("SYS/TEMP"), "{tls}: {err}");
+        assert!(p.log().contains("certificate") || p.log().contains("UnknownIssuer"), "{}", p.log());
+    }
+}
+
+#[test]
+fn fetchmail_full_top_equals_retr() {
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let (user, pass) = alice(&d);
+    let rules = spam_rules("hide");
+    let p = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), tls: "none", rules: &rules, ..Default::default() });
+    let top = poplib_fetch(&p.addr, user, &pass, &PoplibOpts { top_lines: Some(99_999_999), ..Default::default() });
+    assert_eq!(top.messages, wire(&ham(&all)));
+}
+
+#[test]
+fn apop_through_popsift_to_dovecot() {
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let (user, pass) = alice(&d);
+    let rules = spam_rules("hide");
+    let p = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), tls: "none", rules: &rules, ..Default::default() });
+    let got = poplib_fetch(&p.addr, user, &pass, &PoplibOpts { apop: true, ..Default::default() });
+    assert_eq!(got.messages.len(), ham(&all).len());
+    assert!(got.greeting.contains('<'), "APOP timestamp survives: {}", got.greeting);
+}
+
+#[test]
+fn dovecot_lock_in_use_is_relayed() {
+    let d = Dovecot::start(DovecotOptions { lock_session: true, ..Default::default() });
+    let all = test_mailbox();
+    d.deliver_all("alice", &all);
+    let pass = d.password("alice").to_string();
+    let rules = spam_rules("hide");
+    let p = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), tls: "none", rules: &rules, ..Default::default() });
+    let mut first = RawPop::connect(&p.addr);
+    first.login("alice", &pass);
+    let err = try_poplib_fetch(&p.addr, "alice", &pass, &PoplibOpts::default()).unwrap_err();
+    assert!(err.contains("IN-USE"), "{err}");
+    assert!(first.command("STAT").starts_with("+OK"), "first session unaffected");
+    assert!(first.command("QUIT").starts_with("+OK"));
+    assert_eq!(d.mailbox("alice").len(), all.len());
+}

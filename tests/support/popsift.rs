@@ -1,0 +1,143 @@
+//! Runs the real `popsift` binary (built by cargo for the integration tests) in front of an
+//! upstream, from a generated config in a temp dir, on a free loopback port. Its stderr (the
+//! log) goes to a file the test can read. Drop kills it.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+pub struct Popsift {
+    pub addr: String,
+    pub metrics_addr: String,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    child: Child,
+}
+
+/// How popsift reaches its upstream.
+pub struct ProxyOpts<'a> {
+    pub upstream: &'a str,
+    /// `none`, `starttls` or `implicit`.
+    pub tls: &'a str,
+    pub ca: Option<&'a Path>,
+    /// Rule file contents (written to `rules/test.yaml`).
+    pub rules: &'a str,
+    /// Extra top-level YAML config lines.
+    pub extra: &'a str,
+    /// Extra command-line arguments after `serve`.
+    pub args: &'a [&'a str],
+}
+
+impl Default for ProxyOpts<'_> {
+    fn default() -> Self {
+        ProxyOpts { upstream: "", tls: "none", ca: None, rules: "rules: []\n", extra: "", args: &[] }
+    }
+}
+
+impl Popsift {
+    pub fn start(o: &ProxyOpts) -> Popsift {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rules = dir.path().join("rules");
+        std::fs::create_dir_all(&rules).unwrap();
+        std::fs::write(rules.join("test.yaml"), o.rules).unwrap();
+        let port = free_port();
+        let metrics_port = free_port();
+        let ca = o.ca.map(|c| format!("    upstream_ca: {}\n", c.display())).unwrap_or_default();
+        let config = format!(
+            "listeners:\n  - listen: 127.0.0.1:{port}\n    upstream: {}\n    upstream_tls: {}\n{ca}rules: {}\nstate_dir: {}\nmetrics: 127.0.0.1:{metrics_port}\n{}",
+            o.upstream,
+            o.tls,
+            rules.display(),
+            dir.path().join("state").display(),
+            o.extra
+        );
+        let config_path = dir.path().join("popsift.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("popsift.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_popsift"))
+            .arg("--log-level")
+            .arg("debug")
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .args(o.args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn popsift");
+        let p = Popsift {
+            addr: format!("127.0.0.1:{port}"),
+            metrics_addr: format!("127.0.0.1:{metrics_port}"),
+            dir,
+            config_path,
+            child,
+        };
+        p.wait_ready();
+        p
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(&self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("popsift did not start listening on {}; log:\n{}", self.addr, self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("popsift.log")).unwrap_or_default()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. "HUP", "KILL", "TERM").
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+    }
+
+    /// Waits for the process to exit; returns its exit code (None if killed by a signal).
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                panic!("popsift did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The body of `GET /metrics`.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.metrics_addr).expect("metrics endpoint");
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        match out.split_once("\r\n\r\n") {
+            Some((_, body)) => body.to_string(),
+            None => out,
+        }
+    }
+}
+
+impl Drop for Popsift {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
