@@ -158,6 +158,12 @@ pub struct ScanArgs {
     /// Action for messages that are spam by score (allow, tag, hide, delete, quarantine).
     #[arg(long, default_value = "tag")]
     pub spam_action: String,
+    /// Print rule compile time and mean evaluation time per message (parse + decode + rules).
+    #[arg(long)]
+    pub timing: bool,
+    /// Evaluate each message this many times (for --timing).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// .eml files, Maildir folders, mbox files, or directories of .eml files.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,

@@ -1,12 +1,37 @@
-//! Rule engine: YAML rule files compiled into an immutable [`RuleSet`].
+//! Rule engine: YAML rule files compiled into an immutable [`RuleSet`], shared read-only.
 //!
-//! PLACEHOLDER INTERFACE — the rules helper replaces the body of this module but keeps
-//! these public names and signatures (the proxy builds against them).
-use std::path::Path;
+//! - [`schema`]: the file format (serde, unknown fields rejected) and error positions;
+//! - [`compile`]: loading files and lists, grouping matchers per header, checking `expr`;
+//! - [`header`] and [`decode`]: header block parsing, RFC 2047 decoding, address parsing;
+//! - [`expr`]: the boolean `expr:` language; [`lists`]: list files;
+//! - [`eval`]: evaluating a header block into a [`Verdict`];
+//! - [`reload`]: [`RulesHandle`], the atomically swapped current set with hot reload;
+//! - [`error`]: [`RuleErrors`], every load error with file:line:column and rule id.
+//!
+//! The language itself is taught in `rules/README.md`.
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod compile;
+pub mod decode;
+pub mod error;
+pub mod eval;
+pub mod expr;
+pub mod header;
+pub mod lists;
+pub mod reload;
+pub mod schema;
+
+pub use error::{ErrorKind, RuleError, RuleErrors};
+pub use header::{Headers, Mailbox};
+pub use reload::RulesHandle;
+
+/// Threshold used when no rule file sets one.
+pub const DEFAULT_THRESHOLD: f64 = 5.0;
+
 /// What to do with a message. Precedence when several rules fire: `Allow` beats everything,
-/// then the most severe: Delete > Quarantine > Hide > Tag.
+/// then the most severe: Delete > Quarantine > Hide > Tag. (The derived order is the
+/// severity order, `Allow` lowest; allow's precedence is handled explicitly.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
@@ -27,20 +52,37 @@ impl Action {
             Action::Delete => "delete",
         }
     }
+
+    /// Parses `allow`, `tag`, `hide`, `quarantine`, `delete` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "allow" => Action::Allow,
+            "tag" => Action::Tag,
+            "hide" => Action::Hide,
+            "quarantine" => Action::Quarantine,
+            "delete" => Action::Delete,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Options the proxy config passes to the engine.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// Action for messages that are spam by score (config `spam_action`, default `tag`).
+    /// `allow` here means "flag as spam but take no action" (verdict `spam`, action `None`).
     pub spam_action: Action,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions {
-            spam_action: Action::Tag,
-        }
+        EngineOptions { spam_action: Action::Tag }
     }
 }
 
@@ -57,57 +99,136 @@ pub struct Verdict {
     pub rules: Vec<Arc<str>>,
 }
 
-#[derive(Debug, Default)]
-pub struct RuleSet {}
+/// An immutable, compiled rule set. Build with [`RuleSet::load`]; share with `Arc`.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub(crate) rules: Vec<compile::Rule>,
+    pub(crate) targets: Vec<compile::TargetMatcher>,
+    pub(crate) exists: Vec<(String, bool, u32)>,
+    pub(crate) sizes: Vec<(u64, u32)>,
+    pub(crate) negated: Vec<u32>,
+    pub(crate) exprs: Vec<(u32, expr::Expr<u32>)>,
+    pub(crate) threshold: f64,
+    pub(crate) spam_action: Action,
+    pub(crate) files: usize,
+    pub(crate) sources: Vec<PathBuf>,
+    pub(crate) list_files: Vec<PathBuf>,
+}
 
-#[derive(Debug, thiserror::Error)]
-#[error("rule errors")]
-pub struct RuleErrors(pub Vec<String>);
+/// Public description of one loaded rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleInfo<'a> {
+    pub id: &'a str,
+    pub describe: Option<&'a str>,
+    pub score: Option<f64>,
+    pub action: Option<Action>,
+}
 
 impl RuleSet {
-    pub fn load(_path: &Path, _opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
-        Ok(RuleSet {})
+    /// Loads a rule file, or a directory of `*.yaml`/`*.yml` files in file-name order.
+    /// Returns every error found.
+    pub fn load(path: &Path, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
+        compile::load(path, opts)
     }
+
+    /// Compiles rules from YAML text; `path` names it in errors and anchors list paths.
+    pub fn from_yaml(path: &Path, text: &str, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
+        compile::load_str(path, text, opts)
+    }
+
+    /// A set without rules: every message is ham.
     pub fn empty() -> RuleSet {
-        RuleSet {}
-    }
-    pub fn len(&self) -> usize {
-        0
-    }
-    pub fn is_empty(&self) -> bool {
-        true
-    }
-    /// `header_block`: the raw header block as read from the wire (CRLF or LF, may start
-    /// with an mbox `From ` line, may be truncated); `size`: the message size from LIST.
-    pub fn evaluate(&self, _header_block: &[u8], _size: u64) -> Verdict {
-        Verdict {
-            score: 0.0,
-            threshold: 5.0,
-            spam: false,
-            action: None,
-            rules: vec![],
+        RuleSet {
+            rules: Vec::new(),
+            targets: Vec::new(),
+            exists: Vec::new(),
+            sizes: Vec::new(),
+            negated: Vec::new(),
+            exprs: Vec::new(),
+            threshold: DEFAULT_THRESHOLD,
+            spam_action: Action::Tag,
+            files: 0,
+            sources: Vec::new(),
+            list_files: Vec::new(),
         }
     }
-}
 
-/// The current rule set, swapped atomically on reload. Sessions take `current()` once at
-/// login and keep that set.
-#[derive(Debug)]
-pub struct RulesHandle {
-    current: arc_swap::ArcSwap<RuleSet>,
-}
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
 
-impl RulesHandle {
-    pub fn new(set: RuleSet) -> Arc<RulesHandle> {
-        Arc::new(RulesHandle {
-            current: arc_swap::ArcSwap::from_pointee(set),
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Score at or above which a message is spam.
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
+    /// Number of rule files loaded.
+    pub fn file_count(&self) -> usize {
+        self.files
+    }
+
+    /// Rule files loaded, in load order.
+    pub fn rule_files(&self) -> &[PathBuf] {
+        &self.sources
+    }
+
+    /// List files read (`domain_in`, `address_in`, `keywords_file`).
+    pub fn list_files(&self) -> &[PathBuf] {
+        &self.list_files
+    }
+
+    /// The rules in load order.
+    pub fn rules(&self) -> impl Iterator<Item = RuleInfo<'_>> {
+        self.rules.iter().map(|r| RuleInfo {
+            id: &r.id,
+            describe: r.describe.as_deref(),
+            score: r.score,
+            action: r.action,
         })
     }
-    pub fn current(&self) -> Arc<RuleSet> {
-        self.current.load_full()
+
+    /// Evaluates a raw header block (CRLF or LF, optional mbox `From ` line, possibly
+    /// truncated or a whole message); `size` is the message size from LIST. Never panics.
+    pub fn evaluate(&self, header_block: &[u8], size: u64) -> Verdict {
+        let h = Headers::parse(header_block);
+        self.evaluate_headers(&h, size)
     }
-    pub fn load(path: &Path, opts: EngineOptions) -> Result<Arc<RulesHandle>, RuleErrors> {
-        Ok(RulesHandle::new(RuleSet::load(path, &opts)?))
+
+    /// Evaluates already parsed headers.
+    pub fn evaluate_headers(&self, headers: &Headers, size: u64) -> Verdict {
+        eval::evaluate(self, headers, size)
     }
-    pub fn spawn_reloader(self: &Arc<Self>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn send_sync() {
+        assert_send_sync::<RuleSet>();
+        assert_send_sync::<RulesHandle>();
+    }
+
+    #[test]
+    fn action_order_is_severity() {
+        assert!(Action::Delete > Action::Quarantine);
+        assert!(Action::Quarantine > Action::Hide);
+        assert!(Action::Hide > Action::Tag);
+        assert_eq!(Action::parse("Delete"), Some(Action::Delete));
+        assert_eq!(Action::parse("nope"), None);
+    }
+
+    #[test]
+    fn empty_set_is_ham() {
+        let v = RuleSet::empty().evaluate(b"Subject: x\r\n", 10);
+        assert_eq!(v, Verdict { score: 0.0, threshold: 5.0, spam: false, action: None, rules: vec![] });
+    }
 }

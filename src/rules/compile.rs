@@ -1,0 +1,761 @@
+//! Loading and compiling rule files into an immutable [`RuleSet`](super::RuleSet).
+//!
+//! Per distinct header target (`Subject`, `From:addr`, `ALL`, …) all regexes become one
+//! `RegexSet` (one pass over the value reports every pattern that matches), all keywords one
+//! case-insensitive Aho-Corasick automaton, and all `domain_in`/`address_in` entries one hash
+//! map from entry to rules. Evaluation therefore costs one pass per target, not one per rule.
+//! Every error of every file is collected before giving up.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::{RegexSet, RegexSetBuilder};
+
+use super::error::{ErrorKind, RuleError, RuleErrors};
+use super::expr::{self, Expr, Name};
+use super::lists::{self, ListCache};
+use super::schema::{self, FileDef, Locator, RuleDef};
+use super::{Action, EngineOptions, RuleSet};
+
+/// Which header(s) a rule reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// One header by lowercase name.
+    Named(String),
+    /// The whole header block, one `Name: value` per line.
+    All,
+    /// `To` and `Cc` together.
+    ToCc,
+}
+
+/// How the value is presented to the matcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Form {
+    /// Unfolded and RFC 2047-decoded (the default).
+    Decoded,
+    /// Unfolded, not decoded.
+    Raw,
+    /// Only the addresses, one per line.
+    Addr,
+    /// Only the display names, one per line.
+    Name,
+}
+
+/// A `header:` value, parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub source: Source,
+    pub form: Form,
+}
+
+/// Parses `Subject`, `From:addr`, `ToCc:name`, `ALL`, `Received:raw`.
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    let s = s.trim();
+    let (name, form) = match s.rsplit_once(':') {
+        Some((n, m)) => {
+            let form = match m.trim().to_ascii_lowercase().as_str() {
+                "addr" => Form::Addr,
+                "name" => Form::Name,
+                "raw" => Form::Raw,
+                other => {
+                    return Err(format!(
+                        "unknown modifier `:{other}` (expected :addr, :name or :raw)"
+                    ))
+                }
+            };
+            (n.trim(), form)
+        }
+        None => (s, Form::Decoded),
+    };
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        return Err(format!("bad header name {name:?}"));
+    }
+    let source = if name == "ALL" {
+        if matches!(form, Form::Addr | Form::Name) {
+            return Err("ALL takes no :addr or :name modifier".into());
+        }
+        Source::All
+    } else if name.eq_ignore_ascii_case("ToCc") {
+        Source::ToCc
+    } else {
+        Source::Named(name.to_ascii_lowercase())
+    };
+    Ok(Target { source, form })
+}
+
+/// What a rule tests, after compiling.
+#[derive(Debug)]
+pub(crate) enum Cond {
+    /// Matched through its target's grouped matchers.
+    Header,
+    Exists,
+    Size,
+    Expr,
+}
+
+/// One rule's metadata.
+#[derive(Debug)]
+pub(crate) struct Rule {
+    pub id: Arc<str>,
+    pub describe: Option<String>,
+    pub score: Option<f64>,
+    pub action: Option<Action>,
+    pub negate: bool,
+    #[allow(dead_code)]
+    pub cond: Cond,
+}
+
+impl Rule {
+    /// Whether the rule shows up in verdicts (it has a score or an action).
+    pub fn reported(&self) -> bool {
+        self.score.is_some() || self.action.is_some()
+    }
+}
+
+/// Keyword matcher for one target.
+#[derive(Debug)]
+pub(crate) struct Keywords {
+    pub ac: AhoCorasick,
+    /// Per pattern: the rules using it and whether each wants whole words.
+    pub owners: Vec<Vec<(u32, bool)>>,
+    /// Some keyword is non-ASCII: the haystack is lowercased (Unicode) before searching.
+    pub lowercase: bool,
+}
+
+/// Everything that reads one target.
+#[derive(Debug)]
+pub(crate) struct TargetMatcher {
+    pub target: Target,
+    pub regex: Option<(RegexSet, Vec<Vec<u32>>)>,
+    pub keywords: Option<Keywords>,
+    pub domains: HashMap<String, Vec<u32>>,
+    pub addresses: HashMap<String, Vec<u32>>,
+}
+
+/// Builder state for one target.
+#[derive(Default)]
+struct TargetBuild {
+    regex: Vec<(String, Vec<u32>)>,
+    regex_idx: HashMap<String, usize>,
+    keywords: Vec<(String, Vec<(u32, bool)>)>,
+    keyword_idx: HashMap<String, usize>,
+    domains: HashMap<String, Vec<u32>>,
+    addresses: HashMap<String, Vec<u32>>,
+}
+
+/// Where a rule was defined: (file index, rule index in file, line, column of its id).
+#[derive(Debug, Clone)]
+struct Origin {
+    file: usize,
+    item: usize,
+}
+
+struct Loader<'a> {
+    opts: &'a EngineOptions,
+    errors: Vec<RuleError>,
+    files: Vec<(PathBuf, Locator)>,
+    lists: ListCache,
+    rules: Vec<Rule>,
+    origins: Vec<Origin>,
+    ids: HashMap<Arc<str>, u32>,
+    targets: Vec<(Target, TargetBuild)>,
+    exists: Vec<(String, bool, u32)>,
+    sizes: Vec<(u64, u32)>,
+    exprs: Vec<(u32, Expr<Name>)>,
+    threshold: Option<f64>,
+}
+
+/// Lists the rule files for `path`: the file itself, or a directory's `*.yaml`/`*.yml`
+/// in file-name order.
+pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RuleError> {
+    let io_err = |e: std::io::Error| RuleError {
+        path: path.to_path_buf(),
+        line: 1,
+        column: 1,
+        rule: None,
+        kind: ErrorKind::Io,
+        message: format!("cannot read: {e}"),
+    };
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        let p = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue;
+        }
+        if (name.ends_with(".yaml") || name.ends_with(".yml")) && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Loads and compiles a rule file or directory.
+pub fn load(path: &Path, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
+    let files = rule_files(path).map_err(|e| RuleErrors(vec![e]))?;
+    let mut l = Loader {
+        opts,
+        errors: Vec::new(),
+        files: Vec::new(),
+        lists: ListCache::default(),
+        rules: Vec::new(),
+        origins: Vec::new(),
+        ids: HashMap::new(),
+        targets: Vec::new(),
+        exists: Vec::new(),
+        sizes: Vec::new(),
+        exprs: Vec::new(),
+        threshold: None,
+    };
+    for f in &files {
+        match std::fs::read(f) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                l.load_text(f, &text);
+            }
+            Err(e) => l.errors.push(RuleError {
+                path: f.clone(),
+                line: 1,
+                column: 1,
+                rule: None,
+                kind: ErrorKind::Io,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    let mut set = l.finish()?;
+    let mut sources = files;
+    set.files = sources.len();
+    sources.sort();
+    set.sources = sources;
+    Ok(set)
+}
+
+/// Compiles rules from YAML text, as if read from `path` (list paths resolve against it).
+pub fn load_str(path: &Path, text: &str, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
+    let mut l = Loader {
+        opts,
+        errors: Vec::new(),
+        files: Vec::new(),
+        lists: ListCache::default(),
+        rules: Vec::new(),
+        origins: Vec::new(),
+        ids: HashMap::new(),
+        targets: Vec::new(),
+        exists: Vec::new(),
+        sizes: Vec::new(),
+        exprs: Vec::new(),
+        threshold: None,
+    };
+    l.load_text(path, text);
+    let mut set = l.finish()?;
+    set.files = 1;
+    Ok(set)
+}
+
+/// Strips serde_norway's ` at line X column Y` suffix (we print the position first).
+fn strip_position(msg: &str) -> &str {
+    match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    }
+}
+
+/// The last line of a regex error (`error: unclosed group` → `unclosed group`).
+fn regex_message(e: &regex::Error) -> String {
+    let s = e.to_string();
+    let last = s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(&s).trim();
+    last.strip_prefix("error: ").unwrap_or(last).to_string()
+}
+
+impl Loader<'_> {
+    fn err(&mut self, file: usize, pos: (usize, usize), rule: Option<&str>, kind: ErrorKind, msg: String) {
+        self.errors.push(RuleError {
+            path: self.files[file].0.clone(),
+            line: pos.0,
+            column: pos.1,
+            rule: rule.map(str::to_string),
+            kind,
+            message: msg,
+        });
+    }
+
+    fn load_text(&mut self, path: &Path, text: &str) {
+        let file = self.files.len();
+        self.files.push((path.to_path_buf(), Locator::new(text)));
+        let def: FileDef = if text.trim().is_empty() {
+            FileDef { threshold: None, rules: Vec::new() }
+        } else {
+            match serde_norway::from_str(text) {
+                Ok(d) => d,
+                Err(e) => {
+                    let pos = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+                    let msg = e.to_string();
+                    let kind = if msg.contains("unknown field") { ErrorKind::UnknownField } else { ErrorKind::Yaml };
+                    let loc = &self.files[file].1;
+                    let rule = loc.rule_at_line(pos.0).and_then(|i| loc.id_of(i));
+                    self.err(file, pos, rule.as_deref(), kind, strip_position(&msg).to_string());
+                    return;
+                }
+            }
+        };
+        if let Some(t) = def.threshold {
+            if !t.is_finite() {
+                self.err(file, (1, 1), None, ErrorKind::Schema, "threshold: must be a number".into());
+            }
+            self.threshold = Some(t);
+        }
+        for (item, value) in def.rules.into_iter().enumerate() {
+            let id_hint = value
+                .get("id")
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            match serde_norway::from_value::<RuleDef>(value) {
+                Ok(rd) => self.add_rule(file, item, rd),
+                Err(e) => {
+                    let msg = strip_position(&e.to_string()).to_string();
+                    let loc = &self.files[file].1;
+                    let (kind, pos) = if let Some(field) = msg
+                        .strip_prefix("unknown field `")
+                        .and_then(|r| r.split('`').next())
+                    {
+                        (ErrorKind::UnknownField, loc.field_key(item, field))
+                    } else if msg.starts_with("missing field") {
+                        (ErrorKind::Schema, loc.rule_start(item))
+                    } else {
+                        // Type errors: serde_norway names the field as `field: message`
+                        // for nested values; else point at the rule.
+                        let field = msg.split(':').next().unwrap_or("");
+                        (ErrorKind::Yaml, loc.field_value(item, field.trim()))
+                    };
+                    self.err(file, pos, id_hint.as_deref(), kind, msg);
+                }
+            }
+        }
+    }
+
+    fn add_rule(&mut self, file: usize, item: usize, rd: RuleDef) {
+        let errors_before = self.errors.len();
+        let id: Arc<str> = Arc::from(rd.id.as_str());
+        let loc_id = self.files[file].1.field_value(item, "id");
+        let rule_id = rd.id.clone();
+        let e = |this: &mut Self, field: &str, kind: ErrorKind, msg: String| {
+            let pos = this.files[file].1.field_value(item, field);
+            this.err(file, pos, Some(&rule_id), kind, msg);
+        };
+        if rd.id.is_empty() || !rd.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-') {
+            e(self, "id", ErrorKind::Schema, "id: use letters, digits, `_`, `.` and `-` only".into());
+        }
+        if let Some(&prev) = self.ids.get(&id) {
+            let o = self.origins[prev as usize].clone();
+            let (pl, pc) = self.files[o.file].1.field_value(o.item, "id");
+            let ppath = self.files[o.file].0.display().to_string();
+            self.err(
+                file,
+                loc_id,
+                Some(&rule_id),
+                ErrorKind::DuplicateId,
+                format!("duplicate id (first defined at {ppath}:{pl}:{pc})"),
+            );
+            return;
+        }
+        // Exactly one condition.
+        let conds: Vec<&str> = [
+            ("regex", rd.regex.is_some()),
+            ("keywords", rd.keywords.is_some() || rd.keywords_file.is_some()),
+            ("domain_in", rd.domain_in.is_some()),
+            ("address_in", rd.address_in.is_some()),
+            ("exists", rd.exists.is_some()),
+            ("size_over", rd.size_over.is_some()),
+            ("expr", rd.expr.is_some()),
+        ]
+        .iter()
+        .filter(|c| c.1)
+        .map(|c| c.0)
+        .collect();
+        if conds.is_empty() {
+            e(
+                self,
+                "id",
+                ErrorKind::Schema,
+                "no condition: give one of regex, keywords, keywords_file, domain_in, address_in, exists, size_over, expr".into(),
+            );
+            return;
+        }
+        if conds.len() > 1 {
+            e(self, conds[1], ErrorKind::Schema, format!("{} and {} in one rule: split it into two rules (and join them with expr)", conds[0], conds[1]));
+            return;
+        }
+        let cond = conds[0];
+        if rd.whole_word.is_some() && cond != "keywords" {
+            e(self, "whole_word", ErrorKind::Schema, "whole_word: only for keywords".into());
+        }
+        let needs_header = matches!(cond, "regex" | "keywords" | "domain_in" | "address_in" | "exists");
+        let target = match (&rd.header, needs_header) {
+            (None, true) => {
+                e(self, "id", ErrorKind::Schema, format!("{cond} needs a header: field"));
+                None
+            }
+            (Some(_), false) => {
+                e(self, "header", ErrorKind::Schema, format!("header: not used by {cond}"));
+                None
+            }
+            (Some(h), true) => match parse_target(h) {
+                Ok(t) => Some(t),
+                Err(m) => {
+                    e(self, "header", ErrorKind::Header, format!("header: {m}"));
+                    None
+                }
+            },
+            (None, false) => None,
+        };
+        if let Some(s) = rd.score {
+            if !s.is_finite() {
+                e(self, "score", ErrorKind::Schema, "score: must be a finite number".into());
+            }
+        }
+        if self.errors.len() > errors_before {
+            return;
+        }
+        let idx = self.rules.len() as u32;
+        let path = self.files[file].0.clone();
+        let compiled_cond = match cond {
+            "regex" => {
+                let pat = rd.regex.clone().unwrap_or_default();
+                // Validate alone for a precise message (the set would only say "some pattern").
+                if let Err(err) = regex::RegexBuilder::new(&pat).size_limit(64 << 20).build() {
+                    e(self, "regex", ErrorKind::Regex, format!("regex: {}", regex_message(&err)));
+                    return;
+                }
+                let Some(t) = target else { return };
+                let tb = self.target(t);
+                match tb.regex_idx.get(&pat) {
+                    Some(&i) => tb.regex[i].1.push(idx),
+                    None => {
+                        tb.regex_idx.insert(pat.clone(), tb.regex.len());
+                        tb.regex.push((pat, vec![idx]));
+                    }
+                }
+                Cond::Header
+            }
+            "keywords" => {
+                let mut words: Vec<String> = rd.keywords.clone().unwrap_or_default();
+                if let Some(kf) = &rd.keywords_file {
+                    let p = lists::resolve(&path, kf);
+                    match self.lists.get(&p) {
+                        Ok(v) => words.extend(v.iter().cloned()),
+                        Err(m) => {
+                            e(self, "keywords_file", ErrorKind::List, format!("keywords_file: {m}"));
+                            return;
+                        }
+                    }
+                }
+                if words.is_empty() || words.iter().any(|w| w.is_empty()) {
+                    let f = if rd.keywords.is_some() { "keywords" } else { "keywords_file" };
+                    e(self, f, ErrorKind::Keywords, format!("{f}: empty keyword list or empty keyword"));
+                    return;
+                }
+                let ww = rd.whole_word.unwrap_or(false);
+                let Some(t) = target else { return };
+                let tb = self.target(t);
+                for w in words {
+                    let key = w.to_lowercase();
+                    match tb.keyword_idx.get(&key) {
+                        Some(&i) => {
+                            if !tb.keywords[i].1.contains(&(idx, ww)) {
+                                tb.keywords[i].1.push((idx, ww))
+                            }
+                        }
+                        None => {
+                            tb.keyword_idx.insert(key.clone(), tb.keywords.len());
+                            tb.keywords.push((key, vec![(idx, ww)]));
+                        }
+                    }
+                }
+                Cond::Header
+            }
+            "domain_in" | "address_in" => {
+                let field = cond;
+                let list = if cond == "domain_in" { rd.domain_in.clone() } else { rd.address_in.clone() };
+                let p = lists::resolve(&path, &list.unwrap_or_default());
+                let entries: Vec<String> = match self.lists.get(&p) {
+                    Ok(v) => v.to_vec(),
+                    Err(m) => {
+                        e(self, field, ErrorKind::List, format!("{field}: {m}"));
+                        return;
+                    }
+                };
+                let Some(t) = target else { return };
+                if matches!(t.form, Form::Name) || t.source == Source::All {
+                    e(self, "header", ErrorKind::Header, format!("header: {field} needs addresses (use a header without :name, not ALL)"));
+                    return;
+                }
+                let tb = self.target(t);
+                let map = if cond == "domain_in" { &mut tb.domains } else { &mut tb.addresses };
+                for en in entries {
+                    let key = if cond == "domain_in" { lists::normalize_domain(&en) } else { en.to_ascii_lowercase() };
+                    if key.is_empty() {
+                        continue;
+                    }
+                    let v = map.entry(key).or_default();
+                    if !v.contains(&idx) {
+                        v.push(idx);
+                    }
+                }
+                Cond::Header
+            }
+            "exists" => {
+                let Some(t) = target else { return };
+                let name = match t.source {
+                    Source::Named(n) => n,
+                    _ => {
+                        e(self, "header", ErrorKind::Header, "header: exists needs one header name".into());
+                        return;
+                    }
+                };
+                self.exists.push((name, rd.exists.unwrap_or(true), idx));
+                Cond::Exists
+            }
+            "size_over" => {
+                let v = rd.size_over.clone().unwrap_or(serde_norway::Value::Null);
+                match schema::parse_size(&v) {
+                    Ok(n) => self.sizes.push((n, idx)),
+                    Err(m) => {
+                        e(self, "size_over", ErrorKind::Size, format!("size_over: {m}"));
+                        return;
+                    }
+                }
+                Cond::Size
+            }
+            _ => {
+                let src = rd.expr.clone().unwrap_or_default();
+                match expr::parse(&src) {
+                    Ok(x) => self.exprs.push((idx, x)),
+                    Err(xe) => {
+                        let (l, c) = self.files[file].1.field_value(item, "expr");
+                        let c = c + quote_offset(&self.files[file].1, l, c) + xe.offset;
+                        self.err(file, (l, c), Some(&rule_id), ErrorKind::Expr, format!("expr: {}", xe.message));
+                        return;
+                    }
+                }
+                Cond::Expr
+            }
+        };
+        self.ids.insert(id.clone(), idx);
+        self.origins.push(Origin { file, item });
+        self.rules.push(Rule {
+            id,
+            describe: rd.describe,
+            score: rd.score,
+            action: rd.action,
+            negate: rd.negate,
+            cond: compiled_cond,
+        });
+    }
+
+    fn target(&mut self, t: Target) -> &mut TargetBuild {
+        let i = match self.targets.iter().position(|(x, _)| *x == t) {
+            Some(i) => i,
+            None => {
+                self.targets.push((t, TargetBuild::default()));
+                self.targets.len() - 1
+            }
+        };
+        &mut self.targets[i].1
+    }
+
+    fn finish(mut self) -> Result<RuleSet, RuleErrors> {
+        // Resolve expressions.
+        let mut resolved: Vec<(u32, Expr<u32>)> = Vec::new();
+        let exprs = std::mem::take(&mut self.exprs);
+        for (idx, x) in &exprs {
+            let o = self.origins[*idx as usize].clone();
+            let id = self.rules[*idx as usize].id.to_string();
+            let mut ok = true;
+            for (name, off) in x.names() {
+                if !self.ids.contains_key(name.as_str()) {
+                    ok = false;
+                    let (l, c) = self.files[o.file].1.field_value(o.item, "expr");
+                    let c = c + quote_offset(&self.files[o.file].1, l, c) + off;
+                    self.err(o.file, (l, c), Some(&id), ErrorKind::UnknownId, format!("expr: unknown rule id {name}"));
+                }
+            }
+            if ok {
+                let ids = &self.ids;
+                if let Some(r) = x.resolve(&|n| ids.get(n).copied()) {
+                    resolved.push((*idx, r));
+                }
+            }
+        }
+        let order = self.topo_order(&resolved);
+        if !self.errors.is_empty() {
+            // Sort by file order, then position.
+            let file_order: HashMap<PathBuf, usize> =
+                self.files.iter().enumerate().map(|(i, f)| (f.0.clone(), i)).collect();
+            self.errors.sort_by_key(|e| (file_order.get(&e.path).copied().unwrap_or(0), e.line, e.column));
+            return Err(RuleErrors(self.errors));
+        }
+        let n_rules = self.rules.len();
+        let mut targets = Vec::new();
+        let mut errors = Vec::new();
+        for (t, tb) in std::mem::take(&mut self.targets) {
+            match build_target(t, tb, n_rules) {
+                Ok(m) => targets.push(m),
+                Err(m) => errors.push(RuleError {
+                    path: self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
+                    line: 1,
+                    column: 1,
+                    rule: None,
+                    kind: ErrorKind::Regex,
+                    message: m,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(RuleErrors(errors));
+        }
+        let negated: Vec<u32> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.negate && !matches!(r.cond, Cond::Expr))
+            .map(|(i, _)| i as u32)
+            .collect();
+        let mut list_paths: Vec<PathBuf> = self.lists.paths().cloned().collect();
+        list_paths.sort();
+        Ok(RuleSet {
+            rules: self.rules,
+            targets,
+            exists: self.exists,
+            sizes: self.sizes,
+            negated,
+            exprs: order,
+            threshold: self.threshold.unwrap_or(super::DEFAULT_THRESHOLD),
+            spam_action: self.opts.spam_action,
+            files: self.files.len(),
+            sources: self.files.iter().map(|f| f.0.clone()).collect(),
+            list_files: list_paths,
+        })
+    }
+
+    /// Orders expr rules so each comes after the expr rules it uses; reports cycles.
+    fn topo_order(&mut self, exprs: &[(u32, Expr<u32>)]) -> Vec<(u32, Expr<u32>)> {
+        let pos: HashMap<u32, usize> = exprs.iter().enumerate().map(|(i, (r, _))| (*r, i)).collect();
+        // 0 = unvisited, 1 = on stack, 2 = done.
+        let mut state = vec![0u8; exprs.len()];
+        let mut order: Vec<usize> = Vec::new();
+        let mut reported = std::collections::HashSet::new();
+        for start in 0..exprs.len() {
+            if state[start] != 0 {
+                continue;
+            }
+            // Iterative DFS: stack of (node, deps, next dep index).
+            let mut stack: Vec<(usize, Vec<usize>, usize)> = Vec::new();
+            let deps_of = |i: usize| {
+                let mut d = Vec::new();
+                exprs[i].1.deps(&mut d);
+                d.into_iter().filter_map(|r| pos.get(&r).copied()).collect::<Vec<_>>()
+            };
+            state[start] = 1;
+            stack.push((start, deps_of(start), 0));
+            while let Some(top) = stack.last_mut() {
+                if top.2 < top.1.len() {
+                    let next = top.1[top.2];
+                    top.2 += 1;
+                    match state[next] {
+                        0 => {
+                            state[next] = 1;
+                            let d = deps_of(next);
+                            stack.push((next, d, 0));
+                        }
+                        1 => {
+                            // Cycle: from `next` up the stack.
+                            let from = stack.iter().position(|s| s.0 == next).unwrap_or(0);
+                            let cyc: Vec<usize> = stack[from..].iter().map(|s| s.0).collect();
+                            let key = *cyc.iter().min().unwrap_or(&next);
+                            if reported.insert(key) {
+                                let mut names: Vec<String> =
+                                    cyc.iter().map(|&i| self.rules[exprs[i].0 as usize].id.to_string()).collect();
+                                names.push(names[0].clone());
+                                let first = exprs[cyc[0]].0 as usize;
+                                let o = self.origins[first].clone();
+                                let pos = self.files[o.file].1.field_value(o.item, "expr");
+                                let id = self.rules[first].id.to_string();
+                                self.err(o.file, pos, Some(&id), ErrorKind::Cycle, format!("expr: cycle {}", names.join(" -> ")));
+                            }
+                        }
+                        _ => {}
+                    }
+                } else {
+                    state[top.0] = 2;
+                    order.push(top.0);
+                    stack.pop();
+                }
+            }
+        }
+        order.into_iter().map(|i| exprs[i].clone()).collect()
+    }
+}
+
+/// Column offset of an expr's text inside its YAML scalar: 1 when the value is quoted.
+fn quote_offset(loc: &Locator, line: usize, col: usize) -> usize {
+    match loc.char_at(line, col) {
+        Some('"') | Some('\'') => 1,
+        _ => 0,
+    }
+}
+
+fn build_target(target: Target, tb: TargetBuild, n_rules: usize) -> Result<TargetMatcher, String> {
+    let regex = if tb.regex.is_empty() {
+        None
+    } else {
+        let pats: Vec<&str> = tb.regex.iter().map(|p| p.0.as_str()).collect();
+        // The lazy DFA cache grows with the number of patterns so thousands of them don't
+        // thrash it (a thrashing lazy DFA falls back to the much slower PikeVM).
+        let cache = (4usize << 20).saturating_add(pats.len().saturating_mul(8 << 10)).min(256 << 20);
+        let set = RegexSetBuilder::new(&pats)
+            .size_limit(1 << 30)
+            .dfa_size_limit(cache)
+            .build()
+            .map_err(|e| format!("regex set for header {target:?}: {}", regex_message(&e)))?;
+        Some((set, tb.regex.into_iter().map(|p| p.1).collect()))
+    };
+    let keywords = if tb.keywords.is_empty() {
+        None
+    } else {
+        let lowercase = tb.keywords.iter().any(|k| !k.0.is_ascii());
+        let ac = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(tb.keywords.iter().map(|k| k.0.as_bytes()))
+            .map_err(|e| format!("keywords for header {target:?}: {e}"))?;
+        Some(Keywords { ac, owners: tb.keywords.into_iter().map(|k| k.1).collect(), lowercase })
+    };
+    let _ = n_rules;
+    Ok(TargetMatcher { target, regex, keywords, domains: tb.domains, addresses: tb.addresses })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(parse_target("Subject").unwrap(), Target { source: Source::Named("subject".into()), form: Form::Decoded });
+        assert_eq!(parse_target("From:addr").unwrap().form, Form::Addr);
+        assert_eq!(parse_target("ToCc:name").unwrap(), Target { source: Source::ToCc, form: Form::Name });
+        assert_eq!(parse_target("ALL:raw").unwrap().source, Source::All);
+        assert!(parse_target("ALL:addr").is_err());
+        assert!(parse_target("From:bogus").unwrap_err().contains("unknown modifier"));
+        assert!(parse_target("Bad Name").is_err());
+        assert!(parse_target("").is_err());
+    }
+}

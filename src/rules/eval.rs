@@ -1,0 +1,237 @@
+//! Evaluating a rule set against one message's headers: the proxy's hot path.
+//!
+//! One pass per header target (a `RegexSet` scan, an Aho-Corasick scan, hash lookups), then
+//! `exists` and `size_over` rules, negations, `expr` rules in dependency order, and finally
+//! the verdict: score = sum of matched scores; an `allow` rule beats everything; otherwise the
+//! most severe of the matched direct actions and (when score ≥ threshold) the configured
+//! spam action.
+use std::borrow::Cow;
+
+use super::compile::{Form, Source, Target, TargetMatcher};
+use super::header::{parse_addresses, Headers};
+use super::lists::{domain_of, for_each_suffix};
+use super::{Action, RuleSet, Verdict};
+
+/// A fixed-size bit set over rule indices.
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Bits {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+    #[inline]
+    fn set(&mut self, i: u32, v: bool) {
+        let (w, b) = ((i / 64) as usize, i % 64);
+        if let Some(word) = self.0.get_mut(w) {
+            if v {
+                *word |= 1 << b;
+            } else {
+                *word &= !(1 << b);
+            }
+        }
+    }
+    #[inline]
+    fn get(&self, i: u32) -> bool {
+        self.0.get((i / 64) as usize).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+    fn ones(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().enumerate().flat_map(|(wi, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let b = w.trailing_zeros();
+                w &= w - 1;
+                Some(wi as u32 * 64 + b)
+            })
+        })
+    }
+}
+
+/// The text a target presents to matchers; `None` when the header is absent.
+pub fn target_value<'h>(h: &'h Headers, t: &Target) -> Option<Cow<'h, str>> {
+    match (&t.source, t.form) {
+        (Source::All, Form::Raw) => Some(Cow::Owned(h.all_raw())),
+        (Source::All, _) => Some(Cow::Owned(h.all_decoded())),
+        (Source::Named(n), Form::Decoded) => h.get(n).map(Cow::Borrowed),
+        (Source::Named(n), Form::Raw) => h.get_raw(n).map(Cow::Borrowed),
+        (Source::Named(n), form) => {
+            if !h.contains(n) {
+                return None;
+            }
+            Some(Cow::Owned(mailbox_part(h.get_all_raw(n), form)))
+        }
+        (Source::ToCc, form) => {
+            if !h.contains("to") && !h.contains("cc") {
+                return None;
+            }
+            let mut parts = Vec::new();
+            for name in ["to", "cc"] {
+                if let Some(v) = match form {
+                    Form::Decoded => h.get(name).map(Cow::Borrowed),
+                    Form::Raw => h.get_raw(name).map(Cow::Borrowed),
+                    _ => h.contains(name).then(|| Cow::Owned(mailbox_part(h.get_all_raw(name), form))),
+                } {
+                    parts.push(v);
+                }
+            }
+            Some(Cow::Owned(parts.join("\n")))
+        }
+    }
+}
+
+fn mailbox_part<'a>(raws: impl Iterator<Item = &'a str>, form: Form) -> String {
+    let mut out = String::new();
+    for raw in raws {
+        for m in parse_addresses(raw) {
+            let s = if form == Form::Addr { m.addr } else { m.name };
+            if s.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&s);
+        }
+    }
+    out
+}
+
+/// The addresses in a target's value, for `domain_in`/`address_in`.
+fn addresses_of(h: &Headers, t: &Target, value: &str) -> Vec<String> {
+    let raws: Vec<&str> = match &t.source {
+        Source::Named(n) if t.form != Form::Addr => h.get_all_raw(n).collect(),
+        Source::ToCc if t.form != Form::Addr => h.get_all_raw("to").chain(h.get_all_raw("cc")).collect(),
+        _ => return value.lines().map(|l| l.trim().to_ascii_lowercase()).filter(|l| !l.is_empty()).collect(),
+    };
+    let mut out = Vec::new();
+    for raw in raws {
+        let boxes = parse_addresses(raw);
+        if boxes.iter().all(|m| m.addr.is_empty()) {
+            // Not an address header: take the bare value (e.g. a host name).
+            let v = raw.trim().to_ascii_lowercase();
+            if !v.is_empty() && !v.contains(char::is_whitespace) {
+                out.push(v);
+            }
+        }
+        for m in boxes {
+            if !m.addr.is_empty() {
+                out.push(m.addr.to_ascii_lowercase());
+            }
+        }
+    }
+    out
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
+}
+
+fn match_target(h: &Headers, tm: &TargetMatcher, hits: &mut Bits) {
+    let value = target_value(h, &tm.target);
+    let text: &str = value.as_deref().unwrap_or("");
+    if let Some((set, owners)) = &tm.regex {
+        for p in set.matches(text).iter() {
+            if let Some(rs) = owners.get(p) {
+                for &r in rs {
+                    hits.set(r, true);
+                }
+            }
+        }
+    }
+    if let Some(kw) = &tm.keywords {
+        let lowered;
+        let hay: &str = if kw.lowercase {
+            lowered = text.to_lowercase();
+            &lowered
+        } else {
+            text
+        };
+        let bytes = hay.as_bytes();
+        for m in kw.ac.find_overlapping_iter(hay) {
+            let Some(owners) = kw.owners.get(m.pattern().as_usize()) else { continue };
+            let mut whole: Option<bool> = None;
+            for &(r, ww) in owners {
+                if ww {
+                    let ok = *whole.get_or_insert_with(|| {
+                        let before = m.start() == 0 || !is_word_byte(bytes[m.start() - 1]);
+                        let after = m.end() >= bytes.len() || !is_word_byte(bytes[m.end()]);
+                        let first_word = bytes.get(m.start()).is_some_and(|&b| is_word_byte(b));
+                        let last_word = m.end() > 0 && bytes.get(m.end() - 1).is_some_and(|&b| is_word_byte(b));
+                        (before || !first_word) && (after || !last_word)
+                    });
+                    if !ok {
+                        continue;
+                    }
+                }
+                hits.set(r, true);
+            }
+        }
+    }
+    if (!tm.domains.is_empty() || !tm.addresses.is_empty()) && value.is_some() {
+        for addr in addresses_of(h, &tm.target, text) {
+            if let Some(rs) = tm.addresses.get(addr.as_str()) {
+                rs.iter().for_each(|&r| hits.set(r, true));
+            }
+            if !tm.domains.is_empty() {
+                let d = domain_of(&addr);
+                for_each_suffix(&d, |s| {
+                    if let Some(rs) = tm.domains.get(s) {
+                        rs.iter().for_each(|&r| hits.set(r, true));
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Evaluates `set` against parsed headers.
+pub fn evaluate(set: &RuleSet, h: &Headers, size: u64) -> Verdict {
+    let mut hits = Bits::new(set.rules.len());
+    for tm in &set.targets {
+        match_target(h, tm, &mut hits);
+    }
+    for (name, want, r) in &set.exists {
+        hits.set(*r, h.contains(name) == *want);
+    }
+    for &(limit, r) in &set.sizes {
+        hits.set(r, size > limit);
+    }
+    for &r in &set.negated {
+        let v = hits.get(r);
+        hits.set(r, !v);
+    }
+    for (r, x) in &set.exprs {
+        let v = x.eval(&|i| hits.get(i));
+        let neg = set.rules.get(*r as usize).is_some_and(|rule| rule.negate);
+        hits.set(*r, v != neg);
+    }
+    let mut score = 0.0;
+    let mut allow = false;
+    let mut direct: Option<Action> = None;
+    let mut rules = Vec::new();
+    for i in hits.ones() {
+        let Some(rule) = set.rules.get(i as usize) else { continue };
+        if !rule.reported() {
+            continue;
+        }
+        if let Some(s) = rule.score {
+            score += s;
+        }
+        match rule.action {
+            Some(Action::Allow) => allow = true,
+            Some(a) => direct = direct.max(Some(a)),
+            None => {}
+        }
+        rules.push(rule.id.clone());
+    }
+    let by_score = score >= set.threshold;
+    let (spam, action) = if allow {
+        (false, Some(Action::Allow))
+    } else {
+        let from_score = (by_score && set.spam_action != Action::Allow).then_some(set.spam_action);
+        (by_score || direct.is_some(), direct.max(from_score))
+    };
+    Verdict { score, threshold: set.threshold, spam, action, rules }
+}

@@ -1,0 +1,429 @@
+//! Header block parsing (RFC 5322 §2.2, §3.6) and RFC 2047 decoding, tolerant of real mail.
+//!
+//! [`Headers::parse`] takes the raw bytes of a header block as read from the wire: CRLF or LF
+//! line ends, an optional mbox `From ` first line, folded lines, 8-bit junk, a block truncated
+//! mid-line, or a whole message (parsing stops at the first empty line). It never panics and
+//! never fails: lines that are not fields are skipped.
+//!
+//! Values are available three ways:
+//! - [`Headers::get`]: unfolded, RFC 2047-decoded, trimmed; duplicate fields joined with `\n`;
+//! - [`Headers::get_raw`]: unfolded but not decoded (8-bit bytes decoded as lossy UTF-8);
+//! - [`Headers::fields`]: every field in order with its byte range in the block, so that the
+//!   tagging code can find and remove `X-Spam-*` fields.
+//!
+//! Address parsing for the `:addr` and `:name` rule modifiers lives in [`parse_addresses`].
+use std::cell::OnceCell;
+use std::ops::Range;
+
+use super::decode::decode_words;
+
+/// One header field as found in the block.
+#[derive(Debug, Clone)]
+pub struct Field {
+    name: String,
+    raw: String,
+    range: Range<usize>,
+}
+
+impl Field {
+    /// The field name as written (case preserved).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The unfolded, undecoded value (leading/trailing whitespace trimmed).
+    pub fn raw_value(&self) -> &str {
+        &self.raw
+    }
+    /// Byte range of the whole field (name through the line end of its last continuation line)
+    /// in the block given to [`Headers::parse`].
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+}
+
+/// All fields that share one name (case-insensitively), with lazily decoded joined values.
+#[derive(Debug)]
+struct Group {
+    lname: String,
+    fields: Vec<usize>,
+    decoded: OnceCell<String>,
+    raw: OnceCell<String>,
+}
+
+/// A parsed header block. Cheap to build; values are decoded on first use.
+#[derive(Debug, Default)]
+pub struct Headers {
+    fields: Vec<Field>,
+    groups: Vec<Group>,
+    /// Byte length of the header block proper (up to and including the empty line, if any).
+    block_len: usize,
+}
+
+impl Headers {
+    /// Parses a header block (or a whole message: parsing stops at the first empty line).
+    pub fn parse(block: &[u8]) -> Headers {
+        let mut h = Headers::default();
+        let mut pos = 0usize;
+        let mut first = true;
+        // Current field under construction: (name, raw bytes of value, start offset).
+        let mut cur: Option<(String, Vec<u8>, usize)> = None;
+        let mut end_of_block = block.len();
+        while pos < block.len() {
+            let (line, next) = next_line(block, pos);
+            let content = strip_eol(line);
+            if first {
+                first = false;
+                if content.starts_with(b"From ") {
+                    pos = next;
+                    continue;
+                }
+            }
+            if content.is_empty() {
+                end_of_block = next;
+                break;
+            }
+            if content[0] == b' ' || content[0] == b'\t' {
+                if let Some((_, value, _)) = cur.as_mut() {
+                    // Unfold: drop the line break, keep the whitespace (RFC 5322 §2.2.3).
+                    value.extend_from_slice(content);
+                }
+                pos = next;
+                continue;
+            }
+            if let Some((name, value, start)) = cur.take() {
+                h.push(name, &value, start..pos);
+            }
+            if let Some(colon) = content.iter().position(|&b| b == b':') {
+                let name = &content[..colon];
+                let valid = !name.is_empty()
+                    && name.iter().all(|&b| b.is_ascii_graphic() || b == b' ')
+                    && !name.starts_with(b" ");
+                if valid {
+                    let name = String::from_utf8_lossy(name).trim_end().to_string();
+                    cur = Some((name, content[colon + 1..].to_vec(), pos));
+                }
+            }
+            // Not a field (no colon, or junk before it): skipped.
+            pos = next;
+        }
+        if let Some((name, value, start)) = cur.take() {
+            let end = if end_of_block < block.len() { end_of_block_start(block, end_of_block) } else { block.len() };
+            h.push(name, &value, start..end.max(start));
+        }
+        h.block_len = end_of_block;
+        h
+    }
+
+    fn push(&mut self, name: String, value: &[u8], range: Range<usize>) {
+        let raw = String::from_utf8_lossy(value).trim().to_string();
+        let lname = name.to_ascii_lowercase();
+        let idx = self.fields.len();
+        self.fields.push(Field { name, raw, range });
+        match self.groups.iter_mut().find(|g| g.lname == lname) {
+            Some(g) => g.fields.push(idx),
+            None => self.groups.push(Group {
+                lname,
+                fields: vec![idx],
+                decoded: OnceCell::new(),
+                raw: OnceCell::new(),
+            }),
+        }
+    }
+
+    fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| g.lname.eq_ignore_ascii_case(name))
+    }
+
+    /// Every field, in block order.
+    pub fn fields(&self) -> &[Field] {
+        &self.fields
+    }
+
+    /// Byte length of the header block including the terminating empty line when present.
+    pub fn block_len(&self) -> usize {
+        self.block_len
+    }
+
+    /// Whether a field with this name (case-insensitive) exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.group(name).is_some()
+    }
+
+    /// The decoded value (unfolded, RFC 2047 decoded, trimmed); several fields of this name are
+    /// joined with `\n`. `None` when absent.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let g = self.group(name)?;
+        Some(g.decoded.get_or_init(|| {
+            let mut out = String::new();
+            for (i, &f) in g.fields.iter().enumerate() {
+                if i > 0 {
+                    out.push('\n');
+                }
+                out.push_str(&decode_words(&self.fields[f].raw));
+            }
+            out
+        }))
+    }
+
+    /// The unfolded, undecoded value; duplicates joined with `\n`. `None` when absent.
+    pub fn get_raw(&self, name: &str) -> Option<&str> {
+        let g = self.group(name)?;
+        Some(g.raw.get_or_init(|| {
+            let mut out = String::new();
+            for (i, &f) in g.fields.iter().enumerate() {
+                if i > 0 {
+                    out.push('\n');
+                }
+                out.push_str(&self.fields[f].raw);
+            }
+            out
+        }))
+    }
+
+    /// The raw values of every field with this name, in order.
+    pub fn get_all_raw<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.fields.iter().filter(move |f| f.name.eq_ignore_ascii_case(name)).map(|f| f.raw.as_str())
+    }
+
+    /// Every field as `Name: decoded value`, one per line (the `ALL` pseudo-header).
+    pub fn all_decoded(&self) -> String {
+        let mut out = String::new();
+        for f in &self.fields {
+            out.push_str(&f.name);
+            out.push_str(": ");
+            out.push_str(&decode_words(&f.raw));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Every field as `Name: raw value`, one per line (`ALL:raw`).
+    pub fn all_raw(&self) -> String {
+        let mut out = String::new();
+        for f in &self.fields {
+            out.push_str(&f.name);
+            out.push_str(": ");
+            out.push_str(&f.raw);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Returns the line starting at `pos` (including its `\n`, if any) and the next position.
+fn next_line(block: &[u8], pos: usize) -> (&[u8], usize) {
+    match memchr::memchr(b'\n', &block[pos..]) {
+        Some(i) => (&block[pos..pos + i + 1], pos + i + 1),
+        None => (&block[pos..], block.len()),
+    }
+}
+
+fn strip_eol(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Start offset of the empty line that ends at `end` (exclusive).
+fn end_of_block_start(block: &[u8], end: usize) -> usize {
+    let mut s = end;
+    if s > 0 && block[s - 1] == b'\n' {
+        s -= 1;
+    }
+    if s > 0 && block[s - 1] == b'\r' {
+        s -= 1;
+    }
+    s
+}
+
+/// One mailbox from an address header.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Mailbox {
+    /// Display name, RFC 2047-decoded, quotes removed (may be empty).
+    pub name: String,
+    /// The address (`local@domain`) as written, without angle brackets (may be empty).
+    pub addr: String,
+}
+
+/// Parses an address-list value (RFC 5322 §3.4) leniently: mailboxes separated by commas
+/// outside quotes, comments and angle brackets; `name <addr>`, `addr (name)`, bare `addr`,
+/// and groups (`team: a@x, b@y;`). Works on the raw (undecoded) value so encoded commas
+/// inside display names don't split mailboxes.
+pub fn parse_addresses(raw: &str) -> Vec<Mailbox> {
+    let mut out = Vec::new();
+    for part in split_top_level(raw) {
+        let part = strip_group_prefix(part.trim()).trim().trim_end_matches(';').trim();
+        if part.is_empty() {
+            continue;
+        }
+        out.push(parse_mailbox(part));
+    }
+    out
+}
+
+fn split_top_level(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut quoted, mut depth_paren, mut depth_angle, mut escaped) = (false, 0u32, 0u32, false);
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted || depth_paren > 0 => escaped = true,
+            '"' if depth_paren == 0 => quoted = !quoted,
+            '(' if !quoted => depth_paren += 1,
+            ')' if !quoted && depth_paren > 0 => depth_paren -= 1,
+            '<' if !quoted && depth_paren == 0 => depth_angle += 1,
+            '>' if !quoted && depth_paren == 0 && depth_angle > 0 => depth_angle -= 1,
+            ',' | '\n' if !quoted && depth_paren == 0 && depth_angle == 0 => {
+                parts.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// `team: a@x` → `a@x` when the colon comes before any quote, angle bracket or `@`.
+fn strip_group_prefix(s: &str) -> &str {
+    for (i, c) in s.char_indices() {
+        match c {
+            ':' => return &s[i + 1..],
+            '"' | '<' | '@' | '(' => return s,
+            _ => {}
+        }
+    }
+    s
+}
+
+fn parse_mailbox(part: &str) -> Mailbox {
+    if let Some(lt) = find_unquoted(part, '<') {
+        let rest = &part[lt + 1..];
+        let addr = match rest.find('>') {
+            Some(gt) => &rest[..gt],
+            None => rest,
+        };
+        let name = clean_name(&part[..lt]);
+        return Mailbox { name, addr: clean_addr(addr) };
+    }
+    // `addr (comment name)` or a bare address.
+    let mut addr = String::new();
+    let mut comment = String::new();
+    let mut depth = 0u32;
+    for c in part.chars() {
+        match c {
+            '(' => {
+                if depth > 0 {
+                    comment.push(c);
+                }
+                depth += 1;
+            }
+            ')' if depth > 0 => {
+                depth -= 1;
+                if depth > 0 {
+                    comment.push(c);
+                }
+            }
+            _ if depth > 0 => comment.push(c),
+            _ => addr.push(c),
+        }
+    }
+    let addr = clean_addr(&addr);
+    if addr.contains('@') || comment.is_empty() {
+        Mailbox { name: clean_name(&comment), addr }
+    } else {
+        // No address at all: a display name alone (`undisclosed recipients`).
+        Mailbox { name: clean_name(&format!("{addr} {comment}")), addr: String::new() }
+    }
+}
+
+fn find_unquoted(s: &str, needle: char) -> Option<usize> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == needle && !quoted => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn clean_addr(s: &str) -> String {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    let s = s.trim_matches(|c| c == '"' || c == '\'');
+    // Source routes: `@a,@b:user@host`.
+    match s.rfind(':') {
+        Some(i) if s.starts_with('@') => s[i + 1..].to_string(),
+        _ => s.to_string(),
+    }
+}
+
+fn clean_name(s: &str) -> String {
+    let decoded = decode_words(s.trim());
+    let t = decoded.trim();
+    let t = t.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(t);
+    let mut out = String::with_capacity(t.len());
+    let mut escaped = false;
+    for c in t.chars() {
+        if c == '\\' && !escaped {
+            escaped = true;
+            continue;
+        }
+        escaped = false;
+        out.push(c);
+    }
+    out.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_crlf_lf_mbox_and_folding() {
+        let block = b"From someone@x Mon Jan  1 00:00:00 2024\r\nSubject: hello\r\n  world\r\nX-A: 1\nx-a: 2\r\n\r\nbody: no\r\n";
+        let h = Headers::parse(block);
+        assert_eq!(h.get("subject"), Some("hello  world"));
+        assert_eq!(h.get("X-A"), Some("1\n2"));
+        assert!(!h.contains("body"));
+        assert_eq!(h.fields().len(), 3);
+        let r = h.fields()[0].range();
+        assert_eq!(&block[r], b"Subject: hello\r\n  world\r\n");
+    }
+
+    #[test]
+    fn truncated_and_junk() {
+        let h = Headers::parse(b"Subject: a\xff\xfeb\nBroken line\n: empty name\nTo: x@y");
+        assert_eq!(h.get("Subject"), Some("a\u{fffd}\u{fffd}b"));
+        assert_eq!(h.get("To"), Some("x@y"));
+        assert_eq!(h.fields().len(), 2);
+        let h = Headers::parse(b"");
+        assert!(h.fields().is_empty());
+        let h = Headers::parse(b"\r");
+        assert!(h.fields().is_empty());
+        let h = Headers::parse(b" continuation first\nA: b\n");
+        assert_eq!(h.get("a"), Some("b"));
+    }
+
+    #[test]
+    fn addresses() {
+        let m = parse_addresses("\"Doe, John\" <John@Example.com>, jane@x.org (Jane X), undisclosed-recipients:;");
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0], Mailbox { name: "Doe, John".into(), addr: "John@Example.com".into() });
+        assert_eq!(m[1], Mailbox { name: "Jane X".into(), addr: "jane@x.org".into() });
+        let m = parse_addresses("=?utf-8?Q?J=C3=BCrgen?= <j@x.de>");
+        assert_eq!(m[0].name, "Jürgen");
+        let m = parse_addresses("<broken@x");
+        assert_eq!(m[0].addr, "broken@x");
+    }
+}
