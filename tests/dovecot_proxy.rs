@@ -113,7 +113,11 @@ fn fetchmail_keep_and_delete_through_popsift() {
     assert_eq!(keys(&d.mailbox(user)), names(&all), "--keep deletes nothing");
     let got = fetchmail_fetch(&p.addr, user, &pass, false, Tls::None, None);
     assert_eq!(got, expected);
-    assert_eq!(keys(&d.mailbox(user)), names(&spam(&all)), "fetchmail deleted the ham it fetched; hidden spam untouched");
+    assert_eq!(
+        keys(&d.mailbox(user)),
+        names(&spam(&all)),
+        "fetchmail deleted the ham it fetched; hidden spam untouched"
+    );
 }
 
 #[test]
@@ -136,7 +140,13 @@ fn upstream_implicit_tls_and_starttls_with_test_ca() {
     let (user, pass) = alice(&d);
     let rules = spam_rules("hide");
     for (addr, tls) in [(d.pop3s_addr(), "implicit"), (d.pop3_addr(), "starttls")] {
-        let p = Popsift::start(&ProxyOpts { upstream: &addr, tls, ca: Some(d.ca_pem()), rules: &rules, ..Default::default() });
+        let p = Popsift::start(&ProxyOpts {
+            upstream: &addr,
+            tls,
+            ca: Some(d.ca_pem()),
+            rules: &rules,
+            ..Default::default()
+        });
         let got = poplib_fetch(&p.addr, user, &pass, &PoplibOpts::default());
         assert_eq!(got.messages, wire(&ham(&all)), "over {tls}");
         // Without the test CA the certificate is refused: -ERR [SYS/TEMP], never plain text.

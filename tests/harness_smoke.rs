@@ -34,15 +34,9 @@ fn mailbox_has_the_promised_shape() {
     assert!(mbox.len() >= 24, "a few dozen messages");
     assert!(mbox.iter().filter(|m| m.kind == Kind::Spam).count() >= 5);
     assert!(mbox.iter().any(|m| m.bytes.len() > 3_000_000));
-    assert!(mbox
-        .iter()
-        .any(|m| m.bytes.windows(3).any(|w| w == b"\n..")));
-    assert!(mbox
-        .iter()
-        .any(|m| m.bytes.windows(3).any(|w| w == b"\n.\n")));
-    assert!(mbox
-        .iter()
-        .any(|m| m.bytes.windows(2).any(|w| w == b"\r\n")));
+    assert!(mbox.iter().any(|m| m.bytes.windows(3).any(|w| w == b"\n..")));
+    assert!(mbox.iter().any(|m| m.bytes.windows(3).any(|w| w == b"\n.\n")));
+    assert!(mbox.iter().any(|m| m.bytes.windows(2).any(|w| w == b"\r\n")));
     assert!(mbox.iter().any(|m| !m.bytes.ends_with(b"\n")));
     let mut names: Vec<&str> = mbox.iter().map(|m| m.name.as_str()).collect();
     let sorted = {
@@ -62,20 +56,12 @@ fn poplib_plain_stls_implicit_see_the_stored_messages_in_order() {
     let (d, mbox) = Dovecot::start_with_test_mailbox();
     let expected = wire(&mbox);
     let pass = d.password("alice").to_string();
-    for (tls, addr) in [
-        (Tls::None, d.pop3_addr()),
-        (Tls::Stls, d.pop3_addr()),
-        (Tls::Implicit, d.pop3s_addr()),
-    ] {
+    for (tls, addr) in [(Tls::None, d.pop3_addr()), (Tls::Stls, d.pop3_addr()), (Tls::Implicit, d.pop3s_addr())] {
         let f = poplib_fetch(
             &addr,
             "alice",
             &pass,
-            &PoplibOpts {
-                tls,
-                ca: Some(d.ca_pem().to_path_buf()),
-                ..Default::default()
-            },
+            &PoplibOpts { tls, ca: Some(d.ca_pem().to_path_buf()), ..Default::default() },
         );
         let client = format!("poplib {tls:?}");
         assert_eq!(f.stat.0, mbox.len(), "{client}: STAT count");
@@ -97,26 +83,11 @@ fn poplib_plain_stls_implicit_see_the_stored_messages_in_order() {
     let b = poplib_fetch(&d.pop3_addr(), "alice", &pass, &PoplibOpts::default());
     assert_eq!(a.uidl, b.uidl);
     // TOP n <huge> is a full retrieval (fetchmail's habit).
-    let t = poplib_fetch(
-        &d.pop3_addr(),
-        "alice",
-        &pass,
-        &PoplibOpts {
-            top_lines: Some(99_999_999),
-            ..Default::default()
-        },
-    );
+    let t =
+        poplib_fetch(&d.pop3_addr(), "alice", &pass, &PoplibOpts { top_lines: Some(99_999_999), ..Default::default() });
     assert_messages_eq("poplib TOP", &t.messages, &expected, &mbox);
     // APOP works (plaintext passwd-file).
-    let ap = poplib_fetch(
-        &d.pop3_addr(),
-        "alice",
-        &pass,
-        &PoplibOpts {
-            apop: true,
-            ..Default::default()
-        },
-    );
+    let ap = poplib_fetch(&d.pop3_addr(), "alice", &pass, &PoplibOpts { apop: true, ..Default::default() });
     assert_eq!(ap.stat.0, mbox.len());
     assert_eq!(d.mailbox("alice").len(), mbox.len(), "nothing deleted");
     assert_eq!(d.uidls("alice"), a.uidl, "Dovecot::uidls matches poplib");
@@ -126,38 +97,18 @@ fn poplib_plain_stls_implicit_see_the_stored_messages_in_order() {
 fn poplib_delete_empties_and_drop_without_quit_keeps() {
     let (d, mbox) = Dovecot::start_with_test_mailbox();
     let pass = d.password("alice").to_string();
-    let dropped = poplib_fetch(
-        &d.pop3_addr(),
-        "alice",
-        &pass,
-        &PoplibOpts {
-            delete: true,
-            quit: false,
-            ..Default::default()
-        },
-    );
+    let dropped =
+        poplib_fetch(&d.pop3_addr(), "alice", &pass, &PoplibOpts { delete: true, quit: false, ..Default::default() });
     assert_eq!(dropped.messages.len(), mbox.len());
     assert!(dropped.quit_reply.is_none());
     // The server notices the closed socket asynchronously; the session must not commit.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let stored = d.mailbox("alice");
-    assert_eq!(
-        stored.len(),
-        mbox.len(),
-        "drop without QUIT deletes nothing"
-    );
+    assert_eq!(stored.len(), mbox.len(), "drop without QUIT deletes nothing");
     for m in &mbox {
         assert_eq!(stored.get(&m.name), Some(&m.bytes), "{} intact", m.name);
     }
-    let deleted = poplib_fetch(
-        &d.pop3_addr(),
-        "alice",
-        &pass,
-        &PoplibOpts {
-            delete: true,
-            ..Default::default()
-        },
-    );
+    let deleted = poplib_fetch(&d.pop3_addr(), "alice", &pass, &PoplibOpts { delete: true, ..Default::default() });
     assert_eq!(deleted.messages.len(), mbox.len());
     assert!(d.mailbox("alice").is_empty(), "DELE + QUIT empties");
 }
@@ -167,11 +118,7 @@ fn fetchmail_keep_plain_stls_implicit_then_delete() {
     let (d, mbox) = Dovecot::start_with_test_mailbox();
     let pass = d.password("alice").to_string();
     let expected: Vec<Vec<u8>> = wire(&mbox).iter().map(|m| lf_form(m)).collect();
-    for (tls, addr) in [
-        (Tls::None, d.pop3_addr()),
-        (Tls::Stls, d.pop3_addr()),
-        (Tls::Implicit, d.pop3s_addr()),
-    ] {
+    for (tls, addr) in [(Tls::None, d.pop3_addr()), (Tls::Stls, d.pop3_addr()), (Tls::Implicit, d.pop3s_addr())] {
         let got = fetchmail_fetch(&addr, "alice", &pass, true, tls, Some(d.ca_pem()));
         assert_messages_eq(&format!("fetchmail {tls:?}"), &got, &expected, &mbox);
     }
@@ -181,20 +128,12 @@ fn fetchmail_keep_plain_stls_implicit_then_delete() {
         &d.pop3_addr(),
         "alice",
         &pass,
-        &FetchmailOpts {
-            keep: true,
-            tls: Tls::None,
-            ca: None,
-            auth: Some("password".into()),
-        },
+        &FetchmailOpts { keep: true, tls: Tls::None, ca: None, auth: Some("password".into()) },
     );
     assert_eq!(got.len(), mbox.len());
     let got = fetchmail_fetch(&d.pop3_addr(), "alice", &pass, false, Tls::None, None);
     assert_eq!(got.len(), mbox.len());
-    assert!(
-        d.mailbox("alice").is_empty(),
-        "fetchmail without keep deletes"
-    );
+    assert!(d.mailbox("alice").is_empty(), "fetchmail without keep deletes");
     let again = fetchmail_fetch(&d.pop3_addr(), "alice", &pass, false, Tls::None, None);
     assert!(again.is_empty(), "exit 1 (no mail) is an empty list");
 }
@@ -206,14 +145,7 @@ fn getmail_plain_and_implicit_then_delete() {
     let expected = wire(&mbox);
     let got = getmail_fetch(&d.pop3_addr(), "alice", &pass, false, Tls::None, None);
     assert_getmail_equal(&got, &expected);
-    let got = getmail_fetch(
-        &d.pop3s_addr(),
-        "alice",
-        &pass,
-        false,
-        Tls::Implicit,
-        Some(d.ca_pem()),
-    );
+    let got = getmail_fetch(&d.pop3s_addr(), "alice", &pass, false, Tls::Implicit, Some(d.ca_pem()));
     assert_getmail_equal(&got, &expected);
     assert_eq!(d.mailbox("alice").len(), mbox.len(), "delete = false keeps");
     let got = getmail_fetch(&d.pop3_addr(), "alice", &pass, true, Tls::None, None);
@@ -223,10 +155,7 @@ fn getmail_plain_and_implicit_then_delete() {
 
 #[test]
 fn lock_session_makes_the_second_login_in_use() {
-    let d = Dovecot::start(DovecotOptions {
-        lock_session: true,
-        ..Default::default()
-    });
+    let d = Dovecot::start(DovecotOptions { lock_session: true, ..Default::default() });
     d.deliver("alice", "1001.one", b"Subject: one\n\nbody\n");
     let pass = d.password("alice").to_string();
     let mut first = RawPop::connect(&d.pop3_addr());
@@ -252,10 +181,7 @@ fn lock_session_makes_the_second_login_in_use() {
 fn raw_client_reads_multiline_byte_exact() {
     let d = Dovecot::start(DovecotOptions::default());
     let mbox = test_mailbox();
-    let dots = mbox
-        .iter()
-        .find(|m| m.name.ends_with("ham-dot-lines"))
-        .expect("dot message");
+    let dots = mbox.iter().find(|m| m.name.ends_with("ham-dot-lines")).expect("dot message");
     d.deliver("alice", &dots.name, &dots.bytes);
     let mut p = RawPop::connect(&d.pop3_addr());
     p.login("alice", d.password("alice"));
@@ -273,10 +199,7 @@ fn a_missing_peer_fails_loudly() {
 #[test]
 fn two_servers_run_side_by_side() {
     let a = Dovecot::start(DovecotOptions {
-        users: vec![
-            ("alice".into(), "a-pw".into()),
-            ("bob".into(), "b-pw".into()),
-        ],
+        users: vec![("alice".into(), "a-pw".into()), ("bob".into(), "b-pw".into())],
         ..Default::default()
     });
     let b = Dovecot::start(DovecotOptions::default());

@@ -178,7 +178,10 @@ impl Session<'_> {
 
     async fn tell_client_upstream_failed(&mut self, e: &SessionError) {
         if self.mid_response {
-            // The client sees a reply without its terminator and knows it is broken.
+            // Pass on what arrived; the client sees a reply without its terminator followed by
+            // the close, exactly as if it had been talking to the failing server directly.
+            let t = self.ctx.config.timeouts.client_idle;
+            let _ = self.client.write_all(&self.out, t, Phase::Relay).await;
             return;
         }
         self.out.clear();

@@ -58,11 +58,7 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
                 "addr" => Form::Addr,
                 "name" => Form::Name,
                 "raw" => Form::Raw,
-                other => {
-                    return Err(format!(
-                        "unknown modifier `:{other}` (expected :addr, :name or :raw)"
-                    ))
-                }
+                other => return Err(format!("unknown modifier `:{other}` (expected :addr, :name or :raw)")),
             };
             (n.trim(), form)
         }
@@ -314,28 +310,23 @@ impl Loader<'_> {
             self.threshold = Some(t);
         }
         for (item, value) in def.rules.into_iter().enumerate() {
-            let id_hint = value
-                .get("id")
-                .and_then(|v| v.as_str())
-                .map(str::to_string);
+            let id_hint = value.get("id").and_then(|v| v.as_str()).map(str::to_string);
             match serde_norway::from_value::<RuleDef>(value) {
                 Ok(rd) => self.add_rule(file, item, rd),
                 Err(e) => {
                     let msg = strip_position(&e.to_string()).to_string();
                     let loc = &self.files[file].1;
-                    let (kind, pos) = if let Some(field) = msg
-                        .strip_prefix("unknown field `")
-                        .and_then(|r| r.split('`').next())
-                    {
-                        (ErrorKind::UnknownField, loc.field_key(item, field))
-                    } else if msg.starts_with("missing field") {
-                        (ErrorKind::Schema, loc.rule_start(item))
-                    } else {
-                        // Type errors: serde_norway names the field as `field: message`
-                        // for nested values; else point at the rule.
-                        let field = msg.split(':').next().unwrap_or("");
-                        (ErrorKind::Yaml, loc.field_value(item, field.trim()))
-                    };
+                    let (kind, pos) =
+                        if let Some(field) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+                            (ErrorKind::UnknownField, loc.field_key(item, field))
+                        } else if msg.starts_with("missing field") {
+                            (ErrorKind::Schema, loc.rule_start(item))
+                        } else {
+                            // Type errors: serde_norway names the field as `field: message`
+                            // for nested values; else point at the rule.
+                            let field = msg.split(':').next().unwrap_or("");
+                            (ErrorKind::Yaml, loc.field_value(item, field.trim()))
+                        };
                     self.err(file, pos, id_hint.as_deref(), kind, msg);
                 }
             }
@@ -351,7 +342,8 @@ impl Loader<'_> {
             let pos = this.files[file].1.field_value(item, field);
             this.err(file, pos, Some(&rule_id), kind, msg);
         };
-        if rd.id.is_empty() || !rd.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-') {
+        if rd.id.is_empty() || !rd.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        {
             e(self, "id", ErrorKind::Schema, "id: use letters, digits, `_`, `.` and `-` only".into());
         }
         if let Some(&prev) = self.ids.get(&id) {
@@ -391,7 +383,12 @@ impl Loader<'_> {
             return;
         }
         if conds.len() > 1 {
-            e(self, conds[1], ErrorKind::Schema, format!("{} and {} in one rule: split it into two rules (and join them with expr)", conds[0], conds[1]));
+            e(
+                self,
+                conds[1],
+                ErrorKind::Schema,
+                format!("{} and {} in one rule: split it into two rules (and join them with expr)", conds[0], conds[1]),
+            );
             return;
         }
         let cond = conds[0];
@@ -495,7 +492,12 @@ impl Loader<'_> {
                 };
                 let Some(t) = target else { return };
                 if matches!(t.form, Form::Name) || t.source == Source::All {
-                    e(self, "header", ErrorKind::Header, format!("header: {field} needs addresses (use a header without :name, not ALL)"));
+                    e(
+                        self,
+                        "header",
+                        ErrorKind::Header,
+                        format!("header: {field} needs addresses (use a header without :name, not ALL)"),
+                    );
                     return;
                 }
                 let tb = self.target(t);
@@ -689,7 +691,13 @@ impl Loader<'_> {
                                 let o = self.origins[first].clone();
                                 let pos = self.files[o.file].1.field_value(o.item, "expr");
                                 let id = self.rules[first].id.to_string();
-                                self.err(o.file, pos, Some(&id), ErrorKind::Cycle, format!("expr: cycle {}", names.join(" -> ")));
+                                self.err(
+                                    o.file,
+                                    pos,
+                                    Some(&id),
+                                    ErrorKind::Cycle,
+                                    format!("expr: cycle {}", names.join(" -> ")),
+                                );
                             }
                         }
                         _ => {}
@@ -749,7 +757,10 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(parse_target("Subject").unwrap(), Target { source: Source::Named("subject".into()), form: Form::Decoded });
+        assert_eq!(
+            parse_target("Subject").unwrap(),
+            Target { source: Source::Named("subject".into()), form: Form::Decoded }
+        );
         assert_eq!(parse_target("From:addr").unwrap().form, Form::Addr);
         assert_eq!(parse_target("ToCc:name").unwrap(), Target { source: Source::ToCc, form: Form::Name });
         assert_eq!(parse_target("ALL:raw").unwrap().source, Source::All);

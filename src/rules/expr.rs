@@ -247,10 +247,7 @@ mod tests {
             parse("A || B && !C").unwrap(),
             Expr::Or(vec![r("A", 0), Expr::And(vec![r("B", 5), Expr::Not(Box::new(r("C", 11)))])])
         );
-        assert_eq!(
-            parse("(A||B)&&C").unwrap(),
-            Expr::And(vec![Expr::Or(vec![r("A", 1), r("B", 4)]), r("C", 8)])
-        );
+        assert_eq!(parse("(A||B)&&C").unwrap(), Expr::And(vec![Expr::Or(vec![r("A", 1), r("B", 4)]), r("C", 8)]));
         assert_eq!(parse("!!A").unwrap(), Expr::Not(Box::new(Expr::Not(Box::new(r("A", 2))))));
     }
 

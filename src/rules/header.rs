@@ -121,12 +121,9 @@ impl Headers {
         self.fields.push(Field { name, raw, range });
         match self.groups.iter_mut().find(|g| g.lname == lname) {
             Some(g) => g.fields.push(idx),
-            None => self.groups.push(Group {
-                lname,
-                fields: vec![idx],
-                decoded: OnceCell::new(),
-                raw: OnceCell::new(),
-            }),
+            None => {
+                self.groups.push(Group { lname, fields: vec![idx], decoded: OnceCell::new(), raw: OnceCell::new() })
+            }
         }
     }
 

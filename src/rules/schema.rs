@@ -237,7 +237,8 @@ mod tests {
 
     #[test]
     fn locates_rules_and_fields() {
-        let text = "threshold: 5\nrules:\n  # c\n  - id: A\n    regex: 'x'\n\n  - id: B\n    header: Subject\nother: 1\n";
+        let text =
+            "threshold: 5\nrules:\n  # c\n  - id: A\n    regex: 'x'\n\n  - id: B\n    header: Subject\nother: 1\n";
         let l = Locator::new(text);
         assert_eq!(l.rule_start(0), (4, 3));
         assert_eq!(l.field_value(0, "id"), (4, 9));

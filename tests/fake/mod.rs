@@ -206,12 +206,18 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                         "TOP" if b.top => match num(0).filter(|n| *n >= 1 && *n <= messages.len()) {
                             Some(n) => {
                                 let m = &messages[n - 1];
+                                let lines = args.get(1).and_then(|a| a.parse::<usize>().ok()).unwrap_or(0);
                                 let body = if b.top_returns_whole {
                                     m.clone()
                                 } else {
+                                    // RFC 1939 §7: the header, the blank line, then k body lines.
                                     let end =
                                         m.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(m.len());
-                                    m[..end].to_vec()
+                                    let mut out = m[..end].to_vec();
+                                    for line in m[end..].split_inclusive(|&c| c == b'\n').take(lines) {
+                                        out.extend_from_slice(line);
+                                    }
+                                    out
                                 };
                                 let mut out = b"+OK\r\n".to_vec();
                                 out.extend_from_slice(&stuff(&body));

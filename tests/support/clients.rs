@@ -48,12 +48,8 @@ pub fn run_with_timeout(mut cmd: Command, dir: &Path, timeout: Duration) -> RunO
     let err_path = dir.join("client.stderr");
     let out = fs::File::create(&out_path).expect("create stdout file");
     let err = fs::File::create(&err_path).expect("create stderr file");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait client") {
@@ -91,10 +87,7 @@ fn split_addr(addr: &str) -> (&str, u16) {
 }
 
 fn client_dir(prefix: &str) -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("create temp dir");
+    let d = tempfile::Builder::new().prefix(prefix).tempdir().expect("create temp dir");
     fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
     d
 }
@@ -124,14 +117,7 @@ pub struct PoplibOpts {
 
 impl Default for PoplibOpts {
     fn default() -> Self {
-        PoplibOpts {
-            tls: Tls::None,
-            ca: None,
-            delete: false,
-            quit: true,
-            apop: false,
-            top_lines: None,
-        }
+        PoplibOpts { tls: Tls::None, ca: None, delete: false, quit: true, apop: false, top_lines: None }
     }
 }
 
@@ -158,17 +144,11 @@ pub struct PopFetch {
 /// Fetch `addr` with Python's `poplib`. Panics with the client's error (e.g. `-ERR [IN-USE] …`)
 /// when the session fails; use [`try_poplib_fetch`] to inspect failures.
 pub fn poplib_fetch(addr: &str, user: &str, pass: &str, opts: &PoplibOpts) -> PopFetch {
-    try_poplib_fetch(addr, user, pass, opts)
-        .unwrap_or_else(|e| panic!("poplib_fetch {addr} as {user}: {e}"))
+    try_poplib_fetch(addr, user, pass, opts).unwrap_or_else(|e| panic!("poplib_fetch {addr} as {user}: {e}"))
 }
 
 /// Like [`poplib_fetch`] but returns the client's error text (`"error_proto: b'-ERR …'"`).
-pub fn try_poplib_fetch(
-    addr: &str,
-    user: &str,
-    pass: &str,
-    opts: &PoplibOpts,
-) -> Result<PopFetch, String> {
+pub fn try_poplib_fetch(addr: &str, user: &str, pass: &str, opts: &PoplibOpts) -> Result<PopFetch, String> {
     use serde_json::{json, Value};
     let python = require_program("python3", "python3");
     let (host, port) = split_addr(addr);
@@ -186,55 +166,29 @@ pub fn try_poplib_fetch(
     });
     let dir = client_dir("popsift-poplib-");
     let mut cmd = Command::new(python);
-    cmd.arg(repo_path("tests/clients/poplib_fetch.py"))
-        .arg(args.to_string());
+    cmd.arg(repo_path("tests/clients/poplib_fetch.py")).arg(args.to_string());
     let out = run_with_timeout(cmd, dir.path(), CLIENT_TIMEOUT);
-    let v: Value = serde_json::from_str(&out.stdout).map_err(|e| {
-        format!(
-            "poplib_fetch.py printed no JSON ({e}); status {}; stderr: {}",
-            out.status, out.stderr
-        )
-    })?;
+    let v: Value = serde_json::from_str(&out.stdout)
+        .map_err(|e| format!("poplib_fetch.py printed no JSON ({e}); status {}; stderr: {}", out.status, out.stderr))?;
     if let Some(err) = v.get("error") {
         return Err(err.as_str().unwrap_or_default().to_string());
     }
     let pairs = |key: &str| -> Vec<(usize, Value)> {
         v[key]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|p| (p[0].as_u64().unwrap_or(0) as usize, p[1].clone()))
-                    .collect()
-            })
+            .map(|a| a.iter().map(|p| (p[0].as_u64().unwrap_or(0) as usize, p[1].clone())).collect())
             .unwrap_or_default()
     };
     let b64 = |s: &str| base64_decode(s);
     Ok(PopFetch {
         greeting: v["greeting"].as_str().unwrap_or_default().to_string(),
-        capa: v["capa"].as_array().map(|a| {
-            a.iter()
-                .map(|c| c.as_str().unwrap_or_default().to_string())
-                .collect()
-        }),
-        stat: (
-            v["stat"][0].as_u64().unwrap_or(0) as usize,
-            v["stat"][1].as_u64().unwrap_or(0),
-        ),
-        list: pairs("list")
-            .into_iter()
-            .map(|(n, s)| (n, s.as_u64().unwrap_or(0)))
-            .collect(),
-        uidl: pairs("uidl")
-            .into_iter()
-            .map(|(n, s)| (n, s.as_str().unwrap_or_default().to_string()))
-            .collect(),
+        capa: v["capa"].as_array().map(|a| a.iter().map(|c| c.as_str().unwrap_or_default().to_string()).collect()),
+        stat: (v["stat"][0].as_u64().unwrap_or(0) as usize, v["stat"][1].as_u64().unwrap_or(0)),
+        list: pairs("list").into_iter().map(|(n, s)| (n, s.as_u64().unwrap_or(0))).collect(),
+        uidl: pairs("uidl").into_iter().map(|(n, s)| (n, s.as_str().unwrap_or_default().to_string())).collect(),
         messages: v["messages"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|m| b64(m.as_str().unwrap_or_default()))
-                    .collect()
-            })
+            .map(|a| a.iter().map(|m| b64(m.as_str().unwrap_or_default())).collect())
             .unwrap_or_default(),
         quit_reply: v["quit_reply"].as_str().map(str::to_string),
         stuffing_violations: v["stuffing_violations"].as_u64().unwrap_or(0) as usize,
@@ -275,25 +229,8 @@ fn base64_decode(s: &str) -> Vec<u8> {
 /// ends, see [`lf_form`]), in retrieval order. `keep: false` deletes on the server.
 /// Exit code 1 ("no mail") gives an empty list; any other failure panics with fetchmail's
 /// output. Shorthand for [`fetchmail_fetch_with`] with default auth.
-pub fn fetchmail_fetch(
-    addr: &str,
-    user: &str,
-    pass: &str,
-    keep: bool,
-    tls: Tls,
-    ca: Option<&Path>,
-) -> Vec<Vec<u8>> {
-    fetchmail_fetch_with(
-        addr,
-        user,
-        pass,
-        &FetchmailOpts {
-            keep,
-            tls,
-            ca: ca.map(Path::to_path_buf),
-            auth: None,
-        },
-    )
+pub fn fetchmail_fetch(addr: &str, user: &str, pass: &str, keep: bool, tls: Tls, ca: Option<&Path>) -> Vec<Vec<u8>> {
+    fetchmail_fetch_with(addr, user, pass, &FetchmailOpts { keep, tls, ca: ca.map(Path::to_path_buf), auth: None })
 }
 
 /// Options for [`fetchmail_fetch_with`].
@@ -310,12 +247,7 @@ pub struct FetchmailOpts {
 }
 
 /// [`fetchmail_fetch`] with every option.
-pub fn fetchmail_fetch_with(
-    addr: &str,
-    user: &str,
-    pass: &str,
-    opts: &FetchmailOpts,
-) -> Vec<Vec<u8>> {
+pub fn fetchmail_fetch_with(addr: &str, user: &str, pass: &str, opts: &FetchmailOpts) -> Vec<Vec<u8>> {
     let (keep, tls, ca) = (opts.keep, opts.tls, opts.ca.as_deref());
     let fetchmail = require_program("fetchmail", "fetchmail");
     let (host, port) = split_addr(addr);
@@ -336,15 +268,11 @@ pub fn fetchmail_fetch_with(
     fs::set_permissions(&mda, fs::Permissions::from_mode(0o755)).expect("chmod mda.sh");
     let tls_opts = match (tls, ca) {
         (Tls::None, _) => "sslproto ''".to_string(),
-        (Tls::Stls, Some(ca)) => format!(
-            "sslproto 'tls1.2+' sslcertck sslcommonname localhost sslcertfile '{}'",
-            ca.display()
-        ),
+        (Tls::Stls, Some(ca)) => {
+            format!("sslproto 'tls1.2+' sslcertck sslcommonname localhost sslcertfile '{}'", ca.display())
+        }
         (Tls::Implicit, Some(ca)) => {
-            format!(
-                "ssl sslcertck sslcommonname localhost sslcertfile '{}'",
-                ca.display()
-            )
+            format!("ssl sslcertck sslcommonname localhost sslcertfile '{}'", ca.display())
         }
         (Tls::Stls, None) => "sslproto 'tls1.2+' sslcertck sslcommonname localhost".to_string(),
         (Tls::Implicit, None) => "ssl sslcertck sslcommonname localhost".to_string(),
@@ -356,11 +284,7 @@ pub fn fetchmail_fetch_with(
          \t{keep} fetchall no rewrite {tls_opts}\n\
          \tmda \"{mda}\"\n",
         keep = if keep { "keep" } else { "no keep" },
-        auth = opts
-            .auth
-            .as_ref()
-            .map(|a| format!(" auth {a}"))
-            .unwrap_or_default(),
+        auth = opts.auth.as_ref().map(|a| format!(" auth {a}")).unwrap_or_default(),
         mda = mda.display(),
     );
     let rcfile = home.join(".fetchmailrc");
@@ -378,24 +302,16 @@ pub fn fetchmail_fetch_with(
     match out.status.code() {
         Some(0) => {}
         Some(1) => return Vec::new(),
-        _ => panic!(
-            "fetchmail from {addr} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status, out.stdout, out.stderr
-        ),
+        _ => panic!("fetchmail from {addr} failed ({}):\nstdout: {}\nstderr: {}", out.status, out.stdout, out.stderr),
     }
     read_numbered(&out_dir)
 }
 
 fn read_numbered(dir: &Path) -> Vec<Vec<u8>> {
-    let mut names: Vec<PathBuf> = fs::read_dir(dir)
-        .expect("read output dir")
-        .map(|e| e.expect("dir entry").path())
-        .collect();
+    let mut names: Vec<PathBuf> =
+        fs::read_dir(dir).expect("read output dir").map(|e| e.expect("dir entry").path()).collect();
     names.sort();
-    names
-        .iter()
-        .map(|p| fs::read(p).expect("read message"))
-        .collect()
+    names.iter().map(|p| fs::read(p).expect("read message")).collect()
 }
 
 /// A message with every CRLF turned into LF: what fetchmail hands its MDA.
@@ -420,14 +336,7 @@ pub fn lf_form(bytes: &[u8]) -> Vec<u8> {
 /// back in delivery order (getmail's Maildir names start with the delivery time; ties are
 /// broken by its per-process counter). `delete: true` deletes on the server. Compare with
 /// [`getmail_comparable`]. [`Tls::Stls`] panics: getmail6 has no STLS for POP3.
-pub fn getmail_fetch(
-    addr: &str,
-    user: &str,
-    pass: &str,
-    delete: bool,
-    tls: Tls,
-    ca: Option<&Path>,
-) -> Vec<Vec<u8>> {
+pub fn getmail_fetch(addr: &str, user: &str, pass: &str, delete: bool, tls: Tls, ca: Option<&Path>) -> Vec<Vec<u8>> {
     let getmail = require_program("getmail", "getmail6");
     let (host, port) = split_addr(addr);
     let mu = mail_user();
@@ -444,8 +353,7 @@ pub fn getmail_fetch(
         Tls::None => "type = SimplePOP3Retriever\n".to_string(),
         Tls::Implicit => format!(
             "type = SimplePOP3SSLRetriever\n{}ssl_cert_hostname = localhost\n",
-            ca.map(|c| format!("ca_certs = {}\n", c.display()))
-                .unwrap_or_default()
+            ca.map(|c| format!("ca_certs = {}\n", c.display())).unwrap_or_default()
         ),
         Tls::Stls => {
             panic!("getmail6 has no STLS support for POP3; use Tls::None or Tls::Implicit")
@@ -463,57 +371,31 @@ pub fn getmail_fetch(
     fs::write(&rcfile, rc).expect("write getmailrc");
     fs::set_permissions(&rcfile, fs::Permissions::from_mode(0o600)).expect("chmod getmailrc");
     let mut cmd = Command::new(getmail);
-    cmd.env("HOME", dir.path())
-        .arg("--getmaildir")
-        .arg(&state)
-        .arg("--rcfile")
-        .arg(&rcfile);
+    cmd.env("HOME", dir.path()).arg("--getmaildir").arg(&state).arg("--rcfile").arg(&rcfile);
     let out = run_with_timeout(cmd, dir.path(), CLIENT_TIMEOUT);
     if !out.status.success() {
-        panic!(
-            "getmail from {addr} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status, out.stdout, out.stderr
-        );
+        panic!("getmail from {addr} failed ({}):\nstdout: {}\nstderr: {}", out.status, out.stdout, out.stderr);
     }
     let mut files: Vec<(std::time::SystemTime, String, PathBuf)> = Vec::new();
     for sub in ["new", "cur"] {
         for e in fs::read_dir(maildir.join(sub)).expect("read Maildir") {
             let e = e.expect("dir entry");
             let mtime = e.metadata().and_then(|m| m.modified()).expect("mtime");
-            files.push((
-                mtime,
-                e.file_name().to_string_lossy().into_owned(),
-                e.path(),
-            ));
+            files.push((mtime, e.file_name().to_string_lossy().into_owned(), e.path()));
         }
     }
-    files.sort_by(|a, b| {
-        getmail_name_key(&a.1)
-            .cmp(&getmail_name_key(&b.1))
-            .then(a.0.cmp(&b.0))
-    });
-    files
-        .iter()
-        .map(|(_, _, p)| fs::read(p).expect("read message"))
-        .collect()
+    files.sort_by(|a, b| getmail_name_key(&a.1).cmp(&getmail_name_key(&b.1)).then(a.0.cmp(&b.0)));
+    files.iter().map(|(_, _, p)| fs::read(p).expect("read message")).collect()
 }
 
 /// getmail's Maildir names are `SECONDS.M<micros>P<pid>Q<count>R<random>.host`: order by
 /// seconds, then the per-run delivery counter Q.
 fn getmail_name_key(name: &str) -> (u64, u64, u64) {
-    let secs = name
-        .split('.')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let secs = name.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let rest = name.split('.').nth(1).unwrap_or("");
     let num_after = |tag: char| -> u64 {
         rest.split_once(tag)
-            .map(|(_, r)| {
-                r.chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-            })
+            .map(|(_, r)| r.chars().take_while(char::is_ascii_digit).collect::<String>())
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
     };
@@ -611,23 +493,16 @@ impl RawPop {
     /// Connect and read the greeting.
     pub fn connect(addr: &str) -> RawPop {
         let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("set_read_timeout");
+        s.set_read_timeout(Some(Duration::from_secs(30))).expect("set_read_timeout");
         s.set_nodelay(true).expect("nodelay");
-        let mut p = RawPop {
-            reader: BufReader::new(s),
-            greeting: String::new(),
-        };
+        let mut p = RawPop { reader: BufReader::new(s), greeting: String::new() };
         p.greeting = p.read_line();
         p
     }
 
     /// Send raw bytes (for pipelining several commands in one write).
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.reader
-            .get_mut()
-            .write_all(bytes)
-            .expect("write to server");
+        self.reader.get_mut().write_all(bytes).expect("write to server");
     }
 
     /// Send `line` + CRLF and return the status line (without CRLF).

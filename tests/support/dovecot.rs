@@ -42,10 +42,7 @@ pub struct DovecotOptions {
 
 impl Default for DovecotOptions {
     fn default() -> Self {
-        DovecotOptions {
-            lock_session: false,
-            users: vec![("alice".to_string(), "alice-secret-pw".to_string())],
-        }
+        DovecotOptions { lock_session: false, users: vec![("alice".to_string(), "alice-secret-pw".to_string())] }
     }
 }
 
@@ -72,37 +69,22 @@ fn test_ca() -> &'static TestCa {
     static CA: OnceLock<TestCa> = OnceLock::new();
     CA.get_or_init(|| {
         use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-            KeyUsagePurpose,
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
         };
         let ca_key = KeyPair::generate().expect("generate CA key");
         let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "popsift test CA");
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        ca.distinguished_name.push(DnType::CommonName, "popsift test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let ca_cert = ca.self_signed(&ca_key).expect("self-sign CA");
 
         let key = KeyPair::generate().expect("generate server key");
         let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .expect("server params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("server params");
+        params.distinguished_name.push(DnType::CommonName, "localhost");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params
-            .signed_by(&key, &ca_cert, &ca_key)
-            .expect("sign server cert");
-        TestCa {
-            ca_pem: ca_cert.pem(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
+        let cert = params.signed_by(&key, &ca_cert, &ca_key).expect("sign server cert");
+        TestCa { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
     })
 }
 
@@ -126,27 +108,18 @@ impl Dovecot {
 
     fn try_start(binary: &Path, opts: &DovecotOptions) -> Result<Dovecot, String> {
         let user = mail_user();
-        let dir = tempfile::Builder::new()
-            .prefix("popsift-dovecot-")
-            .tempdir()
-            .expect("create temp dir");
+        let dir = tempfile::Builder::new().prefix("popsift-dovecot-").tempdir().expect("create temp dir");
         let root = dir.path();
         fs::set_permissions(root, fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
         let ca = test_ca();
         fs::write(root.join("ca.pem"), &ca.ca_pem).expect("write ca.pem");
         fs::write(root.join("server.pem"), &ca.cert_pem).expect("write server.pem");
         fs::write(root.join("server.key"), &ca.key_pem).expect("write server.key");
-        fs::set_permissions(root.join("server.key"), fs::Permissions::from_mode(0o600))
-            .expect("chmod server.key");
-        let passwd: String = opts
-            .users
-            .iter()
-            .map(|(u, p)| format!("{u}:{p}::::::\n"))
-            .collect();
+        fs::set_permissions(root.join("server.key"), fs::Permissions::from_mode(0o600)).expect("chmod server.key");
+        let passwd: String = opts.users.iter().map(|(u, p)| format!("{u}:{p}::::::\n")).collect();
         fs::write(root.join("passwd"), passwd).expect("write passwd");
         // Readable by the dovecot group (the auth process); test passwords are no secret.
-        fs::set_permissions(root.join("passwd"), fs::Permissions::from_mode(0o644))
-            .expect("chmod passwd");
+        fs::set_permissions(root.join("passwd"), fs::Permissions::from_mode(0o644)).expect("chmod passwd");
         let mail = root.join("mail");
         fs::create_dir(&mail).expect("mkdir mail");
         std::os::unix::fs::chown(&mail, Some(user.uid), Some(user.gid)).expect("chown mail");
@@ -154,8 +127,7 @@ impl Dovecot {
             for sub in ["", "/tmp", "/new", "/cur"] {
                 let d = mail.join(format!("{u}{sub}"));
                 fs::create_dir(&d).expect("mkdir maildir");
-                std::os::unix::fs::chown(&d, Some(user.uid), Some(user.gid))
-                    .expect("chown maildir");
+                std::os::unix::fs::chown(&d, Some(user.uid), Some(user.gid)).expect("chown maildir");
                 fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).expect("chmod");
             }
         }
@@ -292,21 +264,13 @@ service imap-login {{
 
     /// The user's Maildir (`…/mail/USER`).
     pub fn maildir(&self, user: &str) -> PathBuf {
-        assert!(
-            self.users.iter().any(|(u, _)| u == user),
-            "unknown test user {user}"
-        );
+        assert!(self.users.iter().any(|(u, _)| u == user), "unknown test user {user}");
         self.dir.path().join("mail").join(user)
     }
 
     /// The password configured for `user`.
     pub fn password(&self, user: &str) -> &str {
-        &self
-            .users
-            .iter()
-            .find(|(u, _)| u == user)
-            .unwrap_or_else(|| panic!("unknown test user {user}"))
-            .1
+        &self.users.iter().find(|(u, _)| u == user).unwrap_or_else(|| panic!("unknown test user {user}")).1
     }
 
     /// Deliver like an MDA: write `Maildir/tmp/NAME`, then rename to `Maildir/new/NAME`, owned
@@ -317,10 +281,7 @@ service imap-login {{
     /// first login are ordered by file name (see `support::mailbox` for the naming scheme that
     /// keeps POP3 order equal to [`super::test_mailbox`] order).
     pub fn deliver(&self, user: &str, name: &str, bytes: &[u8]) {
-        assert!(
-            !name.contains(['/', ':', ',']) && !name.is_empty(),
-            "bad maildir name {name:?}"
-        );
+        assert!(!name.contains(['/', ':', ',']) && !name.is_empty(), "bad maildir name {name:?}");
         let md = self.maildir(user);
         let tmp = md.join("tmp").join(name);
         fs::write(&tmp, bytes).expect("write into Maildir/tmp");
@@ -412,9 +373,7 @@ impl Drop for Dovecot {
         loop {
             match child.try_wait() {
                 Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();

@@ -49,8 +49,7 @@ pub struct TestMessage {
 }
 
 /// Human description of the spam rule the mailbox is labelled by.
-pub const SPAM_RULE: &str =
-    "spam iff From domain == spam.example, or RFC 2047-decoded Subject contains VIAGRA";
+pub const SPAM_RULE: &str = "spam iff From domain == spam.example, or RFC 2047-decoded Subject contains VIAGRA";
 
 /// The domain whose senders are spam.
 pub const SPAM_DOMAIN: &str = "spam.example";
@@ -78,11 +77,7 @@ fn header(from: &str, subject: &str, id: &str) -> String {
          MIME-Version: 1.0\n\
          Content-Type: text/plain; charset=utf-8\n\
          Content-Transfer-Encoding: 8bit\n\n",
-        addr = from
-            .rsplit('<')
-            .next()
-            .unwrap_or(from)
-            .trim_end_matches('>'),
+        addr = from.rsplit('<').next().unwrap_or(from).trim_end_matches('>'),
     )
 }
 
@@ -127,9 +122,7 @@ fn big_body(size: usize, seed: u64) -> String {
             out.push('.');
         }
         for _ in 0..76 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             out.push(ALPHABET[(x >> 58) as usize] as char);
         }
         out.push('\n');
@@ -150,76 +143,38 @@ fn build() -> Vec<TestMessage> {
     add_corpus(&mut list);
     list.push((
         "spam-viagra-subject".into(),
-        msg(
-            "Pharmacy <pharma@pills.example>",
-            "Cheap VIAGRA today only",
-            "s1",
-            "Buy now.\n",
-        ),
+        msg("Pharmacy <pharma@pills.example>", "Cheap VIAGRA today only", "s1", "Buy now.\n"),
         Kind::Spam,
     ));
     add_corpus(&mut list);
-    list.push((
-        "ham-dot-lines".into(),
-        msg(friend, "dots", "h-dots", DOT_BODY),
-        Kind::Ham,
-    ));
+    list.push(("ham-dot-lines".into(), msg(friend, "dots", "h-dots", DOT_BODY), Kind::Ham));
     list.push((
         "spam-from-domain-crlf".into(),
-        crlf(&msg(
-            spam_from,
-            "An offer for you",
-            "s2",
-            "Click here.\nReally.\n",
-        )),
+        crlf(&msg(spam_from, "An offer for you", "s2", "Click here.\nReally.\n")),
         Kind::Spam,
     ));
     add_corpus(&mut list);
     list.push((
         "ham-crlf".into(),
-        crlf(&msg(
-            friend,
-            "stored with CRLF",
-            "h-crlf",
-            "Line one.\nLine two.\n\nLast.\n",
-        )),
+        crlf(&msg(friend, "stored with CRLF", "h-crlf", "Line one.\nLine two.\n\nLast.\n")),
         Kind::Ham,
     ));
     list.push((
         "ham-no-final-newline".into(),
-        msg(
-            friend,
-            "no final newline",
-            "h-nofinal",
-            "This body does not end with a newline.",
-        ),
+        msg(friend, "no final newline", "h-nofinal", "This body does not end with a newline."),
         Kind::Ham,
     ));
-    list.push((
-        "spam-dot-lines".into(),
-        msg(spam_from, "VIAGRA with dots", "s3", DOT_BODY),
-        Kind::Spam,
-    ));
+    list.push(("spam-dot-lines".into(), msg(spam_from, "VIAGRA with dots", "s3", DOT_BODY), Kind::Spam));
     add_corpus(&mut list);
     list.push((
         "ham-large-3mb".into(),
-        msg(
-            friend,
-            "a large attachment",
-            "h-large",
-            &big_body(3 * 1024 * 1024, 7),
-        ),
+        msg(friend, "a large attachment", "h-large", &big_body(3 * 1024 * 1024, 7)),
         Kind::Ham,
     ));
     list.push((
         "spam-rfc2047-subject".into(),
         // "Buy VIAGRA online" in base64 UTF-8.
-        msg(
-            spam_from,
-            "=?UTF-8?B?QnV5IFZJQUdSQSBvbmxpbmU=?=",
-            "s4",
-            "Encoded subject.\n",
-        ),
+        msg(spam_from, "=?UTF-8?B?QnV5IFZJQUdSQSBvbmxpbmU=?=", "s4", "Encoded subject.\n"),
         Kind::Spam,
     ));
     add_corpus(&mut list);
@@ -227,10 +182,7 @@ fn build() -> Vec<TestMessage> {
         "ham-long-header".into(),
         msg(
             friend,
-            &format!(
-                "A subject that is much longer than seventy-eight characters {}",
-                "and goes on ".repeat(8)
-            ),
+            &format!("A subject that is much longer than seventy-eight characters {}", "and goes on ".repeat(8)),
             "h-long",
             "getmail6 re-folds the Subject of this message.\n",
         ),
@@ -238,21 +190,10 @@ fn build() -> Vec<TestMessage> {
     ));
     list.push((
         "spam-crlf-no-final-newline".into(),
-        crlf(&msg(
-            spam_from,
-            "last chance",
-            "s5",
-            "No newline at the end.\nReally none.",
-        ))
-        .into_iter()
-        .collect(),
+        crlf(&msg(spam_from, "last chance", "s5", "No newline at the end.\nReally none.")).into_iter().collect(),
         Kind::Spam,
     ));
-    list.push((
-        "ham-utf8-body".into(),
-        msg(friend, "Grüße", "h-utf8", "Grüße aus Köln — ünïcödé ✓\n"),
-        Kind::Ham,
-    ));
+    list.push(("ham-utf8-body".into(), msg(friend, "Grüße", "h-utf8", "Grüße aus Köln — ünïcödé ✓\n"), Kind::Ham));
     add_corpus(&mut list);
     list.push((
         "spam-re-viagra".into(),
@@ -264,50 +205,22 @@ fn build() -> Vec<TestMessage> {
         ),
         Kind::Spam,
     ));
-    list.push((
-        "ham-empty-body".into(),
-        msg(friend, "empty body", "h-empty", ""),
-        Kind::Ham,
-    ));
+    list.push(("ham-empty-body".into(), msg(friend, "empty body", "h-empty", ""), Kind::Ham));
     add_corpus(&mut list);
     list.push((
         "ham-viagra-in-body-only".into(),
-        msg(
-            friend,
-            "doctor's appointment",
-            "h-trap1",
-            "The doctor mentioned VIAGRA; nothing in the headers.\n",
-        ),
+        msg(friend, "doctor's appointment", "h-trap1", "The doctor mentioned VIAGRA; nothing in the headers.\n"),
         Kind::Ham,
     ));
     list.push((
         "ham-notspam-domain".into(),
-        msg(
-            "Carol <carol@notspam.example>",
-            "newsletter",
-            "h-trap2",
-            "Not spam.example.\n",
-        ),
+        msg("Carol <carol@notspam.example>", "newsletter", "h-trap2", "Not spam.example.\n"),
         Kind::Ham,
     ));
-    list.push((
-        "spam-100k".into(),
-        msg(
-            spam_from,
-            "VIAGRA catalogue",
-            "s7",
-            &big_body(100 * 1024, 11),
-        ),
-        Kind::Spam,
-    ));
+    list.push(("spam-100k".into(), msg(spam_from, "VIAGRA catalogue", "s7", &big_body(100 * 1024, 11)), Kind::Spam));
     list.push((
         "ham-long-line".into(),
-        msg(
-            friend,
-            "one long line",
-            "h-longline",
-            &format!("{}\n", "x".repeat(1500)),
-        ),
+        msg(friend, "one long line", "h-longline", &format!("{}\n", "x".repeat(1500))),
         Kind::Ham,
     ));
     for i in 1..=6 {
@@ -317,21 +230,14 @@ fn build() -> Vec<TestMessage> {
                 friend,
                 &format!("note {i}"),
                 &format!("h-gen{i}"),
-                &format!(
-                    "Generated note {i}.\n{}",
-                    "Some filler text.\n".repeat(i * 3)
-                ),
+                &format!("Generated note {i}.\n{}", "Some filler text.\n".repeat(i * 3)),
             ),
             Kind::Ham,
         ));
     }
     list.into_iter()
         .enumerate()
-        .map(|(i, (desc, bytes, kind))| TestMessage {
-            name: format!("{}.popsift-test-{desc}", 1001 + i),
-            bytes,
-            kind,
-        })
+        .map(|(i, (desc, bytes, kind))| TestMessage { name: format!("{}.popsift-test-{desc}", 1001 + i), bytes, kind })
         .collect()
 }
 
@@ -343,20 +249,12 @@ pub fn test_mailbox() -> Vec<TestMessage> {
 
 /// The ham messages of a list, in order.
 pub fn ham(messages: &[TestMessage]) -> Vec<TestMessage> {
-    messages
-        .iter()
-        .filter(|m| m.kind == Kind::Ham)
-        .cloned()
-        .collect()
+    messages.iter().filter(|m| m.kind == Kind::Ham).cloned().collect()
 }
 
 /// The spam messages of a list, in order.
 pub fn spam(messages: &[TestMessage]) -> Vec<TestMessage> {
-    messages
-        .iter()
-        .filter(|m| m.kind == Kind::Spam)
-        .cloned()
-        .collect()
+    messages.iter().filter(|m| m.kind == Kind::Spam).cloned().collect()
 }
 
 /// What a client receives (after dot-unstuffing) for a stored message: bare LF becomes CRLF,

@@ -141,11 +141,7 @@ pub fn mail_user() -> &'static MailUser {
     USER.get_or_init(|| {
         for attempt in 0..20 {
             if let Some((uid, gid)) = lookup_user(MAIL_USER) {
-                return MailUser {
-                    name: MAIL_USER,
-                    uid,
-                    gid,
-                };
+                return MailUser { name: MAIL_USER, uid, gid };
             }
             let out = Command::new("useradd")
                 .args([
@@ -159,17 +155,12 @@ pub fn mail_user() -> &'static MailUser {
                     MAIL_USER,
                 ])
                 .output()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run useradd to create {MAIL_USER} (tests must run as root): {e}")
-                });
+                .unwrap_or_else(|e| panic!("cannot run useradd to create {MAIL_USER} (tests must run as root): {e}"));
             // 0 = created, 9 = already exists; 10 (cannot lock /etc/passwd) = someone else is
             // creating it right now: look again after a short pause.
             match out.status.code() {
                 Some(0) | Some(9) | Some(10) => {}
-                _ => panic!(
-                    "useradd {MAIL_USER} failed (attempt {attempt}): {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ),
+                _ => panic!("useradd {MAIL_USER} failed (attempt {attempt}): {}", String::from_utf8_lossy(&out.stderr)),
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -193,17 +184,7 @@ fn lookup_user(name: &str) -> Option<(u32, u32)> {
 pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(
-            [
-                "/usr/sbin",
-                "/sbin",
-                "/usr/bin",
-                "/bin",
-                "/usr/local/sbin",
-                "/usr/local/bin",
-            ]
-            .map(Into::into),
-        )
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/local/bin"].map(Into::into))
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
