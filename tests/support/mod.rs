@@ -86,6 +86,7 @@ pub mod popsift;
 pub use clients::*;
 pub use dovecot::*;
 pub use mailbox::*;
+#[allow(unused_imports)]
 pub use popsift::*;
 
 use std::collections::HashSet;
