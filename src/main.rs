@@ -34,7 +34,12 @@ fn init_tracing(format: LogFormat, level: Option<&str>) {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    // Colours only for a terminal: log files and journald get plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -50,23 +55,22 @@ fn serve(args: ServeArgs) -> Result<()> {
     let rules_given = args.rules.is_some() || file.rules.is_some();
     let config = Arc::new(Config::build(file, &args)?);
     let opts = EngineOptions { spam_action: config.spam_action };
-    let rules = if !rules_given && !config.rules.exists() {
-        tracing::warn!(path = %config.rules.display(), "no rules directory: every message is passed through unfiltered");
-        RulesHandle::new(RuleSet::empty())
-    } else {
-        RulesHandle::load(&config.rules, opts).map_err(|e| anyhow::anyhow!("{e}"))?
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
+        // Metrics first, so the initial rule load is counted.
+        popsift::metrics::install(config.metrics)?;
         if let Some(addr) = config.metrics {
-            popsift::metrics::install(Some(addr))?;
             tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        }
+        let rules = if !rules_given && !config.rules.exists() {
+            tracing::warn!(path = %config.rules.display(), "no rules directory: every message is passed through unfiltered");
+            RulesHandle::new(RuleSet::empty())
         } else {
-            popsift::metrics::install(None)?;
-        }
-        if config.rules.exists() {
-            rules.spawn_reloader();
-        }
+            let handle = RulesHandle::load(&config.rules, opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+            popsift::metrics::rules_reload(true);
+            handle.spawn_reloader();
+            handle
+        };
         let sockets = popsift::net::listener::bind(&config).await?;
         let shutdown = popsift::net::listener::shutdown_on_signals();
         popsift::net::listener::serve(config, sockets, rules, shutdown).await?;

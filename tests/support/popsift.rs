@@ -55,9 +55,11 @@ impl Popsift {
         let config_path = dir.path().join("popsift.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("popsift.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_popsift"))
-            .arg("--log-level")
-            .arg("debug")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_popsift"));
+        if !o.args.contains(&"--log-level") {
+            cmd.arg("--log-level").arg("debug");
+        }
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -81,11 +83,13 @@ impl Popsift {
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
+        // Wait for the "listening" log line rather than probing the port: a probe connection
+        // would be a session of its own (an upstream connect, counted in the metrics).
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(&self.addr).is_ok() {
+            if self.log().lines().any(|l| l.contains("listening") && l.contains(&self.addr)) {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(25));
+            std::thread::sleep(Duration::from_millis(20));
         }
         panic!("popsift did not start listening on {}; log:\n{}", self.addr, self.log());
     }
