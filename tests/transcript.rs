@@ -294,3 +294,30 @@ async fn tagged_spam_has_exact_sizes() {
     assert_eq!(String::from_utf8(content(&full)).unwrap(), text);
     assert_eq!(c.cmd("QUIT").await, "+OK bye");
 }
+
+#[tokio::test]
+async fn hung_upstream_hits_the_named_reply_timeout() {
+    let b = Behaviour { stall_on_list: true, ..Behaviour::default() };
+    let up = upstream(b, mailbox()).await;
+    let p = popsift(&up.addr, RULES, "timeouts:\n  upstream_reply: 1s\n").await;
+    let (mut c, _) = Client::connect(&p.addr).await;
+    assert!(c.cmd("USER alice").await.starts_with("+OK"));
+    let r = c.cmd("PASS pw").await;
+    assert!(r.starts_with("-ERR [SYS/TEMP]") && r.contains("scan timed out"), "{r}");
+    assert!(c.rest().await.is_empty(), "connection closed after the error");
+}
+
+#[tokio::test]
+async fn idle_client_is_logged_out_without_update() {
+    let up = upstream(Behaviour::default(), mailbox()).await;
+    let p = popsift(&up.addr, RULES, "timeouts:\n  client_idle: 1s\n").await;
+    let (mut c, _) = Client::connect(&p.addr).await;
+    login(&mut c).await;
+    assert!(c.cmd("DELE 1").await.starts_with("+OK"));
+    let started = std::time::Instant::now();
+    let rest = c.rest().await;
+    assert_eq!(rest, b"-ERR autologout: idle for 1s\r\n");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(up.log.lock().unwrap().expunged.is_empty(), "autologout performs no UPDATE (RFC 1939 §3)");
+}

@@ -84,6 +84,12 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
                 s.tell_client_upstream_failed(e).await;
                 SessionResult::UpstreamError
             }
+            Err(SessionError::Timeout { phase: Phase::ClientIdle, after }) => {
+                // RFC 1939 §3 autologout: close without entering UPDATE (nothing is deleted).
+                let text = format!("-ERR autologout: idle for {}s\r\n", after.as_secs());
+                let _ = s.client.write_all(text.as_bytes(), std::time::Duration::from_secs(5), Phase::ClientIdle).await;
+                SessionResult::ClientAborted
+            }
             Err(_) if s.stats.auth_failed && !s.stats.logged_in => SessionResult::AuthFailed,
             Err(_) => SessionResult::ClientAborted,
         };

@@ -25,6 +25,8 @@ pub struct Behaviour {
     pub die_mid_retr: Option<usize>,
     /// Close the connection instead of answering QUIT in TRANSACTION.
     pub die_at_quit: bool,
+    /// Never answer LIST (a hung server).
+    pub stall_on_list: bool,
     pub user: String,
     pub pass: String,
 }
@@ -47,6 +49,7 @@ impl Default for Behaviour {
             err_after_correct_pass: false,
             die_mid_retr: None,
             die_at_quit: false,
+            stall_on_list: false,
             user: "alice".into(),
             pass: "pw".into(),
         }
@@ -182,6 +185,10 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                             let live: Vec<_> = messages.iter().zip(&deleted).filter(|(_, d)| !**d).collect();
                             format!("+OK {} {}\r\n", live.len(), live.iter().map(|(m, _)| m.len()).sum::<usize>())
                                 .into_bytes()
+                        }
+                        "LIST" if b.stall_on_list => {
+                            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                            return;
                         }
                         "LIST" if args.is_empty() => {
                             let mut s = "+OK\r\n".to_string();
