@@ -321,3 +321,20 @@ async fn idle_client_is_logged_out_without_update() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(up.log.lock().unwrap().expunged.is_empty(), "autologout performs no UPDATE (RFC 1939 §3)");
 }
+
+#[tokio::test]
+async fn overlong_client_line_gets_an_error_and_deletes_nothing() {
+    let up = upstream(Behaviour::default(), mailbox()).await;
+    let p = popsift(&up.addr, RULES, "").await;
+    let (mut c, _) = Client::connect(&p.addr).await;
+    login(&mut c).await;
+    assert!(c.cmd("DELE 1").await.starts_with("+OK"));
+    c.send(&"X".repeat(40_000)).await;
+    let r = c.line().await;
+    assert!(r.starts_with("-ERR line too long"), "{r}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(up.log.lock().unwrap().expunged.is_empty());
+    // popsift is still up.
+    let (_c2, g) = Client::connect(&p.addr).await;
+    assert!(g.starts_with("+OK"));
+}

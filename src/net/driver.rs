@@ -90,6 +90,11 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
                 let _ = s.client.write_all(text.as_bytes(), std::time::Duration::from_secs(5), Phase::ClientIdle).await;
                 SessionResult::ClientAborted
             }
+            Err(SessionError::ClientLineTooLong { limit }) => {
+                let text = format!("-ERR line too long (limit {limit} octets); closing\r\n");
+                let _ = s.client.write_all(text.as_bytes(), std::time::Duration::from_secs(5), Phase::Relay).await;
+                SessionResult::ClientAborted
+            }
             Err(_) if s.stats.auth_failed && !s.stats.logged_in => SessionResult::AuthFailed,
             Err(_) => SessionResult::ClientAborted,
         };
