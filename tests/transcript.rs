@@ -338,3 +338,37 @@ async fn overlong_client_line_gets_an_error_and_deletes_nothing() {
     let (_c2, g) = Client::connect(&p.addr).await;
     assert!(g.starts_with("+OK"));
 }
+
+#[tokio::test]
+async fn several_listeners_each_with_its_own_upstream() {
+    use std::sync::Arc;
+    let up1 = upstream(Behaviour::default(), mailbox()).await;
+    let up2 = upstream(
+        Behaviour { greeting: "+OK second server".into(), ..Behaviour::default() },
+        vec![msg("only", "one\r\n")],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.yaml"), RULES).unwrap();
+    let yaml = format!(
+        "listeners:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    upstream_tls: none\n  - listen: 127.0.0.2:0\n    upstream: {}\n    upstream_tls: none\nmetrics: 'off'\nrules: {}\n",
+        up1.addr,
+        up2.addr,
+        dir.path().join("r.yaml").display()
+    );
+    let file = popsift::config::ConfigFile::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+    let config = Arc::new(popsift::config::Config::build(file, &popsift::cli::ServeArgs::default()).unwrap());
+    let rules = popsift::rules::RulesHandle::load(&config.rules, Default::default()).unwrap();
+    let sockets = popsift::net::listener::bind(&config).await.unwrap();
+    let addrs: Vec<String> = sockets.iter().map(|s| s.local_addr().unwrap().to_string()).collect();
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(popsift::net::listener::serve(config, sockets, rules, rx));
+    let (mut a, g1) = Client::connect(&addrs[0]).await;
+    let (mut b, g2) = Client::connect(&addrs[1]).await;
+    assert!(g1.starts_with("+OK fake POP3 ready"));
+    assert_eq!(g2, "+OK second server");
+    login(&mut a).await;
+    login(&mut b).await;
+    assert!(a.cmd("STAT").await.starts_with("+OK 2 "));
+    assert!(b.cmd("STAT").await.starts_with("+OK 1 "));
+}
