@@ -262,10 +262,10 @@ pub fn load_str(path: &Path, text: &str, opts: &EngineOptions) -> Result<RuleSet
 }
 
 /// Strips serde_norway's ` at line X column Y` suffix (we print the position first).
-fn strip_position(msg: &str) -> &str {
-    match msg.rfind(" at line ") {
-        Some(i) => &msg[..i],
-        None => msg,
+fn strip_position(msg: &str) -> String {
+    match regex::Regex::new(r" at line \d+ column \d+") {
+        Ok(re) => re.replace_all(msg, "").into_owned(),
+        Err(_) => msg.to_string(),
     }
 }
 
@@ -302,7 +302,7 @@ impl Loader<'_> {
                     let kind = if msg.contains("unknown field") { ErrorKind::UnknownField } else { ErrorKind::Yaml };
                     let loc = &self.files[file].1;
                     let rule = loc.rule_at_line(pos.0).and_then(|i| loc.id_of(i));
-                    self.err(file, pos, rule.as_deref(), kind, strip_position(&msg).to_string());
+                    self.err(file, pos, rule.as_deref(), kind, strip_position(&msg));
                     return;
                 }
             }
@@ -318,10 +318,11 @@ impl Loader<'_> {
                 .get("id")
                 .and_then(|v| v.as_str())
                 .map(str::to_string);
+            let culprit = find_culprit(&value);
             match serde_norway::from_value::<RuleDef>(value) {
                 Ok(rd) => self.add_rule(file, item, rd),
                 Err(e) => {
-                    let msg = strip_position(&e.to_string()).to_string();
+                    let msg = strip_position(&e.to_string());
                     let loc = &self.files[file].1;
                     let (kind, pos) = if let Some(field) = msg
                         .strip_prefix("unknown field `")
@@ -330,11 +331,13 @@ impl Loader<'_> {
                         (ErrorKind::UnknownField, loc.field_key(item, field))
                     } else if msg.starts_with("missing field") {
                         (ErrorKind::Schema, loc.rule_start(item))
+                    } else if let Some(field) = &culprit {
+                        // Type errors don't name the field: found by trying fields one by one.
+                        let m = format!("{field}: {msg}");
+                        self.err(file, loc.field_value(item, field), id_hint.as_deref(), ErrorKind::Yaml, m);
+                        continue;
                     } else {
-                        // Type errors: serde_norway names the field as `field: message`
-                        // for nested values; else point at the rule.
-                        let field = msg.split(':').next().unwrap_or("");
-                        (ErrorKind::Yaml, loc.field_value(item, field.trim()))
+                        (ErrorKind::Yaml, loc.rule_start(item))
                     };
                     self.err(file, pos, id_hint.as_deref(), kind, msg);
                 }
@@ -703,6 +706,26 @@ impl Loader<'_> {
         }
         order.into_iter().map(|i| exprs[i].clone()).collect()
     }
+}
+
+/// For a rule that fails to deserialize, the first field that fails on its own.
+fn find_culprit(value: &serde_norway::Value) -> Option<String> {
+    let map = value.as_mapping()?;
+    for (k, v) in map {
+        let key = k.as_str()?;
+        if key == "id" {
+            continue;
+        }
+        let mut m = serde_norway::Mapping::new();
+        m.insert("id".into(), "X".into());
+        m.insert(k.clone(), v.clone());
+        if let Err(e) = serde_norway::from_value::<RuleDef>(serde_norway::Value::Mapping(m)) {
+            if !e.to_string().starts_with("unknown field") {
+                return Some(key.to_string());
+            }
+        }
+    }
+    None
 }
 
 /// Column offset of an expr's text inside its YAML scalar: 1 when the value is quoted.
