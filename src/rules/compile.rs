@@ -17,7 +17,7 @@ use regex_automata::{Anchored, Input, MatchKind as ReMatchKind, PatternSet};
 use super::error::{ErrorKind, RuleError, RuleErrors};
 use super::expr::{self, Expr, Name};
 use super::lists::{self, ListCache};
-use super::schema::{self, FileDef, Locator, RuleDef};
+use super::schema::{self, FastFileDef, FileDef, Locator, RuleDef};
 use super::{Action, EngineOptions, RuleSet};
 
 /// Which header(s) a rule reads.
@@ -302,6 +302,20 @@ impl Loader<'_> {
     fn load_text(&mut self, path: &Path, text: &str) {
         let file = self.files.len();
         self.files.push((path.to_path_buf(), Locator::new(text)));
+        // Fast path: the whole file at once. Only when that fails is it read rule by rule
+        // (slower, but then every rule's errors are found).
+        if let Ok(fast) = serde_norway::from_str::<FastFileDef>(text) {
+            if let Some(t) = fast.threshold {
+                if !t.is_finite() {
+                    self.err(file, (1, 1), None, ErrorKind::Schema, "threshold: must be a number".into());
+                }
+                self.threshold = Some(t);
+            }
+            for (item, rd) in fast.rules.into_iter().enumerate() {
+                self.add_rule(file, item, rd);
+            }
+            return;
+        }
         let def: FileDef = if text.trim().is_empty() {
             FileDef { threshold: None, rules: Vec::new() }
         } else {
@@ -359,7 +373,6 @@ impl Loader<'_> {
     fn add_rule(&mut self, file: usize, item: usize, rd: RuleDef) {
         let errors_before = self.errors.len();
         let id: Arc<str> = Arc::from(rd.id.as_str());
-        let loc_id = self.files[file].1.field_value(item, "id");
         let rule_id = rd.id.clone();
         let e = |this: &mut Self, field: &str, kind: ErrorKind, msg: String| {
             let pos = this.files[file].1.field_value(item, field);
@@ -374,7 +387,7 @@ impl Loader<'_> {
             let ppath = self.files[o.file].0.display().to_string();
             self.err(
                 file,
-                loc_id,
+                self.files[file].1.field_value(item, "id"),
                 Some(&rule_id),
                 ErrorKind::DuplicateId,
                 format!("duplicate id (first defined at {ppath}:{pl}:{pc})"),
@@ -833,7 +846,7 @@ impl MultiRegex {
 /// finite set of them (then the pattern always runs).
 fn prefix_literals(pat: &str) -> Option<Vec<Vec<u8>>> {
     let hir = regex_syntax::ParserBuilder::new().build().parse(pat).ok()?;
-    let seq = regex_syntax::hir::literal::Extractor::new().extract(&hir);
+    let seq = regex_syntax::hir::literal::Extractor::new().limit_total(64).extract(&hir);
     let lits = seq.literals()?;
     if lits.is_empty() || lits.iter().any(|l| l.as_bytes().len() < 3) {
         return None;
