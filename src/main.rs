@@ -5,7 +5,10 @@ use popsift::cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
-    let filter = cli.log_level.clone().unwrap_or_else(|| std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+    let filter = cli
+        .log_level
+        .clone()
+        .unwrap_or_else(|| std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -31,7 +31,12 @@ pub fn run_check(args: &CheckArgs) -> i32 {
         }
         Err(e) => {
             eprintln!("{e}");
-            eprintln!("rules: {} error{} in {}", e.len(), if e.len() == 1 { "" } else { "s" }, args.rules.display());
+            eprintln!(
+                "rules: {} error{} in {}",
+                e.len(),
+                if e.len() == 1 { "" } else { "s" },
+                args.rules.display()
+            );
             1
         }
     }
@@ -58,14 +63,20 @@ pub fn read_messages(path: &Path) -> std::io::Result<Vec<MessageItem>> {
             for sub in ["new", "cur"] {
                 for f in sorted_entries(&path.join(sub))? {
                     if f.is_file() {
-                        out.push(MessageItem { label: f.display().to_string(), bytes: std::fs::read(&f)? });
+                        out.push(MessageItem {
+                            label: f.display().to_string(),
+                            bytes: std::fs::read(&f)?,
+                        });
                     }
                 }
             }
             return Ok(out);
         }
         for f in sorted_entries(path)? {
-            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if name.starts_with('.') {
                 continue;
             }
@@ -91,7 +102,9 @@ pub fn read_messages(path: &Path) -> std::io::Result<Vec<MessageItem>> {
 }
 
 fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     v.sort();
     Ok(v)
 }
@@ -106,7 +119,10 @@ fn read_file(path: &Path) -> std::io::Result<Vec<MessageItem>> {
     Ok(parts
         .into_iter()
         .enumerate()
-        .map(|(i, m)| MessageItem { label: format!("{label}#{}", i + 1), bytes: m.to_vec() })
+        .map(|(i, m)| MessageItem {
+            label: format!("{label}#{}", i + 1),
+            bytes: m.to_vec(),
+        })
         .collect())
 }
 
@@ -138,7 +154,9 @@ pub fn split_mbox(bytes: &[u8]) -> Vec<&[u8]> {
 pub fn header_block(msg: &[u8]) -> &[u8] {
     let mut pos = 0;
     while pos < msg.len() {
-        let end = memchr::memchr(b'\n', &msg[pos..]).map(|i| pos + i + 1).unwrap_or(msg.len());
+        let end = memchr::memchr(b'\n', &msg[pos..])
+            .map(|i| pos + i + 1)
+            .unwrap_or(msg.len());
         let line = &msg[pos..end];
         if line == b"\n" || line == b"\r\n" {
             return &msg[..end];
@@ -154,7 +172,9 @@ pub fn read_labels(path: &Path) -> std::io::Result<HashMap<String, bool>> {
     let mut out = HashMap::new();
     for line in text.lines() {
         let mut cols = line.split('\t');
-        let (Some(name), Some(label)) = (cols.next(), cols.next()) else { continue };
+        let (Some(name), Some(label)) = (cols.next(), cols.next()) else {
+            continue;
+        };
         match label.trim().to_ascii_lowercase().as_str() {
             "spam" => out.insert(name.trim().to_string(), true),
             "ham" => out.insert(name.trim().to_string(), false),
@@ -176,7 +196,10 @@ fn json_str(s: &str) -> String {
 /// `popsift scan`.
 pub fn run_scan(args: &ScanArgs) -> i32 {
     let Some(spam_action) = Action::parse(&args.spam_action) else {
-        eprintln!("scan: --spam-action {:?}: expected allow, tag, hide, quarantine or delete", args.spam_action);
+        eprintln!(
+            "scan: --spam-action {:?}: expected allow, tag, hide, quarantine or delete",
+            args.spam_action
+        );
         return 1;
     };
     let opts = EngineOptions { spam_action };
@@ -223,7 +246,9 @@ pub fn run_scan(args: &ScanArgs) -> i32 {
             v = set.evaluate(std::hint::black_box(block), item.bytes.len() as u64);
         }
         eval_time += start.elapsed();
-        let label = labels.as_ref().and_then(|l| l.get(&label_key(&item.label)).copied());
+        let label = labels
+            .as_ref()
+            .and_then(|l| l.get(&label_key(&item.label)).copied());
         stats.add(&item.label, &v, label);
         let _ = if args.json {
             writeln!(out, "{}", verdict_json(&item.label, &v))
@@ -334,12 +359,22 @@ impl Stats {
             self.allowed
         );
         if !self.actions.is_empty() {
-            let acts: Vec<String> = self.actions.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let acts: Vec<String> = self
+                .actions
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             s.push_str(&format!("; actions: {}", acts.join(" ")));
         }
         s.push('\n');
         if with_labels {
-            let pct = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 * 100.0 / b as f64 };
+            let pct = |a: usize, b: usize| {
+                if b == 0 {
+                    0.0
+                } else {
+                    a as f64 * 100.0 / b as f64
+                }
+            };
             s.push_str(&format!(
                 "labels: spam caught {}/{} ({:.1}%), ham flagged {}/{} ({:.1}%), unlabeled {}\n",
                 self.caught,

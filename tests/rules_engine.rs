@@ -20,7 +20,10 @@ fn ids(v: &Verdict) -> Vec<&str> {
 }
 
 fn fired(s: &RuleSet, block: &str) -> Vec<String> {
-    ids(&s.evaluate(block.as_bytes(), 1000)).into_iter().map(str::to_string).collect()
+    ids(&s.evaluate(block.as_bytes(), 1000))
+        .into_iter()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -34,7 +37,10 @@ rules:
 "#);
     assert_eq!(fired(&s, "Subject: buy V1AGRA now\r\n"), ["SUBJ_DRUGS"]);
     // Decoded before matching.
-    assert_eq!(fired(&s, "Subject: =?utf-8?B?YnV5IHZpYWdyYQ==?=\r\n"), ["SUBJ_DRUGS"]);
+    assert_eq!(
+        fired(&s, "Subject: =?utf-8?B?YnV5IHZpYWdyYQ==?=\r\n"),
+        ["SUBJ_DRUGS"]
+    );
     assert!(fired(&s, "Subject: viagrafalls\r\n").is_empty());
     assert!(fired(&s, "X-Other: viagra\r\n").is_empty());
     let v = s.evaluate(b"Subject: viagra\n", 10);
@@ -61,8 +67,14 @@ rules:
     keywords: [free, ÜBER]
     score: 1
 "#);
-    assert_eq!(fired(&s, "Subject: YOU HAVE WON the Lottery\n"), ["LOTTERY"]);
-    assert_eq!(fired(&s, "Subject: free stuff\n"), ["FREE_WORD", "FREE_ANY"]);
+    assert_eq!(
+        fired(&s, "Subject: YOU HAVE WON the Lottery\n"),
+        ["LOTTERY"]
+    );
+    assert_eq!(
+        fired(&s, "Subject: free stuff\n"),
+        ["FREE_WORD", "FREE_ANY"]
+    );
     assert_eq!(fired(&s, "Subject: freedom\n"), ["FREE_ANY"]);
     assert_eq!(fired(&s, "Subject: (free)\n"), ["FREE_WORD", "FREE_ANY"]);
     // Non-ASCII keyword: Unicode case folding.
@@ -73,14 +85,25 @@ rules:
 fn keywords_file_is_read_relative_to_rule_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("lists")).unwrap();
-    std::fs::write(dir.path().join("lists/kw.txt"), "# words\nmortgage\n\nrefinance # comment\n").unwrap();
+    std::fs::write(
+        dir.path().join("lists/kw.txt"),
+        "# words\nmortgage\n\nrefinance # comment\n",
+    )
+    .unwrap();
     let s = set_at(
         &dir.path().join("r.yaml"),
         "rules:\n  - id: KW\n    header: Subject\n    keywords_file: lists/kw.txt\n    score: 1\n",
     );
     assert_eq!(fired(&s, "Subject: Refinance today\n"), ["KW"]);
     assert!(fired(&s, "Subject: comment\n").is_empty());
-    assert_eq!(s.list_files(), [dir.path().join("r.yaml").parent().unwrap().join("lists/kw.txt")]);
+    assert_eq!(
+        s.list_files(),
+        [dir.path()
+            .join("r.yaml")
+            .parent()
+            .unwrap()
+            .join("lists/kw.txt")]
+    );
 }
 
 #[test]
@@ -116,7 +139,10 @@ rules:
     let v = s.evaluate(b"From: \"Alice\" <alice@example.ORG>\n", 1);
     assert_eq!(v.action, Some(Action::Allow));
     assert!(!v.spam);
-    assert_eq!(fired(&s, "To: a@b.c\nCc: \"Evil, Inc\" <z@spam.biz>\n"), ["RCPT_BLOCKED"]);
+    assert_eq!(
+        fired(&s, "To: a@b.c\nCc: \"Evil, Inc\" <z@spam.biz>\n"),
+        ["RCPT_BLOCKED"]
+    );
 }
 
 #[test]
@@ -145,7 +171,10 @@ rules:
     score: 1
 "#);
     let block = "From: =?utf-8?Q?J=C3=BCrgen?= Joe <joe@example.com>\r\nSubject: =?utf-8?Q?hi?=\r\nReceived: from good\r\nReceived: from evil\r\nTo: a@b.c\r\nCc: Boss <boss@b.c>\r\n";
-    assert_eq!(fired(&s, block), ["ADDR", "NAME", "RAW", "ALL_RECEIVED", "TOCC_NAME"]);
+    assert_eq!(
+        fired(&s, block),
+        ["ADDR", "NAME", "RAW", "ALL_RECEIVED", "TOCC_NAME"]
+    );
 }
 
 #[test]
@@ -204,9 +233,15 @@ rules:
     expr: '(DRUGS_NOT_FRIEND || FRIENDS) && !(NEG_EXPR)'
     score: 1
 "#);
-    assert_eq!(fired(&s, "Subject: viagra\nFrom: a@x.org\n"), ["DRUGS_NOT_FRIEND", "NESTED"]);
+    assert_eq!(
+        fired(&s, "Subject: viagra\nFrom: a@x.org\n"),
+        ["DRUGS_NOT_FRIEND", "NESTED"]
+    );
     // FRIENDS has no score: not reported, but usable.
-    assert_eq!(fired(&s, "Subject: viagra\nFrom: a@friend.org\n"), ["NESTED"]);
+    assert_eq!(
+        fired(&s, "Subject: viagra\nFrom: a@friend.org\n"),
+        ["NESTED"]
+    );
     assert_eq!(fired(&s, "Subject: hi\n"), ["NEG_EXPR"]);
     assert_eq!(s.len(), 5);
 }
@@ -255,17 +290,31 @@ rules:
     assert_eq!((v.spam, v.action), (false, Some(Action::Allow)));
     assert_eq!(ids(&v), ["A", "B", "QUAR", "DEL", "OK"]);
     // The configured spam action applies to spam by score.
-    let s = RuleSet::from_yaml(Path::new("t.yaml"), yaml, &EngineOptions { spam_action: Action::Hide }).unwrap();
+    let s = RuleSet::from_yaml(
+        Path::new("t.yaml"),
+        yaml,
+        &EngineOptions {
+            spam_action: Action::Hide,
+        },
+    )
+    .unwrap();
     assert_eq!(s.evaluate(b"Subject: ab\n", 1).action, Some(Action::Hide));
     assert_eq!(s.evaluate(b"Subject: abt\n", 1).action, Some(Action::Hide));
-    assert_eq!(s.evaluate(b"Subject: abd\n", 1).action, Some(Action::Delete));
+    assert_eq!(
+        s.evaluate(b"Subject: abd\n", 1).action,
+        Some(Action::Delete)
+    );
 }
 
 #[test]
 fn threshold_last_file_wins_and_directory_order() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("b.yaml"), "threshold: 7\nrules: []\n").unwrap();
-    std::fs::write(dir.path().join("a.yml"), "threshold: 2\nrules:\n  - id: X\n    header: S\n    regex: x\n    score: 1\n").unwrap();
+    std::fs::write(
+        dir.path().join("a.yml"),
+        "threshold: 2\nrules:\n  - id: X\n    header: S\n    regex: x\n    score: 1\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("c.txt"), "not yaml: [").unwrap();
     std::fs::write(dir.path().join("d.yaml"), "").unwrap();
     let s = RuleSet::load(dir.path(), &EngineOptions::default()).unwrap();
@@ -273,7 +322,14 @@ fn threshold_last_file_wins_and_directory_order() {
     assert_eq!(s.file_count(), 3);
     assert_eq!(s.len(), 1);
     let files: Vec<PathBuf> = s.rule_files().to_vec();
-    assert_eq!(files, [dir.path().join("a.yml"), dir.path().join("b.yaml"), dir.path().join("d.yaml")]);
+    assert_eq!(
+        files,
+        [
+            dir.path().join("a.yml"),
+            dir.path().join("b.yaml"),
+            dir.path().join("d.yaml")
+        ]
+    );
 }
 
 #[test]
@@ -295,7 +351,9 @@ fn shipped_rules_load_and_classify_fixtures() {
 
 #[test]
 fn shared_rule_set_is_shareable() {
-    let s = Arc::new(set("rules:\n  - id: X\n    header: Subject\n    regex: x\n    score: 9\n"));
+    let s = Arc::new(set(
+        "rules:\n  - id: X\n    header: Subject\n    regex: x\n    score: 9\n",
+    ));
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let s = Arc::clone(&s);
@@ -335,7 +393,8 @@ fn decode_q_underscores_and_charsets() {
 #[test]
 fn folded_lines_lf_crlf_and_mbox_from() {
     let crlf = b"From MAILER-DAEMON Fri Jul  8 12:08:34 2011\r\nSubject: one\r\n\ttwo\r\nTo: a@b\r\n\r\nBody: x\r\n";
-    let lf = b"From MAILER-DAEMON Fri Jul  8 12:08:34 2011\nSubject: one\n\ttwo\nTo: a@b\n\nBody: x\n";
+    let lf =
+        b"From MAILER-DAEMON Fri Jul  8 12:08:34 2011\nSubject: one\n\ttwo\nTo: a@b\n\nBody: x\n";
     for b in [&crlf[..], &lf[..]] {
         let h = Headers::parse(b);
         assert_eq!(h.get("subject"), Some("one\ttwo"));
@@ -351,7 +410,11 @@ fn duplicates_joined_and_raw_access() {
     let h = Headers::parse(block);
     assert_eq!(h.get("Received"), Some("a\nb c"));
     assert_eq!(h.get_raw("RECEIVED"), Some("a\nb c"));
-    let f = h.fields().iter().find(|f| f.name() == "X-Spam-Flag").unwrap();
+    let f = h
+        .fields()
+        .iter()
+        .find(|f| f.name() == "X-Spam-Flag")
+        .unwrap();
     assert_eq!(&block[f.range()], b"X-Spam-Flag: YES\r\n");
 }
 

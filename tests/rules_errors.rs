@@ -47,13 +47,21 @@ fn every_error_kind_with_positions() {
 }
 
 fn err_of(yaml: &str) -> String {
-    RuleSet::from_yaml(Path::new("r.yaml"), yaml, &EngineOptions::default()).unwrap_err().to_string()
+    RuleSet::from_yaml(Path::new("r.yaml"), yaml, &EngineOptions::default())
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
 fn more_error_cases() {
-    assert_eq!(err_of("rulez: []\n"), "r.yaml:1:1: unknown field `rulez`, expected `threshold` or `rules`");
-    assert_eq!(err_of("rules:\n  - header: Subject\n    regex: x\n"), "r.yaml:2:3: missing field `id`");
+    assert_eq!(
+        err_of("rulez: []\n"),
+        "r.yaml:1:1: unknown field `rulez`, expected `threshold` or `rules`"
+    );
+    assert_eq!(
+        err_of("rules:\n  - header: Subject\n    regex: x\n"),
+        "r.yaml:2:3: missing field `id`"
+    );
     assert_eq!(
         err_of("rules:\n  - id: A\n    regex: x\n"),
         "r.yaml:2:9: rule A: regex needs a header: field"

@@ -7,7 +7,11 @@ use proptest::prelude::*;
 fn shipped() -> &'static RuleSet {
     static SET: std::sync::OnceLock<RuleSet> = std::sync::OnceLock::new();
     SET.get_or_init(|| {
-        RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"), &EngineOptions::default()).unwrap()
+        RuleSet::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+            &EngineOptions::default(),
+        )
+        .unwrap()
     })
 }
 

@@ -14,11 +14,23 @@ fn reload_keeps_old_set_on_broken_file() {
     let h = RulesHandle::load(dir.path(), EngineOptions::default()).unwrap();
     let old = h.current();
     assert_eq!(old.len(), 1);
-    std::fs::write(&f, "rules:\n  - id: X\n    header: Subject\n    regex: '('\n").unwrap();
+    std::fs::write(
+        &f,
+        "rules:\n  - id: X\n    header: Subject\n    regex: '('\n",
+    )
+    .unwrap();
     let e = h.reload().unwrap_err();
-    assert!(e.to_string().contains("r.yaml:4:12: rule X: regex: unclosed group"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("r.yaml:4:12: rule X: regex: unclosed group"),
+        "{e}"
+    );
     assert!(std::sync::Arc::ptr_eq(&old, &h.current()));
-    std::fs::write(&f, format!("{GOOD}  - id: Y\n    header: To\n    exists: false\n    score: 1\n")).unwrap();
+    std::fs::write(
+        &f,
+        format!("{GOOD}  - id: Y\n    header: To\n    exists: false\n    score: 1\n"),
+    )
+    .unwrap();
     assert_eq!(h.reload().unwrap(), 2);
     assert_eq!(h.current().len(), 2);
     // A session that took the old set keeps it.
@@ -43,7 +55,10 @@ fn watcher_reloads_on_file_change() {
     )
     .unwrap();
     let h = RulesHandle::load(dir.path(), EngineOptions::default()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         h.spawn_reloader();
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -282,13 +282,24 @@ fn strip_position(msg: &str) -> String {
 /// The last line of a regex-syntax error (`error: unclosed group` → `unclosed group`).
 fn syntax_message(e: &regex_syntax::Error) -> String {
     let s = e.to_string();
-    let last = s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(&s).trim();
+    let last = s
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(&s)
+        .trim();
     last.strip_prefix("error: ").unwrap_or(last).to_string()
 }
 
-
 impl Loader<'_> {
-    fn err(&mut self, file: usize, pos: (usize, usize), rule: Option<&str>, kind: ErrorKind, msg: String) {
+    fn err(
+        &mut self,
+        file: usize,
+        pos: (usize, usize),
+        rule: Option<&str>,
+        kind: ErrorKind,
+        msg: String,
+    ) {
         self.errors.push(RuleError {
             path: self.files[file].0.clone(),
             line: pos.0,
@@ -307,7 +318,13 @@ impl Loader<'_> {
         if let Ok(fast) = serde_norway::from_str::<FastFileDef>(text) {
             if let Some(t) = fast.threshold {
                 if !t.is_finite() {
-                    self.err(file, (1, 1), None, ErrorKind::Schema, "threshold: must be a number".into());
+                    self.err(
+                        file,
+                        (1, 1),
+                        None,
+                        ErrorKind::Schema,
+                        "threshold: must be a number".into(),
+                    );
                 }
                 self.threshold = Some(t);
             }
@@ -317,14 +334,24 @@ impl Loader<'_> {
             return;
         }
         let def: FileDef = if text.trim().is_empty() {
-            FileDef { threshold: None, rules: Vec::new() }
+            FileDef {
+                threshold: None,
+                rules: Vec::new(),
+            }
         } else {
             match serde_norway::from_str(text) {
                 Ok(d) => d,
                 Err(e) => {
-                    let pos = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+                    let pos = e
+                        .location()
+                        .map(|l| (l.line(), l.column()))
+                        .unwrap_or((1, 1));
                     let msg = e.to_string();
-                    let kind = if msg.contains("unknown field") { ErrorKind::UnknownField } else { ErrorKind::Yaml };
+                    let kind = if msg.contains("unknown field") {
+                        ErrorKind::UnknownField
+                    } else {
+                        ErrorKind::Yaml
+                    };
                     let loc = &self.files[file].1;
                     let rule = loc.rule_at_line(pos.0).and_then(|i| loc.id_of(i));
                     self.err(file, pos, rule.as_deref(), kind, strip_position(&msg));
@@ -334,15 +361,18 @@ impl Loader<'_> {
         };
         if let Some(t) = def.threshold {
             if !t.is_finite() {
-                self.err(file, (1, 1), None, ErrorKind::Schema, "threshold: must be a number".into());
+                self.err(
+                    file,
+                    (1, 1),
+                    None,
+                    ErrorKind::Schema,
+                    "threshold: must be a number".into(),
+                );
             }
             self.threshold = Some(t);
         }
         for (item, value) in def.rules.into_iter().enumerate() {
-            let id_hint = value
-                .get("id")
-                .and_then(|v| v.as_str())
-                .map(str::to_string);
+            let id_hint = value.get("id").and_then(|v| v.as_str()).map(str::to_string);
             let culprit = find_culprit(&value);
             match serde_norway::from_value::<RuleDef>(value) {
                 Ok(rd) => self.add_rule(file, item, rd),
@@ -359,7 +389,13 @@ impl Loader<'_> {
                     } else if let Some(field) = &culprit {
                         // Type errors don't name the field: found by trying fields one by one.
                         let m = format!("{field}: {msg}");
-                        self.err(file, loc.field_value(item, field), id_hint.as_deref(), ErrorKind::Yaml, m);
+                        self.err(
+                            file,
+                            loc.field_value(item, field),
+                            id_hint.as_deref(),
+                            ErrorKind::Yaml,
+                            m,
+                        );
                         continue;
                     } else {
                         (ErrorKind::Yaml, loc.rule_start(item))
@@ -378,8 +414,18 @@ impl Loader<'_> {
             let pos = this.files[file].1.field_value(item, field);
             this.err(file, pos, Some(&rule_id), kind, msg);
         };
-        if rd.id.is_empty() || !rd.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-') {
-            e(self, "id", ErrorKind::Schema, "id: use letters, digits, `_`, `.` and `-` only".into());
+        if rd.id.is_empty()
+            || !rd
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        {
+            e(
+                self,
+                "id",
+                ErrorKind::Schema,
+                "id: use letters, digits, `_`, `.` and `-` only".into(),
+            );
         }
         if let Some(&prev) = self.ids.get(&id) {
             let o = self.origins[prev as usize].clone();
@@ -397,7 +443,10 @@ impl Loader<'_> {
         // Exactly one condition.
         let conds: Vec<&str> = [
             ("regex", rd.regex.is_some()),
-            ("keywords", rd.keywords.is_some() || rd.keywords_file.is_some()),
+            (
+                "keywords",
+                rd.keywords.is_some() || rd.keywords_file.is_some(),
+            ),
             ("domain_in", rd.domain_in.is_some()),
             ("address_in", rd.address_in.is_some()),
             ("exists", rd.exists.is_some()),
@@ -418,21 +467,47 @@ impl Loader<'_> {
             return;
         }
         if conds.len() > 1 {
-            e(self, conds[1], ErrorKind::Schema, format!("{} and {} in one rule: split it into two rules (and join them with expr)", conds[0], conds[1]));
+            e(
+                self,
+                conds[1],
+                ErrorKind::Schema,
+                format!(
+                    "{} and {} in one rule: split it into two rules (and join them with expr)",
+                    conds[0], conds[1]
+                ),
+            );
             return;
         }
         let cond = conds[0];
         if rd.whole_word.is_some() && cond != "keywords" {
-            e(self, "whole_word", ErrorKind::Schema, "whole_word: only for keywords".into());
+            e(
+                self,
+                "whole_word",
+                ErrorKind::Schema,
+                "whole_word: only for keywords".into(),
+            );
         }
-        let needs_header = matches!(cond, "regex" | "keywords" | "domain_in" | "address_in" | "exists");
+        let needs_header = matches!(
+            cond,
+            "regex" | "keywords" | "domain_in" | "address_in" | "exists"
+        );
         let target = match (&rd.header, needs_header) {
             (None, true) => {
-                e(self, "id", ErrorKind::Schema, format!("{cond} needs a header: field"));
+                e(
+                    self,
+                    "id",
+                    ErrorKind::Schema,
+                    format!("{cond} needs a header: field"),
+                );
                 None
             }
             (Some(_), false) => {
-                e(self, "header", ErrorKind::Schema, format!("header: not used by {cond}"));
+                e(
+                    self,
+                    "header",
+                    ErrorKind::Schema,
+                    format!("header: not used by {cond}"),
+                );
                 None
             }
             (Some(h), true) => match parse_target(h) {
@@ -446,7 +521,12 @@ impl Loader<'_> {
         };
         if let Some(s) = rd.score {
             if !s.is_finite() {
-                e(self, "score", ErrorKind::Schema, "score: must be a finite number".into());
+                e(
+                    self,
+                    "score",
+                    ErrorKind::Schema,
+                    "score: must be a finite number".into(),
+                );
             }
         }
         if self.errors.len() > errors_before {
@@ -461,7 +541,12 @@ impl Loader<'_> {
                 // Parsing (not compiling) is enough to catch syntax errors and is cheap; the
                 // set build below catches the rest (size limits).
                 if let Err(err) = regex_syntax::ParserBuilder::new().build().parse(&pat) {
-                    e(self, "regex", ErrorKind::Regex, format!("regex: {}", syntax_message(&err)));
+                    e(
+                        self,
+                        "regex",
+                        ErrorKind::Regex,
+                        format!("regex: {}", syntax_message(&err)),
+                    );
                     return;
                 }
                 let Some(t) = target else { return };
@@ -482,14 +567,28 @@ impl Loader<'_> {
                     match self.lists.get(&p) {
                         Ok(v) => words.extend(v.iter().cloned()),
                         Err(m) => {
-                            e(self, "keywords_file", ErrorKind::List, format!("keywords_file: {m}"));
+                            e(
+                                self,
+                                "keywords_file",
+                                ErrorKind::List,
+                                format!("keywords_file: {m}"),
+                            );
                             return;
                         }
                     }
                 }
                 if words.is_empty() || words.iter().any(|w| w.is_empty()) {
-                    let f = if rd.keywords.is_some() { "keywords" } else { "keywords_file" };
-                    e(self, f, ErrorKind::Keywords, format!("{f}: empty keyword list or empty keyword"));
+                    let f = if rd.keywords.is_some() {
+                        "keywords"
+                    } else {
+                        "keywords_file"
+                    };
+                    e(
+                        self,
+                        f,
+                        ErrorKind::Keywords,
+                        format!("{f}: empty keyword list or empty keyword"),
+                    );
                     return;
                 }
                 let ww = rd.whole_word.unwrap_or(false);
@@ -513,7 +612,11 @@ impl Loader<'_> {
             }
             "domain_in" | "address_in" => {
                 let field = cond;
-                let list = if cond == "domain_in" { rd.domain_in.clone() } else { rd.address_in.clone() };
+                let list = if cond == "domain_in" {
+                    rd.domain_in.clone()
+                } else {
+                    rd.address_in.clone()
+                };
                 let p = lists::resolve(&path, &list.unwrap_or_default());
                 let entries: Vec<String> = match self.lists.get(&p) {
                     Ok(v) => v.to_vec(),
@@ -524,13 +627,28 @@ impl Loader<'_> {
                 };
                 let Some(t) = target else { return };
                 if matches!(t.form, Form::Name) || t.source == Source::All {
-                    e(self, "header", ErrorKind::Header, format!("header: {field} needs addresses (use a header without :name, not ALL)"));
+                    e(
+                        self,
+                        "header",
+                        ErrorKind::Header,
+                        format!(
+                            "header: {field} needs addresses (use a header without :name, not ALL)"
+                        ),
+                    );
                     return;
                 }
                 let tb = self.target(t);
-                let map = if cond == "domain_in" { &mut tb.domains } else { &mut tb.addresses };
+                let map = if cond == "domain_in" {
+                    &mut tb.domains
+                } else {
+                    &mut tb.addresses
+                };
                 for en in entries {
-                    let key = if cond == "domain_in" { lists::normalize_domain(&en) } else { en.to_ascii_lowercase() };
+                    let key = if cond == "domain_in" {
+                        lists::normalize_domain(&en)
+                    } else {
+                        en.to_ascii_lowercase()
+                    };
                     if key.is_empty() {
                         continue;
                     }
@@ -546,7 +664,12 @@ impl Loader<'_> {
                 let name = match t.source {
                     Source::Named(n) => n,
                     _ => {
-                        e(self, "header", ErrorKind::Header, "header: exists needs one header name".into());
+                        e(
+                            self,
+                            "header",
+                            ErrorKind::Header,
+                            "header: exists needs one header name".into(),
+                        );
                         return;
                     }
                 };
@@ -558,7 +681,12 @@ impl Loader<'_> {
                 match schema::parse_size(&v) {
                     Ok(n) => self.sizes.push((n, idx)),
                     Err(m) => {
-                        e(self, "size_over", ErrorKind::Size, format!("size_over: {m}"));
+                        e(
+                            self,
+                            "size_over",
+                            ErrorKind::Size,
+                            format!("size_over: {m}"),
+                        );
                         return;
                     }
                 }
@@ -571,7 +699,13 @@ impl Loader<'_> {
                     Err(xe) => {
                         let (l, c) = self.files[file].1.field_value(item, "expr");
                         let c = c + quote_offset(&self.files[file].1, l, c) + xe.offset;
-                        self.err(file, (l, c), Some(&rule_id), ErrorKind::Expr, format!("expr: {}", xe.message));
+                        self.err(
+                            file,
+                            (l, c),
+                            Some(&rule_id),
+                            ErrorKind::Expr,
+                            format!("expr: {}", xe.message),
+                        );
                         return;
                     }
                 }
@@ -614,7 +748,13 @@ impl Loader<'_> {
                     ok = false;
                     let (l, c) = self.files[o.file].1.field_value(o.item, "expr");
                     let c = c + quote_offset(&self.files[o.file].1, l, c) + off;
-                    self.err(o.file, (l, c), Some(&id), ErrorKind::UnknownId, format!("expr: unknown rule id {name}"));
+                    self.err(
+                        o.file,
+                        (l, c),
+                        Some(&id),
+                        ErrorKind::UnknownId,
+                        format!("expr: unknown rule id {name}"),
+                    );
                 }
             }
             if ok {
@@ -627,9 +767,19 @@ impl Loader<'_> {
         let order = self.topo_order(&resolved);
         if !self.errors.is_empty() {
             // Sort by file order, then position.
-            let file_order: HashMap<PathBuf, usize> =
-                self.files.iter().enumerate().map(|(i, f)| (f.0.clone(), i)).collect();
-            self.errors.sort_by_key(|e| (file_order.get(&e.path).copied().unwrap_or(0), e.line, e.column));
+            let file_order: HashMap<PathBuf, usize> = self
+                .files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.0.clone(), i))
+                .collect();
+            self.errors.sort_by_key(|e| {
+                (
+                    file_order.get(&e.path).copied().unwrap_or(0),
+                    e.line,
+                    e.column,
+                )
+            });
             return Err(RuleErrors(self.errors));
         }
         let n_rules = self.rules.len();
@@ -639,22 +789,31 @@ impl Loader<'_> {
         // the slow part of a load).
         let built: Vec<Result<TargetMatcher, String>> = {
             let work = std::mem::take(&mut self.targets);
-            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(work.len().max(1));
-            let mut chunks: Vec<Vec<(usize, Target, TargetBuild)>> = (0..threads).map(|_| Vec::new()).collect();
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(work.len().max(1));
+            let mut chunks: Vec<Vec<(usize, Target, TargetBuild)>> =
+                (0..threads).map(|_| Vec::new()).collect();
             for (i, (t, tb)) in work.into_iter().enumerate() {
                 chunks[i % threads].push((i, t, tb));
             }
-            let mut results: Vec<(usize, Result<TargetMatcher, String>)> = std::thread::scope(|sc| {
-                let hs: Vec<_> = chunks
-                    .into_iter()
-                    .map(|c| {
-                        sc.spawn(move || {
-                            c.into_iter().map(|(i, t, tb)| (i, build_target(t, tb, n_rules))).collect::<Vec<_>>()
+            let mut results: Vec<(usize, Result<TargetMatcher, String>)> =
+                std::thread::scope(|sc| {
+                    let hs: Vec<_> = chunks
+                        .into_iter()
+                        .map(|c| {
+                            sc.spawn(move || {
+                                c.into_iter()
+                                    .map(|(i, t, tb)| (i, build_target(t, tb, n_rules)))
+                                    .collect::<Vec<_>>()
+                            })
                         })
-                    })
-                    .collect();
-                hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-            });
+                        .collect();
+                    hs.into_iter()
+                        .flat_map(|h| h.join().unwrap_or_default())
+                        .collect()
+                });
             results.sort_by_key(|r| r.0);
             results.into_iter().map(|r| r.1).collect()
         };
@@ -700,7 +859,11 @@ impl Loader<'_> {
 
     /// Orders expr rules so each comes after the expr rules it uses; reports cycles.
     fn topo_order(&mut self, exprs: &[(u32, Expr<u32>)]) -> Vec<(u32, Expr<u32>)> {
-        let pos: HashMap<u32, usize> = exprs.iter().enumerate().map(|(i, (r, _))| (*r, i)).collect();
+        let pos: HashMap<u32, usize> = exprs
+            .iter()
+            .enumerate()
+            .map(|(i, (r, _))| (*r, i))
+            .collect();
         // 0 = unvisited, 1 = on stack, 2 = done.
         let mut state = vec![0u8; exprs.len()];
         let mut order: Vec<usize> = Vec::new();
@@ -714,7 +877,9 @@ impl Loader<'_> {
             let deps_of = |i: usize| {
                 let mut d = Vec::new();
                 exprs[i].1.deps(&mut d);
-                d.into_iter().filter_map(|r| pos.get(&r).copied()).collect::<Vec<_>>()
+                d.into_iter()
+                    .filter_map(|r| pos.get(&r).copied())
+                    .collect::<Vec<_>>()
             };
             state[start] = 1;
             stack.push((start, deps_of(start), 0));
@@ -734,14 +899,22 @@ impl Loader<'_> {
                             let cyc: Vec<usize> = stack[from..].iter().map(|s| s.0).collect();
                             let key = *cyc.iter().min().unwrap_or(&next);
                             if reported.insert(key) {
-                                let mut names: Vec<String> =
-                                    cyc.iter().map(|&i| self.rules[exprs[i].0 as usize].id.to_string()).collect();
+                                let mut names: Vec<String> = cyc
+                                    .iter()
+                                    .map(|&i| self.rules[exprs[i].0 as usize].id.to_string())
+                                    .collect();
                                 names.push(names[0].clone());
                                 let first = exprs[cyc[0]].0 as usize;
                                 let o = self.origins[first].clone();
                                 let pos = self.files[o.file].1.field_value(o.item, "expr");
                                 let id = self.rules[first].id.to_string();
-                                self.err(o.file, pos, Some(&id), ErrorKind::Cycle, format!("expr: cycle {}", names.join(" -> ")));
+                                self.err(
+                                    o.file,
+                                    pos,
+                                    Some(&id),
+                                    ErrorKind::Cycle,
+                                    format!("expr: cycle {}", names.join(" -> ")),
+                                );
                             }
                         }
                         _ => {}
@@ -821,7 +994,9 @@ impl MultiRegex {
             // each owner anchored there (look-behind like `\b` still sees the byte before).
             let mut matched: Vec<u32> = Vec::new();
             for m in ac.find_overlapping_iter(text) {
-                let Some(owners) = self.literal_owners.get(m.pattern().as_usize()) else { continue };
+                let Some(owners) = self.literal_owners.get(m.pattern().as_usize()) else {
+                    continue;
+                };
                 for &c in owners {
                     if matched.contains(&c) {
                         continue;
@@ -846,18 +1021,22 @@ impl MultiRegex {
 /// finite set of them (then the pattern always runs).
 fn prefix_literals(pat: &str) -> Option<Vec<Vec<u8>>> {
     let hir = regex_syntax::ParserBuilder::new().build().parse(pat).ok()?;
-    let seq = regex_syntax::hir::literal::Extractor::new().limit_total(64).extract(&hir);
+    let seq = regex_syntax::hir::literal::Extractor::new()
+        .limit_total(64)
+        .extract(&hir);
     let lits = seq.literals()?;
     if lits.is_empty() || lits.iter().any(|l| l.as_bytes().len() < 3) {
         return None;
     }
     // ASCII case variants collapse: the automaton is ASCII-case-insensitive.
-    let mut out: Vec<Vec<u8>> = lits.iter().map(|l| l.as_bytes().to_ascii_lowercase()).collect();
+    let mut out: Vec<Vec<u8>> = lits
+        .iter()
+        .map(|l| l.as_bytes().to_ascii_lowercase())
+        .collect();
     out.sort();
     out.dedup();
     (out.len() <= 64).then_some(out)
 }
-
 
 fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, String> {
     let mut always_pats = Vec::new();
@@ -924,7 +1103,13 @@ fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, String> {
                 .map_err(|e| e.to_string())?,
         )
     };
-    Ok(MultiRegex { always, always_ids, literals, literal_owners, single })
+    Ok(MultiRegex {
+        always,
+        always_ids,
+        literals,
+        literal_owners,
+        single,
+    })
 }
 
 fn build_target(target: Target, tb: TargetBuild, n_rules: usize) -> Result<TargetMatcher, String> {
@@ -934,8 +1119,11 @@ fn build_target(target: Target, tb: TargetBuild, n_rules: usize) -> Result<Targe
         let pats: Vec<&str> = tb.regex.iter().map(|p| p.0.as_str()).collect();
         // The lazy DFA cache grows with the number of patterns so thousands of them don't
         // thrash it (a thrashing lazy DFA falls back to the much slower PikeVM).
-        let cache = (4usize << 20).saturating_add(pats.len().saturating_mul(8 << 10)).min(256 << 20);
-        let set = build_regex_set(&pats, cache).map_err(|e| format!("regex set for header {target:?}: {e}"))?;
+        let cache = (4usize << 20)
+            .saturating_add(pats.len().saturating_mul(8 << 10))
+            .min(256 << 20);
+        let set = build_regex_set(&pats, cache)
+            .map_err(|e| format!("regex set for header {target:?}: {e}"))?;
         Some((set, tb.regex.into_iter().map(|p| p.1).collect()))
     };
     let keywords = if tb.keywords.is_empty() {
@@ -947,10 +1135,20 @@ fn build_target(target: Target, tb: TargetBuild, n_rules: usize) -> Result<Targe
             .match_kind(MatchKind::Standard)
             .build(tb.keywords.iter().map(|k| k.0.as_bytes()))
             .map_err(|e| format!("keywords for header {target:?}: {e}"))?;
-        Some(Keywords { ac, owners: tb.keywords.into_iter().map(|k| k.1).collect(), lowercase })
+        Some(Keywords {
+            ac,
+            owners: tb.keywords.into_iter().map(|k| k.1).collect(),
+            lowercase,
+        })
     };
     let _ = n_rules;
-    Ok(TargetMatcher { target, regex, keywords, domains: tb.domains, addresses: tb.addresses })
+    Ok(TargetMatcher {
+        target,
+        regex,
+        keywords,
+        domains: tb.domains,
+        addresses: tb.addresses,
+    })
 }
 
 #[cfg(test)]
@@ -959,12 +1157,26 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(parse_target("Subject").unwrap(), Target { source: Source::Named("subject".into()), form: Form::Decoded });
+        assert_eq!(
+            parse_target("Subject").unwrap(),
+            Target {
+                source: Source::Named("subject".into()),
+                form: Form::Decoded
+            }
+        );
         assert_eq!(parse_target("From:addr").unwrap().form, Form::Addr);
-        assert_eq!(parse_target("ToCc:name").unwrap(), Target { source: Source::ToCc, form: Form::Name });
+        assert_eq!(
+            parse_target("ToCc:name").unwrap(),
+            Target {
+                source: Source::ToCc,
+                form: Form::Name
+            }
+        );
         assert_eq!(parse_target("ALL:raw").unwrap().source, Source::All);
         assert!(parse_target("ALL:addr").is_err());
-        assert!(parse_target("From:bogus").unwrap_err().contains("unknown modifier"));
+        assert!(parse_target("From:bogus")
+            .unwrap_err()
+            .contains("unknown modifier"));
         assert!(parse_target("Bad Name").is_err());
         assert!(parse_target("").is_err());
     }
@@ -992,9 +1204,26 @@ mod multi_regex_tests {
             r"(?-u:\b)cash",
         ];
         let texts = [
-            "", " ", "Free Viagra0 now", "free_viagra0x", "xfree viagra0", "V1AGRA!", "1234",
-            "ÜNÏCÖDÉ", "\u{212A}elvin", "kelvin", "a\nReceived: from evil\nb", "xx barbaz", "WINNERS",
-            "won", "ab abc", "abc\n", "cashcash", "écash", "é cash", "cash",
+            "",
+            " ",
+            "Free Viagra0 now",
+            "free_viagra0x",
+            "xfree viagra0",
+            "V1AGRA!",
+            "1234",
+            "ÜNÏCÖDÉ",
+            "\u{212A}elvin",
+            "kelvin",
+            "a\nReceived: from evil\nb",
+            "xx barbaz",
+            "WINNERS",
+            "won",
+            "ab abc",
+            "abc\n",
+            "cashcash",
+            "écash",
+            "é cash",
+            "cash",
         ];
         let refs: Vec<&str> = pats.to_vec();
         let m = build_regex_set(&refs, 1 << 20).unwrap();
@@ -1002,8 +1231,12 @@ mod multi_regex_tests {
             let mut got = Vec::new();
             m.for_each_match(t, |p| got.push(p));
             got.sort();
-            let want: Vec<usize> =
-                pats.iter().enumerate().filter(|(_, p)| regex::Regex::new(p).unwrap().is_match(t)).map(|(i, _)| i).collect();
+            let want: Vec<usize> = pats
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| regex::Regex::new(p).unwrap().is_match(t))
+                .map(|(i, _)| i)
+                .collect();
             assert_eq!(got, want, "text {t:?}");
         }
     }

@@ -23,10 +23,7 @@ pub fn decode_words(s: &str) -> Cow<'_, str> {
     // Whitespace seen after the last encoded word, emitted only if clear text follows.
     let mut gap = String::new();
     let mut rest = s;
-    loop {
-        let Some(start) = rest.find("=?") else {
-            break;
-        };
+    while let Some(start) = rest.find("=?") {
         let (before, tail) = rest.split_at(start);
         match parse_word(tail) {
             Some((cs, bytes, len)) => {
@@ -39,7 +36,9 @@ pub fn decode_words(s: &str) -> Cow<'_, str> {
                     out.push_str(before);
                 }
                 gap.clear();
-                let same = pending_cs.as_deref().is_some_and(|p| p.eq_ignore_ascii_case(&cs));
+                let same = pending_cs
+                    .as_deref()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(&cs));
                 if !same {
                     flush(&mut out, &mut pending, &mut pending_cs);
                     pending_cs = Some(cs);
@@ -90,7 +89,7 @@ fn parse_word(s: &str) -> Option<(String, Vec<u8>, usize)> {
     let text_start = 2;
     let text_len = after[text_start..].find("?=")?;
     let text = &after[text_start..text_start + text_len];
-    if text.contains(|c: char| c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+    if text.contains([' ', '\t', '\n', '\r']) {
         return None;
     }
     let bytes = match enc {
@@ -210,8 +209,14 @@ mod tests {
     #[test]
     fn b_and_q() {
         assert_eq!(decode_words("=?UTF-8?B?SGVsbG8gd29ybGQ=?="), "Hello world");
-        assert_eq!(decode_words("=?iso-8859-1?Q?caf=E9_au_lait?="), "café au lait");
-        assert_eq!(decode_words("Re: =?utf-8?q?=C3=A9t=C3=A9?= ok"), "Re: été ok");
+        assert_eq!(
+            decode_words("=?iso-8859-1?Q?caf=E9_au_lait?="),
+            "café au lait"
+        );
+        assert_eq!(
+            decode_words("Re: =?utf-8?q?=C3=A9t=C3=A9?= ok"),
+            "Re: été ok"
+        );
     }
 
     #[test]
@@ -224,7 +229,10 @@ mod tests {
         // Whitespace between encoded word and clear text kept.
         assert_eq!(decode_words("=?utf-8?Q?a?= b =?utf-8?Q?c?="), "a b c");
         // Different charsets next to each other.
-        assert_eq!(decode_words("=?iso-8859-1?Q?=E9?= =?utf-8?Q?=C3=A9?="), "éé");
+        assert_eq!(
+            decode_words("=?iso-8859-1?Q?=E9?= =?utf-8?Q?=C3=A9?="),
+            "éé"
+        );
     }
 
     #[test]

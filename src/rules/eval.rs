@@ -32,7 +32,9 @@ impl Bits {
     }
     #[inline]
     fn get(&self, i: u32) -> bool {
-        self.0.get((i / 64) as usize).is_some_and(|w| w & (1 << (i % 64)) != 0)
+        self.0
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
     fn ones(&self) -> impl Iterator<Item = u32> + '_ {
         self.0.iter().enumerate().flat_map(|(wi, &w)| {
@@ -71,7 +73,9 @@ pub fn target_value<'h>(h: &'h Headers, t: &Target) -> Option<Cow<'h, str>> {
                 if let Some(v) = match form {
                     Form::Decoded => h.get(name).map(Cow::Borrowed),
                     Form::Raw => h.get_raw(name).map(Cow::Borrowed),
-                    _ => h.contains(name).then(|| Cow::Owned(mailbox_part(h.get_all_raw(name), form))),
+                    _ => h
+                        .contains(name)
+                        .then(|| Cow::Owned(mailbox_part(h.get_all_raw(name), form))),
                 } {
                     parts.push(v);
                 }
@@ -102,8 +106,16 @@ fn mailbox_part<'a>(raws: impl Iterator<Item = &'a str>, form: Form) -> String {
 fn addresses_of(h: &Headers, t: &Target, value: &str) -> Vec<String> {
     let raws: Vec<&str> = match &t.source {
         Source::Named(n) if t.form != Form::Addr => h.get_all_raw(n).collect(),
-        Source::ToCc if t.form != Form::Addr => h.get_all_raw("to").chain(h.get_all_raw("cc")).collect(),
-        _ => return value.lines().map(|l| l.trim().to_ascii_lowercase()).filter(|l| !l.is_empty()).collect(),
+        Source::ToCc if t.form != Form::Addr => {
+            h.get_all_raw("to").chain(h.get_all_raw("cc")).collect()
+        }
+        _ => {
+            return value
+                .lines()
+                .map(|l| l.trim().to_ascii_lowercase())
+                .filter(|l| !l.is_empty())
+                .collect()
+        }
     };
     let mut out = Vec::new();
     for raw in raws {
@@ -150,7 +162,9 @@ fn match_target(h: &Headers, tm: &TargetMatcher, hits: &mut Bits) {
         };
         let bytes = hay.as_bytes();
         for m in kw.ac.find_overlapping_iter(hay) {
-            let Some(owners) = kw.owners.get(m.pattern().as_usize()) else { continue };
+            let Some(owners) = kw.owners.get(m.pattern().as_usize()) else {
+                continue;
+            };
             let mut whole: Option<bool> = None;
             for &(r, ww) in owners {
                 if ww {
@@ -158,7 +172,8 @@ fn match_target(h: &Headers, tm: &TargetMatcher, hits: &mut Bits) {
                         let before = m.start() == 0 || !is_word_byte(bytes[m.start() - 1]);
                         let after = m.end() >= bytes.len() || !is_word_byte(bytes[m.end()]);
                         let first_word = bytes.get(m.start()).is_some_and(|&b| is_word_byte(b));
-                        let last_word = m.end() > 0 && bytes.get(m.end() - 1).is_some_and(|&b| is_word_byte(b));
+                        let last_word =
+                            m.end() > 0 && bytes.get(m.end() - 1).is_some_and(|&b| is_word_byte(b));
                         (before || !first_word) && (after || !last_word)
                     });
                     if !ok {
@@ -212,7 +227,9 @@ pub fn evaluate(set: &RuleSet, h: &Headers, size: u64) -> Verdict {
     let mut direct: Option<Action> = None;
     let mut rules = Vec::new();
     for i in hits.ones() {
-        let Some(rule) = set.rules.get(i as usize) else { continue };
+        let Some(rule) = set.rules.get(i as usize) else {
+            continue;
+        };
         if !rule.reported() {
             continue;
         }
@@ -233,5 +250,11 @@ pub fn evaluate(set: &RuleSet, h: &Headers, size: u64) -> Verdict {
         let from_score = (by_score && set.spam_action != Action::Allow).then_some(set.spam_action);
         (by_score || direct.is_some(), direct.max(from_score))
     };
-    Verdict { score, threshold: set.threshold, spam, action, rules }
+    Verdict {
+        score,
+        threshold: set.threshold,
+        spam,
+        action,
+        rules,
+    }
 }

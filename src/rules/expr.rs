@@ -89,7 +89,10 @@ fn lex(s: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                     b'|' => " (use ||)",
                     _ => "",
                 };
-                return Err(ExprError { offset: i, message: format!("unexpected {ch:?}{hint}") });
+                return Err(ExprError {
+                    offset: i,
+                    message: format!("unexpected {ch:?}{hint}"),
+                });
             }
         }
     }
@@ -111,7 +114,10 @@ impl Parser {
         self.toks.get(self.pos).map(|t| t.1).unwrap_or(self.end)
     }
     fn err<T>(&self, message: impl Into<String>) -> Result<T, ExprError> {
-        Err(ExprError { offset: self.offset(), message: message.into() })
+        Err(ExprError {
+            offset: self.offset(),
+            message: message.into(),
+        })
     }
     fn or(&mut self) -> Result<Expr<Name>, ExprError> {
         let mut v = vec![self.and()?];
@@ -119,7 +125,11 @@ impl Parser {
             self.pos += 1;
             v.push(self.and()?);
         }
-        Ok(if v.len() == 1 { v.remove(0) } else { Expr::Or(v) })
+        Ok(if v.len() == 1 {
+            v.remove(0)
+        } else {
+            Expr::Or(v)
+        })
     }
     fn and(&mut self) -> Result<Expr<Name>, ExprError> {
         let mut v = vec![self.not()?];
@@ -127,7 +137,11 @@ impl Parser {
             self.pos += 1;
             v.push(self.not()?);
         }
-        Ok(if v.len() == 1 { v.remove(0) } else { Expr::And(v) })
+        Ok(if v.len() == 1 {
+            v.remove(0)
+        } else {
+            Expr::And(v)
+        })
     }
     fn not(&mut self) -> Result<Expr<Name>, ExprError> {
         if self.peek() == Some(&Tok::Not) {
@@ -158,7 +172,10 @@ impl Parser {
                 let e = self.or()?;
                 self.depth -= 1;
                 if self.peek() != Some(&Tok::Close) {
-                    return Err(ExprError { offset: self.offset(), message: "expected `)`".into() });
+                    return Err(ExprError {
+                        offset: self.offset(),
+                        message: "expected `)`".into(),
+                    });
                 }
                 self.pos += 1;
                 Ok(e)
@@ -174,7 +191,12 @@ impl Parser {
 /// Parses an expression.
 pub fn parse(s: &str) -> Result<Expr<Name>, ExprError> {
     let toks = lex(s)?;
-    let mut p = Parser { toks, pos: 0, end: s.len(), depth: 0 };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        end: s.len(),
+        depth: 0,
+    };
     if p.peek().is_none() {
         return p.err("empty expression");
     }
@@ -245,13 +267,19 @@ mod tests {
     fn precedence() {
         assert_eq!(
             parse("A || B && !C").unwrap(),
-            Expr::Or(vec![r("A", 0), Expr::And(vec![r("B", 5), Expr::Not(Box::new(r("C", 11)))])])
+            Expr::Or(vec![
+                r("A", 0),
+                Expr::And(vec![r("B", 5), Expr::Not(Box::new(r("C", 11)))])
+            ])
         );
         assert_eq!(
             parse("(A||B)&&C").unwrap(),
             Expr::And(vec![Expr::Or(vec![r("A", 1), r("B", 4)]), r("C", 8)])
         );
-        assert_eq!(parse("!!A").unwrap(), Expr::Not(Box::new(Expr::Not(Box::new(r("A", 2))))));
+        assert_eq!(
+            parse("!!A").unwrap(),
+            Expr::Not(Box::new(Expr::Not(Box::new(r("A", 2)))))
+        );
     }
 
     #[test]
@@ -271,7 +299,9 @@ mod tests {
     fn eval() {
         let e = parse("A && !(B || C)").unwrap();
         let ids = ["A", "B", "C"];
-        let x = e.resolve(&|n| ids.iter().position(|i| *i == n).map(|p| p as u32)).unwrap();
+        let x = e
+            .resolve(&|n| ids.iter().position(|i| *i == n).map(|p| p as u32))
+            .unwrap();
         assert!(x.eval(&|r| r == 0));
         assert!(!x.eval(&|r| r == 0 || r == 2));
     }

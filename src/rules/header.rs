@@ -62,11 +62,16 @@ pub struct Headers {
 impl Headers {
     /// Parses a header block (or a whole message: parsing stops at the first empty line).
     pub fn parse(block: &[u8]) -> Headers {
-        let mut h = Headers::default();
+        let mut h = Headers {
+            fields: Vec::with_capacity(32),
+            groups: Vec::with_capacity(32),
+            block_len: 0,
+        };
         let mut pos = 0usize;
         let mut first = true;
-        // Current field under construction: (name, raw bytes of value, start offset).
-        let mut cur: Option<(String, Vec<u8>, usize)> = None;
+        // Field under construction: name range, first-line value range, start offset, and
+        // the unfolded value when continuation lines follow.
+        let mut cur: Option<Pending> = None;
         let mut end_of_block = block.len();
         while pos < block.len() {
             let (line, next) = next_line(block, pos);
@@ -83,55 +88,89 @@ impl Headers {
                 break;
             }
             if content[0] == b' ' || content[0] == b'\t' {
-                if let Some((_, value, _)) = cur.as_mut() {
+                if let Some(p) = cur.as_mut() {
                     // Unfold: drop the line break, keep the whitespace (RFC 5322 §2.2.3).
-                    value.extend_from_slice(content);
+                    let folded = p
+                        .folded
+                        .get_or_insert_with(|| block[p.value.clone()].to_vec());
+                    folded.extend_from_slice(content);
                 }
                 pos = next;
                 continue;
             }
-            if let Some((name, value, start)) = cur.take() {
-                h.push(name, &value, start..pos);
+            if let Some(p) = cur.take() {
+                h.push(block, p, pos);
             }
-            if let Some(colon) = content.iter().position(|&b| b == b':') {
+            if let Some(colon) = memchr::memchr(b':', content) {
                 let name = &content[..colon];
                 let valid = !name.is_empty()
                     && name.iter().all(|&b| b.is_ascii_graphic() || b == b' ')
-                    && !name.starts_with(b" ");
+                    && name[0] != b' ';
                 if valid {
-                    let name = String::from_utf8_lossy(name).trim_end().to_string();
-                    cur = Some((name, content[colon + 1..].to_vec(), pos));
+                    let mut name_end = pos + colon;
+                    while name_end > pos && block[name_end - 1] == b' ' {
+                        name_end -= 1;
+                    }
+                    cur = Some(Pending {
+                        name: pos..name_end,
+                        value: pos + colon + 1..pos + content.len(),
+                        start: pos,
+                        folded: None,
+                    });
                 }
             }
             // Not a field (no colon, or junk before it): skipped.
             pos = next;
         }
-        if let Some((name, value, start)) = cur.take() {
-            let end = if end_of_block < block.len() { end_of_block_start(block, end_of_block) } else { block.len() };
-            h.push(name, &value, start..end.max(start));
+        if let Some(p) = cur.take() {
+            let end = if end_of_block < block.len() {
+                end_of_block_start(block, end_of_block)
+            } else {
+                block.len()
+            };
+            let end = end.max(p.start);
+            h.push(block, p, end);
         }
         h.block_len = end_of_block;
         h
     }
 
-    fn push(&mut self, name: String, value: &[u8], range: Range<usize>) {
-        let raw = String::from_utf8_lossy(value).trim().to_string();
-        let lname = name.to_ascii_lowercase();
+    fn push(&mut self, block: &[u8], p: Pending, end: usize) {
+        let value: &[u8] = match &p.folded {
+            Some(v) => v,
+            None => &block[p.value.clone()],
+        };
+        let raw = match std::str::from_utf8(value) {
+            Ok(s) => s.trim().to_string(),
+            Err(_) => String::from_utf8_lossy(value).trim().to_string(),
+        };
+        // Names are checked printable ASCII, so this is lossless.
+        let name = String::from_utf8_lossy(&block[p.name.clone()]).into_owned();
         let idx = self.fields.len();
-        self.fields.push(Field { name, raw, range });
-        match self.groups.iter_mut().find(|g| g.lname == lname) {
+        match self
+            .groups
+            .iter_mut()
+            .find(|g| g.lname.eq_ignore_ascii_case(&name))
+        {
             Some(g) => g.fields.push(idx),
             None => self.groups.push(Group {
-                lname,
+                lname: name.to_ascii_lowercase(),
                 fields: vec![idx],
                 decoded: OnceCell::new(),
                 raw: OnceCell::new(),
             }),
         }
+        self.fields.push(Field {
+            name,
+            raw,
+            range: p.start..end,
+        });
     }
 
     fn group(&self, name: &str) -> Option<&Group> {
-        self.groups.iter().find(|g| g.lname.eq_ignore_ascii_case(name))
+        self.groups
+            .iter()
+            .find(|g| g.lname.eq_ignore_ascii_case(name))
     }
 
     /// Every field, in block order.
@@ -182,7 +221,10 @@ impl Headers {
 
     /// The raw values of every field with this name, in order.
     pub fn get_all_raw<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.fields.iter().filter(move |f| f.name.eq_ignore_ascii_case(name)).map(|f| f.raw.as_str())
+        self.fields
+            .iter()
+            .filter(move |f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.raw.as_str())
     }
 
     /// Every field as `Name: decoded value`, one per line (the `ALL` pseudo-header).
@@ -208,6 +250,14 @@ impl Headers {
         }
         out
     }
+}
+
+/// A field whose end is not known yet.
+struct Pending {
+    name: Range<usize>,
+    value: Range<usize>,
+    start: usize,
+    folded: Option<Vec<u8>>,
 }
 
 /// Returns the line starting at `pos` (including its `\n`, if any) and the next position.
@@ -251,7 +301,10 @@ pub struct Mailbox {
 pub fn parse_addresses(raw: &str) -> Vec<Mailbox> {
     let mut out = Vec::new();
     for part in split_top_level(raw) {
-        let part = strip_group_prefix(part.trim()).trim().trim_end_matches(';').trim();
+        let part = strip_group_prefix(part.trim())
+            .trim()
+            .trim_end_matches(';')
+            .trim();
         if part.is_empty() {
             continue;
         }
@@ -307,7 +360,10 @@ fn parse_mailbox(part: &str) -> Mailbox {
             None => rest,
         };
         let name = clean_name(&part[..lt]);
-        return Mailbox { name, addr: clean_addr(addr) };
+        return Mailbox {
+            name,
+            addr: clean_addr(addr),
+        };
     }
     // `addr (comment name)` or a bare address.
     let mut addr = String::new();
@@ -333,10 +389,16 @@ fn parse_mailbox(part: &str) -> Mailbox {
     }
     let addr = clean_addr(&addr);
     if addr.contains('@') || comment.is_empty() {
-        Mailbox { name: clean_name(&comment), addr }
+        Mailbox {
+            name: clean_name(&comment),
+            addr,
+        }
     } else {
         // No address at all: a display name alone (`undisclosed recipients`).
-        Mailbox { name: clean_name(&format!("{addr} {comment}")), addr: String::new() }
+        Mailbox {
+            name: clean_name(&format!("{addr} {comment}")),
+            addr: String::new(),
+        }
     }
 }
 
@@ -371,7 +433,10 @@ fn clean_addr(s: &str) -> String {
 fn clean_name(s: &str) -> String {
     let decoded = decode_words(s.trim());
     let t = decoded.trim();
-    let t = t.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(t);
+    let t = t
+        .strip_prefix('"')
+        .and_then(|x| x.strip_suffix('"'))
+        .unwrap_or(t);
     let mut out = String::with_capacity(t.len());
     let mut escaped = false;
     for c in t.chars() {
@@ -417,10 +482,24 @@ mod tests {
 
     #[test]
     fn addresses() {
-        let m = parse_addresses("\"Doe, John\" <John@Example.com>, jane@x.org (Jane X), undisclosed-recipients:;");
+        let m = parse_addresses(
+            "\"Doe, John\" <John@Example.com>, jane@x.org (Jane X), undisclosed-recipients:;",
+        );
         assert_eq!(m.len(), 2);
-        assert_eq!(m[0], Mailbox { name: "Doe, John".into(), addr: "John@Example.com".into() });
-        assert_eq!(m[1], Mailbox { name: "Jane X".into(), addr: "jane@x.org".into() });
+        assert_eq!(
+            m[0],
+            Mailbox {
+                name: "Doe, John".into(),
+                addr: "John@Example.com".into()
+            }
+        );
+        assert_eq!(
+            m[1],
+            Mailbox {
+                name: "Jane X".into(),
+                addr: "jane@x.org".into()
+            }
+        );
         let m = parse_addresses("=?utf-8?Q?J=C3=BCrgen?= <j@x.de>");
         assert_eq!(m[0].name, "Jürgen");
         let m = parse_addresses("<broken@x");

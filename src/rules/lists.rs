@@ -20,7 +20,11 @@ pub fn read_entries(path: &Path) -> Result<Vec<String>, String> {
 
 /// Normalizes a domain list entry: lowercase, no leading `*.`/`.`, no trailing dot.
 pub fn normalize_domain(d: &str) -> String {
-    let d = d.trim().trim_start_matches("*.").trim_start_matches('.').trim_end_matches('.');
+    let d = d
+        .trim()
+        .trim_start_matches("*.")
+        .trim_start_matches('.')
+        .trim_end_matches('.');
     d.to_ascii_lowercase()
 }
 
@@ -30,7 +34,10 @@ pub fn resolve(rule_file: &Path, list: &str) -> PathBuf {
     if p.is_absolute() {
         return p.to_path_buf();
     }
-    rule_file.parent().map(|d| d.join(p)).unwrap_or_else(|| p.to_path_buf())
+    rule_file
+        .parent()
+        .map(|d| d.join(p))
+        .unwrap_or_else(|| p.to_path_buf())
 }
 
 /// Caches list files read during one load (several rules may share a list).
@@ -41,7 +48,10 @@ pub struct ListCache {
 
 impl ListCache {
     pub fn get(&mut self, path: &Path) -> Result<&[String], String> {
-        let e = self.files.entry(path.to_path_buf()).or_insert_with(|| read_entries(path));
+        let e = self
+            .files
+            .entry(path.to_path_buf())
+            .or_insert_with(|| read_entries(path));
         match e {
             Ok(v) => Ok(v.as_slice()),
             Err(m) => Err(m.clone()),
@@ -85,7 +95,10 @@ mod tests {
     fn suffixes_and_domains() {
         let mut v = Vec::new();
         for_each_suffix("a.b.example.com", |d| v.push(d.to_string()));
-        assert_eq!(v, ["a.b.example.com", "b.example.com", "example.com", "com"]);
+        assert_eq!(
+            v,
+            ["a.b.example.com", "b.example.com", "example.com", "com"]
+        );
         assert_eq!(domain_of("Joe@Mail.Example.COM."), "mail.example.com");
         assert_eq!(domain_of("example.org"), "example.org");
         assert_eq!(normalize_domain("*.Spam.biz"), "spam.biz");
@@ -97,6 +110,8 @@ mod tests {
         let p = dir.path().join("l.txt");
         std::fs::write(&p, "# c\n a.com  # trailing\n\nB.org\n").unwrap();
         assert_eq!(read_entries(&p).unwrap(), ["a.com", "B.org"]);
-        assert!(read_entries(&dir.path().join("missing")).unwrap_err().contains("cannot read"));
+        assert!(read_entries(&dir.path().join("missing"))
+            .unwrap_err()
+            .contains("cannot read"));
     }
 }

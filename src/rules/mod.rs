@@ -82,7 +82,9 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { spam_action: Action::Tag }
+        EngineOptions {
+            spam_action: Action::Tag,
+        }
     }
 }
 
@@ -229,6 +231,15 @@ mod tests {
     #[test]
     fn empty_set_is_ham() {
         let v = RuleSet::empty().evaluate(b"Subject: x\r\n", 10);
-        assert_eq!(v, Verdict { score: 0.0, threshold: 5.0, spam: false, action: None, rules: vec![] });
+        assert_eq!(
+            v,
+            Verdict {
+                score: 0.0,
+                threshold: 5.0,
+                spam: false,
+                action: None,
+                rules: vec![]
+            }
+        );
     }
 }

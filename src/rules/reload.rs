@@ -27,14 +27,22 @@ pub struct RulesHandle {
 impl RulesHandle {
     /// Wraps a set that has no file behind it (`reload` then fails).
     pub fn new(set: RuleSet) -> Arc<RulesHandle> {
-        Arc::new(RulesHandle { current: ArcSwap::from_pointee(set), path: None, opts: EngineOptions::default() })
+        Arc::new(RulesHandle {
+            current: ArcSwap::from_pointee(set),
+            path: None,
+            opts: EngineOptions::default(),
+        })
     }
 
     /// Loads `path` and remembers it for reloads.
     pub fn load(path: &Path, opts: EngineOptions) -> Result<Arc<RulesHandle>, RuleErrors> {
         let set = RuleSet::load(path, &opts)?;
         crate::metrics::rules_loaded(set.len());
-        Ok(Arc::new(RulesHandle { current: ArcSwap::from_pointee(set), path: Some(path.to_path_buf()), opts }))
+        Ok(Arc::new(RulesHandle {
+            current: ArcSwap::from_pointee(set),
+            path: Some(path.to_path_buf()),
+            opts,
+        }))
     }
 
     /// The set to use now; keep it for the whole session.
@@ -88,12 +96,20 @@ impl RulesHandle {
             if p.is_dir() {
                 dirs.push(p.clone());
             } else if let Some(d) = p.parent() {
-                dirs.push(if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() });
+                dirs.push(if d.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    d.to_path_buf()
+                });
             }
         }
         for l in self.current().list_files() {
             if let Some(d) = l.parent() {
-                let d = if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() };
+                let d = if d.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    d.to_path_buf()
+                };
                 if !dirs.contains(&d) {
                     dirs.push(d);
                 }
@@ -120,7 +136,9 @@ impl RulesHandle {
                     ev.kind,
                     EventKind::Access(notify::event::AccessKind::Open(_))
                         | EventKind::Access(notify::event::AccessKind::Read)
-                        | EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Read))
+                        | EventKind::Access(notify::event::AccessKind::Close(
+                            notify::event::AccessMode::Read
+                        ))
                         | EventKind::Access(notify::event::AccessKind::Any)
                 );
                 if relevant {
@@ -136,7 +154,8 @@ impl RulesHandle {
             }
         };
         let mut watched: Vec<PathBuf> = Vec::new();
-        let sync_watches = |watcher: &mut Option<notify::RecommendedWatcher>, watched: &mut Vec<PathBuf>| {
+        let sync_watches = |watcher: &mut Option<notify::RecommendedWatcher>,
+                            watched: &mut Vec<PathBuf>| {
             let Some(w) = watcher.as_mut() else { return };
             let want = self.watch_dirs();
             for d in watched.iter() {

@@ -70,7 +70,9 @@ pub fn parse_size(v: &serde_norway::Value) -> Result<u64, String> {
     match v {
         serde_norway::Value::Number(n) => match n.as_u64() {
             Some(x) => Ok(x),
-            None => Err(format!("bad size {n}: expected a whole number of bytes or e.g. 10MB")),
+            None => Err(format!(
+                "bad size {n}: expected a whole number of bytes or e.g. 10MB"
+            )),
         },
         serde_norway::Value::String(s) => parse_size_str(s),
         _ => Err("bad size: expected a number of bytes or a string like 10MB".to_string()),
@@ -79,7 +81,9 @@ pub fn parse_size(v: &serde_norway::Value) -> Result<u64, String> {
 
 fn parse_size_str(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let bad = || format!("bad size {s:?}: expected e.g. 2000, 500KB, 10MB or 1GB");
     let n: f64 = num.parse().map_err(|_| bad())?;
@@ -126,12 +130,16 @@ impl Locator {
 
     /// Where the value of `field` of rule number `i` starts; falls back to the rule start.
     pub fn field_value(&self, i: usize, field: &str) -> (usize, usize) {
-        self.find_key(i, field).map(|(l, _, v)| (l, v)).unwrap_or_else(|| self.rule_start(i))
+        self.find_key(i, field)
+            .map(|(l, _, v)| (l, v))
+            .unwrap_or_else(|| self.rule_start(i))
     }
 
     /// Where the key `field` of rule number `i` is written; falls back to the rule start.
     pub fn field_key(&self, i: usize, field: &str) -> (usize, usize) {
-        self.find_key(i, field).map(|(l, k, _)| (l, k)).unwrap_or_else(|| self.rule_start(i))
+        self.find_key(i, field)
+            .map(|(l, k, _)| (l, k))
+            .unwrap_or_else(|| self.rule_start(i))
     }
 
     /// Returns (line, key column, value column), all 1-based.
@@ -242,7 +250,10 @@ mod tests {
         assert!(s("10XB").is_err());
         assert!(s("MB").is_err());
         assert!(s("-1MB").is_err());
-        assert_eq!(parse_size(&serde_norway::from_str("4096").unwrap()), Ok(4096));
+        assert_eq!(
+            parse_size(&serde_norway::from_str("4096").unwrap()),
+            Ok(4096)
+        );
     }
 
     #[test]

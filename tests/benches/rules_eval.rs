@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use popsift::rules::{EngineOptions, RuleSet};
 
-const WORDS: &str = "free money offer viagra cheap loan mortgage rate credit cash prize winner urgent \
+const WORDS: &str =
+    "free money offer viagra cheap loan mortgage rate credit cash prize winner urgent \
 business deal save discount sale order now click here unsubscribe remove list email marketing \
 income work home opportunity investment stock profit million dollar bank account transfer \
 secret lottery casino pharmacy pills weight loss diet health insurance quote refinance debt \
@@ -27,7 +28,11 @@ fn generated_rules(n: usize) -> String {
     let w = words.len();
     let mut y = String::from("threshold: 5.0\nrules:\n");
     for i in 0..n {
-        let (w1, w2, w3) = (words[i % w], words[(i / w + i * 7 + 3) % w], words[(i * 13 + 5) % w]);
+        let (w1, w2, w3) = (
+            words[i % w],
+            words[(i / w + i * 7 + 3) % w],
+            words[(i * 13 + 5) % w],
+        );
         let h = HEADERS[i % HEADERS.len()];
         let _ = writeln!(y, "  - id: GEN_{i:05}\n    header: {h}");
         if i % 2 == 0 {
@@ -42,7 +47,10 @@ fn generated_rules(n: usize) -> String {
 
 fn messages() -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rules/msgs");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     let mut out: Vec<Vec<u8>> = files
         .iter()
@@ -67,20 +75,29 @@ fn bench(c: &mut Criterion) {
     let msgs = messages();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let shipped = RuleSet::load(&root.join("rules"), &opts).unwrap();
-    let gen1k = RuleSet::from_yaml(Path::new("gen1k.yaml"), &generated_rules(1_000), &opts).unwrap();
+    let gen1k =
+        RuleSet::from_yaml(Path::new("gen1k.yaml"), &generated_rules(1_000), &opts).unwrap();
     let gen10k_yaml = generated_rules(10_000);
     let gen10k = RuleSet::from_yaml(Path::new("gen10k.yaml"), &gen10k_yaml, &opts).unwrap();
 
     let mut g = c.benchmark_group("evaluate");
     g.throughput(Throughput::Elements(msgs.len() as u64));
-    for (name, set) in [("shipped", &shipped), ("generated_1000", &gen1k), ("generated_10000", &gen10k)] {
-        g.bench_with_input(BenchmarkId::new("per_message_batch", name), set, |b, set| {
-            b.iter(|| {
-                for m in &msgs {
-                    std::hint::black_box(set.evaluate(std::hint::black_box(m), m.len() as u64));
-                }
-            })
-        });
+    for (name, set) in [
+        ("shipped", &shipped),
+        ("generated_1000", &gen1k),
+        ("generated_10000", &gen10k),
+    ] {
+        g.bench_with_input(
+            BenchmarkId::new("per_message_batch", name),
+            set,
+            |b, set| {
+                b.iter(|| {
+                    for m in &msgs {
+                        std::hint::black_box(set.evaluate(std::hint::black_box(m), m.len() as u64));
+                    }
+                })
+            },
+        );
     }
     g.finish();
 
@@ -100,7 +117,14 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(10_000));
     g.bench_function("generated_10000", |b| {
-        b.iter(|| RuleSet::from_yaml(Path::new("gen10k.yaml"), std::hint::black_box(&gen10k_yaml), &opts).unwrap())
+        b.iter(|| {
+            RuleSet::from_yaml(
+                Path::new("gen10k.yaml"),
+                std::hint::black_box(&gen10k_yaml),
+                &opts,
+            )
+            .unwrap()
+        })
     });
     g.finish();
 }
