@@ -3,7 +3,8 @@
 
 usage: gen_rules.py N OUTDIR   ->  OUTDIR/popsift/rules.yaml, OUTDIR/sa/rules.cf
 
-Half the rules are regexes, half keyword lists (literal, case-insensitive), spread over
+Every 40th rule tests a single common word (so that some rules match); of the rest, half are
+regexes, half keyword lists (literal, case-insensitive), spread over
 Subject, From, To, X-Mailer and Received. SpamAssassin gets each rule as a `header` rule with
 the same regex (keywords become an alternation of quoted literals, `/i`). Deterministic.
 """
@@ -35,6 +36,11 @@ def rule(i):
     w3 = WORDS[(i * 13 + 5) % n]
     header = HEADERS[i % len(HEADERS)]
     rid = f"GEN_{i:05d}"
+    if i % 40 == 0:
+        # Every 40th rule is a plain common word, so that some rules do match.
+        return rid, header, "regex", rf"\b{w1}\b", w3
+    if i % 40 == 1:
+        return rid, header, "keywords", [w1], w3
     if i % 2 == 0:
         pat = rf"\b{w1}[ _-]?{w2}{i % 97}\b"
         return rid, header, "regex", pat, w3

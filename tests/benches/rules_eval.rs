@@ -35,7 +35,11 @@ fn generated_rules(n: usize) -> String {
         );
         let h = HEADERS[i % HEADERS.len()];
         let _ = writeln!(y, "  - id: GEN_{i:05}\n    header: {h}");
-        if i % 2 == 0 {
+        if i % 40 == 0 {
+            let _ = writeln!(y, "    regex: '(?i)\\b{w1}\\b'");
+        } else if i % 40 == 1 {
+            let _ = writeln!(y, "    keywords: [\"{w1}\"]");
+        } else if i % 2 == 0 {
             let _ = writeln!(y, "    regex: '(?i)\\b{w1}[ _-]?{w2}{}\\b'", i % 97);
         } else {
             let _ = writeln!(y, "    keywords: [\"{w1} {w2} {i}\", \"{w3}{w1}{i}\"]");
