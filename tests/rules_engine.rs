@@ -429,3 +429,34 @@ fn eight_bit_junk_and_truncation() {
     let h = Headers::parse(b"Subject: =?utf-8?B?4oK");
     assert_eq!(h.get("subject"), Some("=?utf-8?B?4oK"));
 }
+
+#[test]
+fn issue_example_rule_file() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rules/good");
+    let s = RuleSet::load(&dir, &EngineOptions::default()).unwrap();
+    assert_eq!(s.len(), 7);
+    assert_eq!(s.threshold(), 5.0);
+    let v = s.evaluate(b"Subject: cheap VIAGRA\r\nFrom: a@x.example\r\n", 100);
+    assert_eq!(ids(&v), ["SUBJ_DRUGS", "NO_MESSAGE_ID", "DRUGS_NOT_FRIEND"]);
+    assert_eq!((v.score, v.spam, v.action), (6.5, true, Some(Action::Tag)));
+    let v = s.evaluate(
+        b"Subject: viagra\r\nFrom: Friend <FRIEND@example.org>\r\n",
+        100,
+    );
+    assert_eq!((v.spam, v.action), (false, Some(Action::Allow)));
+    let v = s.evaluate(
+        b"Subject: hi\r\nFrom: x@mx.spam.example\r\nMessage-ID: <a@b>\r\n",
+        100,
+    );
+    assert_eq!((v.spam, v.action), (true, Some(Action::Delete)));
+    let v = s.evaluate(b"Subject: hi\r\nMessage-ID: <a@b>\r\n", 20 << 20);
+    assert_eq!(
+        (v.spam, v.action, ids(&v)),
+        (true, Some(Action::Hide), vec!["HUGE"])
+    );
+    let v = s.evaluate(
+        b"Subject: You Have Won the JACKPOT\r\nMessage-ID: <a@b>\r\n",
+        1,
+    );
+    assert_eq!((v.score, v.spam, v.action), (2.0, false, None));
+}

@@ -46,7 +46,7 @@ run() {
     local ps_hits
     ps_hits=$("$BIN" scan --rules "$WORK/r$n/popsift" --json "$WORK/msgs" 2>/dev/null | grep -vc '"rules":\[\]' || true)
     echo "== $n rules"
-    echo "messages with a rule hit: popsift $ps_hits, SpamAssassin $(sed -E 's/.*, ([0-9]+) with hits.*/\1/' <<<"$sa")"
+    echo "messages with a rule hit: popsift $ps_hits, SpamAssassin $(sed -E 's/.*; ([0-9]+) with hits.*/\1/' <<<"$sa")"
     echo "popsift: $ps"
     echo "$sa"
     python3 -c "print(f'per message: popsift {float(\"$ps_us\"):.1f} µs, SpamAssassin {float(\"$sa_us\"):.1f} µs, ratio {float(\"$sa_us\")/float(\"$ps_us\"):.0f}x; popsift compile {float(\"$ps_ms\"):.0f} ms')"
