@@ -154,7 +154,9 @@ pub fn read_labels(path: &Path) -> std::io::Result<HashMap<String, bool>> {
     let mut out = HashMap::new();
     for line in text.lines() {
         let mut cols = line.split('\t');
-        let (Some(name), Some(label)) = (cols.next(), cols.next()) else { continue };
+        let (Some(name), Some(label)) = (cols.next(), cols.next()) else {
+            continue;
+        };
         match label.trim().to_ascii_lowercase().as_str() {
             "spam" => out.insert(name.trim().to_string(), true),
             "ham" => out.insert(name.trim().to_string(), false),
@@ -339,7 +341,13 @@ impl Stats {
         }
         s.push('\n');
         if with_labels {
-            let pct = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 * 100.0 / b as f64 };
+            let pct = |a: usize, b: usize| {
+                if b == 0 {
+                    0.0
+                } else {
+                    a as f64 * 100.0 / b as f64
+                }
+            };
             s.push_str(&format!(
                 "labels: spam caught {}/{} ({:.1}%), ham flagged {}/{} ({:.1}%), unlabeled {}\n",
                 self.caught,

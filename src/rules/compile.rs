@@ -1,21 +1,23 @@
 //! Loading and compiling rule files into an immutable [`RuleSet`](super::RuleSet).
 //!
 //! Per distinct header target (`Subject`, `From:addr`, `ALL`, …) all regexes become one
-//! `RegexSet` (one pass over the value reports every pattern that matches), all keywords one
-//! case-insensitive Aho-Corasick automaton, and all `domain_in`/`address_in` entries one hash
-//! map from entry to rules. Evaluation therefore costs one pass per target, not one per rule.
+//! [`MultiRegex`] (a literal prefilter over every pattern plus one multi-pattern automaton for
+//! the patterns without literals), all keywords one case-insensitive Aho-Corasick automaton,
+//! and all `domain_in`/`address_in` entries one hash map from entry to rules. Evaluation therefore costs one pass per target, not one per rule.
 //! Every error of every file is collected before giving up.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use regex::{RegexSet, RegexSetBuilder};
+use regex_automata::meta;
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input, MatchKind as ReMatchKind, PatternSet};
 
 use super::error::{ErrorKind, RuleError, RuleErrors};
 use super::expr::{self, Expr, Name};
 use super::lists::{self, ListCache};
-use super::schema::{self, FileDef, Locator, RuleDef};
+use super::schema::{self, FastFileDef, FileDef, Locator, RuleDef};
 use super::{Action, EngineOptions, RuleSet};
 
 /// Which header(s) a rule reads.
@@ -123,7 +125,7 @@ pub(crate) struct Keywords {
 #[derive(Debug)]
 pub(crate) struct TargetMatcher {
     pub target: Target,
-    pub regex: Option<(RegexSet, Vec<Vec<u32>>)>,
+    pub regex: Option<(MultiRegex, Vec<Vec<u32>>)>,
     pub keywords: Option<Keywords>,
     pub domains: HashMap<String, Vec<u32>>,
     pub addresses: HashMap<String, Vec<u32>>,
@@ -196,6 +198,7 @@ pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RuleError> {
 
 /// Loads and compiles a rule file or directory.
 pub fn load(path: &Path, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
+    let started = std::time::Instant::now();
     let files = rule_files(path).map_err(|e| RuleErrors(vec![e]))?;
     let mut l = Loader {
         opts,
@@ -227,7 +230,14 @@ pub fn load(path: &Path, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
             }),
         }
     }
+    let t_parse = started.elapsed();
     let mut set = l.finish()?;
+    tracing::debug!(
+        parse_ms = t_parse.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        rules = set.len(),
+        "rules compiled"
+    );
     let mut sources = files;
     set.files = sources.len();
     sources.sort();
@@ -258,15 +268,15 @@ pub fn load_str(path: &Path, text: &str, opts: &EngineOptions) -> Result<RuleSet
 }
 
 /// Strips serde_norway's ` at line X column Y` suffix (we print the position first).
-fn strip_position(msg: &str) -> &str {
-    match msg.rfind(" at line ") {
-        Some(i) => &msg[..i],
-        None => msg,
+fn strip_position(msg: &str) -> String {
+    match regex::Regex::new(r" at line \d+ column \d+") {
+        Ok(re) => re.replace_all(msg, "").into_owned(),
+        Err(_) => msg.to_string(),
     }
 }
 
-/// The last line of a regex error (`error: unclosed group` → `unclosed group`).
-fn regex_message(e: &regex::Error) -> String {
+/// The last line of a regex-syntax error (`error: unclosed group` → `unclosed group`).
+fn syntax_message(e: &regex_syntax::Error) -> String {
     let s = e.to_string();
     let last = s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(&s).trim();
     last.strip_prefix("error: ").unwrap_or(last).to_string()
@@ -287,6 +297,20 @@ impl Loader<'_> {
     fn load_text(&mut self, path: &Path, text: &str) {
         let file = self.files.len();
         self.files.push((path.to_path_buf(), Locator::new(text)));
+        // Fast path: the whole file at once. Only when that fails is it read rule by rule
+        // (slower, but then every rule's errors are found).
+        if let Ok(fast) = serde_norway::from_str::<FastFileDef>(text) {
+            if let Some(t) = fast.threshold {
+                if !t.is_finite() {
+                    self.err(file, (1, 1), None, ErrorKind::Schema, "threshold: must be a number".into());
+                }
+                self.threshold = Some(t);
+            }
+            for (item, rd) in fast.rules.into_iter().enumerate() {
+                self.add_rule(file, item, rd);
+            }
+            return;
+        }
         let def: FileDef = if text.trim().is_empty() {
             FileDef { threshold: None, rules: Vec::new() }
         } else {
@@ -298,7 +322,7 @@ impl Loader<'_> {
                     let kind = if msg.contains("unknown field") { ErrorKind::UnknownField } else { ErrorKind::Yaml };
                     let loc = &self.files[file].1;
                     let rule = loc.rule_at_line(pos.0).and_then(|i| loc.id_of(i));
-                    self.err(file, pos, rule.as_deref(), kind, strip_position(&msg).to_string());
+                    self.err(file, pos, rule.as_deref(), kind, strip_position(&msg));
                     return;
                 }
             }
@@ -311,21 +335,24 @@ impl Loader<'_> {
         }
         for (item, value) in def.rules.into_iter().enumerate() {
             let id_hint = value.get("id").and_then(|v| v.as_str()).map(str::to_string);
+            let culprit = find_culprit(&value);
             match serde_norway::from_value::<RuleDef>(value) {
                 Ok(rd) => self.add_rule(file, item, rd),
                 Err(e) => {
-                    let msg = strip_position(&e.to_string()).to_string();
+                    let msg = strip_position(&e.to_string());
                     let loc = &self.files[file].1;
                     let (kind, pos) =
                         if let Some(field) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
                             (ErrorKind::UnknownField, loc.field_key(item, field))
                         } else if msg.starts_with("missing field") {
                             (ErrorKind::Schema, loc.rule_start(item))
+                        } else if let Some(field) = &culprit {
+                            // Type errors don't name the field: found by trying fields one by one.
+                            let m = format!("{field}: {msg}");
+                            self.err(file, loc.field_value(item, field), id_hint.as_deref(), ErrorKind::Yaml, m);
+                            continue;
                         } else {
-                            // Type errors: serde_norway names the field as `field: message`
-                            // for nested values; else point at the rule.
-                            let field = msg.split(':').next().unwrap_or("");
-                            (ErrorKind::Yaml, loc.field_value(item, field.trim()))
+                            (ErrorKind::Yaml, loc.rule_start(item))
                         };
                     self.err(file, pos, id_hint.as_deref(), kind, msg);
                 }
@@ -336,7 +363,6 @@ impl Loader<'_> {
     fn add_rule(&mut self, file: usize, item: usize, rd: RuleDef) {
         let errors_before = self.errors.len();
         let id: Arc<str> = Arc::from(rd.id.as_str());
-        let loc_id = self.files[file].1.field_value(item, "id");
         let rule_id = rd.id.clone();
         let e = |this: &mut Self, field: &str, kind: ErrorKind, msg: String| {
             let pos = this.files[file].1.field_value(item, field);
@@ -352,7 +378,7 @@ impl Loader<'_> {
             let ppath = self.files[o.file].0.display().to_string();
             self.err(
                 file,
-                loc_id,
+                self.files[file].1.field_value(item, "id"),
                 Some(&rule_id),
                 ErrorKind::DuplicateId,
                 format!("duplicate id (first defined at {ppath}:{pl}:{pc})"),
@@ -428,8 +454,10 @@ impl Loader<'_> {
             "regex" => {
                 let pat = rd.regex.clone().unwrap_or_default();
                 // Validate alone for a precise message (the set would only say "some pattern").
-                if let Err(err) = regex::RegexBuilder::new(&pat).size_limit(64 << 20).build() {
-                    e(self, "regex", ErrorKind::Regex, format!("regex: {}", regex_message(&err)));
+                // Parsing (not compiling) is enough to catch syntax errors and is cheap; the
+                // set build below catches the rest (size limits).
+                if let Err(err) = regex_syntax::ParserBuilder::new().build().parse(&pat) {
+                    e(self, "regex", ErrorKind::Regex, format!("regex: {}", syntax_message(&err)));
                     return;
                 }
                 let Some(t) = target else { return };
@@ -608,8 +636,31 @@ impl Loader<'_> {
         let n_rules = self.rules.len();
         let mut targets = Vec::new();
         let mut errors = Vec::new();
-        for (t, tb) in std::mem::take(&mut self.targets) {
-            match build_target(t, tb, n_rules) {
+        // Targets compile independently: build them on all cores (compiling 10k regexes is
+        // the slow part of a load).
+        let built: Vec<Result<TargetMatcher, String>> = {
+            let work = std::mem::take(&mut self.targets);
+            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(work.len().max(1));
+            let mut chunks: Vec<Vec<(usize, Target, TargetBuild)>> = (0..threads).map(|_| Vec::new()).collect();
+            for (i, (t, tb)) in work.into_iter().enumerate() {
+                chunks[i % threads].push((i, t, tb));
+            }
+            let mut results: Vec<(usize, Result<TargetMatcher, String>)> = std::thread::scope(|sc| {
+                let hs: Vec<_> = chunks
+                    .into_iter()
+                    .map(|c| {
+                        sc.spawn(move || {
+                            c.into_iter().map(|(i, t, tb)| (i, build_target(t, tb, n_rules))).collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+            });
+            results.sort_by_key(|r| r.0);
+            results.into_iter().map(|r| r.1).collect()
+        };
+        for b in built {
+            match b {
                 Ok(m) => targets.push(m),
                 Err(m) => errors.push(RuleError {
                     path: self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
@@ -713,12 +764,175 @@ impl Loader<'_> {
     }
 }
 
+/// For a rule that fails to deserialize, the first field that fails on its own.
+fn find_culprit(value: &serde_norway::Value) -> Option<String> {
+    let map = value.as_mapping()?;
+    for (k, v) in map {
+        let key = k.as_str()?;
+        if key == "id" {
+            continue;
+        }
+        let mut m = serde_norway::Mapping::new();
+        m.insert("id".into(), "X".into());
+        m.insert(k.clone(), v.clone());
+        if let Err(e) = serde_norway::from_value::<RuleDef>(serde_norway::Value::Mapping(m)) {
+            if !e.to_string().starts_with("unknown field") {
+                return Some(key.to_string());
+            }
+        }
+    }
+    None
+}
+
 /// Column offset of an expr's text inside its YAML scalar: 1 when the value is quoted.
 fn quote_offset(loc: &Locator, line: usize, col: usize) -> usize {
     match loc.char_at(line, col) {
         Some('"') | Some('\'') => 1,
         _ => 0,
     }
+}
+
+/// Many regexes that report every pattern matching a text, built to compile fast and scale.
+///
+/// Each pattern's prefix literals are extracted (`regex-syntax`); all of them go into one
+/// ASCII-case-insensitive Aho-Corasick automaton, and a pattern is only run (its own small
+/// lazy-DFA regex) when one of its literals occurs in the text. Patterns without usable
+/// literals (`^\s*$`, `\d{4,}`) share one multi-pattern automaton (regex-automata's meta
+/// engine, `MatchKind::All`) that always runs, with its lazy-DFA cache sized to the number of
+/// patterns. So evaluation cost follows the number of *candidate* patterns, not all of them,
+/// and compiling 10,000 regexes takes well under a second (one combined automaton with its
+/// own literal prefilter took seconds).
+#[derive(Debug)]
+pub(crate) struct MultiRegex {
+    always: Option<meta::Regex>,
+    always_ids: Vec<usize>,
+    literals: Option<AhoCorasick>,
+    literal_owners: Vec<Vec<u32>>,
+    single: Vec<Option<meta::Regex>>,
+}
+
+impl MultiRegex {
+    /// Calls `f` with the index of every pattern that matches somewhere in `text` (each once).
+    pub fn for_each_match(&self, text: &str, mut f: impl FnMut(usize)) {
+        if let Some(re) = &self.always {
+            let mut set = PatternSet::new(re.pattern_len());
+            re.which_overlapping_matches(&Input::new(text), &mut set);
+            for p in set.iter() {
+                if let Some(&g) = self.always_ids.get(p.as_usize()) {
+                    f(g);
+                }
+            }
+        }
+        if let Some(ac) = &self.literals {
+            // A literal occurrence is where a match of its owners would have to start: run
+            // each owner anchored there (look-behind like `\b` still sees the byte before).
+            let mut matched: Vec<u32> = Vec::new();
+            for m in ac.find_overlapping_iter(text) {
+                let Some(owners) = self.literal_owners.get(m.pattern().as_usize()) else {
+                    continue;
+                };
+                for &c in owners {
+                    if matched.contains(&c) {
+                        continue;
+                    }
+                    if let Some(Some(re)) = self.single.get(c as usize) {
+                        let input = Input::new(text).range(m.start()..).anchored(Anchored::Yes);
+                        if re.is_match(input) {
+                            matched.push(c);
+                        }
+                    }
+                }
+            }
+            matched.sort_unstable();
+            for c in matched {
+                f(c as usize);
+            }
+        }
+    }
+}
+
+/// Prefix literals every match of `pat` starts with, or `None` when there is no short,
+/// finite set of them (then the pattern always runs).
+fn prefix_literals(pat: &str) -> Option<Vec<Vec<u8>>> {
+    let hir = regex_syntax::ParserBuilder::new().build().parse(pat).ok()?;
+    let seq = regex_syntax::hir::literal::Extractor::new().limit_total(64).extract(&hir);
+    let lits = seq.literals()?;
+    if lits.is_empty() || lits.iter().any(|l| l.as_bytes().len() < 3) {
+        return None;
+    }
+    // ASCII case variants collapse: the automaton is ASCII-case-insensitive.
+    let mut out: Vec<Vec<u8>> = lits.iter().map(|l| l.as_bytes().to_ascii_lowercase()).collect();
+    out.sort();
+    out.dedup();
+    (out.len() <= 64).then_some(out)
+}
+
+fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, String> {
+    let mut always_pats = Vec::new();
+    let mut always_ids = Vec::new();
+    let mut single: Vec<Option<meta::Regex>> = Vec::with_capacity(pats.len());
+    let mut lit_idx: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut lits: Vec<Vec<u8>> = Vec::new();
+    let mut literal_owners: Vec<Vec<u32>> = Vec::new();
+    let lean = meta::Config::new()
+        .which_captures(regex_automata::nfa::thompson::WhichCaptures::None)
+        .onepass(false)
+        .backtrack(false)
+        .dfa(false)
+        .auto_prefilter(false);
+    for (i, p) in pats.iter().enumerate() {
+        match prefix_literals(p) {
+            Some(ls) => {
+                let re = meta::Builder::new()
+                    .configure(lean.clone())
+                    .syntax(syntax::Config::new().utf8(true))
+                    .build(p)
+                    .map_err(|e| format!("{p}: {e}"))?;
+                single.push(Some(re));
+                for l in ls {
+                    let li = *lit_idx.entry(l.clone()).or_insert_with(|| {
+                        lits.push(l);
+                        literal_owners.push(Vec::new());
+                        lits.len() - 1
+                    });
+                    literal_owners[li].push(i as u32);
+                }
+            }
+            None => {
+                single.push(None);
+                always_pats.push(*p);
+                always_ids.push(i);
+            }
+        }
+    }
+    let always = if always_pats.is_empty() {
+        None
+    } else {
+        let cfg = meta::Config::new()
+            .match_kind(ReMatchKind::All)
+            .which_captures(regex_automata::nfa::thompson::WhichCaptures::None)
+            .nfa_size_limit(Some(1 << 30))
+            .hybrid_cache_capacity(cache);
+        Some(
+            meta::Builder::new()
+                .configure(cfg)
+                .syntax(syntax::Config::new().utf8(true))
+                .build_many(&always_pats)
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let literals = if lits.is_empty() {
+        None
+    } else {
+        Some(
+            AhoCorasickBuilder::new()
+                .ascii_case_insensitive(true)
+                .match_kind(MatchKind::Standard)
+                .build(&lits)
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    Ok(MultiRegex { always, always_ids, literals, literal_owners, single })
 }
 
 fn build_target(target: Target, tb: TargetBuild, n_rules: usize) -> Result<TargetMatcher, String> {
@@ -729,11 +943,7 @@ fn build_target(target: Target, tb: TargetBuild, n_rules: usize) -> Result<Targe
         // The lazy DFA cache grows with the number of patterns so thousands of them don't
         // thrash it (a thrashing lazy DFA falls back to the much slower PikeVM).
         let cache = (4usize << 20).saturating_add(pats.len().saturating_mul(8 << 10)).min(256 << 20);
-        let set = RegexSetBuilder::new(&pats)
-            .size_limit(1 << 30)
-            .dfa_size_limit(cache)
-            .build()
-            .map_err(|e| format!("regex set for header {target:?}: {}", regex_message(&e)))?;
+        let set = build_regex_set(&pats, cache).map_err(|e| format!("regex set for header {target:?}: {e}"))?;
         Some((set, tb.regex.into_iter().map(|p| p.1).collect()))
     };
     let keywords = if tb.keywords.is_empty() {
@@ -768,5 +978,65 @@ mod tests {
         assert!(parse_target("From:bogus").unwrap_err().contains("unknown modifier"));
         assert!(parse_target("Bad Name").is_err());
         assert!(parse_target("").is_err());
+    }
+}
+
+#[cfg(test)]
+mod multi_regex_tests {
+    use super::*;
+
+    /// The prefiltered matcher must agree with plain regexes, pattern by pattern.
+    #[test]
+    fn agrees_with_regex_crate() {
+        let pats = [
+            r"(?i)\bfree[ _-]?viagra0\b",
+            r"(?i)\bv[i1]agra\b",
+            r"^\s*$",
+            r"\d{4,}",
+            r"(?i)ünïcödé",
+            r"(?i)KELVIN",
+            r"(?m)^Received: from evil",
+            r"foo|barbaz",
+            r"(?i)(win|won|winner)s?\b",
+            r"abc$",
+            r"\bcash\b",
+            r"(?-u:\b)cash",
+        ];
+        let texts = [
+            "",
+            " ",
+            "Free Viagra0 now",
+            "free_viagra0x",
+            "xfree viagra0",
+            "V1AGRA!",
+            "1234",
+            "ÜNÏCÖDÉ",
+            "\u{212A}elvin",
+            "kelvin",
+            "a\nReceived: from evil\nb",
+            "xx barbaz",
+            "WINNERS",
+            "won",
+            "ab abc",
+            "abc\n",
+            "cashcash",
+            "écash",
+            "é cash",
+            "cash",
+        ];
+        let refs: Vec<&str> = pats.to_vec();
+        let m = build_regex_set(&refs, 1 << 20).unwrap();
+        for t in texts {
+            let mut got = Vec::new();
+            m.for_each_match(t, |p| got.push(p));
+            got.sort();
+            let want: Vec<usize> = pats
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| regex::Regex::new(p).unwrap().is_match(t))
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(got, want, "text {t:?}");
+        }
     }
 }

@@ -23,10 +23,7 @@ pub fn decode_words(s: &str) -> Cow<'_, str> {
     // Whitespace seen after the last encoded word, emitted only if clear text follows.
     let mut gap = String::new();
     let mut rest = s;
-    loop {
-        let Some(start) = rest.find("=?") else {
-            break;
-        };
+    while let Some(start) = rest.find("=?") {
         let (before, tail) = rest.split_at(start);
         match parse_word(tail) {
             Some((cs, bytes, len)) => {
@@ -90,7 +87,7 @@ fn parse_word(s: &str) -> Option<(String, Vec<u8>, usize)> {
     let text_start = 2;
     let text_len = after[text_start..].find("?=")?;
     let text = &after[text_start..text_start + text_len];
-    if text.contains(|c: char| c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+    if text.contains([' ', '\t', '\n', '\r']) {
         return None;
     }
     let bytes = match enc {

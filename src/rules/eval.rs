@@ -1,6 +1,6 @@
 //! Evaluating a rule set against one message's headers: the proxy's hot path.
 //!
-//! One pass per header target (a `RegexSet` scan, an Aho-Corasick scan, hash lookups), then
+//! One pass per header target (the regex matcher, an Aho-Corasick scan, hash lookups), then
 //! `exists` and `size_over` rules, negations, `expr` rules in dependency order, and finally
 //! the verdict: score = sum of matched scores; an `allow` rule beats everything; otherwise the
 //! most severe of the matched direct actions and (when score ≥ threshold) the configured
@@ -132,13 +132,13 @@ fn match_target(h: &Headers, tm: &TargetMatcher, hits: &mut Bits) {
     let value = target_value(h, &tm.target);
     let text: &str = value.as_deref().unwrap_or("");
     if let Some((set, owners)) = &tm.regex {
-        for p in set.matches(text).iter() {
+        set.for_each_match(text, |p| {
             if let Some(rs) = owners.get(p) {
                 for &r in rs {
                     hits.set(r, true);
                 }
             }
-        }
+        });
     }
     if let Some(kw) = &tm.keywords {
         let lowered;
@@ -150,7 +150,9 @@ fn match_target(h: &Headers, tm: &TargetMatcher, hits: &mut Bits) {
         };
         let bytes = hay.as_bytes();
         for m in kw.ac.find_overlapping_iter(hay) {
-            let Some(owners) = kw.owners.get(m.pattern().as_usize()) else { continue };
+            let Some(owners) = kw.owners.get(m.pattern().as_usize()) else {
+                continue;
+            };
             let mut whole: Option<bool> = None;
             for &(r, ww) in owners {
                 if ww {
@@ -212,7 +214,9 @@ pub fn evaluate(set: &RuleSet, h: &Headers, size: u64) -> Verdict {
     let mut direct: Option<Action> = None;
     let mut rules = Vec::new();
     for i in hits.ones() {
-        let Some(rule) = set.rules.get(i as usize) else { continue };
+        let Some(rule) = set.rules.get(i as usize) else {
+            continue;
+        };
         if !rule.reported() {
             continue;
         }

@@ -62,11 +62,12 @@ pub struct Headers {
 impl Headers {
     /// Parses a header block (or a whole message: parsing stops at the first empty line).
     pub fn parse(block: &[u8]) -> Headers {
-        let mut h = Headers::default();
+        let mut h = Headers { fields: Vec::with_capacity(32), groups: Vec::with_capacity(32), block_len: 0 };
         let mut pos = 0usize;
         let mut first = true;
-        // Current field under construction: (name, raw bytes of value, start offset).
-        let mut cur: Option<(String, Vec<u8>, usize)> = None;
+        // Field under construction: name range, first-line value range, start offset, and
+        // the unfolded value when continuation lines follow.
+        let mut cur: Option<Pending> = None;
         let mut end_of_block = block.len();
         while pos < block.len() {
             let (line, next) = next_line(block, pos);
@@ -83,48 +84,68 @@ impl Headers {
                 break;
             }
             if content[0] == b' ' || content[0] == b'\t' {
-                if let Some((_, value, _)) = cur.as_mut() {
+                if let Some(p) = cur.as_mut() {
                     // Unfold: drop the line break, keep the whitespace (RFC 5322 §2.2.3).
-                    value.extend_from_slice(content);
+                    let folded = p.folded.get_or_insert_with(|| block[p.value.clone()].to_vec());
+                    folded.extend_from_slice(content);
                 }
                 pos = next;
                 continue;
             }
-            if let Some((name, value, start)) = cur.take() {
-                h.push(name, &value, start..pos);
+            if let Some(p) = cur.take() {
+                h.push(block, p, pos);
             }
-            if let Some(colon) = content.iter().position(|&b| b == b':') {
+            if let Some(colon) = memchr::memchr(b':', content) {
                 let name = &content[..colon];
-                let valid = !name.is_empty()
-                    && name.iter().all(|&b| b.is_ascii_graphic() || b == b' ')
-                    && !name.starts_with(b" ");
+                let valid =
+                    !name.is_empty() && name.iter().all(|&b| b.is_ascii_graphic() || b == b' ') && name[0] != b' ';
                 if valid {
-                    let name = String::from_utf8_lossy(name).trim_end().to_string();
-                    cur = Some((name, content[colon + 1..].to_vec(), pos));
+                    let mut name_end = pos + colon;
+                    while name_end > pos && block[name_end - 1] == b' ' {
+                        name_end -= 1;
+                    }
+                    cur = Some(Pending {
+                        name: pos..name_end,
+                        value: pos + colon + 1..pos + content.len(),
+                        start: pos,
+                        folded: None,
+                    });
                 }
             }
             // Not a field (no colon, or junk before it): skipped.
             pos = next;
         }
-        if let Some((name, value, start)) = cur.take() {
+        if let Some(p) = cur.take() {
             let end = if end_of_block < block.len() { end_of_block_start(block, end_of_block) } else { block.len() };
-            h.push(name, &value, start..end.max(start));
+            let end = end.max(p.start);
+            h.push(block, p, end);
         }
         h.block_len = end_of_block;
         h
     }
 
-    fn push(&mut self, name: String, value: &[u8], range: Range<usize>) {
-        let raw = String::from_utf8_lossy(value).trim().to_string();
-        let lname = name.to_ascii_lowercase();
+    fn push(&mut self, block: &[u8], p: Pending, end: usize) {
+        let value: &[u8] = match &p.folded {
+            Some(v) => v,
+            None => &block[p.value.clone()],
+        };
+        let raw = match std::str::from_utf8(value) {
+            Ok(s) => s.trim().to_string(),
+            Err(_) => String::from_utf8_lossy(value).trim().to_string(),
+        };
+        // Names are checked printable ASCII, so this is lossless.
+        let name = String::from_utf8_lossy(&block[p.name.clone()]).into_owned();
         let idx = self.fields.len();
-        self.fields.push(Field { name, raw, range });
-        match self.groups.iter_mut().find(|g| g.lname == lname) {
+        match self.groups.iter_mut().find(|g| g.lname.eq_ignore_ascii_case(&name)) {
             Some(g) => g.fields.push(idx),
-            None => {
-                self.groups.push(Group { lname, fields: vec![idx], decoded: OnceCell::new(), raw: OnceCell::new() })
-            }
+            None => self.groups.push(Group {
+                lname: name.to_ascii_lowercase(),
+                fields: vec![idx],
+                decoded: OnceCell::new(),
+                raw: OnceCell::new(),
+            }),
         }
+        self.fields.push(Field { name, raw, range: p.start..end });
     }
 
     fn group(&self, name: &str) -> Option<&Group> {
@@ -205,6 +226,14 @@ impl Headers {
         }
         out
     }
+}
+
+/// A field whose end is not known yet.
+struct Pending {
+    name: Range<usize>,
+    value: Range<usize>,
+    start: usize,
+    folded: Option<Vec<u8>>,
 }
 
 /// Returns the line starting at `pos` (including its `\n`, if any) and the next position.

@@ -20,6 +20,16 @@ pub struct FileDef {
     pub rules: Vec<serde_norway::Value>,
 }
 
+/// A whole rule file with typed rules: the fast path when the file has no errors.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FastFileDef {
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    #[serde(default)]
+    pub rules: Vec<RuleDef>,
+}
+
 /// One rule as written.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
