@@ -787,7 +787,7 @@ impl Loader<'_> {
         let mut errors = Vec::new();
         // Targets compile independently: build them on all cores (compiling 10k regexes is
         // the slow part of a load).
-        let built: Vec<Result<TargetMatcher, String>> = {
+        let built: Vec<Result<TargetMatcher, BuildError>> = {
             let work = std::mem::take(&mut self.targets);
             let threads = std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -798,7 +798,7 @@ impl Loader<'_> {
             for (i, (t, tb)) in work.into_iter().enumerate() {
                 chunks[i % threads].push((i, t, tb));
             }
-            let mut results: Vec<(usize, Result<TargetMatcher, String>)> =
+            let mut results: Vec<(usize, Result<TargetMatcher, BuildError>)> =
                 std::thread::scope(|sc| {
                     let hs: Vec<_> = chunks
                         .into_iter()
@@ -820,14 +820,39 @@ impl Loader<'_> {
         for b in built {
             match b {
                 Ok(m) => targets.push(m),
-                Err(m) => errors.push(RuleError {
-                    path: self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
-                    line: 1,
-                    column: 1,
-                    rule: None,
-                    kind: ErrorKind::Regex,
-                    message: m,
-                }),
+                Err((rule, m)) => {
+                    let kind = if m.starts_with("keywords") {
+                        ErrorKind::Keywords
+                    } else {
+                        ErrorKind::Regex
+                    };
+                    let field = if kind == ErrorKind::Keywords {
+                        "keywords"
+                    } else {
+                        "regex"
+                    };
+                    let (path, pos, id) =
+                        match rule.and_then(|r| self.origins.get(r as usize).map(|o| (r, o))) {
+                            Some((r, o)) => (
+                                self.files[o.file].0.clone(),
+                                self.files[o.file].1.field_value(o.item, field),
+                                Some(self.rules[r as usize].id.to_string()),
+                            ),
+                            None => (
+                                self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
+                                (1, 1),
+                                None,
+                            ),
+                        };
+                    errors.push(RuleError {
+                        path,
+                        line: pos.0,
+                        column: pos.1,
+                        rule: id,
+                        kind,
+                        message: m,
+                    });
+                }
             }
         }
         if !errors.is_empty() {
@@ -1038,7 +1063,19 @@ fn prefix_literals(pat: &str) -> Option<Vec<Vec<u8>>> {
     (out.len() <= 64).then_some(out)
 }
 
-fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, String> {
+/// `error building NFA: ... exceeds size limit of ...`: an error with its sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, (Option<usize>, String)> {
     let mut always_pats = Vec::new();
     let mut always_ids = Vec::new();
     let mut single: Vec<Option<meta::Regex>> = Vec::with_capacity(pats.len());
@@ -1050,7 +1087,8 @@ fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, String> {
         .onepass(false)
         .backtrack(false)
         .dfa(false)
-        .auto_prefilter(false);
+        .auto_prefilter(false)
+        .nfa_size_limit(Some(64 << 20));
     for (i, p) in pats.iter().enumerate() {
         match prefix_literals(p) {
             Some(ls) => {
@@ -1058,7 +1096,7 @@ fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, String> {
                     .configure(lean.clone())
                     .syntax(syntax::Config::new().utf8(true))
                     .build(p)
-                    .map_err(|e| format!("{p}: {e}"))?;
+                    .map_err(|e| (Some(i), error_chain(&e)))?;
                 single.push(Some(re));
                 for l in ls {
                     let li = *lit_idx.entry(l.clone()).or_insert_with(|| {
@@ -1089,7 +1127,13 @@ fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, String> {
                 .configure(cfg)
                 .syntax(syntax::Config::new().utf8(true))
                 .build_many(&always_pats)
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| {
+                    (
+                        e.pattern()
+                            .and_then(|p| always_ids.get(p.as_usize()).copied()),
+                        error_chain(&e),
+                    )
+                })?,
         )
     };
     let literals = if lits.is_empty() {
@@ -1100,7 +1144,7 @@ fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, String> {
                 .ascii_case_insensitive(true)
                 .match_kind(MatchKind::Standard)
                 .build(&lits)
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| (None, e.to_string()))?,
         )
     };
     Ok(MultiRegex {
@@ -1112,7 +1156,14 @@ fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, String> {
     })
 }
 
-fn build_target(target: Target, tb: TargetBuild, n_rules: usize) -> Result<TargetMatcher, String> {
+/// A target that failed to build: the rule to blame (when known) and the message.
+type BuildError = (Option<u32>, String);
+
+fn build_target(
+    target: Target,
+    tb: TargetBuild,
+    n_rules: usize,
+) -> Result<TargetMatcher, BuildError> {
     let regex = if tb.regex.is_empty() {
         None
     } else {
@@ -1122,8 +1173,13 @@ fn build_target(target: Target, tb: TargetBuild, n_rules: usize) -> Result<Targe
         let cache = (4usize << 20)
             .saturating_add(pats.len().saturating_mul(8 << 10))
             .min(256 << 20);
-        let set = build_regex_set(&pats, cache)
-            .map_err(|e| format!("regex set for header {target:?}: {e}"))?;
+        let set = build_regex_set(&pats, cache).map_err(|(pat, e)| {
+            let rule = pat
+                .and_then(|p| tb.regex.get(p))
+                .and_then(|p| p.1.first().copied());
+            let rule = rule.or_else(|| tb.regex.first().and_then(|p| p.1.first().copied()));
+            (rule, format!("regex: {e}"))
+        })?;
         Some((set, tb.regex.into_iter().map(|p| p.1).collect()))
     };
     let keywords = if tb.keywords.is_empty() {
@@ -1134,7 +1190,10 @@ fn build_target(target: Target, tb: TargetBuild, n_rules: usize) -> Result<Targe
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
             .build(tb.keywords.iter().map(|k| k.0.as_bytes()))
-            .map_err(|e| format!("keywords for header {target:?}: {e}"))?;
+            .map_err(|e| {
+                let rule = tb.keywords.first().and_then(|k| k.1.first()).map(|r| r.0);
+                (rule, format!("keywords: {e}"))
+            })?;
         Some(Keywords {
             ac,
             owners: tb.keywords.into_iter().map(|k| k.1).collect(),
