@@ -405,6 +405,14 @@ fn folded_lines_lf_crlf_and_mbox_from() {
 }
 
 #[test]
+fn mbox_lines_inside_block_are_not_fields() {
+    let h = Headers::parse(b"Subject : spaced\n>From x@y Mon Jan  1 00:00:00 2024\nFrom x@y Mon Jan  1 00:00:00 2024\nTo: a@b\n");
+    assert_eq!(h.get("subject"), Some("spaced"));
+    assert_eq!(h.fields().len(), 2);
+    assert_eq!(h.get("to"), Some("a@b"));
+}
+
+#[test]
 fn duplicates_joined_and_raw_access() {
     let block = b"Received: a\r\nX-Spam-Flag: YES\r\nreceived: b\r\n c\r\n";
     let h = Headers::parse(block);

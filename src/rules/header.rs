@@ -103,14 +103,16 @@ impl Headers {
             }
             if let Some(colon) = memchr::memchr(b':', content) {
                 let name = &content[..colon];
-                let valid = !name.is_empty()
-                    && name.iter().all(|&b| b.is_ascii_graphic() || b == b' ')
-                    && name[0] != b' ';
+                // RFC 5322 §2.2: printable ASCII, no spaces; obsolete syntax (§4.5) allows
+                // whitespace before the colon. A `>From ` or stray mbox line is not a field.
+                let trimmed_len = name
+                    .iter()
+                    .rposition(|&b| b != b' ' && b != b'\t')
+                    .map_or(0, |i| i + 1);
+                let valid =
+                    trimmed_len > 0 && name[..trimmed_len].iter().all(|&b| b.is_ascii_graphic());
                 if valid {
-                    let mut name_end = pos + colon;
-                    while name_end > pos && block[name_end - 1] == b' ' {
-                        name_end -= 1;
-                    }
+                    let name_end = pos + trimmed_len;
                     cur = Some(Pending {
                         name: pos..name_end,
                         value: pos + colon + 1..pos + content.len(),
