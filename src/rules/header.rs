@@ -8,6 +8,10 @@
 //! Values are available three ways:
 //! - [`Headers::get`]: unfolded, RFC 2047-decoded, trimmed; duplicate fields joined with `\n`;
 //! - [`Headers::get_raw`]: unfolded but not decoded (8-bit bytes decoded as lossy UTF-8);
+//!
+//! Unfolding replaces each line break and the whitespace around it with one space, as
+//! SpamAssassin does (RFC 5322 keeps the whitespace, but mailers indent continuation lines
+//! differently and rules should not depend on it).
 //! - [`Headers::fields`]: every field in order with its byte range in the block, so that the
 //!   tagging code can find and remove `X-Spam-*` fields.
 //!
@@ -89,11 +93,18 @@ impl Headers {
             }
             if content[0] == b' ' || content[0] == b'\t' {
                 if let Some(p) = cur.as_mut() {
-                    // Unfold: drop the line break, keep the whitespace (RFC 5322 §2.2.3).
+                    // Unfold (RFC 5322 §2.2.3), and like SpamAssassin collapse the folding
+                    // whitespace to one space, so that rules don't depend on how a mailer
+                    // indented its continuation lines.
                     let folded = p
                         .folded
                         .get_or_insert_with(|| block[p.value.clone()].to_vec());
-                    folded.extend_from_slice(content);
+                    while folded.last().is_some_and(|&b| b == b' ' || b == b'\t') {
+                        folded.pop();
+                    }
+                    folded.push(b' ');
+                    let start = content.iter().position(|&b| b != b' ' && b != b'\t');
+                    folded.extend_from_slice(start.map_or(&[][..], |i| &content[i..]));
                 }
                 pos = next;
                 continue;
@@ -460,7 +471,7 @@ mod tests {
     fn parses_crlf_lf_mbox_and_folding() {
         let block = b"From someone@x Mon Jan  1 00:00:00 2024\r\nSubject: hello\r\n  world\r\nX-A: 1\nx-a: 2\r\n\r\nbody: no\r\n";
         let h = Headers::parse(block);
-        assert_eq!(h.get("subject"), Some("hello  world"));
+        assert_eq!(h.get("subject"), Some("hello world"));
         assert_eq!(h.get("X-A"), Some("1\n2"));
         assert!(!h.contains("body"));
         assert_eq!(h.fields().len(), 3);
