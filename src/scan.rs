@@ -21,11 +21,10 @@ pub fn run_check(args: &CheckArgs) -> i32 {
         Ok(set) => {
             let files = set.file_count();
             println!(
-                "rules: {} rules in {} file{} OK (threshold {})",
+                "rules: {} rules in {} file{} OK",
                 set.len(),
                 files,
                 if files == 1 { "" } else { "s" },
-                set.threshold()
             );
             0
         }

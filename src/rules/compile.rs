@@ -1,4 +1,4 @@
-//! Loading and compiling rule files into an immutable [`RuleSet`](super::RuleSet).
+//! Loading and compiling rule files into an immutable [`RuleSet`].
 //!
 //! Per distinct header target (`Subject`, `From:addr`, `ALL`, …) all regexes become one
 //! [`MultiRegex`] (a literal prefilter over every pattern plus one multi-pattern automaton for
