@@ -20,13 +20,7 @@ pub fn run_check(args: &CheckArgs) -> i32 {
     match RuleSet::load(&args.rules, &EngineOptions::default()) {
         Ok(set) => {
             let files = set.file_count();
-            println!(
-                "rules: {} rules in {} file{} OK (threshold {})",
-                set.len(),
-                files,
-                if files == 1 { "" } else { "s" },
-                set.threshold()
-            );
+            println!("rules: {} rules in {} file{} OK", set.len(), files, if files == 1 { "" } else { "s" },);
             0
         }
         Err(e) => {

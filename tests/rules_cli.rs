@@ -96,5 +96,11 @@ fn scan_dev_corpus_keeps_ham_clean() {
     assert_eq!(code, 0);
     let line = out.lines().find(|l| l.starts_with("labels: ")).unwrap();
     assert!(line.contains("ham flagged 0/1000 (0.0%)"), "{line}");
-    assert!(line.contains("spam caught 3") || line.contains("spam caught 4"), "{line}");
+    // "labels: spam caught N/1000 (..." — the shipped rules catch about half.
+    let caught: usize = line
+        .strip_prefix("labels: spam caught ")
+        .and_then(|r| r.split('/').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(caught >= 450, "{line}");
 }

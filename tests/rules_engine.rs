@@ -342,11 +342,21 @@ fn folded_lines_lf_crlf_and_mbox_from() {
     let lf = b"From MAILER-DAEMON Fri Jul  8 12:08:34 2011\nSubject: one\n\ttwo\nTo: a@b\n\nBody: x\n";
     for b in [&crlf[..], &lf[..]] {
         let h = Headers::parse(b);
-        assert_eq!(h.get("subject"), Some("one\ttwo"));
+        assert_eq!(h.get("subject"), Some("one two"));
         assert_eq!(h.get("to"), Some("a@b"));
         assert!(!h.contains("body"));
         assert!(!h.contains("From MAILER-DAEMON Fri Jul  8 12"));
     }
+}
+
+#[test]
+fn mbox_lines_inside_block_are_not_fields() {
+    let h = Headers::parse(
+        b"Subject : spaced\n>From x@y Mon Jan  1 00:00:00 2024\nFrom x@y Mon Jan  1 00:00:00 2024\nTo: a@b\n",
+    );
+    assert_eq!(h.get("subject"), Some("spaced"));
+    assert_eq!(h.fields().len(), 2);
+    assert_eq!(h.get("to"), Some("a@b"));
 }
 
 #[test]

@@ -86,3 +86,10 @@ fn more_error_cases() {
     assert_eq!(e.lines().count(), 3, "{e}");
     assert_eq!(err_of("rules:\n  - id: A\n    expr: A\n"), "r.yaml:3:11: rule A: expr: cycle A -> A");
 }
+
+/// A regex that parses but is too big to compile is blamed on its rule.
+#[test]
+fn oversized_regex_is_blamed_on_its_rule() {
+    let e = err_of("rules:\n  - id: OK\n    header: Subject\n    regex: fine\n  - id: HUGE\n    header: Subject\n    regex: 'abc(?:\\w{100}){200}x'\n");
+    assert!(e.starts_with("r.yaml:7:12: rule HUGE: regex: error building NFA"), "{e}");
+}

@@ -65,3 +65,31 @@ fn watcher_reloads_on_file_change() {
         assert!(h.current().evaluate(b"From: x@b.test\n", 1).spam);
     });
 }
+
+/// SIGHUP reloads even when no file event was seen (the change happened before the watcher).
+#[test]
+fn sighup_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("r.yaml");
+    std::fs::write(&f, GOOD).unwrap();
+    let h = RulesHandle::load(&f, EngineOptions::default()).unwrap();
+    std::fs::write(&f, format!("{GOOD}  - id: Y\n    header: To\n    exists: false\n    score: 1\n")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        h.spawn_reloader();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(h.current().len(), 1);
+        let status =
+            std::process::Command::new("kill").args(["-HUP", &std::process::id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let mut n = 0;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            n = h.current().len();
+            if n == 2 {
+                break;
+            }
+        }
+        assert_eq!(n, 2, "SIGHUP did not reload");
+    });
+}

@@ -1,4 +1,4 @@
-//! Loading and compiling rule files into an immutable [`RuleSet`](super::RuleSet).
+//! Loading and compiling rule files into an immutable [`RuleSet`].
 //!
 //! Per distinct header target (`Subject`, `From:addr`, `ALL`, …) all regexes become one
 //! [`MultiRegex`] (a literal prefilter over every pattern plus one multi-pattern automaton for
@@ -9,10 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::multiregex::{build_regex_set, MultiRegex};
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use regex_automata::meta;
-use regex_automata::util::syntax;
-use regex_automata::{Anchored, Input, MatchKind as ReMatchKind, PatternSet};
 
 use super::error::{ErrorKind, RuleError, RuleErrors};
 use super::expr::{self, Expr, Name};
@@ -638,14 +636,14 @@ impl Loader<'_> {
         let mut errors = Vec::new();
         // Targets compile independently: build them on all cores (compiling 10k regexes is
         // the slow part of a load).
-        let built: Vec<Result<TargetMatcher, String>> = {
+        let built: Vec<Result<TargetMatcher, BuildError>> = {
             let work = std::mem::take(&mut self.targets);
             let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(work.len().max(1));
             let mut chunks: Vec<Vec<(usize, Target, TargetBuild)>> = (0..threads).map(|_| Vec::new()).collect();
             for (i, (t, tb)) in work.into_iter().enumerate() {
                 chunks[i % threads].push((i, t, tb));
             }
-            let mut results: Vec<(usize, Result<TargetMatcher, String>)> = std::thread::scope(|sc| {
+            let mut results: Vec<(usize, Result<TargetMatcher, BuildError>)> = std::thread::scope(|sc| {
                 let hs: Vec<_> = chunks
                     .into_iter()
                     .map(|c| {
@@ -654,7 +652,7 @@ impl Loader<'_> {
                         })
                     })
                     .collect();
-                hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+                hs.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
             });
             results.sort_by_key(|r| r.0);
             results.into_iter().map(|r| r.1).collect()
@@ -662,14 +660,19 @@ impl Loader<'_> {
         for b in built {
             match b {
                 Ok(m) => targets.push(m),
-                Err(m) => errors.push(RuleError {
-                    path: self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
-                    line: 1,
-                    column: 1,
-                    rule: None,
-                    kind: ErrorKind::Regex,
-                    message: m,
-                }),
+                Err((rule, m)) => {
+                    let kind = if m.starts_with("keywords") { ErrorKind::Keywords } else { ErrorKind::Regex };
+                    let field = if kind == ErrorKind::Keywords { "keywords" } else { "regex" };
+                    let (path, pos, id) = match rule.and_then(|r| self.origins.get(r as usize).map(|o| (r, o))) {
+                        Some((r, o)) => (
+                            self.files[o.file].0.clone(),
+                            self.files[o.file].1.field_value(o.item, field),
+                            Some(self.rules[r as usize].id.to_string()),
+                        ),
+                        None => (self.files.first().map(|f| f.0.clone()).unwrap_or_default(), (1, 1), None),
+                    };
+                    errors.push(RuleError { path, line: pos.0, column: pos.1, rule: id, kind, message: m });
+                }
             }
         }
         if !errors.is_empty() {
@@ -792,150 +795,10 @@ fn quote_offset(loc: &Locator, line: usize, col: usize) -> usize {
     }
 }
 
-/// Many regexes that report every pattern matching a text, built to compile fast and scale.
-///
-/// Each pattern's prefix literals are extracted (`regex-syntax`); all of them go into one
-/// ASCII-case-insensitive Aho-Corasick automaton, and a pattern is only run (its own small
-/// lazy-DFA regex) when one of its literals occurs in the text. Patterns without usable
-/// literals (`^\s*$`, `\d{4,}`) share one multi-pattern automaton (regex-automata's meta
-/// engine, `MatchKind::All`) that always runs, with its lazy-DFA cache sized to the number of
-/// patterns. So evaluation cost follows the number of *candidate* patterns, not all of them,
-/// and compiling 10,000 regexes takes well under a second (one combined automaton with its
-/// own literal prefilter took seconds).
-#[derive(Debug)]
-pub(crate) struct MultiRegex {
-    always: Option<meta::Regex>,
-    always_ids: Vec<usize>,
-    literals: Option<AhoCorasick>,
-    literal_owners: Vec<Vec<u32>>,
-    single: Vec<Option<meta::Regex>>,
-}
+/// A target that failed to build: the rule to blame (when known) and the message.
+type BuildError = (Option<u32>, String);
 
-impl MultiRegex {
-    /// Calls `f` with the index of every pattern that matches somewhere in `text` (each once).
-    pub fn for_each_match(&self, text: &str, mut f: impl FnMut(usize)) {
-        if let Some(re) = &self.always {
-            let mut set = PatternSet::new(re.pattern_len());
-            re.which_overlapping_matches(&Input::new(text), &mut set);
-            for p in set.iter() {
-                if let Some(&g) = self.always_ids.get(p.as_usize()) {
-                    f(g);
-                }
-            }
-        }
-        if let Some(ac) = &self.literals {
-            // A literal occurrence is where a match of its owners would have to start: run
-            // each owner anchored there (look-behind like `\b` still sees the byte before).
-            let mut matched: Vec<u32> = Vec::new();
-            for m in ac.find_overlapping_iter(text) {
-                let Some(owners) = self.literal_owners.get(m.pattern().as_usize()) else {
-                    continue;
-                };
-                for &c in owners {
-                    if matched.contains(&c) {
-                        continue;
-                    }
-                    if let Some(Some(re)) = self.single.get(c as usize) {
-                        let input = Input::new(text).range(m.start()..).anchored(Anchored::Yes);
-                        if re.is_match(input) {
-                            matched.push(c);
-                        }
-                    }
-                }
-            }
-            matched.sort_unstable();
-            for c in matched {
-                f(c as usize);
-            }
-        }
-    }
-}
-
-/// Prefix literals every match of `pat` starts with, or `None` when there is no short,
-/// finite set of them (then the pattern always runs).
-fn prefix_literals(pat: &str) -> Option<Vec<Vec<u8>>> {
-    let hir = regex_syntax::ParserBuilder::new().build().parse(pat).ok()?;
-    let seq = regex_syntax::hir::literal::Extractor::new().limit_total(64).extract(&hir);
-    let lits = seq.literals()?;
-    if lits.is_empty() || lits.iter().any(|l| l.as_bytes().len() < 3) {
-        return None;
-    }
-    // ASCII case variants collapse: the automaton is ASCII-case-insensitive.
-    let mut out: Vec<Vec<u8>> = lits.iter().map(|l| l.as_bytes().to_ascii_lowercase()).collect();
-    out.sort();
-    out.dedup();
-    (out.len() <= 64).then_some(out)
-}
-
-fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, String> {
-    let mut always_pats = Vec::new();
-    let mut always_ids = Vec::new();
-    let mut single: Vec<Option<meta::Regex>> = Vec::with_capacity(pats.len());
-    let mut lit_idx: HashMap<Vec<u8>, usize> = HashMap::new();
-    let mut lits: Vec<Vec<u8>> = Vec::new();
-    let mut literal_owners: Vec<Vec<u32>> = Vec::new();
-    let lean = meta::Config::new()
-        .which_captures(regex_automata::nfa::thompson::WhichCaptures::None)
-        .onepass(false)
-        .backtrack(false)
-        .dfa(false)
-        .auto_prefilter(false);
-    for (i, p) in pats.iter().enumerate() {
-        match prefix_literals(p) {
-            Some(ls) => {
-                let re = meta::Builder::new()
-                    .configure(lean.clone())
-                    .syntax(syntax::Config::new().utf8(true))
-                    .build(p)
-                    .map_err(|e| format!("{p}: {e}"))?;
-                single.push(Some(re));
-                for l in ls {
-                    let li = *lit_idx.entry(l.clone()).or_insert_with(|| {
-                        lits.push(l);
-                        literal_owners.push(Vec::new());
-                        lits.len() - 1
-                    });
-                    literal_owners[li].push(i as u32);
-                }
-            }
-            None => {
-                single.push(None);
-                always_pats.push(*p);
-                always_ids.push(i);
-            }
-        }
-    }
-    let always = if always_pats.is_empty() {
-        None
-    } else {
-        let cfg = meta::Config::new()
-            .match_kind(ReMatchKind::All)
-            .which_captures(regex_automata::nfa::thompson::WhichCaptures::None)
-            .nfa_size_limit(Some(1 << 30))
-            .hybrid_cache_capacity(cache);
-        Some(
-            meta::Builder::new()
-                .configure(cfg)
-                .syntax(syntax::Config::new().utf8(true))
-                .build_many(&always_pats)
-                .map_err(|e| e.to_string())?,
-        )
-    };
-    let literals = if lits.is_empty() {
-        None
-    } else {
-        Some(
-            AhoCorasickBuilder::new()
-                .ascii_case_insensitive(true)
-                .match_kind(MatchKind::Standard)
-                .build(&lits)
-                .map_err(|e| e.to_string())?,
-        )
-    };
-    Ok(MultiRegex { always, always_ids, literals, literal_owners, single })
-}
-
-fn build_target(target: Target, tb: TargetBuild, n_rules: usize) -> Result<TargetMatcher, String> {
+fn build_target(target: Target, tb: TargetBuild, n_rules: usize) -> Result<TargetMatcher, BuildError> {
     let regex = if tb.regex.is_empty() {
         None
     } else {
@@ -943,7 +806,11 @@ fn build_target(target: Target, tb: TargetBuild, n_rules: usize) -> Result<Targe
         // The lazy DFA cache grows with the number of patterns so thousands of them don't
         // thrash it (a thrashing lazy DFA falls back to the much slower PikeVM).
         let cache = (4usize << 20).saturating_add(pats.len().saturating_mul(8 << 10)).min(256 << 20);
-        let set = build_regex_set(&pats, cache).map_err(|e| format!("regex set for header {target:?}: {e}"))?;
+        let set = build_regex_set(&pats, cache).map_err(|(pat, e)| {
+            let rule = pat.and_then(|p| tb.regex.get(p)).and_then(|p| p.1.first().copied());
+            let rule = rule.or_else(|| tb.regex.first().and_then(|p| p.1.first().copied()));
+            (rule, format!("regex: {e}"))
+        })?;
         Some((set, tb.regex.into_iter().map(|p| p.1).collect()))
     };
     let keywords = if tb.keywords.is_empty() {
@@ -954,7 +821,10 @@ fn build_target(target: Target, tb: TargetBuild, n_rules: usize) -> Result<Targe
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
             .build(tb.keywords.iter().map(|k| k.0.as_bytes()))
-            .map_err(|e| format!("keywords for header {target:?}: {e}"))?;
+            .map_err(|e| {
+                let rule = tb.keywords.first().and_then(|k| k.1.first()).map(|r| r.0);
+                (rule, format!("keywords: {e}"))
+            })?;
         Some(Keywords { ac, owners: tb.keywords.into_iter().map(|k| k.1).collect(), lowercase })
     };
     let _ = n_rules;
@@ -978,65 +848,5 @@ mod tests {
         assert!(parse_target("From:bogus").unwrap_err().contains("unknown modifier"));
         assert!(parse_target("Bad Name").is_err());
         assert!(parse_target("").is_err());
-    }
-}
-
-#[cfg(test)]
-mod multi_regex_tests {
-    use super::*;
-
-    /// The prefiltered matcher must agree with plain regexes, pattern by pattern.
-    #[test]
-    fn agrees_with_regex_crate() {
-        let pats = [
-            r"(?i)\bfree[ _-]?viagra0\b",
-            r"(?i)\bv[i1]agra\b",
-            r"^\s*$",
-            r"\d{4,}",
-            r"(?i)ünïcödé",
-            r"(?i)KELVIN",
-            r"(?m)^Received: from evil",
-            r"foo|barbaz",
-            r"(?i)(win|won|winner)s?\b",
-            r"abc$",
-            r"\bcash\b",
-            r"(?-u:\b)cash",
-        ];
-        let texts = [
-            "",
-            " ",
-            "Free Viagra0 now",
-            "free_viagra0x",
-            "xfree viagra0",
-            "V1AGRA!",
-            "1234",
-            "ÜNÏCÖDÉ",
-            "\u{212A}elvin",
-            "kelvin",
-            "a\nReceived: from evil\nb",
-            "xx barbaz",
-            "WINNERS",
-            "won",
-            "ab abc",
-            "abc\n",
-            "cashcash",
-            "écash",
-            "é cash",
-            "cash",
-        ];
-        let refs: Vec<&str> = pats.to_vec();
-        let m = build_regex_set(&refs, 1 << 20).unwrap();
-        for t in texts {
-            let mut got = Vec::new();
-            m.for_each_match(t, |p| got.push(p));
-            got.sort();
-            let want: Vec<usize> = pats
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| regex::Regex::new(p).unwrap().is_match(t))
-                .map(|(i, _)| i)
-                .collect();
-            assert_eq!(got, want, "text {t:?}");
-        }
     }
 }

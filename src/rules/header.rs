@@ -8,6 +8,10 @@
 //! Values are available three ways:
 //! - [`Headers::get`]: unfolded, RFC 2047-decoded, trimmed; duplicate fields joined with `\n`;
 //! - [`Headers::get_raw`]: unfolded but not decoded (8-bit bytes decoded as lossy UTF-8);
+//!
+//! Unfolding replaces each line break and the whitespace around it with one space, as
+//! SpamAssassin does (RFC 5322 keeps the whitespace, but mailers indent continuation lines
+//! differently and rules should not depend on it).
 //! - [`Headers::fields`]: every field in order with its byte range in the block, so that the
 //!   tagging code can find and remove `X-Spam-*` fields.
 //!
@@ -85,9 +89,16 @@ impl Headers {
             }
             if content[0] == b' ' || content[0] == b'\t' {
                 if let Some(p) = cur.as_mut() {
-                    // Unfold: drop the line break, keep the whitespace (RFC 5322 §2.2.3).
+                    // Unfold (RFC 5322 §2.2.3), and like SpamAssassin collapse the folding
+                    // whitespace to one space, so that rules don't depend on how a mailer
+                    // indented its continuation lines.
                     let folded = p.folded.get_or_insert_with(|| block[p.value.clone()].to_vec());
-                    folded.extend_from_slice(content);
+                    while folded.last().is_some_and(|&b| b == b' ' || b == b'\t') {
+                        folded.pop();
+                    }
+                    folded.push(b' ');
+                    let start = content.iter().position(|&b| b != b' ' && b != b'\t');
+                    folded.extend_from_slice(start.map_or(&[][..], |i| &content[i..]));
                 }
                 pos = next;
                 continue;
@@ -97,13 +108,12 @@ impl Headers {
             }
             if let Some(colon) = memchr::memchr(b':', content) {
                 let name = &content[..colon];
-                let valid =
-                    !name.is_empty() && name.iter().all(|&b| b.is_ascii_graphic() || b == b' ') && name[0] != b' ';
+                // RFC 5322 §2.2: printable ASCII, no spaces; obsolete syntax (§4.5) allows
+                // whitespace before the colon. A `>From ` or stray mbox line is not a field.
+                let trimmed_len = name.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(0, |i| i + 1);
+                let valid = trimmed_len > 0 && name[..trimmed_len].iter().all(|&b| b.is_ascii_graphic());
                 if valid {
-                    let mut name_end = pos + colon;
-                    while name_end > pos && block[name_end - 1] == b' ' {
-                        name_end -= 1;
-                    }
+                    let name_end = pos + trimmed_len;
                     cur = Some(Pending {
                         name: pos..name_end,
                         value: pos + colon + 1..pos + content.len(),
@@ -419,7 +429,7 @@ mod tests {
     fn parses_crlf_lf_mbox_and_folding() {
         let block = b"From someone@x Mon Jan  1 00:00:00 2024\r\nSubject: hello\r\n  world\r\nX-A: 1\nx-a: 2\r\n\r\nbody: no\r\n";
         let h = Headers::parse(block);
-        assert_eq!(h.get("subject"), Some("hello  world"));
+        assert_eq!(h.get("subject"), Some("hello world"));
         assert_eq!(h.get("X-A"), Some("1\n2"));
         assert!(!h.contains("body"));
         assert_eq!(h.fields().len(), 3);

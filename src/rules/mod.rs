@@ -2,6 +2,7 @@
 //!
 //! - [`schema`]: the file format (serde, unknown fields rejected) and error positions;
 //! - [`compile`]: loading files and lists, grouping matchers per header, checking `expr`;
+//! - [`multiregex`]: one header's regexes as one literal-prefiltered matcher;
 //! - [`header`] and [`decode`]: header block parsing, RFC 2047 decoding, address parsing;
 //! - [`expr`]: the boolean `expr:` language; [`lists`]: list files;
 //! - [`eval`]: evaluating a header block into a [`Verdict`];
@@ -19,6 +20,7 @@ pub mod eval;
 pub mod expr;
 pub mod header;
 pub mod lists;
+pub mod multiregex;
 pub mod reload;
 pub mod schema;
 
