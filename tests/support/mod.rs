@@ -80,11 +80,14 @@
 
 pub mod clients;
 pub mod dovecot;
+pub mod forwarder;
 pub mod mailbox;
 pub mod popsift;
 
 pub use clients::*;
 pub use dovecot::*;
+#[allow(unused_imports)]
+pub use forwarder::*;
 pub use mailbox::*;
 #[allow(unused_imports)]
 pub use popsift::*;
