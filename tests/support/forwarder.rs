@@ -7,7 +7,7 @@
 //!
 //! Ways to cut (each closes both sockets of every open connection; the listener keeps
 //! accepting, so the next session works):
-//! - [`Forwarder::cut`]: now.
+//! - [`Forwarder::cut`] closes them now.
 //! - [`Forwarder::cut_after_upstream_bytes`]: after exactly `n` more octets were passed from
 //!   the upstream towards popsift (mid-reply cuts).
 //! - [`Forwarder::cut_when_client_sends`]: when popsift's bytes contain a pattern (e.g.
