@@ -75,20 +75,21 @@ impl Pop {
         let status = self.line();
         assert!(status.starts_with(b"+OK"), "{:?}", String::from_utf8_lossy(&status));
         // The body starts at a line start; the terminator is "\r\n.\r\n" or a first line ".\r\n".
-        let mut searched = self.start;
+        // `scanned` is relative to the body start (fill may move the buffer's contents).
+        let mut scanned = 0usize;
         loop {
             let region = &self.buf[self.start..self.end];
             if region.starts_with(b".\r\n") {
                 self.start += 3;
                 return 0;
             }
-            let from = searched.saturating_sub(4).max(self.start) - self.start;
+            let from = scanned.saturating_sub(4);
             if let Some(p) = memchr::memmem::find(&region[from..], b"\r\n.\r\n") {
                 let len = from + p + 2;
                 self.start += len + 3;
                 return len;
             }
-            searched = self.end;
+            scanned = region.len();
             self.fill();
         }
     }
@@ -176,7 +177,9 @@ fn message(i: usize, size: usize) -> Vec<u8> {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
+    // `cargo bench --bench relay -- FILTER`: run only the rows whose "user pattern" contains
+    // FILTER (e.g. `small`, `large pipelined`); `cargo bench` itself adds `--bench`.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let reps: usize = std::env::var("POPSIFT_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
     let users = vec![("small".to_string(), "small-pw".to_string()), ("large".to_string(), "large-pw".to_string())];
     let d = Dovecot::start(DovecotOptions { lock_session: false, users });
@@ -194,7 +197,7 @@ fn main() {
         ..Default::default()
     });
     println!("relay benchmark: median of {reps} runs after 1 warm-up; download only (login scan excluded)");
-    println!("popsift: {} (rules: [])", env!("CARGO_BIN_EXE_popsift"));
+    println!("popsift: {} (rules: []), pid {}", env!("CARGO_BIN_EXE_popsift"), p.pid());
     println!();
     println!(
         "{:<22} {:<14} {:>10} {:>10} {:>8}  {:>9}",
@@ -204,6 +207,9 @@ fn main() {
         let pass = d.password(user).to_string();
         for pattern in [Pattern::OneAtATime, Pattern::Pipelined] {
             let name = if pattern == Pattern::OneAtATime { "one at a time" } else { "pipelined" };
+            if filter.as_ref().is_some_and(|f| !format!("{user} {name}").contains(f.as_str())) {
+                continue;
+            }
             let mut direct = Vec::new();
             let mut via = Vec::new();
             let mut octets = 0;
