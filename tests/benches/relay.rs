@@ -123,9 +123,11 @@ enum Pattern {
     Pipelined,
 }
 
-/// Downloads every message; returns (download time, octets).
-fn download(addr: &str, user: &str, pass: &str, pattern: Pattern) -> (Duration, usize) {
+/// Downloads every message; returns (download time, octets, CPU time process `cpu_of` used
+/// during the download).
+fn download(addr: &str, user: &str, pass: &str, pattern: Pattern, cpu_of: Option<u32>) -> (Duration, usize, Duration) {
     let (mut p, n) = Pop::login(addr, user, pass);
+    let cpu_before = cpu_of.map(cpu_time);
     let started = Instant::now();
     let mut octets = 0;
     match pattern {
@@ -146,8 +148,23 @@ fn download(addr: &str, user: &str, pass: &str, pattern: Pattern) -> (Duration, 
         }
     }
     let t = started.elapsed();
+    let cpu = match (cpu_of, cpu_before) {
+        (Some(pid), Some(before)) => cpu_time(pid) - before,
+        _ => Duration::ZERO,
+    };
     p.quit();
-    (t, octets)
+    (t, octets, cpu)
+}
+
+/// CPU time (user + system) the process has used so far, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap_or(0)).collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; in ticks.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -203,15 +220,15 @@ fn main() {
     println!("relay benchmark: median of {reps} runs after 1 warm-up; download only (login scan excluded)");
     println!("popsift: {} (rules: []), pid {}", env!("CARGO_BIN_EXE_popsift"), p.pid());
     println!();
-    let head = ["mailbox", "pattern", "direct", "popsift", "pump", "popsift", "pump", "MB/s"];
+    let head = ["mailbox", "pattern", "direct", "popsift", "pump", "popsift", "pump", "MB/s", "CPU"];
     println!(
-        "{:<14} {:<14} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9}",
-        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7]
+        "{:<14} {:<14} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7}",
+        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7], head[8]
     );
-    let units = ["", "", "ms", "ms", "ms", "/direct", "/direct", "popsift"];
+    let units = ["", "", "ms", "ms", "ms", "/direct", "/direct", "popsift", "ms/run"];
     println!(
-        "{:<14} {:<14} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9}",
-        units[0], units[1], units[2], units[3], units[4], units[5], units[6], units[7]
+        "{:<14} {:<14} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7}",
+        units[0], units[1], units[2], units[3], units[4], units[5], units[6], units[7], units[8]
     );
     for (user, label) in [("small", "2000 x 10 KB"), ("large", "20 x 5 MB")] {
         let pass = d.password(user).to_string();
@@ -227,14 +244,16 @@ fn main() {
             // Warm-up (Dovecot builds its index and caches), then rotate direct / popsift /
             // pump so all three see the same machine load.
             for addr in [d.pop3_addr(), p.addr.clone(), pump.addr.clone()] {
-                let _ = download(&addr, user, &pass, pattern);
+                let _ = download(&addr, user, &pass, pattern, None);
             }
+            let mut cpu = Duration::ZERO;
             for _ in 0..reps {
-                let (t, o1) = download(&d.pop3_addr(), user, &pass, pattern);
+                let (t, o1, _) = download(&d.pop3_addr(), user, &pass, pattern, None);
                 direct.push(t);
-                let (t, o2) = download(&p.addr, user, &pass, pattern);
+                let (t, o2, c) = download(&p.addr, user, &pass, pattern, Some(p.pid()));
+                cpu += c;
                 via.push(t);
-                let (t, o3) = download(&pump.addr, user, &pass, pattern);
+                let (t, o3, _) = download(&pump.addr, user, &pass, pattern, None);
                 pumped.push(t);
                 assert_eq!(o1, o2, "popsift delivered a different number of octets");
                 assert_eq!(o1, o3, "the pump delivered a different number of octets");
@@ -243,7 +262,7 @@ fn main() {
             let (md, mv, mp) = (median(direct), median(via), median(pumped));
             let ms = |t: Duration| t.as_secs_f64() * 1e3;
             println!(
-                "{:<14} {:<14} {:>9.1} {:>9.1} {:>9.1} {:>7.2}x {:>7.2}x {:>9.0}",
+                "{:<14} {:<14} {:>9.1} {:>9.1} {:>9.1} {:>7.2}x {:>7.2}x {:>9.0} {:>7.0}",
                 label,
                 name,
                 ms(md),
@@ -251,7 +270,8 @@ fn main() {
                 ms(mp),
                 mv.as_secs_f64() / md.as_secs_f64(),
                 mp.as_secs_f64() / md.as_secs_f64(),
-                octets as f64 / 1e6 / mv.as_secs_f64()
+                octets as f64 / 1e6 / mv.as_secs_f64(),
+                ms(cpu) / reps as f64
             );
         }
     }
