@@ -119,7 +119,8 @@ fn credentials_never_reach_the_logs_at_any_level() {
             upstream: &d.pop3_addr(),
             rules: RULES,
             extra: "dry_run: true\n",
-            args: &["--log-level", "trace", "--log-format", format],
+            log_level: "trace",
+            args: &["--log-format", format],
             ..Default::default()
         });
         // USER/PASS, a failed PASS, APOP, and SASL PLAIN both as initial response and as a

@@ -546,6 +546,14 @@ impl RawPop {
         }
     }
 
+    /// Everything the server sends until it closes (or resets) the connection; what arrived
+    /// before an error is kept.
+    pub fn read_until_closed(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = self.reader.read_to_end(&mut out);
+        out
+    }
+
     /// True when the server has closed the connection (reads EOF).
     pub fn is_closed(&mut self) -> bool {
         let mut b = [0u8; 1];

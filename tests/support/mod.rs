@@ -20,6 +20,11 @@
 //!   a ~3 MB message, LF and CRLF files, one without a final newline) and [`expected_wire_form`].
 //! - Clients ([`clients`]): [`poplib_fetch`], [`fetchmail_fetch`], [`getmail_fetch`] and a tiny
 //!   line-oriented [`RawPop`] for transcripts (e.g. holding a session open).
+//! - [`Popsift`] ([`popsift`]): the real binary from a generated config; `signal`, `restart`
+//!   (same config, port and state dir, e.g. after SIGKILL), `scrape`, `log`.
+//! - [`Forwarder`] ([`forwarder`]): a cuttable TCP forwarder to put between popsift and Dovecot
+//!   — `cut()`, `cut_after_upstream_bytes(n)`, `cut_when_client_sends(b"QUIT\r\n")`,
+//!   `set_delay` for a slow server — for the connection faults Dovecot cannot make on cue.
 //!
 //! # Quick start for a proxy test
 //! ```ignore
@@ -80,11 +85,14 @@
 
 pub mod clients;
 pub mod dovecot;
+pub mod forwarder;
 pub mod mailbox;
 pub mod popsift;
 
 pub use clients::*;
 pub use dovecot::*;
+#[allow(unused_imports)]
+pub use forwarder::*;
 pub use mailbox::*;
 #[allow(unused_imports)]
 pub use popsift::*;

@@ -13,6 +13,19 @@ pub struct Popsift {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     child: Child,
+    argv: Vec<String>,
+}
+
+fn spawn(dir: &Path, argv: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("popsift.log")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_popsift"))
+        .args(argv)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn popsift")
 }
 
 /// How popsift reaches its upstream.
@@ -27,11 +40,22 @@ pub struct ProxyOpts<'a> {
     pub extra: &'a str,
     /// Extra command-line arguments after `serve`.
     pub args: &'a [&'a str],
+    /// `--log-level` (default `debug`; benchmarks use `info` so logging costs nothing per
+    /// command).
+    pub log_level: &'a str,
 }
 
 impl Default for ProxyOpts<'_> {
     fn default() -> Self {
-        ProxyOpts { upstream: "", tls: "none", ca: None, rules: "rules: []\n", extra: "", args: &[] }
+        ProxyOpts {
+            upstream: "",
+            tls: "none",
+            ca: None,
+            rules: "rules: []\n",
+            extra: "",
+            args: &[],
+            log_level: "debug",
+        }
     }
 }
 
@@ -54,31 +78,32 @@ impl Popsift {
         );
         let config_path = dir.path().join("popsift.yaml");
         std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("popsift.log")).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_popsift"));
-        if !o.args.contains(&"--log-level") {
-            cmd.arg("--log-level").arg("debug");
-        }
-        let child = cmd
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .args(o.args)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn popsift");
+        let argv: Vec<String> = ["--log-level", o.log_level, "serve", "--config"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(std::iter::once(config_path.display().to_string()))
+            .chain(o.args.iter().map(|s| s.to_string()))
+            .collect();
+        let child = spawn(dir.path(), &argv);
         let p = Popsift {
             addr: format!("127.0.0.1:{port}"),
             metrics_addr: format!("127.0.0.1:{metrics_port}"),
             dir,
             config_path,
             child,
+            argv,
         };
         p.wait_ready();
         p
+    }
+
+    /// Kills the process (SIGKILL) if it still runs, then starts it again with the same
+    /// config, ports and state directory; the log file is appended to.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(self.dir.path(), &self.argv);
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {

@@ -1,0 +1,278 @@
+//! Relay overhead (issue 2, "Performance"): the same Dovecot mailbox downloaded directly and
+//! through popsift, one command at a time and pipelined, side by side in one run.
+//!
+//! Run with `cargo bench --bench relay` (release build of popsift; the binary is
+//! `CARGO_BIN_EXE_popsift`, built by cargo for this bench). Mailboxes: `small` = 2,000 ×
+//! 10 KB, `large` = 20 × 5 MB, delivered once into one Dovecot. popsift runs with
+//! `rules: []` (nothing to evaluate, so this measures the relay itself) and `--log-level info`.
+//! Only the download is timed (the RETRs of every message until the last terminator), not the
+//! login scan, which has its own subsection in README ("Login scan latency"). Each measurement
+//! is repeated (`POPSIFT_BENCH_REPS`, default 7) after one warm-up; the median is reported with
+//! the ratio popsift / direct. Target: ≤ 1.2×.
+//!
+//! Not criterion: the thing measured is a pair of external processes and the figure wanted is
+//! a ratio of two medians printed side by side, which a plain `main` does with less machinery.
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// One POP3 connection reading replies byte-exact out of a large buffer.
+struct Pop {
+    sock: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Pop {
+    fn connect(addr: &str) -> Pop {
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_nodelay(true).expect("nodelay");
+        sock.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+        let mut p = Pop { sock, buf: vec![0; 1 << 20], start: 0, end: 0 };
+        let g = p.line();
+        assert!(g.starts_with(b"+OK"), "greeting {:?}", String::from_utf8_lossy(&g));
+        p
+    }
+
+    fn fill(&mut self) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+        }
+        let n = self.sock.read(&mut self.buf[self.end..]).expect("read");
+        assert!(n > 0, "server closed the connection");
+        self.end += n;
+    }
+
+    fn line(&mut self) -> Vec<u8> {
+        loop {
+            if let Some(p) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+                let l = self.buf[self.start..self.start + p + 1].to_vec();
+                self.start += p + 1;
+                return l;
+            }
+            self.fill();
+        }
+    }
+
+    /// Reads one multi-line reply (status line + body + terminator); returns its body octets.
+    fn multiline(&mut self) -> usize {
+        let status = self.line();
+        assert!(status.starts_with(b"+OK"), "{:?}", String::from_utf8_lossy(&status));
+        // The body starts at a line start; the terminator is "\r\n.\r\n" or a first line ".\r\n".
+        // `scanned` is relative to the body start (fill may move the buffer's contents).
+        let mut scanned = 0usize;
+        loop {
+            let region = &self.buf[self.start..self.end];
+            if region.starts_with(b".\r\n") {
+                self.start += 3;
+                return 0;
+            }
+            let from = scanned.saturating_sub(4);
+            if let Some(p) = memchr::memmem::find(&region[from..], b"\r\n.\r\n") {
+                let len = from + p + 2;
+                self.start += len + 3;
+                return len;
+            }
+            scanned = region.len();
+            self.fill();
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).expect("write");
+    }
+
+    fn command(&mut self, c: &str) -> Vec<u8> {
+        self.send(format!("{c}\r\n").as_bytes());
+        self.line()
+    }
+
+    fn login(addr: &str, user: &str, pass: &str) -> (Pop, usize) {
+        let mut p = Pop::connect(addr);
+        assert!(p.command(&format!("USER {user}")).starts_with(b"+OK"));
+        assert!(p.command(&format!("PASS {pass}")).starts_with(b"+OK"));
+        let stat = String::from_utf8(p.command("STAT")).expect("utf8");
+        let n = stat.split(' ').nth(1).and_then(|n| n.parse().ok()).expect("STAT count");
+        (p, n)
+    }
+
+    fn quit(mut self) {
+        assert!(self.command("QUIT").starts_with(b"+OK"));
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pattern {
+    OneAtATime,
+    Pipelined,
+}
+
+/// Downloads every message; returns (download time, octets, CPU time process `cpu_of` used
+/// during the download).
+fn download(addr: &str, user: &str, pass: &str, pattern: Pattern, cpu_of: Option<u32>) -> (Duration, usize, Duration) {
+    let (mut p, n) = Pop::login(addr, user, pass);
+    let cpu_before = cpu_of.map(cpu_time);
+    let started = Instant::now();
+    let mut octets = 0;
+    match pattern {
+        Pattern::OneAtATime => {
+            for i in 1..=n {
+                p.send(format!("RETR {i}\r\n").as_bytes());
+                octets += p.multiline();
+            }
+        }
+        Pattern::Pipelined => {
+            let cmds: String = (1..=n).map(|i| format!("RETR {i}\r\n")).collect();
+            // Writing all commands while the replies pile up could deadlock for huge command
+            // lists; here they are at most ~20 KB, far below the socket buffers.
+            p.send(cmds.as_bytes());
+            for _ in 0..n {
+                octets += p.multiline();
+            }
+        }
+    }
+    let t = started.elapsed();
+    let cpu = match (cpu_of, cpu_before) {
+        (Some(pid), Some(before)) => cpu_time(pid) - before,
+        _ => Duration::ZERO,
+    };
+    p.quit();
+    (t, octets, cpu)
+}
+
+/// CPU time (user + system) the process has used so far, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap_or(0)).collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; in ticks.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn body(size: usize, seed: u64) -> String {
+    let mut x = seed;
+    let mut out = String::with_capacity(size + 100);
+    while out.len() < size {
+        for _ in 0..76 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            out.push(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(x >> 58) as usize] as char);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
+fn message(i: usize, size: usize) -> Vec<u8> {
+    format!(
+        "From: Bench <bench@example.net>\r\nTo: alice@example.org\r\nSubject: bench message {i}\r\nMessage-ID: <bench-{i}@popsift.test>\r\n\r\n{}",
+        body(size, i as u64)
+    )
+    .into_bytes()
+}
+
+fn main() {
+    // `cargo bench --bench relay -- FILTER`: run only the rows whose "user pattern" contains
+    // FILTER (e.g. `small`, `large pipelined`); `cargo bench` itself adds `--bench`.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let reps: usize = std::env::var("POPSIFT_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
+    let users = vec![("small".to_string(), "small-pw".to_string()), ("large".to_string(), "large-pw".to_string())];
+    let d = Dovecot::start(DovecotOptions { lock_session: false, users });
+    for i in 0..2000 {
+        d.deliver("small", &format!("{}.bench-small", 100_000 + i), &message(i, 10 * 1024));
+    }
+    for i in 0..20 {
+        d.deliver("large", &format!("{}.bench-large", 100_000 + i), &message(i, 5 * 1024 * 1024));
+    }
+    let p = Popsift::start(&ProxyOpts {
+        upstream: &d.pop3_addr(),
+        tls: "none",
+        rules: "rules: []\n",
+        log_level: "info",
+        ..Default::default()
+    });
+    // A byte pump that understands nothing (support::Forwarder: two blocking threads per
+    // connection, 64 KiB buffers, TCP_NODELAY): the floor any proxy in this position pays for
+    // the extra hop on this machine.
+    let pump = Forwarder::start(&d.pop3_addr());
+    println!("relay benchmark: median of {reps} runs after 1 warm-up; download only (login scan excluded)");
+    println!("popsift: {} (rules: []), pid {}", env!("CARGO_BIN_EXE_popsift"), p.pid());
+    println!();
+    let head = ["mailbox", "pattern", "direct", "popsift", "pump", "popsift", "pump", "MB/s", "CPU"];
+    println!(
+        "{:<14} {:<14} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7}",
+        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7], head[8]
+    );
+    let units = ["", "", "ms", "ms", "ms", "/direct", "/direct", "popsift", "ms/run"];
+    println!(
+        "{:<14} {:<14} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7}",
+        units[0], units[1], units[2], units[3], units[4], units[5], units[6], units[7], units[8]
+    );
+    for (user, label) in [("small", "2000 x 10 KB"), ("large", "20 x 5 MB")] {
+        let pass = d.password(user).to_string();
+        for pattern in [Pattern::OneAtATime, Pattern::Pipelined] {
+            let name = if pattern == Pattern::OneAtATime { "one at a time" } else { "pipelined" };
+            if filter.as_ref().is_some_and(|f| !format!("{user} {name}").contains(f.as_str())) {
+                continue;
+            }
+            let mut direct = Vec::new();
+            let mut via = Vec::new();
+            let mut pumped = Vec::new();
+            let mut octets = 0;
+            // Warm-up (Dovecot builds its index and caches), then rotate direct / popsift /
+            // pump so all three see the same machine load.
+            for addr in [d.pop3_addr(), p.addr.clone(), pump.addr.clone()] {
+                let _ = download(&addr, user, &pass, pattern, None);
+            }
+            let mut cpu = Duration::ZERO;
+            for _ in 0..reps {
+                let (t, o1, _) = download(&d.pop3_addr(), user, &pass, pattern, None);
+                direct.push(t);
+                let (t, o2, c) = download(&p.addr, user, &pass, pattern, Some(p.pid()));
+                cpu += c;
+                via.push(t);
+                let (t, o3, _) = download(&pump.addr, user, &pass, pattern, None);
+                pumped.push(t);
+                assert_eq!(o1, o2, "popsift delivered a different number of octets");
+                assert_eq!(o1, o3, "the pump delivered a different number of octets");
+                octets = o2;
+            }
+            let (md, mv, mp) = (median(direct), median(via), median(pumped));
+            let ms = |t: Duration| t.as_secs_f64() * 1e3;
+            println!(
+                "{:<14} {:<14} {:>9.1} {:>9.1} {:>9.1} {:>7.2}x {:>7.2}x {:>9.0} {:>7.0}",
+                label,
+                name,
+                ms(md),
+                ms(mv),
+                ms(mp),
+                mv.as_secs_f64() / md.as_secs_f64(),
+                mp.as_secs_f64() / md.as_secs_f64(),
+                octets as f64 / 1e6 / mv.as_secs_f64(),
+                ms(cpu) / reps as f64
+            );
+        }
+    }
+}
