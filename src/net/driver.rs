@@ -357,7 +357,24 @@ impl Session<'_> {
         let eval_started = Instant::now();
         let n = outcome.items.len();
         let mut entries = build_entries(outcome.items, &rules, cfg.dry_run, &cfg.tag);
-        for i in quarantine_candidates(&entries, cfg.dry_run) {
+        let candidates = quarantine_candidates(&entries, cfg.dry_run);
+        let stored = if candidates.is_empty() {
+            Default::default()
+        } else {
+            let q = Quarantine::new(&cfg.quarantine.dir);
+            let (user, upstream) = (self.quarantine_user(), self.ctx.listener.upstream.display());
+            tokio::task::spawn_blocking(move || q.stored_uidls(&user, &upstream)).await.unwrap_or_default()
+        };
+        for i in candidates {
+            let e = &entries[i];
+            if let Some(uidl) = e.uidl.as_deref() {
+                if stored.contains(&(uidl.to_string(), e.upstream_size)) {
+                    // Copied at an earlier login whose UPDATE never happened: do not copy again.
+                    debug!(uidl, msg = e.upstream, "already in quarantine; DELE at QUIT");
+                    entries[i].disposition = Disposition::Condemned;
+                    continue;
+                }
+            }
             match self.quarantine_one(&entries[i]).await? {
                 Ok(path) => {
                     m::quarantine_message();
@@ -413,6 +430,11 @@ impl Session<'_> {
         Ok(Some(view))
     }
 
+    /// The quarantine Maildir's owner: the USER/APOP name (SASL logins carry none we read).
+    fn quarantine_user(&self) -> String {
+        self.stats.user.clone().unwrap_or_else(|| "_unknown".into())
+    }
+
     /// Retrieves a message in full and writes it to the quarantine. The outer error is an
     /// upstream failure (ends the session); the inner one a local failure to store (the
     /// message is then not deleted).
@@ -449,7 +471,8 @@ impl Session<'_> {
         let store = Quarantine::new(&cfg.quarantine.dir);
         let v = e.verdict.clone();
         let meta = QuarantineMeta {
-            user: self.stats.user.clone().unwrap_or_else(|| "_unknown".into()),
+            user: self.quarantine_user(),
+            size: e.upstream_size,
             upstream: self.ctx.listener.upstream.display(),
             uidl: e.uidl.as_deref().unwrap_or("").to_string(),
             score: v.as_ref().map_or(0.0, |v| v.score),

@@ -48,7 +48,11 @@ pub fn build_entries(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, taggi
             let d = disposition(verdict.as_ref().and_then(|v| v.action), dry_run);
             let rewrite = match (&verdict, &item.headers) {
                 // A capped header block cannot be rewritten exactly: leave such a message as is.
-                (Some(v), Some(h)) if d == Disposition::Visible && !h.truncated => {
+                // Quarantine candidates get their tag too: if the copy fails and the config
+                // says to show the message, it is shown tagged.
+                (Some(v), Some(h))
+                    if (d == Disposition::Visible || v.action == Some(Action::Quarantine)) && !h.truncated =>
+                {
                     let spam = v.spam && v.action != Some(Action::Allow);
                     tag::rewrite(&h.bytes, v, spam, tagging)
                         .map(|replacement| Arc::new(HeaderRewrite { original: h.bytes.clone(), replacement }))

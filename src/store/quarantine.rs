@@ -20,6 +20,8 @@ pub struct Meta {
     pub uidl: String,
     pub score: f64,
     pub rules: Vec<String>,
+    /// The size the server reported in LIST, to tell a reused UIDL from the same message.
+    pub size: u64,
 }
 
 /// One quarantined message as `list` shows it.
@@ -114,10 +116,11 @@ impl Quarantine {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let clean = |s: &str| s.replace(['\r', '\n'], " ");
         let head = format!(
-            "X-Popsift-Quarantined: {now}\r\nX-Popsift-User: {}\r\nX-Popsift-Upstream: {}\r\nX-Popsift-UIDL: {}\r\nX-Popsift-Score: {:.1}\r\nX-Popsift-Rules: {}\r\n",
+            "X-Popsift-Quarantined: {now}\r\nX-Popsift-User: {}\r\nX-Popsift-Upstream: {}\r\nX-Popsift-UIDL: {}\r\nX-Popsift-Size: {}\r\nX-Popsift-Score: {:.1}\r\nX-Popsift-Rules: {}\r\n",
             clean(&meta.user),
             clean(&meta.upstream),
             clean(&meta.uidl),
+            meta.size,
             meta.score,
             clean(&meta.rules.join(","))
         );
@@ -134,6 +137,32 @@ impl Quarantine {
         fs::rename(&tmp, &new).map_err(io_err(&new))?;
         sync_dir(&md.join("new"))?;
         Ok(new)
+    }
+
+    /// (UIDL, size) of the messages already quarantined for `user` from `upstream`, so a
+    /// message that is still on the server (the client dropped before QUIT, or DELE failed)
+    /// is not copied again on the next login.
+    pub fn stored_uidls(&self, user: &str, upstream: &str) -> std::collections::HashSet<(String, u64)> {
+        let mut out = std::collections::HashSet::new();
+        let md = self.maildir(user);
+        for sub in ["new", "cur"] {
+            let Ok(files) = fs::read_dir(md.join(sub)) else { continue };
+            for f in files.flatten() {
+                let Ok(mut file) = File::open(f.path()) else { continue };
+                let mut head = vec![0u8; 2048];
+                let n = io::Read::read(&mut file, &mut head).unwrap_or(0);
+                head.truncate(n);
+                let meta = &head[..head.len() - strip_meta(&head).len()];
+                let uidl = header_value(meta, "X-Popsift-UIDL");
+                let size = header_value(meta, "X-Popsift-Size").parse::<u64>();
+                if !uidl.is_empty() && header_value(meta, "X-Popsift-Upstream") == upstream {
+                    if let Ok(size) = size {
+                        out.insert((uidl, size));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Every quarantined message, oldest first.
@@ -298,6 +327,7 @@ mod tests {
             uidl: "u1".into(),
             score: 9.0,
             rules: vec!["A".into(), "B".into()],
+            size: 60,
         };
         let path = q.store(&meta, msg).unwrap();
         assert!(path.starts_with(dir.path().join("quarantine/alice/new")));
@@ -306,6 +336,10 @@ mod tests {
         assert_eq!(l[0].from, "x@spam.example");
         assert_eq!(l[0].rules, "A,B");
         assert_eq!(l[0].uidl, "u1");
+        let known = q.stored_uidls("alice", "pop:995");
+        assert!(known.contains(&("u1".to_string(), 60)));
+        assert!(q.stored_uidls("alice", "other:995").is_empty());
+        assert!(q.stored_uidls("bob", "pop:995").is_empty());
         assert_eq!(q.original(&l[0].id).unwrap(), msg);
         assert!(q.show(&l[0].id).unwrap().starts_with(b"X-Popsift-Quarantined: "));
         let md = dir.path().join("restored");
