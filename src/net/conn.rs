@@ -147,6 +147,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
+impl Conn<tokio::net::TcpStream> {
+    /// Reads what the socket already holds, without waiting. Returns whether bytes arrived.
+    pub fn try_fill(&mut self) -> Result<bool, SessionError> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        match self.io.try_read_buf(&mut self.buf) {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.bytes_in += n as u64;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(SessionError::ClientIo(e)),
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Reads a whole multi-line body (after its `+OK` line) into memory, unstuffed and without
     /// the terminator. For small replies only (CAPA, LIST, UIDL): `cap` bounds it.

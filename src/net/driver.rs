@@ -591,9 +591,15 @@ impl Session<'_> {
         let mut quit_planned = false;
         let mut ahead = Vec::new();
         loop {
-            // Plan every command already buffered.
+            // Plan every command already buffered, topping the buffer up with whatever the
+            // client has already sent (without waiting), so a pipelining client keeps the
+            // upstream busy instead of seeing a bubble every MAX_QUEUE commands.
             while !quit_planned && queue.len() < MAX_QUEUE {
-                let Some(line) = self.client.take_line(MAX_COMMAND_LINE)? else { break };
+                let line = match self.client.take_line(MAX_COMMAND_LINE)? {
+                    Some(line) => line,
+                    None if !queue.is_empty() && self.client.try_fill()? => continue,
+                    None => break,
+                };
                 let planned = match command::parse(&line) {
                     Ok(cmd) => {
                         debug!(command = cmd.keyword(), "client command");
