@@ -104,8 +104,8 @@ pub async fn scan(
             }
             headers[i] = h;
         }
-        for i in 0..list.len() {
-            crate::metrics::header_cache_lookup(headers[i].is_some());
+        for h in &headers {
+            crate::metrics::header_cache_lookup(h.is_some());
         }
     }
     // The messages to ask the server about, in server order.
