@@ -430,7 +430,7 @@ impl Session<'_> {
         let rules = self.ctx.rules.current();
         let eval_started = Instant::now();
         let n = outcome.items.len();
-        let mut entries = build_entries(outcome.items, &rules, cfg.dry_run, &cfg.tag);
+        let mut entries = evaluate_off_thread(outcome.items, rules, cfg.dry_run, &cfg.tag).await;
         for i in quarantine_candidates(&entries, cfg.dry_run) {
             self.answer_early_if_due(login_reply, deadline).await?;
             match self.quarantine_one(&entries[i]).await? {
@@ -813,6 +813,37 @@ fn rewrite_octets(status: &[u8], upstream_size: u64, size: u64) -> Vec<u8> {
         }
     }
     status.to_vec()
+}
+
+/// Below this many messages the rules run in one blocking task; above, in one per core.
+const EVAL_CHUNK_MIN: usize = 256;
+
+/// Evaluates the rules for every scanned message on tokio's blocking pool (10,000 header
+/// blocks take tens of milliseconds of CPU: not something to run on an async worker),
+/// split over the available cores, results in server order.
+async fn evaluate_off_thread(
+    items: Vec<crate::session::scan::ScanItem>,
+    rules: Arc<crate::rules::RuleSet>,
+    dry_run: bool,
+    tag: &crate::session::tag::TagSettings,
+) -> Vec<Entry> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunks = (items.len() / EVAL_CHUNK_MIN).clamp(1, cores);
+    let per = items.len().div_ceil(chunks).max(1);
+    let mut items = items;
+    let mut tasks = Vec::with_capacity(chunks);
+    while !items.is_empty() {
+        let rest = items.split_off(per.min(items.len()));
+        let chunk = std::mem::replace(&mut items, rest);
+        let (rules, tag) = (rules.clone(), tag.clone());
+        tasks.push(tokio::task::spawn_blocking(move || build_entries(chunk, &rules, dry_run, &tag)));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        // A panic in the rules engine is a bug; surface it like one.
+        out.extend(t.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
+    }
+    out
 }
 
 fn warn_once_no_top(upstream: &str) {

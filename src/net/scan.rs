@@ -97,7 +97,9 @@ pub async fn scan(
     if let Some(c) = &cache {
         let keyed: Vec<usize> = (0..list.len()).filter(|&i| uidls.contains_key(&list[i].0)).collect();
         let wanted = keyed.iter().map(|&i| Wanted { uidl: uidls[&list[i].0].clone(), size: list[i].1 }).collect();
+        let started = std::time::Instant::now();
         let found = c.cache.lookup(c.scope.clone(), wanted, settings.header_limit).await;
+        tracing::debug!(lookup_ms = started.elapsed().as_millis() as u64, "header cache lookup");
         for (&i, h) in keyed.iter().zip(found) {
             if h.is_some() {
                 cache_hits += 1;
