@@ -6,6 +6,22 @@
 //! upstream itself pipelines; otherwise one at a time. Replies to the client are batched and
 //! flushed when no further command is waiting, so a pipelining client gets full-size writes
 //! and a one-command-at-a-time client gets each reply immediately.
+//!
+//! # Early answer (`scan.early_answer_after`)
+//! The login `+OK` normally waits for the scan, because the client may send STAT right
+//! after it and POP3 has no way to say "wait" before a reply. Mail clients give up on a
+//! reply after 30–120 s, so when the scan is still running after `early_answer_after`
+//! (default 20 s) popsift sends the upstream's login `+OK` at once and goes on scanning.
+//! Whatever the client sends meanwhile stays queued unread (RFC 2449 §6.6 pipelining has
+//! the client wait for replies in order anyway) and is answered only when the view is
+//! complete: every TRANSACTION command but NOOP needs it, and answering in order means even
+//! NOOP waits. So the client's wait is split into two shorter ones, no message is ever
+//! shown before its headers were checked (no unfiltered spam), and the mailbox shown is the
+//! whole mailbox (nothing deferred, nothing lost). If the scan then fails, the client gets
+//! `-ERR [SYS/TEMP] …` as the reply to its first command instead of to PASS, and nothing is
+//! deleted. If the server turns out to have no TOP and `scan.without_top: refuse` is set,
+//! the refusal likewise answers the first command. The scan keeps running when the client
+//! gives up, so the header cache is filled and the client's next attempt is fast.
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +35,7 @@ use crate::metrics::{self as m, Direction, SessionResult};
 use crate::net::conn::{Conn, Side};
 use crate::net::error::{Phase, SessionError};
 use crate::net::scan::scan;
+use crate::net::scan::CacheUse;
 use crate::net::upstream::{self, Upstream};
 use crate::pop3::capa::{self as capa_codec};
 use crate::pop3::command::{self, MAX_COMMAND_LINE};
@@ -29,6 +46,7 @@ use crate::session::capa::{self, Known};
 use crate::session::plan::{self, err, AuthPlan, TxPlan};
 use crate::session::scan::{build_entries, quarantine_candidates};
 use crate::session::view::{Disposition, Entry, HeaderRewrite, MailboxView};
+use crate::store::header_cache::{HeaderCache, Scope};
 use crate::store::quarantine::{Meta as QuarantineMeta, Quarantine};
 
 /// Client output is flushed when this much is pending, even mid-response.
@@ -42,6 +60,8 @@ pub struct SessionContext {
     pub config: Arc<Config>,
     pub tls: Arc<rustls::ClientConfig>,
     pub rules: Arc<RulesHandle>,
+    /// The header cache shared by all sessions; `None` when disabled or unusable.
+    pub cache: Option<Arc<HeaderCache>>,
 }
 
 /// What the session did, for the summary log line.
@@ -73,6 +93,8 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
             mid_response: false,
             stats: Stats::default(),
             ctx: &ctx,
+            login_user: None,
+            login_answered: false,
         };
         let result = s.drive().await;
         let outcome = match &result {
@@ -166,6 +188,11 @@ struct Session<'a> {
     /// A multi-line reply has been started towards the client: an `-ERR` now would corrupt it.
     mid_response: bool,
     stats: Stats,
+    /// The mailbox name of the login in progress, when it is known for sure (USER/PASS,
+    /// APOP); `None` for SASL, whose identity popsift does not parse. Keys the header cache.
+    login_user: Option<String>,
+    /// The login `+OK` has been sent early (see the module doc) while the scan goes on.
+    login_answered: bool,
 }
 
 impl Session<'_> {
@@ -232,7 +259,9 @@ impl Session<'_> {
         let Some((login_reply, view)) = self.authorization().await? else {
             return Ok(());
         };
-        self.reply(&login_reply).await?;
+        if !self.login_answered {
+            self.reply(&login_reply).await?;
+        }
         self.transaction(view).await
     }
 
@@ -273,6 +302,11 @@ impl Session<'_> {
                     self.flush().await?;
                 }
                 AuthPlan::Login(l) => {
+                    self.login_user = match &cmd {
+                        command::Command::Apop { name, .. } => Some(name.clone()),
+                        // PASS logs in the name of the last USER.
+                        _ => self.stats.user.clone(),
+                    };
                     self.up_write(&l, Phase::Login).await?;
                     let r = self.up_line(Phase::Login).await?;
                     if let Some(done) = self.after_login_reply(r).await? {
@@ -280,6 +314,8 @@ impl Session<'_> {
                     }
                 }
                 AuthPlan::Sasl(l) => {
+                    // The identity is inside the SASL exchange: no cache (never guess a user).
+                    self.login_user = None;
                     self.up_write(&l, Phase::Login).await?;
                     loop {
                         let r = self.up_line(Phase::Login).await?;
@@ -316,7 +352,8 @@ impl Session<'_> {
         }
     }
 
-    /// Handles the upstream's reply to PASS / APOP / AUTH: on `+OK` scans the mailbox.
+    /// Handles the upstream's reply to PASS / APOP / AUTH: on `+OK` scans the mailbox. The
+    /// returned reply has not been sent unless `login_answered` is set (early answer).
     async fn after_login_reply(&mut self, mut r: Vec<u8>) -> Result<Option<(Vec<u8>, MailboxView)>, SessionError> {
         let ok = Status::parse(&r).is_some_and(|s| s.is_ok());
         r.extend_from_slice(b"\r\n");
@@ -326,19 +363,67 @@ impl Session<'_> {
             return Ok(None);
         }
         self.stats.logged_in = true;
-        match self.scan_mailbox().await? {
+        match self.scan_mailbox(&r).await? {
             Some(view) => Ok(Some((r, view))),
             None => Ok(None),
         }
     }
 
+    /// Sends the login `+OK` now if the scan has run past `scan.early_answer_after`.
+    async fn answer_early_if_due(
+        &mut self,
+        login_reply: &[u8],
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), SessionError> {
+        if !self.login_answered && deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            let t = self.ctx.config.timeouts.client_idle;
+            self.client.write_all(login_reply, t, Phase::Relay).await?;
+            self.login_answered = true;
+            info!("scan still running: login answered early; the first command waits for the scan");
+        }
+        Ok(())
+    }
+
     /// The login scan: LIST, UIDL, TOP n 0, rule verdicts. `None` when the login was refused
-    /// because the server cannot TOP and the config says to refuse.
-    async fn scan_mailbox(&mut self) -> Result<Option<MailboxView>, SessionError> {
-        let cfg = self.ctx.config.clone();
+    /// because the server cannot TOP and the config says to refuse. `login_reply` is sent
+    /// to the client when the scan outlasts `scan.early_answer_after`.
+    async fn scan_mailbox(&mut self, login_reply: &[u8]) -> Result<Option<MailboxView>, SessionError> {
+        let ctx = self.ctx;
+        let cfg = ctx.config.clone();
         let started = Instant::now();
+        let deadline = cfg.scan.early_answer_after.map(|d| tokio::time::Instant::now() + d);
         let pipelining = cfg.scan.pipelining && capa::has(self.up().caps.as_deref(), "PIPELINING");
-        let outcome = scan(&mut self.up().conn, pipelining, &cfg.scan, &cfg.timeouts).await?;
+        let cache = match (&ctx.cache, &self.login_user) {
+            (Some(cache), Some(user)) => {
+                Some(CacheUse { cache, scope: Scope::new(ctx.listener.upstream.display(), user.clone()) })
+            }
+            _ => None,
+        };
+        let outcome = {
+            let up = &mut self.up.as_mut().expect("upstream connected before use").conn;
+            let scanning = scan(up, pipelining, &cfg.scan, &cfg.timeouts, cache);
+            tokio::pin!(scanning);
+            match deadline {
+                None => scanning.await?,
+                Some(deadline) => tokio::select! {
+                    r = &mut scanning => r?,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        // Only the client side is touched here; the scan owns the upstream.
+                        self.client.write_all(login_reply, cfg.timeouts.client_idle, Phase::Relay).await?;
+                        self.login_answered = true;
+                        info!("scan still running: login answered early; the first command waits for the scan");
+                        scanning.await?
+                    }
+                },
+            }
+        };
+        debug!(
+            messages = outcome.items.len(),
+            cache_hits = outcome.cache_hits,
+            tops_sent = outcome.tops_sent,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "mailbox listed and headers read"
+        );
         if !outcome.top_supported && !outcome.items.is_empty() {
             if cfg.scan.without_top == WithoutTop::Refuse {
                 warn!("upstream does not support TOP; refusing the login as configured (scan.without_top: refuse)");
@@ -356,7 +441,7 @@ impl Session<'_> {
         let rules = self.ctx.rules.current();
         let eval_started = Instant::now();
         let n = outcome.items.len();
-        let mut entries = build_entries(outcome.items, &rules, cfg.dry_run, &cfg.tag);
+        let mut entries = evaluate_off_thread(outcome.items, rules, cfg.dry_run, &cfg.tag).await;
         let candidates = quarantine_candidates(&entries, cfg.dry_run);
         let stored = if candidates.is_empty() {
             Default::default()
@@ -366,6 +451,7 @@ impl Session<'_> {
             tokio::task::spawn_blocking(move || q.stored_uidls(&user, &upstream)).await.unwrap_or_default()
         };
         for i in candidates {
+            self.answer_early_if_due(login_reply, deadline).await?;
             let e = &entries[i];
             if let Some(uidl) = e.uidl.as_deref() {
                 if stored.contains(&(uidl.to_string(), e.upstream_size)) {
@@ -767,6 +853,37 @@ fn rewrite_octets(status: &[u8], upstream_size: u64, size: u64) -> Vec<u8> {
         }
     }
     status.to_vec()
+}
+
+/// Below this many messages the rules run in one blocking task; above, in one per core.
+const EVAL_CHUNK_MIN: usize = 256;
+
+/// Evaluates the rules for every scanned message on tokio's blocking pool (10,000 header
+/// blocks take tens of milliseconds of CPU: not something to run on an async worker),
+/// split over the available cores, results in server order.
+async fn evaluate_off_thread(
+    items: Vec<crate::session::scan::ScanItem>,
+    rules: Arc<crate::rules::RuleSet>,
+    dry_run: bool,
+    tag: &crate::session::tag::TagSettings,
+) -> Vec<Entry> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunks = (items.len() / EVAL_CHUNK_MIN).clamp(1, cores);
+    let per = items.len().div_ceil(chunks).max(1);
+    let mut items = items;
+    let mut tasks = Vec::with_capacity(chunks);
+    while !items.is_empty() {
+        let rest = items.split_off(per.min(items.len()));
+        let chunk = std::mem::replace(&mut items, rest);
+        let (rules, tag) = (rules.clone(), tag.clone());
+        tasks.push(tokio::task::spawn_blocking(move || build_entries(chunk, &rules, dry_run, &tag)));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        // A panic in the rules engine is a bug; surface it like one.
+        out.extend(t.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
+    }
+    out
 }
 
 fn warn_once_no_top(upstream: &str) {

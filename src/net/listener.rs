@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::net::driver::{self, SessionContext};
 use crate::net::tls;
 use crate::rules::RulesHandle;
+use crate::store::header_cache::HeaderCache;
 
 /// How long running sessions may take to finish after SIGTERM.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -41,6 +42,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let permits = Arc::new(Semaphore::new(config.max_sessions));
+    let cache = open_cache(&config).await;
     let mut loops = Vec::new();
     for (l, sock) in config.listeners.iter().zip(sockets) {
         let ctx = Arc::new(SessionContext {
@@ -48,6 +50,7 @@ pub async fn serve(
             config: config.clone(),
             tls: tls::client_config(l.upstream.ca.as_deref())?,
             rules: rules.clone(),
+            cache: cache.clone(),
         });
         info!(listen = %sock.local_addr().map(|a| a.to_string()).unwrap_or_default(), upstream = %l.upstream.display(), tls = ?l.upstream.tls, "listening");
         let permits = permits.clone();
@@ -97,6 +100,31 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Opens the header cache under the state directory (on the blocking pool). Never fatal:
+/// when it cannot be had, popsift logs why and scans without it.
+async fn open_cache(config: &Config) -> Option<Arc<HeaderCache>> {
+    if !config.cache.enabled {
+        info!("header cache disabled (cache.enabled: false)");
+        return None;
+    }
+    let dir = config.state_dir.clone();
+    let max = config.cache.max_size;
+    match tokio::task::spawn_blocking(move || HeaderCache::open(&dir, max)).await {
+        Ok(Ok(c)) => {
+            info!(path = %c.path().display(), max_size = max, "header cache open");
+            Some(Arc::new(c))
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "header cache unavailable; scanning without it");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "header cache unavailable; scanning without it");
+            None
+        }
+    }
 }
 
 /// Turns SIGTERM / SIGINT into the shutdown signal.

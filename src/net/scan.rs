@@ -5,7 +5,14 @@
 //! neither side's socket buffers can fill up and deadlock. Otherwise one at a time.
 //! A `TOP n 0` reply is cut to its header block (capped); the rest, if a server sends the
 //! whole message, is read and discarded.
-use std::collections::HashMap;
+//!
+//! With the header cache ([`crate::store::header_cache`]) and a server that has UIDL, the
+//! cache is asked first for every (UIDL, LIST size) and `TOP` goes out only for the misses,
+//! in the same windows. The new header blocks are stored, and the mailbox's entries whose
+//! UIDL the server no longer lists are evicted, in the background after the scan (the
+//! client's `+OK` does not wait for the disk). Each lookup is counted in
+//! `popsift_header_cache_lookups_total{result="hit"|"miss"}`.
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::config::{ScanSettings, Timeouts};
@@ -16,6 +23,7 @@ use crate::pop3::listing::{parse_list, parse_uidl};
 use crate::pop3::multiline::{HeaderBlock, HeaderCollector};
 use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
 use crate::session::scan::ScanItem;
+use crate::store::header_cache::{Fresh, HeaderCache, Scope, Wanted};
 
 /// Cap on LIST and UIDL replies (a 100,000-message mailbox needs about 4 MiB of UIDL).
 const MAX_LISTING: usize = 64 * 1024 * 1024;
@@ -28,6 +36,15 @@ pub struct ScanOutcome {
     pub uidl_supported: bool,
     /// Messages whose TOP failed although TOP works for others.
     pub top_failures: usize,
+    /// Header blocks taken from the cache, and `TOP` commands sent.
+    pub cache_hits: usize,
+    pub tops_sent: usize,
+}
+
+/// The header cache and whose mailbox this is.
+pub struct CacheUse<'a> {
+    pub cache: &'a Arc<HeaderCache>,
+    pub scope: Scope,
 }
 
 fn protocol(detail: String) -> SessionError {
@@ -47,6 +64,7 @@ pub async fn scan(
     pipelining: bool,
     settings: &ScanSettings,
     t: &Timeouts,
+    cache: Option<CacheUse<'_>>,
 ) -> Result<ScanOutcome, SessionError> {
     if pipelining {
         conn.write_all(b"LIST\r\nUIDL\r\n", t.upstream_reply, Phase::Scan).await?;
@@ -72,49 +90,84 @@ pub async fn scan(
         _ => false,
     };
 
+    let mut headers: Vec<Option<HeaderBlock>> = vec![None; list.len()];
+    // Only with UIDL: without it there is no key that survives between sessions.
+    let cache = cache.filter(|_| uidl_supported);
+    let mut cache_hits = 0usize;
+    if let Some(c) = &cache {
+        let keyed: Vec<usize> = (0..list.len()).filter(|&i| uidls.contains_key(&list[i].0)).collect();
+        let wanted = keyed.iter().map(|&i| Wanted { uidl: uidls[&list[i].0].clone(), size: list[i].1 }).collect();
+        let started = std::time::Instant::now();
+        let found = c.cache.lookup(c.scope.clone(), wanted, settings.header_limit).await;
+        tracing::debug!(lookup_ms = started.elapsed().as_millis() as u64, "header cache lookup");
+        for (&i, h) in keyed.iter().zip(found) {
+            if h.is_some() {
+                cache_hits += 1;
+            }
+            headers[i] = h;
+        }
+        for h in &headers {
+            crate::metrics::header_cache_lookup(h.is_some());
+        }
+    }
+    // The messages to ask the server about, in server order.
+    let todo: Vec<usize> = (0..list.len()).filter(|&i| headers[i].is_none()).collect();
+
     let window = if pipelining { settings.window.max(1) } else { 1 };
-    let mut headers: Vec<Option<HeaderBlock>> = Vec::with_capacity(list.len());
     let mut sent = 0usize;
+    let mut got = 0usize;
     let mut top_supported = true;
     let mut successes = 0usize;
     let mut top_failures = 0usize;
     let mut cmd = Vec::with_capacity(window * 16);
-    while headers.len() < list.len() {
-        let in_flight = sent - headers.len();
-        if top_supported && sent < list.len() && in_flight <= window / 2 {
+    while got < todo.len() {
+        let in_flight = sent - got;
+        if top_supported && sent < todo.len() && in_flight <= window / 2 {
             cmd.clear();
-            while sent < list.len() && sent - headers.len() < window {
-                cmd.extend_from_slice(format!("TOP {} 0\r\n", list[sent].0).as_bytes());
+            while sent < todo.len() && sent - got < window {
+                cmd.extend_from_slice(format!("TOP {} 0\r\n", list[todo[sent]].0).as_bytes());
                 sent += 1;
             }
             conn.write_all(&cmd, t.upstream_reply, Phase::Scan).await?;
         }
-        if headers.len() == sent {
+        if got == sent {
             // TOP refused: stop asking; the remaining messages go unfiltered.
-            headers.resize(list.len(), None);
             break;
         }
+        let i = todo[got];
+        got += 1;
         match status(conn, t).await? {
             StatusKind::Ok => {
-                headers.push(Some(read_headers(conn, settings.header_limit, t).await?));
+                headers[i] = Some(read_headers(conn, settings.header_limit, t).await?);
                 successes += 1;
             }
             _ => {
-                if successes == 0 {
+                // Cached headers came from TOP: then TOP works and this one message failed.
+                if successes == 0 && cache_hits == 0 {
                     top_supported = false;
                 } else {
                     top_failures += 1;
                 }
-                headers.push(None);
             }
         }
+    }
+    if let Some(c) = cache {
+        let fresh: Vec<Fresh> = todo
+            .iter()
+            .filter_map(|&i| {
+                let h = headers[i].clone()?;
+                Some(Fresh { uidl: uidls.get(&list[i].0)?.clone(), size: list[i].1, headers: h })
+            })
+            .collect();
+        let present: HashSet<Arc<str>> = uidls.values().cloned().collect();
+        c.cache.update_in_background(c.scope, fresh, present).await;
     }
     let items = list
         .into_iter()
         .zip(headers)
         .map(|((n, size), h)| ScanItem { upstream: n, size, uidl: uidls.get(&n).cloned(), headers: h })
         .collect();
-    Ok(ScanOutcome { items, top_supported, uidl_supported, top_failures })
+    Ok(ScanOutcome { items, top_supported, uidl_supported, top_failures, cache_hits, tops_sent: sent })
 }
 
 async fn read_headers(conn: &mut Conn<Stream>, cap: usize, t: &Timeouts) -> Result<HeaderBlock, SessionError> {

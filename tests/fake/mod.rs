@@ -27,6 +27,8 @@ pub struct Behaviour {
     pub die_at_quit: bool,
     /// Never answer LIST (a hung server).
     pub stall_on_list: bool,
+    /// Wait this long before answering each TOP (a slow server, for the early answer).
+    pub top_delay: Option<std::time::Duration>,
     pub user: String,
     pub pass: String,
 }
@@ -50,6 +52,7 @@ impl Default for Behaviour {
             die_mid_retr: None,
             die_at_quit: false,
             stall_on_list: false,
+            top_delay: None,
             user: "alice".into(),
             pass: "pw".into(),
         }
@@ -62,11 +65,27 @@ pub struct Log {
     pub commands: Vec<String>,
     /// Messages deleted by a completed UPDATE (1-based numbers).
     pub expunged: Vec<usize>,
+    /// Commands that arrived while the next one was already buffered: the client pipelined.
+    pub pipelined: usize,
 }
 
 pub struct Fake {
     pub addr: String,
     pub log: Arc<Mutex<Log>>,
+    /// The mailbox; each session sees the state at its connect (swap it between sessions to
+    /// reuse UIDLs: message `i` always has UIDL `uid-i`).
+    pub messages: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Fake {
+    /// Commands received so far (a copy).
+    pub fn commands(&self) -> Vec<String> {
+        self.log.lock().unwrap().commands.clone()
+    }
+
+    pub fn set_messages(&self, m: Vec<Vec<u8>>) {
+        *self.messages.lock().unwrap() = m;
+    }
 }
 
 fn stuff(msg: &[u8]) -> Vec<u8> {
@@ -85,6 +104,8 @@ fn stuff(msg: &[u8]) -> Vec<u8> {
 }
 
 pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
+    let shared = Arc::new(Mutex::new(messages));
+    let shared2 = shared.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let log = Arc::new(Mutex::new(Log::default()));
@@ -93,7 +114,7 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
         loop {
             let Ok((sock, _)) = listener.accept().await else { return };
             let b = b.clone();
-            let messages = messages.clone();
+            let messages = shared2.lock().unwrap().clone();
             let log = log2.clone();
             tokio::spawn(async move {
                 let (r, mut w) = sock.into_split();
@@ -109,7 +130,13 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                         return;
                     }
                     let l = line.trim_end().to_string();
-                    log.lock().unwrap().commands.push(l.clone());
+                    {
+                        let mut lg = log.lock().unwrap();
+                        lg.commands.push(l.clone());
+                        if !r.buffer().is_empty() {
+                            lg.pipelined += 1;
+                        }
+                    }
                     let mut parts = l.split(' ');
                     let kw = parts.next().unwrap_or("").to_ascii_uppercase();
                     let args: Vec<&str> = parts.collect();
@@ -212,6 +239,9 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                         }
                         "TOP" if b.top => match num(0).filter(|n| *n >= 1 && *n <= messages.len()) {
                             Some(n) => {
+                                if let Some(d) = b.top_delay {
+                                    tokio::time::sleep(d).await;
+                                }
                                 let m = &messages[n - 1];
                                 let lines = args.get(1).and_then(|a| a.parse::<usize>().ok()).unwrap_or(0);
                                 let body = if b.top_returns_whole {
@@ -267,5 +297,5 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
             });
         }
     });
-    Fake { addr, log }
+    Fake { addr, log, messages: shared }
 }
