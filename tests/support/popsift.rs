@@ -102,16 +102,27 @@ impl Popsift {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let before = self.listening_lines();
         self.child = spawn(self.dir.path(), &self.argv);
-        self.wait_ready();
+        self.wait_listening(before + 1);
     }
 
     fn wait_ready(&self) {
+        self.wait_listening(1);
+    }
+
+    fn listening_lines(&self) -> usize {
+        self.log().lines().filter(|l| l.contains("listening") && l.contains(&self.addr)).count()
+    }
+
+    /// Waits until the log holds `n` "listening" lines for our address (the log is appended
+    /// to across restarts, so a restart waits for one more than before).
+    fn wait_listening(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         // Wait for the "listening" log line rather than probing the port: a probe connection
         // would be a session of its own (an upstream connect, counted in the metrics).
         while Instant::now() < deadline {
-            if self.log().lines().any(|l| l.contains("listening") && l.contains(&self.addr)) {
+            if self.listening_lines() >= n {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
