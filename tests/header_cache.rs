@@ -221,3 +221,33 @@ fn two_users_never_share_cached_headers() {
     assert_eq!(fetch(&p, &d, "bob").messages, direct_b.messages);
     assert_eq!(lookups(&p, "hit"), 10);
 }
+
+/// Warm logins reuse the previous login's verdicts only while the rule set is the same: after
+/// a reload (SIGHUP) the very next login applies the new rules to the cached headers.
+#[test]
+fn a_rule_reload_applies_at_once_to_cached_mailboxes() {
+    let d = Dovecot::start(DovecotOptions::default());
+    deliver(&d, "alice", 9);
+    let p = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), rules: RULES, ..Default::default() });
+    let cold = fetch(&p, &d, "alice");
+    assert_eq!(cold.stat.0, 6, "every third message hidden");
+    let warm = fetch(&p, &d, "alice");
+    same_view(&cold, &warm);
+    // New rules: hide nothing but message 0.
+    let rules_file = p.dir.path().join("rules/test.yaml");
+    std::fs::write(
+        &rules_file,
+        "rules:\n  - id: HIDE_ZERO\n    header: Subject\n    regex: 'hello 0$'\n    action: hide\n",
+    )
+    .unwrap();
+    p.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !plain_log(&p).contains("rules reloaded") && !plain_log(&p).contains("reloaded") {
+        assert!(std::time::Instant::now() < deadline, "no reload logged:\n{}", plain_log(&p));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = fetch(&p, &d, "alice");
+    assert_eq!(after.stat.0, 8, "the new rules apply at once: only message 0 hidden");
+    assert_eq!(lookups(&p, "miss"), 9, "no TOP was needed: the headers came from the cache");
+}

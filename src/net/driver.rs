@@ -48,6 +48,7 @@ use crate::session::scan::{build_entries, quarantine_candidates};
 use crate::session::view::{Disposition, Entry, HeaderRewrite, MailboxView};
 use crate::store::header_cache::{HeaderCache, Scope};
 use crate::store::quarantine::{Meta as QuarantineMeta, Quarantine};
+use crate::store::verdict_memo::{MailboxMemo, VerdictMemo};
 
 /// Client output is flushed when this much is pending, even mid-response.
 const FLUSH_AT: usize = 64 * 1024;
@@ -62,6 +63,8 @@ pub struct SessionContext {
     pub rules: Arc<RulesHandle>,
     /// The header cache shared by all sessions; `None` when disabled or unusable.
     pub cache: Option<Arc<HeaderCache>>,
+    /// Verdicts of recent logins under the current rules (used only with `cache`).
+    pub memo: Arc<VerdictMemo>,
 }
 
 /// What the session did, for the summary log line.
@@ -393,9 +396,16 @@ impl Session<'_> {
         let started = Instant::now();
         let deadline = cfg.scan.early_answer_after.map(|d| tokio::time::Instant::now() + d);
         let pipelining = cfg.scan.pipelining && capa::has(self.up().caps.as_deref(), "PIPELINING");
-        let cache = match (&ctx.cache, &self.login_user) {
-            (Some(cache), Some(user)) => {
-                Some(CacheUse { cache, scope: Scope::new(ctx.listener.upstream.display(), user.clone()) })
+        // The rule set this session uses, taken once: a reload during the session does not
+        // change its view, and the verdict memo is valid only for this very set.
+        let rules = self.ctx.rules.current();
+        let scope = match (&ctx.cache, &self.login_user) {
+            (Some(_), Some(user)) => Some(Scope::new(ctx.listener.upstream.display(), user.clone())),
+            _ => None,
+        };
+        let cache = match (&ctx.cache, &scope) {
+            (Some(cache), Some(scope)) => {
+                Some(CacheUse { cache, scope: scope.clone(), memo: ctx.memo.known(scope, &rules) })
             }
             _ => None,
         };
@@ -438,10 +448,17 @@ impl Session<'_> {
         if outcome.top_failures > 0 {
             warn!(failures = outcome.top_failures, "TOP failed for some messages; they are shown unfiltered");
         }
-        let rules = self.ctx.rules.current();
         let eval_started = Instant::now();
         let n = outcome.items.len();
-        let mut entries = evaluate_off_thread(outcome.items, rules, cfg.dry_run, &cfg.tag).await;
+        let uidl_supported = outcome.uidl_supported;
+        let mut entries = evaluate_off_thread(outcome.items, rules.clone(), cfg.dry_run, &cfg.tag).await;
+        if let (Some(scope), true) = (scope, uidl_supported) {
+            let memo: MailboxMemo = entries
+                .iter()
+                .filter_map(|e| Some(((e.uidl.clone()?, e.upstream_size), e.evaluated.clone()?)))
+                .collect();
+            ctx.memo.store(scope, rules.clone(), memo);
+        }
         let candidates = quarantine_candidates(&entries, cfg.dry_run);
         let stored = if candidates.is_empty() {
             Default::default()

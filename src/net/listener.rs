@@ -43,6 +43,10 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let permits = Arc::new(Semaphore::new(config.max_sessions));
     let cache = open_cache(&config).await;
+    // One memo for all listeners (its keys carry the upstream), bounded to the 256 most
+    // recently used mailboxes: about 150 bytes per message plus the rewritten header of each
+    // tagged spam, so 256 mailboxes of 1,000 messages take ~40 MB.
+    let memo = Arc::new(crate::store::verdict_memo::VerdictMemo::new(256));
     let mut loops = Vec::new();
     for (l, sock) in config.listeners.iter().zip(sockets) {
         let ctx = Arc::new(SessionContext {
@@ -51,6 +55,7 @@ pub async fn serve(
             tls: tls::client_config(l.upstream.ca.as_deref())?,
             rules: rules.clone(),
             cache: cache.clone(),
+            memo: memo.clone(),
         });
         info!(listen = %sock.local_addr().map(|a| a.to_string()).unwrap_or_default(), upstream = %l.upstream.display(), tls = ?l.upstream.tls, "listening");
         let permits = permits.clone();

@@ -22,8 +22,9 @@ use crate::net::stream::Stream;
 use crate::pop3::listing::{parse_list, parse_uidl};
 use crate::pop3::multiline::{HeaderBlock, HeaderCollector};
 use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
-use crate::session::scan::ScanItem;
+use crate::session::scan::{Evaluated, ScanItem};
 use crate::store::header_cache::{Fresh, HeaderCache, Scope, Wanted};
+use crate::store::verdict_memo::MailboxMemo;
 
 /// Cap on LIST and UIDL replies (a 100,000-message mailbox needs about 4 MiB of UIDL).
 const MAX_LISTING: usize = 64 * 1024 * 1024;
@@ -45,6 +46,9 @@ pub struct ScanOutcome {
 pub struct CacheUse<'a> {
     pub cache: &'a Arc<HeaderCache>,
     pub scope: Scope,
+    /// What this mailbox's messages evaluated to at an earlier login under the rule set this
+    /// session uses (empty after a reload).
+    pub memo: Arc<MailboxMemo>,
 }
 
 fn protocol(detail: String) -> SessionError {
@@ -91,11 +95,19 @@ pub async fn scan(
     };
 
     let mut headers: Vec<Option<HeaderBlock>> = vec![None; list.len()];
+    let mut memos: Vec<Option<Arc<Evaluated>>> = vec![None; list.len()];
     // Only with UIDL: without it there is no key that survives between sessions.
     let cache = cache.filter(|_| uidl_supported);
     let mut cache_hits = 0usize;
     if let Some(c) = &cache {
-        let keyed: Vec<usize> = (0..list.len()).filter(|&i| uidls.contains_key(&list[i].0)).collect();
+        // Messages evaluated at an earlier login under the same rules need nothing at all.
+        for (i, (n, size)) in list.iter().enumerate() {
+            if let Some(u) = uidls.get(n) {
+                memos[i] = c.memo.get(&(u.clone(), *size)).cloned();
+            }
+        }
+        let keyed: Vec<usize> =
+            (0..list.len()).filter(|&i| memos[i].is_none() && uidls.contains_key(&list[i].0)).collect();
         let wanted = keyed.iter().map(|&i| Wanted { uidl: uidls[&list[i].0].clone(), size: list[i].1 }).collect();
         let started = std::time::Instant::now();
         let found = c.cache.lookup(c.scope.clone(), wanted, settings.header_limit).await;
@@ -106,12 +118,16 @@ pub async fn scan(
             }
             headers[i] = h;
         }
-        for h in &headers {
-            crate::metrics::header_cache_lookup(h.is_some());
+        for (h, m) in headers.iter().zip(&memos) {
+            let hit = h.is_some() || m.is_some();
+            crate::metrics::header_cache_lookup(hit);
+            if m.is_some() {
+                cache_hits += 1;
+            }
         }
     }
     // The messages to ask the server about, in server order.
-    let todo: Vec<usize> = (0..list.len()).filter(|&i| headers[i].is_none()).collect();
+    let todo: Vec<usize> = (0..list.len()).filter(|&i| headers[i].is_none() && memos[i].is_none()).collect();
 
     let window = if pipelining { settings.window.max(1) } else { 1 };
     let mut sent = 0usize;
@@ -165,7 +181,8 @@ pub async fn scan(
     let items = list
         .into_iter()
         .zip(headers)
-        .map(|((n, size), h)| ScanItem { upstream: n, size, uidl: uidls.get(&n).cloned(), headers: h })
+        .zip(memos)
+        .map(|(((n, size), h), memo)| ScanItem { upstream: n, size, uidl: uidls.get(&n).cloned(), headers: h, memo })
         .collect();
     Ok(ScanOutcome { items, top_supported, uidl_supported, top_failures, cache_hits, tops_sent: sent })
 }

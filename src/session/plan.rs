@@ -168,6 +168,7 @@ mod tests {
             verdict: None,
             disposition: d,
             rewrite: None,
+            evaluated: None,
         };
         MailboxView::new(vec![
             e(1, Disposition::Hidden),
@@ -226,6 +227,7 @@ mod tests {
             verdict: None,
             disposition: Disposition::Visible,
             rewrite: None,
+            evaluated: None,
         }]);
         assert!(reply(tx(&mut v, "UIDL")).starts_with("-ERR"));
     }

@@ -13,8 +13,35 @@ pub struct ScanItem {
     pub upstream: u32,
     pub size: u64,
     pub uidl: Option<Arc<str>>,
-    /// `None` when the upstream could not serve TOP (the message is shown unfiltered).
+    /// `None` when the upstream could not serve TOP (the message is shown unfiltered) or
+    /// when `memo` already holds the result.
     pub headers: Option<HeaderBlock>,
+    /// The result of an earlier evaluation with the same rule set (see
+    /// `store::verdict_memo`); when present the headers are neither read nor evaluated.
+    pub memo: Option<Arc<Evaluated>>,
+}
+
+/// What evaluating one message's header block produced. The tag rewrite is computed for
+/// every spam message whose block is complete, whatever its disposition, so the result can
+/// be reused by a later login.
+#[derive(Debug, Clone)]
+pub struct Evaluated {
+    pub verdict: Verdict,
+    pub rewrite: Option<Arc<HeaderRewrite>>,
+}
+
+/// Evaluates one header block.
+pub fn evaluate(h: &HeaderBlock, size: u64, rules: &RuleSet, tagging: &TagSettings) -> Evaluated {
+    let verdict = rules.evaluate(&h.bytes, size);
+    // A capped header block cannot be rewritten exactly: such a message is left as is.
+    let rewrite = if h.truncated {
+        None
+    } else {
+        let spam = verdict.spam && verdict.action != Some(Action::Allow);
+        tag::rewrite(&h.bytes, &verdict, spam, tagging)
+            .map(|replacement| Arc::new(HeaderRewrite { original: h.bytes.clone(), replacement }))
+    };
+    Evaluated { verdict, rewrite }
 }
 
 /// How a verdict maps onto the view. Under `dry_run` every message stays visible and
@@ -44,18 +71,18 @@ pub fn build_entries(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, taggi
     items
         .into_iter()
         .map(|item| {
-            let verdict: Option<Verdict> = item.headers.as_ref().map(|h| rules.evaluate(&h.bytes, item.size));
+            let evaluated = match (&item.memo, &item.headers) {
+                (Some(m), _) => Some(m.clone()),
+                (None, Some(h)) => Some(Arc::new(evaluate(h, item.size, rules, tagging))),
+                (None, None) => None,
+            };
+            let verdict = evaluated.as_ref().map(|e| e.verdict.clone());
             let d = disposition(verdict.as_ref().and_then(|v| v.action), dry_run);
-            let rewrite = match (&verdict, &item.headers) {
-                // A capped header block cannot be rewritten exactly: leave such a message as is.
-                // Quarantine candidates get their tag too: if the copy fails and the config
-                // says to show the message, it is shown tagged.
-                (Some(v), Some(h))
-                    if (d == Disposition::Visible || v.action == Some(Action::Quarantine)) && !h.truncated =>
-                {
-                    let spam = v.spam && v.action != Some(Action::Allow);
-                    tag::rewrite(&h.bytes, v, spam, tagging)
-                        .map(|replacement| Arc::new(HeaderRewrite { original: h.bytes.clone(), replacement }))
+            // Visible messages carry their tag; so do quarantine candidates: if the copy fails
+            // and the config says to show the message, it is shown tagged.
+            let rewrite = match &evaluated {
+                Some(e) if d == Disposition::Visible || e.verdict.action == Some(Action::Quarantine) => {
+                    e.rewrite.clone()
                 }
                 _ => None,
             };
@@ -71,6 +98,7 @@ pub fn build_entries(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, taggi
                 verdict,
                 disposition: d,
                 rewrite,
+                evaluated,
             }
         })
         .collect()

@@ -32,6 +32,8 @@ pub struct Entry {
     pub disposition: Disposition,
     /// The header block to send instead of the original (tagging), decided at login.
     pub rewrite: Option<Arc<HeaderRewrite>>,
+    /// The evaluation behind `verdict` and `rewrite`, kept for the verdict memo.
+    pub evaluated: Option<Arc<crate::session::scan::Evaluated>>,
 }
 
 /// A header block replacement: `size` = upstream size - original + replacement.
@@ -166,6 +168,7 @@ mod tests {
             verdict: None,
             disposition: d,
             rewrite: None,
+            evaluated: None,
         }
     }
 

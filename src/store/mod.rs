@@ -2,6 +2,8 @@
 //!
 //! - [`quarantine`]: the quarantine Maildir (written with fsync before any DELE).
 //! - [`header_cache`]: header blocks by (upstream, user, UIDL), so a login fetches only new ones.
+//! - [`verdict_memo`]: in memory, what those headers evaluated to under the current rules.
 
 pub mod header_cache;
 pub mod quarantine;
+pub mod verdict_memo;
