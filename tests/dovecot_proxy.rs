@@ -2,42 +2,10 @@
 //! Every test starts its own Dovecot (tests/support) and a popsift binary in front of it.
 mod support;
 
-use std::collections::BTreeMap;
-
 use support::*;
-
-/// Rules matching the harness's definition of spam (`support::SPAM_RULE`).
-fn spam_rules(action: &str) -> String {
-    format!(
-        r#"
-rules:
-  - id: SPAM_DOMAIN
-    describe: the test mailbox's spam sender domain
-    header: From:addr
-    regex: '(?i)@spam\.example$'
-    action: {action}
-  - id: VIAGRA_SUBJECT
-    header: Subject
-    regex: 'VIAGRA'
-    action: {action}
-"#
-    )
-}
 
 fn alice(d: &Dovecot) -> (&'static str, String) {
     ("alice", d.password("alice").to_string())
-}
-
-fn wire(msgs: &[TestMessage]) -> Vec<Vec<u8>> {
-    msgs.iter().map(|m| expected_wire_form(&m.bytes)).collect()
-}
-
-fn names(msgs: &[TestMessage]) -> Vec<String> {
-    msgs.iter().map(|m| m.name.clone()).collect()
-}
-
-fn keys(b: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
-    b.keys().cloned().collect()
 }
 
 #[test]

@@ -18,23 +18,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// Rules matching the harness's definition of spam (`support::SPAM_RULE`).
-fn spam_rules(action: &str) -> String {
-    format!(
-        r#"
-rules:
-  - id: SPAM_DOMAIN
-    header: From:addr
-    regex: '(?i)@spam\.example$'
-    action: {action}
-  - id: VIAGRA_SUBJECT
-    header: Subject
-    regex: 'VIAGRA'
-    action: {action}
-"#
-    )
-}
-
 /// The same two rules, but scoring (≥ the default threshold 5.0) instead of acting directly:
 /// `spam_action` (default `tag`) applies.
 const SCORE_RULES: &str = r#"
@@ -48,18 +31,6 @@ rules:
     regex: 'VIAGRA'
     score: 5.5
 "#;
-
-fn wire(msgs: &[TestMessage]) -> Vec<Vec<u8>> {
-    msgs.iter().map(|m| expected_wire_form(&m.bytes)).collect()
-}
-
-fn names(msgs: &[TestMessage]) -> Vec<String> {
-    msgs.iter().map(|m| m.name.clone()).collect()
-}
-
-fn keys(b: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
-    b.keys().cloned().collect()
-}
 
 fn start_proxy(d: &Dovecot, upstream: &str, rules: &str, extra: &str) -> Popsift {
     let _ = d;

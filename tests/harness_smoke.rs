@@ -10,10 +10,6 @@ mod support;
 
 use support::*;
 
-fn wire(mbox: &[TestMessage]) -> Vec<Vec<u8>> {
-    mbox.iter().map(|m| expected_wire_form(&m.bytes)).collect()
-}
-
 fn assert_messages_eq(client: &str, got: &[Vec<u8>], expected: &[Vec<u8>], mbox: &[TestMessage]) {
     assert_eq!(got.len(), expected.len(), "{client}: message count");
     for (i, (g, e)) in got.iter().zip(expected).enumerate() {

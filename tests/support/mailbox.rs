@@ -287,3 +287,36 @@ pub fn expected_list_size(stored: &[u8]) -> u64 {
         wire
     }
 }
+
+/// Rules that match exactly [`SPAM_RULE`], each with the direct `action` given.
+pub fn spam_rules(action: &str) -> String {
+    format!(
+        r#"
+rules:
+  - id: SPAM_DOMAIN
+    describe: the test mailbox's spam sender domain
+    header: From:addr
+    regex: '(?i)@spam\.example$'
+    action: {action}
+  - id: VIAGRA_SUBJECT
+    header: Subject
+    regex: 'VIAGRA'
+    action: {action}
+"#
+    )
+}
+
+/// What a client receives for each message ([`expected_wire_form`]), in order.
+pub fn wire(msgs: &[TestMessage]) -> Vec<Vec<u8>> {
+    msgs.iter().map(|m| expected_wire_form(&m.bytes)).collect()
+}
+
+/// The delivered names, in order (the keys of [`Dovecot::mailbox`](super::Dovecot::mailbox)).
+pub fn names(msgs: &[TestMessage]) -> Vec<String> {
+    msgs.iter().map(|m| m.name.clone()).collect()
+}
+
+/// The message names present in a mailbox snapshot.
+pub fn keys(b: &std::collections::BTreeMap<String, Vec<u8>>) -> Vec<String> {
+    b.keys().cloned().collect()
+}
