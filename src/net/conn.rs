@@ -133,10 +133,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.io.shutdown()).await;
     }
 
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.io
-    }
-
     /// Gives back the socket; fails if unread bytes are buffered (they would be lost).
     pub fn into_inner(self) -> Result<S, S> {
         if self.buf.is_empty() {

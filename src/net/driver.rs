@@ -120,13 +120,14 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
                 let _ = s.client.write_all(text.as_bytes(), std::time::Duration::from_secs(5), Phase::Relay).await;
                 SessionResult::ClientAborted
             }
-            Err(_) if s.stats.auth_failed && !s.stats.logged_in => SessionResult::AuthFailed,
             Err(_) => SessionResult::ClientAborted,
         };
-        let outcome = if outcome == SessionResult::Ok && !s.stats.logged_in && s.stats.auth_failed {
-            SessionResult::AuthFailed
-        } else {
-            outcome
+        // A client that only ever failed to log in, however it left, is an auth failure.
+        let outcome = match outcome {
+            SessionResult::Ok | SessionResult::ClientAborted if s.stats.auth_failed && !s.stats.logged_in => {
+                SessionResult::AuthFailed
+            }
+            other => other,
         };
         s.client.shutdown().await;
         let (bytes_up, bytes_client) = (s.up.as_ref().map_or(0, |u| u.conn.bytes_in), s.client.bytes_out);
@@ -448,10 +449,13 @@ impl Session<'_> {
         if outcome.top_failures > 0 {
             warn!(failures = outcome.top_failures, "TOP failed for some messages; they are shown unfiltered");
         }
-        let eval_started = Instant::now();
         let n = outcome.items.len();
         let uidl_supported = outcome.uidl_supported;
+        // Messages the rules actually look at now (not memoised, headers read).
+        let evaluated_now = outcome.items.iter().filter(|i| i.memo.is_none() && i.headers.is_some()).count();
+        let eval_started = Instant::now();
         let mut entries = evaluate_off_thread(outcome.items, rules.clone(), cfg.dry_run, &cfg.tag).await;
+        let eval_per_message = eval_started.elapsed().as_secs_f64() / evaluated_now.max(1) as f64;
         if let (Some(scope), true) = (scope, uidl_supported) {
             let memo: MailboxMemo = entries
                 .iter()
@@ -495,11 +499,14 @@ impl Session<'_> {
             }
         }
         let view = MailboxView::new(entries);
-        let eval = eval_started.elapsed().as_secs_f64();
+        // Evaluation runs in parallel chunks off the async threads, so per-message times are
+        // not observed one by one: each evaluated message records the batch's mean.
+        for _ in 0..evaluated_now {
+            m::rule_eval_duration(eval_per_message);
+        }
         for e in view.entries() {
-            let Some(v) = &e.verdict else { continue };
+            let Some(v) = e.verdict() else { continue };
             m::message_scanned();
-            m::rule_eval_duration(eval / n.max(1) as f64);
             let action = v.action.map_or("none", |a| a.as_str());
             m::message_verdict(if v.spam { "spam" } else { "ham" }, action);
             for r in &v.rules {
@@ -527,15 +534,17 @@ impl Session<'_> {
         self.stats.tagged = view
             .entries()
             .iter()
-            .filter(|e| e.disposition == Disposition::Visible && e.verdict.as_ref().is_some_and(|v| v.spam))
+            .filter(|e| e.disposition == Disposition::Visible && e.verdict().is_some_and(|v| v.spam))
             .count();
         debug!(messages = n, hidden, condemned, elapsed_ms = started.elapsed().as_millis() as u64, "scan done");
         Ok(Some(view))
     }
 
-    /// The quarantine Maildir's owner: the USER/APOP name (SASL logins carry none we read).
+    /// The quarantine Maildir's owner: the name the successful login used (USER/PASS or
+    /// APOP). A SASL login carries none popsift reads, and a USER tried before it may be
+    /// someone else's, so such mail goes to `_unknown`.
     fn quarantine_user(&self) -> String {
-        self.stats.user.clone().unwrap_or_else(|| "_unknown".into())
+        self.login_user.clone().unwrap_or_else(|| "_unknown".into())
     }
 
     /// Retrieves a message in full and writes it to the quarantine. The outer error is an
@@ -572,7 +581,7 @@ impl Session<'_> {
             up.fill(cfg.timeouts.upstream_reply, Phase::Scan).await?;
         }
         let store = Quarantine::new(&cfg.quarantine.dir);
-        let v = e.verdict.clone();
+        let v = e.verdict();
         let meta = QuarantineMeta {
             user: self.quarantine_user(),
             size: e.upstream_size,
@@ -685,7 +694,7 @@ impl Session<'_> {
         let caps = self.up().caps.clone();
         let up_pipelining = capa::has(caps.as_deref(), "PIPELINING");
         let known = Known {
-            top: view.entries().iter().any(|e| e.verdict.is_some()),
+            top: view.entries().iter().any(|e| e.evaluated.is_some()),
             uidl: view.entries().iter().all(|e| e.uidl.is_some()),
             logged_in: true,
         };

@@ -193,10 +193,6 @@ impl HeaderCollector {
         self.complete = true;
     }
 
-    pub fn is_done(&self) -> bool {
-        self.scanner.is_done()
-    }
-
     /// The collected header block. Call after `feed` returned `Some`.
     pub fn finish(mut self) -> HeaderBlock {
         if self.truncated {

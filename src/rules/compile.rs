@@ -194,24 +194,30 @@ pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RuleError> {
     Ok(files)
 }
 
+impl<'a> Loader<'a> {
+    fn new(opts: &'a EngineOptions) -> Loader<'a> {
+        Loader {
+            opts,
+            errors: Vec::new(),
+            files: Vec::new(),
+            lists: ListCache::default(),
+            rules: Vec::new(),
+            origins: Vec::new(),
+            ids: HashMap::new(),
+            targets: Vec::new(),
+            exists: Vec::new(),
+            sizes: Vec::new(),
+            exprs: Vec::new(),
+            threshold: None,
+        }
+    }
+}
+
 /// Loads and compiles a rule file or directory.
 pub fn load(path: &Path, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
     let started = std::time::Instant::now();
     let files = rule_files(path).map_err(|e| RuleErrors(vec![e]))?;
-    let mut l = Loader {
-        opts,
-        errors: Vec::new(),
-        files: Vec::new(),
-        lists: ListCache::default(),
-        rules: Vec::new(),
-        origins: Vec::new(),
-        ids: HashMap::new(),
-        targets: Vec::new(),
-        exists: Vec::new(),
-        sizes: Vec::new(),
-        exprs: Vec::new(),
-        threshold: None,
-    };
+    let mut l = Loader::new(opts);
     for f in &files {
         match std::fs::read(f) {
             Ok(bytes) => {
@@ -245,20 +251,7 @@ pub fn load(path: &Path, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
 
 /// Compiles rules from YAML text, as if read from `path` (list paths resolve against it).
 pub fn load_str(path: &Path, text: &str, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
-    let mut l = Loader {
-        opts,
-        errors: Vec::new(),
-        files: Vec::new(),
-        lists: ListCache::default(),
-        rules: Vec::new(),
-        origins: Vec::new(),
-        ids: HashMap::new(),
-        targets: Vec::new(),
-        exists: Vec::new(),
-        sizes: Vec::new(),
-        exprs: Vec::new(),
-        threshold: None,
-    };
+    let mut l = Loader::new(opts);
     l.load_text(path, text);
     let mut set = l.finish()?;
     set.files = 1;

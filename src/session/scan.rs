@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::pop3::multiline::HeaderBlock;
 use crate::rules::{Action, RuleSet, Verdict};
 use crate::session::tag::{self, TagSettings};
-use crate::session::view::{Disposition, Entry, HeaderRewrite, MailboxView};
+use crate::session::view::{Disposition, Entry, HeaderRewrite};
 
 /// What the scan learned about one upstream message.
 #[derive(Debug, Clone)]
@@ -59,13 +59,9 @@ pub fn disposition(action: Option<Action>, dry_run: bool) -> Disposition {
     }
 }
 
-/// Evaluates every scanned message and builds the view. Visible spam (and, under dry run,
-/// every condemned message) is tagged; its size grows by exactly the header change.
-pub fn build_view(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, tagging: &TagSettings) -> MailboxView {
-    MailboxView::new(build_entries(items, rules, dry_run, tagging))
-}
-
-/// Like [`build_view`] but returns the entries, so that quarantine can settle the fate of
+/// Evaluates every scanned message into view entries. Visible spam (and, under dry run,
+/// every condemned message) is tagged; its size grows by exactly the header change. The
+/// entries are returned rather than a view so that quarantine can settle the fate of
 /// its messages (stored → condemned; failed → hidden or shown) before the view is fixed.
 pub fn build_entries(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, tagging: &TagSettings) -> Vec<Entry> {
     items
@@ -76,8 +72,7 @@ pub fn build_entries(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, taggi
                 (None, Some(h)) => Some(Arc::new(evaluate(h, item.size, rules, tagging))),
                 (None, None) => None,
             };
-            let verdict = evaluated.as_ref().map(|e| e.verdict.clone());
-            let d = disposition(verdict.as_ref().and_then(|v| v.action), dry_run);
+            let d = disposition(evaluated.as_ref().and_then(|e| e.verdict.action), dry_run);
             // Visible messages carry their tag; so do quarantine candidates: if the copy fails
             // and the config says to show the message, it is shown tagged.
             let rewrite = match &evaluated {
@@ -95,7 +90,6 @@ pub fn build_entries(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, taggi
                 upstream_size: item.size,
                 size,
                 uidl: item.uidl,
-                verdict,
                 disposition: d,
                 rewrite,
                 evaluated,
@@ -112,7 +106,7 @@ pub fn quarantine_candidates(entries: &[Entry], dry_run: bool) -> Vec<usize> {
     entries
         .iter()
         .enumerate()
-        .filter(|(_, e)| e.verdict.as_ref().is_some_and(|v| v.action == Some(Action::Quarantine)))
+        .filter(|(_, e)| e.verdict().is_some_and(|v| v.action == Some(Action::Quarantine)))
         .map(|(i, _)| i)
         .collect()
 }

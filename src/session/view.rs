@@ -28,12 +28,18 @@ pub struct Entry {
     /// Size the client sees (differs from `upstream_size` when popsift rewrites the message).
     pub size: u64,
     pub uidl: Option<Arc<str>>,
-    pub verdict: Option<Verdict>,
     pub disposition: Disposition,
     /// The header block to send instead of the original (tagging), decided at login.
     pub rewrite: Option<Arc<HeaderRewrite>>,
-    /// The evaluation behind `verdict` and `rewrite`, kept for the verdict memo.
+    /// What the rules decided (`None`: not evaluated, e.g. the server had no TOP), shared
+    /// with the verdict memo.
     pub evaluated: Option<Arc<crate::session::scan::Evaluated>>,
+}
+
+impl Entry {
+    pub fn verdict(&self) -> Option<&Verdict> {
+        self.evaluated.as_deref().map(|e| &e.verdict)
+    }
 }
 
 /// A header block replacement: `size` = upstream size - original + replacement.
@@ -165,7 +171,6 @@ mod tests {
             upstream_size: size,
             size,
             uidl: Some(format!("u{n}").into()),
-            verdict: None,
             disposition: d,
             rewrite: None,
             evaluated: None,
