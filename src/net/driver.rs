@@ -702,16 +702,20 @@ impl Session<'_> {
         let mut outstanding = 0usize;
         let mut quit_planned = false;
         let mut ahead = Vec::new();
+        // The client has had two or more commands waiting at once: it pipelines.
+        let mut pipelining_client = false;
         loop {
-            // Plan every command already buffered, topping the buffer up with whatever the
-            // client has already sent (without waiting), so a pipelining client keeps the
-            // upstream busy instead of seeing a bubble every MAX_QUEUE commands.
+            // Plan every command already buffered. For a pipelining client, top the buffer up
+            // with whatever it has already sent (without waiting) while the queue runs low,
+            // so the upstream stays busy instead of seeing a bubble every MAX_QUEUE commands.
+            // A one-command-at-a-time client never has more to read: no extra syscall.
             while !quit_planned && queue.len() < MAX_QUEUE {
                 let line = match self.client.take_line(MAX_COMMAND_LINE)? {
                     Some(line) => line,
-                    None if !queue.is_empty() && self.client.try_fill()? => continue,
+                    None if pipelining_client && queue.len() <= MAX_QUEUE / 2 && self.client.try_fill()? => continue,
                     None => break,
                 };
+                pipelining_client |= !queue.is_empty();
                 let planned = match command::parse(&line) {
                     Ok(cmd) => {
                         debug!(command = cmd.keyword(), "client command");
