@@ -66,25 +66,6 @@ fn wait_dovecot_sessions_closed(d: &Dovecot, n: usize) {
     }
 }
 
-/// popsift's log without ANSI colour sequences (the human format colours field names).
-fn plain_log(p: &Popsift) -> String {
-    let log = p.log();
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Asserts the Maildir is exactly as before: same files, same bytes.
 fn assert_unchanged(d: &Dovecot, before: &BTreeMap<String, Vec<u8>>, what: &str) {
     let after = d.mailbox("alice");
@@ -410,7 +391,7 @@ fn quarantine_unwritable_shows_and_keeps() {
     assert_unchanged(&d, &before, "quarantine failed");
     let errors = metric(&p.scrape(), "popsift_quarantine_errors_total") - errors_before;
     assert_eq!(errors as usize, spam(&all).len(), "each failure counted");
-    assert!(plain_log(&p).contains("quarantine failed; message NOT deleted"), "{}", plain_log(&p));
+    assert!(p.log().contains("quarantine failed; message NOT deleted"), "{}", p.log());
     // The session itself went fine.
     assert!(f.quit_reply.unwrap_or_default().starts_with("+OK"));
 }
@@ -490,11 +471,11 @@ fn broken_rule_reload_keeps_old_rules() {
     std::fs::write(&broken, "rules:\n  - id: BROKEN\n    header: Subject\n    regex: [unclosed\n").unwrap();
     p.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !plain_log(&p).contains("rule reload failed") {
-        assert!(Instant::now() < deadline, "no reload failure logged:\n{}", plain_log(&p));
+    while !p.log().contains("rule reload failed") {
+        assert!(Instant::now() < deadline, "no reload failure logged:\n{}", p.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    let log = plain_log(&p);
+    let log = p.log();
     let located = log.lines().any(|l| {
         l.split("zz-broken.yaml:").nth(1).is_some_and(|r| {
             let mut it = r.split(':');
@@ -717,6 +698,6 @@ rules:
     }
     assert!(f.quit_reply.unwrap_or_default().starts_with("+OK"));
     assert_unchanged(&d, &before, "dry run deletes nothing");
-    let log = plain_log(&p);
+    let log = p.log();
     assert!(log.contains("verdict") && log.contains("dry_run=true"), "verdicts are logged as dry run:\n{log}");
 }

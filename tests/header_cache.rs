@@ -41,25 +41,6 @@ fn lookups(p: &Popsift, result: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-/// The log without ANSI colour codes.
-fn plain_log(p: &Popsift) -> String {
-    let log = p.log();
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn fetch(p: &Popsift, d: &Dovecot, user: &str) -> PopFetch {
     poplib_fetch(&p.addr, user, d.password(user), &PoplibOpts::default())
 }
@@ -93,7 +74,7 @@ fn warm_login_gives_the_same_view_without_top() {
     let warm = fetch(&p, &d, "alice");
     same_view(&cold, &warm);
     assert_eq!((lookups(&p, "hit"), lookups(&p, "miss")), (30, 30), "the warm login is all hits");
-    let log = plain_log(&p);
+    let log = p.log();
     assert!(log.contains("tops_sent=30") && log.contains("tops_sent=0"), "cold sent 30 TOPs, warm none:\n{log}");
     assert!(p.state_dir().join(FILE_NAME).is_file());
 
@@ -102,7 +83,7 @@ fn warm_login_gives_the_same_view_without_top() {
     let third = fetch(&p, &d, "alice");
     assert_eq!(third.stat, cold.stat, "the new message is hidden");
     assert_eq!((lookups(&p, "hit"), lookups(&p, "miss")), (60, 31));
-    assert!(plain_log(&p).contains("tops_sent=1"));
+    assert!(p.log().contains("tops_sent=1"));
 }
 
 #[test]
@@ -150,7 +131,7 @@ fn damaged_cache_is_rebuilt(damage: impl Fn(&std::path::Path)) {
     let p = start(&d, state.path());
     let after = fetch(&p, &d, "alice");
     same_view(&cold, &after);
-    let log = plain_log(&p);
+    let log = p.log();
     assert!(log.contains("rebuilding"), "the damage was noticed and logged:\n{log}");
     assert_eq!((lookups(&p, "hit"), lookups(&p, "miss")), (0, 12), "the rebuilt cache starts empty");
     let warm = fetch(&p, &d, "alice");
@@ -242,8 +223,8 @@ fn a_rule_reload_applies_at_once_to_cached_mailboxes() {
     .unwrap();
     p.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !plain_log(&p).contains("rules reloaded") && !plain_log(&p).contains("reloaded") {
-        assert!(std::time::Instant::now() < deadline, "no reload logged:\n{}", plain_log(&p));
+    while !p.log().contains("rules reloaded") && !p.log().contains("reloaded") {
+        assert!(std::time::Instant::now() < deadline, "no reload logged:\n{}", p.log());
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));

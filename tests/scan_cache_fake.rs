@@ -6,7 +6,7 @@ mod fake;
 use std::time::{Duration, Instant};
 
 use fake::popsift::{start as popsift, Client};
-use fake::{start as upstream, Behaviour};
+use fake::{msg, start as upstream, Behaviour};
 
 const RULES: &str = r#"
 rules:
@@ -15,10 +15,6 @@ rules:
     regex: '(?i)viagra'
     action: hide
 "#;
-
-fn msg(subject: &str, body: &str) -> Vec<u8> {
-    format!("From: a@example.org\r\nSubject: {subject}\r\nMessage-ID: <{subject}@x>\r\n\r\n{body}").into_bytes()
-}
 
 fn mailbox() -> Vec<Vec<u8>> {
     vec![

@@ -3,7 +3,7 @@
 mod fake;
 
 use fake::popsift::{start as popsift, Client};
-use fake::{start as upstream, Behaviour};
+use fake::{msg, start as upstream, Behaviour};
 
 const RULES: &str = r#"
 rules:
@@ -16,10 +16,6 @@ rules:
     keywords: ["lottery winner"]
     action: delete
 "#;
-
-fn msg(subject: &str, body: &str) -> Vec<u8> {
-    format!("From: a@example.org\r\nSubject: {subject}\r\nMessage-ID: <{subject}@x>\r\n\r\n{body}").into_bytes()
-}
 
 fn mailbox() -> Vec<Vec<u8>> {
     vec![

@@ -186,24 +186,6 @@ fn naive(addr: &str, user: &str, pass: &str, prefix: usize) -> (Duration, Durati
     (fixed, per_top)
 }
 
-/// Text without ANSI colour codes.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -262,9 +244,10 @@ fn run(n: usize, rtt: Duration, repeat: usize) {
         let (w, v2) = login(&px.p.addr, user, &pass);
         assert_eq!(v, v2, "warm view differs from cold");
         if round == 0 {
-            for l in plain(&px.p.log())
-                .lines()
-                .filter(|l| l.contains("mailbox listed") || l.contains("scan done") || l.contains("cache lookup"))
+            for l in
+                px.p.log()
+                    .lines()
+                    .filter(|l| l.contains("mailbox listed") || l.contains("scan done") || l.contains("cache lookup"))
             {
                 let fields: Vec<&str> = l.split_whitespace().filter(|f| f.contains('=') && !f.contains('{')).collect();
                 println!("  popsift log: {}", fields.join(" "));

@@ -69,6 +69,11 @@ pub struct Log {
     pub pipelined: usize,
 }
 
+/// A small test message with the given Subject and body.
+pub fn msg(subject: &str, body: &str) -> Vec<u8> {
+    format!("From: a@example.org\r\nSubject: {subject}\r\nMessage-ID: <{subject}@x>\r\n\r\n{body}").into_bytes()
+}
+
 pub struct Fake {
     pub addr: String,
     pub log: Arc<Mutex<Log>>,
