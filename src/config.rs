@@ -17,7 +17,8 @@
 //! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 1024, early_answer_after: 20s }
 //! cache: { enabled: true, max_size: 256MiB }   # header cache, <state_dir>/header-cache.redb
 //! tag: { strip_existing: true, subject_prefix: "[SPAM] ", ham_status: false }
-//! quarantine: { dir: /var/lib/popsift/quarantine, on_failure: hide, max_size: 64MiB }
+//! quarantine: { dir: /var/lib/popsift/quarantine, on_failure: hide, max_size: 64MiB,
+//!               quota_size: 1GiB, quota_messages: 10000 }   # quota per user folder
 //! ```
 //! Command-line flags override the first listener (or define it when the file has none).
 use std::net::SocketAddr;
@@ -105,6 +106,10 @@ pub struct QuarantineFile {
     pub dir: Option<PathBuf>,
     pub on_failure: Option<OnFailure>,
     pub max_size: Option<String>,
+    /// Per user folder: total bytes of its copies.
+    pub quota_size: Option<String>,
+    /// Per user folder: number of copies.
+    pub quota_messages: Option<u64>,
 }
 
 /// What happens to a message whose quarantine copy could not be written.
@@ -124,7 +129,24 @@ pub struct QuarantineSettings {
     pub dir: PathBuf,
     pub on_failure: OnFailure,
     /// Messages larger than this are not quarantined (they are handled as on failure).
+    /// The copy also stops at the LIST size plus some (see
+    /// [`QuarantineSettings::copy_limit`]).
     pub max_size: u64,
+    /// A user folder already holding this many bytes (or `quota_messages` copies) takes no
+    /// more: further quarantine candidates are handled as on failure (never deleted).
+    pub quota_size: u64,
+    pub quota_messages: u64,
+}
+
+impl QuarantineSettings {
+    /// The most octets a quarantine copy may take for a message LIST announced as
+    /// `list_size`: `min(max_size, list_size + 64 KiB + list_size/16)`. The slack allows
+    /// for servers whose LIST size is an estimate (RFC 1939 §5 asks for the exact size, but
+    /// e.g. line-ending conversion makes some servers off by a little); an upstream that
+    /// sends more is misbehaving, and the copy is discarded rather than grown.
+    pub fn copy_limit(&self, list_size: u64) -> u64 {
+        self.max_size.min(list_size.saturating_add(64 * 1024).saturating_add(list_size / 16))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -421,6 +443,12 @@ impl Config {
                     .map_err(|reason| ConfigError::BadValue { field: "quarantine.max_size".into(), reason })?,
                 None => 64 * 1024 * 1024,
             },
+            quota_size: match q.quota_size {
+                Some(t) => parse_size(&t)
+                    .map_err(|reason| ConfigError::BadValue { field: "quarantine.quota_size".into(), reason })?,
+                None => 1024 * 1024 * 1024,
+            },
+            quota_messages: q.quota_messages.unwrap_or(10_000),
         };
         Ok(Config {
             listeners,

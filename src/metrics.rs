@@ -125,6 +125,9 @@ pub const QUARANTINE_MESSAGES_TOTAL: &str = "popsift_quarantine_messages_total";
 pub const QUARANTINE_ERRORS_TOTAL: &str = "popsift_quarantine_errors_total";
 /// Counter `{result}`: header cache lookups, `hit` or `miss`.
 pub const HEADER_CACHE_LOOKUPS_TOTAL: &str = "popsift_header_cache_lookups_total";
+/// Counter: logins whose UIDL listing could not be trusted (duplicate, missing or malformed
+/// UIDLs, RFC 1939 §7), so every UIDL-keyed shortcut was off for that session.
+pub const UIDL_UNTRUSTED_SESSIONS_TOTAL: &str = "popsift_uidl_untrusted_sessions_total";
 /// Gauge `{version}`: always 1; carries the version as a label.
 pub const BUILD_INFO: &str = "popsift_build_info";
 /// Gauge: Unix time at which the metrics were installed (process start, for uptime and for
@@ -320,6 +323,14 @@ pub const METRICS: &[MetricDef] = &[
         buckets: &[],
     },
     MetricDef {
+        name: UIDL_UNTRUSTED_SESSIONS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &[],
+        help: "Logins with duplicate, missing or malformed UIDLs: cache, memo and quarantine shortcuts were off.",
+        buckets: &[],
+    },
+    MetricDef {
         name: BUILD_INFO,
         kind: MetricKind::Gauge,
         unit: None,
@@ -356,6 +367,7 @@ pub const ALL_NAMES: &[&str] = &[
     QUARANTINE_MESSAGES_TOTAL,
     QUARANTINE_ERRORS_TOTAL,
     HEADER_CACHE_LOOKUPS_TOTAL,
+    UIDL_UNTRUSTED_SESSIONS_TOTAL,
     BUILD_INFO,
     START_TIME_SECONDS,
 ];
@@ -475,6 +487,7 @@ fn register() {
     }
     counter!(QUARANTINE_MESSAGES_TOTAL).absolute(0);
     counter!(QUARANTINE_ERRORS_TOTAL).absolute(0);
+    counter!(UIDL_UNTRUSTED_SESSIONS_TOTAL).absolute(0);
     for result in ["hit", "miss"] {
         counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => result).absolute(0);
     }
@@ -614,6 +627,11 @@ pub fn quarantine_message() {
 /// A message could not be written to the quarantine (`popsift_quarantine_errors_total`).
 pub fn quarantine_error() {
     counter!(QUARANTINE_ERRORS_TOTAL).increment(1);
+}
+
+/// A login whose UIDLs could not be trusted (`popsift_uidl_untrusted_sessions_total`).
+pub fn uidl_untrusted_session() {
+    counter!(UIDL_UNTRUSTED_SESSIONS_TOTAL).increment(1);
 }
 
 /// A header cache lookup (`popsift_header_cache_lookups_total{result="hit"|"miss"}`).

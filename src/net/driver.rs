@@ -34,8 +34,8 @@ use crate::config::{Config, Listener, OnFailure, WithoutTop};
 use crate::metrics::{self as m, Direction, SessionResult};
 use crate::net::conn::{Conn, Side};
 use crate::net::error::{Phase, SessionError};
-use crate::net::scan::scan;
 use crate::net::scan::CacheUse;
+use crate::net::scan::{refetch_headers, scan};
 use crate::net::upstream::{self, Upstream};
 use crate::pop3::capa::{self as capa_codec};
 use crate::pop3::command::{self, MAX_COMMAND_LINE};
@@ -44,10 +44,10 @@ use crate::pop3::{find_header_end, stuff_lines, unstuff, BodyScanner, HeaderEnd,
 use crate::rules::RulesHandle;
 use crate::session::capa::{self, Known};
 use crate::session::plan::{self, err, AuthPlan, TxPlan};
-use crate::session::scan::{build_entries, quarantine_candidates};
+use crate::session::scan::{build_entries, quarantine_candidates, recheck, to_recheck};
 use crate::session::view::{Disposition, Entry, HeaderRewrite, MailboxView};
 use crate::store::header_cache::{HeaderCache, Scope};
-use crate::store::quarantine::{Meta as QuarantineMeta, Quarantine};
+use crate::store::quarantine::{Meta as QuarantineMeta, Quarantine, QuarantineError, Usage as QuarantineUsage};
 use crate::store::verdict_memo::{MailboxMemo, VerdictMemo};
 
 /// Client output is flushed when this much is pending, even mid-response.
@@ -318,18 +318,34 @@ impl Session<'_> {
                     }
                 }
                 AuthPlan::Sasl(l) => {
-                    // The identity is inside the SASL exchange: no cache (never guess a user).
+                    // The identity is inside the SASL exchange: read from the first response
+                    // for PLAIN/LOGIN/CRAM-MD5 (never logged with the secret), else unknown.
                     self.login_user = None;
+                    let command::Command::Auth { mechanism: Some(mech), initial } = &cmd else { continue };
+                    let mut identity_pending = true;
+                    if let Some(init) = initial {
+                        if !self.sasl_identity(mech, init.expose(), &mut identity_pending) {
+                            self.reply(&err("invalid user name in SASL response")).await?;
+                            continue;
+                        }
+                    }
                     self.up_write(&l, Phase::Login).await?;
                     loop {
                         let r = self.up_line(Phase::Login).await?;
                         if Status::parse(&r).is_some_and(|s| s.kind == StatusKind::Continue) {
                             // RFC 5034 §4: relay the challenge, then the client's response
-                            // line (opaque: never parsed, never logged).
+                            // line (opaque but for the identity: never logged).
                             let mut c = r;
                             c.extend_from_slice(b"\r\n");
                             self.reply(&c).await?;
                             let mut resp = self.client_line().await?;
+                            if !self.sasl_identity(mech, &resp, &mut identity_pending) {
+                                // Cancel the exchange (RFC 5034 §4 "*") rather than relay it.
+                                self.up_write(b"*\r\n", Phase::Login).await?;
+                                let _ = self.up_line(Phase::Login).await?;
+                                self.reply(&err("invalid user name in SASL response")).await?;
+                                break;
+                            }
                             resp.extend_from_slice(b"\r\n");
                             self.up_write(&resp, Phase::Login).await?;
                             continue;
@@ -353,6 +369,25 @@ impl Session<'_> {
                     return Ok(None);
                 }
             }
+        }
+    }
+
+    /// Reads the login identity from the first SASL response (see
+    /// [`command::sasl_identity`]). False when it holds control bytes or is malformed: the
+    /// response must not be relayed.
+    fn sasl_identity(&mut self, mechanism: &str, response: &[u8], pending: &mut bool) -> bool {
+        if !*pending {
+            return true;
+        }
+        *pending = false;
+        match command::sasl_identity(mechanism, response) {
+            command::SaslIdentity::Known(name) => {
+                tracing::Span::current().record("user", name.as_str());
+                self.login_user = Some(name);
+                true
+            }
+            command::SaslIdentity::Unknown => true,
+            command::SaslIdentity::Invalid => false,
         }
     }
 
@@ -450,13 +485,23 @@ impl Session<'_> {
             warn!(failures = outcome.top_failures, "TOP failed for some messages; they are shown unfiltered");
         }
         let n = outcome.items.len();
-        let uidl_supported = outcome.uidl_supported;
+        let uidl_trusted = outcome.uidl_trusted;
+        let unverified = outcome.unverified;
         // Messages the rules actually look at now (not memoised, headers read).
         let evaluated_now = outcome.items.iter().filter(|i| i.memo.is_none() && i.headers.is_some()).count();
         let eval_started = Instant::now();
         let mut entries = evaluate_off_thread(outcome.items, rules.clone(), cfg.dry_run, &cfg.tag).await;
         let eval_per_message = eval_started.elapsed().as_secs_f64() / evaluated_now.max(1) as f64;
-        if let (Some(scope), true) = (scope, uidl_supported) {
+        // A cached or memoised verdict never condemns on its own: fetch those headers again.
+        let rechecks = to_recheck(&entries, &unverified, cfg.dry_run);
+        if !rechecks.is_empty() {
+            let msgs: Vec<u32> = rechecks.iter().map(|&i| entries[i].upstream).collect();
+            let up = &mut self.up.as_mut().expect("upstream connected before use").conn;
+            let fresh = refetch_headers(up, &msgs, &cfg.scan, &cfg.timeouts).await?;
+            recheck(&mut entries, &rechecks, fresh, &rules, cfg.dry_run, &cfg.tag);
+            debug!(rechecked = rechecks.len(), "condemning verdicts from the cache re-checked against fresh headers");
+        }
+        if let (Some(scope), true) = (scope, uidl_trusted) {
             let memo: MailboxMemo = entries
                 .iter()
                 .filter_map(|e| Some(((e.uidl.clone()?, e.upstream_size), e.evaluated.clone()?)))
@@ -464,28 +509,30 @@ impl Session<'_> {
             ctx.memo.store(scope, rules.clone(), memo);
         }
         let candidates = quarantine_candidates(&entries, cfg.dry_run);
-        let stored = if candidates.is_empty() {
-            Default::default()
-        } else {
-            let q = Quarantine::new(&cfg.quarantine.dir);
-            let (user, upstream) = (self.quarantine_user(), self.ctx.listener.upstream.display());
-            tokio::task::spawn_blocking(move || q.stored_uidls(&user, &upstream)).await.unwrap_or_default()
+        let upstream = self.ctx.listener.upstream.display();
+        let mut usage = match (&self.login_user, candidates.is_empty()) {
+            (Some(user), false) => {
+                let (q, user, upstream) = (Quarantine::new(&cfg.quarantine.dir), user.clone(), upstream.clone());
+                tokio::task::spawn_blocking(move || q.usage(&user, &upstream)).await.ok()
+            }
+            _ => None,
         };
         for i in candidates {
             self.answer_early_if_due(login_reply, deadline).await?;
-            let e = &entries[i];
-            if let Some(uidl) = e.uidl.as_deref() {
-                if stored.contains(&(uidl.to_string(), e.upstream_size)) {
-                    // Copied at an earlier login whose UPDATE never happened: do not copy again.
-                    debug!(uidl, msg = e.upstream, "already in quarantine; DELE at QUIT");
-                    entries[i].disposition = Disposition::Condemned;
-                    continue;
-                }
-            }
-            match self.quarantine_one(&entries[i]).await? {
-                Ok(path) => {
+            let result = match usage.as_mut() {
+                Some(usage) => self.quarantine_one(&entries[i], usage).await?,
+                // A SASL mechanism whose identity popsift cannot read: no folder to trust.
+                None => Err("the login's user name is unknown (SASL mechanism popsift does not read)".into()),
+            };
+            match result {
+                Ok(Some(path)) => {
                     m::quarantine_message();
                     info!(uidl = entries[i].uidl.as_deref().unwrap_or("-"), msg = entries[i].upstream, path = %path.display(), "quarantined; DELE at QUIT");
+                    entries[i].disposition = Disposition::Condemned;
+                }
+                Ok(None) => {
+                    // Copied at an earlier login whose UPDATE never happened: same content.
+                    debug!(msg = entries[i].upstream, "already in this user's quarantine (same digest); DELE at QUIT");
                     entries[i].disposition = Disposition::Condemned;
                 }
                 Err(reason) => {
@@ -540,62 +587,113 @@ impl Session<'_> {
         Ok(Some(view))
     }
 
-    /// The quarantine Maildir's owner: the name the successful login used (USER/PASS or
-    /// APOP). A SASL login carries none popsift reads, and a USER tried before it may be
-    /// someone else's, so such mail goes to `_unknown`.
-    fn quarantine_user(&self) -> String {
-        self.login_user.clone().unwrap_or_else(|| "_unknown".into())
-    }
-
-    /// Retrieves a message in full and writes it to the quarantine. The outer error is an
-    /// upstream failure (ends the session); the inner one a local failure to store (the
-    /// message is then not deleted).
-    async fn quarantine_one(&mut self, e: &Entry) -> Result<Result<std::path::PathBuf, String>, SessionError> {
+    /// Retrieves a message and writes it to the quarantine folder of the login's user,
+    /// streamed to the `tmp/` file (never held whole) and stopped at
+    /// [`crate::config::QuarantineSettings::copy_limit`]. `Ok(Some(path))`: stored;
+    /// `Ok(None)`: this folder already holds a copy with the same digest from this upstream.
+    /// The outer error is an upstream failure (ends the session); the inner one means the
+    /// message must not be deleted (too large, over quota, local failure).
+    async fn quarantine_one(
+        &mut self,
+        e: &Entry,
+        usage: &mut QuarantineUsage,
+    ) -> Result<Result<Option<std::path::PathBuf>, String>, SessionError> {
         let cfg = self.ctx.config.clone();
         if e.upstream_size > cfg.quarantine.max_size {
             return Ok(Err(format!("message of {} octets exceeds quarantine.max_size", e.upstream_size)));
         }
-        self.up_write(&command::Command::Retr(e.upstream).encode(), Phase::Scan).await?;
-        let r = self.up_line(Phase::Scan).await?;
-        if !Status::parse(&r).is_some_and(|s| s.is_ok()) {
-            return Ok(Err(format!("upstream refused RETR: {}", String::from_utf8_lossy(&r))));
-        }
-        let mut message = Vec::with_capacity(e.upstream_size as usize + 64);
-        let mut scanner = BodyScanner::new();
-        let mut unstuffer = Unstuffer::default();
-        let up = &mut self.up.as_mut().expect("upstream connected").conn;
-        loop {
-            let buf = up.buffered();
-            if !buf.is_empty() {
-                let done = scanner.feed(buf);
-                let n = done.unwrap_or(buf.len());
-                unstuffer.feed(&buf[..n], &mut message);
-                up.consume(n);
-                if done.is_some() {
-                    // The terminator was unstuffed as an empty line: drop it.
-                    let t = scanner.terminator_len() - 1;
-                    message.truncate(message.len().saturating_sub(t));
-                    break;
-                }
-            }
-            up.fill(cfg.timeouts.upstream_reply, Phase::Scan).await?;
-        }
-        let store = Quarantine::new(&cfg.quarantine.dir);
+        let limit = cfg.quarantine.copy_limit(e.upstream_size);
         let v = e.verdict();
         let meta = QuarantineMeta {
-            user: self.quarantine_user(),
+            user: self.login_user.clone().unwrap_or_default(),
             size: e.upstream_size,
             upstream: self.ctx.listener.upstream.display(),
             uidl: e.uidl.as_deref().unwrap_or("").to_string(),
             score: v.as_ref().map_or(0.0, |v| v.score),
             rules: v.map(|v| v.rules.iter().map(|r| r.to_string()).collect()).unwrap_or_default(),
         };
-        let stored = tokio::task::spawn_blocking(move || store.store(&meta, &message)).await;
-        Ok(match stored {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("quarantine writer failed: {e}")),
-        })
+        let store = Quarantine::new(&cfg.quarantine.dir);
+        let mut copy = match blocking(move || store.begin(&meta)).await {
+            Ok(c) => Some(c),
+            Err(reason) => return Ok(Err(reason)),
+        };
+        self.up_write(&command::Command::Retr(e.upstream).encode(), Phase::Scan).await?;
+        let r = self.up_line(Phase::Scan).await?;
+        if !Status::parse(&r).is_some_and(|s| s.is_ok()) {
+            return Ok(Err(format!("upstream refused RETR: {}", String::from_utf8_lossy(&r))));
+        }
+        // Unstuffed bytes not yet written; a short tail stays back so the terminator (which
+        // unstuffs to an empty line) can be cut off at the end.
+        const WRITE_AT: usize = 256 * 1024;
+        const TAIL: usize = 8;
+        let mut pending = Vec::with_capacity(WRITE_AT + 64 * 1024);
+        let mut received = 0u64;
+        let mut failure: Option<String> = None;
+        let mut scanner = BodyScanner::new();
+        let mut unstuffer = Unstuffer::default();
+        loop {
+            let up = &mut self.up.as_mut().expect("upstream connected").conn;
+            let buf = up.buffered();
+            if !buf.is_empty() {
+                let done = scanner.feed(buf);
+                let n = done.unwrap_or(buf.len());
+                let before = pending.len();
+                unstuffer.feed(&buf[..n], &mut pending);
+                received += (pending.len() - before) as u64;
+                up.consume(n);
+                if done.is_some() {
+                    let t = scanner.terminator_len() - 1;
+                    pending.truncate(pending.len().saturating_sub(t));
+                    received = received.saturating_sub(t as u64);
+                }
+                if failure.is_none() && received > limit {
+                    failure = Some(format!(
+                        "upstream sent more than {limit} octets for a message LIST gave as {} (quarantine.max_size or LIST size + slack); copy discarded",
+                        e.upstream_size
+                    ));
+                    copy = None; // removes the temporary file
+                }
+                if failure.is_some() {
+                    // Drain the rest of the reply without keeping it.
+                    pending.clear();
+                } else if pending.len() >= WRITE_AT || (done.is_some() && !pending.is_empty()) {
+                    let keep = if done.is_some() { 0 } else { TAIL };
+                    let chunk: Vec<u8> = pending.drain(..pending.len() - keep).collect();
+                    let mut c = copy.take().expect("copy open while no failure");
+                    match blocking(move || c.write(&chunk).map(|()| c)).await {
+                        Ok(c) => copy = Some(c),
+                        Err(reason) => failure = Some(reason),
+                    }
+                }
+                if done.is_some() {
+                    break;
+                }
+            }
+            up.fill(cfg.timeouts.upstream_reply, Phase::Scan).await?;
+        }
+        if let Some(reason) = failure {
+            return Ok(Err(reason));
+        }
+        let Some(copy) = copy else { return Ok(Err("quarantine copy lost".into())) };
+        let digest = copy.digest();
+        if usage.digests.contains(&digest) {
+            return Ok(Ok(None));
+        }
+        let q = &cfg.quarantine;
+        if usage.messages + 1 > q.quota_messages || usage.bytes + copy.len() > q.quota_size {
+            return Ok(Err(format!(
+                "quarantine quota of this user reached ({} messages, {} octets; quota_messages {}, quota_size {})",
+                usage.messages, usage.bytes, q.quota_messages, q.quota_size
+            )));
+        }
+        let len = copy.len();
+        let stored = blocking(move || copy.commit()).await;
+        if stored.is_ok() {
+            usage.messages += 1;
+            usage.bytes += len;
+            usage.digests.insert(digest);
+        }
+        Ok(stored.map(Some))
     }
 
     /// Copies one multi-line body from upstream to the client, verbatim (dot-stuffing kept).
@@ -914,6 +1012,15 @@ async fn evaluate_off_thread(
         out.extend(t.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
     }
     out
+}
+
+/// Runs a quarantine file operation on the blocking pool; any failure as text.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, QuarantineError> + Send + 'static) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("quarantine writer failed: {e}")),
+    }
 }
 
 fn warn_once_no_top(upstream: &str) {

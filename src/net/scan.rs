@@ -12,6 +12,12 @@
 //! UIDL the server no longer lists are evicted, in the background after the scan (the
 //! client's `+OK` does not wait for the disk). Each lookup is counted in
 //! `popsift_header_cache_lookups_total{result="hit"|"miss"}`.
+//!
+//! A UIDL listing with duplicate, missing or malformed UIDLs (RFC 1939 §7; see
+//! [`crate::session::scan::uidl_trust`]) switches the cache and the memo off for the session
+//! (logged, counted in `popsift_uidl_untrusted_sessions_total`): (UIDL, size) is then not a
+//! message's identity. Results taken from the cache or the memo are marked `unverified`;
+//! before any of them condemns a message, [`refetch_headers`] reads its headers again.
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -22,7 +28,7 @@ use crate::net::stream::Stream;
 use crate::pop3::listing::{parse_list, parse_uidl};
 use crate::pop3::multiline::{HeaderBlock, HeaderCollector};
 use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
-use crate::session::scan::{Evaluated, ScanItem};
+use crate::session::scan::{uidl_trust, Evaluated, ScanItem};
 use crate::store::header_cache::{Fresh, HeaderCache, Scope, Wanted};
 use crate::store::verdict_memo::MailboxMemo;
 
@@ -35,6 +41,12 @@ pub struct ScanOutcome {
     /// False when the server refused TOP: the mailbox is shown unfiltered.
     pub top_supported: bool,
     pub uidl_supported: bool,
+    /// UIDL is supported and the listing passed [`uidl_trust`]: UIDL-keyed shortcuts (cache,
+    /// memo, quarantine bookkeeping) may be used.
+    pub uidl_trusted: bool,
+    /// Per item: its headers or verdict came from the cache or the memo, not from this
+    /// session's `TOP` (see [`crate::session::scan::to_recheck`]).
+    pub unverified: Vec<bool>,
     /// Messages whose TOP failed although TOP works for others.
     pub top_failures: usize,
     /// Header blocks taken from the cache, and `TOP` commands sent.
@@ -84,10 +96,18 @@ pub async fn scan(
         conn.write_all(b"UIDL\r\n", t.upstream_reply, Phase::Scan).await?;
     }
     let mut uidls: HashMap<u32, Arc<str>> = HashMap::new();
+    let mut uidl_trusted = false;
     let uidl_supported = match status(conn, t).await? {
         StatusKind::Ok => {
             let body = conn.read_multiline(MAX_LISTING, t.upstream_reply, Phase::Scan).await?;
             let pairs = parse_uidl(&body).map_err(|e| protocol(format!("UIDL: {e}")))?;
+            match uidl_trust(&list, &pairs) {
+                Ok(()) => uidl_trusted = true,
+                Err(problem) => {
+                    crate::metrics::uidl_untrusted_session();
+                    tracing::warn!(%problem, "the server's UIDLs are not unique and well-formed (RFC 1939 §7): header cache, verdict memo and quarantine shortcuts are off for this session");
+                }
+            }
             uidls = pairs.into_iter().map(|(n, u)| (n, Arc::from(u))).collect();
             true
         }
@@ -96,8 +116,9 @@ pub async fn scan(
 
     let mut headers: Vec<Option<HeaderBlock>> = vec![None; list.len()];
     let mut memos: Vec<Option<Arc<Evaluated>>> = vec![None; list.len()];
-    // Only with UIDL: without it there is no key that survives between sessions.
-    let cache = cache.filter(|_| uidl_supported);
+    // Only with trustworthy UIDLs: without them there is no key that survives between
+    // sessions, and with duplicates (UIDL, size) may name two different messages.
+    let cache = cache.filter(|_| uidl_trusted);
     let mut cache_hits = 0usize;
     if let Some(c) = &cache {
         // Messages evaluated at an earlier login under the same rules need nothing at all.
@@ -126,6 +147,8 @@ pub async fn scan(
             }
         }
     }
+    // What the cache and the memo answered, before TOP fills in the rest.
+    let unverified: Vec<bool> = headers.iter().zip(&memos).map(|(h, m)| h.is_some() || m.is_some()).collect();
     // The messages to ask the server about, in server order.
     let todo: Vec<usize> = (0..list.len()).filter(|&i| headers[i].is_none() && memos[i].is_none()).collect();
 
@@ -184,7 +207,35 @@ pub async fn scan(
         .zip(memos)
         .map(|(((n, size), h), memo)| ScanItem { upstream: n, size, uidl: uidls.get(&n).cloned(), headers: h, memo })
         .collect();
-    Ok(ScanOutcome { items, top_supported, uidl_supported, top_failures, cache_hits, tops_sent: sent })
+    Ok(ScanOutcome {
+        items,
+        top_supported,
+        uidl_supported,
+        uidl_trusted,
+        unverified,
+        top_failures,
+        cache_hits,
+        tops_sent: sent,
+    })
+}
+
+/// Fetches `TOP n 0` again for messages whose cached or memoised verdict condemns them, one
+/// at a time (they are few). `None` for a message whose TOP failed.
+pub async fn refetch_headers(
+    conn: &mut Conn<Stream>,
+    msgs: &[u32],
+    settings: &ScanSettings,
+    t: &Timeouts,
+) -> Result<Vec<Option<HeaderBlock>>, SessionError> {
+    let mut out = Vec::with_capacity(msgs.len());
+    for n in msgs {
+        conn.write_all(format!("TOP {n} 0\r\n").as_bytes(), t.upstream_reply, Phase::Scan).await?;
+        out.push(match status(conn, t).await? {
+            StatusKind::Ok => Some(read_headers(conn, settings.header_limit, t).await?),
+            _ => None,
+        });
+    }
+    Ok(out)
 }
 
 async fn read_headers(conn: &mut Conn<Stream>, cap: usize, t: &Timeouts) -> Result<HeaderBlock, SessionError> {

@@ -147,6 +147,76 @@ pub enum CommandError {
     InvalidNumber { keyword: &'static str },
     #[error("command is not valid text")]
     NotText,
+    /// A user name with NUL, CR, LF or another control byte (never relayed upstream: a
+    /// server may cut the name there and log in a different mailbox than popsift keys by).
+    #[error("{keyword}: user name holds control characters")]
+    ControlBytes { keyword: &'static str },
+}
+
+/// True when `name` holds a control byte (C0, DEL) or is not what a server would match
+/// byte for byte. User names are identities (the quarantine folder, the header cache and
+/// the verdict memo are keyed by them), so such names are refused rather than relayed.
+pub fn has_control_bytes(name: &[u8]) -> bool {
+    name.iter().any(|&b| b < 0x20 || b == 0x7F)
+}
+
+/// The identity carried by a SASL exchange (RFC 5034), as far as popsift can read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaslIdentity {
+    /// The mailbox name the login is for.
+    Known(String),
+    /// A mechanism popsift does not read (SCRAM, XOAUTH2, …): no identity.
+    Unknown,
+    /// The identity holds control bytes or is not valid: refuse, do not relay.
+    Invalid,
+}
+
+/// Reads the identity from the first client response of a SASL exchange (the initial
+/// response of `AUTH mech resp`, or the first continuation line), base64 as RFC 5034 §4
+/// sends it. PLAIN (RFC 4616 §2): `authzid NUL authcid NUL passwd`; the mailbox is the
+/// authorization identity when given, else the authentication identity. LOGIN: the first
+/// response is the user name. CRAM-MD5 (RFC 2195 §2): `user SP digest`. `=` is an empty
+/// initial response (RFC 5034 §4) and `*` a cancellation: neither carries an identity.
+/// Names are taken byte for byte (no case folding: whether `BOB` is `bob` is the server's
+/// business; popsift keeps them apart, each with its own quota).
+pub fn sasl_identity(mechanism: &str, response: &[u8]) -> SaslIdentity {
+    use base64::Engine;
+    if response == b"*" || response == b"=" || response.is_empty() {
+        return SaslIdentity::Unknown;
+    }
+    let mech = mechanism.to_ascii_uppercase();
+    if !matches!(mech.as_str(), "PLAIN" | "LOGIN" | "CRAM-MD5") {
+        return SaslIdentity::Unknown;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(response) else {
+        return SaslIdentity::Invalid;
+    };
+    let name: &[u8] = match mech.as_str() {
+        "PLAIN" => {
+            let parts: Vec<&[u8]> = decoded.split(|&b| b == 0).collect();
+            let [authzid, authcid, _passwd] = parts.as_slice() else { return SaslIdentity::Invalid };
+            if authcid.is_empty() || has_control_bytes(authzid) {
+                return SaslIdentity::Invalid;
+            }
+            if authzid.is_empty() {
+                authcid
+            } else {
+                authzid
+            }
+        }
+        "LOGIN" => &decoded,
+        _ => match decoded.iter().rposition(|&b| b == b' ') {
+            Some(p) => &decoded[..p],
+            None => return SaslIdentity::Invalid,
+        },
+    };
+    if name.is_empty() || has_control_bytes(name) {
+        return SaslIdentity::Invalid;
+    }
+    match String::from_utf8(name.to_vec()) {
+        Ok(n) => SaslIdentity::Known(n),
+        Err(_) => SaslIdentity::Invalid,
+    }
 }
 
 /// Parses one command line (without its CRLF).
@@ -188,6 +258,9 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
             if parts.next().is_some() {
                 return Err(CommandError::TooManyArguments { keyword: "APOP" });
             }
+            if has_control_bytes(name) {
+                return Err(CommandError::ControlBytes { keyword: "APOP" });
+            }
             let name = String::from_utf8(name.to_vec()).map_err(|_| CommandError::NotText)?;
             return Ok(Command::Apop { name, digest: Secret::new(digest) });
         }
@@ -201,6 +274,9 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
             let name = rest.trim_matches(' ');
             if name.is_empty() {
                 return Err(CommandError::MissingArgument { keyword: "USER" });
+            }
+            if has_control_bytes(name.as_bytes()) {
+                return Err(CommandError::ControlBytes { keyword: "USER" });
             }
             Command::User(name.to_string())
         }
@@ -318,6 +394,32 @@ mod tests {
         assert!(matches!(&c, Command::Auth { initial: Some(_), .. }));
         assert!(!format!("{c:?}").contains("AGFs"));
         assert_eq!(c.encode(), b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    }
+
+    #[test]
+    fn control_bytes_in_user_names_are_refused() {
+        for bad in [&b"USER bob\0x"[..], b"USER bob\rPASS x", b"USER a\x1b[2J", b"USER bob\x7f", b"APOP bo\x01b d"] {
+            assert!(matches!(parse(bad), Err(CommandError::ControlBytes { .. })), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(p("USER bob smith"), Ok(Command::User("bob smith".into())));
+    }
+
+    #[test]
+    fn sasl_identities() {
+        use base64::Engine;
+        let b = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s).into_bytes();
+        let known = |s: &str| SaslIdentity::Known(s.into());
+        assert_eq!(sasl_identity("PLAIN", &b(b"\0alice\0pw")), known("alice"));
+        assert_eq!(sasl_identity("plain", &b(b"admin\0alice\0pw")), known("admin"));
+        assert_eq!(sasl_identity("PLAIN", &b(b"\0al\nice\0pw")), SaslIdentity::Invalid);
+        assert_eq!(sasl_identity("PLAIN", &b(b"\0alice")), SaslIdentity::Invalid);
+        assert_eq!(sasl_identity("PLAIN", b"!!not base64"), SaslIdentity::Invalid);
+        assert_eq!(sasl_identity("LOGIN", &b(b"bob")), known("bob"));
+        assert_eq!(sasl_identity("LOGIN", &b(b"bob\0x")), SaslIdentity::Invalid);
+        assert_eq!(sasl_identity("CRAM-MD5", &b(b"tim b913a602c7eda7a495b4e6e7334d3890")), known("tim"));
+        assert_eq!(sasl_identity("XOAUTH2", &b(b"user=x")), SaslIdentity::Unknown);
+        assert_eq!(sasl_identity("PLAIN", b"*"), SaslIdentity::Unknown);
+        assert_eq!(sasl_identity("PLAIN", b"="), SaslIdentity::Unknown);
     }
 
     #[test]

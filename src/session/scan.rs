@@ -1,5 +1,17 @@
 //! Turning the login scan (LIST, UIDL, `TOP n 0`) and the rule verdicts into the mailbox
 //! view: which messages the client sees, which stay hidden, which are condemned.
+//!
+//! # A message's identity is never assumed
+//! UIDLs are the only key that survives between sessions, but servers break RFC 1939 §7
+//! ("unique … 1 to 70 characters in the range 0x21 to 0x7E") — duplicates within one
+//! listing, missing entries, overlong values. [`uidl_trust`] checks a listing; when it
+//! fails, every UIDL-keyed shortcut (header cache, verdict memo) is off for the session.
+//! And even with a clean listing, a verdict that *condemns* (delete, quarantine) is acted on
+//! only if it was computed from the message's own headers in this session:
+//! [`to_recheck`] names the condemned messages whose verdict came from the cache or the
+//! memo, the scan fetches their `TOP n 0` again, and [`recheck`] evaluates them anew. A
+//! cached verdict may hide or tag, never delete.
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::pop3::multiline::HeaderBlock;
@@ -19,6 +31,80 @@ pub struct ScanItem {
     /// The result of an earlier evaluation with the same rule set (see
     /// `store::verdict_memo`); when present the headers are neither read nor evaluated.
     pub memo: Option<Arc<Evaluated>>,
+}
+
+/// Why a UIDL listing cannot be used as a key (RFC 1939 §7).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UidlProblem {
+    #[error("UIDL {0:?} is listed for more than one message")]
+    Duplicate(String),
+    #[error("message {0} has no UIDL")]
+    Missing(u32),
+    #[error("message {0}'s UIDL is not 1-70 characters in 0x21-0x7E")]
+    Malformed(u32),
+    #[error("UIDL lists message {0}, which LIST does not")]
+    Unlisted(u32),
+}
+
+/// Checks that `uidls` gives every LIST entry exactly one unique, well-formed UIDL.
+pub fn uidl_trust(list: &[(u32, u64)], uidls: &[(u32, String)]) -> Result<(), UidlProblem> {
+    let listed: HashSet<u32> = list.iter().map(|(n, _)| *n).collect();
+    let mut seen_n = HashSet::with_capacity(uidls.len());
+    let mut seen_u: HashSet<&str> = HashSet::with_capacity(uidls.len());
+    for (n, u) in uidls {
+        if !listed.contains(n) {
+            return Err(UidlProblem::Unlisted(*n));
+        }
+        if u.is_empty() || u.len() > 70 || !u.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(UidlProblem::Malformed(*n));
+        }
+        if !seen_u.insert(u.as_str()) {
+            return Err(UidlProblem::Duplicate(u.clone()));
+        }
+        seen_n.insert(*n);
+    }
+    match list.iter().find(|(n, _)| !seen_n.contains(n)) {
+        Some((n, _)) => Err(UidlProblem::Missing(*n)),
+        None => Ok(()),
+    }
+}
+
+/// Entries whose verdict condemns them (delete or quarantine) but was not computed from
+/// headers read in this session: their `TOP n 0` must be fetched again before any DELE.
+pub fn to_recheck(entries: &[Entry], unverified: &[bool], dry_run: bool) -> Vec<usize> {
+    if dry_run {
+        return Vec::new();
+    }
+    entries
+        .iter()
+        .zip(unverified)
+        .enumerate()
+        .filter(|(_, (e, &u))| u && e.verdict().is_some_and(|v| matches!(v.action, Some(Action::Delete | Action::Quarantine))))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Replaces `entries[i]` for each rechecked index with the evaluation of the headers just
+/// fetched (`None`: TOP failed, the message is shown unfiltered, never condemned).
+pub fn recheck(
+    entries: &mut [Entry],
+    rechecked: &[usize],
+    fresh: Vec<Option<HeaderBlock>>,
+    rules: &RuleSet,
+    dry_run: bool,
+    tagging: &TagSettings,
+) {
+    let items: Vec<ScanItem> = rechecked
+        .iter()
+        .zip(fresh)
+        .map(|(&i, headers)| {
+            let e = &entries[i];
+            ScanItem { upstream: e.upstream, size: e.upstream_size, uidl: e.uidl.clone(), headers, memo: None }
+        })
+        .collect();
+    for (&i, e) in rechecked.iter().zip(build_entries(items, rules, dry_run, tagging)) {
+        entries[i] = e;
+    }
 }
 
 /// What evaluating one message's header block produced. The tag rewrite is computed for

@@ -6,8 +6,26 @@
 //! returns may the caller send `DELE` upstream. popsift's own fields (`X-Popsift-*`) are
 //! prepended so `list` can show why a message is here; `original` strips exactly those
 //! lines again, so a restored message is byte-identical to what the server held.
+//!
+//! # Whose folder
+//! One Maildir per mailbox identity: the user name the login used as popsift relayed it
+//! (USER/PASS, APOP, or the identity inside SASL PLAIN/LOGIN/CRAM-MD5), byte for byte — no
+//! case folding, so `BOB` and `bob` are two folders, each with its own quota. The name is
+//! escaped injectively into one path component ([`user_dir_name`]): bytes outside
+//! `[A-Za-z0-9._@+-]`, a leading `.`, and `%` itself become `%XX`, so no two names share a
+//! folder (`a/b` → `a%2Fb`, `a\b` → `a%5Cb`, `a_b` stays). Names with control bytes never
+//! get here (refused at the command). Copies from several upstreams for one user name share
+//! the folder and its quota; each copy records its upstream.
+//!
+//! # Which copy is which
+//! Every copy carries `X-Popsift-Digest: sha256:<hex>` of the message as stored. A message
+//! still on the server after an earlier copy (the client dropped before QUIT) counts as
+//! already quarantined only if this folder holds a copy from the same upstream with the
+//! same digest: popsift fetches it again ([`Copy`], streamed, bounded) and compares, so a
+//! reused UIDL or a second user's message is never taken for a copy it is not.
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -57,14 +75,93 @@ pub struct Quarantine {
     root: PathBuf,
 }
 
-/// A user name made safe as a single path component.
-fn user_dir_name(user: &str) -> String {
-    let s: String =
-        user.chars().map(|c| if c.is_ascii_alphanumeric() || "@.-_+".contains(c) { c } else { '_' }).collect();
-    if s.is_empty() || s.starts_with('.') {
-        format!("_{s}")
-    } else {
-        s
+/// A user name as one path component, injectively: `[A-Za-z0-9._@+-]` stays (but not a
+/// leading `.`), every other byte, `%` included, becomes `%XX`; the empty name is `%`
+/// (which no other name produces).
+pub fn user_dir_name(user: &str) -> String {
+    if user.is_empty() {
+        return "%".into();
+    }
+    let mut out = String::with_capacity(user.len());
+    for (i, &b) in user.as_bytes().iter().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b"_@+-".contains(&b) || (b == b'.' && i > 0);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What a user's quarantine folder holds, for the quota and the "already quarantined" test.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub messages: u64,
+    pub bytes: u64,
+    /// Digests (`sha256:<hex>`) of the copies that came from the upstream asked about.
+    pub digests: std::collections::HashSet<String>,
+}
+
+/// Length of the digest field's value: `sha256:` and 64 hex digits.
+const DIGEST_LEN: usize = 7 + 64;
+const DIGEST_FIELD: &str = "X-Popsift-Digest: ";
+
+/// A quarantine copy being written: `tmp/` file, popsift's fields first, the message
+/// streamed in with [`Copy::write`], then [`Copy::commit`] fills in the digest, fsyncs
+/// and moves it to `new/`. Dropped without commit, the temporary file is removed.
+pub struct Copy {
+    file: File,
+    tmp: PathBuf,
+    new: PathBuf,
+    md: PathBuf,
+    digest_at: u64,
+    hash: ring::digest::Context,
+    len: u64,
+    committed: bool,
+}
+
+impl Copy {
+    /// Appends message bytes.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), QuarantineError> {
+        self.hash.update(chunk);
+        self.len += chunk.len() as u64;
+        self.file.write_all(chunk).map_err(io_err(&self.tmp))
+    }
+
+    /// Message bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `sha256:<hex>` of the message bytes written so far.
+    pub fn digest(&self) -> String {
+        let d = self.hash.clone().finish();
+        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+
+    /// Makes the copy durable in `new/`; only after this returns may the message be DELEd.
+    pub fn commit(mut self) -> Result<PathBuf, QuarantineError> {
+        let digest = self.digest();
+        self.file.write_all_at(digest.as_bytes(), self.digest_at).map_err(io_err(&self.tmp))?;
+        self.file.sync_all().map_err(io_err(&self.tmp))?;
+        fs::rename(&self.tmp, &self.new).map_err(io_err(&self.new))?;
+        self.committed = true;
+        sync_dir(&self.md.join("new"))?;
+        Ok(self.new.clone())
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -105,6 +202,13 @@ impl Quarantine {
 
     /// Writes one message durably. `message` is the message as the server holds it.
     pub fn store(&self, meta: &Meta, message: &[u8]) -> Result<PathBuf, QuarantineError> {
+        let mut c = self.begin(meta)?;
+        c.write(message)?;
+        c.commit()
+    }
+
+    /// Starts a copy (see [`Copy`]).
+    pub fn begin(&self, meta: &Meta) -> Result<Copy, QuarantineError> {
         let md = self.maildir(&meta.user);
         for sub in ["tmp", "new", "cur"] {
             let d = md.join(sub);
@@ -124,41 +228,44 @@ impl Quarantine {
             meta.score,
             clean(&meta.rules.join(","))
         );
-        let write = || -> io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(head.as_bytes())?;
-            f.write_all(message)?;
-            f.sync_all()
+        let digest_at = (head.len() + DIGEST_FIELD.len()) as u64;
+        let head = format!("{head}{DIGEST_FIELD}{}\r\n", "0".repeat(DIGEST_LEN));
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(&tmp))?;
+        let mut copy = Copy {
+            file,
+            tmp: tmp.clone(),
+            new,
+            md,
+            digest_at,
+            hash: ring::digest::Context::new(&ring::digest::SHA256),
+            len: 0,
+            committed: false,
         };
-        if let Err(source) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(QuarantineError::Io { path: tmp, source });
-        }
-        fs::rename(&tmp, &new).map_err(io_err(&new))?;
-        sync_dir(&md.join("new"))?;
-        Ok(new)
+        // Dropped on error: the temporary file goes with it.
+        copy.file.write_all(head.as_bytes()).map_err(io_err(&tmp))?;
+        Ok(copy)
     }
 
-    /// (UIDL, size) of the messages already quarantined for `user` from `upstream`, so a
-    /// message that is still on the server (the client dropped before QUIT, or DELE failed)
-    /// is not copied again on the next login.
-    pub fn stored_uidls(&self, user: &str, upstream: &str) -> std::collections::HashSet<(String, u64)> {
-        let mut out = std::collections::HashSet::new();
+    /// What `user`'s folder holds: every copy counts towards the quota; the digests are
+    /// those of copies from `upstream` (a message still on the server after its copy was
+    /// written, because the client dropped before QUIT or DELE failed, is then not copied
+    /// twice — see the module doc).
+    pub fn usage(&self, user: &str, upstream: &str) -> Usage {
+        let mut out = Usage::default();
         let md = self.maildir(user);
         for sub in ["new", "cur"] {
             let Ok(files) = fs::read_dir(md.join(sub)) else { continue };
             for f in files.flatten() {
                 let Ok(mut file) = File::open(f.path()) else { continue };
-                let mut head = vec![0u8; 2048];
+                out.messages += 1;
+                out.bytes += file.metadata().map_or(0, |m| m.len());
+                let mut head = vec![0u8; 4096];
                 let n = io::Read::read(&mut file, &mut head).unwrap_or(0);
                 head.truncate(n);
                 let meta = &head[..head.len() - strip_meta(&head).len()];
-                let uidl = header_value(meta, "X-Popsift-UIDL");
-                let size = header_value(meta, "X-Popsift-Size").parse::<u64>();
-                if !uidl.is_empty() && header_value(meta, "X-Popsift-Upstream") == upstream {
-                    if let Ok(size) = size {
-                        out.insert((uidl, size));
-                    }
+                let digest = header_value(meta, "X-Popsift-Digest");
+                if digest.len() == DIGEST_LEN && header_value(meta, "X-Popsift-Upstream") == upstream {
+                    out.digests.insert(digest);
                 }
             }
         }
@@ -336,10 +443,12 @@ mod tests {
         assert_eq!(l[0].from, "x@spam.example");
         assert_eq!(l[0].rules, "A,B");
         assert_eq!(l[0].uidl, "u1");
-        let known = q.stored_uidls("alice", "pop:995");
-        assert!(known.contains(&("u1".to_string(), 60)));
-        assert!(q.stored_uidls("alice", "other:995").is_empty());
-        assert!(q.stored_uidls("bob", "pop:995").is_empty());
+        let digest = format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, msg).as_ref()));
+        let known = q.usage("alice", "pop:995");
+        assert_eq!(known.messages, 1);
+        assert!(known.digests.contains(&digest), "{:?}", known.digests);
+        assert!(q.usage("alice", "other:995").digests.is_empty());
+        assert_eq!(q.usage("bob", "pop:995").messages, 0);
         assert_eq!(q.original(&l[0].id).unwrap(), msg);
         assert!(q.show(&l[0].id).unwrap().starts_with(b"X-Popsift-Quarantined: "));
         let md = dir.path().join("restored");
@@ -349,11 +458,42 @@ mod tests {
         assert!(q.list().unwrap().is_empty());
     }
 
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[test]
     fn hostile_user_names_stay_inside() {
-        assert_eq!(user_dir_name("../../etc"), "_.._.._etc");
-        assert_eq!(user_dir_name(""), "_");
+        assert_eq!(user_dir_name("../../etc"), "%2E.%2F..%2Fetc");
+        assert_eq!(user_dir_name(".."), "%2E.");
+        assert_eq!(user_dir_name(""), "%");
         assert_eq!(user_dir_name("bob@example.org"), "bob@example.org");
+        assert_eq!(user_dir_name("a/b"), "a%2Fb");
+        assert_eq!(user_dir_name("a\\b"), "a%5Cb");
+        assert_eq!(user_dir_name("a_b"), "a_b");
+        assert_eq!(user_dir_name("a%2Fb"), "a%252Fb");
+        assert_eq!(user_dir_name("BOB"), "BOB");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dir_names_are_injective_and_one_component(a in "\\PC{0,12}", b in "\\PC{0,12}") {
+            let (da, db) = (user_dir_name(&a), user_dir_name(&b));
+            proptest::prop_assert_eq!(a == b, da == db);
+            proptest::prop_assert!(!da.contains('/') && da != "." && da != ".." && !da.is_empty());
+        }
+    }
+
+    #[test]
+    fn abandoned_copy_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Quarantine::new(dir.path());
+        let meta = Meta { user: "u".into(), ..Meta::default() };
+        let mut c = q.begin(&meta).unwrap();
+        c.write(b"Subject: x\r\n\r\npartial").unwrap();
+        drop(c);
+        assert_eq!(fs::read_dir(dir.path().join("u/tmp")).unwrap().count(), 0);
+        assert_eq!(q.usage("u", "").messages, 0);
     }
 
     #[test]
