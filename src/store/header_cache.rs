@@ -33,8 +33,13 @@
 //! After each scan, one write transaction stores the new header blocks, removes every
 //! entry of that (upstream, user) whose UIDL is no longer on the server, and then, while
 //! the stored bytes exceed `cache.max_size`, removes the oldest entries (insertion order).
-//! The bound counts the logical bytes (keys + values); the file itself can be larger by
-//! redb's page overhead and does not shrink on its own (redb reuses freed pages).
+//! The bound counts the logical bytes (keys + values). The file itself does not shrink on
+//! its own: redb keeps freed pages, and with copy-on-write churn (every login replacing
+//! entries) a file was seen at 2.16 GB under `max_size: 256MiB`. So after each update, if
+//! the file exceeds [`file_bound`] (twice `max_size` plus 16 MiB for redb's own pages), it
+//! is compacted (`Database::compact`, when no lookup holds the database); if it is still
+//! over the bound, the file is deleted and started afresh — it is a cache, and a miss only
+//! costs a `TOP`. The file therefore stays within `file_bound` plus one update's data.
 //!
 //! # Failure is never fatal
 //! At start the file's checksums are verified (`check_integrity`, one read of the file). A
@@ -204,9 +209,66 @@ impl HeaderCache {
         let Some(db) = self.db() else { return };
         match guarded(|| update_in(&db, scope, fresh, present, self.max_size)) {
             Ok(u) => {
-                debug!(stored = u.stored, gone = u.gone, trimmed = u.trimmed, bytes = u.bytes, "header cache updated")
+                debug!(stored = u.stored, gone = u.gone, trimmed = u.trimmed, bytes = u.bytes, "header cache updated");
+                drop(db);
+                self.bound_file();
             }
             Err(e) => self.rebuild(&db, &e),
+        }
+    }
+
+    /// Keeps the file within [`file_bound`]: compacts it, or starts it afresh when that
+    /// does not suffice (see the module doc). Skipped (until the next update) while a
+    /// lookup or another update holds the database.
+    fn bound_file(&self) {
+        let bound = file_bound(self.max_size);
+        let size = || std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        if size() <= bound {
+            return;
+        }
+        let mut slot = match self.db.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(shared) = slot.take() else { return };
+        let mut db = match Arc::try_unwrap(shared) {
+            Ok(db) => db,
+            Err(shared) => {
+                *slot = Some(shared);
+                return;
+            }
+        };
+        let before = size();
+        let compacted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
+            match db.compact() {
+                Ok(true) => continue,
+                Ok(false) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }));
+        let compacted = match compacted {
+            // A lookup's read transaction is still open: try again after a later update.
+            Ok(Err(redb::CompactionError::TransactionInProgress)) => {
+                *slot = Some(Arc::new(db));
+                return;
+            }
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("redb panicked while compacting".to_string()),
+        };
+        let after = size();
+        match compacted {
+            Ok(()) if after <= bound => {
+                debug!(before, after, "header cache file compacted");
+                *slot = Some(Arc::new(db));
+            }
+            outcome => {
+                warn!(before, after, bound, compaction = ?outcome.err(), "header cache file over its bound after compaction; starting it afresh");
+                drop(db);
+                *slot = std::fs::remove_file(&self.path)
+                    .ok()
+                    .and_then(|()| open_checked(&self.path, self.max_size).ok())
+                    .map(Arc::new);
+            }
         }
     }
 
@@ -287,6 +349,12 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
             Err(format!("redb panicked: {what}"))
         }
     }
+}
+
+/// The most the cache file may occupy before it is compacted: twice the logical bound
+/// plus 16 MiB for redb's own pages (tables, allocator state, a small file's minimum).
+pub fn file_bound(max_size: u64) -> u64 {
+    max_size.saturating_mul(2).saturating_add(16 << 20)
 }
 
 /// redb's in-memory page cache: as large as the data it may hold (`cache.max_size`), at
@@ -568,6 +636,38 @@ mod tests {
         let (n, bytes) = c.stats_blocking().unwrap();
         assert_eq!(n, 3);
         assert!(bytes <= 3500, "{bytes}");
+    }
+
+    /// Issue 10: the file grew to 2.16 GB under `max_size: 256MiB`. Lookups overlapping
+    /// updates keep old pages alive, so churn grows the file; once they are gone, the next
+    /// update must bring the file back within `file_bound` (plus that update's data).
+    #[test]
+    fn file_size_returns_within_bound_after_churn() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = 1 << 20;
+        let c = HeaderCache::open(dir.path(), max).unwrap();
+        let s = Scope::new("h:110", "churn");
+        let block = "H".repeat(64 * 1024);
+        let batch = |round: usize| -> Vec<Fresh> {
+            (0..16).map(|i| fresh(&format!("r{round}-{i}"), 9, &format!("{round}{block}"))).collect()
+        };
+        let reader = c.db().unwrap().begin_read().unwrap();
+        for round in 0..40 {
+            let b = batch(round);
+            c.update_blocking(&s, &b, &b.iter().map(|f| f.uidl.clone()).collect());
+        }
+        let grown = std::fs::metadata(c.path()).unwrap().len();
+        assert!(grown > file_bound(max), "the churn did not grow the file ({grown} bytes): the test proves nothing");
+        drop(reader);
+        let b = batch(99);
+        c.update_blocking(&s, &b, &b.iter().map(|f| f.uidl.clone()).collect());
+        let after = std::fs::metadata(c.path()).unwrap().len();
+        let allowed = file_bound(max) + 2 * 16 * 64 * 1024;
+        assert!(after <= allowed, "cache file {after} bytes after churn (grew to {grown}), bound {allowed}");
+        let last: Vec<Wanted> = (0..16).map(|i| want(&format!("r99-{i}"), 9)).collect();
+        assert!(c.lookup_blocking(&s, &last, LIMIT).iter().any(Option::is_some), "the cache still works");
+        let (_, bytes) = c.stats_blocking().unwrap();
+        assert!(bytes <= max, "{bytes}");
     }
 
     #[test]
