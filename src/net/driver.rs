@@ -1015,7 +1015,9 @@ async fn evaluate_off_thread(
 }
 
 /// Runs a quarantine file operation on the blocking pool; any failure as text.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, QuarantineError> + Send + 'static) -> Result<T, String> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, QuarantineError> + Send + 'static,
+) -> Result<T, String> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),

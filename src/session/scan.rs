@@ -79,7 +79,9 @@ pub fn to_recheck(entries: &[Entry], unverified: &[bool], dry_run: bool) -> Vec<
         .iter()
         .zip(unverified)
         .enumerate()
-        .filter(|(_, (e, &u))| u && e.verdict().is_some_and(|v| matches!(v.action, Some(Action::Delete | Action::Quarantine))))
+        .filter(|(_, (e, &u))| {
+            u && e.verdict().is_some_and(|v| matches!(v.action, Some(Action::Delete | Action::Quarantine)))
+        })
         .map(|(i, _)| i)
         .collect()
 }
