@@ -614,6 +614,21 @@ mod tests {
     }
 
     #[test]
+    fn quarantine_quota_and_copy_limit() {
+        let mut a = args();
+        a.upstream = Some("h:110".into());
+        let c = Config::build(ConfigFile::parse("", Path::new("p.yaml")).unwrap(), &a).unwrap();
+        assert_eq!((c.quarantine.quota_size, c.quarantine.quota_messages), (1 << 30, 10_000));
+        let text = "quarantine: { quota_size: 2MiB, quota_messages: 5, max_size: 1MiB }\n";
+        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), &a).unwrap();
+        assert_eq!((c.quarantine.quota_size, c.quarantine.quota_messages), (2 << 20, 5));
+        assert_eq!(c.quarantine.copy_limit(100), 100 + 64 * 1024 + 6);
+        assert_eq!(c.quarantine.copy_limit(50 << 20), 1 << 20, "never above max_size");
+        let bad = ConfigFile::parse("quarantine: { quota_size: lots }\n", Path::new("p.yaml")).unwrap();
+        assert!(Config::build(bad, &a).is_err());
+    }
+
+    #[test]
     fn cache_and_early_answer() {
         let mut a = args();
         a.upstream = Some("h:110".into());

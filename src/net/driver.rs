@@ -193,7 +193,8 @@ struct Session<'a> {
     mid_response: bool,
     stats: Stats,
     /// The mailbox name of the login in progress, when it is known for sure (USER/PASS,
-    /// APOP); `None` for SASL, whose identity popsift does not parse. Keys the header cache.
+    /// APOP, the SASL PLAIN/LOGIN/CRAM-MD5 identity); `None` for other SASL mechanisms.
+    /// Keys the header cache, the verdict memo and the quarantine folder.
     login_user: Option<String>,
     /// The login `+OK` has been sent early (see the module doc) while the scan goes on.
     login_answered: bool,

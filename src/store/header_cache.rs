@@ -11,7 +11,9 @@
 //! is replaced. The key carries the upstream and the user, length-prefixed, so entries of
 //! one mailbox can never be read for another, even with user names that are prefixes of each
 //! other. Callers only use the cache when the user name of the login is known for sure
-//! (USER/PASS, APOP) and the server has UIDL.
+//! (USER/PASS, APOP, the identity inside SASL PLAIN/LOGIN/CRAM-MD5) and the server's UIDL
+//! listing is unique and well-formed; a cached header block that leads to a condemning
+//! verdict is re-read from the server before any DELE (see [`crate::session::scan`]).
 //!
 //! # Store: redb
 //! [redb](https://docs.rs/redb) is an embedded key-value store in pure Rust: nothing for the

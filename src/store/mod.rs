@@ -1,6 +1,7 @@
 //! On-disk state under the state directory.
 //!
-//! - [`quarantine`]: the quarantine Maildir (written with fsync before any DELE).
+//! - [`quarantine`]: one Maildir per user (written with fsync before any DELE, digest-checked,
+//!   bounded, with a per-user quota).
 //! - [`header_cache`]: header blocks by (upstream, user, UIDL), so a login fetches only new ones.
 //! - [`verdict_memo`]: in memory, what those headers evaluated to under the current rules.
 

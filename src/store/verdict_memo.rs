@@ -9,7 +9,10 @@
 //! (`Arc::ptr_eq`: the memo holds the `Arc`, so the address cannot be reused) takes the
 //! memoised results and neither reads those headers nor evaluates them; after any reload the
 //! memo is simply not used and is replaced at the next login. Nothing here is ever written to
-//! disk, and a size mismatch (a reused UIDL) is a miss, as in the header cache.
+//! disk, and a size mismatch (a reused UIDL) is a miss, as in the header cache. (UIDL,
+//! size) is not an identity: the memo is not used for a listing with duplicate UIDLs, and a
+//! memoised verdict that condemns is re-checked against fresh headers before any DELE
+//! (see [`crate::session::scan`]).
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
