@@ -122,6 +122,26 @@ async fn duplicate_uidl_ham_and_condemned_only_the_condemned_is_deleted() {
     }
 }
 
+// A listed message without a UIDL line (RFC 1939 §7 requires one): no UIDL-keyed shortcut,
+// so every login reads every header block again, and the session is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_uidl_switches_the_cache_off() {
+    let no_uidl = Item { uidl: None, ..Item::new(ham(), "-") };
+    let up = scripted(vec![Item::new(spam(), "v1"), no_uidl]).await;
+    let p = proxy(&up.addr, DELETE_VIAGRA, "");
+    for round in 0..2 {
+        let before = up.commands().len();
+        assert_eq!(session(&p.addr, "alice").await, format!("+OK 1 {}", ham().len()));
+        let tops = up.commands()[before..].iter().filter(|c| c.starts_with("TOP ")).count();
+        assert_eq!(tops, 2, "round {round}: both headers read from the server");
+    }
+    assert_eq!(up.deles(), ["DELE 1", "DELE 1"]);
+    let metric =
+        p.scrape().lines().find(|l| l.starts_with("popsift_uidl_untrusted_sessions_total ")).map(str::to_string);
+    assert_eq!(metric.as_deref(), Some("popsift_uidl_untrusted_sessions_total 2"));
+    assert_eq!(cache_updates(&p), 0, "nothing stored under untrusted UIDLs");
+}
+
 // A UIDL the server reuses, with the same size, for a different message: the header cache
 // (which survives a restart) holds the old message's headers. Before: the ham was DELEd on
 // the cached spam's verdict. After: the condemning verdict is re-checked with a fresh TOP.

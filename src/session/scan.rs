@@ -204,6 +204,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn uidl_listings_that_are_not_identities() {
+        let list = [(1, 10), (2, 10), (3, 20)];
+        let u = |v: &[(u32, &str)]| v.iter().map(|(n, s)| (*n, s.to_string())).collect::<Vec<_>>();
+        assert_eq!(uidl_trust(&list, &u(&[(1, "a"), (2, "b"), (3, "c")])), Ok(()));
+        assert_eq!(uidl_trust(&list, &u(&[(1, "a"), (2, "a"), (3, "c")])), Err(UidlProblem::Duplicate("a".into())));
+        assert_eq!(uidl_trust(&list, &u(&[(1, "a"), (3, "c")])), Err(UidlProblem::Missing(2)));
+        let long = "x".repeat(71);
+        assert_eq!(uidl_trust(&list, &u(&[(1, "a"), (2, &long), (3, "c")])), Err(UidlProblem::Malformed(2)));
+        assert_eq!(uidl_trust(&list, &u(&[(1, &"x".repeat(70)), (2, "b"), (3, "c")])), Ok(()));
+        assert_eq!(uidl_trust(&list, &u(&[(1, "a"), (2, "b"), (3, "c"), (4, "d")])), Err(UidlProblem::Unlisted(4)));
+        assert_eq!(uidl_trust(&[], &[]), Ok(()));
+    }
+
+    #[test]
     fn dispositions() {
         assert_eq!(disposition(None, false), Disposition::Visible);
         assert_eq!(disposition(Some(Action::Allow), false), Disposition::Visible);
