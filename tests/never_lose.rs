@@ -187,6 +187,36 @@ async fn two_sasl_users_with_colliding_uidl_are_both_copied() {
     assert!(!state.join("quarantine/_unknown").exists());
 }
 
+// One user: a copy is made, the client leaves before QUIT (no DELE), then the server lists
+// a different spam under the same UIDL and size. Before: "already quarantined" by (UIDL,
+// size), DELEd with no copy. After: the digest differs, so it is copied first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn already_quarantined_means_same_content() {
+    let first = msg("viagra one!", "first\r\n");
+    let second = msg("viagra two!", "other\r\n");
+    assert_eq!(first.len(), second.len());
+    let up = scripted(vec![Item::new(first.clone(), "q1")]).await;
+    let p = proxy(&up.addr, QUARANTINE_VIAGRA, "");
+    let (mut c, _) = Client::connect(&p.addr).await;
+    assert!(c.cmd("USER alice").await.starts_with("+OK"));
+    assert_eq!(c.cmd("PASS pw").await, "+OK logged in");
+    drop(c);
+    wait_until("the dropped session's end", || p.log().contains("session finished"));
+    assert_eq!(copies(&p.state_dir(), "alice").len(), 1);
+    assert!(up.deles().is_empty(), "no UPDATE without QUIT");
+    // The same message again: no second copy, DELE.
+    assert_eq!(session(&p.addr, "alice").await, "+OK 0 0");
+    assert_eq!(copies(&p.state_dir(), "alice").len(), 1, "same content is not copied twice");
+    assert_eq!(up.deles(), ["DELE 1"]);
+    // Another message under the same UIDL and size: copied before its DELE.
+    up.set_mailbox("", vec![Item::new(second.clone(), "q1")]);
+    assert_eq!(session(&p.addr, "alice").await, "+OK 0 0");
+    let all = copies(&p.state_dir(), "alice");
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().any(|f| std::fs::read(f).unwrap().ends_with(&second)));
+    assert_eq!(up.deles(), ["DELE 1", "DELE 1"]);
+}
+
 // Before: `a/b`, `a\b` and `a_b` all mapped to folder `a_b`; the second and third logins
 // found "their" message already quarantined (same UIDL and size) and DELEd it uncopied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -219,17 +219,19 @@ impl Quarantine {
         let new = md.join("new").join(&name);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let clean = |s: &str| s.replace(['\r', '\n'], " ");
+        // The digest and the upstream come first: `usage` reads only the start of each file.
+        let first = format!("X-Popsift-Quarantined: {now}\r\n");
+        let digest_at = (first.len() + DIGEST_FIELD.len()) as u64;
         let head = format!(
-            "X-Popsift-Quarantined: {now}\r\nX-Popsift-User: {}\r\nX-Popsift-Upstream: {}\r\nX-Popsift-UIDL: {}\r\nX-Popsift-Size: {}\r\nX-Popsift-Score: {:.1}\r\nX-Popsift-Rules: {}\r\n",
-            clean(&meta.user),
+            "{first}{DIGEST_FIELD}{}\r\nX-Popsift-Upstream: {}\r\nX-Popsift-User: {}\r\nX-Popsift-UIDL: {}\r\nX-Popsift-Size: {}\r\nX-Popsift-Score: {:.1}\r\nX-Popsift-Rules: {}\r\n",
+            "0".repeat(DIGEST_LEN),
             clean(&meta.upstream),
+            clean(&meta.user),
             clean(&meta.uidl),
             meta.size,
             meta.score,
             clean(&meta.rules.join(","))
         );
-        let digest_at = (head.len() + DIGEST_FIELD.len()) as u64;
-        let head = format!("{head}{DIGEST_FIELD}{}\r\n", "0".repeat(DIGEST_LEN));
         let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(&tmp))?;
         let mut copy = Copy {
             file,
