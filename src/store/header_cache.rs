@@ -32,7 +32,8 @@
 //! - `meta`: `seq` (next sequence number) and `bytes` (sum of key + value lengths).
 //!
 //! # Bounds and eviction
-//! After each scan, one write transaction stores the new header blocks, removes every
+//! After each scan, one write transaction stores the new header blocks (only the last ones
+//! that fit in `cache.max_size` together: the rest would be evicted at once), removes every
 //! entry of that (upstream, user) whose UIDL is no longer on the server, and then, while
 //! the stored bytes exceed `cache.max_size`, removes the oldest entries (insertion order).
 //! The bound counts the logical bytes (keys + values). The file itself does not shrink on
@@ -518,7 +519,25 @@ fn update_in(
             bytes = bytes.saturating_sub(remove(&mut entries, &mut index, &mut age, k).map_err(|e| s(&e))?);
             u.gone += 1;
         }
-        for f in fresh {
+        // Blocks that the trim below would evict again at once are not written at all: one
+        // update never writes (much) more than `max_size`, so it cannot grow the file by more.
+        let mut keep_from = fresh.len();
+        let mut fresh_bytes = 0u64;
+        while keep_from > 0 {
+            let f = &fresh[keep_from - 1];
+            let n = (scope.prefix().len() + f.uidl.len() + VALUE_HEAD + f.headers.bytes.len()) as u64;
+            if fresh_bytes + n > max_size {
+                break;
+            }
+            fresh_bytes += n;
+            keep_from -= 1;
+        }
+        for f in &fresh[..keep_from] {
+            // Not stored, but an older block under this UIDL must not outlive it.
+            let key = scope.key(&f.uidl);
+            bytes = bytes.saturating_sub(remove(&mut entries, &mut index, &mut age, &key).map_err(|e| s(&e))?);
+        }
+        for f in &fresh[keep_from..] {
             let key = scope.key(&f.uidl);
             bytes = bytes.saturating_sub(remove(&mut entries, &mut index, &mut age, &key).map_err(|e| s(&e))?);
             let value = encode(f.size, &f.headers);
