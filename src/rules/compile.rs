@@ -163,7 +163,9 @@ struct Loader<'a> {
 }
 
 /// Lists the rule files for `path`: the file itself, or a directory's `*.yaml`/`*.yml`
-/// in file-name order.
+/// in file-name order. Entries that are not directories are listed even when they are not
+/// regular files (a FIFO, a dangling symlink), so reading them reports why they are refused
+/// instead of skipping them silently.
 pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RuleError> {
     let io_err = |e: std::io::Error| RuleError {
         path: path.to_path_buf(),
@@ -186,7 +188,7 @@ pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RuleError> {
         if name.starts_with('.') {
             continue;
         }
-        if (name.ends_with(".yaml") || name.ends_with(".yml")) && p.is_file() {
+        if (name.ends_with(".yaml") || name.ends_with(".yml")) && !p.is_dir() {
             files.push(p);
         }
     }
@@ -195,12 +197,14 @@ pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RuleError> {
 }
 
 impl<'a> Loader<'a> {
-    fn new(opts: &'a EngineOptions) -> Loader<'a> {
+    /// A loader for the rules tree `tree` (list files must lie inside it, see
+    /// [`lists::read_guarded`]).
+    fn new(opts: &'a EngineOptions, tree: PathBuf) -> Loader<'a> {
         Loader {
             opts,
             errors: Vec::new(),
             files: Vec::new(),
-            lists: ListCache::default(),
+            lists: ListCache::new(tree),
             rules: Vec::new(),
             origins: Vec::new(),
             ids: HashMap::new(),
@@ -217,20 +221,24 @@ impl<'a> Loader<'a> {
 pub fn load(path: &Path, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
     let started = std::time::Instant::now();
     let files = rule_files(path).map_err(|e| RuleErrors(vec![e]))?;
-    let mut l = Loader::new(opts);
+    // The tree is where the given path really is: a rule file named on the command line may
+    // be a symlink; files and lists it uses must lie beside its target.
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let tree = lists::tree_of(&real);
+    let mut l = Loader::new(opts, tree.clone());
     for f in &files {
-        match std::fs::read(f) {
+        match lists::read_guarded(f, &tree, lists::RULE_FILE_LIMIT) {
             Ok(bytes) => {
                 let text = String::from_utf8_lossy(&bytes).into_owned();
                 l.load_text(f, &text);
             }
-            Err(e) => l.errors.push(RuleError {
+            Err(message) => l.errors.push(RuleError {
                 path: f.clone(),
                 line: 1,
                 column: 1,
                 rule: None,
                 kind: ErrorKind::Io,
-                message: format!("cannot read: {e}"),
+                message,
             }),
         }
     }
@@ -251,18 +259,31 @@ pub fn load(path: &Path, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
 
 /// Compiles rules from YAML text, as if read from `path` (list paths resolve against it).
 pub fn load_str(path: &Path, text: &str, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
-    let mut l = Loader::new(opts);
+    let mut l = Loader::new(opts, lists::tree_of(path));
     l.load_text(path, text);
     let mut set = l.finish()?;
     set.files = 1;
     Ok(set)
 }
 
-/// Strips serde_norway's ` at line X column Y` suffix (we print the position first).
+/// Strips serde_norway's ` at line X column Y` suffix (we print the position first) and the
+/// quoted value of `invalid type: string "…"`: when a file is not YAML rules at all (a
+/// symlink to some other file) that value is its first lines, and an error must not echo a
+/// file's contents. Field names and variants (`unknown field `x``) stay: they are the
+/// offending token.
 fn strip_position(msg: &str) -> String {
-    match regex::Regex::new(r" at line \d+ column \d+") {
-        Ok(re) => re.replace_all(msg, "").into_owned(),
-        Err(_) => msg.to_string(),
+    static POSITION: std::sync::OnceLock<Option<(regex::Regex, regex::Regex)>> = std::sync::OnceLock::new();
+    let res = POSITION.get_or_init(|| {
+        let pos = regex::Regex::new(r" at line \d+ column \d+").ok()?;
+        let quoted = regex::Regex::new(r#"(invalid (?:type|value|length): (?:string|byte array)) "(?:[^"\\]|\\.)*""#).ok()?;
+        Some((pos, quoted))
+    });
+    match res {
+        Some((pos, quoted)) => {
+            let m = pos.replace_all(msg, "");
+            quoted.replace_all(&m, "$1").into_owned()
+        }
+        None => msg.to_string(),
     }
 }
 

@@ -100,6 +100,44 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Largest compiled automaton (Thompson NFA, in bytes of heap) one pattern may need. A rule
+/// set is reloaded unattended and a pattern's automaton is also what the fallback engine walks
+/// for every byte of a header, so one pattern like `x\w{1000}{30}` (gigabytes, seconds to
+/// compile) or `(?i)\pL{5000}` (seconds per 200 KB header) must be refused, not compiled.
+/// Real spam rules need a few kilobytes; `(?i)\w{100}` needs about 200 KiB.
+pub const PATTERN_SIZE_LIMIT: usize = 2 << 20;
+/// Largest automaton of all the patterns of one header target that have no prefix literal
+/// (they are compiled into one).
+pub const SET_SIZE_LIMIT: usize = 256 << 20;
+
+/// Compiles `pat` alone with [`PATTERN_SIZE_LIMIT`]: a syntax error or an over-size pattern
+/// is reported for that pattern, before any set is built.
+fn check_size(pat: &str) -> Result<(), String> {
+    use regex_automata::nfa::thompson;
+    thompson::Compiler::new()
+        .syntax(syntax::Config::new().utf8(true))
+        .configure(thompson::Config::new().which_captures(thompson::WhichCaptures::None).nfa_size_limit(Some(PATTERN_SIZE_LIMIT)))
+        .build(pat)
+        .map(|_| ())
+        .map_err(|e| size_message(&e))
+}
+
+/// `pattern too large: compiled size over the 2 MiB limit (shrink its repetitions)` for an
+/// exceeded size limit; the error chain for anything else.
+fn size_message(e: &dyn std::error::Error) -> String {
+    let chain = error_chain(e);
+    if chain.contains("exceeds size limit") || chain.contains("size limit") {
+        format!(
+            "pattern too large: its compiled automaton exceeds the {} MiB limit (shrink counted repetitions such as {{1000}} or \\w/\\pL inside them)",
+            PATTERN_SIZE_LIMIT >> 20
+        )
+    } else {
+        chain
+    }
+}
+
+/// Builds the matcher for `pats`; on error, the index of the pattern to blame (when known)
+/// and the message. `cache` is the lazy-DFA cache of the shared automaton.
 pub fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, (Option<usize>, String)> {
     let mut always_pats = Vec::new();
     let mut always_ids = Vec::new();
@@ -113,7 +151,7 @@ pub fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, (Optio
         .backtrack(false)
         .dfa(false)
         .auto_prefilter(false)
-        .nfa_size_limit(Some(64 << 20));
+        .nfa_size_limit(Some(PATTERN_SIZE_LIMIT));
     for (i, p) in pats.iter().enumerate() {
         match prefix_literals(p) {
             Some(ls) => {
@@ -121,7 +159,7 @@ pub fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, (Optio
                     .configure(lean.clone())
                     .syntax(syntax::Config::new().utf8(true))
                     .build(p)
-                    .map_err(|e| (Some(i), error_chain(&e)))?;
+                    .map_err(|e| (Some(i), size_message(&e)))?;
                 single.push(Some(re));
                 for l in ls {
                     let li = *lit_idx.entry(l.clone()).or_insert_with(|| {
@@ -133,6 +171,7 @@ pub fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, (Optio
                 }
             }
             None => {
+                check_size(p).map_err(|m| (Some(i), m))?;
                 single.push(None);
                 always_pats.push(*p);
                 always_ids.push(i);
@@ -145,7 +184,7 @@ pub fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, (Optio
         let cfg = meta::Config::new()
             .match_kind(ReMatchKind::All)
             .which_captures(regex_automata::nfa::thompson::WhichCaptures::None)
-            .nfa_size_limit(Some(1 << 30))
+            .nfa_size_limit(Some(SET_SIZE_LIMIT))
             .hybrid_cache_capacity(cache);
         Some(
             meta::Builder::new()
