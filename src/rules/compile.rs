@@ -266,25 +266,38 @@ pub fn load_str(path: &Path, text: &str, opts: &EngineOptions) -> Result<RuleSet
     Ok(set)
 }
 
-/// Strips serde_norway's ` at line X column Y` suffix (we print the position first) and the
-/// quoted value of `invalid type: string "…"`: when a file is not YAML rules at all (a
-/// symlink to some other file) that value is its first lines, and an error must not echo a
-/// file's contents. Field names and variants (`unknown field `x``) stay: they are the
-/// offending token.
+/// Strips serde_norway's ` at line X column Y` suffix (we print the position first) and
+/// anything of the file's contents beyond the offending token: when a file is not YAML rules
+/// at all (a symlink to some other file) serde quotes its first lines, as the value of
+/// `invalid type: string "…"` or as the key of `unknown field `…``, and an error must not
+/// echo a file. Quoted strings are dropped; a quoted field or variant name stays only when it
+/// looks like one (a short identifier: a typo worth showing).
 fn strip_position(msg: &str) -> String {
-    static POSITION: std::sync::OnceLock<Option<(regex::Regex, regex::Regex)>> = std::sync::OnceLock::new();
-    let res = POSITION.get_or_init(|| {
+    type Res = (regex::Regex, regex::Regex, regex::Regex);
+    static RES: std::sync::OnceLock<Option<Res>> = std::sync::OnceLock::new();
+    let res = RES.get_or_init(|| {
         let pos = regex::Regex::new(r" at line \d+ column \d+").ok()?;
-        let quoted = regex::Regex::new(r#"(invalid (?:type|value|length): (?:string|byte array)) "(?:[^"\\]|\\.)*""#).ok()?;
-        Some((pos, quoted))
+        let quoted =
+            regex::Regex::new(r#"(invalid (?:type|value|length): (?:string|byte array)) "(?:[^"\\]|\\.)*""#).ok()?;
+        let token = regex::Regex::new(r"unknown (field|variant) `([^`]*)`").ok()?;
+        Some((pos, quoted, token))
     });
-    match res {
-        Some((pos, quoted)) => {
-            let m = pos.replace_all(msg, "");
-            quoted.replace_all(&m, "$1").into_owned()
-        }
-        None => msg.to_string(),
-    }
+    let Some((pos, quoted, token)) = res else { return msg.to_string() };
+    let m = pos.replace_all(msg, "");
+    let m = quoted.replace_all(&m, "$1");
+    token
+        .replace_all(&m, |c: &regex::Captures| {
+            let t = &c[2];
+            let name_like = !t.is_empty()
+                && t.len() <= 40
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if name_like {
+                c[0].to_string()
+            } else {
+                format!("unknown {} (not shown: not a {} name)", &c[1], &c[1])
+            }
+        })
+        .into_owned()
 }
 
 /// The last line of a regex-syntax error (`error: unclosed group` → `unclosed group`).
