@@ -266,25 +266,33 @@ pub fn load_str(path: &Path, text: &str, opts: &EngineOptions) -> Result<RuleSet
     Ok(set)
 }
 
-/// Strips serde_norway's ` at line X column Y` suffix (we print the position first) and
-/// anything of the file's contents beyond the offending token: when a file is not YAML rules
-/// at all (a symlink to some other file) serde quotes its first lines, as the value of
+/// Strips serde_norway's ` at line X column Y` suffix (we print the position first).
+fn strip_position(msg: &str) -> String {
+    static POSITION: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    match POSITION.get_or_init(|| regex::Regex::new(r" at line \d+ column \d+").ok()) {
+        Some(re) => re.replace_all(msg, "").into_owned(),
+        None => msg.to_string(),
+    }
+}
+
+/// For an error about a whole file (it is not a mapping of `threshold`/`rules`): removes
+/// anything of the file's contents beyond a field name. When a file is not YAML rules at all
+/// (a symlink to some other file) serde quotes its first lines, as the value of
 /// `invalid type: string "…"` or as the key of `unknown field `…``, and an error must not
 /// echo a file. Quoted strings are dropped; a quoted field or variant name stays only when it
-/// looks like one (a short identifier: a typo worth showing).
-fn strip_position(msg: &str) -> String {
-    type Res = (regex::Regex, regex::Regex, regex::Regex);
+/// looks like one (a short identifier: a typo worth showing). Errors inside a rule keep their
+/// quoted value: it is the offending token (`score: invalid type: string "lots"`).
+fn redact_contents(msg: &str) -> String {
+    type Res = (regex::Regex, regex::Regex);
     static RES: std::sync::OnceLock<Option<Res>> = std::sync::OnceLock::new();
     let res = RES.get_or_init(|| {
-        let pos = regex::Regex::new(r" at line \d+ column \d+").ok()?;
         let quoted =
             regex::Regex::new(r#"(invalid (?:type|value|length): (?:string|byte array)) "(?:[^"\\]|\\.)*""#).ok()?;
         let token = regex::Regex::new(r"unknown (field|variant) `([^`]*)`").ok()?;
-        Some((pos, quoted, token))
+        Some((quoted, token))
     });
-    let Some((pos, quoted, token)) = res else { return msg.to_string() };
-    let m = pos.replace_all(msg, "");
-    let m = quoted.replace_all(&m, "$1");
+    let Some((quoted, token)) = res else { return "not a rule file".to_string() };
+    let m = quoted.replace_all(msg, "$1");
     token
         .replace_all(&m, |c: &regex::Captures| {
             let t = &c[2];
@@ -347,7 +355,7 @@ impl Loader<'_> {
                     let kind = if msg.contains("unknown field") { ErrorKind::UnknownField } else { ErrorKind::Yaml };
                     let loc = &self.files[file].1;
                     let rule = loc.rule_at_line(pos.0).and_then(|i| loc.id_of(i));
-                    self.err(file, pos, rule.as_deref(), kind, strip_position(&msg));
+                    self.err(file, pos, rule.as_deref(), kind, redact_contents(&strip_position(&msg)));
                     return;
                 }
             }

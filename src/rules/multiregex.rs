@@ -133,7 +133,7 @@ fn size_message(e: &dyn std::error::Error) -> String {
     let chain = error_chain(e);
     if chain.contains("size limit") || chain.contains("exceeded limit") {
         format!(
-            "pattern too large: its compiled automaton exceeds the {} MiB limit (shrink counted repetitions such as {{1000}} or \\w/\\pL inside them)",
+            "error building NFA: pattern too large: its compiled automaton exceeds the {} MiB limit (shrink counted repetitions such as {{1000}}, or \\w and \\pL inside them)",
             PATTERN_SIZE_LIMIT >> 20
         )
     } else {
