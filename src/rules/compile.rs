@@ -884,4 +884,22 @@ mod tests {
         assert!(parse_target("Bad Name").is_err());
         assert!(parse_target("").is_err());
     }
+
+    #[test]
+    fn whole_file_errors_do_not_quote_the_file() {
+        assert_eq!(
+            redact_contents(r#"invalid type: string "root:x:0:0 daemon:x", expected struct FileDef"#),
+            "invalid type: string, expected struct FileDef"
+        );
+        assert_eq!(
+            redact_contents("unknown field `root:$6$abc:19000`, expected `threshold` or `rules`"),
+            "unknown field (not shown: not a field name), expected `threshold` or `rules`"
+        );
+        // A typo is worth showing.
+        assert_eq!(
+            redact_contents("unknown field `rulez`, expected `threshold` or `rules`"),
+            "unknown field `rulez`, expected `threshold` or `rules`"
+        );
+        assert_eq!(strip_position("invalid type: string \"x\" at line 3 column 4"), "invalid type: string \"x\"");
+    }
 }

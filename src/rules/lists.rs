@@ -224,4 +224,50 @@ mod tests {
         assert_eq!(read_entries(&p, dir.path()).unwrap(), ["a.com", "B.org"]);
         assert!(read_entries(&dir.path().join("missing"), dir.path()).unwrap_err().contains("cannot read"));
     }
+
+    #[test]
+    fn guarded_reader_refuses_what_is_not_a_small_regular_file_in_the_tree() {
+        let tree = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let t = tree.path();
+        // A device through a symlink: refused before it is opened.
+        std::os::unix::fs::symlink("/dev/zero", t.join("zero")).unwrap();
+        let e = read_guarded(&t.join("zero"), t, LIST_FILE_LIMIT).unwrap_err();
+        assert!(e.starts_with("refused") && e.contains("a character device"), "{e}");
+        // A FIFO: refused without blocking.
+        assert!(std::process::Command::new("mkfifo").arg(t.join("fifo")).status().unwrap().success());
+        let e = read_guarded(&t.join("fifo"), t, LIST_FILE_LIMIT).unwrap_err();
+        assert!(e.contains("a FIFO"), "{e}");
+        // A directory.
+        std::fs::create_dir(t.join("d")).unwrap();
+        assert!(read_guarded(&t.join("d"), t, LIST_FILE_LIMIT).unwrap_err().contains("a directory"));
+        // Over the limit, by the stat and (for a file that grows) by the bounded read.
+        std::fs::write(t.join("big"), vec![b'a'; 101]).unwrap();
+        let e = read_guarded(&t.join("big"), t, 100).unwrap_err();
+        assert!(e.contains("101 bytes"), "{e}");
+        assert_eq!(read_guarded(&t.join("big"), t, 101).unwrap().len(), 101);
+        // Outside the tree, directly or through a symlink; inside through a symlink is fine.
+        std::fs::write(outside.path().join("secret"), "hunter2
+").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), t.join("link")).unwrap();
+        let e = read_guarded(&t.join("link"), t, 100).unwrap_err();
+        assert!(e.contains("outside the rules directory") && !e.contains("hunter2"), "{e}");
+        let e = read_guarded(&outside.path().join("secret"), t, 100).unwrap_err();
+        assert!(e.contains("outside the rules directory"), "{e}");
+        std::os::unix::fs::symlink(t.join("big"), t.join("biglink")).unwrap();
+        assert!(read_guarded(&t.join("biglink"), t, 200).is_ok());
+        // `..` does not escape.
+        let sub = t.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let e = read_guarded(&sub.join("../../").join(outside.path().file_name().unwrap()).join("secret"), &sub, 100);
+        assert!(e.unwrap_err().contains("refused"));
+    }
+
+    #[test]
+    fn tree_of_a_file_is_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(tree_of(dir.path()), dir.path());
+        assert_eq!(tree_of(&dir.path().join("r.yaml")), dir.path());
+        assert_eq!(tree_of(Path::new("r.yaml")), Path::new("."));
+    }
 }

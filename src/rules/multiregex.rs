@@ -271,4 +271,23 @@ mod tests {
             assert_eq!(got, want, "text {t:?}");
         }
     }
+
+    /// Patterns over the size limit are refused (fast: compilation stops at the limit) and
+    /// blamed on their own index, with or without a prefix literal.
+    #[test]
+    fn oversized_patterns_are_refused_and_blamed() {
+        for (pats, bad) in [
+            (vec!["fine", r"x\w{1000}{30}"], 1),
+            (vec![r"(?i)\pL{5000}", "fine"], 0),
+            (vec!["ok", "alsook", r"(?i)viagra\w{1000}"], 2),
+        ] {
+            let started = std::time::Instant::now();
+            let (at, msg) = build_regex_set(&pats, 1 << 20).unwrap_err();
+            assert_eq!(at, Some(bad), "{pats:?}");
+            assert!(msg.contains("pattern too large") && msg.contains("1 MiB"), "{msg}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "{pats:?} took {:?}", started.elapsed());
+        }
+        // Real-world sizes pass.
+        assert!(build_regex_set(&[r"(?i)\w{50}", r"(?i)\b(v[i1]agra|cialis)\b"], 1 << 20).is_ok());
+    }
 }
