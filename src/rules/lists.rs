@@ -247,8 +247,12 @@ mod tests {
         assert!(e.contains("101 bytes"), "{e}");
         assert_eq!(read_guarded(&t.join("big"), t, 101).unwrap().len(), 101);
         // Outside the tree, directly or through a symlink; inside through a symlink is fine.
-        std::fs::write(outside.path().join("secret"), "hunter2
-").unwrap();
+        std::fs::write(
+            outside.path().join("secret"),
+            "hunter2
+",
+        )
+        .unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret"), t.join("link")).unwrap();
         let e = read_guarded(&t.join("link"), t, 100).unwrap_err();
         assert!(e.contains("outside the rules directory") && !e.contains("hunter2"), "{e}");

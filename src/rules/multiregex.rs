@@ -121,7 +121,11 @@ fn check_size(pat: &str) -> Result<(), String> {
     use regex_automata::nfa::thompson;
     thompson::Compiler::new()
         .syntax(syntax::Config::new().utf8(true))
-        .configure(thompson::Config::new().which_captures(thompson::WhichCaptures::None).nfa_size_limit(Some(PATTERN_SIZE_LIMIT)))
+        .configure(
+            thompson::Config::new()
+                .which_captures(thompson::WhichCaptures::None)
+                .nfa_size_limit(Some(PATTERN_SIZE_LIMIT)),
+        )
         .build(pat)
         .map(|_| ())
         .map_err(|e| size_message(&e))
