@@ -162,11 +162,55 @@ fn idle_metrics_connections_do_not_starve_pop3() {
     assert!(logged < 2 << 20, "popsift logged {logged} bytes in {wall:.1} s");
 }
 
+/// Reads `s` until EOF (or a reset) within `within`; a read that times out fails the test.
+/// Bytes before the EOF may only be a `408 Request Timeout` response.
+fn assert_closed_within(s: &mut TcpStream, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{what} still open");
+        s.set_read_timeout(Some(left)).unwrap();
+        let mut b = [0u8; 512];
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("{what} still open after {within:?}")
+            }
+            Err(_) => break, // reset: closed
+        }
+    }
+    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408"), "{what}: {:?}", String::from_utf8_lossy(&got));
+}
+
 #[test]
 fn slowloris_and_idle_clients_are_cut_at_the_header_deadline() {
     let p = Popsift::start(&ProxyOpts { upstream: "127.0.0.1:9", ..Default::default() });
     // An idle connection: nothing sent.
     let idle = TcpStream::connect(&p.metrics_addr).unwrap();
+    // A kept-alive connection that goes idle after one scrape.
+    let mut kept = TcpStream::connect(&p.metrics_addr).unwrap();
+    kept.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 8192];
+    let complete = loop {
+        let n = kept.read(&mut buf).expect("the scrape on a kept-alive connection");
+        assert!(n > 0, "closed before the response was complete");
+        response.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&response);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .expect("content-length");
+            if body.len() >= len {
+                break head.starts_with("HTTP/1.1 200");
+            }
+        }
+    };
+    assert!(complete, "{}", String::from_utf8_lossy(&response));
     // A slowloris: a request head one byte per second, never finished in time.
     let mut slow = TcpStream::connect(&p.metrics_addr).unwrap();
     slow.set_nonblocking(true).unwrap();
@@ -192,17 +236,12 @@ fn slowloris_and_idle_clients_are_cut_at_the_header_deadline() {
     };
     assert!(cut);
     assert!(sent < head.len(), "the whole head ({sent} bytes) was accepted one byte a second");
-    // The idle one was cut too (at the same deadline, it started first).
-    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut b = [0u8; 64];
+    // The idle one was cut too (at the same deadline, it started first); hyper may answer
+    // 408 before closing.
     let mut idle = idle;
-    match idle.read(&mut b) {
-        Ok(0) | Err(_) => {}
-        Ok(n) => {
-            // hyper may answer 408 before closing; then EOF follows.
-            assert!(String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 408"), "{:?}", &b[..n]);
-        }
-    }
+    assert_closed_within(&mut idle, Duration::from_secs(5), "the idle connection");
+    // The kept-alive one, idle since its scrape, was closed at the same deadline.
+    assert_closed_within(&mut kept, Duration::from_secs(5), "the kept-alive idle connection");
     // Anything but GET /metrics is 404; the endpoint still serves scrapes.
     let mut s = TcpStream::connect(&p.metrics_addr).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
