@@ -19,6 +19,11 @@ pub struct Cli {
     /// Overrides RUST_LOG.
     #[arg(long, global = true)]
     pub log_level: Option<String>,
+    /// A directory outside the rules directory that rule and list files (or the targets of
+    /// symlinks in the rules directory) may come from. Repeatable. Without it, only files
+    /// inside the rules directory are read.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub rules_allow_dir: Vec<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

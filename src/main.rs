@@ -15,6 +15,10 @@ use popsift::rules::{EngineOptions, RuleSet, RulesHandle};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format, cli.log_level.as_deref());
+    if let Err(e) = popsift::rules::lists::allow_dirs(&cli.rules_allow_dir) {
+        eprintln!("popsift: {e}");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::Check(args) => ExitCode::from(popsift::scan::run_check(&args) as u8),
         Command::Scan(args) => ExitCode::from(popsift::scan::run_scan(&args) as u8),
@@ -57,6 +61,8 @@ fn serve(args: ServeArgs) -> Result<()> {
     let opts = EngineOptions { spam_action: config.spam_action };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
+        // Descriptors before anything opens: raise RLIMIT_NOFILE, log it against the budget.
+        popsift::net::fd_budget::prepare(config.max_sessions, config.metrics.is_some());
         // Metrics first, so the initial rule load is counted.
         popsift::metrics::install(config.metrics)?;
         if let Some(addr) = config.metrics {

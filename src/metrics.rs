@@ -1,8 +1,10 @@
 //! Every metric popsift exports, in one place, and the Prometheus `/metrics` endpoint.
 //!
 //! This module owns the metric *names* ([`METRICS`] is the single table: name, type, unit,
-//! labels, help text and histogram buckets), their registration at start-up and the exporter
-//! (`metrics-exporter-prometheus` with its HTTP listener). The rest of popsift records through
+//! labels, help text and histogram buckets), their registration at start-up and the `/metrics`
+//! endpoint: `metrics-exporter-prometheus` records and renders, popsift's own bounded HTTP
+//! server ([`crate::net::http`]: connection cap, header and lifetime deadlines) serves, so
+//! idle or slow scrapers cannot take descriptors or CPU from the POP3 sessions. The rest of popsift records through
 //! the small functions below and never spells a metric name or a label value itself, so the
 //! exposition stays consistent with the dashboard and alert rules in `deploy/` — a test checks
 //! every PromQL expression there against [`METRICS`].
@@ -389,13 +391,14 @@ fn builder() -> PrometheusBuilder {
     b
 }
 
-/// Installs the recorder and, when `addr` is given, serves `/metrics` there.
+/// Installs the recorder and, when `addr` is given, serves `GET /metrics` there (any other
+/// path or method: 404) with [`HttpLimits::METRICS`](crate::net::http::HttpLimits::METRICS).
 /// Must be called inside a tokio runtime. Registers (describes) every metric and sets
 /// `popsift_build_info`.
 ///
 /// With `addr = None` (`--metrics off`) the recorder is still installed, so [`render`] works
-/// and recording costs the same, but nothing listens. The listener answers every path; use
-/// `/metrics`. Binding happens before this returns, so a busy port is an error here, not later.
+/// and recording costs the same, but nothing listens. Binding happens before this returns, so
+/// a busy port is an error here, not later.
 ///
 /// The global recorder can be installed once per process: a second call fails.
 pub fn install(addr: Option<SocketAddr>) -> Result<(), MetricsError> {
@@ -410,41 +413,55 @@ pub fn install(addr: Option<SocketAddr>) -> Result<(), MetricsError> {
 
     // Bind first (a busy port fails here), install second, serve last: a failed install
     // leaves no listener or task behind.
-    let (recorder, exporter) = match addr {
+    let listener = match addr {
         Some(addr) => {
             let _guard = runtime.enter();
-            let (recorder, exporter) = builder().with_http_listener(addr).build().map_err(|e| err(e.to_string()))?;
-            (recorder, Some(exporter))
+            let std = std::net::TcpListener::bind(addr).map_err(|e| err(e.to_string()))?;
+            std.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+            Some(tokio::net::TcpListener::from_std(std).map_err(|e| err(e.to_string()))?)
         }
-        None => (builder().build_recorder(), None),
+        None => None,
     };
+    let recorder = builder().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| err(e.to_string()))?;
     // Cannot fail: the global recorder is set once, and only here.
     let _ = HANDLE.set(handle.clone());
 
-    match (exporter, addr) {
-        (Some(exporter), Some(addr)) => {
-            runtime.spawn(async move {
-                if let Err(e) = exporter.await {
-                    tracing::error!(%addr, error = ?e, "metrics endpoint stopped");
-                }
-            });
-        }
-        _ => {
-            // Without the exporter nobody drains histogram samples between renders; do it
-            // like the exporter does (every 5 s) so memory stays bounded.
-            runtime.spawn(async move {
-                loop {
-                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                    handle.run_upkeep();
-                }
-            });
-        }
+    if let Some(listener) = listener {
+        let limits = crate::net::http::HttpLimits::METRICS;
+        let render_handle = handle.clone();
+        runtime.spawn(crate::net::http::serve(listener, "metrics", limits, move |req| {
+            let h = render_handle.clone();
+            async move { metrics_response(&h, req.method(), req.uri().path()) }
+        }));
     }
+    // Histogram samples are drained into their buckets at each render, or here every 5 s
+    // (as the exporter's own listener did) so memory stays bounded between scrapes.
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            handle.run_upkeep();
+        }
+    });
 
     register();
     Ok(())
+}
+
+/// The answer to one request on the metrics port: the exposition for `GET /metrics`
+/// (Prometheus text format 0.0.4), 404 for anything else. The request body is never read.
+fn metrics_response(
+    handle: &PrometheusHandle,
+    method: &hyper::Method,
+    path: &str,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use crate::net::http::response;
+    if method == hyper::Method::GET && path == "/metrics" {
+        response(hyper::StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", handle.render())
+    } else {
+        response(hyper::StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: use GET /metrics\n")
+    }
 }
 
 /// The current exposition (Prometheus text format), or `None` before [`install`].

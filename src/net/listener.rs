@@ -1,5 +1,7 @@
 //! Accept loops (one per configured listener), the session cap, and graceful shutdown:
-//! SIGTERM / SIGINT stop accepting and give running sessions a deadline to finish.
+//! SIGTERM / SIGINT stop accepting and give running sessions a deadline to finish. A failing
+//! `accept` (out of descriptors) is logged at most once per second and backed off from
+//! ([`AcceptErrors`]).
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::net::driver::{self, SessionContext};
+use crate::net::http::AcceptErrors;
 use crate::net::tls;
 use crate::rules::RulesHandle;
 use crate::store::header_cache::HeaderCache;
@@ -60,7 +63,12 @@ pub async fn serve(
         info!(listen = %sock.local_addr().map(|a| a.to_string()).unwrap_or_default(), upstream = %l.upstream.display(), tls = ?l.upstream.tls, "listening");
         let permits = permits.clone();
         let mut stop = shutdown.clone();
+        let local = sock.local_addr().ok();
         loops.push(tokio::spawn(async move {
+            // EMFILE and friends: logged once per second (with the count suppressed since),
+            // each followed by a short back-off, so a descriptor shortage never becomes a hot
+            // loop or a flood of log lines.
+            let mut accept_errors = AcceptErrors::new("pop3", Duration::from_secs(1));
             loop {
                 let accepted = tokio::select! {
                     a = sock.accept() => a,
@@ -69,9 +77,7 @@ pub async fn serve(
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        accept_errors.failed(&e, local).await;
                         continue;
                     }
                 };

@@ -8,10 +8,14 @@
 //! - [`scan`]: the login scan (LIST, UIDL, windowed `TOP n 0`).
 //! - [`driver`]: one client session from accept to close.
 //! - [`listener`]: accept loops, the session cap, graceful shutdown.
+//! - [`http`]: the bounded HTTP/1.1 server behind `/metrics` (and later HTTP listeners).
+//! - [`fd_budget`]: raising `RLIMIT_NOFILE` and checking the descriptor budget at start.
 
 pub mod conn;
 pub mod driver;
 pub mod error;
+pub mod fd_budget;
+pub mod http;
 pub mod listener;
 pub mod scan;
 pub mod stream;

@@ -163,7 +163,9 @@ struct Loader<'a> {
 }
 
 /// Lists the rule files for `path`: the file itself, or a directory's `*.yaml`/`*.yml`
-/// in file-name order.
+/// in file-name order. Entries that are not directories are listed even when they are not
+/// regular files (a FIFO, a dangling symlink), so reading them reports why they are refused
+/// instead of skipping them silently.
 pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RuleError> {
     let io_err = |e: std::io::Error| RuleError {
         path: path.to_path_buf(),
@@ -186,7 +188,7 @@ pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RuleError> {
         if name.starts_with('.') {
             continue;
         }
-        if (name.ends_with(".yaml") || name.ends_with(".yml")) && p.is_file() {
+        if (name.ends_with(".yaml") || name.ends_with(".yml")) && !p.is_dir() {
             files.push(p);
         }
     }
@@ -195,12 +197,14 @@ pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RuleError> {
 }
 
 impl<'a> Loader<'a> {
-    fn new(opts: &'a EngineOptions) -> Loader<'a> {
+    /// A loader for the rules tree `tree` (list files must lie inside it, see
+    /// [`lists::read_guarded`]).
+    fn new(opts: &'a EngineOptions, tree: PathBuf) -> Loader<'a> {
         Loader {
             opts,
             errors: Vec::new(),
             files: Vec::new(),
-            lists: ListCache::default(),
+            lists: ListCache::new(tree),
             rules: Vec::new(),
             origins: Vec::new(),
             ids: HashMap::new(),
@@ -217,20 +221,24 @@ impl<'a> Loader<'a> {
 pub fn load(path: &Path, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
     let started = std::time::Instant::now();
     let files = rule_files(path).map_err(|e| RuleErrors(vec![e]))?;
-    let mut l = Loader::new(opts);
+    // The tree is where the given path really is: a rule file named on the command line may
+    // be a symlink; files and lists it uses must lie beside its target.
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let tree = lists::tree_of(&real);
+    let mut l = Loader::new(opts, tree.clone());
     for f in &files {
-        match std::fs::read(f) {
+        match lists::read_guarded(f, &tree, lists::RULE_FILE_LIMIT) {
             Ok(bytes) => {
                 let text = String::from_utf8_lossy(&bytes).into_owned();
                 l.load_text(f, &text);
             }
-            Err(e) => l.errors.push(RuleError {
+            Err(message) => l.errors.push(RuleError {
                 path: f.clone(),
                 line: 1,
                 column: 1,
                 rule: None,
                 kind: ErrorKind::Io,
-                message: format!("cannot read: {e}"),
+                message,
             }),
         }
     }
@@ -251,7 +259,7 @@ pub fn load(path: &Path, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
 
 /// Compiles rules from YAML text, as if read from `path` (list paths resolve against it).
 pub fn load_str(path: &Path, text: &str, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
-    let mut l = Loader::new(opts);
+    let mut l = Loader::new(opts, lists::tree_of(path));
     l.load_text(path, text);
     let mut set = l.finish()?;
     set.files = 1;
@@ -260,10 +268,44 @@ pub fn load_str(path: &Path, text: &str, opts: &EngineOptions) -> Result<RuleSet
 
 /// Strips serde_norway's ` at line X column Y` suffix (we print the position first).
 fn strip_position(msg: &str) -> String {
-    match regex::Regex::new(r" at line \d+ column \d+") {
-        Ok(re) => re.replace_all(msg, "").into_owned(),
-        Err(_) => msg.to_string(),
+    static POSITION: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    match POSITION.get_or_init(|| regex::Regex::new(r" at line \d+ column \d+").ok()) {
+        Some(re) => re.replace_all(msg, "").into_owned(),
+        None => msg.to_string(),
     }
+}
+
+/// For an error about a whole file (it is not a mapping of `threshold`/`rules`): removes
+/// anything of the file's contents beyond a field name. When a file is not YAML rules at all
+/// (a symlink to some other file) serde quotes its first lines, as the value of
+/// `invalid type: string "…"` or as the key of `unknown field `…``, and an error must not
+/// echo a file. Quoted strings are dropped; a quoted field or variant name stays only when it
+/// looks like one (a short identifier: a typo worth showing). Errors inside a rule keep their
+/// quoted value: it is the offending token (`score: invalid type: string "lots"`).
+fn redact_contents(msg: &str) -> String {
+    type Res = (regex::Regex, regex::Regex);
+    static RES: std::sync::OnceLock<Option<Res>> = std::sync::OnceLock::new();
+    let res = RES.get_or_init(|| {
+        let quoted =
+            regex::Regex::new(r#"(invalid (?:type|value|length): (?:string|byte array)) "(?:[^"\\]|\\.)*""#).ok()?;
+        let token = regex::Regex::new(r"unknown (field|variant) `([^`]*)`").ok()?;
+        Some((quoted, token))
+    });
+    let Some((quoted, token)) = res else { return "not a rule file".to_string() };
+    let m = quoted.replace_all(msg, "$1");
+    token
+        .replace_all(&m, |c: &regex::Captures| {
+            let t = &c[2];
+            let name_like = !t.is_empty()
+                && t.len() <= 40
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if name_like {
+                c[0].to_string()
+            } else {
+                format!("unknown {} (not shown: not a {} name)", &c[1], &c[1])
+            }
+        })
+        .into_owned()
 }
 
 /// The last line of a regex-syntax error (`error: unclosed group` → `unclosed group`).
@@ -313,7 +355,7 @@ impl Loader<'_> {
                     let kind = if msg.contains("unknown field") { ErrorKind::UnknownField } else { ErrorKind::Yaml };
                     let loc = &self.files[file].1;
                     let rule = loc.rule_at_line(pos.0).and_then(|i| loc.id_of(i));
-                    self.err(file, pos, rule.as_deref(), kind, strip_position(&msg));
+                    self.err(file, pos, rule.as_deref(), kind, redact_contents(&strip_position(&msg)));
                     return;
                 }
             }
@@ -841,5 +883,23 @@ mod tests {
         assert!(parse_target("From:bogus").unwrap_err().contains("unknown modifier"));
         assert!(parse_target("Bad Name").is_err());
         assert!(parse_target("").is_err());
+    }
+
+    #[test]
+    fn whole_file_errors_do_not_quote_the_file() {
+        assert_eq!(
+            redact_contents(r#"invalid type: string "root:x:0:0 daemon:x", expected struct FileDef"#),
+            "invalid type: string, expected struct FileDef"
+        );
+        assert_eq!(
+            redact_contents("unknown field `root:$6$abc:19000`, expected `threshold` or `rules`"),
+            "unknown field (not shown: not a field name), expected `threshold` or `rules`"
+        );
+        // A typo is worth showing.
+        assert_eq!(
+            redact_contents("unknown field `rulez`, expected `threshold` or `rules`"),
+            "unknown field `rulez`, expected `threshold` or `rules`"
+        );
+        assert_eq!(strip_position("invalid type: string \"x\" at line 3 column 4"), "invalid type: string \"x\"");
     }
 }

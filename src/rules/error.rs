@@ -8,7 +8,8 @@ use std::path::PathBuf;
 /// What went wrong; the message says the details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
-    /// A rule file or directory could not be read.
+    /// A rule file or directory could not be read, or was refused: not a regular file,
+    /// outside the rules tree, or over the size limit (see [`super::lists::read_guarded`]).
     Io,
     /// YAML syntax error, or a value of the wrong type.
     Yaml,
@@ -18,11 +19,13 @@ pub enum ErrorKind {
     Schema,
     /// The `header:` value is malformed (unknown modifier, bad name).
     Header,
-    /// A regex that does not compile.
+    /// A regex that does not compile, or whose automaton exceeds the size limit
+    /// ([`super::multiregex::PATTERN_SIZE_LIMIT`]).
     Regex,
     /// Empty keyword list or keyword.
     Keywords,
-    /// A list file (`domain_in`, `address_in`, `keywords_file`) missing or unreadable.
+    /// A list file (`domain_in`, `address_in`, `keywords_file`) missing, unreadable or
+    /// refused (same checks as rule files).
     List,
     /// A `size_over` value that is not a size.
     Size,
