@@ -19,6 +19,9 @@ pub struct ScanItem {
     /// The result of an earlier evaluation with the same rule set (see
     /// `store::verdict_memo`); when present the headers are neither read nor evaluated.
     pub memo: Option<Arc<Evaluated>>,
+    /// This message's header block, read in this session, already evaluated during the
+    /// scan (which then drops the block to bound its memory, see `net::scan`).
+    pub evaluated: Option<Arc<Evaluated>>,
 }
 
 /// What evaluating one message's header block produced. The tag rewrite is computed for
@@ -67,7 +70,7 @@ pub fn build_entries(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, taggi
     items
         .into_iter()
         .map(|item| {
-            let evaluated = match (&item.memo, &item.headers) {
+            let evaluated = match (item.memo.as_ref().or(item.evaluated.as_ref()), &item.headers) {
                 (Some(m), _) => Some(m.clone()),
                 (None, Some(h)) => Some(Arc::new(evaluate(h, item.size, rules, tagging))),
                 (None, None) => None,
