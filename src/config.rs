@@ -655,6 +655,27 @@ mod tests {
     }
 
     #[test]
+    fn phase_deadlines_and_scan_window_bytes() {
+        let mut a = args();
+        a.upstream = Some("h:110".into());
+        let c = Config::build(ConfigFile::default(), &a).unwrap();
+        assert_eq!((c.timeouts.client_line, c.timeouts.upstream_min_rate), (Duration::from_secs(60), 1024));
+        assert_eq!(c.scan.window_bytes, 8 * 1024 * 1024);
+        let text = "timeouts: { client_line: 3s, upstream_min_rate: 2KiB }\nscan: { window_bytes: 1MiB }\n";
+        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), &a).unwrap();
+        assert_eq!((c.timeouts.client_line, c.timeouts.upstream_min_rate), (Duration::from_secs(3), 2048));
+        assert_eq!(c.scan.window_bytes, 1024 * 1024);
+        for (bad, field) in [
+            ("timeouts: { upstream_min_rate: 0 }\n", "timeouts.upstream_min_rate"),
+            ("timeouts: { client_line: 0s }\n", "timeouts.client_line"),
+            ("scan: { window_bytes: 1KiB }\n", "scan.window_bytes"),
+        ] {
+            let e = Config::build(ConfigFile::parse(bad, Path::new("p.yaml")).unwrap(), &a).unwrap_err();
+            assert!(e.to_string().contains(field), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn host_port() {
         assert_eq!(split_host_port("[::1]:110").unwrap(), ("::1".into(), 110));
         assert_eq!(split_host_port("h:995").unwrap(), ("h".into(), 995));
