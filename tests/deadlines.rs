@@ -74,6 +74,7 @@ async fn slowloris_client_is_cut_at_client_line_and_its_slot_freed() {
     slot_is_free(&p.addr).await;
     let log = p.log();
     assert!(log.contains("client command line timed out after 3s"), "{log}");
+    assert!(up.commands.lock().unwrap().iter().all(|c| !c.starts_with("DELE")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,6 +117,7 @@ async fn dribbled_status_line_gets_sys_temp_within_upstream_reply() {
     assert!(took < Duration::from_secs(8), "answered after {took:?}");
     up.wait_closed(1, Duration::from_secs(10)).await;
     no_session_active(&p).await;
+    assert!(up.commands.lock().unwrap().iter().all(|c| !c.starts_with("DELE")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,4 +161,42 @@ async fn client_gone_while_upstream_stalls_ends_the_session_promptly() {
     assert!(log.lines().any(|l| l.contains("session finished") && l.contains("client closed")), "{log}");
     slot_is_free(&p.addr).await;
     assert!(up.commands.lock().unwrap().iter().all(|c| !c.starts_with("DELE")));
+}
+
+/// Watching the client during upstream waits must not cost a client that pipelines its
+/// commands, QUIT included, and then half-closes (shutdown of its write side): it still gets
+/// every reply and its UPDATE (RFC 1939 §6), in AUTHORIZATION as in TRANSACTION.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_then_half_close_still_get_replies_and_update() {
+    let messages = (1..=3).map(|i| fake::msg(&format!("m{i}"), "body\r\n")).collect();
+    let up = fake::start(fake::Behaviour::default(), messages).await;
+    let p = fake::popsift::start(&up.addr, "rules: []\n", "").await;
+    let (mut c, greeting) = Client::connect(&p.addr).await;
+    assert!(greeting.starts_with("+OK"));
+    c.send("USER alice\r\nPASS pw\r\nSTAT\r\nDELE 1\r\nRETR 2\r\nQUIT\r\n").await;
+    c.sock.shutdown().await.unwrap();
+    let rest = String::from_utf8_lossy(&c.rest().await).into_owned();
+    let statuses: Vec<&str> = rest.lines().filter(|l| l.starts_with('+') || l.starts_with('-')).collect();
+    assert_eq!(statuses.len(), 6, "{rest}");
+    assert!(statuses.iter().all(|l| l.starts_with("+OK")), "{rest}");
+    assert!(rest.contains("body\r\n.\r\n+OK"), "RETR 2 not relayed whole: {rest}");
+    assert_eq!(up.log.lock().unwrap().expunged, vec![1], "the client's DELE was not carried out");
+}
+
+/// The same with a server slow to answer RETR, so popsift certainly sees the client's EOF
+/// while it waits: the queued QUIT keeps the session going to its UPDATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_after_quit_while_the_upstream_is_slow_still_updates() {
+    let up = start_slow(Slowness { delay: Some(("RETR", Duration::from_secs(1))), ..Slowness::default() }).await;
+    let p = proxy(&up.addr, "");
+    let (mut c, _) = Client::connect(&p.addr).await;
+    assert!(c.cmd("USER alice").await.starts_with("+OK"));
+    assert!(c.cmd("PASS pw").await.starts_with("+OK"));
+    c.send("DELE 1\r\nRETR 2\r\nQUIT\r\n").await;
+    c.sock.shutdown().await.unwrap();
+    let rest = String::from_utf8_lossy(&c.rest().await).into_owned();
+    assert!(rest.contains("body 2\r\n.\r\n+OK bye"), "{rest}");
+    let commands = up.commands.lock().unwrap().clone();
+    let tail: Vec<&str> = commands.iter().rev().take(2).rev().map(|s| s.as_str()).collect();
+    assert_eq!(tail, ["DELE 1", "QUIT"], "{commands:?}");
 }

@@ -21,6 +21,8 @@ pub struct Slowness {
     pub reply_every: Duration,
     /// The command keyword whose reply never comes.
     pub stall: Option<&'static str>,
+    /// The command keyword whose (normal) reply comes only after this long.
+    pub delay: Option<(&'static str, Duration)>,
     /// Messages in the mailbox (each small), for LIST/UIDL/TOP/RETR.
     pub messages: usize,
 }
@@ -32,6 +34,7 @@ impl Default for Slowness {
             dribble: None,
             reply_every: Duration::from_millis(200),
             stall: None,
+            delay: None,
             messages: 2,
         }
     }
@@ -154,10 +157,13 @@ async fn serve(sock: tokio::net::TcpStream, s: &Slowness, commands: &Mutex<Vec<S
                 }
             }
         }
+        if let Some((_, d)) = s.delay.filter(|(k, _)| *k == kw) {
+            tokio::time::sleep(d).await;
+        }
         let arg = l.split(' ').nth(1).and_then(|a| a.parse::<usize>().ok()).filter(|n| (1..=s.messages).contains(n));
         let reply: Vec<u8> = match kw.as_str() {
             "CAPA" => b"+OK\r\nTOP\r\nUIDL\r\nUSER\r\nPIPELINING\r\nRESP-CODES\r\n.\r\n".to_vec(),
-            "USER" | "NOOP" | "RSET" => b"+OK\r\n".to_vec(),
+            "USER" | "NOOP" | "RSET" | "DELE" => b"+OK\r\n".to_vec(),
             "PASS" => b"+OK logged in\r\n".to_vec(),
             "STAT" => format!("+OK {} {}\r\n", s.messages, (1..=s.messages).map(|i| message(i).len()).sum::<usize>())
                 .into_bytes(),
