@@ -138,6 +138,16 @@ async fn dribbled_listing_in_the_scan_gets_sys_temp_under_min_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_gone_while_upstream_stalls_ends_the_session_promptly() {
+    client_leaves_while_upstream_stalls(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reset_while_upstream_stalls_ends_the_session_promptly() {
+    client_leaves_while_upstream_stalls(true).await;
+}
+
+/// The client closes (or resets, with `SO_LINGER` 0) while the upstream never answers RETR.
+async fn client_leaves_while_upstream_stalls(reset: bool) {
     let up = start_slow(Slowness { stall: Some("RETR"), ..Slowness::default() }).await;
     // Default timeouts: the upstream reply alone would hold the session for 120 s.
     let p = proxy(&up.addr, "max_sessions: 1\n");
@@ -152,13 +162,17 @@ async fn client_gone_while_upstream_stalls_ends_the_session_promptly() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let left = Instant::now();
+    if reset {
+        socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO)).unwrap();
+    }
     drop(c);
     up.wait_closed(1, Duration::from_secs(10)).await;
     no_session_active(&p).await;
     let took = left.elapsed();
     assert!(took < Duration::from_secs(10), "session ended {took:?} after the client left");
     let log = p.log();
-    assert!(log.lines().any(|l| l.contains("session finished") && l.contains("client closed")), "{log}");
+    let why = if reset { "client I/O error" } else { "client closed" };
+    assert!(log.lines().any(|l| l.contains("session finished") && l.contains(why)), "{log}");
     slot_is_free(&p.addr).await;
     assert!(up.commands.lock().unwrap().iter().all(|c| !c.starts_with("DELE")));
 }
