@@ -214,3 +214,33 @@ async fn half_close_after_quit_while_the_upstream_is_slow_still_updates() {
     let tail: Vec<&str> = commands.iter().rev().take(2).rev().map(|s| s.as_str()).collect();
     assert_eq!(tail, ["DELE 1", "QUIT"], "{commands:?}");
 }
+
+/// A client that pipelines commands and never reads the replies is cut after `client_idle`
+/// of blocked writing, as a client fault (not counted as an upstream error, no `-ERR
+/// [SYS/TEMP]`), and its slot is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_never_reads_is_cut_as_a_client_fault() {
+    let messages = (1..=5000).map(|i| fake::msg(&format!("m{i}"), "b\r\n")).collect();
+    let up = fake::start(fake::Behaviour::default(), messages).await;
+    let p = proxy(&up.addr, "max_sessions: 1\ntimeouts: { client_idle: 2s }\n");
+    let (mut c, _) = Client::connect(&p.addr).await;
+    assert!(c.cmd("USER alice").await.starts_with("+OK"));
+    assert!(c.cmd("PASS pw").await.starts_with("+OK"));
+    // ~70 KB per reply, 70 MB in all: far more than the socket buffers hold.
+    c.send(&"UIDL\r\n".repeat(1000)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !p.log().lines().any(|l| l.contains("session finished")) {
+        assert!(Instant::now() < deadline, "the session did not end:\n{}", p.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = p.log();
+    let line = log.lines().find(|l| l.contains("session finished")).unwrap();
+    assert!(line.contains("writing to the client timed out") && line.contains("ClientAborted"), "{line}");
+    let metrics = tokio::task::block_in_place(|| p.scrape());
+    assert!(
+        !metrics.lines().any(|l| l.starts_with("popsift_upstream_errors_total{") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    drop(c);
+    slot_is_free(&p.addr).await;
+}

@@ -250,7 +250,7 @@ impl Session<'_> {
     async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.out.is_empty() {
             let t = self.ctx.config.timeouts.client_idle;
-            self.client.write_all(&self.out, t, Phase::Relay).await?;
+            self.client.write_all(&self.out, t, Phase::ClientWrite).await?;
             self.out.clear();
         }
         Ok(())
@@ -266,12 +266,12 @@ impl Session<'_> {
             // Pass on what arrived; the client sees a reply without its terminator followed by
             // the close, exactly as if it had been talking to the failing server directly.
             let t = self.ctx.config.timeouts.client_idle;
-            let _ = self.client.write_all(&self.out, t, Phase::Relay).await;
+            let _ = self.client.write_all(&self.out, t, Phase::ClientWrite).await;
             return;
         }
         self.out.clear();
         let text = format!("-ERR [SYS/TEMP] upstream server failed ({e}); try again later\r\n");
-        let _ = self.client.write_all(text.as_bytes(), self.ctx.config.timeouts.client_idle, Phase::Relay).await;
+        let _ = self.client.write_all(text.as_bytes(), self.ctx.config.timeouts.client_idle, Phase::ClientWrite).await;
     }
 
     async fn up_write(&mut self, bytes: &[u8], phase: Phase) -> Result<(), SessionError> {
@@ -433,7 +433,7 @@ impl Session<'_> {
     ) -> Result<(), SessionError> {
         if !self.login_answered && deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             let t = self.ctx.config.timeouts.client_idle;
-            self.client.write_all(login_reply, t, Phase::Relay).await?;
+            self.client.write_all(login_reply, t, Phase::ClientWrite).await?;
             self.login_answered = true;
             info!("scan still running: login answered early; the first command waits for the scan");
         }
@@ -473,7 +473,7 @@ impl Session<'_> {
                     r = &mut scanning => r?,
                     _ = tokio::time::sleep_until(deadline) => {
                         // Only the client side is touched here; the scan owns the upstream.
-                        self.client.write_all(login_reply, cfg.timeouts.client_idle, Phase::Relay).await?;
+                        self.client.write_all(login_reply, cfg.timeouts.client_idle, Phase::ClientWrite).await?;
                         self.login_answered = true;
                         info!("scan still running: login answered early; the first command waits for the scan");
                         scanning.await?
@@ -674,7 +674,7 @@ impl Session<'_> {
                     return Ok(());
                 }
                 if self.out.len() >= FLUSH_AT {
-                    self.client.write_all(&self.out, t.client_idle, Phase::Relay).await?;
+                    self.client.write_all(&self.out, t.client_idle, Phase::ClientWrite).await?;
                     self.out.clear();
                 }
             }

@@ -20,6 +20,8 @@ pub enum Phase {
     /// Waiting for the rest of a client command line whose first octet has arrived
     /// (`timeouts.client_line`).
     ClientLine,
+    /// Writing to a client that does not read (`timeouts.client_idle` per write).
+    ClientWrite,
 }
 
 impl fmt::Display for Phase {
@@ -36,6 +38,7 @@ impl fmt::Display for Phase {
             Phase::Update => "update",
             Phase::ClientIdle => "client idle",
             Phase::ClientLine => "client command line",
+            Phase::ClientWrite => "writing to the client",
         })
     }
 }
@@ -70,7 +73,7 @@ impl SessionError {
     /// Whether the upstream side is at fault (for `-ERR [SYS/TEMP]` and metrics).
     pub fn upstream_kind(&self) -> Option<&'static str> {
         match self {
-            SessionError::Timeout { phase: Phase::ClientIdle | Phase::ClientLine, .. } => None,
+            SessionError::Timeout { phase: Phase::ClientIdle | Phase::ClientLine | Phase::ClientWrite, .. } => None,
             SessionError::TooSlow { .. } => Some("timeout"),
             SessionError::Timeout { .. } => Some("timeout"),
             SessionError::UpstreamClosed { .. } => Some("closed"),
