@@ -152,7 +152,7 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
                 SessionResult::ClientAborted
             }
             Err(SessionError::Timeout { phase: Phase::ClientLine, after }) => {
-                let text = format!("-ERR command line not completed within {}s; closing\r\n", after.as_secs());
+                let text = format!("-ERR command line not completed within {after:?}; closing\r\n");
                 let _ = s.client.write_all(text.as_bytes(), std::time::Duration::from_secs(5), Phase::ClientLine).await;
                 SessionResult::ClientAborted
             }
