@@ -13,8 +13,10 @@
 //! metrics: 127.0.0.1:9110           # or "off"
 //! state_dir: /var/lib/popsift
 //! max_sessions: 256
-//! timeouts: { connect: 15s, tls_handshake: 15s, greeting: 30s, upstream_reply: 60s, client_idle: 10m }
-//! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 1024, early_answer_after: 20s }
+//! timeouts: { connect: 15s, tls_handshake: 15s, greeting: 30s, upstream_reply: 120s, upstream_min_rate: 1KiB,
+//!             client_idle: 10m, client_line: 60s }
+//! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 1024, window_bytes: 8MiB,
+//!         early_answer_after: 20s }
 //! cache: { enabled: true, max_size: 256MiB }   # header cache, <state_dir>/header-cache.redb
 //! tag: { strip_existing: true, subject_prefix: "[SPAM] ", ham_status: false }
 //! quarantine: { dir: /var/lib/popsift/quarantine, on_failure: hide, max_size: 64MiB,
@@ -173,7 +175,10 @@ pub struct TimeoutsFile {
     pub tls_handshake: Option<String>,
     pub greeting: Option<String>,
     pub upstream_reply: Option<String>,
+    /// A size per second, e.g. `1KiB`.
+    pub upstream_min_rate: Option<String>,
     pub client_idle: Option<String>,
+    pub client_line: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,6 +188,7 @@ pub struct ScanFile {
     pub without_top: Option<WithoutTop>,
     pub pipelining: Option<bool>,
     pub window: Option<usize>,
+    pub window_bytes: Option<String>,
     /// A duration, or `off`.
     pub early_answer_after: Option<String>,
 }
@@ -234,15 +240,30 @@ impl Upstream {
     }
 }
 
-/// Every timeout is named after its phase; errors carry the name.
+/// Every timeout is named after its phase; errors carry the name. Each is a deadline for a
+/// whole unit (a line, a greeting, a reply), not for each read, so a peer that trickles
+/// one octet at a time cannot hold a session slot (see `net::conn`).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub connect: Duration,
     pub tls_handshake: Duration,
+    /// The whole greeting line.
     pub greeting: Duration,
+    /// Each whole upstream status line; for a multi-line reply also the longest silence
+    /// and the allowance before `upstream_min_rate` applies.
     pub upstream_reply: Duration,
-    /// RFC 1939 §3: an autologout timer must be at least 10 minutes.
+    /// Octets per second a multi-line reply (RETR, TOP, LIST, UIDL, CAPA) must average
+    /// beyond its `upstream_reply` allowance: a reply of N octets may take
+    /// `upstream_reply + N / upstream_min_rate`. A 500 MB message at the default 1 KiB/s
+    /// may take ~6 days, so slow links deliver; a server sending one octet a second is cut
+    /// about `upstream_reply` after it began.
+    pub upstream_min_rate: u64,
+    /// Until the first octet of the client's next command. RFC 1939 §3: an autologout
+    /// timer must be at least 10 minutes.
     pub client_idle: Duration,
+    /// From the first octet of a client command line to its CRLF. Mail clients send a
+    /// command in one write, so this is short; it stops a client that trickles a line.
+    pub client_line: Duration,
 }
 
 impl Default for Timeouts {
@@ -252,7 +273,9 @@ impl Default for Timeouts {
             tls_handshake: Duration::from_secs(15),
             greeting: Duration::from_secs(30),
             upstream_reply: Duration::from_secs(120),
+            upstream_min_rate: 1024,
             client_idle: Duration::from_secs(600),
+            client_line: Duration::from_secs(60),
         }
     }
 }
@@ -269,6 +292,11 @@ pub struct ScanSettings {
     /// batch of commands stays ~14 KB, far below the socket buffers, so popsift's writes
     /// cannot block against a server that is itself blocked writing replies.
     pub window: usize,
+    /// Most header octets the login scan holds at once: `TOP` replies expected in flight
+    /// (each counted as its LIST size, capped at `header_limit`), and header blocks read but
+    /// not yet evaluated. Blocks are evaluated and written to the header cache in batches of
+    /// about this size and then dropped, so a scan's memory does not grow with the mailbox.
+    pub window_bytes: usize,
     /// When the login scan is still running after this long, the client gets its `+OK`
     /// and the scan finishes before the first command is answered (see `net::driver`).
     /// `None` (`off`): the `+OK` waits for the scan.
@@ -286,6 +314,7 @@ impl Default for ScanSettings {
             without_top: WithoutTop::Pass,
             pipelining: true,
             window: 1024,
+            window_bytes: 8 * 1024 * 1024,
             early_answer_after: Some(DEFAULT_EARLY_ANSWER_AFTER),
         }
     }
@@ -382,7 +411,16 @@ impl Config {
             tls_handshake: duration_field("timeouts.tls_handshake", t.tls_handshake, d.tls_handshake)?,
             greeting: duration_field("timeouts.greeting", t.greeting, d.greeting)?,
             upstream_reply: duration_field("timeouts.upstream_reply", t.upstream_reply, d.upstream_reply)?,
+            upstream_min_rate: match t.upstream_min_rate {
+                Some(text) => match parse_size(&text) {
+                    Ok(0) => Err("must be at least 1 octet per second".to_string()),
+                    other => other,
+                }
+                .map_err(|reason| ConfigError::BadValue { field: "timeouts.upstream_min_rate".into(), reason })?,
+                None => d.upstream_min_rate,
+            },
             client_idle: duration_field("timeouts.client_idle", t.client_idle, d.client_idle)?,
+            client_line: duration_field("timeouts.client_line", t.client_line, d.client_line)?,
         };
         let s = file.scan;
         let ds = ScanSettings::default();
@@ -404,6 +442,17 @@ impl Config {
                 reason: "must be between 1 and 4096".into(),
             });
         }
+        let window_bytes = match s.window_bytes {
+            Some(text) => parse_size(&text)
+                .map_err(|reason| ConfigError::BadValue { field: "scan.window_bytes".into(), reason })?,
+            None => ds.window_bytes as u64,
+        };
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&window_bytes) {
+            return Err(ConfigError::BadValue {
+                field: "scan.window_bytes".into(),
+                reason: "must be between 64KiB and 1GiB".into(),
+            });
+        }
         let early_answer_after = match s.early_answer_after.as_deref().map(str::trim) {
             None => ds.early_answer_after,
             Some(off) if off.eq_ignore_ascii_case("off") => None,
@@ -417,6 +466,7 @@ impl Config {
             without_top: s.without_top.unwrap_or(ds.without_top),
             pipelining: s.pipelining.unwrap_or(ds.pipelining),
             window,
+            window_bytes: window_bytes as usize,
             early_answer_after,
         };
         let dc = CacheSettings::default();
@@ -645,6 +695,27 @@ mod tests {
         assert!(ConfigFile::parse("cache: { size: 1 }\n", Path::new("p.yaml")).is_err(), "unknown keys refused");
         let bad = ConfigFile::parse("scan: { early_answer_after: soon }\n", Path::new("p.yaml")).unwrap();
         assert!(Config::build(bad, &a).is_err());
+    }
+
+    #[test]
+    fn phase_deadlines_and_scan_window_bytes() {
+        let mut a = args();
+        a.upstream = Some("h:110".into());
+        let c = Config::build(ConfigFile::default(), &a).unwrap();
+        assert_eq!((c.timeouts.client_line, c.timeouts.upstream_min_rate), (Duration::from_secs(60), 1024));
+        assert_eq!(c.scan.window_bytes, 8 * 1024 * 1024);
+        let text = "timeouts: { client_line: 3s, upstream_min_rate: 2KiB }\nscan: { window_bytes: 1MiB }\n";
+        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), &a).unwrap();
+        assert_eq!((c.timeouts.client_line, c.timeouts.upstream_min_rate), (Duration::from_secs(3), 2048));
+        assert_eq!(c.scan.window_bytes, 1024 * 1024);
+        for (bad, field) in [
+            ("timeouts: { upstream_min_rate: 0 }\n", "timeouts.upstream_min_rate"),
+            ("timeouts: { client_line: 0s }\n", "timeouts.client_line"),
+            ("scan: { window_bytes: 1KiB }\n", "scan.window_bytes"),
+        ] {
+            let e = Config::build(ConfigFile::parse(bad, Path::new("p.yaml")).unwrap(), &a).unwrap_err();
+            assert!(e.to_string().contains(field), "{bad}: {e}");
+        }
     }
 
     #[test]

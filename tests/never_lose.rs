@@ -389,7 +389,7 @@ mod decisions {
             let mut memo: HashMap<(String, u64), Arc<Evaluated>> = HashMap::new();
             for (s, u, size) in &before {
                 let h = headers(s);
-                let items = vec![ScanItem { upstream: 1, size: *size, uidl: None, headers: Some(h.clone()), memo: None }];
+                let items = vec![ScanItem { upstream: 1, size: *size, uidl: None, headers: Some(h.clone()), memo: None, evaluated: None }];
                 let e = build_entries(items, &set, false, &tag).remove(0);
                 memo.insert((u.clone(), *size), e.evaluated.clone().unwrap());
                 cache.insert(u.clone(), (*size, h));
@@ -401,7 +401,7 @@ mod decisions {
             let mut items = Vec::new();
             let mut unverified = Vec::new();
             for (i, (s, u, size)) in now.iter().enumerate() {
-                let mut item = ScanItem { upstream: i as u32 + 1, size: *size, uidl: Some(Arc::from(u.as_str())), headers: None, memo: None };
+                let mut item = ScanItem { upstream: i as u32 + 1, size: *size, uidl: Some(Arc::from(u.as_str())), headers: None, memo: None, evaluated: None };
                 if trusted {
                     if memo_first {
                         item.memo = memo.get(&(u.clone(), *size)).cloned();

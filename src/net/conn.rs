@@ -1,7 +1,21 @@
-//! A buffered connection: lines and raw chunks out of a socket, each read bounded by a named
-//! timeout, each line by a size cap. Both sides of a session use it; `Side` decides whether
-//! an EOF is the client's or the upstream's fault.
+//! A buffered connection: lines and raw chunks out of a socket, each line bounded by a size
+//! cap, each unit by a deadline named after its phase. Both sides of a session use it;
+//! `Side` decides whether an EOF is the client's or the upstream's fault.
+//!
+//! # Deadlines per unit, not per read
+//! A timeout per read lets a peer that sends one octet just before it expires hold a
+//! session (and its `max_sessions` slot) forever. So:
+//! - a status line or greeting ([`Conn::read_line`]) must arrive whole within its timeout;
+//! - a client command waits `client_idle` for its first octet, then gets `client_line` for
+//!   the rest of the line ([`Conn::fill_client`]; the clock starts when popsift begins
+//!   waiting on a partial line, so lines read ahead while popsift was busy are not charged);
+//! - a multi-line reply, whose size popsift cannot bound (a 500 MB RETR on a slow link is
+//!   legitimate), gets a [`BodyClock`]: no silence longer than `upstream_reply`, and on
+//!   average at least `upstream_min_rate` octets a second beyond an `upstream_reply`
+//!   allowance.
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -22,6 +36,10 @@ pub struct Conn<S> {
     io: S,
     buf: BytesMut,
     side: Side,
+    /// When popsift began waiting for the rest of a partial client line (see the module doc).
+    line_started: Option<Instant>,
+    /// The peer's EOF was seen by [`Conn::gone`] while commands were still buffered.
+    eof_seen: bool,
     /// Octets read from / written to the socket, for metrics and the session summary.
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -29,7 +47,15 @@ pub struct Conn<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub fn new(io: S, side: Side) -> Conn<S> {
-        Conn { io, buf: BytesMut::with_capacity(READ_CHUNK), side, bytes_in: 0, bytes_out: 0 }
+        Conn {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            side,
+            line_started: None,
+            eof_seen: false,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
     }
 
     /// Takes one complete line (without its line end) from what is already buffered.
@@ -38,6 +64,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Line::Complete { content, consumed } => {
                 let mut line = self.buf.split_to(consumed);
                 line.truncate(content);
+                self.line_started = None;
                 Ok(Some(line))
             }
             Line::Incomplete => Ok(None),
@@ -54,24 +81,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Reads until a whole line is buffered, then takes it.
+    /// Reads until a whole line is buffered, then takes it. The whole line must arrive
+    /// within `limit` (a hard deadline, however the peer spaces its octets).
     pub async fn read_line(&mut self, max: usize, limit: Duration, phase: Phase) -> Result<BytesMut, SessionError> {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(line) = self.take_line(max)? {
                 return Ok(line);
             }
-            self.fill(limit, phase).await?;
+            self.fill_by(deadline, limit, phase).await?;
         }
     }
 
-    /// Reads at least one more byte into the buffer.
+    /// Reads a client command line: `idle` for its first octet, then `whole_line` for the
+    /// rest (see the module doc).
+    pub async fn read_command(
+        &mut self,
+        max: usize,
+        idle: Duration,
+        whole_line: Duration,
+    ) -> Result<BytesMut, SessionError> {
+        loop {
+            if let Some(line) = self.take_line(max)? {
+                return Ok(line);
+            }
+            self.fill_client(idle, whole_line).await?;
+        }
+    }
+
+    /// Waits for more client input: up to `idle` ([`Phase::ClientIdle`]) when nothing of the
+    /// next line has arrived, else until `whole_line` after popsift began waiting for the
+    /// rest of this line ([`Phase::ClientLine`]).
+    pub async fn fill_client(&mut self, idle: Duration, whole_line: Duration) -> Result<(), SessionError> {
+        if self.buf.is_empty() {
+            self.line_started = None;
+            return self.fill(idle, Phase::ClientIdle).await;
+        }
+        let started = *self.line_started.get_or_insert_with(Instant::now);
+        self.fill_by(started + whole_line, whole_line, Phase::ClientLine).await
+    }
+
+    /// Reads at least one more byte into the buffer, waiting at most `limit`.
     pub async fn fill(&mut self, limit: Duration, phase: Phase) -> Result<(), SessionError> {
+        self.fill_by(Instant::now() + limit, limit, phase).await
+    }
+
+    /// Reads the next part of a multi-line reply under `clock` (see [`BodyClock`]).
+    pub async fn fill_body(&mut self, clock: &mut BodyClock, phase: Phase) -> Result<(), SessionError> {
+        let before = self.bytes_in;
+        let silence = Instant::now() + clock.base;
+        let deadline = clock.deadline();
+        match self.fill_by(silence.min(deadline), clock.base, phase).await {
+            Err(SessionError::Timeout { .. }) if deadline <= silence => {
+                Err(SessionError::TooSlow { phase, octets: clock.received, after: clock.started.elapsed() })
+            }
+            other => {
+                clock.received += self.bytes_in - before;
+                other
+            }
+        }
+    }
+
+    /// Reads at least one more byte into the buffer by `deadline`; a timeout reports
+    /// `after` (the configured limit) and `phase`.
+    async fn fill_by(&mut self, deadline: Instant, after: Duration, phase: Phase) -> Result<(), SessionError> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
-        let read = tokio::time::timeout(limit, self.io.read_buf(&mut self.buf)).await;
+        let read = tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await;
         match read {
-            Err(_) => Err(SessionError::Timeout { phase, after: limit }),
+            Err(_) => Err(SessionError::Timeout { phase, after }),
             Ok(Ok(0)) => Err(match self.side {
                 Side::Client => SessionError::ClientClosed,
                 Side::Upstream => SessionError::UpstreamClosed { phase },
@@ -143,7 +222,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
+/// The deadline of one multi-line reply: never silent for more than `base`, and on average
+/// at least `min_rate` octets a second beyond a `base` allowance (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyClock {
+    started: Instant,
+    base: Duration,
+    min_rate: u64,
+    received: u64,
+}
+
+impl BodyClock {
+    /// Starts the clock for a reply now, from `timeouts.upstream_reply` and
+    /// `timeouts.upstream_min_rate`.
+    pub fn start(t: &crate::config::Timeouts) -> BodyClock {
+        BodyClock { started: Instant::now(), base: t.upstream_reply, min_rate: t.upstream_min_rate.max(1), received: 0 }
+    }
+
+    /// When the reply must be complete, given the octets received so far.
+    pub fn deadline(&self) -> Instant {
+        let earned = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        self.started + self.base + earned.min(Duration::from_secs(365 * 86400))
+    }
+}
+
 impl Conn<tokio::net::TcpStream> {
+    /// Resolves when the client has gone (EOF, reset) while popsift waits on the upstream,
+    /// so a session whose client left is torn down at once instead of waiting for a slow
+    /// server. Meanwhile whatever the client sends is read into the buffer, up to `cap`
+    /// octets (beyond that popsift stops reading: backpressure). An EOF behind buffered
+    /// commands, or when `keep_on_eof` (the client already sent QUIT, RFC 1939 §6), is not
+    /// "gone": those commands are still answered, and the EOF is met again when read.
+    pub async fn gone(&mut self, cap: usize, keep_on_eof: bool) -> SessionError {
+        loop {
+            if self.eof_seen || self.buf.len() >= cap {
+                std::future::pending::<()>().await;
+            }
+            if let Err(e) = self.io.readable().await {
+                return SessionError::ClientIo(e);
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            match self.io.try_read_buf(&mut self.buf) {
+                Ok(0) if self.buf.is_empty() && !keep_on_eof => return SessionError::ClientClosed,
+                Ok(0) => self.eof_seen = true,
+                Ok(n) => self.bytes_in += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return SessionError::ClientIo(e),
+            }
+        }
+    }
+
     /// Reads what the socket already holds, without waiting. Returns whether bytes arrived.
     pub fn try_fill(&mut self) -> Result<bool, SessionError> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
@@ -164,7 +294,13 @@ impl Conn<tokio::net::TcpStream> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Reads a whole multi-line body (after its `+OK` line) into memory, unstuffed and without
     /// the terminator. For small replies only (CAPA, LIST, UIDL): `cap` bounds it.
-    pub async fn read_multiline(&mut self, cap: usize, limit: Duration, phase: Phase) -> Result<Vec<u8>, SessionError> {
+    pub async fn read_multiline(
+        &mut self,
+        cap: usize,
+        t: &crate::config::Timeouts,
+        phase: Phase,
+    ) -> Result<Vec<u8>, SessionError> {
+        let mut clock = BodyClock::start(t);
         let mut scanner = crate::pop3::BodyScanner::new();
         let mut raw = Vec::new();
         loop {
@@ -184,7 +320,144 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     });
                 }
             }
-            self.fill(limit, phase).await?;
+            self.fill_body(&mut clock, phase).await?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Deadlines under paused time: tokio advances the clock whenever every task waits, so
+    //! these run in microseconds while checking minutes of protocol time.
+    use super::*;
+    use crate::config::Timeouts;
+    use tokio::io::DuplexStream;
+    use tokio::time::sleep;
+
+    fn pair(side: Side) -> (Conn<DuplexStream>, DuplexStream) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        (Conn::new(a, side), b)
+    }
+
+    /// Writes `data` in pieces of `chunk` octets, `every` apart (the first after `first`).
+    fn dribble(mut peer: DuplexStream, data: Vec<u8>, chunk: usize, first: Duration, every: Duration) {
+        tokio::spawn(async move {
+            sleep(first).await;
+            for piece in data.chunks(chunk) {
+                if peer.write_all(piece).await.is_err() {
+                    return;
+                }
+                sleep(every).await;
+            }
+            // Keep the stream open: an EOF would end the read differently.
+            sleep(Duration::from_secs(1 << 30)).await;
+            drop(peer);
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_line_dribbled_one_octet_a_second_is_cut_at_its_deadline() {
+        let (mut conn, peer) = pair(Side::Upstream);
+        dribble(
+            peer,
+            b"+OK a greeting that takes forty seconds to arrive\r\n".to_vec(),
+            1,
+            Duration::ZERO,
+            Duration::from_secs(1),
+        );
+        let started = Instant::now();
+        let e = conn.read_line(512, Duration::from_secs(10), Phase::Greeting).await.unwrap_err();
+        assert!(matches!(e, SessionError::Timeout { phase: Phase::Greeting, .. }), "{e}");
+        assert_eq!(started.elapsed().as_secs(), 10);
+        assert!(e.to_string().contains("greeting timed out"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_line_within_its_deadline_is_read() {
+        let (mut conn, peer) = pair(Side::Upstream);
+        dribble(peer, b"+OK ready\r\n".to_vec(), 1, Duration::ZERO, Duration::from_millis(500));
+        let line = conn.read_line(512, Duration::from_secs(10), Phase::Greeting).await.unwrap();
+        assert_eq!(&line[..], b"+OK ready");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_waits_idle_for_the_first_octet_then_the_line_deadline() {
+        let (mut conn, peer) = pair(Side::Client);
+        // Silent for 9 minutes (under client_idle), then one octet a second for 30 octets.
+        dribble(
+            peer,
+            b"USER someone-rather-slow-xxx\r\n".to_vec(),
+            1,
+            Duration::from_secs(540),
+            Duration::from_secs(1),
+        );
+        let started = Instant::now();
+        let e = conn.read_command(255, Duration::from_secs(600), Duration::from_secs(3)).await.unwrap_err();
+        assert!(matches!(e, SessionError::Timeout { phase: Phase::ClientLine, .. }), "{e}");
+        let waited = started.elapsed().as_secs();
+        assert!((543..=545).contains(&waited), "cut after {waited}s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_silent_past_idle_is_an_idle_timeout() {
+        let (mut conn, _peer) = pair(Side::Client);
+        let e = conn.read_command(255, Duration::from_secs(600), Duration::from_secs(3)).await.unwrap_err();
+        assert!(matches!(e, SessionError::Timeout { phase: Phase::ClientIdle, .. }), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_line_in_one_write_after_a_long_idle_is_read() {
+        let (mut conn, peer) = pair(Side::Client);
+        dribble(peer, b"STAT\r\nLIST\r\n".to_vec(), 6, Duration::from_secs(599), Duration::from_secs(100));
+        assert_eq!(
+            &conn.read_command(255, Duration::from_secs(600), Duration::from_secs(3)).await.unwrap()[..],
+            b"STAT"
+        );
+        // The second line arrives 100 s later, whole: the idle timeout applies, not the line one.
+        assert_eq!(
+            &conn.read_command(255, Duration::from_secs(600), Duration::from_secs(3)).await.unwrap()[..],
+            b"LIST"
+        );
+    }
+
+    fn timeouts(base: u64, rate: u64) -> Timeouts {
+        Timeouts { upstream_reply: Duration::from_secs(base), upstream_min_rate: rate, ..Timeouts::default() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn multiline_reply_dribbled_is_cut_after_its_allowance() {
+        let (mut conn, peer) = pair(Side::Upstream);
+        // One octet every 5 s: each read is far within the 120 s silence limit.
+        dribble(peer, vec![b'x'; 100_000], 1, Duration::ZERO, Duration::from_secs(5));
+        let started = Instant::now();
+        let e = conn.read_multiline(1 << 20, &timeouts(120, 1024), Phase::Relay).await.unwrap_err();
+        assert!(matches!(e, SessionError::TooSlow { phase: Phase::Relay, .. }), "{e}");
+        let waited = started.elapsed().as_secs();
+        assert!((120..=130).contains(&waited), "cut after {waited}s");
+        assert_eq!(e.upstream_kind(), Some("timeout"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_reply_on_a_slow_link_is_delivered() {
+        let (mut conn, peer) = pair(Side::Upstream);
+        // 4 MiB at 2 KiB/s (64 KiB every 32 s): about 35 minutes, far beyond any fixed cap.
+        let mut body = b"line\r\n".repeat(4 * 1024 * 1024 / 6);
+        body.extend_from_slice(b".\r\n");
+        let n = body.len();
+        dribble(peer, body, 64 * 1024, Duration::ZERO, Duration::from_secs(32));
+        let started = Instant::now();
+        let got = conn.read_multiline(8 << 20, &timeouts(120, 1024), Phase::Relay).await.unwrap();
+        assert_eq!(got.len(), n - 3);
+        assert!(started.elapsed() > Duration::from_secs(1800));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn multiline_reply_silent_longer_than_the_reply_timeout_is_cut() {
+        let (mut conn, peer) = pair(Side::Upstream);
+        // A fast first megabyte earns a long allowance, but silence is still capped.
+        let data = vec![b'y'; 1 << 20];
+        dribble(peer, data, 1 << 20, Duration::ZERO, Duration::from_secs(1 << 20));
+        let e = conn.read_multiline(8 << 20, &timeouts(120, 1024), Phase::Relay).await.unwrap_err();
+        assert!(matches!(e, SessionError::Timeout { phase: Phase::Relay, .. }), "{e}");
     }
 }

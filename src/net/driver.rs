@@ -22,7 +22,23 @@
 //! deleted. If the server turns out to have no TOP and `scan.without_top: refuse` is set,
 //! the refusal likewise answers the first command. The scan keeps running when the client
 //! gives up, so the header cache is filled and the client's next attempt is fast.
+//!
+//! # Deadlines and a client that left
+//! Every wait has a deadline for its whole unit (see `net::conn`): the client's command
+//! line, the greeting, each status line, each multi-line reply. While popsift waits on the
+//! upstream in AUTHORIZATION and TRANSACTION it also watches the client socket: a client
+//! that closed or reset ends the session at once (a pipelined QUIT already read still gets
+//! its UPDATE), instead of holding the session slot until a slow server finishes. The
+//! login scan and UPDATE are not cut short that way: the scan fills the cache for the next
+//! attempt, and UPDATE carries out the client's own QUIT.
+//!
+//! # Memory
+//! Replies prepared for pipelined commands are bounded in bytes (`MAX_PREPARED`), not in
+//! commands: once that much is waiting to be sent, popsift stops planning and reading client
+//! input until the client reads (backpressure), so a client that pipelines thousands of
+//! UIDL without reading costs a few hundred KiB, not one full reply per command.
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,10 +48,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::{Config, Listener, OnFailure, WithoutTop};
 use crate::metrics::{self as m, Direction, SessionResult};
-use crate::net::conn::{Conn, Side};
+use crate::net::conn::{BodyClock, Conn, Side};
 use crate::net::error::{Phase, SessionError};
-use crate::net::scan::CacheUse;
-use crate::net::scan::{refetch_headers, scan};
+use crate::net::scan::{refetch_headers, scan, CacheUse, Evaluator};
 use crate::net::upstream::{self, Upstream};
 use crate::pop3::capa::{self as capa_codec};
 use crate::pop3::command::{self, MAX_COMMAND_LINE};
@@ -54,6 +69,25 @@ use crate::store::verdict_memo::{MailboxMemo, VerdictMemo};
 const FLUSH_AT: usize = 64 * 1024;
 /// Most planned-but-unanswered client commands; beyond this popsift stops reading ahead.
 const MAX_QUEUE: usize = 256;
+/// Most octets of locally prepared replies (LIST, UIDL, STAT …) queued for pipelined
+/// commands; beyond this popsift stops planning and reading until they are sent.
+const MAX_PREPARED: usize = 256 * 1024;
+/// Most client input read ahead while watching the client during an upstream wait.
+const WATCH_READ_AHEAD: usize = 64 * 1024;
+
+/// Runs an upstream wait while watching the client: if the client goes (see
+/// [`Conn::gone`]), the wait is abandoned and the session ends.
+async fn watching<T>(
+    client: &mut Conn<TcpStream>,
+    quit_queued: bool,
+    wait: impl Future<Output = Result<T, SessionError>>,
+) -> Result<T, SessionError> {
+    tokio::select! {
+        biased;
+        r = wait => r,
+        gone = client.gone(WATCH_READ_AHEAD, quit_queued) => Err(gone),
+    }
+}
 
 /// Everything a session needs that outlives it.
 pub struct SessionContext {
@@ -98,6 +132,7 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
             ctx: &ctx,
             login_user: None,
             login_answered: false,
+            quit_queued: false,
         };
         let result = s.drive().await;
         let outcome = match &result {
@@ -113,6 +148,11 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
                 // RFC 1939 §3 autologout: close without entering UPDATE (nothing is deleted).
                 let text = format!("-ERR autologout: idle for {}s\r\n", after.as_secs());
                 let _ = s.client.write_all(text.as_bytes(), std::time::Duration::from_secs(5), Phase::ClientIdle).await;
+                SessionResult::ClientAborted
+            }
+            Err(SessionError::Timeout { phase: Phase::ClientLine, after }) => {
+                let text = format!("-ERR command line not completed within {after:?}; closing\r\n");
+                let _ = s.client.write_all(text.as_bytes(), std::time::Duration::from_secs(5), Phase::ClientLine).await;
                 SessionResult::ClientAborted
             }
             Err(SessionError::ClientLineTooLong { limit }) => {
@@ -198,6 +238,8 @@ struct Session<'a> {
     login_user: Option<String>,
     /// The login `+OK` has been sent early (see the module doc) while the scan goes on.
     login_answered: bool,
+    /// The client's QUIT has been read: its EOF no longer ends the session early.
+    quit_queued: bool,
 }
 
 impl Session<'_> {
@@ -208,7 +250,7 @@ impl Session<'_> {
     async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.out.is_empty() {
             let t = self.ctx.config.timeouts.client_idle;
-            self.client.write_all(&self.out, t, Phase::Relay).await?;
+            self.client.write_all(&self.out, t, Phase::ClientWrite).await?;
             self.out.clear();
         }
         Ok(())
@@ -224,12 +266,12 @@ impl Session<'_> {
             // Pass on what arrived; the client sees a reply without its terminator followed by
             // the close, exactly as if it had been talking to the failing server directly.
             let t = self.ctx.config.timeouts.client_idle;
-            let _ = self.client.write_all(&self.out, t, Phase::Relay).await;
+            let _ = self.client.write_all(&self.out, t, Phase::ClientWrite).await;
             return;
         }
         self.out.clear();
         let text = format!("-ERR [SYS/TEMP] upstream server failed ({e}); try again later\r\n");
-        let _ = self.client.write_all(text.as_bytes(), self.ctx.config.timeouts.client_idle, Phase::Relay).await;
+        let _ = self.client.write_all(text.as_bytes(), self.ctx.config.timeouts.client_idle, Phase::ClientWrite).await;
     }
 
     async fn up_write(&mut self, bytes: &[u8], phase: Phase) -> Result<(), SessionError> {
@@ -237,9 +279,17 @@ impl Session<'_> {
         self.up().conn.write_all(bytes, t, phase).await
     }
 
+    /// One upstream status line, whole within `upstream_reply`. Outside the scan and
+    /// UPDATE the client is watched meanwhile (see the module doc).
     async fn up_line(&mut self, phase: Phase) -> Result<Vec<u8>, SessionError> {
         let t = self.ctx.config.timeouts.upstream_reply;
-        let line = self.up().conn.read_line(MAX_STATUS_LINE, t, phase).await?;
+        let quit_queued = self.quit_queued;
+        let conn = &mut self.up.as_mut().expect("upstream connected before use").conn;
+        let read = conn.read_line(MAX_STATUS_LINE, t, phase);
+        let line = match phase {
+            Phase::Scan | Phase::Update => read.await?,
+            _ => watching(&mut self.client, quit_queued, read).await?,
+        };
         if Status::parse(&line).is_none() {
             return Err(SessionError::UpstreamProtocol {
                 phase,
@@ -250,13 +300,14 @@ impl Session<'_> {
     }
 
     async fn client_line(&mut self) -> Result<Vec<u8>, SessionError> {
-        let t = self.ctx.config.timeouts.client_idle;
-        Ok(self.client.read_line(MAX_COMMAND_LINE, t, Phase::ClientIdle).await?.to_vec())
+        let t = self.ctx.config.timeouts;
+        Ok(self.client.read_command(MAX_COMMAND_LINE, t.client_idle, t.client_line).await?.to_vec())
     }
 
     async fn drive(&mut self) -> Result<(), SessionError> {
-        let t = self.ctx.config.timeouts;
-        let up = upstream::connect(&self.ctx.listener.upstream, &self.ctx.tls, &t).await?;
+        let ctx = self.ctx;
+        let t = ctx.config.timeouts;
+        let up = watching(&mut self.client, false, upstream::connect(&ctx.listener.upstream, &ctx.tls, &t)).await?;
         let mut greeting = up.greeting.clone();
         greeting.extend_from_slice(b"\r\n");
         self.up = Some(up);
@@ -417,7 +468,7 @@ impl Session<'_> {
     ) -> Result<(), SessionError> {
         if !self.login_answered && deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             let t = self.ctx.config.timeouts.client_idle;
-            self.client.write_all(login_reply, t, Phase::Relay).await?;
+            self.client.write_all(login_reply, t, Phase::ClientWrite).await?;
             self.login_answered = true;
             info!("scan still running: login answered early; the first command waits for the scan");
         }
@@ -448,7 +499,8 @@ impl Session<'_> {
         };
         let outcome = {
             let up = &mut self.up.as_mut().expect("upstream connected before use").conn;
-            let scanning = scan(up, pipelining, &cfg.scan, &cfg.timeouts, cache);
+            let eval = Evaluator { rules: rules.clone(), tag: cfg.tag.clone() };
+            let scanning = scan(up, pipelining, &cfg.scan, &cfg.timeouts, cache, &eval);
             tokio::pin!(scanning);
             match deadline {
                 None => scanning.await?,
@@ -456,7 +508,7 @@ impl Session<'_> {
                     r = &mut scanning => r?,
                     _ = tokio::time::sleep_until(deadline) => {
                         // Only the client side is touched here; the scan owns the upstream.
-                        self.client.write_all(login_reply, cfg.timeouts.client_idle, Phase::Relay).await?;
+                        self.client.write_all(login_reply, cfg.timeouts.client_idle, Phase::ClientWrite).await?;
                         self.login_answered = true;
                         info!("scan still running: login answered early; the first command waits for the scan");
                         scanning.await?
@@ -488,11 +540,14 @@ impl Session<'_> {
         let n = outcome.items.len();
         let uidl_trusted = outcome.uidl_trusted;
         let unverified = outcome.unverified;
-        // Messages the rules actually look at now (not memoised, headers read).
-        let evaluated_now = outcome.items.iter().filter(|i| i.memo.is_none() && i.headers.is_some()).count();
+        // Messages the rules actually look at now (not memoised, headers read); most were
+        // evaluated during the scan already.
+        let evaluated_now =
+            outcome.evaluated + outcome.items.iter().filter(|i| i.memo.is_none() && i.headers.is_some()).count();
         let eval_started = Instant::now();
         let mut entries = evaluate_off_thread(outcome.items, rules.clone(), cfg.dry_run, &cfg.tag).await;
-        let eval_per_message = eval_started.elapsed().as_secs_f64() / evaluated_now.max(1) as f64;
+        let eval_seconds = outcome.eval_seconds + eval_started.elapsed().as_secs_f64();
+        let eval_per_message = eval_seconds / evaluated_now.max(1) as f64;
         // A cached or memoised verdict never condemns on its own: fetch those headers again.
         let rechecks = to_recheck(&entries, &unverified, cfg.dry_run);
         if !rechecks.is_empty() {
@@ -632,6 +687,7 @@ impl Session<'_> {
         let mut failure: Option<String> = None;
         let mut scanner = BodyScanner::new();
         let mut unstuffer = Unstuffer::default();
+        let mut clock = BodyClock::start(&cfg.timeouts);
         loop {
             let up = &mut self.up.as_mut().expect("upstream connected").conn;
             let buf = up.buffered();
@@ -670,7 +726,7 @@ impl Session<'_> {
                     break;
                 }
             }
-            up.fill(cfg.timeouts.upstream_reply, Phase::Scan).await?;
+            up.fill_body(&mut clock, Phase::Scan).await?;
         }
         if let Some(reason) = failure {
             return Ok(Err(reason));
@@ -702,6 +758,7 @@ impl Session<'_> {
         let t = self.ctx.config.timeouts;
         let up = &mut self.up.as_mut().expect("upstream connected").conn;
         let mut scanner = BodyScanner::new();
+        let mut clock = BodyClock::start(&t);
         self.mid_response = true;
         loop {
             let buf = up.buffered();
@@ -715,11 +772,11 @@ impl Session<'_> {
                     return Ok(());
                 }
                 if self.out.len() >= FLUSH_AT {
-                    self.client.write_all(&self.out, t.client_idle, Phase::Relay).await?;
+                    self.client.write_all(&self.out, t.client_idle, Phase::ClientWrite).await?;
                     self.out.clear();
                 }
             }
-            up.fill(t.upstream_reply, phase).await?;
+            watching(&mut self.client, self.quit_queued, up.fill_body(&mut clock, phase)).await?;
         }
     }
 
@@ -729,6 +786,7 @@ impl Session<'_> {
         let t = self.ctx.config.timeouts;
         let cap = self.ctx.config.scan.header_limit + 4096;
         let mut raw: Vec<u8> = Vec::new();
+        let mut clock = BodyClock::start(&t);
         self.mid_response = true;
         let end = loop {
             let up = &mut self.up.as_mut().expect("upstream connected").conn;
@@ -752,7 +810,7 @@ impl Session<'_> {
                     break None;
                 }
             }
-            up.fill(t.upstream_reply, Phase::Relay).await?;
+            watching(&mut self.client, self.quit_queued, up.fill_body(&mut clock, Phase::Relay)).await?;
         };
         let (header_end, body_start, terminated) = match end {
             Some(HeaderEnd::Blank { end }) => (end, end, false),
@@ -803,12 +861,14 @@ impl Session<'_> {
         let mut ahead = Vec::new();
         // The client has had two or more commands waiting at once: it pipelines.
         let mut pipelining_client = false;
+        // Octets of the `Pending::Local` replies in `queue` (see `MAX_PREPARED`).
+        let mut prepared = 0usize;
         loop {
             // Plan every command already buffered. For a pipelining client, top the buffer up
             // with whatever it has already sent (without waiting) while the queue runs low,
             // so the upstream stays busy instead of seeing a bubble every MAX_QUEUE commands.
             // A one-command-at-a-time client never has more to read: no extra syscall.
-            while !quit_planned && queue.len() < MAX_QUEUE {
+            while !quit_planned && queue.len() < MAX_QUEUE && prepared < MAX_PREPARED {
                 let line = match self.client.take_line(MAX_COMMAND_LINE)? {
                     Some(line) => line,
                     None if pipelining_client && queue.len() <= MAX_QUEUE / 2 && self.client.try_fill()? => continue,
@@ -824,7 +884,10 @@ impl Session<'_> {
                 };
                 let send_now = up_pipelining || outstanding == 0;
                 let pending = match planned {
-                    TxPlan::Reply(b) => Pending::Local(b),
+                    TxPlan::Reply(b) => {
+                        prepared += b.len();
+                        Pending::Local(b)
+                    }
                     TxPlan::Relay(c) => {
                         if send_now {
                             ahead.extend_from_slice(&c);
@@ -854,6 +917,7 @@ impl Session<'_> {
                     }
                     TxPlan::Quit { deletions } => {
                         quit_planned = true;
+                        self.quit_queued = true;
                         Pending::Quit { deletions }
                     }
                 };
@@ -866,6 +930,7 @@ impl Session<'_> {
             // Answer the oldest.
             match queue.pop_front() {
                 Some(Pending::Local(b)) => {
+                    prepared -= b.len();
                     self.out.extend_from_slice(&b);
                     if self.out.len() >= FLUSH_AT {
                         self.flush().await?;
@@ -915,8 +980,11 @@ impl Session<'_> {
                     }
                     let r = self.up_line(Phase::Capa).await?;
                     let upstream_caps = if Status::parse(&r).is_some_and(|s| s.is_ok()) {
-                        let t = self.ctx.config.timeouts.upstream_reply;
-                        let body = self.up().conn.read_multiline(64 * 1024, t, Phase::Capa).await?;
+                        let t = self.ctx.config.timeouts;
+                        let quit_queued = self.quit_queued;
+                        let conn = &mut self.up.as_mut().expect("upstream connected").conn;
+                        let read = conn.read_multiline(64 * 1024, &t, Phase::Capa);
+                        let body = watching(&mut self.client, quit_queued, read).await?;
                         Some(capa_codec::parse(&body))
                     } else {
                         None
@@ -932,8 +1000,8 @@ impl Session<'_> {
                 }
                 None => {
                     self.flush().await?;
-                    let t = self.ctx.config.timeouts.client_idle;
-                    self.client.fill(t, Phase::ClientIdle).await?;
+                    let t = self.ctx.config.timeouts;
+                    self.client.fill_client(t.client_idle, t.client_line).await?;
                 }
             }
         }

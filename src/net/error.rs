@@ -15,7 +15,13 @@ pub enum Phase {
     Scan,
     Relay,
     Update,
+    /// Waiting for a client's next command to begin (`timeouts.client_idle`).
     ClientIdle,
+    /// Waiting for the rest of a client command line whose first octet has arrived
+    /// (`timeouts.client_line`).
+    ClientLine,
+    /// Writing to a client that does not read (`timeouts.client_idle` per write).
+    ClientWrite,
 }
 
 impl fmt::Display for Phase {
@@ -31,6 +37,8 @@ impl fmt::Display for Phase {
             Phase::Relay => "relay",
             Phase::Update => "update",
             Phase::ClientIdle => "client idle",
+            Phase::ClientLine => "client command line",
+            Phase::ClientWrite => "writing to the client",
         })
     }
 }
@@ -39,6 +47,10 @@ impl fmt::Display for Phase {
 pub enum SessionError {
     #[error("{phase} timed out after {after:?}")]
     Timeout { phase: Phase, after: Duration },
+    /// A multi-line reply that arrived slower than `timeouts.upstream_min_rate` (after its
+    /// `upstream_reply` allowance): a server dribbling octets to keep the session alive.
+    #[error("upstream reply during {phase} too slow: {octets} octets in {after:?}")]
+    TooSlow { phase: Phase, octets: u64, after: Duration },
     #[error("upstream closed the connection during {phase}")]
     UpstreamClosed { phase: Phase },
     #[error("upstream I/O error during {phase}: {source}")]
@@ -61,7 +73,8 @@ impl SessionError {
     /// Whether the upstream side is at fault (for `-ERR [SYS/TEMP]` and metrics).
     pub fn upstream_kind(&self) -> Option<&'static str> {
         match self {
-            SessionError::Timeout { phase: Phase::ClientIdle, .. } => None,
+            SessionError::Timeout { phase: Phase::ClientIdle | Phase::ClientLine | Phase::ClientWrite, .. } => None,
+            SessionError::TooSlow { .. } => Some("timeout"),
             SessionError::Timeout { .. } => Some("timeout"),
             SessionError::UpstreamClosed { .. } => Some("closed"),
             SessionError::UpstreamIo { .. } => Some("closed"),

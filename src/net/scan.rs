@@ -6,6 +6,20 @@
 //! A `TOP n 0` reply is cut to its header block (capped); the rest, if a server sends the
 //! whole message, is read and discarded.
 //!
+//! # Memory: bounded in bytes, not in commands
+//! A window of 1,024 commands says nothing about bytes: 2,000 header blocks of 200 KB held
+//! until the end of the scan were 400 MB, twice over with the copies for the cache. So
+//! - the window is also bounded by `scan.window_bytes` of header octets expected in flight
+//!   (each `TOP` counted as its LIST size, capped at `header_limit` and at twice the largest
+//!   block seen so far in this scan, so small-header mailboxes keep a full window);
+//! - blocks read (from `TOP` or the cache) are evaluated in batches of about
+//!   `window_bytes` on the blocking pool while the next replies arrive, the fresh ones are
+//!   then handed to the header cache, and the blocks are dropped: what is kept per message
+//!   is its [`Evaluated`] (verdict and, for tagged spam, the header rewrite).
+//!
+//! At most two batches are held at once (one being evaluated, one being read) plus the
+//! cache's pending write, so a scan holds a few times `window_bytes` whatever the mailbox.
+//!
 //! With the header cache ([`crate::store::header_cache`]) and a server that has UIDL, the
 //! cache is asked first for every (UIDL, LIST size) and `TOP` goes out only for the misses,
 //! in the same windows. The new header blocks are stored, and the mailbox's entries whose
@@ -21,14 +35,18 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use tokio::task::JoinHandle;
+
 use crate::config::{ScanSettings, Timeouts};
-use crate::net::conn::Conn;
+use crate::net::conn::{BodyClock, Conn};
 use crate::net::error::{Phase, SessionError};
 use crate::net::stream::Stream;
 use crate::pop3::listing::{parse_list, parse_uidl};
 use crate::pop3::multiline::{HeaderBlock, HeaderCollector};
 use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
-use crate::session::scan::{uidl_trust, Evaluated, ScanItem};
+use crate::rules::RuleSet;
+use crate::session::scan::{evaluate, uidl_trust, Evaluated, ScanItem};
+use crate::session::tag::TagSettings;
 use crate::store::header_cache::{Fresh, HeaderCache, Scope, Wanted};
 use crate::store::verdict_memo::MailboxMemo;
 
@@ -52,6 +70,38 @@ pub struct ScanOutcome {
     /// Header blocks taken from the cache, and `TOP` commands sent.
     pub cache_hits: usize,
     pub tops_sent: usize,
+    /// Header blocks evaluated during the scan, and the CPU seconds that took.
+    pub evaluated: usize,
+    pub eval_seconds: f64,
+}
+
+/// What the scan evaluates each header block with, batch by batch (see the module doc).
+#[derive(Clone)]
+pub struct Evaluator {
+    pub rules: Arc<RuleSet>,
+    pub tag: TagSettings,
+}
+
+/// Blocks of one batch with their results (message index, evaluation, the block itself for
+/// the cache), and the seconds the evaluation took.
+type Settled = (Vec<(usize, Arc<Evaluated>, HeaderBlock)>, f64);
+
+/// Evaluates a batch of (message index, LIST size, header block) on the blocking pool.
+fn evaluate_batch(batch: Vec<(usize, u64, HeaderBlock)>, eval: &Evaluator) -> JoinHandle<Settled> {
+    let eval = eval.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let out = batch
+            .into_iter()
+            .map(|(i, size, h)| (i, Arc::new(evaluate(&h, size, &eval.rules, &eval.tag)), h))
+            .collect();
+        (out, started.elapsed().as_secs_f64())
+    })
+}
+
+async fn settled(task: JoinHandle<Settled>) -> Settled {
+    // A panic in the rules engine is a bug; surface it like one.
+    task.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// The header cache and whose mailbox this is.
@@ -81,6 +131,7 @@ pub async fn scan(
     settings: &ScanSettings,
     t: &Timeouts,
     cache: Option<CacheUse<'_>>,
+    eval: &Evaluator,
 ) -> Result<ScanOutcome, SessionError> {
     if pipelining {
         conn.write_all(b"LIST\r\nUIDL\r\n", t.upstream_reply, Phase::Scan).await?;
@@ -90,7 +141,7 @@ pub async fn scan(
     if status(conn, t).await? != StatusKind::Ok {
         return Err(protocol("LIST refused".into()));
     }
-    let list_body = conn.read_multiline(MAX_LISTING, t.upstream_reply, Phase::Scan).await?;
+    let list_body = conn.read_multiline(MAX_LISTING, t, Phase::Scan).await?;
     let list = parse_list(&list_body).map_err(|e| protocol(format!("LIST: {e}")))?;
     if !pipelining {
         conn.write_all(b"UIDL\r\n", t.upstream_reply, Phase::Scan).await?;
@@ -99,7 +150,7 @@ pub async fn scan(
     let mut uidl_trusted = false;
     let uidl_supported = match status(conn, t).await? {
         StatusKind::Ok => {
-            let body = conn.read_multiline(MAX_LISTING, t.upstream_reply, Phase::Scan).await?;
+            let body = conn.read_multiline(MAX_LISTING, t, Phase::Scan).await?;
             let pairs = parse_uidl(&body).map_err(|e| protocol(format!("UIDL: {e}")))?;
             match uidl_trust(&list, &pairs) {
                 Ok(()) => uidl_trusted = true,
@@ -114,7 +165,11 @@ pub async fn scan(
         _ => false,
     };
 
-    let mut headers: Vec<Option<HeaderBlock>> = vec![None; list.len()];
+    // Header block read (cache or TOP), and what it evaluated to; the block itself is dropped.
+    let mut have = vec![false; list.len()];
+    let mut evaluated: Vec<Option<Arc<Evaluated>>> = vec![None; list.len()];
+    let (mut evaluated_n, mut eval_seconds) = (0usize, 0f64);
+    let budget = settings.window_bytes.max(1);
     let mut memos: Vec<Option<Arc<Evaluated>>> = vec![None; list.len()];
     // Only with trustworthy UIDLs: without them there is no key that survives between
     // sessions, and with duplicates (UIDL, size) may name two different messages.
@@ -129,18 +184,37 @@ pub async fn scan(
         }
         let keyed: Vec<usize> =
             (0..list.len()).filter(|&i| memos[i].is_none() && uidls.contains_key(&list[i].0)).collect();
-        let wanted = keyed.iter().map(|&i| Wanted { uidl: uidls[&list[i].0].clone(), size: list[i].1 }).collect();
         let started = std::time::Instant::now();
-        let found = c.cache.lookup(c.scope.clone(), wanted, settings.header_limit).await;
-        tracing::debug!(lookup_ms = started.elapsed().as_millis() as u64, "header cache lookup");
-        for (&i, h) in keyed.iter().zip(found) {
-            if h.is_some() {
-                cache_hits += 1;
+        // Looked up and evaluated in chunks of about `window_bytes` (by LIST size), so a
+        // warm scan holds no more than a cold one.
+        let mut rest = &keyed[..];
+        while !rest.is_empty() {
+            let mut bytes = 0usize;
+            let n = rest
+                .iter()
+                .take_while(|&&i| {
+                    let fits = bytes == 0 || bytes < budget;
+                    bytes += (list[i].1 as usize).min(settings.header_limit);
+                    fits
+                })
+                .count();
+            let (chunk, tail) = rest.split_at(n.max(1));
+            rest = tail;
+            let wanted = chunk.iter().map(|&i| Wanted { uidl: uidls[&list[i].0].clone(), size: list[i].1 }).collect();
+            let found = c.cache.lookup(c.scope.clone(), wanted, settings.header_limit).await;
+            let batch: Vec<_> = chunk.iter().zip(found).filter_map(|(&i, h)| Some((i, list[i].1, h?))).collect();
+            cache_hits += batch.len();
+            let (done, secs) = settled(evaluate_batch(batch, eval)).await;
+            eval_seconds += secs;
+            evaluated_n += done.len();
+            for (i, e, _) in done {
+                have[i] = true;
+                evaluated[i] = Some(e);
             }
-            headers[i] = h;
         }
-        for (h, m) in headers.iter().zip(&memos) {
-            let hit = h.is_some() || m.is_some();
+        tracing::debug!(lookup_ms = started.elapsed().as_millis() as u64, "header cache lookup");
+        for (h, m) in have.iter().zip(&memos) {
+            let hit = *h || m.is_some();
             crate::metrics::header_cache_lookup(hit);
             if m.is_some() {
                 cache_hits += 1;
@@ -148,9 +222,10 @@ pub async fn scan(
         }
     }
     // What the cache and the memo answered, before TOP fills in the rest.
-    let unverified: Vec<bool> = headers.iter().zip(&memos).map(|(h, m)| h.is_some() || m.is_some()).collect();
+    let unverified: Vec<bool> = have.iter().zip(&memos).map(|(h, m)| *h || m.is_some()).collect();
     // The messages to ask the server about, in server order.
-    let todo: Vec<usize> = (0..list.len()).filter(|&i| headers[i].is_none() && memos[i].is_none()).collect();
+    let todo: Vec<usize> = (0..list.len()).filter(|&i| !have[i] && memos[i].is_none()).collect();
+    let present: HashSet<Arc<str>> = if cache.is_some() { uidls.values().cloned().collect() } else { HashSet::new() };
 
     let window = if pipelining { settings.window.max(1) } else { 1 };
     let mut sent = 0usize;
@@ -159,12 +234,26 @@ pub async fn scan(
     let mut successes = 0usize;
     let mut top_failures = 0usize;
     let mut cmd = Vec::with_capacity(window * 16);
+    // Header octets expected from the TOPs in flight (see the module doc), per command sent.
+    let mut expected = Vec::with_capacity(todo.len());
+    let (mut in_flight_bytes, mut largest) = (0usize, 0usize);
+    // Blocks read and not yet evaluated; the batch being evaluated; cache batches written.
+    let (mut held, mut held_bytes) = (Vec::new(), 0usize);
+    let mut evaluating: Option<JoinHandle<Settled>> = None;
+    let mut cache_batches = 0usize;
     while got < todo.len() {
         let in_flight = sent - got;
-        if top_supported && sent < todo.len() && in_flight <= window / 2 {
+        if top_supported && sent < todo.len() && in_flight <= window / 2 && in_flight_bytes <= budget / 2 {
             cmd.clear();
+            let guess = (2 * largest).max(8 * 1024);
             while sent < todo.len() && sent - got < window {
+                let expect = (list[todo[sent]].1 as usize).min(settings.header_limit).min(guess);
+                if sent > got && in_flight_bytes + expect > budget {
+                    break;
+                }
                 cmd.extend_from_slice(format!("TOP {} 0\r\n", list[todo[sent]].0).as_bytes());
+                expected.push(expect);
+                in_flight_bytes += expect;
                 sent += 1;
             }
             conn.write_all(&cmd, t.upstream_reply, Phase::Scan).await?;
@@ -174,11 +263,27 @@ pub async fn scan(
             break;
         }
         let i = todo[got];
+        in_flight_bytes -= expected[got];
         got += 1;
         match status(conn, t).await? {
             StatusKind::Ok => {
-                headers[i] = Some(read_headers(conn, settings.header_limit, t).await?);
+                let h = read_headers(conn, settings.header_limit, t).await?;
                 successes += 1;
+                have[i] = true;
+                largest = largest.max(h.bytes.len());
+                held_bytes += h.bytes.len();
+                held.push((i, list[i].1, h));
+                if held_bytes >= budget {
+                    // Evaluate this batch while the next one is read; finish the previous.
+                    let next = evaluate_batch(std::mem::take(&mut held), eval);
+                    held_bytes = 0;
+                    if let Some(prev) = evaluating.replace(next) {
+                        let (done, secs) = settled(prev).await;
+                        eval_seconds += secs;
+                        cache_batches +=
+                            keep(done, &mut evaluated, &mut evaluated_n, &cache, &uidls, &list, &present).await;
+                    }
+                }
             }
             _ => {
                 // Cached headers came from TOP: then TOP works and this one message failed.
@@ -190,22 +295,27 @@ pub async fn scan(
             }
         }
     }
-    if let Some(c) = cache {
-        let fresh: Vec<Fresh> = todo
-            .iter()
-            .filter_map(|&i| {
-                let h = headers[i].clone()?;
-                Some(Fresh { uidl: uidls.get(&list[i].0)?.clone(), size: list[i].1, headers: h })
-            })
-            .collect();
-        let present: HashSet<Arc<str>> = uidls.values().cloned().collect();
-        c.cache.update_in_background(c.scope, fresh, present).await;
+    for task in [evaluating.take(), (!held.is_empty()).then(|| evaluate_batch(held, eval))].into_iter().flatten() {
+        let (done, secs) = settled(task).await;
+        eval_seconds += secs;
+        cache_batches += keep(done, &mut evaluated, &mut evaluated_n, &cache, &uidls, &list, &present).await;
+    }
+    if let (Some(c), 0) = (&cache, cache_batches) {
+        // Nothing new to store, but the mailbox's vanished messages are still evicted.
+        c.cache.update_in_background(c.scope.clone(), Vec::new(), present).await;
     }
     let items = list
         .into_iter()
-        .zip(headers)
+        .zip(evaluated)
         .zip(memos)
-        .map(|(((n, size), h), memo)| ScanItem { upstream: n, size, uidl: uidls.get(&n).cloned(), headers: h, memo })
+        .map(|(((n, size), evaluated), memo)| ScanItem {
+            upstream: n,
+            size,
+            uidl: uidls.get(&n).cloned(),
+            headers: None,
+            memo,
+            evaluated,
+        })
         .collect();
     Ok(ScanOutcome {
         items,
@@ -216,6 +326,8 @@ pub async fn scan(
         top_failures,
         cache_hits,
         tops_sent: sent,
+        evaluated: evaluated_n,
+        eval_seconds,
     })
 }
 
@@ -238,8 +350,38 @@ pub async fn refetch_headers(
     Ok(out)
 }
 
+/// Keeps the evaluations of a settled batch of fresh (`TOP`) blocks and hands the blocks to
+/// the header cache, which writes them in the background; returns the number of cache
+/// batches started (0 or 1). The blocks are dropped once written.
+async fn keep(
+    done: Vec<(usize, Arc<Evaluated>, HeaderBlock)>,
+    evaluated: &mut [Option<Arc<Evaluated>>],
+    count: &mut usize,
+    cache: &Option<CacheUse<'_>>,
+    uidls: &HashMap<u32, Arc<str>>,
+    list: &[(u32, u64)],
+    present: &HashSet<Arc<str>>,
+) -> usize {
+    *count += done.len();
+    let mut fresh = Vec::with_capacity(if cache.is_some() { done.len() } else { 0 });
+    for (i, e, h) in done {
+        evaluated[i] = Some(e);
+        if let (Some(_), Some(uidl)) = (cache, uidls.get(&list[i].0)) {
+            fresh.push(Fresh { uidl: uidl.clone(), size: list[i].1, headers: h });
+        }
+    }
+    match cache {
+        Some(c) => {
+            c.cache.update_in_background(c.scope.clone(), fresh, present.clone()).await;
+            1
+        }
+        None => 0,
+    }
+}
+
 async fn read_headers(conn: &mut Conn<Stream>, cap: usize, t: &Timeouts) -> Result<HeaderBlock, SessionError> {
     let mut collector = HeaderCollector::new(cap);
+    let mut clock = BodyClock::start(t);
     loop {
         let buf = conn.buffered();
         if !buf.is_empty() {
@@ -250,6 +392,6 @@ async fn read_headers(conn: &mut Conn<Stream>, cap: usize, t: &Timeouts) -> Resu
                 return Ok(collector.finish());
             }
         }
-        conn.fill(t.upstream_reply, Phase::Scan).await?;
+        conn.fill_body(&mut clock, Phase::Scan).await?;
     }
 }

@@ -1,6 +1,8 @@
 //! Connecting to the real POP3 server: TCP (with TCP_NODELAY, so one-command-at-a-time
 //! clients do not stall on delayed ACKs), implicit TLS or STLS (RFC 2595 §4), the greeting,
-//! and the pre-login capability list (RFC 2449 §5).
+//! and the pre-login capability list (RFC 2449 §5). The greeting and each status line must
+//! arrive whole within their timeouts (`timeouts.greeting`, `timeouts.upstream_reply`): a
+//! server dribbling them octet by octet is cut (see `net::conn`).
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -110,7 +112,7 @@ pub async fn fetch_capa(conn: &mut Conn<Stream>, t: &Timeouts) -> Result<Option<
     let line = conn.read_line(MAX_STATUS_LINE, t.upstream_reply, Phase::Capa).await?;
     match Status::parse(&line).map(|s| s.kind) {
         Some(StatusKind::Ok) => {
-            let body = conn.read_multiline(MAX_CAPA, t.upstream_reply, Phase::Capa).await?;
+            let body = conn.read_multiline(MAX_CAPA, t, Phase::Capa).await?;
             Ok(Some(capa::parse(&body)))
         }
         Some(StatusKind::Err) => Ok(None),

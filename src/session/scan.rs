@@ -31,6 +31,9 @@ pub struct ScanItem {
     /// The result of an earlier evaluation with the same rule set (see
     /// `store::verdict_memo`); when present the headers are neither read nor evaluated.
     pub memo: Option<Arc<Evaluated>>,
+    /// This message's header block, read in this session, already evaluated during the
+    /// scan (which then drops the block to bound its memory, see `net::scan`).
+    pub evaluated: Option<Arc<Evaluated>>,
 }
 
 /// Why a UIDL listing cannot be used as a key (RFC 1939 §7).
@@ -101,7 +104,14 @@ pub fn recheck(
         .zip(fresh)
         .map(|(&i, headers)| {
             let e = &entries[i];
-            ScanItem { upstream: e.upstream, size: e.upstream_size, uidl: e.uidl.clone(), headers, memo: None }
+            ScanItem {
+                upstream: e.upstream,
+                size: e.upstream_size,
+                uidl: e.uidl.clone(),
+                headers,
+                memo: None,
+                evaluated: None,
+            }
         })
         .collect();
     for (&i, e) in rechecked.iter().zip(build_entries(items, rules, dry_run, tagging)) {
@@ -155,7 +165,7 @@ pub fn build_entries(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, taggi
     items
         .into_iter()
         .map(|item| {
-            let evaluated = match (&item.memo, &item.headers) {
+            let evaluated = match (item.memo.as_ref().or(item.evaluated.as_ref()), &item.headers) {
                 (Some(m), _) => Some(m.clone()),
                 (None, Some(h)) => Some(Arc::new(evaluate(h, item.size, rules, tagging))),
                 (None, None) => None,

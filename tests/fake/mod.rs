@@ -6,6 +6,7 @@
 
 pub mod popsift;
 pub mod scripted;
+pub mod slow;
 
 use std::sync::{Arc, Mutex};
 
