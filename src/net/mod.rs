@@ -9,6 +9,10 @@
 //! - [`driver`]: one client session from accept to close.
 //! - [`listener`]: accept loops, the session cap, graceful shutdown.
 
+// Peer data never panics a session (issue 12): no unwrap/expect/indexing outside tests.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+
 pub mod conn;
 pub mod driver;
 pub mod error;

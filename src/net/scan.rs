@@ -12,6 +12,10 @@
 //! UIDL the server no longer lists are evicted, in the background after the scan (the
 //! client's `+OK` does not wait for the disk). Each lookup is counted in
 //! `popsift_header_cache_lookups_total{result="hit"|"miss"}`.
+//!
+//! Indexes here are positions in the validated LIST (`0..list.len()`), never upstream
+//! message numbers; the `net/` ban on indexing is waived for this file.
+#![allow(clippy::indexing_slicing)]
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -79,7 +83,7 @@ pub async fn scan(
         return Err(protocol("LIST refused".into()));
     }
     let list_body = conn.read_multiline(MAX_LISTING, t.upstream_reply, Phase::Scan).await?;
-    let list = parse_list(&list_body).map_err(|e| protocol(format!("LIST: {e}")))?;
+    let list = parse_list(&list_body).map_err(|e| SessionError::invalid_reply(Phase::Scan, "list", e))?;
     if !pipelining {
         conn.write_all(b"UIDL\r\n", t.upstream_reply, Phase::Scan).await?;
     }
