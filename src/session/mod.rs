@@ -14,6 +14,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
 pub mod capa;
+#[doc(hidden)]
+pub mod invariants;
 pub mod plan;
 pub mod scan;
 pub mod tag;
