@@ -126,7 +126,8 @@ pub const QUARANTINE_ERRORS_TOTAL: &str = "popsift_quarantine_errors_total";
 /// Counter `{result}`: header cache lookups, `hit` or `miss`.
 pub const HEADER_CACHE_LOOKUPS_TOTAL: &str = "popsift_header_cache_lookups_total";
 /// Counter `{reply}`: upstream replies refused at the boundary for breaking RFC 1939's
-/// invariants (`list`: not numbered 1..N or a size not a number; `stat`: disagrees with LIST).
+/// invariants (`list`: not numbered 1..N or a size not a number; `stat`: disagrees with LIST;
+/// `top`: a `TOP n 0` reply far longer than the size LIST announced).
 pub const UPSTREAM_INVALID_REPLIES_TOTAL: &str = "popsift_upstream_invalid_replies_total";
 /// Counter: sessions that ended in a panic (a bug: caught at the session boundary).
 pub const SESSION_PANICS_TOTAL: &str = "popsift_session_panics_total";
@@ -329,7 +330,7 @@ pub const METRICS: &[MetricDef] = &[
         kind: MetricKind::Counter,
         unit: Some(Unit::Count),
         labels: &["reply"],
-        help: "Upstream replies refused for breaking RFC 1939 invariants, by reply (list, stat); the session ends without UPDATE.",
+        help: "Upstream replies refused for breaking RFC 1939 invariants, by reply (list, stat, top); the session ends without UPDATE.",
         buckets: &[],
     },
     MetricDef {
@@ -622,9 +623,9 @@ pub fn upstream_error(kind: &'static str) {
 }
 
 /// Label values of `popsift_upstream_invalid_replies_total`.
-pub const INVALID_REPLIES: &[&str] = &["list", "stat"];
+pub const INVALID_REPLIES: &[&str] = &["list", "stat", "top"];
 
-/// An upstream reply broke RFC 1939's invariants (`reply`: "list" | "stat"):
+/// An upstream reply broke RFC 1939's invariants (`reply`: "list" | "stat" | "top"):
 /// `popsift_upstream_invalid_replies_total{reply}` + 1. Other values count as "other".
 pub fn upstream_invalid_reply(reply: &str) {
     counter!(UPSTREAM_INVALID_REPLIES_TOTAL, "reply" => known(INVALID_REPLIES, reply)).increment(1);

@@ -189,6 +189,13 @@ enum Pending {
     },
 }
 
+impl Pending {
+    /// Needs the upstream and has not been sent yet.
+    fn unsent(&self) -> bool {
+        matches!(self, Pending::Relay { sent: false, .. } | Pending::Fetch { sent: false, .. } | Pending::Capa { sent: false })
+    }
+}
+
 struct Session<'a> {
     ctx: &'a SessionContext,
     client: Conn<TcpStream>,
@@ -236,6 +243,26 @@ impl Session<'_> {
         // The log line at the session's end has the detail; the client gets no host names.
         let text = format!("-ERR [SYS/TEMP] upstream server failed ({}); try again later\r\n", e.client_reason());
         let _ = self.client.write_all(text.as_bytes(), self.ctx.config.timeouts.client_idle, Phase::Relay).await;
+    }
+
+    /// RFC 1939 §3: the server speaks only in reply to a command. Called when no command is
+    /// outstanding: bytes that arrived anyway would pair every later reply with the wrong
+    /// command (a RETR relaying another reply as the message, a DELE's reply misread), so
+    /// the session ends instead (`-ERR [SYS/TEMP]`, no UPDATE: nothing is deleted).
+    async fn check_upstream_quiet(&mut self, phase: Phase) -> Result<(), SessionError> {
+        let t = self.ctx.config.timeouts.upstream_reply;
+        let conn = &mut self.up().conn;
+        if conn.buffered().is_empty() {
+            // Poll the socket once without waiting: a zero timeout polls the read first.
+            match tokio::time::timeout(std::time::Duration::ZERO, conn.fill(t, phase)).await {
+                Err(_) => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(())) => {}
+            }
+        }
+        let extra = conn.buffered();
+        let shown = String::from_utf8_lossy(extra.get(..extra.len().min(80)).unwrap_or_default()).into_owned();
+        Err(SessionError::UpstreamProtocol { phase, detail: format!("upstream sent data with no command outstanding: {shown:?}") })
     }
 
     async fn up_write(&mut self, bytes: &[u8], phase: Phase) -> Result<(), SessionError> {
@@ -716,6 +743,7 @@ impl Session<'_> {
             // with whatever it has already sent (without waiting) while the queue runs low,
             // so the upstream stays busy instead of seeing a bubble every MAX_QUEUE commands.
             // A one-command-at-a-time client never has more to read: no extra syscall.
+            let upstream_idle = outstanding == 0;
             while !quit_planned && queue.len() < MAX_QUEUE {
                 let line = match self.client.take_line(MAX_COMMAND_LINE)? {
                     Some(line) => line,
@@ -730,7 +758,9 @@ impl Session<'_> {
                     }
                     Err(e) => TxPlan::Reply(err(e)),
                 };
-                let send_now = up_pipelining || outstanding == 0;
+                // Without upstream pipelining a command goes out only when nothing is in flight
+                // and no earlier command still waits to be sent: replies come back in order.
+                let send_now = up_pipelining || (outstanding == 0 && !queue.iter().any(Pending::unsent));
                 let pending = match planned {
                     TxPlan::Reply(b) => Pending::Local(b),
                     TxPlan::Relay(c) => {
@@ -769,6 +799,9 @@ impl Session<'_> {
                 queue.push_back(pending);
             }
             if !ahead.is_empty() {
+                if upstream_idle {
+                    self.check_upstream_quiet(Phase::Relay).await?;
+                }
                 let batch = std::mem::take(&mut ahead);
                 self.up_write(&batch, Phase::Relay).await?;
             }
@@ -782,6 +815,7 @@ impl Session<'_> {
                 }
                 Some(Pending::Relay { command, sent }) => {
                     if !sent {
+                        self.check_upstream_quiet(Phase::Relay).await?;
                         self.up_write(&command, Phase::Relay).await?;
                     } else {
                         outstanding -= 1;
@@ -792,6 +826,7 @@ impl Session<'_> {
                 }
                 Some(Pending::Fetch { command, sent, rewrite }) => {
                     if !sent {
+                        self.check_upstream_quiet(Phase::Relay).await?;
                         self.up_write(&command, Phase::Relay).await?;
                     } else {
                         outstanding -= 1;
@@ -818,6 +853,7 @@ impl Session<'_> {
                 }
                 Some(Pending::Capa { sent }) => {
                     if !sent {
+                        self.check_upstream_quiet(Phase::Capa).await?;
                         self.up_write(b"CAPA\r\n", Phase::Capa).await?;
                     } else {
                         outstanding -= 1;
@@ -851,6 +887,7 @@ impl Session<'_> {
     /// UPDATE (RFC 1939 §6): DELE the client's deletions and the condemned messages, then
     /// QUIT. Returns the reply for the client.
     async fn update(&mut self, deletions: &[u32], pipelining: bool) -> Result<Vec<u8>, SessionError> {
+        self.check_upstream_quiet(Phase::Update).await?;
         let window = if pipelining { self.ctx.config.scan.window.max(1) } else { 1 };
         let mut failed = 0usize;
         for chunk in deletions.chunks(window) {

@@ -158,7 +158,7 @@ pub async fn scan(
         got += 1;
         match status(conn, t).await? {
             StatusKind::Ok => {
-                headers[i] = Some(read_headers(conn, settings.header_limit, t).await?);
+                headers[i] = Some(read_headers(conn, settings.header_limit, list[i].1, t).await?);
                 successes += 1;
             }
             _ => {
@@ -191,14 +191,29 @@ pub async fn scan(
     Ok(ScanOutcome { items, top_supported, uidl_supported, top_failures, cache_hits, tops_sent: sent })
 }
 
-async fn read_headers(conn: &mut Conn<Stream>, cap: usize, t: &Timeouts) -> Result<HeaderBlock, SessionError> {
+/// Reads one `TOP n 0` body. `announced` is the size LIST gave: a reply more than twice
+/// that (dot-stuffing can add a third) plus 64 KiB is an error, so a server that never
+/// ends the reply is not read for ever.
+async fn read_headers(
+    conn: &mut Conn<Stream>,
+    cap: usize,
+    announced: u64,
+    t: &Timeouts,
+) -> Result<HeaderBlock, SessionError> {
     let mut collector = HeaderCollector::new(cap);
+    let limit = announced.saturating_mul(2).saturating_add(64 * 1024);
+    let mut read = 0u64;
     loop {
         let buf = conn.buffered();
         if !buf.is_empty() {
             let done = collector.feed(buf);
             let n = done.unwrap_or(buf.len());
             conn.consume(n);
+            read = read.saturating_add(n as u64);
+            if done.is_none() && read > limit {
+                let what = format!("TOP reply longer than {limit} octets for a message LIST sized {announced}");
+                return Err(SessionError::invalid_reply(Phase::Scan, "top", what));
+            }
             if done.is_some() {
                 return Ok(collector.finish());
             }

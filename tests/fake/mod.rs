@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod popsift;
+pub mod scripted;
 
 use std::sync::{Arc, Mutex};
 
