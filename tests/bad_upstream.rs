@@ -26,7 +26,10 @@ fn start(script: impl Fn(usize, &str) -> Option<Reply> + Send + Sync + 'static) 
 }
 
 /// Only the first upstream connection misbehaves on `kw` (a command keyword or whole line).
-fn on_first(kw: &'static str, reply: impl Fn() -> Reply + Send + Sync + 'static) -> impl Fn(usize, &str) -> Option<Reply> {
+fn on_first(
+    kw: &'static str,
+    reply: impl Fn() -> Reply + Send + Sync + 'static,
+) -> impl Fn(usize, &str) -> Option<Reply> {
     move |conn, line| (conn == 0 && line.eq_ignore_ascii_case(kw)).then(&reply)
 }
 

@@ -192,7 +192,10 @@ enum Pending {
 impl Pending {
     /// Needs the upstream and has not been sent yet.
     fn unsent(&self) -> bool {
-        matches!(self, Pending::Relay { sent: false, .. } | Pending::Fetch { sent: false, .. } | Pending::Capa { sent: false })
+        matches!(
+            self,
+            Pending::Relay { sent: false, .. } | Pending::Fetch { sent: false, .. } | Pending::Capa { sent: false }
+        )
     }
 }
 
@@ -262,7 +265,10 @@ impl Session<'_> {
         }
         let extra = conn.buffered();
         let shown = String::from_utf8_lossy(extra.get(..extra.len().min(80)).unwrap_or_default()).into_owned();
-        Err(SessionError::UpstreamProtocol { phase, detail: format!("upstream sent data with no command outstanding: {shown:?}") })
+        Err(SessionError::UpstreamProtocol {
+            phase,
+            detail: format!("upstream sent data with no command outstanding: {shown:?}"),
+        })
     }
 
     async fn up_write(&mut self, bytes: &[u8], phase: Phase) -> Result<(), SessionError> {
