@@ -9,6 +9,7 @@
 //!   succeeds;
 //! - `popsift_sessions_active` returns to 0.
 mod fake;
+#[allow(unused_imports)]
 mod support;
 
 use std::time::{Duration, Instant};
