@@ -22,11 +22,6 @@
 //! deleted. If the server turns out to have no TOP and `scan.without_top: refuse` is set,
 //! the refusal likewise answers the first command. The scan keeps running when the client
 //! gives up, so the header cache is filled and the client's next attempt is fast.
-//!
-//! The `Option<Upstream>` is always set after connect and indexes here are positions this
-//! file computed (never upstream message numbers); the lints banning them in `net/` are
-//! waived for this file until it shrinks to the I/O pump of issue 12.
-#![allow(clippy::expect_used, clippy::indexing_slicing)]
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -189,6 +184,15 @@ enum Pending {
     },
 }
 
+/// What `Session::up` being `None` would mean: only before connect, when nothing uses it.
+const NOT_CONNECTED: SessionError = SessionError::UpstreamClosed { phase: Phase::Connect };
+
+/// The upstream connection, borrowing only the `up` field (the relay loops write to the
+/// client while they hold it).
+fn connected(up: &mut Option<Upstream>) -> Result<&mut Conn<crate::net::stream::Stream>, SessionError> {
+    up.as_mut().map(|u| &mut u.conn).ok_or(NOT_CONNECTED)
+}
+
 impl Pending {
     /// Needs the upstream and has not been sent yet.
     fn unsent(&self) -> bool {
@@ -216,8 +220,8 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    fn up(&mut self) -> &mut Upstream {
-        self.up.as_mut().expect("upstream connected before use")
+    fn up(&mut self) -> Result<&mut Upstream, SessionError> {
+        self.up.as_mut().ok_or(NOT_CONNECTED)
     }
 
     async fn flush(&mut self) -> Result<(), SessionError> {
@@ -254,7 +258,7 @@ impl Session<'_> {
     /// the session ends instead (`-ERR [SYS/TEMP]`, no UPDATE: nothing is deleted).
     async fn check_upstream_quiet(&mut self, phase: Phase) -> Result<(), SessionError> {
         let t = self.ctx.config.timeouts.upstream_reply;
-        let conn = &mut self.up().conn;
+        let conn = &mut self.up()?.conn;
         if conn.buffered().is_empty() {
             // Poll the socket once without waiting: a zero timeout polls the read first.
             match tokio::time::timeout(std::time::Duration::ZERO, conn.fill(t, phase)).await {
@@ -273,16 +277,16 @@ impl Session<'_> {
 
     async fn up_write(&mut self, bytes: &[u8], phase: Phase) -> Result<(), SessionError> {
         let t = self.ctx.config.timeouts.upstream_reply;
-        self.up().conn.write_all(bytes, t, phase).await
+        self.up()?.conn.write_all(bytes, t, phase).await
     }
 
     async fn up_line(&mut self, phase: Phase) -> Result<Vec<u8>, SessionError> {
         let t = self.ctx.config.timeouts.upstream_reply;
-        let line = self.up().conn.read_line(MAX_STATUS_LINE, t, phase).await?;
+        let line = self.up()?.conn.read_line(MAX_STATUS_LINE, t, phase).await?;
         if Status::parse(&line).is_none() {
             return Err(SessionError::UpstreamProtocol {
                 phase,
-                detail: format!("not a status line: {:?}", String::from_utf8_lossy(&line[..line.len().min(80)])),
+                detail: format!("not a status line: {:?}", String::from_utf8_lossy(line.get(..80).unwrap_or(&line))),
             });
         }
         Ok(line.to_vec())
@@ -436,7 +440,7 @@ impl Session<'_> {
         let cfg = ctx.config.clone();
         let started = Instant::now();
         let deadline = cfg.scan.early_answer_after.map(|d| tokio::time::Instant::now() + d);
-        let pipelining = cfg.scan.pipelining && capa::has(self.up().caps.as_deref(), "PIPELINING");
+        let pipelining = cfg.scan.pipelining && capa::has(self.up()?.caps.as_deref(), "PIPELINING");
         // The rule set this session uses, taken once: a reload during the session does not
         // change its view, and the verdict memo is valid only for this very set.
         let rules = self.ctx.rules.current();
@@ -451,7 +455,7 @@ impl Session<'_> {
             _ => None,
         };
         let outcome = {
-            let up = &mut self.up.as_mut().expect("upstream connected before use").conn;
+            let up = connected(&mut self.up)?;
             let scanning = scan(up, pipelining, &cfg.scan, &cfg.timeouts, cache);
             tokio::pin!(scanning);
             match deadline {
@@ -513,27 +517,27 @@ impl Session<'_> {
         };
         for i in candidates {
             self.answer_early_if_due(login_reply, deadline).await?;
-            let e = &entries[i];
+            let Some(e) = entries.get_mut(i) else { continue };
             if let Some(uidl) = e.uidl.as_deref() {
                 if stored.contains(&(uidl.to_string(), e.upstream_size)) {
                     // Copied at an earlier login whose UPDATE never happened: do not copy again.
                     debug!(uidl, msg = e.upstream, "already in quarantine; DELE at QUIT");
-                    entries[i].disposition = Disposition::Condemned;
+                    e.disposition = Disposition::Condemned;
                     continue;
                 }
             }
-            match self.quarantine_one(&entries[i]).await? {
+            match self.quarantine_one(e).await? {
                 Ok(path) => {
                     m::quarantine_message();
-                    info!(uidl = entries[i].uidl.as_deref().unwrap_or("-"), msg = entries[i].upstream, path = %path.display(), "quarantined; DELE at QUIT");
-                    entries[i].disposition = Disposition::Condemned;
+                    info!(uidl = e.uidl.as_deref().unwrap_or("-"), msg = e.upstream, path = %path.display(), "quarantined; DELE at QUIT");
+                    e.disposition = Disposition::Condemned;
                 }
                 Err(reason) => {
                     m::quarantine_error();
                     let show = cfg.quarantine.on_failure == OnFailure::Show;
-                    tracing::error!(uidl = entries[i].uidl.as_deref().unwrap_or("-"), msg = entries[i].upstream, %reason, shown = show, "quarantine failed; message NOT deleted");
+                    tracing::error!(uidl = e.uidl.as_deref().unwrap_or("-"), msg = e.upstream, %reason, shown = show, "quarantine failed; message NOT deleted");
                     if show {
-                        entries[i].disposition = Disposition::Visible;
+                        e.disposition = Disposition::Visible;
                     }
                 }
             }
@@ -603,13 +607,13 @@ impl Session<'_> {
         let mut message = Vec::with_capacity(e.upstream_size as usize + 64);
         let mut scanner = BodyScanner::new();
         let mut unstuffer = Unstuffer::default();
-        let up = &mut self.up.as_mut().expect("upstream connected").conn;
+        let up = connected(&mut self.up)?;
         loop {
             let buf = up.buffered();
             if !buf.is_empty() {
                 let done = scanner.feed(buf);
                 let n = done.unwrap_or(buf.len());
-                unstuffer.feed(&buf[..n], &mut message);
+                unstuffer.feed(buf.get(..n).unwrap_or(buf), &mut message);
                 up.consume(n);
                 if done.is_some() {
                     // The terminator was unstuffed as an empty line: drop it.
@@ -641,7 +645,7 @@ impl Session<'_> {
     /// Copies one multi-line body from upstream to the client, verbatim (dot-stuffing kept).
     async fn relay_body(&mut self, phase: Phase) -> Result<(), SessionError> {
         let t = self.ctx.config.timeouts;
-        let up = &mut self.up.as_mut().expect("upstream connected").conn;
+        let up = connected(&mut self.up)?;
         let mut scanner = BodyScanner::new();
         self.mid_response = true;
         loop {
@@ -649,7 +653,7 @@ impl Session<'_> {
             if !buf.is_empty() {
                 let done = scanner.feed(buf);
                 let n = done.unwrap_or(buf.len());
-                self.out.extend_from_slice(&buf[..n]);
+                self.out.extend_from_slice(buf.get(..n).unwrap_or(buf));
                 up.consume(n);
                 if done.is_some() {
                     self.mid_response = false;
@@ -672,7 +676,7 @@ impl Session<'_> {
         let mut raw: Vec<u8> = Vec::new();
         self.mid_response = true;
         let end = loop {
-            let up = &mut self.up.as_mut().expect("upstream connected").conn;
+            let up = connected(&mut self.up)?;
             let buf = up.buffered();
             if !buf.is_empty() {
                 let searched_from = raw.len().saturating_sub(2);
@@ -680,8 +684,9 @@ impl Session<'_> {
                 let n = buf.len();
                 up.consume(n);
                 // Only the new part can hold the end; re-scan from a line boundary before it.
-                let line_start = raw[..searched_from].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-                if let Some(end) = find_header_end(&raw[line_start..]) {
+                let before = raw.get(..searched_from).unwrap_or_default();
+                let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                if let Some(end) = find_header_end(raw.get(line_start..).unwrap_or_default()) {
                     break Some(match end {
                         HeaderEnd::Blank { end } => HeaderEnd::Blank { end: end + line_start },
                         HeaderEnd::Terminator { start, end } => {
@@ -703,7 +708,8 @@ impl Session<'_> {
                 (0, 0, false)
             }
         };
-        let actual = unstuff(&raw[..header_end]);
+        let header = raw.get(..header_end).unwrap_or_default();
+        let actual = unstuff(header);
         if header_end > 0 {
             if actual == rw.original {
                 stuff_lines(&rw.replacement, &mut self.out);
@@ -711,27 +717,27 @@ impl Session<'_> {
                 // The server sent different headers than at login: send them untouched
                 // rather than guess (the announced size is then off by the difference).
                 warn!("message headers changed since login; relayed untagged");
-                self.out.extend_from_slice(&raw[..header_end]);
+                self.out.extend_from_slice(header);
             }
         }
-        let rest = raw[body_start..].to_vec();
+        let rest = raw.get(body_start..).unwrap_or_default().to_vec();
         if terminated {
             self.out.extend_from_slice(b".\r\n");
             // Whatever followed the terminator belongs to the next reply.
-            let up = &mut self.up.as_mut().expect("upstream connected").conn;
+            let up = connected(&mut self.up)?;
             up.unread(&rest);
             self.mid_response = false;
             return Ok(());
         }
         // The rest is body: hand it back to the stream relay, which starts at a line start.
-        let up = &mut self.up.as_mut().expect("upstream connected").conn;
+        let up = connected(&mut self.up)?;
         up.unread(&rest);
         self.relay_body(Phase::Relay).await
     }
 
     /// TRANSACTION (RFC 1939 §5) on the filtered view, then UPDATE at QUIT.
     async fn transaction(&mut self, mut view: MailboxView) -> Result<(), SessionError> {
-        let caps = self.up().caps.clone();
+        let caps = self.up()?.caps.clone();
         let up_pipelining = capa::has(caps.as_deref(), "PIPELINING");
         let known = Known {
             top: view.entries().iter().any(|e| e.evaluated.is_some()),
@@ -867,7 +873,7 @@ impl Session<'_> {
                     let r = self.up_line(Phase::Capa).await?;
                     let upstream_caps = if Status::parse(&r).is_some_and(|s| s.is_ok()) {
                         let t = self.ctx.config.timeouts.upstream_reply;
-                        let body = self.up().conn.read_multiline(64 * 1024, t, Phase::Capa).await?;
+                        let body = self.up()?.conn.read_multiline(64 * 1024, t, Phase::Capa).await?;
                         Some(capa_codec::parse(&body))
                     } else {
                         None
