@@ -268,7 +268,7 @@ impl Session<'_> {
             }
         }
         let extra = conn.buffered();
-        let shown = String::from_utf8_lossy(extra.get(..extra.len().min(80)).unwrap_or_default()).into_owned();
+        let shown = String::from_utf8_lossy(extra.get(..80).unwrap_or(extra)).into_owned();
         Err(SessionError::UpstreamProtocol {
             phase,
             detail: format!("upstream sent data with no command outstanding: {shown:?}"),
