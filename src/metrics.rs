@@ -130,6 +130,12 @@ pub const HEADER_CACHE_LOOKUPS_TOTAL: &str = "popsift_header_cache_lookups_total
 /// Counter: logins whose UIDL listing could not be trusted (duplicate, missing or malformed
 /// UIDLs, RFC 1939 §7), so every UIDL-keyed shortcut was off for that session.
 pub const UIDL_UNTRUSTED_SESSIONS_TOTAL: &str = "popsift_uidl_untrusted_sessions_total";
+/// Counter `{reply}`: upstream replies refused at the boundary for breaking RFC 1939's
+/// invariants (`list`: not numbered 1..N or a size not a number; `stat`: disagrees with LIST;
+/// `top`: a `TOP n 0` reply far longer than the size LIST announced).
+pub const UPSTREAM_INVALID_REPLIES_TOTAL: &str = "popsift_upstream_invalid_replies_total";
+/// Counter: sessions that ended in a panic (a bug: caught at the session boundary).
+pub const SESSION_PANICS_TOTAL: &str = "popsift_session_panics_total";
 /// Gauge `{version}`: always 1; carries the version as a label.
 pub const BUILD_INFO: &str = "popsift_build_info";
 /// Gauge: Unix time at which the metrics were installed (process start, for uptime and for
@@ -333,6 +339,22 @@ pub const METRICS: &[MetricDef] = &[
         buckets: &[],
     },
     MetricDef {
+        name: UPSTREAM_INVALID_REPLIES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["reply"],
+        help: "Upstream replies refused for breaking RFC 1939 invariants, by reply (list, stat, top); the session ends without UPDATE.",
+        buckets: &[],
+    },
+    MetricDef {
+        name: SESSION_PANICS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &[],
+        help: "Client sessions that ended in a panic (a bug), caught at the session boundary.",
+        buckets: &[],
+    },
+    MetricDef {
         name: BUILD_INFO,
         kind: MetricKind::Gauge,
         unit: None,
@@ -370,6 +392,8 @@ pub const ALL_NAMES: &[&str] = &[
     QUARANTINE_ERRORS_TOTAL,
     HEADER_CACHE_LOOKUPS_TOTAL,
     UIDL_UNTRUSTED_SESSIONS_TOTAL,
+    UPSTREAM_INVALID_REPLIES_TOTAL,
+    SESSION_PANICS_TOTAL,
     BUILD_INFO,
     START_TIME_SECONDS,
 ];
@@ -508,6 +532,10 @@ fn register() {
     for result in ["hit", "miss"] {
         counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => result).absolute(0);
     }
+    for &reply in INVALID_REPLIES {
+        counter!(UPSTREAM_INVALID_REPLIES_TOTAL, "reply" => reply).absolute(0);
+    }
+    counter!(SESSION_PANICS_TOTAL).absolute(0);
     // Histograms: registering the handle renders empty buckets from the first scrape.
     let _ = histogram!(SCAN_DURATION_SECONDS);
     let _ = histogram!(RULE_EVAL_DURATION_SECONDS);
@@ -526,16 +554,33 @@ fn unix_now() -> f64 {
 // Recording
 // ---------------------------------------------------------------------------------------------
 
-/// A client connected: `popsift_sessions_active` + 1. Pair with [`session_finished`].
-pub fn session_started() {
-    gauge!(SESSIONS_ACTIVE).increment(1.0);
+/// One open client session in `popsift_sessions_active`: + 1 when made, − 1 when dropped,
+/// however the session ends (returned, panicked, or its task dropped at shutdown), so the
+/// gauge cannot leak. [`finish`](Self::finish) also counts `popsift_sessions_total{result}`.
+#[must_use = "the session counts as active only while this guard lives"]
+#[derive(Debug)]
+pub struct ActiveSession {
+    _private: (),
 }
 
-/// A client session ended: `popsift_sessions_active` − 1 and
-/// `popsift_sessions_total{result}` + 1.
-pub fn session_finished(result: SessionResult) {
-    gauge!(SESSIONS_ACTIVE).decrement(1.0);
-    counter!(SESSIONS_TOTAL, "result" => result.label()).increment(1);
+impl ActiveSession {
+    /// A client connected: `popsift_sessions_active` + 1.
+    pub fn start() -> ActiveSession {
+        gauge!(SESSIONS_ACTIVE).increment(1.0);
+        ActiveSession { _private: () }
+    }
+
+    /// The session ended with `result`: `popsift_sessions_total{result}` + 1, and the
+    /// gauge − 1 (by dropping the guard).
+    pub fn finish(self, result: SessionResult) {
+        counter!(SESSIONS_TOTAL, "result" => result.label()).increment(1);
+    }
+}
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        gauge!(SESSIONS_ACTIVE).decrement(1.0);
+    }
 }
 
 /// One message's headers were evaluated: `popsift_messages_scanned_total` + 1.
@@ -605,6 +650,20 @@ pub fn rule_eval_duration(seconds: f64) {
 /// `kind`: "connect" | "tls" | "timeout" | "protocol" | "closed" | "greeting".
 pub fn upstream_error(kind: &'static str) {
     counter!(UPSTREAM_ERRORS_TOTAL, "kind" => kind).increment(1);
+}
+
+/// Label values of `popsift_upstream_invalid_replies_total`.
+pub const INVALID_REPLIES: &[&str] = &["list", "stat", "top"];
+
+/// An upstream reply broke RFC 1939's invariants (`reply`: "list" | "stat" | "top"):
+/// `popsift_upstream_invalid_replies_total{reply}` + 1. Other values count as "other".
+pub fn upstream_invalid_reply(reply: &str) {
+    counter!(UPSTREAM_INVALID_REPLIES_TOTAL, "reply" => known(INVALID_REPLIES, reply)).increment(1);
+}
+
+/// A session panicked and was caught at the session boundary: `popsift_session_panics_total` + 1.
+pub fn session_panicked() {
+    counter!(SESSION_PANICS_TOTAL).increment(1);
 }
 
 /// Connecting to the upstream (TCP connect and, if any, the TLS handshake) took `seconds`
@@ -751,14 +810,19 @@ mod tests {
     fn recording_functions_render_expected_series() {
         let recorder = builder().build_recorder();
         let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, || {
+        let open = metrics::with_local_recorder(&recorder, || {
             register();
-            session_started();
-            session_started();
-            session_finished(SessionResult::AuthFailed);
+            let open = ActiveSession::start();
+            ActiveSession::start().finish(SessionResult::AuthFailed);
+            // A session whose task is dropped without finishing (a panic) still leaves.
+            drop(ActiveSession::start());
             message_verdict("spam", "hide");
             bytes(Direction::ToClient, 10);
             scan_duration(0.3);
+            upstream_invalid_reply("list");
+            upstream_invalid_reply("bogus");
+            session_panicked();
+            open
         });
         let text = handle.render();
         for line in [
@@ -770,8 +834,14 @@ mod tests {
             "popsift_scan_duration_seconds_bucket{le=\"0.25\"} 0",
             "popsift_scan_duration_seconds_bucket{le=\"0.5\"} 1",
             "popsift_scan_duration_seconds_count 1",
+            "popsift_upstream_invalid_replies_total{reply=\"list\"} 1",
+            "popsift_upstream_invalid_replies_total{reply=\"stat\"} 0",
+            "popsift_upstream_invalid_replies_total{reply=\"other\"} 1",
+            "popsift_session_panics_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+        metrics::with_local_recorder(&recorder, || drop(open));
+        assert!(handle.render().lines().any(|l| l == "popsift_sessions_active 0"));
     }
 }

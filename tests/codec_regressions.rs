@@ -24,6 +24,13 @@ fn multiline_regressions() {
     assert!(replay("multiline", popsift::pop3::invariants::multiline) > 0);
 }
 
+/// Session planning on upstream listings and client streams (issue 12), including the LIST
+/// with gaps that made `RETR 2` panic the session.
+#[test]
+fn session_regressions() {
+    assert!(replay("session", popsift::session::invariants::planning) >= 3);
+}
+
 #[test]
 fn multiline_invariants_hold_on_generated_inputs() {
     // A cheap deterministic sweep over short inputs built from the interesting bytes.

@@ -89,7 +89,7 @@ fn scrape_shows_exact_counts_and_passes_promtool() {
     let addr = free_port();
 
     // Before install: recording is a no-op and there is nothing to render.
-    metrics::session_started();
+    drop(metrics::ActiveSession::start());
     assert!(metrics::render().is_none());
 
     rt.block_on(async { metrics::install(Some(addr)) }).expect("install metrics");
@@ -111,12 +111,9 @@ fn scrape_shows_exact_counts_and_passes_promtool() {
     promtool_check_metrics(&body);
 
     // A known number of events through every API function.
-    for _ in 0..3 {
-        metrics::session_started();
+    for result in [SessionResult::Ok, SessionResult::Ok, SessionResult::AuthFailed] {
+        metrics::ActiveSession::start().finish(result);
     }
-    metrics::session_finished(SessionResult::Ok);
-    metrics::session_finished(SessionResult::Ok);
-    metrics::session_finished(SessionResult::AuthFailed);
     for _ in 0..5 {
         metrics::message_scanned();
     }
@@ -153,7 +150,7 @@ fn scrape_shows_exact_counts_and_passes_promtool() {
     assert_value(&body, "popsift_sessions_total{result=\"ok\"}", 2.0);
     assert_value(&body, "popsift_sessions_total{result=\"auth_failed\"}", 1.0);
     assert_value(&body, "popsift_sessions_total{result=\"client_aborted\"}", 0.0);
-    // The session_started() before install was dropped, as documented.
+    // Every session guard is gone (the one before install counted nowhere).
     assert_value(&body, "popsift_sessions_active", 0.0);
     assert_value(&body, "popsift_messages_scanned_total", 5.0);
     assert_value(&body, "popsift_messages_total{verdict=\"ham\",action=\"none\"}", 2.0);

@@ -99,11 +99,11 @@ fn real_prometheus_scrapes_popsift_and_runs_alerts_and_dashboard_queries() {
     let popsift = free_addr();
     rt.block_on(async { metrics::install(Some(popsift)) }).expect("install metrics");
 
-    for _ in 0..3 {
-        metrics::session_started();
+    // Three sessions, two finished: one stays active while Prometheus scrapes.
+    let _open = metrics::ActiveSession::start();
+    for _ in 0..2 {
+        metrics::ActiveSession::start().finish(SessionResult::Ok);
     }
-    metrics::session_finished(SessionResult::Ok);
-    metrics::session_finished(SessionResult::Ok);
     metrics::message_verdict("spam", "hide");
     metrics::rule_matched("subject-lottery");
     metrics::scan_duration(0.3);

@@ -307,7 +307,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if !self.buf.is_empty() {
                 let done = scanner.feed(&self.buf);
                 let n = done.unwrap_or(self.buf.len());
-                raw.extend_from_slice(&self.buf[..n]);
+                raw.extend_from_slice(self.buf.get(..n).unwrap_or_default());
                 self.buf.advance(n);
                 if done.is_some() {
                     raw.truncate(raw.len() - scanner.terminator_len());

@@ -121,7 +121,8 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
     let span = info_span!("session", %peer, upstream = %ctx.listener.upstream.display(), user = tracing::field::Empty);
     async move {
         let started = Instant::now();
-        m::session_started();
+        // Counts the session in `popsift_sessions_active` until dropped, even by a panic.
+        let active = m::ActiveSession::start();
         let _ = client.set_nodelay(true);
         let mut s = Session {
             client: Conn::new(client, Side::Client),
@@ -173,7 +174,7 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
         let (bytes_up, bytes_client) = (s.up.as_ref().map_or(0, |u| u.conn.bytes_in), s.client.bytes_out);
         m::bytes(Direction::FromUpstream, bytes_up);
         m::bytes(Direction::ToClient, bytes_client);
-        m::session_finished(outcome);
+        active.finish(outcome);
         let st = &s.stats;
         let error = result.as_ref().err().map(|e| e.to_string());
         info!(
@@ -223,6 +224,25 @@ enum Pending {
     },
 }
 
+/// What `Session::up` being `None` would mean: only before connect, when nothing uses it.
+const NOT_CONNECTED: SessionError = SessionError::UpstreamClosed { phase: Phase::Connect };
+
+/// The upstream connection, borrowing only the `up` field (the relay loops write to the
+/// client while they hold it).
+fn connected(up: &mut Option<Upstream>) -> Result<&mut Conn<crate::net::stream::Stream>, SessionError> {
+    up.as_mut().map(|u| &mut u.conn).ok_or(NOT_CONNECTED)
+}
+
+impl Pending {
+    /// Needs the upstream and has not been sent yet.
+    fn unsent(&self) -> bool {
+        matches!(
+            self,
+            Pending::Relay { sent: false, .. } | Pending::Fetch { sent: false, .. } | Pending::Capa { sent: false }
+        )
+    }
+}
+
 struct Session<'a> {
     ctx: &'a SessionContext,
     client: Conn<TcpStream>,
@@ -243,8 +263,8 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    fn up(&mut self) -> &mut Upstream {
-        self.up.as_mut().expect("upstream connected before use")
+    fn up(&mut self) -> Result<&mut Upstream, SessionError> {
+        self.up.as_mut().ok_or(NOT_CONNECTED)
     }
 
     async fn flush(&mut self) -> Result<(), SessionError> {
@@ -270,13 +290,37 @@ impl Session<'_> {
             return;
         }
         self.out.clear();
-        let text = format!("-ERR [SYS/TEMP] upstream server failed ({e}); try again later\r\n");
+        // The log line at the session's end has the detail; the client gets no host names.
+        let text = format!("-ERR [SYS/TEMP] upstream server failed ({}); try again later\r\n", e.client_reason());
         let _ = self.client.write_all(text.as_bytes(), self.ctx.config.timeouts.client_idle, Phase::ClientWrite).await;
+    }
+
+    /// RFC 1939 §3: the server speaks only in reply to a command. Called when no command is
+    /// outstanding: bytes that arrived anyway would pair every later reply with the wrong
+    /// command (a RETR relaying another reply as the message, a DELE's reply misread), so
+    /// the session ends instead (`-ERR [SYS/TEMP]`, no UPDATE: nothing is deleted).
+    async fn check_upstream_quiet(&mut self, phase: Phase) -> Result<(), SessionError> {
+        let t = self.ctx.config.timeouts.upstream_reply;
+        let conn = &mut self.up()?.conn;
+        if conn.buffered().is_empty() {
+            // Poll the socket once without waiting: a zero timeout polls the read first.
+            match tokio::time::timeout(std::time::Duration::ZERO, conn.fill(t, phase)).await {
+                Err(_) => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(())) => {}
+            }
+        }
+        let extra = conn.buffered();
+        let shown = String::from_utf8_lossy(extra.get(..80).unwrap_or(extra)).into_owned();
+        Err(SessionError::UpstreamProtocol {
+            phase,
+            detail: format!("upstream sent data with no command outstanding: {shown:?}"),
+        })
     }
 
     async fn up_write(&mut self, bytes: &[u8], phase: Phase) -> Result<(), SessionError> {
         let t = self.ctx.config.timeouts.upstream_reply;
-        self.up().conn.write_all(bytes, t, phase).await
+        self.up()?.conn.write_all(bytes, t, phase).await
     }
 
     /// One upstream status line, whole within `upstream_reply`. Outside the scan and
@@ -284,7 +328,7 @@ impl Session<'_> {
     async fn up_line(&mut self, phase: Phase) -> Result<Vec<u8>, SessionError> {
         let t = self.ctx.config.timeouts.upstream_reply;
         let quit_queued = self.quit_queued;
-        let conn = &mut self.up.as_mut().expect("upstream connected before use").conn;
+        let conn = connected(&mut self.up)?;
         let read = conn.read_line(MAX_STATUS_LINE, t, phase);
         let line = match phase {
             Phase::Scan | Phase::Update => read.await?,
@@ -293,7 +337,7 @@ impl Session<'_> {
         if Status::parse(&line).is_none() {
             return Err(SessionError::UpstreamProtocol {
                 phase,
-                detail: format!("not a status line: {:?}", String::from_utf8_lossy(&line[..line.len().min(80)])),
+                detail: format!("not a status line: {:?}", String::from_utf8_lossy(line.get(..80).unwrap_or(&line))),
             });
         }
         Ok(line.to_vec())
@@ -483,7 +527,7 @@ impl Session<'_> {
         let cfg = ctx.config.clone();
         let started = Instant::now();
         let deadline = cfg.scan.early_answer_after.map(|d| tokio::time::Instant::now() + d);
-        let pipelining = cfg.scan.pipelining && capa::has(self.up().caps.as_deref(), "PIPELINING");
+        let pipelining = cfg.scan.pipelining && capa::has(self.up()?.caps.as_deref(), "PIPELINING");
         // The rule set this session uses, taken once: a reload during the session does not
         // change its view, and the verdict memo is valid only for this very set.
         let rules = self.ctx.rules.current();
@@ -498,7 +542,7 @@ impl Session<'_> {
             _ => None,
         };
         let outcome = {
-            let up = &mut self.up.as_mut().expect("upstream connected before use").conn;
+            let up = connected(&mut self.up)?;
             let eval = Evaluator { rules: rules.clone(), tag: cfg.tag.clone() };
             let scanning = scan(up, pipelining, &cfg.scan, &cfg.timeouts, cache, &eval);
             tokio::pin!(scanning);
@@ -551,8 +595,9 @@ impl Session<'_> {
         // A cached or memoised verdict never condemns on its own: fetch those headers again.
         let rechecks = to_recheck(&entries, &unverified, cfg.dry_run);
         if !rechecks.is_empty() {
-            let msgs: Vec<u32> = rechecks.iter().map(|&i| entries[i].upstream).collect();
-            let up = &mut self.up.as_mut().expect("upstream connected before use").conn;
+            let msgs: Vec<(u32, u64)> =
+                rechecks.iter().filter_map(|&i| entries.get(i)).map(|e| (e.upstream, e.upstream_size)).collect();
+            let up = connected(&mut self.up)?;
             let fresh = refetch_headers(up, &msgs, &cfg.scan, &cfg.timeouts).await?;
             recheck(&mut entries, &rechecks, fresh, &rules, cfg.dry_run, &cfg.tag);
             debug!(rechecked = rechecks.len(), "condemning verdicts from the cache re-checked against fresh headers");
@@ -575,28 +620,29 @@ impl Session<'_> {
         };
         for i in candidates {
             self.answer_early_if_due(login_reply, deadline).await?;
+            let Some(e) = entries.get_mut(i) else { continue };
             let result = match usage.as_mut() {
-                Some(usage) => self.quarantine_one(&entries[i], usage).await?,
+                Some(usage) => self.quarantine_one(e, usage).await?,
                 // A SASL mechanism whose identity popsift cannot read: no folder to trust.
                 None => Err("the login's user name is unknown (SASL mechanism popsift does not read)".into()),
             };
             match result {
                 Ok(Some(path)) => {
                     m::quarantine_message();
-                    info!(uidl = entries[i].uidl.as_deref().unwrap_or("-"), msg = entries[i].upstream, path = %path.display(), "quarantined; DELE at QUIT");
-                    entries[i].disposition = Disposition::Condemned;
+                    info!(uidl = e.uidl.as_deref().unwrap_or("-"), msg = e.upstream, path = %path.display(), "quarantined; DELE at QUIT");
+                    e.disposition = Disposition::Condemned;
                 }
                 Ok(None) => {
                     // Copied at an earlier login whose UPDATE never happened: same content.
-                    debug!(msg = entries[i].upstream, "already in this user's quarantine (same digest); DELE at QUIT");
-                    entries[i].disposition = Disposition::Condemned;
+                    debug!(msg = e.upstream, "already in this user's quarantine (same digest); DELE at QUIT");
+                    e.disposition = Disposition::Condemned;
                 }
                 Err(reason) => {
                     m::quarantine_error();
                     let show = cfg.quarantine.on_failure == OnFailure::Show;
-                    tracing::error!(uidl = entries[i].uidl.as_deref().unwrap_or("-"), msg = entries[i].upstream, %reason, shown = show, "quarantine failed; message NOT deleted");
+                    tracing::error!(uidl = e.uidl.as_deref().unwrap_or("-"), msg = e.upstream, %reason, shown = show, "quarantine failed; message NOT deleted");
                     if show {
-                        entries[i].disposition = Disposition::Visible;
+                        e.disposition = Disposition::Visible;
                     }
                 }
             }
@@ -689,13 +735,13 @@ impl Session<'_> {
         let mut unstuffer = Unstuffer::default();
         let mut clock = BodyClock::start(&cfg.timeouts);
         loop {
-            let up = &mut self.up.as_mut().expect("upstream connected").conn;
+            let up = connected(&mut self.up)?;
             let buf = up.buffered();
             if !buf.is_empty() {
                 let done = scanner.feed(buf);
                 let n = done.unwrap_or(buf.len());
                 let before = pending.len();
-                unstuffer.feed(&buf[..n], &mut pending);
+                unstuffer.feed(buf.get(..n).unwrap_or(buf), &mut pending);
                 received += (pending.len() - before) as u64;
                 up.consume(n);
                 if done.is_some() {
@@ -715,11 +761,13 @@ impl Session<'_> {
                     pending.clear();
                 } else if pending.len() >= WRITE_AT || (done.is_some() && !pending.is_empty()) {
                     let keep = if done.is_some() { 0 } else { TAIL };
-                    let chunk: Vec<u8> = pending.drain(..pending.len() - keep).collect();
-                    let mut c = copy.take().expect("copy open while no failure");
-                    match blocking(move || c.write(&chunk).map(|()| c)).await {
-                        Ok(c) => copy = Some(c),
-                        Err(reason) => failure = Some(reason),
+                    let chunk: Vec<u8> = pending.drain(..pending.len().saturating_sub(keep)).collect();
+                    match copy.take() {
+                        Some(mut c) => match blocking(move || c.write(&chunk).map(|()| c)).await {
+                            Ok(c) => copy = Some(c),
+                            Err(reason) => failure = Some(reason),
+                        },
+                        None => failure = Some("quarantine copy lost".into()),
                     }
                 }
                 if done.is_some() {
@@ -756,7 +804,7 @@ impl Session<'_> {
     /// Copies one multi-line body from upstream to the client, verbatim (dot-stuffing kept).
     async fn relay_body(&mut self, phase: Phase) -> Result<(), SessionError> {
         let t = self.ctx.config.timeouts;
-        let up = &mut self.up.as_mut().expect("upstream connected").conn;
+        let up = connected(&mut self.up)?;
         let mut scanner = BodyScanner::new();
         let mut clock = BodyClock::start(&t);
         self.mid_response = true;
@@ -765,7 +813,7 @@ impl Session<'_> {
             if !buf.is_empty() {
                 let done = scanner.feed(buf);
                 let n = done.unwrap_or(buf.len());
-                self.out.extend_from_slice(&buf[..n]);
+                self.out.extend_from_slice(buf.get(..n).unwrap_or(buf));
                 up.consume(n);
                 if done.is_some() {
                     self.mid_response = false;
@@ -789,7 +837,7 @@ impl Session<'_> {
         let mut clock = BodyClock::start(&t);
         self.mid_response = true;
         let end = loop {
-            let up = &mut self.up.as_mut().expect("upstream connected").conn;
+            let up = connected(&mut self.up)?;
             let buf = up.buffered();
             if !buf.is_empty() {
                 let searched_from = raw.len().saturating_sub(2);
@@ -797,8 +845,9 @@ impl Session<'_> {
                 let n = buf.len();
                 up.consume(n);
                 // Only the new part can hold the end; re-scan from a line boundary before it.
-                let line_start = raw[..searched_from].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-                if let Some(end) = find_header_end(&raw[line_start..]) {
+                let before = raw.get(..searched_from).unwrap_or_default();
+                let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                if let Some(end) = find_header_end(raw.get(line_start..).unwrap_or_default()) {
                     break Some(match end {
                         HeaderEnd::Blank { end } => HeaderEnd::Blank { end: end + line_start },
                         HeaderEnd::Terminator { start, end } => {
@@ -820,7 +869,8 @@ impl Session<'_> {
                 (0, 0, false)
             }
         };
-        let actual = unstuff(&raw[..header_end]);
+        let header = raw.get(..header_end).unwrap_or_default();
+        let actual = unstuff(header);
         if header_end > 0 {
             if actual == rw.original {
                 stuff_lines(&rw.replacement, &mut self.out);
@@ -828,27 +878,27 @@ impl Session<'_> {
                 // The server sent different headers than at login: send them untouched
                 // rather than guess (the announced size is then off by the difference).
                 warn!("message headers changed since login; relayed untagged");
-                self.out.extend_from_slice(&raw[..header_end]);
+                self.out.extend_from_slice(header);
             }
         }
-        let rest = raw[body_start..].to_vec();
+        let rest = raw.get(body_start..).unwrap_or_default().to_vec();
         if terminated {
             self.out.extend_from_slice(b".\r\n");
             // Whatever followed the terminator belongs to the next reply.
-            let up = &mut self.up.as_mut().expect("upstream connected").conn;
+            let up = connected(&mut self.up)?;
             up.unread(&rest);
             self.mid_response = false;
             return Ok(());
         }
         // The rest is body: hand it back to the stream relay, which starts at a line start.
-        let up = &mut self.up.as_mut().expect("upstream connected").conn;
+        let up = connected(&mut self.up)?;
         up.unread(&rest);
         self.relay_body(Phase::Relay).await
     }
 
     /// TRANSACTION (RFC 1939 §5) on the filtered view, then UPDATE at QUIT.
     async fn transaction(&mut self, mut view: MailboxView) -> Result<(), SessionError> {
-        let caps = self.up().caps.clone();
+        let caps = self.up()?.caps.clone();
         let up_pipelining = capa::has(caps.as_deref(), "PIPELINING");
         let known = Known {
             top: view.entries().iter().any(|e| e.evaluated.is_some()),
@@ -868,6 +918,7 @@ impl Session<'_> {
             // with whatever it has already sent (without waiting) while the queue runs low,
             // so the upstream stays busy instead of seeing a bubble every MAX_QUEUE commands.
             // A one-command-at-a-time client never has more to read: no extra syscall.
+            let upstream_idle = outstanding == 0;
             while !quit_planned && queue.len() < MAX_QUEUE && prepared < MAX_PREPARED {
                 let line = match self.client.take_line(MAX_COMMAND_LINE)? {
                     Some(line) => line,
@@ -882,7 +933,9 @@ impl Session<'_> {
                     }
                     Err(e) => TxPlan::Reply(err(e)),
                 };
-                let send_now = up_pipelining || outstanding == 0;
+                // Without upstream pipelining a command goes out only when nothing is in flight
+                // and no earlier command still waits to be sent: replies come back in order.
+                let send_now = up_pipelining || (outstanding == 0 && !queue.iter().any(Pending::unsent));
                 let pending = match planned {
                     TxPlan::Reply(b) => {
                         prepared += b.len();
@@ -900,11 +953,12 @@ impl Session<'_> {
                             ahead.extend_from_slice(&command);
                             outstanding += 1;
                         }
-                        let e = &view.entries()[entry];
-                        let rewrite = e.rewrite.clone().map(|header| Rewrite {
-                            header,
-                            upstream_size: e.upstream_size,
-                            size: e.size,
+                        let rewrite = view.entries().get(entry).and_then(|e| {
+                            e.rewrite.clone().map(|header| Rewrite {
+                                header,
+                                upstream_size: e.upstream_size,
+                                size: e.size,
+                            })
                         });
                         Pending::Fetch { command, sent: send_now, rewrite }
                     }
@@ -924,6 +978,9 @@ impl Session<'_> {
                 queue.push_back(pending);
             }
             if !ahead.is_empty() {
+                if upstream_idle {
+                    self.check_upstream_quiet(Phase::Relay).await?;
+                }
                 let batch = std::mem::take(&mut ahead);
                 self.up_write(&batch, Phase::Relay).await?;
             }
@@ -938,6 +995,7 @@ impl Session<'_> {
                 }
                 Some(Pending::Relay { command, sent }) => {
                     if !sent {
+                        self.check_upstream_quiet(Phase::Relay).await?;
                         self.up_write(&command, Phase::Relay).await?;
                     } else {
                         outstanding -= 1;
@@ -948,6 +1006,7 @@ impl Session<'_> {
                 }
                 Some(Pending::Fetch { command, sent, rewrite }) => {
                     if !sent {
+                        self.check_upstream_quiet(Phase::Relay).await?;
                         self.up_write(&command, Phase::Relay).await?;
                     } else {
                         outstanding -= 1;
@@ -974,6 +1033,7 @@ impl Session<'_> {
                 }
                 Some(Pending::Capa { sent }) => {
                     if !sent {
+                        self.check_upstream_quiet(Phase::Capa).await?;
                         self.up_write(b"CAPA\r\n", Phase::Capa).await?;
                     } else {
                         outstanding -= 1;
@@ -982,7 +1042,7 @@ impl Session<'_> {
                     let upstream_caps = if Status::parse(&r).is_some_and(|s| s.is_ok()) {
                         let t = self.ctx.config.timeouts;
                         let quit_queued = self.quit_queued;
-                        let conn = &mut self.up.as_mut().expect("upstream connected").conn;
+                        let conn = connected(&mut self.up)?;
                         let read = conn.read_multiline(64 * 1024, &t, Phase::Capa);
                         let body = watching(&mut self.client, quit_queued, read).await?;
                         Some(capa_codec::parse(&body))
@@ -1010,6 +1070,7 @@ impl Session<'_> {
     /// UPDATE (RFC 1939 §6): DELE the client's deletions and the condemned messages, then
     /// QUIT. Returns the reply for the client.
     async fn update(&mut self, deletions: &[u32], pipelining: bool) -> Result<Vec<u8>, SessionError> {
+        self.check_upstream_quiet(Phase::Update).await?;
         let window = if pipelining { self.ctx.config.scan.window.max(1) } else { 1 };
         let mut failed = 0usize;
         for chunk in deletions.chunks(window) {

@@ -2,11 +2,17 @@
 //! SIGTERM / SIGINT stop accepting and give running sessions a deadline to finish. A failing
 //! `accept` (out of descriptors) is logged at most once per second and backed off from
 //! ([`AcceptErrors`]).
+//!
+//! Each session runs in a task of its own under [`supervise`], the session boundary: a
+//! panic anywhere in a session (a bug; peer input must never cause one) is caught there,
+//! logged and counted, and the client is told `-ERR [SYS/TEMP]` on a spare handle of its
+//! socket. Nothing is deleted (UPDATE only follows the client's QUIT), the session's gauges
+//! fall back through their drop guards, and the process keeps serving.
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -90,11 +96,9 @@ pub async fn serve(
                     });
                     continue;
                 };
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    driver::run(stream, peer, ctx).await;
-                    drop(permit);
-                });
+                let spare = spare_handle(&stream);
+                let session = driver::run(stream, peer, ctx.clone());
+                tokio::spawn(supervise(session, spare, peer, permit));
             }
         }));
     }
@@ -111,6 +115,55 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// A second handle (a `dup`) on the client socket, kept unused unless the session panics:
+/// the session's own handle is gone with its task by then.
+fn spare_handle(stream: &TcpStream) -> Option<socket2::Socket> {
+    socket2::SockRef::from(stream).try_clone().ok()
+}
+
+/// What the client is told when its session panicked.
+const PANIC_REPLY: &[u8] = b"-ERR [SYS/TEMP] internal error in popsift; nothing was deleted, try again later\r\n";
+
+/// Runs `session` in its own task and catches a panic at this boundary (see the module
+/// doc). The session permit is held until the session is over, whichever way it ends.
+async fn supervise<F>(
+    session: F,
+    spare: Option<socket2::Socket>,
+    peer: std::net::SocketAddr,
+    permit: OwnedSemaphorePermit,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let _permit = permit;
+    let outcome = tokio::spawn(session).await;
+    let Err(e) = outcome else { return };
+    if !e.is_panic() {
+        // Cancelled: the runtime is shutting down.
+        return;
+    }
+    let payload = e.into_panic();
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    crate::metrics::session_panicked();
+    error!(%peer, panic = %what, "session panicked (a bug); the client is told -ERR, nothing was deleted, and popsift keeps serving");
+    let Some(std) = spare else { return };
+    let client = std::net::TcpStream::from(std);
+    if client.set_nonblocking(true).is_err() {
+        return;
+    }
+    if let Ok(mut client) = TcpStream::from_std(client) {
+        use tokio::io::AsyncWriteExt;
+        let tell = async {
+            let _ = client.write_all(PANIC_REPLY).await;
+            let _ = client.shutdown().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), tell).await;
+    }
 }
 
 /// Opens the header cache under the state directory (on the blocking pool). Never fatal:
@@ -156,4 +209,48 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::AsyncReadExt;
+
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A panic inside a session is caught at the boundary: the client gets `-ERR`, the
+    /// session's guards are dropped, the permit comes back, and the caller does not panic.
+    #[tokio::test]
+    async fn a_panicking_session_is_caught_and_the_client_told() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, peer) = l.accept().await.unwrap();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let guard = SetOnDrop(dropped.clone());
+        let permits = Arc::new(Semaphore::new(1));
+        let permit = permits.clone().try_acquire_owned().unwrap();
+        let spare = spare_handle(&server);
+        let session = async move {
+            let _guard = guard;
+            let _socket = server;
+            tokio::task::yield_now().await;
+            let v: Vec<u32> = Vec::new();
+            // The kind of bug issue 12 found: an index computed from peer data.
+            let i = v.len() + 4;
+            #[allow(clippy::indexing_slicing)]
+            let _ = v[i];
+        };
+        supervise(session, spare, peer, permit).await;
+        assert!(dropped.load(Ordering::SeqCst), "the session's guards were dropped");
+        assert_eq!(permits.available_permits(), 1, "the session permit came back");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got)).await.unwrap().unwrap();
+        assert_eq!(got, PANIC_REPLY);
+    }
 }

@@ -11,6 +11,10 @@
 //! - [`http`]: the bounded HTTP/1.1 server behind `/metrics` (and later HTTP listeners).
 //! - [`fd_budget`]: raising `RLIMIT_NOFILE` and checking the descriptor budget at start.
 
+// Peer data never panics a session (issue 12): no unwrap/expect/indexing outside tests.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+
 pub mod conn;
 pub mod driver;
 pub mod error;

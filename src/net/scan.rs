@@ -32,6 +32,10 @@
 //! (logged, counted in `popsift_uidl_untrusted_sessions_total`): (UIDL, size) is then not a
 //! message's identity. Results taken from the cache or the memo are marked `unverified`;
 //! before any of them condemns a message, [`refetch_headers`] reads its headers again.
+//!
+//! Indexes here are positions in the validated LIST (`0..list.len()`), never upstream
+//! message numbers; the `net/` ban on indexing is waived for this file.
+#![allow(clippy::indexing_slicing)]
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -142,7 +146,7 @@ pub async fn scan(
         return Err(protocol("LIST refused".into()));
     }
     let list_body = conn.read_multiline(MAX_LISTING, t, Phase::Scan).await?;
-    let list = parse_list(&list_body).map_err(|e| protocol(format!("LIST: {e}")))?;
+    let list = parse_list(&list_body).map_err(|e| SessionError::invalid_reply(Phase::Scan, "list", e))?;
     if !pipelining {
         conn.write_all(b"UIDL\r\n", t.upstream_reply, Phase::Scan).await?;
     }
@@ -267,7 +271,7 @@ pub async fn scan(
         got += 1;
         match status(conn, t).await? {
             StatusKind::Ok => {
-                let h = read_headers(conn, settings.header_limit, t).await?;
+                let h = read_headers(conn, settings.header_limit, list[i].1, t).await?;
                 successes += 1;
                 have[i] = true;
                 largest = largest.max(h.bytes.len());
@@ -335,15 +339,15 @@ pub async fn scan(
 /// at a time (they are few). `None` for a message whose TOP failed.
 pub async fn refetch_headers(
     conn: &mut Conn<Stream>,
-    msgs: &[u32],
+    msgs: &[(u32, u64)],
     settings: &ScanSettings,
     t: &Timeouts,
 ) -> Result<Vec<Option<HeaderBlock>>, SessionError> {
     let mut out = Vec::with_capacity(msgs.len());
-    for n in msgs {
+    for &(n, size) in msgs {
         conn.write_all(format!("TOP {n} 0\r\n").as_bytes(), t.upstream_reply, Phase::Scan).await?;
         out.push(match status(conn, t).await? {
-            StatusKind::Ok => Some(read_headers(conn, settings.header_limit, t).await?),
+            StatusKind::Ok => Some(read_headers(conn, settings.header_limit, size, t).await?),
             _ => None,
         });
     }
@@ -379,15 +383,30 @@ async fn keep(
     }
 }
 
-async fn read_headers(conn: &mut Conn<Stream>, cap: usize, t: &Timeouts) -> Result<HeaderBlock, SessionError> {
+/// Reads one `TOP n 0` body. `announced` is the size LIST gave: a reply more than twice
+/// that (dot-stuffing can add a third) plus 64 KiB is an error, so a server that never
+/// ends the reply is not read for ever.
+async fn read_headers(
+    conn: &mut Conn<Stream>,
+    cap: usize,
+    announced: u64,
+    t: &Timeouts,
+) -> Result<HeaderBlock, SessionError> {
     let mut collector = HeaderCollector::new(cap);
     let mut clock = BodyClock::start(t);
+    let limit = announced.saturating_mul(2).saturating_add(64 * 1024);
+    let mut read = 0u64;
     loop {
         let buf = conn.buffered();
         if !buf.is_empty() {
             let done = collector.feed(buf);
             let n = done.unwrap_or(buf.len());
             conn.consume(n);
+            read = read.saturating_add(n as u64);
+            if done.is_none() && read > limit {
+                let what = format!("TOP reply longer than {limit} octets for a message LIST sized {announced}");
+                return Err(SessionError::invalid_reply(Phase::Scan, "top", what));
+            }
             if done.is_some() {
                 return Ok(collector.finish());
             }

@@ -206,7 +206,7 @@ pub fn sasl_identity(mechanism: &str, response: &[u8]) -> SaslIdentity {
         }
         "LOGIN" => &decoded,
         _ => match decoded.iter().rposition(|&b| b == b' ') {
-            Some(p) => &decoded[..p],
+            Some(p) => decoded.get(..p).unwrap_or_default(),
             None => return SaslIdentity::Invalid,
         },
     };
@@ -222,8 +222,8 @@ pub fn sasl_identity(mechanism: &str, response: &[u8]) -> SaslIdentity {
 /// Parses one command line (without its CRLF).
 pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
     let (kw, rest) = match line.iter().position(|&b| b == b' ') {
-        Some(i) => (&line[..i], &line[i + 1..]),
-        None => (line, &line[line.len()..]),
+        Some(i) => (line.get(..i).unwrap_or_default(), line.get(i + 1..).unwrap_or_default()),
+        None => (line, &[][..]),
     };
     if kw.is_empty() {
         return Err(CommandError::Empty);
@@ -292,17 +292,16 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         "RETR" => Command::Retr(required_number(&args, "RETR")?),
         "DELE" => Command::Dele(required_number(&args, "DELE")?),
         "TOP" => {
-            if args.len() < 2 {
-                return Err(CommandError::MissingArgument { keyword: "TOP" });
-            }
-            if args.len() > 2 {
-                return Err(CommandError::TooManyArguments { keyword: "TOP" });
-            }
-            let msg = number(args[0], "TOP")?;
+            let (msg, lines) = match args.as_slice() {
+                [msg, lines] => (*msg, *lines),
+                [] | [_] => return Err(CommandError::MissingArgument { keyword: "TOP" }),
+                _ => return Err(CommandError::TooManyArguments { keyword: "TOP" }),
+            };
+            let msg = number(msg, "TOP")?;
             // RFC 1939 §7: a non-negative number of lines. Clients ask for huge values
             // (fetchmail: 99999999) to mean "everything"; saturate instead of failing.
-            let lines = if args[1].bytes().all(|b| b.is_ascii_digit()) && !args[1].is_empty() {
-                args[1].parse::<u64>().unwrap_or(u64::MAX)
+            let lines = if lines.bytes().all(|b| b.is_ascii_digit()) && !lines.is_empty() {
+                lines.parse::<u64>().unwrap_or(u64::MAX)
             } else {
                 return Err(CommandError::InvalidNumber { keyword: "TOP" });
             };

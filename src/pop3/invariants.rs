@@ -1,6 +1,9 @@
 //! Properties every decoder must keep, checked on arbitrary input by the fuzz targets
 //! (`tests/fuzz/`) and by the regression replay in `tests/codec_regressions.rs`. Each
 //! function panics when a property is violated.
+//!
+//! A test oracle, not protocol code: it asserts (and so indexes and unwraps) on purpose.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 use super::command::{parse, Command};
 use super::line::{split_line, Line};
 use super::multiline::{dot_stuff, unstuff, BodyScanner, HeaderCollector};

@@ -20,10 +20,10 @@ pub enum Line {
 /// Looks for the first line in `buf`. `max` caps the content length (excluding the line end).
 pub fn split_line(buf: &[u8], max: usize) -> Line {
     // Only look as far as a line of the maximum length could reach (content + CRLF).
-    let window = &buf[..buf.len().min(max.saturating_add(2))];
+    let window = buf.get(..max.saturating_add(2)).unwrap_or(buf);
     match memchr::memchr(b'\n', window) {
         Some(lf) => {
-            let content = if lf > 0 && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
+            let content = if lf > 0 && buf.get(lf - 1) == Some(&b'\r') { lf - 1 } else { lf };
             if content > max {
                 Line::TooLong
             } else {

@@ -11,6 +11,10 @@
 //! Every decoder is incremental and chunk-independent: feeding the same bytes in any split
 //! gives the same result (the tests replay every input at every split point).
 
+// Peer data never panics a session (issue 12): no unwrap/expect/indexing outside tests.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+
 pub mod capa;
 pub mod command;
 #[doc(hidden)]

@@ -42,10 +42,10 @@ impl BodyScanner {
     /// the rest to whatever follows. Returns `None` when all of `chunk` belongs to the body.
     pub fn feed(&mut self, chunk: &[u8]) -> Option<usize> {
         let mut i = 0;
-        while i < chunk.len() {
+        while let Some(&byte) = chunk.get(i) {
             match self.state {
                 ScanState::Done => return Some(0),
-                ScanState::Mid => match memchr::memchr(b'\n', &chunk[i..]) {
+                ScanState::Mid => match memchr::memchr(b'\n', chunk.get(i..).unwrap_or_default()) {
                     Some(off) => {
                         i += off + 1;
                         self.state = ScanState::LineStart;
@@ -53,14 +53,14 @@ impl BodyScanner {
                     None => return None,
                 },
                 ScanState::LineStart => {
-                    self.state = match chunk[i] {
+                    self.state = match byte {
                         b'.' => ScanState::Dot,
                         b'\n' => ScanState::LineStart,
                         _ => ScanState::Mid,
                     };
                     i += 1;
                 }
-                ScanState::Dot => match chunk[i] {
+                ScanState::Dot => match byte {
                     b'\r' => {
                         self.state = ScanState::DotCr;
                         i += 1;
@@ -72,7 +72,7 @@ impl BodyScanner {
                     }
                     _ => self.state = ScanState::Mid,
                 },
-                ScanState::DotCr => match chunk[i] {
+                ScanState::DotCr => match byte {
                     b'\n' => {
                         self.state = ScanState::Done;
                         self.terminator_len = 3;
@@ -134,13 +134,13 @@ impl HeaderCollector {
     pub fn feed(&mut self, chunk: &[u8]) -> Option<usize> {
         let done = self.scanner.feed(chunk);
         let body = match done {
-            Some(n) => &chunk[..n],
+            Some(n) => chunk.get(..n).unwrap_or(chunk),
             None => chunk,
         };
         if !self.complete && !self.truncated {
             let room = self.cap.saturating_add(3).saturating_sub(self.raw.len());
             let take = body.len().min(room);
-            self.raw.extend_from_slice(&body[..take]);
+            self.raw.extend_from_slice(body.get(..take).unwrap_or(body));
             self.find_blank_line();
             // Keep looking until cap + 3 bytes are in, so a blank line straddling the cap
             // is found whatever the chunking.
@@ -172,7 +172,7 @@ impl HeaderCollector {
             }
         }
         let mut from = self.search_from;
-        while let Some(off) = memchr::memchr(b'\n', &self.raw[from..]) {
+        while let Some(off) = memchr::memchr(b'\n', self.raw.get(from..).unwrap_or_default()) {
             let lf = from + off;
             match (self.raw.get(lf + 1), self.raw.get(lf + 2)) {
                 (Some(b'\n'), _) => return self.finish_at(lf + 2),
@@ -216,21 +216,23 @@ impl Default for Unstuffer {
 
 impl Unstuffer {
     pub fn feed(&mut self, wire: &[u8], out: &mut Vec<u8>) {
-        let mut i = 0;
-        while i < wire.len() {
-            if self.at_line_start && wire[i] == b'.' {
-                i += 1;
-                self.at_line_start = false;
-                continue;
+        let mut rest = wire;
+        while !rest.is_empty() {
+            if self.at_line_start {
+                if let Some((b'.', after)) = rest.split_first() {
+                    rest = after;
+                    self.at_line_start = false;
+                    continue;
+                }
             }
-            match memchr::memchr(b'\n', &wire[i..]) {
-                Some(off) => {
-                    out.extend_from_slice(&wire[i..i + off + 1]);
-                    i += off + 1;
+            match memchr::memchr(b'\n', rest).and_then(|off| rest.split_at_checked(off + 1)) {
+                Some((line, after)) => {
+                    out.extend_from_slice(line);
+                    rest = after;
                     self.at_line_start = true;
                 }
                 None => {
-                    out.extend_from_slice(&wire[i..]);
+                    out.extend_from_slice(rest);
                     self.at_line_start = false;
                     break;
                 }
@@ -243,19 +245,21 @@ impl Unstuffer {
 pub fn unstuff(wire: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(wire.len());
     let mut at_line_start = true;
-    let mut i = 0;
-    while i < wire.len() {
-        if at_line_start && wire[i] == b'.' {
-            i += 1;
+    let mut rest = wire;
+    while !rest.is_empty() {
+        if at_line_start {
+            if let Some((b'.', after)) = rest.split_first() {
+                rest = after;
+            }
         }
-        match memchr::memchr(b'\n', &wire[i..]) {
-            Some(off) => {
-                out.extend_from_slice(&wire[i..i + off + 1]);
-                i += off + 1;
+        match memchr::memchr(b'\n', rest).and_then(|off| rest.split_at_checked(off + 1)) {
+            Some((line, after)) => {
+                out.extend_from_slice(line);
+                rest = after;
                 at_line_start = true;
             }
             None => {
-                out.extend_from_slice(&wire[i..]);
+                out.extend_from_slice(rest);
                 break;
             }
         }
@@ -276,10 +280,9 @@ pub enum HeaderEnd {
 /// Finds the end of the header block in the stuffed wire bytes of a RETR/TOP body.
 pub fn find_header_end(raw: &[u8]) -> Option<HeaderEnd> {
     let mut line_start = 0;
-    while line_start < raw.len() {
-        let rest = &raw[line_start..];
+    while let Some(rest) = raw.get(line_start..).filter(|r| !r.is_empty()) {
         let lf = memchr::memchr(b'\n', rest)?;
-        let line = &rest[..lf + 1];
+        let line = rest.get(..lf + 1)?;
         if line == b"\r\n" || line == b"\n" {
             return Some(HeaderEnd::Blank { end: line_start + lf + 1 });
         }

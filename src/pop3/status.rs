@@ -26,19 +26,20 @@ pub struct Status<'a> {
 impl<'a> Status<'a> {
     /// Parses one status line (without CRLF). `None` if it is not a POP3 status line.
     pub fn parse(line: &'a [u8]) -> Option<Status<'a>> {
-        let (kind, rest) = if line.len() >= 3 && line[..3].eq_ignore_ascii_case(b"+OK") {
-            (StatusKind::Ok, &line[3..])
-        } else if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"-ERR") {
-            (StatusKind::Err, &line[4..])
-        } else if line.first() == Some(&b'+') {
-            (StatusKind::Continue, &line[1..])
+        let prefixed = |p: &[u8]| line.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
+        let (kind, rest) = if prefixed(b"+OK") {
+            (StatusKind::Ok, line.get(3..)?)
+        } else if prefixed(b"-ERR") {
+            (StatusKind::Err, line.get(4..)?)
+        } else if let Some((b'+', rest)) = line.split_first() {
+            (StatusKind::Continue, rest)
         } else {
             return None;
         };
         // The indicator must be followed by a space or the end of the line.
-        let text = match rest.first() {
+        let text = match rest.split_first() {
             None => rest,
-            Some(b' ') => &rest[1..],
+            Some((b' ', text)) => text,
             Some(_) => return None,
         };
         Some(Status { kind, text })
@@ -51,7 +52,7 @@ impl<'a> Status<'a> {
             return None;
         }
         let end = t.iter().position(|&b| b == b']')?;
-        Some(&t[1..end])
+        t.get(1..end)
     }
 
     pub fn is_ok(&self) -> bool {

@@ -9,7 +9,13 @@
 //!
 //! `net::driver` executes these decisions; everything here is unit-tested without I/O.
 
+// Peer data never panics a session (issue 12): no unwrap/expect/indexing outside tests.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+
 pub mod capa;
+#[doc(hidden)]
+pub mod invariants;
 pub mod plan;
 pub mod scan;
 pub mod tag;

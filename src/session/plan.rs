@@ -31,7 +31,8 @@ pub enum TxPlan {
     /// Relay a single-line command (NOOP keeps the upstream's autologout timer fresh).
     Relay(Vec<u8>),
     /// Relay RETR / TOP for a visible message; the reply is multi-line on `+OK`.
-    /// `entry` indexes `MailboxView::entries`. `full` is true for RETR and for TOP asking
+    /// `entry` is the message's position in `MailboxView::entries` (from the view, never
+    /// derived from the upstream number). `full` is true for RETR and for TOP asking
     /// for at least as many lines as the message has (fetchmail's `TOP n 99999999`).
     Fetch {
         command: Vec<u8>,
@@ -144,11 +145,10 @@ pub fn transaction(cmd: &Command, view: &mut MailboxView) -> TxPlan {
 }
 
 fn fetch(view: &MailboxView, n: u32, make: impl FnOnce(u32) -> Command, full: bool) -> TxPlan {
-    match view.get(n) {
-        Ok(e) => {
-            let entry = e.upstream as usize - 1;
-            TxPlan::Fetch { command: make(e.upstream).encode(), entry, full }
-        }
+    // The entry's position comes from the view, not from `upstream - 1`: an upstream whose
+    // numbers have gaps (issue 12) must not send a lookup out of bounds.
+    match view.locate(n) {
+        Ok((entry, e)) => TxPlan::Fetch { command: make(e.upstream).encode(), entry, full },
         Err(e) => TxPlan::Reply(err(e)),
     }
 }
@@ -228,6 +228,28 @@ mod tests {
             evaluated: None,
         }]);
         assert!(reply(tx(&mut v, "UIDL")).starts_with("-ERR"));
+    }
+
+    /// Issue 12: upstream numbers with gaps (`1 37`, `5 37`) made `RETR 2` compute
+    /// `upstream - 1` = 4 as an index into two entries and panic the session.
+    #[test]
+    fn upstream_numbers_with_gaps_do_not_index_out_of_bounds() {
+        let e = |n: u32| Entry {
+            upstream: n,
+            upstream_size: 37,
+            size: 37,
+            uidl: None,
+            disposition: Disposition::Visible,
+            rewrite: None,
+            evaluated: None,
+        };
+        let mut v = MailboxView::new(vec![e(1), e(5)]);
+        assert_eq!(tx(&mut v, "RETR 2"), TxPlan::Fetch { command: b"RETR 5\r\n".to_vec(), entry: 1, full: true });
+        let TxPlan::Fetch { entry, .. } = tx(&mut v, "TOP 2 0") else { panic!() };
+        assert_eq!(v.entries().get(entry).map(|e| e.upstream), Some(5));
+        assert_eq!(reply(tx(&mut v, "RETR 3")), "-ERR no such message, only 2 messages in maildrop\r\n");
+        assert_eq!(reply(tx(&mut v, "DELE 2")), "+OK message 2 deleted\r\n");
+        assert_eq!(tx(&mut v, "QUIT"), TxPlan::Quit { deletions: vec![5] });
     }
 
     #[test]

@@ -99,23 +99,28 @@ pub fn recheck(
     dry_run: bool,
     tagging: &TagSettings,
 ) {
-    let items: Vec<ScanItem> = rechecked
+    let (at, items): (Vec<usize>, Vec<ScanItem>) = rechecked
         .iter()
         .zip(fresh)
-        .map(|(&i, headers)| {
-            let e = &entries[i];
-            ScanItem {
-                upstream: e.upstream,
-                size: e.upstream_size,
-                uidl: e.uidl.clone(),
-                headers,
-                memo: None,
-                evaluated: None,
-            }
+        .filter_map(|(&i, headers)| {
+            let e = entries.get(i)?;
+            Some((
+                i,
+                ScanItem {
+                    upstream: e.upstream,
+                    size: e.upstream_size,
+                    uidl: e.uidl.clone(),
+                    headers,
+                    memo: None,
+                    evaluated: None,
+                },
+            ))
         })
-        .collect();
-    for (&i, e) in rechecked.iter().zip(build_entries(items, rules, dry_run, tagging)) {
-        entries[i] = e;
+        .unzip();
+    for (i, e) in at.into_iter().zip(build_entries(items, rules, dry_run, tagging)) {
+        if let Some(slot) = entries.get_mut(i) {
+            *slot = e;
+        }
     }
 }
 

@@ -33,34 +33,36 @@ fn fields(block: &[u8]) -> (Vec<&[u8]>, &[u8]) {
     let mut out: Vec<&[u8]> = Vec::new();
     let mut start = 0;
     let mut i = 0;
-    while i < block.len() {
-        let end = memchr::memchr(b'\n', &block[i..]).map_or(block.len(), |p| i + p + 1);
-        let line = &block[i..end];
+    while let Some(rest) = block.get(i..).filter(|r| !r.is_empty()) {
+        let end = memchr::memchr(b'\n', rest).map_or(block.len(), |p| i + p + 1);
+        let line = block.get(i..end).unwrap_or_default();
         if line == b"\r\n" || line == b"\n" {
-            if i > start {
-                out.push(&block[start..i]);
+            if let Some(field) = block.get(start..i).filter(|f| !f.is_empty()) {
+                out.push(field);
             }
-            return (out, &block[i..]);
+            return (out, rest);
         }
         let continuation = matches!(line.first(), Some(b' ') | Some(b'\t'));
-        if !continuation && i > start {
-            out.push(&block[start..i]);
+        if !continuation {
+            if let Some(field) = block.get(start..i).filter(|f| !f.is_empty()) {
+                out.push(field);
+            }
             start = i;
         }
         i = end;
     }
-    if block.len() > start {
-        out.push(&block[start..]);
+    if let Some(field) = block.get(start..).filter(|f| !f.is_empty()) {
+        out.push(field);
     }
-    (out, &block[block.len()..])
+    (out, &[])
 }
 
 fn name_is(field: &[u8], name: &[u8]) -> bool {
-    field.len() > name.len() && field[..name.len()].eq_ignore_ascii_case(name) && field[name.len()] == b':'
+    field.get(..name.len()).is_some_and(|n| n.eq_ignore_ascii_case(name)) && field.get(name.len()) == Some(&b':')
 }
 
 fn is_x_spam(field: &[u8]) -> bool {
-    field.len() > 7 && field[..7].eq_ignore_ascii_case(b"X-Spam-")
+    field.len() > 7 && field.get(..7).is_some_and(|p| p.eq_ignore_ascii_case(b"X-Spam-"))
 }
 
 /// Folds `name: value` at commas/spaces so no line exceeds 78 octets (RFC 5322 §2.1.1).
@@ -136,9 +138,9 @@ pub fn rewrite(block: &[u8], v: &Verdict, spam: bool, s: &TagSettings) -> Option
             (Some(prefix), true) => {
                 // Subject: <prefix><original value, folding kept>
                 let colon = f.iter().position(|&b| b == b':').unwrap_or(7);
-                let value = &f[colon + 1..];
+                let (name, value) = f.split_at_checked(colon + 1).unwrap_or((f, &[]));
                 let value = value.strip_prefix(b" ").unwrap_or(value);
-                out.extend_from_slice(&f[..=colon]);
+                out.extend_from_slice(name);
                 out.push(b' ');
                 out.extend_from_slice(prefix.as_bytes());
                 out.extend_from_slice(value);

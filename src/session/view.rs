@@ -69,7 +69,9 @@ pub struct MailboxView {
 }
 
 impl MailboxView {
-    /// `entries` in upstream order (entry i has upstream number i + 1).
+    /// `entries` in upstream order. Nothing here assumes entry i has upstream number i + 1:
+    /// positions and upstream numbers are kept apart (the login scan also refuses a LIST
+    /// that is not numbered 1..N, see [`crate::pop3::listing`]).
     pub fn new(entries: Vec<Entry>) -> MailboxView {
         let visible: Vec<usize> =
             entries.iter().enumerate().filter(|(_, e)| e.disposition == Disposition::Visible).map(|(i, _)| i).collect();
@@ -97,34 +99,44 @@ impl MailboxView {
             .zip(&self.deleted)
             .enumerate()
             .filter(|(_, (_, &d))| !d)
-            .map(|(v, (&i, _))| (v as u32 + 1, &self.entries[i]))
+            .filter_map(|(v, (&i, _))| Some((u32::try_from(v + 1).ok()?, self.entries.get(i)?)))
     }
 
     /// The message behind virtual number `n`, unless out of range or deleted.
     pub fn get(&self, n: u32) -> Result<&Entry, ViewError> {
-        let idx = self.index(n)?;
-        if self.deleted[idx] {
-            return Err(ViewError::AlreadyDeleted(n));
-        }
-        Ok(&self.entries[self.visible[idx]])
+        self.locate(n).map(|(_, e)| e)
     }
 
+    /// Like [`get`](Self::get), with the entry's position in [`entries`](Self::entries).
+    /// Positions come from the view itself, never from upstream message numbers, so they
+    /// are always in bounds whatever numbers the server used.
+    pub fn locate(&self, n: u32) -> Result<(usize, &Entry), ViewError> {
+        let idx = self.index(n)?;
+        if self.deleted.get(idx).copied().unwrap_or(true) {
+            return Err(ViewError::AlreadyDeleted(n));
+        }
+        let pos = *self.visible.get(idx).ok_or(ViewError::NoSuchMessage { visible: self.visible.len() })?;
+        let entry = self.entries.get(pos).ok_or(ViewError::NoSuchMessage { visible: self.visible.len() })?;
+        Ok((pos, entry))
+    }
+
+    /// Virtual number `n` (1-based) → position in `visible` / `deleted`.
     fn index(&self, n: u32) -> Result<usize, ViewError> {
         let visible = self.visible.len();
-        if n == 0 || n as usize > visible {
-            return Err(ViewError::NoSuchMessage { visible });
-        }
-        Ok(n as usize - 1)
+        let idx = (n as usize).checked_sub(1).filter(|&i| i < visible);
+        idx.ok_or(ViewError::NoSuchMessage { visible })
     }
 
     /// DELE n: marks the message; nothing happens upstream until QUIT.
     pub fn delete(&mut self, n: u32) -> Result<(), ViewError> {
         let idx = self.index(n)?;
-        if self.deleted[idx] {
-            return Err(ViewError::AlreadyDeleted(n));
+        match self.deleted.get_mut(idx) {
+            Some(d) if !*d => {
+                *d = true;
+                Ok(())
+            }
+            _ => Err(ViewError::AlreadyDeleted(n)),
         }
-        self.deleted[idx] = true;
-        Ok(())
     }
 
     /// RSET: unmarks every message the client deleted (condemned ones stay condemned).
@@ -140,10 +152,11 @@ impl MailboxView {
             .iter()
             .zip(&self.deleted)
             .filter(|(_, &d)| d)
-            .map(|(&i, _)| self.entries[i].upstream)
+            .filter_map(|(&i, _)| self.entries.get(i).map(|e| e.upstream))
             .chain(self.entries.iter().filter(|e| e.disposition == Disposition::Condemned).map(|e| e.upstream))
             .collect();
         out.sort_unstable();
+        out.dedup();
         out
     }
 

@@ -7,6 +7,7 @@
 pub mod popsift;
 pub mod scripted;
 pub mod slow;
+pub mod threaded;
 
 use std::sync::{Arc, Mutex};
 
