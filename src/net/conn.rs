@@ -132,7 +132,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let silence = Instant::now() + clock.base;
         let deadline = clock.deadline();
         match self.fill_by(silence.min(deadline), clock.base, phase).await {
-            Err(SessionError::Timeout { .. }) if deadline <= silence => {
+            // Nothing at all since the clock started is a plain timeout, not a slow reply.
+            Err(SessionError::Timeout { .. }) if deadline <= silence && clock.received > 0 => {
                 Err(SessionError::TooSlow { phase, octets: clock.received, after: clock.started.elapsed() })
             }
             other => {

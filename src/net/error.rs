@@ -91,7 +91,7 @@ impl SessionError {
         match self {
             SessionError::Timeout { phase, after } => format!("{phase} timed out after {}s", after.as_secs()),
             SessionError::TooSlow { phase, octets, after } => {
-                format!("the mail server was too slow during {phase} ({octets} octets in {}s)", after.as_secs())
+                format!("{phase} too slow: the mail server sent {octets} octets in {}s", after.as_secs())
             }
             SessionError::UpstreamClosed { phase } => format!("the mail server closed the connection during {phase}"),
             SessionError::UpstreamIo { phase, .. } => format!("connection to the mail server failed during {phase}"),
