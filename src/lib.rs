@@ -5,6 +5,7 @@
 //! read-only between sessions.
 #![forbid(unsafe_code)]
 
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod metrics;
