@@ -10,7 +10,7 @@
 //! flagged by the classifier's probability alone, with the probability threshold for each.
 use super::model::Model;
 use super::tokenize::Tokenizer;
-use super::train::{digest, message_tokens, normalised_block};
+use super::train::{digest, learn_on_error, message_tokens, normalised_block};
 use crate::rules::{Headers, RuleSet};
 
 /// One labelled message.
@@ -93,13 +93,16 @@ pub fn strip_fields(msg: &[u8], names: &Tokenizer) -> Vec<u8> {
     out
 }
 
-/// Runs k-fold cross-validation. `strip` (when given) is removed from test messages.
+/// Runs k-fold cross-validation. `strip` (when given) is removed from test messages;
+/// `on_error` trains each fold the way `popsift train` does by default (train-on-error),
+/// otherwise every training message is trained.
 pub fn cross_validate(
     messages: &[Labelled],
     rules: &RuleSet,
     tokenizer: &Tokenizer,
     k: usize,
     strip: Option<&Tokenizer>,
+    on_error: bool,
 ) -> (Report, Vec<Scored>) {
     let k = k.max(2);
     let mut prepared = Vec::new();
@@ -112,9 +115,13 @@ pub fn cross_validate(
     let mut scored = Vec::with_capacity(prepared.len());
     for fold in 0..k {
         let mut model = Model::default().with_minimums(1, 1);
-        for (f, tokens, m) in &prepared {
-            if *f != fold {
-                model.learn(tokens, m.spam, 1);
+        let train: Vec<(Vec<String>, bool)> =
+            prepared.iter().filter(|p| p.0 != fold).map(|(_, t, m)| (t.clone(), m.spam)).collect();
+        if on_error {
+            learn_on_error(&mut model, &train);
+        } else {
+            for (t, spam) in &train {
+                model.learn(t, *spam, 1);
             }
         }
         for (f, _, m) in &prepared {

@@ -133,9 +133,14 @@ impl Tokenizer {
     fn header_counts(&self, h: &Headers, out: &mut Vec<String>) {
         let mut names: Vec<(String, u32)> = Vec::new();
         for f in h.fields() {
-            let l = f.name().to_ascii_lowercase();
+            let mut l = f.name().to_ascii_lowercase();
             if self.ignores(&l) {
                 continue;
+            }
+            // The List-* fields (RFC 2369) come together: one token, not six that all say
+            // "mailing list" and drown the rest of the evidence.
+            if l.starts_with("list-") {
+                l = "list-*".into();
             }
             match names.iter_mut().find(|(n, _)| *n == l) {
                 Some((_, c)) => *c += 1,

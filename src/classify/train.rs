@@ -27,6 +27,43 @@ pub enum Outcome {
     NotKnown,
     /// Not a mail message (binary, no header fields).
     Unreadable,
+    /// Train-on-error: the model already classifies it right and sure; not trained.
+    Correct,
+}
+
+/// Train-on-error: a message is trained when the model's probability is on the wrong side
+/// of this margin (spam below `1 − UNSURE`, ham above `UNSURE`).
+pub const UNSURE: f64 = 0.2;
+/// Train-on-error passes over the messages at most (a pass that trains nothing ends it).
+pub const MAX_PASSES: usize = 4;
+
+/// Train-on-error over token sets: trains `model` with each message it gets wrong or is
+/// unsure about, in passes until nothing changes. Returns which messages were trained.
+pub fn learn_on_error(model: &mut Model, items: &[(Vec<String>, bool)]) -> Vec<bool> {
+    let mut trained = vec![false; items.len()];
+    for _ in 0..MAX_PASSES {
+        let mut changed = false;
+        for (i, (tokens, spam)) in items.iter().enumerate() {
+            if trained[i] {
+                continue;
+            }
+            let p = if model.nspam() == 0 || model.nham() == 0 {
+                0.5
+            } else {
+                super::model::combine(model.clues(tokens).iter().map(|c| c.1))
+            };
+            let right = if *spam { p > 1.0 - UNSURE } else { p < UNSURE };
+            if !right {
+                model.learn(tokens, *spam, 1);
+                trained[i] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    trained
 }
 
 /// Totals for the summary line.
@@ -38,6 +75,8 @@ pub struct TrainSummary {
     pub forgotten: usize,
     pub not_known: usize,
     pub unreadable: usize,
+    /// Train-on-error: already classified right, not trained.
+    pub correct: usize,
 }
 
 impl TrainSummary {
@@ -49,6 +88,7 @@ impl TrainSummary {
             Outcome::Forgotten => self.forgotten += 1,
             Outcome::NotKnown => self.not_known += 1,
             Outcome::Unreadable => self.unreadable += 1,
+            Outcome::Correct => self.correct += 1,
         }
     }
 }
@@ -107,6 +147,8 @@ pub struct Trainer<'s> {
     known: HashMap<Digest, TrainedMessage>,
     batch: Batch,
     summary: TrainSummary,
+    /// The model as it will be after commit (for train-on-error decisions).
+    model: Model,
 }
 
 impl<'s> Trainer<'s> {
@@ -123,10 +165,12 @@ impl<'s> Trainer<'s> {
                 ),
             });
         }
-        Ok(Trainer { store, tokenizer, rules, known, batch: Batch::default(), summary: TrainSummary::default() })
+        let model = store.load()?;
+        Ok(Trainer { store, tokenizer, rules, known, batch: Batch::default(), summary: TrainSummary::default(), model })
     }
 
     fn apply(&mut self, tokens: &[String], spam: bool, delta: i64) {
+        self.model.learn(tokens, spam, delta as i32);
         for t in tokens {
             let e = self.batch.tokens.entry(t.clone()).or_default();
             if spam {
@@ -176,6 +220,41 @@ impl<'s> Trainer<'s> {
         outcome
     }
 
+    /// Train-on-error over many messages: known messages with the same label are skipped,
+    /// relabelled ones always moved, and of the rest only those the model gets wrong or is
+    /// unsure about are trained, in passes (see [`learn_on_error`]).
+    pub fn train_on_error(&mut self, items: &[(&[u8], bool)]) -> Vec<Outcome> {
+        let mut outcomes = vec![Outcome::Correct; items.len()];
+        let mut pending = Vec::new();
+        for (i, &(msg, spam)) in items.iter().enumerate() {
+            let Some(block) = normalised_block(msg) else {
+                outcomes[i] = Outcome::Unreadable;
+                continue;
+            };
+            let d = digest(&block);
+            match self.known.get(&d) {
+                Some(old) if old.spam == spam => outcomes[i] = Outcome::Known,
+                Some(_) => outcomes[i] = self.train_inner(msg, spam),
+                None => pending.push(i),
+            }
+        }
+        let toks: Vec<(Vec<String>, bool)> = pending
+            .iter()
+            .map(|&i| (message_tokens(&self.tokenizer, self.rules.as_deref(), items[i].0).unwrap_or_default(), items[i].1))
+            .collect();
+        let mut scratch = self.model.clone();
+        let picked = learn_on_error(&mut scratch, &toks);
+        for (k, &i) in pending.iter().enumerate() {
+            if picked[k] {
+                outcomes[i] = self.train_inner(items[i].0, items[i].1);
+            }
+        }
+        for &o in &outcomes {
+            self.summary.add(o);
+        }
+        outcomes
+    }
+
     /// Untrains one message, if it was trained.
     pub fn forget(&mut self, msg: &[u8]) -> Outcome {
         let o = self.forget_inner(msg);
@@ -220,10 +299,6 @@ pub fn message_tokens(tokenizer: &Tokenizer, rules: Option<&RuleSet>, msg: &[u8]
     Some(tokenizer.tokens(&h, &refs))
 }
 
-/// Trains an in-memory model (no store): for cross-validation and tests.
-pub fn learn_in_memory(model: &mut Model, tokens: &[String], spam: bool) {
-    model.learn(tokens, spam, 1);
-}
 
 #[cfg(test)]
 mod tests {
