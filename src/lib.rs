@@ -16,3 +16,4 @@ pub mod rules;
 pub mod scan;
 pub mod session;
 pub mod store;
+pub mod train_cmd;

@@ -42,21 +42,46 @@ pub struct MessageItem {
 /// Reads messages from a path: an `.eml`/message file (an mbox `From ` first line is fine),
 /// an mbox file with several messages (`path#1`, `path#2`, …), a Maildir (`cur/`, `new/`),
 /// or a directory of message files (`*.eml`, `*.msg`, names without a dot, `*.mbox`, and
-/// Maildirs inside it). Files are taken in name order.
+/// Maildirs inside it). Files are taken in name order. Any unreadable file is an error.
 pub fn read_messages(path: &Path) -> std::io::Result<Vec<MessageItem>> {
-    let meta = std::fs::metadata(path)?;
+    let (items, failed) = read_messages_lenient(path)?;
+    match failed.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(items),
+    }
+}
+
+/// Like [`read_messages`], but a file inside a directory that cannot be read is returned
+/// in the second list instead of failing the whole path. A missing or unreadable `path`
+/// itself is still an error.
+#[allow(clippy::type_complexity)]
+pub fn read_messages_lenient(path: &Path) -> std::io::Result<(Vec<MessageItem>, Vec<(PathBuf, std::io::Error)>)> {
     let mut out = Vec::new();
+    let mut failed = Vec::new();
+    collect_messages(path, &mut out, &mut failed)?;
+    Ok((out, failed))
+}
+
+fn collect_messages(
+    path: &Path,
+    out: &mut Vec<MessageItem>,
+    failed: &mut Vec<(PathBuf, std::io::Error)>,
+) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
     if meta.is_dir() {
         let is_maildir = path.join("cur").is_dir() && path.join("new").is_dir();
         if is_maildir {
             for sub in ["new", "cur"] {
                 for f in sorted_entries(&path.join(sub))? {
                     if f.is_file() {
-                        out.push(MessageItem { label: f.display().to_string(), bytes: std::fs::read(&f)? });
+                        match std::fs::read(&f) {
+                            Ok(bytes) => out.push(MessageItem { label: f.display().to_string(), bytes }),
+                            Err(e) => failed.push((f, e)),
+                        }
                     }
                 }
             }
-            return Ok(out);
+            return Ok(());
         }
         for f in sorted_entries(path)? {
             let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -65,7 +90,9 @@ pub fn read_messages(path: &Path) -> std::io::Result<Vec<MessageItem>> {
             }
             if f.is_dir() {
                 if f.join("cur").is_dir() && f.join("new").is_dir() {
-                    out.extend(read_messages(&f)?);
+                    if let Err(e) = collect_messages(&f, out, failed) {
+                        failed.push((f, e));
+                    }
                 }
                 continue;
             }
@@ -76,12 +103,16 @@ pub fn read_messages(path: &Path) -> std::io::Result<Vec<MessageItem>> {
                 || lower.ends_with(".mbx")
                 || !lower.contains('.');
             if wanted {
-                out.extend(read_file(&f)?);
+                match read_file(&f) {
+                    Ok(v) => out.extend(v),
+                    Err(e) => failed.push((f, e)),
+                }
             }
         }
-        return Ok(out);
+        return Ok(());
     }
-    read_file(path)
+    out.extend(read_file(path)?);
+    Ok(())
 }
 
 fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -160,7 +191,8 @@ pub fn read_labels(path: &Path) -> std::io::Result<HashMap<String, bool>> {
     Ok(out)
 }
 
-fn label_key(label: &str) -> String {
+/// The key a labels file uses for a message: its file name.
+pub fn label_key(label: &str) -> String {
     let base = label.rsplit('/').next().unwrap_or(label);
     base.to_string()
 }
