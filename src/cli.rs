@@ -89,6 +89,10 @@ pub struct QuarantineArgs {
     /// Config file to read `quarantine.dir` / `state_dir` from [default: popsift.yaml if present].
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
+    /// popsift's state directory: the quarantine is <state dir>/quarantine unless --dir or
+    /// the config says otherwise, and restored messages train the model in it.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub action: QuarantineAction,
 }
@@ -123,6 +127,10 @@ pub enum QuarantineAction {
         /// Remove it from the quarantine after a successful restore.
         #[arg(long)]
         remove: bool,
+        /// Do not train the classifier with it as ham (by default a restored message, a
+        /// false positive, is trained as ham; config `bayes.train_restored`).
+        #[arg(long)]
+        no_train: bool,
     },
 }
 

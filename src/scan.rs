@@ -12,6 +12,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::classify::eval::{operating_points, Scored};
+use crate::classify::handle::load_model;
+use crate::classify::Model;
 use crate::cli::{CheckArgs, ScanArgs};
 use crate::rules::{Action, EngineOptions, RuleSet, Verdict};
 
@@ -217,6 +220,13 @@ pub fn run_scan(args: &ScanArgs) -> i32 {
         }
     };
     let compile_time = t0.elapsed();
+    let model = match load_scan_model(args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("scan: {e}");
+            return 1;
+        }
+    };
     let labels = match &args.labels {
         Some(p) => match read_labels(p) {
             Ok(l) => Some(l),
@@ -246,15 +256,18 @@ pub fn run_scan(args: &ScanArgs) -> i32 {
     for item in &items {
         let block = header_block(&item.bytes);
         let start = Instant::now();
-        let mut v = set.evaluate(block, item.bytes.len() as u64);
+        let (mut v, mut p) = set.evaluate_with_model(block, item.bytes.len() as u64, model.as_ref());
         for _ in 1..repeat {
-            v = set.evaluate(std::hint::black_box(block), item.bytes.len() as u64);
+            (v, p) = set.evaluate_with_model(std::hint::black_box(block), item.bytes.len() as u64, model.as_ref());
         }
         eval_time += start.elapsed();
         let label = labels.as_ref().and_then(|l| l.get(&label_key(&item.label)).copied());
         stats.add(&item.label, &v, label);
+        if let Some(truth) = label {
+            stats.scored.push(Scored { spam: truth, flagged: v.spam, probability: p });
+        }
         let _ = if args.json {
-            writeln!(out, "{}", verdict_json(&item.label, &v))
+            writeln!(out, "{}", verdict_json_with_bayes(&item.label, &v, p))
         } else {
             writeln!(out, "{}", verdict_line(&item.label, &v))
         };
@@ -300,15 +313,43 @@ pub fn verdict_line(label: &str, v: &Verdict) -> String {
 
 /// One JSON object: `path`, `verdict`, `score`, `action` (null when none), `rules`.
 pub fn verdict_json(label: &str, v: &Verdict) -> String {
+    verdict_json_with_bayes(label, v, None)
+}
+
+/// [`verdict_json`] plus `bayes`: the classifier's spam probability, or null without a
+/// (sufficiently trained) model.
+pub fn verdict_json_with_bayes(label: &str, v: &Verdict, bayes: Option<f64>) -> String {
     let obj = serde_json::json!({
         "path": label,
         "verdict": if v.spam { "spam" } else { "ham" },
         "score": (v.score * 1000.0).round() / 1000.0,
         "action": v.action.map(Action::as_str),
         "rules": v.rules.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "bayes": bayes.map(|p| (p * 1e6).round() / 1e6),
     });
     let _ = json_str;
     obj.to_string()
+}
+
+/// The classifier model for `scan`: `--state-dir` (or the config's `state_dir`, or the
+/// default) — the one `popsift train` writes. `None` when no model was trained there.
+fn load_scan_model(args: &ScanArgs) -> Result<Option<Model>, String> {
+    let r = crate::train_cmd::resolve(args.config.as_deref(), args.state_dir.as_deref(), Some(&args.rules))?;
+    match load_model(&r.state_dir, &r.settings, std::time::Duration::from_secs(10)) {
+        Ok(Some(m)) if !m.ready() => {
+            eprintln!(
+                "scan: the classifier in {} has too little training ({} spam, {} ham; needs {} and {}): no bayes probabilities",
+                r.state_dir.display(),
+                m.nspam(),
+                m.nham(),
+                r.settings.min_spam,
+                r.settings.min_ham
+            );
+            Ok(Some(m))
+        }
+        Ok(m) => Ok(m),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Default)]
@@ -322,6 +363,8 @@ struct Stats {
     labeled_ham: usize,
     flagged: Vec<String>,
     unlabeled: usize,
+    /// Labelled messages with the classifier's probability, for the operating points.
+    scored: Vec<Scored>,
 }
 
 impl Stats {
@@ -384,6 +427,15 @@ impl Stats {
                 pct(self.flagged.len(), self.labeled_ham),
                 self.unlabeled
             ));
+            if self.scored.iter().any(|s| s.probability.is_some()) {
+                for (budget, caught, t) in operating_points(&self.scored, &[0.001, 0.005, 0.01]) {
+                    s.push_str(&format!(
+                        "bayes: spam caught {:.1}% at <= {:.1}% ham flagged (probability > {t:.4})\n",
+                        caught * 100.0,
+                        budget * 100.0
+                    ));
+                }
+            }
             for f in self.flagged.iter().take(50) {
                 s.push_str(&format!("ham flagged: {f}\n"));
             }

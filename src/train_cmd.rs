@@ -103,7 +103,9 @@ fn run_inner(args: &TrainArgs) -> Result<(), String> {
     };
     let store = RedbStore::open(&r.state_dir).map_err(|e| e.to_string())?;
     let tokenizer = Tokenizer::new(r.settings.ignore_headers.iter().map(String::as_str));
-    let mut trainer = Trainer::new(&store, tokenizer, rules).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::new(&store, tokenizer, rules)
+        .map_err(|e| e.to_string())?
+        .with_minimums(r.settings.min_spam, r.settings.min_ham);
     let progress = std::io::stderr().is_terminal() && items.len() >= 200;
     if args.forget {
         for (i, (m, _)) in items.iter().enumerate() {

@@ -118,7 +118,8 @@ pub fn cross_validate(
         let train: Vec<(Vec<String>, bool)> =
             prepared.iter().filter(|p| p.0 != fold).map(|(_, t, m)| (t.clone(), m.spam)).collect();
         if on_error {
-            learn_on_error(&mut model, &train);
+            let d = super::BayesSettings::default();
+            learn_on_error(&mut model, &train, d.min_spam, d.min_ham);
         } else {
             for (t, spam) in &train {
                 model.learn(t, *spam, 1);

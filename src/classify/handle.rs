@@ -80,7 +80,7 @@ impl ModelHandle {
         let now = stamp(&path);
         {
             let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            if *seen == now && (now.is_none() || self.current.load().is_some()) {
+            if *seen == now {
                 return;
             }
         }

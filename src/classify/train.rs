@@ -38,8 +38,10 @@ pub const UNSURE: f64 = 0.2;
 pub const MAX_PASSES: usize = 4;
 
 /// Train-on-error over token sets: trains `model` with each message it gets wrong or is
-/// unsure about, in passes until nothing changes. Returns which messages were trained.
-pub fn learn_on_error(model: &mut Model, items: &[(Vec<String>, bool)]) -> Vec<bool> {
+/// unsure about, in passes until nothing changes. Until the model holds `min_spam` spam and
+/// `min_ham` ham (the minimum for giving probabilities at all) every message of the short
+/// class is trained. Returns which messages were trained.
+pub fn learn_on_error(model: &mut Model, items: &[(Vec<String>, bool)], min_spam: u64, min_ham: u64) -> Vec<bool> {
     let mut trained = vec![false; items.len()];
     for _ in 0..MAX_PASSES {
         let mut changed = false;
@@ -52,7 +54,11 @@ pub fn learn_on_error(model: &mut Model, items: &[(Vec<String>, bool)]) -> Vec<b
             } else {
                 super::model::combine(model.clues(tokens).iter().map(|c| c.1))
             };
-            let right = if *spam { p > 1.0 - UNSURE } else { p < UNSURE };
+            let right = if *spam {
+                p > 1.0 - UNSURE && model.nspam() >= min_spam
+            } else {
+                p < UNSURE && model.nham() >= min_ham
+            };
             if !right {
                 model.learn(tokens, *spam, 1);
                 trained[i] = true;
@@ -149,6 +155,8 @@ pub struct Trainer<'s> {
     summary: TrainSummary,
     /// The model as it will be after commit (for train-on-error decisions).
     model: Model,
+    /// Minimum spam and ham for probabilities: train-on-error trains up to them.
+    min: (u64, u64),
 }
 
 impl<'s> Trainer<'s> {
@@ -166,7 +174,8 @@ impl<'s> Trainer<'s> {
             });
         }
         let model = store.load()?;
-        Ok(Trainer { store, tokenizer, rules, known, batch: Batch::default(), summary: TrainSummary::default(), model })
+        let min = (super::BayesSettings::default().min_spam, super::BayesSettings::default().min_ham);
+        Ok(Trainer { store, tokenizer, rules, known, batch: Batch::default(), summary: TrainSummary::default(), model, min })
     }
 
     fn apply(&mut self, tokens: &[String], spam: bool, delta: i64) {
@@ -184,6 +193,12 @@ impl<'s> Trainer<'s> {
         } else {
             self.batch.nham += delta;
         }
+    }
+
+    /// Sets the minimum spam and ham counts (config `bayes.min_spam`/`min_ham`).
+    pub fn with_minimums(mut self, min_spam: u64, min_ham: u64) -> Self {
+        self.min = (min_spam, min_ham);
+        self
     }
 
     /// Trains one message (bytes of a whole message or its header block) with a label.
@@ -243,7 +258,7 @@ impl<'s> Trainer<'s> {
             .map(|&i| (message_tokens(&self.tokenizer, self.rules.as_deref(), items[i].0).unwrap_or_default(), items[i].1))
             .collect();
         let mut scratch = self.model.clone();
-        let picked = learn_on_error(&mut scratch, &toks);
+        let picked = learn_on_error(&mut scratch, &toks, self.min.0, self.min.1);
         for (k, &i) in pending.iter().enumerate() {
             if picked[k] {
                 outcomes[i] = self.train_inner(items[i].0, items[i].1);

@@ -2,6 +2,7 @@
 //! view: which messages the client sees, which stay hidden, which are condemned.
 use std::sync::Arc;
 
+use crate::classify::Model;
 use crate::pop3::multiline::HeaderBlock;
 use crate::rules::{Action, RuleSet, Verdict};
 use crate::session::tag::{self, TagSettings};
@@ -30,9 +31,9 @@ pub struct Evaluated {
     pub rewrite: Option<Arc<HeaderRewrite>>,
 }
 
-/// Evaluates one header block.
-pub fn evaluate(h: &HeaderBlock, size: u64, rules: &RuleSet, tagging: &TagSettings) -> Evaluated {
-    let verdict = rules.evaluate(&h.bytes, size);
+/// Evaluates one header block (with the classifier model when there is one).
+pub fn evaluate(h: &HeaderBlock, size: u64, rules: &RuleSet, model: Option<&Model>, tagging: &TagSettings) -> Evaluated {
+    let (verdict, _) = rules.evaluate_with_model(&h.bytes, size, model);
     // A capped header block cannot be rewritten exactly: such a message is left as is.
     let rewrite = if h.truncated {
         None
@@ -63,13 +64,19 @@ pub fn disposition(action: Option<Action>, dry_run: bool) -> Disposition {
 /// every condemned message) is tagged; its size grows by exactly the header change. The
 /// entries are returned rather than a view so that quarantine can settle the fate of
 /// its messages (stored → condemned; failed → hidden or shown) before the view is fixed.
-pub fn build_entries(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, tagging: &TagSettings) -> Vec<Entry> {
+pub fn build_entries(
+    items: Vec<ScanItem>,
+    rules: &RuleSet,
+    model: Option<&Model>,
+    dry_run: bool,
+    tagging: &TagSettings,
+) -> Vec<Entry> {
     items
         .into_iter()
         .map(|item| {
             let evaluated = match (&item.memo, &item.headers) {
                 (Some(m), _) => Some(m.clone()),
-                (None, Some(h)) => Some(Arc::new(evaluate(h, item.size, rules, tagging))),
+                (None, Some(h)) => Some(Arc::new(evaluate(h, item.size, rules, model, tagging))),
                 (None, None) => None,
             };
             let d = disposition(evaluated.as_ref().and_then(|e| e.verdict.action), dry_run);
