@@ -98,7 +98,9 @@ fn run_inner(args: &TrainArgs) -> Result<(), String> {
         read(p, None)?;
     }
     let rules = match &r.rules {
-        Some(p) => Some(Arc::new(RuleSet::load(p, &EngineOptions::default()).map_err(|e| format!("rules {}:\n{e}", p.display()))?)),
+        Some(p) => Some(Arc::new(
+            RuleSet::load(p, &EngineOptions::default()).map_err(|e| format!("rules {}:\n{e}", p.display()))?,
+        )),
         None => None,
     };
     let store = RedbStore::open(&r.state_dir).map_err(|e| e.to_string())?;

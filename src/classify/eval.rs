@@ -52,7 +52,12 @@ impl std::fmt::Display for Report {
             self.ham
         )?;
         for (budget, caught, t) in &self.operating_points {
-            writeln!(f, "bayes alone: {:.1}% spam caught at <= {:.1}% ham flagged (p >= {t:.4})", caught * 100.0, budget * 100.0)?;
+            writeln!(
+                f,
+                "bayes alone: {:.1}% spam caught at <= {:.1}% ham flagged (p >= {t:.4})",
+                caught * 100.0,
+                budget * 100.0
+            )?;
         }
         Ok(())
     }

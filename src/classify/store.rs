@@ -126,7 +126,8 @@ impl RedbStore {
         let started = Instant::now();
         let mut pause = Duration::from_millis(5);
         loop {
-            let opened = guarded(|| if writer { Database::create(&path) } else { Database::open(&path) }.map_err(Failure::Db));
+            let opened =
+                guarded(|| if writer { Database::create(&path) } else { Database::open(&path) }.map_err(Failure::Db));
             match opened {
                 Ok(db) => {
                     let store = RedbStore { path, db };
@@ -141,7 +142,9 @@ impl RedbStore {
                     pause = (pause * 2).min(Duration::from_millis(200));
                 }
                 Err(Failure::Db(DatabaseError::DatabaseAlreadyOpen)) => return Err(StoreError::Busy { path }),
-                Err(Failure::Db(DatabaseError::Storage(redb::StorageError::Io(e)))) => {
+                Err(Failure::Db(DatabaseError::Storage(redb::StorageError::Io(e))))
+                    if e.kind() != std::io::ErrorKind::InvalidData =>
+                {
                     return Err(StoreError::Io { path, detail: e.to_string() })
                 }
                 Err(f) => return Err(StoreError::Corrupt { path, detail: f.to_string() }),

@@ -122,9 +122,10 @@ pub fn normalised_block(msg: &[u8]) -> Option<Vec<u8>> {
         i += 1;
     }
     let first = out.split(|&b| b == b'\n').next().unwrap_or(&[]);
-    let is_field = first.iter().position(|&b| b == b':').is_some_and(|c| {
-        c > 0 && first[..c].iter().all(|&b| b.is_ascii_graphic() && b != b':')
-    });
+    let is_field = first
+        .iter()
+        .position(|&b| b == b':')
+        .is_some_and(|c| c > 0 && first[..c].iter().all(|&b| b.is_ascii_graphic() && b != b':'));
     is_field.then_some(out)
 }
 
@@ -161,7 +162,11 @@ pub struct Trainer<'s> {
 
 impl<'s> Trainer<'s> {
     /// A trainer over `store`. Refuses a model made with another token-set version.
-    pub fn new(store: &'s dyn ModelStore, tokenizer: Tokenizer, rules: Option<Arc<RuleSet>>) -> Result<Trainer<'s>, StoreError> {
+    pub fn new(
+        store: &'s dyn ModelStore,
+        tokenizer: Tokenizer,
+        rules: Option<Arc<RuleSet>>,
+    ) -> Result<Trainer<'s>, StoreError> {
         let known = store.trained()?;
         if let Some(m) = known.values().find(|m| m.version != super::TOKENS_VERSION) {
             return Err(StoreError::Io {
@@ -175,7 +180,16 @@ impl<'s> Trainer<'s> {
         }
         let model = store.load()?;
         let min = (super::BayesSettings::default().min_spam, super::BayesSettings::default().min_ham);
-        Ok(Trainer { store, tokenizer, rules, known, batch: Batch::default(), summary: TrainSummary::default(), model, min })
+        Ok(Trainer {
+            store,
+            tokenizer,
+            rules,
+            known,
+            batch: Batch::default(),
+            summary: TrainSummary::default(),
+            model,
+            min,
+        })
     }
 
     fn apply(&mut self, tokens: &[String], spam: bool, delta: i64) {
@@ -255,7 +269,9 @@ impl<'s> Trainer<'s> {
         }
         let toks: Vec<(Vec<String>, bool)> = pending
             .iter()
-            .map(|&i| (message_tokens(&self.tokenizer, self.rules.as_deref(), items[i].0).unwrap_or_default(), items[i].1))
+            .map(|&i| {
+                (message_tokens(&self.tokenizer, self.rules.as_deref(), items[i].0).unwrap_or_default(), items[i].1)
+            })
             .collect();
         let mut scratch = self.model.clone();
         let picked = learn_on_error(&mut scratch, &toks, self.min.0, self.min.1);
@@ -313,7 +329,6 @@ pub fn message_tokens(tokenizer: &Tokenizer, rules: Option<&RuleSet>, msg: &[u8]
     let refs: Vec<&str> = fired.iter().map(String::as_str).collect();
     Some(tokenizer.tokens(&h, &refs))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -193,6 +193,9 @@ pub fn evaluate(set: &RuleSet, h: &Headers, size: u64) -> Verdict {
     evaluate_with(set, h, size, None)
 }
 
+/// The classifier callback: ids of the rules that fired → spam probability.
+pub type Classify<'a> = &'a mut dyn FnMut(&[&str]) -> Option<f64>;
+
 /// Evaluates `set` with a classifier: after the header, `exists` and `size_over` rules (and
 /// their negations), `classify` gets the ids of the rules that fired and returns the spam
 /// probability (or `None`); the `bayes:` bands are set from it, then `expr` rules run, so
@@ -201,7 +204,7 @@ pub fn evaluate_with(
     set: &RuleSet,
     h: &Headers,
     size: u64,
-    classify: Option<&mut dyn FnMut(&[&str]) -> Option<f64>>,
+    classify: Option<Classify<'_>>,
 ) -> Verdict {
     let mut hits = Bits::new(set.rules.len());
     for tm in &set.targets {

@@ -32,7 +32,13 @@ pub struct Evaluated {
 }
 
 /// Evaluates one header block (with the classifier model when there is one).
-pub fn evaluate(h: &HeaderBlock, size: u64, rules: &RuleSet, model: Option<&Model>, tagging: &TagSettings) -> Evaluated {
+pub fn evaluate(
+    h: &HeaderBlock,
+    size: u64,
+    rules: &RuleSet,
+    model: Option<&Model>,
+    tagging: &TagSettings,
+) -> Evaluated {
     let (verdict, _) = rules.evaluate_with_model(&h.bytes, size, model);
     // A capped header block cannot be rewritten exactly: such a message is left as is.
     let rewrite = if h.truncated {
