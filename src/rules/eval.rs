@@ -200,12 +200,7 @@ pub type Classify<'a> = &'a mut dyn FnMut(&[&str]) -> Option<f64>;
 /// their negations), `classify` gets the ids of the rules that fired and returns the spam
 /// probability (or `None`); the `bayes:` bands are set from it, then `expr` rules run, so
 /// they can combine bands with other rules.
-pub fn evaluate_with(
-    set: &RuleSet,
-    h: &Headers,
-    size: u64,
-    classify: Option<Classify<'_>>,
-) -> Verdict {
+pub fn evaluate_with(set: &RuleSet, h: &Headers, size: u64, classify: Option<Classify<'_>>) -> Verdict {
     let mut hits = Bits::new(set.rules.len());
     for tm in &set.targets {
         match_target(h, tm, &mut hits);
