@@ -24,6 +24,10 @@ const MIN_STRENGTH: f64 = 0.1;
 /// At most this many tokens are combined.
 const MAX_DISCRIMINATORS: usize = 150;
 
+/// Token → counts, with a fast non-cryptographic hash (keys come from the user's own
+/// training; lookups are the classifier's hot path).
+type TokenMap = HashMap<Box<str>, Counts, foldhash::fast::RandomState>;
+
 /// Spam and ham message counts of one token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -34,7 +38,7 @@ pub struct Counts {
 /// A read-only model snapshot (the in-memory copy of the store), like a `RuleSet`.
 #[derive(Debug, Clone)]
 pub struct Model {
-    tokens: HashMap<Box<str>, Counts>,
+    tokens: TokenMap,
     nspam: u64,
     nham: u64,
     version: u32,
@@ -56,7 +60,7 @@ impl Model {
     pub fn new(version: u32) -> Model {
         let d = super::BayesSettings::default();
         Model {
-            tokens: HashMap::new(),
+            tokens: TokenMap::default(),
             nspam: 0,
             nham: 0,
             version,
@@ -68,8 +72,13 @@ impl Model {
     }
 
     /// Builds a model from stored parts.
-    pub fn from_parts(tokens: HashMap<Box<str>, Counts>, nspam: u64, nham: u64, version: u32) -> Model {
-        Model { tokens, nspam, nham, ..Model::new(version) }
+    pub fn from_parts(
+        tokens: impl IntoIterator<Item = (Box<str>, Counts)>,
+        nspam: u64,
+        nham: u64,
+        version: u32,
+    ) -> Model {
+        Model { tokens: tokens.into_iter().collect(), nspam, nham, ..Model::new(version) }
     }
 
     /// Applies the config: minimum training and the tokenizer's ignore list.

@@ -207,11 +207,11 @@ impl ModelStore for RedbStore {
             let (nspam, nham, version) = (get("nspam")?, get("nham")?, get("version")?);
             let version = if version == 0 { super::TOKENS_VERSION } else { version as u32 };
             let table = r.open_table(TOKENS)?;
-            let mut tokens = HashMap::new();
+            let mut tokens = Vec::new();
             for item in table.iter()? {
                 let (k, v) = item?;
                 let (spam, ham) = v.value();
-                tokens.insert(Box::from(k.value()), Counts { spam, ham });
+                tokens.push((Box::from(k.value()), Counts { spam, ham }));
             }
             Ok(Model::from_parts(tokens, nspam, nham, version).with_generation(get("generation")?))
         })

@@ -79,8 +79,9 @@ impl Tokenizer {
 
     /// Whether the tokenizer ignores a header name.
     pub fn ignores(&self, name: &str) -> bool {
-        let l = name.to_ascii_lowercase();
-        self.exact.contains(&l) || self.prefixes.iter().any(|p| l.starts_with(p.as_str()))
+        let n = name.as_bytes();
+        self.exact.iter().any(|e| e.as_bytes().eq_ignore_ascii_case(n))
+            || self.prefixes.iter().any(|p| n.len() >= p.len() && n[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
     }
 
     /// The token set of a parsed header block plus the ids of the rules that fired; sorted,
@@ -142,10 +143,10 @@ impl Tokenizer {
     fn header_counts(&self, h: &Headers, out: &mut Vec<String>) {
         let mut names: Vec<(String, u32)> = Vec::new();
         for f in h.fields() {
-            let mut l = f.name().to_ascii_lowercase();
-            if self.ignores(&l) {
+            if self.ignores(f.name()) {
                 continue;
             }
+            let mut l = f.name().to_ascii_lowercase();
             // The List-* fields (RFC 2369) come together: one token, not six that all say
             // "mailing list" and drown the rest of the evidence.
             if l.starts_with("list-") {
@@ -308,9 +309,11 @@ fn received(h: &Headers, out: &mut Vec<String>) {
                 continue;
             }
             if is_ipv4(w) {
-                let parts: Vec<&str> = w.split('.').collect();
-                out.push(format!("received:ip:{}", parts[..2].join(".")));
-                out.push(format!("received:ip:{}", parts[..3].join(".")));
+                let mut dots = w.match_indices('.').map(|(i, _)| i);
+                if let (Some(_), Some(second), Some(third)) = (dots.next(), dots.next(), dots.next()) {
+                    out.push(format!("received:ip:{}", &w[..second]));
+                    out.push(format!("received:ip:{}", &w[..third]));
+                }
             } else if w.contains('.')
                 && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
                 && w.rsplit('.').next().is_some_and(|t| t.len() >= 2 && t.bytes().all(|b| b.is_ascii_alphabetic()))
@@ -323,8 +326,8 @@ fn received(h: &Headers, out: &mut Vec<String>) {
 }
 
 fn is_ipv4(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('.').collect();
-    parts.len() == 4 && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+    s.split('.').count() == 4
+        && s.split('.').all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn message_id(h: &Headers, out: &mut Vec<String>) {

@@ -20,7 +20,8 @@ use popsift::rules::{EngineOptions, Headers, RuleSet};
 /// (path, bytes, spam) of every labelled message.
 fn corpus() -> Vec<(PathBuf, Vec<u8>, bool)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dev = std::env::var_os("POPSIFT_DEV_CORPUS").map(PathBuf::from).unwrap_or_else(|| root.join("../shared/corpus/dev"));
+    let dev =
+        std::env::var_os("POPSIFT_DEV_CORPUS").map(PathBuf::from).unwrap_or_else(|| root.join("../shared/corpus/dev"));
     if let Ok(labels) = popsift::scan::read_labels(&dev.join("labels.tsv")) {
         let mut v: Vec<_> = labels.into_iter().collect();
         v.sort();
@@ -72,6 +73,14 @@ fn bench(c: &mut Criterion) {
             spam
         })
     });
+    // The parts: parsing alone, and tokenizing parsed headers.
+    let parsed: Vec<Headers> = blocks.iter().map(|b| Headers::parse(b)).collect();
+    g.bench_function("parse_only_per_corpus", |b| {
+        b.iter(|| blocks.iter().map(|b| Headers::parse(b).fields().len()).sum::<usize>())
+    });
+    g.bench_function("tokenize_parsed_per_corpus", |b| {
+        b.iter(|| parsed.iter().map(|h| tok.tokens(h, &[]).len()).sum::<usize>())
+    });
     g.sample_size(10);
     g.throughput(Throughput::Elements(msgs.len() as u64));
     g.bench_function("train_all_from_eml_files", |b| {
@@ -106,7 +115,8 @@ fn model_size(msgs: &[(PathBuf, Vec<u8>, bool)], rules: &Arc<RuleSet>) {
             if n == 10_000 {
                 break 'outer;
             }
-            let mut m = format!("Subject: copy{copy}x{n} variant\r\nMessage-ID: <{n}.{copy}@host{n}.example>\r\n").into_bytes();
+            let mut m =
+                format!("Subject: copy{copy}x{n} variant\r\nMessage-ID: <{n}.{copy}@host{n}.example>\r\n").into_bytes();
             m.extend_from_slice(bytes);
             tr.train(&m, *spam);
             n += 1;
@@ -172,7 +182,8 @@ fn bogofilter(c: &mut Criterion, msgs: &[(PathBuf, Vec<u8>, bool)]) {
     let db = tempfile::tempdir().unwrap();
     run(db.path(), &["-s", "-b"], &spam_list);
     run(db.path(), &["-n", "-b"], &ham_list);
-    let size: u64 = std::fs::read_dir(db.path()).unwrap().filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
+    let size: u64 =
+        std::fs::read_dir(db.path()).unwrap().filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
     eprintln!("classify bench: bogofilter database for {} messages: {:.1} MB", msgs.len(), size as f64 / 1e6);
     g.bench_function("classify_all_header_blocks", |b| b.iter(|| run(db.path(), &["-b", "-t"], &all)));
     g.finish();
