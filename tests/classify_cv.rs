@@ -37,6 +37,8 @@ fn dev_corpus_cross_validation_meets_the_floor() {
     let collectors = Tokenizer::new(DEFAULT_IGNORED_HEADERS.iter().copied().filter(|h| !h.starts_with("X-Popsift")));
     let (full, _) = cross_validate(&messages, &rules, &tokenizer, 5, None, true);
     let (stripped, _) = cross_validate(&messages, &rules, &tokenizer, 5, Some(&collectors), true);
+    let (all, _) = cross_validate(&messages, &rules, &tokenizer, 5, None, false);
+    eprintln!("dev 5-fold, header-only, trained on every message (train --all):\n{all}");
     eprintln!("dev 5-fold, header-only, collector fields present:\n{full}");
     eprintln!("dev 5-fold, header-only, collector fields stripped from test folds:\n{stripped}");
     assert!(full.caught >= 0.95 && full.flagged <= 0.005, "{full}");
