@@ -141,25 +141,26 @@ impl Tokenizer {
     }
 
     fn header_counts(&self, h: &Headers, out: &mut Vec<String>) {
-        let mut names: Vec<(String, u32)> = Vec::new();
+        // Distinct names compared case-insensitively in place: no allocation per field.
+        let mut names: Vec<(&str, u32)> = Vec::with_capacity(32);
         for f in h.fields() {
-            if self.ignores(f.name()) {
+            let mut name = f.name();
+            if self.ignores(name) {
                 continue;
             }
-            let mut l = f.name().to_ascii_lowercase();
             // The List-* fields (RFC 2369) come together: one token, not six that all say
             // "mailing list" and drown the rest of the evidence.
-            if l.starts_with("list-") {
-                l = "list-*".into();
+            if name.len() > 5 && name[..5].eq_ignore_ascii_case("list-") {
+                name = "list-*";
             }
-            match names.iter_mut().find(|(n, _)| *n == l) {
+            match names.iter_mut().find(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name)) {
                 Some((_, c)) => *c += 1,
-                None => names.push((l, 1)),
+                None => names.push((name, 1)),
             }
         }
         out.push(format!("headers:count:{}", bucket(names.iter().map(|n| n.1 as usize).sum())));
         for (n, c) in names {
-            out.push(format!("header:{n}:{}", c.min(4)));
+            out.push(format!("header:{}:{}", n.to_ascii_lowercase(), c.min(4)));
         }
     }
 }
@@ -242,6 +243,21 @@ fn domain_tokens(prefix: &str, domain: &str, out: &mut Vec<String>) {
     }
 }
 
+/// A relay's host name: its last two and three labels and its TLD.
+fn host_tokens(prefix: &str, host: &str, out: &mut Vec<String>) {
+    let mut dots = host.rmatch_indices('.').map(|(i, _)| i);
+    let (Some(first), second) = (dots.next(), dots.next()) else { return };
+    out.push(format!("{prefix}:tld:{}", &host[first + 1..]));
+    match second {
+        Some(i) => {
+            out.push(format!("{prefix}:{}", &host[i + 1..]));
+            let start = dots.next().map_or(0, |j| j + 1);
+            out.push(format!("{prefix}:{}", &host[start..]));
+        }
+        None => out.push(format!("{prefix}:{host}")),
+    }
+}
+
 fn mailbox_tokens(prefix: &str, raw: &str, out: &mut Vec<String>) {
     let boxes = parse_addresses(raw);
     let Some(m) = boxes.first() else {
@@ -291,9 +307,10 @@ fn recipients(h: &Headers, out: &mut Vec<String>) {
 
 fn received(h: &Headers, out: &mut Vec<String>) {
     let mut hops = 0usize;
-    for raw in h.get_all_raw("received") {
+    let lowered: Vec<String> = h.get_all_raw("received").map(str::to_ascii_lowercase).collect();
+    let mut seen: Vec<&str> = Vec::with_capacity(32);
+    for lower in &lowered {
         hops += 1;
-        let lower = raw.to_ascii_lowercase();
         if lower.contains("may be forged") {
             out.push("received:may-be-forged".into());
         }
@@ -308,6 +325,11 @@ fn received(h: &Headers, out: &mut Vec<String>) {
             if w.is_empty() {
                 continue;
             }
+            // A host or address seen in an earlier hop adds nothing (tokens are a set).
+            if seen.contains(&w) {
+                continue;
+            }
+            seen.push(w);
             if is_ipv4(w) {
                 let mut dots = w.match_indices('.').map(|(i, _)| i);
                 if let (Some(_), Some(second), Some(third)) = (dots.next(), dots.next(), dots.next()) {
@@ -318,7 +340,7 @@ fn received(h: &Headers, out: &mut Vec<String>) {
                 && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
                 && w.rsplit('.').next().is_some_and(|t| t.len() >= 2 && t.bytes().all(|b| b.is_ascii_alphabetic()))
             {
-                domain_tokens("received:host", w, out);
+                host_tokens("received:host", w, out);
             }
         }
     }
