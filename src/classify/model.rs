@@ -110,7 +110,8 @@ impl Model {
         if !self.ready() {
             return None;
         }
-        self.probability(&self.tokenizer.tokens(h, rules_fired))
+        let set = self.tokenizer.token_set(h, rules_fired);
+        self.probability_of(set.iter())
     }
 
     /// Sets the minimum numbers of trained spam and ham below which there is no probability.
@@ -184,13 +185,13 @@ impl Model {
     }
 
     /// The tokens that count for this message, strongest first, with their f(w).
-    pub fn clues<'t>(&self, tokens: &'t [String]) -> Vec<(&'t str, f64)> {
+    pub fn clues<'t>(&self, tokens: impl IntoIterator<Item = &'t str>) -> Vec<(&'t str, f64)> {
         let mut clues: Vec<(&str, f64)> = tokens
-            .iter()
+            .into_iter()
             .filter_map(|t| {
-                let c = self.tokens.get(t.as_str())?;
+                let c = self.tokens.get(t)?;
                 let p = self.token_probability(*c);
-                ((p - 0.5).abs() >= MIN_STRENGTH).then_some((t.as_str(), p))
+                ((p - 0.5).abs() >= MIN_STRENGTH).then_some((t, p))
             })
             .collect();
         clues.sort_by(|a, b| (b.1 - 0.5).abs().total_cmp(&(a.1 - 0.5).abs()).then_with(|| a.0.cmp(b.0)));
@@ -201,6 +202,11 @@ impl Model {
     /// The spam probability of a message's token set, or `None` when the model is not
     /// ready (too little training, or another token-set version).
     pub fn probability(&self, tokens: &[String]) -> Option<f64> {
+        self.probability_of(tokens.iter().map(String::as_str))
+    }
+
+    /// [`Self::probability`] over any token iterator.
+    pub fn probability_of<'t>(&self, tokens: impl IntoIterator<Item = &'t str>) -> Option<f64> {
         if !self.ready() {
             return None;
         }

@@ -87,7 +87,12 @@ impl Tokenizer {
     /// The token set of a parsed header block plus the ids of the rules that fired; sorted,
     /// without duplicates.
     pub fn tokens(&self, h: &Headers, rules_fired: &[&str]) -> Vec<String> {
-        let mut out = Vec::with_capacity(96);
+        self.token_set(h, rules_fired).iter().map(str::to_string).collect()
+    }
+
+    /// [`Self::tokens`] without one allocation per token: the classifier's hot path.
+    pub fn token_set(&self, h: &Headers, rules_fired: &[&str]) -> TokenSet {
+        let mut out = TokenSet::default();
         self.header_counts(h, &mut out);
         subject(h, &mut out);
         for (name, prefix) in [("from", "from"), ("sender", "sender"), ("reply-to", "reply-to")] {
@@ -98,13 +103,15 @@ impl Tokenizer {
         if let (Some(f), Some(r)) = (h.get_raw("from"), h.get_raw("reply-to")) {
             let fa = parse_addresses(f).into_iter().next().map(|m| m.addr.to_ascii_lowercase());
             let ra = parse_addresses(r).into_iter().next().map(|m| m.addr.to_ascii_lowercase());
-            out.push(if fa == ra { "reply-to:same-as-from".into() } else { "reply-to:differs".into() });
+            out.push_parts(&[if fa == ra { "reply-to:same-as-from" } else { "reply-to:differs" }]);
         }
         if let Some(rp) = h.get_raw("return-path") {
             let addr = rp.trim().trim_start_matches('<').trim_end_matches('>');
             match addr.rsplit_once('@') {
                 Some((_, d)) => domain_tokens("return-path:domain", d, &mut out),
-                None => out.push(format!("return-path:{}", if addr.is_empty() { "empty" } else { "no-domain" })),
+                None => {
+                    out.push_fmt(format_args!("return-path:{}", if addr.is_empty() { "empty" } else { "no-domain" }))
+                }
             }
         }
         recipients(h, &mut out);
@@ -126,21 +133,20 @@ impl Tokenizer {
             if let Some(v) = h.get(name) {
                 let v: String = v.trim().chars().take(60).collect::<String>().to_lowercase();
                 if let Some(first) = v.split(|c: char| c.is_whitespace() || c == '/').next().filter(|w| !w.is_empty()) {
-                    out.push(format!("{name}:word:{first}"));
+                    out.push_fmt(format_args!("{name}:word:{first}"));
                 }
-                out.push(format!("{name}:{v}"));
+                out.push_fmt(format_args!("{name}:{v}"));
             }
         }
         content_type(h, &mut out);
         for r in rules_fired {
-            out.push(cat(&["rule:", r]));
+            out.push_parts(&["rule:", r]);
         }
-        out.sort_unstable();
-        out.dedup();
+        out.finish();
         out
     }
 
-    fn header_counts(&self, h: &Headers, out: &mut Vec<String>) {
+    fn header_counts(&self, h: &Headers, out: &mut TokenSet) {
         // Distinct names compared case-insensitively in place: no allocation per field.
         let mut names: Vec<(&str, u32)> = Vec::with_capacity(32);
         for f in h.fields() {
@@ -158,25 +164,63 @@ impl Tokenizer {
                 None => names.push((name, 1)),
             }
         }
-        out.push(format!("headers:count:{}", bucket(names.iter().map(|n| n.1 as usize).sum())));
+        out.push_fmt(format_args!("headers:count:{}", bucket(names.iter().map(|n| n.1 as usize).sum())));
         for (n, c) in names {
-            out.push(cat(&["header:", &n.to_ascii_lowercase(), ":", DIGITS[c.min(4) as usize]]));
+            out.push_parts(&["header:", &n.to_ascii_lowercase(), ":", DIGITS[c.min(4) as usize]]);
         }
+    }
+}
+
+/// A set of tokens in one buffer: pushed in any order, then sorted and deduplicated.
+#[derive(Debug, Default, Clone)]
+pub struct TokenSet {
+    buf: String,
+    spans: Vec<(u32, u32)>,
+}
+
+impl TokenSet {
+    fn push_parts(&mut self, parts: &[&str]) {
+        let start = self.buf.len() as u32;
+        for p in parts {
+            self.buf.push_str(p);
+        }
+        self.spans.push((start, self.buf.len() as u32));
+    }
+
+    fn push_fmt(&mut self, args: std::fmt::Arguments<'_>) {
+        use std::fmt::Write;
+        let start = self.buf.len() as u32;
+        let _ = self.buf.write_fmt(args);
+        self.spans.push((start, self.buf.len() as u32));
+    }
+
+    fn get(&self, (s, e): (u32, u32)) -> &str {
+        &self.buf[s as usize..e as usize]
+    }
+
+    fn finish(&mut self) {
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.sort_unstable_by(|a, b| self.get(*a).cmp(self.get(*b)));
+        spans.dedup_by(|a, b| self.get(*a) == self.get(*b));
+        self.spans = spans;
+    }
+
+    /// The tokens, sorted, each once.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        self.spans.iter().map(|&sp| self.get(sp))
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
     }
 }
 
 /// Small counts as text, for `header:Name:count`.
 const DIGITS: [&str; 5] = ["0", "1", "2", "3", "4"];
-
-/// Concatenates parts into one token with a single allocation (cheaper than `format!` on
-/// the hot path).
-fn cat(parts: &[&str]) -> String {
-    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        s.push_str(p);
-    }
-    s
-}
 
 /// Bucket a count: exact to 3, then powers of two.
 fn bucket(n: usize) -> String {
@@ -187,29 +231,29 @@ fn bucket(n: usize) -> String {
     }
 }
 
-fn subject(h: &Headers, out: &mut Vec<String>) {
+fn subject(h: &Headers, out: &mut TokenSet) {
     let Some(s) = h.get("subject") else {
-        out.push("subject:none".into());
+        out.push_parts(&["subject:none"]);
         return;
     };
     if s.trim().is_empty() {
-        out.push("subject:empty".into());
+        out.push_parts(&["subject:empty"]);
     }
     if let Some(raw) = h.get_raw("subject") {
         let mut rest = raw;
         while let Some(i) = rest.find("=?") {
             let after = &rest[i + 2..];
             let Some(q) = after.find('?') else { break };
-            out.push(format!("subject:charset:{}", after[..q].to_ascii_lowercase()));
+            out.push_fmt(format_args!("subject:charset:{}", after[..q].to_ascii_lowercase()));
             rest = &after[q..];
         }
         if raw.bytes().any(|b| b >= 0x80) {
-            out.push("subject:8bit".into());
+            out.push_parts(&["subject:8bit"]);
         }
     }
     let letters: Vec<char> = s.chars().filter(|c| c.is_alphabetic()).collect();
     if letters.len() >= 6 && letters.iter().all(|c| c.is_uppercase()) {
-        out.push("subject:all-caps".into());
+        out.push_parts(&["subject:all-caps"]);
     }
     for word in s.split_whitespace() {
         // Punctuation runs (`!!!`, `$$`, `...`) carry signal of their own.
@@ -220,7 +264,7 @@ fn subject(h: &Headers, out: &mut Vec<String>) {
             } else if !run.is_empty() {
                 if run.len() > 1 || matches!(run.as_str(), "!" | "$" | "%" | "?" | "*") {
                     let r: String = run.chars().take(5).collect();
-                    out.push(format!("subject:punct:{r}"));
+                    out.push_fmt(format_args!("subject:punct:{r}"));
                 }
                 run.clear();
             }
@@ -229,125 +273,126 @@ fn subject(h: &Headers, out: &mut Vec<String>) {
         let n = w.chars().count();
         if n > MAX_WORD {
             let first = w.chars().next().unwrap_or('?');
-            out.push(format!("subject:skip:{first}{}", n / 10 * 10));
+            out.push_fmt(format_args!("subject:skip:{first}{}", n / 10 * 10));
         } else if n >= MIN_WORD {
-            out.push(cat(&["subject:", w]));
+            out.push_parts(&["subject:", w]);
             if w.bytes().any(|b| b.is_ascii_digit()) && w.bytes().any(|b| b.is_ascii_alphabetic()) {
-                out.push("subject:mixed-digits".into());
+                out.push_parts(&["subject:mixed-digits"]);
             }
         }
     }
 }
 
-fn domain_tokens(prefix: &str, domain: &str, out: &mut Vec<String>) {
+fn domain_tokens(prefix: &str, domain: &str, out: &mut TokenSet) {
     let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
     if d.is_empty() {
         return;
     }
     let labels: Vec<&str> = d.split('.').collect();
     if labels.len() >= 2 {
-        out.push(format!("{prefix}:{}", labels[labels.len() - 2..].join(".")));
+        out.push_fmt(format_args!("{prefix}:{}", labels[labels.len() - 2..].join(".")));
     }
     if labels.len() >= 3 {
-        out.push(format!("{prefix}:{}", labels[labels.len() - 3..].join(".")));
+        out.push_fmt(format_args!("{prefix}:{}", labels[labels.len() - 3..].join(".")));
     }
     if let Some(tld) = labels.last() {
-        out.push(format!("{prefix}:tld:{tld}"));
+        out.push_fmt(format_args!("{prefix}:tld:{tld}"));
     }
 }
 
 /// A relay's host name: its last two and three labels and its TLD.
-fn host_tokens(prefix: &str, host: &str, out: &mut Vec<String>) {
+fn host_tokens(prefix: &str, host: &str, out: &mut TokenSet) {
     let mut dots = host.rmatch_indices('.').map(|(i, _)| i);
     let (Some(first), second) = (dots.next(), dots.next()) else { return };
-    out.push(cat(&[prefix, ":tld:", &host[first + 1..]]));
+    out.push_parts(&[prefix, ":tld:", &host[first + 1..]]);
     match second {
         Some(i) => {
-            out.push(cat(&[prefix, ":", &host[i + 1..]]));
+            out.push_parts(&[prefix, ":", &host[i + 1..]]);
             let start = dots.next().map_or(0, |j| j + 1);
-            out.push(cat(&[prefix, ":", &host[start..]]));
+            out.push_parts(&[prefix, ":", &host[start..]]);
         }
-        None => out.push(cat(&[prefix, ":", host])),
+        None => out.push_parts(&[prefix, ":", host]),
     }
 }
 
-fn mailbox_tokens(prefix: &str, raw: &str, out: &mut Vec<String>) {
+fn mailbox_tokens(prefix: &str, raw: &str, out: &mut TokenSet) {
     let boxes = parse_addresses(raw);
     let Some(m) = boxes.first() else {
-        out.push(format!("{prefix}:none"));
+        out.push_fmt(format_args!("{prefix}:none"));
         return;
     };
     if m.name.trim().is_empty() {
-        out.push(format!("{prefix}:no-name"));
+        out.push_fmt(format_args!("{prefix}:no-name"));
     } else {
         for w in m.name.split(|c: char| c.is_whitespace() || c == ',' || c == '"') {
             let w = w.trim_matches(|c: char| c.is_ascii_punctuation());
             if w.chars().count() >= 2 {
-                out.push(format!("{prefix}:name:{}", w.to_lowercase()));
+                out.push_fmt(format_args!("{prefix}:name:{}", w.to_lowercase()));
             }
         }
         if m.name.contains('@') {
-            out.push(format!("{prefix}:name-has-at"));
+            out.push_fmt(format_args!("{prefix}:name-has-at"));
         }
     }
     let addr = m.addr.to_ascii_lowercase();
     match addr.rsplit_once('@') {
         Some((local, domain)) => {
-            out.push(cat(&[prefix, ":local:", local]));
+            out.push_parts(&[prefix, ":local:", local]);
             if local.bytes().filter(u8::is_ascii_digit).count() >= 3 {
-                out.push(format!("{prefix}:local-digits"));
+                out.push_fmt(format_args!("{prefix}:local-digits"));
             }
             domain_tokens(&format!("{prefix}:domain"), domain, out);
         }
-        None => out.push(format!("{prefix}:no-domain")),
+        None => out.push_fmt(format_args!("{prefix}:no-domain")),
     }
 }
 
-fn recipients(h: &Headers, out: &mut Vec<String>) {
+fn recipients(h: &Headers, out: &mut TokenSet) {
     for name in ["to", "cc"] {
         let Some(raw) = h.get_raw(name) else { continue };
         let boxes = parse_addresses(raw);
         let with_addr = boxes.iter().filter(|m| !m.addr.is_empty()).count();
-        out.push(format!("{name}:count:{}", bucket(with_addr)));
+        out.push_fmt(format_args!("{name}:count:{}", bucket(with_addr)));
         if !boxes.is_empty() && boxes.iter().all(|m| m.name.trim().is_empty()) {
-            out.push(format!("{name}:no-names"));
+            out.push_fmt(format_args!("{name}:no-names"));
         }
         if raw.to_ascii_lowercase().contains("undisclosed") {
-            out.push(format!("{name}:undisclosed"));
+            out.push_fmt(format_args!("{name}:undisclosed"));
         }
     }
 }
 
-fn received(h: &Headers, out: &mut Vec<String>) {
+fn received(h: &Headers, out: &mut TokenSet) {
     let mut hops = 0usize;
     let lowered: Vec<String> = h.get_all_raw("received").map(str::to_ascii_lowercase).collect();
     let mut seen: Vec<&str> = Vec::with_capacity(32);
     for lower in &lowered {
         hops += 1;
         if lower.contains("may be forged") {
-            out.push("received:may-be-forged".into());
+            out.push_parts(&["received:may-be-forged"]);
         }
         if lower.contains("unknown") {
-            out.push("received:unknown".into());
+            out.push_parts(&["received:unknown"]);
         }
         if lower.contains("with esmtpsa") || lower.contains("with esmtps") {
-            out.push("received:tls".into());
+            out.push_parts(&["received:tls"]);
         }
         for word in lower.split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']' | ';' | '<' | '>')) {
             let w = word.trim_matches(|c: char| c == '.' || c == ',');
             if w.is_empty() {
                 continue;
             }
-            // A host or address seen in an earlier hop adds nothing (tokens are a set).
-            if seen.contains(&w) {
+            // Hosts and addresses have dots; one seen in an earlier hop adds nothing (tokens
+            // are a set).
+            if !w.contains('.') || seen.contains(&w) {
                 continue;
             }
             seen.push(w);
             if is_ipv4(w) {
                 let mut dots = w.match_indices('.').map(|(i, _)| i);
                 if let (Some(_), Some(second), Some(third)) = (dots.next(), dots.next(), dots.next()) {
-                    out.push(cat(&["received:ip:", &w[..second]]));
-                    out.push(cat(&["received:ip:", &w[..third]]));
+                    out.push_parts(&["received:ip:", &w[..second]]);
+                    out.push_parts(&["received:ip:", &w[..third]]);
                 }
             } else if w.contains('.')
                 && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
@@ -357,7 +402,7 @@ fn received(h: &Headers, out: &mut Vec<String>) {
             }
         }
     }
-    out.push(format!("received:hops:{}", bucket(hops)));
+    out.push_fmt(format_args!("received:hops:{}", bucket(hops)));
 }
 
 fn is_ipv4(s: &str) -> bool {
@@ -365,9 +410,9 @@ fn is_ipv4(s: &str) -> bool {
         && s.split('.').all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn message_id(h: &Headers, out: &mut Vec<String>) {
+fn message_id(h: &Headers, out: &mut TokenSet) {
     let Some(raw) = h.get_raw("message-id") else {
-        out.push("message-id:none".into());
+        out.push_parts(&["message-id:none"]);
         return;
     };
     let id = raw.trim();
@@ -376,29 +421,29 @@ fn message_id(h: &Headers, out: &mut Vec<String>) {
         Some((local, host)) if !host.is_empty() && !local.is_empty() => {
             domain_tokens("message-id:host", host, out);
             if !host.contains('.') {
-                out.push("message-id:host-no-dot".into());
+                out.push_parts(&["message-id:host-no-dot"]);
             }
             if local.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b'-' || b == b'$') {
-                out.push("message-id:local-hex".into());
+                out.push_parts(&["message-id:local-hex"]);
             }
         }
-        _ => out.push("message-id:invalid".into()),
+        _ => out.push_parts(&["message-id:invalid"]),
     }
 }
 
-fn content_type(h: &Headers, out: &mut Vec<String>) {
+fn content_type(h: &Headers, out: &mut TokenSet) {
     match h.get_raw("content-type") {
-        None => out.push("content-type:none".into()),
+        None => out.push_parts(&["content-type:none"]),
         Some(raw) => {
             let mut parts = raw.split(';');
             let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            out.push(format!("content-type:{media}"));
+            out.push_fmt(format_args!("content-type:{media}"));
             for p in parts {
                 let Some((k, v)) = p.split_once('=') else { continue };
                 let k = k.trim().to_ascii_lowercase();
                 let v = v.trim().trim_matches('"').to_ascii_lowercase();
                 match k.as_str() {
-                    "charset" => out.push(format!("content-type:charset:{v}")),
+                    "charset" => out.push_fmt(format_args!("content-type:charset:{v}")),
                     "boundary" => {
                         // The shape of the boundary identifies the mailer.
                         let shape: String = v
@@ -415,7 +460,10 @@ fn content_type(h: &Headers, out: &mut Vec<String>) {
                                 squeezed.push(c);
                             }
                         }
-                        out.push(format!("content-type:boundary:{}", squeezed.chars().take(20).collect::<String>()));
+                        out.push_fmt(format_args!(
+                            "content-type:boundary:{}",
+                            squeezed.chars().take(20).collect::<String>()
+                        ));
                     }
                     _ => {}
                 }
@@ -423,7 +471,7 @@ fn content_type(h: &Headers, out: &mut Vec<String>) {
         }
     }
     if let Some(cte) = h.get_raw("content-transfer-encoding") {
-        out.push(format!("cte:{}", cte.trim().to_ascii_lowercase()));
+        out.push_fmt(format_args!("cte:{}", cte.trim().to_ascii_lowercase()));
     }
 }
 

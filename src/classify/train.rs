@@ -52,7 +52,7 @@ pub fn learn_on_error(model: &mut Model, items: &[(Vec<String>, bool)], min_spam
             let p = if model.nspam() == 0 || model.nham() == 0 {
                 0.5
             } else {
-                super::model::combine(model.clues(tokens).iter().map(|c| c.1))
+                super::model::combine(model.clues(tokens.iter().map(String::as_str)).iter().map(|c| c.1))
             };
             let right = if *spam {
                 p > 1.0 - UNSURE && model.nspam() >= min_spam
