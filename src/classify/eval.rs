@@ -183,3 +183,53 @@ mod tests {
         assert_eq!(out, b"A: 1\r\nB: 3\r\n\r\nbody");
     }
 }
+
+/// Logistic regression over the same token sets, for comparison with the chi-squared
+/// combining (measured, not shipped): binary features, plain SGD with L2 decay, `epochs`
+/// passes in a fixed shuffled order. Returns the operating points of its probability alone
+/// (0.1 %, 0.5 %, 1 % ham flagged), from k-fold cross-validation like [`cross_validate`].
+pub fn logistic_cross_validate(
+    messages: &[Labelled],
+    rules: &RuleSet,
+    tokenizer: &Tokenizer,
+    k: usize,
+    epochs: usize,
+) -> Vec<(f64, f64, f64)> {
+    use std::collections::HashMap;
+    let k = k.max(2);
+    let mut prepared = Vec::new();
+    for m in messages {
+        let Some(block) = normalised_block(&m.bytes) else { continue };
+        let fold = digest(&block)[0] as usize % k;
+        let Some(tokens) = message_tokens(tokenizer, Some(rules), &m.bytes) else { continue };
+        prepared.push((fold, tokens, m.spam));
+    }
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let mut scored = Vec::new();
+    for fold in 0..k {
+        let train: Vec<&(usize, Vec<String>, bool)> = prepared.iter().filter(|p| p.0 != fold).collect();
+        let n = train.len();
+        let mut w: HashMap<&str, f64> = HashMap::new();
+        let mut bias = 0.0;
+        let (rate, l2) = (0.05, 1e-4);
+        for epoch in 0..epochs {
+            for i in 0..n {
+                let (_, tokens, spam) = train[(i * 7919 + epoch * 104_729) % n];
+                let z = bias + tokens.iter().map(|t| w.get(t.as_str()).copied().unwrap_or(0.0)).sum::<f64>();
+                let g = (if *spam { 1.0 } else { 0.0 }) - sigmoid(z);
+                bias += rate * g;
+                for t in tokens {
+                    let e = w.entry(t.as_str()).or_insert(0.0);
+                    *e += rate * (g - l2 * *e);
+                }
+            }
+        }
+        for (f, tokens, spam) in &prepared {
+            if *f == fold {
+                let z = bias + tokens.iter().map(|t| w.get(t.as_str()).copied().unwrap_or(0.0)).sum::<f64>();
+                scored.push(Scored { spam: *spam, flagged: false, probability: Some(sigmoid(z)) });
+            }
+        }
+    }
+    operating_points(&scored, &[0.001, 0.005, 0.01])
+}
