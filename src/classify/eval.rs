@@ -156,34 +156,6 @@ pub fn cross_validate(
     (report, scored)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn operating_points_pick_thresholds_from_ham() {
-        let mut s = Vec::new();
-        for i in 0..1000 {
-            s.push(Scored { spam: false, flagged: false, probability: Some(i as f64 / 10_000.0) });
-        }
-        s.push(Scored { spam: false, flagged: false, probability: Some(0.95) });
-        for p in [0.99, 0.97, 0.5, 0.09] {
-            s.push(Scored { spam: true, flagged: false, probability: Some(p) });
-        }
-        let pts = operating_points(&s, &[0.001, 0.01]);
-        // One ham in 1001 may be flagged at 0.1 %: the threshold is the second highest ham.
-        assert_eq!(pts[0].2, 0.0999);
-        assert_eq!(pts[0].1, 0.75);
-    }
-
-    #[test]
-    fn strips_named_fields_only() {
-        let t = Tokenizer::new(["X-Barracuda*"]);
-        let out = strip_fields(b"A: 1\r\nX-Barracuda-X: 2\r\n  folded\r\nB: 3\r\n\r\nbody", &t);
-        assert_eq!(out, b"A: 1\r\nB: 3\r\n\r\nbody");
-    }
-}
-
 /// Logistic regression over the same token sets, for comparison with the chi-squared
 /// combining (measured, not shipped): binary features, plain SGD with L2 decay, `epochs`
 /// passes in a fixed shuffled order. Returns the operating points of its probability alone
@@ -232,4 +204,32 @@ pub fn logistic_cross_validate(
         }
     }
     operating_points(&scored, &[0.001, 0.005, 0.01])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operating_points_pick_thresholds_from_ham() {
+        let mut s = Vec::new();
+        for i in 0..1000 {
+            s.push(Scored { spam: false, flagged: false, probability: Some(i as f64 / 10_000.0) });
+        }
+        s.push(Scored { spam: false, flagged: false, probability: Some(0.95) });
+        for p in [0.99, 0.97, 0.5, 0.09] {
+            s.push(Scored { spam: true, flagged: false, probability: Some(p) });
+        }
+        let pts = operating_points(&s, &[0.001, 0.01]);
+        // One ham in 1001 may be flagged at 0.1 %: the threshold is the second highest ham.
+        assert_eq!(pts[0].2, 0.0999);
+        assert_eq!(pts[0].1, 0.75);
+    }
+
+    #[test]
+    fn strips_named_fields_only() {
+        let t = Tokenizer::new(["X-Barracuda*"]);
+        let out = strip_fields(b"A: 1\r\nX-Barracuda-X: 2\r\n  folded\r\nB: 3\r\n\r\nbody", &t);
+        assert_eq!(out, b"A: 1\r\nB: 3\r\n\r\nbody");
+    }
 }
