@@ -39,6 +39,8 @@ pub fn evaluate(
     model: Option<&Model>,
     tagging: &TagSettings,
 ) -> Evaluated {
+    // Classifying costs a tokenization per message: only when some rule reads the result.
+    let model = model.filter(|_| rules.uses_bayes());
     let (verdict, _) = rules.evaluate_with_model(&h.bytes, size, model);
     // A capped header block cannot be rewritten exactly: such a message is left as is.
     let rewrite = if h.truncated {
