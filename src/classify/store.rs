@@ -77,6 +77,8 @@ pub enum StoreError {
     Busy { path: PathBuf },
     #[error("model {path}: {detail}")]
     Io { path: PathBuf, detail: String },
+    #[error("the model was trained with token set version {found} (this popsift uses {want}): move the model file aside and retrain")]
+    Version { found: u32, want: u32 },
 }
 
 /// The model's storage backend.

@@ -169,14 +169,7 @@ impl<'s> Trainer<'s> {
     ) -> Result<Trainer<'s>, StoreError> {
         let known = store.trained()?;
         if let Some(m) = known.values().find(|m| m.version != super::TOKENS_VERSION) {
-            return Err(StoreError::Io {
-                path: Default::default(),
-                detail: format!(
-                    "the model was trained with token set version {} (this popsift uses {}): move the model file aside and retrain",
-                    m.version,
-                    super::TOKENS_VERSION
-                ),
-            });
+            return Err(StoreError::Version { found: m.version, want: super::TOKENS_VERSION });
         }
         let model = store.load()?;
         let min = (super::BayesSettings::default().min_spam, super::BayesSettings::default().min_ham);
