@@ -46,6 +46,43 @@ pub enum Command {
     Scan(ScanArgs),
     /// Look into the quarantine and restore false positives.
     Quarantine(QuarantineArgs),
+    /// Teach the classifier: train messages as spam or ham, forget them, show the model.
+    Train(TrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Messages that are spam (.eml files, Maildir folders, mbox files, directories).
+    #[arg(long, num_args = 1.., value_name = "PATH")]
+    pub spam: Vec<PathBuf>,
+    /// Messages that are ham (wanted mail).
+    #[arg(long, num_args = 1.., value_name = "PATH")]
+    pub ham: Vec<PathBuf>,
+    /// TSV of `file name <TAB> spam|ham` (the `scan --labels` format) labelling PATHs.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Untrain the given messages instead (exactly what training them added).
+    #[arg(long)]
+    pub forget: bool,
+    /// Train every message, not only those the model gets wrong or is unsure about.
+    #[arg(long)]
+    pub all: bool,
+    /// Show the model's counts and its most telling tokens, then exit.
+    #[arg(long)]
+    pub stats: bool,
+    /// Directory holding the model (bayes.redb) [default: `state_dir` from the config,
+    /// else $XDG_STATE_HOME/popsift or ~/.local/state/popsift].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Rule file or directory: rules that fire become tokens [default: `rules` from the
+    /// config, else rules/ when present].
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Config file [default: popsift.yaml if present].
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Messages labelled by --labels.
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +94,10 @@ pub struct QuarantineArgs {
     /// Config file to read `quarantine.dir` / `state_dir` from [default: popsift.yaml if present].
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
+    /// popsift's state directory: the quarantine is <state dir>/quarantine unless --dir or
+    /// the config says otherwise, and restored messages train the model in it.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub action: QuarantineAction,
 }
@@ -91,6 +132,10 @@ pub enum QuarantineAction {
         /// Remove it from the quarantine after a successful restore.
         #[arg(long)]
         remove: bool,
+        /// Do not train the classifier with it as ham (by default a restored message, a
+        /// false positive, is trained as ham; config `bayes.train_restored`).
+        #[arg(long)]
+        no_train: bool,
     },
 }
 
@@ -169,6 +214,13 @@ pub struct ScanArgs {
     /// Evaluate each message this many times (for --timing).
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
+    /// Directory holding the classifier model (bayes.redb) [default: `state_dir` from the
+    /// config, else $XDG_STATE_HOME/popsift or ~/.local/state/popsift].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Config file for `state_dir` and `bayes:` [default: popsift.yaml if present].
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
     /// .eml files, Maildir folders, mbox files, or directories of .eml files.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,

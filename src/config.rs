@@ -18,6 +18,8 @@
 //! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 1024, window_bytes: 8MiB,
 //!         early_answer_after: 20s }
 //! cache: { enabled: true, max_size: 256MiB }   # header cache, <state_dir>/header-cache.redb
+//! bayes: { min_spam: 20, min_ham: 20, ignore_headers: [X-Barracuda*, …], train_restored: true }
+//!                                   # classifier, <state_dir>/bayes.redb
 //! tag: { strip_existing: true, subject_prefix: "[SPAM] ", ham_status: false }
 //! quarantine: { dir: /var/lib/popsift/quarantine, on_failure: hide, max_size: 64MiB,
 //!               quota_size: 1GiB, quota_messages: 10000 }   # quota per user folder
@@ -76,6 +78,32 @@ pub struct ConfigFile {
     pub quarantine: QuarantineFile,
     #[serde(default)]
     pub cache: CacheFile,
+    #[serde(default)]
+    pub bayes: BayesFile,
+}
+
+/// `bayes:`: the header classifier (see [`crate::classify`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BayesFile {
+    pub min_spam: Option<u64>,
+    pub min_ham: Option<u64>,
+    /// Replaces the default list of header names the tokenizer ignores.
+    pub ignore_headers: Option<Vec<String>>,
+    pub train_restored: Option<bool>,
+}
+
+impl BayesFile {
+    /// The checked settings (every value is valid; defaults fill the gaps).
+    pub fn settings(&self) -> crate::classify::BayesSettings {
+        let d = crate::classify::BayesSettings::default();
+        crate::classify::BayesSettings {
+            min_spam: self.min_spam.unwrap_or(d.min_spam),
+            min_ham: self.min_ham.unwrap_or(d.min_ham),
+            ignore_headers: self.ignore_headers.clone().unwrap_or(d.ignore_headers),
+            train_restored: self.train_restored.unwrap_or(d.train_restored),
+        }
+    }
 }
 
 /// `cache:`: the header cache (see [`crate::store::header_cache`]).
@@ -218,6 +246,7 @@ pub struct Config {
     pub tag: TagSettings,
     pub quarantine: QuarantineSettings,
     pub cache: CacheSettings,
+    pub bayes: crate::classify::BayesSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -484,6 +513,7 @@ impl Config {
             return Err(ConfigError::BadValue { field: "max_sessions".into(), reason: "must be at least 1".into() });
         }
         let state_dir = args.state_dir.clone().or(file.state_dir).unwrap_or_else(default_state_dir);
+        let bayes = file.bayes.settings();
         let q = file.quarantine;
         let quarantine = QuarantineSettings {
             dir: q.dir.unwrap_or_else(|| state_dir.join("quarantine")),
@@ -517,6 +547,7 @@ impl Config {
             },
             quarantine,
             cache,
+            bayes,
         })
     }
 }

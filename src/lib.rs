@@ -5,6 +5,7 @@
 //! read-only between sessions.
 #![forbid(unsafe_code)]
 
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod metrics;
@@ -15,3 +16,4 @@ pub mod rules;
 pub mod scan;
 pub mod session;
 pub mod store;
+pub mod train_cmd;

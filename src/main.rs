@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Check(args) => ExitCode::from(popsift::scan::run_check(&args) as u8),
         Command::Scan(args) => ExitCode::from(popsift::scan::run_scan(&args) as u8),
         Command::Quarantine(args) => ExitCode::from(popsift::quarantine_cmd::run(&args) as u8),
+        Command::Train(args) => ExitCode::from(popsift::train_cmd::run(&args) as u8),
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

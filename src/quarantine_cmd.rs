@@ -22,6 +22,7 @@ fn resolve_dir(args: &QuarantineArgs) -> Result<PathBuf, String> {
         Some(f) => (f.quarantine.dir, f.state_dir),
         None => (None, None),
     };
+    let state = args.state_dir.clone().or(state);
     Ok(qdir.unwrap_or_else(|| state.unwrap_or_else(default_state_dir).join("quarantine")))
 }
 
@@ -72,7 +73,7 @@ fn run_inner(args: &QuarantineArgs) -> Result<(), String> {
             let bytes = if *with_meta { q.show(id) } else { q.original(id) }.map_err(|e| e.to_string())?;
             stdout.write_all(&bytes).map_err(|e| e.to_string())?;
         }
-        QuarantineAction::Restore { id, to_eml, to_maildir, to_mbox, remove } => {
+        QuarantineAction::Restore { id, to_eml, to_maildir, to_mbox, remove, no_train } => {
             let msg = q.original(id).map_err(|e| e.to_string())?;
             let dest = if let Some(p) = to_eml {
                 let mut f = std::fs::OpenOptions::new()
@@ -99,9 +100,39 @@ fn run_inner(args: &QuarantineArgs) -> Result<(), String> {
                 if *remove { " and removed it from the quarantine" } else { "" }
             )
             .map_err(|e| e.to_string())?;
+            if !*no_train {
+                train_restored(args, &msg, &mut stdout);
+            }
         }
     }
     Ok(())
+}
+
+/// A restored message was a false positive: train it as ham, so the classifier learns from
+/// the mistake. A failure here does not undo the restore; it is reported.
+fn train_restored(args: &QuarantineArgs, msg: &[u8], out: &mut impl Write) {
+    let r = match crate::train_cmd::resolve(args.config.as_deref(), args.state_dir.as_deref(), None) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("popsift quarantine: restored, but not trained as ham: {e}");
+            return;
+        }
+    };
+    if !r.settings.train_restored {
+        return;
+    }
+    match crate::train_cmd::train_ham(&r, msg) {
+        Ok(o) => {
+            let what = match o {
+                crate::classify::train::Outcome::Known => "already known as ham",
+                crate::classify::train::Outcome::Unreadable => "not a mail message: not trained",
+                crate::classify::train::Outcome::Relabelled => "trained as ham (it was trained as spam before)",
+                _ => "trained as ham",
+            };
+            let _ = writeln!(out, "classifier: {what} ({})", r.state_dir.join(crate::classify::FILE_NAME).display());
+        }
+        Err(e) => eprintln!("popsift quarantine: restored, but not trained as ham: {e}"),
+    }
 }
 
 /// RFC 3339 UTC from Unix seconds, without a date crate.

@@ -12,6 +12,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::classify::eval::{operating_points, Scored};
+use crate::classify::handle::load_model;
+use crate::classify::Model;
 use crate::cli::{CheckArgs, ScanArgs};
 use crate::rules::{Action, EngineOptions, RuleSet, Verdict};
 
@@ -42,21 +45,46 @@ pub struct MessageItem {
 /// Reads messages from a path: an `.eml`/message file (an mbox `From ` first line is fine),
 /// an mbox file with several messages (`path#1`, `path#2`, …), a Maildir (`cur/`, `new/`),
 /// or a directory of message files (`*.eml`, `*.msg`, names without a dot, `*.mbox`, and
-/// Maildirs inside it). Files are taken in name order.
+/// Maildirs inside it). Files are taken in name order. Any unreadable file is an error.
 pub fn read_messages(path: &Path) -> std::io::Result<Vec<MessageItem>> {
-    let meta = std::fs::metadata(path)?;
+    let (items, failed) = read_messages_lenient(path)?;
+    match failed.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(items),
+    }
+}
+
+/// Like [`read_messages`], but a file inside a directory that cannot be read is returned
+/// in the second list instead of failing the whole path. A missing or unreadable `path`
+/// itself is still an error.
+#[allow(clippy::type_complexity)]
+pub fn read_messages_lenient(path: &Path) -> std::io::Result<(Vec<MessageItem>, Vec<(PathBuf, std::io::Error)>)> {
     let mut out = Vec::new();
+    let mut failed = Vec::new();
+    collect_messages(path, &mut out, &mut failed)?;
+    Ok((out, failed))
+}
+
+fn collect_messages(
+    path: &Path,
+    out: &mut Vec<MessageItem>,
+    failed: &mut Vec<(PathBuf, std::io::Error)>,
+) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
     if meta.is_dir() {
         let is_maildir = path.join("cur").is_dir() && path.join("new").is_dir();
         if is_maildir {
             for sub in ["new", "cur"] {
                 for f in sorted_entries(&path.join(sub))? {
                     if f.is_file() {
-                        out.push(MessageItem { label: f.display().to_string(), bytes: std::fs::read(&f)? });
+                        match std::fs::read(&f) {
+                            Ok(bytes) => out.push(MessageItem { label: f.display().to_string(), bytes }),
+                            Err(e) => failed.push((f, e)),
+                        }
                     }
                 }
             }
-            return Ok(out);
+            return Ok(());
         }
         for f in sorted_entries(path)? {
             let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -65,7 +93,9 @@ pub fn read_messages(path: &Path) -> std::io::Result<Vec<MessageItem>> {
             }
             if f.is_dir() {
                 if f.join("cur").is_dir() && f.join("new").is_dir() {
-                    out.extend(read_messages(&f)?);
+                    if let Err(e) = collect_messages(&f, out, failed) {
+                        failed.push((f, e));
+                    }
                 }
                 continue;
             }
@@ -76,12 +106,16 @@ pub fn read_messages(path: &Path) -> std::io::Result<Vec<MessageItem>> {
                 || lower.ends_with(".mbx")
                 || !lower.contains('.');
             if wanted {
-                out.extend(read_file(&f)?);
+                match read_file(&f) {
+                    Ok(v) => out.extend(v),
+                    Err(e) => failed.push((f, e)),
+                }
             }
         }
-        return Ok(out);
+        return Ok(());
     }
-    read_file(path)
+    out.extend(read_file(path)?);
+    Ok(())
 }
 
 fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -160,7 +194,8 @@ pub fn read_labels(path: &Path) -> std::io::Result<HashMap<String, bool>> {
     Ok(out)
 }
 
-fn label_key(label: &str) -> String {
+/// The key a labels file uses for a message: its file name.
+pub fn label_key(label: &str) -> String {
     let base = label.rsplit('/').next().unwrap_or(label);
     base.to_string()
 }
@@ -185,6 +220,13 @@ pub fn run_scan(args: &ScanArgs) -> i32 {
         }
     };
     let compile_time = t0.elapsed();
+    let model = match load_scan_model(args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("scan: {e}");
+            return 1;
+        }
+    };
     let labels = match &args.labels {
         Some(p) => match read_labels(p) {
             Ok(l) => Some(l),
@@ -214,15 +256,18 @@ pub fn run_scan(args: &ScanArgs) -> i32 {
     for item in &items {
         let block = header_block(&item.bytes);
         let start = Instant::now();
-        let mut v = set.evaluate(block, item.bytes.len() as u64);
+        let (mut v, mut p) = set.evaluate_with_model(block, item.bytes.len() as u64, model.as_ref());
         for _ in 1..repeat {
-            v = set.evaluate(std::hint::black_box(block), item.bytes.len() as u64);
+            (v, p) = set.evaluate_with_model(std::hint::black_box(block), item.bytes.len() as u64, model.as_ref());
         }
         eval_time += start.elapsed();
         let label = labels.as_ref().and_then(|l| l.get(&label_key(&item.label)).copied());
         stats.add(&item.label, &v, label);
+        if let Some(truth) = label {
+            stats.scored.push(Scored { spam: truth, flagged: v.spam, probability: p });
+        }
         let _ = if args.json {
-            writeln!(out, "{}", verdict_json(&item.label, &v))
+            writeln!(out, "{}", verdict_json_with_bayes(&item.label, &v, p))
         } else {
             writeln!(out, "{}", verdict_line(&item.label, &v))
         };
@@ -268,15 +313,43 @@ pub fn verdict_line(label: &str, v: &Verdict) -> String {
 
 /// One JSON object: `path`, `verdict`, `score`, `action` (null when none), `rules`.
 pub fn verdict_json(label: &str, v: &Verdict) -> String {
+    verdict_json_with_bayes(label, v, None)
+}
+
+/// [`verdict_json`] plus `bayes`: the classifier's spam probability, or null without a
+/// (sufficiently trained) model.
+pub fn verdict_json_with_bayes(label: &str, v: &Verdict, bayes: Option<f64>) -> String {
     let obj = serde_json::json!({
         "path": label,
         "verdict": if v.spam { "spam" } else { "ham" },
         "score": (v.score * 1000.0).round() / 1000.0,
         "action": v.action.map(Action::as_str),
         "rules": v.rules.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "bayes": bayes.map(|p| (p * 1e6).round() / 1e6),
     });
     let _ = json_str;
     obj.to_string()
+}
+
+/// The classifier model for `scan`: `--state-dir` (or the config's `state_dir`, or the
+/// default) — the one `popsift train` writes. `None` when no model was trained there.
+fn load_scan_model(args: &ScanArgs) -> Result<Option<Model>, String> {
+    let r = crate::train_cmd::resolve(args.config.as_deref(), args.state_dir.as_deref(), Some(&args.rules))?;
+    match load_model(&r.state_dir, &r.settings, std::time::Duration::from_secs(10)) {
+        Ok(Some(m)) if !m.ready() => {
+            eprintln!(
+                "scan: the classifier in {} has too little training ({} spam, {} ham; needs {} and {}): no bayes probabilities",
+                r.state_dir.display(),
+                m.nspam(),
+                m.nham(),
+                r.settings.min_spam,
+                r.settings.min_ham
+            );
+            Ok(Some(m))
+        }
+        Ok(m) => Ok(m),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Default)]
@@ -290,6 +363,8 @@ struct Stats {
     labeled_ham: usize,
     flagged: Vec<String>,
     unlabeled: usize,
+    /// Labelled messages with the classifier's probability, for the operating points.
+    scored: Vec<Scored>,
 }
 
 impl Stats {
@@ -352,6 +427,15 @@ impl Stats {
                 pct(self.flagged.len(), self.labeled_ham),
                 self.unlabeled
             ));
+            if self.scored.iter().any(|s| s.probability.is_some()) {
+                for (budget, caught, t) in operating_points(&self.scored, &[0.001, 0.005, 0.01]) {
+                    s.push_str(&format!(
+                        "bayes: spam caught {:.1}% at <= {:.1}% ham flagged (probability > {t:.4})\n",
+                        caught * 100.0,
+                        budget * 100.0
+                    ));
+                }
+            }
             for f in self.flagged.iter().take(50) {
                 s.push_str(&format!("ham flagged: {f}\n"));
             }

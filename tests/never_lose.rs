@@ -390,7 +390,7 @@ mod decisions {
             for (s, u, size) in &before {
                 let h = headers(s);
                 let items = vec![ScanItem { upstream: 1, size: *size, uidl: None, headers: Some(h.clone()), memo: None, evaluated: None }];
-                let e = build_entries(items, &set, false, &tag).remove(0);
+                let e = build_entries(items, &set, None, false, &tag).remove(0);
                 memo.insert((u.clone(), *size), e.evaluated.clone().unwrap());
                 cache.insert(u.clone(), (*size, h));
             }
@@ -416,10 +416,10 @@ mod decisions {
                 }
                 items.push(item);
             }
-            let mut entries = build_entries(items, &set, false, &tag);
+            let mut entries = build_entries(items, &set, None, false, &tag);
             let again = to_recheck(&entries, &unverified, false);
             let fresh = again.iter().map(|&i| Some(headers(&now[i].0))).collect();
-            recheck(&mut entries, &again, fresh, &set, false, &tag);
+            recheck(&mut entries, &again, fresh, &set, None, false, &tag);
             for (i, e) in entries.iter().enumerate() {
                 // Condemned, or a quarantine candidate (DELEd once its copy is stored).
                 let deleted = e.disposition == Disposition::Condemned

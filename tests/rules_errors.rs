@@ -10,7 +10,7 @@ fn every_error_kind_with_positions() {
     let got: Vec<String> = errs.errors().iter().map(|e| e.to_string()).collect();
     let want = [
         "tests/fixtures/rules/errors/a.yaml:4:12: rule BAD_REGEX: regex: unclosed group",
-        "tests/fixtures/rules/errors/a.yaml:8:5: rule TYPO: unknown field `regx`, expected one of `id`, `describe`, `header`, `regex`, `keywords`, `keywords_file`, `whole_word`, `domain_in`, `address_in`, `exists`, `size_over`, `expr`, `negate`, `score`, `action`",
+        "tests/fixtures/rules/errors/a.yaml:8:5: rule TYPO: unknown field `regx`, expected one of `id`, `describe`, `header`, `regex`, `keywords`, `keywords_file`, `whole_word`, `domain_in`, `address_in`, `exists`, `size_over`, `expr`, `bayes`, `negate`, `score`, `action`",
         "tests/fixtures/rules/errors/a.yaml:14:16: rule MISSING_LIST: domain_in: cannot read tests/fixtures/rules/errors/lists/nope.txt: No such file or directory (os error 2)",
         "tests/fixtures/rules/errors/a.yaml:16:16: rule BAD_SIZE: size_over: bad size \"10XB\": expected e.g. 2000, 500KB, 10MB or 1GB",
         "tests/fixtures/rules/errors/a.yaml:18:19: rule UNKNOWN_REF: expr: unknown rule id NOPE",
@@ -18,7 +18,7 @@ fn every_error_kind_with_positions() {
         "tests/fixtures/rules/errors/a.yaml:24:18: rule BAD_EXPR: expr: unexpected end of expression",
         "tests/fixtures/rules/errors/a.yaml:26:13: rule BAD_MOD: header: unknown modifier `:bogus` (expected :addr, :name or :raw)",
         "tests/fixtures/rules/errors/a.yaml:31:15: rule TWO_CONDS: regex and keywords in one rule: split it into two rules (and join them with expr)",
-        "tests/fixtures/rules/errors/a.yaml:32:9: rule NO_COND: no condition: give one of regex, keywords, keywords_file, domain_in, address_in, exists, size_over, expr",
+        "tests/fixtures/rules/errors/a.yaml:32:9: rule NO_COND: no condition: give one of regex, keywords, keywords_file, domain_in, address_in, exists, size_over, expr, bayes",
         "tests/fixtures/rules/errors/b.yaml:2:9: rule DUP: duplicate id (first defined at tests/fixtures/rules/errors/a.yaml:9:9)",
         "tests/fixtures/rules/errors/syntax.yml:5:1: did not find expected ',' or ']', while parsing a flow sequence",
     ];

@@ -99,6 +99,8 @@ pub struct SessionContext {
     pub cache: Option<Arc<HeaderCache>>,
     /// Verdicts of recent logins under the current rules (used only with `cache`).
     pub memo: Arc<VerdictMemo>,
+    /// The classifier model, refreshed in the background after training.
+    pub model: Arc<crate::classify::ModelHandle>,
 }
 
 /// What the session did, for the summary log line.
@@ -531,19 +533,23 @@ impl Session<'_> {
         // The rule set this session uses, taken once: a reload during the session does not
         // change its view, and the verdict memo is valid only for this very set.
         let rules = self.ctx.rules.current();
+        // Likewise the classifier snapshot (read-only; training swaps in a new one).
+        let model = self.ctx.model.current();
+        let model_generation = model.as_ref().map(|m| m.generation());
         let scope = match (&ctx.cache, &self.login_user) {
             (Some(_), Some(user)) => Some(Scope::new(ctx.listener.upstream.display(), user.clone())),
             _ => None,
         };
         let cache = match (&ctx.cache, &scope) {
             (Some(cache), Some(scope)) => {
-                Some(CacheUse { cache, scope: scope.clone(), memo: ctx.memo.known(scope, &rules) })
+                let memo = ctx.memo.known_with_model(scope, &rules, model_generation);
+                Some(CacheUse { cache, scope: scope.clone(), memo })
             }
             _ => None,
         };
         let outcome = {
             let up = connected(&mut self.up)?;
-            let eval = Evaluator { rules: rules.clone(), tag: cfg.tag.clone() };
+            let eval = Evaluator { rules: rules.clone(), model: model.clone(), tag: cfg.tag.clone() };
             let scanning = scan(up, pipelining, &cfg.scan, &cfg.timeouts, cache, &eval);
             tokio::pin!(scanning);
             match deadline {
@@ -589,7 +595,7 @@ impl Session<'_> {
         let evaluated_now =
             outcome.evaluated + outcome.items.iter().filter(|i| i.memo.is_none() && i.headers.is_some()).count();
         let eval_started = Instant::now();
-        let mut entries = evaluate_off_thread(outcome.items, rules.clone(), cfg.dry_run, &cfg.tag).await;
+        let mut entries = evaluate_off_thread(outcome.items, rules.clone(), model.clone(), cfg.dry_run, &cfg.tag).await;
         let eval_seconds = outcome.eval_seconds + eval_started.elapsed().as_secs_f64();
         let eval_per_message = eval_seconds / evaluated_now.max(1) as f64;
         // A cached or memoised verdict never condemns on its own: fetch those headers again.
@@ -599,7 +605,7 @@ impl Session<'_> {
                 rechecks.iter().filter_map(|&i| entries.get(i)).map(|e| (e.upstream, e.upstream_size)).collect();
             let up = connected(&mut self.up)?;
             let fresh = refetch_headers(up, &msgs, &cfg.scan, &cfg.timeouts).await?;
-            recheck(&mut entries, &rechecks, fresh, &rules, cfg.dry_run, &cfg.tag);
+            recheck(&mut entries, &rechecks, fresh, &rules, model.as_deref(), cfg.dry_run, &cfg.tag);
             debug!(rechecked = rechecks.len(), "condemning verdicts from the cache re-checked against fresh headers");
         }
         if let (Some(scope), true) = (scope, uidl_trusted) {
@@ -607,7 +613,7 @@ impl Session<'_> {
                 .iter()
                 .filter_map(|e| Some(((e.uidl.clone()?, e.upstream_size), e.evaluated.clone()?)))
                 .collect();
-            ctx.memo.store(scope, rules.clone(), memo);
+            ctx.memo.store_with_model(scope, rules.clone(), model_generation, memo);
         }
         let candidates = quarantine_candidates(&entries, cfg.dry_run);
         let upstream = self.ctx.listener.upstream.display();
@@ -1122,6 +1128,7 @@ const EVAL_CHUNK_MIN: usize = 256;
 async fn evaluate_off_thread(
     items: Vec<crate::session::scan::ScanItem>,
     rules: Arc<crate::rules::RuleSet>,
+    model: Option<Arc<crate::classify::Model>>,
     dry_run: bool,
     tag: &crate::session::tag::TagSettings,
 ) -> Vec<Entry> {
@@ -1133,8 +1140,8 @@ async fn evaluate_off_thread(
     while !items.is_empty() {
         let rest = items.split_off(per.min(items.len()));
         let chunk = std::mem::replace(&mut items, rest);
-        let (rules, tag) = (rules.clone(), tag.clone());
-        tasks.push(tokio::task::spawn_blocking(move || build_entries(chunk, &rules, dry_run, &tag)));
+        let (rules, model, tag) = (rules.clone(), model.clone(), tag.clone());
+        tasks.push(tokio::task::spawn_blocking(move || build_entries(chunk, &rules, model.as_deref(), dry_run, &tag)));
     }
     let mut out = Vec::new();
     for t in tasks {

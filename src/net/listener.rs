@@ -56,6 +56,7 @@ pub async fn serve(
     // recently used mailboxes: about 150 bytes per message plus the rewritten header of each
     // tagged spam, so 256 mailboxes of 1,000 messages take ~40 MB.
     let memo = Arc::new(crate::store::verdict_memo::VerdictMemo::new(256));
+    let model = open_model(&config).await;
     let mut loops = Vec::new();
     for (l, sock) in config.listeners.iter().zip(sockets) {
         let ctx = Arc::new(SessionContext {
@@ -65,6 +66,7 @@ pub async fn serve(
             rules: rules.clone(),
             cache: cache.clone(),
             memo: memo.clone(),
+            model: model.clone(),
         });
         info!(listen = %sock.local_addr().map(|a| a.to_string()).unwrap_or_default(), upstream = %l.upstream.display(), tls = ?l.upstream.tls, "listening");
         let permits = permits.clone();
@@ -189,6 +191,20 @@ async fn open_cache(config: &Config) -> Option<Arc<HeaderCache>> {
             None
         }
     }
+}
+
+/// Loads the classifier model under the state directory (on the blocking pool) and starts
+/// its refresher. Never fatal: without a model (or with a damaged one, logged) no `bayes:`
+/// rule fires.
+async fn open_model(config: &Config) -> Arc<crate::classify::ModelHandle> {
+    let dir = config.state_dir.clone();
+    let settings = config.bayes.clone();
+    let handle = match tokio::task::spawn_blocking(move || crate::classify::ModelHandle::open(&dir, settings)).await {
+        Ok(h) => h,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    handle.spawn_refresher();
+    handle
 }
 
 /// Turns SIGTERM / SIGINT into the shutdown signal.

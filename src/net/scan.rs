@@ -83,6 +83,8 @@ pub struct ScanOutcome {
 #[derive(Clone)]
 pub struct Evaluator {
     pub rules: Arc<RuleSet>,
+    /// The classifier model this session uses, if any (see [`crate::classify`]).
+    pub model: Option<Arc<crate::classify::Model>>,
     pub tag: TagSettings,
 }
 
@@ -97,7 +99,7 @@ fn evaluate_batch(batch: Vec<(usize, u64, HeaderBlock)>, eval: &Evaluator) -> Jo
         let started = std::time::Instant::now();
         let out = batch
             .into_iter()
-            .map(|(i, size, h)| (i, Arc::new(evaluate(&h, size, &eval.rules, &eval.tag)), h))
+            .map(|(i, size, h)| (i, Arc::new(evaluate(&h, size, &eval.rules, eval.model.as_deref(), &eval.tag)), h))
             .collect();
         (out, started.elapsed().as_secs_f64())
     })

@@ -88,6 +88,8 @@ pub(crate) enum Cond {
     Exists,
     Size,
     Expr,
+    /// A `bayes:` probability band.
+    Bayes,
 }
 
 /// One rule's metadata.
@@ -158,6 +160,7 @@ struct Loader<'a> {
     targets: Vec<(Target, TargetBuild)>,
     exists: Vec<(String, bool, u32)>,
     sizes: Vec<(u64, u32)>,
+    bayes: Vec<(f64, f64, u32)>,
     exprs: Vec<(u32, Expr<Name>)>,
     threshold: Option<f64>,
 }
@@ -211,6 +214,7 @@ impl<'a> Loader<'a> {
             targets: Vec::new(),
             exists: Vec::new(),
             sizes: Vec::new(),
+            bayes: Vec::new(),
             exprs: Vec::new(),
             threshold: None,
         }
@@ -427,6 +431,7 @@ impl Loader<'_> {
             ("exists", rd.exists.is_some()),
             ("size_over", rd.size_over.is_some()),
             ("expr", rd.expr.is_some()),
+            ("bayes", rd.bayes.is_some()),
         ]
         .iter()
         .filter(|c| c.1)
@@ -437,7 +442,7 @@ impl Loader<'_> {
                 self,
                 "id",
                 ErrorKind::Schema,
-                "no condition: give one of regex, keywords, keywords_file, domain_in, address_in, exists, size_over, expr".into(),
+                "no condition: give one of regex, keywords, keywords_file, domain_in, address_in, exists, size_over, expr, bayes".into(),
             );
             return;
         }
@@ -598,6 +603,16 @@ impl Loader<'_> {
                 }
                 Cond::Size
             }
+            "bayes" => {
+                match schema::parse_band(rd.bayes.as_deref().unwrap_or_default()) {
+                    Ok((lo, hi)) => self.bayes.push((lo, hi, idx)),
+                    Err(m) => {
+                        e(self, "bayes", ErrorKind::Schema, format!("bayes: {m}"));
+                        return;
+                    }
+                }
+                Cond::Bayes
+            }
             _ => {
                 let src = rd.expr.clone().unwrap_or_default();
                 match expr::parse(&src) {
@@ -717,7 +732,7 @@ impl Loader<'_> {
             .rules
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.negate && !matches!(r.cond, Cond::Expr))
+            .filter(|(_, r)| r.negate && !matches!(r.cond, Cond::Expr | Cond::Bayes))
             .map(|(i, _)| i as u32)
             .collect();
         let mut list_paths: Vec<PathBuf> = self.lists.paths().cloned().collect();
@@ -727,6 +742,7 @@ impl Loader<'_> {
             targets,
             exists: self.exists,
             sizes: self.sizes,
+            bayes: self.bayes,
             negated,
             exprs: order,
             threshold: self.threshold.unwrap_or(super::DEFAULT_THRESHOLD),

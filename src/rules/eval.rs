@@ -188,8 +188,19 @@ fn match_target(h: &Headers, tm: &TargetMatcher, hits: &mut Bits) {
     }
 }
 
-/// Evaluates `set` against parsed headers.
+/// Evaluates `set` against parsed headers (no classifier: no `bayes:` rule fires).
 pub fn evaluate(set: &RuleSet, h: &Headers, size: u64) -> Verdict {
+    evaluate_with(set, h, size, None)
+}
+
+/// The classifier callback: ids of the rules that fired → spam probability.
+pub type Classify<'a> = &'a mut dyn FnMut(&[&str]) -> Option<f64>;
+
+/// Evaluates `set` with a classifier: after the header, `exists` and `size_over` rules (and
+/// their negations), `classify` gets the ids of the rules that fired and returns the spam
+/// probability (or `None`); the `bayes:` bands are set from it, then `expr` rules run, so
+/// they can combine bands with other rules.
+pub fn evaluate_with(set: &RuleSet, h: &Headers, size: u64, classify: Option<Classify<'_>>) -> Verdict {
     let mut hits = Bits::new(set.rules.len());
     for tm in &set.targets {
         match_target(h, tm, &mut hits);
@@ -204,6 +215,19 @@ pub fn evaluate(set: &RuleSet, h: &Headers, size: u64) -> Verdict {
         let v = hits.get(r);
         hits.set(r, !v);
     }
+    if let Some(classify) = classify {
+        let fired: Vec<&str> = hits.ones().filter_map(|i| set.rules.get(i as usize).map(|r| &*r.id)).collect();
+        let Some(p) = classify(&fired) else { return finish(set, hits) };
+        for &(lo, hi, r) in &set.bayes {
+            let neg = set.rules.get(r as usize).is_some_and(|rule| rule.negate);
+            hits.set(r, super::schema::in_band(p, lo, hi) != neg);
+        }
+    }
+    finish(set, hits)
+}
+
+/// `expr` rules, then the verdict.
+fn finish(set: &RuleSet, mut hits: Bits) -> Verdict {
     for (r, x) in &set.exprs {
         let v = x.eval(&|i| hits.get(i));
         let neg = set.rules.get(*r as usize).is_some_and(|rule| rule.negate);

@@ -108,6 +108,8 @@ pub struct RuleSet {
     pub(crate) targets: Vec<compile::TargetMatcher>,
     pub(crate) exists: Vec<(String, bool, u32)>,
     pub(crate) sizes: Vec<(u64, u32)>,
+    /// `bayes:` rules: (low, high, rule index).
+    pub(crate) bayes: Vec<(f64, f64, u32)>,
     pub(crate) negated: Vec<u32>,
     pub(crate) exprs: Vec<(u32, expr::Expr<u32>)>,
     pub(crate) threshold: f64,
@@ -145,6 +147,7 @@ impl RuleSet {
             targets: Vec::new(),
             exists: Vec::new(),
             sizes: Vec::new(),
+            bayes: Vec::new(),
             negated: Vec::new(),
             exprs: Vec::new(),
             threshold: DEFAULT_THRESHOLD,
@@ -204,6 +207,65 @@ impl RuleSet {
     /// Evaluates already parsed headers.
     pub fn evaluate_headers(&self, headers: &Headers, size: u64) -> Verdict {
         eval::evaluate(self, headers, size)
+    }
+
+    /// Evaluates a raw header block with the classifier: the model's spam probability
+    /// (`None` without a model or with too little training) feeds the `bayes:` rules and is
+    /// returned with the verdict.
+    pub fn evaluate_with_model(
+        &self,
+        header_block: &[u8],
+        size: u64,
+        model: Option<&crate::classify::Model>,
+    ) -> (Verdict, Option<f64>) {
+        let h = Headers::parse(header_block);
+        self.evaluate_headers_with_model(&h, size, model)
+    }
+
+    /// [`Self::evaluate_with_model`] on already parsed headers.
+    pub fn evaluate_headers_with_model(
+        &self,
+        h: &Headers,
+        size: u64,
+        model: Option<&crate::classify::Model>,
+    ) -> (Verdict, Option<f64>) {
+        match model.filter(|m| m.ready()) {
+            None => (eval::evaluate(self, h, size), None),
+            Some(m) => {
+                let mut p = None;
+                let v = eval::evaluate_with(
+                    self,
+                    h,
+                    size,
+                    Some(&mut |fired: &[&str]| {
+                        p = m.classify(h, fired);
+                        p
+                    }),
+                );
+                (v, p)
+            }
+        }
+    }
+
+    /// Ids of the rules that fire before `bayes:` and `expr:` rules are looked at: the
+    /// evidence the classifier weighs as `rule:` tokens.
+    pub fn fired_before_bayes(&self, h: &Headers, size: u64) -> Vec<Arc<str>> {
+        let mut ids = Vec::new();
+        eval::evaluate_with(
+            self,
+            h,
+            size,
+            Some(&mut |fired: &[&str]| {
+                ids = fired.iter().map(|s| Arc::from(*s)).collect();
+                None
+            }),
+        );
+        ids
+    }
+
+    /// Whether any rule is a `bayes:` band.
+    pub fn uses_bayes(&self) -> bool {
+        !self.bayes.is_empty()
     }
 }
 

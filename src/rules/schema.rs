@@ -57,6 +57,9 @@ pub struct RuleDef {
     pub size_over: Option<serde_norway::Value>,
     #[serde(default)]
     pub expr: Option<String>,
+    /// A band of the classifier's spam probability, `'0.99..1.00'` (see [`parse_band`]).
+    #[serde(default)]
+    pub bayes: Option<String>,
     #[serde(default)]
     pub negate: bool,
     #[serde(default)]
@@ -95,6 +98,25 @@ fn parse_size_str(s: &str) -> Result<u64, String> {
         return Err(bad());
     }
     Ok(v as u64)
+}
+
+/// Parses a `bayes:` band `LOW..HIGH` with `0 ≤ LOW < HIGH ≤ 1`. A probability `p` is in
+/// the band when `LOW ≤ p < HIGH`, or `p = 1` for a band ending at 1, so adjacent bands
+/// (`0.95..0.99`, `0.99..1.00`) never both match.
+pub fn parse_band(s: &str) -> Result<(f64, f64), String> {
+    let bad = || format!("bad band {s:?}: expected LOW..HIGH between 0 and 1, e.g. '0.99..1.00'");
+    let (lo, hi) = s.trim().split_once("..").ok_or_else(bad)?;
+    let lo: f64 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: f64 = hi.trim().parse().map_err(|_| bad())?;
+    if !(0.0..=1.0).contains(&lo) || !(0.0..=1.0).contains(&hi) || lo >= hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+/// Whether a probability falls in a band made by [`parse_band`].
+pub fn in_band(p: f64, lo: f64, hi: f64) -> bool {
+    (lo <= p && p < hi) || (hi >= 1.0 && p >= 1.0)
 }
 
 /// Positions of rules and their fields in one file's text (1-based line and column).
@@ -243,6 +265,17 @@ mod tests {
         assert!(s("MB").is_err());
         assert!(s("-1MB").is_err());
         assert_eq!(parse_size(&serde_norway::from_str("4096").unwrap()), Ok(4096));
+    }
+
+    #[test]
+    fn bands() {
+        assert_eq!(parse_band("0.99..1.00"), Ok((0.99, 1.0)));
+        assert_eq!(parse_band(" 0 .. 0.01 "), Ok((0.0, 0.01)));
+        for bad in ["", "0.5", "0.9..0.5", "1..2", "-0.1..0.2", "a..b", "0.5..0.5"] {
+            assert!(parse_band(bad).is_err(), "{bad}");
+        }
+        assert!(in_band(0.99, 0.99, 1.0) && !in_band(0.99, 0.95, 0.99));
+        assert!(in_band(1.0, 0.99, 1.0) && in_band(0.0, 0.0, 0.01));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::classify::Model;
 use crate::pop3::multiline::HeaderBlock;
 use crate::rules::{Action, RuleSet, Verdict};
 use crate::session::tag::{self, TagSettings};
@@ -96,6 +97,7 @@ pub fn recheck(
     rechecked: &[usize],
     fresh: Vec<Option<HeaderBlock>>,
     rules: &RuleSet,
+    model: Option<&Model>,
     dry_run: bool,
     tagging: &TagSettings,
 ) {
@@ -117,7 +119,7 @@ pub fn recheck(
             ))
         })
         .unzip();
-    for (i, e) in at.into_iter().zip(build_entries(items, rules, dry_run, tagging)) {
+    for (i, e) in at.into_iter().zip(build_entries(items, rules, model, dry_run, tagging)) {
         if let Some(slot) = entries.get_mut(i) {
             *slot = e;
         }
@@ -133,9 +135,17 @@ pub struct Evaluated {
     pub rewrite: Option<Arc<HeaderRewrite>>,
 }
 
-/// Evaluates one header block.
-pub fn evaluate(h: &HeaderBlock, size: u64, rules: &RuleSet, tagging: &TagSettings) -> Evaluated {
-    let verdict = rules.evaluate(&h.bytes, size);
+/// Evaluates one header block (with the classifier model when there is one).
+pub fn evaluate(
+    h: &HeaderBlock,
+    size: u64,
+    rules: &RuleSet,
+    model: Option<&Model>,
+    tagging: &TagSettings,
+) -> Evaluated {
+    // Classifying costs a tokenization per message: only when some rule reads the result.
+    let model = model.filter(|_| rules.uses_bayes());
+    let (verdict, _) = rules.evaluate_with_model(&h.bytes, size, model);
     // A capped header block cannot be rewritten exactly: such a message is left as is.
     let rewrite = if h.truncated {
         None
@@ -166,13 +176,19 @@ pub fn disposition(action: Option<Action>, dry_run: bool) -> Disposition {
 /// every condemned message) is tagged; its size grows by exactly the header change. The
 /// entries are returned rather than a view so that quarantine can settle the fate of
 /// its messages (stored → condemned; failed → hidden or shown) before the view is fixed.
-pub fn build_entries(items: Vec<ScanItem>, rules: &RuleSet, dry_run: bool, tagging: &TagSettings) -> Vec<Entry> {
+pub fn build_entries(
+    items: Vec<ScanItem>,
+    rules: &RuleSet,
+    model: Option<&Model>,
+    dry_run: bool,
+    tagging: &TagSettings,
+) -> Vec<Entry> {
     items
         .into_iter()
         .map(|item| {
             let evaluated = match (item.memo.as_ref().or(item.evaluated.as_ref()), &item.headers) {
                 (Some(m), _) => Some(m.clone()),
-                (None, Some(h)) => Some(Arc::new(evaluate(h, item.size, rules, tagging))),
+                (None, Some(h)) => Some(Arc::new(evaluate(h, item.size, rules, model, tagging))),
                 (None, None) => None,
             };
             let d = disposition(evaluated.as_ref().and_then(|e| e.verdict.action), dry_run);

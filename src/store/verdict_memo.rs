@@ -25,6 +25,8 @@ pub type MailboxMemo = HashMap<(Arc<str>, u64), Arc<Evaluated>>;
 
 struct Slot {
     rules: Arc<RuleSet>,
+    /// Generation of the classifier model the verdicts were made with (`None`: no model).
+    model: Option<u64>,
     entries: Arc<MailboxMemo>,
     last_used: u64,
 }
@@ -42,11 +44,17 @@ impl VerdictMemo {
 
     /// The memo for `scope` if it was made with exactly `rules`; empty otherwise.
     pub fn known(&self, scope: &Scope, rules: &Arc<RuleSet>) -> Arc<MailboxMemo> {
+        self.known_with_model(scope, rules, None)
+    }
+
+    /// The memo for `scope` if it was made with exactly `rules` and the classifier model of
+    /// generation `model`; empty otherwise (training invalidates it like a rule reload).
+    pub fn known_with_model(&self, scope: &Scope, rules: &Arc<RuleSet>, model: Option<u64>) -> Arc<MailboxMemo> {
         let Ok(mut guard) = self.inner.lock() else { return Arc::default() };
         let (map, clock) = &mut *guard;
         *clock += 1;
         match map.get_mut(scope) {
-            Some(slot) if Arc::ptr_eq(&slot.rules, rules) => {
+            Some(slot) if Arc::ptr_eq(&slot.rules, rules) && slot.model == model => {
                 slot.last_used = *clock;
                 slot.entries.clone()
             }
@@ -57,6 +65,11 @@ impl VerdictMemo {
     /// Replaces the memo of `scope` with exactly `entries` (messages gone from the server
     /// drop out), made with `rules`. Evicts the least recently used mailbox when full.
     pub fn store(&self, scope: Scope, rules: Arc<RuleSet>, entries: MailboxMemo) {
+        self.store_with_model(scope, rules, None, entries)
+    }
+
+    /// [`Self::store`] for verdicts made with the classifier model of generation `model`.
+    pub fn store_with_model(&self, scope: Scope, rules: Arc<RuleSet>, model: Option<u64>, entries: MailboxMemo) {
         let Ok(mut guard) = self.inner.lock() else { return };
         let (map, clock) = &mut *guard;
         *clock += 1;
@@ -65,7 +78,7 @@ impl VerdictMemo {
                 map.remove(&oldest);
             }
         }
-        map.insert(scope, Slot { rules, entries: Arc::new(entries), last_used: *clock });
+        map.insert(scope, Slot { rules, model, entries: Arc::new(entries), last_used: *clock });
     }
 }
 
@@ -92,6 +105,10 @@ mod tests {
         assert_eq!(memo.known(&alice, &rules).len(), 1);
         assert!(memo.known(&Scope::new("pop:995", "bob"), &rules).is_empty(), "other users see nothing");
         assert!(memo.known(&Scope::new("other:995", "alice"), &rules).is_empty(), "other upstreams neither");
+        memo.store_with_model(alice.clone(), rules.clone(), Some(3), memo.known(&alice, &rules).as_ref().clone());
+        assert_eq!(memo.known_with_model(&alice, &rules, Some(3)).len(), 1);
+        assert!(memo.known_with_model(&alice, &rules, Some(4)).is_empty(), "training invalidates");
+        assert!(memo.known(&alice, &rules).is_empty(), "so does dropping the model");
         let reloaded = Arc::new(RuleSet::empty());
         assert!(memo.known(&alice, &reloaded).is_empty(), "a reload invalidates");
     }

@@ -1,0 +1,541 @@
+//! Header block → token set.
+//!
+//! Works on [`Headers`] (unfolded; RFC 2047-decoded where a value is read decoded), the same
+//! parse the rules use, so the classifier and the rules see the same message. The token
+//! families follow what SpamBayes (`tokenize_headers`), bogofilter (its header lexer) and
+//! rspamd (header meta-tokens) found useful, written afresh for popsift:
+//! - `subject:` words with case kept, long words as `subject:skip:` + first char + length
+//!   bucket, punctuation runs, and the RFC 2047 charset of the raw value;
+//! - `from:`/`sender:`/`reply-to:`/`return-path:` display-name words, local part, domain and
+//!   its registrable-looking suffix; whether Reply-To differs from From;
+//! - `to:`/`cc:` address counts (bucketed) and whether names are given;
+//! - `received:` host suffixes, IP prefixes, "may be forged"/"unknown" notes, hop count;
+//! - `message-id:` host (or `invalid`), whole `x-mailer:`/`user-agent:`/`x-mimeole:`/
+//!   `organization:` values and their first word;
+//! - top-level `content-type:` (media type, charset, boundary shape) and transfer encoding;
+//! - `header:Name:count` for every field name that is not ignored;
+//! - `rule:ID` for every popsift rule that fired, so the model learns what each rule means
+//!   for this user.
+//!
+//! Each token appears once per message (a set), as in SpamBayes. Ignored header names —
+//! collector-added fields such as `X-Barracuda-*`, other filters' `X-Spam-*`, popsift's own
+//! `X-Popsift-*` — contribute nothing at all: a classifier that leaned on them would look
+//! excellent on a collected corpus and fail on real mail.
+use crate::rules::header::parse_addresses;
+use crate::rules::Headers;
+
+/// Header names ignored by default (case-insensitive; a trailing `*` matches a prefix): the
+/// fields the dev corpus's collectors added, other filters' verdicts, popsift's own.
+pub const DEFAULT_IGNORED_HEADERS: &[&str] = &[
+    "X-Barracuda*",
+    "X-ASG-*",
+    "X-Keywords",
+    "XStatus",
+    "XLevel",
+    "X-RC-*",
+    "XChecker-Version",
+    "X-AmavisStatus",
+    "X-Policyd-Weight",
+    "X-BitDefender*",
+    "X-MailScanner*",
+    "X-Spam-*",
+    "X-Popsift*",
+];
+
+/// Long subject words are reduced to a `skip:` token above this many characters.
+const MAX_WORD: usize = 12;
+/// Words shorter than this are not tokens on their own.
+const MIN_WORD: usize = 3;
+
+/// The tokenizer with its ignore list.
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    /// Lowercased exact names.
+    exact: Vec<String>,
+    /// Lowercased prefixes (from `Name*`).
+    prefixes: Vec<String>,
+}
+
+impl Default for Tokenizer {
+    fn default() -> Self {
+        Tokenizer::new(DEFAULT_IGNORED_HEADERS.iter().copied())
+    }
+}
+
+impl Tokenizer {
+    /// A tokenizer ignoring these header names (a trailing `*` matches a prefix).
+    pub fn new<'a>(ignore: impl IntoIterator<Item = &'a str>) -> Tokenizer {
+        let mut exact = Vec::new();
+        let mut prefixes = Vec::new();
+        for p in ignore {
+            let p = p.trim().to_ascii_lowercase();
+            match p.strip_suffix('*') {
+                Some(pre) => prefixes.push(pre.to_string()),
+                None => exact.push(p),
+            }
+        }
+        Tokenizer { exact, prefixes }
+    }
+
+    /// Whether the tokenizer ignores a header name.
+    pub fn ignores(&self, name: &str) -> bool {
+        let n = name.as_bytes();
+        self.exact.iter().any(|e| e.as_bytes().eq_ignore_ascii_case(n))
+            || self.prefixes.iter().any(|p| n.len() >= p.len() && n[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
+    }
+
+    /// The token set of a parsed header block plus the ids of the rules that fired; sorted,
+    /// without duplicates.
+    pub fn tokens(&self, h: &Headers, rules_fired: &[&str]) -> Vec<String> {
+        self.token_set(h, rules_fired).iter().map(str::to_string).collect()
+    }
+
+    /// [`Self::tokens`] without one allocation per token: the classifier's hot path.
+    pub fn token_set(&self, h: &Headers, rules_fired: &[&str]) -> TokenSet {
+        let mut out = TokenSet::default();
+        self.header_counts(h, &mut out);
+        subject(h, &mut out);
+        for (name, prefix) in [("from", "from"), ("sender", "sender"), ("reply-to", "reply-to")] {
+            if let Some(raw) = h.get_raw(name) {
+                mailbox_tokens(prefix, raw, &mut out);
+            }
+        }
+        if let (Some(f), Some(r)) = (h.get_raw("from"), h.get_raw("reply-to")) {
+            let fa = parse_addresses(f).into_iter().next().map(|m| m.addr.to_ascii_lowercase());
+            let ra = parse_addresses(r).into_iter().next().map(|m| m.addr.to_ascii_lowercase());
+            out.push_parts(&[if fa == ra { "reply-to:same-as-from" } else { "reply-to:differs" }]);
+        }
+        if let Some(rp) = h.get_raw("return-path") {
+            let addr = rp.trim().trim_start_matches('<').trim_end_matches('>');
+            match addr.rsplit_once('@') {
+                Some((_, d)) => domain_tokens("return-path:domain", d, &mut out),
+                None => {
+                    out.push_fmt(format_args!("return-path:{}", if addr.is_empty() { "empty" } else { "no-domain" }))
+                }
+            }
+        }
+        recipients(h, &mut out);
+        received(h, &mut out);
+        message_id(h, &mut out);
+        for name in [
+            "x-mailer",
+            "user-agent",
+            "x-mimeole",
+            "organization",
+            "x-priority",
+            "x-msmail-priority",
+            "precedence",
+            "importance",
+        ] {
+            if self.ignores(name) {
+                continue;
+            }
+            if let Some(v) = h.get(name) {
+                let v: String = v.trim().chars().take(60).collect::<String>().to_lowercase();
+                if let Some(first) = v.split(|c: char| c.is_whitespace() || c == '/').next().filter(|w| !w.is_empty()) {
+                    out.push_fmt(format_args!("{name}:word:{first}"));
+                }
+                out.push_fmt(format_args!("{name}:{v}"));
+            }
+        }
+        content_type(h, &mut out);
+        for r in rules_fired {
+            out.push_parts(&["rule:", r]);
+        }
+        out.finish();
+        out
+    }
+
+    fn header_counts(&self, h: &Headers, out: &mut TokenSet) {
+        // Distinct names compared case-insensitively in place: no allocation per field.
+        let mut names: Vec<(&str, u32)> = Vec::with_capacity(32);
+        for f in h.fields() {
+            let mut name = f.name();
+            if self.ignores(name) {
+                continue;
+            }
+            // The List-* fields (RFC 2369) come together: one token, not six that all say
+            // "mailing list" and drown the rest of the evidence.
+            if name.len() > 5 && name[..5].eq_ignore_ascii_case("list-") {
+                name = "list-*";
+            }
+            match names.iter_mut().find(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name)) {
+                Some((_, c)) => *c += 1,
+                None => names.push((name, 1)),
+            }
+        }
+        out.push_fmt(format_args!("headers:count:{}", bucket(names.iter().map(|n| n.1 as usize).sum())));
+        for (n, c) in names {
+            out.push_parts(&["header:", &n.to_ascii_lowercase(), ":", DIGITS[c.min(4) as usize]]);
+        }
+    }
+}
+
+/// A set of tokens in one buffer: pushed in any order, then sorted and deduplicated.
+#[derive(Debug, Default, Clone)]
+pub struct TokenSet {
+    buf: String,
+    spans: Vec<(u32, u32)>,
+}
+
+impl TokenSet {
+    fn push_parts(&mut self, parts: &[&str]) {
+        let start = self.buf.len() as u32;
+        for p in parts {
+            self.buf.push_str(p);
+        }
+        self.spans.push((start, self.buf.len() as u32));
+    }
+
+    fn push_fmt(&mut self, args: std::fmt::Arguments<'_>) {
+        use std::fmt::Write;
+        let start = self.buf.len() as u32;
+        let _ = self.buf.write_fmt(args);
+        self.spans.push((start, self.buf.len() as u32));
+    }
+
+    fn get(&self, (s, e): (u32, u32)) -> &str {
+        &self.buf[s as usize..e as usize]
+    }
+
+    fn finish(&mut self) {
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.sort_unstable_by(|a, b| self.get(*a).cmp(self.get(*b)));
+        spans.dedup_by(|a, b| self.get(*a) == self.get(*b));
+        self.spans = spans;
+    }
+
+    /// The tokens, sorted, each once.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        self.spans.iter().map(|&sp| self.get(sp))
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
+/// Small counts as text, for `header:Name:count`.
+const DIGITS: [&str; 5] = ["0", "1", "2", "3", "4"];
+
+/// Bucket a count: exact to 3, then powers of two.
+fn bucket(n: usize) -> String {
+    if n <= 3 {
+        n.to_string()
+    } else {
+        format!("2**{}", usize::BITS - n.leading_zeros() - 1)
+    }
+}
+
+fn subject(h: &Headers, out: &mut TokenSet) {
+    let Some(s) = h.get("subject") else {
+        out.push_parts(&["subject:none"]);
+        return;
+    };
+    if s.trim().is_empty() {
+        out.push_parts(&["subject:empty"]);
+    }
+    if let Some(raw) = h.get_raw("subject") {
+        let mut rest = raw;
+        while let Some(i) = rest.find("=?") {
+            let after = &rest[i + 2..];
+            let Some(q) = after.find('?') else { break };
+            out.push_fmt(format_args!("subject:charset:{}", after[..q].to_ascii_lowercase()));
+            rest = &after[q..];
+        }
+        if raw.bytes().any(|b| b >= 0x80) {
+            out.push_parts(&["subject:8bit"]);
+        }
+    }
+    let letters: Vec<char> = s.chars().filter(|c| c.is_alphabetic()).collect();
+    if letters.len() >= 6 && letters.iter().all(|c| c.is_uppercase()) {
+        out.push_parts(&["subject:all-caps"]);
+    }
+    for word in s.split_whitespace() {
+        // Punctuation runs (`!!!`, `$$`, `...`) carry signal of their own.
+        let mut run = String::new();
+        for c in word.chars().chain(std::iter::once(' ')) {
+            if c.is_ascii_punctuation() {
+                run.push(c);
+            } else if !run.is_empty() {
+                if run.len() > 1 || matches!(run.as_str(), "!" | "$" | "%" | "?" | "*") {
+                    let r: String = run.chars().take(5).collect();
+                    out.push_fmt(format_args!("subject:punct:{r}"));
+                }
+                run.clear();
+            }
+        }
+        let w = word.trim_matches(|c: char| c.is_ascii_punctuation());
+        let n = w.chars().count();
+        if n > MAX_WORD {
+            let first = w.chars().next().unwrap_or('?');
+            out.push_fmt(format_args!("subject:skip:{first}{}", n / 10 * 10));
+        } else if n >= MIN_WORD {
+            out.push_parts(&["subject:", w]);
+            if w.bytes().any(|b| b.is_ascii_digit()) && w.bytes().any(|b| b.is_ascii_alphabetic()) {
+                out.push_parts(&["subject:mixed-digits"]);
+            }
+        }
+    }
+}
+
+fn domain_tokens(prefix: &str, domain: &str, out: &mut TokenSet) {
+    let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    if d.is_empty() {
+        return;
+    }
+    let labels: Vec<&str> = d.split('.').collect();
+    if labels.len() >= 2 {
+        out.push_fmt(format_args!("{prefix}:{}", labels[labels.len() - 2..].join(".")));
+    }
+    if labels.len() >= 3 {
+        out.push_fmt(format_args!("{prefix}:{}", labels[labels.len() - 3..].join(".")));
+    }
+    if let Some(tld) = labels.last() {
+        out.push_fmt(format_args!("{prefix}:tld:{tld}"));
+    }
+}
+
+/// A relay's host name: its last two and three labels and its TLD.
+fn host_tokens(prefix: &str, host: &str, out: &mut TokenSet) {
+    let mut dots = host.rmatch_indices('.').map(|(i, _)| i);
+    let (Some(first), second) = (dots.next(), dots.next()) else { return };
+    out.push_parts(&[prefix, ":tld:", &host[first + 1..]]);
+    match second {
+        Some(i) => {
+            out.push_parts(&[prefix, ":", &host[i + 1..]]);
+            let start = dots.next().map_or(0, |j| j + 1);
+            out.push_parts(&[prefix, ":", &host[start..]]);
+        }
+        None => out.push_parts(&[prefix, ":", host]),
+    }
+}
+
+fn mailbox_tokens(prefix: &str, raw: &str, out: &mut TokenSet) {
+    let boxes = parse_addresses(raw);
+    let Some(m) = boxes.first() else {
+        out.push_fmt(format_args!("{prefix}:none"));
+        return;
+    };
+    if m.name.trim().is_empty() {
+        out.push_fmt(format_args!("{prefix}:no-name"));
+    } else {
+        for w in m.name.split(|c: char| c.is_whitespace() || c == ',' || c == '"') {
+            let w = w.trim_matches(|c: char| c.is_ascii_punctuation());
+            if w.chars().count() >= 2 {
+                out.push_fmt(format_args!("{prefix}:name:{}", w.to_lowercase()));
+            }
+        }
+        if m.name.contains('@') {
+            out.push_fmt(format_args!("{prefix}:name-has-at"));
+        }
+    }
+    let addr = m.addr.to_ascii_lowercase();
+    match addr.rsplit_once('@') {
+        Some((local, domain)) => {
+            out.push_parts(&[prefix, ":local:", local]);
+            if local.bytes().filter(u8::is_ascii_digit).count() >= 3 {
+                out.push_fmt(format_args!("{prefix}:local-digits"));
+            }
+            domain_tokens(&format!("{prefix}:domain"), domain, out);
+        }
+        None => out.push_fmt(format_args!("{prefix}:no-domain")),
+    }
+}
+
+fn recipients(h: &Headers, out: &mut TokenSet) {
+    for name in ["to", "cc"] {
+        let Some(raw) = h.get_raw(name) else { continue };
+        let boxes = parse_addresses(raw);
+        let with_addr = boxes.iter().filter(|m| !m.addr.is_empty()).count();
+        out.push_fmt(format_args!("{name}:count:{}", bucket(with_addr)));
+        if !boxes.is_empty() && boxes.iter().all(|m| m.name.trim().is_empty()) {
+            out.push_fmt(format_args!("{name}:no-names"));
+        }
+        if raw.to_ascii_lowercase().contains("undisclosed") {
+            out.push_fmt(format_args!("{name}:undisclosed"));
+        }
+    }
+}
+
+fn received(h: &Headers, out: &mut TokenSet) {
+    let mut hops = 0usize;
+    let lowered: Vec<String> = h.get_all_raw("received").map(str::to_ascii_lowercase).collect();
+    let mut seen: Vec<&str> = Vec::with_capacity(32);
+    for lower in &lowered {
+        hops += 1;
+        if lower.contains("may be forged") {
+            out.push_parts(&["received:may-be-forged"]);
+        }
+        if lower.contains("unknown") {
+            out.push_parts(&["received:unknown"]);
+        }
+        if lower.contains("with esmtpsa") || lower.contains("with esmtps") {
+            out.push_parts(&["received:tls"]);
+        }
+        for word in lower.split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']' | ';' | '<' | '>')) {
+            let w = word.trim_matches(|c: char| c == '.' || c == ',');
+            if w.is_empty() {
+                continue;
+            }
+            // Hosts and addresses have dots; one seen in an earlier hop adds nothing (tokens
+            // are a set).
+            if !w.contains('.') || seen.contains(&w) {
+                continue;
+            }
+            seen.push(w);
+            if is_ipv4(w) {
+                let mut dots = w.match_indices('.').map(|(i, _)| i);
+                if let (Some(_), Some(second), Some(third)) = (dots.next(), dots.next(), dots.next()) {
+                    out.push_parts(&["received:ip:", &w[..second]]);
+                    out.push_parts(&["received:ip:", &w[..third]]);
+                }
+            } else if w.contains('.')
+                && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                && w.rsplit('.').next().is_some_and(|t| t.len() >= 2 && t.bytes().all(|b| b.is_ascii_alphabetic()))
+            {
+                host_tokens("received:host", w, out);
+            }
+        }
+    }
+    out.push_fmt(format_args!("received:hops:{}", bucket(hops)));
+}
+
+fn is_ipv4(s: &str) -> bool {
+    s.split('.').count() == 4
+        && s.split('.').all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn message_id(h: &Headers, out: &mut TokenSet) {
+    let Some(raw) = h.get_raw("message-id") else {
+        out.push_parts(&["message-id:none"]);
+        return;
+    };
+    let id = raw.trim();
+    let inner = id.strip_prefix('<').and_then(|s| s.strip_suffix('>'));
+    match inner.and_then(|s| s.rsplit_once('@')) {
+        Some((local, host)) if !host.is_empty() && !local.is_empty() => {
+            domain_tokens("message-id:host", host, out);
+            if !host.contains('.') {
+                out.push_parts(&["message-id:host-no-dot"]);
+            }
+            if local.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b'-' || b == b'$') {
+                out.push_parts(&["message-id:local-hex"]);
+            }
+        }
+        _ => out.push_parts(&["message-id:invalid"]),
+    }
+}
+
+fn content_type(h: &Headers, out: &mut TokenSet) {
+    match h.get_raw("content-type") {
+        None => out.push_parts(&["content-type:none"]),
+        Some(raw) => {
+            let mut parts = raw.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            out.push_fmt(format_args!("content-type:{media}"));
+            for p in parts {
+                let Some((k, v)) = p.split_once('=') else { continue };
+                let k = k.trim().to_ascii_lowercase();
+                let v = v.trim().trim_matches('"').to_ascii_lowercase();
+                match k.as_str() {
+                    "charset" => out.push_fmt(format_args!("content-type:charset:{v}")),
+                    "boundary" => {
+                        // The shape of the boundary identifies the mailer.
+                        let shape: String = v
+                            .chars()
+                            .map(|c| match c {
+                                '0'..='9' => 'd',
+                                'a'..='z' => 'a',
+                                other => other,
+                            })
+                            .collect::<String>();
+                        let mut squeezed = String::new();
+                        for c in shape.chars() {
+                            if !squeezed.ends_with(c) {
+                                squeezed.push(c);
+                            }
+                        }
+                        out.push_fmt(format_args!(
+                            "content-type:boundary:{}",
+                            squeezed.chars().take(20).collect::<String>()
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if let Some(cte) = h.get_raw("content-transfer-encoding") {
+        out.push_fmt(format_args!("cte:{}", cte.trim().to_ascii_lowercase()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toks(block: &str) -> Vec<String> {
+        Tokenizer::default().tokens(&Headers::parse(block.as_bytes()), &["R1"])
+    }
+
+    #[test]
+    fn subject_sender_and_rules() {
+        let t = toks(
+            "From: \"Cheap Meds\" <deals123@mail.pharma.example.com>\r\nSubject: =?utf-8?q?Buy_NOW!!!_verylongwordindeedhere?=\r\nTo: a@b.c, d@e.f\r\nMessage-ID: <abc@host.example.org>\r\n\r\n",
+        );
+        for want in [
+            "subject:Buy",
+            "subject:NOW",
+            "subject:punct:!!!",
+            "subject:skip:v20",
+            "subject:charset:utf-8",
+            "from:name:cheap",
+            "from:local:deals123",
+            "from:local-digits",
+            "from:domain:example.com",
+            "from:domain:pharma.example.com",
+            "to:count:2",
+            "message-id:host:example.org",
+            "header:from:1",
+            "rule:R1",
+        ] {
+            assert!(t.iter().any(|x| x == want), "missing {want} in {t:?}");
+        }
+    }
+
+    #[test]
+    fn ignored_headers_leave_no_trace() {
+        let t = toks("X-Barracuda-Spam-Score: 9\r\nX-Spam-Status: Yes\r\nXStatus: x\r\nSubject: hi there\r\n\r\n");
+        assert!(t.iter().all(|x| !x.to_ascii_lowercase().contains("barracuda") && !x.contains("spam-status")));
+        assert!(t.iter().all(|x| !x.contains("xstatus")), "{t:?}");
+        let custom = Tokenizer::new(["Subject"]);
+        assert!(custom.ignores("subject"));
+        assert!(!custom.ignores("X-Barracuda-Foo"));
+    }
+
+    #[test]
+    fn received_hops() {
+        let t =
+            toks("Received: from mx.evil.example.net (unknown [203.0.113.9]) by mail.isp.example with SMTP\r\n\r\n");
+        for want in [
+            "received:ip:203.0",
+            "received:ip:203.0.113",
+            "received:host:example.net",
+            "received:unknown",
+            "received:hops:1",
+        ] {
+            assert!(t.iter().any(|x| x == want), "missing {want} in {t:?}");
+        }
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        let _ = toks("Subject: =?x?\r\nFrom: <@>\r\nMessage-ID: <>\r\nContent-Type: ;;==\r\nReceived: [1.2.3]\r\n");
+        let _ = Tokenizer::default().tokens(&Headers::parse(&[0xff, 0xfe, b'\n', b':', b'\n']), &[]);
+    }
+}

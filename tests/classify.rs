@@ -1,0 +1,320 @@
+//! The header classifier end to end: `popsift train` (labels, --spam/--ham, forget, known,
+//! unreadable, missing paths), `popsift scan` with the model (`"bayes"` in JSON, bands as
+//! rules), the untrained case, quarantine restore training ham, a damaged model file, and
+//! the model handle seeing training done while it is loaded.
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use popsift::classify::store::{ModelStore, RedbStore};
+use popsift::classify::{BayesSettings, Model, ModelHandle, Tokenizer, Trainer};
+use popsift::rules::{EngineOptions, Headers, RuleSet};
+
+fn popsift(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_popsift")).args(args).current_dir(cwd).output().expect("run popsift")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn spam_msg(i: usize) -> String {
+    format!(
+        "From: \"Best Deals {i}\" <offer{i}@cheap-pills{}.example.biz>\r\nTo: undisclosed-recipients:;\r\nSubject: CHEAP pills, order now!!! {i}\r\nMessage-ID: <{i}.x@bulk.example.biz>\r\nX-Mailer: MassMailer 3.1\r\nContent-Type: text/html; charset=iso-8859-1\r\n\r\nbuy\r\n",
+        i % 3
+    )
+}
+
+fn ham_msg(i: usize) -> String {
+    format!(
+        "From: Alice Colleague <alice@work.example.org>\r\nTo: Bob <bob@work.example.org>\r\nSubject: Meeting notes for project {i}\r\nMessage-ID: <m{i}@mail.work.example.org>\r\nUser-Agent: Thunderbird 128\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n"
+    )
+}
+
+/// A corpus directory with `n` spam and `n` ham and a labels file.
+fn corpus(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut labels = String::from("filename\tlabel\n");
+    for i in 0..n {
+        std::fs::write(dir.join(format!("s{i:03}.eml")), spam_msg(i)).unwrap();
+        std::fs::write(dir.join(format!("h{i:03}.eml")), ham_msg(i)).unwrap();
+        labels.push_str(&format!("s{i:03}.eml\tspam\nh{i:03}.eml\tham\n"));
+    }
+    std::fs::write(dir.join("labels.tsv"), labels).unwrap();
+}
+
+const BAND_RULES: &str = "threshold: 5\nrules:\n  - id: B_SPAM\n    bayes: '0.90..1.00'\n    score: 6\n  - id: B_HAM\n    bayes: '0.00..0.10'\n    score: -1\n  - id: B_NOT_HAM\n    bayes: '0.00..0.10'\n    negate: true\n  - id: SUBJ_PILLS\n    header: Subject\n    regex: '(?i)pills'\n    score: 1\n";
+
+#[test]
+fn train_then_scan_uses_the_model() {
+    let t = tempfile::tempdir().unwrap();
+    let (c, state, rules) = (t.path().join("c"), t.path().join("state"), t.path().join("rules.yaml"));
+    corpus(&c, 25);
+    std::fs::write(&rules, BAND_RULES).unwrap();
+    // A binary file among the messages is skipped and counted.
+    std::fs::write(c.join("junk.eml"), [0u8, 1, 2, 0xff, 0, 9]).unwrap();
+    let mut labels = std::fs::read_to_string(c.join("labels.tsv")).unwrap();
+    labels.push_str("junk.eml\tspam\n");
+    std::fs::write(c.join("labels.tsv"), labels).unwrap();
+    let (cs, ss, rs) = (c.to_str().unwrap(), state.to_str().unwrap(), rules.to_str().unwrap());
+    let lt = c.join("labels.tsv");
+    let lt = lt.to_str().unwrap();
+
+    let o = popsift(&["train", "--state-dir", ss, "--rules", rs, "--labels", lt, cs], t.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("1 unreadable"), "{out}");
+    assert!(out.contains("model: ") && !out.contains("not enough training"), "{out}");
+    assert!(state.join("bayes.redb").is_file());
+
+    // Training again changes nothing: every trained message is known.
+    let again = popsift(&["train", "--state-dir", ss, "--rules", rs, "--labels", lt, cs], t.path());
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("0 trained (0 relabelled)"), "{}", text(&again));
+
+    // scan --json: a probability, and the bands fire as rules.
+    let o =
+        popsift(&["scan", "--json", "--state-dir", ss, "--rules", rs, c.join("s001.eml").to_str().unwrap()], t.path());
+    let line = String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    assert!(v["bayes"].as_f64().unwrap() > 0.9, "{v}");
+    assert!(v["rules"].as_array().unwrap().iter().any(|r| r == "B_SPAM"), "{v}");
+    assert_eq!(v["verdict"], "spam");
+    let o =
+        popsift(&["scan", "--json", "--state-dir", ss, "--rules", rs, c.join("h001.eml").to_str().unwrap()], t.path());
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    assert!(v["bayes"].as_f64().unwrap() < 0.1, "{v}");
+    assert!(v["rules"].as_array().unwrap().iter().any(|r| r == "B_HAM"), "{v}");
+
+    // scan --labels prints the operating points.
+    let o = popsift(&["scan", "--state-dir", ss, "--rules", rs, "--labels", lt, cs], t.path());
+    let out = text(&o);
+    assert!(out.contains("at <= 0.5% ham flagged (probability >"), "{out}");
+
+    // Another state dir has no model: `"bayes": null`, no band fires.
+    let empty = t.path().join("empty");
+    let o = popsift(
+        &[
+            "scan",
+            "--json",
+            "--state-dir",
+            empty.to_str().unwrap(),
+            "--rules",
+            rs,
+            c.join("s001.eml").to_str().unwrap(),
+        ],
+        t.path(),
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    assert!(v["bayes"].is_null(), "{v}");
+    assert_eq!(v["rules"], serde_json::json!(["SUBJ_PILLS"]));
+}
+
+#[test]
+fn spam_ham_flags_forget_and_missing_paths() {
+    let t = tempfile::tempdir().unwrap();
+    let (c, state) = (t.path().join("c"), t.path().join("state"));
+    corpus(&c, 3);
+    let ss = state.to_str().unwrap();
+    let s0 = c.join("s000.eml");
+    let h0 = c.join("h000.eml");
+    let o = popsift(
+        &["train", "--all", "--state-dir", ss, "--spam", s0.to_str().unwrap(), "--ham", h0.to_str().unwrap()],
+        t.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("model: 1 spam, 1 ham"), "{}", text(&o));
+    assert!(text(&o).contains("not enough training yet"), "{}", text(&o));
+    // Relabel: the spam as ham moves it.
+    let o = popsift(&["train", "--all", "--state-dir", ss, "--ham", s0.to_str().unwrap()], t.path());
+    assert!(text(&o).contains("1 trained (1 relabelled)") && text(&o).contains("model: 0 spam, 2 ham"), "{}", text(&o));
+    // Forget untrains exactly: the store is empty again.
+    let o = popsift(
+        &["train", "--forget", "--state-dir", ss, "--ham", s0.to_str().unwrap(), h0.to_str().unwrap()],
+        t.path(),
+    );
+    assert!(text(&o).contains("2 forgotten") && text(&o).contains("model: 0 spam, 0 ham, 0 tokens"), "{}", text(&o));
+    // A missing path is an error that names it, exit 2.
+    let o = popsift(&["train", "--state-dir", ss, "--spam", "/no/such/dir"], t.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("/no/such/dir"), "{}", text(&o));
+    // Stats on an empty model does not fail.
+    let o = popsift(&["train", "--stats", "--state-dir", ss], t.path());
+    assert!(o.status.success() && text(&o).contains("0 spam, 0 ham"), "{}", text(&o));
+}
+
+fn trained_store(dir: &Path, n: usize) -> RedbStore {
+    let store = RedbStore::open(dir).unwrap();
+    let mut tr = Trainer::new(&store, Tokenizer::default(), None).unwrap();
+    for i in 0..n {
+        tr.train(spam_msg(i).as_bytes(), true);
+        tr.train(ham_msg(i).as_bytes(), false);
+    }
+    tr.commit().unwrap();
+    store
+}
+
+#[test]
+fn bayes_rules_fire_only_with_enough_training() {
+    let set = RuleSet::from_yaml(Path::new("bands.yaml"), BAND_RULES, &EngineOptions::default()).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    // 19 of each: below the minimum of 20 — no probability, no band fires (not even the
+    // negated one).
+    let store = trained_store(t.path(), 19);
+    let model: Model = store.load().unwrap();
+    assert!(!model.ready());
+    let (v, p) = set.evaluate_with_model(spam_msg(40).as_bytes(), 100, Some(&model));
+    assert_eq!(p, None);
+    assert_eq!(v.rules.iter().map(|r| r.to_string()).collect::<Vec<_>>(), vec!["SUBJ_PILLS"]);
+    drop(store);
+    // One more of each: ready.
+    let store = RedbStore::open(t.path()).unwrap();
+    let mut tr = Trainer::new(&store, Tokenizer::default(), None).unwrap();
+    tr.train(spam_msg(19).as_bytes(), true);
+    tr.train(ham_msg(19).as_bytes(), false);
+    tr.commit().unwrap();
+    let model = store.load().unwrap();
+    assert!(model.ready());
+    let (v, p) = set.evaluate_with_model(spam_msg(40).as_bytes(), 100, Some(&model));
+    assert!(p.unwrap() > 0.9 && v.spam, "{p:?} {v:?}");
+    assert!(v.rules.iter().any(|r| &**r == "B_SPAM") && v.rules.iter().all(|r| &**r != "B_HAM"));
+    let (v, p) = set.evaluate_with_model(ham_msg(40).as_bytes(), 100, Some(&model));
+    assert!(p.unwrap() < 0.1 && !v.spam, "{p:?} {v:?}");
+    assert!(v.rules.iter().any(|r| &**r == "B_HAM"));
+    // Without a model nothing changes from plain rule evaluation.
+    assert_eq!(set.evaluate_with_model(spam_msg(1).as_bytes(), 100, None).0, set.evaluate(spam_msg(1).as_bytes(), 100));
+}
+
+#[test]
+fn rule_tokens_are_learned_and_forget_is_exact_after_rules_change() {
+    let t = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(t.path()).unwrap();
+    let rules = Arc::new(RuleSet::from_yaml(Path::new("r.yaml"), BAND_RULES, &EngineOptions::default()).unwrap());
+    let mut tr = Trainer::new(&store, Tokenizer::default(), Some(rules)).unwrap();
+    tr.train(spam_msg(1).as_bytes(), true);
+    tr.commit().unwrap();
+    assert_eq!(store.load().unwrap().counts("rule:SUBJ_PILLS").spam, 1);
+    // The rules are gone now; forgetting still removes the rule token trained then.
+    let mut tr = Trainer::new(&store, Tokenizer::default(), None).unwrap();
+    assert_eq!(tr.forget(spam_msg(1).as_bytes()), popsift::classify::train::Outcome::Forgotten);
+    tr.commit().unwrap();
+    let m = store.load().unwrap();
+    assert_eq!((m.nspam(), m.token_count()), (0, 0));
+    let h = Headers::parse(spam_msg(1).as_bytes());
+    assert_eq!(m.classify(&h, &[]), None);
+}
+
+#[test]
+fn quarantine_restore_trains_ham() {
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("state");
+    let q = popsift::store::quarantine::Quarantine::new(&state.join("quarantine"));
+    let meta = popsift::store::quarantine::Meta {
+        user: "alice".into(),
+        upstream: "pop.example:995".into(),
+        uidl: "u1".into(),
+        score: 6.0,
+        rules: vec!["SUBJ_PILLS".into()],
+        size: 100,
+    };
+    q.store(&meta, ham_msg(7).as_bytes()).unwrap();
+    let id = q.list().unwrap()[0].id.clone();
+    let dest = t.path().join("back.eml");
+    let o = popsift(
+        &["quarantine", "--state-dir", state.to_str().unwrap(), "restore", &id, "--to-eml", dest.to_str().unwrap()],
+        t.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("classifier: trained as ham"), "{}", text(&o));
+    let store = RedbStore::open(&state).unwrap();
+    let m = store.load().unwrap();
+    assert_eq!((m.nspam(), m.nham()), (0, 1));
+    assert!(m.counts("subject:Meeting").ham == 1);
+    drop(store);
+    // --no-train leaves the model alone.
+    q.store(&Meta2::meta("u2"), ham_msg(8).as_bytes()).unwrap();
+    let id2 = q.list().unwrap().into_iter().find(|l| l.uidl == "u2").unwrap().id;
+    let dest2 = t.path().join("back2.eml");
+    let o = popsift(
+        &[
+            "quarantine",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "restore",
+            &id2,
+            "--to-eml",
+            dest2.to_str().unwrap(),
+            "--no-train",
+        ],
+        t.path(),
+    );
+    assert!(o.status.success() && !text(&o).contains("classifier"), "{}", text(&o));
+    assert_eq!(RedbStore::open(&state).unwrap().load().unwrap().nham(), 1);
+}
+
+struct Meta2;
+impl Meta2 {
+    fn meta(uidl: &str) -> popsift::store::quarantine::Meta {
+        popsift::store::quarantine::Meta {
+            user: "alice".into(),
+            upstream: "pop.example:995".into(),
+            uidl: uidl.into(),
+            score: 6.0,
+            rules: vec![],
+            size: 100,
+        }
+    }
+}
+
+#[test]
+fn damaged_model_is_reported_never_a_panic() {
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("bayes.redb"),
+        b"garbage, not a database, just some bytes that are long enough to look at".repeat(50),
+    )
+    .unwrap();
+    // The proxy's handle: no model, no panic.
+    let h = ModelHandle::open(&state, BayesSettings::default());
+    assert!(h.current().is_none());
+    // train: a clear error naming the file, exit 2.
+    let c = t.path().join("c");
+    corpus(&c, 1);
+    let o = popsift(
+        &["train", "--state-dir", state.to_str().unwrap(), "--spam", c.join("s000.eml").to_str().unwrap()],
+        t.path(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("bayes.redb") && text(&o).contains("damaged"), "{}", text(&o));
+    // scan: the same error, no panic.
+    let o = popsift(
+        &["scan", "--state-dir", state.to_str().unwrap(), "--rules", "/nonexistent-rules", c.to_str().unwrap()],
+        t.path(),
+    );
+    assert!(!text(&o).contains("panicked"), "{}", text(&o));
+}
+
+#[test]
+fn handle_sees_training_done_after_it_loaded() {
+    let t = tempfile::tempdir().unwrap();
+    let h = ModelHandle::open(t.path(), BayesSettings::default());
+    assert!(h.current().is_none(), "no model yet");
+    drop(trained_store(t.path(), 20));
+    h.refresh_blocking();
+    let first = h.current().expect("model after training");
+    assert!(first.ready());
+    // More training: the next refresh swaps in a new snapshot with the new counts.
+    let store = RedbStore::open(t.path()).unwrap();
+    let mut tr = Trainer::new(&store, Tokenizer::default(), None).unwrap();
+    tr.train(spam_msg(99).as_bytes(), true);
+    tr.commit().unwrap();
+    drop(store);
+    h.refresh_blocking();
+    let second = h.current().unwrap();
+    assert_eq!((first.nspam(), second.nspam()), (20, 21));
+    assert!(second.generation() > first.generation());
+}
