@@ -13,7 +13,7 @@
 //! metrics: 127.0.0.1:9110           # or "off"
 //! state_dir: /var/lib/popsift
 //! max_sessions: 256
-//! timeouts: { connect: 15s, tls_handshake: 15s, greeting: 30s, upstream_reply: 60s, client_idle: 10m }
+//! timeouts: { connect: 15s, tls_handshake: 15s, greeting: 30s, upstream_reply: 60s, client_idle: 10m, drain: 30s }
 //! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 1024, early_answer_after: 20s }
 //! cache: { enabled: true, max_size: 256MiB }   # header cache, <state_dir>/header-cache.redb
 //! tag: { strip_existing: true, subject_prefix: "[SPAM] ", ham_status: false }
@@ -152,6 +152,7 @@ pub struct TimeoutsFile {
     pub greeting: Option<String>,
     pub upstream_reply: Option<String>,
     pub client_idle: Option<String>,
+    pub drain: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +222,9 @@ pub struct Timeouts {
     pub upstream_reply: Duration,
     /// RFC 1939 §3: an autologout timer must be at least 10 minutes.
     pub client_idle: Duration,
+    /// After SIGTERM/SIGINT: how long running sessions may take to finish before they are
+    /// cut off (without UPDATE).
+    pub drain: Duration,
 }
 
 impl Default for Timeouts {
@@ -231,6 +235,7 @@ impl Default for Timeouts {
             greeting: Duration::from_secs(30),
             upstream_reply: Duration::from_secs(120),
             client_idle: Duration::from_secs(600),
+            drain: Duration::from_secs(30),
         }
     }
 }
@@ -361,6 +366,7 @@ impl Config {
             greeting: duration_field("timeouts.greeting", t.greeting, d.greeting)?,
             upstream_reply: duration_field("timeouts.upstream_reply", t.upstream_reply, d.upstream_reply)?,
             client_idle: duration_field("timeouts.client_idle", t.client_idle, d.client_idle)?,
+            drain: duration_field("timeouts.drain", t.drain, d.drain)?,
         };
         let s = file.scan;
         let ds = ScanSettings::default();

@@ -123,7 +123,8 @@ pub const RULES_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str = "popsift_rules_las
 pub const QUARANTINE_MESSAGES_TOTAL: &str = "popsift_quarantine_messages_total";
 /// Counter: messages that should have been quarantined but could not be written.
 pub const QUARANTINE_ERRORS_TOTAL: &str = "popsift_quarantine_errors_total";
-/// Counter `{result}`: header cache lookups, `hit` or `miss`.
+/// Counter `{result}`: header cache lookups, `hit` or `miss`; `memo` when the in-memory
+/// verdict memo answered and the cache was not read.
 pub const HEADER_CACHE_LOOKUPS_TOTAL: &str = "popsift_header_cache_lookups_total";
 /// Gauge `{version}`: always 1; carries the version as a label.
 pub const BUILD_INFO: &str = "popsift_build_info";
@@ -316,7 +317,7 @@ pub const METRICS: &[MetricDef] = &[
         kind: MetricKind::Counter,
         unit: Some(Unit::Count),
         labels: &["result"],
-        help: "Header cache lookups, by result (hit, miss).",
+        help: "Header cache lookups, by result (hit, miss; memo: answered by the in-memory verdict memo).",
         buckets: &[],
     },
     MetricDef {
@@ -475,7 +476,7 @@ fn register() {
     }
     counter!(QUARANTINE_MESSAGES_TOTAL).absolute(0);
     counter!(QUARANTINE_ERRORS_TOTAL).absolute(0);
-    for result in ["hit", "miss"] {
+    for result in ["hit", "miss", "memo"] {
         counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => result).absolute(0);
     }
     // Histograms: registering the handle renders empty buckets from the first scrape.
@@ -620,6 +621,12 @@ pub fn quarantine_error() {
 pub fn header_cache_lookup(hit: bool) {
     let result = if hit { "hit" } else { "miss" };
     counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => result).increment(1);
+}
+
+/// A message answered by the in-memory verdict memo, without reading the header cache
+/// (`popsift_header_cache_lookups_total{result="memo"}`).
+pub fn verdict_memo_hit() {
+    counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => "memo").increment(1);
 }
 
 #[cfg(test)]

@@ -70,10 +70,12 @@ async fn drop_without_quit_deletes_nothing() {
     login(&mut c).await;
     assert!(c.cmd("DELE 1").await.starts_with("+OK"));
     drop(c);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The session is over when popsift has closed its upstream connection: whatever it was
+    // going to send (DELE, QUIT) it has sent by then.
+    up.wait_closed(1).await;
     let log = up.log.lock().unwrap();
     assert!(log.expunged.is_empty());
-    assert!(!log.commands.iter().any(|c| c.starts_with("DELE")), "{:?}", log.commands);
+    assert!(!log.commands.iter().any(|c| c.starts_with("DELE") || c == "QUIT"), "{:?}", log.commands);
 }
 
 #[tokio::test]
@@ -104,6 +106,11 @@ async fn pipelined_relay_to_upstream_without_pipelining() {
     assert_eq!(all.matches("first ham").count(), 2, "{all}");
     assert_eq!(all.matches("\r\nlast\r\n").count(), 1, "{all}");
     assert!(all.ends_with("+OK bye\r\n"));
+    // The client pipelined, but the server did not offer PIPELINING (RFC 2449 §6.6): popsift
+    // must send it one command at a time, each after the previous reply.
+    let log = up.log.lock().unwrap();
+    assert!(log.commands.iter().filter(|c| c.starts_with("RETR")).count() >= 2, "{:?}", log.commands);
+    assert_eq!(log.pipelined, 0, "commands reached a non-pipelining server back to back: {:?}", log.commands);
 }
 
 #[tokio::test]
@@ -314,8 +321,11 @@ async fn idle_client_is_logged_out_without_update() {
     let rest = c.rest().await;
     assert_eq!(rest, b"-ERR autologout: idle for 1s\r\n");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(up.log.lock().unwrap().expunged.is_empty(), "autologout performs no UPDATE (RFC 1939 §3)");
+    up.wait_closed(1).await;
+    let log = up.log.lock().unwrap();
+    assert!(log.expunged.is_empty(), "autologout performs no UPDATE (RFC 1939 §3)");
+    assert!(!log.commands.iter().any(|c| c.starts_with("DELE") || c == "QUIT"), "{:?}", log.commands);
+    drop(log);
 }
 
 #[tokio::test]
@@ -328,8 +338,11 @@ async fn overlong_client_line_gets_an_error_and_deletes_nothing() {
     c.send(&"X".repeat(40_000)).await;
     let r = c.line().await;
     assert!(r.starts_with("-ERR line too long"), "{r}");
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(up.log.lock().unwrap().expunged.is_empty());
+    up.wait_closed(1).await;
+    let log = up.log.lock().unwrap();
+    assert!(log.expunged.is_empty());
+    assert!(!log.commands.iter().any(|c| c.starts_with("DELE") || c == "QUIT"), "{:?}", log.commands);
+    drop(log);
     // popsift is still up.
     let (_c2, g) = Client::connect(&p.addr).await;
     assert!(g.starts_with("+OK"));

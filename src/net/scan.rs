@@ -11,7 +11,8 @@
 //! in the same windows. The new header blocks are stored, and the mailbox's entries whose
 //! UIDL the server no longer lists are evicted, in the background after the scan (the
 //! client's `+OK` does not wait for the disk). Each lookup is counted in
-//! `popsift_header_cache_lookups_total{result="hit"|"miss"}`.
+//! `popsift_header_cache_lookups_total{result="hit"|"miss"}`; a message answered by the
+//! in-memory verdict memo (no cache read at all) counts as `result="memo"`.
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -118,11 +119,14 @@ pub async fn scan(
             }
             headers[i] = h;
         }
+        // Memo hits are counted apart from header cache hits: a memo hit never reads the
+        // cache file, so counting it as a cache hit would hide a cache that always misses.
         for (h, m) in headers.iter().zip(&memos) {
-            let hit = h.is_some() || m.is_some();
-            crate::metrics::header_cache_lookup(hit);
             if m.is_some() {
+                crate::metrics::verdict_memo_hit();
                 cache_hits += 1;
+            } else {
+                crate::metrics::header_cache_lookup(h.is_some());
             }
         }
     }
