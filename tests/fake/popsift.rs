@@ -80,6 +80,12 @@ impl Client {
         }
     }
 
+    /// One line if it arrives within `d`, else `None` (nothing is lost: a partial read stays
+    /// buffered for the next call).
+    pub async fn line_within(&mut self, d: std::time::Duration) -> Option<String> {
+        tokio::time::timeout(d, self.line()).await.ok()
+    }
+
     /// The raw body of a multi-line reply up to and including the terminator line.
     pub async fn body(&mut self) -> Vec<u8> {
         let mut s = popsift::pop3::BodyScanner::new();
