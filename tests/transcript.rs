@@ -409,7 +409,9 @@ async fn data_injected_after_the_stls_reply_is_refused() {
     c.send("USER alice\r\nPASS pw\r\n").await;
     c.rest().await;
     up.wait_closed(1).await;
-    assert_eq!(up.commands(), ["STLS"], "nothing followed STLS in clear");
+    assert_eq!(up.commands(), ["STLS"]);
+    let after = up.log.lock().unwrap().after_stls.clone();
+    assert!(after.is_empty(), "popsift went on after the injected data ({} bytes sent)", after.len());
 }
 
 /// DELE marks are popsift's until QUIT (README "How a session goes" 4, RFC 1939 §6), also

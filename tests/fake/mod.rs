@@ -85,6 +85,9 @@ pub struct Log {
     pub connections: usize,
     /// Connections that have ended (closed by either side).
     pub closed: usize,
+    /// Raw bytes received after an accepted STLS (a TLS ClientHello would land here: the
+    /// fake speaks no TLS).
+    pub after_stls: Vec<u8>,
 }
 
 /// A small test message with the given Subject and body.
@@ -212,7 +215,23 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                             None => b"-ERR unknown command\r\n".to_vec(),
                         },
                         "STLS" if !logged_in => match &b.stls_reply {
-                            Some(r) => r.clone().into_bytes(),
+                            Some(reply) if reply.starts_with("+OK") => {
+                                // Accepted: from here on the client would speak TLS. Keep
+                                // whatever arrives, raw, until the connection ends.
+                                w.write_all(reply.as_bytes()).await.ok();
+                                let mut raw = r.buffer().to_vec();
+                                let mut chunk = [0u8; 4096];
+                                loop {
+                                    use tokio::io::AsyncReadExt;
+                                    match r.get_mut().read(&mut chunk).await {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                                    }
+                                }
+                                log.lock().unwrap().after_stls = raw;
+                                return;
+                            }
+                            Some(reply) => reply.clone().into_bytes(),
                             None => b"-ERR STLS not available\r\n".to_vec(),
                         },
                         "USER" => {
