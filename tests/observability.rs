@@ -45,7 +45,7 @@ fn a_real_session_moves_the_counters_by_exactly_what_happened() {
     assert_eq!(got.messages.len(), n_ham);
     // A failed login.
     let err = try_poplib_fetch(&p.addr, "alice", "wrong-password", &PoplibOpts::default()).unwrap_err();
-    assert!(err.contains("ERR"), "{err}");
+    assert!(err.contains("-ERR [AUTH]"), "refused at PASS: {err}");
     // The counters move when each session ends: wait for both summary lines.
     p.wait_sessions_finished(2);
 
@@ -128,7 +128,8 @@ fn credentials_never_reach_the_logs_at_any_level() {
         poplib_fetch(&p.addr, "alice", &pass, &PoplibOpts::default());
         let refused = try_poplib_fetch(&p.addr, "alice", "Wrong-Secret-42", &PoplibOpts::default())
             .expect_err("the wrong password must be refused");
-        assert!(refused.contains("ERR"), "{refused}");
+        // Refused at PASS by Dovecot (RFC 2449 AUTH response code), not later by a command.
+        assert!(refused.contains("-ERR [AUTH]"), "{refused}");
         poplib_fetch(&p.addr, "alice", &pass, &PoplibOpts { apop: true, ..Default::default() });
         let plain = base64(format!("\0alice\0{pass}").as_bytes());
         let mut c = RawPop::connect(&p.addr);
