@@ -40,8 +40,7 @@ fn watched(dir: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let ino = format!(" ino:{:x} ", std::fs::metadata(dir).unwrap().ino());
     std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten().any(|e| {
-        std::fs::read_to_string(e.path())
-            .is_ok_and(|t| t.lines().any(|l| l.starts_with("inotify") && l.contains(&ino)))
+        std::fs::read_to_string(e.path()).is_ok_and(|t| t.lines().any(|l| l.starts_with("inotify") && l.contains(&ino)))
     })
 }
 
@@ -159,7 +158,10 @@ fn sighup_reloads() {
 
 /// One hiding rule per subject word; messages are named after their subject.
 fn hide(subject: &str) -> String {
-    format!("rules:\n  - id: HIDE_{}\n    header: Subject\n    regex: '^{subject}$'\n    action: hide\n", subject.to_uppercase())
+    format!(
+        "rules:\n  - id: HIDE_{}\n    header: Subject\n    regex: '^{subject}$'\n    action: hide\n",
+        subject.to_uppercase()
+    )
 }
 
 /// The UIDLs a session sees (`UIDL` through popsift).
@@ -184,7 +186,9 @@ fn running_sessions_keep_their_rules_across_reloads() {
     }
     let pass = d.password("alice").to_string();
     let uidls: Vec<String> = d.uidls("alice").into_iter().map(|(_, u)| u).collect();
-    let without = |i: usize| -> Vec<String> { uidls.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, u)| u.clone()).collect() };
+    let without = |i: usize| -> Vec<String> {
+        uidls.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, u)| u.clone()).collect()
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let (rules, store) = (dir.path().join("rules"), dir.path().join("store"));

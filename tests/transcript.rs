@@ -325,7 +325,6 @@ async fn idle_client_is_logged_out_without_update() {
     let log = up.log.lock().unwrap();
     assert!(log.expunged.is_empty(), "autologout performs no UPDATE (RFC 1939 §3)");
     assert!(!log.commands.iter().any(|c| c.starts_with("DELE") || c == "QUIT"), "{:?}", log.commands);
-    drop(log);
 }
 
 #[tokio::test]
@@ -339,10 +338,11 @@ async fn overlong_client_line_gets_an_error_and_deletes_nothing() {
     let r = c.line().await;
     assert!(r.starts_with("-ERR line too long"), "{r}");
     up.wait_closed(1).await;
-    let log = up.log.lock().unwrap();
-    assert!(log.expunged.is_empty());
-    assert!(!log.commands.iter().any(|c| c.starts_with("DELE") || c == "QUIT"), "{:?}", log.commands);
-    drop(log);
+    {
+        let log = up.log.lock().unwrap();
+        assert!(log.expunged.is_empty());
+        assert!(!log.commands.iter().any(|c| c.starts_with("DELE") || c == "QUIT"), "{:?}", log.commands);
+    }
     // popsift is still up.
     let (_c2, g) = Client::connect(&p.addr).await;
     assert!(g.starts_with("+OK"));
