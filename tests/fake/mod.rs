@@ -1,7 +1,9 @@
 //! A small scripted POP3 server, only for what a real Dovecot cannot be made to do: APOP
 //! checks without a real digest, servers without CAPA/TOP/UIDL, `-ERR` after a correct PASS,
-//! dying mid-RETR, a TOP that returns the whole message. Everything else is tested against
-//! Dovecot.
+//! dying mid-RETR, a TOP that returns the whole message, a scan held at TOP until the test
+//! lets it go, a garbled TOP reply, STLS refused or followed by injected bytes. Everything
+//! else is tested against Dovecot. The log records commands, pipelining, UPDATE deletions
+//! and connections opened/closed (wait on those, never on time).
 #![allow(dead_code)]
 
 pub mod popsift;
