@@ -2,8 +2,11 @@
 //! checks the fuzz targets run, so a fixed crash stays fixed in an ordinary `cargo test`.
 //!
 //! File names say where an input came from: `seed-*` are hand-written (edge cases picked by
-//! a person), `fuzz-*` were found by `cargo fuzz` and minimised with `cargo fuzz cmin` (each
-//! one reached coverage the others did not).
+//! a person). `headers/fuzz-*` come from a 60 s `cargo fuzz run` of the `headers` target
+//! (83 k inputs, no crash found): its corpus was minimised with libFuzzer's set-cover merge
+//! (629 inputs), and from those the four smallest of each kind (encoded words B/Q, charsets,
+//! 8-bit bytes, folding, addresses, Received, lines without a colon) were kept here. None of
+//! them is a crash reproducer; they pin the coverage the fuzzer reached.
 use std::path::Path;
 
 #[path = "fuzz/fuzz_targets/headers_check.rs"]
