@@ -131,7 +131,10 @@ async fn login_answered_early(c: &mut Client, up: &fake::Fake) {
     c.send("PASS pw\r\n").await;
     let r = c.line_within(Duration::from_secs(15)).await.expect("no early answer while the scan was held");
     assert_eq!(r, "+OK logged in");
-    assert_eq!(up.tops(), 1, "the scan is held at its first TOP");
+    // On a slow machine the +OK may even come before TOP 1 is out; either way the scan
+    // cannot get past TOP 1 while the gate is shut.
+    assert!(up.tops() <= 1, "the scan is held at its first TOP");
+    wait_until_async(Duration::from_secs(15), "TOP 1 to reach the server", || up.tops() == 1).await;
 }
 
 #[tokio::test]
@@ -182,7 +185,7 @@ async fn early_answer_with_pipelined_commands_queued_behind_the_scan() {
     // PASS and the TRANSACTION commands in one write: the +OK comes early, the rest in order.
     c.send("PASS pw\r\nSTAT\r\nNOOP\r\nQUIT\r\n").await;
     assert_eq!(c.line_within(Duration::from_secs(15)).await.as_deref(), Some("+OK logged in"));
-    assert_eq!(up.tops(), 1, "answered early, while the scan was held");
+    assert!(up.tops() <= 1, "answered early, while the scan was held");
     gate.add_permits(5);
     let m = mailbox();
     assert_eq!(c.line().await, format!("+OK 3 {}", m[0].len() + m[2].len() + m[3].len()));
