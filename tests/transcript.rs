@@ -504,3 +504,20 @@ async fn max_sessions_refuses_the_extra_client_and_frees_the_slot() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Before login, STLS and unknown commands get their own `-ERR` reason (a clear error, not a
+/// generic "not logged in"); nothing reaches the server.
+#[tokio::test]
+async fn authorization_state_errors_say_why() {
+    let up = upstream(Behaviour::default(), mailbox()).await;
+    let p = popsift(&up.addr, RULES, "").await;
+    let (mut c, _) = Client::connect(&p.addr).await;
+    let r = c.cmd("STLS").await;
+    assert!(r.starts_with("-ERR STLS is not available"), "{r}");
+    assert_eq!(c.cmd("XYZZY").await, "-ERR unknown command");
+    assert_eq!(c.cmd("STAT").await, "-ERR not logged in yet (AUTHORIZATION state)");
+    assert_eq!(c.cmd("QUIT").await, "+OK bye");
+    up.wait_closed(1).await;
+    let cmds = up.commands();
+    assert!(!cmds.iter().any(|c| c == "STLS" || c == "XYZZY" || c == "STAT"), "{cmds:?}");
+}
