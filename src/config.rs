@@ -14,7 +14,8 @@
 //! state_dir: /var/lib/popsift
 //! max_sessions: 256
 //! timeouts: { connect: 15s, tls_handshake: 15s, greeting: 30s, upstream_reply: 120s, upstream_min_rate: 1KiB,
-//!             client_idle: 10m, client_line: 60s }
+//!             client_idle: 10m, client_line: 60s,
+//!             drain: 30s }
 //! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 1024, window_bytes: 8MiB,
 //!         early_answer_after: 20s }
 //! cache: { enabled: true, max_size: 256MiB }   # header cache, <state_dir>/header-cache.redb
@@ -207,6 +208,7 @@ pub struct TimeoutsFile {
     pub upstream_min_rate: Option<String>,
     pub client_idle: Option<String>,
     pub client_line: Option<String>,
+    pub drain: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,6 +295,9 @@ pub struct Timeouts {
     /// From the first octet of a client command line to its CRLF. Mail clients send a
     /// command in one write, so this is short; it stops a client that trickles a line.
     pub client_line: Duration,
+    /// After SIGTERM/SIGINT: how long running sessions may take to finish before they are
+    /// cut off (without UPDATE).
+    pub drain: Duration,
 }
 
 impl Default for Timeouts {
@@ -305,6 +310,7 @@ impl Default for Timeouts {
             upstream_min_rate: 1024,
             client_idle: Duration::from_secs(600),
             client_line: Duration::from_secs(60),
+            drain: Duration::from_secs(30),
         }
     }
 }
@@ -450,6 +456,7 @@ impl Config {
             },
             client_idle: duration_field("timeouts.client_idle", t.client_idle, d.client_idle)?,
             client_line: duration_field("timeouts.client_line", t.client_line, d.client_line)?,
+            drain: duration_field("timeouts.drain", t.drain, d.drain)?,
         };
         let s = file.scan;
         let ds = ScanSettings::default();

@@ -125,7 +125,8 @@ pub const RULES_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str = "popsift_rules_las
 pub const QUARANTINE_MESSAGES_TOTAL: &str = "popsift_quarantine_messages_total";
 /// Counter: messages that should have been quarantined but could not be written.
 pub const QUARANTINE_ERRORS_TOTAL: &str = "popsift_quarantine_errors_total";
-/// Counter `{result}`: header cache lookups, `hit` or `miss`.
+/// Counter `{result}`: header cache lookups, `hit` or `miss`; `memo` when the in-memory
+/// verdict memo answered and the cache was not read.
 pub const HEADER_CACHE_LOOKUPS_TOTAL: &str = "popsift_header_cache_lookups_total";
 /// Counter: logins whose UIDL listing could not be trusted (duplicate, missing or malformed
 /// UIDLs, RFC 1939 §7), so every UIDL-keyed shortcut was off for that session.
@@ -327,7 +328,7 @@ pub const METRICS: &[MetricDef] = &[
         kind: MetricKind::Counter,
         unit: Some(Unit::Count),
         labels: &["result"],
-        help: "Header cache lookups, by result (hit, miss).",
+        help: "Header cache lookups, by result (hit, miss; memo: answered by the in-memory verdict memo).",
         buckets: &[],
     },
     MetricDef {
@@ -529,7 +530,7 @@ fn register() {
     counter!(QUARANTINE_MESSAGES_TOTAL).absolute(0);
     counter!(QUARANTINE_ERRORS_TOTAL).absolute(0);
     counter!(UIDL_UNTRUSTED_SESSIONS_TOTAL).absolute(0);
-    for result in ["hit", "miss"] {
+    for result in ["hit", "miss", "memo"] {
         counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => result).absolute(0);
     }
     for &reply in INVALID_REPLIES {
@@ -714,6 +715,12 @@ pub fn uidl_untrusted_session() {
 pub fn header_cache_lookup(hit: bool) {
     let result = if hit { "hit" } else { "miss" };
     counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => result).increment(1);
+}
+
+/// A message answered by the in-memory verdict memo, without reading the header cache
+/// (`popsift_header_cache_lookups_total{result="memo"}`).
+pub fn verdict_memo_hit() {
+    counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => "memo").increment(1);
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! - popsift keeps serving: a second session against the same (now well-behaved) upstream
 //!   succeeds;
 //! - `popsift_sessions_active` returns to 0.
+// `fake` and `support` both bring the shared wait helper.
+#![allow(clippy::duplicate_mod)]
 mod fake;
 #[allow(unused_imports)]
 mod support;

@@ -4,6 +4,8 @@
 //! leaves while the upstream stalls. Each must end the session within a bounded time and
 //! give its slot back (`max_sessions: 1`, then a new client is served). The unit tests of
 //! `net::conn` check the same deadlines under paused time.
+// `fake` and `support` both bring the shared wait helper.
+#![allow(clippy::duplicate_mod)]
 mod fake;
 #[allow(unused_imports)]
 mod support;

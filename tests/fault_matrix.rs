@@ -546,7 +546,10 @@ fn two_clients_at_once_without_lock() {
     }
     assert!(a.command("QUIT").starts_with("+OK"));
     let r = b.command("QUIT");
-    assert!(r.starts_with("+OK") || r.starts_with("-ERR"), "{r}");
+    // b's UPDATE DELEs spam a's UPDATE already expunged. Dovecot 2.3 without a session lock
+    // treats that as done, not as an error (seen: "+OK Logging out, messages deleted."), and
+    // popsift relays its reply: a -ERR here would be popsift's invention.
+    assert_eq!(r, "+OK Logging out, messages deleted.", "the second QUIT");
     assert_eq!(keys(&d.mailbox("alice")), names(&ham));
     let f = poplib_fetch(&p.addr, "alice", &pass, &PoplibOpts::default());
     assert_eq!(f.messages, wire(&ham));

@@ -97,8 +97,11 @@ fn poplib_delete_empties_and_drop_without_quit_keeps() {
         poplib_fetch(&d.pop3_addr(), "alice", &pass, &PoplibOpts { delete: true, quit: false, ..Default::default() });
     assert_eq!(dropped.messages.len(), mbox.len());
     assert!(dropped.quit_reply.is_none());
-    // The server notices the closed socket asynchronously; the session must not commit.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The server notices the closed socket asynchronously; the session must not commit. Wait
+    // until Dovecot has ended that session (its disconnect line), then look.
+    wait_until(std::time::Duration::from_secs(20), "Dovecot to log the dropped session", || {
+        d.log().lines().any(|l| l.contains("pop3(alice)") && l.contains("Disconnected"))
+    });
     let stored = d.mailbox("alice");
     assert_eq!(stored.len(), mbox.len(), "drop without QUIT deletes nothing");
     for m in &mbox {

@@ -4,6 +4,8 @@
 //! a RETR longer than LIST) and asserts the data outcome: which `DELE`s reached the server
 //! and which files are in the quarantine. The property test at the end drives the pure
 //! decision code (`session::scan`) with random mailboxes, duplicate UIDLs and stale caches.
+// `fake` and `support` both bring the shared wait helper.
+#![allow(clippy::duplicate_mod)]
 mod fake;
 #[allow(unused_imports)]
 mod support;

@@ -45,9 +45,9 @@ fn a_real_session_moves_the_counters_by_exactly_what_happened() {
     assert_eq!(got.messages.len(), n_ham);
     // A failed login.
     let err = try_poplib_fetch(&p.addr, "alice", "wrong-password", &PoplibOpts::default()).unwrap_err();
-    assert!(err.contains("ERR"), "{err}");
-    // The summary lines are written when each session ends; give the second a moment.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(err.contains("-ERR [AUTH]"), "refused at PASS: {err}");
+    // The counters move when each session ends: wait for both summary lines.
+    p.wait_sessions_finished(2);
 
     let after = p.scrape();
     assert_eq!(sample(&after, "popsift_sessions_total{result=\"ok\"}"), 1.0);
@@ -104,7 +104,7 @@ fn upstream_errors_are_counted() {
     let p = Popsift::start(&ProxyOpts { upstream: &upstream, rules: RULES, ..Default::default() });
     let err = try_poplib_fetch(&p.addr, "alice", "x", &PoplibOpts::default()).unwrap_err();
     assert!(err.contains("SYS/TEMP"), "{err}");
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    p.wait_sessions_finished(1);
     let m = p.scrape();
     assert_eq!(sample(&m, "popsift_upstream_errors_total{kind=\"connect\"}"), 1.0);
     assert_eq!(sample(&m, "popsift_sessions_total{result=\"upstream_error\"}"), 1.0);
@@ -126,7 +126,10 @@ fn credentials_never_reach_the_logs_at_any_level() {
         // USER/PASS, a failed PASS, APOP, and SASL PLAIN both as initial response and as a
         // continuation line.
         poplib_fetch(&p.addr, "alice", &pass, &PoplibOpts::default());
-        let _ = try_poplib_fetch(&p.addr, "alice", "Wrong-Secret-42", &PoplibOpts::default());
+        let refused = try_poplib_fetch(&p.addr, "alice", "Wrong-Secret-42", &PoplibOpts::default())
+            .expect_err("the wrong password must be refused");
+        // Refused at PASS by Dovecot (RFC 2449 AUTH response code), not later by a command.
+        assert!(refused.contains("-ERR [AUTH]"), "{refused}");
         poplib_fetch(&p.addr, "alice", &pass, &PoplibOpts { apop: true, ..Default::default() });
         let plain = base64(format!("\0alice\0{pass}").as_bytes());
         let mut c = RawPop::connect(&p.addr);
@@ -137,7 +140,8 @@ fn credentials_never_reach_the_logs_at_any_level() {
         assert!(c.command("AUTH PLAIN").starts_with('+'));
         assert!(c.command(&plain).starts_with("+OK"));
         assert!(c.command("QUIT").starts_with("+OK"));
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Five sessions: USER/PASS, the refused PASS, APOP, and the two SASL logins.
+        p.wait_sessions_finished(5);
         let log = p.log();
         assert!(log.contains("session finished"), "logging works: {log}");
         assert!(log.contains("alice"), "the user name is logged");

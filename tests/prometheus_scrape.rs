@@ -192,7 +192,14 @@ fn real_prometheus_scrapes_popsift_and_runs_alerts_and_dashboard_queries() {
                 .replace("$__range", "1h")
                 .replace("$job", "popsift")
                 .replace("$instance", ".*");
-            query(prom_addr, &expr);
+            // A query that runs but finds nothing (a misspelt metric or label) is as broken
+            // as one that fails: every metric the dashboard shows exists from the first
+            // scrape, so every query must return data. Rates need two samples: wait.
+            wait_for(&format!("data for dashboard query {expr}"), deadline, || {
+                let data = query(prom_addr, &expr);
+                let empty = data["result"].as_array().is_some_and(|r| r.is_empty());
+                (!empty).then_some(())
+            });
             checked += 1;
         }
     }

@@ -3,10 +3,13 @@
 //! message, a slow TOP). Real-server cache tests are in tests/header_cache.rs.
 mod fake;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use fake::popsift::{start as popsift, Client};
+use fake::wait::wait_until_async;
 use fake::{msg, start as upstream, Behaviour};
+use tokio::sync::Semaphore;
 
 const RULES: &str = r#"
 rules:
@@ -121,25 +124,42 @@ async fn sasl_logins_use_the_cache_under_their_own_identity() {
     assert!(tops(&up.commands()[before..]).is_empty(), "USER alice shares the SASL login's cache entries");
 }
 
+/// A fake whose TOPs wait for the test to let them through (no PIPELINING: one TOP at a
+/// time), so the scan runs exactly as long as the test wants; no timing is guessed.
+async fn gated(b: Behaviour) -> (fake::Fake, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let up = upstream(Behaviour { top_gate: Some(gate.clone()), ..b }, mailbox()).await;
+    (up, gate)
+}
+
+/// Logs in; the `+OK` must come while the scan is held at its first TOP: the early answer.
+async fn login_answered_early(c: &mut Client, up: &fake::Fake) {
+    assert!(c.cmd("USER alice").await.starts_with("+OK"));
+    c.send("PASS pw\r\n").await;
+    let r = c.line_within(Duration::from_secs(15)).await.expect("no early answer while the scan was held");
+    assert_eq!(r, "+OK logged in");
+    // On a slow machine the +OK may even come before TOP 1 is out; either way the scan
+    // cannot get past TOP 1 while the gate is shut.
+    assert!(up.tops() <= 1, "the scan is held at its first TOP");
+    wait_until_async(Duration::from_secs(15), "TOP 1 to reach the server", || up.tops() == 1).await;
+}
+
 #[tokio::test]
 async fn early_answer_then_first_command_waits_for_the_full_scan() {
-    let b = Behaviour { top_delay: Some(Duration::from_millis(250)), ..no_pipelining() };
-    let up = upstream(b, mailbox()).await;
-    // 5 TOPs at 250 ms: the scan takes >= 1.25 s; the +OK is due after 300 ms.
-    let p = popsift(&up.addr, RULES, "scan: { early_answer_after: 300ms }\ncache: { enabled: false }\n").await;
+    let (up, gate) = gated(no_pipelining()).await;
+    let p = popsift(&up.addr, RULES, "scan: { early_answer_after: 200ms }\ncache: { enabled: false }\n").await;
     let (mut c, _) = Client::connect(&p.addr).await;
-    assert!(c.cmd("USER alice").await.starts_with("+OK"));
-    let t0 = Instant::now();
-    assert_eq!(c.cmd("PASS pw").await, "+OK logged in");
-    let login = t0.elapsed();
-    assert!(login < Duration::from_millis(1000), "login answered after {login:?}");
-    let tops_at_login = tops(&up.commands()).len();
-    assert!(tops_at_login < 5, "the scan was still running at +OK ({tops_at_login} TOPs)");
+    login_answered_early(&mut c, &up).await;
+    c.send("STAT\r\n").await;
+    // Let four TOPs through; the fifth is held. STAT must still wait.
+    gate.add_permits(4);
+    wait_until_async(Duration::from_secs(15), "the fifth TOP", || up.tops() == 5).await;
+    assert_eq!(c.line_within(Duration::from_millis(200)).await, None, "STAT answered before the scan ended");
+    gate.add_permits(1);
     // The first command is answered from the complete, filtered view.
-    let stat = c.cmd("STAT").await;
+    let stat = c.line().await;
     let m = mailbox();
     assert_eq!(stat, format!("+OK 3 {}", m[0].len() + m[2].len() + m[3].len()), "spam hidden, nothing missing");
-    assert!(t0.elapsed() >= Duration::from_millis(1250));
     let (_, uidl) = c.multi("UIDL").await;
     assert_eq!(uidl, b"1 uid-1\r\n2 uid-3\r\n3 uid-4\r\n.\r\n");
     assert!(c.cmd("QUIT").await.starts_with("+OK"));
@@ -147,29 +167,111 @@ async fn early_answer_then_first_command_waits_for_the_full_scan() {
 
 #[tokio::test]
 async fn early_answer_off_waits_for_the_scan() {
-    let b = Behaviour { top_delay: Some(Duration::from_millis(250)), ..no_pipelining() };
-    let up = upstream(b, mailbox()).await;
+    let (up, gate) = gated(no_pipelining()).await;
     let p = popsift(&up.addr, RULES, "scan: { early_answer_after: 'off' }\ncache: { enabled: false }\n").await;
     let (mut c, _) = Client::connect(&p.addr).await;
     assert!(c.cmd("USER alice").await.starts_with("+OK"));
-    let t0 = Instant::now();
-    assert_eq!(c.cmd("PASS pw").await, "+OK logged in");
-    assert!(t0.elapsed() >= Duration::from_millis(1250));
-    assert_eq!(tops(&up.commands()).len(), 5);
+    c.send("PASS pw\r\n").await;
+    gate.add_permits(4);
+    wait_until_async(Duration::from_secs(15), "the fifth TOP", || up.tops() == 5).await;
+    // With the default early answer (20 s) this wait would also pass; what 'off' adds is that
+    // the login is never answered before the scan: hold the last TOP well past any short
+    // early answer and check.
+    assert_eq!(c.line_within(Duration::from_secs(1)).await, None, "login answered before the scan ended");
+    gate.add_permits(1);
+    assert_eq!(c.line().await, "+OK logged in");
     assert!(c.cmd("QUIT").await.starts_with("+OK"));
 }
 
 #[tokio::test]
 async fn early_answer_with_pipelined_commands_queued_behind_the_scan() {
-    let b = Behaviour { top_delay: Some(Duration::from_millis(200)), ..no_pipelining() };
-    let up = upstream(b, mailbox()).await;
+    let (up, gate) = gated(no_pipelining()).await;
     let p = popsift(&up.addr, RULES, "scan: { early_answer_after: 200ms }\ncache: { enabled: false }\n").await;
     let (mut c, _) = Client::connect(&p.addr).await;
     assert!(c.cmd("USER alice").await.starts_with("+OK"));
     // PASS and the TRANSACTION commands in one write: the +OK comes early, the rest in order.
     c.send("PASS pw\r\nSTAT\r\nNOOP\r\nQUIT\r\n").await;
-    assert_eq!(c.line().await, "+OK logged in");
-    assert!(c.line().await.starts_with("+OK 3 "));
-    assert!(c.line().await.starts_with("+OK"));
-    assert!(c.line().await.starts_with("+OK"));
+    assert_eq!(c.line_within(Duration::from_secs(15)).await.as_deref(), Some("+OK logged in"));
+    assert!(up.tops() <= 1, "answered early, while the scan was held");
+    gate.add_permits(5);
+    let m = mailbox();
+    assert_eq!(c.line().await, format!("+OK 3 {}", m[0].len() + m[2].len() + m[3].len()));
+    assert!(c.line().await.starts_with("+OK"), "NOOP");
+    assert!(c.line().await.starts_with("+OK"), "QUIT");
+    up.wait_closed(1).await;
+    // The queued NOOP went upstream only after the last TOP, and nothing overtook the scan.
+    let cmds = up.commands();
+    let last_top = cmds.iter().rposition(|c| c.starts_with("TOP ")).unwrap();
+    let noop = cmds.iter().position(|c| c == "NOOP").expect("NOOP relayed");
+    assert_eq!(tops(&cmds).len(), 5);
+    assert!(noop > last_top, "NOOP reached the server during the scan: {cmds:?}");
+    assert_eq!(up.log.lock().unwrap().pipelined, 0, "{cmds:?}");
+}
+
+/// README, "Slow scans": if the scan fails after the early answer, the first command gets
+/// `-ERR [SYS/TEMP]` and the session ends without UPDATE. The scan fails on a garbled TOP
+/// reply while the upstream connection stays up, so a wrong QUIT would reach the server.
+#[tokio::test]
+async fn early_answer_then_failing_scan_answers_the_first_command_with_err_and_deletes_nothing() {
+    let (up, gate) = gated(Behaviour { bad_top_reply: Some(3), ..no_pipelining() }).await;
+    let rules = "rules:\n  - id: DEL\n    header: Subject\n    regex: viagra\n    action: delete\n";
+    let p = popsift(&up.addr, rules, "scan: { early_answer_after: 200ms }\ncache: { enabled: false }\n").await;
+    let (mut c, _) = Client::connect(&p.addr).await;
+    login_answered_early(&mut c, &up).await;
+    c.send("DELE 1\r\nQUIT\r\n").await;
+    gate.add_permits(5);
+    let r = c.line().await;
+    assert!(r.starts_with("-ERR [SYS/TEMP]"), "first command after a failed scan: {r}");
+    assert!(c.rest().await.is_empty(), "the session ends after the error");
+    up.wait_closed(1).await;
+    let log = up.log.lock().unwrap();
+    assert!(log.expunged.is_empty());
+    assert!(!log.commands.iter().any(|c| c.starts_with("DELE") || c == "QUIT"), "{:?}", log.commands);
+}
+
+/// `scan.without_top: refuse` after the early answer: the first command gets `-ERR [SYS/PERM]`
+/// and nothing of the client's reaches the server.
+#[tokio::test]
+async fn early_answer_then_server_without_top_refuses_the_first_command() {
+    let (up, gate) = gated(Behaviour { top: false, ..no_pipelining() }).await;
+    let p = popsift(
+        &up.addr,
+        RULES,
+        "scan: { early_answer_after: 200ms, without_top: refuse }\ncache: { enabled: false }\n",
+    )
+    .await;
+    let (mut c, _) = Client::connect(&p.addr).await;
+    login_answered_early(&mut c, &up).await;
+    c.send("DELE 1\r\nQUIT\r\n").await;
+    gate.add_permits(5);
+    let r = c.line().await;
+    assert!(r.starts_with("-ERR [SYS/PERM]"), "first command when the server cannot TOP: {r}");
+    let rest = c.rest().await;
+    assert!(rest.is_empty(), "the session ends after the error, got {:?}", String::from_utf8_lossy(&rest));
+    up.wait_closed(1).await;
+    let log = up.log.lock().unwrap();
+    assert!(log.expunged.is_empty());
+    assert!(!log.commands.iter().any(|c| c.starts_with("DELE")), "{:?}", log.commands);
+}
+
+/// README, "Slow scans": "if the client gives up anyway, the scan still completes and fills
+/// the header cache, so the client's next attempt is fast".
+#[tokio::test]
+async fn client_giving_up_after_the_early_answer_still_fills_the_cache() {
+    let (up, gate) = gated(no_pipelining()).await;
+    let p = popsift(&up.addr, RULES, "scan: { early_answer_after: 200ms }\n").await;
+    let (mut c, _) = Client::connect(&p.addr).await;
+    login_answered_early(&mut c, &up).await;
+    drop(c);
+    gate.add_permits(5);
+    // The abandoned session ends once its scan is complete.
+    up.wait_closed(1).await;
+    assert_eq!(up.tops(), 5, "the scan ran to the end without a client");
+    let before = up.commands().len();
+    let (stat, _, uidl) = session(&p.addr).await;
+    let m = mailbox();
+    assert_eq!(stat, format!("+OK 3 {}", m[0].len() + m[2].len() + m[3].len()));
+    assert_eq!(uidl, b"1 uid-1\r\n2 uid-3\r\n3 uid-4\r\n.\r\n");
+    let second = up.commands()[before..].to_vec();
+    assert!(tops(&second).is_empty(), "the next attempt sent TOP again: {second:?}");
 }

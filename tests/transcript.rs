@@ -2,7 +2,7 @@
 //! cannot be made to show (see tests/fake/mod.rs). Real-server tests are in tests/dovecot_*.rs.
 mod fake;
 
-use fake::popsift::{start as popsift, Client};
+use fake::popsift::{start as popsift, start_with_tls, Client};
 use fake::{msg, start as upstream, Behaviour};
 
 const RULES: &str = r#"
@@ -70,10 +70,12 @@ async fn drop_without_quit_deletes_nothing() {
     login(&mut c).await;
     assert!(c.cmd("DELE 1").await.starts_with("+OK"));
     drop(c);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The session is over when popsift has closed its upstream connection: whatever it was
+    // going to send (DELE, QUIT) it has sent by then.
+    up.wait_closed(1).await;
     let log = up.log.lock().unwrap();
     assert!(log.expunged.is_empty());
-    assert!(!log.commands.iter().any(|c| c.starts_with("DELE")), "{:?}", log.commands);
+    assert!(!log.commands.iter().any(|c| c.starts_with("DELE") || c == "QUIT"), "{:?}", log.commands);
 }
 
 #[tokio::test]
@@ -104,6 +106,11 @@ async fn pipelined_relay_to_upstream_without_pipelining() {
     assert_eq!(all.matches("first ham").count(), 2, "{all}");
     assert_eq!(all.matches("\r\nlast\r\n").count(), 1, "{all}");
     assert!(all.ends_with("+OK bye\r\n"));
+    // The client pipelined, but the server did not offer PIPELINING (RFC 2449 §6.6): popsift
+    // must send it one command at a time, each after the previous reply.
+    let log = up.log.lock().unwrap();
+    assert!(log.commands.iter().filter(|c| c.starts_with("RETR")).count() >= 2, "{:?}", log.commands);
+    assert_eq!(log.pipelined, 0, "commands reached a non-pipelining server back to back: {:?}", log.commands);
 }
 
 #[tokio::test]
@@ -314,8 +321,10 @@ async fn idle_client_is_logged_out_without_update() {
     let rest = c.rest().await;
     assert_eq!(rest, b"-ERR autologout: idle for 1s\r\n");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(up.log.lock().unwrap().expunged.is_empty(), "autologout performs no UPDATE (RFC 1939 §3)");
+    up.wait_closed(1).await;
+    let log = up.log.lock().unwrap();
+    assert!(log.expunged.is_empty(), "autologout performs no UPDATE (RFC 1939 §3)");
+    assert!(!log.commands.iter().any(|c| c.starts_with("DELE") || c == "QUIT"), "{:?}", log.commands);
 }
 
 #[tokio::test]
@@ -328,8 +337,12 @@ async fn overlong_client_line_gets_an_error_and_deletes_nothing() {
     c.send(&"X".repeat(40_000)).await;
     let r = c.line().await;
     assert!(r.starts_with("-ERR line too long"), "{r}");
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(up.log.lock().unwrap().expunged.is_empty());
+    up.wait_closed(1).await;
+    {
+        let log = up.log.lock().unwrap();
+        assert!(log.expunged.is_empty());
+        assert!(!log.commands.iter().any(|c| c.starts_with("DELE") || c == "QUIT"), "{:?}", log.commands);
+    }
     // popsift is still up.
     let (_c2, g) = Client::connect(&p.addr).await;
     assert!(g.starts_with("+OK"));
@@ -367,4 +380,144 @@ async fn several_listeners_each_with_its_own_upstream() {
     login(&mut b).await;
     assert!(a.cmd("STAT").await.starts_with("+OK 2 "));
     assert!(b.cmd("STAT").await.starts_with("+OK 1 "));
+}
+
+/// `upstream_tls: starttls` and a server that refuses STLS: the login is refused before
+/// anything else is sent (README: popsift never falls back to clear text). The client's
+/// USER/PASS, sent anyway, never reach the server.
+#[tokio::test]
+async fn starttls_refused_by_the_server_sends_nothing_in_clear() {
+    let up = upstream(Behaviour::default(), mailbox()).await;
+    let p = start_with_tls(&up.addr, "starttls", RULES, "").await;
+    let (mut c, greeting) = Client::connect(&p.addr).await;
+    assert!(greeting.starts_with("-ERR [SYS/TEMP]"), "{greeting}");
+    c.send("USER alice\r\nPASS pw\r\n").await;
+    c.rest().await;
+    up.wait_closed(1).await;
+    assert_eq!(up.commands(), ["STLS"], "only STLS was sent in clear");
+}
+
+/// RFC 2595 §4 / the STARTTLS injection attack: bytes that follow the `+OK` to STLS before
+/// the handshake are an attacker's; popsift refuses instead of reading them as replies later.
+#[tokio::test]
+async fn data_injected_after_the_stls_reply_is_refused() {
+    let b = Behaviour { stls_reply: Some("+OK begin TLS\r\n+OK injected\r\n".into()), ..Behaviour::default() };
+    let up = upstream(b, mailbox()).await;
+    let p = start_with_tls(&up.addr, "starttls", RULES, "").await;
+    let (mut c, greeting) = Client::connect(&p.addr).await;
+    assert!(greeting.starts_with("-ERR [SYS/TEMP]"), "{greeting}");
+    c.send("USER alice\r\nPASS pw\r\n").await;
+    c.rest().await;
+    up.wait_closed(1).await;
+    assert_eq!(up.commands(), ["STLS"]);
+    let after = up.log.lock().unwrap().after_stls.clone();
+    assert!(after.is_empty(), "popsift went on after the injected data ({} bytes sent)", after.len());
+}
+
+/// DELE marks are popsift's until QUIT (README "How a session goes" 4, RFC 1939 §6), also
+/// when a client pipelines hundreds of commands, which goes through the driver's read-ahead
+/// (it tops up its queue from the client socket without waiting).
+#[tokio::test]
+async fn pipelined_dele_rset_quit_through_the_read_ahead_deletes_only_at_quit() {
+    const N: usize = 300;
+    let up = upstream(Behaviour::default(), mailbox()).await;
+    let p = popsift(&up.addr, RULES, "").await;
+    let m = mailbox();
+
+    // Without QUIT: marks, RSET, marks again, many RETRs, then the client vanishes.
+    let (mut c, _) = Client::connect(&p.addr).await;
+    login(&mut c).await;
+    let mut batch = String::from("DELE 1\r\nRSET\r\nDELE 1\r\nDELE 2\r\n");
+    batch.push_str(&"STAT\r\n".repeat(N));
+    c.send(&batch).await;
+    for expect in ["+OK", "+OK", "+OK", "+OK"] {
+        assert!(c.line().await.starts_with(expect));
+    }
+    for _ in 0..N {
+        assert_eq!(c.line().await, "+OK 0 0", "both visible messages marked");
+    }
+    drop(c);
+    up.wait_closed(1).await;
+    {
+        let log = up.log.lock().unwrap();
+        assert!(log.expunged.is_empty(), "no QUIT, no UPDATE");
+        assert!(!log.commands.iter().any(|c| c.starts_with("DELE") || c == "QUIT"), "{:?}", log.commands);
+    }
+
+    // With QUIT: DELE 1, RSET (unmarks it), DELE 2, N × (STAT, RETR 1), QUIT — one write.
+    let before = up.commands().len();
+    let (mut c, _) = Client::connect(&p.addr).await;
+    login(&mut c).await;
+    let mut batch = String::from("DELE 1\r\nRSET\r\nDELE 2\r\n");
+    batch.push_str(&"STAT\r\nRETR 1\r\n".repeat(N));
+    batch.push_str("QUIT\r\n");
+    c.send(&batch).await;
+    assert!(c.line().await.starts_with("+OK"), "DELE 1");
+    assert!(c.line().await.starts_with("+OK"), "RSET");
+    assert!(c.line().await.starts_with("+OK"), "DELE 2");
+    for i in 0..N {
+        assert_eq!(c.line().await, format!("+OK 1 {}", m[0].len()), "STAT #{i}");
+        let status = c.line().await;
+        assert_eq!(status, format!("+OK {} octets", m[0].len()), "RETR #{i}");
+        let body = c.body().await;
+        assert_eq!(content(&body), m[0]);
+    }
+    assert_eq!(c.line().await, "+OK bye");
+    up.wait_closed(2).await;
+    let log = up.log.lock().unwrap();
+    let cmds = &log.commands[before..];
+    // The DELEs go out only at QUIT: after every RETR, right before QUIT.
+    let last_retr = cmds.iter().rposition(|c| c.starts_with("RETR")).unwrap();
+    let deles: Vec<(usize, &String)> = cmds.iter().enumerate().filter(|(_, c)| c.starts_with("DELE")).collect();
+    assert!(deles.iter().all(|(i, _)| *i > last_retr), "DELE before QUIT: {cmds:?}");
+    let mut sent: Vec<&str> = deles.iter().map(|(_, c)| c.as_str()).collect();
+    sent.sort();
+    assert_eq!(sent, ["DELE 3", "DELE 4"], "condemned #3 and the client's #2 (upstream #4); #1 was RSET");
+    assert_eq!(cmds.last().map(String::as_str), Some("QUIT"));
+    assert_eq!(log.expunged, vec![3, 4]);
+}
+
+/// `max_sessions`: one more client gets `-ERR [SYS/TEMP]` at once, with no upstream
+/// connection; when a session ends, its slot is free again.
+#[tokio::test]
+async fn max_sessions_refuses_the_extra_client_and_frees_the_slot() {
+    let up = upstream(Behaviour::default(), mailbox()).await;
+    let p = popsift(&up.addr, RULES, "max_sessions: 1\n").await;
+    let (mut a, g) = Client::connect(&p.addr).await;
+    assert!(g.starts_with("+OK"));
+    login(&mut a).await;
+    let (mut b, g) = Client::connect(&p.addr).await;
+    assert!(g.starts_with("-ERR [SYS/TEMP]") && g.contains("too many sessions"), "{g}");
+    assert!(b.rest().await.is_empty(), "the refused connection is closed");
+    assert_eq!(up.log.lock().unwrap().connections, 1, "the refused client cost no upstream connection");
+    assert!(a.cmd("STAT").await.starts_with("+OK 2 "), "the running session is unaffected");
+    assert_eq!(a.cmd("QUIT").await, "+OK bye");
+    // The slot is released when the first session's task ends (bounded wait; each refused
+    // attempt is answered at once).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_c, g) = Client::connect(&p.addr).await;
+        if g.starts_with("+OK") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no free session slot after the first QUIT: {g}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Before login, STLS and unknown commands get their own `-ERR` reason (a clear error, not a
+/// generic "not logged in"); nothing reaches the server.
+#[tokio::test]
+async fn authorization_state_errors_say_why() {
+    let up = upstream(Behaviour::default(), mailbox()).await;
+    let p = popsift(&up.addr, RULES, "").await;
+    let (mut c, _) = Client::connect(&p.addr).await;
+    let r = c.cmd("STLS").await;
+    assert!(r.starts_with("-ERR STLS is not available"), "{r}");
+    assert_eq!(c.cmd("XYZZY").await, "-ERR unknown command");
+    assert_eq!(c.cmd("STAT").await, "-ERR not logged in yet (AUTHORIZATION state)");
+    assert_eq!(c.cmd("QUIT").await, "+OK bye");
+    up.wait_closed(1).await;
+    let cmds = up.commands();
+    assert!(!cmds.iter().any(|c| c == "STLS" || c == "XYZZY" || c == "STAT"), "{cmds:?}");
 }

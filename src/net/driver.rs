@@ -371,6 +371,12 @@ impl Session<'_> {
     /// login (not yet sent) and the scanned view, or `None` when the client quit.
     async fn authorization(&mut self) -> Result<Option<(Vec<u8>, MailboxView)>, SessionError> {
         loop {
+            if self.login_answered {
+                // The login was answered early and then refused after all (`scan.without_top:
+                // refuse`): that `-ERR` answered the client's first command; the session ends
+                // rather than fall back into AUTHORIZATION behind the client's back.
+                return Ok(None);
+            }
             let line = self.client_line().await?;
             let cmd = match command::parse(&line) {
                 Ok(c) => c,

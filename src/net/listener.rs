@@ -1,5 +1,6 @@
 //! Accept loops (one per configured listener), the session cap, and graceful shutdown:
-//! SIGTERM / SIGINT stop accepting and give running sessions a deadline to finish. A failing
+//! SIGTERM / SIGINT stop accepting and give running sessions a deadline to finish
+//! (`timeouts.drain`). A failing
 //! `accept` (out of descriptors) is logged at most once per second and backed off from
 //! ([`AcceptErrors`]).
 //!
@@ -21,9 +22,6 @@ use crate::net::http::AcceptErrors;
 use crate::net::tls;
 use crate::rules::RulesHandle;
 use crate::store::header_cache::HeaderCache;
-
-/// How long running sessions may take to finish after SIGTERM.
-pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -110,10 +108,11 @@ pub async fn serve(
         l.abort();
     }
     let all = config.max_sessions as u32;
-    match tokio::time::timeout(DRAIN_DEADLINE, permits.acquire_many(all)).await {
+    let drain = config.timeouts.drain;
+    match tokio::time::timeout(drain, permits.acquire_many(all)).await {
         Ok(_) => info!("all sessions finished"),
         Err(_) => {
-            warn!(deadline = ?DRAIN_DEADLINE, "sessions still running at the drain deadline; closing them (no UPDATE: nothing is deleted)")
+            warn!(deadline = ?drain, "sessions still running at the drain deadline; closing them (no UPDATE: nothing is deleted)")
         }
     }
     Ok(())

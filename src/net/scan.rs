@@ -25,7 +25,8 @@
 //! in the same windows. The new header blocks are stored, and the mailbox's entries whose
 //! UIDL the server no longer lists are evicted, in the background after the scan (the
 //! client's `+OK` does not wait for the disk). Each lookup is counted in
-//! `popsift_header_cache_lookups_total{result="hit"|"miss"}`.
+//! `popsift_header_cache_lookups_total{result="hit"|"miss"}`; a message answered by the
+//! in-memory verdict memo (no cache read at all) counts as `result="memo"`.
 //!
 //! A UIDL listing with duplicate, missing or malformed UIDLs (RFC 1939 §7; see
 //! [`crate::session::scan::uidl_trust`]) switches the cache and the memo off for the session
@@ -219,11 +220,14 @@ pub async fn scan(
             }
         }
         tracing::debug!(lookup_ms = started.elapsed().as_millis() as u64, "header cache lookup");
+        // Memo hits are counted apart from header cache hits: a memo hit never reads the
+        // cache file, so counting it as a cache hit would hide a cache that always misses.
         for (h, m) in have.iter().zip(&memos) {
-            let hit = *h || m.is_some();
-            crate::metrics::header_cache_lookup(hit);
             if m.is_some() {
+                crate::metrics::verdict_memo_hit();
                 cache_hits += 1;
+            } else {
+                crate::metrics::header_cache_lookup(*h);
             }
         }
     }

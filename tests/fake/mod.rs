@@ -1,13 +1,17 @@
 //! A small scripted POP3 server, only for what a real Dovecot cannot be made to do: APOP
 //! checks without a real digest, servers without CAPA/TOP/UIDL, `-ERR` after a correct PASS,
-//! dying mid-RETR, a TOP that returns the whole message. Everything else is tested against
-//! Dovecot.
+//! dying mid-RETR, a TOP that returns the whole message, a scan held at TOP until the test
+//! lets it go, a garbled TOP reply, STLS refused or followed by injected bytes. Everything
+//! else is tested against Dovecot. The log records commands, pipelining, UPDATE deletions
+//! and connections opened/closed (wait on those, never on time).
 #![allow(dead_code)]
 
 pub mod popsift;
 pub mod scripted;
 pub mod slow;
 pub mod threaded;
+#[path = "../support/wait.rs"]
+pub mod wait;
 
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +36,15 @@ pub struct Behaviour {
     pub stall_on_list: bool,
     /// Wait this long before answering each TOP (a slow server, for the early answer).
     pub top_delay: Option<std::time::Duration>,
+    /// Every TOP (supported or not) waits for a permit of this semaphore before it is
+    /// answered: the test holds the scan exactly as long as it wants (`add_permits` to let
+    /// TOPs through), instead of guessing with delays.
+    pub top_gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// Answer `TOP n 0` for this message with a line that is neither `+OK` nor `-ERR` (the
+    /// scan fails with a protocol error while the connection stays up).
+    pub bad_top_reply: Option<usize>,
+    /// The raw reply to STLS (e.g. `"+OK\r\n+OK injected\r\n"`); `None`: `-ERR`.
+    pub stls_reply: Option<String>,
     pub user: String,
     pub pass: String,
 }
@@ -56,6 +69,9 @@ impl Default for Behaviour {
             die_at_quit: false,
             stall_on_list: false,
             top_delay: None,
+            top_gate: None,
+            bad_top_reply: None,
+            stls_reply: None,
             user: "alice".into(),
             pass: "pw".into(),
         }
@@ -70,6 +86,13 @@ pub struct Log {
     pub expunged: Vec<usize>,
     /// Commands that arrived while the next one was already buffered: the client pipelined.
     pub pipelined: usize,
+    /// Connections accepted.
+    pub connections: usize,
+    /// Connections that have ended (closed by either side).
+    pub closed: usize,
+    /// Raw bytes received after an accepted STLS (a TLS ClientHello would land here: the
+    /// fake speaks no TLS).
+    pub after_stls: Vec<u8>,
 }
 
 /// A small test message with the given Subject and body.
@@ -93,6 +116,34 @@ impl Fake {
 
     pub fn set_messages(&self, m: Vec<Vec<u8>>) {
         *self.messages.lock().unwrap() = m;
+    }
+
+    /// How many `TOP` commands arrived so far.
+    pub fn tops(&self) -> usize {
+        self.log.lock().unwrap().commands.iter().filter(|c| c.starts_with("TOP ")).count()
+    }
+
+    /// Connections that have ended so far.
+    pub fn closed(&self) -> usize {
+        self.log.lock().unwrap().closed
+    }
+
+    /// Waits (bounded) until `n` connections have ended: the session upstream is over, so
+    /// whatever it was going to send (QUIT, DELE) has been sent.
+    pub async fn wait_closed(&self, n: usize) {
+        let what = format!("{n} upstream connection(s) to close");
+        wait::wait_until_async(std::time::Duration::from_secs(20), &what, || self.closed() >= n).await;
+    }
+}
+
+/// Counts a connection as closed when its task ends, however it ends.
+struct ClosedOnDrop(Arc<Mutex<Log>>);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.0.lock() {
+            l.closed += 1;
+        }
     }
 }
 
@@ -124,7 +175,9 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
             let b = b.clone();
             let messages = shared2.lock().unwrap().clone();
             let log = log2.clone();
+            log.lock().unwrap().connections += 1;
             tokio::spawn(async move {
+                let _closed = ClosedOnDrop(log.clone());
                 let (r, mut w) = sock.into_split();
                 let mut r = BufReader::new(r);
                 w.write_all(format!("{}\r\n", b.greeting).as_bytes()).await.ok();
@@ -149,10 +202,42 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                     let kw = parts.next().unwrap_or("").to_ascii_uppercase();
                     let args: Vec<&str> = parts.collect();
                     let num = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok());
+                    if kw == "TOP" {
+                        if let Some(gate) = &b.top_gate {
+                            match gate.acquire().await {
+                                Ok(p) => p.forget(),
+                                Err(_) => return,
+                            }
+                        }
+                        if b.bad_top_reply.is_some() && num(0) == b.bad_top_reply {
+                            w.write_all(b"what?\r\n").await.ok();
+                            continue;
+                        }
+                    }
                     let reply: Vec<u8> = match kw.as_str() {
                         "CAPA" => match &b.capa {
                             Some(c) => format!("+OK\r\n{}\r\n.\r\n", c.join("\r\n")).into_bytes(),
                             None => b"-ERR unknown command\r\n".to_vec(),
+                        },
+                        "STLS" if !logged_in => match &b.stls_reply {
+                            Some(reply) if reply.starts_with("+OK") => {
+                                // Accepted: from here on the client would speak TLS. Keep
+                                // whatever arrives, raw, until the connection ends.
+                                w.write_all(reply.as_bytes()).await.ok();
+                                let mut raw = r.buffer().to_vec();
+                                let mut chunk = [0u8; 4096];
+                                loop {
+                                    use tokio::io::AsyncReadExt;
+                                    match r.get_mut().read(&mut chunk).await {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                                    }
+                                }
+                                log.lock().unwrap().after_stls = raw;
+                                return;
+                            }
+                            Some(reply) => reply.clone().into_bytes(),
+                            None => b"-ERR STLS not available\r\n".to_vec(),
                         },
                         "USER" => {
                             user_ok = args.first() == Some(&b.user.as_str());

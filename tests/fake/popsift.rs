@@ -25,11 +25,16 @@ impl Drop for Proxy {
 
 /// `extra` is appended to the generated YAML config (top-level keys).
 pub async fn start(upstream: &str, rules_yaml: &str, extra: &str) -> Proxy {
+    start_with_tls(upstream, "none", rules_yaml, extra).await
+}
+
+/// Like [`start`], with `upstream_tls` set to `tls` (`none`, `starttls`, `implicit`).
+pub async fn start_with_tls(upstream: &str, tls: &str, rules_yaml: &str, extra: &str) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("rules")).unwrap();
     std::fs::write(dir.path().join("rules/test.yaml"), rules_yaml).unwrap();
     let yaml = format!(
-        "listeners:\n  - listen: 127.0.0.1:0\n    upstream: {upstream}\n    upstream_tls: none\nmetrics: 'off'\nrules: {}\nstate_dir: {}\n{extra}",
+        "listeners:\n  - listen: 127.0.0.1:0\n    upstream: {upstream}\n    upstream_tls: {tls}\nmetrics: 'off'\nrules: {}\nstate_dir: {}\n{extra}",
         dir.path().join("rules").display(),
         dir.path().join("state").display()
     );
@@ -78,6 +83,12 @@ impl Client {
                 return String::new();
             }
         }
+    }
+
+    /// One line if it arrives within `d`, else `None` (nothing is lost: a partial read stays
+    /// buffered for the next call).
+    pub async fn line_within(&mut self, d: std::time::Duration) -> Option<String> {
+        tokio::time::timeout(d, self.line()).await.ok()
     }
 
     /// The raw body of a multi-line reply up to and including the terminator line.

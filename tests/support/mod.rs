@@ -25,6 +25,8 @@
 //! - [`Forwarder`] ([`forwarder`]): a cuttable TCP forwarder to put between popsift and Dovecot
 //!   — `cut()`, `cut_after_upstream_bytes(n)`, `cut_when_client_sends(b"QUIT\r\n")`,
 //!   `set_delay` for a slow server — for the connection faults Dovecot cannot make on cue.
+//! - [`wait_until`] ([`wait`]): wait for a condition with a bounded deadline, never a sleep
+//!   standing in for a wait.
 //!
 //! # Quick start for a proxy test
 //! ```ignore
@@ -88,6 +90,7 @@ pub mod dovecot;
 pub mod forwarder;
 pub mod mailbox;
 pub mod popsift;
+pub mod wait;
 
 pub use clients::*;
 pub use dovecot::*;
@@ -96,6 +99,8 @@ pub use forwarder::*;
 pub use mailbox::*;
 #[allow(unused_imports)]
 pub use popsift::*;
+#[allow(unused_imports)]
+pub use wait::*;
 
 use std::collections::HashSet;
 use std::net::TcpListener;

@@ -134,6 +134,23 @@ impl Popsift {
         std::fs::read_to_string(self.dir.path().join("popsift.log")).unwrap_or_default()
     }
 
+    /// How many "session finished" summary lines the log holds (one per ended session).
+    pub fn sessions_finished(&self) -> usize {
+        self.log().matches("session finished").count()
+    }
+
+    /// Waits (bounded) until `n` sessions have logged their summary line: everything those
+    /// sessions were going to do upstream (QUIT, DELE) is done.
+    pub fn wait_sessions_finished(&self, n: usize) {
+        let what = format!("{n} \"session finished\" log line(s) on {}", self.addr);
+        super::wait::wait_until(Duration::from_secs(30), &what, || self.sessions_finished() >= n);
+    }
+
+    /// Waits (bounded) until the log contains `text`.
+    pub fn wait_log(&self, text: &str) {
+        super::wait::wait_until(Duration::from_secs(30), &format!("{text:?} in the log"), || self.log().contains(text));
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }

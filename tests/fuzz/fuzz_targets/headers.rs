@@ -1,20 +1,15 @@
 #![no_main]
 // Header parsing, RFC 2047 decoding and evaluation with the shipped rules never panic on
-// arbitrary bytes (real mail carries 8-bit junk, broken encoded words, truncated blocks).
+// arbitrary bytes; the checks live in headers_check.rs, which the regression replay
+// (tests/codec_regressions.rs) runs too.
 use std::sync::OnceLock;
+
+#[path = "headers_check.rs"]
+mod headers_check;
 
 static RULES: OnceLock<popsift::rules::RuleSet> = OnceLock::new();
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let rules = RULES.get_or_init(|| {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules");
-        popsift::rules::RuleSet::load(&dir, &Default::default()).expect("shipped rules load")
-    });
-    let h = popsift::rules::header::Headers::parse(data);
-    let _ = h.all_decoded();
-    if let Ok(s) = std::str::from_utf8(data) {
-        let _ = popsift::rules::decode::decode_words(s);
-        let _ = popsift::rules::header::parse_addresses(s);
-    }
-    let _ = rules.evaluate(data, data.len() as u64);
+    let rules = RULES.get_or_init(|| headers_check::shipped_rules(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")));
+    headers_check::check(rules, data);
 });
