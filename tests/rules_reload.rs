@@ -196,7 +196,8 @@ fn running_sessions_keep_their_rules_across_reloads() {
     std::fs::create_dir_all(&store).unwrap();
     std::fs::write(store.join("v1.yaml"), hide("alpha")).unwrap();
     std::os::unix::fs::symlink(store.join("v1.yaml"), rules.join("r.yaml")).unwrap();
-    let args = ["--rules", rules.to_str().unwrap()];
+    // The symlinks point outside the rules directory: that directory must be allowed.
+    let args = ["--rules", rules.to_str().unwrap(), "--rules-allow-dir", store.to_str().unwrap()];
     let p = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), args: &args, ..Default::default() });
     let session = || {
         let mut c = RawPop::connect(&p.addr);
