@@ -31,9 +31,35 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{ServeArgs, UpstreamTls};
 use crate::rules::Action;
 use crate::session::tag::TagSettings;
+
+/// Upstream connection security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    /// TLS from the first byte (POP3S, usually port 995).
+    Implicit,
+    /// Plain connection upgraded with STLS (RFC 2595); refuses to log in if STLS fails.
+    Starttls,
+    /// No TLS at all. Only sensible on loopback or a trusted network.
+    None,
+}
+
+/// Values that override the config file (from the command line, or set by a test), applied
+/// by [`Config::build`] before anything is checked. `None`/`false` leaves the file's value.
+/// The listener fields override the file's first listener (or define it when the file has none).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+    pub upstream_tls: Option<UpstreamTls>,
+    pub upstream_ca: Option<PathBuf>,
+    pub rules: Option<PathBuf>,
+    pub metrics: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub dry_run: bool,
+}
 
 /// Default address clients connect to.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1110";
@@ -374,7 +400,8 @@ impl ConfigFile {
 
 impl Config {
     /// Merges the file (if any) with command-line flags and checks everything.
-    pub fn build(file: ConfigFile, args: &ServeArgs) -> Result<Config, ConfigError> {
+    pub fn build(file: ConfigFile, overrides: impl Into<Overrides>) -> Result<Config, ConfigError> {
+        let args = &overrides.into();
         let mut listeners_file = file.listeners;
         if listeners_file.is_empty() {
             listeners_file.push(ListenerFile::default());

@@ -10,13 +10,15 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::Exit;
 use crate::classify::store::{ModelStore, RedbStore};
 use crate::classify::train::{Outcome, TrainSummary, Trainer};
 use crate::classify::{BayesSettings, Model, Tokenizer};
 use crate::cli::TrainArgs;
-use crate::config::{default_state_dir, ConfigFile};
+use crate::config::default_state_dir;
+use crate::locate::SearchPath;
 use crate::rules::{EngineOptions, RuleSet};
-use crate::scan::{label_key, read_labels, read_messages_lenient, MessageItem};
+use crate::mailfiles::{label_key, read_labels, read_messages_lenient, MessageItem};
 
 /// Where the model and its settings are: flags, then the config file, then defaults.
 #[derive(Debug)]
@@ -26,31 +28,24 @@ pub struct Resolved {
     pub settings: BayesSettings,
 }
 
-/// Resolves `--state-dir`/`--rules`/`--config` the way `serve` does.
+/// Resolves `--state-dir`/`--rules`/`--config` the way `serve` does, except that without
+/// rules on disk there are none (`scan` then takes the built-in set; `train` trains
+/// without rule tokens).
 pub fn resolve(config: Option<&Path>, state_dir: Option<&Path>, rules: Option<&Path>) -> Result<Resolved, String> {
-    let file = match config {
-        Some(p) => Some(ConfigFile::load(p).map_err(|e| e.to_string())?),
-        None if Path::new("popsift.yaml").exists() => {
-            Some(ConfigFile::load(Path::new("popsift.yaml")).map_err(|e| e.to_string())?)
-        }
-        None => None,
-    };
-    let (fstate, frules, settings) = match file {
-        Some(f) => (f.state_dir.clone(), f.rules.clone(), f.bayes.settings()),
-        None => (None, None, BayesSettings::default()),
-    };
+    let f = super::config_file(config).map_err(|e| e.to_string())?;
+    let (fstate, frules, settings) = (f.state_dir.clone(), f.rules.clone(), f.bayes.settings());
     let state_dir = state_dir.map(Path::to_path_buf).or(fstate).unwrap_or_else(default_state_dir);
-    let rules = rules.map(Path::to_path_buf).or(frules).or_else(|| Path::new("rules").is_dir().then(|| "rules".into()));
+    let rules = rules.map(Path::to_path_buf).or(frules).or_else(|| SearchPath::from_env().rules_dir());
     Ok(Resolved { state_dir, rules, settings })
 }
 
 /// Runs the subcommand; returns the exit code.
-pub fn run(args: &TrainArgs) -> i32 {
+pub fn run(args: &TrainArgs) -> Exit {
     match run_inner(args) {
-        Ok(()) => 0,
+        Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("popsift train: {e}");
-            2
+            Exit::Usage
         }
     }
 }

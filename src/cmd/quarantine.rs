@@ -1,38 +1,30 @@
 //! `popsift quarantine list|show|restore`: the user's window into the quarantine and the way
 //! back for a false positive.
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::cli::{QuarantineAction, QuarantineArgs};
-use crate::config::{default_state_dir, ConfigFile};
+use super::Exit;
+use crate::config::default_state_dir;
 use crate::store::quarantine::{append_mbox, deliver_maildir, Quarantine};
 
 fn resolve_dir(args: &QuarantineArgs) -> Result<PathBuf, String> {
     if let Some(d) = &args.dir {
         return Ok(d.clone());
     }
-    let file = match &args.config {
-        Some(p) => Some(ConfigFile::load(p).map_err(|e| e.to_string())?),
-        None if Path::new("popsift.yaml").exists() => {
-            Some(ConfigFile::load(Path::new("popsift.yaml")).map_err(|e| e.to_string())?)
-        }
-        None => None,
-    };
-    let (qdir, state) = match file {
-        Some(f) => (f.quarantine.dir, f.state_dir),
-        None => (None, None),
-    };
+    let f = super::config_file(args.config.as_deref()).map_err(|e| e.to_string())?;
+    let (qdir, state) = (f.quarantine.dir, f.state_dir);
     let state = args.state_dir.clone().or(state);
     Ok(qdir.unwrap_or_else(|| state.unwrap_or_else(default_state_dir).join("quarantine")))
 }
 
 /// Runs the subcommand; returns the exit code.
-pub fn run(args: &QuarantineArgs) -> i32 {
+pub fn run(args: &QuarantineArgs) -> Exit {
     match run_inner(args) {
-        Ok(()) => 0,
+        Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("popsift quarantine: {e}");
-            1
+            Exit::Data
         }
     }
 }
@@ -111,7 +103,7 @@ fn run_inner(args: &QuarantineArgs) -> Result<(), String> {
 /// A restored message was a false positive: train it as ham, so the classifier learns from
 /// the mistake. A failure here does not undo the restore; it is reported.
 fn train_restored(args: &QuarantineArgs, msg: &[u8], out: &mut impl Write) {
-    let r = match crate::train_cmd::resolve(args.config.as_deref(), args.state_dir.as_deref(), None) {
+    let r = match crate::cmd::train::resolve(args.config.as_deref(), args.state_dir.as_deref(), None) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("popsift quarantine: restored, but not trained as ham: {e}");
@@ -121,7 +113,7 @@ fn train_restored(args: &QuarantineArgs, msg: &[u8], out: &mut impl Write) {
     if !r.settings.train_restored {
         return;
     }
-    match crate::train_cmd::train_ham(&r, msg) {
+    match crate::cmd::train::train_ham(&r, msg) {
         Ok(o) => {
             let what = match o {
                 crate::classify::train::Outcome::Known => "already known as ham",
