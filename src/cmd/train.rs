@@ -28,14 +28,25 @@ pub struct Resolved {
     pub settings: BayesSettings,
 }
 
-/// Resolves `--state-dir`/`--rules`/`--config` the way `serve` does, except that without
-/// rules on disk there are none (`scan` then takes the built-in set; `train` trains
-/// without rule tokens).
+impl Resolved {
+    /// The rules given, else `rules/` on the search path (said on stderr), else none:
+    /// training then adds no rule tokens.
+    pub fn rules_on_disk(&self) -> Option<PathBuf> {
+        self.rules.clone().or_else(|| {
+            let found = SearchPath::from_env().rules_dir()?;
+            eprintln!("popsift: rules from {}", found.display());
+            Some(found)
+        })
+    }
+}
+
+/// Resolves `--state-dir`/`--rules`/`--config` the way `serve` does; `rules` is only what
+/// the flag or config file says (see [`Resolved::rules_on_disk`], [`super::rules_path`]).
 pub fn resolve(config: Option<&Path>, state_dir: Option<&Path>, rules: Option<&Path>) -> Result<Resolved, String> {
     let f = super::config_file(config).map_err(|e| e.to_string())?;
     let (fstate, frules, settings) = (f.state_dir.clone(), f.rules.clone(), f.bayes.settings());
     let state_dir = state_dir.map(Path::to_path_buf).or(fstate).unwrap_or_else(default_state_dir);
-    let rules = rules.map(Path::to_path_buf).or(frules).or_else(|| SearchPath::from_env().rules_dir());
+    let rules = rules.map(Path::to_path_buf).or(frules);
     Ok(Resolved { state_dir, rules, settings })
 }
 
@@ -92,7 +103,7 @@ fn run_inner(args: &TrainArgs) -> Result<(), String> {
     for p in &args.paths {
         read(p, None)?;
     }
-    let rules = match &r.rules {
+    let rules = match &r.rules_on_disk() {
         Some(p) => Some(Arc::new(
             RuleSet::load(p, &EngineOptions::default()).map_err(|e| format!("rules {}:\n{e}", p.display()))?,
         )),
@@ -208,7 +219,7 @@ fn stats(r: &Resolved) -> Result<(), String> {
 
 /// Trains one message as ham in `state_dir` (a quarantine restore: a false positive).
 pub fn train_ham(r: &Resolved, msg: &[u8]) -> Result<Outcome, String> {
-    let rules = match &r.rules {
+    let rules = match &r.rules_on_disk() {
         Some(p) => RuleSet::load(p, &EngineOptions::default()).ok().map(Arc::new),
         None => None,
     };
