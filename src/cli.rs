@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use crate::config::UpstreamTls;
 use crate::config::Overrides;
+pub use crate::config::UpstreamTls;
 
 /// popsift: a spam-filtering POP3 proxy.
 ///

@@ -657,20 +657,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    fn args() -> ServeArgs {
-        ServeArgs::default()
+    fn args() -> Overrides {
+        Overrides::default()
     }
 
     #[test]
     fn flags_alone() {
         let mut a = args();
         a.upstream = Some("pop.example.com:995".into());
-        let c = Config::build(ConfigFile::default(), &a).unwrap();
+        let c = Config::build(ConfigFile::default(), a.clone()).unwrap();
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.listeners[0].listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::Implicit);
         a.upstream = Some("pop.example.com:110".into());
-        let c = Config::build(ConfigFile::default(), &a).unwrap();
+        let c = Config::build(ConfigFile::default(), a.clone()).unwrap();
         assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::Starttls);
         assert_eq!(c.metrics.unwrap().to_string(), DEFAULT_METRICS);
         assert_eq!(c.timeouts.client_idle, Duration::from_secs(600));
@@ -678,7 +678,7 @@ mod tests {
 
     #[test]
     fn no_upstream_is_an_error() {
-        assert!(matches!(Config::build(ConfigFile::default(), &args()), Err(ConfigError::NoUpstream)));
+        assert!(matches!(Config::build(ConfigFile::default(), args()), Err(ConfigError::NoUpstream)));
     }
 
     #[test]
@@ -687,7 +687,7 @@ mod tests {
         let f = ConfigFile::parse(text, Path::new("p.yaml")).unwrap();
         let mut a = args();
         a.listen = Some("127.0.0.1:2110".parse().unwrap());
-        let c = Config::build(f, &a).unwrap();
+        let c = Config::build(f, a.clone()).unwrap();
         assert_eq!(c.listeners[0].listen.to_string(), "127.0.0.1:2110");
         assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::None);
         assert_eq!(c.listeners[1].upstream.tls, UpstreamTls::Implicit);
@@ -725,45 +725,45 @@ mod tests {
     fn quarantine_quota_and_copy_limit() {
         let mut a = args();
         a.upstream = Some("h:110".into());
-        let c = Config::build(ConfigFile::parse("", Path::new("p.yaml")).unwrap(), &a).unwrap();
+        let c = Config::build(ConfigFile::parse("", Path::new("p.yaml")).unwrap(), a.clone()).unwrap();
         assert_eq!((c.quarantine.quota_size, c.quarantine.quota_messages), (1 << 30, 10_000));
         let text = "quarantine: { quota_size: 2MiB, quota_messages: 5, max_size: 1MiB }\n";
-        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), &a).unwrap();
+        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), a.clone()).unwrap();
         assert_eq!((c.quarantine.quota_size, c.quarantine.quota_messages), (2 << 20, 5));
         assert_eq!(c.quarantine.copy_limit(100), 100 + 64 * 1024 + 6);
         assert_eq!(c.quarantine.copy_limit(50 << 20), 1 << 20, "never above max_size");
         let bad = ConfigFile::parse("quarantine: { quota_size: lots }\n", Path::new("p.yaml")).unwrap();
-        assert!(Config::build(bad, &a).is_err());
+        assert!(Config::build(bad, a.clone()).is_err());
     }
 
     #[test]
     fn cache_and_early_answer() {
         let mut a = args();
         a.upstream = Some("h:110".into());
-        let c = Config::build(ConfigFile::default(), &a).unwrap();
+        let c = Config::build(ConfigFile::default(), a.clone()).unwrap();
         assert_eq!(c.cache, CacheSettings { enabled: true, max_size: 256 * 1024 * 1024 });
         assert_eq!(c.scan.early_answer_after, Some(DEFAULT_EARLY_ANSWER_AFTER));
         let text = "cache: { enabled: false, max_size: 1MiB }\nscan: { early_answer_after: 'off' }\n";
-        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), &a).unwrap();
+        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), a.clone()).unwrap();
         assert_eq!(c.cache, CacheSettings { enabled: false, max_size: 1024 * 1024 });
         assert_eq!(c.scan.early_answer_after, None);
         let text = "scan: { early_answer_after: 1500ms }\n";
-        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), &a).unwrap();
+        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), a.clone()).unwrap();
         assert_eq!(c.scan.early_answer_after, Some(Duration::from_millis(1500)));
         assert!(ConfigFile::parse("cache: { size: 1 }\n", Path::new("p.yaml")).is_err(), "unknown keys refused");
         let bad = ConfigFile::parse("scan: { early_answer_after: soon }\n", Path::new("p.yaml")).unwrap();
-        assert!(Config::build(bad, &a).is_err());
+        assert!(Config::build(bad, a.clone()).is_err());
     }
 
     #[test]
     fn phase_deadlines_and_scan_window_bytes() {
         let mut a = args();
         a.upstream = Some("h:110".into());
-        let c = Config::build(ConfigFile::default(), &a).unwrap();
+        let c = Config::build(ConfigFile::default(), a.clone()).unwrap();
         assert_eq!((c.timeouts.client_line, c.timeouts.upstream_min_rate), (Duration::from_secs(60), 1024));
         assert_eq!(c.scan.window_bytes, 8 * 1024 * 1024);
         let text = "timeouts: { client_line: 3s, upstream_min_rate: 2KiB }\nscan: { window_bytes: 1MiB }\n";
-        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), &a).unwrap();
+        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), a.clone()).unwrap();
         assert_eq!((c.timeouts.client_line, c.timeouts.upstream_min_rate), (Duration::from_secs(3), 2048));
         assert_eq!(c.scan.window_bytes, 1024 * 1024);
         for (bad, field) in [
@@ -771,7 +771,7 @@ mod tests {
             ("timeouts: { client_line: 0s }\n", "timeouts.client_line"),
             ("scan: { window_bytes: 1KiB }\n", "scan.window_bytes"),
         ] {
-            let e = Config::build(ConfigFile::parse(bad, Path::new("p.yaml")).unwrap(), &a).unwrap_err();
+            let e = Config::build(ConfigFile::parse(bad, Path::new("p.yaml")).unwrap(), a.clone()).unwrap_err();
             assert!(e.to_string().contains(field), "{bad}: {e}");
         }
     }

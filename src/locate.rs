@@ -73,7 +73,10 @@ pub fn user_config_dir() -> Option<PathBuf> {
 
 /// `$POPSIFT_SYSTEM_CONFIG_DIR` when set, else `/etc/popsift`.
 pub fn system_config_dir() -> PathBuf {
-    std::env::var_os(SYSTEM_DIR_ENV).filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| "/etc/popsift".into())
+    std::env::var_os(SYSTEM_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/etc/popsift".into())
 }
 
 /// Where the rules came from, for the log line that says so.
@@ -154,8 +157,9 @@ mod tests {
         let loc = rules(None, &none, t.path()).unwrap();
         assert_eq!(loc.origin, RulesOrigin::Builtin);
         let set = crate::rules::RuleSet::load(&loc.path, &Default::default()).unwrap();
-        let on_disk = crate::rules::RuleSet::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules")), &Default::default())
-            .unwrap();
+        let on_disk =
+            crate::rules::RuleSet::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules")), &Default::default())
+                .unwrap();
         assert_eq!((set.len(), set.file_count()), (on_disk.len(), on_disk.file_count()));
         // Every file of the shipped tree is compiled in (a new list file must be added here).
         let mut shipped = Vec::new();

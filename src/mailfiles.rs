@@ -172,7 +172,6 @@ pub fn label_key(label: &str) -> String {
     base.to_string()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

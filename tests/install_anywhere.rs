@@ -186,6 +186,7 @@ fn user_directory_wins_over_the_system_directory() {
 fn subject_word(msg: &Path) -> String {
     let bytes = std::fs::read(msg).unwrap();
     let text = String::from_utf8_lossy(&bytes);
-    let subject = text.lines().find_map(|l| l.strip_prefix("Subject:")).expect("fixture has a Subject").trim().to_string();
+    let subject =
+        text.lines().find_map(|l| l.strip_prefix("Subject:")).expect("fixture has a Subject").trim().to_string();
     subject.split_whitespace().max_by_key(|w| w.len()).unwrap().to_string()
 }

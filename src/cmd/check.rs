@@ -26,4 +26,3 @@ pub fn run(args: &CheckArgs) -> Exit {
         }
     }
 }
-

@@ -39,7 +39,10 @@ pub fn config_file(given: Option<&std::path::Path>) -> Result<crate::config::Con
 
 /// The rules a subcommand uses: `given` (flag or config), else `rules/` on the search path,
 /// else the built-in set written under `state_dir`. Says on stderr which when not given.
-pub fn rules_path(given: Option<std::path::PathBuf>, state_dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+pub fn rules_path(
+    given: Option<std::path::PathBuf>,
+    state_dir: &std::path::Path,
+) -> Result<std::path::PathBuf, String> {
     use crate::locate::{self, RulesOrigin};
     let loc = locate::rules(given, &locate::SearchPath::from_env(), state_dir)
         .map_err(|e| format!("cannot write the built-in rules under {}: {e}", state_dir.display()))?;

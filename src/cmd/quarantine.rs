@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::cli::{QuarantineAction, QuarantineArgs};
 use super::Exit;
+use crate::cli::{QuarantineAction, QuarantineArgs};
 use crate::config::default_state_dir;
 use crate::store::quarantine::{append_mbox, deliver_maildir, Quarantine};
 

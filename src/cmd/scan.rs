@@ -9,10 +9,10 @@
 use std::io::Write;
 use std::time::Instant;
 
+use super::Exit;
 use crate::classify::eval::{operating_points, Scored};
 use crate::classify::handle::load_model;
 use crate::classify::Model;
-use super::Exit;
 use crate::cli::ScanArgs;
 use crate::mailfiles::{header_block, label_key, read_labels, read_messages};
 use crate::rules::{Action, EngineOptions, RuleSet, Verdict};

@@ -17,8 +17,8 @@ use crate::classify::{BayesSettings, Model, Tokenizer};
 use crate::cli::TrainArgs;
 use crate::config::default_state_dir;
 use crate::locate::SearchPath;
-use crate::rules::{EngineOptions, RuleSet};
 use crate::mailfiles::{label_key, read_labels, read_messages_lenient, MessageItem};
+use crate::rules::{EngineOptions, RuleSet};
 
 /// Where the model and its settings are: flags, then the config file, then defaults.
 #[derive(Debug)]
