@@ -246,8 +246,8 @@ mod tests {
         std::fs::write(&p, "file\tlabel\nx.eml\tspam\ny.eml\tHAM\textra\nz.eml\tmaybe\n").unwrap();
         let l = read_labels(&p).unwrap();
         assert_eq!(l.len(), 2);
-        assert_eq!(l["x.eml"], true);
-        assert_eq!(l["y.eml"], false);
+        assert!(l["x.eml"]);
+        assert!(!l["y.eml"]);
         assert_eq!(label_key("some/dir/x.eml"), "x.eml");
     }
 
