@@ -97,9 +97,21 @@ pub struct RulesLocation {
     pub origin: RulesOrigin,
 }
 
+/// The built-in rules could not be written out (a read-only or full state directory).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the built-in rules to {path}: {source}")]
+pub struct BuiltinRulesError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
 /// Resolves the rules: `given` (flag or config), else the search path, else the built-in
 /// set written under `state_dir`.
-pub fn rules(given: Option<PathBuf>, search: &SearchPath, state_dir: &Path) -> std::io::Result<RulesLocation> {
+pub fn rules(
+    given: Option<PathBuf>,
+    search: &SearchPath,
+    state_dir: &Path,
+) -> Result<RulesLocation, BuiltinRulesError> {
     if let Some(path) = given {
         return Ok(RulesLocation { path, origin: RulesOrigin::Given });
     }
@@ -107,7 +119,9 @@ pub fn rules(given: Option<PathBuf>, search: &SearchPath, state_dir: &Path) -> s
         return Ok(RulesLocation { path, origin: RulesOrigin::Found });
     }
     let path = state_dir.join("builtin-rules");
-    write_builtin_rules(&path)?;
+    if let Err(source) = write_builtin_rules(&path) {
+        return Err(BuiltinRulesError { path, source });
+    }
     Ok(RulesLocation { path, origin: RulesOrigin::Builtin })
 }
 

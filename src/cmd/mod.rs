@@ -42,10 +42,9 @@ pub fn config_file(given: Option<&std::path::Path>) -> Result<crate::config::Con
 pub fn rules_path(
     given: Option<std::path::PathBuf>,
     state_dir: &std::path::Path,
-) -> Result<std::path::PathBuf, String> {
+) -> Result<std::path::PathBuf, crate::locate::BuiltinRulesError> {
     use crate::locate::{self, RulesOrigin};
-    let loc = locate::rules(given, &locate::SearchPath::from_env(), state_dir)
-        .map_err(|e| format!("cannot write the built-in rules under {}: {e}", state_dir.display()))?;
+    let loc = locate::rules(given, &locate::SearchPath::from_env(), state_dir)?;
     match loc.origin {
         RulesOrigin::Given => {}
         RulesOrigin::Found => eprintln!("popsift: rules from {}", loc.path.display()),

@@ -165,7 +165,7 @@ pub fn verdict_json_with_bayes(label: &str, v: &Verdict, bayes: Option<f64>) -> 
 
 /// The classifier model for `scan`: `--state-dir` (or the config's `state_dir`, or the
 /// default) — the one `popsift train` writes. `None` when no model was trained there.
-fn load_scan_model(r: &crate::cmd::train::Resolved) -> Result<Option<Model>, String> {
+fn load_scan_model(r: &crate::cmd::train::Resolved) -> Result<Option<Model>, crate::classify::store::StoreError> {
     match load_model(&r.state_dir, &r.settings, std::time::Duration::from_secs(10)) {
         Ok(Some(m)) if !m.ready() => {
             eprintln!(
@@ -179,7 +179,7 @@ fn load_scan_model(r: &crate::cmd::train::Resolved) -> Result<Option<Model>, Str
             Ok(Some(m))
         }
         Ok(m) => Ok(m),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     }
 }
 

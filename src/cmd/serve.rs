@@ -19,8 +19,8 @@ use crate::rules::{EngineOptions, RuleErrors, RulesHandle};
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot write the built-in rules to {path}: {source}")]
-    BuiltinRules { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    BuiltinRules(#[from] locate::BuiltinRulesError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("{0}")]
@@ -86,8 +86,7 @@ pub fn build_config(args: &ServeArgs) -> Result<Config, ServeError> {
     // `Config::build` will.
     let state_dir =
         overrides.state_dir.clone().or_else(|| file.state_dir.clone()).unwrap_or_else(crate::config::default_state_dir);
-    let loc = locate::rules(given, &search, &state_dir)
-        .map_err(|source| ServeError::BuiltinRules { path: state_dir.join("builtin-rules"), source })?;
+    let loc = locate::rules(given, &search, &state_dir)?;
     match loc.origin {
         RulesOrigin::Given => {}
         RulesOrigin::Found => tracing::info!(path = %loc.path.display(), "rules found on the search path"),
