@@ -190,3 +190,38 @@ fn subject_word(msg: &Path) -> String {
         text.lines().find_map(|l| l.strip_prefix("Subject:")).expect("fixture has a Subject").trim().to_string();
     subject.split_whitespace().max_by_key(|w| w.len()).unwrap().to_string()
 }
+
+/// The exit codes `--help` documents: 0 ok, 1 rule/data errors, 2 usage/config/input errors.
+#[test]
+fn exit_codes_match_the_help() {
+    let e = Env::new();
+    let code = |args: &[&str]| {
+        let o = e.run(args);
+        (o.status.code(), text(&o))
+    };
+    let (c, help) = code(&["--help"]);
+    assert_eq!(c, Some(0));
+    assert!(help.contains("Exit codes:") && help.contains("1  rule or data errors"), "{help}");
+    let bad_rules = e.cwd.join("bad.yaml");
+    std::fs::write(&bad_rules, "rules:\n  - id: X\n    header: Subject\n    regex: '(unclosed'\n    score: 1\n")
+        .unwrap();
+    let bad = bad_rules.to_str().unwrap();
+    let msg = fixture("00006.eml");
+    let msg = msg.to_str().unwrap();
+    let qdir = e.home.join("q");
+    let q = qdir.to_str().unwrap();
+    for (args, want) in [
+        (vec!["check", "--rules", bad], 1),
+        (vec!["scan", "--rules", bad, msg], 1),
+        (vec!["quarantine", "--dir", q, "show", "nosuchid"], 1),
+        (vec!["scan", "--spam-action", "bogus", msg], 2),
+        (vec!["scan", "/no/such/file.eml"], 2),
+        (vec!["train", "--state-dir", q], 2),
+        (vec!["quarantine", "--dir", q, "restore", "nosuchid", "--to-eml", "/no/such/dir/x.eml"], 1),
+        (vec!["serve", "--metrics", "off"], 2),
+        (vec!["--no-such-flag"], 2),
+    ] {
+        let (c, out) = code(&args);
+        assert_eq!(c, Some(want), "{args:?}: {out}");
+    }
+}
