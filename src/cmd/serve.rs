@@ -4,6 +4,7 @@
 //! Order matters: descriptors are budgeted before anything opens, metrics are installed
 //! before the first rule load (so it is counted), rules are loaded (and watched for edits)
 //! before a listener binds, and every listener binds before any accepts.
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -29,6 +30,8 @@ pub enum ServeError {
     Listen(#[from] crate::net::listener::ServeError),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("the proxy stopped abnormally: {0}")]
+    Stopped(String),
 }
 
 impl ServeError {
@@ -38,22 +41,57 @@ impl ServeError {
     }
 }
 
-/// Runs the proxy for `config` until `shutdown` turns true (or SIGTERM/SIGINT arrive),
-/// then drains: raises the descriptor limit, installs metrics (when `config.metrics` is
-/// set), loads `config.rules` and watches it, binds every listener, serves.
-pub async fn serve(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result<(), ServeError> {
+/// A started proxy: listeners bound, rules loaded, accept loops running.
+pub struct Running {
+    /// The bound address of each listener, in config order (useful with port 0).
+    pub addrs: Vec<SocketAddr>,
+    /// The live rule set (reloaded on file changes and SIGHUP).
+    pub rules: Arc<RulesHandle>,
+    task: tokio::task::JoinHandle<Result<(), crate::net::listener::ServeError>>,
+}
+
+impl Running {
+    /// Waits until the proxy has stopped (after `shutdown` and the drain).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        match self.task.await {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(ServeError::Stopped(e.to_string())),
+        }
+    }
+}
+
+/// Starts the proxy for `config`: raises the descriptor limit, installs metrics, loads
+/// `config.rules` and watches it, binds every listener and spawns the accept loops, which
+/// run until `shutdown` turns true (or SIGTERM/SIGINT arrive) and then drain. Must be called
+/// inside a multi-threaded tokio runtime.
+///
+/// Metrics: with `config.metrics` set, the endpoint must start (a busy port is an error).
+/// With metrics off, a recorder already installed in this process (a test starting several
+/// proxies) is used as it is.
+pub async fn start(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result<Running, ServeError> {
     crate::net::fd_budget::prepare(config.max_sessions, config.metrics.is_some());
-    crate::metrics::install(config.metrics)?;
-    if let Some(addr) = config.metrics {
-        tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    match crate::metrics::install(config.metrics) {
+        Ok(()) => {
+            if let Some(addr) = config.metrics {
+                tracing::info!(%addr, "metrics on http://{addr}/metrics");
+            }
+        }
+        Err(e) if config.metrics.is_some() => return Err(e.into()),
+        Err(e) => tracing::debug!("metrics recorder not installed again: {e}"),
     }
     let opts = EngineOptions { spam_action: config.spam_action };
     let rules = RulesHandle::load(&config.rules, opts)?;
     crate::metrics::rules_reload(true);
     rules.spawn_reloader();
     let sockets = crate::net::listener::bind(&config).await?;
-    crate::net::listener::serve(config, sockets, rules, shutdown).await?;
-    Ok(())
+    let addrs = sockets.iter().map(|s| s.local_addr()).collect::<Result<Vec<_>, _>>().map_err(ServeError::Runtime)?;
+    let task = tokio::spawn(crate::net::listener::serve(config, sockets, Arc::clone(&rules), shutdown));
+    Ok(Running { addrs, rules, task })
+}
+
+/// [`start`], then wait until the proxy has stopped.
+pub async fn serve(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Result<(), ServeError> {
+    start(config, shutdown).await?.wait().await
 }
 
 /// `popsift serve`: find the config and rules (see [`crate::locate`]), build the config
