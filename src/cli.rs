@@ -21,7 +21,8 @@ Exit codes:
   2  usage, config or input errors (bad flags or config file, unreadable paths, serve could not start)
 
 Config and rules are found by --config/--rules, else ./popsift.yaml and ./rules/, else
-$XDG_CONFIG_HOME/popsift/ (~/.config/popsift/), else /etc/popsift/; without rules on disk the
+$XDG_CONFIG_HOME/popsift/ (~/.config/popsift/), else /etc/popsift/ ($POPSIFT_SYSTEM_CONFIG_DIR
+when set); without rules on disk the
 shipped rules built into popsift are used. `popsift init` writes an editable copy.";
 
 #[derive(Debug, Parser)]
@@ -99,10 +100,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Rule file or directory: rules that fire become tokens [default: `rules` from the
-    /// config, else rules/ when present].
+    /// config, else rules/ on the search path; none: no rule tokens].
     #[arg(long)]
     pub rules: Option<PathBuf>,
-    /// Config file [default: popsift.yaml if present].
+    /// Config file [default: popsift.yaml on the search path, see --help].
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Messages labelled by --labels.
@@ -115,7 +116,7 @@ pub struct QuarantineArgs {
     /// <state dir>/quarantine].
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Config file to read `quarantine.dir` / `state_dir` from [default: popsift.yaml if present].
+    /// Config file to read `quarantine.dir` / `state_dir` from [default: popsift.yaml on the search path, see --help].
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// popsift's state directory: the quarantine is <state dir>/quarantine unless --dir or
@@ -232,7 +233,7 @@ pub struct ScanArgs {
     /// config, else $XDG_STATE_HOME/popsift or ~/.local/state/popsift].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Config file for `state_dir` and `bayes:` [default: popsift.yaml if present].
+    /// Config file for `state_dir` and `bayes:` [default: popsift.yaml on the search path, see --help].
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// .eml files, Maildir folders, mbox files, or directories of .eml files.
