@@ -22,8 +22,8 @@ Exit codes:
 
 Config and rules are found by --config/--rules, else ./popsift.yaml and ./rules/, else
 $XDG_CONFIG_HOME/popsift/ (~/.config/popsift/), else /etc/popsift/ ($POPSIFT_SYSTEM_CONFIG_DIR
-when set); without rules on disk the
-shipped rules built into popsift are used. `popsift init` writes an editable copy.";
+when set); without rules on disk the shipped rules built into popsift are used.
+`popsift init` writes an editable copy.";
 
 #[derive(Debug, Parser)]
 #[command(name = "popsift", version, about, long_about, after_help = EXIT_CODES_HELP)]
