@@ -1,16 +1,32 @@
-//! Command-line definitions (clap). No I/O here: `main.rs` turns these values into work.
+//! Command-line definitions (clap). No I/O here: `main.rs` turns these values into work
+//! (see [`crate::cmd`]); `serve`'s flags become a [`crate::config::Overrides`].
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Overrides;
+pub use crate::config::UpstreamTls;
 
 /// popsift: a spam-filtering POP3 proxy.
 ///
 /// Point your mail client at popsift instead of your provider; popsift relays the login,
 /// reads every message's headers, applies your rule files and shows the client a mailbox
 /// without the spam.
+/// Shown under `--help`; the values are [`crate::cmd::Exit`].
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  rule or data errors (`check`/`scan` found rule errors; `quarantine`: no such message)
+  2  usage, config or input errors (bad flags or config file, unreadable paths, serve could not start)
+
+Config and rules are found by --config/--rules, else ./popsift.yaml and ./rules/, else
+$XDG_CONFIG_HOME/popsift/ (~/.config/popsift/), else /etc/popsift/ ($POPSIFT_SYSTEM_CONFIG_DIR
+when set); without rules on disk the shipped rules built into popsift are used.
+`popsift init` writes an editable copy.";
+
 #[derive(Debug, Parser)]
-#[command(name = "popsift", version, about, long_about)]
+#[command(name = "popsift", version, about, long_about, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
@@ -48,6 +64,15 @@ pub enum Command {
     Quarantine(QuarantineArgs),
     /// Teach the classifier: train messages as spam or ham, forget them, show the model.
     Train(TrainArgs),
+    /// Write a commented starter popsift.yaml and a copy of the shipped rules to edit
+    /// [default DIR: $XDG_CONFIG_HOME/popsift, else ~/.config/popsift]. Never overwrites.
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Directory to write popsift.yaml and rules/ into.
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -75,10 +100,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Rule file or directory: rules that fire become tokens [default: `rules` from the
-    /// config, else rules/ when present].
+    /// config, else rules/ on the search path; none: no rule tokens].
     #[arg(long)]
     pub rules: Option<PathBuf>,
-    /// Config file [default: popsift.yaml if present].
+    /// Config file [default: popsift.yaml on the search path, see --help].
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Messages labelled by --labels.
@@ -91,7 +116,7 @@ pub struct QuarantineArgs {
     /// <state dir>/quarantine].
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Config file to read `quarantine.dir` / `state_dir` from [default: popsift.yaml if present].
+    /// Config file to read `quarantine.dir` / `state_dir` from [default: popsift.yaml on the search path, see --help].
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// popsift's state directory: the quarantine is <state dir>/quarantine unless --dir or
@@ -139,21 +164,9 @@ pub enum QuarantineAction {
     },
 }
 
-/// Upstream connection security.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamTls {
-    /// TLS from the first byte (POP3S, usually port 995).
-    Implicit,
-    /// Plain connection upgraded with STLS (RFC 2595); refuses to log in if STLS fails.
-    Starttls,
-    /// No TLS at all. Only sensible on loopback or a trusted network.
-    None,
-}
-
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
-    /// YAML config file. Default: `popsift.yaml` in the current directory, if present.
+    /// YAML config file [default: popsift.yaml in ., $XDG_CONFIG_HOME/popsift, /etc/popsift].
     /// Flags given on the command line override the file's first listener.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
@@ -171,7 +184,8 @@ pub struct ServeArgs {
     /// webpki roots; certificates are always verified.
     #[arg(long)]
     pub upstream_ca: Option<PathBuf>,
-    /// Rule file or directory of rule files (*.yaml, loaded in file-name order) [default: rules/].
+    /// Rule file or directory of rule files (*.yaml, loaded in file-name order) [default:
+    /// `rules:` in the config, else rules/ found on the search path, else the built-in rules].
     #[arg(long)]
     pub rules: Option<PathBuf>,
     /// Prometheus metrics endpoint address, or `off` [default: 127.0.0.1:9110].
@@ -188,16 +202,17 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Rule file or directory [default: rules/].
-    #[arg(long, default_value = "rules")]
-    pub rules: PathBuf,
+    /// Rule file or directory [default: rules/ on the search path, else the built-in rules].
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct ScanArgs {
-    /// Rule file or directory [default: rules/].
-    #[arg(long, default_value = "rules")]
-    pub rules: PathBuf,
+    /// Rule file or directory [default: `rules:` in the config, else rules/ on the search
+    /// path, else the built-in rules].
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
     /// One JSON object per message (keys: path, verdict, score, action, rules).
     #[arg(long)]
     pub json: bool,
@@ -218,10 +233,25 @@ pub struct ScanArgs {
     /// config, else $XDG_STATE_HOME/popsift or ~/.local/state/popsift].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Config file for `state_dir` and `bayes:` [default: popsift.yaml if present].
+    /// Config file for `state_dir` and `bayes:` [default: popsift.yaml on the search path, see --help].
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// .eml files, Maildir folders, mbox files, or directories of .eml files.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+}
+
+impl From<&ServeArgs> for Overrides {
+    fn from(a: &ServeArgs) -> Overrides {
+        Overrides {
+            listen: a.listen,
+            upstream: a.upstream.clone(),
+            upstream_tls: a.upstream_tls,
+            upstream_ca: a.upstream_ca.clone(),
+            rules: a.rules.clone(),
+            metrics: a.metrics.clone(),
+            state_dir: a.state_dir.clone(),
+            dry_run: a.dry_run,
+        }
+    }
 }

@@ -26,18 +26,114 @@
 //!               quota_size: 1GiB, quota_messages: 10000 }   # quota per user folder
 //! ```
 //! Command-line flags override the first listener (or define it when the file has none).
+//!
+//! Defaults live in one place per section: the `Default` impls of the checked settings
+//! (and the `DEFAULT_*` constants); durations and sizes are parsed while the file is read
+//! ([`DurationValue`], [`SizeValue`]), so a bad one is reported with file:line:col; the
+//! command line arrives as an [`Overrides`] value applied before anything is checked.
+//! Where the file itself is found is [`crate::locate`]'s business.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{ServeArgs, UpstreamTls};
 use crate::rules::Action;
 use crate::session::tag::TagSettings;
 
+/// Upstream connection security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    /// TLS from the first byte (POP3S, usually port 995).
+    Implicit,
+    /// Plain connection upgraded with STLS (RFC 2595); refuses to log in if STLS fails.
+    Starttls,
+    /// No TLS at all. Only sensible on loopback or a trusted network.
+    None,
+}
+
+/// Values that override the config file (from the command line, or set by a test), applied
+/// by [`Config::build`] before anything is checked. `None`/`false` leaves the file's value.
+/// The listener fields override the file's first listener (or define it when the file has none).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+    pub upstream_tls: Option<UpstreamTls>,
+    pub upstream_ca: Option<PathBuf>,
+    pub rules: Option<PathBuf>,
+    pub metrics: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub dry_run: bool,
+}
+
+/// A duration written `500ms`, `30s`, `10m`, `1h` or a bare number of seconds, checked when
+/// the file is parsed (so a bad one is reported with its file:line:col).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationValue(pub Duration);
+
+/// A size written `256KiB`, `10MB`, `2 GiB` or a bare number of octets, checked when the
+/// file is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeValue(pub u64);
+
+/// A duration, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationOrOff(pub Option<Duration>);
+
+/// Accepts a YAML string or number and parses its text with `parse`.
+struct TextVisitor<T>(fn(&str) -> Result<T, String>, &'static str);
+
+impl<T> serde::de::Visitor<'_> for TextVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.1)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        (self.0)(v).map_err(E::custom)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TextVisitor(|t| parse_duration(t).map(DurationValue), "a duration such as 30s or 10m"))
+    }
+}
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TextVisitor(|t| parse_size(t).map(SizeValue), "a size such as 256KiB or 10MB"))
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationOrOff {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        fn parse(t: &str) -> Result<DurationOrOff, String> {
+            if t.trim().eq_ignore_ascii_case("off") {
+                return Ok(DurationOrOff(None));
+            }
+            parse_duration(t).map(|d| DurationOrOff(Some(d)))
+        }
+        d.deserialize_any(TextVisitor(parse, "a duration such as 20s, or off"))
+    }
+}
+
 /// Default address clients connect to.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1110";
+/// Default for `max_sessions`.
+pub const DEFAULT_MAX_SESSIONS: usize = 256;
+/// Default for `spam_action`.
+pub const DEFAULT_SPAM_ACTION: Action = Action::Tag;
 /// Default metrics endpoint.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9110";
 
@@ -112,7 +208,7 @@ impl BayesFile {
 #[serde(deny_unknown_fields)]
 pub struct CacheFile {
     pub enabled: Option<bool>,
-    pub max_size: Option<String>,
+    pub max_size: Option<SizeValue>,
 }
 
 /// Checked header cache settings.
@@ -136,9 +232,9 @@ pub struct QuarantineFile {
     /// the state dir; this names the state-like root directly).
     pub dir: Option<PathBuf>,
     pub on_failure: Option<OnFailure>,
-    pub max_size: Option<String>,
+    pub max_size: Option<SizeValue>,
     /// Per user folder: total bytes of its copies.
-    pub quota_size: Option<String>,
+    pub quota_size: Option<SizeValue>,
     /// Per user folder: number of copies.
     pub quota_messages: Option<u64>,
 }
@@ -170,6 +266,17 @@ pub struct QuarantineSettings {
 }
 
 impl QuarantineSettings {
+    /// The defaults, for a state directory.
+    pub fn defaults(state_dir: &Path) -> QuarantineSettings {
+        QuarantineSettings {
+            dir: state_dir.join("quarantine"),
+            on_failure: OnFailure::Hide,
+            max_size: 64 * 1024 * 1024,
+            quota_size: 1024 * 1024 * 1024,
+            quota_messages: 10_000,
+        }
+    }
+
     /// The most octets a quarantine copy may take for a message LIST announced as
     /// `list_size`: `min(max_size, list_size + 64 KiB + list_size/16)`. The slack allows
     /// for servers whose LIST size is an estimate (RFC 1939 §5 asks for the exact size, but
@@ -200,27 +307,27 @@ pub struct ListenerFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsFile {
-    pub connect: Option<String>,
-    pub tls_handshake: Option<String>,
-    pub greeting: Option<String>,
-    pub upstream_reply: Option<String>,
+    pub connect: Option<DurationValue>,
+    pub tls_handshake: Option<DurationValue>,
+    pub greeting: Option<DurationValue>,
+    pub upstream_reply: Option<DurationValue>,
     /// A size per second, e.g. `1KiB`.
-    pub upstream_min_rate: Option<String>,
-    pub client_idle: Option<String>,
-    pub client_line: Option<String>,
-    pub drain: Option<String>,
+    pub upstream_min_rate: Option<SizeValue>,
+    pub client_idle: Option<DurationValue>,
+    pub client_line: Option<DurationValue>,
+    pub drain: Option<DurationValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScanFile {
-    pub header_limit: Option<String>,
+    pub header_limit: Option<SizeValue>,
     pub without_top: Option<WithoutTop>,
     pub pipelining: Option<bool>,
     pub window: Option<usize>,
-    pub window_bytes: Option<String>,
+    pub window_bytes: Option<SizeValue>,
     /// A duration, or `off`.
-    pub early_answer_after: Option<String>,
+    pub early_answer_after: Option<DurationOrOff>,
 }
 
 /// What to do when the upstream cannot serve `TOP` (it is optional in RFC 1939 §7).
@@ -380,7 +487,8 @@ impl ConfigFile {
 
 impl Config {
     /// Merges the file (if any) with command-line flags and checks everything.
-    pub fn build(file: ConfigFile, args: &ServeArgs) -> Result<Config, ConfigError> {
+    pub fn build(file: ConfigFile, overrides: impl Into<Overrides>) -> Result<Config, ConfigError> {
+        let args = &overrides.into();
         let mut listeners_file = file.listeners;
         if listeners_file.is_empty() {
             listeners_file.push(ListenerFile::default());
@@ -442,29 +550,27 @@ impl Config {
         let t = file.timeouts;
         let d = Timeouts::default();
         let timeouts = Timeouts {
-            connect: duration_field("timeouts.connect", t.connect, d.connect)?,
-            tls_handshake: duration_field("timeouts.tls_handshake", t.tls_handshake, d.tls_handshake)?,
-            greeting: duration_field("timeouts.greeting", t.greeting, d.greeting)?,
-            upstream_reply: duration_field("timeouts.upstream_reply", t.upstream_reply, d.upstream_reply)?,
+            connect: t.connect.map_or(d.connect, |v| v.0),
+            tls_handshake: t.tls_handshake.map_or(d.tls_handshake, |v| v.0),
+            greeting: t.greeting.map_or(d.greeting, |v| v.0),
+            upstream_reply: t.upstream_reply.map_or(d.upstream_reply, |v| v.0),
             upstream_min_rate: match t.upstream_min_rate {
-                Some(text) => match parse_size(&text) {
-                    Ok(0) => Err("must be at least 1 octet per second".to_string()),
-                    other => other,
+                Some(SizeValue(0)) => {
+                    return Err(ConfigError::BadValue {
+                        field: "timeouts.upstream_min_rate".into(),
+                        reason: "must be at least 1 octet per second".into(),
+                    })
                 }
-                .map_err(|reason| ConfigError::BadValue { field: "timeouts.upstream_min_rate".into(), reason })?,
+                Some(v) => v.0,
                 None => d.upstream_min_rate,
             },
-            client_idle: duration_field("timeouts.client_idle", t.client_idle, d.client_idle)?,
-            client_line: duration_field("timeouts.client_line", t.client_line, d.client_line)?,
-            drain: duration_field("timeouts.drain", t.drain, d.drain)?,
+            client_idle: t.client_idle.map_or(d.client_idle, |v| v.0),
+            client_line: t.client_line.map_or(d.client_line, |v| v.0),
+            drain: t.drain.map_or(d.drain, |v| v.0),
         };
         let s = file.scan;
         let ds = ScanSettings::default();
-        let header_limit = match s.header_limit {
-            Some(text) => parse_size(&text)
-                .map_err(|reason| ConfigError::BadValue { field: "scan.header_limit".into(), reason })?,
-            None => ds.header_limit as u64,
-        };
+        let header_limit = s.header_limit.map_or(ds.header_limit as u64, |v| v.0);
         if !(1024..=64 * 1024 * 1024).contains(&header_limit) {
             return Err(ConfigError::BadValue {
                 field: "scan.header_limit".into(),
@@ -478,25 +584,14 @@ impl Config {
                 reason: "must be between 1 and 4096".into(),
             });
         }
-        let window_bytes = match s.window_bytes {
-            Some(text) => parse_size(&text)
-                .map_err(|reason| ConfigError::BadValue { field: "scan.window_bytes".into(), reason })?,
-            None => ds.window_bytes as u64,
-        };
+        let window_bytes = s.window_bytes.map_or(ds.window_bytes as u64, |v| v.0);
         if !(64 * 1024..=1024 * 1024 * 1024).contains(&window_bytes) {
             return Err(ConfigError::BadValue {
                 field: "scan.window_bytes".into(),
                 reason: "must be between 64KiB and 1GiB".into(),
             });
         }
-        let early_answer_after = match s.early_answer_after.as_deref().map(str::trim) {
-            None => ds.early_answer_after,
-            Some(off) if off.eq_ignore_ascii_case("off") => None,
-            Some(text) => Some(
-                parse_duration(text)
-                    .map_err(|reason| ConfigError::BadValue { field: "scan.early_answer_after".into(), reason })?,
-            ),
-        };
+        let early_answer_after = s.early_answer_after.map_or(ds.early_answer_after, |v| v.0);
         let scan = ScanSettings {
             header_limit: header_limit as usize,
             without_top: s.without_top.unwrap_or(ds.without_top),
@@ -508,39 +603,28 @@ impl Config {
         let dc = CacheSettings::default();
         let cache = CacheSettings {
             enabled: file.cache.enabled.unwrap_or(dc.enabled),
-            max_size: match file.cache.max_size {
-                Some(t) => {
-                    parse_size(&t).map_err(|reason| ConfigError::BadValue { field: "cache.max_size".into(), reason })?
-                }
-                None => dc.max_size,
-            },
+            max_size: file.cache.max_size.map_or(dc.max_size, |v| v.0),
         };
-        let max_sessions = file.max_sessions.unwrap_or(256);
+        let max_sessions = file.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
         if max_sessions == 0 {
             return Err(ConfigError::BadValue { field: "max_sessions".into(), reason: "must be at least 1".into() });
         }
         let state_dir = args.state_dir.clone().or(file.state_dir).unwrap_or_else(default_state_dir);
         let bayes = file.bayes.settings();
+        let dt = TagSettings::default();
         let q = file.quarantine;
+        let dq = QuarantineSettings::defaults(&state_dir);
         let quarantine = QuarantineSettings {
-            dir: q.dir.unwrap_or_else(|| state_dir.join("quarantine")),
-            on_failure: q.on_failure.unwrap_or(OnFailure::Hide),
-            max_size: match q.max_size {
-                Some(t) => parse_size(&t)
-                    .map_err(|reason| ConfigError::BadValue { field: "quarantine.max_size".into(), reason })?,
-                None => 64 * 1024 * 1024,
-            },
-            quota_size: match q.quota_size {
-                Some(t) => parse_size(&t)
-                    .map_err(|reason| ConfigError::BadValue { field: "quarantine.quota_size".into(), reason })?,
-                None => 1024 * 1024 * 1024,
-            },
-            quota_messages: q.quota_messages.unwrap_or(10_000),
+            dir: q.dir.unwrap_or(dq.dir),
+            on_failure: q.on_failure.unwrap_or(dq.on_failure),
+            max_size: q.max_size.map_or(dq.max_size, |v| v.0),
+            quota_size: q.quota_size.map_or(dq.quota_size, |v| v.0),
+            quota_messages: q.quota_messages.unwrap_or(dq.quota_messages),
         };
         Ok(Config {
             listeners,
-            rules: args.rules.clone().or(file.rules).unwrap_or_else(|| PathBuf::from("rules")),
-            spam_action: file.spam_action.unwrap_or(Action::Tag),
+            rules: args.rules.clone().or(file.rules).unwrap_or_else(|| PathBuf::from(crate::locate::RULES_DIR)),
+            spam_action: file.spam_action.unwrap_or(DEFAULT_SPAM_ACTION),
             dry_run: args.dry_run || file.dry_run.unwrap_or(false),
             metrics,
             state_dir,
@@ -548,9 +632,9 @@ impl Config {
             timeouts,
             scan,
             tag: TagSettings {
-                strip_existing: file.tag.strip_existing.unwrap_or(true),
-                subject_prefix: file.tag.subject_prefix.filter(|p| !p.is_empty()),
-                ham_status: file.tag.ham_status.unwrap_or(false),
+                strip_existing: file.tag.strip_existing.unwrap_or(dt.strip_existing),
+                subject_prefix: file.tag.subject_prefix.or(dt.subject_prefix).filter(|p| !p.is_empty()),
+                ham_status: file.tag.ham_status.unwrap_or(dt.ham_status),
             },
             quarantine,
             cache,
@@ -586,13 +670,6 @@ pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
         return Err("port 0".into());
     }
     Ok((host.to_string(), port))
-}
-
-fn duration_field(field: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(v) => parse_duration(&v).map_err(|reason| ConfigError::BadValue { field: field.into(), reason }),
-    }
 }
 
 /// Parses `500ms`, `30s`, `10m`, `1h`, or a bare number of seconds.
@@ -637,20 +714,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    fn args() -> ServeArgs {
-        ServeArgs::default()
+    fn args() -> Overrides {
+        Overrides::default()
     }
 
     #[test]
     fn flags_alone() {
         let mut a = args();
         a.upstream = Some("pop.example.com:995".into());
-        let c = Config::build(ConfigFile::default(), &a).unwrap();
+        let c = Config::build(ConfigFile::default(), a.clone()).unwrap();
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.listeners[0].listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::Implicit);
         a.upstream = Some("pop.example.com:110".into());
-        let c = Config::build(ConfigFile::default(), &a).unwrap();
+        let c = Config::build(ConfigFile::default(), a.clone()).unwrap();
         assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::Starttls);
         assert_eq!(c.metrics.unwrap().to_string(), DEFAULT_METRICS);
         assert_eq!(c.timeouts.client_idle, Duration::from_secs(600));
@@ -658,7 +735,7 @@ mod tests {
 
     #[test]
     fn no_upstream_is_an_error() {
-        assert!(matches!(Config::build(ConfigFile::default(), &args()), Err(ConfigError::NoUpstream)));
+        assert!(matches!(Config::build(ConfigFile::default(), args()), Err(ConfigError::NoUpstream)));
     }
 
     #[test]
@@ -667,7 +744,7 @@ mod tests {
         let f = ConfigFile::parse(text, Path::new("p.yaml")).unwrap();
         let mut a = args();
         a.listen = Some("127.0.0.1:2110".parse().unwrap());
-        let c = Config::build(f, &a).unwrap();
+        let c = Config::build(f, a.clone()).unwrap();
         assert_eq!(c.listeners[0].listen.to_string(), "127.0.0.1:2110");
         assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::None);
         assert_eq!(c.listeners[1].upstream.tls, UpstreamTls::Implicit);
@@ -705,45 +782,45 @@ mod tests {
     fn quarantine_quota_and_copy_limit() {
         let mut a = args();
         a.upstream = Some("h:110".into());
-        let c = Config::build(ConfigFile::parse("", Path::new("p.yaml")).unwrap(), &a).unwrap();
+        let c = Config::build(ConfigFile::parse("", Path::new("p.yaml")).unwrap(), a.clone()).unwrap();
         assert_eq!((c.quarantine.quota_size, c.quarantine.quota_messages), (1 << 30, 10_000));
         let text = "quarantine: { quota_size: 2MiB, quota_messages: 5, max_size: 1MiB }\n";
-        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), &a).unwrap();
+        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), a.clone()).unwrap();
         assert_eq!((c.quarantine.quota_size, c.quarantine.quota_messages), (2 << 20, 5));
         assert_eq!(c.quarantine.copy_limit(100), 100 + 64 * 1024 + 6);
         assert_eq!(c.quarantine.copy_limit(50 << 20), 1 << 20, "never above max_size");
-        let bad = ConfigFile::parse("quarantine: { quota_size: lots }\n", Path::new("p.yaml")).unwrap();
-        assert!(Config::build(bad, &a).is_err());
+        let e = ConfigFile::parse("quarantine: { quota_size: lots }\n", Path::new("p.yaml")).unwrap_err();
+        assert!(e.to_string().starts_with("p.yaml:1:27: quarantine.quota_size: \"lots\" is not a size"), "{e}");
     }
 
     #[test]
     fn cache_and_early_answer() {
         let mut a = args();
         a.upstream = Some("h:110".into());
-        let c = Config::build(ConfigFile::default(), &a).unwrap();
+        let c = Config::build(ConfigFile::default(), a.clone()).unwrap();
         assert_eq!(c.cache, CacheSettings { enabled: true, max_size: 256 * 1024 * 1024 });
         assert_eq!(c.scan.early_answer_after, Some(DEFAULT_EARLY_ANSWER_AFTER));
         let text = "cache: { enabled: false, max_size: 1MiB }\nscan: { early_answer_after: 'off' }\n";
-        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), &a).unwrap();
+        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), a.clone()).unwrap();
         assert_eq!(c.cache, CacheSettings { enabled: false, max_size: 1024 * 1024 });
         assert_eq!(c.scan.early_answer_after, None);
         let text = "scan: { early_answer_after: 1500ms }\n";
-        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), &a).unwrap();
+        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), a.clone()).unwrap();
         assert_eq!(c.scan.early_answer_after, Some(Duration::from_millis(1500)));
         assert!(ConfigFile::parse("cache: { size: 1 }\n", Path::new("p.yaml")).is_err(), "unknown keys refused");
-        let bad = ConfigFile::parse("scan: { early_answer_after: soon }\n", Path::new("p.yaml")).unwrap();
-        assert!(Config::build(bad, &a).is_err());
+        let e = ConfigFile::parse("scan: { early_answer_after: soon }\n", Path::new("p.yaml")).unwrap_err();
+        assert!(e.to_string().starts_with("p.yaml:1:29: scan.early_answer_after:"), "{e}");
     }
 
     #[test]
     fn phase_deadlines_and_scan_window_bytes() {
         let mut a = args();
         a.upstream = Some("h:110".into());
-        let c = Config::build(ConfigFile::default(), &a).unwrap();
+        let c = Config::build(ConfigFile::default(), a.clone()).unwrap();
         assert_eq!((c.timeouts.client_line, c.timeouts.upstream_min_rate), (Duration::from_secs(60), 1024));
         assert_eq!(c.scan.window_bytes, 8 * 1024 * 1024);
         let text = "timeouts: { client_line: 3s, upstream_min_rate: 2KiB }\nscan: { window_bytes: 1MiB }\n";
-        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), &a).unwrap();
+        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), a.clone()).unwrap();
         assert_eq!((c.timeouts.client_line, c.timeouts.upstream_min_rate), (Duration::from_secs(3), 2048));
         assert_eq!(c.scan.window_bytes, 1024 * 1024);
         for (bad, field) in [
@@ -751,7 +828,14 @@ mod tests {
             ("timeouts: { client_line: 0s }\n", "timeouts.client_line"),
             ("scan: { window_bytes: 1KiB }\n", "scan.window_bytes"),
         ] {
-            let e = Config::build(ConfigFile::parse(bad, Path::new("p.yaml")).unwrap(), &a).unwrap_err();
+            // Bad text fails while parsing, with its location; a bad value while checking.
+            let e = match ConfigFile::parse(bad, Path::new("p.yaml")) {
+                Ok(f) => Config::build(f, a.clone()).unwrap_err(),
+                Err(e) => {
+                    assert!(e.to_string().starts_with("p.yaml:1:"), "{e}");
+                    e
+                }
+            };
             assert!(e.to_string().contains(field), "{bad}: {e}");
         }
     }

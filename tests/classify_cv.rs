@@ -15,7 +15,7 @@ fn corpus() -> Option<PathBuf> {
 }
 
 fn load(dir: &Path) -> Vec<Labelled> {
-    let labels = popsift::scan::read_labels(&dir.join("labels.tsv")).expect("labels.tsv");
+    let labels = popsift::mailfiles::read_labels(&dir.join("labels.tsv")).expect("labels.tsv");
     let mut names: Vec<_> = labels.into_iter().collect();
     names.sort();
     names

@@ -68,10 +68,10 @@ fn scan_mbox_and_maildir() {
     }
     std::fs::write(md.join("new/1.host"), "Subject: hello\r\n\r\n").unwrap();
     std::fs::write(md.join("cur/2.host:2,S"), "Subject: again\r\n\r\n").unwrap();
-    let items = popsift::scan::read_messages(&mbox).unwrap();
+    let items = popsift::mailfiles::read_messages(&mbox).unwrap();
     assert_eq!(items.len(), 2);
     assert!(items[1].label.ends_with("box.mbox#2"));
-    let items = popsift::scan::read_messages(&md).unwrap();
+    let items = popsift::mailfiles::read_messages(&md).unwrap();
     assert_eq!(items.len(), 2);
     let (code, out, _) = popsift(&["scan", "--rules", "rules", mbox.to_str().unwrap(), md.to_str().unwrap()]);
     assert_eq!(code, 0);

@@ -288,11 +288,11 @@ fn shipped_rules_load_and_classify_fixtures() {
     assert!(s.rules().all(|r| !r.id.is_empty()));
     let msgs = root.join("tests/fixtures/rules/msgs");
     let spam = std::fs::read(msgs.join("00016.eml")).unwrap();
-    let v = s.evaluate(popsift::scan::header_block(&spam), spam.len() as u64);
+    let v = s.evaluate(popsift::mailfiles::header_block(&spam), spam.len() as u64);
     assert!(v.spam, "{v:?}");
     for ham in ["00006.eml", "00007.eml", "00017.eml"] {
         let m = std::fs::read(msgs.join(ham)).unwrap();
-        let v = s.evaluate(popsift::scan::header_block(&m), m.len() as u64);
+        let v = s.evaluate(popsift::mailfiles::header_block(&m), m.len() as u64);
         assert!(!v.spam, "{ham}: {v:?}");
     }
 }

@@ -83,7 +83,7 @@ pub fn operating_points(scored: &[Scored], budgets: &[f64]) -> Vec<(f64, f64, f6
 
 /// Removes every field whose name the tokenizer-style pattern list matches.
 pub fn strip_fields(msg: &[u8], names: &Tokenizer) -> Vec<u8> {
-    let block = crate::scan::header_block(msg);
+    let block = crate::mailfiles::header_block(msg);
     let h = Headers::parse(block);
     let mut out = Vec::with_capacity(msg.len());
     let mut pos = 0;

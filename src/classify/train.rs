@@ -107,7 +107,7 @@ pub fn normalised_block(msg: &[u8]) -> Option<Vec<u8>> {
     if m.starts_with(b"From ") {
         m = memchr::memchr(b'\n', m).map(|i| &m[i + 1..]).unwrap_or(&[]);
     }
-    let block = crate::scan::header_block(m);
+    let block = crate::mailfiles::header_block(m);
     if block.contains(&0) {
         return None;
     }

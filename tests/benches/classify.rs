@@ -22,7 +22,7 @@ fn corpus() -> Vec<(PathBuf, Vec<u8>, bool)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dev =
         std::env::var_os("POPSIFT_DEV_CORPUS").map(PathBuf::from).unwrap_or_else(|| root.join("../shared/corpus/dev"));
-    if let Ok(labels) = popsift::scan::read_labels(&dev.join("labels.tsv")) {
+    if let Ok(labels) = popsift::mailfiles::read_labels(&dev.join("labels.tsv")) {
         let mut v: Vec<_> = labels.into_iter().collect();
         v.sort();
         eprintln!("classify bench: dev corpus, {} messages", v.len());

@@ -52,7 +52,7 @@ fn messages() -> Vec<Vec<u8>> {
         .iter()
         .map(|f| {
             let m = std::fs::read(f).unwrap();
-            popsift::scan::header_block(&m).to_vec()
+            popsift::mailfiles::header_block(&m).to_vec()
         })
         .collect();
     out.push(

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use popsift::cli::ServeArgs;
 use popsift::config::{Config, ConfigFile};
-use popsift::rules::{EngineOptions, RulesHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -40,11 +39,9 @@ pub async fn start_with_tls(upstream: &str, tls: &str, rules_yaml: &str, extra: 
     );
     let file = ConfigFile::parse(&yaml, Path::new("test.yaml")).unwrap();
     let config = Arc::new(Config::build(file, &ServeArgs::default()).unwrap());
-    let rules = RulesHandle::load(&config.rules, EngineOptions { spam_action: config.spam_action }).unwrap();
-    let sockets = popsift::net::listener::bind(&config).await.unwrap();
-    let addr = sockets[0].local_addr().unwrap().to_string();
     let (stop, rx) = watch::channel(false);
-    tokio::spawn(popsift::net::listener::serve(config, sockets, rules, rx));
+    let running = popsift::cmd::serve::start(config, rx).await.unwrap();
+    let addr = running.addrs[0].to_string();
     Proxy { addr, dir, stop }
 }
 

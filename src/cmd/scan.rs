@@ -1,230 +1,62 @@
-//! `popsift check` and `popsift scan`: the rule maintainer's tools.
+//! `popsift scan`: the rule maintainer's tool for trying rules on mail on disk.
 //!
-//! `check` loads a rule path and prints a one-line summary (exit 0) or every error (exit 1).
 //! `scan` evaluates messages on disk — `.eml` files, Maildir folders (`cur/` + `new/`), mbox
 //! files, directories of messages — and prints each verdict, a summary and, with `--labels`,
 //! how much spam was caught and how much ham was flagged.
 //!
-//! Exit codes: 0 done; 1 rule errors or bad arguments; 2 some inputs could not be read (the
-//! readable ones are still scanned).
-use std::collections::HashMap;
+//! Messages are read by [`crate::mailfiles`]. Exit codes ([`Exit`]): 0 done; 1 rule errors;
+//! 2 bad arguments, or some inputs could not be read (the readable ones are still scanned).
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::Exit;
 use crate::classify::eval::{operating_points, Scored};
 use crate::classify::handle::load_model;
 use crate::classify::Model;
-use crate::cli::{CheckArgs, ScanArgs};
+use crate::cli::ScanArgs;
+use crate::mailfiles::{header_block, label_key, read_labels, read_messages};
 use crate::rules::{Action, EngineOptions, RuleSet, Verdict};
-
-/// `popsift check`.
-pub fn run_check(args: &CheckArgs) -> i32 {
-    match RuleSet::load(&args.rules, &EngineOptions::default()) {
-        Ok(set) => {
-            let files = set.file_count();
-            println!("rules: {} rules in {} file{} OK", set.len(), files, if files == 1 { "" } else { "s" },);
-            0
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            eprintln!("rules: {} error{} in {}", e.len(), if e.len() == 1 { "" } else { "s" }, args.rules.display());
-            1
-        }
-    }
-}
-
-/// One message read from disk: a label for output (path, or `path#N` inside an mbox) and
-/// its bytes.
-#[derive(Debug, Clone)]
-pub struct MessageItem {
-    pub label: String,
-    pub bytes: Vec<u8>,
-}
-
-/// Reads messages from a path: an `.eml`/message file (an mbox `From ` first line is fine),
-/// an mbox file with several messages (`path#1`, `path#2`, …), a Maildir (`cur/`, `new/`),
-/// or a directory of message files (`*.eml`, `*.msg`, names without a dot, `*.mbox`, and
-/// Maildirs inside it). Files are taken in name order. Any unreadable file is an error.
-pub fn read_messages(path: &Path) -> std::io::Result<Vec<MessageItem>> {
-    let (items, failed) = read_messages_lenient(path)?;
-    match failed.into_iter().next() {
-        Some((_, e)) => Err(e),
-        None => Ok(items),
-    }
-}
-
-/// Like [`read_messages`], but a file inside a directory that cannot be read is returned
-/// in the second list instead of failing the whole path. A missing or unreadable `path`
-/// itself is still an error.
-#[allow(clippy::type_complexity)]
-pub fn read_messages_lenient(path: &Path) -> std::io::Result<(Vec<MessageItem>, Vec<(PathBuf, std::io::Error)>)> {
-    let mut out = Vec::new();
-    let mut failed = Vec::new();
-    collect_messages(path, &mut out, &mut failed)?;
-    Ok((out, failed))
-}
-
-fn collect_messages(
-    path: &Path,
-    out: &mut Vec<MessageItem>,
-    failed: &mut Vec<(PathBuf, std::io::Error)>,
-) -> std::io::Result<()> {
-    let meta = std::fs::metadata(path)?;
-    if meta.is_dir() {
-        let is_maildir = path.join("cur").is_dir() && path.join("new").is_dir();
-        if is_maildir {
-            for sub in ["new", "cur"] {
-                for f in sorted_entries(&path.join(sub))? {
-                    if f.is_file() {
-                        match std::fs::read(&f) {
-                            Ok(bytes) => out.push(MessageItem { label: f.display().to_string(), bytes }),
-                            Err(e) => failed.push((f, e)),
-                        }
-                    }
-                }
-            }
-            return Ok(());
-        }
-        for f in sorted_entries(path)? {
-            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if name.starts_with('.') {
-                continue;
-            }
-            if f.is_dir() {
-                if f.join("cur").is_dir() && f.join("new").is_dir() {
-                    if let Err(e) = collect_messages(&f, out, failed) {
-                        failed.push((f, e));
-                    }
-                }
-                continue;
-            }
-            let lower = name.to_ascii_lowercase();
-            let wanted = lower.ends_with(".eml")
-                || lower.ends_with(".msg")
-                || lower.ends_with(".mbox")
-                || lower.ends_with(".mbx")
-                || !lower.contains('.');
-            if wanted {
-                match read_file(&f) {
-                    Ok(v) => out.extend(v),
-                    Err(e) => failed.push((f, e)),
-                }
-            }
-        }
-        return Ok(());
-    }
-    out.extend(read_file(path)?);
-    Ok(())
-}
-
-fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    v.sort();
-    Ok(v)
-}
-
-fn read_file(path: &Path) -> std::io::Result<Vec<MessageItem>> {
-    let bytes = std::fs::read(path)?;
-    let label = path.display().to_string();
-    let parts = split_mbox(&bytes);
-    if parts.len() <= 1 {
-        return Ok(vec![MessageItem { label, bytes }]);
-    }
-    Ok(parts
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| MessageItem { label: format!("{label}#{}", i + 1), bytes: m.to_vec() })
-        .collect())
-}
-
-/// Splits mbox content at `From ` lines that start the file or follow an empty line.
-/// Content not starting with `From ` is one message.
-pub fn split_mbox(bytes: &[u8]) -> Vec<&[u8]> {
-    if !bytes.starts_with(b"From ") {
-        return vec![bytes];
-    }
-    let mut starts = vec![0usize];
-    let mut i = 0;
-    while let Some(p) = memchr::memmem::find(&bytes[i..], b"\nFrom ") {
-        let at = i + p + 1;
-        let prev = &bytes[..at - 1];
-        if prev.ends_with(b"\n") || prev.ends_with(b"\n\r") || prev.is_empty() {
-            starts.push(at);
-        }
-        i = at;
-    }
-    let mut out = Vec::new();
-    for (k, &s) in starts.iter().enumerate() {
-        let e = starts.get(k + 1).copied().unwrap_or(bytes.len());
-        out.push(&bytes[s..e]);
-    }
-    out
-}
-
-/// The header block of a message: up to and including the first empty line.
-pub fn header_block(msg: &[u8]) -> &[u8] {
-    let mut pos = 0;
-    while pos < msg.len() {
-        let end = memchr::memchr(b'\n', &msg[pos..]).map(|i| pos + i + 1).unwrap_or(msg.len());
-        let line = &msg[pos..end];
-        if line == b"\n" || line == b"\r\n" {
-            return &msg[..end];
-        }
-        pos = end;
-    }
-    msg
-}
-
-/// Reads a labels TSV: `file name <TAB> spam|ham [<TAB> …]`; a header row is skipped.
-pub fn read_labels(path: &Path) -> std::io::Result<HashMap<String, bool>> {
-    let text = std::fs::read_to_string(path)?;
-    let mut out = HashMap::new();
-    for line in text.lines() {
-        let mut cols = line.split('\t');
-        let (Some(name), Some(label)) = (cols.next(), cols.next()) else {
-            continue;
-        };
-        match label.trim().to_ascii_lowercase().as_str() {
-            "spam" => out.insert(name.trim().to_string(), true),
-            "ham" => out.insert(name.trim().to_string(), false),
-            _ => continue,
-        };
-    }
-    Ok(out)
-}
-
-/// The key a labels file uses for a message: its file name.
-pub fn label_key(label: &str) -> String {
-    let base = label.rsplit('/').next().unwrap_or(label);
-    base.to_string()
-}
 
 fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
 /// `popsift scan`.
-pub fn run_scan(args: &ScanArgs) -> i32 {
+pub fn run(args: &ScanArgs) -> Exit {
     let Some(spam_action) = Action::parse(&args.spam_action) else {
         eprintln!("scan: --spam-action {:?}: expected allow, tag, hide, quarantine or delete", args.spam_action);
-        return 1;
+        return Exit::Usage;
     };
+    let resolved =
+        match crate::cmd::train::resolve(args.config.as_deref(), args.state_dir.as_deref(), args.rules.as_deref()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("scan: {e}");
+                return Exit::Usage;
+            }
+        };
     let opts = EngineOptions { spam_action };
     let t0 = Instant::now();
-    let set = match RuleSet::load(&args.rules, &opts) {
+    let rules = match super::rules_path(resolved.rules.clone(), &resolved.state_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("scan: {e}");
+            return Exit::Usage;
+        }
+    };
+    let set = match RuleSet::load(&rules, &opts) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
-            return 1;
+            return Exit::Data;
         }
     };
     let compile_time = t0.elapsed();
-    let model = match load_scan_model(args) {
+    let model = match load_scan_model(&resolved) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("scan: {e}");
-            return 1;
+            return Exit::Usage;
         }
     };
     let labels = match &args.labels {
@@ -232,19 +64,19 @@ pub fn run_scan(args: &ScanArgs) -> i32 {
             Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("scan: cannot read labels {}: {e}", p.display());
-                return 1;
+                return Exit::Usage;
             }
         },
         None => None,
     };
-    let mut code = 0;
+    let mut code = Exit::Ok;
     let mut items = Vec::new();
     for p in &args.paths {
         match read_messages(p) {
             Ok(v) => items.extend(v),
             Err(e) => {
                 eprintln!("scan: cannot read {}: {e}", p.display());
-                code = 2;
+                code = Exit::Usage;
             }
         }
     }
@@ -333,8 +165,7 @@ pub fn verdict_json_with_bayes(label: &str, v: &Verdict, bayes: Option<f64>) -> 
 
 /// The classifier model for `scan`: `--state-dir` (or the config's `state_dir`, or the
 /// default) — the one `popsift train` writes. `None` when no model was trained there.
-fn load_scan_model(args: &ScanArgs) -> Result<Option<Model>, String> {
-    let r = crate::train_cmd::resolve(args.config.as_deref(), args.state_dir.as_deref(), Some(&args.rules))?;
+fn load_scan_model(r: &crate::cmd::train::Resolved) -> Result<Option<Model>, crate::classify::store::StoreError> {
     match load_model(&r.state_dir, &r.settings, std::time::Duration::from_secs(10)) {
         Ok(Some(m)) if !m.ready() => {
             eprintln!(
@@ -348,7 +179,7 @@ fn load_scan_model(args: &ScanArgs) -> Result<Option<Model>, String> {
             Ok(Some(m))
         }
         Ok(m) => Ok(m),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     }
 }
 
@@ -441,25 +272,5 @@ impl Stats {
             }
         }
         s
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mbox_split() {
-        let m = b"From a\nSubject: 1\n\nbody\nFrom b\n\nFrom c\nSubject: 2\n\nx\n";
-        let parts = split_mbox(m);
-        assert_eq!(parts.len(), 2);
-        assert!(parts[1].starts_with(b"From c"));
-        assert_eq!(split_mbox(b"Subject: x\n\n").len(), 1);
-    }
-
-    #[test]
-    fn header_block_stops_at_blank_line() {
-        assert_eq!(header_block(b"A: b\r\n\r\nbody"), b"A: b\r\n\r\n");
-        assert_eq!(header_block(b"A: b"), b"A: b");
     }
 }

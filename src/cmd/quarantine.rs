@@ -1,55 +1,73 @@
 //! `popsift quarantine list|show|restore`: the user's window into the quarantine and the way
 //! back for a false positive.
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use super::Exit;
 use crate::cli::{QuarantineAction, QuarantineArgs};
-use crate::config::{default_state_dir, ConfigFile};
-use crate::store::quarantine::{append_mbox, deliver_maildir, Quarantine};
+use crate::config::default_state_dir;
+use crate::config::ConfigError;
+use crate::store::quarantine::{append_mbox, deliver_maildir, Quarantine, QuarantineError};
 
-fn resolve_dir(args: &QuarantineArgs) -> Result<PathBuf, String> {
+/// Why a `quarantine` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuarantineCmdError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] QuarantineError),
+    #[error("{path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("say where to restore to: --to-eml FILE, --to-maildir DIR or --to-mbox FILE")]
+    NoDestination,
+    #[error("writing the output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+impl QuarantineCmdError {
+    /// No such message is a data error (1); everything else is usage, config or I/O (2).
+    pub fn exit(&self) -> Exit {
+        match self {
+            QuarantineCmdError::Store(QuarantineError::NotFound(_)) => Exit::Data,
+            _ => Exit::Usage,
+        }
+    }
+}
+
+fn resolve_dir(args: &QuarantineArgs) -> Result<PathBuf, ConfigError> {
     if let Some(d) = &args.dir {
         return Ok(d.clone());
     }
-    let file = match &args.config {
-        Some(p) => Some(ConfigFile::load(p).map_err(|e| e.to_string())?),
-        None if Path::new("popsift.yaml").exists() => {
-            Some(ConfigFile::load(Path::new("popsift.yaml")).map_err(|e| e.to_string())?)
-        }
-        None => None,
-    };
-    let (qdir, state) = match file {
-        Some(f) => (f.quarantine.dir, f.state_dir),
-        None => (None, None),
-    };
+    let f = super::config_file(args.config.as_deref())?;
+    let (qdir, state) = (f.quarantine.dir, f.state_dir);
     let state = args.state_dir.clone().or(state);
     Ok(qdir.unwrap_or_else(|| state.unwrap_or_else(default_state_dir).join("quarantine")))
 }
 
 /// Runs the subcommand; returns the exit code.
-pub fn run(args: &QuarantineArgs) -> i32 {
+pub fn run(args: &QuarantineArgs) -> Exit {
     match run_inner(args) {
-        Ok(()) => 0,
+        Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("popsift quarantine: {e}");
-            1
+            e.exit()
         }
     }
 }
 
-fn run_inner(args: &QuarantineArgs) -> Result<(), String> {
+fn run_inner(args: &QuarantineArgs) -> Result<(), QuarantineCmdError> {
     let q = Quarantine::new(&resolve_dir(args)?);
     let mut stdout = std::io::stdout().lock();
     match &args.action {
         QuarantineAction::List { json } => {
-            let items = q.list().map_err(|e| e.to_string())?;
+            let items = q.list()?;
             for m in &items {
                 if *json {
                     let v = serde_json::json!({
                         "id": m.id, "user": m.user, "quarantined_at": m.quarantined_at, "from": m.from,
                         "subject": m.subject, "score": m.score, "rules": m.rules, "uidl": m.uidl,
                     });
-                    writeln!(stdout, "{v}").map_err(|e| e.to_string())?;
+                    writeln!(stdout, "{v}").map_err(QuarantineCmdError::Output)?;
                 } else {
                     writeln!(
                         stdout,
@@ -62,44 +80,47 @@ fn run_inner(args: &QuarantineArgs) -> Result<(), String> {
                         m.score,
                         m.rules
                     )
-                    .map_err(|e| e.to_string())?;
+                    .map_err(QuarantineCmdError::Output)?;
                 }
             }
             if !*json {
-                writeln!(stdout, "{} message(s) in {}", items.len(), q.root().display()).map_err(|e| e.to_string())?;
+                writeln!(stdout, "{} message(s) in {}", items.len(), q.root().display())
+                    .map_err(QuarantineCmdError::Output)?;
             }
         }
         QuarantineAction::Show { id, with_meta } => {
-            let bytes = if *with_meta { q.show(id) } else { q.original(id) }.map_err(|e| e.to_string())?;
-            stdout.write_all(&bytes).map_err(|e| e.to_string())?;
+            let bytes = if *with_meta { q.show(id) } else { q.original(id) }?;
+            stdout.write_all(&bytes).map_err(QuarantineCmdError::Output)?;
         }
         QuarantineAction::Restore { id, to_eml, to_maildir, to_mbox, remove, no_train } => {
-            let msg = q.original(id).map_err(|e| e.to_string())?;
+            let msg = q.original(id)?;
             let dest = if let Some(p) = to_eml {
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .open(p)
-                    .map_err(|e| format!("{}: {e}", p.display()))?;
-                f.write_all(&msg).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", p.display()))?;
+                    .map_err(|source| QuarantineCmdError::Write { path: p.clone(), source })?;
+                f.write_all(&msg)
+                    .and_then(|_| f.sync_all())
+                    .map_err(|source| QuarantineCmdError::Write { path: p.clone(), source })?;
                 p.display().to_string()
             } else if let Some(d) = to_maildir {
-                deliver_maildir(d, &msg).map_err(|e| e.to_string())?.display().to_string()
+                deliver_maildir(d, &msg)?.display().to_string()
             } else if let Some(m) = to_mbox {
-                append_mbox(m, &msg).map_err(|e| e.to_string())?;
+                append_mbox(m, &msg)?;
                 m.display().to_string()
             } else {
-                return Err("say where to restore to: --to-eml FILE, --to-maildir DIR or --to-mbox FILE".into());
+                return Err(QuarantineCmdError::NoDestination);
             };
             if *remove {
-                q.remove(id).map_err(|e| e.to_string())?;
+                q.remove(id)?;
             }
             writeln!(
                 stdout,
                 "restored {id} to {dest}{}",
                 if *remove { " and removed it from the quarantine" } else { "" }
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(QuarantineCmdError::Output)?;
             if !*no_train {
                 train_restored(args, &msg, &mut stdout);
             }
@@ -111,7 +132,7 @@ fn run_inner(args: &QuarantineArgs) -> Result<(), String> {
 /// A restored message was a false positive: train it as ham, so the classifier learns from
 /// the mistake. A failure here does not undo the restore; it is reported.
 fn train_restored(args: &QuarantineArgs, msg: &[u8], out: &mut impl Write) {
-    let r = match crate::train_cmd::resolve(args.config.as_deref(), args.state_dir.as_deref(), None) {
+    let r = match crate::cmd::train::resolve(args.config.as_deref(), args.state_dir.as_deref(), None) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("popsift quarantine: restored, but not trained as ham: {e}");
@@ -121,7 +142,7 @@ fn train_restored(args: &QuarantineArgs, msg: &[u8], out: &mut impl Write) {
     if !r.settings.train_restored {
         return;
     }
-    match crate::train_cmd::train_ham(&r, msg) {
+    match crate::cmd::train::train_ham(&r, msg) {
         Ok(o) => {
             let what = match o {
                 crate::classify::train::Outcome::Known => "already known as ham",

@@ -10,13 +10,33 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::Exit;
 use crate::classify::store::{ModelStore, RedbStore};
 use crate::classify::train::{Outcome, TrainSummary, Trainer};
 use crate::classify::{BayesSettings, Model, Tokenizer};
 use crate::cli::TrainArgs;
-use crate::config::{default_state_dir, ConfigFile};
+use crate::config::default_state_dir;
+use crate::locate::SearchPath;
+use crate::mailfiles::{label_key, read_labels, read_messages_lenient, MessageItem};
 use crate::rules::{EngineOptions, RuleSet};
-use crate::scan::{label_key, read_labels, read_messages_lenient, MessageItem};
+
+/// Why `train` (or a quarantine restore's training) failed. All are usage, config or input
+/// errors (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("nothing to train: give --spam PATH…, --ham PATH… or --labels FILE PATH…")]
+    NothingToTrain,
+    #[error("PATHs without --labels: say what they are with --spam/--ham, or give --labels FILE")]
+    Unlabelled,
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("rules {path}:\n{source}")]
+    Rules { path: PathBuf, source: crate::rules::RuleErrors },
+    #[error(transparent)]
+    Store(#[from] crate::classify::store::StoreError),
+}
 
 /// Where the model and its settings are: flags, then the config file, then defaults.
 #[derive(Debug)]
@@ -26,55 +46,60 @@ pub struct Resolved {
     pub settings: BayesSettings,
 }
 
-/// Resolves `--state-dir`/`--rules`/`--config` the way `serve` does.
-pub fn resolve(config: Option<&Path>, state_dir: Option<&Path>, rules: Option<&Path>) -> Result<Resolved, String> {
-    let file = match config {
-        Some(p) => Some(ConfigFile::load(p).map_err(|e| e.to_string())?),
-        None if Path::new("popsift.yaml").exists() => {
-            Some(ConfigFile::load(Path::new("popsift.yaml")).map_err(|e| e.to_string())?)
-        }
-        None => None,
-    };
-    let (fstate, frules, settings) = match file {
-        Some(f) => (f.state_dir.clone(), f.rules.clone(), f.bayes.settings()),
-        None => (None, None, BayesSettings::default()),
-    };
+impl Resolved {
+    /// The rules given, else `rules/` on the search path (said on stderr), else none:
+    /// training then adds no rule tokens.
+    pub fn rules_on_disk(&self) -> Option<PathBuf> {
+        self.rules.clone().or_else(|| {
+            let found = SearchPath::from_env().rules_dir()?;
+            eprintln!("popsift: rules from {}", found.display());
+            Some(found)
+        })
+    }
+}
+
+/// Resolves `--state-dir`/`--rules`/`--config` the way `serve` does; `rules` is only what
+/// the flag or config file says (see [`Resolved::rules_on_disk`], [`super::rules_path`]).
+pub fn resolve(config: Option<&Path>, state_dir: Option<&Path>, rules: Option<&Path>) -> Result<Resolved, TrainError> {
+    let f = super::config_file(config)?;
+    let (fstate, frules, settings) = (f.state_dir.clone(), f.rules.clone(), f.bayes.settings());
     let state_dir = state_dir.map(Path::to_path_buf).or(fstate).unwrap_or_else(default_state_dir);
-    let rules = rules.map(Path::to_path_buf).or(frules).or_else(|| Path::new("rules").is_dir().then(|| "rules".into()));
+    let rules = rules.map(Path::to_path_buf).or(frules);
     Ok(Resolved { state_dir, rules, settings })
 }
 
 /// Runs the subcommand; returns the exit code.
-pub fn run(args: &TrainArgs) -> i32 {
+pub fn run(args: &TrainArgs) -> Exit {
     match run_inner(args) {
-        Ok(()) => 0,
+        Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("popsift train: {e}");
-            2
+            Exit::Usage
         }
     }
 }
 
-fn run_inner(args: &TrainArgs) -> Result<(), String> {
+fn run_inner(args: &TrainArgs) -> Result<(), TrainError> {
     let r = resolve(args.config.as_deref(), args.state_dir.as_deref(), args.rules.as_deref())?;
     if args.stats {
         return stats(&r);
     }
     if args.spam.is_empty() && args.ham.is_empty() && args.paths.is_empty() {
-        return Err("nothing to train: give --spam PATH…, --ham PATH… or --labels FILE PATH…".into());
+        return Err(TrainError::NothingToTrain);
     }
     if !args.paths.is_empty() && args.labels.is_none() {
-        return Err("PATHs without --labels: say what they are with --spam/--ham, or give --labels FILE".into());
+        return Err(TrainError::Unlabelled);
     }
     let labels = match &args.labels {
-        Some(p) => Some(read_labels(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        Some(p) => Some(read_labels(p).map_err(|source| TrainError::Read { path: p.clone(), source })?),
         None => None,
     };
     let mut unreadable = 0usize;
     let mut unlabelled = 0usize;
     let mut items: Vec<(MessageItem, bool)> = Vec::new();
-    let mut read = |p: &Path, label: Option<bool>| -> Result<(), String> {
-        let (found, failed) = read_messages_lenient(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut read = |p: &Path, label: Option<bool>| -> Result<(), TrainError> {
+        let (found, failed) =
+            read_messages_lenient(p).map_err(|source| TrainError::Read { path: p.to_path_buf(), source })?;
         for (f, e) in failed {
             eprintln!("popsift train: skipping {}: {e}", f.display());
             unreadable += 1;
@@ -97,17 +122,16 @@ fn run_inner(args: &TrainArgs) -> Result<(), String> {
     for p in &args.paths {
         read(p, None)?;
     }
-    let rules = match &r.rules {
+    let rules = match &r.rules_on_disk() {
         Some(p) => Some(Arc::new(
-            RuleSet::load(p, &EngineOptions::default()).map_err(|e| format!("rules {}:\n{e}", p.display()))?,
+            RuleSet::load(p, &EngineOptions::default())
+                .map_err(|source| TrainError::Rules { path: p.clone(), source })?,
         )),
         None => None,
     };
-    let store = RedbStore::open(&r.state_dir).map_err(|e| e.to_string())?;
+    let store = RedbStore::open(&r.state_dir)?;
     let tokenizer = Tokenizer::new(r.settings.ignore_headers.iter().map(String::as_str));
-    let mut trainer = Trainer::new(&store, tokenizer, rules)
-        .map_err(|e| e.to_string())?
-        .with_minimums(r.settings.min_spam, r.settings.min_ham);
+    let mut trainer = Trainer::new(&store, tokenizer, rules)?.with_minimums(r.settings.min_spam, r.settings.min_ham);
     let progress = std::io::stderr().is_terminal() && items.len() >= 200;
     if args.forget {
         for (i, (m, _)) in items.iter().enumerate() {
@@ -127,9 +151,9 @@ fn run_inner(args: &TrainArgs) -> Result<(), String> {
     if progress {
         eprintln!();
     }
-    let mut summary = trainer.commit().map_err(|e| e.to_string())?;
+    let mut summary = trainer.commit()?;
     summary.unreadable += unreadable;
-    let model = store.load().map_err(|e| e.to_string())?.with_settings(&r.settings);
+    let model = store.load()?.with_settings(&r.settings);
     println!("{}", summary_line(&summary, args.forget, unlabelled, &model, store.path()));
     Ok(())
 }
@@ -169,17 +193,17 @@ pub fn summary_line(s: &TrainSummary, forget: bool, unlabelled: usize, model: &M
     line
 }
 
-fn stats(r: &Resolved) -> Result<(), String> {
+fn stats(r: &Resolved) -> Result<(), TrainError> {
     let store = match RedbStore::open_existing(&r.state_dir, std::time::Duration::from_secs(10)) {
         Ok(Some(s)) => s,
         Ok(None) => {
             println!("no model yet in {} (train one with popsift train)", r.state_dir.display());
             return Ok(());
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
-    let model = store.load().map_err(|e| e.to_string())?.with_settings(&r.settings);
-    let trained = store.trained().map_err(|e| e.to_string())?.len();
+    let model = store.load()?.with_settings(&r.settings);
+    let trained = store.trained()?.len();
     println!(
         "model {}: {} spam, {} ham, {} messages known, {} tokens, token set version {}{}",
         store.path().display(),
@@ -212,15 +236,15 @@ fn stats(r: &Resolved) -> Result<(), String> {
 }
 
 /// Trains one message as ham in `state_dir` (a quarantine restore: a false positive).
-pub fn train_ham(r: &Resolved, msg: &[u8]) -> Result<Outcome, String> {
-    let rules = match &r.rules {
+pub fn train_ham(r: &Resolved, msg: &[u8]) -> Result<Outcome, TrainError> {
+    let rules = match &r.rules_on_disk() {
         Some(p) => RuleSet::load(p, &EngineOptions::default()).ok().map(Arc::new),
         None => None,
     };
-    let store = RedbStore::open(&r.state_dir).map_err(|e| e.to_string())?;
+    let store = RedbStore::open(&r.state_dir)?;
     let tokenizer = Tokenizer::new(r.settings.ignore_headers.iter().map(String::as_str));
-    let mut trainer = Trainer::new(&store, tokenizer, rules).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::new(&store, tokenizer, rules)?;
     let o = trainer.train(msg, false);
-    trainer.commit().map_err(|e| e.to_string())?;
+    trainer.commit()?;
     Ok(o)
 }
