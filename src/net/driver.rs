@@ -34,10 +34,9 @@
 //!
 //! # Memory
 //! Replies prepared for pipelined commands are bounded in bytes (`MAX_PREPARED`), not in
-//! commands: once that much is waiting to be sent, popsift stops planning and reading client
+//! commands (`session::pipeline`): once that much is waiting to be sent, popsift stops planning and reading client
 //! input until the client reads (backpressure), so a client that pipelines thousands of
 //! UIDL without reading costs a few hundred KiB, not one full reply per command.
-use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,7 +57,8 @@ use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
 use crate::pop3::{find_header_end, stuff_lines, unstuff, BodyScanner, HeaderEnd, Unstuffer};
 use crate::rules::RulesHandle;
 use crate::session::capa::{self, Known};
-use crate::session::plan::{self, err, AuthPlan, TxPlan};
+use crate::session::pipeline::{dele_batches, Pipeline, Step};
+use crate::session::plan::{self, err, AuthPlan};
 use crate::session::scan::{build_entries, quarantine_candidates, recheck, to_recheck};
 use crate::session::view::{Disposition, Entry, HeaderRewrite, MailboxView};
 use crate::store::header_cache::{HeaderCache, Scope};
@@ -67,11 +67,6 @@ use crate::store::verdict_memo::{MailboxMemo, VerdictMemo};
 
 /// Client output is flushed when this much is pending, even mid-response.
 const FLUSH_AT: usize = 64 * 1024;
-/// Most planned-but-unanswered client commands; beyond this popsift stops reading ahead.
-const MAX_QUEUE: usize = 256;
-/// Most octets of locally prepared replies (LIST, UIDL, STAT …) queued for pipelined
-/// commands; beyond this popsift stops planning and reading until they are sent.
-const MAX_PREPARED: usize = 256 * 1024;
 /// Most client input read ahead while watching the client during an upstream wait.
 const WATCH_READ_AHEAD: usize = 64 * 1024;
 
@@ -198,34 +193,6 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
     .await
 }
 
-/// A header rewrite to apply while relaying RETR/TOP, with the sizes for the status line.
-struct Rewrite {
-    header: Arc<HeaderRewrite>,
-    upstream_size: u64,
-    size: u64,
-}
-
-/// A queued client command waiting for its turn to be answered.
-enum Pending {
-    Local(Vec<u8>),
-    /// A single-line relayed command (NOOP).
-    Relay {
-        command: Vec<u8>,
-        sent: bool,
-    },
-    Fetch {
-        command: Vec<u8>,
-        sent: bool,
-        rewrite: Option<Rewrite>,
-    },
-    Capa {
-        sent: bool,
-    },
-    Quit {
-        deletions: Vec<u32>,
-    },
-}
-
 /// What `Session::up` being `None` would mean: only before connect, when nothing uses it.
 const NOT_CONNECTED: SessionError = SessionError::UpstreamClosed { phase: Phase::Connect };
 
@@ -233,16 +200,6 @@ const NOT_CONNECTED: SessionError = SessionError::UpstreamClosed { phase: Phase:
 /// client while they hold it).
 fn connected(up: &mut Option<Upstream>) -> Result<&mut Conn<crate::net::stream::Stream>, SessionError> {
     up.as_mut().map(|u| &mut u.conn).ok_or(NOT_CONNECTED)
-}
-
-impl Pending {
-    /// Needs the upstream and has not been sent yet.
-    fn unsent(&self) -> bool {
-        matches!(
-            self,
-            Pending::Relay { sent: false, .. } | Pending::Fetch { sent: false, .. } | Pending::Capa { sent: false }
-        )
-    }
 }
 
 struct Session<'a> {
@@ -902,8 +859,9 @@ impl Session<'_> {
         self.relay_body(Phase::Relay).await
     }
 
-    /// TRANSACTION (RFC 1939 §5) on the filtered view, then UPDATE at QUIT.
-    async fn transaction(&mut self, mut view: MailboxView) -> Result<(), SessionError> {
+    /// TRANSACTION (RFC 1939 §5) on the filtered view, then UPDATE at QUIT: performs the
+    /// steps of [`Pipeline`], which owns the queue and the pipelining policy.
+    async fn transaction(&mut self, view: MailboxView) -> Result<(), SessionError> {
         let caps = self.up()?.caps.clone();
         let up_pipelining = capa::has(caps.as_deref(), "PIPELINING");
         let known = Known {
@@ -911,112 +869,42 @@ impl Session<'_> {
             uidl: view.entries().iter().all(|e| e.uidl.is_some()),
             logged_in: true,
         };
-        let mut queue: VecDeque<Pending> = VecDeque::new();
-        let mut outstanding = 0usize;
-        let mut quit_planned = false;
-        let mut ahead = Vec::new();
-        // The client has had two or more commands waiting at once: it pipelines.
-        let mut pipelining_client = false;
-        // Octets of the `Pending::Local` replies in `queue` (see `MAX_PREPARED`).
-        let mut prepared = 0usize;
+        let mut pipeline = Pipeline::new(view, up_pipelining);
         loop {
             // Plan every command already buffered. For a pipelining client, top the buffer up
             // with whatever it has already sent (without waiting) while the queue runs low,
             // so the upstream stays busy instead of seeing a bubble every MAX_QUEUE commands.
             // A one-command-at-a-time client never has more to read: no extra syscall.
-            let upstream_idle = outstanding == 0;
-            while !quit_planned && queue.len() < MAX_QUEUE && prepared < MAX_PREPARED {
-                let line = match self.client.take_line(MAX_COMMAND_LINE)? {
-                    Some(line) => line,
-                    None if pipelining_client && queue.len() <= MAX_QUEUE / 2 && self.client.try_fill()? => continue,
+            while pipeline.wants_input() {
+                match self.client.take_line(MAX_COMMAND_LINE)? {
+                    Some(line) => pipeline.push_line(&line),
+                    None if pipeline.read_ahead() && self.client.try_fill()? => continue,
                     None => break,
-                };
-                pipelining_client |= !queue.is_empty();
-                let planned = match command::parse(&line) {
-                    Ok(cmd) => {
-                        debug!(command = cmd.keyword(), "client command");
-                        plan::transaction(&cmd, &mut view)
-                    }
-                    Err(e) => TxPlan::Reply(err(e)),
-                };
-                // Without upstream pipelining a command goes out only when nothing is in flight
-                // and no earlier command still waits to be sent: replies come back in order.
-                let send_now = up_pipelining || (outstanding == 0 && !queue.iter().any(Pending::unsent));
-                let pending = match planned {
-                    TxPlan::Reply(b) => {
-                        prepared += b.len();
-                        Pending::Local(b)
-                    }
-                    TxPlan::Relay(c) => {
-                        if send_now {
-                            ahead.extend_from_slice(&c);
-                            outstanding += 1;
-                        }
-                        Pending::Relay { command: c, sent: send_now }
-                    }
-                    TxPlan::Fetch { command, entry, .. } => {
-                        if send_now {
-                            ahead.extend_from_slice(&command);
-                            outstanding += 1;
-                        }
-                        let rewrite = view.entries().get(entry).and_then(|e| {
-                            e.rewrite.clone().map(|header| Rewrite {
-                                header,
-                                upstream_size: e.upstream_size,
-                                size: e.size,
-                            })
-                        });
-                        Pending::Fetch { command, sent: send_now, rewrite }
-                    }
-                    TxPlan::Capa => {
-                        if send_now {
-                            ahead.extend_from_slice(b"CAPA\r\n");
-                            outstanding += 1;
-                        }
-                        Pending::Capa { sent: send_now }
-                    }
-                    TxPlan::Quit { deletions } => {
-                        quit_planned = true;
-                        self.quit_queued = true;
-                        Pending::Quit { deletions }
-                    }
-                };
-                queue.push_back(pending);
+                }
             }
-            if !ahead.is_empty() {
-                if upstream_idle {
+            self.quit_queued = pipeline.quit_planned();
+            if let Some(ahead) = pipeline.take_ahead() {
+                if ahead.upstream_was_idle {
                     self.check_upstream_quiet(Phase::Relay).await?;
                 }
-                let batch = std::mem::take(&mut ahead);
-                self.up_write(&batch, Phase::Relay).await?;
+                self.up_write(&ahead.bytes, Phase::Relay).await?;
             }
             // Answer the oldest.
-            match queue.pop_front() {
-                Some(Pending::Local(b)) => {
-                    prepared -= b.len();
+            match pipeline.next_step() {
+                Some(Step::Reply(b)) => {
                     self.out.extend_from_slice(&b);
                     if self.out.len() >= FLUSH_AT {
                         self.flush().await?;
                     }
                 }
-                Some(Pending::Relay { command, sent }) => {
-                    if !sent {
-                        self.check_upstream_quiet(Phase::Relay).await?;
-                        self.up_write(&command, Phase::Relay).await?;
-                    } else {
-                        outstanding -= 1;
-                    }
+                Some(Step::Relay { send }) => {
+                    self.send_due(send, Phase::Relay).await?;
                     let r = self.up_line(Phase::Relay).await?;
                     self.out.extend_from_slice(&r);
                     self.out.extend_from_slice(b"\r\n");
                 }
-                Some(Pending::Fetch { command, sent, rewrite }) => {
-                    if !sent {
-                        self.check_upstream_quiet(Phase::Relay).await?;
-                        self.up_write(&command, Phase::Relay).await?;
-                    } else {
-                        outstanding -= 1;
-                    }
+                Some(Step::Fetch { send, rewrite }) => {
+                    self.send_due(send, Phase::Relay).await?;
                     let r = self.up_line(Phase::Relay).await?;
                     let ok = Status::parse(&r).is_some_and(|s| s.is_ok());
                     match (&rewrite, ok) {
@@ -1037,13 +925,8 @@ impl Session<'_> {
                         self.stats.retrieved += 1;
                     }
                 }
-                Some(Pending::Capa { sent }) => {
-                    if !sent {
-                        self.check_upstream_quiet(Phase::Capa).await?;
-                        self.up_write(b"CAPA\r\n", Phase::Capa).await?;
-                    } else {
-                        outstanding -= 1;
-                    }
+                Some(Step::Capa { send }) => {
+                    self.send_due(send, Phase::Capa).await?;
                     let r = self.up_line(Phase::Capa).await?;
                     let upstream_caps = if Status::parse(&r).is_some_and(|s| s.is_ok()) {
                         let t = self.ctx.config.timeouts;
@@ -1058,7 +941,7 @@ impl Session<'_> {
                     let list = capa::rewrite(upstream_caps.as_deref(), known);
                     self.out.extend_from_slice(&capa_codec::encode(&list));
                 }
-                Some(Pending::Quit { deletions }) => {
+                Some(Step::Quit { deletions }) => {
                     self.flush().await?;
                     let reply = self.update(&deletions, up_pipelining).await?;
                     self.reply(&reply).await?;
@@ -1073,17 +956,22 @@ impl Session<'_> {
         }
     }
 
+    /// Writes a command whose turn came and that was not sent ahead (see [`Step`]).
+    async fn send_due(&mut self, send: Option<Vec<u8>>, phase: Phase) -> Result<(), SessionError> {
+        if let Some(command) = send {
+            self.check_upstream_quiet(phase).await?;
+            self.up_write(&command, phase).await?;
+        }
+        Ok(())
+    }
+
     /// UPDATE (RFC 1939 §6): DELE the client's deletions and the condemned messages, then
     /// QUIT. Returns the reply for the client.
     async fn update(&mut self, deletions: &[u32], pipelining: bool) -> Result<Vec<u8>, SessionError> {
         self.check_upstream_quiet(Phase::Update).await?;
         let window = if pipelining { self.ctx.config.scan.window.max(1) } else { 1 };
         let mut failed = 0usize;
-        for chunk in deletions.chunks(window) {
-            let mut cmds = Vec::with_capacity(chunk.len() * 12);
-            for n in chunk {
-                cmds.extend_from_slice(&command::Command::Dele(*n).encode());
-            }
+        for (cmds, chunk) in dele_batches(deletions, window) {
             self.up_write(&cmds, Phase::Update).await?;
             for n in chunk {
                 let r = self.up_line(Phase::Update).await?;

@@ -16,6 +16,7 @@
 pub mod capa;
 #[doc(hidden)]
 pub mod invariants;
+pub mod pipeline;
 pub mod plan;
 pub mod scan;
 pub mod tag;
