@@ -54,7 +54,7 @@ use crate::net::upstream::{self, Upstream};
 use crate::pop3::capa::{self as capa_codec};
 use crate::pop3::command::{self, MAX_COMMAND_LINE};
 use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
-use crate::pop3::{find_header_end, stuff_lines, unstuff, BodyScanner, HeaderEnd, Unstuffer};
+use crate::pop3::{stuff_lines, unstuff, BodyScanner, HeaderEnd, HeaderSplitter, Unstuffer};
 use crate::rules::RulesHandle;
 use crate::session::capa::{self, Known};
 use crate::session::pipeline::{dele_batches, Pipeline, Step};
@@ -699,15 +699,12 @@ impl Session<'_> {
         let mut clock = BodyClock::start(&cfg.timeouts);
         loop {
             let up = connected(&mut self.up)?;
-            let buf = up.buffered();
-            if !buf.is_empty() {
-                let done = scanner.feed(buf);
-                let n = done.unwrap_or(buf.len());
-                let before = pending.len();
-                unstuffer.feed(buf.get(..n).unwrap_or(buf), &mut pending);
+            let before = pending.len();
+            let step = up.relay_buffered(&mut scanner, |body| unstuffer.feed(body, &mut pending));
+            if let Some(done) = step {
                 received += (pending.len() - before) as u64;
-                up.consume(n);
-                if done.is_some() {
+                if done {
+                    // The terminator unstuffs to an empty line: cut it off.
                     let t = scanner.terminator_len() - 1;
                     pending.truncate(pending.len().saturating_sub(t));
                     received = received.saturating_sub(t as u64);
@@ -722,8 +719,8 @@ impl Session<'_> {
                 if failure.is_some() {
                     // Drain the rest of the reply without keeping it.
                     pending.clear();
-                } else if pending.len() >= WRITE_AT || (done.is_some() && !pending.is_empty()) {
-                    let keep = if done.is_some() { 0 } else { TAIL };
+                } else if pending.len() >= WRITE_AT || (done && !pending.is_empty()) {
+                    let keep = if done { 0 } else { TAIL };
                     let chunk: Vec<u8> = pending.drain(..pending.len().saturating_sub(keep)).collect();
                     match copy.take() {
                         Some(mut c) => match blocking(move || c.write(&chunk).map(|()| c)).await {
@@ -733,10 +730,11 @@ impl Session<'_> {
                         None => failure = Some("quarantine copy lost".into()),
                     }
                 }
-                if done.is_some() {
+                if done {
                     break;
                 }
             }
+            let up = connected(&mut self.up)?;
             up.fill_body(&mut clock, Phase::Scan).await?;
         }
         if let Some(reason) = failure {
@@ -772,20 +770,16 @@ impl Session<'_> {
         let mut clock = BodyClock::start(&t);
         self.mid_response = true;
         loop {
-            let buf = up.buffered();
-            if !buf.is_empty() {
-                let done = scanner.feed(buf);
-                let n = done.unwrap_or(buf.len());
-                self.out.extend_from_slice(buf.get(..n).unwrap_or(buf));
-                up.consume(n);
-                if done.is_some() {
+            match up.relay_buffered(&mut scanner, |body| self.out.extend_from_slice(body)) {
+                Some(true) => {
                     self.mid_response = false;
                     return Ok(());
                 }
-                if self.out.len() >= FLUSH_AT {
+                Some(false) if self.out.len() >= FLUSH_AT => {
                     self.client.write_all(&self.out, t.client_idle, Phase::ClientWrite).await?;
                     self.out.clear();
                 }
+                _ => {}
             }
             watching(&mut self.client, self.quit_queued, up.fill_body(&mut clock, phase)).await?;
         }
@@ -796,34 +790,26 @@ impl Session<'_> {
     async fn relay_rewritten(&mut self, rw: &HeaderRewrite) -> Result<(), SessionError> {
         let t = self.ctx.config.timeouts;
         let cap = self.ctx.config.scan.header_limit + 4096;
-        let mut raw: Vec<u8> = Vec::new();
+        let mut splitter = HeaderSplitter::new(cap);
         let mut clock = BodyClock::start(&t);
         self.mid_response = true;
         let end = loop {
             let up = connected(&mut self.up)?;
             let buf = up.buffered();
             if !buf.is_empty() {
-                let searched_from = raw.len().saturating_sub(2);
-                raw.extend_from_slice(buf);
+                let found = splitter.feed(buf);
                 let n = buf.len();
                 up.consume(n);
-                // Only the new part can hold the end; re-scan from a line boundary before it.
-                let before = raw.get(..searched_from).unwrap_or_default();
-                let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-                if let Some(end) = find_header_end(raw.get(line_start..).unwrap_or_default()) {
-                    break Some(match end {
-                        HeaderEnd::Blank { end } => HeaderEnd::Blank { end: end + line_start },
-                        HeaderEnd::Terminator { start, end } => {
-                            HeaderEnd::Terminator { start: start + line_start, end: end + line_start }
-                        }
-                    });
+                if found.is_some() {
+                    break found;
                 }
-                if raw.len() > cap {
+                if splitter.over_cap() {
                     break None;
                 }
             }
             watching(&mut self.client, self.quit_queued, up.fill_body(&mut clock, Phase::Relay)).await?;
         };
+        let raw = splitter.raw();
         let (header_end, body_start, terminated) = match end {
             Some(HeaderEnd::Blank { end }) => (end, end, false),
             Some(HeaderEnd::Terminator { start, end }) => (start, end, true),
