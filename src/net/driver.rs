@@ -56,9 +56,10 @@ use crate::pop3::command::{self, MAX_COMMAND_LINE};
 use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
 use crate::pop3::{stuff_lines, unstuff, BodyScanner, HeaderEnd, HeaderSplitter, Unstuffer};
 use crate::rules::RulesHandle;
+use crate::session::auth::{Authorization, SaslStep, INVALID_SASL_NAME};
 use crate::session::capa::{self, Known};
 use crate::session::pipeline::{dele_batches, Pipeline, Step};
-use crate::session::plan::{self, err, AuthPlan};
+use crate::session::plan::{err, AuthPlan};
 use crate::session::scan::{build_entries, quarantine_candidates, recheck, to_recheck};
 use crate::session::view::{Disposition, Entry, HeaderRewrite, MailboxView};
 use crate::store::header_cache::{HeaderCache, Scope};
@@ -327,21 +328,12 @@ impl Session<'_> {
     /// AUTHORIZATION (RFC 1939 §4) passed through. Returns the upstream's `+OK` for the
     /// login (not yet sent) and the scanned view, or `None` when the client quit.
     async fn authorization(&mut self) -> Result<Option<(Vec<u8>, MailboxView)>, SessionError> {
+        let mut auth = Authorization::new();
         loop {
             let line = self.client_line().await?;
-            let cmd = match command::parse(&line) {
-                Ok(c) => c,
-                Err(e) => {
-                    self.reply(&err(e)).await?;
-                    continue;
-                }
-            };
-            debug!(command = cmd.keyword(), "client command");
-            if let command::Command::User(name) | command::Command::Apop { name, .. } = &cmd {
-                tracing::Span::current().record("user", name.as_str());
-                self.stats.user = Some(name.clone());
-            }
-            match plan::authorization(&cmd, &line) {
+            let planned = auth.command(&line);
+            self.note_identity(&auth);
+            match planned {
                 AuthPlan::Reply(b) => self.reply(&b).await?,
                 AuthPlan::Relay(l) => {
                     self.up_write(&l, Phase::Login).await?;
@@ -361,11 +353,6 @@ impl Session<'_> {
                     self.flush().await?;
                 }
                 AuthPlan::Login(l) => {
-                    self.login_user = match &cmd {
-                        command::Command::Apop { name, .. } => Some(name.clone()),
-                        // PASS logs in the name of the last USER.
-                        _ => self.stats.user.clone(),
-                    };
                     self.up_write(&l, Phase::Login).await?;
                     let r = self.up_line(Phase::Login).await?;
                     if let Some(done) = self.after_login_reply(r).await? {
@@ -373,17 +360,6 @@ impl Session<'_> {
                     }
                 }
                 AuthPlan::Sasl(l) => {
-                    // The identity is inside the SASL exchange: read from the first response
-                    // for PLAIN/LOGIN/CRAM-MD5 (never logged with the secret), else unknown.
-                    self.login_user = None;
-                    let command::Command::Auth { mechanism: Some(mech), initial } = &cmd else { continue };
-                    let mut identity_pending = true;
-                    if let Some(init) = initial {
-                        if !self.sasl_identity(mech, init.expose(), &mut identity_pending) {
-                            self.reply(&err("invalid user name in SASL response")).await?;
-                            continue;
-                        }
-                    }
                     self.up_write(&l, Phase::Login).await?;
                     loop {
                         let r = self.up_line(Phase::Login).await?;
@@ -393,17 +369,21 @@ impl Session<'_> {
                             let mut c = r;
                             c.extend_from_slice(b"\r\n");
                             self.reply(&c).await?;
-                            let mut resp = self.client_line().await?;
-                            if !self.sasl_identity(mech, &resp, &mut identity_pending) {
-                                // Cancel the exchange (RFC 5034 §4 "*") rather than relay it.
-                                self.up_write(b"*\r\n", Phase::Login).await?;
-                                let _ = self.up_line(Phase::Login).await?;
-                                self.reply(&err("invalid user name in SASL response")).await?;
-                                break;
+                            let resp = self.client_line().await?;
+                            let step = auth.sasl_response(&resp);
+                            self.note_identity(&auth);
+                            match step {
+                                SaslStep::Relay(resp) => {
+                                    self.up_write(&resp, Phase::Login).await?;
+                                    continue;
+                                }
+                                SaslStep::Cancel => {
+                                    self.up_write(b"*\r\n", Phase::Login).await?;
+                                    let _ = self.up_line(Phase::Login).await?;
+                                    self.reply(&err(INVALID_SASL_NAME)).await?;
+                                    break;
+                                }
                             }
-                            resp.extend_from_slice(b"\r\n");
-                            self.up_write(&resp, Phase::Login).await?;
-                            continue;
                         }
                         if let Some(done) = self.after_login_reply(r).await? {
                             return Ok(Some(done));
@@ -427,22 +407,15 @@ impl Session<'_> {
         }
     }
 
-    /// Reads the login identity from the first SASL response (see
-    /// [`command::sasl_identity`]). False when it holds control bytes or is malformed: the
-    /// response must not be relayed.
-    fn sasl_identity(&mut self, mechanism: &str, response: &[u8], pending: &mut bool) -> bool {
-        if !*pending {
-            return true;
+    /// Takes the identity the AUTHORIZATION machine knows into the log span, the stats and
+    /// `login_user`.
+    fn note_identity(&mut self, auth: &Authorization) {
+        if let Some(name) = auth.named() {
+            self.stats.user = Some(name.to_string());
         }
-        *pending = false;
-        match command::sasl_identity(mechanism, response) {
-            command::SaslIdentity::Known(name) => {
-                tracing::Span::current().record("user", name.as_str());
-                self.login_user = Some(name);
-                true
-            }
-            command::SaslIdentity::Unknown => true,
-            command::SaslIdentity::Invalid => false,
+        self.login_user = auth.login_user().map(str::to_string);
+        if let Some(name) = self.login_user.as_deref().or(auth.named()) {
+            tracing::Span::current().record("user", name);
         }
     }
 
