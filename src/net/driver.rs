@@ -54,12 +54,13 @@ use crate::net::upstream::{self, Upstream};
 use crate::pop3::capa::{self as capa_codec};
 use crate::pop3::command::{self, MAX_COMMAND_LINE};
 use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
-use crate::pop3::{stuff_lines, unstuff, BodyScanner, HeaderEnd, HeaderSplitter, Unstuffer};
+use crate::pop3::{BodyScanner, HeaderEnd, HeaderSplitter};
 use crate::rules::RulesHandle;
 use crate::session::auth::{Authorization, SaslStep, INVALID_SASL_NAME};
 use crate::session::capa::{self, Known};
 use crate::session::pipeline::{dele_batches, Pipeline, Step};
 use crate::session::plan::{err, AuthPlan};
+use crate::session::relay::{rewrite_octets, rewritten_header, CopyStep, QuarantineCopy};
 use crate::session::scan::{build_entries, quarantine_candidates, recheck, to_recheck};
 use crate::session::view::{Disposition, Entry, HeaderRewrite, MailboxView};
 use crate::store::header_cache::{HeaderCache, Scope};
@@ -660,48 +661,32 @@ impl Session<'_> {
         if !Status::parse(&r).is_some_and(|s| s.is_ok()) {
             return Ok(Err(format!("upstream refused RETR: {}", String::from_utf8_lossy(&r))));
         }
-        // Unstuffed bytes not yet written; a short tail stays back so the terminator (which
-        // unstuffs to an empty line) can be cut off at the end.
-        const WRITE_AT: usize = 256 * 1024;
-        const TAIL: usize = 8;
-        let mut pending = Vec::with_capacity(WRITE_AT + 64 * 1024);
-        let mut received = 0u64;
+        let mut sink = QuarantineCopy::new(limit, e.upstream_size);
         let mut failure: Option<String> = None;
         let mut scanner = BodyScanner::new();
-        let mut unstuffer = Unstuffer::default();
         let mut clock = BodyClock::start(&cfg.timeouts);
         loop {
             let up = connected(&mut self.up)?;
-            let before = pending.len();
-            let step = up.relay_buffered(&mut scanner, |body| unstuffer.feed(body, &mut pending));
-            if let Some(done) = step {
-                received += (pending.len() - before) as u64;
-                if done {
-                    // The terminator unstuffs to an empty line: cut it off.
-                    let t = scanner.terminator_len() - 1;
-                    pending.truncate(pending.len().saturating_sub(t));
-                    received = received.saturating_sub(t as u64);
-                }
-                if failure.is_none() && received > limit {
-                    failure = Some(format!(
-                        "upstream sent more than {limit} octets for a message LIST gave as {} (quarantine.max_size or LIST size + slack); copy discarded",
-                        e.upstream_size
-                    ));
-                    copy = None; // removes the temporary file
-                }
-                if failure.is_some() {
-                    // Drain the rest of the reply without keeping it.
-                    pending.clear();
-                } else if pending.len() >= WRITE_AT || (done && !pending.is_empty()) {
-                    let keep = if done { 0 } else { TAIL };
-                    let chunk: Vec<u8> = pending.drain(..pending.len().saturating_sub(keep)).collect();
-                    match copy.take() {
+            if let Some(done) = up.relay_buffered(&mut scanner, |body| sink.body(body)) {
+                match sink.step(done, scanner.terminator_len()) {
+                    CopyStep::Continue => {}
+                    CopyStep::Discard(reason) => {
+                        failure.get_or_insert(reason);
+                        copy = None; // removes the temporary file
+                    }
+                    CopyStep::Write(chunk) => match copy.take() {
                         Some(mut c) => match blocking(move || c.write(&chunk).map(|()| c)).await {
                             Ok(c) => copy = Some(c),
-                            Err(reason) => failure = Some(reason),
+                            Err(reason) => {
+                                failure = Some(reason);
+                                sink.discard();
+                            }
                         },
-                        None => failure = Some("quarantine copy lost".into()),
-                    }
+                        None => {
+                            failure = Some("quarantine copy lost".into());
+                            sink.discard();
+                        }
+                    },
                 }
                 if done {
                     break;
@@ -792,16 +777,8 @@ impl Session<'_> {
             }
         };
         let header = raw.get(..header_end).unwrap_or_default();
-        let actual = unstuff(header);
-        if header_end > 0 {
-            if actual == rw.original {
-                stuff_lines(&rw.replacement, &mut self.out);
-            } else {
-                // The server sent different headers than at login: send them untouched
-                // rather than guess (the announced size is then off by the difference).
-                warn!("message headers changed since login; relayed untagged");
-                self.out.extend_from_slice(header);
-            }
+        if header_end > 0 && !rewritten_header(header, rw, &mut self.out) {
+            warn!("message headers changed since login; relayed untagged");
         }
         let rest = raw.get(body_start..).unwrap_or_default().to_vec();
         if terminated {
@@ -950,20 +927,6 @@ impl Session<'_> {
         r.extend_from_slice(b"\r\n");
         Ok(r)
     }
-}
-
-/// Rewrites `+OK <n> octets` (the usual RETR status, RFC 1939 §7 example) to the size the
-/// client was told in LIST; any other text is left alone.
-fn rewrite_octets(status: &[u8], upstream_size: u64, size: u64) -> Vec<u8> {
-    let text = String::from_utf8_lossy(status);
-    let mut words = text.splitn(3, ' ');
-    if let (Some(ok), Some(n)) = (words.next(), words.next()) {
-        if n.parse::<u64>().ok() == Some(upstream_size) {
-            let rest = words.next().map(|r| format!(" {r}")).unwrap_or_default();
-            return format!("{ok} {size}{rest}").into_bytes();
-        }
-    }
-    status.to_vec()
 }
 
 /// Below this many messages the rules run in one blocking task; above, in one per core.

@@ -9,6 +9,8 @@
 //! - [`capa`]: how the upstream's capability list is rewritten for the client.
 //! - [`plan`]: what to do with each client command in AUTHORIZATION and TRANSACTION:
 //!   answer locally, relay upstream, or end the session.
+//! - [`relay`]: what a fetched message becomes: status size, tagged header block, the
+//!   bounded quarantine copy.
 //! - [`scan`]: turning LIST/UIDL/TOP results and rule verdicts into a view.
 //!
 //! `net::driver` executes these decisions; everything here is unit-tested without I/O.
@@ -23,6 +25,7 @@ pub mod capa;
 pub mod invariants;
 pub mod pipeline;
 pub mod plan;
+pub mod relay;
 pub mod scan;
 pub mod tag;
 pub mod view;
