@@ -1,6 +1,12 @@
 //! One client session from accept to close: connect upstream, pass AUTHORIZATION through,
 //! scan at login, then serve the filtered view in TRANSACTION and perform UPDATE at QUIT.
 //!
+//! This is the I/O side. The decisions are sans-IO machines in [`crate::session`]:
+//! [`crate::session::auth`] (AUTHORIZATION, SASL identity), [`crate::session::pipeline`]
+//! (TRANSACTION queue, pipelining, UPDATE's DELE batches), [`crate::session::relay`]
+//! (status sizes, tagged headers, the quarantine copy). Bodies move through the one relay
+//! step [`Conn::relay_buffered`]; header blocks are split by [`HeaderSplitter`].
+//!
 //! Pipelined client commands (RFC 2449 §6.6) are planned as soon as they are buffered and
 //! answered strictly in order. Commands that need the upstream are sent ahead when the
 //! upstream itself pipelines; otherwise one at a time. Replies to the client are batched and
@@ -33,10 +39,11 @@
 //! attempt, and UPDATE carries out the client's own QUIT.
 //!
 //! # Memory
-//! Replies prepared for pipelined commands are bounded in bytes (`MAX_PREPARED`), not in
-//! commands (`session::pipeline`): once that much is waiting to be sent, popsift stops planning and reading client
-//! input until the client reads (backpressure), so a client that pipelines thousands of
-//! UIDL without reading costs a few hundred KiB, not one full reply per command.
+//! Replies prepared for pipelined commands are bounded in bytes (`MAX_PREPARED` in
+//! `session::pipeline`), not in commands: once that much is waiting to be sent, popsift
+//! stops planning and reading client input until the client reads (backpressure), so a
+//! client that pipelines thousands of UIDL without reading costs a few hundred KiB, not one
+//! full reply per command.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

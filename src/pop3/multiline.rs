@@ -4,7 +4,9 @@
 //! [`BodyScanner`] finds the terminator in a stream of chunks without copying, so a relay can
 //! forward bytes verbatim (dot-stuffing preserved byte for byte) in bounded buffers.
 //! [`HeaderCollector`] keeps only the header block of a `TOP n 0` reply, capped, because
-//! some servers answer `TOP n 0` with the whole message.
+//! some servers answer `TOP n 0` with the whole message. [`HeaderSplitter`] finds where the
+//! header block of a RETR/TOP body ends, whatever the chunking (the tagged relay).
+//! [`BodyFeed`] is what the one body-relay step (`net::conn::Conn::relay_buffered`) drives.
 //! [`dot_stuff`] / [`unstuff`] convert between message content and the wire form.
 //!
 //! Lines end in CRLF on the wire; a bare LF is accepted as a line end so that a sloppy
