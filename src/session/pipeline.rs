@@ -383,6 +383,59 @@ mod tests {
         assert!(p.read_ahead());
     }
 
+    /// One `C:` line in, the `S:` reply it is owed (local replies; upstream ones as `>CMD`).
+    fn converse(p: &mut Pipeline, table: &[(&str, &str)]) {
+        for (c, expected) in table {
+            p.push_line(c.as_bytes());
+            let ahead = p.take_ahead().map(|a| a.bytes).unwrap_or_default();
+            let got = match p.next_step() {
+                Some(Step::Reply(b)) => s(&b).to_string(),
+                Some(Step::Relay { send } | Step::Fetch { send, .. } | Step::Capa { send }) => {
+                    format!(">{}", s(&send.unwrap_or(ahead)).trim_end())
+                }
+                Some(Step::Quit { deletions }) => format!("UPDATE {deletions:?}"),
+                None => panic!("C: {c} owed nothing"),
+            };
+            assert!(got.starts_with(expected), "C: {c}\nS: {got}\nexpected: {expected}");
+        }
+    }
+
+    /// Was `tests/transcript.rs::bad_commands_get_rfc_errors` (after login).
+    #[test]
+    fn bad_commands_get_rfc_errors() {
+        let mut p = Pipeline::new(view(3), false);
+        converse(
+            &mut p,
+            &[
+                ("RETR x", "-ERR RETR: invalid message number"),
+                ("RETR 0", "-ERR no such message"),
+                ("XYZZY", "-ERR unknown command"),
+                ("LIST 99", "-ERR no such message"),
+                ("RSET", "+OK maildrop has 2 messages"),
+                ("USER bob", "-ERR already logged in"),
+            ],
+        );
+    }
+
+    /// Was `tests/transcript.rs::drop_without_quit_deletes_nothing`, minus the socket: DELE
+    /// is a mark; only QUIT turns marks into UPDATE, and a client that leaves never sends it.
+    #[test]
+    fn deletion_marks_reach_the_upstream_only_through_quit() {
+        let mut p = Pipeline::new(view(3), true);
+        converse(
+            &mut p,
+            &[
+                ("DELE 1", "+OK message 1 deleted"),
+                ("RETR 2", ">RETR 3"),
+                ("NOOP", ">NOOP"),
+                ("RSET", "+OK maildrop has 2 messages"),
+                ("DELE 2", "+OK message 2 deleted"),
+                ("QUIT", "UPDATE [2, 3]"),
+            ],
+        );
+        assert!(!p.wants_input());
+    }
+
     #[test]
     fn dele_batches_follow_the_window() {
         let b: Vec<_> = dele_batches(&[1, 2, 3], 2).map(|(c, n)| (String::from_utf8(c).unwrap(), n.to_vec())).collect();
