@@ -186,6 +186,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.buf.advance(n);
     }
 
+    /// The one body-relay step every reader of a multi-line body uses (verbatim relay,
+    /// quarantine copy, header collection, small replies read whole): offers the buffered
+    /// bytes to `feed`, hands the part that belongs to the body (terminator included) to
+    /// `sink`, and consumes it; bytes after the terminator stay buffered for the next reply.
+    /// `None`: nothing buffered (call [`Conn::fill_body`]); `Some(true)`: the body ended.
+    pub fn relay_buffered(&mut self, feed: &mut impl crate::pop3::BodyFeed, sink: impl FnOnce(&[u8])) -> Option<bool> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let done = feed.feed(&self.buf);
+        let n = done.unwrap_or(self.buf.len());
+        sink(self.buf.get(..n).unwrap_or_default());
+        self.buf.advance(n);
+        Some(done.is_some())
+    }
+
     /// Writes everything; a peer that stops reading for `limit` is an error.
     pub async fn write_all(&mut self, data: &[u8], limit: Duration, phase: Phase) -> Result<(), SessionError> {
         if data.is_empty() {
@@ -305,21 +321,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut scanner = crate::pop3::BodyScanner::new();
         let mut raw = Vec::new();
         loop {
-            if !self.buf.is_empty() {
-                let done = scanner.feed(&self.buf);
-                let n = done.unwrap_or(self.buf.len());
-                raw.extend_from_slice(self.buf.get(..n).unwrap_or_default());
-                self.buf.advance(n);
-                if done.is_some() {
-                    raw.truncate(raw.len() - scanner.terminator_len());
+            match self.relay_buffered(&mut scanner, |body| raw.extend_from_slice(body)) {
+                Some(true) => {
+                    raw.truncate(raw.len().saturating_sub(scanner.terminator_len()));
                     return Ok(crate::pop3::unstuff(&raw));
                 }
-                if raw.len() > cap {
+                Some(false) if raw.len() > cap => {
                     return Err(SessionError::UpstreamProtocol {
                         phase,
                         detail: format!("multi-line reply larger than {cap} octets"),
                     });
                 }
+                _ => {}
             }
             self.fill_body(&mut clock, phase).await?;
         }

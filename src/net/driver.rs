@@ -1,6 +1,12 @@
 //! One client session from accept to close: connect upstream, pass AUTHORIZATION through,
 //! scan at login, then serve the filtered view in TRANSACTION and perform UPDATE at QUIT.
 //!
+//! This is the I/O side. The decisions are sans-IO machines in [`crate::session`]:
+//! [`crate::session::auth`] (AUTHORIZATION, SASL identity), [`crate::session::pipeline`]
+//! (TRANSACTION queue, pipelining, UPDATE's DELE batches), [`crate::session::relay`]
+//! (status sizes, tagged headers, the quarantine copy). Bodies move through the one relay
+//! step [`Conn::relay_buffered`]; header blocks are split by [`HeaderSplitter`].
+//!
 //! Pipelined client commands (RFC 2449 §6.6) are planned as soon as they are buffered and
 //! answered strictly in order. Commands that need the upstream are sent ahead when the
 //! upstream itself pipelines; otherwise one at a time. Replies to the client are batched and
@@ -33,11 +39,11 @@
 //! attempt, and UPDATE carries out the client's own QUIT.
 //!
 //! # Memory
-//! Replies prepared for pipelined commands are bounded in bytes (`MAX_PREPARED`), not in
-//! commands: once that much is waiting to be sent, popsift stops planning and reading client
-//! input until the client reads (backpressure), so a client that pipelines thousands of
-//! UIDL without reading costs a few hundred KiB, not one full reply per command.
-use std::collections::VecDeque;
+//! Replies prepared for pipelined commands are bounded in bytes (`MAX_PREPARED` in
+//! `session::pipeline`), not in commands: once that much is waiting to be sent, popsift
+//! stops planning and reading client input until the client reads (backpressure), so a
+//! client that pipelines thousands of UIDL without reading costs a few hundred KiB, not one
+//! full reply per command.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,10 +61,13 @@ use crate::net::upstream::{self, Upstream};
 use crate::pop3::capa::{self as capa_codec};
 use crate::pop3::command::{self, MAX_COMMAND_LINE};
 use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
-use crate::pop3::{find_header_end, stuff_lines, unstuff, BodyScanner, HeaderEnd, Unstuffer};
+use crate::pop3::{BodyScanner, HeaderEnd, HeaderSplitter};
 use crate::rules::RulesHandle;
+use crate::session::auth::{Authorization, SaslStep, INVALID_SASL_NAME};
 use crate::session::capa::{self, Known};
-use crate::session::plan::{self, err, AuthPlan, TxPlan};
+use crate::session::pipeline::{dele_batches, Pipeline, Step};
+use crate::session::plan::{err, AuthPlan};
+use crate::session::relay::{rewrite_octets, rewritten_header, CopyStep, QuarantineCopy};
 use crate::session::scan::{build_entries, quarantine_candidates, recheck, to_recheck};
 use crate::session::view::{Disposition, Entry, HeaderRewrite, MailboxView};
 use crate::store::header_cache::{HeaderCache, Scope};
@@ -67,11 +76,6 @@ use crate::store::verdict_memo::{MailboxMemo, VerdictMemo};
 
 /// Client output is flushed when this much is pending, even mid-response.
 const FLUSH_AT: usize = 64 * 1024;
-/// Most planned-but-unanswered client commands; beyond this popsift stops reading ahead.
-const MAX_QUEUE: usize = 256;
-/// Most octets of locally prepared replies (LIST, UIDL, STAT …) queued for pipelined
-/// commands; beyond this popsift stops planning and reading until they are sent.
-const MAX_PREPARED: usize = 256 * 1024;
 /// Most client input read ahead while watching the client during an upstream wait.
 const WATCH_READ_AHEAD: usize = 64 * 1024;
 
@@ -198,34 +202,6 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) 
     .await
 }
 
-/// A header rewrite to apply while relaying RETR/TOP, with the sizes for the status line.
-struct Rewrite {
-    header: Arc<HeaderRewrite>,
-    upstream_size: u64,
-    size: u64,
-}
-
-/// A queued client command waiting for its turn to be answered.
-enum Pending {
-    Local(Vec<u8>),
-    /// A single-line relayed command (NOOP).
-    Relay {
-        command: Vec<u8>,
-        sent: bool,
-    },
-    Fetch {
-        command: Vec<u8>,
-        sent: bool,
-        rewrite: Option<Rewrite>,
-    },
-    Capa {
-        sent: bool,
-    },
-    Quit {
-        deletions: Vec<u32>,
-    },
-}
-
 /// What `Session::up` being `None` would mean: only before connect, when nothing uses it.
 const NOT_CONNECTED: SessionError = SessionError::UpstreamClosed { phase: Phase::Connect };
 
@@ -233,16 +209,6 @@ const NOT_CONNECTED: SessionError = SessionError::UpstreamClosed { phase: Phase:
 /// client while they hold it).
 fn connected(up: &mut Option<Upstream>) -> Result<&mut Conn<crate::net::stream::Stream>, SessionError> {
     up.as_mut().map(|u| &mut u.conn).ok_or(NOT_CONNECTED)
-}
-
-impl Pending {
-    /// Needs the upstream and has not been sent yet.
-    fn unsent(&self) -> bool {
-        matches!(
-            self,
-            Pending::Relay { sent: false, .. } | Pending::Fetch { sent: false, .. } | Pending::Capa { sent: false }
-        )
-    }
 }
 
 struct Session<'a> {
@@ -370,6 +336,7 @@ impl Session<'_> {
     /// AUTHORIZATION (RFC 1939 §4) passed through. Returns the upstream's `+OK` for the
     /// login (not yet sent) and the scanned view, or `None` when the client quit.
     async fn authorization(&mut self) -> Result<Option<(Vec<u8>, MailboxView)>, SessionError> {
+        let mut auth = Authorization::new();
         loop {
             if self.login_answered {
                 // The login was answered early and then refused after all (`scan.without_top:
@@ -378,19 +345,9 @@ impl Session<'_> {
                 return Ok(None);
             }
             let line = self.client_line().await?;
-            let cmd = match command::parse(&line) {
-                Ok(c) => c,
-                Err(e) => {
-                    self.reply(&err(e)).await?;
-                    continue;
-                }
-            };
-            debug!(command = cmd.keyword(), "client command");
-            if let command::Command::User(name) | command::Command::Apop { name, .. } = &cmd {
-                tracing::Span::current().record("user", name.as_str());
-                self.stats.user = Some(name.clone());
-            }
-            match plan::authorization(&cmd, &line) {
+            let planned = auth.command(&line);
+            self.note_identity(&auth);
+            match planned {
                 AuthPlan::Reply(b) => self.reply(&b).await?,
                 AuthPlan::Relay(l) => {
                     self.up_write(&l, Phase::Login).await?;
@@ -410,11 +367,6 @@ impl Session<'_> {
                     self.flush().await?;
                 }
                 AuthPlan::Login(l) => {
-                    self.login_user = match &cmd {
-                        command::Command::Apop { name, .. } => Some(name.clone()),
-                        // PASS logs in the name of the last USER.
-                        _ => self.stats.user.clone(),
-                    };
                     self.up_write(&l, Phase::Login).await?;
                     let r = self.up_line(Phase::Login).await?;
                     if let Some(done) = self.after_login_reply(r).await? {
@@ -422,17 +374,6 @@ impl Session<'_> {
                     }
                 }
                 AuthPlan::Sasl(l) => {
-                    // The identity is inside the SASL exchange: read from the first response
-                    // for PLAIN/LOGIN/CRAM-MD5 (never logged with the secret), else unknown.
-                    self.login_user = None;
-                    let command::Command::Auth { mechanism: Some(mech), initial } = &cmd else { continue };
-                    let mut identity_pending = true;
-                    if let Some(init) = initial {
-                        if !self.sasl_identity(mech, init.expose(), &mut identity_pending) {
-                            self.reply(&err("invalid user name in SASL response")).await?;
-                            continue;
-                        }
-                    }
                     self.up_write(&l, Phase::Login).await?;
                     loop {
                         let r = self.up_line(Phase::Login).await?;
@@ -442,17 +383,21 @@ impl Session<'_> {
                             let mut c = r;
                             c.extend_from_slice(b"\r\n");
                             self.reply(&c).await?;
-                            let mut resp = self.client_line().await?;
-                            if !self.sasl_identity(mech, &resp, &mut identity_pending) {
-                                // Cancel the exchange (RFC 5034 §4 "*") rather than relay it.
-                                self.up_write(b"*\r\n", Phase::Login).await?;
-                                let _ = self.up_line(Phase::Login).await?;
-                                self.reply(&err("invalid user name in SASL response")).await?;
-                                break;
+                            let resp = self.client_line().await?;
+                            let step = auth.sasl_response(&resp);
+                            self.note_identity(&auth);
+                            match step {
+                                SaslStep::Relay(resp) => {
+                                    self.up_write(&resp, Phase::Login).await?;
+                                    continue;
+                                }
+                                SaslStep::Cancel => {
+                                    self.up_write(b"*\r\n", Phase::Login).await?;
+                                    let _ = self.up_line(Phase::Login).await?;
+                                    self.reply(&err(INVALID_SASL_NAME)).await?;
+                                    break;
+                                }
                             }
-                            resp.extend_from_slice(b"\r\n");
-                            self.up_write(&resp, Phase::Login).await?;
-                            continue;
                         }
                         if let Some(done) = self.after_login_reply(r).await? {
                             return Ok(Some(done));
@@ -476,22 +421,15 @@ impl Session<'_> {
         }
     }
 
-    /// Reads the login identity from the first SASL response (see
-    /// [`command::sasl_identity`]). False when it holds control bytes or is malformed: the
-    /// response must not be relayed.
-    fn sasl_identity(&mut self, mechanism: &str, response: &[u8], pending: &mut bool) -> bool {
-        if !*pending {
-            return true;
+    /// Takes the identity the AUTHORIZATION machine knows into the log span, the stats and
+    /// `login_user`.
+    fn note_identity(&mut self, auth: &Authorization) {
+        if let Some(name) = auth.named() {
+            self.stats.user = Some(name.to_string());
         }
-        *pending = false;
-        match command::sasl_identity(mechanism, response) {
-            command::SaslIdentity::Known(name) => {
-                tracing::Span::current().record("user", name.as_str());
-                self.login_user = Some(name);
-                true
-            }
-            command::SaslIdentity::Unknown => true,
-            command::SaslIdentity::Invalid => false,
+        self.login_user = auth.login_user().map(str::to_string);
+        if let Some(name) = self.login_user.as_deref().or(auth.named()) {
+            tracing::Span::current().record("user", name);
         }
     }
 
@@ -736,56 +674,38 @@ impl Session<'_> {
         if !Status::parse(&r).is_some_and(|s| s.is_ok()) {
             return Ok(Err(format!("upstream refused RETR: {}", String::from_utf8_lossy(&r))));
         }
-        // Unstuffed bytes not yet written; a short tail stays back so the terminator (which
-        // unstuffs to an empty line) can be cut off at the end.
-        const WRITE_AT: usize = 256 * 1024;
-        const TAIL: usize = 8;
-        let mut pending = Vec::with_capacity(WRITE_AT + 64 * 1024);
-        let mut received = 0u64;
+        let mut sink = QuarantineCopy::new(limit, e.upstream_size);
         let mut failure: Option<String> = None;
         let mut scanner = BodyScanner::new();
-        let mut unstuffer = Unstuffer::default();
         let mut clock = BodyClock::start(&cfg.timeouts);
         loop {
             let up = connected(&mut self.up)?;
-            let buf = up.buffered();
-            if !buf.is_empty() {
-                let done = scanner.feed(buf);
-                let n = done.unwrap_or(buf.len());
-                let before = pending.len();
-                unstuffer.feed(buf.get(..n).unwrap_or(buf), &mut pending);
-                received += (pending.len() - before) as u64;
-                up.consume(n);
-                if done.is_some() {
-                    let t = scanner.terminator_len() - 1;
-                    pending.truncate(pending.len().saturating_sub(t));
-                    received = received.saturating_sub(t as u64);
-                }
-                if failure.is_none() && received > limit {
-                    failure = Some(format!(
-                        "upstream sent more than {limit} octets for a message LIST gave as {} (quarantine.max_size or LIST size + slack); copy discarded",
-                        e.upstream_size
-                    ));
-                    copy = None; // removes the temporary file
-                }
-                if failure.is_some() {
-                    // Drain the rest of the reply without keeping it.
-                    pending.clear();
-                } else if pending.len() >= WRITE_AT || (done.is_some() && !pending.is_empty()) {
-                    let keep = if done.is_some() { 0 } else { TAIL };
-                    let chunk: Vec<u8> = pending.drain(..pending.len().saturating_sub(keep)).collect();
-                    match copy.take() {
+            if let Some(done) = up.relay_buffered(&mut scanner, |body| sink.body(body)) {
+                match sink.step(done, scanner.terminator_len()) {
+                    CopyStep::Continue => {}
+                    CopyStep::Discard(reason) => {
+                        failure.get_or_insert(reason);
+                        copy = None; // removes the temporary file
+                    }
+                    CopyStep::Write(chunk) => match copy.take() {
                         Some(mut c) => match blocking(move || c.write(&chunk).map(|()| c)).await {
                             Ok(c) => copy = Some(c),
-                            Err(reason) => failure = Some(reason),
+                            Err(reason) => {
+                                failure = Some(reason);
+                                sink.discard();
+                            }
                         },
-                        None => failure = Some("quarantine copy lost".into()),
-                    }
+                        None => {
+                            failure = Some("quarantine copy lost".into());
+                            sink.discard();
+                        }
+                    },
                 }
-                if done.is_some() {
+                if done {
                     break;
                 }
             }
+            let up = connected(&mut self.up)?;
             up.fill_body(&mut clock, Phase::Scan).await?;
         }
         if let Some(reason) = failure {
@@ -821,20 +741,16 @@ impl Session<'_> {
         let mut clock = BodyClock::start(&t);
         self.mid_response = true;
         loop {
-            let buf = up.buffered();
-            if !buf.is_empty() {
-                let done = scanner.feed(buf);
-                let n = done.unwrap_or(buf.len());
-                self.out.extend_from_slice(buf.get(..n).unwrap_or(buf));
-                up.consume(n);
-                if done.is_some() {
+            match up.relay_buffered(&mut scanner, |body| self.out.extend_from_slice(body)) {
+                Some(true) => {
                     self.mid_response = false;
                     return Ok(());
                 }
-                if self.out.len() >= FLUSH_AT {
+                Some(false) if self.out.len() >= FLUSH_AT => {
                     self.client.write_all(&self.out, t.client_idle, Phase::ClientWrite).await?;
                     self.out.clear();
                 }
+                _ => {}
             }
             watching(&mut self.client, self.quit_queued, up.fill_body(&mut clock, phase)).await?;
         }
@@ -845,34 +761,26 @@ impl Session<'_> {
     async fn relay_rewritten(&mut self, rw: &HeaderRewrite) -> Result<(), SessionError> {
         let t = self.ctx.config.timeouts;
         let cap = self.ctx.config.scan.header_limit + 4096;
-        let mut raw: Vec<u8> = Vec::new();
+        let mut splitter = HeaderSplitter::new(cap);
         let mut clock = BodyClock::start(&t);
         self.mid_response = true;
         let end = loop {
             let up = connected(&mut self.up)?;
             let buf = up.buffered();
             if !buf.is_empty() {
-                let searched_from = raw.len().saturating_sub(2);
-                raw.extend_from_slice(buf);
+                let found = splitter.feed(buf);
                 let n = buf.len();
                 up.consume(n);
-                // Only the new part can hold the end; re-scan from a line boundary before it.
-                let before = raw.get(..searched_from).unwrap_or_default();
-                let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-                if let Some(end) = find_header_end(raw.get(line_start..).unwrap_or_default()) {
-                    break Some(match end {
-                        HeaderEnd::Blank { end } => HeaderEnd::Blank { end: end + line_start },
-                        HeaderEnd::Terminator { start, end } => {
-                            HeaderEnd::Terminator { start: start + line_start, end: end + line_start }
-                        }
-                    });
+                if found.is_some() {
+                    break found;
                 }
-                if raw.len() > cap {
+                if splitter.over_cap() {
                     break None;
                 }
             }
             watching(&mut self.client, self.quit_queued, up.fill_body(&mut clock, Phase::Relay)).await?;
         };
+        let raw = splitter.raw();
         let (header_end, body_start, terminated) = match end {
             Some(HeaderEnd::Blank { end }) => (end, end, false),
             Some(HeaderEnd::Terminator { start, end }) => (start, end, true),
@@ -882,16 +790,8 @@ impl Session<'_> {
             }
         };
         let header = raw.get(..header_end).unwrap_or_default();
-        let actual = unstuff(header);
-        if header_end > 0 {
-            if actual == rw.original {
-                stuff_lines(&rw.replacement, &mut self.out);
-            } else {
-                // The server sent different headers than at login: send them untouched
-                // rather than guess (the announced size is then off by the difference).
-                warn!("message headers changed since login; relayed untagged");
-                self.out.extend_from_slice(header);
-            }
+        if header_end > 0 && !rewritten_header(header, rw, &mut self.out) {
+            warn!("message headers changed since login; relayed untagged");
         }
         let rest = raw.get(body_start..).unwrap_or_default().to_vec();
         if terminated {
@@ -908,8 +808,9 @@ impl Session<'_> {
         self.relay_body(Phase::Relay).await
     }
 
-    /// TRANSACTION (RFC 1939 §5) on the filtered view, then UPDATE at QUIT.
-    async fn transaction(&mut self, mut view: MailboxView) -> Result<(), SessionError> {
+    /// TRANSACTION (RFC 1939 §5) on the filtered view, then UPDATE at QUIT: performs the
+    /// steps of [`Pipeline`], which owns the queue and the pipelining policy.
+    async fn transaction(&mut self, view: MailboxView) -> Result<(), SessionError> {
         let caps = self.up()?.caps.clone();
         let up_pipelining = capa::has(caps.as_deref(), "PIPELINING");
         let known = Known {
@@ -917,112 +818,42 @@ impl Session<'_> {
             uidl: view.entries().iter().all(|e| e.uidl.is_some()),
             logged_in: true,
         };
-        let mut queue: VecDeque<Pending> = VecDeque::new();
-        let mut outstanding = 0usize;
-        let mut quit_planned = false;
-        let mut ahead = Vec::new();
-        // The client has had two or more commands waiting at once: it pipelines.
-        let mut pipelining_client = false;
-        // Octets of the `Pending::Local` replies in `queue` (see `MAX_PREPARED`).
-        let mut prepared = 0usize;
+        let mut pipeline = Pipeline::new(view, up_pipelining);
         loop {
             // Plan every command already buffered. For a pipelining client, top the buffer up
             // with whatever it has already sent (without waiting) while the queue runs low,
             // so the upstream stays busy instead of seeing a bubble every MAX_QUEUE commands.
             // A one-command-at-a-time client never has more to read: no extra syscall.
-            let upstream_idle = outstanding == 0;
-            while !quit_planned && queue.len() < MAX_QUEUE && prepared < MAX_PREPARED {
-                let line = match self.client.take_line(MAX_COMMAND_LINE)? {
-                    Some(line) => line,
-                    None if pipelining_client && queue.len() <= MAX_QUEUE / 2 && self.client.try_fill()? => continue,
+            while pipeline.wants_input() {
+                match self.client.take_line(MAX_COMMAND_LINE)? {
+                    Some(line) => pipeline.push_line(&line),
+                    None if pipeline.read_ahead() && self.client.try_fill()? => continue,
                     None => break,
-                };
-                pipelining_client |= !queue.is_empty();
-                let planned = match command::parse(&line) {
-                    Ok(cmd) => {
-                        debug!(command = cmd.keyword(), "client command");
-                        plan::transaction(&cmd, &mut view)
-                    }
-                    Err(e) => TxPlan::Reply(err(e)),
-                };
-                // Without upstream pipelining a command goes out only when nothing is in flight
-                // and no earlier command still waits to be sent: replies come back in order.
-                let send_now = up_pipelining || (outstanding == 0 && !queue.iter().any(Pending::unsent));
-                let pending = match planned {
-                    TxPlan::Reply(b) => {
-                        prepared += b.len();
-                        Pending::Local(b)
-                    }
-                    TxPlan::Relay(c) => {
-                        if send_now {
-                            ahead.extend_from_slice(&c);
-                            outstanding += 1;
-                        }
-                        Pending::Relay { command: c, sent: send_now }
-                    }
-                    TxPlan::Fetch { command, entry, .. } => {
-                        if send_now {
-                            ahead.extend_from_slice(&command);
-                            outstanding += 1;
-                        }
-                        let rewrite = view.entries().get(entry).and_then(|e| {
-                            e.rewrite.clone().map(|header| Rewrite {
-                                header,
-                                upstream_size: e.upstream_size,
-                                size: e.size,
-                            })
-                        });
-                        Pending::Fetch { command, sent: send_now, rewrite }
-                    }
-                    TxPlan::Capa => {
-                        if send_now {
-                            ahead.extend_from_slice(b"CAPA\r\n");
-                            outstanding += 1;
-                        }
-                        Pending::Capa { sent: send_now }
-                    }
-                    TxPlan::Quit { deletions } => {
-                        quit_planned = true;
-                        self.quit_queued = true;
-                        Pending::Quit { deletions }
-                    }
-                };
-                queue.push_back(pending);
+                }
             }
-            if !ahead.is_empty() {
-                if upstream_idle {
+            self.quit_queued = pipeline.quit_planned();
+            if let Some(ahead) = pipeline.take_ahead() {
+                if ahead.upstream_was_idle {
                     self.check_upstream_quiet(Phase::Relay).await?;
                 }
-                let batch = std::mem::take(&mut ahead);
-                self.up_write(&batch, Phase::Relay).await?;
+                self.up_write(&ahead.bytes, Phase::Relay).await?;
             }
             // Answer the oldest.
-            match queue.pop_front() {
-                Some(Pending::Local(b)) => {
-                    prepared -= b.len();
+            match pipeline.next_step() {
+                Some(Step::Reply(b)) => {
                     self.out.extend_from_slice(&b);
                     if self.out.len() >= FLUSH_AT {
                         self.flush().await?;
                     }
                 }
-                Some(Pending::Relay { command, sent }) => {
-                    if !sent {
-                        self.check_upstream_quiet(Phase::Relay).await?;
-                        self.up_write(&command, Phase::Relay).await?;
-                    } else {
-                        outstanding -= 1;
-                    }
+                Some(Step::Relay { send }) => {
+                    self.send_due(send, Phase::Relay).await?;
                     let r = self.up_line(Phase::Relay).await?;
                     self.out.extend_from_slice(&r);
                     self.out.extend_from_slice(b"\r\n");
                 }
-                Some(Pending::Fetch { command, sent, rewrite }) => {
-                    if !sent {
-                        self.check_upstream_quiet(Phase::Relay).await?;
-                        self.up_write(&command, Phase::Relay).await?;
-                    } else {
-                        outstanding -= 1;
-                    }
+                Some(Step::Fetch { send, rewrite }) => {
+                    self.send_due(send, Phase::Relay).await?;
                     let r = self.up_line(Phase::Relay).await?;
                     let ok = Status::parse(&r).is_some_and(|s| s.is_ok());
                     match (&rewrite, ok) {
@@ -1043,13 +874,8 @@ impl Session<'_> {
                         self.stats.retrieved += 1;
                     }
                 }
-                Some(Pending::Capa { sent }) => {
-                    if !sent {
-                        self.check_upstream_quiet(Phase::Capa).await?;
-                        self.up_write(b"CAPA\r\n", Phase::Capa).await?;
-                    } else {
-                        outstanding -= 1;
-                    }
+                Some(Step::Capa { send }) => {
+                    self.send_due(send, Phase::Capa).await?;
                     let r = self.up_line(Phase::Capa).await?;
                     let upstream_caps = if Status::parse(&r).is_some_and(|s| s.is_ok()) {
                         let t = self.ctx.config.timeouts;
@@ -1064,7 +890,7 @@ impl Session<'_> {
                     let list = capa::rewrite(upstream_caps.as_deref(), known);
                     self.out.extend_from_slice(&capa_codec::encode(&list));
                 }
-                Some(Pending::Quit { deletions }) => {
+                Some(Step::Quit { deletions }) => {
                     self.flush().await?;
                     let reply = self.update(&deletions, up_pipelining).await?;
                     self.reply(&reply).await?;
@@ -1079,17 +905,22 @@ impl Session<'_> {
         }
     }
 
+    /// Writes a command whose turn came and that was not sent ahead (see [`Step`]).
+    async fn send_due(&mut self, send: Option<Vec<u8>>, phase: Phase) -> Result<(), SessionError> {
+        if let Some(command) = send {
+            self.check_upstream_quiet(phase).await?;
+            self.up_write(&command, phase).await?;
+        }
+        Ok(())
+    }
+
     /// UPDATE (RFC 1939 §6): DELE the client's deletions and the condemned messages, then
     /// QUIT. Returns the reply for the client.
     async fn update(&mut self, deletions: &[u32], pipelining: bool) -> Result<Vec<u8>, SessionError> {
         self.check_upstream_quiet(Phase::Update).await?;
         let window = if pipelining { self.ctx.config.scan.window.max(1) } else { 1 };
         let mut failed = 0usize;
-        for chunk in deletions.chunks(window) {
-            let mut cmds = Vec::with_capacity(chunk.len() * 12);
-            for n in chunk {
-                cmds.extend_from_slice(&command::Command::Dele(*n).encode());
-            }
+        for (cmds, chunk) in dele_batches(deletions, window) {
             self.up_write(&cmds, Phase::Update).await?;
             for n in chunk {
                 let r = self.up_line(Phase::Update).await?;
@@ -1109,20 +940,6 @@ impl Session<'_> {
         r.extend_from_slice(b"\r\n");
         Ok(r)
     }
-}
-
-/// Rewrites `+OK <n> octets` (the usual RETR status, RFC 1939 §7 example) to the size the
-/// client was told in LIST; any other text is left alone.
-fn rewrite_octets(status: &[u8], upstream_size: u64, size: u64) -> Vec<u8> {
-    let text = String::from_utf8_lossy(status);
-    let mut words = text.splitn(3, ' ');
-    if let (Some(ok), Some(n)) = (words.next(), words.next()) {
-        if n.parse::<u64>().ok() == Some(upstream_size) {
-            let rest = words.next().map(|r| format!(" {r}")).unwrap_or_default();
-            return format!("{ok} {size}{rest}").into_bytes();
-        }
-    }
-    status.to_vec()
 }
 
 /// Below this many messages the rules run in one blocking task; above, in one per core.

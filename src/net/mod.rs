@@ -6,7 +6,8 @@
 //! - [`tls`]: the rustls client configuration (platform + webpki roots + `--upstream-ca`).
 //! - [`upstream`]: connecting to the real server: TCP, implicit TLS or STLS, greeting, CAPA.
 //! - [`scan`]: the login scan (LIST, UIDL, windowed `TOP n 0`).
-//! - [`driver`]: one client session from accept to close.
+//! - [`driver`]: one client session from accept to close: performs the decisions of the
+//!   session machines (`session::auth`, `session::pipeline`, `session::relay`).
 //! - [`listener`]: accept loops, the session cap, graceful shutdown.
 //! - [`http`]: the bounded HTTP/1.1 server behind `/metrics` (and later HTTP listeners).
 //! - [`fd_budget`]: raising `RLIMIT_NOFILE` and checking the descriptor budget at start.

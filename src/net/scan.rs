@@ -403,19 +403,17 @@ async fn read_headers(
     let limit = announced.saturating_mul(2).saturating_add(64 * 1024);
     let mut read = 0u64;
     loop {
-        let buf = conn.buffered();
-        if !buf.is_empty() {
-            let done = collector.feed(buf);
-            let n = done.unwrap_or(buf.len());
-            conn.consume(n);
-            read = read.saturating_add(n as u64);
-            if done.is_none() && read > limit {
-                let what = format!("TOP reply longer than {limit} octets for a message LIST sized {announced}");
-                return Err(SessionError::invalid_reply(Phase::Scan, "top", what));
+        let mut n = 0;
+        match conn.relay_buffered(&mut collector, |body| n = body.len()) {
+            Some(true) => return Ok(collector.finish()),
+            Some(false) => {
+                read = read.saturating_add(n as u64);
+                if read > limit {
+                    let what = format!("TOP reply longer than {limit} octets for a message LIST sized {announced}");
+                    return Err(SessionError::invalid_reply(Phase::Scan, "top", what));
+                }
             }
-            if done.is_some() {
-                return Ok(collector.finish());
-            }
+            None => {}
         }
         conn.fill_body(&mut clock, Phase::Scan).await?;
     }

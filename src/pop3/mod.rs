@@ -27,6 +27,7 @@ pub mod status;
 pub use command::{Command, CommandError, Secret};
 pub use line::{split_line, Line};
 pub use multiline::{
-    dot_stuff, find_header_end, stuff_lines, unstuff, BodyScanner, HeaderCollector, HeaderEnd, Unstuffer,
+    dot_stuff, find_header_end, stuff_lines, unstuff, BodyFeed, BodyScanner, HeaderCollector, HeaderEnd,
+    HeaderSplitter, Unstuffer,
 };
 pub use status::{Status, StatusKind};

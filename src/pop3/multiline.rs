@@ -4,7 +4,9 @@
 //! [`BodyScanner`] finds the terminator in a stream of chunks without copying, so a relay can
 //! forward bytes verbatim (dot-stuffing preserved byte for byte) in bounded buffers.
 //! [`HeaderCollector`] keeps only the header block of a `TOP n 0` reply, capped, because
-//! some servers answer `TOP n 0` with the whole message.
+//! some servers answer `TOP n 0` with the whole message. [`HeaderSplitter`] finds where the
+//! header block of a RETR/TOP body ends, whatever the chunking (the tagged relay).
+//! [`BodyFeed`] is what the one body-relay step (`net::conn::Conn::relay_buffered`) drives.
 //! [`dot_stuff`] / [`unstuff`] convert between message content and the wire form.
 //!
 //! Lines end in CRLF on the wire; a bare LF is accepted as a line end so that a sloppy
@@ -294,6 +296,74 @@ pub fn find_header_end(raw: &[u8]) -> Option<HeaderEnd> {
     None
 }
 
+/// The one chunk-independent header-block splitter: fed the stuffed wire bytes of a
+/// RETR/TOP body in chunks of any size, it keeps them (up to a cap) and reports where the
+/// header block ends — at the same place [`find_header_end`] finds on the whole body,
+/// wherever the chunks were cut. Each byte is searched once: only lines completed by the
+/// newest chunk are looked at.
+#[derive(Debug, Clone)]
+pub struct HeaderSplitter {
+    raw: Vec<u8>,
+    /// Start of the first line not yet known to be a plain header line.
+    line_start: usize,
+    cap: usize,
+}
+
+impl HeaderSplitter {
+    /// `cap`: past this many octets without an end the block is [`HeaderSplitter::over_cap`].
+    pub fn new(cap: usize) -> HeaderSplitter {
+        HeaderSplitter { raw: Vec::new(), line_start: 0, cap }
+    }
+
+    /// Appends `chunk`; returns where the header block ends once that is known (offsets
+    /// into [`HeaderSplitter::raw`]).
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<HeaderEnd> {
+        self.raw.extend_from_slice(chunk);
+        let from = self.line_start;
+        let tail = self.raw.get(from..).unwrap_or_default();
+        if let Some(end) = find_header_end(tail) {
+            return Some(match end {
+                HeaderEnd::Blank { end } => HeaderEnd::Blank { end: end + from },
+                HeaderEnd::Terminator { start, end } => HeaderEnd::Terminator { start: start + from, end: end + from },
+            });
+        }
+        // Every complete line in the tail was a header line: search after them next time.
+        if let Some(lf) = memchr::memrchr(b'\n', tail) {
+            self.line_start = from + lf + 1;
+        }
+        None
+    }
+
+    /// More than the cap has been fed without the end of the header block.
+    pub fn over_cap(&self) -> bool {
+        self.raw.len() > self.cap
+    }
+
+    /// Everything fed so far.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+}
+
+/// Follows a multi-line body chunk by chunk and says where it ends: the contract of
+/// [`BodyScanner::feed`]. Lets one relay step (`net::conn::Conn::relay_buffered`) serve
+/// every reader of a body.
+pub trait BodyFeed {
+    fn feed(&mut self, chunk: &[u8]) -> Option<usize>;
+}
+
+impl BodyFeed for BodyScanner {
+    fn feed(&mut self, chunk: &[u8]) -> Option<usize> {
+        BodyScanner::feed(self, chunk)
+    }
+}
+
+impl BodyFeed for HeaderCollector {
+    fn feed(&mut self, chunk: &[u8]) -> Option<usize> {
+        HeaderCollector::feed(self, chunk)
+    }
+}
+
 /// Stuffs content whose lines already end in CRLF (a header block), without adding a
 /// terminator.
 pub fn stuff_lines(content: &[u8], out: &mut Vec<u8>) {
@@ -481,6 +551,54 @@ mod tests {
         assert_eq!(find_header_end(b"A: b\r\n.\r\n"), Some(HeaderEnd::Terminator { start: 6, end: 9 }));
         assert_eq!(find_header_end(b"A: b\r\n..x\r\n\r"), None);
         assert_eq!(find_header_end(b"\r\nbody"), Some(HeaderEnd::Blank { end: 2 }));
+    }
+
+    /// Feeds `input` to a splitter in the given pieces; returns the end and the bytes kept.
+    fn split_in(input: &[u8], cuts: &[usize]) -> Option<HeaderEnd> {
+        let mut s = HeaderSplitter::new(usize::MAX);
+        let mut from = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+            if let Some(end) = s.feed(&input[from..cut]) {
+                assert_eq!(s.raw(), &input[..cut]);
+                return Some(end);
+            }
+            from = cut;
+        }
+        None
+    }
+
+    #[test]
+    fn header_splitter_agrees_with_the_whole_body_at_every_split_point() {
+        let bodies: &[&[u8]] = &[
+            b"A: b\r\nC: d\r\n\r\nbody\r\n.\r\n",
+            b"A: b\r\n.\r\n",
+            b"\r\nbody\r\n.\r\n",
+            b".\r\n",
+            b"A: b\nC: d\n\nbody\n.\n",
+            b"A: b\r\n..dotted: x\r\n\r\n.\r\n",
+            b"A: b\r\n\rX: y\r\n\r\n",
+            b"A: only headers, unterminated\r\nB: c",
+            b"",
+        ];
+        for body in bodies {
+            let whole = find_header_end(body);
+            for i in 0..=body.len() {
+                assert_eq!(split_in(body, &[i]), whole, "split at {i} of {body:?}");
+                for j in i..=body.len() {
+                    assert_eq!(split_in(body, &[i, j]), whole, "split at {i}, {j} of {body:?}");
+                }
+            }
+            let bytewise: Vec<usize> = (1..body.len()).collect();
+            assert_eq!(split_in(body, &bytewise), whole, "byte by byte: {body:?}");
+        }
+    }
+
+    #[test]
+    fn header_splitter_reports_over_cap() {
+        let mut s = HeaderSplitter::new(10);
+        assert_eq!(s.feed(b"A: 123456\r\n"), None);
+        assert!(s.over_cap());
+        assert_eq!(s.feed(b"\r\n"), Some(HeaderEnd::Blank { end: 13 }));
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! boundary would have refused. The client's lines go through AUTHORIZATION until a login
 //! command, then TRANSACTION, exactly as `net::driver` plans them.
 //!
+//! The same lines also drive the machines the driver runs ([`crate::session::auth`],
+//! [`crate::session::pipeline`]): nothing they send upstream is a DELE, and UPDATE comes
+//! only from the client's QUIT, with the planner's deletions.
+//!
 //! Checked: nothing panics; a `Fetch` names an entry that exists and asks the upstream for
 //! that entry's number; DELE is planned only as the answer to a client QUIT in TRANSACTION
 //! (RFC 1939 §6), and then only for upstream numbers the view holds that the client deleted
@@ -22,6 +26,8 @@ use crate::pop3::command::{parse, Command, MAX_COMMAND_LINE};
 use crate::pop3::line::{split_line, Line};
 use crate::pop3::listing::{check_stat, parse_list, parse_uidl};
 use crate::pop3::status::Status;
+use crate::session::auth::Authorization;
+use crate::session::pipeline::{Pipeline, Step};
 use crate::session::plan::{self, AuthPlan, TxPlan};
 use crate::session::view::{Disposition, Entry, MailboxView};
 
@@ -94,6 +100,10 @@ fn view_of(pairs: &[(u32, u64)], uidls: Option<&[(u32, String)]>) -> MailboxView
 }
 
 fn run_client(mut view: MailboxView, client: &[u8]) {
+    // The TRANSACTION machine the driver runs, fed the same lines as the planner beside it
+    // (its upstream pipelines or not, as the input's length says).
+    let mut pipeline = Pipeline::new(view.clone(), client.len() % 2 == 0);
+    let mut auth = Authorization::new();
     let condemned: BTreeSet<u32> =
         view.entries().iter().filter(|e| e.disposition == Disposition::Condemned).map(|e| e.upstream).collect();
     let all: BTreeSet<u32> = view.entries().iter().map(|e| e.upstream).collect();
@@ -107,6 +117,17 @@ fn run_client(mut view: MailboxView, client: &[u8]) {
         };
         let line = &rest[..content];
         rest = &rest[consumed..];
+        if !logged_in {
+            let machine = auth.command(line);
+            if let AuthPlan::Sasl(_) = machine {
+                // The exchange's continuations are opaque: relayed, never a command.
+                let _ = auth.sasl_response(b"*");
+            }
+            if let AuthPlan::Relay(b) | AuthPlan::RelayMultiline(b) | AuthPlan::Login(b) | AuthPlan::Sasl(b) = &machine
+            {
+                assert!(!is_dele(b), "DELE relayed in AUTHORIZATION");
+            }
+        }
         let Ok(cmd) = parse(line) else { continue };
         if !logged_in {
             match plan::authorization(&cmd, line) {
@@ -120,7 +141,9 @@ fn run_client(mut view: MailboxView, client: &[u8]) {
             }
             continue;
         }
-        match plan::transaction(&cmd, &mut view) {
+        let planned = plan::transaction(&cmd, &mut view);
+        drive_pipeline(&mut pipeline, line, &planned);
+        match planned {
             TxPlan::Quit { deletions } => {
                 assert_eq!(cmd, Command::Quit, "DELE planned without the client's QUIT");
                 let set: BTreeSet<u32> = deletions.iter().copied().collect();
@@ -143,6 +166,29 @@ fn run_client(mut view: MailboxView, client: &[u8]) {
             TxPlan::Relay(b) => assert!(!is_dele(&b), "DELE relayed in TRANSACTION"),
             TxPlan::Reply(b) => assert!(b.ends_with(b"\r\n")),
             TxPlan::Capa => {}
+        }
+    }
+}
+
+/// Feeds one line to the pipeline and performs every step it has: nothing it sends
+/// upstream is a DELE, and its UPDATE carries exactly the planner's deletions, only at QUIT.
+fn drive_pipeline(p: &mut Pipeline, line: &[u8], planned: &TxPlan) {
+    assert!(p.wants_input() || !p.quit_planned(), "input after QUIT");
+    p.push_line(line);
+    if let Some(ahead) = p.take_ahead() {
+        for cmd in ahead.bytes.split(|&b| b == b'\n') {
+            assert!(!is_dele(cmd), "DELE sent ahead upstream");
+        }
+    }
+    while let Some(step) = p.next_step() {
+        match step {
+            Step::Relay { send: Some(c) } | Step::Fetch { send: Some(c), .. } | Step::Capa { send: Some(c) } => {
+                assert!(!is_dele(&c), "DELE sent upstream in TRANSACTION")
+            }
+            Step::Quit { deletions } => {
+                assert_eq!(planned, &TxPlan::Quit { deletions }, "UPDATE without the client's QUIT");
+            }
+            _ => {}
         }
     }
 }

@@ -2,9 +2,15 @@
 //!
 //! - [`view`]: the filtered mailbox the client sees (virtual ↔ upstream numbers, sizes,
 //!   deletion marks, what UPDATE must delete).
+//! - [`auth`]: the AUTHORIZATION state passed through: what to do with each line, SASL
+//!   exchanges, whose mailbox a login opens.
+//! - [`pipeline`]: the TRANSACTION command queue: what goes upstream when, what each
+//!   command is owed, bounded memory, UPDATE's DELE batches (only after QUIT).
 //! - [`capa`]: how the upstream's capability list is rewritten for the client.
 //! - [`plan`]: what to do with each client command in AUTHORIZATION and TRANSACTION:
 //!   answer locally, relay upstream, or end the session.
+//! - [`relay`]: what a fetched message becomes: status size, tagged header block, the
+//!   bounded quarantine copy.
 //! - [`scan`]: turning LIST/UIDL/TOP results and rule verdicts into a view.
 //!
 //! `net::driver` executes these decisions; everything here is unit-tested without I/O.
@@ -13,10 +19,13 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
+pub mod auth;
 pub mod capa;
 #[doc(hidden)]
 pub mod invariants;
+pub mod pipeline;
 pub mod plan;
+pub mod relay;
 pub mod scan;
 pub mod tag;
 pub mod view;
