@@ -46,6 +46,25 @@ pub enum Command {
     Scan(ScanArgs),
     /// Look into the quarantine and restore false positives.
     Quarantine(QuarantineArgs),
+    /// Convert SpamAssassin .cf rules (files or directories) into one popsift rule file.
+    ImportSa(ImportSaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportSaArgs {
+    /// .cf files or directories (each directory's *.cf in name order, as SpamAssassin loads
+    /// them), e.g. /usr/share/spamassassin /etc/spamassassin.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Write the rule file here (atomically) instead of to stdout.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// List every skipped rule with its file:line and reason.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+    /// Do not turn SpamAssassin's required_score into `threshold:` (keep your rules' threshold).
+    #[arg(long)]
+    pub no_threshold: bool,
 }
 
 #[derive(Debug, Args)]

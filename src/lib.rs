@@ -12,6 +12,7 @@ pub mod net;
 pub mod pop3;
 pub mod quarantine_cmd;
 pub mod rules;
+pub mod sa_import;
 pub mod scan;
 pub mod session;
 pub mod store;

@@ -23,6 +23,12 @@ fn main() -> ExitCode {
         Command::Check(args) => ExitCode::from(popsift::scan::run_check(&args) as u8),
         Command::Scan(args) => ExitCode::from(popsift::scan::run_scan(&args) as u8),
         Command::Quarantine(args) => ExitCode::from(popsift::quarantine_cmd::run(&args) as u8),
+        Command::ImportSa(args) => ExitCode::from(popsift::sa_import::run(&popsift::sa_import::RunArgs {
+            paths: args.paths,
+            output: args.output,
+            verbose: args.verbose,
+            no_threshold: args.no_threshold,
+        }) as u8),
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
