@@ -194,6 +194,10 @@ pub fn evaluate(set: &RuleSet, h: &Headers, size: u64) -> Verdict {
     for tm in &set.targets {
         match_target(h, tm, &mut hits);
     }
+    for (t, re, r) in &set.backtrack {
+        let v = target_value(h, t);
+        hits.set(*r, super::backtrack::is_match(re, v.as_deref().unwrap_or("")));
+    }
     for (name, want, r) in &set.exists {
         hits.set(*r, h.contains(name) == *want);
     }

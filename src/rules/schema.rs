@@ -57,6 +57,9 @@ pub struct RuleDef {
     pub size_over: Option<serde_norway::Value>,
     #[serde(default)]
     pub expr: Option<String>,
+    /// Run `regex:` on the bounded backtracking engine (look-around, back-references).
+    #[serde(default)]
+    pub backtrack: Option<bool>,
     #[serde(default)]
     pub negate: bool,
     #[serde(default)]

@@ -11,8 +11,28 @@
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unsupported(pub String);
 
-/// Translates `/re/flags` (or `m<d>re<d>flags`) into a Rust pattern with an inline flag group.
-pub fn translate(pattern: &str) -> Result<String, Unsupported> {
+/// A translated pattern.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translated {
+    pub pattern: String,
+    /// Needs the bounded backtracking engine (popsift's `backtrack: true`).
+    pub backtrack: bool,
+}
+
+/// Translates `/re/flags` into a pattern for popsift's linear-time `regex`, or failing that
+/// (look-around, back-references, …) for its bounded backtracking engine.
+pub fn translate(pattern: &str) -> Result<Translated, Unsupported> {
+    match translate_with(pattern, false) {
+        Ok(p) => Ok(Translated { pattern: p, backtrack: false }),
+        Err(first) => match translate_with(pattern, true) {
+            Ok(p) => Ok(Translated { pattern: p, backtrack: true }),
+            Err(_) => Err(first),
+        },
+    }
+}
+
+/// Translates for one engine: `fancy` keeps Perl-only constructs for `fancy-regex`.
+pub fn translate_with(pattern: &str, fancy: bool) -> Result<String, Unsupported> {
     let (body, flags) = split(pattern).ok_or_else(|| Unsupported(format!("not a /pattern/: {pattern}")))?;
     let mut inline = String::new();
     for f in flags.chars() {
@@ -27,13 +47,17 @@ pub fn translate(pattern: &str) -> Result<String, Unsupported> {
             other => return Err(Unsupported(format!("flag /{other}"))),
         }
     }
-    let body = rewrite(body, flags.contains('x'))?;
+    let body = rewrite(body, flags.contains('x'), fancy)?;
     let out = if inline.is_empty() { body } else { format!("(?{inline}){body}") };
-    // The final word: the pattern must build with popsift's own size limit.
-    regex::RegexBuilder::new(&out)
-        .size_limit(crate::rules::multiregex::PATTERN_SIZE_LIMIT)
-        .build()
-        .map_err(|e| Unsupported(first_line(&e.to_string())))?;
+    // The final word: the pattern must build with popsift's own engine and size limit.
+    if fancy {
+        crate::rules::backtrack::build(&out).map_err(|e| Unsupported(first_line(&e)))?;
+    } else {
+        regex::RegexBuilder::new(&out)
+            .size_limit(crate::rules::multiregex::PATTERN_SIZE_LIMIT)
+            .build()
+            .map_err(|e| Unsupported(first_line(&e.to_string())))?;
+    }
     Ok(out)
 }
 
@@ -68,7 +92,7 @@ fn push_escaped(out: &mut String, c: char) {
 }
 
 /// Rewrites the body of a Perl pattern.
-fn rewrite(p: &str, xmode: bool) -> Result<String, Unsupported> {
+fn rewrite(p: &str, xmode: bool, fancy: bool) -> Result<String, Unsupported> {
     let cs: Vec<char> = p.chars().collect();
     let mut out = String::with_capacity(p.len() + 8);
     let mut i = 0;
@@ -114,6 +138,10 @@ fn rewrite(p: &str, xmode: bool) -> Result<String, Unsupported> {
                             k += 1;
                         }
                         out.push_str(&format!(r"\x{{{v:X}}}"));
+                    }
+                    '1'..='9' | 'g' | 'k' | 'K' | 'G' if fancy => {
+                        out.push('\\');
+                        out.push(n);
                     }
                     '1'..='9' => return unsupported("back-reference"),
                     'g' | 'k' => return unsupported("back-reference"),
@@ -199,6 +227,9 @@ fn rewrite(p: &str, xmode: bool) -> Result<String, Unsupported> {
                     ("(", "conditional"),
                 ] {
                     if rest.starts_with(pre) {
+                        if fancy && !what.starts_with("code") {
+                            break;
+                        }
                         return unsupported(what);
                     }
                 }
@@ -213,7 +244,7 @@ fn rewrite(p: &str, xmode: bool) -> Result<String, Unsupported> {
             '*' | '+' | '?' | '}' if !in_class && cs.get(i + 1) == Some(&'+') => {
                 // `a++`, `a*+`, `a?+`, `a{2}+`: possessive (a `+` after a quantifier).
                 let quantifier = c != '+' || i == 0 || !matches!(cs[i - 1], '\\');
-                if quantifier {
+                if quantifier && !fancy {
                     return unsupported("possessive quantifier");
                 }
                 out.push(c);
@@ -230,10 +261,17 @@ mod tests {
     use super::*;
 
     fn t(p: &str) -> String {
-        translate(p).unwrap_or_else(|e| panic!("{p}: {e:?}"))
+        let r = translate(p).unwrap_or_else(|e| panic!("{p}: {e:?}"));
+        assert!(!r.backtrack, "{p}");
+        r.pattern
+    }
+    fn bt(p: &str) -> String {
+        let r = translate(p).unwrap_or_else(|e| panic!("{p}: {e:?}"));
+        assert!(r.backtrack, "{p}");
+        r.pattern
     }
     fn no(p: &str) -> String {
-        translate(p).unwrap_err().0
+        translate_with(p, false).unwrap_err().0
     }
 
     #[test]
@@ -261,6 +299,19 @@ mod tests {
         assert_eq!(t(r"/\/\@\%/"), r"/@%");
         assert_eq!(t(r"/(?<n>x)(?:y)(?i:z)/"), r"(?<n>x)(?:y)(?i:z)");
         assert_eq!(t(r"/a\+\+/"), r"a\+\+");
+    }
+
+    #[test]
+    fn backtracking_fallback() {
+        assert_eq!(bt(r"/a(?=b)/i"), "(?i)a(?=b)");
+        assert_eq!(bt(r"/(?<!x)b(?!c)/"), "(?<!x)b(?!c)");
+        assert_eq!(bt(r"/(a)\1/"), r"(a)\1");
+        assert_eq!(bt(r"/(?>a+)b/"), "(?>a+)b");
+        assert_eq!(bt(r"/\d++x/"), r"\d++x");
+        // Rewrites still apply in the fallback.
+        assert_eq!(bt(r"/(?=a)\Z/"), r"(?=a)\z");
+        // Code blocks run on neither engine.
+        assert!(translate(r"/(?{ 1 })/").is_err());
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub struct PRule {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PTest {
     Regex(String),
+    /// A regex for the bounded backtracking engine (`backtrack: true`).
+    Backtrack(String),
     Exists(bool),
     Expr(String),
 }
@@ -415,9 +417,12 @@ fn header_rule(base: PRule, test: &HeaderTest, defs: &HashMap<String, Def>) -> R
         HeaderTest::Match { target, negate, pattern, unset } => (target, *negate, pattern, unset),
     };
     let header = target_of(target)?;
-    let re = perlre::translate(pattern).map_err(|e| Skip::Regex(e.0))?;
-    let compiled = regex::Regex::new(&re).map_err(|e| Skip::Regex(e.to_string()))?;
-    let mut changed = strip_flags(pattern) != strip_inline(&re);
+    let tr = perlre::translate(pattern).map_err(|e| Skip::Regex(e.0))?;
+    let (re, backtrack) = (tr.pattern, tr.backtrack);
+    let compiled = crate::rules::backtrack::build(&re).map_err(Skip::Regex)?;
+    let compiled = |s: &str| crate::rules::backtrack::is_match(&compiled, s);
+    let test = |re: &String| if backtrack { PTest::Backtrack(re.clone()) } else { PTest::Regex(re.clone()) };
+    let mut changed = backtrack || strip_flags(pattern) != strip_inline(&re);
     let helper = |suffix: &str| helper_id(&base.id, suffix, defs);
     let sub = |id: String, header: String, test: PTest, negate: bool| PRule {
         id,
@@ -431,7 +436,7 @@ fn header_rule(base: PRule, test: &HeaderTest, defs: &HashMap<String, Def>) -> R
     if header == "MESSAGEID" {
         // SpamAssassin tests the four Message-Id headers joined; popsift tests each and ORs.
         // Equivalent unless the pattern matches an empty value (then skipped).
-        if compiled.is_match("") {
+        if compiled("") {
             return Err(Skip::PseudoHeader("MESSAGEID with a pattern that matches an empty value".into()));
         }
         let mut rules = Vec::new();
@@ -439,7 +444,7 @@ fn header_rule(base: PRule, test: &HeaderTest, defs: &HashMap<String, Def>) -> R
         for (k, h) in MESSAGEID.iter().enumerate() {
             let id = helper(&format!("MID{}", k + 1));
             names.push(id.clone());
-            rules.push(sub(id, h.to_string(), PTest::Regex(re.clone()), false));
+            rules.push(sub(id, h.to_string(), test(&re), false));
         }
         let or = names.join(" || ");
         let expr = if negate { format!("!({or})") } else { or };
@@ -448,21 +453,21 @@ fn header_rule(base: PRule, test: &HeaderTest, defs: &HashMap<String, Def>) -> R
     }
     // `[if-unset: X]`: only matters when testing X gives another result than testing "".
     if let Some(u) = unset {
-        if compiled.is_match(u) != compiled.is_match("") {
+        if compiled(u) != compiled("") {
             let set = helper("SET");
             let m = helper("RE");
-            let missing_hits = compiled.is_match(u) != negate;
+            let missing_hits = compiled(u) != negate;
             let expr = if missing_hits { format!("!{set} || {m}") } else { format!("{set} && {m}") };
             let rules = vec![
                 sub(set, header.clone(), PTest::Exists(true), false),
-                sub(m, header, PTest::Regex(re), negate),
+                sub(m, header, test(&re), negate),
                 PRule { test: PTest::Expr(expr), ..base },
             ];
             return Ok((rules, true));
         }
         changed = true;
     }
-    Ok((vec![PRule { header: Some(header), test: PTest::Regex(re), negate, ..base }], changed))
+    Ok((vec![PRule { header: Some(header), test: test(&re), negate, ..base }], changed))
 }
 
 /// `NAME__SUFFIX`, made unique against SpamAssassin's own names.
@@ -637,6 +642,10 @@ pub fn to_yaml(imp: &Imported, files: &[String], opts: &Options) -> String {
                 PTest::Regex(re) => {
                     let _ = writeln!(y, "    regex: {}", yaml_str(re));
                 }
+                PTest::Backtrack(re) => {
+                    let _ = writeln!(y, "    regex: {}", yaml_str(re));
+                    let _ = writeln!(y, "    backtrack: true");
+                }
                 PTest::Exists(b) => {
                     let _ = writeln!(y, "    exists: {b}");
                 }
@@ -766,7 +775,10 @@ mod tests {
         assert!(matches!(skipped("header B EnvelopeFrom =~ /x/\n"), Skip::PseudoHeader(_)));
         assert!(matches!(skipped("header B From:first:addr =~ /x/\n"), Skip::Modifier(_)));
         assert!(matches!(skipped("header B ALL:addr =~ /x/\n"), Skip::Modifier(_)));
-        assert_eq!(skipped("header B X =~ /a(?!b)/\n"), Skip::Regex("look-ahead".into()));
+        assert!(matches!(skipped("header B X =~ /a(?{ 1 })/\n"), Skip::Regex(_)));
+        let imp = run("header B X =~ /a(?!b)/\n");
+        assert_eq!(rule(&imp, "B").test, PTest::Backtrack("a(?!b)".into()));
+        assert_eq!(imp.report.translated, 1);
         assert_eq!(skipped("header B X =~ /a/\nscore B 0\n"), Skip::Disabled);
         assert_eq!(skipped("meta B 0\n"), Skip::Disabled);
         assert_eq!(skipped("header B X =~ /<A>/\nreplace_rules B\n"), Skip::ReplaceTags);
