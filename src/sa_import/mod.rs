@@ -86,7 +86,7 @@ pub fn run(args: &RunArgs) -> i32 {
     }
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let opts = Options { no_threshold: args.no_threshold };
+    let opts = Options { no_threshold: args.no_threshold, sources: args.paths.iter().map(|p| p.display().to_string()).collect() };
     let (yaml, imported) = import_texts(&names, &refs, &opts);
     // The output must pass `popsift check` on its own.
     let check_path = args.output.clone().unwrap_or_else(|| PathBuf::from("60-spamassassin.yaml"));
@@ -122,6 +122,12 @@ pub fn report_text(r: &Report, names: &[String], verbose: bool) -> String {
         s,
         "import-sa: header rules (not eval:): {} of {} imported ({pct:.1}%)",
         r.header_imported, r.header_rules
+    );
+    let run = r.header_rules - r.header_disabled;
+    let pct_run = if run == 0 { 0.0 } else { 100.0 * r.header_imported as f64 / run as f64 };
+    let _ = writeln!(
+        s,
+        "import-sa: of the {run} header rules SpamAssassin runs (score not 0 in set 0): {pct_run:.1}% imported"
     );
     for (reason, n) in r.by_reason() {
         let _ = writeln!(s, "  skipped {n:5}  {reason}");

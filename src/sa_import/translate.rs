@@ -103,6 +103,8 @@ pub struct Report {
     /// Header rules (not `eval:`) a default SpamAssassin runs, and how many were imported.
     pub header_rules: usize,
     pub header_imported: usize,
+    /// Of `header_rules`, those scored 0 in set 0 (SpamAssassin does not run them either).
+    pub header_disabled: usize,
     pub skipped: Vec<Skipped>,
     pub threshold: Option<f64>,
 }
@@ -159,6 +161,8 @@ struct Def {
 pub struct Options {
     /// Leave `threshold:` out of the output even if `required_score` was set.
     pub no_threshold: bool,
+    /// The paths given on the command line, for the file's heading.
+    pub sources: Vec<String>,
 }
 
 /// The headers SpamAssassin's `MESSAGEID` joins (PerMsgStatus::_get).
@@ -287,7 +291,12 @@ pub fn translate(items: &[Located], files: &[String]) -> Imported {
                 }
                 out.insert((d.file, d.line, n.to_string()), rules);
             }
-            Err(s) => skip(&mut status, &mut report, n, d, s),
+            Err(s) => {
+                if counts && s == Skip::Disabled {
+                    report.header_disabled += 1;
+                }
+                skip(&mut status, &mut report, n, d, s)
+            }
         }
     }
     // Pass 2: metas, in dependency order (a meta is decided once all it names are).
@@ -607,8 +616,8 @@ fn fmt_score(v: f64) -> String {
 pub fn to_yaml(imp: &Imported, files: &[String], opts: &Options) -> String {
     let r = &imp.report;
     let mut y = String::new();
-    let _ = writeln!(y, "# SpamAssassin rules imported by `popsift import-sa` from:");
-    for f in files {
+    let _ = writeln!(y, "# SpamAssassin rules imported by `popsift import-sa` from {} files in:", files.len());
+    for f in &opts.sources {
         let _ = writeln!(y, "#   {f}");
     }
     let _ = writeln!(
