@@ -144,8 +144,7 @@ fn import_stock_rules_check_and_agree_with_spamassassin() {
     let mut mismatches = Vec::new();
     for line in String::from_utf8_lossy(&sa.stdout).lines() {
         let (path, hits) = line.split_once('\t').unwrap();
-        let theirs: BTreeSet<String> =
-            hits.split(',').filter(|h| imported.contains(*h)).map(str::to_string).collect();
+        let theirs: BTreeSet<String> = hits.split(',').filter(|h| imported.contains(*h)).map(str::to_string).collect();
         let mine = ours.get(path).unwrap_or_else(|| panic!("popsift did not scan {path}"));
         total_hits += theirs.len();
         if &theirs != mine {
@@ -175,7 +174,9 @@ fn verbose_lists_skipped_rules_and_bad_paths_fail() {
     assert!(out.starts_with("# SpamAssassin rules imported"), "{out}");
     // Each skipped rule with file:line and reason.
     assert!(
-        report.lines().any(|l| l.starts_with(&format!("{STOCK}/20_head_tests.cf:")) && l.contains(" skipped: eval: rule")),
+        report
+            .lines()
+            .any(|l| l.starts_with(&format!("{STOCK}/20_head_tests.cf:")) && l.contains(" skipped: eval: rule")),
         "{report}"
     );
     let (code, _, err) = popsift(&["import-sa", "/no/such/dir"]);

@@ -308,9 +308,7 @@ impl Expr<Name> {
             Expr::Not(e) => Expr::Not(Box::new(e.resolve(lookup)?)),
             Expr::And(v) => Expr::And(v.iter().map(|e| e.resolve(lookup)).collect::<Option<_>>()?),
             Expr::Or(v) => Expr::Or(v.iter().map(|e| e.resolve(lookup)).collect::<Option<_>>()?),
-            Expr::Sum(v) => {
-                Expr::Sum(v.iter().map(|(n, e)| Some((*n, e.resolve(lookup)?))).collect::<Option<_>>()?)
-            }
+            Expr::Sum(v) => Expr::Sum(v.iter().map(|(n, e)| Some((*n, e.resolve(lookup)?))).collect::<Option<_>>()?),
             Expr::Cmp(e, op, n) => Expr::Cmp(Box::new(e.resolve(lookup)?), *op, *n),
         })
     }

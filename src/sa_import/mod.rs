@@ -86,7 +86,10 @@ pub fn run(args: &RunArgs) -> i32 {
     }
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let opts = Options { no_threshold: args.no_threshold, sources: args.paths.iter().map(|p| p.display().to_string()).collect() };
+    let opts = Options {
+        no_threshold: args.no_threshold,
+        sources: args.paths.iter().map(|p| p.display().to_string()).collect(),
+    };
     let (yaml, imported) = import_texts(&names, &refs, &opts);
     // The output must pass `popsift check` on its own.
     let check_path = args.output.clone().unwrap_or_else(|| PathBuf::from("60-spamassassin.yaml"));
@@ -117,7 +120,13 @@ pub fn report_text(r: &Report, names: &[String], verbose: bool) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let pct = if r.header_rules == 0 { 0.0 } else { 100.0 * r.header_imported as f64 / r.header_rules as f64 };
-    let _ = writeln!(s, "import-sa: {} rules imported ({} rewritten), {} skipped", r.imported, r.translated, r.skipped.len());
+    let _ = writeln!(
+        s,
+        "import-sa: {} rules imported ({} rewritten), {} skipped",
+        r.imported,
+        r.translated,
+        r.skipped.len()
+    );
     let _ = writeln!(
         s,
         "import-sa: header rules (not eval:): {} of {} imported ({pct:.1}%)",

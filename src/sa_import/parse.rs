@@ -21,17 +21,37 @@ pub enum HeaderTest {
 /// One directive the importer cares about.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Directive {
-    Header { name: String, test: HeaderTest },
-    Meta { name: String, expr: String },
+    Header {
+        name: String,
+        test: HeaderTest,
+    },
+    Meta {
+        name: String,
+        expr: String,
+    },
     /// A rule of a kind popsift cannot run (`body`, `uri`, `askdns`, …): `kind` is the keyword.
-    Other { kind: String, name: String },
-    Score { name: String, scores: Vec<f64> },
-    Describe { name: String, text: String },
-    Tflags { name: String, flags: Vec<String> },
+    Other {
+        kind: String,
+        name: String,
+    },
+    Score {
+        name: String,
+        scores: Vec<f64>,
+    },
+    Describe {
+        name: String,
+        text: String,
+    },
+    Tflags {
+        name: String,
+        flags: Vec<String>,
+    },
     ReplaceRules(Vec<String>),
     RequiredScore(f64),
     /// A line that could not be read (`what` says why).
-    Bad { what: String },
+    Bad {
+        what: String,
+    },
 }
 
 /// A directive with where it was written.
@@ -53,10 +73,34 @@ pub struct Env {
 
 /// Plugins loaded by the `*.pre` files of a stock SpamAssassin 4.0.1 (Debian).
 pub const DEFAULT_PLUGINS: &[&str] = &[
-    "URIDNSBL", "SPF", "Pyzor", "Razor2", "SpamCop", "AutoLearnThreshold", "WelcomeListSubject",
-    "MIMEHeader", "ReplaceTags", "DKIM", "Check", "HTTPSMismatch", "URIDetail", "Bayes", "BodyEval",
-    "DNSEval", "HTMLEval", "HeaderEval", "MIMEEval", "RelayEval", "URIEval", "WLBLEval", "VBounce",
-    "ImageInfo", "FreeMail", "AskDNS", "HashBL", "DMARC",
+    "URIDNSBL",
+    "SPF",
+    "Pyzor",
+    "Razor2",
+    "SpamCop",
+    "AutoLearnThreshold",
+    "WelcomeListSubject",
+    "MIMEHeader",
+    "ReplaceTags",
+    "DKIM",
+    "Check",
+    "HTTPSMismatch",
+    "URIDetail",
+    "Bayes",
+    "BodyEval",
+    "DNSEval",
+    "HTMLEval",
+    "HeaderEval",
+    "MIMEEval",
+    "RelayEval",
+    "URIEval",
+    "WLBLEval",
+    "VBounce",
+    "ImageInfo",
+    "FreeMail",
+    "AskDNS",
+    "HashBL",
+    "DMARC",
 ];
 
 impl Env {
@@ -73,8 +117,20 @@ impl Env {
 
 /// Rule-defining keywords popsift cannot run, and a rule name follows them.
 const OTHER_RULES: &[&str] = &[
-    "body", "rawbody", "full", "uri", "mimeheader", "askdns", "urirhssub", "urirhsbl", "uridnsbl", "uridnssub",
-    "header_dnsbl", "check_hashbl_emails", "hashbl_acl", "test",
+    "body",
+    "rawbody",
+    "full",
+    "uri",
+    "mimeheader",
+    "askdns",
+    "urirhssub",
+    "urirhsbl",
+    "uridnsbl",
+    "uridnssub",
+    "header_dnsbl",
+    "check_hashbl_emails",
+    "hashbl_acl",
+    "test",
 ];
 
 /// Reads the lines of each file (in load order) into directives of the taken blocks.
@@ -237,11 +293,7 @@ fn parse_header_test(s: &str) -> Result<HeaderTest, String> {
 
 /// Splits `/re/flags rest` or `m{re}flags rest` into the pattern with its flags and the rest.
 fn split_pattern(s: &str) -> Option<(&str, &str)> {
-    let (open, start) = if let Some(r) = s.strip_prefix('m') {
-        (r.chars().next()?, 1)
-    } else {
-        (s.chars().next()?, 0)
-    };
+    let (open, start) = if let Some(r) = s.strip_prefix('m') { (r.chars().next()?, 1) } else { (s.chars().next()?, 0) };
     if open.is_alphanumeric() || open.is_whitespace() {
         return None;
     }
@@ -353,14 +405,16 @@ struct IfParser<'a> {
 
 impl IfParser<'_> {
     fn eat(&mut self, op: &str) -> bool {
-        if self.toks.get(self.pos) == Some(&IfTok::Op(match op {
-            "&&" => "&&",
-            "||" => "||",
-            "!" => "!",
-            "(" => "(",
-            ")" => ")",
-            _ => return false,
-        })) {
+        if self.toks.get(self.pos)
+            == Some(&IfTok::Op(match op {
+                "&&" => "&&",
+                "||" => "||",
+                "!" => "!",
+                "(" => "(",
+                ")" => ")",
+                _ => return false,
+            }))
+        {
             self.pos += 1;
             true
         } else {
@@ -481,7 +535,10 @@ mod tests {
             one("header X exists:X-Mailer"),
             Directive::Header { name: "X".into(), test: HeaderTest::Exists("X-Mailer".into()) }
         );
-        assert!(matches!(one("header X eval:check_for_faraway()"), Directive::Header { test: HeaderTest::Eval(_), .. }));
+        assert!(matches!(
+            one("header X eval:check_for_faraway()"),
+            Directive::Header { test: HeaderTest::Eval(_), .. }
+        ));
         assert!(matches!(one("header X Subject ~ /a/"), Directive::Bad { .. }));
         assert!(matches!(one("header X Subject =~ /a"), Directive::Bad { .. }));
         assert!(matches!(one("header X Subject =~ /a/ junk"), Directive::Bad { .. }));
@@ -492,7 +549,10 @@ mod tests {
         assert_eq!(one("meta M (A && !B)"), Directive::Meta { name: "M".into(), expr: "(A && !B)".into() });
         assert_eq!(one("score M 1.0 2 (3) 4"), Directive::Score { name: "M".into(), scores: vec![1.0, 2.0, 3.0, 4.0] });
         assert_eq!(one("describe M Some text"), Directive::Describe { name: "M".into(), text: "Some text".into() });
-        assert_eq!(one("tflags M nice net"), Directive::Tflags { name: "M".into(), flags: vec!["nice".into(), "net".into()] });
+        assert_eq!(
+            one("tflags M nice net"),
+            Directive::Tflags { name: "M".into(), flags: vec!["nice".into(), "net".into()] }
+        );
         assert_eq!(one("required_score 6.5"), Directive::RequiredScore(6.5));
         assert_eq!(one("body B /x/"), Directive::Other { kind: "body".into(), name: "B".into() });
         assert_eq!(one("replace_rules A B"), Directive::ReplaceRules(vec!["A".into(), "B".into()]));

@@ -108,6 +108,15 @@ fn rewrite(p: &str, xmode: bool, fancy: bool) -> Result<String, Unsupported> {
                 };
                 i += 2;
                 match n {
+                    'x' if !in_class && utf8_run(&cs, i - 2).is_some() => {
+                        // SpamAssassin matches UTF-8 bytes: `\xc3\xa9` is "é" in the text
+                        // popsift matches (decoded characters).
+                        let (text, end) = utf8_run(&cs, i - 2).unwrap_or_default();
+                        for ch in text.chars() {
+                            out.push_str(&format!(r"\x{{{:X}}}", ch as u32));
+                        }
+                        i = end;
+                    }
                     'Q' => {
                         // Literal text up to \E.
                         while i < cs.len() && !(cs[i] == '\\' && cs.get(i + 1) == Some(&'E')) {
@@ -256,6 +265,25 @@ fn rewrite(p: &str, xmode: bool, fancy: bool) -> Result<String, Unsupported> {
     Ok(out)
 }
 
+/// A run of `\xHH` escapes from `start` (at a backslash) that spells at least one multi-byte
+/// UTF-8 character and is not followed by a quantifier (which in Perl would repeat only the
+/// last byte): the decoded text and the index after the run.
+fn utf8_run(cs: &[char], start: usize) -> Option<(String, usize)> {
+    let mut bytes = Vec::new();
+    let mut j = start;
+    while cs.get(j) == Some(&'\\') && cs.get(j + 1) == Some(&'x') {
+        let hex: String = cs.get(j + 2..j + 4)?.iter().collect();
+        let Ok(v) = u8::from_str_radix(&hex, 16) else { break };
+        bytes.push(v);
+        j += 4;
+    }
+    if bytes.len() < 2 || bytes[0] < 0x80 || matches!(cs.get(j), Some('?' | '*' | '+' | '{')) {
+        return None;
+    }
+    let text = String::from_utf8(bytes).ok()?;
+    Some((text, j))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +327,16 @@ mod tests {
         assert_eq!(t(r"/\/\@\%/"), r"/@%");
         assert_eq!(t(r"/(?<n>x)(?:y)(?i:z)/"), r"(?<n>x)(?:y)(?i:z)");
         assert_eq!(t(r"/a\+\+/"), r"a\+\+");
+    }
+
+    #[test]
+    fn utf8_byte_escapes() {
+        assert_eq!(t(r"/caf\xc3\xa9\b/"), r"caf\x{E9}\b");
+        // Not a whole character, inside a class, or quantified: left as written.
+        assert_eq!(t(r"/\xe9/"), r"\xe9");
+        assert_eq!(t(r"/[\xc3\xa9]/"), r"[\xc3\xa9]");
+        assert_eq!(t(r"/\xc3\xa9+/"), r"\xc3\xa9+");
+        assert_eq!(t(r"/\x41\x42/"), r"\x41\x42");
     }
 
     #[test]

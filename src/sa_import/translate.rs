@@ -711,7 +711,8 @@ mod tests {
 
     #[test]
     fn negation_modifiers_and_pseudo_headers() {
-        let imp = run("header A From:addr !~ /@/\nheader B ToCc =~ /x/\nheader C ALL:raw =~ /y/\nheader D exists:X-Foo\n");
+        let imp =
+            run("header A From:addr !~ /@/\nheader B ToCc =~ /x/\nheader C ALL:raw =~ /y/\nheader D exists:X-Foo\n");
         assert!(rule(&imp, "A").negate);
         assert_eq!(rule(&imp, "A").header.as_deref(), Some("From:addr"));
         assert_eq!(rule(&imp, "B").header.as_deref(), Some("ToCc"));
@@ -827,7 +828,7 @@ mod tests {
         let v = set.evaluate(b"Subject: IT'S here\nFrom: x\ty\n\n", 10);
         let hit: Vec<&str> = v.rules.iter().map(|r| r.as_ref()).collect();
         assert_eq!(hit, ["A", "C", "D"]);
-        let no = to_yaml(&imp, &files, &Options { no_threshold: true });
+        let no = to_yaml(&imp, &files, &Options { no_threshold: true, ..Options::default() });
         assert!(!no.contains("threshold:"));
     }
 }
