@@ -159,7 +159,7 @@ struct Loader<'a> {
     exists: Vec<(String, bool, u32)>,
     sizes: Vec<(u64, u32)>,
     exprs: Vec<(u32, Expr<Name>)>,
-    backtrack: Vec<(Target, fancy_regex::Regex, u32)>,
+    backtrack: Vec<(Target, super::backtrack::Backtrack, u32)>,
     threshold: Option<f64>,
 }
 

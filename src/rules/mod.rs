@@ -112,7 +112,7 @@ pub struct RuleSet {
     pub(crate) negated: Vec<u32>,
     pub(crate) exprs: Vec<(u32, expr::Expr<u32>)>,
     /// `backtrack: true` regex rules, each run on its own.
-    pub(crate) backtrack: Vec<(compile::Target, fancy_regex::Regex, u32)>,
+    pub(crate) backtrack: Vec<(compile::Target, backtrack::Backtrack, u32)>,
     pub(crate) threshold: f64,
     pub(crate) spam_action: Action,
     pub(crate) files: usize,

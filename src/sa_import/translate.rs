@@ -223,7 +223,7 @@ pub fn translate(items: &[Located], files: &[String]) -> Imported {
             return Ok(None);
         }
         match scores.get(n) {
-            Some(&s) if s == 0.0 => Err(Skip::Disabled),
+            Some(&0.0) => Err(Skip::Disabled),
             Some(&s) => Ok(Some(s)),
             None if n.starts_with("T_") => Ok(Some(0.01)),
             None if has_flag(n, "nice") => Ok(Some(-1.0)),
