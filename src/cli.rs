@@ -65,6 +65,10 @@ pub struct ImportSaArgs {
     /// Do not turn SpamAssassin's required_score into `threshold:` (keep your rules' threshold).
     #[arg(long)]
     pub no_threshold: bool,
+    /// Skip patterns that need look-around or back-references instead of running them on
+    /// the bounded backtracking engine: fewer rules, faster evaluation.
+    #[arg(long)]
+    pub no_backtrack: bool,
 }
 
 #[derive(Debug, Args)]

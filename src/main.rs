@@ -28,6 +28,7 @@ fn main() -> ExitCode {
             output: args.output,
             verbose: args.verbose,
             no_threshold: args.no_threshold,
+            no_backtrack: args.no_backtrack,
         }) as u8),
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 //!
 //! popsift's own matcher is linear-time; a backtracking engine is not, and a hostile header
 //! could make a pattern like `(a+)+\1` take exponential time. Each match is therefore capped
-//! at [`BACKTRACK_LIMIT`] backtracking steps (about a millisecond of work); a match that hits
+//! at [`BACKTRACK_LIMIT`] backtracking steps; a match that hits
 //! the cap counts as *no match*, so a stalled pattern can never condemn a message. Patterns
 //! are size-limited like ordinary ones. `popsift import-sa` uses this for SpamAssassin
 //! patterns that Rust's `regex` cannot run.
@@ -28,9 +28,8 @@ pub fn build(pattern: &str) -> Result<Backtrack, String> {
         .delegate_size_limit(super::multiregex::PATTERN_SIZE_LIMIT)
         .build()
         .map_err(|e| e.to_string())?;
-    let prefilter = relax(pattern).and_then(|p| {
-        regex::RegexBuilder::new(&p).size_limit(super::multiregex::PATTERN_SIZE_LIMIT).build().ok()
-    });
+    let prefilter = relax(pattern)
+        .and_then(|p| regex::RegexBuilder::new(&p).size_limit(super::multiregex::PATTERN_SIZE_LIMIT).build().ok());
     Ok(Backtrack { re, prefilter })
 }
 
@@ -174,6 +173,30 @@ mod tests {
         assert!(is_match(&re, "foobaz"));
         assert!(!is_match(&re, "foobar"));
         assert!(build(r"(?<=a").is_err());
+    }
+
+    #[test]
+    fn rule_files_use_it() {
+        let load = |y: &str| {
+            crate::rules::compile::load_str(
+                std::path::Path::new("/tmp/bt/r.yaml"),
+                y,
+                &crate::rules::EngineOptions::default(),
+            )
+        };
+        let set = load(
+            "rules:\n  - id: A\n    header: Subject\n    regex: '(\\w+) \\1'\n    backtrack: true\n    score: 1\n\
+             \x20 - id: B\n    header: From\n    regex: 'x(?!y)'\n    backtrack: true\n    negate: true\n    score: 1\n",
+        )
+        .unwrap();
+        let hits = |h: &[u8]| set.evaluate(h, 1).rules.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+        assert_eq!(hits(b"Subject: buy buy\nFrom: xy\n\n"), ["A", "B"]);
+        assert_eq!(hits(b"Subject: buy now\nFrom: xz\n\n"), Vec::<String>::new());
+        let err =
+            load("rules:\n  - id: A\n    header: Subject\n    regex: 'a(?=b'\n    backtrack: true\n").unwrap_err();
+        assert!(err.to_string().contains("r.yaml:4:12: rule A: regex:"), "{err}");
+        let err = load("rules:\n  - id: A\n    header: Subject\n    keywords: [a]\n    backtrack: true\n").unwrap_err();
+        assert!(err.to_string().contains("backtrack: only for regex"), "{err}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub use translate::{Imported, Options, Report};
 pub fn import_texts(names: &[String], texts: &[&str], opts: &Options) -> (String, Imported) {
     let mut env = parse::Env::default_sa();
     let items = parse::parse_files(texts, &mut env);
-    let imported = translate::translate(&items, names);
+    let imported = translate::translate(&items, names, opts);
     let yaml = translate::to_yaml(&imported, names, opts);
     (yaml, imported)
 }
@@ -57,6 +57,7 @@ pub struct RunArgs {
     pub output: Option<PathBuf>,
     pub verbose: bool,
     pub no_threshold: bool,
+    pub no_backtrack: bool,
 }
 
 /// Runs the command: 0 done, 1 the output would not load (a bug, reported), 2 unreadable input
@@ -89,6 +90,7 @@ pub fn run(args: &RunArgs) -> i32 {
     let opts = Options {
         no_threshold: args.no_threshold,
         sources: args.paths.iter().map(|p| p.display().to_string()).collect(),
+        no_backtrack: args.no_backtrack,
     };
     let (yaml, imported) = import_texts(&names, &refs, &opts);
     // The output must pass `popsift check` on its own.

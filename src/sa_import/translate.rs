@@ -163,6 +163,8 @@ pub struct Options {
     pub no_threshold: bool,
     /// The paths given on the command line, for the file's heading.
     pub sources: Vec<String>,
+    /// Skip patterns that need the backtracking engine (faster evaluation, fewer rules).
+    pub no_backtrack: bool,
 }
 
 /// The headers SpamAssassin's `MESSAGEID` joins (PerMsgStatus::_get).
@@ -176,7 +178,7 @@ pub struct Imported {
 }
 
 /// Translates directives (already in load order) into popsift rules.
-pub fn translate(items: &[Located], files: &[String]) -> Imported {
+pub fn translate(items: &[Located], files: &[String], opts: &Options) -> Imported {
     let mut defs: HashMap<String, Def> = HashMap::new();
     let mut scores: HashMap<String, f64> = HashMap::new();
     let mut describes: HashMap<String, String> = HashMap::new();
@@ -278,7 +280,7 @@ pub fn translate(items: &[Located], files: &[String]) -> Imported {
                 score,
                 origin: origin.clone(),
             };
-            header_rule(base, test, &defs)
+            header_rule(base, test, &defs, opts.no_backtrack)
         })();
         match result {
             Ok((rules, changed)) => {
@@ -396,7 +398,12 @@ pub fn translate(items: &[Located], files: &[String]) -> Imported {
 }
 
 /// One header rule; returns the rules to write and whether it needed rewriting.
-fn header_rule(base: PRule, test: &HeaderTest, defs: &HashMap<String, Def>) -> Result<(Vec<PRule>, bool), Skip> {
+fn header_rule(
+    base: PRule,
+    test: &HeaderTest,
+    defs: &HashMap<String, Def>,
+    no_backtrack: bool,
+) -> Result<(Vec<PRule>, bool), Skip> {
     let (target, negate, pattern, unset) = match test {
         HeaderTest::Exists(h) => {
             let header = target_of(h)?;
@@ -426,7 +433,12 @@ fn header_rule(base: PRule, test: &HeaderTest, defs: &HashMap<String, Def>) -> R
         HeaderTest::Match { target, negate, pattern, unset } => (target, *negate, pattern, unset),
     };
     let header = target_of(target)?;
-    let tr = perlre::translate(pattern).map_err(|e| Skip::Regex(e.0))?;
+    let tr = if no_backtrack {
+        perlre::translate_with(pattern, false).map(|p| perlre::Translated { pattern: p, backtrack: false })
+    } else {
+        perlre::translate(pattern)
+    }
+    .map_err(|e| Skip::Regex(e.0))?;
     let (re, backtrack) = (tr.pattern, tr.backtrack);
     let compiled = crate::rules::backtrack::build(&re).map_err(Skip::Regex)?;
     let compiled = |s: &str| crate::rules::backtrack::is_match(&compiled, s);
@@ -681,7 +693,7 @@ mod tests {
     fn run(text: &str) -> Imported {
         let mut env = Env::default_sa();
         let items = parse_files(&[text], &mut env);
-        translate(&items, &["t.cf".to_string()])
+        translate(&items, &["t.cf".to_string()], &Options::default())
     }
     fn rules(imp: &Imported) -> Vec<PRule> {
         imp.rules.iter().flat_map(|(_, v)| v.clone()).collect()
@@ -789,6 +801,10 @@ mod tests {
         let imp = run("header B X =~ /a(?!b)/\n");
         assert_eq!(rule(&imp, "B").test, PTest::Backtrack("a(?!b)".into()));
         assert_eq!(imp.report.translated, 1);
+        let mut env = Env::default_sa();
+        let items = parse_files(&["header B X =~ /a(?!b)/\n"], &mut env);
+        let imp = translate(&items, &["t.cf".into()], &Options { no_backtrack: true, ..Options::default() });
+        assert_eq!(imp.report.skipped[0].skip, Skip::Regex("look-ahead".into()));
         assert_eq!(skipped("header B X =~ /a/\nscore B 0\n"), Skip::Disabled);
         assert_eq!(skipped("meta B 0\n"), Skip::Disabled);
         assert_eq!(skipped("header B X =~ /<A>/\nreplace_rules B\n"), Skip::ReplaceTags);
