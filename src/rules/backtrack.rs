@@ -33,12 +33,18 @@ pub fn build(pattern: &str) -> Result<Backtrack, String> {
     Ok(Backtrack { re, prefilter })
 }
 
+/// Whether `re` matches `text`; `None` when it ran out of steps (the caller makes the rule
+/// not fire, negated or not).
+pub fn try_match(re: &Backtrack, text: &str) -> Option<bool> {
+    if re.prefilter.as_ref().is_some_and(|p| !p.is_match(text)) {
+        return Some(false);
+    }
+    re.re.is_match(text).ok()
+}
+
 /// Whether `re` matches `text`; running out of steps is no match.
 pub fn is_match(re: &Backtrack, text: &str) -> bool {
-    if re.prefilter.as_ref().is_some_and(|p| !p.is_match(text)) {
-        return false;
-    }
-    re.re.is_match(text).unwrap_or(false)
+    try_match(re, text).unwrap_or(false)
 }
 
 /// A pattern matching a superset of `p`'s matches in `regex` syntax: look-around groups and
@@ -192,6 +198,11 @@ mod tests {
         let hits = |h: &[u8]| set.evaluate(h, 1).rules.iter().map(|r| r.to_string()).collect::<Vec<_>>();
         assert_eq!(hits(b"Subject: buy buy\nFrom: xy\n\n"), ["A", "B"]);
         assert_eq!(hits(b"Subject: buy now\nFrom: xz\n\n"), Vec::<String>::new());
+        // Out of steps: the rule does not fire, even negated.
+        let set = load("rules:\n  - id: N\n    header: Subject\n    regex: '^(a|aa)+\\1$'\n    backtrack: true\n    negate: true\n    score: 1\n").unwrap();
+        let hostile = format!("Subject: {}b\n\n", "a".repeat(40));
+        assert!(set.evaluate(hostile.as_bytes(), 1).rules.is_empty());
+        assert_eq!(set.evaluate(b"Subject: b\n\n", 1).rules.len(), 1);
         let err =
             load("rules:\n  - id: A\n    header: Subject\n    regex: 'a(?=b'\n    backtrack: true\n").unwrap_err();
         assert!(err.to_string().contains("r.yaml:4:12: rule A: regex:"), "{err}");
@@ -225,9 +236,11 @@ mod tests {
 
     #[test]
     fn catastrophic_pattern_is_bounded_and_no_match() {
-        let re = build(r"^(a+)+\1b$").unwrap();
-        let hostile = "a".repeat(40);
+        let re = build(r"^(a|aa)+\1$").unwrap();
+        // Passes the prefilter (`^(a|aa)+(?s:.*?)$`), then backtracks exponentially.
+        let hostile = format!("{}b", "a".repeat(40));
         let t = std::time::Instant::now();
+        assert_eq!(try_match(&re, &hostile), None, "ran out of steps");
         assert!(!is_match(&re, &hostile));
         // Generous bound for a loaded machine: unbounded, this takes far longer than the
         // age of the universe.

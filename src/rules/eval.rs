@@ -196,7 +196,9 @@ pub fn evaluate(set: &RuleSet, h: &Headers, size: u64) -> Verdict {
     }
     for (t, re, r) in &set.backtrack {
         let v = target_value(h, t);
-        hits.set(*r, super::backtrack::is_match(re, v.as_deref().unwrap_or("")));
+        // Out of steps: set so that the rule ends up not firing, negated or not.
+        let neg = set.rules.get(*r as usize).is_some_and(|rule| rule.negate);
+        hits.set(*r, super::backtrack::try_match(re, v.as_deref().unwrap_or("")).unwrap_or(neg));
     }
     for (name, want, r) in &set.exists {
         hits.set(*r, h.contains(name) == *want);
