@@ -628,7 +628,8 @@ fn fmt_score(v: f64) -> String {
 pub fn to_yaml(imp: &Imported, files: &[String], opts: &Options) -> String {
     let r = &imp.report;
     let mut y = String::new();
-    let _ = writeln!(y, "# SpamAssassin rules imported by `popsift import-sa` from {} files in:", files.len());
+    let plural = if files.len() == 1 { "" } else { "s" };
+    let _ = writeln!(y, "# SpamAssassin rules imported by `popsift import-sa` from {} file{plural} in:", files.len());
     for f in &opts.sources {
         let _ = writeln!(y, "#   {f}");
     }
@@ -651,7 +652,10 @@ pub fn to_yaml(imp: &Imported, files: &[String], opts: &Options) -> String {
     let _ = writeln!(y, "rules:");
     for (file, rules) in &imp.rules {
         let _ = writeln!(y, "\n  # ---- {} ----", files[*file]);
-        for rule in rules {
+        for (i, rule) in rules.iter().enumerate() {
+            if i > 0 {
+                y.push('\n');
+            }
             let _ = writeln!(y, "  - id: {}", rule.id);
             if let Some(d) = &rule.describe {
                 let _ = writeln!(y, "    describe: {}", yaml_str(d));
