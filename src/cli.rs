@@ -67,6 +67,8 @@ pub enum Command {
     /// Write a commented starter popsift.yaml and a copy of the shipped rules to edit
     /// [default DIR: $XDG_CONFIG_HOME/popsift, else ~/.config/popsift]. Never overwrites.
     Init(InitArgs),
+    /// Convert SpamAssassin .cf rules (files or directories) into one popsift rule file.
+    ImportSa(ImportSaArgs),
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +110,27 @@ pub struct TrainArgs {
     pub config: Option<PathBuf>,
     /// Messages labelled by --labels.
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportSaArgs {
+    /// .cf files or directories (each directory's *.cf in name order, as SpamAssassin loads
+    /// them), e.g. /usr/share/spamassassin /etc/spamassassin.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Write the rule file here (atomically) instead of to stdout.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// List every skipped rule with its file:line and reason.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+    /// Do not turn SpamAssassin's required_score into `threshold:` (keep your rules' threshold).
+    #[arg(long)]
+    pub no_threshold: bool,
+    /// Skip patterns that need look-around or back-references instead of running them on
+    /// the bounded backtracking engine: fewer rules, faster evaluation.
+    #[arg(long)]
+    pub no_backtrack: bool,
 }
 
 #[derive(Debug, Args)]

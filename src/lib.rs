@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod net;
 pub mod pop3;
 pub mod rules;
+pub mod sa_import;
 pub mod session;
 pub mod store;

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Quarantine(args) => cmd::quarantine::run(&args),
         Command::Train(args) => cmd::train::run(&args),
         Command::Init(args) => cmd::init::run(&args),
+        Command::ImportSa(args) => cmd::import_sa::run(&args),
         Command::Serve(args) => match cmd::serve::run(&args) {
             Ok(()) => Exit::Ok,
             Err(e) => {

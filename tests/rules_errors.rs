@@ -10,7 +10,7 @@ fn every_error_kind_with_positions() {
     let got: Vec<String> = errs.errors().iter().map(|e| e.to_string()).collect();
     let want = [
         "tests/fixtures/rules/errors/a.yaml:4:12: rule BAD_REGEX: regex: unclosed group",
-        "tests/fixtures/rules/errors/a.yaml:8:5: rule TYPO: unknown field `regx`, expected one of `id`, `describe`, `header`, `regex`, `keywords`, `keywords_file`, `whole_word`, `domain_in`, `address_in`, `exists`, `size_over`, `expr`, `bayes`, `negate`, `score`, `action`",
+        "tests/fixtures/rules/errors/a.yaml:8:5: rule TYPO: unknown field `regx`, expected one of `id`, `describe`, `header`, `regex`, `keywords`, `keywords_file`, `whole_word`, `domain_in`, `address_in`, `exists`, `size_over`, `expr`, `bayes`, `negate`, `score`, `action`, `backtrack`",
         "tests/fixtures/rules/errors/a.yaml:14:16: rule MISSING_LIST: domain_in: cannot read tests/fixtures/rules/errors/lists/nope.txt: No such file or directory (os error 2)",
         "tests/fixtures/rules/errors/a.yaml:16:16: rule BAD_SIZE: size_over: bad size \"10XB\": expected e.g. 2000, 500KB, 10MB or 1GB",
         "tests/fixtures/rules/errors/a.yaml:18:19: rule UNKNOWN_REF: expr: unknown rule id NOPE",

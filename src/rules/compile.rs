@@ -162,6 +162,7 @@ struct Loader<'a> {
     sizes: Vec<(u64, u32)>,
     bayes: Vec<(f64, f64, u32)>,
     exprs: Vec<(u32, Expr<Name>)>,
+    backtrack: Vec<(Target, super::backtrack::Backtrack, u32)>,
     threshold: Option<f64>,
 }
 
@@ -216,6 +217,7 @@ impl<'a> Loader<'a> {
             sizes: Vec::new(),
             bayes: Vec::new(),
             exprs: Vec::new(),
+            backtrack: Vec::new(),
             threshold: None,
         }
     }
@@ -456,6 +458,9 @@ impl Loader<'_> {
             return;
         }
         let cond = conds[0];
+        if rd.backtrack.is_some() && cond != "regex" {
+            e(self, "backtrack", ErrorKind::Schema, "backtrack: only for regex".into());
+        }
         if rd.whole_word.is_some() && cond != "keywords" {
             e(self, "whole_word", ErrorKind::Schema, "whole_word: only for keywords".into());
         }
@@ -489,6 +494,20 @@ impl Loader<'_> {
         let idx = self.rules.len() as u32;
         let path = self.files[file].0.clone();
         let compiled_cond = match cond {
+            "regex" if rd.backtrack == Some(true) => {
+                let pat = rd.regex.clone().unwrap_or_default();
+                match super::backtrack::build(&pat) {
+                    Ok(re) => {
+                        let Some(t) = target else { return };
+                        self.backtrack.push((t, re, idx));
+                    }
+                    Err(m) => {
+                        e(self, "regex", ErrorKind::Regex, format!("regex: {m}"));
+                        return;
+                    }
+                }
+                Cond::Header
+            }
             "regex" => {
                 let pat = rd.regex.clone().unwrap_or_default();
                 // Validate alone for a precise message (the set would only say "some pattern").
@@ -745,6 +764,7 @@ impl Loader<'_> {
             bayes: self.bayes,
             negated,
             exprs: order,
+            backtrack: self.backtrack,
             threshold: self.threshold.unwrap_or(super::DEFAULT_THRESHOLD),
             spam_action: self.opts.spam_action,
             files: self.files.len(),

@@ -205,6 +205,12 @@ pub fn evaluate_with(set: &RuleSet, h: &Headers, size: u64, classify: Option<Cla
     for tm in &set.targets {
         match_target(h, tm, &mut hits);
     }
+    for (t, re, r) in &set.backtrack {
+        let v = target_value(h, t);
+        // Out of steps: set so that the rule ends up not firing, negated or not.
+        let neg = set.rules.get(*r as usize).is_some_and(|rule| rule.negate);
+        hits.set(*r, super::backtrack::try_match(re, v.as_deref().unwrap_or("")).unwrap_or(neg));
+    }
     for (name, want, r) in &set.exists {
         hits.set(*r, h.contains(name) == *want);
     }

@@ -3,10 +3,16 @@
 //! Grammar (precedence low to high, `&&`/`||` left-associative):
 //! ```text
 //! or   = and { "||" and }
-//! and  = not { "&&" not }
+//! and  = cmp { "&&" cmp }
+//! cmp  = sum [ (">" | ">=" | "<" | "<=" | "==" | "!=") NUMBER ]
+//! sum  = not { ("+" | "-") not }
 //! not  = "!" not | atom
-//! atom = ID | "(" or ")"          ID = [A-Za-z0-9_.-]+
+//! atom = ID | "(" or ")"          ID = [A-Za-z0-9_.-]+, NUMBER = [0-9]+
 //! ```
+//! A rule counts 1 when it matched and 0 when not, so `A + B + C >= 2` means "at least two
+//! of A, B, C" (SpamAssassin's counting metas). `&&`, `||`, `!` and comparisons give 0 or 1;
+//! an expression is true when its value is not 0. A `-` between ids needs spaces around it
+//! (`A - B`), since `-` may also be part of an id.
 //! Parsing yields names with their byte offsets; [`Expr::resolve`] turns them into rule
 //! indices once every file is loaded (so an expr may name a rule from any file).
 
@@ -17,6 +23,34 @@ pub enum Expr<R> {
     Not(Box<Expr<R>>),
     And(Vec<Expr<R>>),
     Or(Vec<Expr<R>>),
+    /// Terms added (`false`) or subtracted (`true`).
+    Sum(Vec<(bool, Expr<R>)>),
+    /// A value compared with a constant.
+    Cmp(Box<Expr<R>>, CmpOp, i64),
+}
+
+/// A comparison operator of a counting expression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+}
+
+impl CmpOp {
+    fn apply(self, a: i64, b: i64) -> bool {
+        match self {
+            CmpOp::Gt => a > b,
+            CmpOp::Ge => a >= b,
+            CmpOp::Lt => a < b,
+            CmpOp::Le => a <= b,
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+        }
+    }
 }
 
 /// A reference as written: the id and its byte offset in the expression.
@@ -37,6 +71,9 @@ enum Tok {
     Not,
     Open,
     Close,
+    Plus,
+    Minus,
+    Cmp(CmpOp),
 }
 
 fn is_id_char(c: u8) -> bool {
@@ -63,8 +100,31 @@ fn lex(s: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                 out.push((Tok::Or, i));
                 i += 2;
             }
+            b'!' if two == Some(b"!=") => {
+                out.push((Tok::Cmp(CmpOp::Ne), i));
+                i += 2;
+            }
             b'!' => {
                 out.push((Tok::Not, i));
+                i += 1;
+            }
+            b'=' if two == Some(b"==") => {
+                out.push((Tok::Cmp(CmpOp::Eq), i));
+                i += 2;
+            }
+            b'>' | b'<' => {
+                let eq = b.get(i + 1) == Some(&b'=');
+                let op = match (c, eq) {
+                    (b'>', true) => CmpOp::Ge,
+                    (b'>', false) => CmpOp::Gt,
+                    (_, true) => CmpOp::Le,
+                    (_, false) => CmpOp::Lt,
+                };
+                out.push((Tok::Cmp(op), i));
+                i += 1 + eq as usize;
+            }
+            b'+' => {
+                out.push((Tok::Plus, i));
                 i += 1;
             }
             b'(' => {
@@ -80,7 +140,11 @@ fn lex(s: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                 while i < b.len() && is_id_char(b[i]) {
                     i += 1;
                 }
-                out.push((Tok::Id(s[start..i].to_string()), start));
+                let tok = match &s[start..i] {
+                    "-" => Tok::Minus,
+                    id => Tok::Id(id.to_string()),
+                };
+                out.push((tok, start));
             }
             _ => {
                 let ch = s[i..].chars().next().unwrap_or('?');
@@ -122,12 +186,42 @@ impl Parser {
         Ok(if v.len() == 1 { v.remove(0) } else { Expr::Or(v) })
     }
     fn and(&mut self) -> Result<Expr<Name>, ExprError> {
-        let mut v = vec![self.not()?];
+        let mut v = vec![self.cmp()?];
         while self.peek() == Some(&Tok::And) {
             self.pos += 1;
-            v.push(self.not()?);
+            v.push(self.cmp()?);
         }
         Ok(if v.len() == 1 { v.remove(0) } else { Expr::And(v) })
+    }
+    fn cmp(&mut self) -> Result<Expr<Name>, ExprError> {
+        let e = self.sum()?;
+        let Some(Tok::Cmp(op)) = self.peek().cloned() else {
+            return Ok(e);
+        };
+        self.pos += 1;
+        let n = match self.peek() {
+            Some(Tok::Id(id)) => match id.parse::<i64>() {
+                Ok(n) => n,
+                Err(_) => return self.err("expected a whole number after the comparison"),
+            },
+            _ => return self.err("expected a whole number after the comparison"),
+        };
+        self.pos += 1;
+        Ok(Expr::Cmp(Box::new(e), op, n))
+    }
+    fn sum(&mut self) -> Result<Expr<Name>, ExprError> {
+        let first = self.not()?;
+        let mut v = vec![(false, first)];
+        loop {
+            let neg = match self.peek() {
+                Some(Tok::Plus) => false,
+                Some(Tok::Minus) => true,
+                _ => break,
+            };
+            self.pos += 1;
+            v.push((neg, self.not()?));
+        }
+        Ok(if v.len() == 1 { v.remove(0).1 } else { Expr::Sum(v) })
     }
     fn not(&mut self) -> Result<Expr<Name>, ExprError> {
         if self.peek() == Some(&Tok::Not) {
@@ -164,7 +258,9 @@ impl Parser {
                 Ok(e)
             }
             Some(Tok::Close) => self.err("unexpected `)`"),
-            Some(Tok::And) | Some(Tok::Or) => self.err("expected a rule id, `!` or `(`"),
+            Some(Tok::And) | Some(Tok::Or) | Some(Tok::Plus) | Some(Tok::Minus) | Some(Tok::Cmp(_)) => {
+                self.err("expected a rule id, `!` or `(`")
+            }
             Some(Tok::Not) => self.err("unexpected `!`"),
             None => self.err("unexpected end of expression"),
         }
@@ -182,6 +278,7 @@ pub fn parse(s: &str) -> Result<Expr<Name>, ExprError> {
     if p.pos < p.toks.len() {
         return match p.peek() {
             Some(Tok::Close) => p.err("unexpected `)`"),
+            Some(Tok::Cmp(_)) => p.err("comparisons cannot be chained: use parentheses and `&&`"),
             _ => p.err("expected `&&`, `||` or end of expression"),
         };
     }
@@ -200,6 +297,8 @@ impl Expr<Name> {
             Expr::Rule(n) => f(n),
             Expr::Not(e) => e.walk(f),
             Expr::And(v) | Expr::Or(v) => v.iter().for_each(|e| e.walk(f)),
+            Expr::Sum(v) => v.iter().for_each(|(_, e)| e.walk(f)),
+            Expr::Cmp(e, _, _) => e.walk(f),
         }
     }
     /// Maps names to indices; `lookup` returns `None` for unknown ids (then so does this).
@@ -209,6 +308,8 @@ impl Expr<Name> {
             Expr::Not(e) => Expr::Not(Box::new(e.resolve(lookup)?)),
             Expr::And(v) => Expr::And(v.iter().map(|e| e.resolve(lookup)).collect::<Option<_>>()?),
             Expr::Or(v) => Expr::Or(v.iter().map(|e| e.resolve(lookup)).collect::<Option<_>>()?),
+            Expr::Sum(v) => Expr::Sum(v.iter().map(|(n, e)| Some((*n, e.resolve(lookup)?))).collect::<Option<_>>()?),
+            Expr::Cmp(e, op, n) => Expr::Cmp(Box::new(e.resolve(lookup)?), *op, *n),
         })
     }
 }
@@ -221,6 +322,15 @@ impl Expr<u32> {
             Expr::Not(e) => !e.eval(hit),
             Expr::And(v) => v.iter().all(|e| e.eval(hit)),
             Expr::Or(v) => v.iter().any(|e| e.eval(hit)),
+            Expr::Sum(_) => self.value(hit) != 0,
+            Expr::Cmp(e, op, n) => op.apply(e.value(hit), *n),
+        }
+    }
+    /// The numeric value: a sum counts, everything else is 0 or 1.
+    fn value(&self, hit: &impl Fn(u32) -> bool) -> i64 {
+        match self {
+            Expr::Sum(v) => v.iter().map(|(neg, e)| if *neg { -e.value(hit) } else { e.value(hit) }).sum(),
+            e => e.eval(hit) as i64,
         }
     }
     /// Every rule index referenced.
@@ -229,6 +339,8 @@ impl Expr<u32> {
             Expr::Rule(r) => out.push(*r),
             Expr::Not(e) => e.deps(out),
             Expr::And(v) | Expr::Or(v) => v.iter().for_each(|e| e.deps(out)),
+            Expr::Sum(v) => v.iter().for_each(|(_, e)| e.deps(out)),
+            Expr::Cmp(e, _, _) => e.deps(out),
         }
     }
 }
@@ -271,5 +383,42 @@ mod tests {
         let x = e.resolve(&|n| ids.iter().position(|i| *i == n).map(|p| p as u32)).unwrap();
         assert!(x.eval(&|r| r == 0));
         assert!(!x.eval(&|r| r == 0 || r == 2));
+    }
+
+    fn eval_with(src: &str, ids: &[&str], hits: &[&str]) -> bool {
+        let e = parse(src).unwrap();
+        let x = e.resolve(&|n| ids.iter().position(|i| *i == n).map(|p| p as u32)).unwrap();
+        x.eval(&|r| hits.contains(&ids[r as usize]))
+    }
+
+    #[test]
+    fn counting() {
+        let ids = ["A", "B", "C", "D"];
+        assert!(eval_with("(A + B + C) > 1", &ids, &["A", "C"]));
+        assert!(!eval_with("(A + B + C) > 1", &ids, &["B"]));
+        assert!(eval_with("A + B >= 2", &ids, &["A", "B"]));
+        assert!(!eval_with("A + B >= 2", &ids, &["A"]));
+        assert!(eval_with("D && (A + B + C >= 1)", &ids, &["D", "B"]));
+        assert!(!eval_with("D && (A + B + C >= 1)", &ids, &["A"]));
+        assert!(eval_with("A - B > 0", &ids, &["A"]));
+        assert!(!eval_with("A - B > 0", &ids, &["A", "B"]));
+        assert!(eval_with("A + B == 1", &ids, &["B"]));
+        assert!(eval_with("A + B != 1", &ids, &[]));
+        assert!(eval_with("A + B < 2 && !C", &ids, &["A"]));
+        assert!(eval_with("!A + B <= 0", &ids, &["A"]));
+        // A bare sum is true when not 0.
+        assert!(eval_with("A + B", &ids, &["B"]));
+        assert!(!eval_with("A - B", &ids, &["A", "B"]));
+        // Ids keep `-` and digits when written without spaces.
+        assert_eq!(parse("X-Y").unwrap(), r("X-Y", 0));
+    }
+
+    #[test]
+    fn counting_errors() {
+        let e = |s: &str| parse(s).unwrap_err();
+        assert!(e("A + B > C").message.contains("whole number"));
+        assert!(e("A > 1 > 0").message.contains("chained"));
+        assert_eq!(e("A + ").offset, 4);
+        assert_eq!(e("> 1").offset, 0);
     }
 }

@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod backtrack;
 pub mod compile;
 pub mod decode;
 pub mod error;
@@ -112,6 +113,8 @@ pub struct RuleSet {
     pub(crate) bayes: Vec<(f64, f64, u32)>,
     pub(crate) negated: Vec<u32>,
     pub(crate) exprs: Vec<(u32, expr::Expr<u32>)>,
+    /// `backtrack: true` regex rules, each run on its own.
+    pub(crate) backtrack: Vec<(compile::Target, backtrack::Backtrack, u32)>,
     pub(crate) threshold: f64,
     pub(crate) spam_action: Action,
     pub(crate) files: usize,
@@ -150,6 +153,7 @@ impl RuleSet {
             bayes: Vec::new(),
             negated: Vec::new(),
             exprs: Vec::new(),
+            backtrack: Vec::new(),
             threshold: DEFAULT_THRESHOLD,
             spam_action: Action::Tag,
             files: 0,

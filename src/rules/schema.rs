@@ -66,6 +66,9 @@ pub struct RuleDef {
     pub score: Option<f64>,
     #[serde(default)]
     pub action: Option<Action>,
+    /// Run `regex:` on the bounded backtracking engine (look-around, back-references).
+    #[serde(default)]
+    pub backtrack: Option<bool>,
 }
 
 /// Parses `10MB`, `512 KB`, `1.5GB`, `2000` (bytes). Units are binary (KB = 1024 bytes).
