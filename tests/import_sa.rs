@@ -111,10 +111,12 @@ fn import_stock_rules_check_and_agree_with_spamassassin() {
     assert!(out.contains("rules in 1 file OK"), "{out}");
     let both = tmp.path().join("rules");
     std::fs::create_dir(&both).unwrap();
+    let mut shipped = 0;
     for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "yaml") {
             std::fs::copy(&p, both.join(p.file_name().unwrap())).unwrap();
+            shipped += 1;
         }
     }
     std::fs::create_dir(both.join("lists")).unwrap();
@@ -125,7 +127,7 @@ fn import_stock_rules_check_and_agree_with_spamassassin() {
     std::fs::copy(&out1, both.join("60-spamassassin.yaml")).unwrap();
     let (code, out, err) = popsift(&["check", "--rules", both.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("rules in 5 files OK"), "{out}");
+    assert!(out.contains(&format!("rules in {} files OK", shipped + 1)), "{out}");
 
     // Per-rule hits: popsift's scan against SpamAssassin's own run.
     let msgs = messages();
