@@ -145,6 +145,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Reads at least one more byte into the buffer by `deadline`; a timeout reports
     /// `after` (the configured limit) and `phase`.
+    /// Reads what the socket already holds, without waiting: one poll of the read (plain or
+    /// TLS alike). `Ok(false)` when nothing was ready. A zero-length `tokio::time::timeout`
+    /// is no substitute: it only fires at the timer's next tick (about a millisecond), which
+    /// cost every one-command-at-a-time client that much per command.
+    pub fn fill_if_ready(&mut self, phase: Phase) -> Result<bool, SessionError> {
+        use std::future::Future;
+        use std::task::{Context, Poll, Wake, Waker};
+        struct NoWake;
+        impl Wake for NoWake {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let waker = Waker::from(std::sync::Arc::new(NoWake));
+        let mut cx = Context::from_waker(&waker);
+        let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
+        match read.poll(&mut cx) {
+            Poll::Pending => Ok(false),
+            Poll::Ready(Ok(0)) => Err(match self.side {
+                Side::Client => SessionError::ClientClosed,
+                Side::Upstream => SessionError::UpstreamClosed { phase },
+            }),
+            Poll::Ready(Ok(n)) => {
+                self.bytes_in += n as u64;
+                Ok(true)
+            }
+            Poll::Ready(Err(e)) => Err(match self.side {
+                Side::Client => SessionError::ClientIo(e),
+                Side::Upstream => SessionError::UpstreamIo { phase, source: e },
+            }),
+        }
+    }
+
     async fn fill_by(&mut self, deadline: Instant, after: Duration, phase: Phase) -> Result<(), SessionError> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);

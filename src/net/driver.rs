@@ -268,15 +268,9 @@ impl Session<'_> {
     /// command (a RETR relaying another reply as the message, a DELE's reply misread), so
     /// the session ends instead (`-ERR [SYS/TEMP]`, no UPDATE: nothing is deleted).
     async fn check_upstream_quiet(&mut self, phase: Phase) -> Result<(), SessionError> {
-        let t = self.ctx.config.timeouts.upstream_reply;
         let conn = &mut self.up()?.conn;
-        if conn.buffered().is_empty() {
-            // Poll the socket once without waiting: a zero timeout polls the read first.
-            match tokio::time::timeout(std::time::Duration::ZERO, conn.fill(t, phase)).await {
-                Err(_) => return Ok(()),
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(())) => {}
-            }
+        if conn.buffered().is_empty() && !conn.fill_if_ready(phase)? {
+            return Ok(());
         }
         let extra = conn.buffered();
         let shown = String::from_utf8_lossy(extra.get(..80).unwrap_or(extra)).into_owned();
