@@ -15,6 +15,7 @@ pub mod locate;
 pub mod mailfiles;
 pub mod metrics;
 pub mod net;
+pub mod panics;
 pub mod pop3;
 pub mod rules;
 pub mod sa_import;

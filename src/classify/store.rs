@@ -335,14 +335,7 @@ failure_from!(redb::TransactionError, redb::TableError, redb::StorageError, redb
 fn guarded<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Failure::Other(format!("redb panicked: {what}")))
-        }
+        Err(p) => Err(Failure::Other(format!("redb panicked: {}", crate::panics::message(&*p)))),
     }
 }
 

@@ -145,11 +145,7 @@ async fn supervise<F>(
         return;
     }
     let payload = e.into_panic();
-    let what = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into());
+    let what = crate::panics::message(&*payload);
     crate::metrics::session_panicked();
     error!(%peer, panic = %what, "session panicked (a bug); the client is told -ERR, nothing was deleted, and popsift keeps serving");
     let Some(std) = spare else { return };

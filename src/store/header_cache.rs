@@ -343,14 +343,7 @@ impl HeaderCache {
 fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(format!("redb panicked: {what}"))
-        }
+        Err(p) => Err(format!("redb panicked: {}", crate::panics::message(&*p))),
     }
 }
 
