@@ -2,17 +2,14 @@
 //! (`../shared/corpus/dev`, 1000 spam + 1000 ham), header-only, with and without the
 //! collectors' header fields stripped from the test folds. Skipped (and says so) when the
 //! corpus is absent. The floors are the targets; the figures are in the README.
-use std::path::{Path, PathBuf};
+#[path = "support/corpus.rs"]
+mod corpus;
+
+use std::path::Path;
 
 use popsift::classify::eval::{cross_validate, Labelled};
 use popsift::classify::{Tokenizer, DEFAULT_IGNORED_HEADERS};
 use popsift::rules::{EngineOptions, RuleSet};
-
-fn corpus() -> Option<PathBuf> {
-    let env = std::env::var_os("POPSIFT_DEV_CORPUS").map(PathBuf::from);
-    let p = env.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/dev"));
-    p.join("labels.tsv").is_file().then_some(p)
-}
 
 fn load(dir: &Path) -> Vec<Labelled> {
     let labels = popsift::mailfiles::read_labels(&dir.join("labels.tsv")).expect("labels.tsv");
@@ -26,10 +23,7 @@ fn load(dir: &Path) -> Vec<Labelled> {
 
 #[test]
 fn dev_corpus_cross_validation_meets_the_floor() {
-    let Some(dir) = corpus() else {
-        eprintln!("SKIPPED: dev corpus not found (../shared/corpus/dev or POPSIFT_DEV_CORPUS)");
-        return;
-    };
+    let Some(dir) = corpus::dev_corpus("dev_corpus_cross_validation_meets_the_floor") else { return };
     let messages = load(&dir);
     let rules_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
     let rules = RuleSet::load(&rules_dir, &EngineOptions::default()).expect("shipped rules load");

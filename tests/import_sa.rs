@@ -8,6 +8,9 @@
 //! rules plus `/etc/spamassassin`, local tests only, Bayes off, i.e. score set 0). Its hit
 //! lists include body, eval and network rules; they are compared only on the rules the import
 //! produced with a score (the ones `popsift scan` reports).
+#[path = "support/corpus.rs"]
+mod corpus;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,9 +53,7 @@ fn messages() -> Vec<PathBuf> {
     v.sort();
     // Every 40th message of the shared dev corpus when it is there (50 real messages, spam
     // and ham); the test passes without it on the fixtures alone.
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/dev");
-    let corpus = if corpus.exists() { corpus } else { PathBuf::from("/work/shared/corpus/dev") };
-    if let Ok(rd) = std::fs::read_dir(&corpus) {
+    if let Some(rd) = corpus::dev_corpus("import_sa (dev sample)").and_then(|c| std::fs::read_dir(c).ok()) {
         let mut dev: Vec<PathBuf> =
             rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect();
         dev.sort();

@@ -1,5 +1,7 @@
 //! `popsift check` and `popsift scan`, run as the built binary.
-use std::path::Path;
+#[path = "support/corpus.rs"]
+mod corpus;
+
 use std::process::Command;
 
 fn popsift(args: &[&str]) -> (i32, String, String) {
@@ -87,27 +89,7 @@ fn scan_mbox_and_maildir() {
 /// `/work/shared/corpus/dev`; without any of them the test prints that it SKIPPED.
 #[test]
 fn scan_dev_corpus_keeps_ham_clean() {
-    let corpus = match std::env::var_os("POPSIFT_DEV_CORPUS") {
-        Some(required) => {
-            let p = std::path::PathBuf::from(required);
-            assert!(p.join("labels.tsv").is_file(), "POPSIFT_DEV_CORPUS={} holds no labels.tsv", p.display());
-            p
-        }
-        None => {
-            let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/dev");
-            let found = [beside, "/work/shared/corpus/dev".into()].into_iter().find(|p| p.join("labels.tsv").is_file());
-            match found {
-                Some(p) => p,
-                None => {
-                    eprintln!(
-                        "SKIPPED scan_dev_corpus_keeps_ham_clean: dev corpus not found (set POPSIFT_DEV_CORPUS; \
-                         .ci/run does)"
-                    );
-                    return;
-                }
-            }
-        }
-    };
+    let Some(corpus) = corpus::dev_corpus("scan_dev_corpus_keeps_ham_clean") else { return };
     let labels = corpus.join("labels.tsv");
     let (code, out, _) =
         popsift(&["scan", "--rules", "rules", "--labels", labels.to_str().unwrap(), corpus.to_str().unwrap()]);
