@@ -110,13 +110,7 @@ pub fn cross_validate(
     on_error: bool,
 ) -> (Report, Vec<Scored>) {
     let k = k.max(2);
-    let mut prepared = Vec::new();
-    for m in messages {
-        let Some(block) = normalised_block(&m.bytes) else { continue };
-        let fold = digest(&block)[0] as usize % k;
-        let Some(tokens) = message_tokens(tokenizer, Some(rules), &m.bytes) else { continue };
-        prepared.push((fold, tokens, m));
-    }
+    let prepared = folds(messages, rules, tokenizer, k);
     let mut scored = Vec::with_capacity(prepared.len());
     for fold in 0..k {
         let mut model = Model::default().with_minimums(1, 1);
@@ -169,13 +163,8 @@ pub fn logistic_cross_validate(
 ) -> Vec<(f64, f64, f64)> {
     use std::collections::HashMap;
     let k = k.max(2);
-    let mut prepared = Vec::new();
-    for m in messages {
-        let Some(block) = normalised_block(&m.bytes) else { continue };
-        let fold = digest(&block)[0] as usize % k;
-        let Some(tokens) = message_tokens(tokenizer, Some(rules), &m.bytes) else { continue };
-        prepared.push((fold, tokens, m.spam));
-    }
+    let prepared: Vec<(usize, Vec<String>, bool)> =
+        folds(messages, rules, tokenizer, k).into_iter().map(|(f, t, m)| (f, t, m.spam)).collect();
     let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
     let mut scored = Vec::new();
     for fold in 0..k {
@@ -204,6 +193,23 @@ pub fn logistic_cross_validate(
         }
     }
     operating_points(&scored, &[0.001, 0.005, 0.01])
+}
+
+/// Each readable message with its fold (from the digest of its header block, so a message
+/// lands in the same fold in every run) and its tokens.
+fn folds<'a>(
+    messages: &'a [Labelled],
+    rules: &RuleSet,
+    tokenizer: &Tokenizer,
+    k: usize,
+) -> Vec<(usize, Vec<String>, &'a Labelled)> {
+    messages
+        .iter()
+        .filter_map(|m| {
+            let fold = digest(&normalised_block(&m.bytes)?)[0] as usize % k;
+            Some((fold, message_tokens(tokenizer, Some(rules), &m.bytes)?, m))
+        })
+        .collect()
 }
 
 #[cfg(test)]
