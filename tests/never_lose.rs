@@ -3,7 +3,7 @@
 //! front of the scripted upstream (`fake::scripted`: duplicate UIDLs, per-user mailboxes,
 //! a RETR longer than LIST) and asserts the data outcome: which `DELE`s reached the server
 //! and which files are in the quarantine. The property test at the end drives the pure
-//! decision code (`session::scan`) with random mailboxes, duplicate UIDLs and stale caches.
+//! decision code (`session::verdicts`) with random mailboxes, duplicate UIDLs and stale caches.
 // `fake` and `support` both bring the shared wait helper.
 #![allow(clippy::duplicate_mod)]
 mod fake;
@@ -344,7 +344,7 @@ mod decisions {
 
     use popsift::pop3::multiline::HeaderBlock;
     use popsift::rules::{Action, EngineOptions, RuleSet};
-    use popsift::session::scan::{build_entries, recheck, to_recheck, uidl_trust, Evaluated, ScanItem};
+    use popsift::session::verdicts::{build_entries, recheck, to_recheck, uidl_trust, Evaluated, ScanItem};
     use popsift::session::tag::TagSettings;
     use popsift::session::view::Disposition;
     use proptest::prelude::*;
@@ -396,7 +396,7 @@ mod decisions {
                 memo.insert((u.clone(), *size), e.evaluated.clone().unwrap());
                 cache.insert(u.clone(), (*size, h));
             }
-            // This login, as net::scan does it.
+            // This login, as net::login_scan does it.
             let list: Vec<(u32, u64)> = now.iter().enumerate().map(|(i, m)| (i as u32 + 1, m.2)).collect();
             let uidls: Vec<(u32, String)> = now.iter().enumerate().map(|(i, m)| (i as u32 + 1, m.1.clone())).collect();
             let trusted = uidl_trust(&list, &uidls).is_ok();

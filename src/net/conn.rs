@@ -297,25 +297,25 @@ impl BodyClock {
     }
 }
 
-impl Conn<tokio::net::TcpStream> {
+// Generic over the client stream (plain TCP, or TLS from the edge): both methods read
+// through `AsyncRead` only.
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Resolves when the client has gone (EOF, reset) while popsift waits on the upstream,
     /// so a session whose client left is torn down at once instead of waiting for a slow
     /// server. Meanwhile whatever the client sends is read into the buffer, up to `cap`
     /// octets (beyond that popsift stops reading: backpressure). An EOF behind buffered
     /// commands, or when `keep_on_eof` (the client already sent QUIT, RFC 1939 §6), is not
     /// "gone": those commands are still answered, and the EOF is met again when read.
+    /// Cancel-safe: `read_buf` either fills the buffer or takes nothing.
     pub async fn gone(&mut self, cap: usize, keep_on_eof: bool) -> SessionError {
         loop {
             if self.eof_seen || self.buf.len() >= cap {
                 std::future::pending::<()>().await;
             }
-            if let Err(e) = self.io.readable().await {
-                return SessionError::ClientIo(e);
-            }
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 self.buf.reserve(READ_CHUNK);
             }
-            match self.io.try_read_buf(&mut self.buf) {
+            match self.io.read_buf(&mut self.buf).await {
                 Ok(0) if self.buf.is_empty() && !keep_on_eof => return SessionError::ClientClosed,
                 Ok(0) => self.eof_seen = true,
                 Ok(n) => self.bytes_in += n as u64,
@@ -325,19 +325,13 @@ impl Conn<tokio::net::TcpStream> {
         }
     }
 
-    /// Reads what the socket already holds, without waiting. Returns whether bytes arrived.
+    /// Reads what the socket already holds, without waiting. Returns whether bytes arrived
+    /// (an EOF is `false`: it is met again by the next waiting read).
     pub fn try_fill(&mut self) -> Result<bool, SessionError> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
-        }
-        match self.io.try_read_buf(&mut self.buf) {
-            Ok(0) => Ok(false),
-            Ok(n) => {
-                self.bytes_in += n as u64;
-                Ok(true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(SessionError::ClientIo(e)),
+        match self.fill_if_ready(Phase::ClientIdle) {
+            Ok(more) => Ok(more),
+            Err(SessionError::ClientClosed) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }

@@ -7,45 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-/// What the session was doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Connect,
-    TlsHandshake,
-    Greeting,
-    Stls,
-    Capa,
-    Login,
-    Scan,
-    Relay,
-    Update,
-    /// Waiting for a client's next command to begin (`timeouts.client_idle`).
-    ClientIdle,
-    /// Waiting for the rest of a client command line whose first octet has arrived
-    /// (`timeouts.client_line`).
-    ClientLine,
-    /// Writing to a client that does not read (`timeouts.client_idle` per write).
-    ClientWrite,
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Phase::Connect => "connect",
-            Phase::TlsHandshake => "TLS handshake",
-            Phase::Greeting => "greeting",
-            Phase::Stls => "STLS",
-            Phase::Capa => "CAPA",
-            Phase::Login => "login",
-            Phase::Scan => "scan",
-            Phase::Relay => "relay",
-            Phase::Update => "update",
-            Phase::ClientIdle => "client idle",
-            Phase::ClientLine => "client command line",
-            Phase::ClientWrite => "writing to the client",
-        })
-    }
-}
+pub use crate::session::phase::Phase;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {

@@ -97,7 +97,7 @@ pub async fn serve(
                     continue;
                 };
                 let spare = spare_handle(&stream);
-                let session = driver::run(stream, peer, ctx.clone());
+                let session = driver::run_tcp(stream, peer, ctx.clone());
                 tokio::spawn(supervise(session, spare, peer, permit));
             }
         }));

@@ -5,9 +5,10 @@
 //!   timeouts and size caps.
 //! - [`tls`]: the rustls client configuration (platform + webpki roots + `--upstream-ca`).
 //! - [`upstream`]: connecting to the real server: TCP, implicit TLS or STLS, greeting, CAPA.
-//! - [`scan`]: the login scan (LIST, UIDL, windowed `TOP n 0`).
-//! - [`driver`]: one client session from accept to close: performs the decisions of the
-//!   session machines (`session::auth`, `session::pipeline`, `session::relay`).
+//! - [`login_scan`]: performs the login scan (LIST, UIDL, windowed `TOP n 0`, the header
+//!   cache, evaluation off the async threads, rechecks) and the quarantine copies.
+//! - [`driver`]: one client session from accept to close: the I/O pump that performs the
+//!   actions of [`crate::session::machine`] under named timeouts.
 //! - [`listener`]: accept loops, the session cap, graceful shutdown.
 //! - [`http`]: the bounded HTTP/1.1 server behind `/metrics` (and later HTTP listeners).
 //! - [`fd_budget`]: raising `RLIMIT_NOFILE` and checking the descriptor budget at start.
@@ -22,7 +23,8 @@ pub mod error;
 pub mod fd_budget;
 pub mod http;
 pub mod listener;
-pub mod scan;
+pub mod login_scan;
+pub mod quarantine_copy;
 pub mod stream;
 pub mod tls;
 pub mod upstream;

@@ -1,4 +1,5 @@
 //! The per-client session, as decisions over values: no sockets, no clock.
+//! [`machine::Machine`] is the session; the other modules are its parts.
 //!
 //! - [`view`]: the filtered mailbox the client sees (virtual ↔ upstream numbers, sizes,
 //!   deletion marks, what UPDATE must delete).
@@ -11,7 +12,11 @@
 //!   answer locally, relay upstream, or end the session.
 //! - [`relay`]: what a fetched message becomes: status size, tagged header block, the
 //!   bounded quarantine copy.
-//! - [`scan`]: turning LIST/UIDL/TOP results and rule verdicts into a view.
+//! - [`verdicts`]: turning LIST/UIDL/TOP results and rule verdicts into view entries.
+//! - [`evaluated`]: what evaluating one header block produced (shared by the view, the
+//!   verdicts and the verdict memo).
+//! - [`machine`]: the whole session as one sans-IO state machine over all of the above.
+//! - [`phase`]: what the session is doing, named in every timeout and error.
 //!
 //! `net::driver` executes these decisions; everything here is unit-tested without I/O.
 
@@ -21,12 +26,15 @@
 
 pub mod auth;
 pub mod capa;
+pub mod evaluated;
 #[doc(hidden)]
 pub mod invariants;
+pub mod machine;
+pub mod phase;
 pub mod pipeline;
 pub mod plan;
 pub mod relay;
-pub mod scan;
+pub mod verdicts;
 pub mod tag;
 pub mod view;
 

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use crate::rules::Verdict;
+pub use crate::session::evaluated::{Evaluated, HeaderRewrite};
 
 /// What popsift does with a message, decided at login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,21 +34,13 @@ pub struct Entry {
     pub rewrite: Option<Arc<HeaderRewrite>>,
     /// What the rules decided (`None`: not evaluated, e.g. the server had no TOP), shared
     /// with the verdict memo.
-    pub evaluated: Option<Arc<crate::session::scan::Evaluated>>,
+    pub evaluated: Option<Arc<Evaluated>>,
 }
 
 impl Entry {
     pub fn verdict(&self) -> Option<&Verdict> {
         self.evaluated.as_deref().map(|e| &e.verdict)
     }
-}
-
-/// A header block replacement: `size` = upstream size - original + replacement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderRewrite {
-    /// The header block as seen at login (unstuffed, with its empty line).
-    pub original: Vec<u8>,
-    pub replacement: Vec<u8>,
 }
 
 /// Why a message number was refused; the texts follow RFC 1939's examples.

@@ -13,7 +13,7 @@
 //! other. Callers only use the cache when the user name of the login is known for sure
 //! (USER/PASS, APOP, the identity inside SASL PLAIN/LOGIN/CRAM-MD5) and the server's UIDL
 //! listing is unique and well-formed; a cached header block that leads to a condemning
-//! verdict is re-read from the server before any DELE (see [`crate::session::scan`]).
+//! verdict is re-read from the server before any DELE (see [`crate::session::verdicts`]).
 //!
 //! # Store: redb
 //! [redb](https://docs.rs/redb) is an embedded key-value store in pure Rust: nothing for the

@@ -12,12 +12,12 @@
 //! disk, and a size mismatch (a reused UIDL) is a miss, as in the header cache. (UIDL,
 //! size) is not an identity: the memo is not used for a listing with duplicate UIDLs, and a
 //! memoised verdict that condemns is re-checked against fresh headers before any DELE
-//! (see [`crate::session::scan`]).
+//! (see [`crate::session::verdicts`]).
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::rules::RuleSet;
-use crate::session::scan::Evaluated;
+use crate::session::verdicts::Evaluated;
 use crate::store::header_cache::Scope;
 
 /// Memoised results of one mailbox: (UIDL, LIST size) → evaluation.

@@ -29,7 +29,7 @@
 //! in-memory verdict memo (no cache read at all) counts as `result="memo"`.
 //!
 //! A UIDL listing with duplicate, missing or malformed UIDLs (RFC 1939 §7; see
-//! [`crate::session::scan::uidl_trust`]) switches the cache and the memo off for the session
+//! [`crate::session::verdicts::uidl_trust`]) switches the cache and the memo off for the session
 //! (logged, counted in `popsift_uidl_untrusted_sessions_total`): (UIDL, size) is then not a
 //! message's identity. Results taken from the cache or the memo are marked `unverified`;
 //! before any of them condemns a message, [`refetch_headers`] reads its headers again.
@@ -50,35 +50,16 @@ use crate::pop3::listing::{parse_list, parse_uidl};
 use crate::pop3::multiline::{HeaderBlock, HeaderCollector};
 use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
 use crate::rules::RuleSet;
-use crate::session::scan::{evaluate, uidl_trust, Evaluated, ScanItem};
+pub use crate::session::verdicts::ScanOutcome;
+use crate::net::driver::SessionContext;
+use crate::session::verdicts::{build_entries, evaluate, recheck, to_recheck, uidl_trust, Evaluated, ScanItem};
+use crate::session::view::{Entry, MailboxView};
 use crate::session::tag::TagSettings;
 use crate::store::header_cache::{Fresh, HeaderCache, Scope, Wanted};
 use crate::store::verdict_memo::MailboxMemo;
 
 /// Cap on LIST and UIDL replies (a 100,000-message mailbox needs about 4 MiB of UIDL).
 const MAX_LISTING: usize = 64 * 1024 * 1024;
-
-#[derive(Debug)]
-pub struct ScanOutcome {
-    pub items: Vec<ScanItem>,
-    /// False when the server refused TOP: the mailbox is shown unfiltered.
-    pub top_supported: bool,
-    pub uidl_supported: bool,
-    /// UIDL is supported and the listing passed [`uidl_trust`]: UIDL-keyed shortcuts (cache,
-    /// memo, quarantine bookkeeping) may be used.
-    pub uidl_trusted: bool,
-    /// Per item: its headers or verdict came from the cache or the memo, not from this
-    /// session's `TOP` (see [`crate::session::scan::to_recheck`]).
-    pub unverified: Vec<bool>,
-    /// Messages whose TOP failed although TOP works for others.
-    pub top_failures: usize,
-    /// Header blocks taken from the cache, and `TOP` commands sent.
-    pub cache_hits: usize,
-    pub tops_sent: usize,
-    /// Header blocks evaluated during the scan, and the CPU seconds that took.
-    pub evaluated: usize,
-    pub eval_seconds: f64,
-}
 
 /// What the scan evaluates each header block with, batch by batch (see the module doc).
 #[derive(Clone)]
@@ -416,5 +397,213 @@ async fn read_headers(
             None => {}
         }
         conn.fill_body(&mut clock, Phase::Scan).await?;
+    }
+}
+
+/// One login scan's context, held by the driver between the machine's `Need::Scan` and
+/// `Need::Evaluate`: the rule set and model snapshot the session uses (a reload during the
+/// session does not change its view, and the verdict memo is valid only for this very
+/// set), whose mailbox it is, and the timings for the metrics.
+pub struct LoginScan {
+    rules: Arc<RuleSet>,
+    model: Option<Arc<crate::classify::Model>>,
+    model_generation: Option<u64>,
+    scope: Option<Scope>,
+    started: std::time::Instant,
+    /// Messages the rules looked at in this session, and the mean CPU seconds each took.
+    evaluated_now: usize,
+    eval_per_message: f64,
+}
+
+impl LoginScan {
+    pub fn start(ctx: &SessionContext, login_user: Option<&str>) -> LoginScan {
+        let rules = ctx.rules.current();
+        let model = ctx.model.current();
+        let model_generation = model.as_ref().map(|m| m.generation());
+        let scope = match (&ctx.cache, login_user) {
+            (Some(_), Some(user)) => Some(Scope::new(ctx.listener.upstream.display(), user.to_string())),
+            _ => None,
+        };
+        LoginScan {
+            rules,
+            model,
+            model_generation,
+            scope,
+            started: std::time::Instant::now(),
+            evaluated_now: 0,
+            eval_per_message: 0.0,
+        }
+    }
+
+    /// LIST, UIDL and `TOP n 0` (or the header cache) for every message: [`scan`].
+    pub async fn list(
+        &self,
+        up: &mut Conn<Stream>,
+        ctx: &SessionContext,
+        pipelining: bool,
+    ) -> Result<ScanOutcome, SessionError> {
+        let cfg = &ctx.config;
+        let cache = match (&ctx.cache, &self.scope) {
+            (Some(cache), Some(scope)) => {
+                let memo = ctx.memo.known_with_model(scope, &self.rules, self.model_generation);
+                Some(CacheUse { cache, scope: scope.clone(), memo })
+            }
+            _ => None,
+        };
+        let eval = Evaluator { rules: self.rules.clone(), model: self.model.clone(), tag: cfg.tag.clone() };
+        let outcome = scan(up, pipelining, &cfg.scan, &cfg.timeouts, cache, &eval).await?;
+        tracing::debug!(
+            messages = outcome.items.len(),
+            cache_hits = outcome.cache_hits,
+            tops_sent = outcome.tops_sent,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "mailbox listed and headers read"
+        );
+        Ok(outcome)
+    }
+
+    /// The scanned messages as view entries: the rules run on the blocking pool, a cached or
+    /// memoised verdict that condemns is re-checked against fresh headers, and the verdicts
+    /// are remembered for the next login.
+    pub async fn evaluate(
+        &mut self,
+        up: &mut Conn<Stream>,
+        ctx: &SessionContext,
+        outcome: ScanOutcome,
+    ) -> Result<Vec<Entry>, SessionError> {
+        let cfg = &ctx.config;
+        if !outcome.top_supported && !outcome.items.is_empty() {
+            warn_once_no_top(&ctx.listener.upstream.display());
+        }
+        if outcome.top_failures > 0 {
+            tracing::warn!(failures = outcome.top_failures, "TOP failed for some messages; they are shown unfiltered");
+        }
+        let uidl_trusted = outcome.uidl_trusted;
+        let unverified = outcome.unverified;
+        // Messages the rules actually look at now (not memoised, headers read); most were
+        // evaluated during the scan already.
+        self.evaluated_now =
+            outcome.evaluated + outcome.items.iter().filter(|i| i.memo.is_none() && i.headers.is_some()).count();
+        let eval_started = std::time::Instant::now();
+        let mut entries =
+            evaluate_off_thread(outcome.items, self.rules.clone(), self.model.clone(), cfg.dry_run, &cfg.tag).await;
+        let eval_seconds = outcome.eval_seconds + eval_started.elapsed().as_secs_f64();
+        self.eval_per_message = eval_seconds / self.evaluated_now.max(1) as f64;
+        // A cached or memoised verdict never condemns on its own: fetch those headers again.
+        let rechecks = to_recheck(&entries, &unverified, cfg.dry_run);
+        if !rechecks.is_empty() {
+            let msgs: Vec<(u32, u64)> =
+                rechecks.iter().filter_map(|&i| entries.get(i)).map(|e| (e.upstream, e.upstream_size)).collect();
+            let fresh = refetch_headers(up, &msgs, &cfg.scan, &cfg.timeouts).await?;
+            recheck(&mut entries, &rechecks, fresh, &self.rules, self.model.as_deref(), cfg.dry_run, &cfg.tag);
+            tracing::debug!(
+                rechecked = rechecks.len(),
+                "condemning verdicts from the cache re-checked against fresh headers"
+            );
+        }
+        if let (Some(scope), true) = (self.scope.clone(), uidl_trusted) {
+            let memo: MailboxMemo = entries
+                .iter()
+                .filter_map(|e| Some(((e.uidl.clone()?, e.upstream_size), e.evaluated.clone()?)))
+                .collect();
+            ctx.memo.store_with_model(scope, self.rules.clone(), self.model_generation, memo);
+        }
+        Ok(entries)
+    }
+
+    /// Logs and counts the verdicts of the finished view.
+    pub fn report(&self, view: &MailboxView, dry_run: bool) {
+        use crate::metrics as m;
+        // Evaluation runs in parallel chunks off the async threads, so per-message times are
+        // not observed one by one: each evaluated message records the batch's mean.
+        for _ in 0..self.evaluated_now {
+            m::rule_eval_duration(self.eval_per_message);
+        }
+        for e in view.entries() {
+            let Some(v) = e.verdict() else { continue };
+            m::message_scanned();
+            let action = v.action.map_or("none", |a| a.as_str());
+            m::message_verdict(if v.spam { "spam" } else { "ham" }, action);
+            for r in &v.rules {
+                m::rule_matched(r);
+            }
+            if v.action.is_some() || v.spam {
+                let rules: Vec<&str> = v.rules.iter().map(|r| &**r).collect();
+                tracing::info!(
+                    uidl = e.uidl.as_deref().unwrap_or("-"),
+                    msg = e.upstream,
+                    action,
+                    applied = ?e.disposition,
+                    dry_run,
+                    score = v.score,
+                    rules = rules.join(",").as_str(),
+                    "verdict"
+                );
+            }
+        }
+        m::scan_duration(self.started.elapsed().as_secs_f64());
+        let (_, hidden, condemned) = view.counts();
+        tracing::debug!(
+            messages = view.entries().len(),
+            hidden,
+            condemned,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "scan done"
+        );
+    }
+}
+
+/// Below this many messages the rules run in one blocking task; above, in one per core.
+const EVAL_CHUNK_MIN: usize = 256;
+
+/// Evaluates the rules for every scanned message on tokio's blocking pool (10,000 header
+/// blocks take tens of milliseconds of CPU: not something to run on an async worker),
+/// split over the available cores, results in server order.
+async fn evaluate_off_thread(
+    items: Vec<ScanItem>,
+    rules: Arc<RuleSet>,
+    model: Option<Arc<crate::classify::Model>>,
+    dry_run: bool,
+    tag: &TagSettings,
+) -> Vec<Entry> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunks = (items.len() / EVAL_CHUNK_MIN).clamp(1, cores);
+    let per = items.len().div_ceil(chunks).max(1);
+    let mut items = items;
+    let mut tasks = Vec::with_capacity(chunks);
+    while !items.is_empty() {
+        let rest = items.split_off(per.min(items.len()));
+        let chunk = std::mem::replace(&mut items, rest);
+        let (rules, model, tag) = (rules.clone(), model.clone(), tag.clone());
+        tasks.push(tokio::task::spawn_blocking(move || build_entries(chunk, &rules, model.as_deref(), dry_run, &tag)));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        // A panic in the rules engine is a bug; surface it like one.
+        out.extend(t.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
+    }
+    out
+}
+
+/// Most upstreams remembered as "warned about: no TOP". The set only saves log lines, so
+/// when it is full it is emptied and a warning may repeat once per upstream.
+const MAX_WARNED: usize = 1024;
+
+/// Warns once per upstream that its mail passes unfiltered (no TOP).
+fn warn_once_no_top(upstream: &str) {
+    use std::sync::{Mutex, OnceLock};
+    static WARNED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let set = WARNED.get_or_init(|| Mutex::new(HashSet::new()));
+    let first = set
+        .lock()
+        .map(|mut s| {
+            if s.len() >= MAX_WARNED && !s.contains(upstream) {
+                s.clear();
+            }
+            s.insert(upstream.to_string())
+        })
+        .unwrap_or(false);
+    if first {
+        tracing::warn!(upstream, "upstream does not support TOP: mail is passed through UNFILTERED (set scan.without_top: refuse to refuse such logins)");
     }
 }

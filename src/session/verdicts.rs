@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use crate::classify::Model;
 use crate::pop3::multiline::HeaderBlock;
-use crate::rules::{Action, RuleSet, Verdict};
+use crate::rules::{Action, RuleSet};
 use crate::session::tag::{self, TagSettings};
+pub use crate::session::evaluated::Evaluated;
 use crate::session::view::{Disposition, Entry, HeaderRewrite};
 
 /// What the scan learned about one upstream message.
@@ -33,8 +34,32 @@ pub struct ScanItem {
     /// `store::verdict_memo`); when present the headers are neither read nor evaluated.
     pub memo: Option<Arc<Evaluated>>,
     /// This message's header block, read in this session, already evaluated during the
-    /// scan (which then drops the block to bound its memory, see `net::scan`).
+    /// scan (which then drops the block to bound its memory, see `net::login_scan`).
     pub evaluated: Option<Arc<Evaluated>>,
+}
+
+/// What the login scan (LIST, UIDL, `TOP n 0` or the header cache) found, before the
+/// verdicts become view entries.
+#[derive(Debug, Default)]
+pub struct ScanOutcome {
+    pub items: Vec<ScanItem>,
+    /// False when the server refused TOP: the mailbox is shown unfiltered.
+    pub top_supported: bool,
+    pub uidl_supported: bool,
+    /// UIDL is supported and the listing passed [`uidl_trust`]: UIDL-keyed shortcuts (cache,
+    /// memo, quarantine bookkeeping) may be used.
+    pub uidl_trusted: bool,
+    /// Per item: its headers or verdict came from the cache or the memo, not from this
+    /// session's `TOP` (see [`to_recheck`]).
+    pub unverified: Vec<bool>,
+    /// Messages whose TOP failed although TOP works for others.
+    pub top_failures: usize,
+    /// Header blocks taken from the cache, and `TOP` commands sent.
+    pub cache_hits: usize,
+    pub tops_sent: usize,
+    /// Header blocks evaluated during the scan, and the CPU seconds that took.
+    pub evaluated: usize,
+    pub eval_seconds: f64,
 }
 
 /// Why a UIDL listing cannot be used as a key (RFC 1939 §7).
@@ -124,15 +149,6 @@ pub fn recheck(
             *slot = e;
         }
     }
-}
-
-/// What evaluating one message's header block produced. The tag rewrite is computed for
-/// every spam message whose block is complete, whatever its disposition, so the result can
-/// be reused by a later login.
-#[derive(Debug, Clone)]
-pub struct Evaluated {
-    pub verdict: Verdict,
-    pub rewrite: Option<Arc<HeaderRewrite>>,
 }
 
 /// Evaluates one header block (with the classifier model when there is one).
