@@ -39,7 +39,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::rules::Action;
-use crate::session::tag::TagSettings;
 
 /// Upstream connection security.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -708,6 +707,26 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         u => return Err(format!("unknown size unit {u:?}")),
     };
     Ok((n * mult) as u64)
+}
+
+// --- Tagging settings (moved from session::tag so that config imports no session code) ---
+
+/// Tagging settings (config `tag:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagSettings {
+    /// Remove `X-Spam-*` fields the message already carries (forged by the sender or added by
+    /// another filter) before adding ours.
+    pub strip_existing: bool,
+    /// Prefix for the Subject of spam, e.g. `[SPAM] `. Off by default.
+    pub subject_prefix: Option<String>,
+    /// Add `X-Spam-Status: No, …` to ham too.
+    pub ham_status: bool,
+}
+
+impl Default for TagSettings {
+    fn default() -> Self {
+        TagSettings { strip_existing: true, subject_prefix: None, ham_status: false }
+    }
 }
 
 #[cfg(test)]

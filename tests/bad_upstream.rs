@@ -137,6 +137,17 @@ fn list_sizes_that_are_not_numbers() {
     assert_eq!(metric(&p.scrape(), "popsift_upstream_invalid_replies_total{reply=\"list\"}"), 1.0);
 }
 
+/// A STAT whose count and size disagree with LIST (RFC 1939 §5): the listing is not the
+/// mailbox the server would act on. Refused at login like an invalid LIST, nothing deleted.
+#[test]
+fn stat_that_disagrees_with_list() {
+    let (up, p) = start(on_first("STAT", || Reply::Send(b"+OK 7 99999\r\n".to_vec())));
+    let err = login_refused(&p);
+    assert_contained(&up, &p, &err, "upstream reply refused");
+    assert!(p.log().contains("STAT reply breaks RFC 1939"), "the log says what was wrong:\n{}", p.log());
+    assert_eq!(metric(&p.scrape(), "popsift_upstream_invalid_replies_total{reply=\"stat\"}"), 1.0);
+}
+
 /// `TOP n 0` answered with a header line and then silence: bounded by the reply timeout.
 #[test]
 fn top_reply_that_stalls() {

@@ -47,6 +47,13 @@ fn session_regressions() {
     assert!(replay("session", popsift::session::invariants::planning) >= 3);
 }
 
+/// The whole session machine (issue 12): SASL responses that read like DELE, early answers
+/// during quarantine copies, a server without TOP refused, sessions left without QUIT.
+#[test]
+fn machine_regressions() {
+    assert!(replay("machine", popsift::session::invariants::machine) >= 5);
+}
+
 #[test]
 fn headers_regressions() {
     let rules = headers_check::shipped_rules(Path::new(env!("CARGO_MANIFEST_DIR")));

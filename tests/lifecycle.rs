@@ -98,6 +98,8 @@ fn sigterm_drain_deadline_cuts_off_sessions_without_update() {
     // The client never QUITs: popsift exits at the drain deadline.
     assert_eq!(p.wait(Duration::from_secs(30)), Some(0));
     assert!(p.log().contains("drain deadline"), "{}", p.log());
+    // The session was told, not dropped: it ended itself and logged its summary.
+    assert!(p.log().contains("cut off at the shutdown's drain deadline"), "{}", p.log());
     assert!(c.is_closed(), "the cut-off session's connection is closed");
     // Dovecot ends its side when popsift's connection goes away; only then is "nothing
     // deleted" a fact rather than "not yet".

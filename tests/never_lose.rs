@@ -344,8 +344,8 @@ mod decisions {
 
     use popsift::pop3::multiline::HeaderBlock;
     use popsift::rules::{Action, EngineOptions, RuleSet};
-    use popsift::session::verdicts::{build_entries, recheck, to_recheck, uidl_trust, Evaluated, ScanItem};
     use popsift::session::tag::TagSettings;
+    use popsift::session::verdicts::{build_entries, recheck, to_recheck, uidl_trust, Evaluated, ScanItem};
     use popsift::session::view::Disposition;
     use proptest::prelude::*;
 

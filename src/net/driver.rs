@@ -108,6 +108,16 @@ pub struct SessionContext {
     pub memo: Arc<VerdictMemo>,
     /// The classifier model, refreshed in the background after training.
     pub model: Arc<crate::classify::ModelHandle>,
+    /// Turns true at the shutdown's drain deadline (`timeouts.drain`): the session stops
+    /// where it is, without UPDATE (nothing is deleted), and closes both connections.
+    pub cut_off: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Resolves when the drain deadline has passed (never, if the sender is gone without it).
+async fn cut_off(mut rx: tokio::sync::watch::Receiver<bool>) {
+    if rx.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Runs one session to its end; never panics on peer input and never returns an error:
@@ -132,7 +142,10 @@ where
             usage: None,
         };
         let mut machine = Machine::new(Settings::from_config(&ctx.config), Instant::now());
-        let result = s.pump(&mut machine).await;
+        let result = tokio::select! {
+            r = s.pump(&mut machine) => r,
+            () = cut_off(ctx.cut_off.clone()) => Err(SessionError::CutOff),
+        };
         let outcome = match &result {
             Ok(()) => SessionResult::Ok,
             Err(e) if e.upstream_kind().is_some() => {
@@ -158,6 +171,8 @@ where
                 let _ = s.client.write_all(text.as_bytes(), LAST_WORD, Phase::Relay).await;
                 SessionResult::ClientAborted
             }
+            // Drain deadline: closed without a word (nothing was asked; RFC 1939 §3 has the
+            // server speak only in reply) and without UPDATE.
             Err(_) => SessionResult::ClientAborted,
         };
         let st = &machine.stats;
@@ -226,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
     /// Performs the machine's actions until it closes.
     async fn pump(&mut self, m: &mut Machine) -> Result<(), SessionError> {
         loop {
-            match m.next() {
+            match m.next_action() {
                 Action::Close => {
                     self.flush().await?;
                     return Ok(());
@@ -280,15 +295,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         let t = ctx.config.timeouts;
         Ok(match need {
             Need::Connect => {
-                let up = watching(&mut self.client, false, upstream::connect(&ctx.listener.upstream, &ctx.tls, &t))
-                    .await?;
+                let up =
+                    watching(&mut self.client, false, upstream::connect(&ctx.listener.upstream, &ctx.tls, &t)).await?;
                 let input = Input::Connected { greeting: up.greeting.clone(), caps: up.caps.clone() };
                 self.up = Some(up);
                 input
             }
             Need::ClientLine => {
                 self.flush().await?;
-                Input::ClientLine(self.client.read_command(MAX_COMMAND_LINE, t.client_idle, t.client_line).await?.to_vec())
+                Input::ClientLine(
+                    self.client.read_command(MAX_COMMAND_LINE, t.client_idle, t.client_line).await?.to_vec(),
+                )
             }
             Need::BufferedClientLine { read_ahead } => loop {
                 // For a pipelining client, top the buffer up with whatever it has already
@@ -309,7 +326,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 Ok(line) => Input::UpstreamLine(line),
                 Err(_) => Input::UpstreamLineFailed,
             },
-            Need::UpstreamLine { phase, lenient: false } => Input::UpstreamLine(self.up_line(phase, m.quit_queued()).await?),
+            Need::UpstreamLine { phase, lenient: false } => {
+                Input::UpstreamLine(self.up_line(phase, m.quit_queued()).await?)
+            }
             Need::UpstreamBody { phase } => {
                 let conn = connected(&mut self.up)?;
                 let read = conn.read_multiline(MAX_CAPA, &t, phase);
@@ -330,12 +349,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 let r = quarantine_copy::quarantine(up, ctx, m.login_user(), self.usage.as_mut(), &entry).await?;
                 Input::Quarantined(r)
             }
-            Need::Pending => {
-                return Err(SessionError::UpstreamProtocol {
-                    phase: Phase::Login,
-                    detail: "session machine asked for an input twice".into(),
-                })
-            }
+            Need::Pending => return Err(SessionError::Internal("the session machine asked for an input twice")),
         })
     }
 
@@ -346,29 +360,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         let ctx = self.ctx;
         let scan = LoginScan::start(ctx, m.login_user());
         let outcome = {
-        let up = connected(&mut self.up)?;
-        let scanning = scan.list(up, ctx, pipelining);
-        tokio::pin!(scanning);
-        loop {
-            let Some(wake) = m.wake_at() else { break scanning.await? };
-            tokio::select! {
-                r = &mut scanning => break r?,
-                _ = tokio::time::sleep_until(wake.into()) => {
-                    m.handle(Instant::now(), Input::Tick);
-                    loop {
-                        match m.next() {
-                            Action::ToClient(b) => self.out.extend_from_slice(&b),
-                            Action::Flush => {
-                                let t = ctx.config.timeouts.client_idle;
-                                self.client.write_all(&self.out, t, Phase::ClientWrite).await?;
-                                self.out.clear();
+            let up = connected(&mut self.up)?;
+            let scanning = scan.list(up, ctx, pipelining);
+            tokio::pin!(scanning);
+            loop {
+                let Some(wake) = m.wake_at() else { break scanning.await? };
+                tokio::select! {
+                    r = &mut scanning => break r?,
+                    _ = tokio::time::sleep_until(wake.into()) => {
+                        m.handle(Instant::now(), Input::Tick);
+                        loop {
+                            match m.next_action() {
+                                Action::ToClient(b) => self.out.extend_from_slice(&b),
+                                Action::Flush => {
+                                    let t = ctx.config.timeouts.client_idle;
+                                    self.client.write_all(&self.out, t, Phase::ClientWrite).await?;
+                                    self.out.clear();
+                                }
+                                _ => break,
                             }
-                            _ => break,
                         }
                     }
                 }
             }
-        }
         };
         self.scan = Some(scan);
         Ok(Input::Listed(Box::new(outcome)))

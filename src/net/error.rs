@@ -33,6 +33,12 @@ pub enum SessionError {
     ClientIo(std::io::Error),
     #[error("client line longer than {limit} octets")]
     ClientLineTooLong { limit: usize },
+    /// The shutdown's drain deadline passed while the session ran.
+    #[error("cut off at the shutdown's drain deadline (no UPDATE)")]
+    CutOff,
+    /// The I/O pump and the session machine disagree (a bug, never peer input).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl SessionError {
@@ -65,6 +71,8 @@ impl SessionError {
             SessionError::ClientClosed => "client closed the connection".into(),
             SessionError::ClientIo(_) => "client I/O error".into(),
             SessionError::ClientLineTooLong { limit } => format!("line longer than {limit} octets"),
+            SessionError::CutOff => "popsift is shutting down".into(),
+            SessionError::Internal(_) => "internal error".into(),
         }
     }
 

@@ -55,6 +55,9 @@ pub async fn serve(
     // tagged spam, so 256 mailboxes of 1,000 messages take ~40 MB.
     let memo = Arc::new(crate::store::verdict_memo::VerdictMemo::new(256));
     let model = open_model(&config).await;
+    // Turned true at the drain deadline: sessions still running end themselves (see
+    // `driver::run`) instead of being dropped with the runtime.
+    let (cut_off, cut_off_rx) = watch::channel(false);
     let mut loops = Vec::new();
     for (l, sock) in config.listeners.iter().zip(sockets) {
         let ctx = Arc::new(SessionContext {
@@ -65,6 +68,7 @@ pub async fn serve(
             cache: cache.clone(),
             memo: memo.clone(),
             model: model.clone(),
+            cut_off: cut_off_rx.clone(),
         });
         info!(listen = %sock.local_addr().map(|a| a.to_string()).unwrap_or_default(), upstream = %l.upstream.display(), tls = ?l.upstream.tls, "listening");
         let permits = permits.clone();
@@ -112,11 +116,19 @@ pub async fn serve(
     match tokio::time::timeout(drain, permits.acquire_many(all)).await {
         Ok(_) => info!("all sessions finished"),
         Err(_) => {
-            warn!(deadline = ?drain, "sessions still running at the drain deadline; closing them (no UPDATE: nothing is deleted)")
+            warn!(deadline = ?drain, "sessions still running at the drain deadline; closing them (no UPDATE: nothing is deleted)");
+            // Each session closes its connections, logs its summary and releases its permit.
+            let _ = cut_off.send(true);
+            if tokio::time::timeout(CUT_OFF_GRACE, permits.acquire_many(all)).await.is_err() {
+                warn!("sessions did not end within {CUT_OFF_GRACE:?} of the cut-off; dropping them");
+            }
         }
     }
     Ok(())
 }
+
+/// How long sessions cut off at the drain deadline get to close and log.
+const CUT_OFF_GRACE: Duration = Duration::from_secs(2);
 
 /// A second handle (a `dup`) on the client socket, kept unused unless the session panics:
 /// the session's own handle is gone with its task by then.

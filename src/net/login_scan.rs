@@ -44,17 +44,17 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ScanSettings, Timeouts};
 use crate::net::conn::{BodyClock, Conn};
+use crate::net::driver::SessionContext;
 use crate::net::error::{Phase, SessionError};
 use crate::net::stream::Stream;
-use crate::pop3::listing::{parse_list, parse_uidl};
+use crate::pop3::listing::{check_stat, parse_list, parse_uidl};
 use crate::pop3::multiline::{HeaderBlock, HeaderCollector};
 use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
 use crate::rules::RuleSet;
+use crate::session::tag::TagSettings;
 pub use crate::session::verdicts::ScanOutcome;
-use crate::net::driver::SessionContext;
 use crate::session::verdicts::{build_entries, evaluate, recheck, to_recheck, uidl_trust, Evaluated, ScanItem};
 use crate::session::view::{Entry, MailboxView};
-use crate::session::tag::TagSettings;
 use crate::store::header_cache::{Fresh, HeaderCache, Scope, Wanted};
 use crate::store::verdict_memo::MailboxMemo;
 
@@ -113,6 +113,26 @@ async fn status(conn: &mut Conn<Stream>, t: &Timeouts) -> Result<StatusKind, Ses
     }
 }
 
+/// Reads the reply to STAT: `Some((count, size))` for `+OK nn mm` (RFC 1939 §5), `None`
+/// when the server refused it (the check is then skipped); any other `+OK` text is an
+/// invalid reply.
+async fn stat_reply(conn: &mut Conn<Stream>, t: &Timeouts) -> Result<Option<(u64, u64)>, SessionError> {
+    let line = conn.read_line(MAX_STATUS_LINE, t.upstream_reply, Phase::Scan).await?;
+    let Some(s) = Status::parse(&line) else {
+        return Err(protocol(format!("unexpected reply {:?}", String::from_utf8_lossy(&line))));
+    };
+    if s.kind != StatusKind::Ok {
+        tracing::debug!(reply = %String::from_utf8_lossy(&line), "server refused STAT; not checked against LIST");
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(s.text);
+    let mut words = text.split_ascii_whitespace();
+    match (words.next().map(str::parse::<u64>), words.next().map(str::parse::<u64>)) {
+        (Some(Ok(count)), Some(Ok(size))) => Ok(Some((count, size))),
+        _ => Err(SessionError::invalid_reply(Phase::Scan, "stat", format!("{text:?} is not `count size`"))),
+    }
+}
+
 pub async fn scan(
     conn: &mut Conn<Stream>,
     pipelining: bool,
@@ -121,9 +141,15 @@ pub async fn scan(
     cache: Option<CacheUse<'_>>,
     eval: &Evaluator,
 ) -> Result<ScanOutcome, SessionError> {
+    // STAT first: its count and size must agree with LIST (RFC 1939 §5), else the listing
+    // is not the mailbox the server will act on, and nothing may be deleted by it.
     if pipelining {
-        conn.write_all(b"LIST\r\nUIDL\r\n", t.upstream_reply, Phase::Scan).await?;
+        conn.write_all(b"STAT\r\nLIST\r\nUIDL\r\n", t.upstream_reply, Phase::Scan).await?;
     } else {
+        conn.write_all(b"STAT\r\n", t.upstream_reply, Phase::Scan).await?;
+    }
+    let stat = stat_reply(conn, t).await?;
+    if !pipelining {
         conn.write_all(b"LIST\r\n", t.upstream_reply, Phase::Scan).await?;
     }
     if status(conn, t).await? != StatusKind::Ok {
@@ -131,6 +157,9 @@ pub async fn scan(
     }
     let list_body = conn.read_multiline(MAX_LISTING, t, Phase::Scan).await?;
     let list = parse_list(&list_body).map_err(|e| SessionError::invalid_reply(Phase::Scan, "list", e))?;
+    if let Some((count, size)) = stat {
+        check_stat(count, size, &list).map_err(|e| SessionError::invalid_reply(Phase::Scan, "stat", e))?;
+    }
     if !pipelining {
         conn.write_all(b"UIDL\r\n", t.upstream_reply, Phase::Scan).await?;
     }

@@ -115,7 +115,10 @@ async fn copy(
     match Status::parse(&r) {
         None => {
             let shown = String::from_utf8_lossy(r.get(..80).unwrap_or(&r)).into_owned();
-            return Err(SessionError::UpstreamProtocol { phase: Phase::Scan, detail: format!("not a status line: {shown:?}") });
+            return Err(SessionError::UpstreamProtocol {
+                phase: Phase::Scan,
+                detail: format!("not a status line: {shown:?}"),
+            });
         }
         Some(s) if !s.is_ok() => return Ok(Err(CopyError::Refused(String::from_utf8_lossy(&r).into_owned()))),
         Some(_) => {}

@@ -14,6 +14,13 @@
 //! [`crate::session::pipeline`]): nothing they send upstream is a DELE, and UPDATE comes
 //! only from the client's QUIT, with the planner's deletions.
 //!
+//! The whole session machine ([`crate::session::machine::Machine`]) is driven as well
+//! ([`machine`]): the client's lines and the upstream's replies come from the input, the
+//! scan finds the listed messages, the rules' verdicts and the quarantine's outcomes are
+//! drawn from the sizes, and time jumps ahead between inputs. Checked there: nothing
+//! panics, the machine never waits on an input it cannot get, and no DELE goes upstream
+//! unless the client sent QUIT in TRANSACTION.
+//!
 //! Checked: nothing panics; a `Fetch` names an entry that exists and asks the upstream for
 //! that entry's number; DELE is planned only as the answer to a client QUIT in TRANSACTION
 //! (RFC 1939 §6), and then only for upstream numbers the view holds that the client deleted
@@ -27,6 +34,7 @@ use crate::pop3::line::{split_line, Line};
 use crate::pop3::listing::{check_stat, parse_list, parse_uidl};
 use crate::pop3::status::Status;
 use crate::session::auth::Authorization;
+use crate::session::phase::Phase;
 use crate::session::pipeline::{Pipeline, Step};
 use crate::session::plan::{self, AuthPlan, TxPlan};
 use crate::session::view::{Disposition, Entry, MailboxView};
@@ -63,7 +71,199 @@ pub fn planning(data: &[u8]) {
         let pairs: Vec<(u32, u64)> = list;
         run_client(view_of(&pairs, uidls.as_deref()), client);
     }
-    run_client(view_of(&lenient_pairs(list_body), uidls.as_deref()), client);
+    let pairs = lenient_pairs(list_body);
+    run_client(view_of(&pairs, uidls.as_deref()), client);
+    drive_machine(&pairs, uidl_body, stat_line, client);
+}
+
+/// Drives the session machine alone (the fuzz target `machine`): one control byte, then
+/// the upstream's replies and the client's stream separated by a NUL; the listing is
+/// drawn from the control byte and the upstream part's length.
+pub fn machine(data: &[u8]) {
+    let (control, rest) = data.split_first().map_or((0, &[][..]), |(c, r)| (*c, r));
+    let mut parts = rest.splitn(2, |&b| b == 0);
+    let upstream = parts.next().unwrap_or_default();
+    let client = parts.next().unwrap_or_default();
+    let n = u32::from(control % 8);
+    let pairs: Vec<(u32, u64)> = (1..=n).map(|i| (i, u64::from(i) * 37 + upstream.len() as u64 % 11)).collect();
+    drive_machine(&pairs, upstream, &[control], client);
+}
+
+/// One session machine driven by `upstream` (status lines and bodies, in order), `client`
+/// (command lines) and `control` (settings and outcomes); panics on a violated property.
+fn drive_machine(pairs: &[(u32, u64)], upstream: &[u8], control: &[u8], client: &[u8]) {
+    use crate::config::{OnFailure, WithoutTop};
+    use crate::rules::{Action as Rule, Verdict};
+    use crate::session::evaluated::Evaluated;
+    use crate::session::machine::{Action, Input, Machine, Need, Quarantined, Settings};
+    use crate::session::verdicts::{disposition, ScanItem, ScanOutcome};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let bits = control.first().copied().unwrap_or_default();
+    let bit = |i: u32| bits & (1 << i) != 0;
+    let settings = Settings {
+        early_answer_after: bit(0).then_some(Duration::from_secs(20)),
+        scan_pipelining: bit(1),
+        window: usize::from(bits % 5),
+        without_top: if bit(2) { WithoutTop::Refuse } else { WithoutTop::Pass },
+        on_failure: if bit(3) { OnFailure::Show } else { OnFailure::Hide },
+        dry_run: bit(4),
+    };
+    let mut now = Instant::now();
+    let mut m = Machine::new(settings, now);
+    let mut client_lines = lines(client).peekable();
+    let mut upstream_lines = lines(upstream);
+    let mut outcomes = control.iter().cycle().skip(1);
+    // The last client line fed, and whether QUIT was fed in TRANSACTION.
+    let mut last_client: Option<Vec<u8>> = None;
+    let mut quit_sent = false;
+    for _ in 0..100_000 {
+        let input = match m.next_action() {
+            Action::Close => return,
+            Action::ToUpstream { bytes, phase, .. } => {
+                for cmd in bytes.split(|&b| b == b'\n') {
+                    if !is_dele(cmd) {
+                        continue;
+                    }
+                    match phase {
+                        Phase::Update => assert!(quit_sent, "DELE upstream without the client's QUIT"),
+                        // A SASL response is relayed verbatim: the client's own bytes.
+                        Phase::Login => {
+                            let relayed = cmd.strip_suffix(b"\r").unwrap_or(cmd);
+                            assert_eq!(last_client.as_deref(), Some(relayed), "DELE sent in AUTHORIZATION");
+                        }
+                        other => panic!("DELE sent upstream during {other}"),
+                    }
+                }
+                continue;
+            }
+            Action::Need(need) => match need {
+                Need::Connect => {
+                    let caps =
+                        if bit(5) { Some(vec![crate::pop3::capa::Capability::new("PIPELINING", "")]) } else { None };
+                    Input::Connected { greeting: b"+OK hi".to_vec(), caps }
+                }
+                Need::ClientLine | Need::BufferedClientLine { .. } | Need::ClientInput => {
+                    let buffered = matches!(need, Need::BufferedClientLine { .. });
+                    if matches!(need, Need::ClientInput) {
+                        // More octets arrived (the line is taken at the next need), or the
+                        // client left and the performer ends the session.
+                        if client_lines.peek().is_none() {
+                            return;
+                        }
+                        m.handle(now, Input::ClientInput);
+                        continue;
+                    }
+                    match client_lines.next() {
+                        Some(line) => {
+                            let quit = parse(&line).is_ok_and(|c| c == Command::Quit);
+                            if quit && !m.authorizing() {
+                                quit_sent = true;
+                            }
+                            last_client = Some(line.clone());
+                            Input::ClientLine(line)
+                        }
+                        None if buffered => Input::NoClientLine,
+                        // The client left: the performer ends the session.
+                        None => return,
+                    }
+                }
+                Need::UpstreamLine { lenient, .. } => match upstream_lines.next() {
+                    Some(line) if Status::parse(&line).is_some() => Input::UpstreamLine(line),
+                    _ if lenient => Input::UpstreamLineFailed,
+                    // Closed, or not a status line: the performer ends the session.
+                    _ => return,
+                },
+                Need::UpstreamBody { .. } => {
+                    let mut body = Vec::new();
+                    for line in upstream_lines.by_ref() {
+                        if line == b"." {
+                            break;
+                        }
+                        body.extend_from_slice(&line);
+                        body.extend_from_slice(b"\r\n");
+                    }
+                    Input::UpstreamBody(body)
+                }
+                Need::Scan { .. } => {
+                    let items = pairs
+                        .iter()
+                        .map(|&(n, size)| ScanItem {
+                            upstream: n,
+                            size,
+                            uidl: Some(format!("u{n}").into()),
+                            headers: None,
+                            memo: None,
+                            evaluated: None,
+                        })
+                        .collect();
+                    Input::Listed(Box::new(ScanOutcome { items, top_supported: !bit(6), ..Default::default() }))
+                }
+                Need::Evaluate(outcome) => {
+                    let dry_run = bit(4);
+                    let entries = outcome
+                        .items
+                        .iter()
+                        .map(|i| {
+                            let action = match i.size % 5 {
+                                0 => None,
+                                1 => Some(Rule::Hide),
+                                2 => Some(Rule::Delete),
+                                3 => Some(Rule::Quarantine),
+                                _ => Some(Rule::Tag),
+                            };
+                            let verdict = Verdict {
+                                score: 1.0,
+                                threshold: 5.0,
+                                spam: action.is_some(),
+                                action,
+                                rules: Vec::new(),
+                            };
+                            Entry {
+                                upstream: i.upstream,
+                                upstream_size: i.size,
+                                size: i.size,
+                                uidl: i.uidl.clone(),
+                                disposition: disposition(action, dry_run),
+                                rewrite: None,
+                                evaluated: Some(Arc::new(Evaluated { verdict, rewrite: None })),
+                            }
+                        })
+                        .collect();
+                    Input::Evaluated(entries)
+                }
+                Need::QuarantineFolder => Input::QuarantineFolder,
+                Need::Quarantine(_) => Input::Quarantined(match outcomes.next().copied().unwrap_or_default() % 3 {
+                    0 => Quarantined::Stored,
+                    1 => Quarantined::AlreadyStored,
+                    _ => Quarantined::Failed,
+                }),
+                Need::Pending => panic!("the machine waits on an input it already had"),
+            },
+            _ => continue,
+        };
+        // Time jumps between inputs, sometimes past the early answer.
+        now += Duration::from_secs(u64::from(bits % 13));
+        m.handle(now, Input::Tick);
+        m.handle(now, input);
+    }
+}
+
+/// The complete lines of `bytes`, without line ends, at most 4,096.
+fn lines(bytes: &[u8]) -> std::vec::IntoIter<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while out.len() < 4096 {
+        match split_line(rest, MAX_COMMAND_LINE) {
+            Line::Complete { content, consumed } => {
+                out.push(rest[..content].to_vec());
+                rest = &rest[consumed..];
+            }
+            Line::TooLong | Line::Incomplete => break,
+        }
+    }
+    out.into_iter()
 }
 
 /// Every line that starts with two numbers, unchecked: gaps, repeats, 0 and all.

@@ -1,7 +1,7 @@
 //! The whole client session as one sans-IO state machine, from the upstream's greeting to
 //! UPDATE (RFC 1939 §§4–6), modelled on imap-next's `State`: the I/O side feeds it
 //! [`Input`]s with the time they happened ([`Machine::handle`]) and performs the
-//! [`Action`]s [`Machine::next`] returns, until `next` answers [`Action::Need`] (the input
+//! [`Action`]s [`Machine::next_action`] returns, until `next_action` answers [`Action::Need`] (the input
 //! the machine waits for) or [`Action::Close`]. There is no socket and no clock in here:
 //! time arrives with every input and as [`Input::Tick`], which is how the early login
 //! answer (`scan.early_answer_after`, see `net::driver`) is decided.
@@ -138,7 +138,7 @@ pub enum Need {
     /// no folder to trust) or the folder could not be opened.
     Quarantine(Box<Entry>),
     /// The need returned just before is still unanswered (returned when
-    /// [`Machine::next`] is asked again before its input came).
+    /// [`Machine::next_action`] is asked again before its input came).
     Pending,
 }
 
@@ -280,7 +280,7 @@ impl Machine {
 
     /// The next action. After [`Action::Need`] the machine returns it again until the
     /// input is handled; after [`Action::Close`] it returns `Close` for ever.
-    pub fn next(&mut self) -> Action {
+    pub fn next_action(&mut self) -> Action {
         if let Some(a) = self.actions.pop_front() {
             return a;
         }
@@ -624,7 +624,9 @@ impl Machine {
         if !outcome.top_supported && !outcome.items.is_empty() && self.settings.without_top == WithoutTop::Refuse {
             // When the login was answered early, this `-ERR` answers the client's first
             // command; the session ends rather than fall back into AUTHORIZATION.
-            tracing::warn!("upstream does not support TOP; refusing the login as configured (scan.without_top: refuse)");
+            tracing::warn!(
+                "upstream does not support TOP; refusing the login as configured (scan.without_top: refuse)"
+            );
             self.up(b"QUIT\r\n".to_vec(), Phase::Update);
             return State::Refusing;
         }
@@ -690,7 +692,11 @@ impl Machine {
         let ahead = p.take_ahead();
         let step = p.next_step();
         if let Some(ahead) = ahead {
-            self.emit(Action::ToUpstream { bytes: ahead.bytes, phase: Phase::Relay, check_quiet: ahead.upstream_was_idle });
+            self.emit(Action::ToUpstream {
+                bytes: ahead.bytes,
+                phase: Phase::Relay,
+                check_quiet: ahead.upstream_was_idle,
+            });
         }
         match step {
             Some(Step::Reply(b)) => {
@@ -784,4 +790,476 @@ pub fn unevaluated(outcome: &ScanOutcome) -> Vec<Entry> {
             evaluated: None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! `C:` (client) and `S:` (upstream) lines in, what popsift says to each out: no
+    //! sockets, no sleeps; time is an input.
+    use super::*;
+    use crate::rules::{Action as RuleAction, Verdict};
+    use crate::session::evaluated::Evaluated;
+    use crate::session::verdicts::ScanItem;
+
+    fn settings() -> Settings {
+        Settings {
+            early_answer_after: Some(Duration::from_secs(20)),
+            scan_pipelining: true,
+            window: 8,
+            without_top: WithoutTop::Pass,
+            on_failure: OnFailure::Hide,
+            dry_run: false,
+        }
+    }
+
+    /// The machine with everything it said to the client (`>` lines are bodies relayed) and
+    /// to the upstream.
+    struct Sim {
+        m: Machine,
+        t0: Instant,
+        now: Instant,
+        client: String,
+        upstream: String,
+        /// Every upstream write flagged "check the upstream is quiet first".
+        quiet_checks: usize,
+    }
+
+    impl Sim {
+        fn new(s: Settings) -> Sim {
+            let t0 = Instant::now();
+            Sim { m: Machine::new(s, t0), t0, now: t0, client: String::new(), upstream: String::new(), quiet_checks: 0 }
+        }
+
+        /// Performs actions until the machine needs an input; returns that need.
+        fn run(&mut self) -> Need {
+            loop {
+                match self.m.next_action() {
+                    Action::Need(n) => return n,
+                    Action::Close => return Need::Pending,
+                    other => self.perform(other),
+                }
+            }
+        }
+
+        fn perform(&mut self, a: Action) {
+            match a {
+                Action::ToClient(b) => self.client.push_str(&String::from_utf8_lossy(&b)),
+                Action::ToUpstream { bytes, check_quiet, .. } => {
+                    self.quiet_checks += usize::from(check_quiet);
+                    self.upstream.push_str(&String::from_utf8_lossy(&bytes));
+                }
+                Action::RelayBody { rewrite, .. } => {
+                    self.client.push_str(if rewrite.is_some() { "<tagged body>\r\n" } else { "<body>\r\n" })
+                }
+                _ => {}
+            }
+        }
+
+        /// Handles the input and performs what it queued, up to the next need.
+        fn feed(&mut self, input: Input) {
+            self.m.handle(self.now, input);
+            while self.m.actions.front().is_some_and(|a| !matches!(a, Action::Need(_) | Action::Close)) {
+                if let Some(a) = self.m.actions.pop_front() {
+                    self.perform(a);
+                }
+            }
+        }
+
+        fn take_client(&mut self) -> String {
+            std::mem::take(&mut self.client)
+        }
+
+        fn take_upstream(&mut self) -> String {
+            std::mem::take(&mut self.upstream)
+        }
+
+        /// `C:` line: the machine must be waiting for a client line.
+        fn c(&mut self, line: &str) {
+            match self.run() {
+                Need::ClientLine | Need::BufferedClientLine { .. } => self.feed(Input::ClientLine(line.into())),
+                Need::ClientInput => {
+                    self.feed(Input::ClientInput);
+                    self.c(line)
+                }
+                other => panic!("C: {line}: machine needs {other:?}"),
+            }
+        }
+
+        /// `S:` status line: the machine must be waiting for an upstream line.
+        fn s(&mut self, line: &str) {
+            match self.run() {
+                Need::UpstreamLine { .. } => self.feed(Input::UpstreamLine(line.into())),
+                Need::BufferedClientLine { .. } => {
+                    self.feed(Input::NoClientLine);
+                    self.s(line)
+                }
+                other => panic!("S: {line}: machine needs {other:?}"),
+            }
+        }
+
+        /// Nothing more buffered from the client: answer what is queued.
+        fn idle(&mut self) -> Need {
+            loop {
+                match self.run() {
+                    Need::BufferedClientLine { .. } => self.feed(Input::NoClientLine),
+                    other => return other,
+                }
+            }
+        }
+
+        fn connect(&mut self, caps: &[&str]) {
+            assert!(matches!(self.run(), Need::Connect));
+            let caps = caps.iter().map(|c| Capability::new(c, "")).collect();
+            self.feed(Input::Connected { greeting: b"+OK ready".to_vec(), caps: Some(caps) });
+            assert_eq!(self.take_client(), "+OK ready\r\n");
+        }
+
+        /// USER/PASS accepted by the upstream: the machine asks for the scan.
+        fn login(&mut self) {
+            self.c("USER alice");
+            assert_eq!(self.take_upstream(), "USER alice\r\n");
+            self.s("+OK");
+            assert_eq!(self.take_client(), "+OK\r\n");
+            self.c("PASS secret");
+            assert_eq!(self.take_upstream(), "PASS secret\r\n");
+            self.s("+OK logged in");
+            assert!(matches!(self.run(), Need::Scan { .. }));
+        }
+
+        /// The scan found `entries`; quarantine copies end as `copies` says, in order.
+        fn scanned(&mut self, entries: Vec<Entry>, copies: &[Quarantined]) {
+            let items = entries
+                .iter()
+                .map(|e| ScanItem {
+                    upstream: e.upstream,
+                    size: e.upstream_size,
+                    uidl: e.uidl.clone(),
+                    headers: None,
+                    memo: None,
+                    evaluated: e.evaluated.clone(),
+                })
+                .collect();
+            self.feed(Input::Listed(Box::new(ScanOutcome { items, top_supported: true, ..Default::default() })));
+            assert!(matches!(self.run(), Need::Evaluate(_)));
+            self.feed(Input::Evaluated(entries));
+            let mut copies = copies.iter();
+            loop {
+                match self.run() {
+                    Need::QuarantineFolder => self.feed(Input::QuarantineFolder),
+                    Need::Quarantine(_) => self.feed(Input::Quarantined(*copies.next().expect("a copy result"))),
+                    _ => break,
+                }
+            }
+            assert!(copies.next().is_none(), "every quarantine copy was asked for");
+        }
+    }
+
+    fn entry(n: u32, action: Option<RuleAction>) -> Entry {
+        let evaluated = action.map(|a| {
+            Arc::new(Evaluated {
+                verdict: Verdict { score: 10.0, threshold: 5.0, spam: true, action: Some(a), rules: vec!["r".into()] },
+                rewrite: None,
+            })
+        });
+        let disposition = match action {
+            Some(RuleAction::Delete) => Disposition::Condemned,
+            Some(RuleAction::Hide | RuleAction::Quarantine) => Disposition::Hidden,
+            _ => Disposition::Visible,
+        };
+        Entry {
+            upstream: n,
+            upstream_size: 100 * u64::from(n),
+            size: 100 * u64::from(n),
+            uidl: Some(format!("u{n}").into()),
+            disposition,
+            rewrite: None,
+            evaluated,
+        }
+    }
+
+    #[test]
+    fn a_whole_session_deletes_the_condemned_only_after_quit() {
+        let mut s = Sim::new(settings());
+        s.connect(&["TOP", "UIDL"]);
+        s.login();
+        s.scanned(vec![entry(1, None), entry(2, Some(RuleAction::Delete)), entry(3, None)], &[]);
+        assert_eq!(s.take_client(), "+OK logged in\r\n");
+        assert_eq!(s.m.stats.condemned, 1);
+        s.c("STAT");
+        s.idle();
+        assert_eq!(s.take_client(), "+OK 2 400\r\n");
+        s.c("RETR 2");
+        s.s("+OK 300 octets");
+        assert_eq!(s.take_upstream(), "RETR 3\r\n");
+        assert_eq!(s.take_client(), "+OK 300 octets\r\n<body>\r\n");
+        s.c("DELE 1");
+        s.c("NOOP");
+        s.s("+OK");
+        assert_eq!(s.take_client(), "+OK message 1 deleted\r\n+OK\r\n");
+        assert!(!s.take_upstream().contains("DELE"), "nothing is deleted before QUIT");
+        s.c("QUIT");
+        // UPDATE (RFC 1939 §6): the client's deletion and the condemned message.
+        assert_eq!(s.take_upstream(), "DELE 1\r\n", "one at a time without upstream pipelining");
+        s.s("+OK");
+        s.s("+OK");
+        assert_eq!(s.take_upstream(), "DELE 2\r\nQUIT\r\n");
+        s.s("+OK bye");
+        assert_eq!(s.take_client(), "+OK bye\r\n");
+        assert!(matches!(s.m.next_action(), Action::Close));
+        assert_eq!(s.m.stats.deleted_upstream, 2);
+    }
+
+    #[test]
+    fn a_client_that_leaves_without_quit_deletes_nothing() {
+        let mut s = Sim::new(settings());
+        s.connect(&[]);
+        s.login();
+        s.scanned(vec![entry(1, None), entry(2, Some(RuleAction::Delete))], &[]);
+        for line in ["DELE 1", "RSET", "LIST", "UIDL", "TOP 1 0", "DELE 1"] {
+            s.c(line);
+        }
+        s.s("+OK");
+        s.idle();
+        assert!(!s.take_upstream().contains("DELE"));
+        // The client is gone: the performer stops here; nothing more is sent.
+        assert!(matches!(s.run(), Need::ClientInput));
+    }
+
+    #[test]
+    fn rset_clears_the_clients_marks_but_not_the_condemned() {
+        let mut s = Sim::new(settings());
+        s.connect(&[]);
+        s.login();
+        s.scanned(vec![entry(1, None), entry(2, Some(RuleAction::Delete)), entry(3, None)], &[]);
+        s.take_client();
+        for line in ["DELE 1", "DELE 2", "RSET", "QUIT"] {
+            s.c(line);
+        }
+        s.s("+OK");
+        s.s("+OK bye");
+        assert_eq!(s.take_upstream(), "DELE 2\r\nQUIT\r\n");
+        assert!(s.take_client().contains("+OK maildrop has 2 messages (400 octets)\r\n"));
+    }
+
+    #[test]
+    fn pipelined_commands_go_upstream_at_once_when_the_upstream_pipelines() {
+        let mut s = Sim::new(settings());
+        s.connect(&["PIPELINING"]);
+        s.login();
+        s.scanned(vec![entry(1, None), entry(2, None), entry(3, None)], &[]);
+        s.take_client();
+        // C: RETR 1 / STAT / RETR 3 / NOOP arrive in one read.
+        for line in ["RETR 1", "STAT", "RETR 3", "NOOP"] {
+            assert!(matches!(s.run(), Need::BufferedClientLine { .. }));
+            s.feed(Input::ClientLine(line.into()));
+        }
+        s.feed(Input::NoClientLine);
+        s.s("+OK");
+        assert_eq!(s.take_upstream(), "RETR 1\r\nRETR 3\r\nNOOP\r\n");
+        s.s("+OK");
+        s.s("+OK");
+        assert_eq!(s.take_client(), "+OK\r\n<body>\r\n+OK 3 600\r\n+OK\r\n<body>\r\n+OK\r\n");
+        assert_eq!(s.quiet_checks, 1, "only the first write found the upstream idle");
+    }
+
+    #[test]
+    fn without_upstream_pipelining_one_command_at_a_time_each_checked_for_stray_data() {
+        let mut s = Sim::new(settings());
+        s.connect(&[]);
+        s.login();
+        s.scanned(vec![entry(1, None), entry(2, None)], &[]);
+        for line in ["RETR 1", "RETR 2"] {
+            assert!(matches!(s.run(), Need::BufferedClientLine { .. }));
+            s.feed(Input::ClientLine(line.into()));
+        }
+        s.feed(Input::NoClientLine);
+        s.s("+OK");
+        assert_eq!(s.take_upstream(), "RETR 1\r\n", "RETR 2 waits for the first reply");
+        s.s("-ERR gone");
+        assert_eq!(s.take_upstream(), "RETR 2\r\n");
+        assert_eq!(s.quiet_checks, 2);
+        assert!(s.take_client().ends_with("+OK\r\n<body>\r\n-ERR gone\r\n"));
+    }
+
+    #[test]
+    fn upstream_numbers_with_gaps_are_looked_up_not_indexed() {
+        let mut s = Sim::new(settings());
+        s.connect(&[]);
+        s.login();
+        s.scanned(vec![entry(1, None), entry(5, None)], &[]);
+        s.c("RETR 2");
+        s.s("+OK");
+        assert!(s.take_upstream().ends_with("RETR 5\r\n"));
+        s.c("RETR 3");
+        s.idle();
+        assert!(s.take_client().ends_with("-ERR no such message, only 2 messages in maildrop\r\n"));
+    }
+
+    #[test]
+    fn sasl_plain_with_a_challenge() {
+        let mut s = Sim::new(settings());
+        s.connect(&["SASL"]);
+        s.c("AUTH PLAIN");
+        assert_eq!(s.take_upstream(), "AUTH PLAIN\r\n");
+        s.s("+ ");
+        assert_eq!(s.take_client(), "+ \r\n");
+        s.c("AGRhdmUAcHc="); // \0dave\0pw
+        assert_eq!(s.take_upstream(), "AGRhdmUAcHc=\r\n");
+        assert_eq!(s.m.login_user(), Some("dave"));
+        s.s("+OK welcome");
+        assert!(matches!(s.run(), Need::Scan { .. }));
+        assert!(s.take_client().is_empty(), "the login waits for the scan");
+    }
+
+    #[test]
+    fn a_malformed_sasl_identity_cancels_the_exchange() {
+        let mut s = Sim::new(settings());
+        s.connect(&[]);
+        s.c("AUTH PLAIN");
+        s.s("+ ");
+        s.take_client();
+        s.c("!!not base64");
+        assert_eq!(s.take_upstream(), "AUTH PLAIN\r\n*\r\n");
+        s.s("-ERR cancelled");
+        assert_eq!(s.take_client(), "-ERR invalid user name in SASL response\r\n");
+        assert!(matches!(s.run(), Need::ClientLine));
+    }
+
+    #[test]
+    fn a_refused_login_stays_in_authorization() {
+        let mut s = Sim::new(settings());
+        s.connect(&[]);
+        s.c("USER bob");
+        s.s("+OK");
+        s.c("PASS wrong");
+        s.s("-ERR [AUTH] nope");
+        assert_eq!(s.take_client(), "+OK\r\n-ERR [AUTH] nope\r\n");
+        assert!(s.m.stats.auth_failed && !s.m.stats.logged_in);
+        s.c("STAT");
+        assert!(s.take_client().starts_with("-ERR not logged in"));
+        s.c("QUIT");
+        // RFC 1939 §6: QUIT in AUTHORIZATION does not enter UPDATE.
+        assert!(matches!(s.run(), Need::UpstreamLine { lenient: true, .. }));
+        s.feed(Input::UpstreamLineFailed);
+        assert_eq!(s.take_client(), "+OK bye\r\n");
+        assert!(matches!(s.m.next_action(), Action::Close));
+        assert!(!s.take_upstream().contains("DELE"));
+    }
+
+    #[test]
+    fn early_answer_is_decided_by_the_time_fed_in() {
+        let mut s = Sim::new(settings());
+        s.connect(&[]);
+        s.login();
+        s.take_client();
+        assert_eq!(s.m.wake_at(), Some(s.t0 + Duration::from_secs(20)));
+        s.now = s.t0 + Duration::from_secs(19);
+        s.feed(Input::Tick);
+        assert!(matches!(s.run(), Need::Scan { .. }));
+        assert_eq!(s.take_client(), "", "not yet");
+        s.now = s.t0 + Duration::from_secs(21);
+        s.feed(Input::Tick);
+        assert!(matches!(s.run(), Need::Scan { .. }));
+        assert_eq!(s.take_client(), "+OK logged in\r\n");
+        assert_eq!(s.m.wake_at(), None);
+        // The client's first command waits for the view; the login is not answered twice.
+        s.scanned(vec![entry(1, None)], &[]);
+        s.c("STAT");
+        s.idle();
+        assert_eq!(s.take_client(), "+OK 1 100\r\n");
+    }
+
+    #[test]
+    fn without_an_early_answer_setting_nothing_wakes_the_scan() {
+        let mut s = Sim::new(Settings { early_answer_after: None, ..settings() });
+        s.connect(&[]);
+        s.login();
+        assert_eq!(s.m.wake_at(), None);
+    }
+
+    #[test]
+    fn quarantine_condemns_only_what_was_stored() {
+        for (on_failure, failed_shown) in [(OnFailure::Hide, false), (OnFailure::Show, true)] {
+            let mut s = Sim::new(Settings { on_failure, ..settings() });
+            s.connect(&[]);
+            s.login();
+            let q = Some(RuleAction::Quarantine);
+            s.scanned(
+                vec![entry(1, q), entry(2, q), entry(3, q), entry(4, None)],
+                &[Quarantined::Stored, Quarantined::Failed, Quarantined::AlreadyStored],
+            );
+            let view = s.m.view().expect("in TRANSACTION");
+            let d: Vec<Disposition> = view.entries().iter().map(|e| e.disposition).collect();
+            let failed = if failed_shown { Disposition::Visible } else { Disposition::Hidden };
+            assert_eq!(d, [Disposition::Condemned, failed, Disposition::Condemned, Disposition::Visible]);
+            s.c("QUIT");
+            s.s("+OK");
+            s.s("+OK");
+            s.s("+OK");
+            assert_eq!(s.take_upstream().matches("DELE").count(), 2, "the failed copy is never deleted");
+        }
+    }
+
+    #[test]
+    fn quarantine_time_can_answer_the_login_early() {
+        let mut s = Sim::new(settings());
+        s.connect(&[]);
+        s.login();
+        s.take_client();
+        let q = Some(RuleAction::Quarantine);
+        let items = vec![entry(1, q), entry(2, q)];
+        s.feed(Input::Listed(Box::new(ScanOutcome { top_supported: true, ..Default::default() })));
+        assert!(matches!(s.run(), Need::Evaluate(_)));
+        s.feed(Input::Evaluated(items));
+        assert!(matches!(s.run(), Need::QuarantineFolder));
+        s.feed(Input::QuarantineFolder);
+        assert!(matches!(s.run(), Need::Quarantine(_)));
+        s.now = s.t0 + Duration::from_secs(30);
+        s.feed(Input::Quarantined(Quarantined::Stored));
+        assert!(matches!(s.run(), Need::Quarantine(_)));
+        assert_eq!(s.take_client(), "+OK logged in\r\n", "answered before the next copy");
+        s.feed(Input::Quarantined(Quarantined::Stored));
+        s.idle();
+        assert_eq!(s.take_client(), "", "answered once");
+    }
+
+    #[test]
+    fn a_server_without_top_is_refused_when_configured() {
+        let mut s = Sim::new(Settings { without_top: WithoutTop::Refuse, ..settings() });
+        s.connect(&[]);
+        s.login();
+        let items = vec![ScanItem { upstream: 1, size: 5, uidl: None, headers: None, memo: None, evaluated: None }];
+        s.feed(Input::Listed(Box::new(ScanOutcome { items, top_supported: false, ..Default::default() })));
+        s.s("+OK bye");
+        assert_eq!(s.take_upstream(), "QUIT\r\n");
+        assert_eq!(s.take_client(), String::from_utf8_lossy(REFUSED_WITHOUT_TOP));
+        assert!(matches!(s.m.next_action(), Action::Close));
+    }
+
+    #[test]
+    fn capa_after_login_is_rewritten_from_the_upstreams_list() {
+        let mut s = Sim::new(settings());
+        s.connect(&[]);
+        s.login();
+        s.scanned(vec![entry(1, None)], &[]);
+        s.take_client();
+        s.c("CAPA");
+        s.s("+OK");
+        assert!(matches!(s.run(), Need::UpstreamBody { .. }));
+        s.feed(Input::UpstreamBody(b"TOP\r\nUIDL\r\nSTLS\r\n".to_vec()));
+        s.idle();
+        let capa = s.take_client();
+        assert!(capa.starts_with("+OK") && capa.contains("TOP\r\nUIDL\r\nPIPELINING\r\n"), "{capa}");
+        assert!(!capa.contains("STLS"));
+    }
+
+    #[test]
+    fn unexpected_inputs_are_ignored_not_panics() {
+        let mut s = Sim::new(settings());
+        s.feed(Input::UpstreamLine(b"+OK stray".to_vec()));
+        s.feed(Input::ClientLine(b"DELE 1".to_vec()));
+        s.feed(Input::Quarantined(Quarantined::Stored));
+        assert!(matches!(s.run(), Need::Connect));
+        assert!(s.take_upstream().is_empty());
+    }
 }

@@ -34,8 +34,8 @@ pub mod phase;
 pub mod pipeline;
 pub mod plan;
 pub mod relay;
-pub mod verdicts;
 pub mod tag;
+pub mod verdicts;
 pub mod view;
 
 pub use view::{Disposition, Entry, MailboxView, ViewError};

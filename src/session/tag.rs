@@ -9,23 +9,8 @@
 //! report exactly what RETR sends).
 use crate::rules::Verdict;
 
-/// Tagging settings (config `tag:`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TagSettings {
-    /// Remove `X-Spam-*` fields the message already carries (forged by the sender or added by
-    /// another filter) before adding ours.
-    pub strip_existing: bool,
-    /// Prefix for the Subject of spam, e.g. `[SPAM] `. Off by default.
-    pub subject_prefix: Option<String>,
-    /// Add `X-Spam-Status: No, …` to ham too.
-    pub ham_status: bool,
-}
-
-impl Default for TagSettings {
-    fn default() -> Self {
-        TagSettings { strip_existing: true, subject_prefix: None, ham_status: false }
-    }
-}
+/// The tagging settings are part of the config schema; named here too for the code that tags.
+pub use crate::config::TagSettings;
 
 /// Splits a header block into fields (each with its continuation lines and line end) and the
 /// rest (the empty line, or nothing when the block has none).

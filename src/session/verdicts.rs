@@ -17,8 +17,8 @@ use std::sync::Arc;
 use crate::classify::Model;
 use crate::pop3::multiline::HeaderBlock;
 use crate::rules::{Action, RuleSet};
-use crate::session::tag::{self, TagSettings};
 pub use crate::session::evaluated::Evaluated;
+use crate::session::tag::{self, TagSettings};
 use crate::session::view::{Disposition, Entry, HeaderRewrite};
 
 /// What the scan learned about one upstream message.

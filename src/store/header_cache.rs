@@ -275,13 +275,24 @@ impl HeaderCache {
         }
     }
 
-    /// The lock that orders a scope's updates before its next lookup.
+    /// The lock that orders a scope's updates before its next lookup. The map is bounded
+    /// (issue 12): when it reaches [`SCOPE_LOCKS_SWEEP`] entries, the locks no lookup or
+    /// update holds (the map's own reference is the only one) are dropped; a later login of
+    /// that mailbox simply makes a new one.
     fn scope_lock(&self, scope: &Scope) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = match self.scopes.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if map.len() >= SCOPE_LOCKS_SWEEP && !map.contains_key(scope) {
+            map.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
         map.entry(scope.clone()).or_default().clone()
+    }
+
+    /// Scope locks currently kept (for tests).
+    pub fn scope_locks(&self) -> usize {
+        self.scopes.lock().map_or(0, |m| m.len())
     }
 
     /// [`Self::lookup_blocking`] on the blocking pool, after any update of the same scope
@@ -334,6 +345,9 @@ impl HeaderCache {
         Some((entries, bytes))
     }
 }
+
+/// Scope locks kept before the unused ones are swept (see `HeaderCache::scope_lock`).
+const SCOPE_LOCKS_SWEEP: usize = 1024;
 
 /// Runs redb code, turning a panic into an error. redb 2 detects a damaged file by its
 /// checksums, but some damage (a file truncated below its recorded length, a wild page
@@ -599,6 +613,22 @@ mod tests {
         c.update_blocking(&s, &[fresh("u1", 101, "Subject: b\r\n\r\n")], &present(&["u1"]));
         assert_eq!(c.lookup_blocking(&s, &[want("u1", 101)], LIMIT)[0].as_ref().unwrap().bytes, b"Subject: b\r\n\r\n");
         assert_eq!(c.stats_blocking().unwrap().0, 1);
+    }
+
+    /// Issue 12: one lock per mailbox ever seen was kept for the process's lifetime.
+    #[tokio::test]
+    async fn scope_locks_are_bounded_with_many_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(HeaderCache::open(dir.path(), 1 << 20).unwrap());
+        let held = c.scope_lock(&Scope::new("h:110", "busy"));
+        for i in 0..10 * SCOPE_LOCKS_SWEEP {
+            let got = c.lookup(Scope::new("h:110", format!("user{i}")), Vec::new(), LIMIT).await;
+            assert!(got.is_empty());
+            assert!(c.scope_locks() <= SCOPE_LOCKS_SWEEP, "{} locks after {i} users", c.scope_locks());
+        }
+        // A lock in use is never swept: its holder still orders that mailbox.
+        let again = c.scope_lock(&Scope::new("h:110", "busy"));
+        assert!(Arc::ptr_eq(&held, &again));
     }
 
     #[test]
