@@ -2,7 +2,8 @@
 //!
 //! When the upstream advertises PIPELINING (RFC 2449 §6.6) the TOP commands go out in
 //! windows: at most `window` commands in flight, topped up when half have been answered, so
-//! neither side's socket buffers can fill up and deadlock. Otherwise one at a time.
+//! neither side's socket buffers can fill up and deadlock. Otherwise one at a time. Those
+//! decisions are [`crate::session::top_window`]'s (sans-IO); this module performs them.
 //! A `TOP n 0` reply is cut to its header block (capped); the rest, if a server sends the
 //! whole message, is read and discarded.
 //!
@@ -52,6 +53,7 @@ use crate::pop3::multiline::{HeaderBlock, HeaderCollector};
 use crate::pop3::status::{Status, StatusKind, MAX_STATUS_LINE};
 use crate::rules::RuleSet;
 use crate::session::tag::TagSettings;
+use crate::session::top_window::TopWindow;
 pub use crate::session::verdicts::ScanOutcome;
 use crate::session::verdicts::{build_entries, evaluate, recheck, to_recheck, uidl_trust, Evaluated, ScanItem};
 use crate::session::view::{Entry, MailboxView};
@@ -247,50 +249,31 @@ pub async fn scan(
     let todo: Vec<usize> = (0..list.len()).filter(|&i| !have[i] && memos[i].is_none()).collect();
     let present: HashSet<Arc<str>> = if cache.is_some() { uidls.values().cloned().collect() } else { HashSet::new() };
 
-    let window = if pipelining { settings.window.max(1) } else { 1 };
-    let mut sent = 0usize;
-    let mut got = 0usize;
-    let mut top_supported = true;
-    let mut successes = 0usize;
-    let mut top_failures = 0usize;
-    let mut cmd = Vec::with_capacity(window * 16);
-    // Header octets expected from the TOPs in flight (see the module doc), per command sent.
-    let mut expected = Vec::with_capacity(todo.len());
-    let (mut in_flight_bytes, mut largest) = (0usize, 0usize);
+    // The windows and what the replies say about TOP are decided by `TopWindow` (sans-IO).
+    let mut tops = TopWindow::new(
+        todo.iter().map(|&i| list[i]).collect(),
+        pipelining,
+        settings.window,
+        budget,
+        settings.header_limit,
+        cache_hits,
+    );
     // Blocks read and not yet evaluated; the batch being evaluated; cache batches written.
     let (mut held, mut held_bytes) = (Vec::new(), 0usize);
     let mut evaluating: Option<JoinHandle<Settled>> = None;
     let mut cache_batches = 0usize;
-    while got < todo.len() {
-        let in_flight = sent - got;
-        if top_supported && sent < todo.len() && in_flight <= window / 2 && in_flight_bytes <= budget / 2 {
-            cmd.clear();
-            let guess = (2 * largest).max(8 * 1024);
-            while sent < todo.len() && sent - got < window {
-                let expect = (list[todo[sent]].1 as usize).min(settings.header_limit).min(guess);
-                if sent > got && in_flight_bytes + expect > budget {
-                    break;
-                }
-                cmd.extend_from_slice(format!("TOP {} 0\r\n", list[todo[sent]].0).as_bytes());
-                expected.push(expect);
-                in_flight_bytes += expect;
-                sent += 1;
-            }
+    loop {
+        if let Some(cmd) = tops.commands() {
             conn.write_all(&cmd, t.upstream_reply, Phase::Scan).await?;
         }
-        if got == sent {
-            // TOP refused: stop asking; the remaining messages go unfiltered.
-            break;
-        }
-        let i = todo[got];
-        in_flight_bytes -= expected[got];
-        got += 1;
+        // `None`: every message answered, or TOP refused (the rest goes unfiltered).
+        let Some(k) = tops.next_due() else { break };
+        let i = todo[k];
         match status(conn, t).await? {
             StatusKind::Ok => {
                 let h = read_headers(conn, settings.header_limit, list[i].1, t).await?;
-                successes += 1;
+                tops.answered(h.bytes.len());
                 have[i] = true;
-                largest = largest.max(h.bytes.len());
                 held_bytes += h.bytes.len();
                 held.push((i, list[i].1, h));
                 if held_bytes >= budget {
@@ -305,14 +288,7 @@ pub async fn scan(
                     }
                 }
             }
-            _ => {
-                // Cached headers came from TOP: then TOP works and this one message failed.
-                if successes == 0 && cache_hits == 0 {
-                    top_supported = false;
-                } else {
-                    top_failures += 1;
-                }
-            }
+            _ => tops.refused(),
         }
     }
     for task in [evaluating.take(), (!held.is_empty()).then(|| evaluate_batch(held, eval))].into_iter().flatten() {
@@ -339,13 +315,13 @@ pub async fn scan(
         .collect();
     Ok(ScanOutcome {
         items,
-        top_supported,
+        top_supported: tops.top_supported(),
         uidl_supported,
         uidl_trusted,
         unverified,
-        top_failures,
+        top_failures: tops.failures(),
         cache_hits,
-        tops_sent: sent,
+        tops_sent: tops.sent(),
         evaluated: evaluated_n,
         eval_seconds,
     })

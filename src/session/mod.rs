@@ -17,6 +17,7 @@
 //!   verdicts and the verdict memo).
 //! - [`machine`]: the whole session as one sans-IO state machine over all of the above.
 //! - [`phase`]: what the session is doing, named in every timeout and error.
+//! - [`top_window`]: the login scan's `TOP n 0` windows (count and byte bounds, no-TOP).
 //!
 //! `net::driver` executes these decisions; everything here is unit-tested without I/O.
 
@@ -35,6 +36,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod relay;
 pub mod tag;
+pub mod top_window;
 pub mod verdicts;
 pub mod view;
 
