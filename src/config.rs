@@ -188,6 +188,46 @@ pub struct BayesFile {
     /// Replaces the default list of header names the tokenizer ignores.
     pub ignore_headers: Option<Vec<String>>,
     pub train_restored: Option<bool>,
+    #[serde(default)]
+    pub autolearn: AutolearnFile,
+}
+
+/// `bayes.autolearn`: learning from the proxy's own confident verdicts (see
+/// [`crate::classify::autolearn`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutolearnFile {
+    pub enabled: Option<bool>,
+    pub spam_above: Option<f64>,
+    pub ham_below: Option<f64>,
+    pub balance: Option<f64>,
+}
+
+impl AutolearnFile {
+    /// The checked settings: thresholds finite, `ham_below < spam_above`, `balance >= 1`.
+    pub fn settings(&self) -> Result<crate::classify::autolearn::AutolearnSettings, ConfigError> {
+        let d = crate::classify::autolearn::AutolearnSettings::default();
+        let s = crate::classify::autolearn::AutolearnSettings {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            spam_above: self.spam_above.unwrap_or(d.spam_above),
+            ham_below: self.ham_below.unwrap_or(d.ham_below),
+            balance: self.balance.unwrap_or(d.balance),
+        };
+        let bad = |field: &str, reason: &str| ConfigError::BadValue {
+            field: format!("bayes.autolearn.{field}"),
+            reason: reason.to_string(),
+        };
+        if !s.spam_above.is_finite() || !s.ham_below.is_finite() {
+            return Err(bad("spam_above", "spam_above and ham_below must be numbers"));
+        }
+        if s.ham_below >= s.spam_above {
+            return Err(bad("ham_below", "must be below spam_above"));
+        }
+        if !(s.balance >= 1.0 && s.balance.is_finite()) {
+            return Err(bad("balance", "must be a ratio of at least 1"));
+        }
+        Ok(s)
+    }
 }
 
 impl BayesFile {
@@ -199,6 +239,9 @@ impl BayesFile {
             min_ham: self.min_ham.unwrap_or(d.min_ham),
             ignore_headers: self.ignore_headers.clone().unwrap_or(d.ignore_headers),
             train_restored: self.train_restored.unwrap_or(d.train_restored),
+            // Checked by `Config::validate` (below); unchecked values here only reach the
+            // commands that never autolearn (`train`, `quarantine`).
+            autolearn: self.autolearn.settings().unwrap_or_default(),
         }
     }
 }
@@ -610,7 +653,8 @@ impl Config {
             return Err(ConfigError::BadValue { field: "max_sessions".into(), reason: "must be at least 1".into() });
         }
         let state_dir = args.state_dir.clone().or(file.state_dir).unwrap_or_else(default_state_dir);
-        let bayes = file.bayes.settings();
+        let mut bayes = file.bayes.settings();
+        bayes.autolearn = file.bayes.autolearn.settings()?;
         let dt = TagSettings::default();
         let q = file.quarantine;
         let dq = QuarantineSettings::defaults(&state_dir);

@@ -19,6 +19,7 @@
 //!
 //! A model with fewer than `min_spam` spam or `min_ham` ham messages gives no probability,
 //! and then no `bayes:` rule fires.
+pub mod autolearn;
 pub mod eval;
 pub mod handle;
 pub mod model;
@@ -50,6 +51,8 @@ pub struct BayesSettings {
     pub ignore_headers: Vec<String>,
     /// Train messages restored from the quarantine as ham.
     pub train_restored: bool,
+    /// Learning from the proxy's own confident verdicts (off by default).
+    pub autolearn: autolearn::AutolearnSettings,
 }
 
 impl Default for BayesSettings {
@@ -59,6 +62,7 @@ impl Default for BayesSettings {
             min_ham: 20,
             ignore_headers: DEFAULT_IGNORED_HEADERS.iter().map(|s| s.to_string()).collect(),
             train_restored: true,
+            autolearn: autolearn::AutolearnSettings::default(),
         }
     }
 }
