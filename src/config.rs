@@ -190,6 +190,19 @@ pub struct BayesFile {
     pub train_restored: Option<bool>,
     #[serde(default)]
     pub autolearn: AutolearnFile,
+    #[serde(default)]
+    pub own_received: OwnReceivedFile,
+}
+
+/// `bayes.own_received`: the user's own provider/fetch hops at the top of the Received
+/// chain, which the tokenizer skips (see [`crate::classify::OwnHops`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnReceivedFile {
+    /// The first this-many Received fields.
+    pub skip: Option<usize>,
+    /// Hops whose `by` host is one of these names or ends with one of these domains.
+    pub hosts: Option<Vec<String>>,
 }
 
 /// `bayes.autolearn`: learning from the proxy's own confident verdicts (see
@@ -242,6 +255,10 @@ impl BayesFile {
             // Checked by `Config::validate` (below); unchecked values here only reach the
             // commands that never autolearn (`train`, `quarantine`).
             autolearn: self.autolearn.settings().unwrap_or_default(),
+            own_received: crate::classify::OwnHops {
+                skip: self.own_received.skip.unwrap_or(0),
+                hosts: self.own_received.hosts.clone().unwrap_or_default(),
+            },
         }
     }
 }

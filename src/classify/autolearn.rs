@@ -252,7 +252,7 @@ impl Worker {
 
     fn learn(&self, jobs: &[Job]) -> Result<(), super::StoreError> {
         let mut store = super::store::open_or_rebuild(&self.state_dir)?;
-        let tokenizer = Tokenizer::new(self.bayes.ignore_headers.iter().map(String::as_str));
+        let tokenizer = Tokenizer::from_settings(&self.bayes);
         // Damage found only when reading every entry: moved aside as well, then a new model.
         if let Err(e @ super::StoreError::Corrupt { .. }) = Trainer::new(&store, tokenizer.clone(), None) {
             drop(store);

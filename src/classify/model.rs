@@ -131,7 +131,7 @@ impl Model {
     /// Applies the config: minimum training and the tokenizer's ignore list.
     pub fn with_settings(self, s: &super::BayesSettings) -> Model {
         let mut m = self.with_minimums(s.min_spam, s.min_ham);
-        m.tokenizer = Tokenizer::new(s.ignore_headers.iter().map(String::as_str));
+        m.tokenizer = Tokenizer::from_settings(s);
         m
     }
 

@@ -54,6 +54,41 @@ pub struct Tokenizer {
     exact: Vec<String>,
     /// Lowercased prefixes (from `Name*`).
     prefixes: Vec<String>,
+    /// The user's own delivery path, skipped at the top of the Received chain.
+    own_hops: OwnHops,
+}
+
+/// Which Received hops at the top of the chain (the last ones added) are the user's own
+/// provider or fetch path: they are the same on every message, spam or ham, so they carry
+/// no evidence and only dilute the hops that do (the SpamBayes and rspamd advice). A hop is
+/// skipped while it is among the first `skip` fields or its `by` host ends with one of
+/// `hosts`; the first hop that is neither ends the skipping.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnHops {
+    pub skip: usize,
+    /// Lower-case host names or domain suffixes (`mx.example.net`, `example.net`).
+    pub hosts: Vec<String>,
+}
+
+impl OwnHops {
+    fn is_own(&self, index: usize, lower_hop: &str) -> bool {
+        if index < self.skip {
+            return true;
+        }
+        if self.hosts.is_empty() {
+            return false;
+        }
+        let Some(by) = by_host(lower_hop) else { return false };
+        self.hosts.iter().any(|h| by == h || (by.ends_with(h.as_str()) && by[..by.len() - h.len()].ends_with('.')))
+    }
+}
+
+/// The host after ` by ` in a (lower-cased) Received field (RFC 5321 §4.4 `By-domain`).
+fn by_host(hop: &str) -> Option<&str> {
+    let i = hop.find(" by ").map(|i| i + 4).or_else(|| hop.starts_with("by ").then_some(3))?;
+    let rest = hop[i..].trim_start();
+    let end = rest.find(|c: char| c.is_whitespace() || matches!(c, '(' | ';' | '[')).unwrap_or(rest.len());
+    Some(rest[..end].trim_end_matches('.')).filter(|h| !h.is_empty())
 }
 
 impl Default for Tokenizer {
@@ -74,7 +109,18 @@ impl Tokenizer {
                 None => exact.push(p),
             }
         }
-        Tokenizer { exact, prefixes }
+        Tokenizer { exact, prefixes, own_hops: OwnHops::default() }
+    }
+
+    /// The tokenizer the config asks for (`bayes.ignore_headers`, `bayes.own_received`).
+    pub fn from_settings(s: &super::BayesSettings) -> Tokenizer {
+        Tokenizer::new(s.ignore_headers.iter().map(String::as_str)).with_own_hops(s.own_received.clone())
+    }
+
+    /// Skips the user's own Received hops (see [`OwnHops`]).
+    pub fn with_own_hops(mut self, own: OwnHops) -> Tokenizer {
+        self.own_hops = OwnHops { skip: own.skip, hosts: own.hosts.iter().map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase()).collect() };
+        self
     }
 
     /// Whether the tokenizer ignores a header name.
@@ -131,7 +177,7 @@ impl Tokenizer {
             }
         }
         recipients(h, out);
-        received(h, out);
+        received(h, &self.own_hops, out);
         message_id(h, out);
         for name in [
             "x-mailer",
@@ -447,15 +493,20 @@ fn recipients(h: &Headers, out: &mut TokenSet) {
     }
 }
 
-fn received(h: &Headers, out: &mut TokenSet) {
+fn received(h: &Headers, own: &OwnHops, out: &mut TokenSet) {
     let mut hops = 0usize;
     // One buffer for every hop, and the hashes of the words already looked at.
     let mut lower = String::new();
     let mut seen: Vec<u64> = Vec::with_capacity(64);
-    for raw in h.get_all_raw("received") {
+    let mut skipping = own.skip > 0 || !own.hosts.is_empty();
+    for (index, raw) in h.get_all_raw("received").enumerate() {
         lower.clear();
         lower.push_str(raw);
         lower.make_ascii_lowercase();
+        if skipping && own.is_own(index, &lower) {
+            continue;
+        }
+        skipping = false;
         hops += 1;
         if lower.contains("may be forged") {
             out.push_parts(&["received:may-be-forged"]);
@@ -466,19 +517,16 @@ fn received(h: &Headers, out: &mut TokenSet) {
         if lower.contains("with esmtpsa") || lower.contains("with esmtps") {
             out.push_parts(&["received:tls"]);
         }
-        for word in lower.split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']' | ';' | '<' | '>')) {
+        for_each_hop_word(&lower, |word| {
             let w = word.trim_matches(|c: char| c == '.' || c == ',');
-            if w.is_empty() {
-                continue;
-            }
             // Hosts and addresses have dots; one seen in an earlier hop adds nothing (tokens
             // are a set).
-            if !w.contains('.') {
-                continue;
+            if w.is_empty() || !w.contains('.') {
+                return;
             }
             let k = super::model::token_hash(w);
             if seen.contains(&k) {
-                continue;
+                return;
             }
             seen.push(k);
             if is_ipv4(w) {
@@ -487,15 +535,40 @@ fn received(h: &Headers, out: &mut TokenSet) {
                     out.push_parts(&["received:ip:", &w[..second]]);
                     out.push_parts(&["received:ip:", &w[..third]]);
                 }
-            } else if w.contains('.')
-                && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            } else if w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
                 && w.rsplit('.').next().is_some_and(|t| t.len() >= 2 && t.bytes().all(|b| b.is_ascii_alphabetic()))
             {
                 host_tokens("received:host", w, out);
             }
-        }
+        });
     }
     out.push_fmt(format_args!("received:hops:{}", Bucket(hops)));
+}
+
+/// Whether a character separates the words of a Received field.
+fn is_hop_separator(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']' | ';' | '<' | '>')
+}
+
+/// Calls `f` with every non-empty word of a Received field, split at [`is_hop_separator`]:
+/// byte by byte when the field is ASCII (nearly always), by characters otherwise.
+fn for_each_hop_word<'a>(s: &'a str, mut f: impl FnMut(&'a str)) {
+    if !s.is_ascii() {
+        s.split(is_hop_separator).filter(|w| !w.is_empty()).for_each(f);
+        return;
+    }
+    let mut start = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        if matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | b'(' | b')' | b'[' | b']' | b';' | b'<' | b'>') {
+            if i > start {
+                f(&s[start..i]);
+            }
+            start = i + 1;
+        }
+    }
+    if start < s.len() {
+        f(&s[start..]);
+    }
 }
 
 fn is_ipv4(s: &str) -> bool {
@@ -624,6 +697,31 @@ mod tests {
         ] {
             assert!(t.iter().any(|x| x == want), "missing {want} in {t:?}");
         }
+    }
+
+    #[test]
+    fn own_received_hops_are_skipped() {
+        let block = "Received: from fetch.local by me.home.example with POP3\r\n\
+                     Received: from relay.isp.example by mx1.provider.example.net (Postfix)\r\n\
+                     Received: from sender.spam.example.org ([198.51.100.7]) by relay.isp.example\r\n\r\n";
+        let h = Headers::parse(block.as_bytes());
+        let all = Tokenizer::default().tokens(&h, &[]);
+        assert!(all.iter().any(|t| t == "received:hops:3") && all.iter().any(|t| t == "received:host:home.example"));
+        for own in [
+            OwnHops { skip: 2, hosts: vec![] },
+            OwnHops { skip: 1, hosts: vec!["provider.example.net".into()] },
+            OwnHops { skip: 0, hosts: vec!["me.home.example".into(), "Provider.Example.Net.".into()] },
+        ] {
+            let t = Tokenizer::default().with_own_hops(own.clone()).tokens(&h, &[]);
+            assert!(t.iter().any(|x| x == "received:hops:1"), "{own:?}: {t:?}");
+            assert!(!t.iter().any(|x| x.contains("home.example") || x.contains("provider.example")), "{own:?}: {t:?}");
+            assert!(t.iter().any(|x| x == "received:ip:198.51.100"), "{own:?}: {t:?}");
+        }
+        // A suffix matches whole labels only; the first foreign hop ends the skipping.
+        let t = Tokenizer::default().with_own_hops(OwnHops { skip: 0, hosts: vec!["ovider.example.net".into()] });
+        assert!(t.tokens(&h, &[]).iter().any(|x| x == "received:hops:3"));
+        let t = Tokenizer::default().with_own_hops(OwnHops { skip: 0, hosts: vec!["provider.example.net".into()] });
+        assert!(t.tokens(&h, &[]).iter().any(|x| x == "received:hops:3"), "the top hop is not the provider's");
     }
 
     #[test]

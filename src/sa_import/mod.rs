@@ -140,6 +140,13 @@ pub fn report_text(r: &Report, names: &[String], verbose: bool) -> String {
         s,
         "import-sa: of the {run} header rules SpamAssassin runs (score not 0 in set 0): {pct_run:.1}% imported"
     );
+    if r.unreferenced > 0 {
+        let _ = writeln!(
+            s,
+            "import-sa: {} `__` sub-rules dropped: no imported rule or meta refers to them (the header-rule shares above count them as imported)",
+            r.unreferenced
+        );
+    }
     for (reason, n) in r.by_reason() {
         let _ = writeln!(s, "  skipped {n:5}  {reason}");
     }
