@@ -19,7 +19,9 @@
 //! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 1024, window_bytes: 8MiB,
 //!         early_answer_after: 20s }
 //! cache: { enabled: true, max_size: 256MiB }   # header cache, <state_dir>/header-cache.redb
-//! bayes: { min_spam: 20, min_ham: 20, ignore_headers: [X-Barracuda*, …], train_restored: true }
+//! bayes: { min_spam: 20, min_ham: 20, ignore_headers: [X-Barracuda*, …], train_restored: true,
+//!          own_received: { skip: 0, hosts: [] },
+//!          autolearn: { enabled: false, spam_above: 12.0, ham_below: 0.1, balance: 3.0 } }
 //!                                   # classifier, <state_dir>/bayes.redb
 //! tag: { strip_existing: true, subject_prefix: "[SPAM] ", ham_status: false }
 //! quarantine: { dir: /var/lib/popsift/quarantine, on_failure: hide, max_size: 64MiB,
@@ -792,6 +794,32 @@ mod tests {
         assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::Starttls);
         assert_eq!(c.metrics.unwrap().to_string(), DEFAULT_METRICS);
         assert_eq!(c.timeouts.client_idle, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn bayes_autolearn_and_own_received() {
+        let build = |yaml: &str| {
+            let f: ConfigFile = serde_norway::from_str(yaml).unwrap();
+            let mut a = args();
+            a.upstream = Some("pop.example.com:995".into());
+            Config::build(f, a)
+        };
+        let c = build("bayes: {}").unwrap();
+        assert!(!c.bayes.autolearn.enabled);
+        let c = build("bayes: {autolearn: {enabled: true, spam_above: 9, balance: 2}, own_received: {skip: 2, hosts: [mx.example.net]}}").unwrap();
+        assert_eq!((c.bayes.autolearn.enabled, c.bayes.autolearn.spam_above, c.bayes.autolearn.ham_below), (true, 9.0, 0.1));
+        assert_eq!(c.bayes.autolearn.balance, 2.0);
+        assert_eq!(c.bayes.own_received, crate::classify::OwnHops { skip: 2, hosts: vec!["mx.example.net".into()] });
+        for (bad, field) in [
+            ("{spam_above: 1, ham_below: 1}", "bayes.autolearn.ham_below"),
+            ("{balance: 0.5}", "bayes.autolearn.balance"),
+            ("{spam_above: .nan}", "bayes.autolearn.spam_above"),
+        ] {
+            match build(&format!("bayes: {{autolearn: {bad}}}")) {
+                Err(ConfigError::BadValue { field: f, .. }) => assert_eq!(f, field, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -795,8 +795,11 @@ fn register_bayes() {
         counter!(BAYES_AUTOLEARN_TOTAL, "result" => r.label()).absolute(0);
     }
     counter!(BAYES_MODEL_REBUILDS_TOTAL).absolute(0);
-    // The model gauges are set when a model is loaded: a made-up 0 would read as "trained
-    // on nothing".
+    // The model gauges exist from the first scrape (0 until a model is loaded: the proxy
+    // has nothing trained); `increment(0)` keeps a value a model load already set.
+    gauge!(BAYES_TRAINED_MESSAGES, "class" => "spam").increment(0.0);
+    gauge!(BAYES_TRAINED_MESSAGES, "class" => "ham").increment(0.0);
+    gauge!(BAYES_MODEL_GENERATION).increment(0.0);
 }
 
 /// The proxy swapped in a model snapshot.

@@ -135,6 +135,12 @@ impl Model {
         m
     }
 
+    /// Classifies with this tokenizer (it must be the one the counts were made with).
+    pub fn with_tokenizer(mut self, t: Tokenizer) -> Model {
+        self.tokenizer = t;
+        self
+    }
+
     /// Sets the store generation the snapshot was read at.
     pub fn with_generation(mut self, generation: u64) -> Model {
         self.generation = generation;

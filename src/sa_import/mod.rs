@@ -91,6 +91,7 @@ pub fn run(args: &RunArgs) -> i32 {
         no_threshold: args.no_threshold,
         sources: args.paths.iter().map(|p| p.display().to_string()).collect(),
         no_backtrack: args.no_backtrack,
+        keep_unreferenced: false,
     };
     let (yaml, imported) = import_texts(&names, &refs, &opts);
     // The output must pass `popsift check` on its own.

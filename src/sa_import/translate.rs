@@ -168,6 +168,9 @@ pub struct Options {
     pub sources: Vec<String>,
     /// Skip patterns that need the backtracking engine (faster evaluation, fewer rules).
     pub no_backtrack: bool,
+    /// Keep `__` sub-rules nothing refers to (dropped by default: they cannot change a
+    /// verdict). For measuring what dropping them saves.
+    pub keep_unreferenced: bool,
 }
 
 /// The headers SpamAssassin's `MESSAGEID` joins (PerMsgStatus::_get).
@@ -392,7 +395,7 @@ pub fn translate(items: &[Located], files: &[String], opts: &Options) -> Importe
     // dropped, and counted.
     let live = live_rules(&out);
     out.retain(|(_, _, n), rules| {
-        let keep = !n.starts_with("__") || live.contains(n.as_str());
+        let keep = opts.keep_unreferenced || !n.starts_with("__") || live.contains(n.as_str());
         if !keep {
             report.unreferenced += 1;
             rules.clear();
