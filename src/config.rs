@@ -19,7 +19,9 @@
 //! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 1024, window_bytes: 8MiB,
 //!         early_answer_after: 20s }
 //! cache: { enabled: true, max_size: 256MiB }   # header cache, <state_dir>/header-cache.redb
-//! bayes: { min_spam: 20, min_ham: 20, ignore_headers: [X-Barracuda*, …], train_restored: true }
+//! bayes: { min_spam: 20, min_ham: 20, ignore_headers: [X-Barracuda*, …], train_restored: true,
+//!          own_received: { skip: 0, hosts: [] },
+//!          autolearn: { enabled: false, spam_above: 12.0, ham_below: 0.1, balance: 3.0 } }
 //!                                   # classifier, <state_dir>/bayes.redb
 //! tag: { strip_existing: true, subject_prefix: "[SPAM] ", ham_status: false }
 //! quarantine: { dir: /var/lib/popsift/quarantine, on_failure: hide, max_size: 64MiB,
@@ -187,6 +189,59 @@ pub struct BayesFile {
     /// Replaces the default list of header names the tokenizer ignores.
     pub ignore_headers: Option<Vec<String>>,
     pub train_restored: Option<bool>,
+    #[serde(default)]
+    pub autolearn: AutolearnFile,
+    #[serde(default)]
+    pub own_received: OwnReceivedFile,
+}
+
+/// `bayes.own_received`: the user's own provider/fetch hops at the top of the Received
+/// chain, which the tokenizer skips (see [`crate::classify::OwnHops`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnReceivedFile {
+    /// The first this-many Received fields.
+    pub skip: Option<usize>,
+    /// Hops whose `by` host is one of these names or ends with one of these domains.
+    pub hosts: Option<Vec<String>>,
+}
+
+/// `bayes.autolearn`: learning from the proxy's own confident verdicts (see
+/// [`crate::classify::autolearn`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutolearnFile {
+    pub enabled: Option<bool>,
+    pub spam_above: Option<f64>,
+    pub ham_below: Option<f64>,
+    pub balance: Option<f64>,
+}
+
+impl AutolearnFile {
+    /// The checked settings: thresholds finite, `ham_below < spam_above`, `balance >= 1`.
+    pub fn settings(&self) -> Result<crate::classify::autolearn::AutolearnSettings, ConfigError> {
+        let d = crate::classify::autolearn::AutolearnSettings::default();
+        let s = crate::classify::autolearn::AutolearnSettings {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            spam_above: self.spam_above.unwrap_or(d.spam_above),
+            ham_below: self.ham_below.unwrap_or(d.ham_below),
+            balance: self.balance.unwrap_or(d.balance),
+        };
+        let bad = |field: &str, reason: &str| ConfigError::BadValue {
+            field: format!("bayes.autolearn.{field}"),
+            reason: reason.to_string(),
+        };
+        if !s.spam_above.is_finite() || !s.ham_below.is_finite() {
+            return Err(bad("spam_above", "spam_above and ham_below must be numbers"));
+        }
+        if s.ham_below >= s.spam_above {
+            return Err(bad("ham_below", "must be below spam_above"));
+        }
+        if !(s.balance >= 1.0 && s.balance.is_finite()) {
+            return Err(bad("balance", "must be a ratio of at least 1"));
+        }
+        Ok(s)
+    }
 }
 
 impl BayesFile {
@@ -198,6 +253,13 @@ impl BayesFile {
             min_ham: self.min_ham.unwrap_or(d.min_ham),
             ignore_headers: self.ignore_headers.clone().unwrap_or(d.ignore_headers),
             train_restored: self.train_restored.unwrap_or(d.train_restored),
+            // Checked by `Config::validate` (below); unchecked values here only reach the
+            // commands that never autolearn (`train`, `quarantine`).
+            autolearn: self.autolearn.settings().unwrap_or_default(),
+            own_received: crate::classify::OwnHops {
+                skip: self.own_received.skip.unwrap_or(0),
+                hosts: self.own_received.hosts.clone().unwrap_or_default(),
+            },
         }
     }
 }
@@ -609,7 +671,8 @@ impl Config {
             return Err(ConfigError::BadValue { field: "max_sessions".into(), reason: "must be at least 1".into() });
         }
         let state_dir = args.state_dir.clone().or(file.state_dir).unwrap_or_else(default_state_dir);
-        let bayes = file.bayes.settings();
+        let mut bayes = file.bayes.settings();
+        bayes.autolearn = file.bayes.autolearn.settings()?;
         let dt = TagSettings::default();
         let q = file.quarantine;
         let dq = QuarantineSettings::defaults(&state_dir);
@@ -750,6 +813,32 @@ mod tests {
         assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::Starttls);
         assert_eq!(c.metrics.unwrap().to_string(), DEFAULT_METRICS);
         assert_eq!(c.timeouts.client_idle, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn bayes_autolearn_and_own_received() {
+        let build = |yaml: &str| {
+            let f: ConfigFile = serde_norway::from_str(yaml).unwrap();
+            let mut a = args();
+            a.upstream = Some("pop.example.com:995".into());
+            Config::build(f, a)
+        };
+        let c = build("bayes: {}").unwrap();
+        assert!(!c.bayes.autolearn.enabled);
+        let c = build("bayes: {autolearn: {enabled: true, spam_above: 9, balance: 2}, own_received: {skip: 2, hosts: [mx.example.net]}}").unwrap();
+        assert_eq!((c.bayes.autolearn.enabled, c.bayes.autolearn.spam_above, c.bayes.autolearn.ham_below), (true, 9.0, 0.1));
+        assert_eq!(c.bayes.autolearn.balance, 2.0);
+        assert_eq!(c.bayes.own_received, crate::classify::OwnHops { skip: 2, hosts: vec!["mx.example.net".into()] });
+        for (bad, field) in [
+            ("{spam_above: 1, ham_below: 1}", "bayes.autolearn.ham_below"),
+            ("{balance: 0.5}", "bayes.autolearn.balance"),
+            ("{spam_above: .nan}", "bayes.autolearn.spam_above"),
+        ] {
+            match build(&format!("bayes: {{autolearn: {bad}}}")) {
+                Err(ConfigError::BadValue { field: f, .. }) => assert_eq!(f, field, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

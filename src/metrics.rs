@@ -371,6 +371,47 @@ pub const METRICS: &[MetricDef] = &[
         help: "Unix time at which popsift started.",
         buckets: &[],
     },
+    // The classifier (see the `bayes` block below).
+    MetricDef {
+        name: BAYES_TRAINED_MESSAGES,
+        kind: MetricKind::Gauge,
+        unit: Some(Unit::Count),
+        labels: &["class"],
+        help: "Messages trained into the classifier model the proxy uses, by class (spam, ham).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: BAYES_MODEL_GENERATION,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: &[],
+        help: "Generation of the classifier model the proxy uses (+1 per training batch).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: BAYES_CLASSIFICATIONS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["band"],
+        help: "Messages classified, by band: ham (p < 0.2), unsure, spam (p >= 0.8), none (model not ready).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: BAYES_AUTOLEARN_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["result"],
+        help: "Autolearn offers by result (spam, ham, skipped_balance, skipped_known, dropped, failed).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: BAYES_MODEL_REBUILDS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &[],
+        help: "Damaged classifier model files moved aside and replaced by an empty model.",
+        buckets: &[],
+    },
 ];
 
 /// Every exported metric name (the `name` column of [`METRICS`]).
@@ -397,6 +438,11 @@ pub const ALL_NAMES: &[&str] = &[
     SESSION_PANICS_TOTAL,
     BUILD_INFO,
     START_TIME_SECONDS,
+    BAYES_TRAINED_MESSAGES,
+    BAYES_MODEL_GENERATION,
+    BAYES_CLASSIFICATIONS_TOTAL,
+    BAYES_AUTOLEARN_TOTAL,
+    BAYES_MODEL_REBUILDS_TOTAL,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -545,6 +591,7 @@ fn register() {
     // a made-up 0 would look like "empty rule set" / "reload failed".
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(START_TIME_SECONDS).set(unix_now());
+    register_bayes();
 }
 
 fn unix_now() -> f64 {
@@ -721,6 +768,67 @@ pub fn header_cache_lookup(hit: bool) {
 /// (`popsift_header_cache_lookups_total{result="memo"}`).
 pub fn verdict_memo_hit() {
     counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => "memo").increment(1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The classifier (`crate::classify`): model counts, classifications by band, autolearn.
+// ---------------------------------------------------------------------------------------------
+
+/// Gauge `{class}`: trained messages of the model snapshot in use.
+pub const BAYES_TRAINED_MESSAGES: &str = "popsift_bayes_trained_messages";
+/// Gauge: generation of the model snapshot in use.
+pub const BAYES_MODEL_GENERATION: &str = "popsift_bayes_model_generation";
+/// Counter `{band}`: classifications by probability band.
+pub const BAYES_CLASSIFICATIONS_TOTAL: &str = "popsift_bayes_classifications_total";
+/// Counter `{result}`: autolearn offers by what became of them.
+pub const BAYES_AUTOLEARN_TOTAL: &str = "popsift_bayes_autolearn_total";
+/// Counter: damaged model files moved aside.
+pub const BAYES_MODEL_REBUILDS_TOTAL: &str = "popsift_bayes_model_rebuilds_total";
+/// `band` label values of `popsift_bayes_classifications_total`.
+pub const BAYES_BANDS: &[&str] = &["none", "ham", "unsure", "spam"];
+
+fn register_bayes() {
+    for &band in BAYES_BANDS {
+        counter!(BAYES_CLASSIFICATIONS_TOTAL, "band" => band).absolute(0);
+    }
+    for r in crate::classify::autolearn::AutolearnResult::ALL {
+        counter!(BAYES_AUTOLEARN_TOTAL, "result" => r.label()).absolute(0);
+    }
+    counter!(BAYES_MODEL_REBUILDS_TOTAL).absolute(0);
+    // The model gauges exist from the first scrape (0 until a model is loaded: the proxy
+    // has nothing trained); `increment(0)` keeps a value a model load already set.
+    gauge!(BAYES_TRAINED_MESSAGES, "class" => "spam").increment(0.0);
+    gauge!(BAYES_TRAINED_MESSAGES, "class" => "ham").increment(0.0);
+    gauge!(BAYES_MODEL_GENERATION).increment(0.0);
+}
+
+/// The proxy swapped in a model snapshot.
+pub fn bayes_model(nspam: u64, nham: u64, generation: u64) {
+    gauge!(BAYES_TRAINED_MESSAGES, "class" => "spam").set(nspam as f64);
+    gauge!(BAYES_TRAINED_MESSAGES, "class" => "ham").set(nham as f64);
+    gauge!(BAYES_MODEL_GENERATION).set(generation as f64);
+}
+
+/// One classification: `None` when the model was not ready, else the probability.
+pub fn bayes_classified(p: Option<f64>) {
+    let band = match p {
+        None => "none",
+        Some(p) if p < 0.2 => "ham",
+        Some(p) if p < 0.8 => "unsure",
+        Some(_) => "spam",
+    };
+    counter!(BAYES_CLASSIFICATIONS_TOTAL, "band" => band).increment(1);
+}
+
+/// `n` autolearn offers ended with `result` (an [`crate::classify::autolearn::AutolearnResult`]
+/// label).
+pub fn bayes_autolearn(result: &'static str, n: u64) {
+    counter!(BAYES_AUTOLEARN_TOTAL, "result" => result).increment(n);
+}
+
+/// A damaged model file was moved aside.
+pub fn bayes_model_rebuilt() {
+    counter!(BAYES_MODEL_REBUILDS_TOTAL).increment(1);
 }
 
 #[cfg(test)]

@@ -1,14 +1,15 @@
 //! The header classifier end to end: `popsift train` (labels, --spam/--ham, forget, known,
 //! unreadable, missing paths), `popsift scan` with the model (`"bayes"` in JSON, bands as
 //! rules), the untrained case, quarantine restore training ham, a damaged model file, and
-//! the model handle seeing training done while it is loaded.
+//! the model handle seeing training done while it is loaded, autolearn (its balance guard and
+//! the session hook).
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
 use popsift::classify::store::{ModelStore, RedbStore};
 use popsift::classify::{BayesSettings, Model, ModelHandle, Tokenizer, Trainer};
-use popsift::rules::{EngineOptions, Headers, RuleSet};
+use popsift::rules::{EngineOptions, Headers, RuleSet, RulesHandle};
 
 fn popsift(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_popsift")).args(args).current_dir(cwd).output().expect("run popsift")
@@ -273,17 +274,11 @@ fn damaged_model_is_reported_never_a_panic() {
     let t = tempfile::tempdir().unwrap();
     let state = t.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(
-        state.join("bayes.redb"),
-        b"garbage, not a database, just some bytes that are long enough to look at".repeat(50),
-    )
-    .unwrap();
-    // The proxy's handle: no model, no panic.
-    let h = ModelHandle::open(&state, BayesSettings::default());
-    assert!(h.current().is_none());
-    // train: a clear error naming the file, exit 2.
+    let garbage = b"garbage, not a database, just some bytes that are long enough to look at".repeat(50);
+    std::fs::write(state.join("bayes.redb"), &garbage).unwrap();
     let c = t.path().join("c");
     corpus(&c, 1);
+    // train: a clear error naming the file, exit 2 (the user's command: nothing is moved).
     let o = popsift(
         &["train", "--state-dir", state.to_str().unwrap(), "--spam", c.join("s000.eml").to_str().unwrap()],
         t.path(),
@@ -296,6 +291,140 @@ fn damaged_model_is_reported_never_a_panic() {
         t.path(),
     );
     assert!(!text(&o).contains("panicked"), "{}", text(&o));
+    // The proxy's handle: no panic, no model; the damaged file is moved aside intact and a
+    // new empty model takes its place.
+    let h = ModelHandle::open(&state, BayesSettings::default());
+    assert!(h.current().is_none_or(|m| !m.ready()));
+    let aside = moved_aside(&state);
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), garbage);
+    let store = RedbStore::open(&state).expect("a new, valid model");
+    assert_eq!(store.stats().unwrap().0 + store.stats().unwrap().1, 0);
+    drop(store);
+    // Training works again.
+    let o = popsift(
+        &["train", "--state-dir", state.to_str().unwrap(), "--spam", c.join("s000.eml").to_str().unwrap()],
+        t.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+fn moved_aside(state: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("bayes.redb.corrupt-"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn model_damaged_while_serving_is_moved_aside_and_rebuilt() {
+    let t = tempfile::tempdir().unwrap();
+    drop(trained_store(t.path(), 20));
+    let h = ModelHandle::open(t.path(), BayesSettings::default());
+    assert!(h.current().expect("model").ready());
+    // The file is overwritten by something that is not a model (a disk error, a bad copy).
+    std::fs::write(t.path().join("bayes.redb"), b"not a redb file, and longer than a header".repeat(100)).unwrap();
+    h.refresh_blocking();
+    assert!(h.current().is_none(), "the damaged model is not used");
+    assert_eq!(moved_aside(t.path()).len(), 1);
+    // The new empty model is a valid store; training it is seen at the next refresh.
+    drop(trained_store(t.path(), 20));
+    h.refresh_blocking();
+    assert!(h.current().expect("retrained model").ready());
+}
+
+/// Waits (bounded) until the autolearn thread has finished everything it was given.
+fn autolearn_idle(a: &popsift::classify::autolearn::Autolearner) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while a.pending() > 0 {
+        assert!(std::time::Instant::now() < deadline, "autolearn did not finish within 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn verdict(score: f64) -> popsift::rules::Verdict {
+    popsift::rules::Verdict { score, threshold: 5.0, spam: score >= 5.0, action: None, rules: vec![] }
+}
+
+#[test]
+fn autolearn_learns_confident_verdicts_and_keeps_the_balance() {
+    use popsift::classify::autolearn::{AutolearnResult as R, AutolearnSettings, Autolearner};
+    let t = tempfile::tempdir().unwrap();
+    let settings = BayesSettings {
+        autolearn: AutolearnSettings { enabled: true, spam_above: 8.0, ham_below: 0.0, balance: 2.0 },
+        ..BayesSettings::default()
+    };
+    assert!(Autolearner::start(t.path(), &BayesSettings::default(), RulesHandle::new(RuleSet::empty())).is_none());
+    let a = Autolearner::start(t.path(), &settings, RulesHandle::new(RuleSet::empty())).expect("autolearn on");
+    // Not confident: neither learned nor queued.
+    a.offer(spam_msg(50).as_bytes(), false, &verdict(7.9));
+    a.offer(ham_msg(50).as_bytes(), false, &verdict(0.5));
+    // A capped header block is never learned.
+    a.offer(spam_msg(51).as_bytes(), true, &verdict(20.0));
+    // Five confident spam and no ham: the guard stops spam at (n + 1) / (0 + 1) > 2.
+    for i in 0..5 {
+        a.offer(spam_msg(i).as_bytes(), false, &verdict(10.0));
+    }
+    // The same message again is dropped before the queue.
+    a.offer(spam_msg(0).as_bytes(), false, &verdict(10.0));
+    autolearn_idle(&a);
+    let stats = RedbStore::open_existing(t.path(), std::time::Duration::from_secs(5)).unwrap().unwrap().stats().unwrap();
+    assert_eq!((stats.0, stats.1), (2, 0), "spam learned up to the balance");
+    assert_eq!((a.counts().get(R::Spam), a.counts().get(R::Balance)), (2, 3));
+    // Ham arrives: learned, and spam may follow again.
+    for i in 0..3 {
+        a.offer(ham_msg(i).as_bytes(), false, &verdict(-1.0));
+    }
+    autolearn_idle(&a);
+    a.offer(spam_msg(10).as_bytes(), false, &verdict(10.0));
+    autolearn_idle(&a);
+    let stats = RedbStore::open_existing(t.path(), std::time::Duration::from_secs(5)).unwrap().unwrap().stats().unwrap();
+    assert_eq!((stats.0, stats.1), (3, 3));
+    assert_eq!((a.counts().get(R::Spam), a.counts().get(R::Ham)), (3, 3));
+    drop(a);
+    // A message the user trained is never relabelled by autolearn.
+    let a = Autolearner::start(t.path(), &settings, RulesHandle::new(RuleSet::empty())).unwrap();
+    a.offer(ham_msg(0).as_bytes(), false, &verdict(30.0));
+    autolearn_idle(&a);
+    assert_eq!(a.counts().get(R::Known), 1);
+    let store = RedbStore::open_existing(t.path(), std::time::Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!((store.stats().unwrap().0, store.stats().unwrap().1), (3, 3));
+}
+
+#[test]
+fn autolearn_hook_runs_in_the_session_evaluation() {
+    use popsift::classify::autolearn::{AutolearnResult as R, AutolearnSettings, Autolearner};
+    let t = tempfile::tempdir().unwrap();
+    drop(trained_store(t.path(), 20));
+    let settings = BayesSettings {
+        autolearn: AutolearnSettings { enabled: true, spam_above: 6.0, ham_below: 0.0, balance: 3.0 },
+        ..BayesSettings::default()
+    };
+    let rules = RulesHandle::new(RuleSet::from_yaml(Path::new("r.yaml"), BAND_RULES, &EngineOptions::default()).unwrap());
+    let learner = Autolearner::start(t.path(), &settings, rules.clone()).unwrap();
+    let h = ModelHandle::open_with(t.path(), settings, Some(learner.clone()));
+    let model = h.current().expect("model");
+    // A new spam message: B_SPAM (6) + SUBJ_PILLS (1) = 7 >= 6, learned as spam; a new ham
+    // message: B_HAM (-1), learned as ham.
+    for (msg, spam) in [(spam_msg(77), true), (ham_msg(77), false)] {
+        let block = popsift::pop3::multiline::HeaderBlock { bytes: msg.into_bytes(), truncated: false };
+        let e = popsift::session::scan::evaluate(
+            &block,
+            100,
+            &rules.current(),
+            Some(&model),
+            &popsift::session::tag::TagSettings::default(),
+        );
+        assert_eq!(e.verdict.spam, spam, "{:?}", e.verdict);
+    }
+    autolearn_idle(&learner);
+    assert_eq!((learner.counts().get(R::Spam), learner.counts().get(R::Ham)), (1, 1));
+    drop(h);
+    let store = RedbStore::open_existing(t.path(), std::time::Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!((store.stats().unwrap().0, store.stats().unwrap().1), (21, 21));
 }
 
 #[test]

@@ -113,7 +113,7 @@ pub fn cross_validate(
     let prepared = folds(messages, rules, tokenizer, k);
     let mut scored = Vec::with_capacity(prepared.len());
     for fold in 0..k {
-        let mut model = Model::default().with_minimums(1, 1);
+        let mut model = Model::default().with_minimums(1, 1).with_tokenizer(tokenizer.clone());
         let train: Vec<(Vec<String>, bool)> =
             prepared.iter().filter(|p| p.0 != fold).map(|(_, t, m)| (t.clone(), m.spam)).collect();
         if on_error {

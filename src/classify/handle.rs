@@ -6,7 +6,9 @@
 //! a moment if `popsift train` holds it), compares the stored generation and, if training
 //! happened, reads the new counts on a blocking thread and swaps the snapshot in. So a
 //! `popsift train` run while `serve` runs is seen within about a second, writes never block
-//! a session, and a damaged or busy file leaves the last good snapshot in place (logged).
+//! a session, and a busy file leaves the last good snapshot in place. A damaged file is
+//! moved aside and replaced by a new empty model (logged, counted: see
+//! [`super::store::move_aside`]); until it is retrained no `bayes:` rule fires.
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -36,6 +38,7 @@ pub struct ModelHandle {
     settings: BayesSettings,
     current: ArcSwapOption<Model>,
     seen: Mutex<Stamp>,
+    autolearner: Option<Arc<super::autolearn::Autolearner>>,
 }
 
 impl std::fmt::Debug for ModelHandle {
@@ -54,11 +57,21 @@ impl ModelHandle {
     /// A handle for `state_dir`, loaded now (blocking). A missing model is not an error; a
     /// damaged one is logged and the proxy runs without a classifier until it is replaced.
     pub fn open(state_dir: &Path, settings: BayesSettings) -> Arc<ModelHandle> {
+        ModelHandle::open_with(state_dir, settings, None)
+    }
+
+    /// [`Self::open`], every snapshot carrying the autolearn queue (when autolearn is on).
+    pub fn open_with(
+        state_dir: &Path,
+        settings: BayesSettings,
+        autolearner: Option<Arc<super::autolearn::Autolearner>>,
+    ) -> Arc<ModelHandle> {
         let h = Arc::new(ModelHandle {
             state_dir: state_dir.to_path_buf(),
             settings,
             current: ArcSwapOption::empty(),
             seen: Mutex::new(None),
+            autolearner,
         });
         h.refresh_blocking();
         h
@@ -94,28 +107,53 @@ impl ModelHandle {
                     Ok(g) if Some(g) == old_generation => {}
                     Ok(_) => match store.load() {
                         Ok(m) => {
-                            let m = m.with_settings(&self.settings);
+                            let m = m.with_settings(&self.settings).with_autolearner(self.autolearner.clone());
                             tracing::info!(
                                 path = %path.display(), spam = m.nspam(), ham = m.nham(), tokens = m.token_count(),
                                 ready = m.ready(), "bayes model loaded"
                             );
+                            crate::metrics::bayes_model(m.nspam(), m.nham(), m.generation());
                             self.current.store(Some(Arc::new(m)));
+                        }
+                        Err(e @ StoreError::Corrupt { .. }) => {
+                            drop(store);
+                            return self.rebuild(&e);
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "cannot read the bayes model; keeping the last one");
                         }
                     },
+                    Err(e @ StoreError::Corrupt { .. }) => {
+                        drop(store);
+                        return self.rebuild(&e);
+                    }
                     Err(e) => tracing::error!(error = %e, "cannot read the bayes model; keeping the last one"),
                 }
                 drop(store);
             }
             // Being trained right now: look again at the next poll.
             Err(StoreError::Busy { .. }) => return,
+            Err(e @ StoreError::Corrupt { .. }) => return self.rebuild(&e),
             Err(e) => {
                 tracing::error!(error = %e, "cannot open the bayes model; keeping the last one");
             }
         }
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(&path);
+    }
+
+    /// A damaged model: moved aside, a new empty one created; no classifier until it is
+    /// trained (an empty model gives no probability).
+    fn rebuild(&self, why: &StoreError) {
+        self.current.store(None);
+        match super::store::move_aside(&self.state_dir, why) {
+            Ok(_) => {
+                if let Err(e) = RedbStore::open(&self.state_dir) {
+                    tracing::error!(error = %e, "cannot create a new bayes model");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "bayes model damaged and cannot be moved aside"),
+        }
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(&self.path());
     }
 
     /// Starts the polling task. Must be called inside a tokio runtime; runs until it ends.

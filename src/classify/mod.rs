@@ -19,6 +19,7 @@
 //!
 //! A model with fewer than `min_spam` spam or `min_ham` ham messages gives no probability,
 //! and then no `bayes:` rule fires.
+pub mod autolearn;
 pub mod eval;
 pub mod handle;
 pub mod model;
@@ -29,7 +30,7 @@ pub mod train;
 pub use handle::ModelHandle;
 pub use model::Model;
 pub use store::{ModelStore, RedbStore, StoreError};
-pub use tokenize::{Tokenizer, DEFAULT_IGNORED_HEADERS};
+pub use tokenize::{OwnHops, Tokenizer, DEFAULT_IGNORED_HEADERS};
 pub use train::{TrainSummary, Trainer};
 
 /// The model file under the state directory.
@@ -50,6 +51,10 @@ pub struct BayesSettings {
     pub ignore_headers: Vec<String>,
     /// Train messages restored from the quarantine as ham.
     pub train_restored: bool,
+    /// The user's own Received hops, skipped by the tokenizer (none by default).
+    pub own_received: tokenize::OwnHops,
+    /// Learning from the proxy's own confident verdicts (off by default).
+    pub autolearn: autolearn::AutolearnSettings,
 }
 
 impl Default for BayesSettings {
@@ -59,6 +64,8 @@ impl Default for BayesSettings {
             min_ham: 20,
             ignore_headers: DEFAULT_IGNORED_HEADERS.iter().map(|s| s.to_string()).collect(),
             train_restored: true,
+            own_received: tokenize::OwnHops::default(),
+            autolearn: autolearn::AutolearnSettings::default(),
         }
     }
 }

@@ -10,7 +10,14 @@
 //! probability is `(1 + S − H) / 2` — SpamBayes' "chi-squared combining", also bogofilter's
 //! default. It is near 0 or 1 when the evidence agrees and near 0.5 when it conflicts, which
 //! is what makes an "unsure" band meaningful.
+//!
+//! Lookups go by a 64-bit hash of the token ([`token_hash`]), so classifying a message
+//! builds no `String` per token: the tokenizer hashes each token as it writes it into one
+//! reused buffer, and the model is one map from hash to counts (with the token's text kept
+//! beside the counts for `train --stats` and the store). With ~10⁵ tokens the chance that
+//! two share a hash is about 10⁻⁹.
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 
 use super::tokenize::Tokenizer;
 use crate::rules::Headers;
@@ -24,9 +31,44 @@ const MIN_STRENGTH: f64 = 0.1;
 /// At most this many tokens are combined.
 const MAX_DISCRIMINATORS: usize = 150;
 
-/// Token → counts, with a fast non-cryptographic hash (keys come from the user's own
-/// training; lookups are the classifier's hot path).
-type TokenMap = HashMap<Box<str>, Counts, foldhash::fast::RandomState>;
+/// Token hash → (counts, token text). The keys are already hashes: the map does not hash
+/// them again.
+type TokenMap = HashMap<u64, Entry, BuildHasherDefault>;
+
+/// One token's counts and text.
+#[derive(Debug, Clone)]
+struct Entry {
+    counts: Counts,
+    text: Box<str>,
+}
+
+/// The hash the model is keyed by: foldhash (quality variant) with a fixed seed, so it is
+/// the same in every process and every run.
+pub fn token_hash(token: &str) -> u64 {
+    const STATE: foldhash::quality::FixedState = foldhash::quality::FixedState::with_seed(0x706f_7073_6966_7421);
+    STATE.hash_one(token)
+}
+
+/// Passes an already computed hash through.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed with this hasher; anything else is folded in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type BuildHasherDefault = std::hash::BuildHasherDefault<IdentityHasher>;
 
 /// Spam and ham message counts of one token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,6 +89,9 @@ pub struct Model {
     /// Store generation this snapshot was read at (changes with every training batch).
     generation: u64,
     tokenizer: Tokenizer,
+    /// Where the proxy's confident verdicts go to be learned (autolearn on), see
+    /// [`super::autolearn`].
+    autolearner: Option<std::sync::Arc<super::autolearn::Autolearner>>,
 }
 
 impl Default for Model {
@@ -68,6 +113,7 @@ impl Model {
             min_ham: d.min_ham,
             generation: 0,
             tokenizer: Tokenizer::default(),
+            autolearner: None,
         }
     }
 
@@ -78,20 +124,38 @@ impl Model {
         nham: u64,
         version: u32,
     ) -> Model {
-        Model { tokens: tokens.into_iter().collect(), nspam, nham, ..Model::new(version) }
+        let tokens = tokens.into_iter().map(|(text, counts)| (token_hash(&text), Entry { counts, text })).collect();
+        Model { tokens, nspam, nham, ..Model::new(version) }
     }
 
     /// Applies the config: minimum training and the tokenizer's ignore list.
     pub fn with_settings(self, s: &super::BayesSettings) -> Model {
         let mut m = self.with_minimums(s.min_spam, s.min_ham);
-        m.tokenizer = Tokenizer::new(s.ignore_headers.iter().map(String::as_str));
+        m.tokenizer = Tokenizer::from_settings(s);
         m
+    }
+
+    /// Classifies with this tokenizer (it must be the one the counts were made with).
+    pub fn with_tokenizer(mut self, t: Tokenizer) -> Model {
+        self.tokenizer = t;
+        self
     }
 
     /// Sets the store generation the snapshot was read at.
     pub fn with_generation(mut self, generation: u64) -> Model {
         self.generation = generation;
         self
+    }
+
+    /// Attaches the proxy's autolearn queue to this snapshot.
+    pub fn with_autolearner(mut self, a: Option<std::sync::Arc<super::autolearn::Autolearner>>) -> Model {
+        self.autolearner = a;
+        self
+    }
+
+    /// The autolearn queue, when autolearn is on.
+    pub fn autolearner(&self) -> Option<&super::autolearn::Autolearner> {
+        self.autolearner.as_deref()
     }
 
     /// Store generation this snapshot was read at.
@@ -110,8 +174,39 @@ impl Model {
         if !self.ready() {
             return None;
         }
-        let set = self.tokenizer.token_set(h, rules_fired);
-        self.probability_of(set.iter())
+        thread_local! {
+            // One buffer per thread, reused: classifying allocates nothing per message once
+            // it has grown to the largest token set seen.
+            static SCRATCH: std::cell::RefCell<super::tokenize::TokenSet> = Default::default();
+        }
+        SCRATCH.with(|cell| {
+            let mut set = cell.borrow_mut();
+            self.tokenizer.fill_token_hashes(h, rules_fired, &mut set);
+            Some(self.combine_hashes(set.hashes()))
+        })
+    }
+
+    /// Chi-squared combining of the strongest clues among token hashes (each once).
+    fn combine_hashes(&self, hashes: &[u64]) -> f64 {
+        let mut clues: Vec<(f64, u64)> = Vec::with_capacity(hashes.len());
+        for &k in hashes {
+            if let Some(e) = self.tokens.get(&k) {
+                let p = self.token_probability(e.counts);
+                if (p - 0.5).abs() >= MIN_STRENGTH {
+                    clues.push((p, k));
+                }
+            }
+        }
+        if clues.len() > MAX_DISCRIMINATORS {
+            // The strongest, ties broken by hash so the choice does not depend on order.
+            let key = |c: &(f64, u64)| (-(c.0 - 0.5).abs(), c.1);
+            clues.select_nth_unstable_by(MAX_DISCRIMINATORS, |a, b| {
+                let (ka, kb) = (key(a), key(b));
+                ka.0.total_cmp(&kb.0).then(ka.1.cmp(&kb.1))
+            });
+            clues.truncate(MAX_DISCRIMINATORS);
+        }
+        combine(clues.iter().map(|c| c.0))
     }
 
     /// Sets the minimum numbers of trained spam and ham below which there is no probability.
@@ -143,12 +238,12 @@ impl Model {
 
     /// Counts of one token.
     pub fn counts(&self, token: &str) -> Counts {
-        self.tokens.get(token).copied().unwrap_or_default()
+        self.tokens.get(&token_hash(token)).map(|e| e.counts).unwrap_or_default()
     }
 
     /// Every token with its counts.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Counts)> {
-        self.tokens.iter().map(|(k, v)| (&**k, *v))
+        self.tokens.values().map(|e| (&*e.text, e.counts))
     }
 
     /// Whether the model has enough training to give probabilities (and the current token
@@ -162,11 +257,13 @@ impl Model {
         let n = if spam { &mut self.nspam } else { &mut self.nham };
         *n = n.saturating_add_signed(delta as i64);
         for t in tokens {
-            let c = self.tokens.entry(t.as_str().into()).or_default();
+            let k = token_hash(t);
+            let e = self.tokens.entry(k).or_insert_with(|| Entry { counts: Counts::default(), text: t.as_str().into() });
+            let c = &mut e.counts;
             let v = if spam { &mut c.spam } else { &mut c.ham };
             *v = v.saturating_add_signed(delta);
             if c.spam == 0 && c.ham == 0 {
-                self.tokens.remove(t.as_str());
+                self.tokens.remove(&k);
             }
         }
     }
@@ -189,8 +286,8 @@ impl Model {
         let mut clues: Vec<(&str, f64)> = tokens
             .into_iter()
             .filter_map(|t| {
-                let c = self.tokens.get(t)?;
-                let p = self.token_probability(*c);
+                let c = self.tokens.get(&token_hash(t))?.counts;
+                let p = self.token_probability(c);
                 ((p - 0.5).abs() >= MIN_STRENGTH).then_some((t, p))
             })
             .collect();

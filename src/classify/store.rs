@@ -18,8 +18,9 @@
 //! A batch is one write transaction: a crash leaves the old or the new model, never half.
 //! redb locks the file for one process at a time, so readers (`scan`, `serve`) copy the
 //! model into memory and close the file at once; a writer that finds the file busy retries
-//! for a bounded time. A damaged file is never deleted (it holds the user's training): it
-//! is reported with its path, and `serve`/`scan` go on without a classifier. redb 2 panics
+//! for a bounded time. A damaged file is never deleted (it holds the user's training): the
+//! proxy and autolearn move it aside ([`move_aside`]: logged, counted) and start a new empty
+//! model; `popsift scan`/`train` report it with its path. redb 2 panics
 //! on some damage instead of returning an error, so every call is wrapped in
 //! `catch_unwind`.
 use std::collections::HashMap;
@@ -198,6 +199,44 @@ impl RedbStore {
         })
         .map_err(|f| self.corrupt(f))
     }
+}
+
+/// Moves a damaged model file aside (`bayes.redb.corrupt-<unix seconds>`, never deleted: it
+/// holds the user's training, and a redb expert may still recover it), logs it and counts it
+/// (`popsift_bayes_model_rebuilds_total`). The next open creates a new, empty model — the way
+/// the header cache rebuilds itself, except that nothing is deleted. Returns where it went.
+pub fn move_aside(state_dir: &Path, why: &StoreError) -> Result<PathBuf, StoreError> {
+    let path = state_dir.join(super::FILE_NAME);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut aside = state_dir.join(format!("{}.corrupt-{secs}", super::FILE_NAME));
+    let mut n = 1;
+    while aside.exists() {
+        aside = state_dir.join(format!("{}.corrupt-{secs}.{n}", super::FILE_NAME));
+        n += 1;
+    }
+    std::fs::rename(&path, &aside).map_err(|e| StoreError::Io { path: path.clone(), detail: format!("cannot move the damaged model aside: {e}") })?;
+    tracing::error!(
+        path = %path.display(), moved_to = %aside.display(), error = %why,
+        "bayes model damaged: moved aside; a new empty model starts (retrain with popsift train)"
+    );
+    crate::metrics::bayes_model_rebuilt();
+    Ok(aside)
+}
+
+/// Opens the model for writing; a damaged file is moved aside ([`move_aside`]) and a new
+/// empty model created in its place.
+pub fn open_or_rebuild(state_dir: &Path) -> Result<RedbStore, StoreError> {
+    let damaged = match RedbStore::open(state_dir) {
+        Ok(store) => match store.stats() {
+            Ok(_) => return Ok(store),
+            Err(e @ StoreError::Corrupt { .. }) => e,
+            Err(e) => return Err(e),
+        },
+        Err(e @ StoreError::Corrupt { .. }) => e,
+        Err(e) => return Err(e),
+    };
+    move_aside(state_dir, &damaged)?;
+    RedbStore::open(state_dir)
 }
 
 impl ModelStore for RedbStore {

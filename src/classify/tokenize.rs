@@ -54,6 +54,41 @@ pub struct Tokenizer {
     exact: Vec<String>,
     /// Lowercased prefixes (from `Name*`).
     prefixes: Vec<String>,
+    /// The user's own delivery path, skipped at the top of the Received chain.
+    own_hops: OwnHops,
+}
+
+/// Which Received hops at the top of the chain (the last ones added) are the user's own
+/// provider or fetch path: they are the same on every message, spam or ham, so they carry
+/// no evidence and only dilute the hops that do (the SpamBayes and rspamd advice). A hop is
+/// skipped while it is among the first `skip` fields or its `by` host ends with one of
+/// `hosts`; the first hop that is neither ends the skipping.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnHops {
+    pub skip: usize,
+    /// Lower-case host names or domain suffixes (`mx.example.net`, `example.net`).
+    pub hosts: Vec<String>,
+}
+
+impl OwnHops {
+    fn is_own(&self, index: usize, lower_hop: &str) -> bool {
+        if index < self.skip {
+            return true;
+        }
+        if self.hosts.is_empty() {
+            return false;
+        }
+        let Some(by) = by_host(lower_hop) else { return false };
+        self.hosts.iter().any(|h| by == h || (by.ends_with(h.as_str()) && by[..by.len() - h.len()].ends_with('.')))
+    }
+}
+
+/// The host after ` by ` in a (lower-cased) Received field (RFC 5321 §4.4 `By-domain`).
+fn by_host(hop: &str) -> Option<&str> {
+    let i = hop.find(" by ").map(|i| i + 4).or_else(|| hop.starts_with("by ").then_some(3))?;
+    let rest = hop[i..].trim_start();
+    let end = rest.find(|c: char| c.is_whitespace() || matches!(c, '(' | ';' | '[')).unwrap_or(rest.len());
+    Some(rest[..end].trim_end_matches('.')).filter(|h| !h.is_empty())
 }
 
 impl Default for Tokenizer {
@@ -74,7 +109,18 @@ impl Tokenizer {
                 None => exact.push(p),
             }
         }
-        Tokenizer { exact, prefixes }
+        Tokenizer { exact, prefixes, own_hops: OwnHops::default() }
+    }
+
+    /// The tokenizer the config asks for (`bayes.ignore_headers`, `bayes.own_received`).
+    pub fn from_settings(s: &super::BayesSettings) -> Tokenizer {
+        Tokenizer::new(s.ignore_headers.iter().map(String::as_str)).with_own_hops(s.own_received.clone())
+    }
+
+    /// Skips the user's own Received hops (see [`OwnHops`]).
+    pub fn with_own_hops(mut self, own: OwnHops) -> Tokenizer {
+        self.own_hops = OwnHops { skip: own.skip, hosts: own.hosts.iter().map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase()).collect() };
+        self
     }
 
     /// Whether the tokenizer ignores a header name.
@@ -93,11 +139,27 @@ impl Tokenizer {
     /// [`Self::tokens`] without one allocation per token: the classifier's hot path.
     pub fn token_set(&self, h: &Headers, rules_fired: &[&str]) -> TokenSet {
         let mut out = TokenSet::default();
-        self.header_counts(h, &mut out);
-        subject(h, &mut out);
+        self.fill(h, rules_fired, &mut out);
+        out.finish();
+        out
+    }
+
+    /// The classifier's hot path: refills `out` (its buffers reused) and leaves the token
+    /// hashes ([`super::model::token_hash`]) sorted and deduplicated in
+    /// [`TokenSet::hashes`]; the token texts are not sorted.
+    pub fn fill_token_hashes(&self, h: &Headers, rules_fired: &[&str], out: &mut TokenSet) {
+        self.fill(h, rules_fired, out);
+        out.finish_hashes();
+    }
+
+    /// Clears `out` and pushes every token of the message (in any order, repeats allowed).
+    fn fill(&self, h: &Headers, rules_fired: &[&str], out: &mut TokenSet) {
+        out.clear();
+        self.header_counts(h, out);
+        subject(h, out);
         for (name, prefix) in [("from", "from"), ("sender", "sender"), ("reply-to", "reply-to")] {
             if let Some(raw) = h.get_raw(name) {
-                mailbox_tokens(prefix, raw, &mut out);
+                mailbox_tokens(prefix, raw, out);
             }
         }
         if let (Some(f), Some(r)) = (h.get_raw("from"), h.get_raw("reply-to")) {
@@ -108,15 +170,15 @@ impl Tokenizer {
         if let Some(rp) = h.get_raw("return-path") {
             let addr = rp.trim().trim_start_matches('<').trim_end_matches('>');
             match addr.rsplit_once('@') {
-                Some((_, d)) => domain_tokens("return-path:domain", d, &mut out),
+                Some((_, d)) => domain_tokens(&["return-path:domain"], d, out),
                 None => {
                     out.push_fmt(format_args!("return-path:{}", if addr.is_empty() { "empty" } else { "no-domain" }))
                 }
             }
         }
-        recipients(h, &mut out);
-        received(h, &mut out);
-        message_id(h, &mut out);
+        recipients(h, out);
+        received(h, &self.own_hops, out);
+        message_id(h, out);
         for name in [
             "x-mailer",
             "user-agent",
@@ -138,12 +200,10 @@ impl Tokenizer {
                 out.push_fmt(format_args!("{name}:{v}"));
             }
         }
-        content_type(h, &mut out);
+        content_type(h, out);
         for r in rules_fired {
             out.push_parts(&["rule:", r]);
         }
-        out.finish();
-        out
     }
 
     fn header_counts(&self, h: &Headers, out: &mut TokenSet) {
@@ -164,9 +224,9 @@ impl Tokenizer {
                 None => names.push((name, 1)),
             }
         }
-        out.push_fmt(format_args!("headers:count:{}", bucket(names.iter().map(|n| n.1 as usize).sum())));
+        out.push_fmt(format_args!("headers:count:{}", Bucket(names.iter().map(|n| n.1 as usize).sum())));
         for (n, c) in names {
-            out.push_parts(&["header:", &n.to_ascii_lowercase(), ":", DIGITS[c.min(4) as usize]]);
+            out.push_lower(&["header:"], n, DIGIT_SUFFIX[c.min(4) as usize]);
         }
     }
 }
@@ -176,15 +236,65 @@ impl Tokenizer {
 pub struct TokenSet {
     buf: String,
     spans: Vec<(u32, u32)>,
+    hashes: Vec<u64>,
 }
 
 impl TokenSet {
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.spans.clear();
+        self.hashes.clear();
+    }
+
+    /// Hashes every token, then sorts and deduplicates the hashes.
+    fn finish_hashes(&mut self) {
+        let hashes: Vec<u64> = std::mem::take(&mut self.hashes);
+        let mut hashes = hashes;
+        hashes.extend(self.spans.iter().map(|&sp| super::model::token_hash(self.get(sp))));
+        hashes.sort_unstable();
+        hashes.dedup();
+        self.hashes = hashes;
+    }
+
+    /// The token hashes after [`Tokenizer::fill_token_hashes`], sorted, each once.
+    pub fn hashes(&self) -> &[u64] {
+        &self.hashes
+    }
+
     fn push_parts(&mut self, parts: &[&str]) {
         let start = self.buf.len() as u32;
         for p in parts {
             self.buf.push_str(p);
         }
         self.spans.push((start, self.buf.len() as u32));
+    }
+
+    /// Pushes `parts`, then `lower` in ASCII lower case, then `suffix`, as one token.
+    fn push_lower(&mut self, parts: &[&str], lower: &str, suffix: &str) {
+        let start = self.buf.len();
+        for p in parts {
+            self.buf.push_str(p);
+        }
+        let at = self.buf.len();
+        self.buf.push_str(lower);
+        self.buf[at..].make_ascii_lowercase();
+        self.buf.push_str(suffix);
+        self.spans.push((start as u32, self.buf.len() as u32));
+    }
+
+    /// Pushes `parts`, then `text` in (Unicode) lower case, as one token.
+    fn push_unicode_lower(&mut self, parts: &[&str], text: &str) {
+        if text.is_ascii() {
+            self.push_lower(parts, text, "");
+        } else {
+            let lower = text.to_lowercase();
+            let start = self.buf.len() as u32;
+            for p in parts {
+                self.buf.push_str(p);
+            }
+            self.buf.push_str(&lower);
+            self.spans.push((start, self.buf.len() as u32));
+        }
     }
 
     fn push_fmt(&mut self, args: std::fmt::Arguments<'_>) {
@@ -219,15 +329,20 @@ impl TokenSet {
     }
 }
 
-/// Small counts as text, for `header:Name:count`.
-const DIGITS: [&str; 5] = ["0", "1", "2", "3", "4"];
+/// Small counts as token suffixes, for `header:Name:count`.
+const DIGIT_SUFFIX: [&str; 5] = [":0", ":1", ":2", ":3", ":4"];
 
-/// Bucket a count: exact to 3, then powers of two.
-fn bucket(n: usize) -> String {
-    if n <= 3 {
-        n.to_string()
-    } else {
-        format!("2**{}", usize::BITS - n.leading_zeros() - 1)
+/// A count bucketed: exact to 3, then powers of two (`2**k`); written without allocating.
+struct Bucket(usize);
+
+impl std::fmt::Display for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0;
+        if n <= 3 {
+            write!(f, "{n}")
+        } else {
+            write!(f, "2**{}", usize::BITS - n.leading_zeros() - 1)
+        }
     }
 }
 
@@ -251,22 +366,26 @@ fn subject(h: &Headers, out: &mut TokenSet) {
             out.push_parts(&["subject:8bit"]);
         }
     }
-    let letters: Vec<char> = s.chars().filter(|c| c.is_alphabetic()).collect();
-    if letters.len() >= 6 && letters.iter().all(|c| c.is_uppercase()) {
+    let (mut letters, mut all_upper) = (0usize, true);
+    for c in s.chars().filter(|c| c.is_alphabetic()) {
+        letters += 1;
+        all_upper &= c.is_uppercase();
+    }
+    if letters >= 6 && all_upper {
         out.push_parts(&["subject:all-caps"]);
     }
     for word in s.split_whitespace() {
-        // Punctuation runs (`!!!`, `$$`, `...`) carry signal of their own.
-        let mut run = String::new();
-        for c in word.chars().chain(std::iter::once(' ')) {
+        // Punctuation runs (`!!!`, `$$`, `...`) carry signal of their own. ASCII only, so
+        // byte offsets are character offsets.
+        let mut run_start = None;
+        for (i, c) in word.char_indices().chain(std::iter::once((word.len(), ' '))) {
             if c.is_ascii_punctuation() {
-                run.push(c);
-            } else if !run.is_empty() {
-                if run.len() > 1 || matches!(run.as_str(), "!" | "$" | "%" | "?" | "*") {
-                    let r: String = run.chars().take(5).collect();
-                    out.push_fmt(format_args!("subject:punct:{r}"));
+                run_start.get_or_insert(i);
+            } else if let Some(st) = run_start.take() {
+                let run = &word[st..i];
+                if run.len() > 1 || matches!(run, "!" | "$" | "%" | "?" | "*") {
+                    out.push_parts(&["subject:punct:", &run[..run.len().min(5)]]);
                 }
-                run.clear();
             }
         }
         let w = word.trim_matches(|c: char| c.is_ascii_punctuation());
@@ -283,20 +402,32 @@ fn subject(h: &Headers, out: &mut TokenSet) {
     }
 }
 
-fn domain_tokens(prefix: &str, domain: &str, out: &mut TokenSet) {
-    let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+/// A domain's last two and three labels and its TLD (`prefix` is given in parts).
+fn domain_tokens(prefix: &[&str], domain: &str, out: &mut TokenSet) {
+    let d = domain.trim().trim_end_matches('.');
     if d.is_empty() {
         return;
     }
-    let labels: Vec<&str> = d.split('.').collect();
-    if labels.len() >= 2 {
-        out.push_fmt(format_args!("{prefix}:{}", labels[labels.len() - 2..].join(".")));
-    }
-    if labels.len() >= 3 {
-        out.push_fmt(format_args!("{prefix}:{}", labels[labels.len() - 3..].join(".")));
-    }
-    if let Some(tld) = labels.last() {
-        out.push_fmt(format_args!("{prefix}:tld:{tld}"));
+    let mut dots = d.rmatch_indices('.').map(|(i, _)| i);
+    let (last, second, third) = (dots.next(), dots.next(), dots.next());
+    // Up to two prefix parts, then the separator.
+    let with = |sep: &'static str| -> [&str; 3] {
+        let mut p = ["", "", sep];
+        for (slot, part) in p.iter_mut().zip(prefix) {
+            *slot = part;
+        }
+        p
+    };
+    let p = with(":");
+    if let Some(l) = last {
+        let from = second.map_or(0, |s| s + 1);
+        out.push_lower(&p, &d[from..], "");
+        if second.is_some() {
+            out.push_lower(&p, &d[third.map_or(0, |t| t + 1)..], "");
+        }
+        out.push_lower(&with(":tld:"), &d[l + 1..], "");
+    } else {
+        out.push_lower(&with(":tld:"), d, "");
     }
 }
 
@@ -318,32 +449,32 @@ fn host_tokens(prefix: &str, host: &str, out: &mut TokenSet) {
 fn mailbox_tokens(prefix: &str, raw: &str, out: &mut TokenSet) {
     let boxes = parse_addresses(raw);
     let Some(m) = boxes.first() else {
-        out.push_fmt(format_args!("{prefix}:none"));
+        out.push_parts(&[prefix, ":none"]);
         return;
     };
     if m.name.trim().is_empty() {
-        out.push_fmt(format_args!("{prefix}:no-name"));
+        out.push_parts(&[prefix, ":no-name"]);
     } else {
         for w in m.name.split(|c: char| c.is_whitespace() || c == ',' || c == '"') {
             let w = w.trim_matches(|c: char| c.is_ascii_punctuation());
-            if w.chars().count() >= 2 {
-                out.push_fmt(format_args!("{prefix}:name:{}", w.to_lowercase()));
+            if w.chars().nth(1).is_some() {
+                out.push_unicode_lower(&[prefix, ":name:"], w);
             }
         }
         if m.name.contains('@') {
-            out.push_fmt(format_args!("{prefix}:name-has-at"));
+            out.push_parts(&[prefix, ":name-has-at"]);
         }
     }
-    let addr = m.addr.to_ascii_lowercase();
-    match addr.rsplit_once('@') {
+    // ASCII lower-casing keeps byte offsets: split first, lower-case while pushing.
+    match m.addr.rsplit_once('@') {
         Some((local, domain)) => {
-            out.push_parts(&[prefix, ":local:", local]);
+            out.push_lower(&[prefix, ":local:"], local, "");
             if local.bytes().filter(u8::is_ascii_digit).count() >= 3 {
-                out.push_fmt(format_args!("{prefix}:local-digits"));
+                out.push_parts(&[prefix, ":local-digits"]);
             }
-            domain_tokens(&format!("{prefix}:domain"), domain, out);
+            domain_tokens(&[prefix, ":domain"], domain, out);
         }
-        None => out.push_fmt(format_args!("{prefix}:no-domain")),
+        None => out.push_parts(&[prefix, ":no-domain"]),
     }
 }
 
@@ -352,21 +483,30 @@ fn recipients(h: &Headers, out: &mut TokenSet) {
         let Some(raw) = h.get_raw(name) else { continue };
         let boxes = parse_addresses(raw);
         let with_addr = boxes.iter().filter(|m| !m.addr.is_empty()).count();
-        out.push_fmt(format_args!("{name}:count:{}", bucket(with_addr)));
+        out.push_fmt(format_args!("{name}:count:{}", Bucket(with_addr)));
         if !boxes.is_empty() && boxes.iter().all(|m| m.name.trim().is_empty()) {
-            out.push_fmt(format_args!("{name}:no-names"));
+            out.push_parts(&[name, ":no-names"]);
         }
-        if raw.to_ascii_lowercase().contains("undisclosed") {
-            out.push_fmt(format_args!("{name}:undisclosed"));
+        if raw.as_bytes().windows(11).any(|w| w.eq_ignore_ascii_case(b"undisclosed")) {
+            out.push_parts(&[name, ":undisclosed"]);
         }
     }
 }
 
-fn received(h: &Headers, out: &mut TokenSet) {
+fn received(h: &Headers, own: &OwnHops, out: &mut TokenSet) {
     let mut hops = 0usize;
-    let lowered: Vec<String> = h.get_all_raw("received").map(str::to_ascii_lowercase).collect();
-    let mut seen: Vec<&str> = Vec::with_capacity(32);
-    for lower in &lowered {
+    // One buffer for every hop, and the hashes of the words already looked at.
+    let mut lower = String::new();
+    let mut seen: Vec<u64> = Vec::with_capacity(64);
+    let mut skipping = own.skip > 0 || !own.hosts.is_empty();
+    for (index, raw) in h.get_all_raw("received").enumerate() {
+        lower.clear();
+        lower.push_str(raw);
+        lower.make_ascii_lowercase();
+        if skipping && own.is_own(index, &lower) {
+            continue;
+        }
+        skipping = false;
         hops += 1;
         if lower.contains("may be forged") {
             out.push_parts(&["received:may-be-forged"]);
@@ -377,32 +517,58 @@ fn received(h: &Headers, out: &mut TokenSet) {
         if lower.contains("with esmtpsa") || lower.contains("with esmtps") {
             out.push_parts(&["received:tls"]);
         }
-        for word in lower.split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']' | ';' | '<' | '>')) {
+        for_each_hop_word(&lower, |word| {
             let w = word.trim_matches(|c: char| c == '.' || c == ',');
-            if w.is_empty() {
-                continue;
-            }
             // Hosts and addresses have dots; one seen in an earlier hop adds nothing (tokens
             // are a set).
-            if !w.contains('.') || seen.contains(&w) {
-                continue;
+            if w.is_empty() || !w.contains('.') {
+                return;
             }
-            seen.push(w);
+            let k = super::model::token_hash(w);
+            if seen.contains(&k) {
+                return;
+            }
+            seen.push(k);
             if is_ipv4(w) {
                 let mut dots = w.match_indices('.').map(|(i, _)| i);
                 if let (Some(_), Some(second), Some(third)) = (dots.next(), dots.next(), dots.next()) {
                     out.push_parts(&["received:ip:", &w[..second]]);
                     out.push_parts(&["received:ip:", &w[..third]]);
                 }
-            } else if w.contains('.')
-                && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            } else if w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
                 && w.rsplit('.').next().is_some_and(|t| t.len() >= 2 && t.bytes().all(|b| b.is_ascii_alphabetic()))
             {
                 host_tokens("received:host", w, out);
             }
+        });
+    }
+    out.push_fmt(format_args!("received:hops:{}", Bucket(hops)));
+}
+
+/// Whether a character separates the words of a Received field.
+fn is_hop_separator(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']' | ';' | '<' | '>')
+}
+
+/// Calls `f` with every non-empty word of a Received field, split at [`is_hop_separator`]:
+/// byte by byte when the field is ASCII (nearly always), by characters otherwise.
+fn for_each_hop_word<'a>(s: &'a str, mut f: impl FnMut(&'a str)) {
+    if !s.is_ascii() {
+        s.split(is_hop_separator).filter(|w| !w.is_empty()).for_each(f);
+        return;
+    }
+    let mut start = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        if matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | b'(' | b')' | b'[' | b']' | b';' | b'<' | b'>') {
+            if i > start {
+                f(&s[start..i]);
+            }
+            start = i + 1;
         }
     }
-    out.push_fmt(format_args!("received:hops:{}", bucket(hops)));
+    if start < s.len() {
+        f(&s[start..]);
+    }
 }
 
 fn is_ipv4(s: &str) -> bool {
@@ -419,7 +585,7 @@ fn message_id(h: &Headers, out: &mut TokenSet) {
     let inner = id.strip_prefix('<').and_then(|s| s.strip_suffix('>'));
     match inner.and_then(|s| s.rsplit_once('@')) {
         Some((local, host)) if !host.is_empty() && !local.is_empty() => {
-            domain_tokens("message-id:host", host, out);
+            domain_tokens(&["message-id:host"], host, out);
             if !host.contains('.') {
                 out.push_parts(&["message-id:host-no-dot"]);
             }
@@ -531,6 +697,31 @@ mod tests {
         ] {
             assert!(t.iter().any(|x| x == want), "missing {want} in {t:?}");
         }
+    }
+
+    #[test]
+    fn own_received_hops_are_skipped() {
+        let block = "Received: from fetch.local by me.home.example with POP3\r\n\
+                     Received: from relay.isp.example by mx1.provider.example.net (Postfix)\r\n\
+                     Received: from sender.spam.example.org ([198.51.100.7]) by relay.isp.example\r\n\r\n";
+        let h = Headers::parse(block.as_bytes());
+        let all = Tokenizer::default().tokens(&h, &[]);
+        assert!(all.iter().any(|t| t == "received:hops:3") && all.iter().any(|t| t == "received:host:home.example"));
+        for own in [
+            OwnHops { skip: 2, hosts: vec![] },
+            OwnHops { skip: 1, hosts: vec!["provider.example.net".into()] },
+            OwnHops { skip: 0, hosts: vec!["me.home.example".into(), "Provider.Example.Net.".into()] },
+        ] {
+            let t = Tokenizer::default().with_own_hops(own.clone()).tokens(&h, &[]);
+            assert!(t.iter().any(|x| x == "received:hops:1"), "{own:?}: {t:?}");
+            assert!(!t.iter().any(|x| x.contains("home.example") || x.contains("provider.example")), "{own:?}: {t:?}");
+            assert!(t.iter().any(|x| x == "received:ip:198.51.100"), "{own:?}: {t:?}");
+        }
+        // A suffix matches whole labels only; the first foreign hop ends the skipping.
+        let t = Tokenizer::default().with_own_hops(OwnHops { skip: 0, hosts: vec!["ovider.example.net".into()] });
+        assert!(t.tokens(&h, &[]).iter().any(|x| x == "received:hops:3"));
+        let t = Tokenizer::default().with_own_hops(OwnHops { skip: 0, hosts: vec!["provider.example.net".into()] });
+        assert!(t.tokens(&h, &[]).iter().any(|x| x == "received:hops:3"), "the top hop is not the provider's");
     }
 
     #[test]

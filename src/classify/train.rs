@@ -202,6 +202,16 @@ impl<'s> Trainer<'s> {
         }
     }
 
+    /// The model as it will be after [`Self::commit`].
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Whether a message (whole, or its header block) is trained already, with either label.
+    pub fn knows(&self, msg: &[u8]) -> bool {
+        normalised_block(msg).is_some_and(|b| self.known.contains_key(&digest(&b)))
+    }
+
     /// Sets the minimum spam and ham counts (config `bayes.min_spam`/`min_ham`).
     pub fn with_minimums(mut self, min_spam: u64, min_ham: u64) -> Self {
         self.min = (min_spam, min_ham);

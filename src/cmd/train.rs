@@ -130,7 +130,7 @@ fn run_inner(args: &TrainArgs) -> Result<(), TrainError> {
         None => None,
     };
     let store = RedbStore::open(&r.state_dir)?;
-    let tokenizer = Tokenizer::new(r.settings.ignore_headers.iter().map(String::as_str));
+    let tokenizer = Tokenizer::from_settings(&r.settings);
     let mut trainer = Trainer::new(&store, tokenizer, rules)?.with_minimums(r.settings.min_spam, r.settings.min_ham);
     let progress = std::io::stderr().is_terminal() && items.len() >= 200;
     if args.forget {
@@ -242,7 +242,7 @@ pub fn train_ham(r: &Resolved, msg: &[u8]) -> Result<Outcome, TrainError> {
         None => None,
     };
     let store = RedbStore::open(&r.state_dir)?;
-    let tokenizer = Tokenizer::new(r.settings.ignore_headers.iter().map(String::as_str));
+    let tokenizer = Tokenizer::from_settings(&r.settings);
     let mut trainer = Trainer::new(&store, tokenizer, rules)?;
     let o = trainer.train(msg, false);
     trainer.commit()?;

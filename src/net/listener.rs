@@ -54,7 +54,7 @@ pub async fn serve(
     // recently used mailboxes: about 150 bytes per message plus the rewritten header of each
     // tagged spam, so 256 mailboxes of 1,000 messages take ~40 MB.
     let memo = Arc::new(crate::store::verdict_memo::VerdictMemo::new(256));
-    let model = open_model(&config).await;
+    let model = open_model(&config, &rules).await;
     // Turned true at the drain deadline: sessions still running end themselves (see
     // `driver::run`) instead of being dropped with the runtime.
     let (cut_off, cut_off_rx) = watch::channel(false);
@@ -203,10 +203,13 @@ async fn open_cache(config: &Config) -> Option<Arc<HeaderCache>> {
 /// Loads the classifier model under the state directory (on the blocking pool) and starts
 /// its refresher. Never fatal: without a model (or with a damaged one, logged) no `bayes:`
 /// rule fires.
-async fn open_model(config: &Config) -> Arc<crate::classify::ModelHandle> {
+async fn open_model(config: &Config, rules: &Arc<RulesHandle>) -> Arc<crate::classify::ModelHandle> {
     let dir = config.state_dir.clone();
     let settings = config.bayes.clone();
-    let handle = match tokio::task::spawn_blocking(move || crate::classify::ModelHandle::open(&dir, settings)).await {
+    // Autolearn (off by default): a background thread fed by the sessions' verdicts.
+    let learner = crate::classify::autolearn::Autolearner::start(&dir, &settings, rules.clone());
+    let open = move || crate::classify::ModelHandle::open_with(&dir, settings, learner);
+    let handle = match tokio::task::spawn_blocking(open).await {
         Ok(h) => h,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     };

@@ -205,8 +205,18 @@ pub fn evaluate_with(set: &RuleSet, h: &Headers, size: u64, classify: Option<Cla
     for tm in &set.targets {
         match_target(h, tm, &mut hits);
     }
+    // Backtracking rules often share a target (`ALL`, built anew on every call): each value
+    // is built once per message.
+    let mut values: Vec<(&Target, Option<Cow<'_, str>>)> = Vec::new();
     for (t, re, r) in &set.backtrack {
-        let v = target_value(h, t);
+        let i = match values.iter().position(|(vt, _)| *vt == t) {
+            Some(i) => i,
+            None => {
+                values.push((t, target_value(h, t)));
+                values.len() - 1
+            }
+        };
+        let v = &values[i].1;
         // Out of steps: set so that the rule ends up not firing, negated or not.
         let neg = set.rules.get(*r as usize).is_some_and(|rule| rule.negate);
         hits.set(*r, super::backtrack::try_match(re, v.as_deref().unwrap_or("")).unwrap_or(neg));

@@ -234,7 +234,12 @@ impl RuleSet {
         model: Option<&crate::classify::Model>,
     ) -> (Verdict, Option<f64>) {
         match model.filter(|m| m.ready()) {
-            None => (eval::evaluate(self, h, size), None),
+            None => {
+                if model.is_some() {
+                    crate::metrics::bayes_classified(None);
+                }
+                (eval::evaluate(self, h, size), None)
+            }
             Some(m) => {
                 let mut p = None;
                 let v = eval::evaluate_with(
@@ -246,6 +251,7 @@ impl RuleSet {
                         p
                     }),
                 );
+                crate::metrics::bayes_classified(p);
                 (v, p)
             }
         }

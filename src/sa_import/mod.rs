@@ -91,6 +91,7 @@ pub fn run(args: &RunArgs) -> i32 {
         no_threshold: args.no_threshold,
         sources: args.paths.iter().map(|p| p.display().to_string()).collect(),
         no_backtrack: args.no_backtrack,
+        keep_unreferenced: false,
     };
     let (yaml, imported) = import_texts(&names, &refs, &opts);
     // The output must pass `popsift check` on its own.
@@ -140,6 +141,13 @@ pub fn report_text(r: &Report, names: &[String], verbose: bool) -> String {
         s,
         "import-sa: of the {run} header rules SpamAssassin runs (score not 0 in set 0): {pct_run:.1}% imported"
     );
+    if r.unreferenced > 0 {
+        let _ = writeln!(
+            s,
+            "import-sa: {} `__` sub-rules dropped: no imported rule or meta refers to them (the header-rule shares above count them as imported)",
+            r.unreferenced
+        );
+    }
     for (reason, n) in r.by_reason() {
         let _ = writeln!(s, "  skipped {n:5}  {reason}");
     }

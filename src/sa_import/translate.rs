@@ -105,6 +105,9 @@ pub struct Report {
     pub header_imported: usize,
     /// Of `header_rules`, those scored 0 in set 0 (SpamAssassin does not run them either).
     pub header_disabled: usize,
+    /// `__` sub-rules imported but dropped because no imported rule or meta refers to them
+    /// (they could never change a verdict); not in `imported`.
+    pub unreferenced: usize,
     pub skipped: Vec<Skipped>,
     pub threshold: Option<f64>,
 }
@@ -165,6 +168,9 @@ pub struct Options {
     pub sources: Vec<String>,
     /// Skip patterns that need the backtracking engine (faster evaluation, fewer rules).
     pub no_backtrack: bool,
+    /// Keep `__` sub-rules nothing refers to (dropped by default: they cannot change a
+    /// verdict). For measuring what dropping them saves.
+    pub keep_unreferenced: bool,
 }
 
 /// The headers SpamAssassin's `MESSAGEID` joins (PerMsgStatus::_get).
@@ -384,7 +390,20 @@ pub fn translate(items: &[Located], files: &[String], opts: &Options) -> Importe
         let (n, d, _) = metas[i];
         skip(&mut status, &mut report, n, d, Skip::MetaExpr("loop between metas".into()));
     }
+    // `__` sub-rules that no imported rule or meta names (directly or through other
+    // sub-rules) can never change a verdict; evaluating them only costs time. They are
+    // dropped, and counted.
+    let live = live_rules(&out);
+    out.retain(|(_, _, n), rules| {
+        let keep = opts.keep_unreferenced || !n.starts_with("__") || live.contains(n.as_str());
+        if !keep {
+            report.unreferenced += 1;
+            rules.clear();
+        }
+        keep
+    });
     report.imported = out.len();
+    translated.retain(|n| out.keys().any(|(_, _, k)| k == n));
     report.translated = translated.len();
     report.skipped.sort_by(|a, b| (a.file, a.line, &a.name).cmp(&(b.file, b.line, &b.name)));
     let mut rules: Vec<(usize, Vec<PRule>)> = Vec::new();
@@ -395,6 +414,29 @@ pub fn translate(items: &[Located], files: &[String], opts: &Options) -> Importe
         }
     }
     Imported { rules, report }
+}
+
+/// Ids reachable from the rules that can score or act (every id not starting with `__`)
+/// through `expr:` references.
+fn live_rules(out: &BTreeMap<(usize, usize, String), Vec<PRule>>) -> HashSet<String> {
+    let by_id: HashMap<&str, &PRule> = out.values().flatten().map(|r| (r.id.as_str(), r)).collect();
+    let mut live: HashSet<String> = HashSet::new();
+    let mut stack: Vec<&str> = by_id.keys().copied().filter(|id| !id.starts_with("__")).collect();
+    while let Some(id) = stack.pop() {
+        if !live.insert(id.to_string()) {
+            continue;
+        }
+        if let Some(PRule { test: PTest::Expr(e), .. }) = by_id.get(id) {
+            for t in meta_tokens(e).unwrap_or_default() {
+                if is_ident(&t) && !live.contains(&t) {
+                    if let Some((k, _)) = by_id.get_key_value(t.as_str()) {
+                        stack.push(k);
+                    }
+                }
+            }
+        }
+    }
+    live
 }
 
 /// One header rule; returns the rules to write and whether it needed rewriting.
@@ -741,11 +783,22 @@ mod tests {
 
     #[test]
     fn default_scores() {
-        let imp = run("header A X =~ /a/\nheader T_B X =~ /b/\nheader C X =~ /c/\ntflags C nice\nheader __D X =~ /d/\nscore __D 3\n");
+        let imp = run("header A X =~ /a/\nheader T_B X =~ /b/\nheader C X =~ /c/\ntflags C nice\nheader __D X =~ /d/\nscore __D 3\nmeta E __D\n");
         assert_eq!(rule(&imp, "A").score, Some(1.0));
         assert_eq!(rule(&imp, "T_B").score, Some(0.01));
         assert_eq!(rule(&imp, "C").score, Some(-1.0));
         assert_eq!(rule(&imp, "__D").score, None);
+    }
+
+    #[test]
+    fn unreferenced_sub_rules_are_dropped() {
+        let imp = run("header __A X =~ /a/\nheader __B X =~ /b/\nheader __C X =~ /c/\nheader __D X !~ /d/\n\
+                       meta __M __B && __D\nmeta N __M\nheader __U Y =~ /u/\n");
+        let ids: Vec<String> = rules(&imp).into_iter().map(|r| r.id).collect();
+        assert!(ids.contains(&"__B".to_string()) && ids.contains(&"__D".to_string()) && ids.contains(&"__M".to_string()));
+        assert!(!ids.iter().any(|i| i == "__A" || i == "__C" || i.starts_with("__U")), "{ids:?}");
+        assert_eq!(imp.report.unreferenced, 3);
+        assert_eq!(imp.report.imported, 4);
     }
 
     #[test]

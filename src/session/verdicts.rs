@@ -159,9 +159,12 @@ pub fn evaluate(
     model: Option<&Model>,
     tagging: &TagSettings,
 ) -> Evaluated {
+    // Autolearn hook (classify::autolearn): confident verdicts are queued for training.
+    let learn = model;
     // Classifying costs a tokenization per message: only when some rule reads the result.
     let model = model.filter(|_| rules.uses_bayes());
     let (verdict, _) = rules.evaluate_with_model(&h.bytes, size, model);
+    crate::classify::autolearn::offer(learn, &h.bytes, h.truncated, &verdict);
     // A capped header block cannot be rewritten exactly: such a message is left as is.
     let rewrite = if h.truncated {
         None
