@@ -470,7 +470,7 @@ impl Session<'_> {
         let pipelining = cfg.scan.pipelining && capa::has(self.up()?.caps.as_deref(), "PIPELINING");
         // The rule set this session uses, taken once: a reload during the session does not
         // change its view, and the verdict memo is valid only for this very set.
-        let rules = self.ctx.rules.current();
+        let rules = self.ctx.rules.for_mailbox(self.login_user.as_deref(), &ctx.listener.upstream.host).await;
         // Likewise the classifier snapshot (read-only; training swaps in a new one).
         let model = self.ctx.model.current();
         let model_generation = model.as_ref().map(|m| m.generation());
