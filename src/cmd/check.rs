@@ -10,40 +10,25 @@ use crate::rules::{EngineOptions, RuleSet};
 
 /// `popsift check`.
 pub fn run(args: &CheckArgs) -> Exit {
-    let (given, per_user, opts) = match &args.config {
-        Some(path) => {
-            let built = crate::config::ConfigFile::load(path).and_then(|file| {
-                let overrides = crate::config::Overrides { rules: args.rules.clone(), ..Default::default() };
-                crate::config::Config::build(file, overrides)
-            });
-            match built {
-                Ok(c) => {
-                    println!(
-                        "config: {} OK ({} listener{})",
-                        path.display(),
-                        c.listeners.len(),
-                        if c.listeners.len() == 1 { "" } else { "s" }
-                    );
-                    (
-                        Some(c.rules.clone()),
-                        Some(c.rules_per_user.clone()),
-                        EngineOptions { spam_action: c.spam_action },
-                    )
-                }
-                Err(e) => {
-                    eprintln!("popsift check: {e}");
-                    return Exit::Usage;
-                }
+    let (rules, per_user, opts) = match &args.config {
+        Some(path) => match checked_config(path, args) {
+            Ok(c) => {
+                let n = c.listeners.len();
+                println!("config: {} OK ({n} listener{})", path.display(), if n == 1 { "" } else { "s" });
+                (c.rules.clone(), Some(c.rules_per_user.clone()), EngineOptions { spam_action: c.spam_action })
             }
-        }
-        None => (args.rules.clone(), None, EngineOptions::default()),
-    };
-    let rules = match super::rules_path(given, &crate::config::default_state_dir()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("popsift check: {e}");
-            return Exit::Usage;
-        }
+            Err(e) => {
+                eprintln!("popsift check: {e}");
+                return Exit::Usage;
+            }
+        },
+        None => match super::rules_path(args.rules.clone(), &crate::config::default_state_dir()) {
+            Ok(p) => (p, None, EngineOptions::default()),
+            Err(e) => {
+                eprintln!("popsift check: {e}");
+                return Exit::Usage;
+            }
+        },
     };
     match RuleSet::load(&rules, &opts) {
         Ok(set) => {
@@ -61,6 +46,17 @@ pub fn run(args: &CheckArgs) -> Exit {
         Some(settings) => check_mailboxes(&rules, &settings, &opts),
         None => Exit::Ok,
     }
+}
+
+/// The config `serve --config path` would run with: the rules found the same way (`--rules`,
+/// else `rules:`, else the search path).
+fn checked_config(path: &std::path::Path, args: &CheckArgs) -> Result<crate::config::Config, String> {
+    let file = crate::config::ConfigFile::load(path).map_err(|e| e.to_string())?;
+    let state_dir = file.state_dir.clone().unwrap_or_else(crate::config::default_state_dir);
+    let rules =
+        super::rules_path(args.rules.clone().or_else(|| file.rules.clone()), &state_dir).map_err(|e| e.to_string())?;
+    let overrides = crate::config::Overrides { rules: Some(rules), ..Default::default() };
+    crate::config::Config::build(file, overrides).map_err(|e| e.to_string())
 }
 
 /// Compiles every mailbox directory; prints one line per broken mailbox (after its errors)
