@@ -625,11 +625,10 @@ fn provider_config_names_the_edge_keys_and_per_mailbox_rules() {
 fn systemd_unit_runs_the_packaged_binary_as_the_popsift_user() {
     let unit = std::fs::read_to_string(deploy("popsift.service")).unwrap();
     let value = |key: &str| {
-        let mut v = String::new();
         let mut lines = unit.lines();
         while let Some(l) = lines.next() {
             if let Some(rest) = l.strip_prefix(&format!("{key}=")) {
-                v = rest.to_string();
+                let mut v = rest.to_string();
                 let mut cur = l.to_string();
                 while cur.ends_with('\\') {
                     v.pop();
