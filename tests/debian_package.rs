@@ -18,11 +18,7 @@ const ETC: &str = "/etc/popsift";
 const STATE: &str = "/var/lib/popsift";
 
 fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .current_dir("/")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+    Command::new(program).args(args).current_dir("/").output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
 
 fn text(o: &Output) -> String {
@@ -124,7 +120,9 @@ fn package_builds_installs_checks_and_purges_without_a_trace() {
     let control = ok("dpkg-deb", &["--field", deb_s, "Package", "Depends", "Section"]);
     assert!(control.contains("Package: popsift") && control.contains("adduser"), "{control}");
     let contents = ok("dpkg-deb", &["--contents", deb_s]);
-    for want in ["./usr/bin/popsift", "./etc/popsift/popsift.yaml", "./etc/popsift/rules/20-subject.yaml", "popsift.service"] {
+    for want in
+        ["./usr/bin/popsift", "./etc/popsift/popsift.yaml", "./etc/popsift/rules/20-subject.yaml", "popsift.service"]
+    {
         assert!(contents.contains(want), "{want} not in the package:\n{contents}");
     }
 
