@@ -615,6 +615,23 @@ mod tests {
     }
 
     #[test]
+    fn sessions_logging_in_at_once_compile_their_mailbox_once() {
+        let f = fixture();
+        let d = user_dir(&f, "kim");
+        std::fs::write(
+            d.join("a.yaml"),
+            "rules:\n  - id: K1\n    header: Subject\n    keywords: [deals]\n    action: hide\n",
+        )
+        .unwrap();
+        let sets: Vec<Arc<RuleSet>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| f.m.resolve(&f.global, "kim", "pop.example"))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(sets.iter().all(|s| Arc::ptr_eq(s, &sets[0])), "one compiled set shared by all sessions");
+        assert_eq!(action(&sets[0], MINE), Some(crate::rules::Action::Hide));
+    }
+
+    #[test]
     fn a_global_reload_reaches_every_mailbox() {
         let f = fixture();
         let d = user_dir(&f, "ivy");
