@@ -281,6 +281,13 @@ impl MailboxRules {
         if same_global && slot.snapshot.as_ref() == Some(&snap) {
             return slot.set.clone().unwrap_or_else(|| Arc::clone(global));
         }
+        if snap.rule_files.is_empty() && snap.allowlist.is_none() {
+            // Nothing of its own (yet): the same set as everyone, not a copy of it.
+            slot.global = Some(Arc::clone(global));
+            slot.snapshot = Some(snap);
+            slot.set = None;
+            return Arc::clone(global);
+        }
         let started = std::time::Instant::now();
         let result = compile_mailbox(&self.global_path, &dir, &snap, &self.settings, &self.opts);
         slot.global = Some(Arc::clone(global));
@@ -488,6 +495,11 @@ mod tests {
         let s = f.m.resolve(&f.global, "nobody", "pop.example");
         assert!(Arc::ptr_eq(&s, &f.global));
         let s = f.m.resolve(&f.global, "../escape", "pop.example");
+        assert!(Arc::ptr_eq(&s, &f.global));
+        // An empty directory (or one with other files only) is no set of its own either.
+        let d = user_dir(&f, "empty");
+        std::fs::write(d.join("notes.txt"), "nothing here").unwrap();
+        let s = f.m.resolve(&f.global, "empty", "pop.example");
         assert!(Arc::ptr_eq(&s, &f.global));
     }
 
