@@ -225,9 +225,14 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Rule file or directory [default: rules/ on the search path, else the built-in rules].
+    /// Rule file or directory [default: `rules:` in --config, else rules/ on the search
+    /// path, else the built-in rules].
     #[arg(long)]
     pub rules: Option<PathBuf>,
+    /// Also check this config file (every key, as `serve` would) and use its `rules:` and
+    /// `rules_per_user:`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,8 @@
 //!          own_received: { skip: 0, hosts: [] },
 //!          autolearn: { enabled: false, spam_above: 12.0, ham_below: 0.1, balance: 3.0 } }
 //!                                   # classifier, <state_dir>/bayes.redb
+//! rules_per_user: { enabled: true, dir: rules/users, max_files: 16, max_bytes: 1MiB }
+//!                                   # <dir>/<user>@<upstream host>/*.yaml + allowlist.txt
 //! tag: { strip_existing: true, subject_prefix: "[SPAM] ", ham_status: false }
 //! quarantine: { dir: /var/lib/popsift/quarantine, on_failure: hide, max_size: 64MiB,
 //!               quota_size: 1GiB, quota_messages: 10000 }   # quota per user folder
@@ -178,6 +180,49 @@ pub struct ConfigFile {
     pub cache: CacheFile,
     #[serde(default)]
     pub bayes: BayesFile,
+    // -- per-mailbox rules (issue 14) --
+    #[serde(default)]
+    pub rules_per_user: RulesPerUserFile,
+}
+
+/// `rules_per_user:`: a rules directory per mailbox layered over the global rules (see
+/// [`crate::rules::users`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesPerUserFile {
+    /// Default `true`; without a mailbox directory nothing changes.
+    pub enabled: Option<bool>,
+    /// Default: `users/` inside the global rules directory.
+    pub dir: Option<PathBuf>,
+    /// Most rule files per mailbox (default 16).
+    pub max_files: Option<usize>,
+    /// Most octets of rule and allowlist files per mailbox (default 1MiB).
+    pub max_bytes: Option<SizeValue>,
+}
+
+impl RulesPerUserFile {
+    /// The checked settings for the global rule path `rules`; `None` when disabled.
+    pub fn settings(&self, rules: &Path) -> Result<Option<crate::rules::users::PerUserSettings>, ConfigError> {
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        let d = crate::rules::users::PerUserSettings::defaults_for(rules);
+        let max_files = self.max_files.unwrap_or(d.max_files);
+        if max_files == 0 {
+            return Err(ConfigError::BadValue {
+                field: "rules_per_user.max_files".into(),
+                reason: "must be at least 1 (use `enabled: false` to switch per-mailbox rules off)".into(),
+            });
+        }
+        let max_bytes = self.max_bytes.map_or(d.max_bytes, |v| v.0);
+        if max_bytes == 0 {
+            return Err(ConfigError::BadValue {
+                field: "rules_per_user.max_bytes".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(Some(crate::rules::users::PerUserSettings { dir: self.dir.clone().unwrap_or(d.dir), max_files, max_bytes }))
+    }
 }
 
 /// `bayes:`: the header classifier (see [`crate::classify`]).
@@ -417,6 +462,8 @@ pub struct Config {
     pub quarantine: QuarantineSettings,
     pub cache: CacheSettings,
     pub bayes: crate::classify::BayesSettings,
+    /// Per-mailbox rules; `None` when switched off.
+    pub rules_per_user: Option<crate::rules::users::PerUserSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -683,9 +730,11 @@ impl Config {
             quota_size: q.quota_size.map_or(dq.quota_size, |v| v.0),
             quota_messages: q.quota_messages.unwrap_or(dq.quota_messages),
         };
+        let rules = args.rules.clone().or(file.rules).unwrap_or_else(|| PathBuf::from(crate::locate::RULES_DIR));
+        let rules_per_user = file.rules_per_user.settings(&rules)?;
         Ok(Config {
             listeners,
-            rules: args.rules.clone().or(file.rules).unwrap_or_else(|| PathBuf::from(crate::locate::RULES_DIR)),
+            rules,
             spam_action: file.spam_action.unwrap_or(DEFAULT_SPAM_ACTION),
             dry_run: args.dry_run || file.dry_run.unwrap_or(false),
             metrics,
@@ -701,6 +750,7 @@ impl Config {
             quarantine,
             cache,
             bayes,
+            rules_per_user,
         })
     }
 }

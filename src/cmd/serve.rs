@@ -80,7 +80,7 @@ pub async fn start(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Resu
         Err(e) => tracing::debug!("metrics recorder not installed again: {e}"),
     }
     let opts = EngineOptions { spam_action: config.spam_action };
-    let rules = RulesHandle::load(&config.rules, opts)?;
+    let rules = RulesHandle::load_with_mailboxes(&config.rules, opts, config.rules_per_user.clone())?;
     crate::metrics::rules_reload(true);
     rules.spawn_reloader();
     let sockets = crate::net::listener::bind(&config).await?;

@@ -337,7 +337,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             Need::Scan { pipelining } => return self.scan(pipelining, m).await,
             Need::Evaluate(outcome) => {
                 let up = connected(&mut self.up)?;
-                let scan = self.scan.get_or_insert_with(|| LoginScan::start(ctx, m.login_user()));
+                if self.scan.is_none() {
+                    self.scan = Some(LoginScan::start(ctx, m.login_user()).await);
+                }
+                let scan = self.scan.as_mut().ok_or(SessionError::Internal("login scan state"))?;
                 Input::Evaluated(scan.evaluate(up, ctx, *outcome).await?)
             }
             Need::QuarantineFolder => {
@@ -358,7 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
     /// goes on (only the client is touched; the scan owns the upstream).
     async fn scan(&mut self, pipelining: bool, m: &mut Machine) -> Result<Input, SessionError> {
         let ctx = self.ctx;
-        let scan = LoginScan::start(ctx, m.login_user());
+        let scan = LoginScan::start(ctx, m.login_user()).await;
         let outcome = {
             let up = connected(&mut self.up)?;
             let scanning = scan.list(up, ctx, pipelining);

@@ -421,8 +421,9 @@ pub struct LoginScan {
 }
 
 impl LoginScan {
-    pub fn start(ctx: &SessionContext, login_user: Option<&str>) -> LoginScan {
-        let rules = ctx.rules.current();
+    pub async fn start(ctx: &SessionContext, login_user: Option<&str>) -> LoginScan {
+        // The mailbox's own rule set when it has one (per-mailbox rules), else the global set.
+        let rules = ctx.rules.for_mailbox(login_user, &ctx.listener.upstream.host).await;
         let model = ctx.model.current();
         let model_generation = model.as_ref().map(|m| m.generation());
         let scope = match (&ctx.cache, login_user) {

@@ -263,6 +263,51 @@ pub fn load(path: &Path, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
     Ok(set)
 }
 
+/// One layer of a layered load: rule files that all belong to one rules tree (list files and
+/// symlink targets must lie inside `tree`, see [`lists::read_guarded`]).
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub tree: PathBuf,
+    pub files: Vec<PathBuf>,
+}
+
+/// Loads several layers as one set, in order (the global rules, then a mailbox's own files,
+/// see [`super::users`]): ids are unique across all of them and the last `threshold` wins.
+/// `extra` is YAML text compiled last, as if read from the given path in the last layer's tree
+/// (the rules a mailbox's allowlist file turns into).
+pub fn load_layers(
+    layers: &[Layer],
+    extra: Option<(&Path, &str)>,
+    opts: &EngineOptions,
+) -> Result<RuleSet, RuleErrors> {
+    let first_tree = layers.first().map(|l| l.tree.clone()).unwrap_or_else(|| PathBuf::from("."));
+    let mut l = Loader::new(opts, first_tree);
+    for layer in layers {
+        l.lists.set_tree(layer.tree.clone());
+        for f in &layer.files {
+            match lists::read_guarded(f, &layer.tree, lists::RULE_FILE_LIMIT) {
+                Ok(bytes) => {
+                    let text = String::from_utf8_lossy(&bytes).into_owned();
+                    l.load_text(f, &text);
+                }
+                Err(message) => l.errors.push(RuleError {
+                    path: f.clone(),
+                    line: 1,
+                    column: 1,
+                    rule: None,
+                    kind: ErrorKind::Io,
+                    message,
+                }),
+            }
+        }
+    }
+    if let Some((path, text)) = extra {
+        l.load_text(path, text);
+    }
+    let set = l.finish()?;
+    Ok(set)
+}
+
 /// Compiles rules from YAML text, as if read from `path` (list paths resolve against it).
 pub fn load_str(path: &Path, text: &str, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
     let mut l = Loader::new(opts, lists::tree_of(path));

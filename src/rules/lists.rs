@@ -164,6 +164,12 @@ impl ListCache {
         ListCache { tree, files: HashMap::new() }
     }
 
+    /// Switches the tree later reads must lie in (a layered load: global rules, then a
+    /// mailbox's own directory). Lists already read stay cached.
+    pub fn set_tree(&mut self, tree: PathBuf) {
+        self.tree = tree;
+    }
+
     pub fn get(&mut self, path: &Path) -> Result<&[String], String> {
         let tree = &self.tree;
         let e = self.files.entry(path.to_path_buf()).or_insert_with(|| read_entries(path, tree));

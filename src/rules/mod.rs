@@ -7,6 +7,7 @@
 //! - [`expr`]: the boolean `expr:` language; [`lists`]: list files;
 //! - [`eval`]: evaluating a header block into a [`Verdict`];
 //! - [`reload`]: [`RulesHandle`], the atomically swapped current set with hot reload;
+//! - [`users`]: per-mailbox rule directories and allowlists layered over the global set;
 //! - [`error`]: [`RuleErrors`], every load error with file:line:column and rule id.
 //!
 //! The language itself is taught in `rules/README.md`.
@@ -24,6 +25,7 @@ pub mod lists;
 pub mod multiregex;
 pub mod reload;
 pub mod schema;
+pub mod users;
 
 pub use error::{ErrorKind, RuleError, RuleErrors};
 pub use header::{Headers, Mailbox};

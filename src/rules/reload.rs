@@ -22,19 +22,58 @@ pub struct RulesHandle {
     current: ArcSwap<RuleSet>,
     path: Option<PathBuf>,
     opts: EngineOptions,
+    /// Per-mailbox sets layered over this one (`rules_per_user:`), if enabled.
+    mailboxes: Option<Arc<super::users::MailboxRules>>,
 }
 
 impl RulesHandle {
     /// Wraps a set that has no file behind it (`reload` then fails).
     pub fn new(set: RuleSet) -> Arc<RulesHandle> {
-        Arc::new(RulesHandle { current: ArcSwap::from_pointee(set), path: None, opts: EngineOptions::default() })
+        Arc::new(RulesHandle {
+            current: ArcSwap::from_pointee(set),
+            path: None,
+            opts: EngineOptions::default(),
+            mailboxes: None,
+        })
     }
 
     /// Loads `path` and remembers it for reloads.
     pub fn load(path: &Path, opts: EngineOptions) -> Result<Arc<RulesHandle>, RuleErrors> {
+        Self::load_with_mailboxes(path, opts, None)
+    }
+
+    /// [`Self::load`], with per-mailbox rules layered over the set (see [`super::users`]).
+    pub fn load_with_mailboxes(
+        path: &Path,
+        opts: EngineOptions,
+        per_user: Option<super::users::PerUserSettings>,
+    ) -> Result<Arc<RulesHandle>, RuleErrors> {
         let set = RuleSet::load(path, &opts)?;
         crate::metrics::rules_loaded(set.len());
-        Ok(Arc::new(RulesHandle { current: ArcSwap::from_pointee(set), path: Some(path.to_path_buf()), opts }))
+        let mailboxes =
+            per_user.map(|s| Arc::new(super::users::MailboxRules::new(s, path.to_path_buf(), opts.clone())));
+        Ok(Arc::new(RulesHandle {
+            current: ArcSwap::from_pointee(set),
+            path: Some(path.to_path_buf()),
+            opts,
+            mailboxes,
+        }))
+    }
+
+    /// The set for a session of mailbox `user` at upstream `host` (the login's user, once
+    /// known): the mailbox's own set when it has a rules directory, else [`Self::current`].
+    /// Keep it for the whole session. Files are looked at (and compiled when changed) on a
+    /// blocking thread.
+    pub async fn for_mailbox(&self, user: Option<&str>, host: &str) -> Arc<RuleSet> {
+        let global = self.current();
+        let (Some(mailboxes), Some(user)) = (&self.mailboxes, user) else { return global };
+        let (m, user, host, g) = (Arc::clone(mailboxes), user.to_string(), host.to_string(), Arc::clone(&global));
+        tokio::task::spawn_blocking(move || m.resolve(&g, &user, &host)).await.unwrap_or(global)
+    }
+
+    /// The per-mailbox rules, when enabled.
+    pub fn mailboxes(&self) -> Option<&super::users::MailboxRules> {
+        self.mailboxes.as_deref()
     }
 
     /// The set to use now; keep it for the whole session.
