@@ -595,21 +595,53 @@ async fn evaluate_off_thread(
 /// when it is full it is emptied and a warning may repeat once per upstream.
 const MAX_WARNED: usize = 1024;
 
+/// A bounded "already said so" set (issue 12: it grew with every upstream ever seen).
+struct WarnedOnce {
+    seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    cap: usize,
+}
+
+impl WarnedOnce {
+    const fn new(cap: usize) -> WarnedOnce {
+        WarnedOnce { seen: std::sync::Mutex::new(std::collections::BTreeSet::new()), cap }
+    }
+
+    /// True the first time `key` is seen (again after the set was emptied).
+    fn first(&self, key: &str) -> bool {
+        let Ok(mut seen) = self.seen.lock() else { return false };
+        if seen.len() >= self.cap && !seen.contains(key) {
+            seen.clear();
+        }
+        seen.insert(key.to_string())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.seen.lock().map_or(0, |s| s.len())
+    }
+}
+
 /// Warns once per upstream that its mail passes unfiltered (no TOP).
 fn warn_once_no_top(upstream: &str) {
-    use std::sync::{Mutex, OnceLock};
-    static WARNED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let set = WARNED.get_or_init(|| Mutex::new(HashSet::new()));
-    let first = set
-        .lock()
-        .map(|mut s| {
-            if s.len() >= MAX_WARNED && !s.contains(upstream) {
-                s.clear();
-            }
-            s.insert(upstream.to_string())
-        })
-        .unwrap_or(false);
+    static WARNED: WarnedOnce = WarnedOnce::new(MAX_WARNED);
+    let first = WARNED.first(upstream);
     if first {
         tracing::warn!(upstream, "upstream does not support TOP: mail is passed through UNFILTERED (set scan.without_top: refuse to refuse such logins)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_warned_once_set_is_bounded_with_many_upstreams() {
+        let w = WarnedOnce::new(8);
+        assert!(w.first("a:110"));
+        assert!(!w.first("a:110"));
+        for i in 0..1000 {
+            w.first(&format!("host{i}:110"));
+            assert!(w.len() <= 8);
+        }
     }
 }

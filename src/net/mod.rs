@@ -5,8 +5,9 @@
 //!   timeouts and size caps.
 //! - [`tls`]: the rustls client configuration (platform + webpki roots + `--upstream-ca`).
 //! - [`upstream`]: connecting to the real server: TCP, implicit TLS or STLS, greeting, CAPA.
-//! - [`login_scan`]: performs the login scan (LIST, UIDL, windowed `TOP n 0`, the header
-//!   cache, evaluation off the async threads, rechecks) and the quarantine copies.
+//! - [`login_scan`]: performs the login scan (STAT, LIST, UIDL, windowed `TOP n 0`, the
+//!   header cache, evaluation off the async threads, rechecks).
+//! - [`quarantine_copy`]: performs the quarantine copies (RETR into the user's Maildir).
 //! - [`driver`]: one client session from accept to close: the I/O pump that performs the
 //!   actions of [`crate::session::machine`] under named timeouts.
 //! - [`listener`]: accept loops, the session cap, graceful shutdown.

@@ -1,16 +1,17 @@
 //! The whole client session as one sans-IO state machine, from the upstream's greeting to
 //! UPDATE (RFC 1939 §§4–6), modelled on imap-next's `State`: the I/O side feeds it
 //! [`Input`]s with the time they happened ([`Machine::handle`]) and performs the
-//! [`Action`]s [`Machine::next_action`] returns, until `next_action` answers [`Action::Need`] (the input
-//! the machine waits for) or [`Action::Close`]. There is no socket and no clock in here:
+//! [`Action`]s [`Machine::next_action`] returns, until it answers [`Action::Need`] (the
+//! input the machine waits for) or [`Action::Close`]. There is no socket and no clock here:
 //! time arrives with every input and as [`Input::Tick`], which is how the early login
 //! answer (`scan.early_answer_after`, see `net::driver`) is decided.
 //!
 //! Phases and where their policy lives:
 //! - AUTHORIZATION is passed through: [`crate::session::auth`] plans each line (SASL
 //!   exchanges, whose mailbox a login opens); the machine sequences relays and replies.
-//! - The login scan is performed by `net::login_scan` ([`Need::Scan`], [`Need::Evaluate`]);
-//!   the machine decides what follows: refusing a server without TOP
+//! - The login scan is performed by `net::login_scan` ([`Need::Scan`], [`Need::Evaluate`];
+//!   its TOP windows are the sans-IO [`crate::session::top_window`]'s; the header cache and
+//!   the evaluation batches stay with the performer); the machine decides what follows: refusing a server without TOP
 //!   (`scan.without_top: refuse`), answering the login early, which messages go to the
 //!   quarantine ([`Need::Quarantine`], one at a time) and what a failed copy means
 //!   (`quarantine.on_failure`), and when the view is complete.
@@ -19,8 +20,9 @@
 //!   sends DELE upstream (checked by the fuzz target and `tests/session_proptest.rs`).
 //!
 //! Open for what other parts add: the action set is an enum matched exhaustively by the one
-//! performer (`net::driver`), so new actions (a client TLS upgrade, bodies served from
-//! popsift's own store) are new variants, not new code paths in the I/O pump.
+//! performer (`net::driver`), so new actions (a client TLS upgrade after STLS, bodies served
+//! from popsift's own store, a decision-history record at [`Action::ViewReady`]) are new
+//! variants or new work at an existing one, not new code paths in the I/O pump.
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -278,8 +280,9 @@ impl Machine {
         }
     }
 
-    /// The next action. After [`Action::Need`] the machine returns it again until the
-    /// input is handled; after [`Action::Close`] it returns `Close` for ever.
+    /// The next action. A need without data (a line to read) is returned again until its
+    /// input is handled; one that carries data ([`Need::Evaluate`], [`Need::Quarantine`] …)
+    /// is returned once, then [`Need::Pending`]. After [`Action::Close`], `Close` for ever.
     pub fn next_action(&mut self) -> Action {
         if let Some(a) = self.actions.pop_front() {
             return a;
