@@ -876,7 +876,10 @@ mod tests {
         let c = build("bayes: {}").unwrap();
         assert!(!c.bayes.autolearn.enabled);
         let c = build("bayes: {autolearn: {enabled: true, spam_above: 9, balance: 2}, own_received: {skip: 2, hosts: [mx.example.net]}}").unwrap();
-        assert_eq!((c.bayes.autolearn.enabled, c.bayes.autolearn.spam_above, c.bayes.autolearn.ham_below), (true, 9.0, 0.1));
+        assert_eq!(
+            (c.bayes.autolearn.enabled, c.bayes.autolearn.spam_above, c.bayes.autolearn.ham_below),
+            (true, 9.0, 0.1)
+        );
         assert_eq!(c.bayes.autolearn.balance, 2.0);
         assert_eq!(c.bayes.own_received, crate::classify::OwnHops { skip: 2, hosts: vec!["mx.example.net".into()] });
         for (bad, field) in [

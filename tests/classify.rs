@@ -371,7 +371,8 @@ fn autolearn_learns_confident_verdicts_and_keeps_the_balance() {
     // The same message again is dropped before the queue.
     a.offer(spam_msg(0).as_bytes(), false, &verdict(10.0));
     autolearn_idle(&a);
-    let stats = RedbStore::open_existing(t.path(), std::time::Duration::from_secs(5)).unwrap().unwrap().stats().unwrap();
+    let stats =
+        RedbStore::open_existing(t.path(), std::time::Duration::from_secs(5)).unwrap().unwrap().stats().unwrap();
     assert_eq!((stats.0, stats.1), (2, 0), "spam learned up to the balance");
     assert_eq!((a.counts().get(R::Spam), a.counts().get(R::Balance)), (2, 3));
     // Ham arrives: learned, and spam may follow again.
@@ -381,7 +382,8 @@ fn autolearn_learns_confident_verdicts_and_keeps_the_balance() {
     autolearn_idle(&a);
     a.offer(spam_msg(10).as_bytes(), false, &verdict(10.0));
     autolearn_idle(&a);
-    let stats = RedbStore::open_existing(t.path(), std::time::Duration::from_secs(5)).unwrap().unwrap().stats().unwrap();
+    let stats =
+        RedbStore::open_existing(t.path(), std::time::Duration::from_secs(5)).unwrap().unwrap().stats().unwrap();
     assert_eq!((stats.0, stats.1), (3, 3));
     assert_eq!((a.counts().get(R::Spam), a.counts().get(R::Ham)), (3, 3));
     drop(a);
@@ -403,7 +405,8 @@ fn autolearn_hook_runs_in_the_session_evaluation() {
         autolearn: AutolearnSettings { enabled: true, spam_above: 6.0, ham_below: 0.0, balance: 3.0 },
         ..BayesSettings::default()
     };
-    let rules = RulesHandle::new(RuleSet::from_yaml(Path::new("r.yaml"), BAND_RULES, &EngineOptions::default()).unwrap());
+    let rules =
+        RulesHandle::new(RuleSet::from_yaml(Path::new("r.yaml"), BAND_RULES, &EngineOptions::default()).unwrap());
     let learner = Autolearner::start(t.path(), &settings, rules.clone()).unwrap();
     let h = ModelHandle::open_with(t.path(), settings, Some(learner.clone()));
     let model = h.current().expect("model");

@@ -258,7 +258,8 @@ impl Model {
         *n = n.saturating_add_signed(delta as i64);
         for t in tokens {
             let k = token_hash(t);
-            let e = self.tokens.entry(k).or_insert_with(|| Entry { counts: Counts::default(), text: t.as_str().into() });
+            let e =
+                self.tokens.entry(k).or_insert_with(|| Entry { counts: Counts::default(), text: t.as_str().into() });
             let c = &mut e.counts;
             let v = if spam { &mut c.spam } else { &mut c.ham };
             *v = v.saturating_add_signed(delta);

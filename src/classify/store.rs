@@ -214,7 +214,10 @@ pub fn move_aside(state_dir: &Path, why: &StoreError) -> Result<PathBuf, StoreEr
         aside = state_dir.join(format!("{}.corrupt-{secs}.{n}", super::FILE_NAME));
         n += 1;
     }
-    std::fs::rename(&path, &aside).map_err(|e| StoreError::Io { path: path.clone(), detail: format!("cannot move the damaged model aside: {e}") })?;
+    std::fs::rename(&path, &aside).map_err(|e| StoreError::Io {
+        path: path.clone(),
+        detail: format!("cannot move the damaged model aside: {e}"),
+    })?;
     tracing::error!(
         path = %path.display(), moved_to = %aside.display(), error = %why,
         "bayes model damaged: moved aside; a new empty model starts (retrain with popsift train)"

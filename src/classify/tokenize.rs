@@ -56,7 +56,24 @@ pub struct Tokenizer {
     prefixes: Vec<String>,
     /// The user's own delivery path, skipped at the top of the Received chain.
     own_hops: OwnHops,
+    /// First bytes (lower-cased) of the ignored names: a name starting with any other byte
+    /// is not ignored, without comparing it to every entry.
+    first: [bool; 256],
+    /// The whole-value fields ([`VALUE_FIELDS`]) that are not ignored.
+    value_fields: Vec<&'static str>,
 }
+
+/// Fields tokenized by their whole (lower-cased) value and its first word.
+const VALUE_FIELDS: [&str; 8] = [
+    "x-mailer",
+    "user-agent",
+    "x-mimeole",
+    "organization",
+    "x-priority",
+    "x-msmail-priority",
+    "precedence",
+    "importance",
+];
 
 /// Which Received hops at the top of the chain (the last ones added) are the user's own
 /// provider or fetch path: they are the same on every message, spam or ham, so they carry
@@ -109,7 +126,20 @@ impl Tokenizer {
                 None => exact.push(p),
             }
         }
-        Tokenizer { exact, prefixes, own_hops: OwnHops::default() }
+        let mut first = [false; 256];
+        for p in exact.iter().chain(&prefixes) {
+            match p.bytes().next() {
+                Some(b) => {
+                    first[b as usize] = true;
+                    first[b.to_ascii_uppercase() as usize] = true;
+                }
+                // `*` alone ignores every name.
+                None => first = [true; 256],
+            }
+        }
+        let mut t = Tokenizer { exact, prefixes, own_hops: OwnHops::default(), first, value_fields: Vec::new() };
+        t.value_fields = VALUE_FIELDS.iter().copied().filter(|n| !t.ignores(n)).collect();
+        t
     }
 
     /// The tokenizer the config asks for (`bayes.ignore_headers`, `bayes.own_received`).
@@ -119,13 +149,19 @@ impl Tokenizer {
 
     /// Skips the user's own Received hops (see [`OwnHops`]).
     pub fn with_own_hops(mut self, own: OwnHops) -> Tokenizer {
-        self.own_hops = OwnHops { skip: own.skip, hosts: own.hosts.iter().map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase()).collect() };
+        self.own_hops = OwnHops {
+            skip: own.skip,
+            hosts: own.hosts.iter().map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase()).collect(),
+        };
         self
     }
 
     /// Whether the tokenizer ignores a header name.
     pub fn ignores(&self, name: &str) -> bool {
         let n = name.as_bytes();
+        if n.first().is_some_and(|&b| !self.first[b as usize]) {
+            return false;
+        }
         self.exact.iter().any(|e| e.as_bytes().eq_ignore_ascii_case(n))
             || self.prefixes.iter().any(|p| n.len() >= p.len() && n[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
     }
@@ -157,15 +193,20 @@ impl Tokenizer {
         out.clear();
         self.header_counts(h, out);
         subject(h, out);
-        for (name, prefix) in [("from", "from"), ("sender", "sender"), ("reply-to", "reply-to")] {
+        // The first address of From and of Reply-To (`Some(None)`: the field has none).
+        let mut firsts: [Option<Option<String>>; 3] = [None, None, None];
+        for (i, name) in ["from", "sender", "reply-to"].into_iter().enumerate() {
             if let Some(raw) = h.get_raw(name) {
-                mailbox_tokens(prefix, raw, out);
+                firsts[i] = Some(mailbox_tokens(name, raw, out));
             }
         }
-        if let (Some(f), Some(r)) = (h.get_raw("from"), h.get_raw("reply-to")) {
-            let fa = parse_addresses(f).into_iter().next().map(|m| m.addr.to_ascii_lowercase());
-            let ra = parse_addresses(r).into_iter().next().map(|m| m.addr.to_ascii_lowercase());
-            out.push_parts(&[if fa == ra { "reply-to:same-as-from" } else { "reply-to:differs" }]);
+        if let (Some(fa), Some(ra)) = (&firsts[0], &firsts[2]) {
+            let same = match (fa, ra) {
+                (Some(f), Some(r)) => f.eq_ignore_ascii_case(r),
+                (None, None) => true,
+                _ => false,
+            };
+            out.push_parts(&[if same { "reply-to:same-as-from" } else { "reply-to:differs" }]);
         }
         if let Some(rp) = h.get_raw("return-path") {
             let addr = rp.trim().trim_start_matches('<').trim_end_matches('>');
@@ -179,19 +220,7 @@ impl Tokenizer {
         recipients(h, out);
         received(h, &self.own_hops, out);
         message_id(h, out);
-        for name in [
-            "x-mailer",
-            "user-agent",
-            "x-mimeole",
-            "organization",
-            "x-priority",
-            "x-msmail-priority",
-            "precedence",
-            "importance",
-        ] {
-            if self.ignores(name) {
-                continue;
-            }
+        for &name in &self.value_fields {
             if let Some(v) = h.get(name) {
                 let v: String = v.trim().chars().take(60).collect::<String>().to_lowercase();
                 if let Some(first) = v.split(|c: char| c.is_whitespace() || c == '/').next().filter(|w| !w.is_empty()) {
@@ -446,11 +475,11 @@ fn host_tokens(prefix: &str, host: &str, out: &mut TokenSet) {
     }
 }
 
-fn mailbox_tokens(prefix: &str, raw: &str, out: &mut TokenSet) {
-    let boxes = parse_addresses(raw);
-    let Some(m) = boxes.first() else {
+/// Tokens of the first mailbox of an address field; returns its address.
+fn mailbox_tokens(prefix: &str, raw: &str, out: &mut TokenSet) -> Option<String> {
+    let Some(m) = parse_addresses(raw).into_iter().next() else {
         out.push_parts(&[prefix, ":none"]);
-        return;
+        return None;
     };
     if m.name.trim().is_empty() {
         out.push_parts(&[prefix, ":no-name"]);
@@ -476,6 +505,7 @@ fn mailbox_tokens(prefix: &str, raw: &str, out: &mut TokenSet) {
         }
         None => out.push_parts(&[prefix, ":no-domain"]),
     }
+    Some(m.addr)
 }
 
 fn recipients(h: &Headers, out: &mut TokenSet) {

@@ -795,7 +795,9 @@ mod tests {
         let imp = run("header __A X =~ /a/\nheader __B X =~ /b/\nheader __C X =~ /c/\nheader __D X !~ /d/\n\
                        meta __M __B && __D\nmeta N __M\nheader __U Y =~ /u/\n");
         let ids: Vec<String> = rules(&imp).into_iter().map(|r| r.id).collect();
-        assert!(ids.contains(&"__B".to_string()) && ids.contains(&"__D".to_string()) && ids.contains(&"__M".to_string()));
+        assert!(
+            ids.contains(&"__B".to_string()) && ids.contains(&"__D".to_string()) && ids.contains(&"__M".to_string())
+        );
         assert!(!ids.iter().any(|i| i == "__A" || i == "__C" || i.starts_with("__U")), "{ids:?}");
         assert_eq!(imp.report.unreferenced, 3);
         assert_eq!(imp.report.imported, 4);
