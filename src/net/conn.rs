@@ -263,6 +263,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.io.shutdown()).await;
     }
 
+    /// The socket itself (STLS upgrades it in place; see `crate::edge::tls::ClientStream`).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
     /// Gives back the socket; fails if unread bytes are buffered (they would be lost).
     pub fn into_inner(self) -> Result<S, S> {
         if self.buf.is_empty() {
@@ -297,7 +306,10 @@ impl BodyClock {
     }
 }
 
-impl Conn<tokio::net::TcpStream> {
+/// Generic over the socket so the client side can be plain TCP or TLS
+/// (`crate::edge::tls::ClientStream`); both reads below are cancel-safe (`gone` is raced
+/// against upstream waits).
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Resolves when the client has gone (EOF, reset) while popsift waits on the upstream,
     /// so a session whose client left is torn down at once instead of waiting for a slow
     /// server. Meanwhile whatever the client sends is read into the buffer, up to `cap`
@@ -309,17 +321,13 @@ impl Conn<tokio::net::TcpStream> {
             if self.eof_seen || self.buf.len() >= cap {
                 std::future::pending::<()>().await;
             }
-            if let Err(e) = self.io.readable().await {
-                return SessionError::ClientIo(e);
-            }
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 self.buf.reserve(READ_CHUNK);
             }
-            match self.io.try_read_buf(&mut self.buf) {
+            match self.io.read_buf(&mut self.buf).await {
                 Ok(0) if self.buf.is_empty() && !keep_on_eof => return SessionError::ClientClosed,
                 Ok(0) => self.eof_seen = true,
                 Ok(n) => self.bytes_in += n as u64,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return SessionError::ClientIo(e),
             }
         }
@@ -327,17 +335,24 @@ impl Conn<tokio::net::TcpStream> {
 
     /// Reads what the socket already holds, without waiting. Returns whether bytes arrived.
     pub fn try_fill(&mut self) -> Result<bool, SessionError> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
+        struct NoWake;
+        impl std::task::Wake for NoWake {
+            fn wake(self: std::sync::Arc<Self>) {}
         }
-        match self.io.try_read_buf(&mut self.buf) {
-            Ok(0) => Ok(false),
-            Ok(n) => {
-                self.bytes_in += n as u64;
-                Ok(true)
+        let waker = std::task::Waker::from(std::sync::Arc::new(NoWake));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut chunk = [0u8; 16 * 1024];
+        let mut read = tokio::io::ReadBuf::new(&mut chunk);
+        match std::pin::Pin::new(&mut self.io).poll_read(&mut cx, &mut read) {
+            std::task::Poll::Pending => Ok(false),
+            std::task::Poll::Ready(Ok(())) => {
+                let got = read.filled();
+                self.buf.extend_from_slice(got);
+                self.bytes_in += got.len() as u64;
+                Ok(!got.is_empty())
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(SessionError::ClientIo(e)),
+            std::task::Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            std::task::Poll::Ready(Err(e)) => Err(SessionError::ClientIo(e)),
         }
     }
 }

@@ -49,7 +49,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::TcpStream;
+use crate::edge::tls::ClientStream;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::{Config, Listener, OnFailure, WithoutTop};
@@ -82,7 +82,7 @@ const WATCH_READ_AHEAD: usize = 64 * 1024;
 /// Runs an upstream wait while watching the client: if the client goes (see
 /// [`Conn::gone`]), the wait is abandoned and the session ends.
 async fn watching<T>(
-    client: &mut Conn<TcpStream>,
+    client: &mut Conn<ClientStream>,
     quit_queued: bool,
     wait: impl Future<Output = Result<T, SessionError>>,
 ) -> Result<T, SessionError> {
@@ -105,6 +105,8 @@ pub struct SessionContext {
     pub memo: Arc<VerdictMemo>,
     /// The classifier model, refreshed in the background after training.
     pub model: Arc<crate::classify::ModelHandle>,
+    /// The listener's network edge: client TLS, plain-text policy, login throttle.
+    pub edge: Arc<crate::edge::Edge>,
 }
 
 /// What the session did, for the summary log line.
@@ -123,14 +125,14 @@ struct Stats {
 
 /// Runs one session to its end; never panics on peer input and never returns an error:
 /// everything is logged and counted here.
-pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
+pub async fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
     let span = info_span!("session", %peer, upstream = %ctx.listener.upstream.display(), user = tracing::field::Empty);
     async move {
         let started = Instant::now();
         // Counts the session in `popsift_sessions_active` until dropped, even by a panic.
         let active = m::ActiveSession::start();
-        let _ = client.set_nodelay(true);
         let mut s = Session {
+            peer,
             client: Conn::new(client, Side::Client),
             up: None,
             out: Vec::new(),
@@ -213,7 +215,9 @@ fn connected(up: &mut Option<Upstream>) -> Result<&mut Conn<crate::net::stream::
 
 struct Session<'a> {
     ctx: &'a SessionContext,
-    client: Conn<TcpStream>,
+    /// The client's address (carried by the PROXY header behind a balancer).
+    peer: SocketAddr,
+    client: Conn<ClientStream>,
     up: Option<Upstream>,
     /// Client output not yet written.
     out: Vec<u8>,
@@ -339,6 +343,9 @@ impl Session<'_> {
                 return Ok(None);
             }
             let line = self.client_line().await?;
+            if self.edge_gate(&line).await? {
+                continue;
+            }
             let planned = auth.command(&line);
             self.note_identity(&auth);
             match planned {
@@ -401,7 +408,8 @@ impl Session<'_> {
                 }
                 AuthPlan::Capa => {
                     let caps = self.up.as_ref().and_then(|u| u.caps.clone());
-                    let list = capa::rewrite(caps.as_deref(), Known { top: false, uidl: false, logged_in: false });
+                    let mut list = capa::rewrite(caps.as_deref(), Known { top: false, uidl: false, logged_in: false });
+                    self.ctx.edge.capa(&mut list, self.client.get_ref().is_tls(), false);
                     self.reply(&capa_codec::encode(&list)).await?;
                 }
                 AuthPlan::Quit => {
@@ -411,6 +419,47 @@ impl Session<'_> {
                     self.reply(&r).await?;
                     return Ok(None);
                 }
+            }
+        }
+    }
+
+    /// The network edge's say on an AUTHORIZATION command (see [`crate::edge::Edge::gate`]):
+    /// STLS, plain-text logins refused without TLS, the failed-login throttle. `true` when
+    /// the edge answered it (the session machine never sees it, the upstream never hears it).
+    async fn edge_gate(&mut self, line: &[u8]) -> Result<bool, SessionError> {
+        use crate::edge::Gate;
+        let Ok(cmd) = command::parse(line) else { return Ok(false) };
+        let secure = self.client.get_ref().is_tls();
+        match self.ctx.edge.gate(&cmd, secure, self.peer.ip()) {
+            Gate::Pass => Ok(false),
+            Gate::Reply(b) => self.reply(&b).await.map(|()| true),
+            Gate::StartTls => {
+                self.reply(crate::edge::STLS_OK).await?;
+                // Anything the client sent after STLS in the clear must not be taken as if
+                // it came over TLS (the STARTTLS command-injection attack, CVE-2011-0411).
+                let injected = self.client.buffered().len();
+                if injected > 0 {
+                    warn!(octets = injected, "discarding plain-text input sent after STLS");
+                    self.client.consume(injected);
+                }
+                let peer = self.peer;
+                self.ctx
+                    .edge
+                    .start_tls(self.client.get_mut(), peer)
+                    .await
+                    .map_err(|e| SessionError::ClientIo(std::io::Error::other(e.to_string())))?;
+                Ok(true)
+            }
+            Gate::Refuse { reply, why } => {
+                self.stats.auth_failed = true;
+                let user = match &cmd {
+                    command::Command::User(name) => Some(name.clone()),
+                    _ => self.stats.user.clone(),
+                };
+                let upstream = self.ctx.listener.upstream.display();
+                let delay = self.ctx.edge.login_failed(self.peer.ip(), user.as_deref(), &upstream, why);
+                tokio::time::sleep(delay).await;
+                self.reply(reply).await.map(|()| true)
             }
         }
     }
@@ -434,6 +483,11 @@ impl Session<'_> {
         r.extend_from_slice(b"\r\n");
         if !ok {
             self.stats.auth_failed = true;
+            let user = self.login_user.clone().or_else(|| self.stats.user.clone());
+            let upstream = self.ctx.listener.upstream.display();
+            let why = crate::edge::LoginFailure::UpstreamRefused;
+            let delay = self.ctx.edge.login_failed(self.peer.ip(), user.as_deref(), &upstream, why);
+            tokio::time::sleep(delay).await;
             self.reply(&r).await?;
             return Ok(None);
         }

@@ -29,6 +29,8 @@ pub enum ServeError {
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] tls::TlsConfigError),
+    #[error("listener {addr}: {source}")]
+    ClientTls { addr: std::net::SocketAddr, source: crate::edge::tls::CertError },
 }
 
 /// Binds every listener; fails before accepting anything if one cannot be bound.
@@ -56,7 +58,11 @@ pub async fn serve(
     let memo = Arc::new(crate::store::verdict_memo::VerdictMemo::new(256));
     let model = open_model(&config).await;
     let mut loops = Vec::new();
+    // One count of sessions per client address across all listeners (`max_sessions_per_ip`).
+    let per_ip = Arc::new(crate::edge::limits::SessionsPerIp::default());
     for (l, sock) in config.listeners.iter().zip(sockets) {
+        let edge = crate::edge::Edge::open(l.listen, &l.edge, per_ip.clone(), config.timeouts.client_tls_handshake)
+            .map_err(|source| ServeError::ClientTls { addr: l.listen, source })?;
         let ctx = Arc::new(SessionContext {
             listener: l.clone(),
             config: config.clone(),
@@ -65,6 +71,7 @@ pub async fn serve(
             cache: cache.clone(),
             memo: memo.clone(),
             model: model.clone(),
+            edge,
         });
         info!(listen = %sock.local_addr().map(|a| a.to_string()).unwrap_or_default(), upstream = %l.upstream.display(), tls = ?l.upstream.tls, "listening");
         let permits = permits.clone();
@@ -97,7 +104,14 @@ pub async fn serve(
                     continue;
                 };
                 let spare = spare_handle(&stream);
-                let session = driver::run(stream, peer, ctx.clone());
+                let ctx = ctx.clone();
+                // The edge (PROXY header, per-address limit, implicit TLS) runs in the
+                // session's task, so a slow or hostile client never stalls accepting.
+                let session = async move {
+                    let Some(admitted) = ctx.edge.admit(stream, peer).await else { return };
+                    let _slot = admitted.slot;
+                    driver::run(admitted.client, admitted.peer, ctx).await;
+                };
                 tokio::spawn(supervise(session, spare, peer, permit));
             }
         }));
