@@ -95,7 +95,7 @@ fn client_dir(prefix: &str) -> tempfile::TempDir {
     d
 }
 
-fn repo_path(rel: &str) -> PathBuf {
+pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
