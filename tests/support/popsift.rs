@@ -76,7 +76,7 @@ impl Popsift {
         let metrics_port = free_port();
         let ca = o.ca.map(|c| format!("    upstream_ca: {}\n", c.display())).unwrap_or_default();
         let config = format!(
-            "listeners:\n  - listen: {}:{port}\n    upstream: {}\n    upstream_tls: {}\n{ca}{}rules: {}\nstate_dir: {}\nmetrics: 127.0.0.1:{metrics_port}\n{}",
+            "listeners:\n  - listen: '{}:{port}'\n    upstream: {}\n    upstream_tls: {}\n{ca}{}rules: {}\nstate_dir: {}\nmetrics: 127.0.0.1:{metrics_port}\n{}",
             o.listen_host,
             o.upstream,
             o.tls,
