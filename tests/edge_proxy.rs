@@ -115,12 +115,8 @@ fn say(r: &mut BufReader<TcpStream>, cmd: &str) -> String {
 
 fn fail2ban_regex(log: &Path) -> String {
     let bin = require_program("fail2ban-regex", "fail2ban");
-    let out = Command::new(bin)
-        .arg("-v")
-        .arg(log)
-        .arg(repo_path("deploy/fail2ban/filter.d/popsift.conf"))
-        .output()
-        .unwrap();
+    let out =
+        Command::new(bin).arg("-v").arg(log).arg(repo_path("deploy/fail2ban/filter.d/popsift.conf")).output().unwrap();
     assert!(out.status.success(), "fail2ban-regex: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -131,7 +127,7 @@ fn matched(report: &str) -> usize {
     before.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-const EDGE: &str = "    proxy_protocol: { trusted: [127.0.0.1/32], header_timeout: 1s }\n    max_sessions_per_ip: 1\n    login_failures: { max: 2, window: 10m, delay: 0s }\n";
+const EDGE: &str = "    proxy_protocol: { trusted: [127.0.0.1/32], header_timeout: 1s }\n    max_sessions_per_ip: 1\n    login_failures: { max: 2, window: 10m, delay: 10ms }\n";
 
 #[test]
 fn haproxy_send_proxy_v2_carries_the_client_address_into_logs_limits_and_fail2ban() {
@@ -185,7 +181,8 @@ fn haproxy_send_proxy_v2_carries_the_client_address_into_logs_limits_and_fail2ba
     assert!(log.contains("client=127.0.0.7 limit=1") && log.contains("max_sessions_per_ip"), "{log}");
     assert!(!log.contains("wrong-password") && !log.contains(&pass), "passwords are never logged");
     let m = p.scrape();
-    assert!(m.contains("popsift_edge_refusals_total{reason=\"per_ip_limit\"} 1"), "{m}");
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("max_sessions_per_ip reached")).collect();
+    assert!(m.contains("popsift_edge_refusals_total{reason=\"per_ip_limit\"} 1"), "{refusals:#?}");
     assert!(m.contains("popsift_login_failures_total{reason=\"upstream-refused\"} 2"), "{m}");
     assert!(m.contains("popsift_login_failures_total{reason=\"throttled\"} 1"), "{m}");
 

@@ -174,7 +174,10 @@ fn stls_with_poplib_and_fetchmail_and_plaintext_refused_before_it() {
     assert!(line(&mut tls).unwrap().starts_with("+OK"));
     tls.get_mut().write_all(format!("PASS {pass}\r\nSTAT\r\nQUIT\r\n").as_bytes()).unwrap();
     assert!(line(&mut tls).unwrap().starts_with("+OK"));
-    assert_eq!(line(&mut tls).unwrap(), format!("+OK {} {}", all.len(), all.iter().map(|m| expected_list_size(&m.bytes)).sum::<u64>()));
+    assert_eq!(
+        line(&mut tls).unwrap(),
+        format!("+OK {} {}", all.len(), all.iter().map(|m| expected_list_size(&m.bytes)).sum::<u64>())
+    );
     assert!(line(&mut tls).unwrap().starts_with("+OK"));
 
     // Real clients.
@@ -344,7 +347,12 @@ fn ipv6_listener_on_loopback() {
     // Loopback: plain text allowed by default, and STLS offered.
     let got = poplib_fetch(&p.addr, "alice", &pass, &PoplibOpts::default());
     assert_eq!(got.messages, wire(&all));
-    let got = poplib_fetch(&p.addr, "alice", &pass, &PoplibOpts { tls: Tls::Stls, ca: Some(pki.ca.clone()), ..Default::default() });
+    let got = poplib_fetch(
+        &p.addr,
+        "alice",
+        &pass,
+        &PoplibOpts { tls: Tls::Stls, ca: Some(pki.ca.clone()), ..Default::default() },
+    );
     assert_eq!(got.messages.len(), all.len());
     p.wait_log("peer=[::1]:");
 }

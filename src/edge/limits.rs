@@ -88,7 +88,9 @@ impl LoginThrottle {
     /// refused without asking the upstream).
     pub fn is_throttled(&self, ip: IpAddr, now: Instant) -> bool {
         let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        table.get(&ip.to_canonical()).is_some_and(|f| now.duration_since(f.since) < self.settings.window && f.count >= self.settings.max)
+        table
+            .get(&ip.to_canonical())
+            .is_some_and(|f| now.duration_since(f.since) < self.settings.window && f.count >= self.settings.max)
     }
 
     /// Counts one failed login from `ip`; returns the failures in the current window.
@@ -150,7 +152,12 @@ mod tests {
 
     #[test]
     fn failures_throttle_within_the_window_only() {
-        let t = LoginThrottle::new(LoginFailures { max: 3, window: Duration::from_secs(60), delay: Duration::ZERO, tracked: 10 });
+        let t = LoginThrottle::new(LoginFailures {
+            max: 3,
+            window: Duration::from_secs(60),
+            delay: Duration::ZERO,
+            tracked: 10,
+        });
         let now = Instant::now();
         let a = ip("198.51.100.7");
         for i in 1..=3 {
@@ -166,7 +173,12 @@ mod tests {
 
     #[test]
     fn the_failure_table_is_bounded() {
-        let t = LoginThrottle::new(LoginFailures { max: 3, window: Duration::from_secs(60), delay: Duration::ZERO, tracked: 100 });
+        let t = LoginThrottle::new(LoginFailures {
+            max: 3,
+            window: Duration::from_secs(60),
+            delay: Duration::ZERO,
+            tracked: 100,
+        });
         let now = Instant::now();
         for i in 0..10_000u32 {
             let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));

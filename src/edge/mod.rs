@@ -153,6 +153,7 @@ impl Edge {
     pub async fn admit(&self, mut tcp: TcpStream, socket_peer: SocketAddr) -> Option<Admitted> {
         let _ = tcp.set_nodelay(true);
         let mut peer = socket_peer;
+        let mut per_ip_limit = self.settings.max_sessions_per_ip;
         if let Some(pp) = &self.settings.proxy_protocol {
             if !pp.trusts(socket_peer.ip()) {
                 warn!(%socket_peer, "connection refused: PROXY protocol listener, and the source is not in proxy_protocol.trusted");
@@ -164,6 +165,12 @@ impl Edge {
                     if let Some(src) = h.source {
                         peer = src;
                     }
+                    // The balancer's own connections (v2 LOCAL, v1 UNKNOWN, or its health
+                    // checks, which HAProxy sends with its own address) are not a client:
+                    // overlapping checks must not lock each other out.
+                    if pp.trusts(peer.ip()) {
+                        per_ip_limit = 0;
+                    }
                 }
                 Err(e) => {
                     warn!(%socket_peer, error = %e, "connection refused: bad PROXY header");
@@ -172,7 +179,7 @@ impl Edge {
                 }
             }
         }
-        let Some(slot) = self.sessions.try_open(peer.ip(), self.settings.max_sessions_per_ip) else {
+        let Some(slot) = self.sessions.try_open(peer.ip(), per_ip_limit) else {
             warn!(client = %peer.ip(), limit = self.settings.max_sessions_per_ip, "connection refused: max_sessions_per_ip reached");
             crate::metrics::edge_refusal("per_ip_limit");
             if self.mode() != Some(ClientTlsMode::Implicit) {
@@ -207,7 +214,9 @@ impl Edge {
             Command::User(_) | Command::Pass(_) if !secure && !self.plaintext_allowed() => {
                 Gate::Refuse { reply: PLAINTEXT_REFUSED, why: LoginFailure::PlaintextDisallowed }
             }
-            Command::Auth { mechanism: Some(m), .. } if !secure && !self.plaintext_allowed() && is_plaintext_mechanism(m) => {
+            Command::Auth { mechanism: Some(m), .. }
+                if !secure && !self.plaintext_allowed() && is_plaintext_mechanism(m) =>
+            {
                 Gate::Refuse { reply: PLAINTEXT_REFUSED, why: LoginFailure::PlaintextDisallowed }
             }
             Command::Pass(_) | Command::Apop { .. } | Command::Auth { mechanism: Some(_), .. }
@@ -243,7 +252,12 @@ impl Edge {
         if !secure && !self.plaintext_allowed() {
             list.retain(|c| c.tag != "USER");
             for c in list.iter_mut().filter(|c| c.tag == "SASL") {
-                c.args = c.args.split_ascii_whitespace().filter(|m| !is_plaintext_mechanism(m)).collect::<Vec<_>>().join(" ");
+                c.args = c
+                    .args
+                    .split_ascii_whitespace()
+                    .filter(|m| !is_plaintext_mechanism(m))
+                    .collect::<Vec<_>>()
+                    .join(" ");
             }
             list.retain(|c| !(c.tag == "SASL" && c.args.is_empty()));
         }
@@ -265,6 +279,19 @@ impl Edge {
         warn!(target: "popsift::login", parent: None, "login failed: client={client} user={:?} upstream={upstream} reason={}", user.unwrap_or(""), why.label());
         self.throttle.settings().delay
     }
+}
+
+/// Whether the upstream's `-ERR` to a login is a failed login (a wrong name or password)
+/// rather than the server being unable to serve a correct one: RFC 2449 §8.1.1 `[IN-USE]`
+/// and `[LOGIN-DELAY]`, RFC 3206 `[SYS/TEMP]` and `[SYS/PERM]` are not counted against the
+/// address (a user with two mail clients must not be banned for the mailbox lock).
+pub fn is_login_failure(reply: &[u8]) -> bool {
+    let text = reply.get(4..).unwrap_or_default();
+    let text = text.strip_prefix(b" ").unwrap_or(text);
+    let Some(rest) = text.strip_prefix(b"[") else { return true };
+    let code_end = rest.iter().position(|&b| b == b']').unwrap_or(rest.len());
+    let code = rest.get(..code_end).unwrap_or_default().to_ascii_uppercase();
+    !(code.starts_with(b"IN-USE") || code.starts_with(b"LOGIN-DELAY") || code.starts_with(b"SYS/"))
 }
 
 /// SASL mechanisms that carry the password itself (RFC 4616 PLAIN, the LOGIN draft) or a
@@ -302,7 +329,10 @@ mod tests {
         let e = edge("0.0.0.0:110", starttls());
         for line in ["USER alice", "PASS secret", "AUTH PLAIN AGFsaWNlAHNlY3JldA==", "auth login"] {
             let cmd = parse(line.as_bytes()).unwrap();
-            assert!(matches!(e.gate(&cmd, false, ip), Gate::Refuse { why: LoginFailure::PlaintextDisallowed, .. }), "{line}");
+            assert!(
+                matches!(e.gate(&cmd, false, ip), Gate::Refuse { why: LoginFailure::PlaintextDisallowed, .. }),
+                "{line}"
+            );
             assert_eq!(e.gate(&cmd, true, ip), Gate::Pass, "{line} over TLS");
         }
         let apop = parse(b"APOP alice c4c9334bac560ecc979e58001b3e22fb").unwrap();
@@ -322,7 +352,9 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let stls = parse(b"STLS").unwrap();
         assert_eq!(edge("0.0.0.0:110", starttls()).gate(&stls, false, ip), Gate::StartTls);
-        assert!(matches!(edge("0.0.0.0:110", starttls()).gate(&stls, true, ip), Gate::Reply(r) if r.starts_with(b"-ERR")));
+        assert!(
+            matches!(edge("0.0.0.0:110", starttls()).gate(&stls, true, ip), Gate::Reply(r) if r.starts_with(b"-ERR"))
+        );
         assert_eq!(edge("0.0.0.0:110", EdgeSettings::default()).gate(&stls, false, ip), Gate::Pass);
     }
 
@@ -336,7 +368,8 @@ mod tests {
                 Capability::new("PIPELINING", ""),
             ]
         };
-        let tags = |l: &[Capability]| l.iter().map(|c| format!("{} {}", c.tag, c.args).trim().to_string()).collect::<Vec<_>>();
+        let tags =
+            |l: &[Capability]| l.iter().map(|c| format!("{} {}", c.tag, c.args).trim().to_string()).collect::<Vec<_>>();
         let e = edge("0.0.0.0:110", starttls());
         let mut l = base();
         e.capa(&mut l, false, false);
@@ -347,6 +380,16 @@ mod tests {
         let mut l = base();
         e.capa(&mut l, false, true);
         assert_eq!(tags(&l), tags(&base()), "no STLS after login");
+    }
+
+    #[test]
+    fn only_refused_credentials_count_as_login_failures() {
+        assert!(is_login_failure(b"-ERR [AUTH] Authentication failed."));
+        assert!(is_login_failure(b"-ERR invalid password"));
+        assert!(is_login_failure(b"-ERR"));
+        assert!(!is_login_failure(b"-ERR [IN-USE] Mailbox is locked by another POP3 session"));
+        assert!(!is_login_failure(b"-ERR [SYS/TEMP] try later"));
+        assert!(!is_login_failure(b"-ERR [login-delay] wait"));
     }
 
     #[test]

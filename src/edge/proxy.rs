@@ -115,8 +115,8 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyError> {
     if end + 2 > V1_MAX {
         return Err(ProxyError::V1TooLong);
     }
-    let line = std::str::from_utf8(buf.get(..end).unwrap_or_default())
-        .map_err(|_| ProxyError::V1Malformed("not ASCII"))?;
+    let line =
+        std::str::from_utf8(buf.get(..end).unwrap_or_default()).map_err(|_| ProxyError::V1Malformed("not ASCII"))?;
     let mut parts = line.split(' ');
     let _proxy = parts.next();
     let proto = parts.next().ok_or(ProxyError::V1Malformed("no protocol"))?;
@@ -362,10 +362,7 @@ mod tests {
 
     #[test]
     fn v2_round_trips_at_every_split_point() {
-        for (s, d) in [
-            ("127.0.0.9:51000", "127.0.0.1:1110"),
-            ("[2001:db8::9]:51000", "[2001:db8::1]:110"),
-        ] {
+        for (s, d) in [("127.0.0.9:51000", "127.0.0.1:1110"), ("[2001:db8::9]:51000", "[2001:db8::1]:110")] {
             let (s, d): (SocketAddr, SocketAddr) = (s.parse().unwrap(), d.parse().unwrap());
             let h = encode_v2(s, d);
             assert_eq!(
@@ -380,12 +377,18 @@ mod tests {
         // LOCAL with an empty address block: a balancer's health check.
         let mut local = V2_SIGNATURE.to_vec();
         local.extend_from_slice(&[0x20, 0x00, 0, 0]);
-        assert_eq!(every_split(&local).unwrap(), Parsed::Done { header: Header { version: 2, source: None }, consumed: 16 });
+        assert_eq!(
+            every_split(&local).unwrap(),
+            Parsed::Done { header: Header { version: 2, source: None }, consumed: 16 }
+        );
         // PROXY over TCP4 followed by a TLV (type 0x04 NOOP, 3 octets) that is skipped.
         let mut h = encode_v2("10.1.2.3:4".parse().unwrap(), "10.0.0.1:110".parse().unwrap());
         h[15] = 12 + 6;
         h.extend_from_slice(&[0x04, 0x00, 0x03, 1, 2, 3]);
-        assert!(matches!(every_split(&h).unwrap(), Parsed::Done { consumed: 34, header: Header { source: Some(_), .. } }));
+        assert!(matches!(
+            every_split(&h).unwrap(),
+            Parsed::Done { consumed: 34, header: Header { source: Some(_), .. } }
+        ));
     }
 
     #[test]
@@ -404,7 +407,9 @@ mod tests {
         huge[14] = 0xff;
         let mut sig = base.clone();
         sig[7] = b'X';
-        for (name, b) in [("version", version), ("command", command), ("udp", udp), ("short", short), ("huge", huge), ("sig", sig)] {
+        for (name, b) in
+            [("version", version), ("command", command), ("udp", udp), ("short", short), ("huge", huge), ("sig", sig)]
+        {
             assert!(every_split(&b).is_err(), "{name} accepted");
         }
     }

@@ -80,7 +80,12 @@ impl Cidr {
         let max = if net.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{text:?}: prefix must be 0..={max}"))?,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: prefix must be 0..={max}"))?,
         };
         Ok(Cidr { net, prefix })
     }
@@ -181,7 +186,8 @@ pub struct EdgeFile {
 impl EdgeFile {
     /// Checks the keys of listener `index`.
     pub fn check(self, index: usize) -> Result<EdgeSettings, ConfigError> {
-        let bad = |key: &str, reason: String| ConfigError::BadValue { field: format!("listeners[{index}].{key}"), reason };
+        let bad =
+            |key: &str, reason: String| ConfigError::BadValue { field: format!("listeners[{index}].{key}"), reason };
         let tls = self.tls.map(|t| ClientTls { mode: t.mode, cert: t.cert, key: t.key });
         let proxy_protocol = match self.proxy_protocol {
             None => None,

@@ -44,7 +44,8 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, CertError> {
         return Err(cert_err("no PEM certificate found".into()));
     }
     let pem = std::fs::read(key).map_err(|e| key_err(e.to_string()))?;
-    let private = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| key_err(format!("no PEM private key found ({e})")))?;
+    let private =
+        PrivateKeyDer::from_pem_slice(&pem).map_err(|e| key_err(format!("no PEM private key found ({e})")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ServerConfig::builder_with_provider(provider)
         // TLS 1.2 and 1.3 only (RFC 8996 retired 1.0 and 1.1).
@@ -98,8 +99,12 @@ impl ServerTls {
                 let me2 = Arc::clone(&me);
                 match tokio::task::spawn_blocking(move || me2.reload()).await {
                     Ok(Ok(())) => tracing::info!(%cert, %key, "SIGHUP: TLS certificate reloaded"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the previous one"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate reload failed; keeping the previous one"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the previous one")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS certificate reload failed; keeping the previous one")
+                    }
                 }
             }
         });

@@ -483,11 +483,13 @@ impl Session<'_> {
         r.extend_from_slice(b"\r\n");
         if !ok {
             self.stats.auth_failed = true;
-            let user = self.login_user.clone().or_else(|| self.stats.user.clone());
-            let upstream = self.ctx.listener.upstream.display();
-            let why = crate::edge::LoginFailure::UpstreamRefused;
-            let delay = self.ctx.edge.login_failed(self.peer.ip(), user.as_deref(), &upstream, why);
-            tokio::time::sleep(delay).await;
+            if crate::edge::is_login_failure(&r) {
+                let user = self.login_user.clone().or_else(|| self.stats.user.clone());
+                let upstream = self.ctx.listener.upstream.display();
+                let why = crate::edge::LoginFailure::UpstreamRefused;
+                let delay = self.ctx.edge.login_failed(self.peer.ip(), user.as_deref(), &upstream, why);
+                tokio::time::sleep(delay).await;
+            }
             self.reply(&r).await?;
             return Ok(None);
         }

@@ -148,7 +148,8 @@ fn main() {
     let pass = d.password("alice").to_string();
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path());
-    let tls_listener = format!("    tls: {{ mode: implicit, cert: {}, key: {} }}\n", pki.cert.display(), pki.key.display());
+    let tls_listener =
+        format!("    tls: {{ mode: implicit, cert: {}, key: {} }}\n", pki.cert.display(), pki.key.display());
     let plain = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), log_level: "warn", ..Default::default() });
     let tls = Popsift::start(&ProxyOpts {
         upstream: &d.pop3_addr(),
