@@ -150,10 +150,10 @@ fn main() {
     let pki = make_pki(dir.path());
     let tls_listener =
         format!("    tls: {{ mode: implicit, cert: {}, key: {} }}\n", pki.cert.display(), pki.key.display());
-    let plain = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), log_level: "warn", ..Default::default() });
+    let plain = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), log_level: "info", ..Default::default() });
     let tls = Popsift::start(&ProxyOpts {
         upstream: &d.pop3_addr(),
-        log_level: "warn",
+        log_level: "info",
         listener: &tls_listener,
         ..Default::default()
     });
