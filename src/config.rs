@@ -7,6 +7,8 @@
 //!     upstream: pop.example.com:995
 //!     upstream_tls: implicit        # implicit | starttls | none (default: implicit on 995)
 //!     upstream_ca: /etc/popsift/extra-ca.pem
+//!     # network edge (see crate::edge::settings): tls, allow_plaintext, proxy_protocol,
+//!     # max_sessions_per_ip, login_failures
 //! rules: rules/
 //! spam_action: tag                  # allow | tag | hide | delete | quarantine
 //! dry_run: false
@@ -15,7 +17,7 @@
 //! max_sessions: 256
 //! timeouts: { connect: 15s, tls_handshake: 15s, greeting: 30s, upstream_reply: 120s, upstream_min_rate: 1KiB,
 //!             client_idle: 10m, client_line: 60s,
-//!             drain: 30s }
+//!             drain: 30s, client_tls_handshake: 15s }
 //! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 1024, window_bytes: 8MiB,
 //!         early_answer_after: 20s }
 //! cache: { enabled: true, max_size: 256MiB }   # header cache, <state_dir>/header-cache.redb
@@ -408,6 +410,13 @@ pub struct ListenerFile {
     pub upstream: Option<String>,
     pub upstream_tls: Option<UpstreamTls>,
     pub upstream_ca: Option<PathBuf>,
+    // --- network edge (crate::edge::settings): client TLS, PROXY protocol, limits ---
+    pub tls: Option<crate::edge::settings::ClientTlsFile>,
+    pub allow_plaintext: Option<bool>,
+    pub proxy_protocol: Option<crate::edge::settings::ProxyProtocolFile>,
+    pub max_sessions_per_ip: Option<usize>,
+    pub login_failures: Option<crate::edge::settings::LoginFailuresFile>,
+    // --- end network edge ---
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -422,6 +431,8 @@ pub struct TimeoutsFile {
     pub client_idle: Option<DurationValue>,
     pub client_line: Option<DurationValue>,
     pub drain: Option<DurationValue>,
+    /// The client's TLS handshake (implicit TLS, or after STLS); see crate::edge.
+    pub client_tls_handshake: Option<DurationValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -470,6 +481,8 @@ pub struct Config {
 pub struct Listener {
     pub listen: SocketAddr,
     pub upstream: Upstream,
+    /// Client TLS, PROXY protocol, per-address limits (crate::edge).
+    pub edge: crate::edge::settings::EdgeSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -513,6 +526,8 @@ pub struct Timeouts {
     /// After SIGTERM/SIGINT: how long running sessions may take to finish before they are
     /// cut off (without UPDATE).
     pub drain: Duration,
+    /// A client's whole TLS handshake (implicit TLS, or after STLS).
+    pub client_tls_handshake: Duration,
 }
 
 impl Default for Timeouts {
@@ -526,6 +541,7 @@ impl Default for Timeouts {
             client_idle: Duration::from_secs(600),
             client_line: Duration::from_secs(60),
             drain: Duration::from_secs(30),
+            client_tls_handshake: crate::edge::settings::DEFAULT_CLIENT_TLS_HANDSHAKE,
         }
     }
 }
@@ -636,7 +652,15 @@ impl Config {
                     })
                 }
             };
-            listeners.push(Listener { listen, upstream: Upstream { host, port, tls, ca: l.upstream_ca } });
+            let edge = crate::edge::settings::EdgeFile {
+                tls: l.tls,
+                allow_plaintext: l.allow_plaintext,
+                proxy_protocol: l.proxy_protocol,
+                max_sessions_per_ip: l.max_sessions_per_ip,
+                login_failures: l.login_failures,
+            }
+            .check(index)?;
+            listeners.push(Listener { listen, upstream: Upstream { host, port, tls, ca: l.upstream_ca }, edge });
         }
         for (i, a) in listeners.iter().enumerate() {
             if listeners[..i].iter().any(|b| b.listen == a.listen) {
@@ -675,6 +699,7 @@ impl Config {
             client_idle: t.client_idle.map_or(d.client_idle, |v| v.0),
             client_line: t.client_line.map_or(d.client_line, |v| v.0),
             drain: t.drain.map_or(d.drain, |v| v.0),
+            client_tls_handshake: t.client_tls_handshake.map_or(d.client_tls_handshake, |v| v.0),
         };
         let s = file.scan;
         let ds = ScanSettings::default();

@@ -11,6 +11,7 @@ pub mod classify;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod edge;
 pub mod locate;
 pub mod mailfiles;
 pub mod metrics;

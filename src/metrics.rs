@@ -142,6 +142,16 @@ pub const BUILD_INFO: &str = "popsift_build_info";
 /// Gauge: Unix time at which the metrics were installed (process start, for uptime and for
 /// alerts that need a full window of data).
 pub const START_TIME_SECONDS: &str = "popsift_start_time_seconds";
+// --- network edge (crate::edge) ---
+/// Connections refused at the edge, by reason ([`EDGE_REFUSAL_REASONS`]).
+pub const EDGE_REFUSALS_TOTAL: &str = "popsift_edge_refusals_total";
+/// Failed logins, by reason ([`LOGIN_FAILURE_REASONS`]).
+pub const LOGIN_FAILURES_TOTAL: &str = "popsift_login_failures_total";
+/// `reason` values of `popsift_edge_refusals_total`.
+pub const EDGE_REFUSAL_REASONS: &[&str] = &["proxy_untrusted", "proxy_header", "per_ip_limit", "tls_handshake"];
+/// `reason` values of `popsift_login_failures_total`.
+pub const LOGIN_FAILURE_REASONS: &[&str] = &["upstream-refused", "throttled", "plaintext-disallowed"];
+// --- end network edge ---
 
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,6 +422,23 @@ pub const METRICS: &[MetricDef] = &[
         help: "Damaged classifier model files moved aside and replaced by an empty model.",
         buckets: &[],
     },
+    // --- network edge (crate::edge) ---
+    MetricDef {
+        name: EDGE_REFUSALS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["reason"],
+        help: "Connections refused at the network edge, by reason (proxy_untrusted, proxy_header, per_ip_limit, tls_handshake).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: LOGIN_FAILURES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["reason"],
+        help: "Failed logins, by reason (upstream-refused, throttled, plaintext-disallowed).",
+        buckets: &[],
+    },
 ];
 
 /// Every exported metric name (the `name` column of [`METRICS`]).
@@ -443,6 +470,8 @@ pub const ALL_NAMES: &[&str] = &[
     BAYES_CLASSIFICATIONS_TOTAL,
     BAYES_AUTOLEARN_TOTAL,
     BAYES_MODEL_REBUILDS_TOTAL,
+    EDGE_REFUSALS_TOTAL,
+    LOGIN_FAILURES_TOTAL,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -574,6 +603,12 @@ fn register() {
         counter!(RULES_RELOADS_TOTAL, "result" => result).absolute(0);
     }
     counter!(QUARANTINE_MESSAGES_TOTAL).absolute(0);
+    for &reason in EDGE_REFUSAL_REASONS {
+        counter!(EDGE_REFUSALS_TOTAL, "reason" => reason).absolute(0);
+    }
+    for &reason in LOGIN_FAILURE_REASONS {
+        counter!(LOGIN_FAILURES_TOTAL, "reason" => reason).absolute(0);
+    }
     counter!(QUARANTINE_ERRORS_TOTAL).absolute(0);
     counter!(UIDL_UNTRUSTED_SESSIONS_TOTAL).absolute(0);
     for result in ["hit", "miss", "memo"] {
@@ -707,6 +742,16 @@ pub const INVALID_REPLIES: &[&str] = &["list", "stat", "top"];
 /// `popsift_upstream_invalid_replies_total{reply}` + 1. Other values count as "other".
 pub fn upstream_invalid_reply(reply: &str) {
     counter!(UPSTREAM_INVALID_REPLIES_TOTAL, "reply" => known(INVALID_REPLIES, reply)).increment(1);
+}
+
+/// A connection was refused at the edge (`popsift_edge_refusals_total`).
+pub fn edge_refusal(reason: &'static str) {
+    counter!(EDGE_REFUSALS_TOTAL, "reason" => known(EDGE_REFUSAL_REASONS, reason)).increment(1);
+}
+
+/// A login failed (`popsift_login_failures_total`).
+pub fn login_failure(reason: &'static str) {
+    counter!(LOGIN_FAILURES_TOTAL, "reason" => known(LOGIN_FAILURE_REASONS, reason)).increment(1);
 }
 
 /// A session panicked and was caught at the session boundary: `popsift_session_panics_total` + 1.

@@ -414,7 +414,7 @@ fn autolearn_hook_runs_in_the_session_evaluation() {
     // message: B_HAM (-1), learned as ham.
     for (msg, spam) in [(spam_msg(77), true), (ham_msg(77), false)] {
         let block = popsift::pop3::multiline::HeaderBlock { bytes: msg.into_bytes(), truncated: false };
-        let e = popsift::session::scan::evaluate(
+        let e = popsift::session::verdicts::evaluate(
             &block,
             100,
             &rules.current(),

@@ -263,6 +263,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.io.shutdown()).await;
     }
 
+    /// The socket itself (STLS upgrades it in place; see `crate::edge::tls::ClientStream`).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
     /// Gives back the socket; fails if unread bytes are buffered (they would be lost).
     pub fn into_inner(self) -> Result<S, S> {
         if self.buf.is_empty() {

@@ -51,10 +51,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::{Config, Listener};
+use crate::edge::tls::ClientStream;
 use crate::metrics::{self as m, Direction, SessionResult};
 use crate::net::conn::{BodyClock, Conn, Side};
 use crate::net::error::{Phase, SessionError};
@@ -111,6 +111,8 @@ pub struct SessionContext {
     /// Turns true at the shutdown's drain deadline (`timeouts.drain`): the session stops
     /// where it is, without UPDATE (nothing is deleted), and closes both connections.
     pub cut_off: tokio::sync::watch::Receiver<bool>,
+    /// The listener's network edge: client TLS, plain-text policy, login throttle.
+    pub edge: Arc<crate::edge::Edge>,
 }
 
 /// Resolves when the drain deadline has passed (never, if the sender is gone without it).
@@ -121,18 +123,18 @@ async fn cut_off(mut rx: tokio::sync::watch::Receiver<bool>) {
 }
 
 /// Runs one session to its end; never panics on peer input and never returns an error:
-/// everything is logged and counted here. `client` is any byte stream (plain TCP, or TLS
-/// set up by the listener).
-pub async fn run<S>(client: S, peer: SocketAddr, ctx: Arc<SessionContext>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+/// everything is logged and counted here. `client` is plain TCP or TLS, as the listener's
+/// edge admitted it (`crate::edge`); `peer` is the client's address (from the PROXY header
+/// behind a balancer).
+pub async fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
     let span = info_span!("session", %peer, upstream = %ctx.listener.upstream.display(), user = tracing::field::Empty);
     async move {
         let started = Instant::now();
         // Counts the session in `popsift_sessions_active` until dropped, even by a panic.
         let active = m::ActiveSession::start();
+        let secure = client.is_tls();
         let mut s = Session {
+            peer,
             client: Conn::new(client, Side::Client),
             up: None,
             out: Vec::new(),
@@ -141,7 +143,12 @@ where
             scan: None,
             usage: None,
         };
-        let mut machine = Machine::new(Settings::from_config(&ctx.config), Instant::now());
+        let mut settings = Settings::from_config(&ctx.config);
+        settings.edge = ctx.edge.capa_policy();
+        let mut machine = Machine::new(settings, Instant::now());
+        if secure {
+            machine.tls_started();
+        }
         let result = tokio::select! {
             r = s.pump(&mut machine) => r,
             () = cut_off(ctx.cut_off.clone()) => Err(SessionError::CutOff),
@@ -208,12 +215,6 @@ where
     .await
 }
 
-/// Runs one plain TCP session (sets `TCP_NODELAY`: replies are small and batched already).
-pub async fn run_tcp(client: TcpStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
-    let _ = client.set_nodelay(true);
-    run(client, peer, ctx).await
-}
-
 /// What `Session::up` being `None` would mean: only before connect, when nothing uses it.
 const NOT_CONNECTED: SessionError = SessionError::UpstreamClosed { phase: Phase::Connect };
 
@@ -223,9 +224,11 @@ fn connected(up: &mut Option<Upstream>) -> Result<&mut Conn<Stream>, SessionErro
     up.as_mut().map(|u| &mut u.conn).ok_or(NOT_CONNECTED)
 }
 
-struct Session<'a, S> {
+struct Session<'a> {
     ctx: &'a SessionContext,
-    client: Conn<S>,
+    /// The client's address (carried by the PROXY header behind a balancer).
+    peer: SocketAddr,
+    client: Conn<ClientStream>,
     up: Option<Upstream>,
     /// Client output not yet written.
     out: Vec<u8>,
@@ -237,7 +240,7 @@ struct Session<'a, S> {
     usage: Option<QuarantineUsage>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
+impl Session<'_> {
     /// Performs the machine's actions until it closes.
     async fn pump(&mut self, m: &mut Machine) -> Result<(), SessionError> {
         loop {
@@ -274,6 +277,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             }
             Action::RelayBody { phase, rewrite: None } => self.relay_body(phase, m.quit_queued()).await?,
             Action::RelayBody { rewrite: Some(rw), .. } => self.relay_rewritten(&rw, m.quit_queued()).await?,
+            Action::LoginRefused(reply) => {
+                if crate::edge::is_login_failure(&reply) {
+                    let user = m.login_user().or(m.stats.user.as_deref()).map(str::to_string);
+                    let upstream = self.ctx.listener.upstream.display();
+                    let why = crate::edge::LoginFailure::UpstreamRefused;
+                    let delay = self.ctx.edge.login_failed(self.peer.ip(), user.as_deref(), &upstream, why);
+                    self.flush().await?;
+                    tokio::time::sleep(delay).await;
+                }
+            }
             Action::User(name) => {
                 tracing::Span::current().record("user", name.as_str());
             }
@@ -301,12 +314,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 self.up = Some(up);
                 input
             }
-            Need::ClientLine => {
+            Need::ClientLine => loop {
                 self.flush().await?;
-                Input::ClientLine(
-                    self.client.read_command(MAX_COMMAND_LINE, t.client_idle, t.client_line).await?.to_vec(),
-                )
-            }
+                let line = self.client.read_command(MAX_COMMAND_LINE, t.client_idle, t.client_line).await?.to_vec();
+                // The network edge answers some AUTHORIZATION commands itself (STLS, plain-text
+                // logins without TLS, the failed-login throttle); the machine never sees them.
+                if m.awaiting_auth_command() && self.edge_gate(&line, m).await? {
+                    continue;
+                }
+                break Input::ClientLine(line);
+            },
             Need::BufferedClientLine { read_ahead } => loop {
                 // For a pipelining client, top the buffer up with whatever it has already
                 // sent (without waiting) while the queue runs low, so the upstream stays
@@ -389,6 +406,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         };
         self.scan = Some(scan);
         Ok(Input::Listed(Box::new(outcome)))
+    }
+
+    /// The network edge's say on an AUTHORIZATION command (see [`crate::edge::Edge::gate`]):
+    /// STLS, plain-text logins refused without TLS, the failed-login throttle. `true` when
+    /// the edge answered it (the machine never sees it, the upstream never hears it).
+    async fn edge_gate(&mut self, line: &[u8], m: &mut Machine) -> Result<bool, SessionError> {
+        use crate::edge::Gate;
+        let Ok(cmd) = crate::pop3::command::parse(line) else { return Ok(false) };
+        let secure = self.client.get_ref().is_tls();
+        match self.ctx.edge.gate(&cmd, secure, self.peer.ip()) {
+            Gate::Pass => Ok(false),
+            Gate::Reply(b) => {
+                self.out.extend_from_slice(&b);
+                self.flush().await.map(|()| true)
+            }
+            Gate::StartTls => {
+                self.out.extend_from_slice(crate::edge::STLS_OK);
+                self.flush().await?;
+                // Anything the client sent after STLS in the clear must not be taken as if
+                // it came over TLS (the STARTTLS command-injection attack, CVE-2011-0411).
+                let injected = self.client.buffered().len();
+                if injected > 0 {
+                    warn!(octets = injected, "discarding plain-text input sent after STLS");
+                    self.client.consume(injected);
+                }
+                let peer = self.peer;
+                self.ctx
+                    .edge
+                    .start_tls(self.client.get_mut(), peer)
+                    .await
+                    .map_err(|e| SessionError::ClientIo(std::io::Error::other(e.to_string())))?;
+                m.tls_started();
+                Ok(true)
+            }
+            Gate::Refuse { reply, why } => {
+                m.stats.auth_failed = true;
+                let user = match &cmd {
+                    crate::pop3::command::Command::User(name) => Some(name.clone()),
+                    _ => m.stats.user.clone(),
+                };
+                let upstream = self.ctx.listener.upstream.display();
+                let delay = self.ctx.edge.login_failed(self.peer.ip(), user.as_deref(), &upstream, why);
+                tokio::time::sleep(delay).await;
+                self.out.extend_from_slice(reply);
+                self.flush().await.map(|()| true)
+            }
+        }
     }
 
     async fn flush(&mut self) -> Result<(), SessionError> {

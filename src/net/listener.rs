@@ -29,6 +29,8 @@ pub enum ServeError {
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] tls::TlsConfigError),
+    #[error("listener {addr}: {source}")]
+    ClientTls { addr: std::net::SocketAddr, source: crate::edge::tls::CertError },
 }
 
 /// Binds every listener; fails before accepting anything if one cannot be bound.
@@ -59,7 +61,11 @@ pub async fn serve(
     // `driver::run`) instead of being dropped with the runtime.
     let (cut_off, cut_off_rx) = watch::channel(false);
     let mut loops = Vec::new();
+    // One count of sessions per client address across all listeners (`max_sessions_per_ip`).
+    let per_ip = Arc::new(crate::edge::limits::SessionsPerIp::default());
     for (l, sock) in config.listeners.iter().zip(sockets) {
+        let edge = crate::edge::Edge::open(l.listen, &l.edge, per_ip.clone(), config.timeouts.client_tls_handshake)
+            .map_err(|source| ServeError::ClientTls { addr: l.listen, source })?;
         let ctx = Arc::new(SessionContext {
             listener: l.clone(),
             config: config.clone(),
@@ -69,6 +75,7 @@ pub async fn serve(
             memo: memo.clone(),
             model: model.clone(),
             cut_off: cut_off_rx.clone(),
+            edge,
         });
         info!(listen = %sock.local_addr().map(|a| a.to_string()).unwrap_or_default(), upstream = %l.upstream.display(), tls = ?l.upstream.tls, "listening");
         let permits = permits.clone();
@@ -101,7 +108,14 @@ pub async fn serve(
                     continue;
                 };
                 let spare = spare_handle(&stream);
-                let session = driver::run_tcp(stream, peer, ctx.clone());
+                let ctx = ctx.clone();
+                // The edge (PROXY header, per-address limit, implicit TLS) runs in the
+                // session's task, so a slow or hostile client never stalls accepting.
+                let session = async move {
+                    let Some(admitted) = ctx.edge.admit(stream, peer).await else { return };
+                    let _slot = admitted.slot;
+                    driver::run(admitted.client, admitted.peer, ctx).await;
+                };
                 tokio::spawn(supervise(session, spare, peer, permit));
             }
         }));

@@ -1,7 +1,8 @@
 //! The capability list popsift shows its client (RFC 2449 §5), derived honestly from the
 //! upstream's: popsift keeps what it can pass through, always adds PIPELINING (it queues
-//! pipelined client commands whatever the upstream does, RFC 2449 §6.6), drops STLS (no
-//! client-side TLS yet) and names itself in IMPLEMENTATION.
+//! pipelined client commands whatever the upstream does, RFC 2449 §6.6), drops the
+//! upstream's STLS (that is the upstream hop's business) and names itself in IMPLEMENTATION.
+//! The client hop's own STLS and the plain-text policy are applied by [`edge_adjust`].
 use crate::pop3::capa::Capability;
 
 /// Capabilities popsift relays when the upstream has them.
@@ -77,4 +78,46 @@ mod tests {
         let tags: Vec<&str> = out.iter().map(|c| c.tag.as_str()).collect();
         assert_eq!(tags, ["TOP", "PIPELINING", "IMPLEMENTATION"]);
     }
+}
+
+/// The listener's client-side TLS policy, as far as the capability list shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeCapa {
+    /// STLS can be offered (`tls.mode: starttls`).
+    pub starttls: bool,
+    /// Plain-text logins may go over a connection without TLS.
+    pub plaintext_allowed: bool,
+}
+
+impl Default for EdgeCapa {
+    fn default() -> EdgeCapa {
+        EdgeCapa { starttls: false, plaintext_allowed: true }
+    }
+}
+
+/// Adjusts the list shown before login: STLS is offered while it can be used (RFC 2595 §4:
+/// never once TLS is active, never after login), and plain-text mechanisms are hidden where
+/// they would be refused (as Dovecot does).
+pub fn edge_adjust(list: &mut Vec<Capability>, policy: EdgeCapa, secure: bool, logged_in: bool) {
+    if logged_in {
+        return;
+    }
+    if !secure && !policy.plaintext_allowed {
+        list.retain(|c| c.tag != "USER");
+        for c in list.iter_mut().filter(|c| c.tag == "SASL") {
+            c.args =
+                c.args.split_ascii_whitespace().filter(|m| !is_plaintext_mechanism(m)).collect::<Vec<_>>().join(" ");
+        }
+        list.retain(|c| !(c.tag == "SASL" && c.args.is_empty()));
+    }
+    if !secure && policy.starttls {
+        let at = list.iter().position(|c| c.tag == "PIPELINING").unwrap_or(list.len());
+        list.insert(at, Capability::new("STLS", ""));
+    }
+}
+
+/// SASL mechanisms that carry the password itself (RFC 4616 PLAIN, the LOGIN draft) or a
+/// bearer token: refused without TLS where plain text is.
+pub fn is_plaintext_mechanism(m: &str) -> bool {
+    ["PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER"].iter().any(|p| p.eq_ignore_ascii_case(m))
 }

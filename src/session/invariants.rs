@@ -109,6 +109,7 @@ fn drive_machine(pairs: &[(u32, u64)], upstream: &[u8], control: &[u8], client: 
         without_top: if bit(2) { WithoutTop::Refuse } else { WithoutTop::Pass },
         on_failure: if bit(3) { OnFailure::Show } else { OnFailure::Hide },
         dry_run: bit(4),
+        edge: crate::session::capa::EdgeCapa { starttls: bit(5), plaintext_allowed: !bit(6) },
     };
     let mut now = Instant::now();
     let mut m = Machine::new(settings, now);

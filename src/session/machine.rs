@@ -55,6 +55,8 @@ pub struct Settings {
     pub without_top: WithoutTop,
     pub on_failure: OnFailure,
     pub dry_run: bool,
+    /// The listener's client TLS policy, for the capability list before login.
+    pub edge: capa::EdgeCapa,
 }
 
 impl Settings {
@@ -66,6 +68,7 @@ impl Settings {
             without_top: c.scan.without_top,
             on_failure: c.quarantine.on_failure,
             dry_run: c.dry_run,
+            edge: capa::EdgeCapa::default(),
         }
     }
 }
@@ -158,6 +161,9 @@ pub enum Action {
     /// Relay the multi-line body that follows the `+OK` just read to the client,
     /// verbatim or with its header block replaced.
     RelayBody { phase: Phase, rewrite: Option<Arc<HeaderRewrite>> },
+    /// The upstream refused the login (this reply follows): the performer logs the failed
+    /// login and may delay the answer (the edge's throttle).
+    LoginRefused(Vec<u8>),
     /// The name to log this session under changed.
     User(String),
     /// The view is complete: log and count its verdicts (see `net::login_scan::report`).
@@ -251,6 +257,8 @@ pub struct Machine {
     batches: VecDeque<(Vec<u8>, Vec<u32>)>,
     awaiting: VecDeque<u32>,
     dele_refused: usize,
+    /// TLS is active on the client connection (implicit, or after STLS).
+    secure: bool,
     pub stats: Stats,
 }
 
@@ -276,6 +284,7 @@ impl Machine {
             batches: VecDeque::new(),
             awaiting: VecDeque::new(),
             dele_refused: 0,
+            secure: false,
             stats: Stats::default(),
         }
     }
@@ -316,6 +325,16 @@ impl Machine {
     /// When the machine wants an [`Input::Tick`] even if nothing else happens.
     pub fn wake_at(&self) -> Option<Instant> {
         self.answer_at.filter(|_| !self.login_answered && matches!(self.state, State::Scanning))
+    }
+
+    /// TLS is now active on the client connection: STLS is no longer offered.
+    pub fn tls_started(&mut self) {
+        self.secure = true;
+    }
+
+    /// The machine waits for an AUTHORIZATION command (not a SASL response).
+    pub fn awaiting_auth_command(&self) -> bool {
+        matches!(self.state, State::AuthIdle)
     }
 
     /// The client's QUIT has been read: its EOF no longer ends the session early.
@@ -585,7 +604,8 @@ impl Machine {
                 State::SaslReply
             }
             AuthPlan::Capa => {
-                let list = capa::rewrite(self.caps.as_deref(), Known { top: false, uidl: false, logged_in: false });
+                let mut list = capa::rewrite(self.caps.as_deref(), Known { top: false, uidl: false, logged_in: false });
+                capa::edge_adjust(&mut list, self.settings.edge, self.secure, false);
                 self.reply(capa_codec::encode(&list));
                 State::AuthIdle
             }
@@ -603,6 +623,7 @@ impl Machine {
         r.extend_from_slice(b"\r\n");
         if !ok {
             self.stats.auth_failed = true;
+            self.emit(Action::LoginRefused(r.clone()));
             self.reply(r);
             return State::AuthIdle;
         }
@@ -812,6 +833,7 @@ mod tests {
             without_top: WithoutTop::Pass,
             on_failure: OnFailure::Hide,
             dry_run: false,
+            edge: capa::EdgeCapa::default(),
         }
     }
 

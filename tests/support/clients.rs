@@ -84,6 +84,8 @@ pub fn run_with_timeout(mut cmd: Command, dir: &Path, timeout: Duration) -> RunO
 
 fn split_addr(addr: &str) -> (&str, u16) {
     let (host, port) = addr.rsplit_once(':').expect("addr is HOST:PORT");
+    // `[::1]:110` → `::1` (the clients take the bare address).
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     (host, port.parse().expect("port number"))
 }
 
@@ -93,7 +95,7 @@ fn client_dir(prefix: &str) -> tempfile::TempDir {
     d
 }
 
-fn repo_path(rel: &str) -> PathBuf {
+pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 

@@ -43,6 +43,11 @@ pub struct ProxyOpts<'a> {
     /// `--log-level` (default `debug`; benchmarks use `info` so logging costs nothing per
     /// command).
     pub log_level: &'a str,
+    /// Extra keys of the listener (network edge: `tls`, `proxy_protocol`, …), each line
+    /// indented by four spaces.
+    pub listener: &'a str,
+    /// The listener's host (default `127.0.0.1`; `[::1]` for IPv6).
+    pub listen_host: &'a str,
 }
 
 impl Default for ProxyOpts<'_> {
@@ -55,6 +60,8 @@ impl Default for ProxyOpts<'_> {
             extra: "",
             args: &[],
             log_level: "debug",
+            listener: "",
+            listen_host: "127.0.0.1",
         }
     }
 }
@@ -69,9 +76,11 @@ impl Popsift {
         let metrics_port = free_port();
         let ca = o.ca.map(|c| format!("    upstream_ca: {}\n", c.display())).unwrap_or_default();
         let config = format!(
-            "listeners:\n  - listen: 127.0.0.1:{port}\n    upstream: {}\n    upstream_tls: {}\n{ca}rules: {}\nstate_dir: {}\nmetrics: 127.0.0.1:{metrics_port}\n{}",
+            "listeners:\n  - listen: '{}:{port}'\n    upstream: {}\n    upstream_tls: {}\n{ca}{}rules: {}\nstate_dir: {}\nmetrics: 127.0.0.1:{metrics_port}\n{}",
+            o.listen_host,
             o.upstream,
             o.tls,
+            o.listener,
             rules.display(),
             dir.path().join("state").display(),
             o.extra
@@ -86,7 +95,7 @@ impl Popsift {
             .collect();
         let child = spawn(dir.path(), &argv);
         let p = Popsift {
-            addr: format!("127.0.0.1:{port}"),
+            addr: format!("{}:{port}", o.listen_host),
             metrics_addr: format!("127.0.0.1:{metrics_port}"),
             dir,
             config_path,
