@@ -397,6 +397,24 @@ fn autolearn_learns_confident_verdicts_and_keeps_the_balance() {
 }
 
 #[test]
+fn autolearn_on_a_damaged_model_moves_it_aside_and_learns_into_a_new_one() {
+    use popsift::classify::autolearn::{AutolearnResult as R, AutolearnSettings, Autolearner};
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("bayes.redb"), b"this is not a model file; some bytes".repeat(40)).unwrap();
+    let settings = BayesSettings {
+        autolearn: AutolearnSettings { enabled: true, spam_above: 8.0, ham_below: 0.0, balance: 3.0 },
+        ..BayesSettings::default()
+    };
+    let a = Autolearner::start(t.path(), &settings, RulesHandle::new(RuleSet::empty())).unwrap();
+    a.offer(spam_msg(1).as_bytes(), false, &verdict(10.0));
+    autolearn_idle(&a);
+    assert_eq!((a.counts().get(R::Spam), a.counts().get(R::Failed)), (1, 0));
+    assert_eq!(moved_aside(t.path()).len(), 1);
+    let store = RedbStore::open_existing(t.path(), std::time::Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(store.stats().unwrap().0, 1);
+}
+
+#[test]
 fn autolearn_hook_runs_in_the_session_evaluation() {
     use popsift::classify::autolearn::{AutolearnResult as R, AutolearnSettings, Autolearner};
     let t = tempfile::tempdir().unwrap();

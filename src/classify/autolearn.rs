@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
-use super::store::{Digest, RedbStore};
+use super::store::Digest;
 use super::train::{digest, normalised_block, Outcome, Trainer};
 use super::{BayesSettings, Tokenizer};
 use crate::rules::{RulesHandle, Verdict};
@@ -251,14 +251,20 @@ impl Worker {
     }
 
     fn learn(&self, jobs: &[Job]) -> Result<(), super::StoreError> {
-        let mut store = super::store::open_or_rebuild(&self.state_dir)?;
-        let tokenizer = Tokenizer::from_settings(&self.bayes);
-        // Damage found only when reading every entry: moved aside as well, then a new model.
-        if let Err(e @ super::StoreError::Corrupt { .. }) = Trainer::new(&store, tokenizer.clone(), None) {
-            drop(store);
-            super::store::move_aside(&self.state_dir, &e)?;
-            store = RedbStore::open(&self.state_dir)?;
+        match self.learn_once(jobs) {
+            // Damage found only when reading every entry (or writing): moved aside as well,
+            // then the batch goes into a new model.
+            Err(e @ super::StoreError::Corrupt { .. }) => {
+                super::store::move_aside(&self.state_dir, &e)?;
+                self.learn_once(jobs)
+            }
+            r => r,
         }
+    }
+
+    fn learn_once(&self, jobs: &[Job]) -> Result<(), super::StoreError> {
+        let store = super::store::open_or_rebuild(&self.state_dir)?;
+        let tokenizer = Tokenizer::from_settings(&self.bayes);
         let mut trainer = Trainer::new(&store, tokenizer, Some(self.rules.current()))?
             .with_minimums(self.bayes.min_spam, self.bayes.min_ham);
         let mut results = Vec::with_capacity(jobs.len());
