@@ -142,6 +142,16 @@ pub const BUILD_INFO: &str = "popsift_build_info";
 /// Gauge: Unix time at which the metrics were installed (process start, for uptime and for
 /// alerts that need a full window of data).
 pub const START_TIME_SECONDS: &str = "popsift_start_time_seconds";
+// --- shared store (issue 15) ---
+/// Gauge `{reason="unreachable"|"not_durable"}`: 1 while the Redis store is degraded so.
+pub const STORE_DEGRADED: &str = "popsift_store_degraded";
+/// Counter `{op}`: Redis calls that failed or timed out (the session went on without them).
+pub const STORE_ERRORS_TOTAL: &str = "popsift_store_errors_total";
+/// The reasons [`STORE_DEGRADED`] can carry.
+pub const STORE_DEGRADED_REASONS: &[&str] = &["unreachable", "not_durable"];
+/// The operations [`STORE_ERRORS_TOTAL`] can carry.
+pub const STORE_OPS: &[&str] = &["connect", "header_lookup", "header_update", "quarantine", "model"];
+// --- end shared store ---
 
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,6 +381,24 @@ pub const METRICS: &[MetricDef] = &[
         help: "Unix time at which popsift started.",
         buckets: &[],
     },
+    // --- shared store (issue 15) ---
+    MetricDef {
+        name: STORE_DEGRADED,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: &["reason"],
+        help: "1 while the Redis store is degraded: unreachable (cache misses, quarantine falls back to quarantine.on_failure) or not_durable (no appendonly/appendfsync always: quarantine falls back).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: STORE_ERRORS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["op"],
+        help: "Redis store calls that failed or timed out, by operation; the session went on without them (header writes and model writes are dropped).",
+        buckets: &[],
+    },
+    // --- end shared store ---
 ];
 
 /// Every exported metric name (the `name` column of [`METRICS`]).
@@ -397,6 +425,8 @@ pub const ALL_NAMES: &[&str] = &[
     SESSION_PANICS_TOTAL,
     BUILD_INFO,
     START_TIME_SECONDS,
+    STORE_DEGRADED,
+    STORE_ERRORS_TOTAL,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -545,6 +575,13 @@ fn register() {
     // a made-up 0 would look like "empty rule set" / "reload failed".
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(START_TIME_SECONDS).set(unix_now());
+    // shared store (issue 15): exported from the start, 0 = not degraded / no errors yet.
+    for &reason in STORE_DEGRADED_REASONS {
+        gauge!(STORE_DEGRADED, "reason" => reason).set(0.0);
+    }
+    for &op in STORE_OPS {
+        counter!(STORE_ERRORS_TOTAL, "op" => op).absolute(0);
+    }
 }
 
 fn unix_now() -> f64 {
@@ -722,6 +759,20 @@ pub fn header_cache_lookup(hit: bool) {
 pub fn verdict_memo_hit() {
     counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => "memo").increment(1);
 }
+
+// --- shared store (issue 15) ---
+
+/// Sets `popsift_store_degraded{reason}` to 1 (degraded) or 0.
+pub fn store_degraded(reason: &'static str, degraded: bool) {
+    gauge!(STORE_DEGRADED, "reason" => reason).set(if degraded { 1.0 } else { 0.0 });
+}
+
+/// A failed or timed-out Redis call (`popsift_store_errors_total{op}`).
+pub fn store_error(op: &'static str) {
+    counter!(STORE_ERRORS_TOTAL, "op" => op).increment(1);
+}
+
+// --- end shared store ---
 
 #[cfg(test)]
 mod tests {

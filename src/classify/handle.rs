@@ -33,6 +33,9 @@ fn stamp(path: &Path) -> Stamp {
 /// The current model of a state directory.
 pub struct ModelHandle {
     state_dir: PathBuf,
+    /// Where the model lives (`store:`); with Redis the file stamp is not used and the
+    /// generation is asked at each poll (one `HGET`).
+    store: crate::config::StoreSettings,
     settings: BayesSettings,
     current: ArcSwapOption<Model>,
     seen: Mutex<Stamp>,
@@ -46,7 +49,17 @@ impl std::fmt::Debug for ModelHandle {
 
 /// Reads the model of a state directory once: `Ok(None)` when none was trained yet.
 pub fn load_model(state_dir: &Path, settings: &BayesSettings, wait: Duration) -> Result<Option<Model>, StoreError> {
-    let Some(store) = RedbStore::open_existing(state_dir, wait)? else { return Ok(None) };
+    load_model_from(state_dir, &crate::config::StoreSettings::default(), settings, wait)
+}
+
+/// [`load_model`] from the store the configuration names (`store:`).
+pub fn load_model_from(
+    state_dir: &Path,
+    store: &crate::config::StoreSettings,
+    settings: &BayesSettings,
+    wait: Duration,
+) -> Result<Option<Model>, StoreError> {
+    let Some(store) = crate::store::redis_model::open_for_reading(state_dir, store, wait)? else { return Ok(None) };
     Ok(Some(store.load()?.with_settings(settings)))
 }
 
@@ -54,8 +67,18 @@ impl ModelHandle {
     /// A handle for `state_dir`, loaded now (blocking). A missing model is not an error; a
     /// damaged one is logged and the proxy runs without a classifier until it is replaced.
     pub fn open(state_dir: &Path, settings: BayesSettings) -> Arc<ModelHandle> {
+        ModelHandle::open_from(state_dir, crate::config::StoreSettings::default(), settings)
+    }
+
+    /// [`ModelHandle::open`] on the store the configuration names (`store:`).
+    pub fn open_from(
+        state_dir: &Path,
+        store: crate::config::StoreSettings,
+        settings: BayesSettings,
+    ) -> Arc<ModelHandle> {
         let h = Arc::new(ModelHandle {
             state_dir: state_dir.to_path_buf(),
+            store,
             settings,
             current: ArcSwapOption::empty(),
             seen: Mutex::new(None),
@@ -76,6 +99,9 @@ impl ModelHandle {
 
     /// Re-reads the model if its file changed since the last look. Blocking.
     pub fn refresh_blocking(&self) {
+        if self.store.redis.is_some() {
+            return self.refresh_shared();
+        }
         let path = self.path();
         let now = stamp(&path);
         {
@@ -116,6 +142,32 @@ impl ModelHandle {
             }
         }
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(&path);
+    }
+
+    /// The shared store: compare the generation (one round trip), load when it moved. A
+    /// failure keeps the last snapshot (Redis down: logged once per outage by the store).
+    fn refresh_shared(&self) {
+        let store = match crate::store::redis_model::open_for_reading(&self.state_dir, &self.store, READ_WAIT) {
+            Ok(Some(s)) => s,
+            Ok(None) => return self.current.store(None),
+            Err(e) => return tracing::debug!(error = %e, "bayes model on redis unavailable; keeping the last one"),
+        };
+        let old_generation = self.current.load().as_ref().map(|m| m.generation());
+        match store.generation() {
+            Ok(g) if Some(g) == old_generation => {}
+            Ok(_) => match store.load() {
+                Ok(m) => {
+                    let m = m.with_settings(&self.settings);
+                    tracing::info!(
+                        store = %store.location(), spam = m.nspam(), ham = m.nham(), tokens = m.token_count(),
+                        ready = m.ready(), "bayes model loaded"
+                    );
+                    self.current.store(Some(Arc::new(m)));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the bayes model; keeping the last one"),
+            },
+            Err(e) => tracing::debug!(error = %e, "bayes model on redis unavailable; keeping the last one"),
+        }
     }
 
     /// Starts the polling task. Must be called inside a tokio runtime; runs until it ends.

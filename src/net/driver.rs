@@ -557,7 +557,7 @@ impl Session<'_> {
         let upstream = self.ctx.listener.upstream.display();
         let mut usage = match (&self.login_user, candidates.is_empty()) {
             (Some(user), false) => {
-                let (q, user, upstream) = (Quarantine::new(&cfg.quarantine.dir), user.clone(), upstream.clone());
+                let (q, user, upstream) = (Quarantine::for_config(&cfg), user.clone(), upstream.clone());
                 tokio::task::spawn_blocking(move || q.usage(&user, &upstream)).await.ok()
             }
             _ => None,
@@ -658,7 +658,7 @@ impl Session<'_> {
             score: v.as_ref().map_or(0.0, |v| v.score),
             rules: v.map(|v| v.rules.iter().map(|r| r.to_string()).collect()).unwrap_or_default(),
         };
-        let store = Quarantine::new(&cfg.quarantine.dir);
+        let store = Quarantine::for_config(&cfg);
         let mut copy = match blocking(move || store.begin(&meta)).await {
             Ok(c) => Some(c),
             Err(reason) => return Ok(Err(reason)),

@@ -170,11 +170,11 @@ async fn open_cache(config: &Config) -> Option<Arc<HeaderCache>> {
         info!("header cache disabled (cache.enabled: false)");
         return None;
     }
-    let dir = config.state_dir.clone();
     let max = config.cache.max_size;
-    match tokio::task::spawn_blocking(move || HeaderCache::open(&dir, max)).await {
+    let cfg = config.clone();
+    match tokio::task::spawn_blocking(move || HeaderCache::open_configured(&cfg)).await {
         Ok(Ok(c)) => {
-            info!(path = %c.path().display(), max_size = max, "header cache open");
+            info!(store = %c.location(), max_size = max, "header cache open");
             Some(Arc::new(c))
         }
         Ok(Err(e)) => {
@@ -194,10 +194,13 @@ async fn open_cache(config: &Config) -> Option<Arc<HeaderCache>> {
 async fn open_model(config: &Config) -> Arc<crate::classify::ModelHandle> {
     let dir = config.state_dir.clone();
     let settings = config.bayes.clone();
-    let handle = match tokio::task::spawn_blocking(move || crate::classify::ModelHandle::open(&dir, settings)).await {
-        Ok(h) => h,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    };
+    let store = config.store.clone();
+    let handle =
+        match tokio::task::spawn_blocking(move || crate::classify::ModelHandle::open_from(&dir, store, settings)).await
+        {
+            Ok(h) => h,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
     handle.spawn_refresher();
     handle
 }
