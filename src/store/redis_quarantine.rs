@@ -172,8 +172,18 @@ impl QuarantineStore for RedisQuarantine {
         if r.is_down() {
             return Err(failed("redis unreachable (reconnecting)"));
         }
-        if let Some(Durability::NotDurable(why)) = r.last_durability() {
-            return Err(failed(format!("redis is not durable ({why}): not copied")));
+        // Not known to be durable: ask now (one round trip), so a server made durable at run
+        // time is used at once, and a known non-durable one costs no RETR.
+        if r.last_durability() != Some(Durability::Durable) {
+            match r.blocking(r.durability()) {
+                Ok(Durability::Durable) => {}
+                Ok(Durability::NotDurable(why)) => {
+                    return Err(failed(format!(
+                        "redis is not durable ({why}; needs appendonly yes and appendfsync always): not copied"
+                    )))
+                }
+                Err(e) => return Err(failed(e)),
+            }
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
         let (head, digest_at) = copy_head(meta, now);
