@@ -197,3 +197,26 @@ fn redis_with_everysec_falls_back_to_hide_with_a_warning() {
     assert_eq!(redis.command(&["EXISTS", "es:q:all"]).as_deref(), Some(":0"), "no copy was written at all");
     assert_eq!(redis.command(&["DBSIZE"]).as_deref(), Some(":1"), "only the header cache's hash");
 }
+
+/// A Redis slower than `command_timeout` (a forwarder holding each reply 3 s; the timeout is
+/// 500 ms): the login is not held up beyond the timeouts, spam is hidden, nothing deleted.
+#[test]
+fn slow_redis_never_stalls_a_login() {
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let pass = d.password("alice").to_string();
+    let redis = RedisServer::start();
+    let slow = Forwarder::start(&format!("127.0.0.1:{}", redis.port));
+    let store = redis.store_yaml("slow").replace(&redis.url(), &format!("redis://{}", slow.addr));
+    let a = proxy(&d.pop3_addr(), &spam_rules("quarantine"), &store);
+    a.wait_log("redis store connected");
+    slow.set_delay(Duration::from_secs(3));
+    let t = std::time::Instant::now();
+    let f = poplib_fetch(&a.addr, "alice", &pass, &PoplibOpts::default());
+    a.wait_sessions_finished(1);
+    // Each Redis call gives up after 500 ms; the connection is then dropped and later
+    // calls fail at once (backoff), so a whole login stays within a few timeouts.
+    assert!(t.elapsed() < Duration::from_secs(10), "login took {:?}", t.elapsed());
+    assert_eq!(f.messages, wire(&ham(&all)));
+    assert_eq!(d.mailbox("alice").len(), all.len(), "no durable copy in time: nothing deleted");
+    assert!(a.log().contains("timed out") && a.log().contains("redis store unreachable"), "{}", a.log());
+}
