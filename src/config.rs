@@ -841,6 +841,35 @@ mod tests {
         assert_eq!(c.timeouts.client_idle, Duration::from_secs(600));
     }
 
+    // --- store backend (issue 15) ---
+    #[test]
+    fn store_block_defaults_validation_and_locations() {
+        let p = Path::new("c.yaml");
+        let f = ConfigFile::parse("store:\n  backend: redis\n  redis:\n    url: redis://:secret@10.0.0.5:6379/2\n    command_timeout: 250ms\n", p).unwrap();
+        let s = f.store.settings().unwrap().redis.unwrap();
+        assert_eq!(
+            (s.key_prefix.as_str(), s.command_timeout, s.connect_timeout),
+            ("popsift", Duration::from_millis(250), Duration::from_secs(2))
+        );
+        assert!(!format!("{s:?}").contains("secret"), "the password never reaches a log: {s:?}");
+        assert_eq!(redacted_url("redis://:secret@h:1"), "redis://***@h:1");
+        assert!(ConfigFile::default().store.settings().unwrap().redis.is_none(), "redb is the default");
+        let bad = |t: &str| ConfigFile::parse(t, p).and_then(|f| f.store.settings()).unwrap_err().to_string();
+        assert!(bad("store:\n  backend: redis\n").contains("store.redis"));
+        assert!(bad("store:\n  backend: redis\n  redis: {}\n").contains("store.redis.url"));
+        assert!(bad("store:\n  backend: redis\n  redis:\n    url: http://x\n").contains("not a redis://"));
+        assert!(
+            bad("store:\n  backend: redis\n  redis:\n    url: redis://x\n    key_prefix: ''\n").contains("key_prefix")
+        );
+        // Typos are reported with file:line:col.
+        assert!(
+            bad("store:\n  backend: memcached\n").starts_with("c.yaml:2:"),
+            "{}",
+            bad("store:\n  backend: memcached\n")
+        );
+        assert!(bad("store:\n  redis:\n    urll: x\n").starts_with("c.yaml:3:"));
+    }
+
     #[test]
     fn no_upstream_is_an_error() {
         assert!(matches!(Config::build(ConfigFile::default(), args()), Err(ConfigError::NoUpstream)));
