@@ -54,7 +54,7 @@ impl RedisQuarantine {
     }
 
     fn redis(&self) -> Result<&Arc<Redis>, QuarantineError> {
-        self.redis.as_ref().map_err(|e| failed(e))
+        self.redis.as_ref().map_err(failed)
     }
 
     fn msg_key(r: &Redis, id: &str) -> String {
