@@ -220,3 +220,93 @@ fn slow_redis_never_stalls_a_login() {
     assert_eq!(d.mailbox("alice").len(), all.len(), "no durable copy in time: nothing deleted");
     assert!(a.log().contains("timed out") && a.log().contains("redis store unreachable"), "{}", a.log());
 }
+
+fn repo_file(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The shipped Redis fragment is what the quarantine needs: popsift finds it durable.
+#[test]
+fn shipped_redis_fragment_is_durable_for_popsift() {
+    let redis = RedisServer::start_with_conf(&repo_file("deploy/redis/popsift-redis.conf"));
+    assert_eq!(redis.bulk(&["CONFIG", "GET", "appendfsync"]), None, "an array reply, not a bulk string");
+    let a = proxy("127.0.0.1:9", "rules: []\n", &redis.store_yaml("frag"));
+    a.wait_log("redis store connected");
+    assert!(a.log().contains("durability=Durable"), "{}", a.log());
+    assert_eq!(
+        metric_line(&a, "popsift_store_degraded{reason=\"not_durable\"}").as_deref(),
+        Some("popsift_store_degraded{reason=\"not_durable\"} 0")
+    );
+}
+
+/// The shipped HAProxy config, with this test's addresses, in front of two instances
+/// sharing one Redis: logins through it work, its POP3 health check passes, and the second
+/// login is warm whichever instance it lands on.
+#[test]
+fn shipped_haproxy_config_balances_two_instances() {
+    let haproxy = require_program("haproxy", "haproxy");
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let pass = d.password("alice").to_string();
+    let redis = RedisServer::start();
+    let fwd = Forwarder::start(&d.pop3_addr());
+    let rules = spam_rules("hide");
+    let a = proxy(&fwd.addr, &rules, &redis.store_yaml("ha"));
+    let b = proxy(&fwd.addr, &rules, &redis.store_yaml("ha"));
+    let shipped = std::fs::read_to_string(repo_file("deploy/haproxy/popsift-n.cfg")).unwrap();
+    let port = free_port();
+    let cfg: String = shipped
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("server "))
+        .map(|l| match l.trim() {
+            "bind :110" => format!("    bind 127.0.0.1:{port}"),
+            "default-server inter 10s fall 3 rise 2" => "    default-server inter 500ms fall 3 rise 1".to_string(),
+            _ => l.to_string(),
+        })
+        .chain([format!("    server p1 {} check", a.addr), format!("    server p2 {} check", b.addr)])
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(cfg.contains(&format!("bind 127.0.0.1:{port}")), "the shipped config still has `bind :110`");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, format!("{cfg}\n")).unwrap();
+    let check = Command::new(&haproxy).arg("-c").arg("-f").arg(&path).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let log = std::fs::File::create(dir.path().join("haproxy.log")).unwrap();
+    let mut child = Command::new(&haproxy)
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    // Both servers UP: their health checks (greeting +OK, QUIT) reached both instances.
+    let checked = |p: &Popsift| p.log().matches("session finished").count() >= 1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(checked(&a) && checked(&b)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "HAProxy's health checks did not reach both instances; haproxy log:\n{}\npopsift a:\n{}",
+            std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default(),
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = poplib_fetch(&addr, "alice", &pass, &PoplibOpts::default());
+    assert_eq!(first.messages, wire(&ham(&all)));
+    let mark = fwd.sent().len();
+    // leastconn with idle servers alternates; two more logins land on both instances.
+    for _ in 0..2 {
+        let again = poplib_fetch(&addr, "alice", &pass, &PoplibOpts::default());
+        assert_eq!(again.messages, wire(&ham(&all)));
+    }
+    assert_eq!(tops(&fwd.sent()[mark..]), 0, "warm through either instance");
+    let logins = |p: &Popsift| {
+        p.log().lines().filter(|l| l.contains("session finished") && l.contains("user=\"alice\"")).count()
+    };
+    assert_eq!(logins(&a) + logins(&b), 3);
+    assert!(logins(&a) >= 1 && logins(&b) >= 1, "leastconn spread the logins over both instances");
+    let _ = child.kill();
+    let _ = child.wait();
+}

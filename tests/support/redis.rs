@@ -18,6 +18,9 @@ pub struct RedisServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
     fsync: &'static str,
+    /// A config file given first on the command line (`deploy/redis/popsift-redis.conf`);
+    /// the durability flags are then not passed, so the file's settings apply.
+    conf: Option<std::path::PathBuf>,
     child: Option<Child>,
 }
 
@@ -30,7 +33,16 @@ impl RedisServer {
     /// AOF with the given `appendfsync` (`always`, `everysec`, `no`).
     pub fn start_with(fsync: &'static str) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut r = RedisServer { port: free_port(), dir, fsync, child: None };
+        let mut r = RedisServer { port: free_port(), dir, fsync, conf: None, child: None };
+        r.start_again();
+        r
+    }
+
+    /// With a config file (its `appendonly`/`appendfsync`/`save` apply); port, bind address
+    /// and directory are still the test's.
+    pub fn start_with_conf(conf: &Path) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = RedisServer { port: free_port(), dir, fsync: "", conf: Some(conf.to_path_buf()), child: None };
         r.start_again();
         r
     }
@@ -54,11 +66,16 @@ impl RedisServer {
         let log =
             std::fs::File::create(self.dir.path().join(format!("redis-{}.log", Instant::now().elapsed().as_nanos())))
                 .expect("redis log file");
-        let child = Command::new(bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--dir"])
-            .arg(self.dir.path())
-            .args(["--appendonly", "yes", "--appendfsync", self.fsync, "--save", "", "--daemonize", "no"])
-            .args(["--protected-mode", "no"])
+        let mut cmd = Command::new(bin);
+        if let Some(conf) = &self.conf {
+            cmd.arg(conf);
+        }
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--dir"]).arg(self.dir.path());
+        if self.conf.is_none() {
+            cmd.args(["--appendonly", "yes", "--appendfsync", self.fsync, "--save", ""]);
+        }
+        let child = cmd
+            .args(["--daemonize", "no", "--protected-mode", "no"])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(Stdio::null())
