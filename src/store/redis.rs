@@ -28,8 +28,10 @@
 //! # Sync callers
 //! The store traits are synchronous (they already run on tokio's blocking pool, or in a CLI
 //! command). [`Redis::blocking`] runs a call on the current runtime's handle from a blocking
-//! thread, or on a private single-thread runtime when there is none (the CLI tools). It must
-//! not be called on an async worker thread.
+//! thread, or on a private single-thread runtime when there is none (the CLI tools). On the
+//! multi-thread runtime of `serve` it goes through `block_in_place`, so even a call from an
+//! async task (a web handler, say) blocks only its own worker, never panics; it should still
+//! be called from the blocking pool.
 //!
 //! # Keys
 //! `<key_prefix>:<kind>:...`, with user-supplied parts (upstream, user name) escaped by
@@ -276,6 +278,12 @@ impl Redis {
     /// current runtime from a blocking-pool thread, or on a private runtime outside any.
     pub fn blocking<F: std::future::Future>(&self, f: F) -> F::Output {
         match tokio::runtime::Handle::try_current() {
+            // `block_in_place` also makes a call from an async worker thread safe (it hands
+            // the worker's other tasks to another thread first); on a blocking-pool thread
+            // it just runs the closure.
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| h.block_on(f))
+            }
             Ok(h) => h.block_on(f),
             Err(_) => {
                 let rt = self.own_runtime.get_or_init(|| {
@@ -393,6 +401,16 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
         stop.send(()).unwrap();
         keeper.join().unwrap();
+    }
+
+    /// From an async task on the multi-thread runtime (where `Handle::block_on` alone
+    /// would panic), a blocking call still answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking_from_an_async_task_does_not_panic() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let r = Redis::new(&settings(&format!("redis://127.0.0.1:{port}"))).unwrap();
+        let got: Result<Option<String>, _> = r.blocking(r.query("connect", redis::pipe().get("k")));
+        assert!(got.is_err());
     }
 
     #[test]
