@@ -185,6 +185,8 @@ pub struct ConfigFile {
     // -- per-mailbox rules (issue 14) --
     #[serde(default)]
     pub rules_per_user: RulesPerUserFile,
+    #[serde(default)]
+    pub store: StoreFile,
 }
 
 /// `rules_per_user:`: a rules directory per mailbox layered over the global rules (see
@@ -475,6 +477,7 @@ pub struct Config {
     pub bayes: crate::classify::BayesSettings,
     /// Per-mailbox rules; `None` when switched off.
     pub rules_per_user: Option<crate::rules::users::PerUserSettings>,
+    pub store: StoreSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -776,9 +779,114 @@ impl Config {
             cache,
             bayes,
             rules_per_user,
+            store: file.store.settings()?,
         })
     }
 }
+
+// --- store backend (issue 15) ---------------------------------------------------------------
+
+/// `store:`: where the shared state lives (see [`crate::store`]). `backend: redb` (the
+/// default) keeps everything in files under `state_dir`; `backend: redis` puts the header
+/// cache, the quarantine and the classifier model into one Redis, so several popsift
+/// instances behind a load balancer serve every mailbox alike.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    pub backend: Option<StoreBackend>,
+    pub redis: Option<RedisFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Redb,
+    Redis,
+}
+
+/// `store.redis:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://`, `redis+unix://`).
+    pub url: Option<String>,
+    pub key_prefix: Option<String>,
+    pub connect_timeout: Option<DurationValue>,
+    pub command_timeout: Option<DurationValue>,
+}
+
+/// Checked `store:` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoreSettings {
+    /// `None`: the embedded redb files (the default).
+    pub redis: Option<RedisSettings>,
+}
+
+/// Checked `store.redis:` settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Every key starts with `<key_prefix>:` (default `popsift`), so one Redis can hold
+    /// several independent deployments.
+    pub key_prefix: String,
+    /// Bound on establishing a connection (TCP + AUTH + the durability check).
+    pub connect_timeout: Duration,
+    /// Bound on every command (or pipeline) once connected.
+    pub command_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    /// The URL may carry a password: only its host part is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redacted_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
+/// A Redis URL with any `user:password@` part replaced by `***@` (for logs).
+pub fn redacted_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+impl StoreFile {
+    /// The checked settings (also used by the CLI tools, which need no listener).
+    pub fn settings(&self) -> Result<StoreSettings, ConfigError> {
+        let bad = |field: &str, reason: String| ConfigError::BadValue { field: format!("store.{field}"), reason };
+        let backend = self.backend.unwrap_or(StoreBackend::Redb);
+        if backend == StoreBackend::Redb {
+            return Ok(StoreSettings { redis: None });
+        }
+        let r = self.redis.as_ref().ok_or_else(|| bad("redis", "required with `backend: redis`".into()))?;
+        let url = r.url.clone().ok_or_else(|| bad("redis.url", "required with `backend: redis`".into()))?;
+        if !["redis://", "rediss://", "redis+unix://", "unix://"].iter().any(|s| url.starts_with(s)) {
+            return Err(bad(
+                "redis.url",
+                format!("{:?} is not a redis://, rediss:// or redis+unix:// URL", redacted_url(&url)),
+            ));
+        }
+        let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "popsift".into());
+        if key_prefix.is_empty() || key_prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Err(bad("redis.key_prefix", "must be non-empty, without spaces or control characters".into()));
+        }
+        let connect_timeout = r.connect_timeout.map_or(Duration::from_secs(2), |v| v.0);
+        let command_timeout = r.command_timeout.map_or(Duration::from_secs(1), |v| v.0);
+        for (field, d) in [("redis.connect_timeout", connect_timeout), ("redis.command_timeout", command_timeout)] {
+            if d.is_zero() || d > Duration::from_secs(600) {
+                return Err(bad(field, "must be between 1ms and 10m".into()));
+            }
+        }
+        Ok(StoreSettings { redis: Some(RedisSettings { url, key_prefix, connect_timeout, command_timeout }) })
+    }
+}
+
+// --- end of store backend ---------------------------------------------------------------------
 
 /// `$XDG_STATE_HOME/popsift`, else `~/.local/state/popsift`, else `./popsift-state`.
 pub fn default_state_dir() -> PathBuf {
@@ -888,6 +996,35 @@ mod tests {
         assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::Starttls);
         assert_eq!(c.metrics.unwrap().to_string(), DEFAULT_METRICS);
         assert_eq!(c.timeouts.client_idle, Duration::from_secs(600));
+    }
+
+    // --- store backend (issue 15) ---
+    #[test]
+    fn store_block_defaults_validation_and_locations() {
+        let p = Path::new("c.yaml");
+        let f = ConfigFile::parse("store:\n  backend: redis\n  redis:\n    url: redis://:secret@10.0.0.5:6379/2\n    command_timeout: 250ms\n", p).unwrap();
+        let s = f.store.settings().unwrap().redis.unwrap();
+        assert_eq!(
+            (s.key_prefix.as_str(), s.command_timeout, s.connect_timeout),
+            ("popsift", Duration::from_millis(250), Duration::from_secs(2))
+        );
+        assert!(!format!("{s:?}").contains("secret"), "the password never reaches a log: {s:?}");
+        assert_eq!(redacted_url("redis://:secret@h:1"), "redis://***@h:1");
+        assert!(ConfigFile::default().store.settings().unwrap().redis.is_none(), "redb is the default");
+        let bad = |t: &str| ConfigFile::parse(t, p).and_then(|f| f.store.settings()).unwrap_err().to_string();
+        assert!(bad("store:\n  backend: redis\n").contains("store.redis"));
+        assert!(bad("store:\n  backend: redis\n  redis: {}\n").contains("store.redis.url"));
+        assert!(bad("store:\n  backend: redis\n  redis:\n    url: http://x\n").contains("not a redis://"));
+        assert!(
+            bad("store:\n  backend: redis\n  redis:\n    url: redis://x\n    key_prefix: ''\n").contains("key_prefix")
+        );
+        // Typos are reported with file:line:col.
+        assert!(
+            bad("store:\n  backend: memcached\n").starts_with("c.yaml:2:"),
+            "{}",
+            bad("store:\n  backend: memcached\n")
+        );
+        assert!(bad("store:\n  redis:\n    urll: x\n").starts_with("c.yaml:3:"));
     }
 
     #[test]

@@ -152,6 +152,16 @@ pub const EDGE_REFUSAL_REASONS: &[&str] = &["proxy_untrusted", "proxy_header", "
 /// `reason` values of `popsift_login_failures_total`.
 pub const LOGIN_FAILURE_REASONS: &[&str] = &["upstream-refused", "throttled", "plaintext-disallowed"];
 // --- end network edge ---
+// --- shared store (issue 15) ---
+/// Gauge `{reason="unreachable"|"not_durable"}`: 1 while the Redis store is degraded so.
+pub const STORE_DEGRADED: &str = "popsift_store_degraded";
+/// Counter `{op}`: Redis calls that failed or timed out (the session went on without them).
+pub const STORE_ERRORS_TOTAL: &str = "popsift_store_errors_total";
+/// The reasons [`STORE_DEGRADED`] can carry.
+pub const STORE_DEGRADED_REASONS: &[&str] = &["unreachable", "not_durable"];
+/// The operations [`STORE_ERRORS_TOTAL`] can carry.
+pub const STORE_OPS: &[&str] = &["connect", "header_lookup", "header_update", "quarantine", "model"];
+// --- end shared store ---
 
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,6 +449,24 @@ pub const METRICS: &[MetricDef] = &[
         help: "Failed logins, by reason (upstream-refused, throttled, plaintext-disallowed).",
         buckets: &[],
     },
+    // --- shared store (issue 15) ---
+    MetricDef {
+        name: STORE_DEGRADED,
+        kind: MetricKind::Gauge,
+        unit: None,
+        labels: &["reason"],
+        help: "1 while the Redis store is degraded: unreachable (cache misses, quarantine falls back to quarantine.on_failure) or not_durable (no appendonly/appendfsync always: quarantine falls back).",
+        buckets: &[],
+    },
+    MetricDef {
+        name: STORE_ERRORS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["op"],
+        help: "Redis store calls that failed or timed out, by operation; the session went on without them (header writes and model writes are dropped).",
+        buckets: &[],
+    },
+    // --- end shared store ---
 ];
 
 /// Every exported metric name (the `name` column of [`METRICS`]).
@@ -472,6 +500,8 @@ pub const ALL_NAMES: &[&str] = &[
     BAYES_MODEL_REBUILDS_TOTAL,
     EDGE_REFUSALS_TOTAL,
     LOGIN_FAILURES_TOTAL,
+    STORE_DEGRADED,
+    STORE_ERRORS_TOTAL,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -627,6 +657,13 @@ fn register() {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(START_TIME_SECONDS).set(unix_now());
     register_bayes();
+    // shared store (issue 15): exported from the start, 0 = not degraded / no errors yet.
+    for &reason in STORE_DEGRADED_REASONS {
+        gauge!(STORE_DEGRADED, "reason" => reason).set(0.0);
+    }
+    for &op in STORE_OPS {
+        counter!(STORE_ERRORS_TOTAL, "op" => op).absolute(0);
+    }
 }
 
 fn unix_now() -> f64 {
@@ -875,6 +912,19 @@ pub fn bayes_autolearn(result: &'static str, n: u64) {
 pub fn bayes_model_rebuilt() {
     counter!(BAYES_MODEL_REBUILDS_TOTAL).increment(1);
 }
+// --- shared store (issue 15) ---
+
+/// Sets `popsift_store_degraded{reason}` to 1 (degraded) or 0.
+pub fn store_degraded(reason: &'static str, degraded: bool) {
+    gauge!(STORE_DEGRADED, "reason" => reason).set(if degraded { 1.0 } else { 0.0 });
+}
+
+/// A failed or timed-out Redis call (`popsift_store_errors_total{op}`).
+pub fn store_error(op: &'static str) {
+    counter!(STORE_ERRORS_TOTAL, "op" => op).increment(1);
+}
+
+// --- end shared store ---
 
 #[cfg(test)]
 mod tests {

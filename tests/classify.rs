@@ -426,7 +426,8 @@ fn autolearn_hook_runs_in_the_session_evaluation() {
     let rules =
         RulesHandle::new(RuleSet::from_yaml(Path::new("r.yaml"), BAND_RULES, &EngineOptions::default()).unwrap());
     let learner = Autolearner::start(t.path(), &settings, rules.clone()).unwrap();
-    let h = ModelHandle::open_with(t.path(), settings, Some(learner.clone()));
+    let h =
+        ModelHandle::open_with(t.path(), popsift::config::StoreSettings::default(), settings, Some(learner.clone()));
     let model = h.current().expect("model");
     // A new spam message: B_SPAM (6) + SUBJ_PILLS (1) = 7 >= 6, learned as spam; a new ham
     // message: B_HAM (-1), learned as ham.

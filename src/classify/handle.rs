@@ -35,6 +35,9 @@ fn stamp(path: &Path) -> Stamp {
 /// The current model of a state directory.
 pub struct ModelHandle {
     state_dir: PathBuf,
+    /// Where the model lives (`store:`); with Redis the file stamp is not used and the
+    /// generation is asked at each poll (one `HGET`).
+    store: crate::config::StoreSettings,
     settings: BayesSettings,
     current: ArcSwapOption<Model>,
     seen: Mutex<Stamp>,
@@ -49,7 +52,17 @@ impl std::fmt::Debug for ModelHandle {
 
 /// Reads the model of a state directory once: `Ok(None)` when none was trained yet.
 pub fn load_model(state_dir: &Path, settings: &BayesSettings, wait: Duration) -> Result<Option<Model>, StoreError> {
-    let Some(store) = RedbStore::open_existing(state_dir, wait)? else { return Ok(None) };
+    load_model_from(state_dir, &crate::config::StoreSettings::default(), settings, wait)
+}
+
+/// [`load_model`] from the store the configuration names (`store:`).
+pub fn load_model_from(
+    state_dir: &Path,
+    store: &crate::config::StoreSettings,
+    settings: &BayesSettings,
+    wait: Duration,
+) -> Result<Option<Model>, StoreError> {
+    let Some(store) = crate::store::redis_model::open_for_reading(state_dir, store, wait)? else { return Ok(None) };
     Ok(Some(store.load()?.with_settings(settings)))
 }
 
@@ -57,17 +70,28 @@ impl ModelHandle {
     /// A handle for `state_dir`, loaded now (blocking). A missing model is not an error; a
     /// damaged one is logged and the proxy runs without a classifier until it is replaced.
     pub fn open(state_dir: &Path, settings: BayesSettings) -> Arc<ModelHandle> {
-        ModelHandle::open_with(state_dir, settings, None)
+        ModelHandle::open_with(state_dir, crate::config::StoreSettings::default(), settings, None)
     }
 
-    /// [`Self::open`], every snapshot carrying the autolearn queue (when autolearn is on).
+    /// [`ModelHandle::open`] on the store the configuration names (`store:`).
+    pub fn open_from(
+        state_dir: &Path,
+        store: crate::config::StoreSettings,
+        settings: BayesSettings,
+    ) -> Arc<ModelHandle> {
+        ModelHandle::open_with(state_dir, store, settings, None)
+    }
+
+    /// [`Self::open_from`], every snapshot carrying the autolearn queue (when autolearn is on).
     pub fn open_with(
         state_dir: &Path,
+        store: crate::config::StoreSettings,
         settings: BayesSettings,
         autolearner: Option<Arc<super::autolearn::Autolearner>>,
     ) -> Arc<ModelHandle> {
         let h = Arc::new(ModelHandle {
             state_dir: state_dir.to_path_buf(),
+            store,
             settings,
             current: ArcSwapOption::empty(),
             seen: Mutex::new(None),
@@ -89,6 +113,9 @@ impl ModelHandle {
 
     /// Re-reads the model if its file changed since the last look. Blocking.
     pub fn refresh_blocking(&self) {
+        if self.store.redis.is_some() {
+            return self.refresh_shared();
+        }
         let path = self.path();
         let now = stamp(&path);
         {
@@ -154,6 +181,32 @@ impl ModelHandle {
             Err(e) => tracing::error!(error = %e, "bayes model damaged and cannot be moved aside"),
         }
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(&self.path());
+    }
+
+    /// The shared store: compare the generation (one round trip), load when it moved. A
+    /// failure keeps the last snapshot (Redis down: logged once per outage by the store).
+    fn refresh_shared(&self) {
+        let store = match crate::store::redis_model::open_for_reading(&self.state_dir, &self.store, READ_WAIT) {
+            Ok(Some(s)) => s,
+            Ok(None) => return self.current.store(None),
+            Err(e) => return tracing::debug!(error = %e, "bayes model on redis unavailable; keeping the last one"),
+        };
+        let old_generation = self.current.load().as_ref().map(|m| m.generation());
+        match store.generation() {
+            Ok(g) if Some(g) == old_generation => {}
+            Ok(_) => match store.load() {
+                Ok(m) => {
+                    let m = m.with_settings(&self.settings).with_autolearner(self.autolearner.clone());
+                    tracing::info!(
+                        store = %store.location(), spam = m.nspam(), ham = m.nham(), tokens = m.token_count(),
+                        ready = m.ready(), "bayes model loaded"
+                    );
+                    self.current.store(Some(Arc::new(m)));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the bayes model; keeping the last one"),
+            },
+            Err(e) => tracing::debug!(error = %e, "bayes model on redis unavailable; keeping the last one"),
+        }
     }
 
     /// Starts the polling task. Must be called inside a tokio runtime; runs until it ends.

@@ -1,8 +1,8 @@
 //! Where the model lives: the [`ModelStore`] trait and its embedded implementation on redb.
 //!
 //! The trait is small on purpose — load a snapshot, list trained messages, apply one batch
-//! of count changes atomically — so a shared backend (Redis) can implement it later and
-//! nothing above it changes.
+//! of count changes atomically — so a shared backend implements it too
+//! ([`crate::store::redis_model`], `store.backend: redis`) and nothing above it changes.
 //!
 //! # The redb file
 //! `<state_dir>/bayes.redb` (redb for the same reasons as the header cache: pure Rust,
@@ -90,6 +90,12 @@ pub trait ModelStore {
     fn trained(&self) -> Result<HashMap<Digest, TrainedMessage>, StoreError>;
     /// Applies a batch atomically.
     fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// The generation (+1 per applied batch), cheaply when the store can.
+    fn generation(&self) -> Result<u64, StoreError> {
+        Ok(self.load()?.generation())
+    }
+    /// Where the model lives, for messages (a path, or a Redis URL without credentials).
+    fn location(&self) -> String;
 }
 
 /// The embedded store: one redb file.
@@ -243,6 +249,14 @@ pub fn open_or_rebuild(state_dir: &Path) -> Result<RedbStore, StoreError> {
 }
 
 impl ModelStore for RedbStore {
+    fn generation(&self) -> Result<u64, StoreError> {
+        self.stats_generation()
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
     fn load(&self) -> Result<Model, StoreError> {
         guarded(|| {
             let r = self.db.begin_read()?;
@@ -325,7 +339,7 @@ impl ModelStore for RedbStore {
     }
 }
 
-fn encode_message(m: &TrainedMessage) -> Vec<u8> {
+pub(crate) fn encode_message(m: &TrainedMessage) -> Vec<u8> {
     let mut v = Vec::with_capacity(5 + m.rules.iter().map(|r| r.len() + 1).sum::<usize>());
     v.push(m.spam as u8);
     v.extend_from_slice(&m.version.to_le_bytes());
@@ -333,7 +347,7 @@ fn encode_message(m: &TrainedMessage) -> Vec<u8> {
     v
 }
 
-fn decode_message(v: &[u8]) -> Option<TrainedMessage> {
+pub(crate) fn decode_message(v: &[u8]) -> Option<TrainedMessage> {
     let spam = match *v.first()? {
         0 => false,
         1 => true,

@@ -34,14 +34,18 @@ impl QuarantineCmdError {
     }
 }
 
-fn resolve_dir(args: &QuarantineArgs) -> Result<PathBuf, ConfigError> {
+/// `--dir` names a Maildir tree; otherwise the config decides: Redis with
+/// `store.backend: redis`, else `quarantine.dir` (default `<state dir>/quarantine`).
+fn resolve(args: &QuarantineArgs) -> Result<Quarantine, ConfigError> {
     if let Some(d) = &args.dir {
-        return Ok(d.clone());
+        return Ok(Quarantine::new(d));
     }
     let f = super::config_file(args.config.as_deref())?;
+    let store = f.store.settings()?;
     let (qdir, state) = (f.quarantine.dir, f.state_dir);
     let state = args.state_dir.clone().or(state);
-    Ok(qdir.unwrap_or_else(|| state.unwrap_or_else(default_state_dir).join("quarantine")))
+    let dir = qdir.unwrap_or_else(|| state.unwrap_or_else(default_state_dir).join("quarantine"));
+    Ok(Quarantine::for_store(&store, &dir))
 }
 
 /// Runs the subcommand; returns the exit code.
@@ -56,7 +60,7 @@ pub fn run(args: &QuarantineArgs) -> Exit {
 }
 
 fn run_inner(args: &QuarantineArgs) -> Result<(), QuarantineCmdError> {
-    let q = Quarantine::new(&resolve_dir(args)?);
+    let q = resolve(args)?;
     let mut stdout = std::io::stdout().lock();
     match &args.action {
         QuarantineAction::List { json } => {
@@ -84,7 +88,7 @@ fn run_inner(args: &QuarantineArgs) -> Result<(), QuarantineCmdError> {
                 }
             }
             if !*json {
-                writeln!(stdout, "{} message(s) in {}", items.len(), q.root().display())
+                writeln!(stdout, "{} message(s) in {}", items.len(), q.location())
                     .map_err(QuarantineCmdError::Output)?;
             }
         }
@@ -150,7 +154,11 @@ fn train_restored(args: &QuarantineArgs, msg: &[u8], out: &mut impl Write) {
                 crate::classify::train::Outcome::Relabelled => "trained as ham (it was trained as spam before)",
                 _ => "trained as ham",
             };
-            let _ = writeln!(out, "classifier: {what} ({})", r.state_dir.join(crate::classify::FILE_NAME).display());
+            let place = match r.store.redis {
+                Some(_) => "redis".to_string(),
+                None => r.state_dir.join(crate::classify::FILE_NAME).display().to_string(),
+            };
+            let _ = writeln!(out, "classifier: {what} ({place})");
         }
         Err(e) => eprintln!("popsift quarantine: restored, but not trained as ham: {e}"),
     }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::Exit;
 use crate::classify::eval::{operating_points, Scored};
-use crate::classify::handle::load_model;
+use crate::classify::handle::load_model_from;
 use crate::classify::Model;
 use crate::cli::ScanArgs;
 use crate::mailfiles::{header_block, label_key, read_labels, read_messages};
@@ -166,7 +166,7 @@ pub fn verdict_json_with_bayes(label: &str, v: &Verdict, bayes: Option<f64>) -> 
 /// The classifier model for `scan`: `--state-dir` (or the config's `state_dir`, or the
 /// default) — the one `popsift train` writes. `None` when no model was trained there.
 fn load_scan_model(r: &crate::cmd::train::Resolved) -> Result<Option<Model>, crate::classify::store::StoreError> {
-    match load_model(&r.state_dir, &r.settings, std::time::Duration::from_secs(10)) {
+    match load_model_from(&r.state_dir, &r.store, &r.settings, std::time::Duration::from_secs(10)) {
         Ok(Some(m)) if !m.ready() => {
             eprintln!(
                 "scan: the classifier in {} has too little training ({} spam, {} ham; needs {} and {}): no bayes probabilities",

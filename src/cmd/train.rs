@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::Exit;
-use crate::classify::store::{ModelStore, RedbStore};
 use crate::classify::train::{Outcome, TrainSummary, Trainer};
 use crate::classify::{BayesSettings, Model, Tokenizer};
 use crate::cli::TrainArgs;
@@ -19,6 +18,7 @@ use crate::config::default_state_dir;
 use crate::locate::SearchPath;
 use crate::mailfiles::{label_key, read_labels, read_messages_lenient, MessageItem};
 use crate::rules::{EngineOptions, RuleSet};
+use crate::store::redis_model::{open_for_reading, open_for_writing};
 
 /// Why `train` (or a quarantine restore's training) failed. All are usage, config or input
 /// errors (exit 2).
@@ -42,6 +42,8 @@ pub enum TrainError {
 #[derive(Debug)]
 pub struct Resolved {
     pub state_dir: PathBuf,
+    /// `store:` from the config: the model is in Redis with `backend: redis`.
+    pub store: crate::config::StoreSettings,
     pub rules: Option<PathBuf>,
     pub settings: BayesSettings,
 }
@@ -65,7 +67,8 @@ pub fn resolve(config: Option<&Path>, state_dir: Option<&Path>, rules: Option<&P
     let (fstate, frules, settings) = (f.state_dir.clone(), f.rules.clone(), f.bayes.settings());
     let state_dir = state_dir.map(Path::to_path_buf).or(fstate).unwrap_or_else(default_state_dir);
     let rules = rules.map(Path::to_path_buf).or(frules);
-    Ok(Resolved { state_dir, rules, settings })
+    let store = f.store.settings()?;
+    Ok(Resolved { state_dir, store, rules, settings })
 }
 
 /// Runs the subcommand; returns the exit code.
@@ -129,9 +132,9 @@ fn run_inner(args: &TrainArgs) -> Result<(), TrainError> {
         )),
         None => None,
     };
-    let store = RedbStore::open(&r.state_dir)?;
+    let store = open_for_writing(&r.state_dir, &r.store)?;
     let tokenizer = Tokenizer::from_settings(&r.settings);
-    let mut trainer = Trainer::new(&store, tokenizer, rules)?.with_minimums(r.settings.min_spam, r.settings.min_ham);
+    let mut trainer = Trainer::new(&*store, tokenizer, rules)?.with_minimums(r.settings.min_spam, r.settings.min_ham);
     let progress = std::io::stderr().is_terminal() && items.len() >= 200;
     if args.forget {
         for (i, (m, _)) in items.iter().enumerate() {
@@ -154,7 +157,7 @@ fn run_inner(args: &TrainArgs) -> Result<(), TrainError> {
     let mut summary = trainer.commit()?;
     summary.unreadable += unreadable;
     let model = store.load()?.with_settings(&r.settings);
-    println!("{}", summary_line(&summary, args.forget, unlabelled, &model, store.path()));
+    println!("{}", summary_line(&summary, args.forget, unlabelled, &model, Path::new(&store.location())));
     Ok(())
 }
 
@@ -194,10 +197,11 @@ pub fn summary_line(s: &TrainSummary, forget: bool, unlabelled: usize, model: &M
 }
 
 fn stats(r: &Resolved) -> Result<(), TrainError> {
-    let store = match RedbStore::open_existing(&r.state_dir, std::time::Duration::from_secs(10)) {
+    let store = match open_for_reading(&r.state_dir, &r.store, std::time::Duration::from_secs(10)) {
         Ok(Some(s)) => s,
         Ok(None) => {
-            println!("no model yet in {} (train one with popsift train)", r.state_dir.display());
+            let place = if r.store.redis.is_some() { "redis".to_string() } else { r.state_dir.display().to_string() };
+            println!("no model yet in {place} (train one with popsift train)");
             return Ok(());
         }
         Err(e) => return Err(e.into()),
@@ -206,7 +210,7 @@ fn stats(r: &Resolved) -> Result<(), TrainError> {
     let trained = store.trained()?.len();
     println!(
         "model {}: {} spam, {} ham, {} messages known, {} tokens, token set version {}{}",
-        store.path().display(),
+        store.location(),
         model.nspam(),
         model.nham(),
         trained,
@@ -241,9 +245,9 @@ pub fn train_ham(r: &Resolved, msg: &[u8]) -> Result<Outcome, TrainError> {
         Some(p) => RuleSet::load(p, &EngineOptions::default()).ok().map(Arc::new),
         None => None,
     };
-    let store = RedbStore::open(&r.state_dir)?;
+    let store = open_for_writing(&r.state_dir, &r.store)?;
     let tokenizer = Tokenizer::from_settings(&r.settings);
-    let mut trainer = Trainer::new(&store, tokenizer, rules)?;
+    let mut trainer = Trainer::new(&*store, tokenizer, rules)?;
     let o = trainer.train(msg, false);
     trainer.commit()?;
     Ok(o)

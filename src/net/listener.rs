@@ -196,11 +196,11 @@ async fn open_cache(config: &Config) -> Option<Arc<HeaderCache>> {
         info!("header cache disabled (cache.enabled: false)");
         return None;
     }
-    let dir = config.state_dir.clone();
     let max = config.cache.max_size;
-    match tokio::task::spawn_blocking(move || HeaderCache::open(&dir, max)).await {
+    let cfg = config.clone();
+    match tokio::task::spawn_blocking(move || HeaderCache::open_configured(&cfg)).await {
         Ok(Ok(c)) => {
-            info!(path = %c.path().display(), max_size = max, "header cache open");
+            info!(store = %c.location(), max_size = max, "header cache open");
             Some(Arc::new(c))
         }
         Ok(Err(e)) => {
@@ -220,9 +220,10 @@ async fn open_cache(config: &Config) -> Option<Arc<HeaderCache>> {
 async fn open_model(config: &Config, rules: &Arc<RulesHandle>) -> Arc<crate::classify::ModelHandle> {
     let dir = config.state_dir.clone();
     let settings = config.bayes.clone();
+    let store = config.store.clone();
     // Autolearn (off by default): a background thread fed by the sessions' verdicts.
     let learner = crate::classify::autolearn::Autolearner::start(&dir, &settings, rules.clone());
-    let open = move || crate::classify::ModelHandle::open_with(&dir, settings, learner);
+    let open = move || crate::classify::ModelHandle::open_with(&dir, store, settings, learner);
     let handle = match tokio::task::spawn_blocking(open).await {
         Ok(h) => h,
         Err(e) => std::panic::resume_unwind(e.into_panic()),

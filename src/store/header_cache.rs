@@ -15,6 +15,12 @@
 //! listing is unique and well-formed; a cached header block that leads to a condemning
 //! verdict is re-read from the server before any DELE (see [`crate::session::verdicts`]).
 //!
+//! # Stores
+//! [`HeaderStore`] is the interface; [`HeaderCache`] wraps whichever store the configuration
+//! names (`store.backend`), runs it on tokio's blocking pool and orders each mailbox's
+//! update before its next lookup. The shared store for several instances is Redis
+//! ([`super::redis_cache`]); the embedded default is described here.
+//!
 //! # Store: redb
 //! [redb](https://docs.rs/redb) is an embedded key-value store in pure Rust: nothing for the
 //! user to install or run, no C toolchain for the build (SQLite via rusqlite would bundle
@@ -134,32 +140,175 @@ pub struct Fresh {
     pub headers: HeaderBlock,
 }
 
-/// The shared cache (one per process, `Arc`-shared by all sessions).
+/// Where header blocks are kept: the embedded [`RedbHeaderCache`] (default) or the shared
+/// [`super::redis_cache::RedisHeaderCache`]. Implementations block; [`HeaderCache`] runs
+/// them on tokio's blocking pool and orders a scope's update before its next lookup.
+/// Failures are never returned: they are logged and answered as misses (a miss only costs
+/// a `TOP`).
+pub trait HeaderStore: Send + Sync + std::fmt::Debug {
+    /// Looks up every wanted message; `None` for a miss (absent, other size, unreadable,
+    /// or truncated at a smaller cap than `header_limit`).
+    fn lookup_blocking(&self, scope: &Scope, wanted: &[Wanted], header_limit: usize) -> Vec<Option<HeaderBlock>>;
+    /// Stores `fresh` and removes the scope's entries whose UIDL is not in `present`.
+    fn update_blocking(&self, scope: &Scope, fresh: &[Fresh], present: &HashSet<Arc<str>>);
+    /// Number of entries and stored bytes (for tests and logs), when known.
+    fn stats_blocking(&self) -> Option<(u64, u64)>;
+    /// Where it lives, for the log (a path or a Redis URL without credentials).
+    fn location(&self) -> String;
+}
+
+/// The shared cache (one per process, `Arc`-shared by all sessions), whichever store holds it.
 pub struct HeaderCache {
-    path: PathBuf,
-    max_size: u64,
-    /// `None` after a failure that could not be repaired: popsift then runs without cache.
-    db: Mutex<Option<Arc<Database>>>,
+    store: Box<dyn HeaderStore>,
     /// One lock per (upstream, user): held while an update is written, taken by lookups.
     scopes: Mutex<HashMap<Scope, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for HeaderCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeaderCache").field("path", &self.path).field("max_size", &self.max_size).finish()
+        f.debug_struct("HeaderCache").field("store", &self.store).finish()
     }
 }
 
 impl HeaderCache {
+    /// The embedded cache in `state_dir` (see [`RedbHeaderCache::open`]).
+    pub fn open(state_dir: &Path, max_size: u64) -> Result<HeaderCache, CacheError> {
+        Ok(HeaderCache::with_store(Box::new(RedbHeaderCache::open(state_dir, max_size)?)))
+    }
+
+    /// The cache the configuration names: `store.backend: redis` → Redis, else redb.
+    pub fn open_configured(config: &crate::config::Config) -> Result<HeaderCache, CacheError> {
+        match &config.store.redis {
+            Some(r) => {
+                let redis = super::redis::shared(r)
+                    .map_err(|e| CacheError::Store { path: PathBuf::from("redis"), detail: e.to_string() })?;
+                Ok(HeaderCache::with_store(Box::new(super::redis_cache::RedisHeaderCache::new(
+                    redis,
+                    config.cache.max_size,
+                ))))
+            }
+            None => HeaderCache::open(&config.state_dir, config.cache.max_size),
+        }
+    }
+
+    pub fn with_store(store: Box<dyn HeaderStore>) -> HeaderCache {
+        HeaderCache { store, scopes: Mutex::new(HashMap::new()) }
+    }
+
+    /// Where the cache lives (for the log).
+    pub fn location(&self) -> String {
+        self.store.location()
+    }
+
+    /// See [`HeaderStore::lookup_blocking`]. Blocking.
+    pub fn lookup_blocking(&self, scope: &Scope, wanted: &[Wanted], header_limit: usize) -> Vec<Option<HeaderBlock>> {
+        self.store.lookup_blocking(scope, wanted, header_limit)
+    }
+
+    /// See [`HeaderStore::update_blocking`]. Blocking.
+    pub fn update_blocking(&self, scope: &Scope, fresh: &[Fresh], present: &HashSet<Arc<str>>) {
+        self.store.update_blocking(scope, fresh, present)
+    }
+
+    /// See [`HeaderStore::stats_blocking`]. Blocking.
+    pub fn stats_blocking(&self) -> Option<(u64, u64)> {
+        self.store.stats_blocking()
+    }
+
+    /// The lock that orders a scope's updates before its next lookup. The map is bounded
+    /// (issue 12): when it reaches [`SCOPE_LOCKS_SWEEP`] entries, the locks no lookup or
+    /// update holds (the map's own reference is the only one) are dropped; a later login of
+    /// that mailbox simply makes a new one.
+    fn scope_lock(&self, scope: &Scope) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = match self.scopes.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.len() >= SCOPE_LOCKS_SWEEP && !map.contains_key(scope) {
+            map.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        map.entry(scope.clone()).or_default().clone()
+    }
+
+    /// Scope locks currently kept (for tests).
+    pub fn scope_locks(&self) -> usize {
+        self.scopes.lock().map_or(0, |m| m.len())
+    }
+
+    /// [`Self::lookup_blocking`] on the blocking pool, after any update of the same scope
+    /// still being written (so a quick second login sees the first one's headers).
+    pub async fn lookup(
+        self: &Arc<Self>,
+        scope: Scope,
+        wanted: Vec<Wanted>,
+        header_limit: usize,
+    ) -> Vec<Option<HeaderBlock>> {
+        let lock = self.scope_lock(&scope);
+        let _pending_update = lock.lock().await;
+        // One read transaction: splitting it over threads was measured slower (redb's page
+        // cache is shared between readers).
+        let me = self.clone();
+        let n = wanted.len();
+        tokio::task::spawn_blocking(move || me.lookup_blocking(&scope, &wanted, header_limit)).await.unwrap_or_else(
+            |e| {
+                warn!(error = %e, "header cache lookup task failed");
+                vec![None; n]
+            },
+        )
+    }
+
+    /// Starts [`Self::update_blocking`] on the blocking pool and returns without waiting for
+    /// it: the client's `+OK` does not wait for the cache write (and its fsync). The scope
+    /// stays locked until the write is done, so the next lookup of this mailbox waits for it.
+    pub async fn update_in_background(self: &Arc<Self>, scope: Scope, fresh: Vec<Fresh>, present: HashSet<Arc<str>>) {
+        let guard = self.scope_lock(&scope).lock_owned().await;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            me.update_blocking(&scope, &fresh, &present);
+            drop(guard);
+        });
+    }
+}
+
+/// The embedded header cache: one redb file under the state directory (see the module doc).
+pub struct RedbHeaderCache {
+    path: PathBuf,
+    max_size: u64,
+    /// `None` after a failure that could not be repaired: popsift then runs without cache.
+    db: Mutex<Option<Arc<Database>>>,
+}
+
+impl std::fmt::Debug for RedbHeaderCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbHeaderCache").field("path", &self.path).field("max_size", &self.max_size).finish()
+    }
+}
+
+impl HeaderStore for RedbHeaderCache {
+    fn lookup_blocking(&self, scope: &Scope, wanted: &[Wanted], header_limit: usize) -> Vec<Option<HeaderBlock>> {
+        RedbHeaderCache::lookup_blocking(self, scope, wanted, header_limit)
+    }
+    fn update_blocking(&self, scope: &Scope, fresh: &[Fresh], present: &HashSet<Arc<str>>) {
+        RedbHeaderCache::update_blocking(self, scope, fresh, present)
+    }
+    fn stats_blocking(&self) -> Option<(u64, u64)> {
+        RedbHeaderCache::stats_blocking(self)
+    }
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+impl RedbHeaderCache {
     /// Opens (or creates) the cache in `state_dir`. A damaged file is deleted and created
     /// anew; an error is returned only when no working cache could be had at all, and the
     /// caller then runs without one.
-    pub fn open(state_dir: &Path, max_size: u64) -> Result<HeaderCache, CacheError> {
+    pub fn open(state_dir: &Path, max_size: u64) -> Result<RedbHeaderCache, CacheError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| CacheError::Dir { path: state_dir.to_path_buf(), source })?;
         let path = state_dir.join(FILE_NAME);
         let db = open_or_rebuild(&path, max_size)?;
-        Ok(HeaderCache { path, max_size, db: Mutex::new(Some(Arc::new(db))), scopes: Mutex::new(HashMap::new()) })
+        Ok(RedbHeaderCache { path, max_size, db: Mutex::new(Some(Arc::new(db))) })
     }
 
     pub fn path(&self) -> &Path {
@@ -275,60 +424,6 @@ impl HeaderCache {
         }
     }
 
-    /// The lock that orders a scope's updates before its next lookup. The map is bounded
-    /// (issue 12): when it reaches [`SCOPE_LOCKS_SWEEP`] entries, the locks no lookup or
-    /// update holds (the map's own reference is the only one) are dropped; a later login of
-    /// that mailbox simply makes a new one.
-    fn scope_lock(&self, scope: &Scope) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = match self.scopes.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if map.len() >= SCOPE_LOCKS_SWEEP && !map.contains_key(scope) {
-            map.retain(|_, lock| Arc::strong_count(lock) > 1);
-        }
-        map.entry(scope.clone()).or_default().clone()
-    }
-
-    /// Scope locks currently kept (for tests).
-    pub fn scope_locks(&self) -> usize {
-        self.scopes.lock().map_or(0, |m| m.len())
-    }
-
-    /// [`Self::lookup_blocking`] on the blocking pool, after any update of the same scope
-    /// still being written (so a quick second login sees the first one's headers).
-    pub async fn lookup(
-        self: &Arc<Self>,
-        scope: Scope,
-        wanted: Vec<Wanted>,
-        header_limit: usize,
-    ) -> Vec<Option<HeaderBlock>> {
-        let lock = self.scope_lock(&scope);
-        let _pending_update = lock.lock().await;
-        // One read transaction: splitting it over threads was measured slower (redb's page
-        // cache is shared between readers).
-        let me = self.clone();
-        let n = wanted.len();
-        tokio::task::spawn_blocking(move || me.lookup_blocking(&scope, &wanted, header_limit)).await.unwrap_or_else(
-            |e| {
-                warn!(error = %e, "header cache lookup task failed");
-                vec![None; n]
-            },
-        )
-    }
-
-    /// Starts [`Self::update_blocking`] on the blocking pool and returns without waiting for
-    /// it: the client's `+OK` does not wait for the cache write (and its fsync). The scope
-    /// stays locked until the write is done, so the next lookup of this mailbox waits for it.
-    pub async fn update_in_background(self: &Arc<Self>, scope: Scope, fresh: Vec<Fresh>, present: HashSet<Arc<str>>) {
-        let guard = self.scope_lock(&scope).lock_owned().await;
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            me.update_blocking(&scope, &fresh, &present);
-            drop(guard);
-        });
-    }
-
     /// Number of entries and stored bytes (for tests and logs).
     pub fn stats_blocking(&self) -> Option<(u64, u64)> {
         let db = self.db()?;
@@ -441,7 +536,7 @@ fn lookup_in(
 }
 
 /// The header block in a stored value, if it fits the message and the current cap.
-fn decode(v: &[u8], size: u64, limit: usize) -> Option<HeaderBlock> {
+pub(crate) fn decode(v: &[u8], size: u64, limit: usize) -> Option<HeaderBlock> {
     if v.len() < VALUE_HEAD || v[0] != VALUE_VERSION {
         return None;
     }
@@ -455,7 +550,7 @@ fn decode(v: &[u8], size: u64, limit: usize) -> Option<HeaderBlock> {
     Some(HeaderBlock { bytes: bytes.to_vec(), truncated })
 }
 
-fn encode(size: u64, h: &HeaderBlock) -> Vec<u8> {
+pub(crate) fn encode(size: u64, h: &HeaderBlock) -> Vec<u8> {
     let mut v = Vec::with_capacity(VALUE_HEAD + h.bytes.len());
     v.push(VALUE_VERSION);
     v.extend_from_slice(&size.to_le_bytes());
@@ -689,7 +784,7 @@ mod tests {
     fn file_size_returns_within_bound_after_churn() {
         let dir = tempfile::tempdir().unwrap();
         let max = 1 << 20;
-        let c = HeaderCache::open(dir.path(), max).unwrap();
+        let c = RedbHeaderCache::open(dir.path(), max).unwrap();
         let s = Scope::new("h:110", "churn");
         let block = "H".repeat(64 * 1024);
         let batch = |round: usize| -> Vec<Fresh> {

@@ -4,7 +4,20 @@
 //!   bounded, with a per-user quota).
 //! - [`header_cache`]: header blocks by (upstream, user, UIDL), so a login fetches only new ones.
 //! - [`verdict_memo`]: in memory, what those headers evaluated to under the current rules.
+//!
+//! Each kind of state sits behind one interface with the embedded store as default and a
+//! shared one on Redis (`store.backend: redis`, [`redis`]) for several instances:
+//! [`header_cache::HeaderStore`] ([`redis_cache`]), the quarantine's backends
+//! ([`quarantine::Quarantine::for_config`], [`redis_quarantine`]), and the classifier's
+//! [`crate::classify::ModelStore`] ([`redis_model`]). Nothing above `store/` knows which
+//! one runs. A further kind (decision history) gets a Redis implementation the same way:
+//! a struct holding [`redis::shared`]'s connection, keys under `<prefix>:<kind>:`, every
+//! call through [`redis::Redis::query`] (bounded, counted, backoff).
 
 pub mod header_cache;
 pub mod quarantine;
+pub mod redis;
+pub mod redis_cache;
+pub mod redis_model;
+pub mod redis_quarantine;
 pub mod verdict_memo;

@@ -69,9 +69,33 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> QuarantineError + '_ {
     move |source| QuarantineError::Io { path: path.to_path_buf(), source }
 }
 
-/// The quarantine root (`<state_dir>/quarantine`).
+/// A quarantine backend: the Maildir tree (default) or Redis
+/// ([`super::redis_quarantine::RedisQuarantine`]). Every method blocks.
+pub trait QuarantineStore: Send + Sync + std::fmt::Debug {
+    /// Starts a copy (see [`Copy`]).
+    fn begin(&self, meta: &Meta) -> Result<Copy, QuarantineError>;
+    /// What `user`'s folder holds (see [`Quarantine::usage`]). A store that cannot tell
+    /// answers with a full quota, so nothing more is quarantined (nor deleted).
+    fn usage(&self, user: &str, upstream: &str) -> Usage;
+    /// Every quarantined message, oldest first.
+    fn list(&self) -> Result<Vec<Listed>, QuarantineError>;
+    /// The stored bytes (with popsift's fields) of a message by id or unique id prefix.
+    fn show(&self, id: &str) -> Result<Vec<u8>, QuarantineError>;
+    /// Removes a message by id or unique id prefix.
+    fn remove(&self, id: &str) -> Result<(), QuarantineError>;
+    /// Where it lives, for messages (a directory, or a Redis URL without credentials).
+    fn location(&self) -> String;
+}
+
+/// The quarantine, whichever store holds it (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct Quarantine {
+    store: std::sync::Arc<dyn QuarantineStore>,
+}
+
+/// The Maildir quarantine root (`<state_dir>/quarantine`).
+#[derive(Debug, Clone)]
+pub struct MaildirQuarantine {
     root: PathBuf,
 }
 
@@ -104,29 +128,38 @@ pub struct Usage {
 }
 
 /// Length of the digest field's value: `sha256:` and 64 hex digits.
-const DIGEST_LEN: usize = 7 + 64;
-const DIGEST_FIELD: &str = "X-Popsift-Digest: ";
+pub const DIGEST_LEN: usize = 7 + 64;
+pub const DIGEST_FIELD: &str = "X-Popsift-Digest: ";
 
-/// A quarantine copy being written: `tmp/` file, popsift's fields first, the message
-/// streamed in with [`Copy::write`], then [`Copy::commit`] fills in the digest, fsyncs
-/// and moves it to `new/`. Dropped without commit, the temporary file is removed.
+/// A quarantine copy being written: popsift's fields first, the message streamed in with
+/// [`Copy::write`], then [`Copy::commit`] fills in the digest and makes it durable (Maildir:
+/// `tmp/` file, fsync, rename to `new/`; Redis: one `MULTI`/`EXEC` on a server checked to
+/// run with `appendfsync always`). Dropped without commit, nothing is kept.
 pub struct Copy {
-    file: File,
-    tmp: PathBuf,
-    new: PathBuf,
-    md: PathBuf,
-    digest_at: u64,
+    sink: Box<dyn CopySink>,
     hash: ring::digest::Context,
     len: u64,
-    committed: bool,
+}
+
+/// Where a [`Copy`]'s bytes go: one per quarantine backend.
+pub trait CopySink: Send {
+    /// Appends stored bytes (popsift's fields were given at creation).
+    fn write(&mut self, chunk: &[u8]) -> Result<(), QuarantineError>;
+    /// Writes `digest` (`sha256:<hex>`, [`DIGEST_LEN`] bytes) into the reserved field and
+    /// makes the copy durable; returns where it is (a path, or `redis:<key>`).
+    fn commit(self: Box<Self>, digest: &str, len: u64) -> Result<PathBuf, QuarantineError>;
 }
 
 impl Copy {
+    pub fn new(sink: Box<dyn CopySink>) -> Copy {
+        Copy { sink, hash: ring::digest::Context::new(&ring::digest::SHA256), len: 0 }
+    }
+
     /// Appends message bytes.
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), QuarantineError> {
         self.hash.update(chunk);
         self.len += chunk.len() as u64;
-        self.file.write_all(chunk).map_err(io_err(&self.tmp))
+        self.sink.write(chunk)
     }
 
     /// Message bytes written so far.
@@ -145,9 +178,29 @@ impl Copy {
         format!("sha256:{hex}")
     }
 
-    /// Makes the copy durable in `new/`; only after this returns may the message be DELEd.
-    pub fn commit(mut self) -> Result<PathBuf, QuarantineError> {
+    /// Makes the copy durable; only after this returns may the message be DELEd.
+    pub fn commit(self) -> Result<PathBuf, QuarantineError> {
         let digest = self.digest();
+        self.sink.commit(&digest, self.len)
+    }
+}
+
+/// The Maildir sink: a `tmp/` file.
+struct FileSink {
+    file: File,
+    tmp: PathBuf,
+    new: PathBuf,
+    md: PathBuf,
+    digest_at: u64,
+    committed: bool,
+}
+
+impl CopySink for FileSink {
+    fn write(&mut self, chunk: &[u8]) -> Result<(), QuarantineError> {
+        self.file.write_all(chunk).map_err(io_err(&self.tmp))
+    }
+
+    fn commit(mut self: Box<Self>, digest: &str, _len: u64) -> Result<PathBuf, QuarantineError> {
         self.file.write_all_at(digest.as_bytes(), self.digest_at).map_err(io_err(&self.tmp))?;
         self.file.sync_all().map_err(io_err(&self.tmp))?;
         fs::rename(&self.tmp, &self.new).map_err(io_err(&self.new))?;
@@ -157,7 +210,7 @@ impl Copy {
     }
 }
 
-impl Drop for Copy {
+impl Drop for FileSink {
     fn drop(&mut self) {
         if !self.committed {
             let _ = fs::remove_file(&self.tmp);
@@ -186,18 +239,33 @@ fn sync_dir(dir: &Path) -> Result<(), QuarantineError> {
 }
 
 impl Quarantine {
-    /// `root` holds one Maildir per user (config `quarantine.dir`, default
-    /// `<state_dir>/quarantine`).
+    /// The Maildir quarantine: `root` holds one Maildir per user (config `quarantine.dir`,
+    /// default `<state_dir>/quarantine`).
     pub fn new(root: &Path) -> Quarantine {
-        Quarantine { root: root.to_path_buf() }
+        Quarantine { store: std::sync::Arc::new(MaildirQuarantine { root: root.to_path_buf() }) }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The quarantine the configuration names: Redis with `store.backend: redis`, else the
+    /// Maildir tree at `quarantine.dir`.
+    pub fn for_config(config: &crate::config::Config) -> Quarantine {
+        Quarantine::for_store(&config.store, &config.quarantine.dir)
     }
 
-    fn maildir(&self, user: &str) -> PathBuf {
-        self.root.join(user_dir_name(user))
+    /// As [`Quarantine::for_config`], from the two settings that decide it.
+    pub fn for_store(store: &crate::config::StoreSettings, dir: &Path) -> Quarantine {
+        match &store.redis {
+            Some(r) => Quarantine::with_store(std::sync::Arc::new(super::redis_quarantine::RedisQuarantine::new(r))),
+            None => Quarantine::new(dir),
+        }
+    }
+
+    pub fn with_store(store: std::sync::Arc<dyn QuarantineStore>) -> Quarantine {
+        Quarantine { store }
+    }
+
+    /// Where the quarantine lives (for messages).
+    pub fn location(&self) -> String {
+        self.store.location()
     }
 
     /// Writes one message durably. `message` is the message as the server holds it.
@@ -205,6 +273,96 @@ impl Quarantine {
         let mut c = self.begin(meta)?;
         c.write(message)?;
         c.commit()
+    }
+
+    /// Starts a copy (see [`Copy`]).
+    pub fn begin(&self, meta: &Meta) -> Result<Copy, QuarantineError> {
+        self.store.begin(meta)
+    }
+
+    /// See [`Quarantine::usage`].
+    pub fn usage(&self, user: &str, upstream: &str) -> Usage {
+        self.store.usage(user, upstream)
+    }
+
+    /// Every quarantined message, oldest first.
+    pub fn list(&self) -> Result<Vec<Listed>, QuarantineError> {
+        self.store.list()
+    }
+
+    /// The stored message (with popsift's fields).
+    pub fn show(&self, id: &str) -> Result<Vec<u8>, QuarantineError> {
+        self.store.show(id)
+    }
+
+    /// The message exactly as the server held it.
+    pub fn original(&self, id: &str) -> Result<Vec<u8>, QuarantineError> {
+        Ok(strip_meta(&self.show(id)?).to_vec())
+    }
+
+    /// Removes a message from the quarantine (after a restore the user confirmed).
+    pub fn remove(&self, id: &str) -> Result<(), QuarantineError> {
+        self.store.remove(id)
+    }
+}
+
+/// popsift's leading fields for a new copy (the digest zeroed, to be filled in at commit),
+/// and the offset of the digest's value in them. Shared by every backend, so a copy reads
+/// the same from Maildir and Redis.
+pub fn copy_head(meta: &Meta, now: u64) -> (String, usize) {
+    let clean = |s: &str| s.replace(['\r', '\n'], " ");
+    // The digest and the upstream come first: `usage` reads only the start of each file.
+    let first = format!("X-Popsift-Quarantined: {now}\r\n");
+    let digest_at = first.len() + DIGEST_FIELD.len();
+    let head = format!(
+        "{first}{DIGEST_FIELD}{}\r\nX-Popsift-Upstream: {}\r\nX-Popsift-User: {}\r\nX-Popsift-UIDL: {}\r\nX-Popsift-Size: {}\r\nX-Popsift-Score: {:.1}\r\nX-Popsift-Rules: {}\r\n",
+        "0".repeat(DIGEST_LEN),
+        clean(&meta.upstream),
+        clean(&meta.user),
+        clean(&meta.uidl),
+        meta.size,
+        meta.score,
+        clean(&meta.rules.join(","))
+    );
+    (head, digest_at)
+}
+
+/// A new copy's id: unique across hosts and processes (time, pid, counter, host name), the
+/// Maildir file name convention.
+pub fn new_id() -> String {
+    unique_name()
+}
+
+impl QuarantineStore for MaildirQuarantine {
+    fn begin(&self, meta: &Meta) -> Result<Copy, QuarantineError> {
+        MaildirQuarantine::begin(self, meta)
+    }
+    fn usage(&self, user: &str, upstream: &str) -> Usage {
+        MaildirQuarantine::usage(self, user, upstream)
+    }
+    fn list(&self) -> Result<Vec<Listed>, QuarantineError> {
+        MaildirQuarantine::list(self)
+    }
+    fn show(&self, id: &str) -> Result<Vec<u8>, QuarantineError> {
+        let p = self.find(id)?;
+        fs::read(&p).map_err(io_err(&p))
+    }
+    fn remove(&self, id: &str) -> Result<(), QuarantineError> {
+        let p = self.find(id)?;
+        fs::remove_file(&p).map_err(io_err(&p))
+    }
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+impl MaildirQuarantine {
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn maildir(&self, user: &str) -> PathBuf {
+        self.root.join(user_dir_name(user))
     }
 
     /// Starts a copy (see [`Copy`]).
@@ -218,40 +376,15 @@ impl Quarantine {
         let tmp = md.join("tmp").join(&name);
         let new = md.join("new").join(&name);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let clean = |s: &str| s.replace(['\r', '\n'], " ");
-        // The digest and the upstream come first: `usage` reads only the start of each file.
-        let first = format!("X-Popsift-Quarantined: {now}\r\n");
-        let digest_at = (first.len() + DIGEST_FIELD.len()) as u64;
-        let head = format!(
-            "{first}{DIGEST_FIELD}{}\r\nX-Popsift-Upstream: {}\r\nX-Popsift-User: {}\r\nX-Popsift-UIDL: {}\r\nX-Popsift-Size: {}\r\nX-Popsift-Score: {:.1}\r\nX-Popsift-Rules: {}\r\n",
-            "0".repeat(DIGEST_LEN),
-            clean(&meta.upstream),
-            clean(&meta.user),
-            clean(&meta.uidl),
-            meta.size,
-            meta.score,
-            clean(&meta.rules.join(","))
-        );
+        let (head, digest_at) = copy_head(meta, now);
         let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(&tmp))?;
-        let mut copy = Copy {
-            file,
-            tmp: tmp.clone(),
-            new,
-            md,
-            digest_at,
-            hash: ring::digest::Context::new(&ring::digest::SHA256),
-            len: 0,
-            committed: false,
-        };
+        let mut sink = FileSink { file, tmp, new, md, digest_at: digest_at as u64, committed: false };
         // Dropped on error: the temporary file goes with it.
-        copy.file.write_all(head.as_bytes()).map_err(io_err(&tmp))?;
-        Ok(copy)
+        sink.write(head.as_bytes())?;
+        Ok(Copy::new(Box::new(sink)))
     }
 
-    /// What `user`'s folder holds: every copy counts towards the quota; the digests are
-    /// those of copies from `upstream` (a message still on the server after its copy was
-    /// written, because the client dropped before QUIT or DELE failed, is then not copied
-    /// twice — see the module doc).
+    /// See [`Quarantine::usage`].
     pub fn usage(&self, user: &str, upstream: &str) -> Usage {
         let mut out = Usage::default();
         let md = self.maildir(user);
@@ -316,23 +449,6 @@ impl Quarantine {
             _ => Err(QuarantineError::NotFound(id.to_string())),
         }
     }
-
-    /// The stored file (with popsift's fields).
-    pub fn show(&self, id: &str) -> Result<Vec<u8>, QuarantineError> {
-        let p = self.find(id)?;
-        fs::read(&p).map_err(io_err(&p))
-    }
-
-    /// The message exactly as the server held it.
-    pub fn original(&self, id: &str) -> Result<Vec<u8>, QuarantineError> {
-        Ok(strip_meta(&self.show(id)?).to_vec())
-    }
-
-    /// Removes a message from the quarantine (after a restore the user confirmed).
-    pub fn remove(&self, id: &str) -> Result<(), QuarantineError> {
-        let p = self.find(id)?;
-        fs::remove_file(&p).map_err(io_err(&p))
-    }
 }
 
 /// The stored bytes without popsift's leading `X-Popsift-*` fields.
@@ -347,7 +463,7 @@ pub fn strip_meta(stored: &[u8]) -> &[u8] {
     &stored[i..]
 }
 
-fn header_value(block: &[u8], name: &str) -> String {
+pub(crate) fn header_value(block: &[u8], name: &str) -> String {
     let text = String::from_utf8_lossy(block);
     let mut value: Option<String> = None;
     for line in text.split('\n') {
@@ -372,7 +488,7 @@ fn header_value(block: &[u8], name: &str) -> String {
     value.unwrap_or_default()
 }
 
-fn describe(id: &str, stored: &[u8]) -> Listed {
+pub(crate) fn describe(id: &str, stored: &[u8]) -> Listed {
     Listed {
         id: id.to_string(),
         user: header_value(stored, "X-Popsift-User"),

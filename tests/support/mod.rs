@@ -25,6 +25,8 @@
 //! - [`Forwarder`] ([`forwarder`]): a cuttable TCP forwarder to put between popsift and Dovecot
 //!   — `cut()`, `cut_after_upstream_bytes(n)`, `cut_when_client_sends(b"QUIT\r\n")`,
 //!   `set_delay` for a slow server — for the connection faults Dovecot cannot make on cue.
+//! - [`RedisServer`] ([`redis`]): a real `redis-server` with AOF on a free port, stoppable
+//!   and restartable on the same data (the shared-store tests, issue 15).
 //! - [`wait_until`] ([`wait`]): wait for a condition with a bounded deadline, never a sleep
 //!   standing in for a wait.
 //!
@@ -90,15 +92,19 @@ pub mod dovecot;
 pub mod forwarder;
 pub mod mailbox;
 pub mod popsift;
+pub mod redis;
 pub mod wait;
 
 pub use clients::*;
+#[allow(unused_imports)]
 pub use dovecot::*;
 #[allow(unused_imports)]
 pub use forwarder::*;
 pub use mailbox::*;
 #[allow(unused_imports)]
 pub use popsift::*;
+#[allow(unused_imports)]
+pub use redis::*;
 #[allow(unused_imports)]
 pub use wait::*;
 

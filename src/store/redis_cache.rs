@@ -1,0 +1,169 @@
+//! The header cache on Redis ([`super::header_cache::HeaderStore`] for
+//! `store.backend: redis`): every popsift instance sharing the Redis sees the header blocks
+//! any of them read, so a login is warm whichever instance the balancer picks.
+//!
+//! # Layout
+//! One hash per mailbox: `<prefix>:hc:<upstream>:<user>` (both parts escaped by
+//! [`super::redis::key_part`], so no two mailboxes share a key), field = UIDL, value = the
+//! same `[version][size][flags][header bytes]` encoding as the redb store, so the same
+//! size check (a reused UIDL is a miss) and truncation check apply.
+//!
+//! # Round trips
+//! A lookup is one `HMGET` with every UIDL asked (the scan asks in chunks of
+//! `scan.window_bytes`, so a 2,000-message mailbox of 10 KB messages is 3 lookups). An update
+//! is `HKEYS` (to find UIDLs gone from the server) plus one pipeline of `HDEL`, `HSET` and
+//! `EXPIRE`, after the client has its answer. Never one command per message.
+//!
+//! # Bounds
+//! Each mailbox hash expires [`TTL`] after its last update (a mailbox nobody reads stops
+//! costing memory), one update writes at most `cache.max_size`, and the Redis-wide bound is
+//! Redis's own `maxmemory` with `maxmemory-policy volatile-lru`
+//! (`deploy/redis/popsift-redis.conf`): only keys with a TTL — header cache hashes — are
+//! ever evicted, never quarantined messages or the model, which have none.
+//!
+//! # Failure
+//! Any error or timeout (bounded by `store.redis.command_timeout`) is logged at debug level,
+//! counted in `popsift_store_errors_total{op}`, and answered as all misses; a failed update
+//! is dropped. The session goes on with `TOP`.
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::debug;
+
+use super::header_cache::{decode, encode, Fresh, HeaderStore, Scope, Wanted};
+use super::redis::{key_part, Redis};
+use crate::pop3::multiline::HeaderBlock;
+
+/// A mailbox's cached headers expire this long after its last login.
+pub const TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Debug)]
+pub struct RedisHeaderCache {
+    redis: Arc<Redis>,
+    max_size: u64,
+}
+
+impl RedisHeaderCache {
+    pub fn new(redis: Arc<Redis>, max_size: u64) -> RedisHeaderCache {
+        RedisHeaderCache { redis, max_size }
+    }
+
+    fn key(&self, scope: &Scope) -> String {
+        self.redis.key(&format!("hc:{}:{}", key_part(&scope.upstream), key_part(&scope.user)))
+    }
+}
+
+impl HeaderStore for RedisHeaderCache {
+    fn lookup_blocking(&self, scope: &Scope, wanted: &[Wanted], header_limit: usize) -> Vec<Option<HeaderBlock>> {
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        let mut p = redis::pipe();
+        p.cmd("HMGET").arg(self.key(scope));
+        for w in wanted {
+            p.arg(w.uidl.as_bytes());
+        }
+        let got: Result<(Vec<Option<Vec<u8>>>,), _> = self.redis.blocking(self.redis.query("header_lookup", &p));
+        match got {
+            Ok((values,)) if values.len() == wanted.len() => values
+                .iter()
+                .zip(wanted)
+                .map(|(v, w)| v.as_deref().and_then(|v| decode(v, w.size, header_limit)))
+                .collect(),
+            Ok((values,)) => {
+                crate::metrics::store_error("header_lookup");
+                debug!(asked = wanted.len(), got = values.len(), "redis HMGET answered the wrong number of values");
+                vec![None; wanted.len()]
+            }
+            Err(e) => {
+                debug!(error = %e, "header cache lookup on redis failed; scanning with TOP");
+                vec![None; wanted.len()]
+            }
+        }
+    }
+
+    fn update_blocking(&self, scope: &Scope, fresh: &[Fresh], present: &HashSet<Arc<str>>) {
+        let key = self.key(scope);
+        let r = &self.redis;
+        let done: Result<(), super::redis::RedisError> = r.blocking(async {
+            let mut p = redis::pipe();
+            p.cmd("HKEYS").arg(&key).cmd("EXPIRE").arg(&key).arg(TTL.as_secs()).ignore();
+            let (stored,): (Vec<Vec<u8>>,) = r.query("header_update", &p).await?;
+            let gone: Vec<&[u8]> = stored
+                .iter()
+                .map(Vec::as_slice)
+                .filter(|u| std::str::from_utf8(u).map_or(true, |u| !present.contains(u)))
+                .collect();
+            // Like the redb store: never write more than `max_size` in one update (the last
+            // blocks win); an older block under a skipped UIDL must not outlive it.
+            let mut keep_from = fresh.len();
+            let mut bytes = 0u64;
+            while keep_from > 0 {
+                let f = &fresh[keep_from - 1];
+                let n = (f.uidl.len() + f.headers.bytes.len() + 10) as u64;
+                if bytes + n > self.max_size {
+                    break;
+                }
+                bytes += n;
+                keep_from -= 1;
+            }
+            let skipped: Vec<&[u8]> = fresh[..keep_from].iter().map(|f| f.uidl.as_bytes()).collect();
+            if gone.is_empty() && fresh.is_empty() {
+                return Ok(());
+            }
+            let mut p = redis::pipe();
+            for chunk in gone.chunks(1000).chain(skipped.chunks(1000)) {
+                p.cmd("HDEL").arg(&key).arg(chunk).ignore();
+            }
+            for chunk in fresh[keep_from..].chunks(1000) {
+                p.cmd("HSET").arg(&key);
+                for f in chunk {
+                    p.arg(f.uidl.as_bytes()).arg(encode(f.size, &f.headers));
+                }
+                p.ignore();
+            }
+            p.cmd("EXPIRE").arg(&key).arg(TTL.as_secs()).ignore();
+            r.query::<()>("header_update", &p).await?;
+            debug!(stored = fresh.len() - keep_from, gone = gone.len(), "header cache updated on redis");
+            Ok(())
+        });
+        if let Err(e) = done {
+            debug!(error = %e, "header cache update on redis failed; dropped (the next login reads those headers with TOP)");
+        }
+    }
+
+    /// Entries and Redis memory (`MEMORY USAGE`) of every header cache hash under the prefix
+    /// (a `SCAN`: for tests, the bench and logs, not for sessions).
+    fn stats_blocking(&self) -> Option<(u64, u64)> {
+        let r = &self.redis;
+        let pattern = r.key("hc:*");
+        r.blocking(async {
+            let (mut entries, mut bytes, mut cursor) = (0u64, 0u64, 0u64);
+            loop {
+                let mut p = redis::pipe();
+                p.cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+                let ((next, keys),): ((u64, Vec<String>),) = r.query("header_lookup", &p).await.ok()?;
+                if !keys.is_empty() {
+                    let mut p = redis::pipe();
+                    for k in &keys {
+                        p.cmd("HLEN").arg(k).cmd("MEMORY").arg("USAGE").arg(k);
+                    }
+                    let counts: Vec<Option<u64>> = r.query("header_lookup", &p).await.ok()?;
+                    for pair in counts.chunks(2) {
+                        entries += pair[0].unwrap_or(0);
+                        bytes += pair.get(1).copied().flatten().unwrap_or(0);
+                    }
+                }
+                if next == 0 {
+                    return Some((entries, bytes));
+                }
+                cursor = next;
+            }
+        })
+    }
+
+    fn location(&self) -> String {
+        format!("redis {}", crate::config::redacted_url(&self.redis.settings().url))
+    }
+}

@@ -1,0 +1,339 @@
+//! The stores behind their interfaces, once per backend with the same assertions (issue 15):
+//! the embedded one (redb files, Maildir) and Redis (a real `redis-server` started by the
+//! test, AOF on). Plus what only Redis can do wrong: not durable (`appendfsync everysec`),
+//! stopped mid-run and back, and answering garbage.
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use popsift::classify::store::{Batch, TrainedMessage};
+use popsift::config::{RedisSettings, StoreSettings};
+use popsift::pop3::multiline::HeaderBlock;
+use popsift::store::header_cache::{Fresh, HeaderCache, Scope, Wanted};
+use popsift::store::quarantine::{Meta, Quarantine};
+use popsift::store::redis_cache::RedisHeaderCache;
+use popsift::store::redis_model::{open_for_reading, open_for_writing};
+use support::{wait_until, RedisServer};
+
+const LIMIT: usize = 256 * 1024;
+
+fn settings(r: &RedisServer, prefix: &str) -> RedisSettings {
+    RedisSettings {
+        url: r.url(),
+        key_prefix: prefix.into(),
+        connect_timeout: Duration::from_millis(500),
+        command_timeout: Duration::from_millis(500),
+    }
+}
+
+fn redis_store(r: &RedisServer, prefix: &str) -> StoreSettings {
+    StoreSettings { redis: Some(settings(r, prefix)) }
+}
+
+/// One backend: its header cache, quarantine and model store settings.
+struct Backend {
+    name: &'static str,
+    dir: tempfile::TempDir,
+    store: StoreSettings,
+    _redis: Option<RedisServer>,
+}
+
+impl Backend {
+    fn redb() -> Backend {
+        Backend { name: "redb", dir: tempfile::tempdir().unwrap(), store: StoreSettings::default(), _redis: None }
+    }
+
+    fn redis() -> Backend {
+        let r = RedisServer::start();
+        Backend { name: "redis", dir: tempfile::tempdir().unwrap(), store: redis_store(&r, "t"), _redis: Some(r) }
+    }
+
+    fn both() -> [Backend; 2] {
+        [Backend::redb(), Backend::redis()]
+    }
+
+    /// A new cache object each call (like a second process, or a restart).
+    fn cache(&self, max: u64) -> HeaderCache {
+        match &self.store.redis {
+            Some(r) => {
+                HeaderCache::with_store(Box::new(RedisHeaderCache::new(popsift::store::redis::shared(r).unwrap(), max)))
+            }
+            None => HeaderCache::open(self.dir.path(), max).unwrap(),
+        }
+    }
+
+    fn quarantine(&self) -> Quarantine {
+        Quarantine::for_store(&self.store, &self.dir.path().join("quarantine"))
+    }
+}
+
+fn hb(s: &str) -> HeaderBlock {
+    HeaderBlock { bytes: s.as_bytes().to_vec(), truncated: false }
+}
+
+fn fresh(uidl: &str, size: u64, h: &str) -> Fresh {
+    Fresh { uidl: Arc::from(uidl), size, headers: hb(h) }
+}
+
+fn want(uidl: &str, size: u64) -> Wanted {
+    Wanted { uidl: Arc::from(uidl), size }
+}
+
+fn present(u: &[&str]) -> HashSet<Arc<str>> {
+    u.iter().map(|s| Arc::from(*s)).collect()
+}
+
+#[test]
+fn header_cache_same_assertions_on_both_backends() {
+    for b in Backend::both() {
+        let c = b.cache(1 << 20);
+        let s = Scope::new("pop.example:995", "alice");
+        assert_eq!(c.lookup_blocking(&s, &[want("u1", 100)], LIMIT), vec![None], "{}", b.name);
+        c.update_blocking(&s, &[fresh("u1", 100, "Subject: a\r\n\r\n")], &present(&["u1"]));
+        let got = c.lookup_blocking(&s, &[want("u1", 100), want("u1", 101), want("u2", 100)], LIMIT);
+        assert_eq!(got[0].as_ref().unwrap().bytes, b"Subject: a\r\n\r\n", "{}", b.name);
+        assert!(got[1].is_none(), "{}: same UIDL, other size is a miss", b.name);
+        assert!(got[2].is_none(), "{}", b.name);
+        // A reused UIDL is replaced, one entry.
+        c.update_blocking(&s, &[fresh("u1", 101, "Subject: b\r\n\r\n")], &present(&["u1"]));
+        assert_eq!(c.lookup_blocking(&s, &[want("u1", 101)], LIMIT)[0].as_ref().unwrap().bytes, b"Subject: b\r\n\r\n");
+        assert_eq!(c.stats_blocking().unwrap().0, 1, "{}", b.name);
+
+        // Scopes never leak, even with names that are prefixes of each other or contain ':'.
+        let alice = Scope::new("h:110", "alice");
+        let alic = Scope::new("h:110", "alic");
+        let colon = Scope::new("h", "110:alice");
+        c.update_blocking(&alice, &[fresh("eu1", 10, "A\r\n\r\n")], &present(&["eu1"]));
+        assert!(c.lookup_blocking(&alic, &[want("eu1", 10)], LIMIT)[0].is_none(), "{}", b.name);
+        assert!(c.lookup_blocking(&colon, &[want("eu1", 10)], LIMIT)[0].is_none(), "{}", b.name);
+
+        // UIDLs gone from the server are evicted.
+        let bob = Scope::new("h:110", "bob");
+        c.update_blocking(&bob, &[fresh("a", 1, "A\r\n\r\n"), fresh("b", 2, "B\r\n\r\n")], &present(&["a", "b"]));
+        c.update_blocking(&bob, &[], &present(&["b"]));
+        let got = c.lookup_blocking(&bob, &[want("a", 1), want("b", 2)], LIMIT);
+        assert!(got[0].is_none() && got[1].is_some(), "{}", b.name);
+
+        // A block truncated at the cap hits only at the same cap.
+        let d = Scope::new("h:110", "d");
+        let h = HeaderBlock { bytes: vec![b'x'; 1024], truncated: true };
+        c.update_blocking(&d, &[Fresh { uidl: Arc::from("t"), size: 5000, headers: h }], &present(&["t"]));
+        assert!(c.lookup_blocking(&d, &[want("t", 5000)], 1024)[0].as_ref().unwrap().truncated, "{}", b.name);
+        assert!(c.lookup_blocking(&d, &[want("t", 5000)], 2048)[0].is_none(), "{}", b.name);
+
+        // Another cache object on the same store (a restart, or another instance) sees it all.
+        drop(c);
+        let again = b.cache(1 << 20);
+        assert!(again.lookup_blocking(&alice, &[want("eu1", 10)], LIMIT)[0].is_some(), "{}", b.name);
+    }
+}
+
+#[test]
+fn header_cache_lookup_keeps_order_for_thousands() {
+    for b in Backend::both() {
+        let c = b.cache(1 << 30);
+        let s = Scope::new("h:110", "g");
+        let all: Vec<Fresh> = (0..3000u64)
+            .filter(|i| i % 2 == 0)
+            .map(|i| fresh(&format!("u{i}"), i, &format!("S: {i}\r\n\r\n")))
+            .collect();
+        c.update_blocking(&s, &all, &all.iter().map(|f| f.uidl.clone()).collect());
+        let wanted: Vec<Wanted> = (0..3000u64).map(|i| want(&format!("u{i}"), i)).collect();
+        let got = c.lookup_blocking(&s, &wanted, LIMIT);
+        assert_eq!(got.len(), 3000);
+        for (i, h) in got.iter().enumerate() {
+            match h {
+                Some(h) => {
+                    assert_eq!((i % 2, h.bytes.as_slice()), (0, format!("S: {i}\r\n\r\n").as_bytes()), "{}", b.name)
+                }
+                None => assert_eq!(i % 2, 1, "{}", b.name),
+            }
+        }
+    }
+}
+
+fn meta(user: &str, uidl: &str, size: u64) -> Meta {
+    Meta { user: user.into(), upstream: "h:110".into(), uidl: uidl.into(), score: 7.5, rules: vec!["r1".into()], size }
+}
+
+#[test]
+fn quarantine_same_assertions_on_both_backends() {
+    for b in Backend::both() {
+        let q = b.quarantine();
+        let msg = b"From: spammer@example.com\r\nSubject: buy now\r\n\r\nbody\r\n.dot\r\n";
+        let where_ = q.store(&meta("alice", "U1", msg.len() as u64), msg).unwrap();
+        q.store(&meta("bob", "U2", 5), b"Subject: other\r\n\r\nx\r\n").unwrap();
+        let list = q.list().unwrap();
+        assert_eq!(list.len(), 2, "{}: {list:?}", b.name);
+        let a = list.iter().find(|m| m.user == "alice").unwrap();
+        assert_eq!((a.subject.as_str(), a.from.as_str(), a.uidl.as_str()), ("buy now", "spammer@example.com", "U1"));
+        assert_eq!(a.rules, "r1", "{}", b.name);
+        assert_eq!(q.original(&a.id).unwrap(), msg, "{}: restored byte for byte ({where_:?})", b.name);
+        assert!(q.show(&a.id).unwrap().starts_with(b"X-Popsift-Quarantined: "), "{}", b.name);
+
+        // Usage: the quota counts every copy; digests only from the upstream asked about.
+        let u = q.usage("alice", "h:110");
+        assert_eq!(u.messages, 1, "{}", b.name);
+        assert!(u.bytes >= msg.len() as u64, "{}", b.name);
+        assert_eq!(u.digests.len(), 1, "{}", b.name);
+        assert!(q.usage("alice", "other:110").digests.is_empty(), "{}", b.name);
+        let mut c = q.begin(&meta("alice", "U1", msg.len() as u64)).unwrap();
+        c.write(msg).unwrap();
+        assert!(u.digests.contains(&c.digest()), "{}: the same message has the same digest", b.name);
+        drop(c);
+        assert_eq!(q.list().unwrap().len(), 2, "{}: an abandoned copy leaves nothing", b.name);
+
+        // Ids by unique prefix; remove takes it off the list and the quota.
+        assert!(q.show("").is_err() && q.show("no-such-id").is_err(), "{}", b.name);
+        q.remove(&a.id).unwrap();
+        assert_eq!(q.list().unwrap().len(), 1, "{}", b.name);
+        assert_eq!(q.usage("alice", "h:110").messages, 0, "{}", b.name);
+        assert!(q.original(&a.id).is_err(), "{}", b.name);
+    }
+}
+
+fn trained(spam: bool) -> TrainedMessage {
+    TrainedMessage { spam, version: popsift::classify::TOKENS_VERSION, rules: vec!["r".into()] }
+}
+
+#[test]
+fn model_store_same_assertions_on_both_backends() {
+    for b in Backend::both() {
+        let dir = b.dir.path();
+        assert!(open_for_reading(dir, &b.store, Duration::from_secs(1)).unwrap().is_none(), "{}: none yet", b.name);
+        {
+            let w = open_for_writing(dir, &b.store).unwrap();
+            let mut batch = Batch { nspam: 1, nham: 1, ..Batch::default() };
+            batch.tokens.insert("viagra".into(), (1, 0));
+            batch.tokens.insert("meeting".into(), (0, 1));
+            batch.tokens.insert("the".into(), (1, 1));
+            batch.add.push(([1u8; 32], trained(true)));
+            batch.add.push(([2u8; 32], trained(false)));
+            w.apply(&batch).unwrap();
+        }
+        let r = open_for_reading(dir, &b.store, Duration::from_secs(1)).unwrap().expect("a model now");
+        let m = r.load().unwrap();
+        assert_eq!((m.nspam(), m.nham(), m.token_count()), (1, 1, 3), "{}", b.name);
+        assert_eq!((m.counts("the").spam, m.counts("the").ham), (1, 1), "{}", b.name);
+        let g1 = r.generation().unwrap();
+        assert_eq!(m.generation(), g1, "{}", b.name);
+        assert_eq!(r.trained().unwrap().get(&[1u8; 32]), Some(&trained(true)), "{}", b.name);
+        drop(r);
+        {
+            // Forget one: counts go back, the token that reaches zero disappears.
+            let w = open_for_writing(dir, &b.store).unwrap();
+            let mut batch = Batch { nspam: -1, ..Batch::default() };
+            batch.tokens.insert("viagra".into(), (-1, 0));
+            batch.tokens.insert("the".into(), (-1, 0));
+            batch.remove.push([1u8; 32]);
+            w.apply(&batch).unwrap();
+        }
+        let r = open_for_reading(dir, &b.store, Duration::from_secs(1)).unwrap().unwrap();
+        let m = r.load().unwrap();
+        assert_eq!((m.nspam(), m.nham(), m.token_count()), (0, 1, 2), "{}", b.name);
+        assert!(r.generation().unwrap() > g1, "{}", b.name);
+        assert!(!r.trained().unwrap().contains_key(&[1u8; 32]), "{}", b.name);
+    }
+}
+
+/// `appendfsync everysec`: an acknowledged write may be lost in a crash, so no quarantine
+/// copy is made (the session then hides the message, never deletes it), and the metric
+/// and the error say why.
+#[test]
+fn redis_without_fsync_always_takes_no_quarantine_copy() {
+    let r = RedisServer::start_with("everysec");
+    let q = Quarantine::for_store(&redis_store(&r, "nd"), std::path::Path::new("/nonexistent"));
+    let err = q.store(&meta("alice", "U1", 10), b"Subject: x\r\n\r\nbody\r\n").unwrap_err().to_string();
+    assert!(err.contains("not durable") && err.contains("everysec"), "{err}");
+    assert!(q.list().unwrap().is_empty(), "nothing was written");
+    // Once the server is made durable at run time, copies are taken again.
+    assert_eq!(r.command(&["CONFIG", "SET", "appendfsync", "always"]).as_deref(), Some("+OK"));
+    q.store(&meta("alice", "U1", 10), b"Subject: x\r\n\r\nbody\r\n").unwrap();
+    assert_eq!(q.list().unwrap().len(), 1);
+}
+
+/// Redis stopped mid-run: every call fails within the timeouts (then at once, during the
+/// backoff), no quarantine copy is claimed, and once it is back the stores use it again
+/// with the data it held (AOF).
+#[test]
+fn redis_stopped_and_back() {
+    let mut r = RedisServer::start();
+    let store = redis_store(&r, "sb");
+    let b = Backend { name: "redis", dir: tempfile::tempdir().unwrap(), store: store.clone(), _redis: None };
+    let c = b.cache(1 << 20);
+    let q = b.quarantine();
+    let s = Scope::new("h:110", "alice");
+    c.update_blocking(&s, &[fresh("u1", 10, "A\r\n\r\n")], &present(&["u1"]));
+    q.store(&meta("alice", "U1", 10), b"Subject: kept\r\n\r\nx\r\n").unwrap();
+
+    r.stop();
+    let t = Instant::now();
+    assert_eq!(c.lookup_blocking(&s, &[want("u1", 10)], LIMIT), vec![None], "a miss, not an error");
+    assert!(q.store(&meta("alice", "U2", 10), b"Subject: lost\r\n\r\nx\r\n").is_err(), "no durable copy: an error");
+    assert!(open_for_writing(b.dir.path(), &store).unwrap().apply(&Batch { nspam: 1, ..Batch::default() }).is_err());
+    c.update_blocking(&s, &[fresh("u2", 10, "B\r\n\r\n")], &present(&["u1", "u2"]));
+    assert!(t.elapsed() < Duration::from_secs(3), "calls are bounded: {:?}", t.elapsed());
+    assert!(q.usage("alice", "h:110").messages == u64::MAX, "unknown usage reads as a full quota");
+
+    r.start_again();
+    wait_until(Duration::from_secs(15), "the cache to answer from redis again", || {
+        c.lookup_blocking(&s, &[want("u1", 10)], LIMIT)[0].is_some()
+    });
+    let list = q.list().unwrap();
+    assert_eq!(list.len(), 1, "the copy made before the outage survived it (AOF): {list:?}");
+    assert_eq!(list[0].subject, "kept");
+}
+
+/// A "Redis" that answers garbage: lookups miss, writes fail, nothing panics or hangs.
+#[test]
+fn garbage_answers_never_panic() {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        while stopped.recv_timeout(Duration::from_millis(5)).is_err() {
+            if let Ok((s, _)) = l.accept() {
+                s.set_nonblocking(true).unwrap();
+                conns.push(s);
+            }
+            for s in &mut conns {
+                let mut buf = [0u8; 65536];
+                if let Ok(n) = s.read(&mut buf) {
+                    if n > 0 {
+                        // Wrong types, a bad length, a stray status: for every request.
+                        let _ = s.write_all(b":42\r\n+OK\r\n$3\r\nabc\r\n*1\r\n:7\r\n%junk\r\n");
+                    }
+                }
+            }
+        }
+    });
+    let settings = RedisSettings {
+        url: format!("redis://127.0.0.1:{port}"),
+        key_prefix: "g".into(),
+        connect_timeout: Duration::from_millis(500),
+        command_timeout: Duration::from_millis(500),
+    };
+    let store = StoreSettings { redis: Some(settings.clone()) };
+    let c = HeaderCache::with_store(Box::new(RedisHeaderCache::new(
+        popsift::store::redis::shared(&settings).unwrap(),
+        1 << 20,
+    )));
+    let s = Scope::new("h:110", "alice");
+    let t = Instant::now();
+    assert_eq!(c.lookup_blocking(&s, &[want("u1", 10), want("u2", 10)], LIMIT), vec![None, None]);
+    c.update_blocking(&s, &[fresh("u1", 10, "A\r\n\r\n")], &present(&["u1"]));
+    let q = Quarantine::for_store(&store, std::path::Path::new("/nonexistent"));
+    assert!(q.store(&meta("alice", "U1", 10), b"x\r\n").is_err());
+    assert!(q.list().is_err() || q.list().unwrap().is_empty());
+    let model = open_for_reading(std::path::Path::new("/nonexistent"), &store, Duration::from_secs(1))
+        .map(|m| m.map(|m| m.load()));
+    assert!(!matches!(model, Ok(Some(Ok(_)))), "no model is made out of garbage");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    stop.send(()).unwrap();
+    server.join().unwrap();
+}
