@@ -11,6 +11,11 @@
 //! purpose (an `=X` escape cut by the end of the word read past it), the fuzzer found a crash
 //! within two minutes and `-minimize_crash` cut it to 10 bytes; the hand-written
 //! `seed-q-escape-cut-at-word-end` pins the same case.
+//! `machine/seed-*` are hand-written sessions for the whole session machine (SASL responses
+//! that read like DELE, early answers between quarantine copies, a server without TOP
+//! refused, sessions left without QUIT, an upstream line that is not a status line). An
+//! 11-minute run of the `machine` target from them (1.8 M inputs, 1,941 coverage points,
+//! machine loaded by other builds) found no crash.
 use std::path::Path;
 
 #[path = "fuzz/fuzz_targets/headers_check.rs"]
