@@ -43,7 +43,7 @@ pub enum CopyError {
 /// is unknown or the folder could not be read (every copy then fails: nothing is deleted).
 pub async fn open_folder(ctx: &SessionContext, login_user: Option<&str>) -> Option<Usage> {
     let user = login_user?.to_string();
-    let (q, upstream) = (Quarantine::new(&ctx.config.quarantine.dir), ctx.listener.upstream.display());
+    let (q, upstream) = (Quarantine::for_config(&ctx.config), ctx.listener.upstream.display());
     tokio::task::spawn_blocking(move || q.usage(&user, &upstream)).await.ok()
 }
 
@@ -105,7 +105,7 @@ async fn copy(
         score: v.as_ref().map_or(0.0, |v| v.score),
         rules: v.map(|v| v.rules.iter().map(|r| r.to_string()).collect()).unwrap_or_default(),
     };
-    let store = Quarantine::new(&cfg.quarantine.dir);
+    let store = Quarantine::for_config(cfg);
     let mut file = match blocking(move || store.begin(&meta)).await {
         Ok(c) => Some(c),
         Err(reason) => return Ok(Err(reason)),
