@@ -893,7 +893,16 @@ impl Session<'_> {
                 None => {
                     self.flush().await?;
                     let t = self.ctx.config.timeouts;
-                    self.client.fill_client(t.client_idle, t.client_line).await?;
+                    // Idle memory (issue 16): a client silent past `conn::IDLE_GRACE` makes the
+                    // session give back its buffers while it waits.
+                    let (up, out) = (&mut self.up, &mut self.out);
+                    let release = || {
+                        if let Some(u) = up.as_mut() {
+                            u.conn.release_if_empty();
+                        }
+                        *out = Vec::new();
+                    };
+                    self.client.fill_client_or_idle(t.client_idle, t.client_line, release).await?;
                 }
             }
         }

@@ -48,6 +48,25 @@ fn pss_kib(pid: u32) -> u64 {
         .sum()
 }
 
+/// PSS in KiB per kind of mapping (`[heap]`, other anonymous memory, files), for the
+/// breakdown printed with the figures.
+fn pss_by_kind(pid: u32) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut heap, mut anon, mut file, mut kind) = (0u64, 0u64, 0u64, 0usize);
+    for l in s.lines() {
+        let first = l.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header line: address range, perms, offset, dev, inode, path.
+            let path = l.split_whitespace().nth(5).unwrap_or("");
+            kind = if path == "[heap]" { 0 } else if path.is_empty() || path.starts_with('[') { 1 } else { 2 };
+        } else if first == "Pss:" {
+            let k = l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            *[&mut heap, &mut anon, &mut file][kind] += k;
+        }
+    }
+    format!("[heap] {} / other anonymous {} / files {}", kib(heap), kib(anon), kib(file))
+}
+
 /// User + system CPU ticks of a process.
 fn cpu_ticks(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("popsift runs");
@@ -279,6 +298,7 @@ async fn run(n: usize) {
     let login_time = t.elapsed();
     wait_quiet(pid).await;
     let during = pss_kib(pid);
+    let during_kinds = pss_by_kind(pid);
 
     // Every session is alive: each answers a NOOP.
     let tasks: Vec<_> = clients
@@ -301,6 +321,7 @@ async fn run(n: usize) {
     wait_for("every upstream session to end", Duration::from_secs(120), || closed.load(Ordering::SeqCst) > n).await;
     wait_quiet(pid).await;
     let after = pss_kib(pid);
+    let after_kinds = pss_by_kind(pid);
 
     let per = (during.saturating_sub(warm)) as f64 / n as f64;
     let per_noop = (after_noop.saturating_sub(warm)) as f64 / n as f64;
@@ -316,4 +337,6 @@ async fn run(n: usize) {
         after as f64 / start as f64,
         after as f64 / warm as f64
     );
+    println!("during: {during_kinds}");
+    println!("after:  {after_kinds}");
 }
