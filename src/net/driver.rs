@@ -318,7 +318,9 @@ impl Session<'_> {
         greeting.extend_from_slice(b"\r\n");
         self.up = Some(up);
         self.reply(&greeting).await?;
-        let Some((login_reply, view)) = self.authorization().await? else {
+        // Boxed (issue 16): login and scan state lives on the heap only while they run,
+        // instead of enlarging the future an idle session keeps for its whole life.
+        let Some((login_reply, view)) = Box::pin(self.authorization()).await? else {
             return Ok(());
         };
         if !self.login_answered {

@@ -97,7 +97,9 @@ pub async fn serve(
                     continue;
                 };
                 let spare = spare_handle(&stream);
-                let session = driver::run(stream, peer, ctx.clone());
+                // Boxed (issue 16): the supervising task then holds a pointer, not a
+                // second copy of the session future's state (about 5 KiB per session).
+                let session = Box::pin(driver::run(stream, peer, ctx.clone()));
                 tokio::spawn(supervise(session, spare, peer, permit));
             }
         }));
