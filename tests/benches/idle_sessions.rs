@@ -2,7 +2,8 @@
 //! whether that memory comes back when the sessions end.
 //!
 //! Run with `cargo bench --bench idle_sessions` (release build of popsift, the real binary
-//! as a child process). `POPSIFT_IDLE_SESSIONS` sets the number of sessions (default 5,000).
+//! as a child process). `POPSIFT_IDLE_SESSIONS` sets the number of sessions (default 5,000);
+//! `POPSIFT_IDLE_CACHE=off` runs popsift without its header cache.
 //!
 //! The upstream is a cheap async fake in this process (Dovecot spawns a process per POP3
 //! session and cannot hold 5,000): any `USER uN` with `PASS pw` logs in, every mailbox has
@@ -14,9 +15,11 @@
 //! 1. `start`: popsift listening, no session yet;
 //! 2. `warm`: after one session opened and closed (one-time set-up: rule set, header cache
 //!    database, the runtime's threads);
-//! 3. `during`: N sessions logged in (USER, PASS, STAT) and idle; then a NOOP on every
+//! 3. `during`: N sessions logged in (USER, PASS, STAT) and idle, PSS no longer falling
+//!    (the logins' transient memory given back, see step 4); then a NOOP on every
 //!    session, each must answer `+OK` (they are alive, not merely counted);
-//! 4. `after`: every session ended with QUIT, popsift quiet (no CPU used for a second).
+//! 4. `after`: every session ended with QUIT, popsift quiet (no CPU used for a second) and
+//!    its PSS no longer falling (the allocator returns freed pages after a decay time).
 //!
 //! Printed: per-session KiB = (during - warm) / N, and after / start. Targets (issue 16):
 //! ≤ 5.25 KiB per session (4 KiB + 64 B per message of the view), after within 20 % of start.
@@ -86,6 +89,23 @@ async fn wait_quiet(pid: u32) {
         still = if now == last { still + 1 } else { 0 };
         last = now;
     }
+}
+
+/// Waits until the process's PSS stops falling (no drop of 1 % or more for 5 s, at most 60 s):
+/// an allocator may give freed memory back some seconds after the free (jemalloc's decay).
+/// Returns the last PSS.
+async fn wait_pss_settled(pid: u32) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut low, mut since) = (pss_kib(pid), Instant::now());
+    while since.elapsed() < Duration::from_secs(5) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = pss_kib(pid);
+        if now * 100 < low * 99 {
+            since = Instant::now();
+        }
+        low = low.min(now);
+    }
+    pss_kib(pid)
 }
 
 /// Waits (bounded) until `cond` holds.
@@ -280,10 +300,17 @@ fn main() {
 async fn run(n: usize) {
     let closed = Arc::new(AtomicUsize::new(0));
     let upstream = fake_upstream(closed.clone()).await;
-    let extra = format!("max_sessions: {}\n", n + 16);
+    // POPSIFT_IDLE_CACHE=off: without the header cache, whose in-memory page cache (bounded
+    // by `cache.max_size`, shared by all sessions) grows with the header blocks written.
+    let cache_off = std::env::var("POPSIFT_IDLE_CACHE").is_ok_and(|v| v == "off");
+    let cache = if cache_off { "cache: { enabled: false }\n" } else { "" };
+    let extra = format!("max_sessions: {}\n{cache}", n + 16);
     let p = Popsift::start(&ProxyOpts { upstream: &upstream, rules: "rules: []\n", extra: &extra, log_level: "info", ..Default::default() });
     let pid = p.pid();
-    println!("idle sessions benchmark: {n} logged-in idle sessions of {MESSAGES} messages, popsift pid {pid}");
+    println!(
+        "idle sessions benchmark: {n} logged-in idle sessions of {MESSAGES} messages, header cache {}, popsift pid {pid}",
+        if cache_off { "off" } else { "on" }
+    );
     wait_quiet(pid).await;
     let start = pss_kib(pid);
 
@@ -297,7 +324,9 @@ async fn run(n: usize) {
     let mut clients = open_sessions(&p.addr, 1, n).await;
     let login_time = t.elapsed();
     wait_quiet(pid).await;
-    let during = pss_kib(pid);
+    // Idle sessions stay idle: what the allocator frees later (the logins' transient memory)
+    // is not theirs.
+    let during = wait_pss_settled(pid).await;
     let during_kinds = pss_by_kind(pid);
 
     // Every session is alive: each answers a NOOP.
@@ -320,7 +349,8 @@ async fn run(n: usize) {
     quit_all(clients).await;
     wait_for("every upstream session to end", Duration::from_secs(120), || closed.load(Ordering::SeqCst) > n).await;
     wait_quiet(pid).await;
-    let after = pss_kib(pid);
+    let after_at_once = pss_kib(pid);
+    let after = wait_pss_settled(pid).await;
     let after_kinds = pss_by_kind(pid);
 
     let per = (during.saturating_sub(warm)) as f64 / n as f64;
@@ -337,6 +367,7 @@ async fn run(n: usize) {
         after as f64 / start as f64,
         after as f64 / warm as f64
     );
+    println!("{:<34} {:>10}", "  (right after the last session)", kib(after_at_once));
     println!("during: {during_kinds}");
     println!("after:  {after_kinds}");
 }
