@@ -590,7 +590,10 @@ mod tests {
         let (mut conn, _peer) = pair(Side::Client);
         let started = Instant::now();
         let e = conn.fill_client_or_idle(Duration::from_secs(600), Duration::from_secs(3), || {}).await.unwrap_err();
-        assert!(matches!(e, SessionError::Timeout { phase: Phase::ClientIdle, after } if after.as_secs() == 600), "{e}");
+        assert!(
+            matches!(e, SessionError::Timeout { phase: Phase::ClientIdle, after } if after.as_secs() == 600),
+            "{e}"
+        );
         assert_eq!(started.elapsed().as_secs(), 600);
     }
 

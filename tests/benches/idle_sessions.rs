@@ -45,10 +45,7 @@ const CONCURRENT_LOGINS: usize = 64;
 /// PSS of a process in KiB.
 fn pss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("popsift runs");
-    s.lines()
-        .filter(|l| l.starts_with("Pss:"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
+    s.lines().filter(|l| l.starts_with("Pss:")).filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).sum()
 }
 
 /// PSS in KiB per kind of mapping (`[heap]`, other anonymous memory, files), for the
@@ -61,7 +58,13 @@ fn pss_by_kind(pid: u32) -> String {
         if first.contains('-') && !first.ends_with(':') {
             // A mapping's header line: address range, perms, offset, dev, inode, path.
             let path = l.split_whitespace().nth(5).unwrap_or("");
-            kind = if path == "[heap]" { 0 } else if path.is_empty() || path.starts_with('[') { 1 } else { 2 };
+            kind = if path == "[heap]" {
+                0
+            } else if path.is_empty() || path.starts_with('[') {
+                1
+            } else {
+                2
+            };
         } else if first == "Pss:" {
             let k = l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             *[&mut heap, &mut anon, &mut file][kind] += k;
@@ -158,7 +161,8 @@ async fn serve(sock: TcpStream, messages: &[Vec<u8>]) -> std::io::Result<()> {
         }
         let mut words = line.split_whitespace();
         let kw = words.next().unwrap_or("").to_ascii_uppercase();
-        let arg = |s: Option<&str>| s.and_then(|a| a.parse::<usize>().ok()).filter(|n| (1..=messages.len()).contains(n));
+        let arg =
+            |s: Option<&str>| s.and_then(|a| a.parse::<usize>().ok()).filter(|n| (1..=messages.len()).contains(n));
         let mut out = Vec::new();
         match kw.as_str() {
             "CAPA" => out.extend_from_slice(b"+OK\r\nTOP\r\nUIDL\r\nUSER\r\nPIPELINING\r\nRESP-CODES\r\n.\r\n"),
@@ -180,7 +184,11 @@ async fn serve(sock: TcpStream, messages: &[Vec<u8>]) -> std::io::Result<()> {
             "LIST" | "UIDL" if words.clone().next().is_none() => {
                 out.extend_from_slice(b"+OK\r\n");
                 for (i, m) in messages.iter().enumerate() {
-                    let line = if kw == "LIST" { format!("{} {}\r\n", i + 1, m.len()) } else { format!("{} uid-{}\r\n", i + 1, i + 1) };
+                    let line = if kw == "LIST" {
+                        format!("{} {}\r\n", i + 1, m.len())
+                    } else {
+                        format!("{} uid-{}\r\n", i + 1, i + 1)
+                    };
                     out.extend_from_slice(line.as_bytes());
                 }
                 out.extend_from_slice(b".\r\n");
@@ -305,7 +313,13 @@ async fn run(n: usize) {
     let cache_off = std::env::var("POPSIFT_IDLE_CACHE").is_ok_and(|v| v == "off");
     let cache = if cache_off { "cache: { enabled: false }\n" } else { "" };
     let extra = format!("max_sessions: {}\n{cache}", n + 16);
-    let p = Popsift::start(&ProxyOpts { upstream: &upstream, rules: "rules: []\n", extra: &extra, log_level: "info", ..Default::default() });
+    let p = Popsift::start(&ProxyOpts {
+        upstream: &upstream,
+        rules: "rules: []\n",
+        extra: &extra,
+        log_level: "info",
+        ..Default::default()
+    });
     let pid = p.pid();
     println!(
         "idle sessions benchmark: {n} logged-in idle sessions of {MESSAGES} messages, header cache {}, popsift pid {pid}",
@@ -316,7 +330,8 @@ async fn run(n: usize) {
 
     let warmup = open_sessions(&p.addr, 0, 1).await;
     quit_all(warmup).await;
-    wait_for("the warm-up session to end upstream", Duration::from_secs(30), || closed.load(Ordering::SeqCst) >= 1).await;
+    wait_for("the warm-up session to end upstream", Duration::from_secs(30), || closed.load(Ordering::SeqCst) >= 1)
+        .await;
     wait_quiet(pid).await;
     let warm = pss_kib(pid);
 

@@ -282,8 +282,10 @@ fn main() {
     println!("relay benchmark: median of {reps} runs after 1 warm-up; download only (login scan excluded)");
     println!("popsift: {} (rules: []), pid {}", env!("CARGO_BIN_EXE_popsift"), p.pid());
     println!();
-    let head =
-        ["mailbox", "pattern", "direct", "popsift", "pump", "haproxy", "popsift", "pump", "haproxy", "popsift", "MB/s", "CPU"];
+    let head = [
+        "mailbox", "pattern", "direct", "popsift", "pump", "haproxy", "popsift", "pump", "haproxy", "popsift", "MB/s",
+        "CPU",
+    ];
     let row = |c: [&str; 12]| {
         println!(
             "{:<14} {:<14} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
