@@ -94,11 +94,26 @@ pub async fn serve(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Resu
     start(config, shutdown).await?.wait().await
 }
 
+/// Threads of the blocking pool (rule evaluation, header cache writes, quarantine files).
+/// tokio's default is 512: a burst of logins, each handing its evaluation and its header
+/// cache update to the pool while the cache's writer lock serialises the updates, started
+/// 510 threads, each with its stack and allocator caches: 5,000 idle sessions cost 27 KiB
+/// each instead of ~5, and the memory stayed (issue 16). The work is CPU-bound or waits on
+/// one lock, so a few threads per core serve it as fast; beyond them tasks queue.
+fn blocking_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (4 * cores).max(8)
+}
+
 /// `popsift serve`: find the config and rules (see [`crate::locate`]), build the config
 /// with the flags as [`Overrides`], and run [`serve`] on a multi-threaded runtime.
 pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
     let config = build_config(args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(ServeError::Runtime)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(blocking_threads())
+        .build()
+        .map_err(ServeError::Runtime)?;
     runtime.block_on(async move {
         let shutdown = crate::net::listener::shutdown_on_signals();
         serve(Arc::new(config), shutdown).await

@@ -13,6 +13,17 @@
 //!   legitimate), gets a [`BodyClock`]: no silence longer than `upstream_reply`, and on
 //!   average at least `upstream_min_rate` octets a second beyond an `upstream_reply`
 //!   allowance.
+//!
+//! # Memory of an idle session
+//! A provider's instance spends most of its life holding sessions of clients that poll and
+//! then wait (issue 16). A connection holds no read buffer until it reads: the first read
+//! into a new or released buffer gets [`SMALL_READ`] octets, enough for any one command or
+//! status line, and only a peer that fills that (a body, pipelined commands) gets
+//! [`READ_CHUNK`], kept until the buffer is released.
+//! A client silent for [`IDLE_GRACE`] after its last reply makes the session give its
+//! buffers back ([`Conn::fill_client_or_idle`], [`Conn::release_if_empty`]): a client
+//! that sends its next command at once (one at a time on a LAN) keeps them, so the relay
+//! loop allocates nothing per command.
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -31,10 +42,33 @@ pub enum Side {
 
 /// Read buffer granularity.
 const READ_CHUNK: usize = 64 * 1024;
+/// The first read into an empty, released buffer (see the module doc): larger than a
+/// one-at-a-time command or a status line, small enough to cost nothing while idle.
+pub const SMALL_READ: usize = 512;
+/// How long a client may be silent after its last reply before the session gives its
+/// buffers back (see the module doc).
+pub const IDLE_GRACE: Duration = Duration::from_millis(250);
+
+/// The read buffer's size class (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// No memory of its own (new, or released while idle).
+    Released,
+    /// About [`SMALL_READ`] octets: commands and status lines.
+    Small,
+    /// [`READ_CHUNK`] octets: bodies and bursts.
+    Large,
+}
 
 pub struct Conn<S> {
     io: S,
     buf: BytesMut,
+    /// How much memory the read buffer holds (see the module doc).
+    room: Room,
+    /// Free space offered to the last read, and whether that read filled it (more is
+    /// probably waiting: a body, a burst of pipelined commands).
+    offered: usize,
+    filled: bool,
     side: Side,
     /// When popsift began waiting for the rest of a partial client line (see the module doc).
     line_started: Option<Instant>,
@@ -49,12 +83,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub fn new(io: S, side: Side) -> Conn<S> {
         Conn {
             io,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::new(),
+            room: Room::Released,
+            offered: 0,
+            filled: false,
             side,
             line_started: None,
             eof_seen: false,
             bytes_in: 0,
             bytes_out: 0,
+        }
+    }
+
+    /// Room for the next read: [`SMALL_READ`] octets into a released buffer, else
+    /// [`READ_CHUNK`] whenever less than a quarter of that is free (see the module doc).
+    /// A small buffer grows to [`READ_CHUNK`] only when a read filled it or a partial line
+    /// outgrew it; once large it stays so until released. (`reserve` on an emptied buffer
+    /// reuses its allocation: no allocation per read.)
+    fn make_room(&mut self) {
+        let spare = self.buf.capacity() - self.buf.len();
+        match self.room {
+            Room::Released => {
+                self.buf.reserve(SMALL_READ);
+                self.room = Room::Small;
+            }
+            Room::Small if self.filled || (spare < SMALL_READ / 4 && !self.buf.is_empty()) => {
+                self.buf.reserve(READ_CHUNK);
+                self.room = Room::Large;
+            }
+            Room::Small if spare < SMALL_READ / 4 => self.buf.reserve(SMALL_READ),
+            Room::Small => {}
+            Room::Large if spare < READ_CHUNK / 4 => self.buf.reserve(READ_CHUNK),
+            Room::Large => {}
+        }
+        self.offered = self.buf.capacity() - self.buf.len();
+    }
+
+    /// Counts `n` octets just read into the buffer.
+    fn note_read(&mut self, n: usize) {
+        self.bytes_in += n as u64;
+        self.filled = n >= self.offered;
+    }
+
+    /// Gives the read buffer's memory back when nothing is buffered (the connection is idle).
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.room != Room::Released {
+            self.buf = BytesMut::new();
+            self.room = Room::Released;
+            self.filled = false;
         }
     }
 
@@ -113,12 +189,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// next line has arrived, else until `whole_line` after popsift began waiting for the
     /// rest of this line ([`Phase::ClientLine`]).
     pub async fn fill_client(&mut self, idle: Duration, whole_line: Duration) -> Result<(), SessionError> {
-        if self.buf.is_empty() {
-            self.line_started = None;
-            return self.fill(idle, Phase::ClientIdle).await;
+        self.fill_client_or_idle(idle, whole_line, || {}).await
+    }
+
+    /// [`Conn::fill_client`], and when nothing of the next line arrives within
+    /// [`IDLE_GRACE`] the session is idle: `on_idle` runs once (the caller gives back its
+    /// other buffers) and this connection's read buffer is released before the rest of the
+    /// `idle` wait. The idle deadline itself is unchanged.
+    pub async fn fill_client_or_idle(
+        &mut self,
+        idle: Duration,
+        whole_line: Duration,
+        on_idle: impl FnOnce(),
+    ) -> Result<(), SessionError> {
+        if !self.buf.is_empty() {
+            let started = *self.line_started.get_or_insert_with(Instant::now);
+            return self.fill_by(started + whole_line, whole_line, Phase::ClientLine).await;
         }
-        let started = *self.line_started.get_or_insert_with(Instant::now);
-        self.fill_by(started + whole_line, whole_line, Phase::ClientLine).await
+        self.line_started = None;
+        let started = Instant::now();
+        if IDLE_GRACE < idle {
+            // A read cancelled by its deadline loses nothing: it either completed or read nothing.
+            match self.fill_by(started + IDLE_GRACE, IDLE_GRACE, Phase::ClientIdle).await {
+                Err(SessionError::Timeout { .. }) => {}
+                other => return other,
+            }
+            on_idle();
+            self.release_if_empty();
+        }
+        self.fill_by(started + idle, idle, Phase::ClientIdle).await
     }
 
     /// Reads at least one more byte into the buffer, waiting at most `limit`.
@@ -156,9 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         impl Wake for NoWake {
             fn wake(self: std::sync::Arc<Self>) {}
         }
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
-        }
+        self.make_room();
         let waker = Waker::from(std::sync::Arc::new(NoWake));
         let mut cx = Context::from_waker(&waker);
         let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
@@ -169,7 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Side::Upstream => SessionError::UpstreamClosed { phase },
             }),
             Poll::Ready(Ok(n)) => {
-                self.bytes_in += n as u64;
+                self.note_read(n);
                 Ok(true)
             }
             Poll::Ready(Err(e)) => Err(match self.side {
@@ -180,9 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     async fn fill_by(&mut self, deadline: Instant, after: Duration, phase: Phase) -> Result<(), SessionError> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
-        }
+        self.make_room();
         let read = tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await;
         match read {
             Err(_) => Err(SessionError::Timeout { phase, after }),
@@ -191,7 +286,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Side::Upstream => SessionError::UpstreamClosed { phase },
             }),
             Ok(Ok(n)) => {
-                self.bytes_in += n as u64;
+                self.note_read(n);
                 Ok(())
             }
             Ok(Err(e)) => Err(match self.side {
@@ -214,6 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         b.extend_from_slice(bytes);
         b.extend_from_slice(&self.buf);
         self.buf = b;
+        self.room = Room::Large;
     }
 
     pub fn consume(&mut self, n: usize) {
@@ -321,13 +417,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if self.eof_seen || self.buf.len() >= cap {
                 std::future::pending::<()>().await;
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
-            }
+            self.make_room();
             match self.io.read_buf(&mut self.buf).await {
                 Ok(0) if self.buf.is_empty() && !keep_on_eof => return SessionError::ClientClosed,
                 Ok(0) => self.eof_seen = true,
-                Ok(n) => self.bytes_in += n as u64,
+                Ok(n) => self.note_read(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return SessionError::ClientIo(e),
             }
@@ -469,6 +563,63 @@ mod tests {
             &conn.read_command(255, Duration::from_secs(600), Duration::from_secs(3)).await.unwrap()[..],
             b"LIST"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_client_releases_buffers_after_the_grace_and_still_reads_its_command() {
+        let (mut conn, peer) = pair(Side::Client);
+        dribble(peer, b"NOOP\r\n".to_vec(), 64, Duration::from_secs(30), Duration::from_secs(1));
+        let mut idle_calls = 0;
+        conn.fill_client_or_idle(Duration::from_secs(600), Duration::from_secs(3), || idle_calls += 1).await.unwrap();
+        assert_eq!(idle_calls, 1);
+        assert_eq!(&conn.take_line(255).unwrap().unwrap()[..], b"NOOP");
+        // Released during the wait, then a small buffer for the command: never a large one.
+        assert_eq!(conn.room, Room::Small);
+        assert!(conn.buf.capacity() <= SMALL_READ, "capacity {}", conn.buf.capacity());
+        conn.release_if_empty();
+        assert_eq!((conn.room, conn.buf.capacity()), (Room::Released, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_answering_within_the_grace_keeps_its_buffers() {
+        let (mut conn, peer) = pair(Side::Client);
+        dribble(peer, b"STAT\r\n".to_vec(), 64, Duration::from_millis(10), Duration::from_secs(1));
+        let mut idle_calls = 0;
+        conn.fill_client_or_idle(Duration::from_secs(600), Duration::from_secs(3), || idle_calls += 1).await.unwrap();
+        assert_eq!(idle_calls, 0);
+        assert_eq!(&conn.take_line(255).unwrap().unwrap()[..], b"STAT");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_is_unchanged_by_the_grace() {
+        let (mut conn, _peer) = pair(Side::Client);
+        let started = Instant::now();
+        let e = conn.fill_client_or_idle(Duration::from_secs(600), Duration::from_secs(3), || {}).await.unwrap_err();
+        assert!(
+            matches!(e, SessionError::Timeout { phase: Phase::ClientIdle, after } if after.as_secs() == 600),
+            "{e}"
+        );
+        assert_eq!(started.elapsed().as_secs(), 600);
+    }
+
+    #[tokio::test]
+    async fn commands_one_at_a_time_stay_in_a_small_buffer_and_a_body_gets_a_large_one() {
+        let (mut conn, mut peer) = pair(Side::Upstream);
+        for i in 0..50 {
+            peer.write_all(format!("+OK {i}\r\n").as_bytes()).await.unwrap();
+            let line = conn.read_line(512, Duration::from_secs(10), Phase::Relay).await.unwrap();
+            assert_eq!(line, format!("+OK {i}").as_bytes());
+            assert_eq!(conn.room, Room::Small, "after line {i}");
+        }
+        let body = vec![b'x'; 200_000];
+        peer.write_all(&body).await.unwrap();
+        let mut got = 0;
+        while got < body.len() {
+            conn.fill(Duration::from_secs(10), Phase::Relay).await.unwrap();
+            got += conn.buffered().len();
+            conn.consume(conn.buffered().len());
+        }
+        assert_eq!(conn.room, Room::Large);
     }
 
     fn timeouts(base: u64, rate: u64) -> Timeouts {

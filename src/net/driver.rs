@@ -336,7 +336,16 @@ impl Session<'_> {
             },
             Need::ClientInput => {
                 self.flush().await?;
-                self.client.fill_client(t.client_idle, t.client_line).await?;
+                // Idle memory (issue 16): a client silent past `conn::IDLE_GRACE` makes the
+                // session give back its buffers while it waits.
+                let (up, out) = (&mut self.up, &mut self.out);
+                let release = || {
+                    if let Some(u) = up.as_mut() {
+                        u.conn.release_if_empty();
+                    }
+                    *out = Vec::new();
+                };
+                self.client.fill_client_or_idle(t.client_idle, t.client_line, release).await?;
                 Input::ClientInput
             }
             Need::UpstreamLine { phase, lenient: true } => match self.up_line(phase, m.quit_queued()).await {
@@ -351,7 +360,9 @@ impl Session<'_> {
                 let read = conn.read_multiline(MAX_CAPA, &t, phase);
                 Input::UpstreamBody(watching(&mut self.client, m.quit_queued(), read).await?)
             }
-            Need::Scan { pipelining } => return self.scan(pipelining, m).await,
+            // Boxed (issue 16): the scan's state lives on the heap only while it runs,
+            // instead of enlarging the future an idle session keeps for its whole life.
+            Need::Scan { pipelining } => return Box::pin(self.scan(pipelining, m)).await,
             Need::Evaluate(outcome) => {
                 let up = connected(&mut self.up)?;
                 if self.scan.is_none() {

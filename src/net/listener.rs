@@ -111,11 +111,13 @@ pub async fn serve(
                 let ctx = ctx.clone();
                 // The edge (PROXY header, per-address limit, implicit TLS) runs in the
                 // session's task, so a slow or hostile client never stalls accepting.
-                let session = async move {
+                // Boxed (issue 16): the supervising task then holds a pointer, not a
+                // second copy of the session future's state (about 5 KiB per session).
+                let session = Box::pin(async move {
                     let Some(admitted) = ctx.edge.admit(stream, peer).await else { return };
                     let _slot = admitted.slot;
                     driver::run(admitted.client, admitted.peer, ctx).await;
-                };
+                });
                 tokio::spawn(supervise(session, spare, peer, permit));
             }
         }));

@@ -10,6 +10,11 @@
 //! is repeated (`POPSIFT_BENCH_REPS`, default 7) after one warm-up; the median is reported with
 //! the ratio popsift / direct. Target: ≤ 1.2×.
 //!
+//! Peers measured in the same run, interleaved with direct and popsift (issue 16): a plain
+//! byte pump (two threads per connection) and HAProxy in TCP mode (Debian `haproxy`, from a
+//! generated config, the bench panics when it is missing). Issue 16's target: popsift ≤
+//! 1.10× direct and ≤ HAProxy + 5 % in all four cells.
+//!
 //! Not criterion: the thing measured is a pair of external processes and the figure wanted is
 //! a ratio of two medians printed side by side, which a plain `main` does with less machinery.
 #[path = "../support/mod.rs"]
@@ -17,6 +22,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -114,6 +120,61 @@ impl Pop {
 
     fn quit(mut self) {
         assert!(self.command("QUIT").starts_with(b"+OK"));
+    }
+}
+
+/// HAProxy in TCP mode in front of `upstream`, from a generated config in a temp dir; killed
+/// on drop.
+struct HaProxy {
+    addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl HaProxy {
+    fn start(upstream: &str) -> HaProxy {
+        let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("haproxy is not installed (Debian package `haproxy`, see .ci/run)");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = format!("127.0.0.1:{}", free_port());
+        // TCP mode, nothing else: the plainest relay HAProxy does.
+        let cfg = format!(
+            "global\n    maxconn 1024\n\ndefaults\n    mode tcp\n    timeout connect 10s\n    timeout client 300s\n    timeout server 300s\n\nlisten pop3\n    bind {addr}\n    server dovecot {upstream}\n"
+        );
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg).expect("write haproxy.cfg");
+        let child = Command::new(bin)
+            .arg("-f")
+            .arg(&path)
+            .arg("-db")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn haproxy");
+        // Ready when it accepts: a probe connection is relayed to Dovecot and answered.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(&addr) {
+                s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+                let mut b = [0u8; 3];
+                if s.read_exact(&mut b).is_ok() && &b == b"+OK" {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "haproxy did not start listening on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        HaProxy { addr, child, _dir: dir }
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -217,19 +278,22 @@ fn main() {
     // connection, 64 KiB buffers, TCP_NODELAY): the floor any proxy in this position pays for
     // the extra hop on this machine.
     let pump = Forwarder::start(&d.pop3_addr());
+    let haproxy = HaProxy::start(&d.pop3_addr());
     println!("relay benchmark: median of {reps} runs after 1 warm-up; download only (login scan excluded)");
     println!("popsift: {} (rules: []), pid {}", env!("CARGO_BIN_EXE_popsift"), p.pid());
     println!();
-    let head = ["mailbox", "pattern", "direct", "popsift", "pump", "popsift", "pump", "MB/s", "CPU"];
-    println!(
-        "{:<14} {:<14} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7}",
-        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7], head[8]
-    );
-    let units = ["", "", "ms", "ms", "ms", "/direct", "/direct", "popsift", "ms/run"];
-    println!(
-        "{:<14} {:<14} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7}",
-        units[0], units[1], units[2], units[3], units[4], units[5], units[6], units[7], units[8]
-    );
+    let head = [
+        "mailbox", "pattern", "direct", "popsift", "pump", "haproxy", "popsift", "pump", "haproxy", "popsift", "MB/s",
+        "CPU",
+    ];
+    let row = |c: [&str; 12]| {
+        println!(
+            "{:<14} {:<14} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11]
+        )
+    };
+    row(head);
+    row(["", "", "ms", "ms", "ms", "ms", "/direct", "/direct", "/direct", "/haproxy", "popsift", "ms/run"]);
     for (user, label) in [("small", "2000 x 10 KB"), ("large", "20 x 5 MB")] {
         let pass = d.password(user).to_string();
         for pattern in [Pattern::OneAtATime, Pattern::Pipelined] {
@@ -240,10 +304,11 @@ fn main() {
             let mut direct = Vec::new();
             let mut via = Vec::new();
             let mut pumped = Vec::new();
+            let mut haproxied = Vec::new();
             let mut octets = 0;
             // Warm-up (Dovecot builds its index and caches), then rotate direct / popsift /
             // pump so all three see the same machine load.
-            for addr in [d.pop3_addr(), p.addr.clone(), pump.addr.clone()] {
+            for addr in [d.pop3_addr(), p.addr.clone(), pump.addr.clone(), haproxy.addr.clone()] {
                 let _ = download(&addr, user, &pass, pattern, None);
             }
             let mut cpu = Duration::ZERO;
@@ -255,24 +320,30 @@ fn main() {
                 via.push(t);
                 let (t, o3, _) = download(&pump.addr, user, &pass, pattern, None);
                 pumped.push(t);
+                let (t, o4, _) = download(&haproxy.addr, user, &pass, pattern, None);
+                haproxied.push(t);
                 assert_eq!(o1, o2, "popsift delivered a different number of octets");
                 assert_eq!(o1, o3, "the pump delivered a different number of octets");
+                assert_eq!(o1, o4, "haproxy delivered a different number of octets");
                 octets = o2;
             }
-            let (md, mv, mp) = (median(direct), median(via), median(pumped));
-            let ms = |t: Duration| t.as_secs_f64() * 1e3;
-            println!(
-                "{:<14} {:<14} {:>9.1} {:>9.1} {:>9.1} {:>7.2}x {:>7.2}x {:>9.0} {:>7.0}",
+            let (md, mv, mp, mh) = (median(direct), median(via), median(pumped), median(haproxied));
+            let ms = |t: Duration| format!("{:.1}", t.as_secs_f64() * 1e3);
+            let ratio = |a: Duration, b: Duration| format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64());
+            row([
                 label,
                 name,
-                ms(md),
-                ms(mv),
-                ms(mp),
-                mv.as_secs_f64() / md.as_secs_f64(),
-                mp.as_secs_f64() / md.as_secs_f64(),
-                octets as f64 / 1e6 / mv.as_secs_f64(),
-                ms(cpu) / reps as f64
-            );
+                &ms(md),
+                &ms(mv),
+                &ms(mp),
+                &ms(mh),
+                &ratio(mv, md),
+                &ratio(mp, md),
+                &ratio(mh, md),
+                &ratio(mv, mh),
+                &format!("{:.0}", octets as f64 / 1e6 / mv.as_secs_f64()),
+                &format!("{:.0}", cpu.as_secs_f64() * 1e3 / reps as f64),
+            ]);
         }
     }
 }

@@ -1,0 +1,388 @@
+//! Idle sessions (issue 16): what a logged-in session that waits for its client costs, and
+//! whether that memory comes back when the sessions end.
+//!
+//! Run with `cargo bench --bench idle_sessions` (release build of popsift, the real binary
+//! as a child process). `POPSIFT_IDLE_SESSIONS` sets the number of sessions (default 5,000);
+//! `POPSIFT_IDLE_CACHE=off` runs popsift without its header cache.
+//!
+//! The upstream is a cheap async fake in this process (Dovecot spawns a process per POP3
+//! session and cannot hold 5,000): any `USER uN` with `PASS pw` logs in, every mailbox has
+//! the same 20 small messages (with TOP, UIDL and PIPELINING, like Dovecot). Each user is
+//! distinct, so anything popsift keeps per user shows up in the figures.
+//!
+//! Steps, with the PSS of the popsift process (`Pss:` of `/proc/PID/smaps_rollup`, the
+//! process's share of resident memory; socket buffers are kernel memory and not in it):
+//! 1. `start`: popsift listening, no session yet;
+//! 2. `warm`: after one session opened and closed (one-time set-up: rule set, header cache
+//!    database, the runtime's threads);
+//! 3. `during`: N sessions logged in (USER, PASS, STAT) and idle, PSS no longer falling
+//!    (the logins' transient memory given back, see step 4); then a NOOP on every
+//!    session, each must answer `+OK` (they are alive, not merely counted);
+//! 4. `after`: every session ended with QUIT, popsift quiet (no CPU used for a second) and
+//!    its PSS no longer falling (the allocator returns freed pages after a decay time).
+//!
+//! Printed: per-session KiB = (during - warm) / N, and after / start. Targets (issue 16):
+//! ≤ 5.25 KiB per session (4 KiB + 64 B per message of the view), after within 20 % of start.
+//!
+//! Not criterion: the figures are memory of another process at given moments, not times.
+#[path = "../support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{Popsift, ProxyOpts};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Messages in every mailbox.
+const MESSAGES: usize = 20;
+/// Logins in flight at once (popsift and the fake share the machine's two cores).
+const CONCURRENT_LOGINS: usize = 64;
+
+/// PSS of a process in KiB.
+fn pss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("popsift runs");
+    s.lines().filter(|l| l.starts_with("Pss:")).filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).sum()
+}
+
+/// PSS in KiB per kind of mapping (`[heap]`, other anonymous memory, files), for the
+/// breakdown printed with the figures.
+fn pss_by_kind(pid: u32) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut heap, mut anon, mut file, mut kind) = (0u64, 0u64, 0u64, 0usize);
+    for l in s.lines() {
+        let first = l.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header line: address range, perms, offset, dev, inode, path.
+            let path = l.split_whitespace().nth(5).unwrap_or("");
+            kind = if path == "[heap]" {
+                0
+            } else if path.is_empty() || path.starts_with('[') {
+                1
+            } else {
+                2
+            };
+        } else if first == "Pss:" {
+            let k = l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            *[&mut heap, &mut anon, &mut file][kind] += k;
+        }
+    }
+    format!("[heap] {} / other anonymous {} / files {}", kib(heap), kib(anon), kib(file))
+}
+
+/// User + system CPU ticks of a process.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("popsift runs");
+    let after = s.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+/// Waits until the process has used no CPU for a second (everything it was doing is done).
+async fn wait_quiet(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut last, mut still) = (cpu_ticks(pid), 0);
+    while still < 5 {
+        assert!(Instant::now() < deadline, "popsift never went quiet");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = cpu_ticks(pid);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+}
+
+/// Waits until the process's PSS stops falling (no drop of 1 % or more for 5 s, at most 60 s):
+/// an allocator may give freed memory back some seconds after the free (jemalloc's decay).
+/// Returns the last PSS.
+async fn wait_pss_settled(pid: u32) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut low, mut since) = (pss_kib(pid), Instant::now());
+    while since.elapsed() < Duration::from_secs(5) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = pss_kib(pid);
+        if now * 100 < low * 99 {
+            since = Instant::now();
+        }
+        low = low.min(now);
+    }
+    pss_kib(pid)
+}
+
+/// Waits (bounded) until `cond` holds.
+async fn wait_for(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn message(i: usize) -> Vec<u8> {
+    format!(
+        "From: Sender {i} <s{i}@example.net>\r\nTo: someone@example.org\r\nSubject: idle bench message {i}\r\n\
+         Message-ID: <idle-{i}@popsift.test>\r\nDate: Sun, 29 Nov 2026 12:00:00 +0000\r\n\r\nbody of message {i}\r\n"
+    )
+    .into_bytes()
+}
+
+/// The fake upstream: greeting, CAPA, USER/PASS, STAT, LIST, UIDL, TOP, RETR, NOOP, QUIT.
+/// Counts the connections that ended.
+async fn fake_upstream(closed: Arc<AtomicUsize>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake upstream");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let messages: Arc<Vec<Vec<u8>>> = Arc::new((1..=MESSAGES).map(message).collect());
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else { return };
+            let (messages, closed) = (messages.clone(), closed.clone());
+            tokio::spawn(async move {
+                let _ = serve(sock, &messages).await;
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    addr
+}
+
+async fn serve(sock: TcpStream, messages: &[Vec<u8>]) -> std::io::Result<()> {
+    sock.set_nodelay(true)?;
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::with_capacity(512, r);
+    w.write_all(b"+OK idle-bench fake ready\r\n").await?;
+    let mut line = String::new();
+    let mut logged_in = false;
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let mut words = line.split_whitespace();
+        let kw = words.next().unwrap_or("").to_ascii_uppercase();
+        let arg =
+            |s: Option<&str>| s.and_then(|a| a.parse::<usize>().ok()).filter(|n| (1..=messages.len()).contains(n));
+        let mut out = Vec::new();
+        match kw.as_str() {
+            "CAPA" => out.extend_from_slice(b"+OK\r\nTOP\r\nUIDL\r\nUSER\r\nPIPELINING\r\nRESP-CODES\r\n.\r\n"),
+            "USER" => out.extend_from_slice(b"+OK\r\n"),
+            "PASS" if words.next() == Some("pw") => {
+                logged_in = true;
+                out.extend_from_slice(b"+OK logged in\r\n");
+            }
+            "PASS" => out.extend_from_slice(b"-ERR [AUTH] authentication failed\r\n"),
+            "QUIT" => {
+                w.write_all(b"+OK bye\r\n").await?;
+                return Ok(());
+            }
+            _ if !logged_in => out.extend_from_slice(b"-ERR not logged in\r\n"),
+            "STAT" => {
+                let total: usize = messages.iter().map(Vec::len).sum();
+                out.extend_from_slice(format!("+OK {} {total}\r\n", messages.len()).as_bytes());
+            }
+            "LIST" | "UIDL" if words.clone().next().is_none() => {
+                out.extend_from_slice(b"+OK\r\n");
+                for (i, m) in messages.iter().enumerate() {
+                    let line = if kw == "LIST" {
+                        format!("{} {}\r\n", i + 1, m.len())
+                    } else {
+                        format!("{} uid-{}\r\n", i + 1, i + 1)
+                    };
+                    out.extend_from_slice(line.as_bytes());
+                }
+                out.extend_from_slice(b".\r\n");
+            }
+            "TOP" | "RETR" => match arg(words.next()) {
+                Some(n) => {
+                    let m = &messages[n - 1];
+                    // The test messages have no line starting with '.', so no stuffing needed.
+                    let part = if kw == "TOP" {
+                        let end = memchr::memmem::find(m, b"\r\n\r\n").map_or(m.len(), |p| p + 4);
+                        &m[..end]
+                    } else {
+                        &m[..]
+                    };
+                    out.extend_from_slice(b"+OK\r\n");
+                    out.extend_from_slice(part);
+                    out.extend_from_slice(b".\r\n");
+                }
+                None => out.extend_from_slice(b"-ERR no such message\r\n"),
+            },
+            "NOOP" => out.extend_from_slice(b"+OK\r\n"),
+            _ => out.extend_from_slice(b"-ERR unknown command\r\n"),
+        }
+        w.write_all(&out).await?;
+    }
+}
+
+/// One client session, holding its socket idle between commands.
+struct Client {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Client {
+    async fn line(&mut self) -> String {
+        let mut l = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(120), self.r.read_line(&mut l))
+            .await
+            .expect("reply within 120 s")
+            .expect("read");
+        assert!(n > 0, "popsift closed the session");
+        l
+    }
+
+    async fn command(&mut self, c: &str) -> String {
+        self.w.write_all(format!("{c}\r\n").as_bytes()).await.expect("write");
+        self.line().await
+    }
+
+    async fn login(addr: &str, i: usize) -> Client {
+        let sock = TcpStream::connect(addr).await.expect("connect to popsift");
+        sock.set_nodelay(true).expect("nodelay");
+        let (r, w) = sock.into_split();
+        let mut c = Client { r: BufReader::with_capacity(256, r), w };
+        let g = c.line().await;
+        assert!(g.starts_with("+OK"), "greeting {g:?}");
+        assert!(c.command(&format!("USER u{i}")).await.starts_with("+OK"));
+        let pass = c.command("PASS pw").await;
+        assert!(pass.starts_with("+OK"), "login u{i}: {pass:?}");
+        let stat = c.command("STAT").await;
+        assert!(stat.starts_with(&format!("+OK {MESSAGES} ")), "STAT {stat:?}");
+        c
+    }
+}
+
+/// Opens `n` sessions, at most [`CONCURRENT_LOGINS`] logins at a time.
+async fn open_sessions(addr: &str, first: usize, n: usize) -> Vec<Client> {
+    let mut clients = Vec::with_capacity(n);
+    let mut next = first;
+    while clients.len() < n {
+        let batch = CONCURRENT_LOGINS.min(n - clients.len());
+        let tasks: Vec<_> = (next..next + batch)
+            .map(|i| {
+                let addr = addr.to_string();
+                tokio::spawn(async move { Client::login(&addr, i).await })
+            })
+            .collect();
+        for t in tasks {
+            clients.push(t.await.expect("login task"));
+        }
+        next += batch;
+    }
+    clients
+}
+
+/// Ends every session with QUIT (answered `+OK`).
+async fn quit_all(clients: Vec<Client>) {
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let r = c.command("QUIT").await;
+                assert!(r.starts_with("+OK"), "QUIT {r:?}");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("quit task");
+    }
+}
+
+fn kib(k: u64) -> String {
+    format!("{:.1} MiB", k as f64 / 1024.0)
+}
+
+fn main() {
+    let n: usize = std::env::var("POPSIFT_IDLE_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    // This process holds both ends popsift talks to: 2 descriptors per session.
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).expect("getrlimit");
+    let want = (2 * n as u64 + 256).min(hard);
+    rlimit::setrlimit(rlimit::Resource::NOFILE, want, hard).expect("raise RLIMIT_NOFILE");
+    assert!(want >= 2 * n as u64 + 64, "RLIMIT_NOFILE hard limit {hard} is too low for {n} sessions");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    rt.block_on(run(n));
+}
+
+async fn run(n: usize) {
+    let closed = Arc::new(AtomicUsize::new(0));
+    let upstream = fake_upstream(closed.clone()).await;
+    // POPSIFT_IDLE_CACHE=off: without the header cache, whose in-memory page cache (bounded
+    // by `cache.max_size`, shared by all sessions) grows with the header blocks written.
+    let cache_off = std::env::var("POPSIFT_IDLE_CACHE").is_ok_and(|v| v == "off");
+    let cache = if cache_off { "cache: { enabled: false }\n" } else { "" };
+    let extra = format!("max_sessions: {}\n{cache}", n + 16);
+    let p = Popsift::start(&ProxyOpts {
+        upstream: &upstream,
+        rules: "rules: []\n",
+        extra: &extra,
+        log_level: "info",
+        ..Default::default()
+    });
+    let pid = p.pid();
+    println!(
+        "idle sessions benchmark: {n} logged-in idle sessions of {MESSAGES} messages, header cache {}, popsift pid {pid}",
+        if cache_off { "off" } else { "on" }
+    );
+    wait_quiet(pid).await;
+    let start = pss_kib(pid);
+
+    let warmup = open_sessions(&p.addr, 0, 1).await;
+    quit_all(warmup).await;
+    wait_for("the warm-up session to end upstream", Duration::from_secs(30), || closed.load(Ordering::SeqCst) >= 1)
+        .await;
+    wait_quiet(pid).await;
+    let warm = pss_kib(pid);
+
+    let t = Instant::now();
+    let mut clients = open_sessions(&p.addr, 1, n).await;
+    let login_time = t.elapsed();
+    wait_quiet(pid).await;
+    // Idle sessions stay idle: what the allocator frees later (the logins' transient memory)
+    // is not theirs.
+    let during = wait_pss_settled(pid).await;
+    let during_kinds = pss_by_kind(pid);
+
+    // Every session is alive: each answers a NOOP.
+    let tasks: Vec<_> = clients
+        .drain(..)
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let r = c.command("NOOP").await;
+                assert!(r.starts_with("+OK"), "NOOP {r:?}");
+                c
+            })
+        })
+        .collect();
+    for t in tasks {
+        clients.push(t.await.expect("noop task"));
+    }
+    wait_quiet(pid).await;
+    let after_noop = pss_kib(pid);
+
+    quit_all(clients).await;
+    wait_for("every upstream session to end", Duration::from_secs(120), || closed.load(Ordering::SeqCst) > n).await;
+    wait_quiet(pid).await;
+    let after_at_once = pss_kib(pid);
+    let after = wait_pss_settled(pid).await;
+    let after_kinds = pss_by_kind(pid);
+
+    let per = (during.saturating_sub(warm)) as f64 / n as f64;
+    let per_noop = (after_noop.saturating_sub(warm)) as f64 / n as f64;
+    println!("logins: {n} in {:.1} s", login_time.as_secs_f64());
+    println!("{:<34} {:>10}", "PSS at start", kib(start));
+    println!("{:<34} {:>10}", "PSS after one session (warm)", kib(warm));
+    println!("{:<34} {:>10}   {per:.2} KiB per session", format!("PSS with {n} idle sessions"), kib(during));
+    println!("{:<34} {:>10}   {per_noop:.2} KiB per session", "PSS after a NOOP on each", kib(after_noop));
+    println!(
+        "{:<34} {:>10}   after/start {:.2}, after/warm {:.2}",
+        "PSS after all sessions ended",
+        kib(after),
+        after as f64 / start as f64,
+        after as f64 / warm as f64
+    );
+    println!("{:<34} {:>10}", "  (right after the last session)", kib(after_at_once));
+    println!("during: {during_kinds}");
+    println!("after:  {after_kinds}");
+}
