@@ -21,3 +21,4 @@ pub mod rules;
 pub mod sa_import;
 pub mod session;
 pub mod store;
+pub mod ui;

@@ -3,6 +3,7 @@
 //! and maps the result to the process exit code.
 pub mod check;
 pub mod import_sa;
+pub mod hash_password;
 pub mod init;
 pub mod quarantine;
 pub mod scan;

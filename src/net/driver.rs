@@ -105,6 +105,8 @@ pub struct SessionContext {
     pub memo: Arc<VerdictMemo>,
     /// The classifier model, refreshed in the background after training.
     pub model: Arc<crate::classify::ModelHandle>,
+    /// The decision history (review page); `None` when it could not be opened.
+    pub history: Option<Arc<crate::store::history::Recorder>>,
 }
 
 /// What the session did, for the summary log line.
@@ -553,7 +555,15 @@ impl Session<'_> {
                 .collect();
             ctx.memo.store_with_model(scope, rules.clone(), model_generation, memo);
         }
-        let candidates = quarantine_candidates(&entries, cfg.dry_run);
+        // Review page (issue 13): hidden messages the owner said "Not spam" to are shown.
+        let history_mailbox = self.login_user.as_deref().map(|u| crate::store::history::mailbox_key(&ctx.listener.upstream.display(), u));
+        if let (Some(h), Some(mb), true) = (&ctx.history, &history_mailbox, uidl_trusted) {
+            let (store, mb) = (h.store().clone(), mb.clone());
+            let shown = tokio::task::spawn_blocking(move || store.shown(&mb)).await.ok().and_then(Result::ok).unwrap_or_default();
+            crate::store::history::apply_shown(&mut entries, &shown);
+        }
+        let mut candidates = quarantine_candidates(&entries, cfg.dry_run);
+        candidates.retain(|&i| entries.get(i).is_some_and(|e| e.disposition != Disposition::Visible));
         let upstream = self.ctx.listener.upstream.display();
         let mut usage = match (&self.login_user, candidates.is_empty()) {
             (Some(user), false) => {
@@ -618,6 +628,9 @@ impl Session<'_> {
                     "verdict"
                 );
             }
+        }
+        if let (Some(h), Some(mb)) = (&ctx.history, &history_mailbox) {
+            h.record(crate::store::history::login_decisions(mb, view.entries(), cfg.dry_run, crate::store::history::now_secs()));
         }
         m::scan_duration(started.elapsed().as_secs_f64());
         let (_, hidden, condemned) = view.counts();

@@ -55,6 +55,11 @@ pub async fn serve(
     // tagged spam, so 256 mailboxes of 1,000 messages take ~40 MB.
     let memo = Arc::new(crate::store::verdict_memo::VerdictMemo::new(256));
     let model = open_model(&config).await;
+    // Review page (issue 13): the decision history, shared with the UI.
+    let history = {
+        let (dir, settings) = (config.state_dir.clone(), config.history);
+        tokio::task::spawn_blocking(move || crate::store::history::shared(&dir, settings)).await.ok().flatten()
+    };
     let mut loops = Vec::new();
     for (l, sock) in config.listeners.iter().zip(sockets) {
         let ctx = Arc::new(SessionContext {
@@ -65,6 +70,7 @@ pub async fn serve(
             cache: cache.clone(),
             memo: memo.clone(),
             model: model.clone(),
+            history: history.clone(),
         });
         info!(listen = %sock.local_addr().map(|a| a.to_string()).unwrap_or_default(), upstream = %l.upstream.display(), tls = ?l.upstream.tls, "listening");
         let permits = permits.clone();

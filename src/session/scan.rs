@@ -133,6 +133,28 @@ pub fn recheck(
 pub struct Evaluated {
     pub verdict: Verdict,
     pub rewrite: Option<Arc<HeaderRewrite>>,
+    /// What the decision history records of the message besides the verdict.
+    pub about: About,
+}
+
+/// A message's From and Subject (decoded, cut to [`ABOUT_CHARS`] characters) and the
+/// classifier's probability, kept with the verdict for the decision history.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct About {
+    pub from: Box<str>,
+    pub subject: Box<str>,
+    pub bayes: Option<f64>,
+}
+
+/// Longest From or Subject kept in an [`About`], in characters.
+pub const ABOUT_CHARS: usize = 200;
+
+fn cut(s: Option<&str>) -> Box<str> {
+    let s = s.unwrap_or("");
+    match s.char_indices().nth(ABOUT_CHARS) {
+        Some((i, _)) => s[..i].into(),
+        None => s.into(),
+    }
 }
 
 /// Evaluates one header block (with the classifier model when there is one).
@@ -145,7 +167,9 @@ pub fn evaluate(
 ) -> Evaluated {
     // Classifying costs a tokenization per message: only when some rule reads the result.
     let model = model.filter(|_| rules.uses_bayes());
-    let (verdict, _) = rules.evaluate_with_model(&h.bytes, size, model);
+    let headers = crate::rules::Headers::parse(&h.bytes);
+    let (verdict, bayes) = rules.evaluate_headers_with_model(&headers, size, model);
+    let about = About { from: cut(headers.get("from")), subject: cut(headers.get("subject")), bayes };
     // A capped header block cannot be rewritten exactly: such a message is left as is.
     let rewrite = if h.truncated {
         None
@@ -154,7 +178,7 @@ pub fn evaluate(
         tag::rewrite(&h.bytes, &verdict, spam, tagging)
             .map(|replacement| Arc::new(HeaderRewrite { original: h.bytes.clone(), replacement }))
     };
-    Evaluated { verdict, rewrite }
+    Evaluated { verdict, rewrite, about }
 }
 
 /// How a verdict maps onto the view. Under `dry_run` every message stays visible and
