@@ -236,11 +236,13 @@ impl RedbHistory {
         HistoryError::Db { path: self.path.clone(), detail: e.to_string() }
     }
 
-    /// A fresh, strictly increasing sequence number (microseconds since the epoch).
-    fn next_seq(&self) -> u64 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    /// A fresh, strictly increasing sequence number: `now` (Unix seconds) in microseconds
+    /// plus the clock's microseconds within the second (so a restart within the same second
+    /// does not reuse a key), or one more than the last one given.
+    fn next_seq(&self, now: u64) -> u64 {
+        let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::from(d.subsec_micros())).unwrap_or(0);
         let mut last = self.last_seq.lock().unwrap_or_else(|p| p.into_inner());
-        *last = now.max(*last + 1);
+        *last = now.saturating_mul(1_000_000).saturating_add(micros).max(*last + 1);
         *last
     }
 
@@ -307,7 +309,7 @@ impl History for RedbHistory {
                         continue;
                     }
                 }
-                let seq = self.next_seq();
+                let seq = self.next_seq(now);
                 let json = serde_json::to_vec(d).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
                 table.insert((d.mailbox.as_str(), seq), json.as_slice()).map_err(|e| self.err(e))?;
                 by_uidl.insert((d.mailbox.as_str(), d.uidl.as_str()), seq).map_err(|e| self.err(e))?;
