@@ -601,6 +601,14 @@ impl Session<'_> {
                 }
             }
         }
+        // Review page (issue 13): messages released from quarantine join the view, after the
+        // server's own, served from popsift's copy.
+        if let (Some(h), Some(mb), true) = (&ctx.history, &history_mailbox, uidl_trusted) {
+            let (store, mb, q) = (h.store().clone(), mb.clone(), Quarantine::new(&cfg.quarantine.dir));
+            let on_server: std::collections::HashSet<Arc<str>> = entries.iter().filter_map(|e| e.uidl.clone()).collect();
+            let extra = tokio::task::spawn_blocking(move || crate::store::history::released_entries(&*store, &q, &mb, &on_server));
+            entries.extend(extra.await.unwrap_or_default());
+        }
         let view = MailboxView::new(entries);
         // Evaluation runs in parallel chunks off the async threads, so per-message times are
         // not observed one by one: each evaluated message records the batch's mean.
@@ -899,7 +907,11 @@ impl Session<'_> {
                 }
                 Some(Step::Quit { deletions }) => {
                     self.flush().await?;
+                    let released_deleted = pipeline.view().released_deleted();
                     let reply = self.update(&deletions, up_pipelining).await?;
+                    if !released_deleted.is_empty() && Status::parse(&reply).is_some_and(|s| s.is_ok()) {
+                        self.forget_released(released_deleted).await;
+                    }
                     self.reply(&reply).await?;
                     return Ok(());
                 }
@@ -910,6 +922,14 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// Review page: released messages the client deleted, after a successful UPDATE.
+    async fn forget_released(&self, uidls: Vec<Arc<str>>) {
+        let (Some(h), Some(user)) = (&self.ctx.history, &self.login_user) else { return };
+        let mb = crate::store::history::mailbox_key(&self.ctx.listener.upstream.display(), user);
+        let (store, q) = (h.store().clone(), Quarantine::new(&self.ctx.config.quarantine.dir));
+        let _ = tokio::task::spawn_blocking(move || crate::store::history::forget_released(&*store, &q, &mb, &uidls)).await;
     }
 
     /// Writes a command whose turn came and that was not sent ahead (see [`Step`]).

@@ -94,6 +94,7 @@ fn view_of(pairs: &[(u32, u64)], uidls: Option<&[(u32, String)]>) -> MailboxView
             },
             rewrite: None,
             evaluated: None,
+            released: None,
         })
         .collect();
     MailboxView::new(entries)

@@ -236,6 +236,7 @@ pub fn build_entries(
                 disposition: d,
                 rewrite,
                 evaluated,
+                released: None,
             }
         })
         .collect()

@@ -526,6 +526,59 @@ pub fn apply_shown(entries: &mut [crate::session::view::Entry], shown: &HashSet<
     n
 }
 
+/// The view entries of the messages released into `mailbox` (see
+/// [`crate::session::view::released_entry`]), read from the quarantine. A release whose
+/// quarantine copy is gone is forgotten; one whose UIDL the server itself lists is skipped
+/// (logged), so a client never sees two messages with one UIDL. Blocking.
+pub fn released_entries(
+    store: &dyn History,
+    quarantine: &crate::store::quarantine::Quarantine,
+    mailbox: &str,
+    server_uidls: &HashSet<Arc<str>>,
+) -> Vec<crate::session::view::Entry> {
+    let released = match store.released(mailbox) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "released messages not read; not shown at this login");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for r in released {
+        if server_uidls.contains(r.uidl.as_str()) {
+            tracing::warn!(uidl = r.uidl, "a released message's UIDL is also on the server: not shown");
+            continue;
+        }
+        match quarantine.original(&r.quarantine_id) {
+            Ok(bytes) => out.push(crate::session::view::released_entry(&r.uidl, Arc::from(bytes))),
+            Err(e) => {
+                tracing::warn!(uidl = r.uidl, error = %e, "a released message's copy is gone; release forgotten");
+                let _ = store.unrelease(mailbox, &r.uidl);
+            }
+        }
+    }
+    out
+}
+
+/// After a successful UPDATE: the released messages the client deleted leave the store and
+/// the quarantine. Blocking.
+pub fn forget_released(
+    store: &dyn History,
+    quarantine: &crate::store::quarantine::Quarantine,
+    mailbox: &str,
+    uidls: &[Arc<str>],
+) {
+    let Ok(released) = store.released(mailbox) else { return };
+    for r in released.iter().filter(|r| uidls.iter().any(|u| **u == *r.uidl)) {
+        if let Err(e) = quarantine.remove(&r.quarantine_id) {
+            tracing::warn!(uidl = r.uidl, error = %e, "released message deleted by the client, but its copy was not removed");
+        }
+        if let Err(e) = store.unrelease(mailbox, &r.uidl) {
+            tracing::warn!(uidl = r.uidl, error = %e, "released message deleted by the client, but still listed as released");
+        }
+    }
+}
+
 /// Hands login batches to a writer thread (see the module doc).
 pub struct Recorder {
     store: Arc<dyn History>,
