@@ -190,6 +190,8 @@ pub struct ConfigFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryFile {
+    /// `false`: record nothing (the review page then shows no decisions).
+    pub enabled: Option<bool>,
     pub max_days: Option<u64>,
     pub max_per_mailbox: Option<u64>,
 }
@@ -252,6 +254,7 @@ fn ui_settings(file: Option<UiFile>, flag: Option<SocketAddr>) -> Result<Option<
 fn history_settings(file: &HistoryFile) -> Result<crate::store::history::HistorySettings, ConfigError> {
     let d = crate::store::history::HistorySettings::default();
     let s = crate::store::history::HistorySettings {
+        enabled: file.enabled.unwrap_or(d.enabled),
         max_days: file.max_days.unwrap_or(d.max_days),
         max_per_mailbox: file.max_per_mailbox.unwrap_or(d.max_per_mailbox),
     };

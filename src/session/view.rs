@@ -279,9 +279,9 @@ mod tests {
         let e = v.get(4).unwrap();
         assert_eq!((e.size, e.uidl.as_deref()), (msg.len() as u64, Some("popsift-r-1")));
         let full = released_reply(&msg, None);
-        assert_eq!(full, [&b"+OK 39 octets\r\nSubject: hi\r\n\r\nline 1\r\n..dot\r\nline 3\r\n.\r\n"[..]].concat());
-        assert_eq!(released_reply(&msg, Some(0)), b"+OK 39 octets\r\nSubject: hi\r\n\r\n.\r\n".to_vec());
-        assert_eq!(released_reply(&msg, Some(2)), b"+OK 39 octets\r\nSubject: hi\r\n\r\nline 1\r\n..dot\r\n.\r\n".to_vec());
+        assert_eq!(full, [&b"+OK 37 octets\r\nSubject: hi\r\n\r\nline 1\r\n..dot\r\nline 3\r\n.\r\n"[..]].concat());
+        assert_eq!(released_reply(&msg, Some(0)), b"+OK 37 octets\r\nSubject: hi\r\n\r\n.\r\n".to_vec());
+        assert_eq!(released_reply(&msg, Some(2)), b"+OK 37 octets\r\nSubject: hi\r\n\r\nline 1\r\n..dot\r\n.\r\n".to_vec());
         assert_eq!(released_reply(&msg, Some(99)), full);
         v.delete(4).unwrap();
         v.delete(1).unwrap();

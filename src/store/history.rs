@@ -48,13 +48,14 @@ const RELEASED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("rel
 /// Checked `history:` settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistorySettings {
+    pub enabled: bool,
     pub max_days: u64,
     pub max_per_mailbox: u64,
 }
 
 impl Default for HistorySettings {
     fn default() -> Self {
-        HistorySettings { max_days: 30, max_per_mailbox: 10_000 }
+        HistorySettings { enabled: true, max_days: 30, max_per_mailbox: 10_000 }
     }
 }
 
@@ -637,6 +638,9 @@ impl Recorder {
 /// sessions and the review page (a redb file can be opened only once). `None` (logged) when
 /// it cannot be opened: the proxy runs on without a history.
 pub fn shared(state_dir: &Path, settings: HistorySettings) -> Option<Arc<Recorder>> {
+    if !settings.enabled {
+        return None;
+    }
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock, Weak};
     static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Recorder>>>> = OnceLock::new();
@@ -716,7 +720,7 @@ mod tests {
 
     #[test]
     fn bounded_by_count_and_age() {
-        let (_d, h) = open(HistorySettings { max_days: 30, max_per_mailbox: 3 });
+        let (_d, h) = open(HistorySettings { enabled: true, max_days: 30, max_per_mailbox: 3 });
         let now = now_secs();
         let batch: Vec<Decision> = (0..5).map(|i| d("m", &format!("u{i}"), "hide", "s", now)).collect();
         h.record(&batch, now).unwrap();
