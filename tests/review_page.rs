@@ -26,8 +26,26 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &s
     req.push_str("\r\n");
     req.push_str(body);
     s.write_all(req.as_bytes()).unwrap();
+    // Read the head, then Content-Length octets (chromedriver keeps the connection open
+    // whatever `Connection: close` says), or to EOF without a length.
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    let mut chunk = [0u8; 16384];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let len = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+            if let Some(len) = len {
+                if raw.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+        let n = s.read(&mut chunk).unwrap_or_else(|e| panic!("{method} {addr}{path}: {e}"));
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
@@ -44,7 +62,7 @@ fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 fn enc(pairs: &[(&str, &str)]) -> String {
-    popsift::ui::form_encode(pairs)
+    ::popsift::ui::form_encode(pairs)
 }
 
 /// A logged-in page client.
@@ -360,7 +378,7 @@ impl Page<'_> {
 
     fn find(&self, using: &str, value: &str) -> String {
         let v = wd(self.d, "POST", &format!("/session/{}/element", self.id), serde_json::json!({"using": using, "value": value}));
-        v["element-6066-11e4-a52f-4f8a4c5d3d80"].as_str().expect("an element").to_string()
+        v["element-6066-11e4-a52e-4f735466cecf"].as_str().unwrap_or_else(|| panic!("find {using} {value}: {v}")).to_string()
     }
 
     fn type_in(&self, css: &str, text: &str) {
