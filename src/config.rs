@@ -259,7 +259,10 @@ fn history_settings(file: &HistoryFile) -> Result<crate::store::history::History
         max_per_mailbox: file.max_per_mailbox.unwrap_or(d.max_per_mailbox),
     };
     if s.max_days == 0 || s.max_per_mailbox == 0 {
-        return Err(ConfigError::BadValue { field: "history".into(), reason: "max_days and max_per_mailbox must be at least 1".into() });
+        return Err(ConfigError::BadValue {
+            field: "history".into(),
+            reason: "max_days and max_per_mailbox must be at least 1".into(),
+        });
     }
     Ok(s)
 }

@@ -16,10 +16,17 @@ use std::time::Duration;
 use support::*;
 
 /// One HTTP/1.1 exchange (`Connection: close`): (status, headers lower-cased, body).
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Vec<(String, String)>, String) {
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -33,7 +40,10 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &s
     loop {
         if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-            let len = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
             if let Some(len) = len {
                 if raw.len() >= end + 4 + len {
                     break;
@@ -137,11 +147,23 @@ fn users() -> Vec<(String, String)> {
 
 fn setup(extra_ui: &str) -> Setup {
     let d = Dovecot::start(DovecotOptions { lock_session: false, users: users() });
-    d.deliver_all("alice", &[ham_message(0, "alice"), spam_message(1, "Cheap pills for alice", "alice"), spam_message(2, "<script>alert(1)</script>", "alice")]);
+    d.deliver_all(
+        "alice",
+        &[
+            ham_message(0, "alice"),
+            spam_message(1, "Cheap pills for alice", "alice"),
+            spam_message(2, "<script>alert(1)</script>", "alice"),
+        ],
+    );
     d.deliver_all("bob", &[ham_message(0, "bob"), spam_message(1, "Bob only offer", "bob")]);
     let ui_port = free_port();
     let extra = format!("ui:\n  listen: 127.0.0.1:{ui_port}\n{extra_ui}");
-    let p = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), rules: &spam_rules("quarantine"), extra: &extra, ..Default::default() });
+    let p = Popsift::start(&ProxyOpts {
+        upstream: &d.pop3_addr(),
+        rules: &spam_rules("quarantine"),
+        extra: &extra,
+        ..Default::default()
+    });
     let ui = format!("127.0.0.1:{ui_port}");
     wait_until(Duration::from_secs(20), "the review page to listen", || p.log().contains("review page on"));
     Setup { d, p, ui }
@@ -166,7 +188,8 @@ fn review_page_over_http_isolation_csrf_release_and_escaping() {
     assert!(!body.contains("Cheap pills"));
     let (status, _, body) = http(&s.ui, "GET", "/quarantine", &[], "");
     assert!(status == 303 && !body.contains("Cheap pills"));
-    let (status, _, _) = http(&s.ui, "POST", "/release", &[("Content-Type", "application/x-www-form-urlencoded")], "id=x&csrf=y");
+    let (status, _, _) =
+        http(&s.ui, "POST", "/release", &[("Content-Type", "application/x-www-form-urlencoded")], "id=x&csrf=y");
     assert_eq!(status, 403);
 
     // A wrong password is refused by the mail server itself.
@@ -181,11 +204,16 @@ fn review_page_over_http_isolation_csrf_release_and_escaping() {
 
     let a = Browser::login(&s.ui, "alice", s.d.password("alice"));
     // The decision history is written off the session: wait for it.
-    wait_until(Duration::from_secs(20), "alice's decisions to be recorded", || a.get("/decisions").1.contains("Cheap pills"));
+    wait_until(Duration::from_secs(20), "alice's decisions to be recorded", || {
+        a.get("/decisions").1.contains("Cheap pills")
+    });
     let (_, page) = a.get("/decisions");
     assert!(page.contains("Lunch 0 for alice"), "ham decisions are listed too");
     assert!(!page.contains("Bob only offer") && !page.contains("for bob"), "alice never sees bob's mail");
-    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !page.contains("<script>"), "Subject shown as text");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !page.contains("<script>"),
+        "Subject shown as text"
+    );
     assert!(page.contains(">Not spam</button>") && page.contains(">Spam</button>"));
     let (_, q) = a.get("/decisions?action=quarantine");
     assert!(q.contains("Cheap pills") && !q.contains("Lunch 0"));
@@ -275,7 +303,12 @@ fn not_spam_on_a_hidden_message_shows_it_from_the_next_login() {
     d.deliver_all("alice", &[ham_message(0, "alice"), spam_message(1, "Hidden offer", "alice")]);
     let ui_port = free_port();
     let extra = format!("ui:\n  listen: 127.0.0.1:{ui_port}\n");
-    let p = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), rules: &spam_rules("hide"), extra: &extra, ..Default::default() });
+    let p = Popsift::start(&ProxyOpts {
+        upstream: &d.pop3_addr(),
+        rules: &spam_rules("hide"),
+        extra: &extra,
+        ..Default::default()
+    });
     let ui = format!("127.0.0.1:{ui_port}");
     wait_until(Duration::from_secs(20), "the review page to listen", || p.log().contains("review page on"));
     let first = poplib_fetch(&p.addr, "alice", d.password("alice"), &PoplibOpts::default());
@@ -284,16 +317,22 @@ fn not_spam_on_a_hidden_message_shows_it_from_the_next_login() {
     wait_until(Duration::from_secs(20), "the decision", || a.get("/decisions").1.contains("Hidden offer"));
     let (_, page) = a.get("/decisions?action=hide");
     let row = page.split("<tr").find(|r| r.contains("Hidden offer")).unwrap();
-    let (mb, seq) = (attr_after(row, "name=\"mb\" value=\"").unwrap(), attr_after(row, "name=\"seq\" value=\"").unwrap());
+    let (mb, seq) =
+        (attr_after(row, "name=\"mb\" value=\"").unwrap(), attr_after(row, "name=\"seq\" value=\"").unwrap());
     let (status, body) = a.post("/notspam", &[("csrf", &a.csrf()), ("mb", &mb), ("seq", &seq)]);
     assert_eq!(status, 200, "{body}");
     let next = poplib_fetch(&p.addr, "alice", d.password("alice"), &PoplibOpts::default());
     assert_eq!(next.messages.len(), 2, "shown from the next login");
-    assert_eq!(next.messages[1], expected_wire_form(&spam_message(1, "Hidden offer", "alice").bytes), "the server's copy");
+    assert_eq!(
+        next.messages[1],
+        expected_wire_form(&spam_message(1, "Hidden offer", "alice").bytes),
+        "the server's copy"
+    );
     // "Spam" on the ham trains it (the page says so) and changes no mail.
     let (_, page) = a.get("/decisions?q=Lunch");
     let row = page.split("<tr").find(|r| r.contains("Lunch 0")).unwrap();
-    let (mb, seq) = (attr_after(row, "name=\"mb\" value=\"").unwrap(), attr_after(row, "name=\"seq\" value=\"").unwrap());
+    let (mb, seq) =
+        (attr_after(row, "name=\"mb\" value=\"").unwrap(), attr_after(row, "name=\"seq\" value=\"").unwrap());
     let (status, body) = a.post("/spam", &[("csrf", &a.csrf()), ("mb", &mb), ("seq", &seq)]);
     assert!(status == 200 && body.contains("Trained as spam"), "{status} {body}");
     let (_, stats) = a.get("/stats");
@@ -304,7 +343,11 @@ fn not_spam_on_a_hidden_message_shows_it_from_the_next_login() {
 fn a_non_loopback_ui_without_tls_refuses_to_start_and_a_busy_port_does_not_stop_the_proxy() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("popsift.yaml");
-    std::fs::write(&cfg, "listeners:\n  - upstream: 127.0.0.1:1\n    upstream_tls: none\nui:\n  listen: 0.0.0.0:8080\nmetrics: 'off'\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "listeners:\n  - upstream: 127.0.0.1:1\n    upstream_tls: none\nui:\n  listen: 0.0.0.0:8080\nmetrics: 'off'\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_popsift"))
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -377,8 +420,16 @@ impl Page<'_> {
     }
 
     fn find(&self, using: &str, value: &str) -> String {
-        let v = wd(self.d, "POST", &format!("/session/{}/element", self.id), serde_json::json!({"using": using, "value": value}));
-        v["element-6066-11e4-a52e-4f735466cecf"].as_str().unwrap_or_else(|| panic!("find {using} {value}: {v}")).to_string()
+        let v = wd(
+            self.d,
+            "POST",
+            &format!("/session/{}/element", self.id),
+            serde_json::json!({"using": using, "value": value}),
+        );
+        v["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .unwrap_or_else(|| panic!("find {using} {value}: {v}"))
+            .to_string()
     }
 
     fn type_in(&self, css: &str, text: &str) {
@@ -392,7 +443,10 @@ impl Page<'_> {
     }
 
     fn source(&self) -> String {
-        wd(self.d, "GET", &format!("/session/{}/source", self.id), serde_json::Value::Null).as_str().unwrap_or_default().to_string()
+        wd(self.d, "GET", &format!("/session/{}/source", self.id), serde_json::Value::Null)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     fn text(&self) -> String {

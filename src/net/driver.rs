@@ -556,10 +556,15 @@ impl Session<'_> {
             ctx.memo.store_with_model(scope, rules.clone(), model_generation, memo);
         }
         // Review page (issue 13): hidden messages the owner said "Not spam" to are shown.
-        let history_mailbox = self.login_user.as_deref().map(|u| crate::store::history::mailbox_key(&ctx.listener.upstream.display(), u));
+        let history_mailbox =
+            self.login_user.as_deref().map(|u| crate::store::history::mailbox_key(&ctx.listener.upstream.display(), u));
         if let (Some(h), Some(mb), true) = (&ctx.history, &history_mailbox, uidl_trusted) {
             let (store, mb) = (h.store().clone(), mb.clone());
-            let shown = tokio::task::spawn_blocking(move || store.shown(&mb)).await.ok().and_then(Result::ok).unwrap_or_default();
+            let shown = tokio::task::spawn_blocking(move || store.shown(&mb))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
             crate::store::history::apply_shown(&mut entries, &shown);
         }
         let mut candidates = quarantine_candidates(&entries, cfg.dry_run);
@@ -605,8 +610,11 @@ impl Session<'_> {
         // server's own, served from popsift's copy.
         if let (Some(h), Some(mb), true) = (&ctx.history, &history_mailbox, uidl_trusted) {
             let (store, mb, q) = (h.store().clone(), mb.clone(), Quarantine::new(&cfg.quarantine.dir));
-            let on_server: std::collections::HashSet<Arc<str>> = entries.iter().filter_map(|e| e.uidl.clone()).collect();
-            let extra = tokio::task::spawn_blocking(move || crate::store::history::released_entries(&*store, &q, &mb, &on_server));
+            let on_server: std::collections::HashSet<Arc<str>> =
+                entries.iter().filter_map(|e| e.uidl.clone()).collect();
+            let extra = tokio::task::spawn_blocking(move || {
+                crate::store::history::released_entries(&*store, &q, &mb, &on_server)
+            });
             entries.extend(extra.await.unwrap_or_default());
         }
         let view = MailboxView::new(entries);
@@ -638,7 +646,12 @@ impl Session<'_> {
             }
         }
         if let (Some(h), Some(mb)) = (&ctx.history, &history_mailbox) {
-            h.record(crate::store::history::login_decisions(mb, view.entries(), cfg.dry_run, crate::store::history::now_secs()));
+            h.record(crate::store::history::login_decisions(
+                mb,
+                view.entries(),
+                cfg.dry_run,
+                crate::store::history::now_secs(),
+            ));
         }
         m::scan_duration(started.elapsed().as_secs_f64());
         let (_, hidden, condemned) = view.counts();
@@ -929,7 +942,8 @@ impl Session<'_> {
         let (Some(h), Some(user)) = (&self.ctx.history, &self.login_user) else { return };
         let mb = crate::store::history::mailbox_key(&self.ctx.listener.upstream.display(), user);
         let (store, q) = (h.store().clone(), Quarantine::new(&self.ctx.config.quarantine.dir));
-        let _ = tokio::task::spawn_blocking(move || crate::store::history::forget_released(&*store, &q, &mb, &uidls)).await;
+        let _ =
+            tokio::task::spawn_blocking(move || crate::store::history::forget_released(&*store, &q, &mb, &uidls)).await;
     }
 
     /// Writes a command whose turn came and that was not sent ahead (see [`Step`]).

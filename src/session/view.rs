@@ -281,7 +281,10 @@ mod tests {
         let full = released_reply(&msg, None);
         assert_eq!(full, [&b"+OK 37 octets\r\nSubject: hi\r\n\r\nline 1\r\n..dot\r\nline 3\r\n.\r\n"[..]].concat());
         assert_eq!(released_reply(&msg, Some(0)), b"+OK 37 octets\r\nSubject: hi\r\n\r\n.\r\n".to_vec());
-        assert_eq!(released_reply(&msg, Some(2)), b"+OK 37 octets\r\nSubject: hi\r\n\r\nline 1\r\n..dot\r\n.\r\n".to_vec());
+        assert_eq!(
+            released_reply(&msg, Some(2)),
+            b"+OK 37 octets\r\nSubject: hi\r\n\r\nline 1\r\n..dot\r\n.\r\n".to_vec()
+        );
         assert_eq!(released_reply(&msg, Some(99)), full);
         v.delete(4).unwrap();
         v.delete(1).unwrap();

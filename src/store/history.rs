@@ -294,7 +294,8 @@ impl History for RedbHistory {
             let mut by_uidl = tx.open_table(BY_UIDL).map_err(|e| self.err(e))?;
             let mut touched: Vec<&str> = Vec::new();
             for d in batch {
-                let prev = by_uidl.get((d.mailbox.as_str(), d.uidl.as_str())).map_err(|e| self.err(e))?.map(|g| g.value());
+                let prev =
+                    by_uidl.get((d.mailbox.as_str(), d.uidl.as_str())).map_err(|e| self.err(e))?.map(|g| g.value());
                 if let Some(prev) = prev {
                     let same = table
                         .get((d.mailbox.as_str(), prev))
@@ -360,7 +361,7 @@ impl History for RedbHistory {
                     let (k, v) = item.map_err(|e| self.err(e))?;
                     push(k.value(), v.value(), &mut out)?;
                 }
-                out.sort_by(|a, b| b.0.cmp(&a.0));
+                out.sort_by_key(|b| std::cmp::Reverse(b.0));
                 out.truncate(q.limit);
             }
         }

@@ -39,7 +39,11 @@ pub const ADMIN_USER: &str = "admin";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Viewer {
     /// One mailbox: its [`crate::store::history::mailbox_key`], user name and upstream.
-    Owner { mailbox: String, user: String, upstream: String },
+    Owner {
+        mailbox: String,
+        user: String,
+        upstream: String,
+    },
     Admin,
 }
 
@@ -200,7 +204,10 @@ pub fn hash_password(password: &str) -> Result<String, String> {
     let mut salt = [0u8; 16];
     SystemRandom::new().fill(&mut salt).map_err(|_| "no randomness from the operating system".to_string())?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -179,7 +179,11 @@ pub fn form_decode(s: &str) -> HashMap<String, String> {
         while let Some(&c) = b.get(i) {
             match c {
                 b'+' => out.push(b' '),
-                b'%' => match b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                b'%' => match b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(v) => {
                         out.push(v);
                         i += 2;
@@ -327,7 +331,11 @@ async fn handle(ui: Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
                     return ui.message(&s, StatusCode::BAD_REQUEST, "The form could not be read.");
                 };
                 if !form.get("csrf").is_some_and(|t| auth::same(t, &s.csrf)) {
-                    return ui.message(&s, StatusCode::FORBIDDEN, "This form is out of date or forged: nothing was changed.");
+                    return ui.message(
+                        &s,
+                        StatusCode::FORBIDDEN,
+                        "This form is out of date or forged: nothing was changed.",
+                    );
                 }
                 return post(&ui, &s, cookie.as_deref().unwrap_or(""), &path, &form).await;
             }
@@ -345,7 +353,8 @@ async fn login(ui: &Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
         return fail(StatusCode::TOO_MANY_REQUESTS, "Too many login attempts from your address: wait a minute.");
     }
     let Some(form) = form_body(req).await else { return fail(StatusCode::BAD_REQUEST, "The form could not be read.") };
-    let (user, password) = (form.get("user").cloned().unwrap_or_default(), form.get("password").cloned().unwrap_or_default());
+    let (user, password) =
+        (form.get("user").cloned().unwrap_or_default(), form.get("password").cloned().unwrap_or_default());
     let viewer = match (&ui.settings.admin_password_hash, user.as_str()) {
         (Some(hash), auth::ADMIN_USER) => {
             let (hash, password) = (hash.clone(), password.clone());
@@ -403,22 +412,25 @@ async fn get(ui: &Arc<Ui>, s: &Session, path: &str, q: &HashMap<String, String>)
             };
             let q2 = query.clone();
             match blocking(move || store.decisions(&q2).map_err(|e| e.to_string())).await {
-                Ok(rows) => ui.page(StatusCode::OK, "Decisions", s, pages::decisions(&rows, &query, &s.csrf, admin, PAGE)),
+                Ok(rows) => {
+                    ui.page(StatusCode::OK, "Decisions", s, pages::decisions(&rows, &query, &s.csrf, admin, PAGE))
+                }
                 Err(e) => ui.message(s, StatusCode::SERVICE_UNAVAILABLE, &e),
             }
         }
         "/decision" => {
             let Some((mb, seq, d)) = find_decision(ui, s, q).await else {
-                return ui.message(s, StatusCode::NOT_FOUND, "No such decision (it may have expired from the history).");
+                return ui.message(
+                    s,
+                    StatusCode::NOT_FOUND,
+                    "No such decision (it may have expired from the history).",
+                );
             };
             let held = if d.action == "quarantine" { quarantined_of(ui, &mb, &d.uidl).await } else { None };
             let held = match held {
                 Some(m) => {
                     let (qs, id) = (ui.quarantine.clone(), m.id.clone());
-                    blocking(move || qs.original(&id).map_err(|e| e.to_string()))
-                        .await
-                        .ok()
-                        .map(|b| header_text(&b))
+                    blocking(move || qs.original(&id).map_err(|e| e.to_string())).await.ok().map(|b| header_text(&b))
                 }
                 None => None,
             };
@@ -430,26 +442,40 @@ async fn get(ui: &Arc<Ui>, s: &Session, path: &str, q: &HashMap<String, String>)
         },
         "/quarantine/view" => {
             let Some(m) = quarantined_by_id(ui, &s.viewer, q.get("id").map(String::as_str).unwrap_or("")).await else {
-                return ui.message(s, StatusCode::NOT_FOUND, "No such message in your quarantine (it may have been released or deleted).");
+                return ui.message(
+                    s,
+                    StatusCode::NOT_FOUND,
+                    "No such message in your quarantine (it may have been released or deleted).",
+                );
             };
             let (qs, id) = (ui.quarantine.clone(), m.id.clone());
             match blocking(move || qs.original(&id).map_err(|e| e.to_string())).await {
-                Ok(b) => ui.page(StatusCode::OK, "Quarantined message", s, pages::quarantined(&m, &String::from_utf8_lossy(&b), &s.csrf)),
+                Ok(b) => ui.page(
+                    StatusCode::OK,
+                    "Quarantined message",
+                    s,
+                    pages::quarantined(&m, &String::from_utf8_lossy(&b), &s.csrf),
+                ),
                 Err(e) => ui.message(s, StatusCode::NOT_FOUND, &e),
             }
         }
         "/stats" => {
             let mb = s.viewer.mailbox().map(str::to_string);
             let counts = match ui.store() {
-                Some(store) => blocking(move || store.rule_counts(mb.as_deref(), history::now_secs()).map_err(|e| e.to_string()))
-                    .await
-                    .unwrap_or_default(),
+                Some(store) => {
+                    blocking(move || store.rule_counts(mb.as_deref(), history::now_secs()).map_err(|e| e.to_string()))
+                        .await
+                        .unwrap_or_default()
+                }
                 None => Vec::new(),
             };
             let dir = ui.config.state_dir.clone();
             let trained = blocking(move || {
-                let store = crate::classify::store::RedbStore::open_existing(&dir, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-                store.map(|s| s.stats().map(|(ns, nh, _, tokens, _)| (ns, nh, tokens)).map_err(|e| e.to_string())).transpose()
+                let store = crate::classify::store::RedbStore::open_existing(&dir, Duration::from_secs(2))
+                    .map_err(|e| e.to_string())?;
+                store
+                    .map(|s| s.stats().map(|(ns, nh, _, tokens, _)| (ns, nh, tokens)).map_err(|e| e.to_string()))
+                    .transpose()
             })
             .await
             .ok()
@@ -462,7 +488,9 @@ async fn get(ui: &Arc<Ui>, s: &Session, path: &str, q: &HashMap<String, String>)
 
 /// The header block of a message, as text.
 fn header_text(msg: &[u8]) -> String {
-    let end = memchr::memmem::find(msg, b"\r\n\r\n").map(|i| i + 2).or_else(|| memchr::memmem::find(msg, b"\n\n").map(|i| i + 1));
+    let end = memchr::memmem::find(msg, b"\r\n\r\n")
+        .map(|i| i + 2)
+        .or_else(|| memchr::memmem::find(msg, b"\n\n").map(|i| i + 1));
     String::from_utf8_lossy(&msg[..end.unwrap_or(msg.len())]).into_owned()
 }
 
@@ -507,7 +535,8 @@ async fn train(ui: &Arc<Ui>, msg: Vec<u8>, spam: bool) -> Result<crate::classify
     blocking(move || {
         let store = crate::classify::store::RedbStore::open(&dir).map_err(|e| e.to_string())?;
         let tokenizer = crate::classify::Tokenizer::new(settings.ignore_headers.iter().map(String::as_str));
-        let mut trainer = crate::classify::train::Trainer::new(&store, tokenizer, Some(rules)).map_err(|e| e.to_string())?;
+        let mut trainer =
+            crate::classify::train::Trainer::new(&store, tokenizer, Some(rules)).map_err(|e| e.to_string())?;
         let o = trainer.train(&msg, spam);
         trainer.commit().map_err(|e| e.to_string())?;
         Ok(o)
@@ -532,7 +561,11 @@ async fn post(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<S
         }
         "/spam" => {
             let Some((_, _, d)) = find_decision(ui, s, f).await else {
-                return ui.message(s, StatusCode::NOT_FOUND, "No such decision (it may have expired from the history): nothing was changed.");
+                return ui.message(
+                    s,
+                    StatusCode::NOT_FOUND,
+                    "No such decision (it may have expired from the history): nothing was changed.",
+                );
             };
             let r = train(ui, d.header_block(), true).await;
             let status = if r.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -540,12 +573,20 @@ async fn post(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<S
         }
         "/notspam" => {
             let Some((mb, _, d)) = find_decision(ui, s, f).await else {
-                return ui.message(s, StatusCode::NOT_FOUND, "No such decision (it may have expired from the history): nothing was changed.");
+                return ui.message(
+                    s,
+                    StatusCode::NOT_FOUND,
+                    "No such decision (it may have expired from the history): nothing was changed.",
+                );
             };
             if d.action == "quarantine" && d.disposition == "condemned" {
                 return match quarantined_of(ui, &mb, &d.uidl).await {
                     Some(m) => release(ui, s, &mb, &m).await,
-                    None => ui.message(s, StatusCode::NOT_FOUND, "This message is no longer in the quarantine (released or deleted already)."),
+                    None => ui.message(
+                        s,
+                        StatusCode::NOT_FOUND,
+                        "This message is no longer in the quarantine (released or deleted already).",
+                    ),
                 };
             }
             let mut done = String::new();
@@ -554,7 +595,9 @@ async fn post(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<S
                     return ui.message(s, StatusCode::SERVICE_UNAVAILABLE, "The decision history is not available.");
                 };
                 let (m, u) = (mb.clone(), d.uidl.clone());
-                if let Err(e) = blocking(move || store.show(&m, &u, history::now_secs()).map_err(|e| e.to_string())).await {
+                if let Err(e) =
+                    blocking(move || store.show(&m, &u, history::now_secs()).map_err(|e| e.to_string())).await
+                {
                     return ui.message(s, StatusCode::SERVICE_UNAVAILABLE, &format!("Nothing was changed: {e}"));
                 }
                 done.push_str("It will be in your mailbox from your next login. ");
@@ -565,7 +608,11 @@ async fn post(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<S
         }
         "/release" => {
             let Some(m) = quarantined_by_id(ui, &s.viewer, f.get("id").map(String::as_str).unwrap_or("")).await else {
-                return ui.message(s, StatusCode::NOT_FOUND, "No such message in your quarantine (released or deleted already): nothing was changed.");
+                return ui.message(
+                    s,
+                    StatusCode::NOT_FOUND,
+                    "No such message in your quarantine (released or deleted already): nothing was changed.",
+                );
             };
             let mb = match &s.viewer {
                 Viewer::Owner { mailbox, .. } => mailbox.clone(),
@@ -579,7 +626,11 @@ async fn post(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<S
         }
         "/quarantine/delete" => {
             let Some(m) = quarantined_by_id(ui, &s.viewer, f.get("id").map(String::as_str).unwrap_or("")).await else {
-                return ui.message(s, StatusCode::NOT_FOUND, "No such message in your quarantine (released or deleted already): nothing was changed.");
+                return ui.message(
+                    s,
+                    StatusCode::NOT_FOUND,
+                    "No such message in your quarantine (released or deleted already): nothing was changed.",
+                );
             };
             let (qs, id) = (ui.quarantine.clone(), m.id.clone());
             match blocking(move || qs.remove(&id).map_err(|e| e.to_string())).await {
@@ -594,10 +645,7 @@ async fn post(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<S
 /// The `X-Popsift-Upstream` field of a stored quarantine copy.
 fn upstream_of(stored: &[u8]) -> String {
     let text = String::from_utf8_lossy(&stored[..stored.len().min(4096)]);
-    text.lines()
-        .find_map(|l| l.strip_prefix("X-Popsift-Upstream: "))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_default()
+    text.lines().find_map(|l| l.strip_prefix("X-Popsift-Upstream: ")).map(|v| v.trim().to_string()).unwrap_or_default()
 }
 
 /// The UIDL a released message gets: `popsift-r-` and the first 32 hex digits of the SHA-256
@@ -613,7 +661,11 @@ pub fn release_uidl(msg: &[u8]) -> String {
 /// served from the quarantine; it is trained as ham.
 async fn release(ui: &Arc<Ui>, s: &Session, mailbox: &str, m: &Listed) -> Resp {
     let Some(store) = ui.store() else {
-        return ui.message(s, StatusCode::SERVICE_UNAVAILABLE, "The decision history is not available: nothing was changed.");
+        return ui.message(
+            s,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The decision history is not available: nothing was changed.",
+        );
     };
     let (qs, id) = (ui.quarantine.clone(), m.id.clone());
     let original = match blocking(move || qs.original(&id).map_err(|e| e.to_string())).await {
@@ -630,7 +682,11 @@ async fn release(ui: &Arc<Ui>, s: &Session, mailbox: &str, m: &Listed) -> Resp {
     if let Err(e) = blocking(move || store.release(&mb, &r).map_err(|e| e.to_string())).await {
         return ui.message(s, StatusCode::SERVICE_UNAVAILABLE, &format!("Nothing was changed: {e}"));
     }
-    let trained = if ui.config.bayes.train_restored { trained_text(&train(ui, original, false).await, "not spam") } else { String::new() };
+    let trained = if ui.config.bayes.train_restored {
+        trained_text(&train(ui, original, false).await, "not spam")
+    } else {
+        String::new()
+    };
     ui.message(
         s,
         StatusCode::OK,
@@ -662,7 +718,11 @@ mod tests {
 
     #[test]
     fn subjects_are_escaped() {
-        let d = Decision { subject: "<script>alert(1)</script>".into(), mailbox: "u\u{1f}h:110".into(), ..Decision::default() };
+        let d = Decision {
+            subject: "<script>alert(1)</script>".into(),
+            mailbox: "u\u{1f}h:110".into(),
+            ..Decision::default()
+        };
         let page = pages::decisions(&[(1, d)], &Query::default(), "tok", false, PAGE).into_string();
         assert!(!page.contains("<script>"), "{page}");
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));

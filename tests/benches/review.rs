@@ -13,6 +13,10 @@
 //!
 //! The end-to-end comparison with a cold login scan of 2,000 messages (history on vs off,
 //! interleaved in one run) is `cargo bench --bench review -- --scan` (needs Dovecot).
+#[path = "../support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,22 +148,25 @@ fn main() {
 /// Cold login scans of 2,000 messages through the popsift binary in front of Dovecot, with
 /// the history on and off, interleaved (A B A B …) so machine load hits both alike.
 mod scan {
-    #[path = "../../support/mod.rs"]
-    #[allow(dead_code, unused_imports)]
-    mod support;
-
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
 
-    use support::*;
+    use crate::support::*;
 
-    const RULES: &str = "rules:\n  - id: SPAM_DOMAIN\n    header: From:addr\n    regex: '(?i)@spam\\.example$'\n    action: hide\n";
+    const RULES: &str =
+        "rules:\n  - id: SPAM_DOMAIN\n    header: From:addr\n    regex: '(?i)@spam\\.example$'\n    action: hide\n";
 
     /// Login to `+OK` of PASS, through a fresh popsift (cold: new state dir).
     fn cold_login(d: &Dovecot, history: bool) -> Duration {
         let extra = format!("history: {{ enabled: {history} }}\nscan: {{ early_answer_after: 'off' }}\n");
-        let p = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), rules: RULES, extra: &extra, log_level: "info", ..Default::default() });
+        let p = Popsift::start(&ProxyOpts {
+            upstream: &d.pop3_addr(),
+            rules: RULES,
+            extra: &extra,
+            log_level: "info",
+            ..Default::default()
+        });
         let s = TcpStream::connect(&p.addr).unwrap();
         let mut r = BufReader::new(s.try_clone().unwrap());
         let mut w = s;
@@ -191,7 +198,12 @@ mod scan {
             d.deliver("alice", &format!("{}.bench{i}", 100_000 + i), body.as_bytes());
         }
         // Dovecot indexes the mailbox once, outside the measurement.
-        poplib_fetch(&d.pop3_addr(), "alice", d.password("alice"), &PoplibOpts { quit: true, top_lines: Some(0), ..Default::default() });
+        poplib_fetch(
+            &d.pop3_addr(),
+            "alice",
+            d.password("alice"),
+            &PoplibOpts { quit: true, top_lines: Some(0), ..Default::default() },
+        );
         let (mut on, mut off) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             off.push(cold_login(&d, false));
