@@ -75,6 +75,20 @@ fn enc(pairs: &[(&str, &str)]) -> String {
     ::popsift::ui::form_encode(pairs)
 }
 
+/// Fetches the login form (its CSRF cookie and field), then posts `user`/`pass`.
+fn login_post(addr: &str, user: &str, pass: &str) -> (u16, Vec<(String, String)>, String) {
+    let (_, h, page) = http(addr, "GET", "/login", &[], "");
+    let cookie = header(&h, "set-cookie").expect("a login cookie").split(';').next().unwrap().to_string();
+    let token = attr_after(&page, "name=\"csrf\" value=\"").expect("a login token");
+    // Without the form's token (a login forged by another site) nothing happens.
+    let forged = enc(&[("user", user), ("password", pass)]);
+    let (status, fh, _) =
+        http(addr, "POST", "/login", &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &cookie)], &forged);
+    assert!(status == 403 && header(&fh, "set-cookie").is_none_or(|c| !c.starts_with("popsift_session")), "forged login: {status}");
+    let form = enc(&[("user", user), ("password", pass), ("csrf", &token)]);
+    http(addr, "POST", "/login", &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &cookie)], &form)
+}
+
 /// A logged-in page client.
 struct Browser<'a> {
     addr: &'a str,
@@ -83,9 +97,7 @@ struct Browser<'a> {
 
 impl Browser<'_> {
     fn login<'a>(addr: &'a str, user: &str, pass: &str) -> Browser<'a> {
-        let form = enc(&[("user", user), ("password", pass)]);
-        let (status, h, body) =
-            http(addr, "POST", "/login", &[("Content-Type", "application/x-www-form-urlencoded")], &form);
+        let (status, h, body) = login_post(addr, user, pass);
         assert_eq!(status, 303, "login as {user}: {body}");
         let set = header(&h, "set-cookie").expect("a session cookie");
         assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
@@ -193,14 +205,11 @@ fn review_page_over_http_isolation_csrf_release_and_escaping() {
     assert_eq!(status, 403);
 
     // A wrong password is refused by the mail server itself.
-    let (status, h, body) = http(
-        &s.ui,
-        "POST",
-        "/login",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        &enc(&[("user", "alice"), ("password", "wrong")]),
+    let (status, h, body) = login_post(&s.ui, "alice", "wrong");
+    assert!(
+        status == 401 && header(&h, "set-cookie").is_none_or(|c| !c.starts_with("popsift_session")),
+        "{status} {body}"
     );
-    assert!(status == 401 && header(&h, "set-cookie").is_none(), "{status} {body}");
 
     let a = Browser::login(&s.ui, "alice", s.d.password("alice"));
     // The decision history is written off the session: wait for it.
@@ -219,6 +228,15 @@ fn review_page_over_http_isolation_csrf_release_and_escaping() {
     assert!(q.contains("Cheap pills") && !q.contains("Lunch 0"));
     let (_, q) = a.get("/decisions?q=PILLS");
     assert!(q.contains("Cheap pills") && !q.contains("alert(1)"));
+    // The detail: why (the rule and its description) and the headers as the server held them.
+    let row = q.split("<tr").find(|r| r.contains("Cheap pills")).unwrap();
+    let link = attr_after(row, "href=\"").unwrap().replace("&amp;", "&");
+    let (status, detail) = a.get(&link);
+    assert_eq!(status, 200, "{detail}");
+    assert!(detail.contains("SPAM_DOMAIN") && detail.contains("the test mailbox&#39;s spam sender domain") || detail.contains("the test mailbox's spam sender domain"), "{detail}");
+    assert!(detail.contains("Message-ID: &lt;s1.alice@spam.example&gt;"), "{detail}");
+    // Bob cannot open alice's decision by its address.
+    assert_eq!(b_get_after_login(&s, &link).0, 404);
 
     // The quarantine page lists alice's two messages, not bob's.
     let (_, qpage) = a.get("/quarantine");
@@ -292,9 +310,17 @@ fn review_page_over_http_isolation_csrf_release_and_escaping() {
     let (status, _) = a.post("/logout", &[("csrf", &csrf)]);
     assert_eq!(status, 303);
     assert_eq!(a.get("/decisions").0, 303);
+    // Login attempts are limited per address (five a minute): four so far, one more wrong
+    // one, then 429 even with the right password.
+    assert_eq!(login_post(&s.ui, "alice", "wrong").0, 401);
+    assert_eq!(login_post(&s.ui, "alice", s.d.password("alice")).0, 429);
     // Passwords never reach the log.
     let log = s.p.log();
     assert!(!log.contains("alice-secret-pw") && !log.contains("bob-secret-pw"), "a password leaked into the log");
+}
+
+fn b_get_after_login(s: &Setup, path: &str) -> (u16, String) {
+    Browser::login(&s.ui, "bob", s.d.password("bob")).get(path)
 }
 
 #[test]
@@ -337,6 +363,33 @@ fn not_spam_on_a_hidden_message_shows_it_from_the_next_login() {
     assert!(status == 200 && body.contains("Trained as spam"), "{status} {body}");
     let (_, stats) = a.get("/stats");
     assert!(stats.contains("SPAM_DOMAIN") && stats.contains("Trained on 1 spam and 1 ham"), "{stats}");
+}
+
+#[test]
+fn the_admin_sees_every_mailbox() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_popsift"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"admin-pw-123\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let s = setup(&format!("  admin_password_hash: '{hash}'\n"));
+    scan(&s, "alice", &PoplibOpts::default());
+    scan(&s, "bob", &PoplibOpts::default());
+    assert_eq!(login_post(&s.ui, "admin", "wrong").0, 401);
+    let admin = Browser::login(&s.ui, "admin", "admin-pw-123");
+    wait_until(Duration::from_secs(20), "both mailboxes' decisions", || {
+        let page = admin.get("/decisions").1;
+        page.contains("Cheap pills") && page.contains("Bob only offer")
+    });
+    let (_, q) = admin.get("/quarantine");
+    assert!(q.contains("Cheap pills") && q.contains("Bob only offer"));
+    assert!(!s.p.log().contains("admin-pw-123"));
 }
 
 #[test]

@@ -521,7 +521,10 @@ pub fn apply_shown(entries: &mut [crate::session::view::Entry], shown: &HashSet<
     let mut n = 0;
     for e in entries.iter_mut() {
         if e.disposition != Disposition::Visible && e.uidl.as_deref().is_some_and(|u| shown.contains(u)) {
+            // The owner said it is not spam: shown as the server holds it, untagged.
             e.disposition = Disposition::Visible;
+            e.rewrite = None;
+            e.size = e.upstream_size;
             n += 1;
         }
     }
@@ -747,6 +750,28 @@ mod tests {
         assert!(h.released("m2").unwrap().is_empty());
         h.unrelease("m1", "popsift-r-ab").unwrap();
         assert!(h.released("m1").unwrap().is_empty());
+    }
+
+    #[test]
+    fn shown_overrides_make_hidden_entries_visible_and_untagged() {
+        use crate::session::view::{Disposition, Entry, HeaderRewrite};
+        let e = |u: &str, d| Entry {
+            upstream: 1,
+            upstream_size: 10,
+            size: 30,
+            uidl: Some(u.into()),
+            disposition: d,
+            rewrite: Some(Arc::new(HeaderRewrite { original: vec![], replacement: vec![] })),
+            evaluated: None,
+            released: None,
+        };
+        let mut entries = vec![e("a", Disposition::Hidden), e("b", Disposition::Hidden), e("c", Disposition::Condemned)];
+        let shown: HashSet<String> = ["a".to_string(), "c".to_string()].into();
+        assert_eq!(apply_shown(&mut entries, &shown), 2);
+        assert_eq!(entries[0].disposition, Disposition::Visible);
+        assert!(entries[0].rewrite.is_none() && entries[0].size == 10);
+        assert_eq!(entries[1].disposition, Disposition::Hidden);
+        assert_eq!(entries[2].disposition, Disposition::Visible);
     }
 
     #[test]

@@ -99,6 +99,11 @@ impl Sessions {
         Sessions { ttl, rng: SystemRandom::new(), map: Mutex::default(), attempts: Mutex::default() }
     }
 
+    /// A random token for the login form (see `LOGIN_COOKIE` in [`crate::ui`]).
+    pub fn login_token(&self) -> String {
+        token(&self.rng)
+    }
+
     /// A new session for `viewer`: (cookie token, session).
     pub fn create(&self, viewer: Viewer) -> (String, Session) {
         let id = token(&self.rng);

@@ -43,6 +43,9 @@ pub const MAX_FORM: usize = 16 * 1024;
 /// Decisions per page.
 pub const PAGE: usize = 100;
 const COOKIE_NAME: &str = "popsift_session";
+/// The login form's CSRF token travels in this cookie and in the form (double submit): a
+/// page elsewhere cannot log a browser in to someone else's mailbox.
+const LOGIN_COOKIE: &str = "popsift_login";
 
 /// Limits of the UI listener: a person or two with a browser.
 pub const LIMITS: HttpLimits = HttpLimits {
@@ -248,12 +251,12 @@ fn redirect(to: &str) -> Resp {
     with_headers(r)
 }
 
-fn cookie_of(req: &Request<Incoming>) -> Option<String> {
+fn cookie_of(req: &Request<Incoming>, name: &str) -> Option<String> {
     for v in req.headers().get_all(COOKIE) {
         let Ok(v) = v.to_str() else { continue };
         for part in v.split(';') {
             if let Some((k, val)) = part.trim().split_once('=') {
-                if k == COOKIE_NAME {
+                if k == name {
                     return Some(val.to_string());
                 }
             }
@@ -307,12 +310,12 @@ async fn handle(ui: Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
     let query = form_decode(req.uri().query().unwrap_or(""));
     let method = req.method().clone();
-    let cookie = cookie_of(&req);
+    let cookie = cookie_of(&req, COOKIE_NAME);
     let session = cookie.as_deref().and_then(|c| ui.sessions.get(c));
     match (&method, path.as_str()) {
         (&Method::GET, "/login") => match session {
             Some(_) => redirect("/decisions"),
-            None => html(StatusCode::OK, ui.frame("Log in", None, pages::login(None))),
+            None => login_form(&ui, StatusCode::OK, None),
         },
         (&Method::POST, "/login") => login(&ui, peer, req).await,
         (&Method::GET, "/") => redirect(if session.is_some() { "/decisions" } else { "/login" }),
@@ -347,12 +350,32 @@ async fn handle(ui: Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
     }
 }
 
+/// The login form with a fresh login CSRF token (cookie + hidden field).
+fn login_form(ui: &Ui, status: StatusCode, error: Option<&str>) -> Resp {
+    let token = ui.sessions.login_token();
+    let mut r = html(status, ui.frame("Log in", None, pages::login(error, &token)));
+    let secure = if ui.secure { "; Secure" } else { "" };
+    if let Ok(v) = HeaderValue::from_str(&format!("{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict{secure}")) {
+        r.headers_mut().insert(SET_COOKIE, v);
+    }
+    r
+}
+
 async fn login(ui: &Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
-    let fail = |status, text: &str| html(status, ui.frame("Log in", None, pages::login(Some(text))));
+    let fail = |status, text: &str| login_form(ui, status, Some(text));
+    let login_cookie = cookie_of(&req, LOGIN_COOKIE);
+    let Some(form) = form_body(req).await else { return fail(StatusCode::BAD_REQUEST, "The form could not be read.") };
+    let token_ok = match (&login_cookie, form.get("csrf")) {
+        (Some(c), Some(f)) => !c.is_empty() && auth::same(c, f),
+        _ => false,
+    };
+    if !token_ok {
+        return fail(StatusCode::FORBIDDEN, "The login form was out of date: please try again.");
+    }
+    // Counted only once the form is genuine: a password is about to be checked.
     if !ui.sessions.allow_attempt(peer) {
         return fail(StatusCode::TOO_MANY_REQUESTS, "Too many login attempts from your address: wait a minute.");
     }
-    let Some(form) = form_body(req).await else { return fail(StatusCode::BAD_REQUEST, "The form could not be read.") };
     let (user, password) =
         (form.get("user").cloned().unwrap_or_default(), form.get("password").cloned().unwrap_or_default());
     let viewer = match (&ui.settings.admin_password_hash, user.as_str()) {
@@ -434,7 +457,22 @@ async fn get(ui: &Arc<Ui>, s: &Session, path: &str, q: &HashMap<String, String>)
                 }
                 None => None,
             };
-            ui.page(StatusCode::OK, "Decision", s, pages::decision(seq, &d, held.as_deref(), &s.csrf))
+            // The score breakdown: each fired rule as the current rule set describes it.
+            let rules = ui.rules.current();
+            let breakdown: Vec<pages::RuleLine> = d
+                .rules
+                .iter()
+                .map(|id| {
+                    let info = rules.rules().find(|r| r.id == id.as_str());
+                    pages::RuleLine {
+                        id: id.clone(),
+                        score: info.as_ref().and_then(|r| r.score),
+                        action: info.as_ref().and_then(|r| r.action).map(|a| a.as_str().to_string()),
+                        describe: info.and_then(|r| r.describe.map(str::to_string)),
+                    }
+                })
+                .collect();
+            ui.page(StatusCode::OK, "Decision", s, pages::decision(seq, &d, &breakdown, held.as_deref(), &s.csrf))
         }
         "/quarantine" => match quarantine_of(ui, &s.viewer).await {
             Ok(items) => ui.page(StatusCode::OK, "Quarantine", s, pages::quarantine(&items, &s.csrf)),
@@ -590,6 +628,16 @@ async fn post(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<S
                 };
             }
             let mut done = String::new();
+            if d.action == "delete" && d.disposition == "condemned" {
+                let r = train(ui, d.header_block(), false).await;
+                let text = format!(
+                    "{:?} from {:?} was deleted from the server (action delete): it cannot be brought back. {}",
+                    d.subject,
+                    d.from,
+                    trained_text(&r, "not spam")
+                );
+                return ui.message(s, StatusCode::OK, &text);
+            }
             if d.disposition != "visible" {
                 let Some(store) = ui.store() else {
                     return ui.message(s, StatusCode::SERVICE_UNAVAILABLE, "The decision history is not available.");

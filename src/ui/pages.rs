@@ -47,12 +47,13 @@ pub fn frame(title: &str, who: Option<(&str, &str)>, body: Markup) -> Markup {
     }
 }
 
-pub fn login(error: Option<&str>) -> Markup {
+pub fn login(error: Option<&str>, csrf: &str) -> Markup {
     html! {
         h1 { "Log in" }
         p { "Your mailbox's user name and password (checked with your mail server, never stored)." }
         @if let Some(e) = error { p.err { (e) } }
         form method="post" action="/login" {
+            input type="hidden" name="csrf" value=(csrf);
             p { label { "User name " input type="text" name="user" autocomplete="username" required; } }
             p { label { "Password " input type="password" name="password" autocomplete="current-password" required; } }
             p { button type="submit" { "Log in" } }
@@ -156,8 +157,16 @@ pub fn decisions(rows: &[(u64, Decision)], q: &Query, csrf: &str, admin: bool, l
     }
 }
 
+/// One fired rule in a decision's score breakdown (from the current rule set).
+pub struct RuleLine {
+    pub id: String,
+    pub score: Option<f64>,
+    pub action: Option<String>,
+    pub describe: Option<String>,
+}
+
 /// One decision: why, and the message's headers when popsift still holds them.
-pub fn decision(seq: u64, d: &Decision, held: Option<&str>, csrf: &str) -> Markup {
+pub fn decision(seq: u64, d: &Decision, rules: &[RuleLine], held: Option<&str>, csrf: &str) -> Markup {
     html! {
         h1 { @if d.subject.is_empty() { "(no subject)" } @else { (d.subject) } }
         table {
@@ -174,6 +183,22 @@ pub fn decision(seq: u64, d: &Decision, held: Option<&str>, csrf: &str) -> Marku
             tr { th { "Applied" } td { (d.disposition) @if d.dry_run { " (dry run: nothing changed)" } } }
         }
         p { (buttons(&d.mailbox, seq, csrf)) }
+        @if !rules.is_empty() {
+            h2 { "Why" }
+            table {
+                thead { tr { th { "Rule" } th { "Score" } th { "Action" } th { "Description" } } }
+                tbody {
+                    @for r in rules {
+                        tr {
+                            td { (r.id) }
+                            td { @if let Some(sc) = r.score { (format!("{sc:+.1}")) } }
+                            td { (r.action.as_deref().unwrap_or("")) }
+                            td { (r.describe.as_deref().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+        }
         @if let Some(h) = held {
             h2 { "Headers as the server held them" }
             pre.msg { (h) }
