@@ -442,12 +442,20 @@ impl Drop for Driver {
 }
 
 fn wd(d: &Driver, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+    wd_try(d, method, path, body).unwrap_or_else(|v| panic!("WebDriver {method} {path}: {v}"))
+}
+
+/// One WebDriver call: `Err` with the error value when the driver answers an error.
+fn wd_try(d: &Driver, method: &str, path: &str, body: serde_json::Value) -> Result<serde_json::Value, serde_json::Value> {
     let addr = d.url.trim_start_matches("http://");
     let text = if method == "GET" || method == "DELETE" { String::new() } else { body.to_string() };
     let (status, _, resp) = http(addr, method, path, &[("Content-Type", "application/json")], &text);
     let v: serde_json::Value = serde_json::from_str(&resp).unwrap_or_else(|e| panic!("WebDriver {path}: {e}: {resp}"));
-    assert_eq!(status, 200, "WebDriver {method} {path}: {v}");
-    v["value"].clone()
+    if status == 200 {
+        Ok(v["value"].clone())
+    } else {
+        Err(v)
+    }
 }
 
 struct Page<'a> {
@@ -500,6 +508,33 @@ impl Page<'_> {
             .as_str()
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// The page's text once a navigation has settled and `cond` holds on it (a click on a
+    /// submit button returns before the next page is there).
+    fn text_when(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < end {
+            let found = wd_try(
+                self.d,
+                "POST",
+                &format!("/session/{}/element", self.id),
+                serde_json::json!({"using": "css selector", "value": "body"}),
+            );
+            if let Ok(e) = found {
+                let e = e["element-6066-11e4-a52e-4f735466cecf"].as_str().unwrap_or_default().to_string();
+                let path = format!("/session/{}/element/{e}/text", self.id);
+                if let Ok(t) = wd_try(self.d, "GET", &path, serde_json::Value::Null) {
+                    last = t.as_str().unwrap_or_default().to_string();
+                    if cond(&last) {
+                        return last;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting for {what}; page text:\n{last}");
     }
 
     fn text(&self) -> String {
@@ -559,6 +594,7 @@ fn browser_log_in_release_with_one_click_and_fetch_the_same_bytes() {
     page.type_in("input[name=user]", "alice");
     page.type_in("input[name=password]", s.d.password("alice"));
     page.click("css selector", "button[type=submit]");
+    page.text_when("the page after logging in", |t| t.contains("Log out"));
     wait_until(Duration::from_secs(20), "alice's decisions in the browser", || {
         page.go(&format!("{base}/decisions"));
         page.text().contains("Cheap pills")
@@ -577,8 +613,7 @@ fn browser_log_in_release_with_one_click_and_fetch_the_same_bytes() {
     page.go(&format!("{base}/quarantine"));
     assert!(page.text().contains("Cheap pills"));
     page.click("xpath", "//tr[td[contains(., 'Cheap pills')]]//button[text()='Not spam']");
-    let done = page.text();
-    assert!(done.contains("is released"), "{done}");
+    page.text_when("the release to be confirmed", |t| t.contains("is released"));
 
     let got = scan(&s, "alice", &PoplibOpts::default());
     let want = expected_wire_form(&spam_message(1, "Cheap pills for alice", "alice").bytes);
@@ -589,6 +624,8 @@ fn browser_log_in_release_with_one_click_and_fetch_the_same_bytes() {
     // Log out in the browser: the decisions page is gone.
     page.go(&format!("{base}/decisions"));
     page.click("xpath", "//button[text()='Log out']");
+    page.text_when("the login form after logging out", |t| t.contains("User name"));
     page.go(&format!("{base}/decisions"));
-    assert!(!page.text().contains("Cheap pills"));
+    let t = page.text_when("the login form", |t| t.contains("User name"));
+    assert!(!t.contains("Cheap pills"));
 }

@@ -315,10 +315,11 @@ async fn handle(ui: Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
     match (&method, path.as_str()) {
         (&Method::GET, "/login") => match session {
             Some(_) => redirect("/decisions"),
-            None => login_form(&ui, StatusCode::OK, None),
+            None => login_form(&ui, StatusCode::OK, None, cookie_of(&req, LOGIN_COOKIE)),
         },
         (&Method::POST, "/login") => login(&ui, peer, req).await,
         (&Method::GET, "/") => redirect(if session.is_some() { "/decisions" } else { "/login" }),
+        (&Method::GET, "/favicon.ico") => with_headers(crate::net::http::response(StatusCode::NOT_FOUND, "text/plain", "")),
         _ => {
             let Some(s) = session else {
                 return match method {
@@ -350,9 +351,13 @@ async fn handle(ui: Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
     }
 }
 
-/// The login form with a fresh login CSRF token (cookie + hidden field).
-fn login_form(ui: &Ui, status: StatusCode, error: Option<&str>) -> Resp {
-    let token = ui.sessions.login_token();
+/// The login form with its CSRF token (cookie + hidden field): the browser's current one
+/// when it has one (two tabs, or a favicon request, must not invalidate an open form),
+/// else a fresh one.
+fn login_form(ui: &Ui, status: StatusCode, error: Option<&str>, current: Option<String>) -> Resp {
+    let token = current
+        .filter(|t| t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .unwrap_or_else(|| ui.sessions.login_token());
     let mut r = html(status, ui.frame("Log in", None, pages::login(error, &token)));
     let secure = if ui.secure { "; Secure" } else { "" };
     if let Ok(v) = HeaderValue::from_str(&format!("{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict{secure}")) {
@@ -362,8 +367,8 @@ fn login_form(ui: &Ui, status: StatusCode, error: Option<&str>) -> Resp {
 }
 
 async fn login(ui: &Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
-    let fail = |status, text: &str| login_form(ui, status, Some(text));
     let login_cookie = cookie_of(&req, LOGIN_COOKIE);
+    let fail = |status, text: &str| login_form(ui, status, Some(text), login_cookie.clone());
     let Some(form) = form_body(req).await else { return fail(StatusCode::BAD_REQUEST, "The form could not be read.") };
     let token_ok = match (&login_cookie, form.get("csrf")) {
         (Some(c), Some(f)) => !c.is_empty() && auth::same(c, f),
