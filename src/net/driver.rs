@@ -555,18 +555,17 @@ impl Session<'_> {
                 .collect();
             ctx.memo.store_with_model(scope, rules.clone(), model_generation, memo);
         }
-        // Review page (issue 13): hidden messages the owner said "Not spam" to are shown.
+        // Review page (issue 13): hidden messages the owner said "Not spam" to are shown;
+        // messages released from quarantine join the view below.
         let history_mailbox =
             self.login_user.as_deref().map(|u| crate::store::history::mailbox_key(&ctx.listener.upstream.display(), u));
-        if let (Some(h), Some(mb), true) = (&ctx.history, &history_mailbox, uidl_trusted) {
-            let (store, mb) = (h.store().clone(), mb.clone());
-            let shown = tokio::task::spawn_blocking(move || store.shown(&mb))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            crate::store::history::apply_shown(&mut entries, &shown);
-        }
+        let released = match (&ctx.history, &history_mailbox, uidl_trusted) {
+            (Some(h), Some(mb), true) => {
+                let (store, mb, q) = (h.store().clone(), mb.clone(), Quarantine::new(&cfg.quarantine.dir));
+                crate::store::history::overrides(store, q, mb, &mut entries).await
+            }
+            _ => Vec::new(),
+        };
         let mut candidates = quarantine_candidates(&entries, cfg.dry_run);
         candidates.retain(|&i| entries.get(i).is_some_and(|e| e.disposition != Disposition::Visible));
         let upstream = self.ctx.listener.upstream.display();
@@ -606,17 +605,7 @@ impl Session<'_> {
                 }
             }
         }
-        // Review page (issue 13): messages released from quarantine join the view, after the
-        // server's own, served from popsift's copy.
-        if let (Some(h), Some(mb), true) = (&ctx.history, &history_mailbox, uidl_trusted) {
-            let (store, mb, q) = (h.store().clone(), mb.clone(), Quarantine::new(&cfg.quarantine.dir));
-            let on_server: std::collections::HashSet<Arc<str>> =
-                entries.iter().filter_map(|e| e.uidl.clone()).collect();
-            let extra = tokio::task::spawn_blocking(move || {
-                crate::store::history::released_entries(&*store, &q, &mb, &on_server)
-            });
-            entries.extend(extra.await.unwrap_or_default());
-        }
+        entries.extend(released);
         let view = MailboxView::new(entries);
         // Evaluation runs in parallel chunks off the async threads, so per-message times are
         // not observed one by one: each evaluated message records the batch's mean.

@@ -38,8 +38,21 @@ pub const FILE_NAME: &str = "history.redb";
 /// (mailbox, sequence) → JSON [`Decision`]. Sequences are microseconds since the epoch,
 /// made unique per write, so a range scan is in time order.
 const DECISIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("decisions");
-/// (mailbox, UIDL) → sequence of its newest decision.
-const BY_UIDL: TableDefinition<(&str, &str), u64> = TableDefinition::new("by_uidl");
+/// (mailbox, UIDL) → (sequence, [`fingerprint`]) of its newest decision: a repeat is
+/// recognised without reading the decision itself.
+const BY_UIDL: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("by_uidl");
+
+/// FNV-1a over what makes a decision new: size, action, disposition, dry run.
+fn fingerprint(d: &Decision) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let size = d.size.to_le_bytes();
+    let parts: [&[u8]; 5] = [&size, d.action.as_bytes(), b"\0", d.disposition.as_bytes(), &[u8::from(d.dry_run)]];
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
 /// (mailbox, UIDL) → time the owner said "Not spam" on a hidden message: shown from then on.
 const SHOWN: TableDefinition<(&str, &str), u64> = TableDefinition::new("shown");
 /// (mailbox, released UIDL) → JSON [`Released`].
@@ -250,7 +263,7 @@ impl RedbHistory {
     fn prune(
         &self,
         table: &mut redb::Table<(&str, u64), &[u8]>,
-        by_uidl: &mut redb::Table<(&str, &str), u64>,
+        by_uidl: &mut redb::Table<(&str, &str), (u64, u64)>,
         mailbox: &str,
         now: u64,
     ) -> Result<(), HistoryError> {
@@ -270,7 +283,8 @@ impl RedbHistory {
         for s in doomed {
             if let Some(v) = table.remove((mailbox, s)).map_err(|e| self.err(e))? {
                 if let Ok(d) = serde_json::from_slice::<Decision>(v.value()) {
-                    let newest = by_uidl.get((mailbox, d.uidl.as_str())).map_err(|e| self.err(e))?.map(|g| g.value());
+                    let newest =
+                        by_uidl.get((mailbox, d.uidl.as_str())).map_err(|e| self.err(e))?.map(|g| g.value().0);
                     if newest == Some(s) {
                         by_uidl.remove((mailbox, d.uidl.as_str())).map_err(|e| self.err(e))?;
                     }
@@ -294,27 +308,16 @@ impl History for RedbHistory {
             let mut by_uidl = tx.open_table(BY_UIDL).map_err(|e| self.err(e))?;
             let mut touched: Vec<&str> = Vec::new();
             for d in batch {
+                let fp = fingerprint(d);
                 let prev =
                     by_uidl.get((d.mailbox.as_str(), d.uidl.as_str())).map_err(|e| self.err(e))?.map(|g| g.value());
-                if let Some(prev) = prev {
-                    let same = table
-                        .get((d.mailbox.as_str(), prev))
-                        .map_err(|e| self.err(e))?
-                        .and_then(|v| decode(v.value()).ok())
-                        .is_some_and(|p| {
-                            p.size == d.size
-                                && p.action == d.action
-                                && p.disposition == d.disposition
-                                && p.dry_run == d.dry_run
-                        });
-                    if same {
-                        continue;
-                    }
+                if prev.is_some_and(|(_, f)| f == fp) {
+                    continue;
                 }
                 let seq = self.next_seq(now);
                 let json = serde_json::to_vec(d).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
                 table.insert((d.mailbox.as_str(), seq), json.as_slice()).map_err(|e| self.err(e))?;
-                by_uidl.insert((d.mailbox.as_str(), d.uidl.as_str()), seq).map_err(|e| self.err(e))?;
+                by_uidl.insert((d.mailbox.as_str(), d.uidl.as_str()), (seq, fp)).map_err(|e| self.err(e))?;
                 written += 1;
                 if !touched.contains(&d.mailbox.as_str()) {
                     touched.push(d.mailbox.as_str());
@@ -563,6 +566,29 @@ pub fn released_entries(
         }
     }
     out
+}
+
+/// At login, on the blocking pool: applies the owner's "show" overrides to `entries` (see
+/// [`apply_shown`]) and returns the released messages' entries (see [`released_entries`]),
+/// to be appended after the server's own.
+pub async fn overrides(
+    store: Arc<dyn History>,
+    quarantine: crate::store::quarantine::Quarantine,
+    mailbox: String,
+    entries: &mut [crate::session::view::Entry],
+) -> Vec<crate::session::view::Entry> {
+    let on_server: HashSet<Arc<str>> = entries.iter().filter_map(|e| e.uidl.clone()).collect();
+    let read = tokio::task::spawn_blocking(move || {
+        let shown = store.shown(&mailbox).unwrap_or_default();
+        (shown, released_entries(&*store, &quarantine, &mailbox, &on_server))
+    });
+    match read.await {
+        Ok((shown, released)) => {
+            apply_shown(entries, &shown);
+            released
+        }
+        Err(_) => Vec::new(),
+    }
 }
 
 /// After a successful UPDATE: the released messages the client deleted leave the store and
