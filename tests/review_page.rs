@@ -82,9 +82,17 @@ fn login_post(addr: &str, user: &str, pass: &str) -> (u16, Vec<(String, String)>
     let token = attr_after(&page, "name=\"csrf\" value=\"").expect("a login token");
     // Without the form's token (a login forged by another site) nothing happens.
     let forged = enc(&[("user", user), ("password", pass)]);
-    let (status, fh, _) =
-        http(addr, "POST", "/login", &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &cookie)], &forged);
-    assert!(status == 403 && header(&fh, "set-cookie").is_none_or(|c| !c.starts_with("popsift_session")), "forged login: {status}");
+    let (status, fh, _) = http(
+        addr,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &cookie)],
+        &forged,
+    );
+    assert!(
+        status == 403 && !header(&fh, "set-cookie").is_some_and(|c| c.starts_with("popsift_session")),
+        "forged login: {status}"
+    );
     let form = enc(&[("user", user), ("password", pass), ("csrf", &token)]);
     http(addr, "POST", "/login", &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &cookie)], &form)
 }
@@ -207,7 +215,7 @@ fn review_page_over_http_isolation_csrf_release_and_escaping() {
     // A wrong password is refused by the mail server itself.
     let (status, h, body) = login_post(&s.ui, "alice", "wrong");
     assert!(
-        status == 401 && header(&h, "set-cookie").is_none_or(|c| !c.starts_with("popsift_session")),
+        status == 401 && !header(&h, "set-cookie").is_some_and(|c| c.starts_with("popsift_session")),
         "{status} {body}"
     );
 
@@ -233,7 +241,11 @@ fn review_page_over_http_isolation_csrf_release_and_escaping() {
     let link = attr_after(row, "href=\"").unwrap().replace("&amp;", "&");
     let (status, detail) = a.get(&link);
     assert_eq!(status, 200, "{detail}");
-    assert!(detail.contains("SPAM_DOMAIN") && detail.contains("the test mailbox&#39;s spam sender domain") || detail.contains("the test mailbox's spam sender domain"), "{detail}");
+    assert!(
+        detail.contains("SPAM_DOMAIN") && detail.contains("the test mailbox&#39;s spam sender domain")
+            || detail.contains("the test mailbox's spam sender domain"),
+        "{detail}"
+    );
     assert!(detail.contains("Message-ID: &lt;s1.alice@spam.example&gt;"), "{detail}");
     // Bob cannot open alice's decision by its address.
     assert_eq!(b_get_after_login(&s, &link).0, 404);
@@ -446,7 +458,12 @@ fn wd(d: &Driver, method: &str, path: &str, body: serde_json::Value) -> serde_js
 }
 
 /// One WebDriver call: `Err` with the error value when the driver answers an error.
-fn wd_try(d: &Driver, method: &str, path: &str, body: serde_json::Value) -> Result<serde_json::Value, serde_json::Value> {
+fn wd_try(
+    d: &Driver,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, serde_json::Value> {
     let addr = d.url.trim_start_matches("http://");
     let text = if method == "GET" || method == "DELETE" { String::new() } else { body.to_string() };
     let (status, _, resp) = http(addr, method, path, &[("Content-Type", "application/json")], &text);

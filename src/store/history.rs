@@ -283,8 +283,7 @@ impl RedbHistory {
         for s in doomed {
             if let Some(v) = table.remove((mailbox, s)).map_err(|e| self.err(e))? {
                 if let Ok(d) = serde_json::from_slice::<Decision>(v.value()) {
-                    let newest =
-                        by_uidl.get((mailbox, d.uidl.as_str())).map_err(|e| self.err(e))?.map(|g| g.value().0);
+                    let newest = by_uidl.get((mailbox, d.uidl.as_str())).map_err(|e| self.err(e))?.map(|g| g.value().0);
                     if newest == Some(s) {
                         by_uidl.remove((mailbox, d.uidl.as_str())).map_err(|e| self.err(e))?;
                     }
@@ -791,7 +790,8 @@ mod tests {
             evaluated: None,
             released: None,
         };
-        let mut entries = vec![e("a", Disposition::Hidden), e("b", Disposition::Hidden), e("c", Disposition::Condemned)];
+        let mut entries =
+            vec![e("a", Disposition::Hidden), e("b", Disposition::Hidden), e("c", Disposition::Condemned)];
         let shown: HashSet<String> = ["a".to_string(), "c".to_string()].into();
         assert_eq!(apply_shown(&mut entries, &shown), 2);
         assert_eq!(entries[0].disposition, Disposition::Visible);

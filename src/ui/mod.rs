@@ -319,7 +319,9 @@ async fn handle(ui: Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
         },
         (&Method::POST, "/login") => login(&ui, peer, req).await,
         (&Method::GET, "/") => redirect(if session.is_some() { "/decisions" } else { "/login" }),
-        (&Method::GET, "/favicon.ico") => with_headers(crate::net::http::response(StatusCode::NOT_FOUND, "text/plain", "")),
+        (&Method::GET, "/favicon.ico") => {
+            with_headers(crate::net::http::response(StatusCode::NOT_FOUND, "text/plain", ""))
+        }
         _ => {
             let Some(s) = session else {
                 return match method {
@@ -360,7 +362,9 @@ fn login_form(ui: &Ui, status: StatusCode, error: Option<&str>, current: Option<
         .unwrap_or_else(|| ui.sessions.login_token());
     let mut r = html(status, ui.frame("Log in", None, pages::login(error, &token)));
     let secure = if ui.secure { "; Secure" } else { "" };
-    if let Ok(v) = HeaderValue::from_str(&format!("{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict{secure}")) {
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict{secure}"))
+    {
         r.headers_mut().insert(SET_COOKIE, v);
     }
     r
