@@ -67,6 +67,8 @@ pub enum Command {
     /// Write a commented starter popsift.yaml and a copy of the shipped rules to edit
     /// [default DIR: $XDG_CONFIG_HOME/popsift, else ~/.config/popsift]. Never overwrites.
     Init(InitArgs),
+    /// Read a password on stdin and print its argon2 hash for `ui.admin_password_hash`.
+    HashPassword,
     /// Convert SpamAssassin .cf rules (files or directories) into one popsift rule file.
     ImportSa(ImportSaArgs),
 }
@@ -221,6 +223,9 @@ pub struct ServeArgs {
     /// Decide and log everything but change nothing: no hiding, no deleting.
     #[arg(long)]
     pub dry_run: bool,
+    /// Serve the review page on ADDR (loopback, or any address with `ui.tls` configured).
+    #[arg(long, value_name = "ADDR")]
+    pub ui: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -280,6 +285,7 @@ impl From<&ServeArgs> for Overrides {
             metrics: a.metrics.clone(),
             state_dir: a.state_dir.clone(),
             dry_run: a.dry_run,
+            ui: a.ui,
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct Overrides {
     pub metrics: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub dry_run: bool,
+    /// `--ui ADDR`: the review page's address (see [`UiSettings`]).
+    pub ui: Option<SocketAddr>,
 }
 
 /// A duration written `500ms`, `30s`, `10m`, `1h` or a bare number of seconds, checked when
@@ -187,6 +189,9 @@ pub struct ConfigFile {
     pub rules_per_user: RulesPerUserFile,
     #[serde(default)]
     pub store: StoreFile,
+    #[serde(default)]
+    pub history: HistoryFile,
+    pub ui: Option<UiFile>,
 }
 
 /// `rules_per_user:`: a rules directory per mailbox layered over the global rules (see
@@ -228,6 +233,91 @@ impl RulesPerUserFile {
         Ok(Some(crate::rules::users::PerUserSettings { dir: self.dir.clone().unwrap_or(d.dir), max_files, max_bytes }))
     }
 }
+
+// ---- decision history and review page (issue 13) ----
+
+/// `history:`: the decision history (see [`crate::store::history`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryFile {
+    /// `false`: record nothing (the review page then shows no decisions).
+    pub enabled: Option<bool>,
+    pub max_days: Option<u64>,
+    pub max_per_mailbox: Option<u64>,
+}
+
+/// `ui:`: the review page (see [`crate::ui`]). Off unless `listen` (or `--ui`) is given.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiFile {
+    pub listen: Option<SocketAddr>,
+    pub tls: Option<UiTlsFile>,
+    /// An argon2 PHC string (`popsift hash-password`): this password logs in as admin.
+    pub admin_password_hash: Option<String>,
+    pub session_ttl: Option<DurationValue>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct UiTlsFile {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Checked `ui:` settings.
+#[derive(Debug, Clone)]
+pub struct UiSettings {
+    pub listen: SocketAddr,
+    pub tls: Option<UiTlsFile>,
+    pub admin_password_hash: Option<String>,
+    pub session_ttl: Duration,
+}
+
+fn ui_settings(file: Option<UiFile>, flag: Option<SocketAddr>) -> Result<Option<UiSettings>, ConfigError> {
+    let file = file.unwrap_or_default();
+    let Some(listen) = flag.or(file.listen) else { return Ok(None) };
+    if !listen.ip().is_loopback() && file.tls.is_none() {
+        return Err(ConfigError::BadValue {
+            field: "ui.listen".into(),
+            reason: format!(
+                "{listen} is not a loopback address: the review page carries mailbox passwords, so it needs \
+                 `ui: {{tls: {{cert: FILE, key: FILE}}}}` there (or listen on 127.0.0.1)"
+            ),
+        });
+    }
+    if let Some(h) = &file.admin_password_hash {
+        if argon2::PasswordHash::new(h).is_err() {
+            return Err(ConfigError::BadValue {
+                field: "ui.admin_password_hash".into(),
+                reason: "not an argon2 hash string (make one with `popsift hash-password`)".into(),
+            });
+        }
+    }
+    Ok(Some(UiSettings {
+        listen,
+        tls: file.tls,
+        admin_password_hash: file.admin_password_hash,
+        session_ttl: file.session_ttl.map_or(Duration::from_secs(8 * 3600), |d| d.0),
+    }))
+}
+
+fn history_settings(file: &HistoryFile) -> Result<crate::store::history::HistorySettings, ConfigError> {
+    let d = crate::store::history::HistorySettings::default();
+    let s = crate::store::history::HistorySettings {
+        enabled: file.enabled.unwrap_or(d.enabled),
+        max_days: file.max_days.unwrap_or(d.max_days),
+        max_per_mailbox: file.max_per_mailbox.unwrap_or(d.max_per_mailbox),
+    };
+    if s.max_days == 0 || s.max_per_mailbox == 0 {
+        return Err(ConfigError::BadValue {
+            field: "history".into(),
+            reason: "max_days and max_per_mailbox must be at least 1".into(),
+        });
+    }
+    Ok(s)
+}
+
+// ---- end of decision history and review page ----
 
 /// `bayes:`: the header classifier (see [`crate::classify`]).
 #[derive(Debug, Default, Deserialize)]
@@ -478,6 +568,9 @@ pub struct Config {
     /// Per-mailbox rules; `None` when switched off.
     pub rules_per_user: Option<crate::rules::users::PerUserSettings>,
     pub store: StoreSettings,
+    pub history: crate::store::history::HistorySettings,
+    /// The review page; `None`: off.
+    pub ui: Option<UiSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -748,6 +841,8 @@ impl Config {
         let state_dir = args.state_dir.clone().or(file.state_dir).unwrap_or_else(default_state_dir);
         let mut bayes = file.bayes.settings();
         bayes.autolearn = file.bayes.autolearn.settings()?;
+        let history = history_settings(&file.history)?;
+        let ui = ui_settings(file.ui, args.ui)?;
         let dt = TagSettings::default();
         let q = file.quarantine;
         let dq = QuarantineSettings::defaults(&state_dir);
@@ -780,6 +875,8 @@ impl Config {
             bayes,
             rules_per_user,
             store: file.store.settings()?,
+            history,
+            ui,
         })
     }
 }

@@ -22,3 +22,4 @@ pub mod rules;
 pub mod sa_import;
 pub mod session;
 pub mod store;
+pub mod ui;

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(&args),
         Command::Init(args) => cmd::init::run(&args),
         Command::ImportSa(args) => cmd::import_sa::run(&args),
+        Command::HashPassword => cmd::hash_password::run(),
         Command::Serve(args) => match cmd::serve::run(&args) {
             Ok(()) => Exit::Ok,
             Err(e) => {

@@ -137,6 +137,8 @@ pub const UIDL_UNTRUSTED_SESSIONS_TOTAL: &str = "popsift_uidl_untrusted_sessions
 pub const UPSTREAM_INVALID_REPLIES_TOTAL: &str = "popsift_upstream_invalid_replies_total";
 /// Counter: sessions that ended in a panic (a bug: caught at the session boundary).
 pub const SESSION_PANICS_TOTAL: &str = "popsift_session_panics_total";
+/// Counter: login decision batches the history writer could not take (queue full).
+pub const HISTORY_DROPPED_TOTAL: &str = "popsift_history_dropped_total";
 /// Gauge `{version}`: always 1; carries the version as a label.
 pub const BUILD_INFO: &str = "popsift_build_info";
 /// Gauge: Unix time at which the metrics were installed (process start, for uptime and for
@@ -336,6 +338,14 @@ pub const METRICS: &[MetricDef] = &[
         buckets: &[],
     },
     MetricDef {
+        name: HISTORY_DROPPED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &[],
+        help: "Login decision batches not recorded in the decision history because its queue was full.",
+        buckets: &[],
+    },
+    MetricDef {
         name: QUARANTINE_ERRORS_TOTAL,
         kind: MetricKind::Counter,
         unit: Some(Unit::Count),
@@ -487,6 +497,7 @@ pub const ALL_NAMES: &[&str] = &[
     RULES_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
     QUARANTINE_MESSAGES_TOTAL,
     QUARANTINE_ERRORS_TOTAL,
+    HISTORY_DROPPED_TOTAL,
     HEADER_CACHE_LOOKUPS_TOTAL,
     UIDL_UNTRUSTED_SESSIONS_TOTAL,
     UPSTREAM_INVALID_REPLIES_TOTAL,
@@ -640,6 +651,7 @@ fn register() {
         counter!(LOGIN_FAILURES_TOTAL, "reason" => reason).absolute(0);
     }
     counter!(QUARANTINE_ERRORS_TOTAL).absolute(0);
+    counter!(HISTORY_DROPPED_TOTAL).absolute(0);
     counter!(UIDL_UNTRUSTED_SESSIONS_TOTAL).absolute(0);
     for result in ["hit", "miss", "memo"] {
         counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => result).absolute(0);
@@ -833,6 +845,11 @@ pub fn quarantine_message() {
 /// A message could not be written to the quarantine (`popsift_quarantine_errors_total`).
 pub fn quarantine_error() {
     counter!(QUARANTINE_ERRORS_TOTAL).increment(1);
+}
+
+/// A login's decisions were not recorded (`popsift_history_dropped_total`).
+pub fn history_dropped(_decisions: usize) {
+    counter!(HISTORY_DROPPED_TOTAL).increment(1);
 }
 
 /// A login whose UIDLs could not be trusted (`popsift_uidl_untrusted_sessions_total`).

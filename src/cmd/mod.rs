@@ -2,6 +2,7 @@
 //! arguments ([`crate::cli`]) and returns an [`Exit`]; `main.rs` only parses, starts logging
 //! and maps the result to the process exit code.
 pub mod check;
+pub mod hash_password;
 pub mod import_sa;
 pub mod init;
 pub mod quarantine;

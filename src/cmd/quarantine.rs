@@ -165,7 +165,7 @@ fn train_restored(args: &QuarantineArgs, msg: &[u8], out: &mut impl Write) {
 }
 
 /// RFC 3339 UTC from Unix seconds, without a date crate.
-fn format_time(secs: u64) -> String {
+pub fn format_time(secs: u64) -> String {
     let days = secs / 86400;
     let rem = secs % 86400;
     // Civil-from-days (Howard Hinnant's algorithm).

@@ -47,6 +47,8 @@ pub struct Running {
     pub addrs: Vec<SocketAddr>,
     /// The live rule set (reloaded on file changes and SIGHUP).
     pub rules: Arc<RulesHandle>,
+    /// The review page's bound address, when it runs (see [`crate::ui`]).
+    pub ui: Option<SocketAddr>,
     task: tokio::task::JoinHandle<Result<(), crate::net::listener::ServeError>>,
 }
 
@@ -85,8 +87,16 @@ pub async fn start(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Resu
     rules.spawn_reloader();
     let sockets = crate::net::listener::bind(&config).await?;
     let addrs = sockets.iter().map(|s| s.local_addr()).collect::<Result<Vec<_>, _>>().map_err(ServeError::Runtime)?;
+    // The review page: a failure to start is logged, never fatal to the proxy.
+    let ui = match crate::ui::start(config.clone(), Arc::clone(&rules)).await {
+        Ok(addr) => addr,
+        Err(e) => {
+            tracing::error!(error = %e, "the review page is not running; the proxy serves on");
+            None
+        }
+    };
     let task = tokio::spawn(crate::net::listener::serve(config, sockets, Arc::clone(&rules), shutdown));
-    Ok(Running { addrs, rules, task })
+    Ok(Running { addrs, rules, ui, task })
 }
 
 /// [`start`], then wait until the proxy has stopped.

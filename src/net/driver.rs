@@ -58,6 +58,7 @@ use crate::edge::tls::ClientStream;
 use crate::metrics::{self as m, Direction, SessionResult};
 use crate::net::conn::{BodyClock, Conn, Side};
 use crate::net::error::{Phase, SessionError};
+use crate::net::history_hooks;
 use crate::net::login_scan::LoginScan;
 use crate::net::quarantine_copy;
 use crate::net::stream::Stream;
@@ -113,6 +114,8 @@ pub struct SessionContext {
     pub cut_off: tokio::sync::watch::Receiver<bool>,
     /// The listener's network edge: client TLS, plain-text policy, login throttle.
     pub edge: Arc<crate::edge::Edge>,
+    /// The decision history (review page); `None` when off or it could not be opened.
+    pub history: Option<Arc<crate::store::history::Recorder>>,
 }
 
 /// Resolves when the drain deadline has passed (never, if the sender is gone without it).
@@ -287,12 +290,14 @@ impl Session<'_> {
                     tokio::time::sleep(delay).await;
                 }
             }
+            Action::Updated => history_hooks::after_update(self.ctx, m.login_user(), m.view()).await,
             Action::User(name) => {
                 tracing::Span::current().record("user", name.as_str());
             }
             Action::ViewReady => {
                 if let (Some(scan), Some(view)) = (&self.scan, m.view()) {
                     scan.report(view, self.ctx.config.dry_run);
+                    history_hooks::record(self.ctx, m.login_user(), view);
                 }
                 self.scan = None;
                 self.usage = None;
@@ -369,7 +374,10 @@ impl Session<'_> {
                     self.scan = Some(LoginScan::start(ctx, m.login_user()).await);
                 }
                 let scan = self.scan.as_mut().ok_or(SessionError::Internal("login scan state"))?;
-                Input::Evaluated(scan.evaluate(up, ctx, *outcome).await?)
+                let uidl_trusted = outcome.uidl_trusted;
+                let mut entries = scan.evaluate(up, ctx, *outcome).await?;
+                history_hooks::before_view(ctx, m.login_user(), uidl_trusted, &mut entries).await;
+                Input::Evaluated(entries)
             }
             Need::QuarantineFolder => {
                 self.usage = quarantine_copy::open_folder(ctx, m.login_user()).await;

@@ -60,6 +60,11 @@ pub async fn serve(
     // Turned true at the drain deadline: sessions still running end themselves (see
     // `driver::run`) instead of being dropped with the runtime.
     let (cut_off, cut_off_rx) = watch::channel(false);
+    // Review page (issue 13): the decision history, shared with the UI.
+    let history = {
+        let (dir, settings) = (config.state_dir.clone(), config.history);
+        tokio::task::spawn_blocking(move || crate::store::history::shared(&dir, settings)).await.ok().flatten()
+    };
     let mut loops = Vec::new();
     // One count of sessions per client address across all listeners (`max_sessions_per_ip`).
     let per_ip = Arc::new(crate::edge::limits::SessionsPerIp::default());
@@ -76,6 +81,7 @@ pub async fn serve(
             model: model.clone(),
             cut_off: cut_off_rx.clone(),
             edge,
+            history: history.clone(),
         });
         info!(listen = %sock.local_addr().map(|a| a.to_string()).unwrap_or_default(), upstream = %l.upstream.display(), tls = ?l.upstream.tls, "listening");
         let permits = permits.clone();

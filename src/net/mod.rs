@@ -22,6 +22,7 @@ pub mod conn;
 pub mod driver;
 pub mod error;
 pub mod fd_budget;
+pub mod history_hooks;
 pub mod http;
 pub mod listener;
 pub mod login_scan;

@@ -13,6 +13,29 @@ use crate::rules::Verdict;
 pub struct Evaluated {
     pub verdict: Verdict,
     pub rewrite: Option<Arc<HeaderRewrite>>,
+    /// What the decision history records of the message besides the verdict.
+    pub about: About,
+}
+
+/// A message's From and Subject (decoded, cut to [`ABOUT_CHARS`] characters) and the
+/// classifier's probability, kept with the verdict for the decision history.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct About {
+    pub from: Box<str>,
+    pub subject: Box<str>,
+    pub bayes: Option<f64>,
+}
+
+/// Longest From or Subject kept in an [`About`], in characters.
+pub const ABOUT_CHARS: usize = 200;
+
+/// `s` cut to [`ABOUT_CHARS`] characters.
+pub fn cut(s: Option<&str>) -> Box<str> {
+    let s = s.unwrap_or("");
+    match s.char_indices().nth(ABOUT_CHARS) {
+        Some((i, _)) => s.get(..i).unwrap_or(s).into(),
+        None => s.into(),
+    }
 }
 
 /// A header block replacement: `size` = upstream size - original + replacement.

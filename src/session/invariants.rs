@@ -228,7 +228,12 @@ fn drive_machine(pairs: &[(u32, u64)], upstream: &[u8], control: &[u8], client: 
                                 uidl: i.uidl.clone(),
                                 disposition: disposition(action, dry_run),
                                 rewrite: None,
-                                evaluated: Some(Arc::new(Evaluated { verdict, rewrite: None })),
+                                evaluated: Some(Arc::new(Evaluated {
+                                    verdict,
+                                    rewrite: None,
+                                    about: Default::default(),
+                                })),
+                                released: None,
                             }
                         })
                         .collect();
@@ -295,6 +300,7 @@ fn view_of(pairs: &[(u32, u64)], uidls: Option<&[(u32, String)]>) -> MailboxView
             },
             rewrite: None,
             evaluated: None,
+            released: None,
         })
         .collect();
     MailboxView::new(entries)

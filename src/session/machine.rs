@@ -164,6 +164,9 @@ pub enum Action {
     /// The upstream refused the login (this reply follows): the performer logs the failed
     /// login and may delay the answer (the edge's throttle).
     LoginRefused(Vec<u8>),
+    /// The upstream accepted QUIT after the DELEs of UPDATE: what the client deleted is gone
+    /// (the performer forgets released copies the client deleted).
+    Updated,
     /// The name to log this session under changed.
     User(String),
     /// The view is complete: log and count its verdicts (see `net::login_scan::report`).
@@ -553,6 +556,9 @@ impl Machine {
                 self.update_advance()
             }
             (State::UpdateQuit, Input::UpstreamLine(mut r)) => {
+                if is_ok(&r) {
+                    self.emit(Action::Updated);
+                }
                 r.extend_from_slice(b"\r\n");
                 self.reply(r);
                 State::Closed
@@ -812,6 +818,7 @@ pub fn unevaluated(outcome: &ScanOutcome) -> Vec<Entry> {
             disposition: Disposition::Visible,
             rewrite: None,
             evaluated: None,
+            released: None,
         })
         .collect()
 }
@@ -984,6 +991,7 @@ mod tests {
             Arc::new(Evaluated {
                 verdict: Verdict { score: 10.0, threshold: 5.0, spam: true, action: Some(a), rules: vec!["r".into()] },
                 rewrite: None,
+                about: Default::default(),
             })
         });
         let disposition = match action {
@@ -999,6 +1007,7 @@ mod tests {
             disposition,
             rewrite: None,
             evaluated,
+            released: None,
         }
     }
 

@@ -256,6 +256,7 @@ mod tests {
                     disposition: if i == 2 { Disposition::Condemned } else { Disposition::Visible },
                     rewrite: None,
                     evaluated: None,
+                    released: None,
                 })
                 .collect(),
         )

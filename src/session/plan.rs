@@ -114,13 +114,13 @@ pub fn transaction(cmd: &Command, view: &mut MailboxView) -> TxPlan {
                 },
             }
         }
-        Command::Retr(n) => fetch(view, *n, Command::Retr, true),
+        Command::Retr(n) => fetch(view, *n, Command::Retr, true, None),
         Command::Top { msg, lines } => {
             // A TOP asking for more lines than any message could hold is a full retrieval;
             // the exact line count is only known to the upstream, which sends what exists.
             let full = *lines >= 99_999_999;
             let lines = *lines;
-            fetch(view, *msg, move |u| Command::Top { msg: u, lines }, full)
+            fetch(view, *msg, move |u| Command::Top { msg: u, lines }, full, Some(lines))
         }
         Command::Dele(n) => match view.delete(*n) {
             Ok(()) => TxPlan::Reply(ok(format_args!("message {n} deleted"))),
@@ -144,10 +144,14 @@ pub fn transaction(cmd: &Command, view: &mut MailboxView) -> TxPlan {
     }
 }
 
-fn fetch(view: &MailboxView, n: u32, make: impl FnOnce(u32) -> Command, full: bool) -> TxPlan {
+fn fetch(view: &MailboxView, n: u32, make: impl FnOnce(u32) -> Command, full: bool, top: Option<u64>) -> TxPlan {
     // The entry's position comes from the view, not from `upstream - 1`: an upstream whose
     // numbers have gaps (issue 12) must not send a lookup out of bounds.
     match view.locate(n) {
+        // Released from quarantine (review page): answered from popsift's copy.
+        Ok((_, e)) if e.released.is_some() => {
+            TxPlan::Reply(crate::session::view::released_reply(e.released.as_deref().unwrap_or_default(), top))
+        }
         Ok((entry, e)) => TxPlan::Fetch { command: make(e.upstream).encode(), entry, full },
         Err(e) => TxPlan::Reply(err(e)),
     }
@@ -168,6 +172,7 @@ mod tests {
             disposition: d,
             rewrite: None,
             evaluated: None,
+            released: None,
         };
         MailboxView::new(vec![
             e(1, Disposition::Hidden),
@@ -226,6 +231,7 @@ mod tests {
             disposition: Disposition::Visible,
             rewrite: None,
             evaluated: None,
+            released: None,
         }]);
         assert!(reply(tx(&mut v, "UIDL")).starts_with("-ERR"));
     }
@@ -242,6 +248,7 @@ mod tests {
             disposition: Disposition::Visible,
             rewrite: None,
             evaluated: None,
+            released: None,
         };
         let mut v = MailboxView::new(vec![e(1), e(5)]);
         assert_eq!(tx(&mut v, "RETR 2"), TxPlan::Fetch { command: b"RETR 5\r\n".to_vec(), entry: 1, full: true });

@@ -18,6 +18,7 @@ use crate::classify::Model;
 use crate::pop3::multiline::HeaderBlock;
 use crate::rules::{Action, RuleSet};
 pub use crate::session::evaluated::Evaluated;
+use crate::session::evaluated::{cut, About};
 use crate::session::tag::{self, TagSettings};
 use crate::session::view::{Disposition, Entry, HeaderRewrite};
 
@@ -163,8 +164,10 @@ pub fn evaluate(
     let learn = model;
     // Classifying costs a tokenization per message: only when some rule reads the result.
     let model = model.filter(|_| rules.uses_bayes());
-    let (verdict, _) = rules.evaluate_with_model(&h.bytes, size, model);
+    let headers = crate::rules::Headers::parse(&h.bytes);
+    let (verdict, bayes) = rules.evaluate_headers_with_model(&headers, size, model);
     crate::classify::autolearn::offer(learn, &h.bytes, h.truncated, &verdict);
+    let about = About { from: cut(headers.get("from")), subject: cut(headers.get("subject")), bayes };
     // A capped header block cannot be rewritten exactly: such a message is left as is.
     let rewrite = if h.truncated {
         None
@@ -173,7 +176,7 @@ pub fn evaluate(
         tag::rewrite(&h.bytes, &verdict, spam, tagging)
             .map(|replacement| Arc::new(HeaderRewrite { original: h.bytes.clone(), replacement }))
     };
-    Evaluated { verdict, rewrite }
+    Evaluated { verdict, rewrite, about }
 }
 
 /// How a verdict maps onto the view. Under `dry_run` every message stays visible and
@@ -231,6 +234,7 @@ pub fn build_entries(
                 disposition: d,
                 rewrite,
                 evaluated,
+                released: None,
             }
         })
         .collect()
@@ -244,6 +248,8 @@ pub fn quarantine_candidates(entries: &[Entry], dry_run: bool) -> Vec<usize> {
     entries
         .iter()
         .enumerate()
+        // A message shown after all (the owner's "Not spam" on the review page) is not copied.
+        .filter(|(_, e)| e.disposition != Disposition::Visible)
         .filter(|(_, e)| e.verdict().is_some_and(|v| v.action == Some(Action::Quarantine)))
         .map(|(i, _)| i)
         .collect()

@@ -35,6 +35,50 @@ pub struct Entry {
     /// What the rules decided (`None`: not evaluated, e.g. the server had no TOP), shared
     /// with the verdict memo.
     pub evaluated: Option<Arc<Evaluated>>,
+    /// A message released from quarantine by its owner (review page): not on the server;
+    /// RETR/TOP are answered from these bytes (the message exactly as the server held it),
+    /// `upstream` is 0 and never sent upstream. See [`released_entry`].
+    pub released: Option<Arc<[u8]>>,
+}
+
+/// A view entry for a message released from quarantine: visible, its own UIDL, its size
+/// the exact octet count of `bytes` (RFC 1939 §5 LIST/STAT sizes).
+pub fn released_entry(uidl: &str, bytes: Arc<[u8]>) -> Entry {
+    Entry {
+        upstream: 0,
+        upstream_size: bytes.len() as u64,
+        size: bytes.len() as u64,
+        uidl: Some(uidl.into()),
+        disposition: Disposition::Visible,
+        rewrite: None,
+        evaluated: None,
+        released: Some(bytes),
+    }
+}
+
+/// The reply to RETR (`lines: None`) or `TOP n lines` for a released message: `+OK`, the
+/// header block and the first `lines` body lines (RFC 1939 §7 TOP), dot-stuffed, `.`.
+pub fn released_reply(bytes: &[u8], lines: Option<u64>) -> Vec<u8> {
+    let content = match lines {
+        None => bytes,
+        Some(n) => {
+            let head_end = memchr::memmem::find(bytes, b"\r\n\r\n").map_or(bytes.len(), |i| i + 4);
+            let mut end = head_end;
+            for _ in 0..n {
+                match memchr::memchr(b'\n', bytes.get(end..).unwrap_or_default()) {
+                    Some(i) => end += i + 1,
+                    None => {
+                        end = bytes.len();
+                        break;
+                    }
+                }
+            }
+            bytes.get(..end).unwrap_or(bytes)
+        }
+    };
+    let mut out = format!("+OK {} octets\r\n", bytes.len()).into_bytes();
+    crate::pop3::multiline::dot_stuff(content, &mut out);
+    out
 }
 
 impl Entry {
@@ -145,12 +189,23 @@ impl MailboxView {
             .iter()
             .zip(&self.deleted)
             .filter(|(_, &d)| d)
-            .filter_map(|(&i, _)| self.entries.get(i).map(|e| e.upstream))
+            .filter_map(|(&i, _)| self.entries.get(i).filter(|e| e.released.is_none()).map(|e| e.upstream))
             .chain(self.entries.iter().filter(|e| e.disposition == Disposition::Condemned).map(|e| e.upstream))
             .collect();
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// UIDLs of the released messages (see [`released_entry`]) the client marked deleted:
+    /// after a successful UPDATE they leave popsift's store.
+    pub fn released_deleted(&self) -> Vec<Arc<str>> {
+        self.visible
+            .iter()
+            .zip(&self.deleted)
+            .filter(|(_, &d)| d)
+            .filter_map(|(&i, _)| self.entries.get(i).filter(|e| e.released.is_some()).and_then(|e| e.uidl.clone()))
+            .collect()
     }
 
     /// Counts of (visible, hidden, condemned) messages.
@@ -180,6 +235,7 @@ mod tests {
             disposition: d,
             rewrite: None,
             evaluated: None,
+            released: None,
         }
     }
 
@@ -204,6 +260,31 @@ mod tests {
         assert_eq!(v.get(4).unwrap_err(), ViewError::NoSuchMessage { visible: 3 });
         assert_eq!(v.get(0).unwrap_err(), ViewError::NoSuchMessage { visible: 3 });
         assert_eq!(v.counts(), (3, 1, 1));
+    }
+
+    #[test]
+    fn released_messages_are_served_from_their_bytes_and_never_deleted_upstream() {
+        let msg: Arc<[u8]> = Arc::from(&b"Subject: hi\r\n\r\nline 1\r\n.dot\r\nline 3\r\n"[..]);
+        let mut entries = view().entries().to_vec();
+        entries.push(released_entry("popsift-r-1", msg.clone()));
+        let mut v = MailboxView::new(entries);
+        assert_eq!(v.stat(), (4, 1000 + msg.len() as u64));
+        let e = v.get(4).unwrap();
+        assert_eq!((e.size, e.uidl.as_deref()), (msg.len() as u64, Some("popsift-r-1")));
+        let full = released_reply(&msg, None);
+        assert_eq!(full, [&b"+OK 37 octets\r\nSubject: hi\r\n\r\nline 1\r\n..dot\r\nline 3\r\n.\r\n"[..]].concat());
+        assert_eq!(released_reply(&msg, Some(0)), b"+OK 37 octets\r\nSubject: hi\r\n\r\n.\r\n".to_vec());
+        assert_eq!(
+            released_reply(&msg, Some(2)),
+            b"+OK 37 octets\r\nSubject: hi\r\n\r\nline 1\r\n..dot\r\n.\r\n".to_vec()
+        );
+        assert_eq!(released_reply(&msg, Some(99)), full);
+        v.delete(4).unwrap();
+        v.delete(1).unwrap();
+        assert_eq!(v.update_deletions(), vec![1, 3], "a released message is not on the server");
+        assert_eq!(v.released_deleted(), vec![Arc::<str>::from("popsift-r-1")]);
+        v.reset();
+        assert!(v.released_deleted().is_empty());
     }
 
     #[test]

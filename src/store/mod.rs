@@ -3,6 +3,7 @@
 //! - [`quarantine`]: one Maildir per user (written with fsync before any DELE, digest-checked,
 //!   bounded, with a per-user quota).
 //! - [`header_cache`]: header blocks by (upstream, user, UIDL), so a login fetches only new ones.
+//! - [`history`]: the decision history and the review page's overrides and releases.
 //! - [`verdict_memo`]: in memory, what those headers evaluated to under the current rules.
 //!
 //! Each kind of state sits behind one interface with the embedded store as default and a
@@ -15,6 +16,7 @@
 //! call through [`redis::Redis::query`] (bounded, counted, backoff).
 
 pub mod header_cache;
+pub mod history;
 pub mod quarantine;
 pub mod redis;
 pub mod redis_cache;

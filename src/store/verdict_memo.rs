@@ -91,6 +91,7 @@ mod tests {
         Arc::new(Evaluated {
             verdict: Verdict { score, threshold: 5.0, spam: false, action: None, rules: vec![] },
             rewrite: None,
+            about: Default::default(),
         })
     }
 

@@ -1,0 +1,45 @@
+//! Where a session meets the decision history of the review page (issue 13), kept out of
+//! the I/O pump: before the view opens, the owner's corrections apply (a hidden message they
+//! called "Not spam" is shown; messages they released from the quarantine join the view,
+//! served from popsift's copy); when the view is ready, the login's verdicts are recorded
+//! (off the session: a bounded queue to a writer thread); after a successful UPDATE, the
+//! released messages the client deleted leave the store.
+//!
+//! Only with a trusted UIDL listing (see `session::verdicts::uidl_trust`): overrides and
+//! releases are keyed by UIDL.
+use std::sync::Arc;
+
+use crate::net::driver::SessionContext;
+use crate::session::view::{Entry, MailboxView};
+use crate::store::history;
+use crate::store::quarantine::Quarantine;
+
+fn mailbox(ctx: &SessionContext, user: Option<&str>) -> Option<String> {
+    user.map(|u| history::mailbox_key(&ctx.listener.upstream.display(), u))
+}
+
+/// Applies the owner's "Not spam" overrides to `entries` and appends the released messages.
+pub async fn before_view(ctx: &SessionContext, user: Option<&str>, uidl_trusted: bool, entries: &mut Vec<Entry>) {
+    let (Some(h), Some(mb), true) = (&ctx.history, mailbox(ctx, user), uidl_trusted) else { return };
+    let q = Quarantine::for_config(&ctx.config);
+    let released = history::overrides(h.store().clone(), q, mb, entries).await;
+    entries.extend(released);
+}
+
+/// Records the verdicts of this login (never blocks: a full queue drops and counts).
+pub fn record(ctx: &SessionContext, user: Option<&str>, view: &MailboxView) {
+    let (Some(h), Some(mb)) = (&ctx.history, mailbox(ctx, user)) else { return };
+    h.record(history::login_decisions(&mb, view.entries(), ctx.config.dry_run, history::now_secs()));
+}
+
+/// After the upstream accepted QUIT (UPDATE done): released messages the client deleted
+/// leave the store and the quarantine.
+pub async fn after_update(ctx: &SessionContext, user: Option<&str>, view: Option<&MailboxView>) {
+    let uidls: Vec<Arc<str>> = view.map(MailboxView::released_deleted).unwrap_or_default();
+    if uidls.is_empty() {
+        return;
+    }
+    let (Some(h), Some(mb)) = (&ctx.history, mailbox(ctx, user)) else { return };
+    let (store, q) = (h.store().clone(), Quarantine::for_config(&ctx.config));
+    let _ = tokio::task::spawn_blocking(move || history::forget_released(&*store, &q, &mb, &uidls)).await;
+}

@@ -1,0 +1,905 @@
+//! The decision history: what popsift decided for each message at login, kept so the review
+//! page ([`crate::ui`]) can show a mailbox's owner what was done and let them undo it.
+//!
+//! A [`Decision`] holds the message's identity (mailbox, UIDL, size), a little of its
+//! headers (From, Subject, Date: enough to find it and to train on it later), the verdict
+//! (score, rules, bayes probability, action) and what was applied (disposition, dry run).
+//! Never a body. The review page's own state lives here too: "show this hidden message"
+//! overrides and the messages released from quarantine back into a mailbox.
+//!
+//! # Bounded
+//! Per mailbox at most `history.max_per_mailbox` decisions and none older than
+//! `history.max_days`; both are enforced on every write. One message seen at many logins is
+//! one decision: a write whose (UIDL, size, action, disposition) equals the newest stored
+//! decision for that UIDL is skipped, so a mailbox of 2,000 unchanged messages costs
+//! nothing at the next login.
+//!
+//! # Never blocks a session
+//! Sessions hand their login's decisions to a [`Recorder`] with `try_send` into a bounded
+//! queue; one writer thread commits each batch in one transaction. A full queue (a slow
+//! disk) drops the batch and counts it (`popsift_history_dropped_total`): the history is
+//! for review, the mail flow never waits for it.
+//!
+//! The store is a trait ([`History`]) so a shared backend can follow; [`RedbHistory`] is the
+//! embedded one, `<state_dir>/history.redb`.
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// File name under the state directory.
+pub const FILE_NAME: &str = "history.redb";
+
+/// (mailbox, sequence) → JSON [`Decision`]. Sequences are microseconds since the epoch,
+/// made unique per write, so a range scan is in time order.
+const DECISIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("decisions");
+/// (mailbox, UIDL) → (sequence, [`fingerprint`]) of its newest decision: a repeat is
+/// recognised without reading the decision itself.
+const BY_UIDL: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("by_uidl");
+
+/// FNV-1a over what makes a decision new: size, action, disposition, dry run.
+fn fingerprint(d: &Decision) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let size = d.size.to_le_bytes();
+    let parts: [&[u8]; 5] = [&size, d.action.as_bytes(), b"\0", d.disposition.as_bytes(), &[u8::from(d.dry_run)]];
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+/// (mailbox, UIDL) → time the owner said "Not spam" on a hidden message: shown from then on.
+const SHOWN: TableDefinition<(&str, &str), u64> = TableDefinition::new("shown");
+/// (mailbox, released UIDL) → JSON [`Released`].
+const RELEASED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("released");
+
+/// Checked `history:` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistorySettings {
+    pub enabled: bool,
+    pub max_days: u64,
+    pub max_per_mailbox: u64,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        HistorySettings { enabled: true, max_days: 30, max_per_mailbox: 10_000 }
+    }
+}
+
+/// The key naming one mailbox: the upstream as configured and the login's user name, byte
+/// for byte (the same identity as the quarantine folder and the header cache).
+pub fn mailbox_key(upstream: &str, user: &str) -> String {
+    format!("{user}\u{1f}{upstream}")
+}
+
+/// The (user, upstream) of a [`mailbox_key`].
+pub fn split_mailbox(key: &str) -> (&str, &str) {
+    key.split_once('\u{1f}').unwrap_or((key, ""))
+}
+
+/// One verdict applied at login.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Decision {
+    /// Unix seconds.
+    pub time: u64,
+    pub mailbox: String,
+    pub uidl: String,
+    /// LIST size.
+    pub size: u64,
+    pub from: String,
+    pub subject: String,
+    pub score: f64,
+    pub threshold: f64,
+    pub rules: Vec<String>,
+    /// The classifier's spam probability, when a model was consulted.
+    pub bayes: Option<f64>,
+    /// `none`, `allow`, `tag`, `hide`, `quarantine`, `delete`.
+    pub action: String,
+    /// What the view did: `visible`, `hidden`, `condemned`.
+    pub disposition: String,
+    pub dry_run: bool,
+    pub spam: bool,
+}
+
+impl Decision {
+    /// The header block recorded for this decision, for training when the message itself
+    /// is gone from the server.
+    pub fn header_block(&self) -> Vec<u8> {
+        let clean = |s: &str| s.replace(['\r', '\n'], " ");
+        format!("From: {}\r\nSubject: {}\r\n\r\n", clean(&self.from), clean(&self.subject)).into_bytes()
+    }
+}
+
+/// A quarantined message released back into its mailbox by "Not spam".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// The UIDL the client sees: `popsift-r-<first 32 hex digits of the digest>`. The `-`
+    /// and the prefix keep it apart from server UIDLs in practice; the driver also drops a
+    /// release whose UIDL the server itself lists.
+    pub uidl: String,
+    /// The quarantine file (its id for [`crate::store::quarantine::Quarantine::original`]).
+    pub quarantine_id: String,
+    /// Octets of the message as the server held it (what LIST and STAT report).
+    pub size: u64,
+    pub time: u64,
+}
+
+/// A query on the decisions of one mailbox (or all of them, for the admin).
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// `None`: every mailbox.
+    pub mailbox: Option<String>,
+    /// Keep only this action (`none`, `tag`, `hide`, …) or `spam`/`ham` by verdict.
+    pub action: Option<String>,
+    /// Keep only decisions where this rule fired.
+    pub rule: Option<String>,
+    /// Case-insensitive substring of From or Subject.
+    pub search: Option<String>,
+    /// Only decisions with a sequence below this (paging, newest first).
+    pub before: Option<u64>,
+    pub limit: usize,
+}
+
+impl Query {
+    fn keeps(&self, d: &Decision, needle: Option<&str>) -> bool {
+        if let Some(a) = &self.action {
+            let ok = match a.as_str() {
+                "spam" => d.spam,
+                "ham" => !d.spam,
+                a => d.action == a,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(r) = &self.rule {
+            if !d.rules.iter().any(|x| x == r) {
+                return false;
+            }
+        }
+        if let Some(n) = needle {
+            if !contains_ci(&d.from, n) && !contains_ci(&d.subject, n) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn contains_ci(hay: &str, lower_needle: &str) -> bool {
+    hay.to_lowercase().contains(lower_needle)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("decision history {path}: {detail}")]
+    Db { path: PathBuf, detail: String },
+    #[error("decision history: a stored record is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// The decision store (see the module doc). Every method may block on disk: call it off the
+/// async threads.
+pub trait History: Send + Sync {
+    /// Stores one login's decisions (one transaction), skipping repeats, then prunes.
+    fn record(&self, batch: &[Decision], now: u64) -> Result<usize, HistoryError>;
+    /// Decisions matching `q`, newest first, with their sequence numbers.
+    fn decisions(&self, q: &Query) -> Result<Vec<(u64, Decision)>, HistoryError>;
+    /// One decision.
+    fn decision(&self, mailbox: &str, seq: u64) -> Result<Option<Decision>, HistoryError>;
+    /// Every mailbox with a decision (for the admin).
+    fn mailboxes(&self) -> Result<Vec<String>, HistoryError>;
+    /// Per rule, the decisions it fired in over the last 1, 7 and 30 days.
+    fn rule_counts(&self, mailbox: Option<&str>, now: u64) -> Result<Vec<(String, [u64; 3])>, HistoryError>;
+    /// From the next login on, show the hidden message `uidl` of `mailbox`.
+    fn show(&self, mailbox: &str, uidl: &str, now: u64) -> Result<(), HistoryError>;
+    /// UIDLs the owner asked to see.
+    fn shown(&self, mailbox: &str) -> Result<HashSet<String>, HistoryError>;
+    /// Adds a released message to `mailbox`.
+    fn release(&self, mailbox: &str, r: &Released) -> Result<(), HistoryError>;
+    /// The messages released into `mailbox`.
+    fn released(&self, mailbox: &str) -> Result<Vec<Released>, HistoryError>;
+    /// The client deleted a released message (DELE + QUIT): forget it.
+    fn unrelease(&self, mailbox: &str, uidl: &str) -> Result<(), HistoryError>;
+    /// Whether `mailbox` may have "show" overrides or released messages, answered from
+    /// memory (never blocks): a login of a mailbox without any skips reading them.
+    fn has_overrides(&self, mailbox: &str) -> bool;
+}
+
+/// The embedded store.
+pub struct RedbHistory {
+    path: PathBuf,
+    db: Database,
+    settings: HistorySettings,
+    last_seq: std::sync::Mutex<u64>,
+    /// Mailboxes with a "show" override or a released message (kept from open on).
+    with_overrides: std::sync::Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for RedbHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbHistory").field("path", &self.path).finish()
+    }
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl RedbHistory {
+    /// Opens (creating) `<state_dir>/history.redb`.
+    pub fn open(state_dir: &Path, settings: HistorySettings) -> Result<RedbHistory, HistoryError> {
+        let path = state_dir.join(FILE_NAME);
+        let db_err = |detail: String| HistoryError::Db { path: path.clone(), detail };
+        std::fs::create_dir_all(state_dir).map_err(|e| db_err(e.to_string()))?;
+        let db = Database::create(&path).map_err(|e| db_err(e.to_string()))?;
+        let tx = db.begin_write().map_err(|e| db_err(e.to_string()))?;
+        {
+            tx.open_table(DECISIONS).map_err(|e| db_err(e.to_string()))?;
+            tx.open_table(BY_UIDL).map_err(|e| db_err(e.to_string()))?;
+            tx.open_table(SHOWN).map_err(|e| db_err(e.to_string()))?;
+            tx.open_table(RELEASED).map_err(|e| db_err(e.to_string()))?;
+        }
+        tx.commit().map_err(|e| db_err(e.to_string()))?;
+        let mut with_overrides = HashSet::new();
+        {
+            let r = db.begin_read().map_err(|e| db_err(e.to_string()))?;
+            let shown = r.open_table(SHOWN).map_err(|e| db_err(e.to_string()))?;
+            for item in shown.iter().map_err(|e| db_err(e.to_string()))? {
+                let (k, _) = item.map_err(|e| db_err(e.to_string()))?;
+                with_overrides.insert(k.value().0.to_string());
+            }
+            let released = r.open_table(RELEASED).map_err(|e| db_err(e.to_string()))?;
+            for item in released.iter().map_err(|e| db_err(e.to_string()))? {
+                let (k, _) = item.map_err(|e| db_err(e.to_string()))?;
+                with_overrides.insert(k.value().0.to_string());
+            }
+        }
+        Ok(RedbHistory {
+            path,
+            db,
+            settings,
+            last_seq: std::sync::Mutex::new(0),
+            with_overrides: std::sync::Mutex::new(with_overrides),
+        })
+    }
+
+    fn mark_overrides(&self, mailbox: &str) {
+        self.with_overrides.lock().unwrap_or_else(|p| p.into_inner()).insert(mailbox.to_string());
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> HistoryError {
+        HistoryError::Db { path: self.path.clone(), detail: e.to_string() }
+    }
+
+    /// A fresh, strictly increasing sequence number: `now` (Unix seconds) in microseconds
+    /// plus the clock's microseconds within the second (so a restart within the same second
+    /// does not reuse a key), or one more than the last one given.
+    fn next_seq(&self, now: u64) -> u64 {
+        let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::from(d.subsec_micros())).unwrap_or(0);
+        let mut last = self.last_seq.lock().unwrap_or_else(|p| p.into_inner());
+        *last = now.saturating_mul(1_000_000).saturating_add(micros).max(*last + 1);
+        *last
+    }
+
+    fn prune(
+        &self,
+        table: &mut redb::Table<(&str, u64), &[u8]>,
+        by_uidl: &mut redb::Table<(&str, &str), (u64, u64)>,
+        mailbox: &str,
+        now: u64,
+    ) -> Result<(), HistoryError> {
+        let cutoff = now.saturating_sub(self.settings.max_days * 86_400).saturating_mul(1_000_000);
+        let mut doomed: Vec<u64> = Vec::new();
+        let mut seqs = Vec::new();
+        for item in table.range((mailbox, 0)..=(mailbox, u64::MAX)).map_err(|e| self.err(e))? {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            seqs.push(k.value().1);
+        }
+        let excess = (seqs.len() as u64).saturating_sub(self.settings.max_per_mailbox) as usize;
+        for (i, &s) in seqs.iter().enumerate() {
+            if i < excess || s < cutoff {
+                doomed.push(s);
+            }
+        }
+        for s in doomed {
+            if let Some(v) = table.remove((mailbox, s)).map_err(|e| self.err(e))? {
+                if let Ok(d) = serde_json::from_slice::<Decision>(v.value()) {
+                    let newest = by_uidl.get((mailbox, d.uidl.as_str())).map_err(|e| self.err(e))?.map(|g| g.value().0);
+                    if newest == Some(s) {
+                        by_uidl.remove((mailbox, d.uidl.as_str())).map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Decision, HistoryError> {
+    serde_json::from_slice(bytes).map_err(|e| HistoryError::Corrupt(e.to_string()))
+}
+
+impl History for RedbHistory {
+    fn record(&self, batch: &[Decision], now: u64) -> Result<usize, HistoryError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut written = 0;
+        {
+            let mut table = tx.open_table(DECISIONS).map_err(|e| self.err(e))?;
+            let mut by_uidl = tx.open_table(BY_UIDL).map_err(|e| self.err(e))?;
+            let mut touched: Vec<&str> = Vec::new();
+            for d in batch {
+                let fp = fingerprint(d);
+                let prev =
+                    by_uidl.get((d.mailbox.as_str(), d.uidl.as_str())).map_err(|e| self.err(e))?.map(|g| g.value());
+                if prev.is_some_and(|(_, f)| f == fp) {
+                    continue;
+                }
+                let seq = self.next_seq(now);
+                let json = serde_json::to_vec(d).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+                table.insert((d.mailbox.as_str(), seq), json.as_slice()).map_err(|e| self.err(e))?;
+                by_uidl.insert((d.mailbox.as_str(), d.uidl.as_str()), (seq, fp)).map_err(|e| self.err(e))?;
+                written += 1;
+                if !touched.contains(&d.mailbox.as_str()) {
+                    touched.push(d.mailbox.as_str());
+                }
+            }
+            for mb in touched {
+                self.prune(&mut table, &mut by_uidl, mb, now)?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(written)
+    }
+
+    fn decisions(&self, q: &Query) -> Result<Vec<(u64, Decision)>, HistoryError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = tx.open_table(DECISIONS).map_err(|e| self.err(e))?;
+        let needle = q.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
+        let before = q.before.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        let push = |k: (&str, u64), v: &[u8], out: &mut Vec<(u64, Decision)>| -> Result<(), HistoryError> {
+            if k.1 >= before {
+                return Ok(());
+            }
+            let d = decode(v)?;
+            if q.keeps(&d, needle.as_deref()) {
+                out.push((k.1, d));
+            }
+            Ok(())
+        };
+        match &q.mailbox {
+            Some(mb) => {
+                let range = table.range((mb.as_str(), 0)..(mb.as_str(), before)).map_err(|e| self.err(e))?;
+                for item in range.rev() {
+                    let (k, v) = item.map_err(|e| self.err(e))?;
+                    push(k.value(), v.value(), &mut out)?;
+                    if out.len() >= q.limit {
+                        break;
+                    }
+                }
+            }
+            None => {
+                // Every mailbox: newest first across them all.
+                for item in table.iter().map_err(|e| self.err(e))? {
+                    let (k, v) = item.map_err(|e| self.err(e))?;
+                    push(k.value(), v.value(), &mut out)?;
+                }
+                out.sort_by_key(|b| std::cmp::Reverse(b.0));
+                out.truncate(q.limit);
+            }
+        }
+        Ok(out)
+    }
+
+    fn decision(&self, mailbox: &str, seq: u64) -> Result<Option<Decision>, HistoryError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = tx.open_table(DECISIONS).map_err(|e| self.err(e))?;
+        let v = table.get((mailbox, seq)).map_err(|e| self.err(e))?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    fn mailboxes(&self) -> Result<Vec<String>, HistoryError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = tx.open_table(BY_UIDL).map_err(|e| self.err(e))?;
+        let mut out: Vec<String> = Vec::new();
+        for item in table.iter().map_err(|e| self.err(e))? {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            let mb = k.value().0;
+            if out.last().map(String::as_str) != Some(mb) {
+                out.push(mb.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    fn rule_counts(&self, mailbox: Option<&str>, now: u64) -> Result<Vec<(String, [u64; 3])>, HistoryError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = tx.open_table(DECISIONS).map_err(|e| self.err(e))?;
+        let mut counts: std::collections::BTreeMap<String, [u64; 3]> = Default::default();
+        let limits = [1u64, 7, 30].map(|d| now.saturating_sub(d * 86_400));
+        let mut add = |v: &[u8]| -> Result<(), HistoryError> {
+            let d = decode(v)?;
+            for r in &d.rules {
+                let c = counts.entry(r.clone()).or_default();
+                for (slot, &limit) in c.iter_mut().zip(&limits) {
+                    if d.time >= limit {
+                        *slot += 1;
+                    }
+                }
+            }
+            Ok(())
+        };
+        match mailbox {
+            Some(mb) => {
+                for item in table.range((mb, 0)..=(mb, u64::MAX)).map_err(|e| self.err(e))? {
+                    add(item.map_err(|e| self.err(e))?.1.value())?;
+                }
+            }
+            None => {
+                for item in table.iter().map_err(|e| self.err(e))? {
+                    add(item.map_err(|e| self.err(e))?.1.value())?;
+                }
+            }
+        }
+        Ok(counts.into_iter().collect())
+    }
+
+    fn show(&self, mailbox: &str, uidl: &str, now: u64) -> Result<(), HistoryError> {
+        self.mark_overrides(mailbox);
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.open_table(SHOWN).map_err(|e| self.err(e))?.insert((mailbox, uidl), now).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn shown(&self, mailbox: &str) -> Result<HashSet<String>, HistoryError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = tx.open_table(SHOWN).map_err(|e| self.err(e))?;
+        let mut out = HashSet::new();
+        for item in table.range((mailbox, "")..).map_err(|e| self.err(e))? {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            let (mb, uidl) = k.value();
+            if mb != mailbox {
+                break;
+            }
+            out.insert(uidl.to_string());
+        }
+        Ok(out)
+    }
+
+    fn release(&self, mailbox: &str, r: &Released) -> Result<(), HistoryError> {
+        let json = serde_json::to_vec(r).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+        self.mark_overrides(mailbox);
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.open_table(RELEASED)
+            .map_err(|e| self.err(e))?
+            .insert((mailbox, r.uidl.as_str()), json.as_slice())
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn released(&self, mailbox: &str) -> Result<Vec<Released>, HistoryError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = tx.open_table(RELEASED).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in table.range((mailbox, "")..).map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if k.value().0 != mailbox {
+                break;
+            }
+            out.push(serde_json::from_slice(v.value()).map_err(|e| HistoryError::Corrupt(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    fn unrelease(&self, mailbox: &str, uidl: &str) -> Result<(), HistoryError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.open_table(RELEASED).map_err(|e| self.err(e))?.remove((mailbox, uidl)).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn has_overrides(&self, mailbox: &str) -> bool {
+        self.with_overrides.lock().unwrap_or_else(|p| p.into_inner()).contains(mailbox)
+    }
+}
+
+/// The decisions of one login's view: every message the rules evaluated.
+pub fn login_decisions(
+    mailbox: &str,
+    entries: &[crate::session::view::Entry],
+    dry_run: bool,
+    now: u64,
+) -> Vec<Decision> {
+    use crate::session::view::Disposition;
+    entries
+        .iter()
+        .filter_map(|e| {
+            let ev = e.evaluated.as_deref()?;
+            let v = &ev.verdict;
+            Some(Decision {
+                time: now,
+                mailbox: mailbox.to_string(),
+                uidl: e.uidl.as_deref()?.to_string(),
+                size: e.upstream_size,
+                from: ev.about.from.to_string(),
+                subject: ev.about.subject.to_string(),
+                score: v.score,
+                threshold: v.threshold,
+                rules: v.rules.iter().map(|r| r.to_string()).collect(),
+                bayes: ev.about.bayes,
+                action: v.action.map_or("none", |a| a.as_str()).to_string(),
+                disposition: match e.disposition {
+                    Disposition::Visible => "visible",
+                    Disposition::Hidden => "hidden",
+                    Disposition::Condemned => "condemned",
+                }
+                .to_string(),
+                dry_run,
+                spam: v.spam,
+            })
+        })
+        .collect()
+}
+
+/// Shows the messages whose UIDL the owner said "Not spam" to (see [`History::show`]);
+/// returns how many entries changed.
+pub fn apply_shown(entries: &mut [crate::session::view::Entry], shown: &HashSet<String>) -> usize {
+    use crate::session::view::Disposition;
+    if shown.is_empty() {
+        return 0;
+    }
+    let mut n = 0;
+    for e in entries.iter_mut() {
+        if e.disposition != Disposition::Visible && e.uidl.as_deref().is_some_and(|u| shown.contains(u)) {
+            // The owner said it is not spam: shown as the server holds it, untagged.
+            e.disposition = Disposition::Visible;
+            e.rewrite = None;
+            e.size = e.upstream_size;
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The view entries of the messages released into `mailbox` (see
+/// [`crate::session::view::released_entry`]), read from the quarantine. A release whose
+/// quarantine copy is gone is forgotten; one whose UIDL the server itself lists is skipped
+/// (logged), so a client never sees two messages with one UIDL. Blocking.
+pub fn released_entries(
+    store: &dyn History,
+    quarantine: &crate::store::quarantine::Quarantine,
+    mailbox: &str,
+    server_uidls: &HashSet<Arc<str>>,
+) -> Vec<crate::session::view::Entry> {
+    let released = match store.released(mailbox) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "released messages not read; not shown at this login");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for r in released {
+        if server_uidls.contains(r.uidl.as_str()) {
+            tracing::warn!(uidl = r.uidl, "a released message's UIDL is also on the server: not shown");
+            continue;
+        }
+        match quarantine.original(&r.quarantine_id) {
+            Ok(bytes) => out.push(crate::session::view::released_entry(&r.uidl, Arc::from(bytes))),
+            Err(e) => {
+                tracing::warn!(uidl = r.uidl, error = %e, "a released message's copy is gone; release forgotten");
+                let _ = store.unrelease(mailbox, &r.uidl);
+            }
+        }
+    }
+    out
+}
+
+/// At login, on the blocking pool: applies the owner's "show" overrides to `entries` (see
+/// [`apply_shown`]) and returns the released messages' entries (see [`released_entries`]),
+/// to be appended after the server's own.
+pub async fn overrides(
+    store: Arc<dyn History>,
+    quarantine: crate::store::quarantine::Quarantine,
+    mailbox: String,
+    entries: &mut [crate::session::view::Entry],
+) -> Vec<crate::session::view::Entry> {
+    // Most mailboxes have none: no trip to the blocking pool (measured: ~10 ms of a 2,000
+    // message cold login on a loaded machine).
+    if !store.has_overrides(&mailbox) {
+        return Vec::new();
+    }
+    let on_server: HashSet<Arc<str>> = entries.iter().filter_map(|e| e.uidl.clone()).collect();
+    let read = tokio::task::spawn_blocking(move || {
+        let shown = store.shown(&mailbox).unwrap_or_default();
+        (shown, released_entries(&*store, &quarantine, &mailbox, &on_server))
+    });
+    match read.await {
+        Ok((shown, released)) => {
+            apply_shown(entries, &shown);
+            released
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// After a successful UPDATE: the released messages the client deleted leave the store and
+/// the quarantine. Blocking.
+pub fn forget_released(
+    store: &dyn History,
+    quarantine: &crate::store::quarantine::Quarantine,
+    mailbox: &str,
+    uidls: &[Arc<str>],
+) {
+    let Ok(released) = store.released(mailbox) else { return };
+    for r in released.iter().filter(|r| uidls.iter().any(|u| **u == *r.uidl)) {
+        if let Err(e) = quarantine.remove(&r.quarantine_id) {
+            tracing::warn!(uidl = r.uidl, error = %e, "released message deleted by the client, but its copy was not removed");
+        }
+        if let Err(e) = store.unrelease(mailbox, &r.uidl) {
+            tracing::warn!(uidl = r.uidl, error = %e, "released message deleted by the client, but still listed as released");
+        }
+    }
+}
+
+/// Hands login batches to a writer thread (see the module doc).
+pub struct Recorder {
+    store: Arc<dyn History>,
+    tx: SyncSender<Vec<Decision>>,
+    dropped: AtomicU64,
+}
+
+/// Batches waiting for the writer at most; beyond, batches are dropped and counted.
+pub const QUEUE_BATCHES: usize = 256;
+
+impl Recorder {
+    /// Starts the writer thread over `store`.
+    pub fn start(store: Arc<dyn History>) -> Arc<Recorder> {
+        let (tx, rx) = sync_channel::<Vec<Decision>>(QUEUE_BATCHES);
+        let writer = Arc::clone(&store);
+        let spawned = std::thread::Builder::new().name("popsift-history".into()).spawn(move || {
+            while let Ok(batch) = rx.recv() {
+                if let Err(e) = writer.record(&batch, now_secs()) {
+                    tracing::warn!(error = %e, decisions = batch.len(), "decision history not written");
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "decision history writer not started: decisions are not recorded");
+        }
+        Arc::new(Recorder { store, tx, dropped: AtomicU64::new(0) })
+    }
+
+    /// Queues one login's decisions; never waits. `false`: dropped (queue full or writer gone).
+    pub fn record(&self, batch: Vec<Decision>) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        match self.tx.try_send(batch) {
+            Ok(()) => true,
+            Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::history_dropped(b.len());
+                false
+            }
+        }
+    }
+
+    /// Batches dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The store behind the writer (for reads).
+    pub fn store(&self) -> &Arc<dyn History> {
+        &self.store
+    }
+}
+
+/// The recorder over `<state_dir>/history.redb`, opened once per process and shared by the
+/// sessions and the review page (a redb file can be opened only once). `None` (logged) when
+/// it cannot be opened: the proxy runs on without a history.
+pub fn shared(state_dir: &Path, settings: HistorySettings) -> Option<Arc<Recorder>> {
+    if !settings.enabled {
+        return None;
+    }
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, Weak};
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Recorder>>>> = OnceLock::new();
+    let mut open = OPEN.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    let key = state_dir.join(FILE_NAME);
+    if let Some(r) = open.get(&key).and_then(Weak::upgrade) {
+        return Some(r);
+    }
+    match RedbHistory::open(state_dir, settings) {
+        Ok(h) => {
+            let r = Recorder::start(Arc::new(h));
+            open.insert(key, Arc::downgrade(&r));
+            Some(r)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "decision history unavailable: decisions are not recorded");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(mb: &str, uidl: &str, action: &str, subject: &str, time: u64) -> Decision {
+        Decision {
+            time,
+            mailbox: mb.into(),
+            uidl: uidl.into(),
+            size: 100,
+            from: "a@example.org".into(),
+            subject: subject.into(),
+            score: 6.0,
+            threshold: 5.0,
+            rules: vec!["r1".into()],
+            action: action.into(),
+            disposition: "hidden".into(),
+            spam: action != "none",
+            ..Decision::default()
+        }
+    }
+
+    fn open(settings: HistorySettings) -> (tempfile::TempDir, RedbHistory) {
+        let dir = tempfile::tempdir().unwrap();
+        let h = RedbHistory::open(dir.path(), settings).unwrap();
+        (dir, h)
+    }
+
+    #[test]
+    fn newest_first_filtered_and_per_mailbox() {
+        let (_d, h) = open(HistorySettings::default());
+        let now = now_secs();
+        h.record(&[d("m1", "u1", "hide", "Cheap pills", now), d("m1", "u2", "none", "Lunch", now)], now).unwrap();
+        h.record(&[d("m2", "u1", "quarantine", "Other box", now)], now).unwrap();
+        let all = h.decisions(&Query { mailbox: Some("m1".into()), limit: 10, ..Query::default() }).unwrap();
+        assert_eq!(all.iter().map(|(_, d)| d.uidl.as_str()).collect::<Vec<_>>(), ["u2", "u1"]);
+        let q = Query { mailbox: Some("m1".into()), search: Some("PILLS".into()), limit: 10, ..Query::default() };
+        assert_eq!(h.decisions(&q).unwrap().len(), 1);
+        let q = Query { mailbox: Some("m1".into()), action: Some("none".into()), limit: 10, ..Query::default() };
+        assert_eq!(h.decisions(&q).unwrap()[0].1.uidl, "u2");
+        assert_eq!(h.decisions(&Query { limit: 10, ..Query::default() }).unwrap().len(), 3);
+        assert_eq!(h.mailboxes().unwrap(), ["m1", "m2"]);
+        let counts = h.rule_counts(Some("m1"), now).unwrap();
+        assert_eq!(counts, vec![("r1".to_string(), [2, 2, 2])]);
+    }
+
+    #[test]
+    fn a_repeated_verdict_is_one_decision() {
+        let (_d, h) = open(HistorySettings::default());
+        let now = now_secs();
+        assert_eq!(h.record(&[d("m", "u1", "hide", "s", now)], now).unwrap(), 1);
+        assert_eq!(h.record(&[d("m", "u1", "hide", "s", now)], now).unwrap(), 0);
+        // A new verdict for the same message is a new decision.
+        assert_eq!(h.record(&[d("m", "u1", "quarantine", "s", now)], now).unwrap(), 1);
+    }
+
+    #[test]
+    fn bounded_by_count_and_age() {
+        let (_d, h) = open(HistorySettings { enabled: true, max_days: 30, max_per_mailbox: 3 });
+        let now = now_secs();
+        let batch: Vec<Decision> = (0..5).map(|i| d("m", &format!("u{i}"), "hide", "s", now)).collect();
+        h.record(&batch, now).unwrap();
+        let left = h.decisions(&Query { mailbox: Some("m".into()), limit: 100, ..Query::default() }).unwrap();
+        assert_eq!(left.iter().map(|(_, d)| d.uidl.as_str()).collect::<Vec<_>>(), ["u4", "u3", "u2"]);
+        // 31 days on, everything recorded now is too old: the next write prunes it.
+        let later = now + 31 * 86_400;
+        h.record(&[d("m", "new", "hide", "s", later)], later).unwrap();
+        let left = h.decisions(&Query { mailbox: Some("m".into()), limit: 100, ..Query::default() }).unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].1.uidl, "new");
+    }
+
+    #[test]
+    fn overrides_and_releases_are_per_mailbox() {
+        let (_d, h) = open(HistorySettings::default());
+        assert!(!h.has_overrides("m1"));
+        h.show("m1", "u1", 1).unwrap();
+        assert!(h.shown("m1").unwrap().contains("u1"));
+        assert!(h.has_overrides("m1") && !h.has_overrides("m2"));
+        assert!(h.shown("m").unwrap().is_empty());
+        let r = Released { uidl: "popsift-r-ab".into(), quarantine_id: "q1".into(), size: 10, time: 1 };
+        h.release("m1", &r).unwrap();
+        assert_eq!(h.released("m1").unwrap(), vec![r]);
+        assert!(h.released("m2").unwrap().is_empty());
+        h.unrelease("m1", "popsift-r-ab").unwrap();
+        assert!(h.released("m1").unwrap().is_empty());
+        // Known again after a reopen.
+        let dir = _d.path().to_path_buf();
+        drop(h);
+        let h = RedbHistory::open(&dir, HistorySettings::default()).unwrap();
+        assert!(h.has_overrides("m1") && !h.has_overrides("m2"));
+    }
+
+    #[test]
+    fn shown_overrides_make_hidden_entries_visible_and_untagged() {
+        use crate::session::view::{Disposition, Entry, HeaderRewrite};
+        let e = |u: &str, d| Entry {
+            upstream: 1,
+            upstream_size: 10,
+            size: 30,
+            uidl: Some(u.into()),
+            disposition: d,
+            rewrite: Some(Arc::new(HeaderRewrite { original: vec![], replacement: vec![] })),
+            evaluated: None,
+            released: None,
+        };
+        let mut entries =
+            vec![e("a", Disposition::Hidden), e("b", Disposition::Hidden), e("c", Disposition::Condemned)];
+        let shown: HashSet<String> = ["a".to_string(), "c".to_string()].into();
+        assert_eq!(apply_shown(&mut entries, &shown), 2);
+        assert_eq!(entries[0].disposition, Disposition::Visible);
+        assert!(entries[0].rewrite.is_none() && entries[0].size == 10);
+        assert_eq!(entries[1].disposition, Disposition::Hidden);
+        assert_eq!(entries[2].disposition, Disposition::Visible);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        struct Slow(std::sync::Mutex<()>);
+        impl History for Slow {
+            fn record(&self, _: &[Decision], _: u64) -> Result<usize, HistoryError> {
+                let _g = self.0.lock().unwrap();
+                Ok(0)
+            }
+            fn decisions(&self, _: &Query) -> Result<Vec<(u64, Decision)>, HistoryError> {
+                Ok(vec![])
+            }
+            fn decision(&self, _: &str, _: u64) -> Result<Option<Decision>, HistoryError> {
+                Ok(None)
+            }
+            fn mailboxes(&self) -> Result<Vec<String>, HistoryError> {
+                Ok(vec![])
+            }
+            fn rule_counts(&self, _: Option<&str>, _: u64) -> Result<Vec<(String, [u64; 3])>, HistoryError> {
+                Ok(vec![])
+            }
+            fn show(&self, _: &str, _: &str, _: u64) -> Result<(), HistoryError> {
+                Ok(())
+            }
+            fn shown(&self, _: &str) -> Result<HashSet<String>, HistoryError> {
+                Ok(HashSet::new())
+            }
+            fn release(&self, _: &str, _: &Released) -> Result<(), HistoryError> {
+                Ok(())
+            }
+            fn released(&self, _: &str) -> Result<Vec<Released>, HistoryError> {
+                Ok(vec![])
+            }
+            fn unrelease(&self, _: &str, _: &str) -> Result<(), HistoryError> {
+                Ok(())
+            }
+            fn has_overrides(&self, _: &str) -> bool {
+                false
+            }
+        }
+        let slow = Arc::new(Slow(std::sync::Mutex::new(())));
+        let guard = slow.0.lock().unwrap();
+        let rec = Recorder::start(slow.clone());
+        // The writer takes one batch and blocks on the lock; the queue holds QUEUE_BATCHES.
+        let started = std::time::Instant::now();
+        let mut refused = 0;
+        for _ in 0..QUEUE_BATCHES + 10 {
+            if !rec.record(vec![Decision::default()]) {
+                refused += 1;
+            }
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "record must never wait");
+        assert!(refused >= 9, "refused {refused}");
+        assert_eq!(rec.dropped(), refused);
+        drop(guard);
+    }
+}

@@ -1,0 +1,788 @@
+//! The review page (issue 13): a small web UI in the proxy's process where a mailbox's owner
+//! sees what popsift decided for their mail and puts mistakes right in one click.
+//!
+//! - [`auth`]: sessions, CSRF, the login rate limit, the POP3 and admin logins.
+//! - [`pages`]: the HTML (maud: escaped by default).
+//! - this file: the listener (plain HTTP on loopback, or rustls with `ui.tls`), routing, and
+//!   the actions (`Not spam`, `Spam`, release, delete for good).
+//!
+//! It never takes the proxy down: a port that cannot be bound, or a TLS key that cannot be
+//! read, is logged and the proxy serves on without a UI. Every store access runs on the
+//! blocking pool, so a handler never holds an async worker the POP3 sessions need; the
+//! listener has the connection cap and deadlines of [`crate::net::http`]. Request bodies are
+//! read up to [`MAX_FORM`] octets. Everything goes through `store/` (history, quarantine,
+//! classifier store); nothing here reads another module's files directly.
+pub mod auth;
+pub mod pages;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use maud::Markup;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, UiSettings};
+use crate::net::http::{AcceptErrors, HttpLimits};
+use crate::rules::RulesHandle;
+use crate::store::history::{self, Decision, History, Query, Recorder, Released};
+use crate::store::quarantine::{Listed, Quarantine};
+use auth::{Session, Sessions, Viewer};
+
+/// Largest form body read.
+pub const MAX_FORM: usize = 16 * 1024;
+/// Decisions per page.
+pub const PAGE: usize = 100;
+const COOKIE_NAME: &str = "popsift_session";
+/// The login form's CSRF token travels in this cookie and in the form (double submit): a
+/// page elsewhere cannot log a browser in to someone else's mailbox.
+const LOGIN_COOKIE: &str = "popsift_login";
+
+/// Limits of the UI listener: a person or two with a browser.
+pub const LIMITS: HttpLimits = HttpLimits {
+    max_connections: 64,
+    header_timeout: Duration::from_secs(10),
+    connection_lifetime: Duration::from_secs(120),
+    max_header_bytes: 16 << 10,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UiError {
+    #[error("review page: cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("review page: TLS: {0}")]
+    Tls(String),
+}
+
+/// Shared state of the UI.
+pub struct Ui {
+    config: Arc<Config>,
+    settings: UiSettings,
+    sessions: Sessions,
+    history: Option<Arc<Recorder>>,
+    quarantine: Quarantine,
+    rules: Arc<RulesHandle>,
+    secure: bool,
+}
+
+/// Starts the UI when `config.ui` is set. Returns its bound address, or the reason it could
+/// not start (the caller logs it and serves on: the UI never takes the proxy down).
+pub async fn start(config: Arc<Config>, rules: Arc<RulesHandle>) -> Result<Option<SocketAddr>, UiError> {
+    let Some(settings) = config.ui.clone() else { return Ok(None) };
+    let tls = match &settings.tls {
+        Some(t) => Some(tls_acceptor(&t.cert, &t.key)?),
+        None => None,
+    };
+    let listener =
+        TcpListener::bind(settings.listen).await.map_err(|source| UiError::Bind { addr: settings.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| UiError::Bind { addr: settings.listen, source })?;
+    let history = {
+        let (dir, s) = (config.state_dir.clone(), config.history);
+        tokio::task::spawn_blocking(move || history::shared(&dir, s)).await.ok().flatten()
+    };
+    let ui = Arc::new(Ui {
+        quarantine: Quarantine::new(&config.quarantine.dir),
+        sessions: Sessions::new(settings.session_ttl),
+        secure: tls.is_some(),
+        settings,
+        history,
+        rules,
+        config,
+    });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tokio::spawn(serve(listener, tls, ui));
+    tracing::info!(%addr, "review page on {scheme}://{addr}/");
+    Ok(Some(addr))
+}
+
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, UiError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| UiError::Tls(format!("{}: {e}", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| UiError::Tls(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UiError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| UiError::Tls(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// The accept loop: [`crate::net::http::serve`]'s limits, plus TLS and the peer address
+/// (for the login rate limit).
+async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui: Arc<Ui>) {
+    let limits = LIMITS;
+    let local = listener.local_addr().ok();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut errors = AcceptErrors::new("ui", Duration::from_secs(1));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                drop(permit);
+                errors.failed(&e, local).await;
+                continue;
+            }
+        };
+        let (ui, tls) = (ui.clone(), tls.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let ui = ui.clone();
+                async move { Ok::<_, Infallible>(handle(ui, peer.ip(), req).await) }
+            });
+            let builder = {
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
+                    .max_buf_size(limits.max_header_bytes.max(8192));
+                b
+            };
+            let run = async {
+                match tls {
+                    None => builder.serve_connection(TokioIo::new(stream), service).await.map_err(|e| e.to_string()),
+                    Some(acceptor) => {
+                        let s = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream))
+                            .await
+                            .map_err(|_| "TLS handshake timed out".to_string())?
+                            .map_err(|e| format!("TLS handshake: {e}"))?;
+                        builder.serve_connection(TokioIo::new(s), service).await.map_err(|e| e.to_string())
+                    }
+                }
+            };
+            match tokio::time::timeout(limits.connection_lifetime, run).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(listener = "ui", error = %e, "HTTP connection ended"),
+                Err(_) => tracing::debug!(listener = "ui", "HTTP connection closed at its lifetime limit"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding (also for query strings).
+pub fn form_decode(s: &str) -> HashMap<String, String> {
+    fn unescape(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while let Some(&c) = b.get(i) {
+            match c {
+                b'+' => out.push(b' '),
+                b'%' => match b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                },
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    let mut map = HashMap::new();
+    for pair in s.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        map.entry(unescape(k)).or_insert_with(|| unescape(v));
+    }
+    map
+}
+
+/// `application/x-www-form-urlencoded` encoding of `pairs`.
+pub fn form_encode(pairs: &[(&str, &str)]) -> String {
+    let esc = |s: &str| {
+        let mut o = String::new();
+        for &b in s.as_bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                o.push(b as char);
+            } else {
+                o.push_str(&format!("%{b:02X}"));
+            }
+        }
+        o
+    };
+    pairs.iter().map(|(k, v)| format!("{}={}", esc(k), esc(v))).collect::<Vec<_>>().join("&")
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn with_headers(mut r: Resp) -> Resp {
+    let h = r.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    r
+}
+
+fn html(status: StatusCode, m: Markup) -> Resp {
+    with_headers(crate::net::http::response(status, "text/html; charset=utf-8", m.into_string()))
+}
+
+fn redirect(to: &str) -> Resp {
+    let mut r = crate::net::http::response(StatusCode::SEE_OTHER, "text/plain", "");
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    with_headers(r)
+}
+
+fn cookie_of(req: &Request<Incoming>, name: &str) -> Option<String> {
+    for v in req.headers().get_all(COOKIE) {
+        let Ok(v) = v.to_str() else { continue };
+        for part in v.split(';') {
+            if let Some((k, val)) = part.trim().split_once('=') {
+                if k == name {
+                    return Some(val.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+async fn form_body(req: Request<Incoming>) -> Option<HashMap<String, String>> {
+    let body = Limited::new(req.into_body(), MAX_FORM).collect().await.ok()?.to_bytes();
+    Some(form_decode(std::str::from_utf8(&body).ok()?))
+}
+
+/// Runs a blocking store call on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| format!("internal error: {e}"))?
+}
+
+impl Ui {
+    fn frame(&self, title: &str, s: Option<&Session>, body: Markup) -> Markup {
+        let name = s.map(|s| match &s.viewer {
+            Viewer::Admin => "admin".to_string(),
+            Viewer::Owner { user, .. } => user.clone(),
+        });
+        pages::frame(title, name.as_deref().zip(s.map(|s| s.csrf.as_str())), body)
+    }
+
+    fn page(&self, status: StatusCode, title: &str, s: &Session, body: Markup) -> Resp {
+        html(status, self.frame(title, Some(s), body))
+    }
+
+    fn message(&self, s: &Session, status: StatusCode, text: &str) -> Resp {
+        let ok = status.is_success();
+        let body = maud::html! { (pages::notice(text, ok)) p { a href="/decisions" { "Back to the decisions" } } };
+        self.page(status, if ok { "Done" } else { "Not done" }, s, body)
+    }
+
+    fn store(&self) -> Option<Arc<dyn History>> {
+        self.history.as_ref().map(|h| h.store().clone())
+    }
+
+    fn cookie(&self, value: &str, max_age: Option<u64>) -> HeaderValue {
+        let secure = if self.secure { "; Secure" } else { "" };
+        let age = max_age.map_or("; Max-Age=0".to_string(), |a| format!("; Max-Age={a}"));
+        HeaderValue::from_str(&format!("{COOKIE_NAME}={value}; Path=/; HttpOnly; SameSite=Strict{secure}{age}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("popsift_session=; Max-Age=0"))
+    }
+}
+
+async fn handle(ui: Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    let query = form_decode(req.uri().query().unwrap_or(""));
+    let method = req.method().clone();
+    let cookie = cookie_of(&req, COOKIE_NAME);
+    let session = cookie.as_deref().and_then(|c| ui.sessions.get(c));
+    match (&method, path.as_str()) {
+        (&Method::GET, "/login") => match session {
+            Some(_) => redirect("/decisions"),
+            None => login_form(&ui, StatusCode::OK, None, cookie_of(&req, LOGIN_COOKIE)),
+        },
+        (&Method::POST, "/login") => login(&ui, peer, req).await,
+        (&Method::GET, "/") => redirect(if session.is_some() { "/decisions" } else { "/login" }),
+        (&Method::GET, "/favicon.ico") => {
+            with_headers(crate::net::http::response(StatusCode::NOT_FOUND, "text/plain", ""))
+        }
+        _ => {
+            let Some(s) = session else {
+                return match method {
+                    Method::GET => redirect("/login"),
+                    _ => html(
+                        StatusCode::FORBIDDEN,
+                        ui.frame("Not logged in", None, pages::notice("Not logged in: nothing was changed.", false)),
+                    ),
+                };
+            };
+            if method == Method::POST {
+                let Some(form) = form_body(req).await else {
+                    return ui.message(&s, StatusCode::BAD_REQUEST, "The form could not be read.");
+                };
+                if !form.get("csrf").is_some_and(|t| auth::same(t, &s.csrf)) {
+                    return ui.message(
+                        &s,
+                        StatusCode::FORBIDDEN,
+                        "This form is out of date or forged: nothing was changed.",
+                    );
+                }
+                return post(&ui, &s, cookie.as_deref().unwrap_or(""), &path, &form).await;
+            }
+            if method != Method::GET {
+                return ui.message(&s, StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.");
+            }
+            get(&ui, &s, &path, &query).await
+        }
+    }
+}
+
+/// The login form with its CSRF token (cookie + hidden field): the browser's current one
+/// when it has one (two tabs, or a favicon request, must not invalidate an open form),
+/// else a fresh one.
+fn login_form(ui: &Ui, status: StatusCode, error: Option<&str>, current: Option<String>) -> Resp {
+    let token = current
+        .filter(|t| t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .unwrap_or_else(|| ui.sessions.login_token());
+    let mut r = html(status, ui.frame("Log in", None, pages::login(error, &token)));
+    let secure = if ui.secure { "; Secure" } else { "" };
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict{secure}"))
+    {
+        r.headers_mut().insert(SET_COOKIE, v);
+    }
+    r
+}
+
+async fn login(ui: &Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
+    let login_cookie = cookie_of(&req, LOGIN_COOKIE);
+    let fail = |status, text: &str| login_form(ui, status, Some(text), login_cookie.clone());
+    let Some(form) = form_body(req).await else { return fail(StatusCode::BAD_REQUEST, "The form could not be read.") };
+    let token_ok = match (&login_cookie, form.get("csrf")) {
+        (Some(c), Some(f)) => !c.is_empty() && auth::same(c, f),
+        _ => false,
+    };
+    if !token_ok {
+        return fail(StatusCode::FORBIDDEN, "The login form was out of date: please try again.");
+    }
+    // Counted only once the form is genuine: a password is about to be checked.
+    if !ui.sessions.allow_attempt(peer) {
+        return fail(StatusCode::TOO_MANY_REQUESTS, "Too many login attempts from your address: wait a minute.");
+    }
+    let (user, password) =
+        (form.get("user").cloned().unwrap_or_default(), form.get("password").cloned().unwrap_or_default());
+    let viewer = match (&ui.settings.admin_password_hash, user.as_str()) {
+        (Some(hash), auth::ADMIN_USER) => {
+            let (hash, password) = (hash.clone(), password.clone());
+            let ok = tokio::task::spawn_blocking(move || auth::admin_ok(&hash, &password)).await.unwrap_or(false);
+            if !ok {
+                tracing::info!(%peer, "review page: admin login refused");
+                return fail(StatusCode::UNAUTHORIZED, "Wrong user name or password.");
+            }
+            Viewer::Admin
+        }
+        _ => {
+            let Some(listener) = ui.config.listeners.first() else {
+                return fail(StatusCode::SERVICE_UNAVAILABLE, "No mail server is configured.");
+            };
+            match auth::pop3_login(&ui.config, listener, &user, &password).await {
+                Ok(()) => {
+                    let upstream = listener.upstream.display();
+                    Viewer::Owner { mailbox: history::mailbox_key(&upstream, &user), user, upstream }
+                }
+                Err(auth::LoginError::Refused) => {
+                    tracing::info!(%peer, "review page: login refused by the mail server");
+                    return fail(StatusCode::UNAUTHORIZED, "Wrong user name or password.");
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "review page: login could not be checked");
+                    return fail(StatusCode::BAD_GATEWAY, &e.to_string());
+                }
+            }
+        }
+    };
+    let (id, _) = ui.sessions.create(viewer);
+    let mut r = redirect("/decisions");
+    r.headers_mut().insert(SET_COOKIE, ui.cookie(&id, Some(ui.settings.session_ttl.as_secs())));
+    r
+}
+
+fn nonempty(q: &HashMap<String, String>, k: &str) -> Option<String> {
+    q.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty() && v.len() <= 200)
+}
+
+async fn get(ui: &Arc<Ui>, s: &Session, path: &str, q: &HashMap<String, String>) -> Resp {
+    let admin = s.viewer == Viewer::Admin;
+    match path {
+        "/decisions" => {
+            let Some(store) = ui.store() else {
+                return ui.message(s, StatusCode::SERVICE_UNAVAILABLE, "The decision history is not available.");
+            };
+            let query = Query {
+                mailbox: s.viewer.mailbox().map(str::to_string),
+                action: nonempty(q, "action"),
+                rule: nonempty(q, "rule"),
+                search: nonempty(q, "q"),
+                before: q.get("before").and_then(|b| b.parse().ok()),
+                limit: PAGE,
+            };
+            let q2 = query.clone();
+            match blocking(move || store.decisions(&q2).map_err(|e| e.to_string())).await {
+                Ok(rows) => {
+                    ui.page(StatusCode::OK, "Decisions", s, pages::decisions(&rows, &query, &s.csrf, admin, PAGE))
+                }
+                Err(e) => ui.message(s, StatusCode::SERVICE_UNAVAILABLE, &e),
+            }
+        }
+        "/decision" => {
+            let Some((mb, seq, d)) = find_decision(ui, s, q).await else {
+                return ui.message(
+                    s,
+                    StatusCode::NOT_FOUND,
+                    "No such decision (it may have expired from the history).",
+                );
+            };
+            let held = if d.action == "quarantine" { quarantined_of(ui, &mb, &d.uidl).await } else { None };
+            let held = match held {
+                Some(m) => {
+                    let (qs, id) = (ui.quarantine.clone(), m.id.clone());
+                    blocking(move || qs.original(&id).map_err(|e| e.to_string())).await.ok().map(|b| header_text(&b))
+                }
+                None => None,
+            };
+            // The score breakdown: each fired rule as the current rule set describes it.
+            let rules = ui.rules.current();
+            let breakdown: Vec<pages::RuleLine> = d
+                .rules
+                .iter()
+                .map(|id| {
+                    let info = rules.rules().find(|r| r.id == id.as_str());
+                    pages::RuleLine {
+                        id: id.clone(),
+                        score: info.as_ref().and_then(|r| r.score),
+                        action: info.as_ref().and_then(|r| r.action).map(|a| a.as_str().to_string()),
+                        describe: info.and_then(|r| r.describe.map(str::to_string)),
+                    }
+                })
+                .collect();
+            ui.page(StatusCode::OK, "Decision", s, pages::decision(seq, &d, &breakdown, held.as_deref(), &s.csrf))
+        }
+        "/quarantine" => match quarantine_of(ui, &s.viewer).await {
+            Ok(items) => ui.page(StatusCode::OK, "Quarantine", s, pages::quarantine(&items, &s.csrf)),
+            Err(e) => ui.message(s, StatusCode::SERVICE_UNAVAILABLE, &e),
+        },
+        "/quarantine/view" => {
+            let Some(m) = quarantined_by_id(ui, &s.viewer, q.get("id").map(String::as_str).unwrap_or("")).await else {
+                return ui.message(
+                    s,
+                    StatusCode::NOT_FOUND,
+                    "No such message in your quarantine (it may have been released or deleted).",
+                );
+            };
+            let (qs, id) = (ui.quarantine.clone(), m.id.clone());
+            match blocking(move || qs.original(&id).map_err(|e| e.to_string())).await {
+                Ok(b) => ui.page(
+                    StatusCode::OK,
+                    "Quarantined message",
+                    s,
+                    pages::quarantined(&m, &String::from_utf8_lossy(&b), &s.csrf),
+                ),
+                Err(e) => ui.message(s, StatusCode::NOT_FOUND, &e),
+            }
+        }
+        "/stats" => {
+            let mb = s.viewer.mailbox().map(str::to_string);
+            let counts = match ui.store() {
+                Some(store) => {
+                    blocking(move || store.rule_counts(mb.as_deref(), history::now_secs()).map_err(|e| e.to_string()))
+                        .await
+                        .unwrap_or_default()
+                }
+                None => Vec::new(),
+            };
+            let dir = ui.config.state_dir.clone();
+            let trained = blocking(move || {
+                let store = crate::classify::store::RedbStore::open_existing(&dir, Duration::from_secs(2))
+                    .map_err(|e| e.to_string())?;
+                store
+                    .map(|s| s.stats().map(|(ns, nh, _, tokens, _)| (ns, nh, tokens)).map_err(|e| e.to_string()))
+                    .transpose()
+            })
+            .await
+            .ok()
+            .flatten();
+            ui.page(StatusCode::OK, "Statistics", s, pages::stats(&counts, trained))
+        }
+        _ => ui.message(s, StatusCode::NOT_FOUND, "No such page."),
+    }
+}
+
+/// The header block of a message, as text.
+fn header_text(msg: &[u8]) -> String {
+    let end = memchr::memmem::find(msg, b"\r\n\r\n")
+        .map(|i| i + 2)
+        .or_else(|| memchr::memmem::find(msg, b"\n\n").map(|i| i + 1));
+    String::from_utf8_lossy(&msg[..end.unwrap_or(msg.len())]).into_owned()
+}
+
+async fn find_decision(ui: &Arc<Ui>, s: &Session, f: &HashMap<String, String>) -> Option<(String, u64, Decision)> {
+    let mb = f.get("mb")?.clone();
+    let seq: u64 = f.get("seq")?.parse().ok()?;
+    if !s.viewer.may_see(&mb) {
+        return None;
+    }
+    let store = ui.store()?;
+    let m = mb.clone();
+    let d = blocking(move || store.decision(&m, seq).map_err(|e| e.to_string())).await.ok()??;
+    Some((mb, seq, d))
+}
+
+/// The quarantine messages this viewer may see.
+async fn quarantine_of(ui: &Arc<Ui>, viewer: &Viewer) -> Result<Vec<Listed>, String> {
+    let qs = ui.quarantine.clone();
+    let mut items = blocking(move || qs.list().map_err(|e| e.to_string())).await?;
+    if let Viewer::Owner { user, .. } = viewer {
+        items.retain(|m| &m.user == user);
+    }
+    items.reverse();
+    Ok(items)
+}
+
+async fn quarantined_by_id(ui: &Arc<Ui>, viewer: &Viewer, id: &str) -> Option<Listed> {
+    quarantine_of(ui, viewer).await.ok()?.into_iter().find(|m| m.id == id)
+}
+
+async fn quarantined_of(ui: &Arc<Ui>, mailbox: &str, uidl: &str) -> Option<Listed> {
+    let (user, _) = history::split_mailbox(mailbox);
+    let qs = ui.quarantine.clone();
+    let items = blocking(move || qs.list().map_err(|e| e.to_string())).await.ok()?;
+    items.into_iter().rev().find(|m| m.user == user && m.uidl == uidl)
+}
+
+/// Trains one message (or recorded header block) with a label, in the proxy's classifier
+/// store; the sessions' model handle picks the change up at its next poll.
+async fn train(ui: &Arc<Ui>, msg: Vec<u8>, spam: bool) -> Result<crate::classify::train::Outcome, String> {
+    let (dir, settings, rules) = (ui.config.state_dir.clone(), ui.config.bayes.clone(), ui.rules.current());
+    blocking(move || {
+        let store = crate::classify::store::RedbStore::open(&dir).map_err(|e| e.to_string())?;
+        let tokenizer = crate::classify::Tokenizer::new(settings.ignore_headers.iter().map(String::as_str));
+        let mut trainer =
+            crate::classify::train::Trainer::new(&store, tokenizer, Some(rules)).map_err(|e| e.to_string())?;
+        let o = trainer.train(&msg, spam);
+        trainer.commit().map_err(|e| e.to_string())?;
+        Ok(o)
+    })
+    .await
+}
+
+fn trained_text(r: &Result<crate::classify::train::Outcome, String>, label: &str) -> String {
+    match r {
+        Ok(_) => format!("Trained as {label}."),
+        Err(e) => format!("Not trained as {label}: {e}"),
+    }
+}
+
+async fn post(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<String, String>) -> Resp {
+    match path {
+        "/logout" => {
+            ui.sessions.remove(cookie);
+            let mut r = redirect("/login");
+            r.headers_mut().insert(SET_COOKIE, ui.cookie("", None));
+            r
+        }
+        "/spam" => {
+            let Some((_, _, d)) = find_decision(ui, s, f).await else {
+                return ui.message(
+                    s,
+                    StatusCode::NOT_FOUND,
+                    "No such decision (it may have expired from the history): nothing was changed.",
+                );
+            };
+            let r = train(ui, d.header_block(), true).await;
+            let status = if r.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            ui.message(s, status, &format!("{:?} from {:?}: {}", d.subject, d.from, trained_text(&r, "spam")))
+        }
+        "/notspam" => {
+            let Some((mb, _, d)) = find_decision(ui, s, f).await else {
+                return ui.message(
+                    s,
+                    StatusCode::NOT_FOUND,
+                    "No such decision (it may have expired from the history): nothing was changed.",
+                );
+            };
+            if d.action == "quarantine" && d.disposition == "condemned" {
+                return match quarantined_of(ui, &mb, &d.uidl).await {
+                    Some(m) => release(ui, s, &mb, &m).await,
+                    None => ui.message(
+                        s,
+                        StatusCode::NOT_FOUND,
+                        "This message is no longer in the quarantine (released or deleted already).",
+                    ),
+                };
+            }
+            let mut done = String::new();
+            if d.action == "delete" && d.disposition == "condemned" {
+                let r = train(ui, d.header_block(), false).await;
+                let text = format!(
+                    "{:?} from {:?} was deleted from the server (action delete): it cannot be brought back. {}",
+                    d.subject,
+                    d.from,
+                    trained_text(&r, "not spam")
+                );
+                return ui.message(s, StatusCode::OK, &text);
+            }
+            if d.disposition != "visible" {
+                let Some(store) = ui.store() else {
+                    return ui.message(s, StatusCode::SERVICE_UNAVAILABLE, "The decision history is not available.");
+                };
+                let (m, u) = (mb.clone(), d.uidl.clone());
+                if let Err(e) =
+                    blocking(move || store.show(&m, &u, history::now_secs()).map_err(|e| e.to_string())).await
+                {
+                    return ui.message(s, StatusCode::SERVICE_UNAVAILABLE, &format!("Nothing was changed: {e}"));
+                }
+                done.push_str("It will be in your mailbox from your next login. ");
+            }
+            let r = train(ui, d.header_block(), false).await;
+            done.push_str(&trained_text(&r, "not spam"));
+            ui.message(s, StatusCode::OK, &format!("{:?} from {:?}: {done}", d.subject, d.from))
+        }
+        "/release" => {
+            let Some(m) = quarantined_by_id(ui, &s.viewer, f.get("id").map(String::as_str).unwrap_or("")).await else {
+                return ui.message(
+                    s,
+                    StatusCode::NOT_FOUND,
+                    "No such message in your quarantine (released or deleted already): nothing was changed.",
+                );
+            };
+            let mb = match &s.viewer {
+                Viewer::Owner { mailbox, .. } => mailbox.clone(),
+                Viewer::Admin => {
+                    let (qs, id) = (ui.quarantine.clone(), m.id.clone());
+                    let stored = blocking(move || qs.show(&id).map_err(|e| e.to_string())).await.unwrap_or_default();
+                    history::mailbox_key(&upstream_of(&stored), &m.user)
+                }
+            };
+            release(ui, s, &mb, &m).await
+        }
+        "/quarantine/delete" => {
+            let Some(m) = quarantined_by_id(ui, &s.viewer, f.get("id").map(String::as_str).unwrap_or("")).await else {
+                return ui.message(
+                    s,
+                    StatusCode::NOT_FOUND,
+                    "No such message in your quarantine (released or deleted already): nothing was changed.",
+                );
+            };
+            let (qs, id) = (ui.quarantine.clone(), m.id.clone());
+            match blocking(move || qs.remove(&id).map_err(|e| e.to_string())).await {
+                Ok(()) => ui.message(s, StatusCode::OK, &format!("{:?} was deleted for good.", m.subject)),
+                Err(e) => ui.message(s, StatusCode::SERVICE_UNAVAILABLE, &format!("Not deleted: {e}")),
+            }
+        }
+        _ => ui.message(s, StatusCode::NOT_FOUND, "No such action: nothing was changed."),
+    }
+}
+
+/// The `X-Popsift-Upstream` field of a stored quarantine copy.
+fn upstream_of(stored: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&stored[..stored.len().min(4096)]);
+    text.lines().find_map(|l| l.strip_prefix("X-Popsift-Upstream: ")).map(|v| v.trim().to_string()).unwrap_or_default()
+}
+
+/// The UIDL a released message gets: `popsift-r-` and the first 32 hex digits of the SHA-256
+/// of its bytes (stable across logins; the `popsift-r-` prefix keeps it apart from the
+/// server's UIDLs, and the session drops a release whose UIDL the server itself lists).
+pub fn release_uidl(msg: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, msg);
+    let hex: String = d.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("popsift-r-{hex}")
+}
+
+/// "Not spam" on a quarantined message: from the next login it is in the mailbox again,
+/// served from the quarantine; it is trained as ham.
+async fn release(ui: &Arc<Ui>, s: &Session, mailbox: &str, m: &Listed) -> Resp {
+    let Some(store) = ui.store() else {
+        return ui.message(
+            s,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The decision history is not available: nothing was changed.",
+        );
+    };
+    let (qs, id) = (ui.quarantine.clone(), m.id.clone());
+    let original = match blocking(move || qs.original(&id).map_err(|e| e.to_string())).await {
+        Ok(b) => b,
+        Err(e) => return ui.message(s, StatusCode::NOT_FOUND, &format!("Nothing was changed: {e}")),
+    };
+    let r = Released {
+        uidl: release_uidl(&original),
+        quarantine_id: m.id.clone(),
+        size: original.len() as u64,
+        time: history::now_secs(),
+    };
+    let mb = mailbox.to_string();
+    if let Err(e) = blocking(move || store.release(&mb, &r).map_err(|e| e.to_string())).await {
+        return ui.message(s, StatusCode::SERVICE_UNAVAILABLE, &format!("Nothing was changed: {e}"));
+    }
+    let trained = if ui.config.bayes.train_restored {
+        trained_text(&train(ui, original, false).await, "not spam")
+    } else {
+        String::new()
+    };
+    ui.message(
+        s,
+        StatusCode::OK,
+        &format!("{:?} is released: your mail program will fetch it at its next check. {trained}", m.subject),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_round_trip() {
+        let e = form_encode(&[("a b", "x&y=z"), ("u", "é<")]);
+        let d = form_decode(&e);
+        assert_eq!(d["a b"], "x&y=z");
+        assert_eq!(d["u"], "é<");
+        assert_eq!(form_decode("x=1+2%2B%zz")["x"], "1 2+%zz");
+    }
+
+    #[test]
+    fn release_uidls_are_stable_and_prefixed() {
+        let a = release_uidl(b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(a, release_uidl(b"Subject: x\r\n\r\nbody\r\n"));
+        assert!(a.starts_with("popsift-r-") && a.len() == 42, "{a}");
+        // RFC 1939 §7: a UIDL is 1 to 70 characters in 0x21..=0x7E.
+        assert!(a.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+    }
+
+    #[test]
+    fn subjects_are_escaped() {
+        let d = Decision {
+            subject: "<script>alert(1)</script>".into(),
+            mailbox: "u\u{1f}h:110".into(),
+            ..Decision::default()
+        };
+        let page = pages::decisions(&[(1, d)], &Query::default(), "tok", false, PAGE).into_string();
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(page.contains(">Not spam</button>") && page.contains(">Spam</button>"));
+    }
+}
