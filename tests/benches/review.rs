@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
 use popsift::rules::{Action, Verdict};
-use popsift::session::scan::{About, Evaluated};
+use popsift::session::evaluated::{About, Evaluated};
 use popsift::session::view::{Disposition, Entry};
 use popsift::store::history::{self, Decision, History, HistorySettings, Query, RedbHistory};
 
