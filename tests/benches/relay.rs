@@ -15,6 +15,9 @@
 //! generated config, the bench panics when it is missing). Issue 16's target: popsift ≤
 //! 1.10× direct and ≤ HAProxy + 5 % in all four cells.
 //!
+//! `POPSIFT_BENCH_BASELINE=PATH` adds another popsift binary (an earlier build) to the same
+//! rotation and prints its median and popsift / baseline under each row.
+//!
 //! Not criterion: the thing measured is a pair of external processes and the figure wanted is
 //! a ratio of two medians printed side by side, which a plain `main` does with less machinery.
 #[path = "../support/mod.rs"]
@@ -279,6 +282,19 @@ fn main() {
     // the extra hop on this machine.
     let pump = Forwarder::start(&d.pop3_addr());
     let haproxy = HaProxy::start(&d.pop3_addr());
+    // An earlier popsift build as a baseline in the same run (`POPSIFT_BENCH_BASELINE=PATH`):
+    // "no worse than before" measured under the same load, not across runs.
+    let baseline_bin = std::env::var("POPSIFT_BENCH_BASELINE").ok();
+    let baseline = baseline_bin.as_deref().map(|bin| {
+        Popsift::start(&ProxyOpts {
+            upstream: &d.pop3_addr(),
+            tls: "none",
+            rules: "rules: []\n",
+            log_level: "info",
+            bin: Some(bin),
+            ..Default::default()
+        })
+    });
     println!("relay benchmark: median of {reps} runs after 1 warm-up; download only (login scan excluded)");
     println!("popsift: {} (rules: []), pid {}", env!("CARGO_BIN_EXE_popsift"), p.pid());
     println!();
@@ -308,8 +324,12 @@ fn main() {
             let mut octets = 0;
             // Warm-up (Dovecot builds its index and caches), then rotate direct / popsift /
             // pump so all three see the same machine load.
+            let mut based = Vec::new();
             for addr in [d.pop3_addr(), p.addr.clone(), pump.addr.clone(), haproxy.addr.clone()] {
                 let _ = download(&addr, user, &pass, pattern, None);
+            }
+            if let Some(b) = &baseline {
+                let _ = download(&b.addr, user, &pass, pattern, None);
             }
             let mut cpu = Duration::ZERO;
             for _ in 0..reps {
@@ -325,6 +345,11 @@ fn main() {
                 assert_eq!(o1, o2, "popsift delivered a different number of octets");
                 assert_eq!(o1, o3, "the pump delivered a different number of octets");
                 assert_eq!(o1, o4, "haproxy delivered a different number of octets");
+                if let Some(b) = &baseline {
+                    let (t, o5, _) = download(&b.addr, user, &pass, pattern, None);
+                    based.push(t);
+                    assert_eq!(o1, o5, "the baseline delivered a different number of octets");
+                }
                 octets = o2;
             }
             let (md, mv, mp, mh) = (median(direct), median(via), median(pumped), median(haproxied));
@@ -344,6 +369,18 @@ fn main() {
                 &format!("{:.0}", octets as f64 / 1e6 / mv.as_secs_f64()),
                 &format!("{:.0}", cpu.as_secs_f64() * 1e3 / reps as f64),
             ]);
+            if !based.is_empty() {
+                let mb = median(based);
+                println!(
+                    "{:<14} {:<14} {:>9} baseline {} ms = {}, popsift / baseline = {}",
+                    "",
+                    "",
+                    "",
+                    ms(mb),
+                    ratio(mb, md),
+                    ratio(mv, mb)
+                );
+            }
         }
     }
 }

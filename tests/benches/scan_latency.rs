@@ -28,6 +28,7 @@
 //!   extrapolated linearly to N (the output says so).
 //!
 //! Run: `cargo bench --bench scan_latency` or `tests/benches/scan_latency.sh`.
+//! Another popsift build (e.g. the previous one, to compare): `SCAN_BENCH_BIN=PATH`.
 //! Sizes: `SCAN_BENCH_SIZES=1000,10000` (default). Window: `SCAN_BENCH_WINDOW` (default:
 //! popsift's default `scan.window`).
 #[path = "../support/mod.rs"]
@@ -203,7 +204,16 @@ fn popsift(upstream: &str, state: &std::path::Path, scan_extra: &str) -> Proxy {
     let window = std::env::var("SCAN_BENCH_WINDOW").ok().map(|w| format!(", window: {w}")).unwrap_or_default();
     let extra = format!("scan: {{ early_answer_after: 'off'{window}{scan_extra} }}\n");
     let args = ["--state-dir", state.to_str().unwrap()];
-    let p = Popsift::start(&ProxyOpts { upstream, rules: RULES, extra: &extra, args: &args, ..Default::default() });
+    // `SCAN_BENCH_BIN=PATH`: measure another popsift build (e.g. the previous release).
+    let bin = std::env::var("SCAN_BENCH_BIN").ok();
+    let p = Popsift::start(&ProxyOpts {
+        upstream,
+        rules: RULES,
+        extra: &extra,
+        args: &args,
+        bin: bin.as_deref(),
+        ..Default::default()
+    });
     Proxy { p }
 }
 

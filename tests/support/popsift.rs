@@ -14,11 +14,12 @@ pub struct Popsift {
     pub config_path: PathBuf,
     child: Child,
     argv: Vec<String>,
+    bin: String,
 }
 
-fn spawn(dir: &Path, argv: &[String]) -> Child {
+fn spawn(bin: &str, dir: &Path, argv: &[String]) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("popsift.log")).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_popsift"))
+    Command::new(bin)
         .args(argv)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -48,6 +49,8 @@ pub struct ProxyOpts<'a> {
     pub listener: &'a str,
     /// The listener's host (default `127.0.0.1`; `[::1]` for IPv6).
     pub listen_host: &'a str,
+    /// Another popsift binary to run (benchmarks: an earlier build as the baseline).
+    pub bin: Option<&'a str>,
 }
 
 impl Default for ProxyOpts<'_> {
@@ -62,6 +65,7 @@ impl Default for ProxyOpts<'_> {
             log_level: "debug",
             listener: "",
             listen_host: "127.0.0.1",
+            bin: None,
         }
     }
 }
@@ -93,7 +97,8 @@ impl Popsift {
             .chain(std::iter::once(config_path.display().to_string()))
             .chain(o.args.iter().map(|s| s.to_string()))
             .collect();
-        let child = spawn(dir.path(), &argv);
+        let bin = o.bin.unwrap_or(env!("CARGO_BIN_EXE_popsift")).to_string();
+        let child = spawn(&bin, dir.path(), &argv);
         let p = Popsift {
             addr: format!("{}:{port}", o.listen_host),
             metrics_addr: format!("127.0.0.1:{metrics_port}"),
@@ -101,6 +106,7 @@ impl Popsift {
             config_path,
             child,
             argv,
+            bin,
         };
         p.wait_ready();
         p
@@ -112,7 +118,7 @@ impl Popsift {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let before = self.listening_lines();
-        self.child = spawn(self.dir.path(), &self.argv);
+        self.child = spawn(&self.bin, self.dir.path(), &self.argv);
         self.wait_listening(before + 1);
     }
 
