@@ -373,11 +373,30 @@ pub fn getmail_fetch(addr: &str, user: &str, pass: &str, delete: bool, tls: Tls,
     let rcfile = state.join("getmailrc");
     fs::write(&rcfile, rc).expect("write getmailrc");
     fs::set_permissions(&rcfile, fs::Permissions::from_mode(0o600)).expect("chmod getmailrc");
-    let mut cmd = Command::new(getmail);
-    cmd.env("HOME", dir.path()).arg("--getmaildir").arg(&state).arg("--rcfile").arg(&rcfile);
-    let out = run_with_timeout(cmd, dir.path(), CLIENT_TIMEOUT);
-    if !out.status.success() {
-        panic!("getmail from {addr} failed ({}):\nstdout: {}\nstderr: {}", out.status, out.stdout, out.stderr);
+    // getmail6 forks a child per Maildir delivery and installs its SIGCHLD handler only after
+    // the fork (`ForkingBase.forkchild`): a child that exits first is never noticed and the
+    // parent gives up after 60 s with "waiting child pid N timed out". That race is
+    // getmail's, not the server's or popsift's; on that error getmail aborts with RSET and
+    // QUIT (nothing deleted on the server), so the fetch is retried from an empty Maildir.
+    let mut attempt = 1;
+    loop {
+        let mut cmd = Command::new(&getmail);
+        cmd.env("HOME", dir.path()).arg("--getmaildir").arg(&state).arg("--rcfile").arg(&rcfile);
+        let out = run_with_timeout(cmd, dir.path(), CLIENT_TIMEOUT);
+        if out.status.success() {
+            break;
+        }
+        let fork_race = out.stderr.contains("waiting child pid") && out.stderr.contains("timed out");
+        if !fork_race || attempt == 3 {
+            panic!("getmail from {addr} failed ({}):\nstdout: {}\nstderr: {}", out.status, out.stdout, out.stderr);
+        }
+        eprintln!("getmail hit its own delivery-child race (attempt {attempt}); retrying from an empty Maildir");
+        for sub in ["tmp", "new", "cur"] {
+            for e in fs::read_dir(maildir.join(sub)).expect("read Maildir") {
+                fs::remove_file(e.expect("dir entry").path()).expect("clear Maildir");
+            }
+        }
+        attempt += 1;
     }
     let mut files: Vec<(std::time::SystemTime, String, PathBuf)> = Vec::new();
     for sub in ["new", "cur"] {
