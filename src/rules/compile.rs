@@ -231,31 +231,8 @@ pub fn load(path: &Path, opts: &EngineOptions) -> Result<RuleSet, RuleErrors> {
     // be a symlink; files and lists it uses must lie beside its target.
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let tree = lists::tree_of(&real);
-    let mut l = Loader::new(opts, tree.clone());
-    for f in &files {
-        match lists::read_guarded(f, &tree, lists::RULE_FILE_LIMIT) {
-            Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                l.load_text(f, &text);
-            }
-            Err(message) => l.errors.push(RuleError {
-                path: f.clone(),
-                line: 1,
-                column: 1,
-                rule: None,
-                kind: ErrorKind::Io,
-                message,
-            }),
-        }
-    }
-    let t_parse = started.elapsed();
-    let mut set = l.finish()?;
-    tracing::debug!(
-        parse_ms = t_parse.as_secs_f64() * 1e3,
-        total_ms = started.elapsed().as_secs_f64() * 1e3,
-        rules = set.len(),
-        "rules compiled"
-    );
+    let mut set = load_layers(&[Layer { tree, files: files.clone() }], None, opts)?;
+    tracing::debug!(total_ms = started.elapsed().as_secs_f64() * 1e3, rules = set.len(), "rules compiled");
     let mut sources = files;
     set.files = sources.len();
     sources.sort();
