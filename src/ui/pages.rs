@@ -223,19 +223,7 @@ pub fn quarantine(items: &[Listed], csrf: &str) -> Markup {
                                 @if m.subject.is_empty() { "(no subject)" } @else { (m.subject) } } }
                             td { (m.score) }
                             td { (m.rules) }
-                            td {
-                                form.inline method="post" action="/release" {
-                                    input type="hidden" name="csrf" value=(csrf);
-                                    input type="hidden" name="id" value=(m.id);
-                                    button type="submit" { "Not spam" }
-                                }
-                                " "
-                                form.inline method="post" action="/quarantine/delete" {
-                                    input type="hidden" name="csrf" value=(csrf);
-                                    input type="hidden" name="id" value=(m.id);
-                                    button type="submit" { "Delete for good" }
-                                }
-                            }
+                            td { (quarantine_buttons(&m.id, csrf)) }
                         }
                     }
                 }
@@ -244,23 +232,29 @@ pub fn quarantine(items: &[Listed], csrf: &str) -> Markup {
     }
 }
 
+/// The `Not spam` and `Delete for good` forms of one quarantined message (list row and
+/// detail view alike).
+fn quarantine_buttons(id: &str, csrf: &str) -> Markup {
+    html! {
+        form.inline method="post" action="/release" {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="id" value=(id);
+            button type="submit" { "Not spam" }
+        }
+        " "
+        form.inline method="post" action="/quarantine/delete" {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="id" value=(id);
+            button type="submit" { "Delete for good" }
+        }
+    }
+}
+
 /// One quarantined message: its header block, and the body as text.
 pub fn quarantined(m: &Listed, text: &str, csrf: &str) -> Markup {
     html! {
         h1 { @if m.subject.is_empty() { "(no subject)" } @else { (m.subject) } }
-        p {
-            form.inline method="post" action="/release" {
-                input type="hidden" name="csrf" value=(csrf);
-                input type="hidden" name="id" value=(m.id);
-                button type="submit" { "Not spam" }
-            }
-            " "
-            form.inline method="post" action="/quarantine/delete" {
-                input type="hidden" name="csrf" value=(csrf);
-                input type="hidden" name="id" value=(m.id);
-                button type="submit" { "Delete for good" }
-            }
-        }
+        p { (quarantine_buttons(&m.id, csrf)) }
         pre.msg { (text) }
     }
 }
