@@ -57,12 +57,20 @@ pub fn released_entry(uidl: &str, bytes: Arc<[u8]>) -> Entry {
 }
 
 /// The reply to RETR (`lines: None`) or `TOP n lines` for a released message: `+OK`, the
-/// header block and the first `lines` body lines (RFC 1939 §7 TOP), dot-stuffed, `.`.
+/// header block and the first `lines` body lines (RFC 1939 §7 TOP), then `.`. The copy holds
+/// the message exactly as the server held it, so only the `.` prefixes of RFC 1939 §3 are
+/// added: line ends (bare LF included) stay as they were and the octet count matches LIST.
 pub fn released_reply(bytes: &[u8], lines: Option<u64>) -> Vec<u8> {
+    use crate::pop3::multiline::{find_header_end, stuff_lines, HeaderEnd};
     let content = match lines {
         None => bytes,
         Some(n) => {
-            let head_end = memchr::memmem::find(bytes, b"\r\n\r\n").map_or(bytes.len(), |i| i + 4);
+            // The first empty line (CRLF or bare LF, also at offset 0) ends the header block;
+            // without one the message is all header.
+            let head_end = match find_header_end(bytes) {
+                Some(HeaderEnd::Blank { end }) => end,
+                _ => bytes.len(),
+            };
             let mut end = head_end;
             for _ in 0..n {
                 match memchr::memchr(b'\n', bytes.get(end..).unwrap_or_default()) {
@@ -77,7 +85,13 @@ pub fn released_reply(bytes: &[u8], lines: Option<u64>) -> Vec<u8> {
         }
     };
     let mut out = format!("+OK {} octets\r\n", bytes.len()).into_bytes();
-    crate::pop3::multiline::dot_stuff(content, &mut out);
+    out.reserve(content.len() + content.len() / 32 + 5);
+    stuff_lines(content, &mut out);
+    if !content.is_empty() && !content.ends_with(b"\n") {
+        // The terminator must start a line (RFC 1939 §3).
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
     out
 }
 
@@ -279,6 +293,12 @@ mod tests {
             b"+OK 37 octets\r\nSubject: hi\r\n\r\nline 1\r\n..dot\r\n.\r\n".to_vec()
         );
         assert_eq!(released_reply(&msg, Some(99)), full);
+        // Bytes as the server held them: bare LFs stay, no line end is added to the content;
+        // a blank first line (no header) or a bare-LF blank line ends the header block.
+        let lf = b"Subject: lf\n\nbody\n.x\nlast";
+        assert_eq!(released_reply(lf, None), b"+OK 25 octets\r\nSubject: lf\n\nbody\n..x\nlast\r\n.\r\n".to_vec());
+        assert_eq!(released_reply(lf, Some(0)), b"+OK 25 octets\r\nSubject: lf\n\n.\r\n".to_vec());
+        assert_eq!(released_reply(b"\r\nbody\r\n", Some(0)), b"+OK 8 octets\r\n\r\n.\r\n".to_vec());
         v.delete(4).unwrap();
         v.delete(1).unwrap();
         assert_eq!(v.update_deletions(), vec![1, 3], "a released message is not on the server");
