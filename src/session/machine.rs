@@ -556,11 +556,13 @@ impl Machine {
                 self.update_advance()
             }
             (State::UpdateQuit, Input::UpstreamLine(mut r)) => {
-                if is_ok(&r) {
+                let ok = is_ok(&r);
+                r.extend_from_slice(b"\r\n");
+                // The client's answer goes out first: the store's clean-up never delays it.
+                self.reply(r);
+                if ok {
                     self.emit(Action::Updated);
                 }
-                r.extend_from_slice(b"\r\n");
-                self.reply(r);
                 State::Closed
             }
             (state, input) => {
