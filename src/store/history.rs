@@ -593,9 +593,14 @@ pub fn released_entries(
         }
         match quarantine.original(&r.quarantine_id) {
             Ok(bytes) => out.push(crate::session::view::released_entry(&r.uidl, Arc::from(bytes))),
-            Err(e) => {
+            // Only a copy that is really gone ends the release; a store that cannot answer now
+            // (Redis down, a disk error) leaves it for the next login.
+            Err(e @ crate::store::quarantine::QuarantineError::NotFound(_)) => {
                 tracing::warn!(uidl = r.uidl, error = %e, "a released message's copy is gone; release forgotten");
                 let _ = store.unrelease(mailbox, &r.uidl);
+            }
+            Err(e) => {
+                tracing::warn!(uidl = r.uidl, error = %e, "a released message's copy cannot be read now; not shown at this login");
             }
         }
     }
