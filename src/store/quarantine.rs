@@ -48,6 +48,8 @@ pub struct Listed {
     /// The Maildir file name: the id `show` and `restore` take.
     pub id: String,
     pub user: String,
+    /// The upstream server (`host:port`) of the mailbox it came from: with `user`, whose it is.
+    pub upstream: String,
     /// Unix time the message was quarantined.
     pub quarantined_at: u64,
     pub from: String,
@@ -492,6 +494,7 @@ pub(crate) fn describe(id: &str, stored: &[u8]) -> Listed {
     Listed {
         id: id.to_string(),
         user: header_value(stored, "X-Popsift-User"),
+        upstream: header_value(stored, "X-Popsift-Upstream"),
         quarantined_at: header_value(stored, "X-Popsift-Quarantined").parse().unwrap_or(0),
         from: header_value(strip_meta(stored), "From"),
         subject: header_value(strip_meta(stored), "Subject"),

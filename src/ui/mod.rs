@@ -557,8 +557,9 @@ async fn find_decision(ui: &Arc<Ui>, s: &Session, f: &HashMap<String, String>) -
 async fn quarantine_of(ui: &Arc<Ui>, viewer: &Viewer) -> Result<Vec<Listed>, String> {
     let qs = ui.quarantine.clone();
     let mut items = blocking(move || qs.list().map_err(|e| e.to_string())).await?;
-    if let Viewer::Owner { user, .. } = viewer {
-        items.retain(|m| &m.user == user);
+    if let Viewer::Owner { user, upstream, .. } = viewer {
+        // A mailbox is a user at one server: the same name at another server is someone else.
+        items.retain(|m| &m.user == user && &m.upstream == upstream);
     }
     items.reverse();
     Ok(items)
@@ -569,10 +570,10 @@ async fn quarantined_by_id(ui: &Arc<Ui>, viewer: &Viewer, id: &str) -> Option<Li
 }
 
 async fn quarantined_of(ui: &Arc<Ui>, mailbox: &str, uidl: &str) -> Option<Listed> {
-    let (user, _) = history::split_mailbox(mailbox);
+    let (user, upstream) = history::split_mailbox(mailbox);
     let qs = ui.quarantine.clone();
     let items = blocking(move || qs.list().map_err(|e| e.to_string())).await.ok()?;
-    items.into_iter().rev().find(|m| m.user == user && m.uidl == uidl)
+    items.into_iter().rev().find(|m| m.user == user && m.upstream == upstream && m.uidl == uidl)
 }
 
 /// Trains one message (or recorded header block) with a label, in the proxy's classifier
@@ -673,11 +674,14 @@ async fn post(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<S
             };
             let mb = match &s.viewer {
                 Viewer::Owner { mailbox, .. } => mailbox.clone(),
-                Viewer::Admin => {
-                    let (qs, id) = (ui.quarantine.clone(), m.id.clone());
-                    let stored = blocking(move || qs.show(&id).map_err(|e| e.to_string())).await.unwrap_or_default();
-                    history::mailbox_key(&upstream_of(&stored), &m.user)
+                Viewer::Admin if m.upstream.is_empty() || m.user.is_empty() => {
+                    return ui.message(
+                        s,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "This copy does not say which mailbox it came from: nothing was changed.",
+                    );
                 }
+                Viewer::Admin => history::mailbox_key(&m.upstream, &m.user),
             };
             release(ui, s, &mb, &m).await
         }
@@ -689,6 +693,26 @@ async fn post(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<S
                     "No such message in your quarantine (released or deleted already): nothing was changed.",
                 );
             };
+            // A released message is served from this very copy: deleting it would take the
+            // message out of its owner's mailbox behind their back.
+            if let Some(store) = ui.store() {
+                let (mb, id) = (history::mailbox_key(&m.upstream, &m.user), m.id.clone());
+                let released = blocking(move || {
+                    store.released(&mb).map(|r| r.iter().any(|r| r.quarantine_id == id)).map_err(|e| e.to_string())
+                })
+                .await;
+                match released {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        return ui.message(
+                            s,
+                            StatusCode::CONFLICT,
+                            "This message was released into the mailbox; it leaves the quarantine when the mail client deletes it. Nothing was changed.",
+                        )
+                    }
+                    Err(e) => return ui.message(s, StatusCode::SERVICE_UNAVAILABLE, &format!("Not deleted: {e}")),
+                }
+            }
             let (qs, id) = (ui.quarantine.clone(), m.id.clone());
             match blocking(move || qs.remove(&id).map_err(|e| e.to_string())).await {
                 Ok(()) => ui.message(s, StatusCode::OK, &format!("{:?} was deleted for good.", m.subject)),
@@ -697,12 +721,6 @@ async fn post(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<S
         }
         _ => ui.message(s, StatusCode::NOT_FOUND, "No such action: nothing was changed."),
     }
-}
-
-/// The `X-Popsift-Upstream` field of a stored quarantine copy.
-fn upstream_of(stored: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&stored[..stored.len().min(4096)]);
-    text.lines().find_map(|l| l.strip_prefix("X-Popsift-Upstream: ")).map(|v| v.trim().to_string()).unwrap_or_default()
 }
 
 /// The UIDL a released message gets: `popsift-r-` and the first 32 hex digits of the SHA-256
