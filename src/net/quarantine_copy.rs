@@ -164,7 +164,8 @@ async fn copy(
         return Ok(Ok(None));
     }
     let q = &cfg.quarantine;
-    if usage.messages + 1 > q.quota_messages || usage.bytes + file.len() > q.quota_size {
+    // Saturating: a store that cannot tell its usage answers `u64::MAX` (a full quota).
+    if usage.messages.saturating_add(1) > q.quota_messages || usage.bytes.saturating_add(file.len()) > q.quota_size {
         return Ok(Err(CopyError::Quota {
             messages: usage.messages,
             bytes: usage.bytes,
@@ -175,8 +176,8 @@ async fn copy(
     let len = file.len();
     let stored = blocking(move || file.commit()).await;
     if stored.is_ok() {
-        usage.messages += 1;
-        usage.bytes += len;
+        usage.messages = usage.messages.saturating_add(1);
+        usage.bytes = usage.bytes.saturating_add(len);
         usage.digests.insert(digest);
     }
     Ok(stored.map(Some))
