@@ -946,9 +946,15 @@ impl std::fmt::Debug for RedisSettings {
 
 /// A Redis URL with any `user:password@` part replaced by `***@` (for logs).
 pub fn redacted_url(url: &str) -> String {
+    // `redis+unix://` and `unix://` URLs carry the password as a query parameter (`?pass=…`):
+    // the query is never shown.
+    let (url, query) = match url.split_once('?') {
+        Some((u, _)) => (u, "?***"),
+        None => (url, ""),
+    };
     match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_string(),
+        (Some(s), Some(at)) if at > s => format!("{}***{}{query}", &url[..s + 3], &url[at..]),
+        _ => format!("{url}{query}"),
     }
 }
 
@@ -1107,6 +1113,7 @@ mod tests {
         );
         assert!(!format!("{s:?}").contains("secret"), "the password never reaches a log: {s:?}");
         assert_eq!(redacted_url("redis://:secret@h:1"), "redis://***@h:1");
+        assert_eq!(redacted_url("redis+unix:///run/redis.sock?db=1&pass=secret"), "redis+unix:///run/redis.sock?***");
         assert!(ConfigFile::default().store.settings().unwrap().redis.is_none(), "redb is the default");
         let bad = |t: &str| ConfigFile::parse(t, p).and_then(|f| f.store.settings()).unwrap_err().to_string();
         assert!(bad("store:\n  backend: redis\n").contains("store.redis"));
