@@ -491,10 +491,13 @@ impl Session<'_> {
             let _ = self.client.write_all(&self.out, t, Phase::ClientWrite).await;
             return;
         }
-        self.out.clear();
-        // The log line at the session's end has the detail; the client gets no host names.
+        // Replies already complete (earlier pipelined commands) go out first, so the `-ERR`
+        // answers the command that failed, not one before it. The log line at the session's
+        // end has the detail; the client gets no host names.
         let text = format!("-ERR [SYS/TEMP] upstream server failed ({}); try again later\r\n", e.client_reason());
-        let _ = self.client.write_all(text.as_bytes(), self.ctx.config.timeouts.client_idle, Phase::ClientWrite).await;
+        self.out.extend_from_slice(text.as_bytes());
+        let _ = self.client.write_all(&self.out, self.ctx.config.timeouts.client_idle, Phase::ClientWrite).await;
+        self.out.clear();
     }
 
     /// RFC 1939 §3: the server speaks only in reply to a command. Called when no command is
