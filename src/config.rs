@@ -509,6 +509,37 @@ pub struct ListenerFile {
     pub max_sessions_per_ip: Option<usize>,
     pub login_failures: Option<crate::edge::settings::LoginFailuresFile>,
     // --- end network edge ---
+    /// Per-user upstream (`HOST:USER` logins); see [`UpstreamFromUserFile`].
+    pub upstream_from_user: Option<UpstreamFromUserFile>,
+}
+
+/// `upstream_from_user: {separator: ":", allow: [pop.example.com:995, "*.example.net"]}`:
+/// the client names its server in the user name (see
+/// [`crate::session::upstream_from_user`]). Checked while the file is read, so an empty
+/// `allow` or a bad entry is reported with file:line:col.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "UpstreamFromUserRaw")]
+pub struct UpstreamFromUserFile {
+    pub separator: String,
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFromUserRaw {
+    separator: Option<String>,
+    allow: Vec<String>,
+}
+
+impl TryFrom<UpstreamFromUserRaw> for UpstreamFromUserFile {
+    type Error = String;
+
+    fn try_from(raw: UpstreamFromUserRaw) -> Result<Self, String> {
+        let separator = raw.separator.unwrap_or_else(|| ":".to_string());
+        crate::session::upstream_from_user::UpstreamFromUser::new(&separator, &raw.allow, None, None)
+            .map_err(|e| format!("upstream_from_user: {e}"))?;
+        Ok(UpstreamFromUserFile { separator, allow: raw.allow })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -576,17 +607,37 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub listen: SocketAddr,
-    pub upstream: Upstream,
+    /// The listener's upstream; `None` only with `upstream_from_user` (every login then
+    /// names its server).
+    pub upstream: Option<Upstream>,
+    /// Per-user upstream (`HOST:USER` logins), when configured.
+    pub upstream_from_user: Option<std::sync::Arc<crate::session::upstream_from_user::UpstreamFromUser>>,
     /// Client TLS, PROXY protocol, per-address limits (crate::edge).
     pub edge: crate::edge::settings::EdgeSettings,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub host: String,
     pub port: u16,
     pub tls: UpstreamTls,
     pub ca: Option<PathBuf>,
+}
+
+impl Listener {
+    /// The CA file for upstream TLS (`upstream_ca`).
+    pub fn upstream_ca(&self) -> Option<&Path> {
+        match (&self.upstream, &self.upstream_from_user) {
+            (Some(u), _) => u.ca.as_deref(),
+            (None, Some(f)) => f.ca.as_deref(),
+            (None, None) => None,
+        }
+    }
+
+    /// The upstream as shown in logs: the listener's, or `per-user` when logins name it.
+    pub fn upstream_display(&self) -> String {
+        self.upstream.as_ref().map_or_else(|| "per-user".to_string(), Upstream::display)
+    }
 }
 
 impl Upstream {
@@ -731,13 +782,36 @@ impl Config {
         }
         let mut listeners = Vec::new();
         for (index, l) in listeners_file.into_iter().enumerate() {
-            let upstream = l.upstream.ok_or(ConfigError::NoUpstream)?;
-            let (host, port) = split_host_port(&upstream).map_err(|reason| ConfigError::BadUpstream {
-                index,
-                upstream: upstream.clone(),
-                reason,
-            })?;
-            let tls = l.upstream_tls.unwrap_or(if port == 995 { UpstreamTls::Implicit } else { UpstreamTls::Starttls });
+            let upstream = match (l.upstream, &l.upstream_from_user) {
+                (Some(upstream), _) => {
+                    let (host, port) = split_host_port(&upstream).map_err(|reason| ConfigError::BadUpstream {
+                        index,
+                        upstream: upstream.clone(),
+                        reason,
+                    })?;
+                    let tls =
+                        l.upstream_tls.unwrap_or(if port == 995 { UpstreamTls::Implicit } else { UpstreamTls::Starttls });
+                    Some(Upstream { host, port, tls, ca: l.upstream_ca.clone() })
+                }
+                (None, Some(_)) => None,
+                (None, None) => return Err(ConfigError::NoUpstream),
+            };
+            let upstream_from_user = match l.upstream_from_user {
+                Some(f) => {
+                    let u = crate::session::upstream_from_user::UpstreamFromUser::new(
+                        &f.separator,
+                        &f.allow,
+                        l.upstream_tls,
+                        l.upstream_ca.clone(),
+                    )
+                    .map_err(|reason| ConfigError::BadValue {
+                        field: format!("listeners[{index}].upstream_from_user"),
+                        reason,
+                    })?;
+                    Some(std::sync::Arc::new(u.with_fallback(upstream.clone())))
+                }
+                None => None,
+            };
             let listen = match l.listen {
                 Some(a) => a,
                 None if index == 0 => DEFAULT_LISTEN.parse().expect("constant address"),
@@ -756,7 +830,7 @@ impl Config {
                 login_failures: l.login_failures,
             }
             .check(index)?;
-            listeners.push(Listener { listen, upstream: Upstream { host, port, tls, ca: l.upstream_ca }, edge });
+            listeners.push(Listener { listen, upstream, upstream_from_user, edge });
         }
         for (i, a) in listeners.iter().enumerate() {
             if listeners[..i].iter().any(|b| b.listen == a.listen) {
@@ -1093,10 +1167,10 @@ mod tests {
         let c = Config::build(ConfigFile::default(), a.clone()).unwrap();
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.listeners[0].listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::Implicit);
+        assert_eq!(c.listeners[0].upstream.as_ref().unwrap().tls, UpstreamTls::Implicit);
         a.upstream = Some("pop.example.com:110".into());
         let c = Config::build(ConfigFile::default(), a.clone()).unwrap();
-        assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::Starttls);
+        assert_eq!(c.listeners[0].upstream.as_ref().unwrap().tls, UpstreamTls::Starttls);
         assert_eq!(c.metrics.unwrap().to_string(), DEFAULT_METRICS);
         assert_eq!(c.timeouts.client_idle, Duration::from_secs(600));
     }
@@ -1173,8 +1247,8 @@ mod tests {
         a.listen = Some("127.0.0.1:2110".parse().unwrap());
         let c = Config::build(f, a.clone()).unwrap();
         assert_eq!(c.listeners[0].listen.to_string(), "127.0.0.1:2110");
-        assert_eq!(c.listeners[0].upstream.tls, UpstreamTls::None);
-        assert_eq!(c.listeners[1].upstream.tls, UpstreamTls::Implicit);
+        assert_eq!(c.listeners[0].upstream.as_ref().unwrap().tls, UpstreamTls::None);
+        assert_eq!(c.listeners[1].upstream.as_ref().unwrap().tls, UpstreamTls::Implicit);
         assert!(c.metrics.is_none());
         assert_eq!(c.timeouts.client_idle, Duration::from_secs(900));
         assert_eq!(c.scan.header_limit, 65536);

@@ -152,7 +152,8 @@ pub const LOGIN_FAILURES_TOTAL: &str = "popsift_login_failures_total";
 /// `reason` values of `popsift_edge_refusals_total`.
 pub const EDGE_REFUSAL_REASONS: &[&str] = &["proxy_untrusted", "proxy_header", "per_ip_limit", "tls_handshake"];
 /// `reason` values of `popsift_login_failures_total`.
-pub const LOGIN_FAILURE_REASONS: &[&str] = &["upstream-refused", "throttled", "plaintext-disallowed"];
+pub const LOGIN_FAILURE_REASONS: &[&str] =
+    &["upstream-refused", "throttled", "plaintext-disallowed", "upstream-not-allowed"];
 // --- end network edge ---
 // --- shared store (issue 15) ---
 /// Gauge `{reason="unreachable"|"not_durable"}`: 1 while the Redis store is degraded so.

@@ -62,6 +62,9 @@ pub enum LoginFailure {
     Throttled,
     /// Refused by popsift: plain-text login on an insecure connection.
     PlaintextDisallowed,
+    /// Refused by popsift: a per-user login named a server that is not allowed (or
+    /// malformed, or internal); it was never contacted.
+    UpstreamNotAllowed,
 }
 
 impl LoginFailure {
@@ -70,6 +73,7 @@ impl LoginFailure {
             LoginFailure::UpstreamRefused => "upstream-refused",
             LoginFailure::Throttled => "throttled",
             LoginFailure::PlaintextDisallowed => "plaintext-disallowed",
+            LoginFailure::UpstreamNotAllowed => "upstream-not-allowed",
         }
     }
 }

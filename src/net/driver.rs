@@ -62,6 +62,7 @@ use crate::net::history_hooks;
 use crate::net::login_scan::LoginScan;
 use crate::net::quarantine_copy;
 use crate::net::stream::Stream;
+use crate::config::Upstream as UpstreamConfig;
 use crate::net::upstream::{self, Upstream};
 use crate::pop3::command::MAX_COMMAND_LINE;
 use crate::pop3::status::{Status, MAX_STATUS_LINE};
@@ -130,7 +131,10 @@ async fn cut_off(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// edge admitted it (`crate::edge`); `peer` is the client's address (from the PROXY header
 /// behind a balancer).
 pub async fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
-    let span = info_span!("session", %peer, upstream = %ctx.listener.upstream.display(), user = tracing::field::Empty);
+    let span = info_span!("session", %peer, upstream = tracing::field::Empty, user = tracing::field::Empty);
+    if let Some(up) = &ctx.listener.upstream {
+        span.record("upstream", up.display().as_str());
+    }
     async move {
         let started = Instant::now();
         // Counts the session in `popsift_sessions_active` until dropped, even by a panic.
@@ -145,9 +149,11 @@ pub async fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext
             ctx: &ctx,
             scan: None,
             usage: None,
+            target: None,
         };
         let mut settings = Settings::from_config(&ctx.config);
         settings.edge = ctx.edge.capa_policy();
+        settings.upstream_from_user = ctx.listener.upstream_from_user.clone();
         let mut machine = Machine::new(settings, Instant::now());
         if secure {
             machine.tls_started();
@@ -241,6 +247,9 @@ struct Session<'a> {
     scan: Option<LoginScan>,
     /// The login user's quarantine folder usage (quota), once opened.
     usage: Option<QuarantineUsage>,
+    /// The upstream this session is connected to (the listener's, or the one a per-user
+    /// login named): with the user it keys the cache, quarantine, history and rules.
+    target: Option<UpstreamConfig>,
 }
 
 impl Session<'_> {
@@ -283,21 +292,31 @@ impl Session<'_> {
             Action::LoginRefused(reply) => {
                 if crate::edge::is_login_failure(&reply) {
                     let user = m.login_user().or(m.stats.user.as_deref()).map(str::to_string);
-                    let upstream = self.ctx.listener.upstream.display();
+                    let upstream = self.upstream_shown();
                     let why = crate::edge::LoginFailure::UpstreamRefused;
                     let delay = self.ctx.edge.login_failed(self.peer.ip(), user.as_deref(), &upstream, why);
                     self.flush().await?;
                     tokio::time::sleep(delay).await;
                 }
             }
-            Action::Updated => history_hooks::after_update(self.ctx, m.login_user(), m.view()).await,
+            Action::UpstreamRefused { user, upstream } => {
+                let why = crate::edge::LoginFailure::UpstreamNotAllowed;
+                let upstream = upstream.unwrap_or_else(|| "-".to_string());
+                let delay = self.ctx.edge.login_failed(self.peer.ip(), user.as_deref(), &upstream, why);
+                self.flush().await?;
+                tokio::time::sleep(delay).await;
+            }
+            Action::Updated => {
+                let up = self.upstream_shown();
+                history_hooks::after_update(self.ctx, &up, m.login_user(), m.view()).await
+            }
             Action::User(name) => {
                 tracing::Span::current().record("user", name.as_str());
             }
             Action::ViewReady => {
                 if let (Some(scan), Some(view)) = (&self.scan, m.view()) {
                     scan.report(view, self.ctx.config.dry_run);
-                    history_hooks::record(self.ctx, m.login_user(), view);
+                    history_hooks::record(self.ctx, &self.upstream_shown(), m.login_user(), view);
                 }
                 self.scan = None;
                 self.usage = None;
@@ -313,10 +332,29 @@ impl Session<'_> {
         let t = ctx.config.timeouts;
         Ok(match need {
             Need::Connect => {
-                let up =
-                    watching(&mut self.client, false, upstream::connect(&ctx.listener.upstream, &ctx.tls, &t)).await?;
+                let target = ctx.listener.upstream.clone().ok_or(SessionError::Internal("listener without upstream"))?;
+                let up = watching(&mut self.client, false, upstream::connect(&target, &ctx.tls, &t)).await?;
                 let input = Input::Connected { greeting: up.greeting.clone(), caps: up.caps.clone() };
                 self.up = Some(up);
+                self.target = Some(target);
+                input
+            }
+            Need::Resolve { host, port } => {
+                let lookup = tokio::time::timeout(t.connect, tokio::net::lookup_host((host.as_str(), port)));
+                let r = match watching(&mut self.client, false, async { Ok(lookup.await) }).await? {
+                    Ok(Ok(addrs)) => Ok(addrs.collect()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {:?}", t.connect)),
+                };
+                Input::Resolved(r)
+            }
+            Need::ConnectTo { upstream: target, addrs } => {
+                tracing::Span::current().record("upstream", target.display().as_str());
+                let connect = upstream::connect_to(&target, &addrs, &ctx.tls, &t);
+                let up = watching(&mut self.client, false, connect).await?;
+                let input = Input::Connected { greeting: up.greeting.clone(), caps: up.caps.clone() };
+                self.up = Some(up);
+                self.target = Some(target);
                 input
             }
             Need::ClientLine => loop {
@@ -371,21 +409,23 @@ impl Session<'_> {
             Need::Evaluate(outcome) => {
                 let up = connected(&mut self.up)?;
                 if self.scan.is_none() {
-                    self.scan = Some(LoginScan::start(ctx, m.login_user()).await);
+                    self.scan = Some(LoginScan::start(ctx, self.target.as_ref(), m.login_user()).await);
                 }
                 let scan = self.scan.as_mut().ok_or(SessionError::Internal("login scan state"))?;
                 let uidl_trusted = outcome.uidl_trusted;
                 let mut entries = scan.evaluate(up, ctx, *outcome).await?;
-                history_hooks::before_view(ctx, m.login_user(), uidl_trusted, &mut entries).await;
+                let shown = self.upstream_shown();
+                history_hooks::before_view(ctx, &shown, m.login_user(), uidl_trusted, &mut entries).await;
                 Input::Evaluated(entries)
             }
             Need::QuarantineFolder => {
-                self.usage = quarantine_copy::open_folder(ctx, m.login_user()).await;
+                self.usage = quarantine_copy::open_folder(ctx, &self.upstream_shown(), m.login_user()).await;
                 Input::QuarantineFolder
             }
             Need::Quarantine(entry) => {
+                let shown = self.upstream_shown();
                 let up = connected(&mut self.up)?;
-                let r = quarantine_copy::quarantine(up, ctx, m.login_user(), self.usage.as_mut(), &entry).await?;
+                let r = quarantine_copy::quarantine(up, ctx, &shown, m.login_user(), self.usage.as_mut(), &entry).await?;
                 Input::Quarantined(r)
             }
             Need::Pending => return Err(SessionError::Internal("the session machine asked for an input twice")),
@@ -397,7 +437,7 @@ impl Session<'_> {
     /// goes on (only the client is touched; the scan owns the upstream).
     async fn scan(&mut self, pipelining: bool, m: &mut Machine) -> Result<Input, SessionError> {
         let ctx = self.ctx;
-        let scan = LoginScan::start(ctx, m.login_user()).await;
+        let scan = LoginScan::start(ctx, self.target.as_ref(), m.login_user()).await;
         let outcome = {
             let up = connected(&mut self.up)?;
             let scanning = scan.list(up, ctx, pipelining);
@@ -465,12 +505,20 @@ impl Session<'_> {
                     crate::pop3::command::Command::User(name) => Some(name.clone()),
                     _ => m.stats.user.clone(),
                 };
-                let upstream = self.ctx.listener.upstream.display();
+                let upstream = self.upstream_shown();
                 let delay = self.ctx.edge.login_failed(self.peer.ip(), user.as_deref(), &upstream, why);
                 tokio::time::sleep(delay).await;
                 self.out.extend_from_slice(reply);
                 self.flush().await.map(|()| true)
             }
+        }
+    }
+
+    /// The session's upstream as `HOST:PORT` (the listener's until a login named one).
+    fn upstream_shown(&self) -> String {
+        match &self.target {
+            Some(t) => t.display(),
+            None => self.ctx.listener.upstream_display(),
         }
     }
 

@@ -14,32 +14,37 @@ use crate::session::view::{Entry, MailboxView};
 use crate::store::history;
 use crate::store::quarantine::Quarantine;
 
-fn mailbox(ctx: &SessionContext, user: Option<&str>) -> Option<String> {
-    user.map(|u| history::mailbox_key(&ctx.listener.upstream.display(), u))
+/// The mailbox key: `upstream` is the session's server (`HOST:PORT`), the listener's or
+/// the one a per-user login named.
+fn mailbox(upstream: &str, user: Option<&str>) -> Option<String> {
+    user.map(|u| history::mailbox_key(upstream, u))
 }
 
 /// Applies the owner's "Not spam" overrides to `entries` and appends the released messages.
-pub async fn before_view(ctx: &SessionContext, user: Option<&str>, uidl_trusted: bool, entries: &mut Vec<Entry>) {
-    let (Some(h), Some(mb), true) = (&ctx.history, mailbox(ctx, user), uidl_trusted) else { return };
+pub async fn before_view(
+    ctx: &SessionContext,
+    upstream: &str,
+    user: Option<&str>, uidl_trusted: bool, entries: &mut Vec<Entry>) {
+    let (Some(h), Some(mb), true) = (&ctx.history, mailbox(upstream, user), uidl_trusted) else { return };
     let q = Quarantine::for_config(&ctx.config);
     let released = history::overrides(h.store().clone(), q, mb, entries).await;
     entries.extend(released);
 }
 
 /// Records the verdicts of this login (never blocks: a full queue drops and counts).
-pub fn record(ctx: &SessionContext, user: Option<&str>, view: &MailboxView) {
-    let (Some(h), Some(mb)) = (&ctx.history, mailbox(ctx, user)) else { return };
+pub fn record(ctx: &SessionContext, upstream: &str, user: Option<&str>, view: &MailboxView) {
+    let (Some(h), Some(mb)) = (&ctx.history, mailbox(upstream, user)) else { return };
     h.record(history::login_decisions(&mb, view.entries(), ctx.config.dry_run, history::now_secs()));
 }
 
 /// After the upstream accepted QUIT (UPDATE done): released messages the client deleted
 /// leave the store and the quarantine.
-pub async fn after_update(ctx: &SessionContext, user: Option<&str>, view: Option<&MailboxView>) {
+pub async fn after_update(ctx: &SessionContext, upstream: &str, user: Option<&str>, view: Option<&MailboxView>) {
     let uidls: Vec<Arc<str>> = view.map(MailboxView::released_deleted).unwrap_or_default();
     if uidls.is_empty() {
         return;
     }
-    let (Some(h), Some(mb)) = (&ctx.history, mailbox(ctx, user)) else { return };
+    let (Some(h), Some(mb)) = (&ctx.history, mailbox(upstream, user)) else { return };
     let (store, q) = (h.store().clone(), Quarantine::for_config(&ctx.config));
     let _ = tokio::task::spawn_blocking(move || history::forget_released(&*store, &q, &mb, &uidls)).await;
 }

@@ -74,7 +74,7 @@ pub async fn serve(
         let ctx = Arc::new(SessionContext {
             listener: l.clone(),
             config: config.clone(),
-            tls: tls::client_config(l.upstream.ca.as_deref())?,
+            tls: tls::client_config(l.upstream_ca())?,
             rules: rules.clone(),
             cache: cache.clone(),
             memo: memo.clone(),
@@ -83,7 +83,7 @@ pub async fn serve(
             edge,
             history: history.clone(),
         });
-        info!(listen = %sock.local_addr().map(|a| a.to_string()).unwrap_or_default(), upstream = %l.upstream.display(), tls = ?l.upstream.tls, "listening");
+        info!(listen = %sock.local_addr().map(|a| a.to_string()).unwrap_or_default(), upstream = %l.upstream_display(), per_user_upstream = l.upstream_from_user.is_some(), "listening");
         let permits = permits.clone();
         let mut stop = shutdown.clone();
         let local = sock.local_addr().ok();

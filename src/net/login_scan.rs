@@ -414,6 +414,8 @@ pub struct LoginScan {
     model: Option<Arc<crate::classify::Model>>,
     model_generation: Option<u64>,
     scope: Option<Scope>,
+    /// The session's upstream as `HOST:PORT` (for the log).
+    upstream: String,
     started: std::time::Instant,
     /// Messages the rules looked at in this session, and the mean CPU seconds each took.
     evaluated_now: usize,
@@ -421,13 +423,23 @@ pub struct LoginScan {
 }
 
 impl LoginScan {
-    pub async fn start(ctx: &SessionContext, login_user: Option<&str>) -> LoginScan {
+    /// `upstream`: the server the session is connected to (the listener's, or the one a
+    /// per-user login named); with the user it keys the rules and the cache.
+    pub async fn start(
+        ctx: &SessionContext,
+        upstream: Option<&crate::config::Upstream>,
+        login_user: Option<&str>,
+    ) -> LoginScan {
+        let (host, shown) = match upstream {
+            Some(u) => (u.host.clone(), u.display()),
+            None => (String::new(), ctx.listener.upstream_display()),
+        };
         // The mailbox's own rule set when it has one (per-mailbox rules), else the global set.
-        let rules = ctx.rules.for_mailbox(login_user, &ctx.listener.upstream.host).await;
+        let rules = ctx.rules.for_mailbox(login_user, &host).await;
         let model = ctx.model.current();
         let model_generation = model.as_ref().map(|m| m.generation());
         let scope = match (&ctx.cache, login_user) {
-            (Some(_), Some(user)) => Some(Scope::new(ctx.listener.upstream.display(), user.to_string())),
+            (Some(_), Some(user)) => Some(Scope::new(shown.clone(), user.to_string())),
             _ => None,
         };
         LoginScan {
@@ -435,6 +447,7 @@ impl LoginScan {
             model,
             model_generation,
             scope,
+            upstream: shown,
             started: std::time::Instant::now(),
             evaluated_now: 0,
             eval_per_message: 0.0,
@@ -479,7 +492,7 @@ impl LoginScan {
     ) -> Result<Vec<Entry>, SessionError> {
         let cfg = &ctx.config;
         if !outcome.top_supported && !outcome.items.is_empty() {
-            warn_once_no_top(&ctx.listener.upstream.display());
+            warn_once_no_top(&self.upstream);
         }
         if outcome.top_failures > 0 {
             tracing::warn!(failures = outcome.top_failures, "TOP failed for some messages; they are shown unfiltered");

@@ -41,9 +41,9 @@ pub enum CopyError {
 
 /// The usage of the login user's folder, read on the blocking pool; `None` when the user
 /// is unknown or the folder could not be read (every copy then fails: nothing is deleted).
-pub async fn open_folder(ctx: &SessionContext, login_user: Option<&str>) -> Option<Usage> {
+pub async fn open_folder(ctx: &SessionContext, upstream: &str, login_user: Option<&str>) -> Option<Usage> {
     let user = login_user?.to_string();
-    let (q, upstream) = (Quarantine::for_config(&ctx.config), ctx.listener.upstream.display());
+    let (q, upstream) = (Quarantine::for_config(&ctx.config), upstream.to_string());
     tokio::task::spawn_blocking(move || q.usage(&user, &upstream)).await.ok()
 }
 
@@ -52,12 +52,13 @@ pub async fn open_folder(ctx: &SessionContext, login_user: Option<&str>) -> Opti
 pub async fn quarantine(
     up: &mut Conn<Stream>,
     ctx: &SessionContext,
+    upstream: &str,
     login_user: Option<&str>,
     usage: Option<&mut Usage>,
     e: &Entry,
 ) -> Result<Quarantined, SessionError> {
     let result = match (usage, login_user) {
-        (Some(usage), Some(user)) => copy(up, ctx, user, usage, e).await?,
+        (Some(usage), Some(user)) => copy(up, ctx, upstream, user, usage, e).await?,
         _ => Err(CopyError::UnknownUser),
     };
     Ok(match result {
@@ -86,6 +87,7 @@ pub async fn quarantine(
 async fn copy(
     up: &mut Conn<Stream>,
     ctx: &SessionContext,
+    upstream: &str,
     user: &str,
     usage: &mut Usage,
     e: &Entry,
@@ -100,7 +102,7 @@ async fn copy(
     let meta = Meta {
         user: user.to_string(),
         size: e.upstream_size,
-        upstream: ctx.listener.upstream.display(),
+        upstream: upstream.to_string(),
         uidl: e.uidl.as_deref().unwrap_or("").to_string(),
         score: v.as_ref().map_or(0.0, |v| v.score),
         rules: v.map(|v| v.rules.iter().map(|r| r.to_string()).collect()).unwrap_or_default(),

@@ -30,14 +30,42 @@ pub struct Upstream {
     pub caps: Option<Vec<Capability>>,
 }
 
+/// Connects to the configured upstream (its name resolved here).
 pub async fn connect(
     cfg: &UpstreamConfig,
     tls: &Arc<rustls::ClientConfig>,
     t: &Timeouts,
 ) -> Result<Upstream, SessionError> {
+    connect_at(cfg, None, tls, t).await
+}
+
+/// Connects to `cfg` at exactly these addresses, already resolved and checked (a per-user
+/// upstream: no second resolution that could answer differently, see
+/// `session::upstream_from_user`). TLS still verifies the certificate for `cfg.host`.
+pub async fn connect_to(
+    cfg: &UpstreamConfig,
+    addrs: &[std::net::SocketAddr],
+    tls: &Arc<rustls::ClientConfig>,
+    t: &Timeouts,
+) -> Result<Upstream, SessionError> {
+    connect_at(cfg, Some(addrs), tls, t).await
+}
+
+async fn connect_at(
+    cfg: &UpstreamConfig,
+    addrs: Option<&[std::net::SocketAddr]>,
+    tls: &Arc<rustls::ClientConfig>,
+    t: &Timeouts,
+) -> Result<Upstream, SessionError> {
     let addr = cfg.display();
     let started = Instant::now();
-    let tcp = match tokio::time::timeout(t.connect, TcpStream::connect((cfg.host.as_str(), cfg.port))).await {
+    let tcp = async {
+        match addrs {
+            Some(a) => TcpStream::connect(a).await,
+            None => TcpStream::connect((cfg.host.as_str(), cfg.port)).await,
+        }
+    };
+    let tcp = match tokio::time::timeout(t.connect, tcp).await {
         Err(_) => return Err(SessionError::Timeout { phase: Phase::Connect, after: t.connect }),
         Ok(Err(e)) => return Err(SessionError::Connect { addr, reason: e.to_string() }),
         Ok(Ok(s)) => s,

@@ -110,7 +110,15 @@ fn drive_machine(pairs: &[(u32, u64)], upstream: &[u8], control: &[u8], client: 
         on_failure: if bit(3) { OnFailure::Show } else { OnFailure::Hide },
         dry_run: bit(4),
         edge: crate::session::capa::EdgeCapa { starttls: bit(5), plaintext_allowed: !bit(6) },
+        // Per-user upstream: logins name `127.0.0.1:110` (listed) or `*.example` hosts.
+        upstream_from_user: bit(7).then(|| {
+            let allow = ["127.0.0.1:110".to_string(), "*.example:110".to_string()];
+            Arc::new(crate::session::upstream_from_user::UpstreamFromUser::new(":", &allow, None, None).unwrap_or_else(
+                |e| unreachable!("constant settings: {e}"),
+            ))
+        }),
     };
+    let routed = settings.upstream_from_user.is_some();
     let mut now = Instant::now();
     let mut m = Machine::new(settings, now);
     let mut client_lines = lines(client).peekable();
@@ -129,10 +137,12 @@ fn drive_machine(pairs: &[(u32, u64)], upstream: &[u8], control: &[u8], client: 
                     }
                     match phase {
                         Phase::Update => assert!(quit_sent, "DELE upstream without the client's QUIT"),
-                        // A SASL response is relayed verbatim: the client's own bytes.
+                        // A SASL response is relayed verbatim: the client's own bytes (or, with a
+                        // per-user upstream, a first response popsift re-encoded: base64).
                         Phase::Login => {
                             let relayed = cmd.strip_suffix(b"\r").unwrap_or(cmd);
-                            assert_eq!(last_client.as_deref(), Some(relayed), "DELE sent in AUTHORIZATION");
+                            let reencoded = routed && relayed.iter().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b));
+                            assert!(last_client.as_deref() == Some(relayed) || reencoded, "DELE sent in AUTHORIZATION");
                         }
                         other => panic!("DELE sent upstream during {other}"),
                     }
@@ -141,6 +151,16 @@ fn drive_machine(pairs: &[(u32, u64)], upstream: &[u8], control: &[u8], client: 
             }
             Action::Need(need) => match need {
                 Need::Connect => {
+                    let caps =
+                        if bit(5) { Some(vec![crate::pop3::capa::Capability::new("PIPELINING", "")]) } else { None };
+                    Input::Connected { greeting: b"+OK hi".to_vec(), caps }
+                }
+                Need::Resolve { port, .. } => {
+                    // Either answer: a public address, or loopback (refused unless listed).
+                    let ip = if bit(6) { [127, 0, 0, 1] } else { [93, 184, 216, 34] };
+                    Input::Resolved(Ok(vec![std::net::SocketAddr::from((ip, port))]))
+                }
+                Need::ConnectTo { .. } => {
                     let caps =
                         if bit(5) { Some(vec![crate::pop3::capa::Capability::new("PIPELINING", "")]) } else { None };
                     Input::Connected { greeting: b"+OK hi".to_vec(), caps }

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::{OnFailure, WithoutTop};
 use crate::pop3::capa::{self as capa_codec, Capability};
+use crate::config::Upstream;
+use crate::pop3::command::{self, Command};
 use crate::pop3::status::{Status, StatusKind};
 use crate::session::auth::{Authorization, SaslStep, INVALID_SASL_NAME};
 use crate::session::capa::{self, Known};
@@ -36,6 +38,7 @@ use crate::session::phase::Phase;
 use crate::session::pipeline::{dele_batches, Pipeline, Step};
 use crate::session::plan::{err, AuthPlan};
 use crate::session::relay::rewrite_octets;
+use crate::session::upstream_from_user::{Route, RouteError, UpstreamFromUser};
 use crate::session::verdicts::{quarantine_candidates, ScanOutcome};
 use crate::session::view::{Disposition, Entry, HeaderRewrite, MailboxView};
 
@@ -57,6 +60,9 @@ pub struct Settings {
     pub dry_run: bool,
     /// The listener's client TLS policy, for the capability list before login.
     pub edge: capa::EdgeCapa,
+    /// Per-user upstream (`HOST:USER` logins): popsift greets and answers CAPA itself and
+    /// connects once the login names the server (see [`crate::session::upstream_from_user`]).
+    pub upstream_from_user: Option<Arc<UpstreamFromUser>>,
 }
 
 impl Settings {
@@ -69,15 +75,25 @@ impl Settings {
             on_failure: c.quarantine.on_failure,
             dry_run: c.dry_run,
             edge: capa::EdgeCapa::default(),
+            upstream_from_user: None,
         }
     }
 }
+
+/// popsift's own greeting on a per-user-upstream listener: no APOP timestamp (RFC 1939 §7),
+/// since the server that would check the digest is not known yet.
+pub const OWN_GREETING: &[u8] = b"+OK popsift ready\r\n";
+/// The `-ERR` for APOP and SASL mechanisms other than PLAIN and LOGIN on such a listener.
+pub const NOT_WITH_UPSTREAM_FROM_USER: &[u8] =
+    b"-ERR [AUTH] only USER/PASS and AUTH PLAIN or LOGIN work here: the mail server is named in the user name\r\n";
 
 /// What happened, fed to [`Machine::handle`] in answer to a [`Need`] (or `Tick` at any time).
 #[derive(Debug)]
 pub enum Input {
     /// The upstream is connected and greeted: its greeting (without CRLF) and pre-login CAPA.
     Connected { greeting: Vec<u8>, caps: Option<Vec<Capability>> },
+    /// Answer to [`Need::Resolve`]: the addresses, or why there are none.
+    Resolved(Result<Vec<std::net::SocketAddr>, String>),
     /// One client command line, without its line end.
     ClientLine(Vec<u8>),
     /// Answer to [`Need::BufferedClientLine`]: no complete line is buffered.
@@ -119,6 +135,11 @@ pub enum Quarantined {
 pub enum Need {
     /// Connect to the upstream, read its greeting and CAPA → [`Input::Connected`].
     Connect,
+    /// Resolve the host a login named (once) → [`Input::Resolved`].
+    Resolve { host: String, port: u16 },
+    /// Connect to this upstream at exactly these (checked) addresses, read its greeting and
+    /// CAPA → [`Input::Connected`]. From now on the session's mailbox keys use it.
+    ConnectTo { upstream: Upstream, addrs: Vec<std::net::SocketAddr> },
     /// Flush the client output, then wait for one client line → [`Input::ClientLine`].
     ClientLine,
     /// A client line already buffered, without waiting (when `read_ahead`, first read what
@@ -164,6 +185,10 @@ pub enum Action {
     /// The upstream refused the login (this reply follows): the performer logs the failed
     /// login and may delay the answer (the edge's throttle).
     LoginRefused(Vec<u8>),
+    /// popsift refused the server a login named (not allowed, internal address, malformed
+    /// name; the `-ERR` follows): logged as a failed login (`upstream` as named, when it is
+    /// a well-formed host), never contacted.
+    UpstreamRefused { user: Option<String>, upstream: Option<String> },
     /// The upstream accepted QUIT after the DELEs of UPDATE: what the client deleted is gone
     /// (the performer forgets released copies the client deleted).
     Updated,
@@ -211,6 +236,16 @@ enum State {
     SaslCancel,
     /// QUIT in AUTHORIZATION (no UPDATE, RFC 1939 §6).
     AuthQuit,
+    /// Per-user upstream: the named host is being resolved.
+    RouteResolving(Box<Pending>),
+    /// Per-user upstream: connecting to the checked addresses.
+    RouteConnecting(Box<Pending>),
+    /// Per-user upstream: popsift sent the client an empty challenge for this mechanism
+    /// and waits for the first response (which names the server).
+    SaslLocal(SaslMech),
+    /// Per-user upstream: `AUTH MECH` was sent upstream; its `+` is answered with this
+    /// rewritten first response (with CRLF).
+    SaslIntro(Vec<u8>),
     /// The login scan runs (LIST, UIDL, TOP).
     Scanning,
     Evaluating,
@@ -233,6 +268,37 @@ enum State {
     Update,
     UpdateQuit,
     Closed,
+}
+
+/// A SASL mechanism popsift can rewrite (RFC 4616 PLAIN, the LOGIN draft).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SaslMech {
+    Plain,
+    Login,
+}
+
+impl SaslMech {
+    fn name(self) -> &'static str {
+        match self {
+            SaslMech::Plain => "PLAIN",
+            SaslMech::Login => "LOGIN",
+        }
+    }
+}
+
+/// A login waiting for its upstream connection: where, and what to send once connected.
+#[derive(Debug)]
+struct Pending {
+    route: Route,
+    then: Then,
+}
+
+#[derive(Debug)]
+enum Then {
+    /// `USER name\r\n` with the real name.
+    User(Vec<u8>),
+    /// `AUTH MECH`, then this first response (base64, CRLF) at the server's `+`.
+    Sasl { mech: SaslMech, first: Vec<u8> },
 }
 
 /// The session's state machine (see the module doc).
@@ -262,15 +328,26 @@ pub struct Machine {
     dele_refused: usize,
     /// TLS is active on the client connection (implicit, or after STLS).
     secure: bool,
+    /// Per-user upstream: the server this session is connected to, once a login named it.
+    routed_to: Option<Upstream>,
     pub stats: Stats,
 }
 
 impl Machine {
     pub fn new(settings: Settings, now: Instant) -> Machine {
+        let mut actions = VecDeque::new();
+        let state = if settings.upstream_from_user.is_some() {
+            // The server is not known before the login names it: popsift greets.
+            actions.push_back(Action::ToClient(OWN_GREETING.to_vec()));
+            actions.push_back(Action::Flush);
+            State::AuthIdle
+        } else {
+            State::Connecting
+        };
         Machine {
             settings,
-            state: State::Connecting,
-            actions: VecDeque::new(),
+            state,
+            actions,
             now,
             caps: None,
             auth: Authorization::new(),
@@ -288,6 +365,7 @@ impl Machine {
             awaiting: VecDeque::new(),
             dele_refused: 0,
             secure: false,
+            routed_to: None,
             stats: Stats::default(),
         }
     }
@@ -301,7 +379,12 @@ impl Machine {
         }
         let need = match &self.state {
             State::Connecting => Need::Connect,
-            State::AuthIdle | State::SaslResponse => Need::ClientLine,
+            State::AuthIdle | State::SaslResponse | State::SaslLocal(_) => Need::ClientLine,
+            State::SaslIntro(_) => Need::UpstreamLine { phase: Phase::Login, lenient: false },
+            State::RouteResolving(_) | State::RouteConnecting(_) => {
+                // Returned once, when the state was entered (they carry data).
+                return Action::Need(Need::Pending);
+            }
             State::AuthRelay | State::AuthMultiline | State::AuthLogin | State::SaslReply => {
                 Need::UpstreamLine { phase: Phase::Login, lenient: false }
             }
@@ -368,6 +451,10 @@ impl Machine {
                 | State::SaslResponse
                 | State::SaslCancel
                 | State::AuthQuit
+                | State::RouteResolving(_)
+                | State::RouteConnecting(_)
+                | State::SaslLocal(_)
+                | State::SaslIntro(_)
         )
     }
 
@@ -411,6 +498,30 @@ impl Machine {
                 State::AuthIdle
             }
             (State::AuthIdle, Input::ClientLine(line)) => self.auth_command(&line),
+            (State::RouteResolving(p), Input::Resolved(r)) => self.resolved(*p, r),
+            (State::RouteConnecting(p), Input::Connected { caps, .. }) => {
+                // The server's greeting is not relayed: the client has had popsift's.
+                self.caps = caps;
+                self.routed_to = Some(p.route.upstream.clone());
+                self.send_then(p.then)
+            }
+            (State::SaslLocal(mech), Input::ClientLine(line)) => {
+                if line == b"*" {
+                    // RFC 5034 §4: the client cancelled.
+                    self.reply(err("authentication cancelled"));
+                    State::AuthIdle
+                } else {
+                    self.sasl_first(mech, &line)
+                }
+            }
+            (State::SaslIntro(first), Input::UpstreamLine(r)) => {
+                if Status::parse(&r).is_some_and(|s| s.kind == StatusKind::Continue) {
+                    self.up(first, Phase::Login);
+                    State::SaslReply
+                } else {
+                    self.login_reply(r)
+                }
+            }
             (State::AuthRelay, Input::UpstreamLine(mut r)) => {
                 r.extend_from_slice(b"\r\n");
                 self.reply(r);
@@ -588,6 +699,11 @@ impl Machine {
 
     /// AUTHORIZATION (RFC 1939 §4): one client command.
     fn auth_command(&mut self, line: &[u8]) -> State {
+        if let Some(from_user) = self.settings.upstream_from_user.clone() {
+            if let Some(state) = self.routed_command(&from_user, line) {
+                return state;
+            }
+        }
         let planned = self.auth.command(line);
         self.note_identity();
         match planned {
@@ -622,6 +738,207 @@ impl Machine {
                 State::AuthQuit
             }
         }
+    }
+
+    /// Per-user upstream: the commands popsift answers or rewrites itself; `None` for the
+    /// rest (planned as usual once connected; refused before).
+    fn routed_command(&mut self, from_user: &UpstreamFromUser, line: &[u8]) -> Option<State> {
+        let connected = self.routed_to.is_some();
+        let Ok(cmd) = command::parse(line) else { return None };
+        let state = match cmd {
+            Command::User(name) => match from_user.route(&name) {
+                Ok(route) => {
+                    let then = Then::User(format!("USER {}\r\n", route.user).into_bytes());
+                    self.route_to(route, then)
+                }
+                Err(e) => self.refuse_route(Some(&name), None, &e),
+            },
+            Command::Apop { .. } => {
+                self.reply(NOT_WITH_UPSTREAM_FROM_USER.to_vec());
+                State::AuthIdle
+            }
+            Command::Auth { mechanism: None, .. } => {
+                // RFC 5034 §4: AUTH without a mechanism lists those offered.
+                self.reply(b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n".to_vec());
+                State::AuthIdle
+            }
+            Command::Auth { mechanism: Some(m), initial } => {
+                let mech = match m.to_ascii_uppercase().as_str() {
+                    "PLAIN" => SaslMech::Plain,
+                    "LOGIN" => SaslMech::Login,
+                    _ => {
+                        self.reply(NOT_WITH_UPSTREAM_FROM_USER.to_vec());
+                        return Some(State::AuthIdle);
+                    }
+                };
+                match initial {
+                    Some(i) => self.sasl_first(mech, i.expose()),
+                    None => {
+                        // PLAIN: an empty challenge; LOGIN: "Username:" (the draft's prompt).
+                        let prompt: &[u8] = if mech == SaslMech::Plain { b"+ \r\n" } else { b"+ VXNlcm5hbWU6\r\n" };
+                        self.reply(prompt.to_vec());
+                        State::SaslLocal(mech)
+                    }
+                }
+            }
+            Command::Capa => {
+                // Only what popsift can honour before the server is known (RFC 2449 §5);
+                // no PIPELINING: AUTHORIZATION here is one command at a time.
+                let mut list = vec![
+                    Capability::new("USER", ""),
+                    Capability::new("SASL", "PLAIN LOGIN"),
+                    Capability::new("RESP-CODES", ""),
+                    Capability::new("AUTH-RESP-CODE", ""),
+                ];
+                capa::edge_adjust(&mut list, self.settings.edge, self.secure, false);
+                self.reply(capa_codec::encode(&list));
+                State::AuthIdle
+            }
+            Command::Quit if !connected => {
+                self.reply(b"+OK popsift signing off\r\n".to_vec());
+                State::Closed
+            }
+            Command::Quit => return None,
+            _ if !connected => {
+                let planned = self.auth.command(line);
+                match planned {
+                    AuthPlan::Reply(b) => self.reply(b),
+                    _ => self.reply(err(format!(
+                        "[AUTH] log in first with USER HOST{sep}USER (or HOST{sep}PORT{sep}USER)",
+                        sep = from_user.separator
+                    ))),
+                }
+                State::AuthIdle
+            }
+            _ => return None,
+        };
+        Some(state)
+    }
+
+    /// Per-user upstream: the first SASL response (base64) names the server; it is
+    /// rewritten to carry the real user name (PLAIN's authzid too when it names the server).
+    fn sasl_first(&mut self, mech: SaslMech, response: &[u8]) -> State {
+        use base64::Engine;
+        let Some(from_user) = self.settings.upstream_from_user.clone() else { return State::AuthIdle };
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let invalid = |m: &mut Machine| {
+            m.reply(err(INVALID_SASL_NAME));
+            State::AuthIdle
+        };
+        let Ok(decoded) = b64.decode(response) else { return invalid(self) };
+        let text = |b: &[u8]| -> Option<String> {
+            if b.iter().any(|&c| c < 0x20 || c == 0x7f) {
+                return None;
+            }
+            String::from_utf8(b.to_vec()).ok()
+        };
+        let (name, authzid, passwd) = match mech {
+            SaslMech::Login => (decoded.as_slice(), None, None),
+            SaslMech::Plain => {
+                let mut parts = decoded.splitn(3, |&b| b == 0);
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(z), Some(c), Some(p)) => (c, Some(z), Some(p)),
+                    _ => return invalid(self),
+                }
+            }
+        };
+        let Some(name) = text(name).filter(|n| !n.is_empty()) else { return invalid(self) };
+        let route = match from_user.route(&name) {
+            Ok(r) => r,
+            Err(e) => return self.refuse_route(Some(&name), None, &e),
+        };
+        let rewritten = match (authzid, passwd) {
+            (Some(z), Some(p)) => {
+                let Some(z) = text(z) else { return invalid(self) };
+                // An authzid naming the same server is rewritten; one naming another is
+                // refused; a plain one (no separator) is the server's business.
+                let z = if z.is_empty() || !z.contains(from_user.separator.as_str()) {
+                    z
+                } else {
+                    match from_user.route(&z) {
+                        Ok(rz) if rz.upstream == route.upstream => rz.user,
+                        _ => return invalid(self),
+                    }
+                };
+                let mut raw = Vec::with_capacity(z.len() + route.user.len() + p.len() + 2);
+                raw.extend_from_slice(z.as_bytes());
+                raw.push(0);
+                raw.extend_from_slice(route.user.as_bytes());
+                raw.push(0);
+                raw.extend_from_slice(p);
+                raw
+            }
+            _ => route.user.as_bytes().to_vec(),
+        };
+        let mut first = b64.encode(rewritten).into_bytes();
+        first.extend_from_slice(b"\r\n");
+        self.route_to(route, Then::Sasl { mech, first })
+    }
+
+    /// Goes to the route's server: at once when this session is already connected to it,
+    /// else after resolving and checking its addresses.
+    fn route_to(&mut self, route: Route, then: Then) -> State {
+        match &self.routed_to {
+            Some(up) if *up == route.upstream => self.send_then(then),
+            Some(_) => {
+                self.reply(err("[AUTH] this session is connected to another mail server; reconnect to log in there"));
+                State::AuthIdle
+            }
+            None => {
+                let (host, port) = (route.upstream.host.clone(), route.upstream.port);
+                self.queue_need(Need::Resolve { host, port });
+                State::RouteResolving(Box::new(Pending { route, then }))
+            }
+        }
+    }
+
+    /// The named host resolved: connect only to these addresses, if they may be reached.
+    fn resolved(&mut self, p: Pending, r: Result<Vec<std::net::SocketAddr>, String>) -> State {
+        let addrs = match r {
+            Ok(a) => a,
+            Err(reason) => {
+                tracing::info!(host = %p.route.upstream.host, %reason, "per-user upstream: name not resolved");
+                Vec::new()
+            }
+        };
+        if let Err(e) = UpstreamFromUser::addresses_allowed(&p.route, &addrs) {
+            let shown = p.route.upstream.display();
+            return self.refuse_route(Some(&p.route.user), Some(shown), &e);
+        }
+        self.queue_need(Need::ConnectTo { upstream: p.route.upstream.clone(), addrs });
+        State::RouteConnecting(Box::new(p))
+    }
+
+    /// Sends what the login started, now that its server is connected.
+    fn send_then(&mut self, then: Then) -> State {
+        match then {
+            Then::User(line) => {
+                // The AUTHORIZATION tracker sees the real name (whose mailbox it is).
+                self.auth.command(line.strip_suffix(b"\r\n").unwrap_or(&line));
+                self.note_identity();
+                self.up(line, Phase::Login);
+                State::AuthRelay
+            }
+            Then::Sasl { mech, first } => {
+                let start = format!("AUTH {}", mech.name());
+                self.auth.command(start.as_bytes());
+                let _ = self.auth.sasl_response(first.strip_suffix(b"\r\n").unwrap_or(&first));
+                self.note_identity();
+                let mut l = start.into_bytes();
+                l.extend_from_slice(b"\r\n");
+                self.up(l, Phase::Login);
+                State::SaslIntro(first)
+            }
+        }
+    }
+
+    /// A login naming a server popsift will not contact: logged, answered `-ERR [AUTH]`.
+    fn refuse_route(&mut self, user: Option<&str>, upstream: Option<String>, e: &RouteError) -> State {
+        self.stats.auth_failed = true;
+        let user = user.map(|u| u.chars().filter(|c| !c.is_control()).take(256).collect());
+        self.emit(Action::UpstreamRefused { user, upstream });
+        self.reply(err(format!("[AUTH] {e}")));
+        State::AuthIdle
     }
 
     /// The upstream's reply to PASS / APOP / AUTH: `+OK` starts the login scan; the reply
@@ -843,6 +1160,7 @@ mod tests {
             on_failure: OnFailure::Hide,
             dry_run: false,
             edge: capa::EdgeCapa::default(),
+            upstream_from_user: None,
         }
     }
 

@@ -18,6 +18,8 @@
 //! - [`machine`]: the whole session as one sans-IO state machine over all of the above.
 //! - [`phase`]: what the session is doing, named in every timeout and error.
 //! - [`top_window`]: the login scan's `TOP n 0` windows (count and byte bounds, no-TOP).
+//! - [`upstream_from_user`]: per-user upstream (`HOST:USER` logins): the allow list and
+//!   the SSRF check, before any connection.
 //!
 //! `net::driver` executes these decisions; everything here is unit-tested without I/O.
 
@@ -37,6 +39,7 @@ pub mod plan;
 pub mod relay;
 pub mod tag;
 pub mod top_window;
+pub mod upstream_from_user;
 pub mod verdicts;
 pub mod view;
 

@@ -157,7 +157,15 @@ pub enum LoginError {
 }
 
 /// Checks `user`/`password` by a POP3 login to `listener`'s upstream. Never logs either.
-pub async fn pop3_login(config: &Config, listener: &Listener, user: &str, password: &str) -> Result<(), LoginError> {
+/// On a listener with `upstream_from_user`, `user` is `HOST:USER` as in a mail client,
+/// checked by the same rules (allow list, internal addresses) before any connection.
+/// Returns the mailbox's upstream (`HOST:PORT`) and user name at that server.
+pub async fn pop3_login(
+    config: &Config,
+    listener: &Listener,
+    user: &str,
+    password: &str,
+) -> Result<(String, String), LoginError> {
     if user.is_empty() || password.is_empty() || user.len() > 255 || password.len() > 255 {
         return Err(LoginError::Refused);
     }
@@ -166,18 +174,32 @@ pub async fn pop3_login(config: &Config, listener: &Listener, user: &str, passwo
         return Err(LoginError::Refused);
     }
     let t = config.timeouts;
-    let tls = crate::net::tls::client_config(listener.upstream.ca.as_deref())
-        .map_err(|e| LoginError::Upstream(e.to_string()))?;
-    let up = crate::net::upstream::connect(&listener.upstream, &tls, &t)
-        .await
-        .map_err(|e| LoginError::Upstream(e.to_string()))?;
+    let tls = crate::net::tls::client_config(listener.upstream_ca()).map_err(|e| LoginError::Upstream(e.to_string()))?;
+    let (target, user, up) = match (&listener.upstream_from_user, &listener.upstream) {
+        (Some(from_user), _) => {
+            use crate::session::upstream_from_user::UpstreamFromUser;
+            let route = from_user.route(user).map_err(|_| LoginError::Refused)?;
+            let (host, port) = (route.upstream.host.clone(), route.upstream.port);
+            let addrs: Vec<_> = tokio::time::timeout(t.connect, tokio::net::lookup_host((host.as_str(), port)))
+                .await
+                .map_err(|_| LoginError::Upstream("name lookup timed out".into()))?
+                .map_err(|e| LoginError::Upstream(e.to_string()))?
+                .collect();
+            UpstreamFromUser::addresses_allowed(&route, &addrs).map_err(|_| LoginError::Refused)?;
+            let up = crate::net::upstream::connect_to(&route.upstream, &addrs, &tls, &t).await;
+            (route.upstream, route.user, up)
+        }
+        (None, Some(u)) => (u.clone(), user.to_string(), crate::net::upstream::connect(u, &tls, &t).await),
+        (None, None) => return Err(LoginError::Upstream("no mail server configured".into())),
+    };
+    let up = up.map_err(|e| LoginError::Upstream(e.to_string()))?;
     let mut conn = up.conn;
     let ok = ask(&mut conn, format!("USER {user}\r\n").as_bytes(), &t).await?
         && ask(&mut conn, format!("PASS {password}\r\n").as_bytes(), &t).await?;
     // QUIT in AUTHORIZATION or TRANSACTION with no DELE changes nothing (RFC 1939 §6).
     let _ = ask(&mut conn, b"QUIT\r\n", &t).await;
     if ok {
-        Ok(())
+        Ok((target.display(), user))
     } else {
         Err(LoginError::Refused)
     }

@@ -402,8 +402,7 @@ async fn login(ui: &Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
                 return fail(StatusCode::SERVICE_UNAVAILABLE, "No mail server is configured.");
             };
             match auth::pop3_login(&ui.config, listener, &user, &password).await {
-                Ok(()) => {
-                    let upstream = listener.upstream.display();
+                Ok((upstream, user)) => {
                     Viewer::Owner { mailbox: history::mailbox_key(&upstream, &user), user, upstream }
                 }
                 Err(auth::LoginError::Refused) => {
