@@ -1607,6 +1607,180 @@ mod tests {
         assert!(!capa.contains("STLS"));
     }
 
+    // --- per-user upstream (HOST:USER logins) ---
+
+    fn routed(allow: &[&str]) -> Sim {
+        let allow: Vec<String> = allow.iter().map(|a| a.to_string()).collect();
+        let from_user = UpstreamFromUser::new(":", &allow, Some(crate::cli::UpstreamTls::None), None).unwrap();
+        let mut s = Sim::new(Settings { upstream_from_user: Some(Arc::new(from_user)), ..settings() });
+        assert!(matches!(s.run(), Need::ClientLine));
+        assert_eq!(s.take_client(), "+OK popsift ready\r\n", "popsift greets: no APOP timestamp");
+        s
+    }
+
+    /// Answers the resolve and connect needs: the host resolves to `ip`.
+    fn resolve_and_connect(s: &mut Sim, host: &str, port: u16, ip: [u8; 4]) {
+        match s.run() {
+            Need::Resolve { host: h, port: p } => assert_eq!((h.as_str(), p), (host, port)),
+            other => panic!("expected a resolve, got {other:?}"),
+        }
+        let addr = std::net::SocketAddr::from((ip, port));
+        s.feed(Input::Resolved(Ok(vec![addr])));
+        match s.run() {
+            Need::ConnectTo { upstream, addrs } => {
+                assert_eq!((upstream.display(), addrs), (format!("{host}:{port}"), vec![addr]));
+            }
+            other => panic!("expected a connect, got {other:?}"),
+        }
+        s.feed(Input::Connected { greeting: b"+OK <123@up> ready".to_vec(), caps: Some(vec![Capability::new("TOP", "")]) });
+    }
+
+    #[test]
+    fn per_user_upstream_user_pass() {
+        let mut s = routed(&["pop.a.example:110"]);
+        s.c("CAPA");
+        let capa = s.take_client();
+        assert_eq!(capa, "+OK Capability list follows\r\nUSER\r\nSASL PLAIN LOGIN\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\n.\r\n");
+        s.c("PASS early");
+        assert!(s.take_client().starts_with("-ERR [AUTH] log in first with USER HOST:USER"));
+        s.c("USER pop.a.example:alice");
+        resolve_and_connect(&mut s, "pop.a.example", 110, [93, 184, 216, 34]);
+        assert_eq!(s.take_upstream(), "USER alice\r\n");
+        s.s("+OK");
+        assert_eq!(s.take_client(), "+OK\r\n", "the server's greeting is not relayed");
+        s.c("PASS secret");
+        assert_eq!(s.take_upstream(), "PASS secret\r\n");
+        assert_eq!(s.m.login_user(), Some("alice"));
+        s.s("+OK logged in");
+        assert!(matches!(s.run(), Need::Scan { .. }));
+    }
+
+    #[test]
+    fn per_user_upstream_refuses_before_connecting() {
+        let mut s = routed(&["pop.a.example:110", "*.b.example:110"]);
+        for (line, reply) in [
+            ("USER evil.example:alice", "-ERR [AUTH] this mail server is not allowed here\r\n"),
+            ("USER alice", "-ERR [AUTH] user name must be HOST:USER or HOST:PORT:USER on this server\r\n"),
+            ("USER :alice", "-ERR [AUTH] empty host, port or user in the user name\r\n"),
+            ("USER pop.a.example:99999:alice", "-ERR [AUTH] bad port in the user name (1-65535)\r\n"),
+        ] {
+            s.c(line);
+            assert_eq!(s.take_client(), reply, "{line}");
+            assert!(matches!(s.run(), Need::ClientLine), "{line}: no connection asked for");
+        }
+        let long = format!("USER {}:alice", "a".repeat(300));
+        s.c(&long);
+        assert!(s.take_client().contains("host name too long"));
+        // A pattern's name that resolves to an internal address: refused, never connected.
+        s.c("USER sneaky.b.example:alice");
+        assert!(matches!(s.run(), Need::Resolve { .. }));
+        s.feed(Input::Resolved(Ok(vec!["127.0.0.1:110".parse().unwrap()])));
+        assert_eq!(s.take_client(), "-ERR [AUTH] this mail server resolves to an internal address, which is not allowed here\r\n");
+        assert!(matches!(s.run(), Need::ClientLine));
+        s.c("APOP alice c4c9334bac560ecc979e58001b3e22fb");
+        assert_eq!(s.take_client(), String::from_utf8_lossy(NOT_WITH_UPSTREAM_FROM_USER));
+        s.c("AUTH CRAM-MD5");
+        assert_eq!(s.take_client(), String::from_utf8_lossy(NOT_WITH_UPSTREAM_FROM_USER));
+        assert!(s.take_upstream().is_empty());
+        assert!(s.m.stats.auth_failed);
+        s.c("QUIT");
+        assert_eq!(s.take_client(), "+OK popsift signing off\r\n");
+        assert!(matches!(s.m.next_action(), Action::Close));
+    }
+
+    #[test]
+    fn per_user_upstream_refusals_are_logged_as_failed_logins() {
+        let mut s = routed(&["pop.a.example:110"]);
+        s.m.handle(s.now, Input::ClientLine(b"USER evil.example:alice".to_vec()));
+        match s.m.next_action() {
+            Action::UpstreamRefused { user, upstream } => {
+                assert_eq!((user.as_deref(), upstream), (Some("evil.example:alice"), None));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn per_user_upstream_auth_plain_is_rewritten() {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let mut s = routed(&["127.0.0.1:1110"]);
+        s.c(&format!("AUTH PLAIN {}", b64(b"127.0.0.1:1110:alice\x00127.0.0.1:1110:alice\x00pw")));
+        resolve_and_connect(&mut s, "127.0.0.1", 1110, [127, 0, 0, 1]);
+        assert_eq!(s.take_upstream(), "AUTH PLAIN\r\n");
+        s.s("+ ");
+        assert_eq!(s.take_upstream(), format!("{}\r\n", b64(b"alice\x00alice\x00pw")));
+        assert!(s.take_client().is_empty(), "the server's challenge is answered by popsift");
+        assert_eq!(s.m.login_user(), Some("alice"));
+        s.s("+OK welcome");
+        assert!(matches!(s.run(), Need::Scan { .. }));
+    }
+
+    #[test]
+    fn per_user_upstream_auth_plain_and_login_with_challenges() {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let mut s = routed(&["pop.a.example:110"]);
+        s.c("AUTH PLAIN");
+        assert_eq!(s.take_client(), "+ \r\n");
+        s.c("*");
+        assert_eq!(s.take_client(), "-ERR authentication cancelled\r\n");
+        s.c("AUTH PLAIN");
+        s.take_client();
+        s.c(&b64(b"\x00other.example:bob\x00pw"));
+        assert_eq!(s.take_client(), "-ERR [AUTH] this mail server is not allowed here\r\n");
+        s.c("AUTH PLAIN");
+        s.take_client();
+        s.c(&b64(b"\x00pop.a.example:bob\x00other.example:bob"));
+        resolve_and_connect(&mut s, "pop.a.example", 110, [93, 184, 216, 34]);
+        s.s("+ ");
+        assert_eq!(s.take_upstream(), format!("AUTH PLAIN\r\n{}\r\n", b64(b"\x00bob\x00other.example:bob")));
+        s.s("-ERR [AUTH] wrong");
+        assert_eq!(s.take_client(), "-ERR [AUTH] wrong\r\n");
+        // Still connected to that server: AUTH LOGIN there needs no new connection.
+        s.c("AUTH LOGIN");
+        assert_eq!(s.take_client(), "+ VXNlcm5hbWU6\r\n");
+        s.c(&b64(b"pop.a.example:carol"));
+        assert_eq!(s.take_upstream(), "AUTH LOGIN\r\n");
+        s.s("+ VXNlcm5hbWU6");
+        assert_eq!(s.take_upstream(), format!("{}\r\n", b64(b"carol")));
+        s.s("+ UGFzc3dvcmQ6");
+        assert_eq!(s.take_client(), "+ UGFzc3dvcmQ6\r\n");
+        s.c(&b64(b"pw"));
+        assert_eq!(s.take_upstream(), format!("{}\r\n", b64(b"pw")));
+        assert_eq!(s.m.login_user(), Some("carol"));
+        s.s("+OK");
+        assert!(matches!(s.run(), Need::Scan { .. }));
+    }
+
+    #[test]
+    fn per_user_upstream_one_server_per_session() {
+        let mut s = routed(&["pop.a.example:110", "pop.b.example:110"]);
+        s.c("USER pop.a.example:alice");
+        resolve_and_connect(&mut s, "pop.a.example", 110, [93, 184, 216, 34]);
+        s.s("+OK");
+        s.c("PASS wrong");
+        s.s("-ERR [AUTH] no");
+        s.take_client();
+        s.take_upstream();
+        s.c("USER pop.b.example:alice");
+        assert!(s.take_client().starts_with("-ERR [AUTH] this session is connected to another mail server"));
+        assert!(s.take_upstream().is_empty());
+        s.c("USER pop.a.example:alice2");
+        assert_eq!(s.take_upstream(), "USER alice2\r\n");
+    }
+
+    #[test]
+    fn per_user_upstream_bad_sasl_is_an_error_not_a_panic() {
+        let mut s = routed(&["pop.a.example:110"]);
+        for line in ["AUTH PLAIN !!!", "AUTH PLAIN AAAA", "AUTH LOGIN AA==", "AUTH PLAIN ="] {
+            s.c(line);
+            assert!(s.take_client().starts_with("-ERR"), "{line}");
+            assert!(matches!(s.run(), Need::ClientLine));
+        }
+        assert!(s.take_upstream().is_empty());
+    }
+
     #[test]
     fn unexpected_inputs_are_ignored_not_panics() {
         let mut s = Sim::new(settings());

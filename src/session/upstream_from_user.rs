@@ -353,6 +353,9 @@ mod tests {
             .unwrap();
         assert_eq!(u.allow[1], Allow::Domain { suffix: ".c.example".into(), port: 995 });
         assert!(u.route("[::1]:110:x").unwrap().listed_exactly);
+        // A pattern never matches an address literal, however its digits end.
+        let u = UpstreamFromUser::new(":", &["*.0.0.1:110".into()], None, None).unwrap();
+        assert_eq!(u.route("127.0.0.1:alice"), Err(RouteError::NotAllowed));
     }
 
     #[test]
