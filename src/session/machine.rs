@@ -935,6 +935,10 @@ impl Machine {
     /// A login naming a server popsift will not contact: logged, answered `-ERR [AUTH]`.
     fn refuse_route(&mut self, user: Option<&str>, upstream: Option<String>, e: &RouteError) -> State {
         self.stats.auth_failed = true;
+        let upstream = match e {
+            RouteError::NotAllowed(named) => Some(named.clone()),
+            _ => upstream,
+        };
         let user = user.map(|u| u.chars().filter(|c| !c.is_control()).take(256).collect());
         self.emit(Action::UpstreamRefused { user, upstream });
         self.reply(err(format!("[AUTH] {e}")));
@@ -1694,7 +1698,7 @@ mod tests {
         s.m.handle(s.now, Input::ClientLine(b"USER evil.example:alice".to_vec()));
         match s.m.next_action() {
             Action::UpstreamRefused { user, upstream } => {
-                assert_eq!((user.as_deref(), upstream), (Some("evil.example:alice"), None));
+                assert_eq!((user.as_deref(), upstream.as_deref()), (Some("evil.example:alice"), Some("evil.example:110")));
             }
             other => panic!("{other:?}"),
         }

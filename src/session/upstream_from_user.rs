@@ -71,8 +71,9 @@ pub enum RouteError {
     BadHost,
     #[error("bad port in the user name (1-65535)")]
     BadPort,
+    /// The server as named (`HOST:PORT`, well-formed), for the failed-login line.
     #[error("this mail server is not allowed here")]
-    NotAllowed,
+    NotAllowed(String),
     #[error("this mail server resolves to an internal address, which is not allowed here")]
     Internal,
     #[error("this mail server's name could not be resolved")]
@@ -192,7 +193,8 @@ impl UpstreamFromUser {
             .iter()
             .any(|a| matches!(a, Allow::Domain { suffix, port: p } if *p == port && lower.ends_with(suffix.as_str())));
         if !listed_exactly && !by_pattern {
-            return Err(RouteError::NotAllowed);
+            let shown = if literal && host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+            return Err(RouteError::NotAllowed(shown));
         }
         let tls = self.tls.unwrap_or(if port == 995 { UpstreamTls::Implicit } else { UpstreamTls::Starttls });
         Ok(Some(Route {
@@ -305,8 +307,14 @@ mod tests {
     #[test]
     fn anything_not_listed_is_refused() {
         let u = u(&["pop.a.example:110", "*.b.example:995"]);
-        for name in ["evil.example:alice", "pop.a.example:111:alice", "b.example:995:x", "mail.b.example:x", "10.0.0.1:110:x"] {
-            assert_eq!(u.route(name), Err(RouteError::NotAllowed), "{name}");
+        for (name, shown) in [
+            ("evil.example:alice", "evil.example:110"),
+            ("pop.a.example:111:alice", "pop.a.example:111"),
+            ("b.example:995:x", "b.example:995"),
+            ("mail.b.example:x", "mail.b.example:110"),
+            ("10.0.0.1:110:x", "10.0.0.1:110"),
+        ] {
+            assert_eq!(u.route(name), Err(RouteError::NotAllowed(shown.into())), "{name}");
         }
     }
 
@@ -355,7 +363,7 @@ mod tests {
         assert!(u.route("[::1]:110:x").unwrap().listed_exactly);
         // A pattern never matches an address literal, however its digits end.
         let u = UpstreamFromUser::new(":", &["*.0.0.1:110".into()], None, None).unwrap();
-        assert_eq!(u.route("127.0.0.1:alice"), Err(RouteError::NotAllowed));
+        assert_eq!(u.route("127.0.0.1:alice"), Err(RouteError::NotAllowed("127.0.0.1:110".into())));
     }
 
     #[test]
