@@ -1240,6 +1240,28 @@ mod tests {
     }
 
     #[test]
+    fn upstream_from_user_makes_upstream_optional_and_needs_an_allow_list() {
+        let text = "listeners:\n  - listen: 127.0.0.1:1110\n    upstream_from_user: { separator: '#', allow: [pop.a.example:995, '*.b.example'] }\n";
+        let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), Overrides::default()).unwrap();
+        let l = &c.listeners[0];
+        assert!(l.upstream.is_none());
+        let from_user = l.upstream_from_user.as_ref().unwrap();
+        assert_eq!(from_user.route("x.b.example#u").unwrap().upstream.display(), "x.b.example:110");
+        // Errors carry file:line:col.
+        for (text, want) in [
+            ("listeners:\n  - listen: 127.0.0.1:1110\n    upstream_from_user: { allow: [] }\n", "allow must list"),
+            ("listeners:\n  - listen: 127.0.0.1:1110\n    upstream_from_user: { separator: ':' }\n", "allow"),
+            ("listeners:\n  - listen: 127.0.0.1:1110\n    upstream_from_user:\n      allow: ['h:0']\n", "bad port"),
+            ("listeners:\n  - listen: 127.0.0.1:1110\n    upstream_from_user: { allow: [h:1], sep: ':' }\n", "unknown field"),
+        ] {
+            let e = ConfigFile::parse(text, Path::new("p.yaml")).unwrap_err();
+            let shown = e.to_string();
+            assert!(matches!(e, ConfigError::Parse { line: 2.., .. }), "{text}: {shown}");
+            assert!(shown.starts_with("p.yaml:") && shown.contains(want), "{shown}");
+        }
+    }
+
+    #[test]
     fn file_with_several_listeners_and_flag_override() {
         let text = "listeners:\n  - upstream: a.example:110\n    upstream_tls: none\n  - listen: 127.0.0.1:1111\n    upstream: b.example:995\nmetrics: 'off'\ntimeouts:\n  client_idle: 15m\nscan:\n  header_limit: 64KiB\n";
         let f = ConfigFile::parse(text, Path::new("p.yaml")).unwrap();

@@ -587,15 +587,19 @@ fn every_sample_config_is_a_valid_config() {
 }
 
 #[test]
-fn laptop_config_has_one_listener_per_account() {
+fn laptop_config_has_one_listener_for_every_account() {
+    use popsift::config::UpstreamTls;
     let c = build(&deploy("popsift-laptop.yaml"));
-    assert!(c.listeners.len() >= 3, "{} listeners", c.listeners.len());
-    let mut upstreams: Vec<String> = c.listeners.iter().map(|l| l.upstream.display()).collect();
-    upstreams.dedup();
-    assert_eq!(upstreams.len(), c.listeners.len(), "one upstream per listener");
-    assert!(c.listeners.iter().all(|l| l.listen.ip().is_loopback()), "a laptop listens on loopback only");
-    assert!(c.listeners.iter().any(|l| l.upstream.tls == popsift::config::UpstreamTls::Starttls));
-    assert!(c.listeners.iter().any(|l| l.upstream.tls == popsift::config::UpstreamTls::Implicit));
+    assert_eq!(c.listeners.len(), 1, "one port, the server in the user name");
+    let l = &c.listeners[0];
+    assert!(l.listen.ip().is_loopback(), "a laptop listens on loopback only");
+    let from_user = l.upstream_from_user.as_ref().expect("upstream_from_user");
+    assert!(from_user.allow.len() >= 3, "{:?}", from_user.allow);
+    let gmx = from_user.route("pop.gmx.net:995:jane.doe").unwrap();
+    assert_eq!((gmx.upstream.display(), gmx.upstream.tls, gmx.user.as_str()), ("pop.gmx.net:995".into(), UpstreamTls::Implicit, "jane.doe"));
+    let own = from_user.route("mail.example.org:jane").unwrap();
+    assert_eq!((own.upstream.port, own.upstream.tls), (110, UpstreamTls::Starttls));
+    assert!(from_user.route("evil.example:995:jane").is_err(), "not an open relay");
 }
 
 #[test]
