@@ -789,8 +789,11 @@ impl Config {
                         upstream: upstream.clone(),
                         reason,
                     })?;
-                    let tls =
-                        l.upstream_tls.unwrap_or(if port == 995 { UpstreamTls::Implicit } else { UpstreamTls::Starttls });
+                    let tls = l.upstream_tls.unwrap_or(if port == 995 {
+                        UpstreamTls::Implicit
+                    } else {
+                        UpstreamTls::Starttls
+                    });
                     Some(Upstream { host, port, tls, ca: l.upstream_ca.clone() })
                 }
                 (None, Some(_)) => None,
@@ -1252,7 +1255,10 @@ mod tests {
             ("listeners:\n  - listen: 127.0.0.1:1110\n    upstream_from_user: { allow: [] }\n", "allow must list"),
             ("listeners:\n  - listen: 127.0.0.1:1110\n    upstream_from_user: { separator: ':' }\n", "allow"),
             ("listeners:\n  - listen: 127.0.0.1:1110\n    upstream_from_user:\n      allow: ['h:0']\n", "bad port"),
-            ("listeners:\n  - listen: 127.0.0.1:1110\n    upstream_from_user: { allow: [h:1], sep: ':' }\n", "unknown field"),
+            (
+                "listeners:\n  - listen: 127.0.0.1:1110\n    upstream_from_user: { allow: [h:1], sep: ':' }\n",
+                "unknown field",
+            ),
         ] {
             let e = ConfigFile::parse(text, Path::new("p.yaml")).unwrap_err();
             let shown = e.to_string();

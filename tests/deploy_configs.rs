@@ -596,7 +596,10 @@ fn laptop_config_has_one_listener_for_every_account() {
     let from_user = l.upstream_from_user.as_ref().expect("upstream_from_user");
     assert!(from_user.allow.len() >= 3, "{:?}", from_user.allow);
     let gmx = from_user.route("pop.gmx.net:995:jane.doe").unwrap();
-    assert_eq!((gmx.upstream.display(), gmx.upstream.tls, gmx.user.as_str()), ("pop.gmx.net:995".into(), UpstreamTls::Implicit, "jane.doe"));
+    assert_eq!(
+        (gmx.upstream.display(), gmx.upstream.tls, gmx.user.as_str()),
+        ("pop.gmx.net:995".into(), UpstreamTls::Implicit, "jane.doe")
+    );
     let own = from_user.route("mail.example.org:jane").unwrap();
     assert_eq!((own.upstream.port, own.upstream.tls), (110, UpstreamTls::Starttls));
     assert!(from_user.route("evil.example:995:jane").is_err(), "not an open relay");

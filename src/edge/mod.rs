@@ -11,10 +11,9 @@
 //! [`Edge::admit`] runs in the session's own task (never in the accept loop, so a slow
 //! client cannot stall accepting): PROXY header from a trusted balancer, the per-address
 //! session limit, then the implicit TLS handshake, each with its own named deadline.
-//! [`Edge::gate`] is consulted for every AUTHORIZATION command before the session machine
-//! sees it: STLS (RFC 2595 §4), plain-text login on an insecure connection (refused as
-//! Dovecot's `disable_plaintext_auth` does), and the failed-login throttle. Refusals never
-//! reach the upstream: the credentials go nowhere.
+//! The AUTHORIZATION decisions (STLS, plain-text refusal, the failed-login throttle) are
+//! the session machine's ([`crate::session::gate`]); the edge performs the STLS handshake
+//! ([`Edge::start_tls`]) and holds the throttle's shared state ([`Edge::is_throttled`]).
 //!
 //! Every failed login is logged by [`Edge::login_failed`] as one line in a stable format,
 //! outside the session's span so that nothing the client chose precedes the address:
@@ -38,59 +37,13 @@ use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use crate::pop3::capa::Capability;
-use crate::pop3::command::Command;
 use limits::{IpSlot, LoginThrottle, SessionsPerIp};
 use settings::{ClientTlsMode, EdgeSettings};
 use tls::{ClientStream, ServerTls};
 
-/// The reply to STLS before the handshake (RFC 2595 §4).
-pub const STLS_OK: &[u8] = b"+OK Begin TLS negotiation\r\n";
-/// The reply to a plain-text login refused on an insecure connection.
-pub const PLAINTEXT_REFUSED: &[u8] =
-    b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections (use STLS or POP3S)\r\n";
-/// The reply to a login attempt from an address over its failure limit.
-pub const THROTTLED: &[u8] = b"-ERR [AUTH] Too many failed logins from your address; try again later\r\n";
+pub use crate::session::gate::{LoginFailure, PLAINTEXT_REFUSED, STLS_OK, THROTTLED};
 /// The reply to a connection over `max_sessions_per_ip`.
 pub const TOO_MANY_FROM_IP: &[u8] = b"-ERR [SYS/TEMP] Too many sessions from your address; try again later\r\n";
-
-/// Why a login failed, as logged (`reason=`) and counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginFailure {
-    /// The upstream answered `-ERR` to PASS, APOP or AUTH.
-    UpstreamRefused,
-    /// Refused by popsift: the address is over `login_failures.max`.
-    Throttled,
-    /// Refused by popsift: plain-text login on an insecure connection.
-    PlaintextDisallowed,
-    /// Refused by popsift: a per-user login named a server that is not allowed (or
-    /// malformed, or internal); it was never contacted.
-    UpstreamNotAllowed,
-}
-
-impl LoginFailure {
-    pub fn label(self) -> &'static str {
-        match self {
-            LoginFailure::UpstreamRefused => "upstream-refused",
-            LoginFailure::Throttled => "throttled",
-            LoginFailure::PlaintextDisallowed => "plaintext-disallowed",
-            LoginFailure::UpstreamNotAllowed => "upstream-not-allowed",
-        }
-    }
-}
-
-/// What to do with an AUTHORIZATION command before the session machine plans it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Gate {
-    /// Not the edge's business: plan it as usual.
-    Pass,
-    /// STLS accepted: write [`STLS_OK`], then run the handshake ([`Edge::start_tls`]).
-    StartTls,
-    /// Answer with these bytes (STLS when TLS is already active).
-    Reply(Vec<u8>),
-    /// A login refused by popsift: log it ([`Edge::login_failed`]), wait its delay, then
-    /// answer with the bytes.
-    Refuse { reply: &'static [u8], why: LoginFailure },
-}
 
 /// A connection admitted by [`Edge::admit`].
 pub struct Admitted {
@@ -205,31 +158,11 @@ impl Edge {
         Some(Admitted { client, peer, slot })
     }
 
-    /// Decides an AUTHORIZATION command before the session machine plans it (see the
-    /// module doc). `secure`: TLS is active on the client connection.
-    pub fn gate(&self, cmd: &Command, secure: bool, client: IpAddr) -> Gate {
-        match cmd {
-            Command::Stls => match (self.mode(), secure) {
-                // RFC 2595 §4: STLS after a successful negotiation is an error.
-                (_, true) => Gate::Reply(b"-ERR TLS is already active\r\n".to_vec()),
-                (Some(ClientTlsMode::Starttls), false) => Gate::StartTls,
-                _ => Gate::Pass,
-            },
-            Command::User(_) | Command::Pass(_) if !secure && !self.plaintext_allowed() => {
-                Gate::Refuse { reply: PLAINTEXT_REFUSED, why: LoginFailure::PlaintextDisallowed }
-            }
-            Command::Auth { mechanism: Some(m), .. }
-                if !secure && !self.plaintext_allowed() && is_plaintext_mechanism(m) =>
-            {
-                Gate::Refuse { reply: PLAINTEXT_REFUSED, why: LoginFailure::PlaintextDisallowed }
-            }
-            Command::Pass(_) | Command::Apop { .. } | Command::Auth { mechanism: Some(_), .. }
-                if self.throttle.is_throttled(client, Instant::now()) =>
-            {
-                Gate::Refuse { reply: THROTTLED, why: LoginFailure::Throttled }
-            }
-            _ => Gate::Pass,
-        }
+    /// Whether `client` is over its failed-login limit now (`login_failures`): its
+    /// PASS/APOP/AUTH are then refused without asking the server (decided by
+    /// [`crate::session::gate`]).
+    pub fn is_throttled(&self, client: IpAddr) -> bool {
+        self.throttle.is_throttled(client.to_canonical(), Instant::now())
     }
 
     /// Runs the STLS handshake on `client` (after [`STLS_OK`] was written). A failure is
@@ -288,12 +221,9 @@ pub fn is_login_failure(reply: &[u8]) -> bool {
     !(code.starts_with(b"IN-USE") || code.starts_with(b"LOGIN-DELAY") || code.starts_with(b"SYS/"))
 }
 
-use crate::session::capa::is_plaintext_mechanism;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pop3::command::parse;
 
     fn edge(listen: &str, settings: EdgeSettings) -> Edge {
         Edge {
@@ -314,38 +244,15 @@ mod tests {
     }
 
     #[test]
-    fn plaintext_login_is_refused_off_loopback_without_tls() {
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let e = edge("0.0.0.0:110", starttls());
-        for line in ["USER alice", "PASS secret", "AUTH PLAIN AGFsaWNlAHNlY3JldA==", "auth login"] {
-            let cmd = parse(line.as_bytes()).unwrap();
-            assert!(
-                matches!(e.gate(&cmd, false, ip), Gate::Refuse { why: LoginFailure::PlaintextDisallowed, .. }),
-                "{line}"
-            );
-            assert_eq!(e.gate(&cmd, true, ip), Gate::Pass, "{line} over TLS");
-        }
-        let apop = parse(b"APOP alice c4c9334bac560ecc979e58001b3e22fb").unwrap();
-        assert_eq!(e.gate(&apop, false, ip), Gate::Pass, "APOP sends no password");
-        assert_eq!(e.gate(&parse(b"AUTH CRAM-MD5").unwrap(), false, ip), Gate::Pass);
-        // Loopback listeners allow it by default; allow_plaintext overrides either way.
-        let lo = edge("127.0.0.1:110", starttls());
-        assert_eq!(lo.gate(&parse(b"USER alice").unwrap(), false, ip), Gate::Pass);
+    fn plaintext_policy_follows_the_listen_address_unless_set() {
+        assert!(!edge("0.0.0.0:110", starttls()).capa_policy().plaintext_allowed);
+        assert!(edge("127.0.0.1:110", starttls()).capa_policy().plaintext_allowed, "loopback allows by default");
         let allowed = edge("0.0.0.0:110", EdgeSettings { allow_plaintext: Some(true), ..starttls() });
-        assert_eq!(allowed.gate(&parse(b"USER alice").unwrap(), false, ip), Gate::Pass);
+        assert!(allowed.capa_policy().plaintext_allowed);
         let denied = edge("127.0.0.1:110", EdgeSettings { allow_plaintext: Some(false), ..starttls() });
-        assert!(matches!(denied.gate(&parse(b"USER alice").unwrap(), false, ip), Gate::Refuse { .. }));
-    }
-
-    #[test]
-    fn stls_only_before_tls_and_only_when_configured() {
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let stls = parse(b"STLS").unwrap();
-        assert_eq!(edge("0.0.0.0:110", starttls()).gate(&stls, false, ip), Gate::StartTls);
-        assert!(
-            matches!(edge("0.0.0.0:110", starttls()).gate(&stls, true, ip), Gate::Reply(r) if r.starts_with(b"-ERR"))
-        );
-        assert_eq!(edge("0.0.0.0:110", EdgeSettings::default()).gate(&stls, false, ip), Gate::Pass);
+        assert!(!denied.capa_policy().plaintext_allowed);
+        assert!(edge("0.0.0.0:110", starttls()).capa_policy().starttls);
+        assert!(!edge("0.0.0.0:110", EdgeSettings::default()).capa_policy().starttls);
     }
 
     #[test]
@@ -390,14 +297,13 @@ mod tests {
         };
         let e = edge("127.0.0.1:110", s);
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
-        let pass = parse(b"PASS x").unwrap();
-        assert_eq!(e.gate(&pass, false, ip), Gate::Pass);
+        assert!(!e.is_throttled(ip));
         e.login_failed(ip, Some("alice"), "u:110", LoginFailure::UpstreamRefused);
         e.login_failed(ip, Some("alice"), "u:110", LoginFailure::Throttled);
-        assert_eq!(e.gate(&pass, false, ip), Gate::Pass, "popsift's own refusals are not counted");
+        e.login_failed(ip, Some("alice"), "u:110", LoginFailure::UpstreamNotAllowed);
+        assert!(!e.is_throttled(ip), "popsift's own refusals are not counted");
         e.login_failed(ip, Some("alice"), "u:110", LoginFailure::UpstreamRefused);
-        assert_eq!(e.gate(&pass, false, ip), Gate::Refuse { reply: THROTTLED, why: LoginFailure::Throttled });
-        assert_eq!(e.gate(&parse(b"USER bob").unwrap(), false, ip), Gate::Pass, "USER alone carries no secret");
-        assert_eq!(e.gate(&pass, false, "127.0.0.10".parse().unwrap()), Gate::Pass);
+        assert!(e.is_throttled(ip));
+        assert!(!e.is_throttled("127.0.0.10".parse().unwrap()));
     }
 }

@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::config::Upstream as UpstreamConfig;
 use crate::config::{Config, Listener};
 use crate::edge::tls::ClientStream;
 use crate::metrics::{self as m, Direction, SessionResult};
@@ -62,7 +63,6 @@ use crate::net::history_hooks;
 use crate::net::login_scan::LoginScan;
 use crate::net::quarantine_copy;
 use crate::net::stream::Stream;
-use crate::config::Upstream as UpstreamConfig;
 use crate::net::upstream::{self, Upstream};
 use crate::pop3::command::MAX_COMMAND_LINE;
 use crate::pop3::status::{Status, MAX_STATUS_LINE};
@@ -299,9 +299,12 @@ impl Session<'_> {
                     tokio::time::sleep(delay).await;
                 }
             }
-            Action::UpstreamRefused { user, upstream } => {
-                let why = crate::edge::LoginFailure::UpstreamNotAllowed;
-                let upstream = upstream.unwrap_or_else(|| "-".to_string());
+            Action::LoginFailed { why, user, upstream } => {
+                let upstream = match (upstream, why) {
+                    (Some(named), _) => named,
+                    (None, crate::edge::LoginFailure::UpstreamNotAllowed) => "-".to_string(),
+                    (None, _) => self.upstream_shown(),
+                };
                 let delay = self.ctx.edge.login_failed(self.peer.ip(), user.as_deref(), &upstream, why);
                 self.flush().await?;
                 tokio::time::sleep(delay).await;
@@ -332,7 +335,8 @@ impl Session<'_> {
         let t = ctx.config.timeouts;
         Ok(match need {
             Need::Connect => {
-                let target = ctx.listener.upstream.clone().ok_or(SessionError::Internal("listener without upstream"))?;
+                let target =
+                    ctx.listener.upstream.clone().ok_or(SessionError::Internal("listener without upstream"))?;
                 let up = watching(&mut self.client, false, upstream::connect(&target, &ctx.tls, &t)).await?;
                 let input = Input::Connected { greeting: up.greeting.clone(), caps: up.caps.clone() };
                 self.up = Some(up);
@@ -357,16 +361,30 @@ impl Session<'_> {
                 self.target = Some(target);
                 input
             }
-            Need::ClientLine => loop {
+            Need::ClientLine => {
                 self.flush().await?;
-                let line = self.client.read_command(MAX_COMMAND_LINE, t.client_idle, t.client_line).await?.to_vec();
-                // The network edge answers some AUTHORIZATION commands itself (STLS, plain-text
-                // logins without TLS, the failed-login throttle); the machine never sees them.
-                if m.awaiting_auth_command() && self.edge_gate(&line, m).await? {
-                    continue;
+                Input::ClientLine(
+                    self.client.read_command(MAX_COMMAND_LINE, t.client_idle, t.client_line).await?.to_vec(),
+                )
+            }
+            Need::StartTls => {
+                self.flush().await?;
+                // Anything the client sent after STLS in the clear must not be taken as if
+                // it came over TLS (the STARTTLS command-injection attack, CVE-2011-0411).
+                let injected = self.client.buffered().len();
+                if injected > 0 {
+                    warn!(octets = injected, "discarding plain-text input sent after STLS");
+                    self.client.consume(injected);
                 }
-                break Input::ClientLine(line);
-            },
+                let peer = self.peer;
+                self.ctx
+                    .edge
+                    .start_tls(self.client.get_mut(), peer)
+                    .await
+                    .map_err(|e| SessionError::ClientIo(std::io::Error::other(e.to_string())))?;
+                Input::TlsStarted
+            }
+            Need::LoginAllowed => Input::LoginAllowed(!ctx.edge.is_throttled(self.peer.ip())),
             Need::BufferedClientLine { read_ahead } => loop {
                 // For a pipelining client, top the buffer up with whatever it has already
                 // sent (without waiting) while the queue runs low, so the upstream stays
@@ -425,7 +443,8 @@ impl Session<'_> {
             Need::Quarantine(entry) => {
                 let shown = self.upstream_shown();
                 let up = connected(&mut self.up)?;
-                let r = quarantine_copy::quarantine(up, ctx, &shown, m.login_user(), self.usage.as_mut(), &entry).await?;
+                let r =
+                    quarantine_copy::quarantine(up, ctx, &shown, m.login_user(), self.usage.as_mut(), &entry).await?;
                 Input::Quarantined(r)
             }
             Need::Pending => return Err(SessionError::Internal("the session machine asked for an input twice")),
@@ -465,53 +484,6 @@ impl Session<'_> {
         };
         self.scan = Some(scan);
         Ok(Input::Listed(Box::new(outcome)))
-    }
-
-    /// The network edge's say on an AUTHORIZATION command (see [`crate::edge::Edge::gate`]):
-    /// STLS, plain-text logins refused without TLS, the failed-login throttle. `true` when
-    /// the edge answered it (the machine never sees it, the upstream never hears it).
-    async fn edge_gate(&mut self, line: &[u8], m: &mut Machine) -> Result<bool, SessionError> {
-        use crate::edge::Gate;
-        let Ok(cmd) = crate::pop3::command::parse(line) else { return Ok(false) };
-        let secure = self.client.get_ref().is_tls();
-        match self.ctx.edge.gate(&cmd, secure, self.peer.ip()) {
-            Gate::Pass => Ok(false),
-            Gate::Reply(b) => {
-                self.out.extend_from_slice(&b);
-                self.flush().await.map(|()| true)
-            }
-            Gate::StartTls => {
-                self.out.extend_from_slice(crate::edge::STLS_OK);
-                self.flush().await?;
-                // Anything the client sent after STLS in the clear must not be taken as if
-                // it came over TLS (the STARTTLS command-injection attack, CVE-2011-0411).
-                let injected = self.client.buffered().len();
-                if injected > 0 {
-                    warn!(octets = injected, "discarding plain-text input sent after STLS");
-                    self.client.consume(injected);
-                }
-                let peer = self.peer;
-                self.ctx
-                    .edge
-                    .start_tls(self.client.get_mut(), peer)
-                    .await
-                    .map_err(|e| SessionError::ClientIo(std::io::Error::other(e.to_string())))?;
-                m.tls_started();
-                Ok(true)
-            }
-            Gate::Refuse { reply, why } => {
-                m.stats.auth_failed = true;
-                let user = match &cmd {
-                    crate::pop3::command::Command::User(name) => Some(name.clone()),
-                    _ => m.stats.user.clone(),
-                };
-                let upstream = self.upstream_shown();
-                let delay = self.ctx.edge.login_failed(self.peer.ip(), user.as_deref(), &upstream, why);
-                tokio::time::sleep(delay).await;
-                self.out.extend_from_slice(reply);
-                self.flush().await.map(|()| true)
-            }
-        }
     }
 
     /// The session's upstream as `HOST:PORT` (the listener's until a login named one).

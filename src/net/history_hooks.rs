@@ -24,7 +24,10 @@ fn mailbox(upstream: &str, user: Option<&str>) -> Option<String> {
 pub async fn before_view(
     ctx: &SessionContext,
     upstream: &str,
-    user: Option<&str>, uidl_trusted: bool, entries: &mut Vec<Entry>) {
+    user: Option<&str>,
+    uidl_trusted: bool,
+    entries: &mut Vec<Entry>,
+) {
     let (Some(h), Some(mb), true) = (&ctx.history, mailbox(upstream, user), uidl_trusted) else { return };
     let q = Quarantine::for_config(&ctx.config);
     let released = history::overrides(h.store().clone(), q, mb, entries).await;

@@ -113,9 +113,10 @@ fn drive_machine(pairs: &[(u32, u64)], upstream: &[u8], control: &[u8], client: 
         // Per-user upstream: logins name `127.0.0.1:110` (listed) or `*.example` hosts.
         upstream_from_user: bit(7).then(|| {
             let allow = ["127.0.0.1:110".to_string(), "*.example:110".to_string()];
-            Arc::new(crate::session::upstream_from_user::UpstreamFromUser::new(":", &allow, None, None).unwrap_or_else(
-                |e| unreachable!("constant settings: {e}"),
-            ))
+            Arc::new(
+                crate::session::upstream_from_user::UpstreamFromUser::new(":", &allow, None, None)
+                    .unwrap_or_else(|e| unreachable!("constant settings: {e}")),
+            )
         }),
     };
     let routed = settings.upstream_from_user.is_some();
@@ -141,7 +142,8 @@ fn drive_machine(pairs: &[(u32, u64)], upstream: &[u8], control: &[u8], client: 
                         // per-user upstream, a first response popsift re-encoded: base64).
                         Phase::Login => {
                             let relayed = cmd.strip_suffix(b"\r").unwrap_or(cmd);
-                            let reencoded = routed && relayed.iter().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b));
+                            let reencoded =
+                                routed && relayed.iter().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b));
                             assert!(last_client.as_deref() == Some(relayed) || reencoded, "DELE sent in AUTHORIZATION");
                         }
                         other => panic!("DELE sent upstream during {other}"),
@@ -155,6 +157,8 @@ fn drive_machine(pairs: &[(u32, u64)], upstream: &[u8], control: &[u8], client: 
                         if bit(5) { Some(vec![crate::pop3::capa::Capability::new("PIPELINING", "")]) } else { None };
                     Input::Connected { greeting: b"+OK hi".to_vec(), caps }
                 }
+                Need::StartTls => Input::TlsStarted,
+                Need::LoginAllowed => Input::LoginAllowed(!bit(3)),
                 Need::Resolve { port, .. } => {
                     // Either answer: a public address, or loopback (refused unless listed).
                     let ip = if bit(6) { [127, 0, 0, 1] } else { [93, 184, 216, 34] };

@@ -27,13 +27,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::Upstream;
 use crate::config::{OnFailure, WithoutTop};
 use crate::pop3::capa::{self as capa_codec, Capability};
-use crate::config::Upstream;
 use crate::pop3::command::{self, Command};
 use crate::pop3::status::{Status, StatusKind};
 use crate::session::auth::{Authorization, SaslStep, INVALID_SASL_NAME};
 use crate::session::capa::{self, Known};
+use crate::session::gate::{self, Gate, LoginFailure, STLS_OK, THROTTLED};
 use crate::session::phase::Phase;
 use crate::session::pipeline::{dele_batches, Pipeline, Step};
 use crate::session::plan::{err, AuthPlan};
@@ -92,6 +93,10 @@ pub const NOT_WITH_UPSTREAM_FROM_USER: &[u8] =
 pub enum Input {
     /// The upstream is connected and greeted: its greeting (without CRLF) and pre-login CAPA.
     Connected { greeting: Vec<u8>, caps: Option<Vec<Capability>> },
+    /// Answer to [`Need::StartTls`]: the client's TLS handshake succeeded.
+    TlsStarted,
+    /// Answer to [`Need::LoginAllowed`]: `false` when the client's address is throttled.
+    LoginAllowed(bool),
     /// Answer to [`Need::Resolve`]: the addresses, or why there are none.
     Resolved(Result<Vec<std::net::SocketAddr>, String>),
     /// One client command line, without its line end.
@@ -135,6 +140,14 @@ pub enum Quarantined {
 pub enum Need {
     /// Connect to the upstream, read its greeting and CAPA → [`Input::Connected`].
     Connect,
+    /// Flush the client output ([`crate::session::gate::STLS_OK`] is queued), drop any
+    /// plain-text input the client sent behind STLS (CVE-2011-0411: it must not be taken as
+    /// if it came over TLS), and run the client's TLS handshake → [`Input::TlsStarted`]; a
+    /// failed handshake ends the session.
+    StartTls,
+    /// May the client's address try a login now (the edge's failed-login throttle)? →
+    /// [`Input::LoginAllowed`].
+    LoginAllowed,
     /// Resolve the host a login named (once) → [`Input::Resolved`].
     Resolve { host: String, port: u16 },
     /// Connect to this upstream at exactly these (checked) addresses, read its greeting and
@@ -185,10 +198,11 @@ pub enum Action {
     /// The upstream refused the login (this reply follows): the performer logs the failed
     /// login and may delay the answer (the edge's throttle).
     LoginRefused(Vec<u8>),
-    /// popsift refused the server a login named (not allowed, internal address, malformed
-    /// name; the `-ERR` follows): logged as a failed login (`upstream` as named, when it is
-    /// a well-formed host), never contacted.
-    UpstreamRefused { user: Option<String>, upstream: Option<String> },
+    /// popsift refused a login itself (the `-ERR` follows): plain text without TLS, a
+    /// throttled address, or a per-user login naming a server it will not contact. The
+    /// performer logs the failed login (the edge's line) and waits its delay. `upstream`:
+    /// the server a per-user login named (`None`: the session's, or `-` when malformed).
+    LoginFailed { why: LoginFailure, user: Option<String>, upstream: Option<String> },
     /// The upstream accepted QUIT after the DELEs of UPDATE: what the client deleted is gone
     /// (the performer forgets released copies the client deleted).
     Updated,
@@ -222,6 +236,10 @@ enum State {
     Connecting,
     /// AUTHORIZATION, waiting for a command.
     AuthIdle,
+    /// STLS accepted: the client's TLS handshake.
+    StartingTls,
+    /// A command carrying credentials waits for the throttle's answer.
+    Throttle(Vec<u8>),
     /// A single-line relay (USER, UTF8): the reply goes to the client.
     AuthRelay,
     /// `AUTH` without a mechanism: `+OK` is followed by a list.
@@ -380,6 +398,8 @@ impl Machine {
         let need = match &self.state {
             State::Connecting => Need::Connect,
             State::AuthIdle | State::SaslResponse | State::SaslLocal(_) => Need::ClientLine,
+            State::StartingTls => Need::StartTls,
+            State::Throttle(_) => Need::LoginAllowed,
             State::SaslIntro(_) => Need::UpstreamLine { phase: Phase::Login, lenient: false },
             State::RouteResolving(_) | State::RouteConnecting(_) => {
                 // Returned once, when the state was entered (they carry data).
@@ -413,14 +433,10 @@ impl Machine {
         self.answer_at.filter(|_| !self.login_answered && matches!(self.state, State::Scanning))
     }
 
-    /// TLS is now active on the client connection: STLS is no longer offered.
+    /// TLS is active on the client connection from the start (implicit TLS): STLS is not
+    /// offered. After STLS the machine learns it from [`Input::TlsStarted`].
     pub fn tls_started(&mut self) {
         self.secure = true;
-    }
-
-    /// The machine waits for an AUTHORIZATION command (not a SASL response).
-    pub fn awaiting_auth_command(&self) -> bool {
-        matches!(self.state, State::AuthIdle)
     }
 
     /// The client's QUIT has been read: its EOF no longer ends the session early.
@@ -444,6 +460,8 @@ impl Machine {
             self.state,
             State::Connecting
                 | State::AuthIdle
+                | State::StartingTls
+                | State::Throttle(_)
                 | State::AuthRelay
                 | State::AuthMultiline
                 | State::AuthLogin
@@ -497,7 +515,17 @@ impl Machine {
                 self.reply(greeting);
                 State::AuthIdle
             }
-            (State::AuthIdle, Input::ClientLine(line)) => self.auth_command(&line),
+            (State::AuthIdle, Input::ClientLine(line)) => self.gated_command(line),
+            (State::StartingTls, Input::TlsStarted) => {
+                self.secure = true;
+                State::AuthIdle
+            }
+            (State::Throttle(line), Input::LoginAllowed(true)) => self.auth_command(&line),
+            (State::Throttle(line), Input::LoginAllowed(false)) => {
+                let user = self.auth.named().map(str::to_string);
+                let _ = line;
+                self.refuse_login(LoginFailure::Throttled, user, THROTTLED)
+            }
             (State::RouteResolving(p), Input::Resolved(r)) => self.resolved(*p, r),
             (State::RouteConnecting(p), Input::Connected { caps, .. }) => {
                 // The server's greeting is not relayed: the client has had popsift's.
@@ -695,6 +723,38 @@ impl Machine {
                 self.emit(Action::User(name));
             }
         }
+    }
+
+    /// AUTHORIZATION: the edge's say first ([`crate::session::gate`]), then the command.
+    fn gated_command(&mut self, line: Vec<u8>) -> State {
+        let Ok(cmd) = command::parse(&line) else { return self.auth_command(&line) };
+        match gate::gate(&cmd, self.settings.edge, self.secure) {
+            Gate::Pass => self.auth_command(&line),
+            Gate::Reply(b) => {
+                self.reply(b.to_vec());
+                State::AuthIdle
+            }
+            Gate::StartTls => {
+                self.emit(Action::ToClient(STLS_OK.to_vec()));
+                State::StartingTls
+            }
+            Gate::Refuse { reply, why } => {
+                let user = match &cmd {
+                    Command::User(name) => Some(name.clone()),
+                    _ => self.auth.named().map(str::to_string),
+                };
+                self.refuse_login(why, user, reply)
+            }
+            Gate::CheckThrottle => State::Throttle(line),
+        }
+    }
+
+    /// A login popsift refuses itself: counted as failed, logged by the performer, answered.
+    fn refuse_login(&mut self, why: LoginFailure, user: Option<String>, reply: &[u8]) -> State {
+        self.stats.auth_failed = true;
+        self.emit(Action::LoginFailed { why, user, upstream: None });
+        self.reply(reply.to_vec());
+        State::AuthIdle
     }
 
     /// AUTHORIZATION (RFC 1939 §4): one client command.
@@ -940,7 +1000,7 @@ impl Machine {
             _ => upstream,
         };
         let user = user.map(|u| u.chars().filter(|c| !c.is_control()).take(256).collect());
-        self.emit(Action::UpstreamRefused { user, upstream });
+        self.emit(Action::LoginFailed { why: LoginFailure::UpstreamNotAllowed, user, upstream });
         self.reply(err(format!("[AUTH] {e}")));
         State::AuthIdle
     }
@@ -1178,18 +1238,32 @@ mod tests {
         upstream: String,
         /// Every upstream write flagged "check the upstream is quiet first".
         quiet_checks: usize,
+        /// The answer to [`Need::LoginAllowed`] (the edge's throttle).
+        throttled: bool,
+        /// Failed logins the performer was told to log.
+        login_failures: Vec<LoginFailure>,
     }
 
     impl Sim {
         fn new(s: Settings) -> Sim {
             let t0 = Instant::now();
-            Sim { m: Machine::new(s, t0), t0, now: t0, client: String::new(), upstream: String::new(), quiet_checks: 0 }
+            Sim {
+                m: Machine::new(s, t0),
+                t0,
+                now: t0,
+                client: String::new(),
+                upstream: String::new(),
+                quiet_checks: 0,
+                throttled: false,
+                login_failures: Vec::new(),
+            }
         }
 
         /// Performs actions until the machine needs an input; returns that need.
         fn run(&mut self) -> Need {
             loop {
                 match self.m.next_action() {
+                    Action::Need(Need::LoginAllowed) => self.feed(Input::LoginAllowed(!self.throttled)),
                     Action::Need(n) => return n,
                     Action::Close => return Need::Pending,
                     other => self.perform(other),
@@ -1207,6 +1281,7 @@ mod tests {
                 Action::RelayBody { rewrite, .. } => {
                     self.client.push_str(if rewrite.is_some() { "<tagged body>\r\n" } else { "<body>\r\n" })
                 }
+                Action::LoginFailed { why, .. } => self.login_failures.push(why),
                 _ => {}
             }
         }
@@ -1218,6 +1293,10 @@ mod tests {
                 if let Some(a) = self.m.actions.pop_front() {
                     self.perform(a);
                 }
+            }
+            // The throttle's answer is the performer's at once (no I/O): as `throttled` says.
+            if self.m.actions.is_empty() && matches!(self.m.state, State::Throttle(_)) {
+                self.feed(Input::LoginAllowed(!self.throttled));
             }
         }
 
@@ -1636,7 +1715,10 @@ mod tests {
             }
             other => panic!("expected a connect, got {other:?}"),
         }
-        s.feed(Input::Connected { greeting: b"+OK <123@up> ready".to_vec(), caps: Some(vec![Capability::new("TOP", "")]) });
+        s.feed(Input::Connected {
+            greeting: b"+OK <123@up> ready".to_vec(),
+            caps: Some(vec![Capability::new("TOP", "")]),
+        });
     }
 
     #[test]
@@ -1644,7 +1726,10 @@ mod tests {
         let mut s = routed(&["pop.a.example:110"]);
         s.c("CAPA");
         let capa = s.take_client();
-        assert_eq!(capa, "+OK Capability list follows\r\nUSER\r\nSASL PLAIN LOGIN\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\n.\r\n");
+        assert_eq!(
+            capa,
+            "+OK Capability list follows\r\nUSER\r\nSASL PLAIN LOGIN\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\n.\r\n"
+        );
         s.c("PASS early");
         assert!(s.take_client().starts_with("-ERR [AUTH] log in first with USER HOST:USER"));
         s.c("USER pop.a.example:alice");
@@ -1679,7 +1764,10 @@ mod tests {
         s.c("USER sneaky.b.example:alice");
         assert!(matches!(s.run(), Need::Resolve { .. }));
         s.feed(Input::Resolved(Ok(vec!["127.0.0.1:110".parse().unwrap()])));
-        assert_eq!(s.take_client(), "-ERR [AUTH] this mail server resolves to an internal address, which is not allowed here\r\n");
+        assert_eq!(
+            s.take_client(),
+            "-ERR [AUTH] this mail server resolves to an internal address, which is not allowed here\r\n"
+        );
         assert!(matches!(s.run(), Need::ClientLine));
         s.c("APOP alice c4c9334bac560ecc979e58001b3e22fb");
         assert_eq!(s.take_client(), String::from_utf8_lossy(NOT_WITH_UPSTREAM_FROM_USER));
@@ -1697,8 +1785,12 @@ mod tests {
         let mut s = routed(&["pop.a.example:110"]);
         s.m.handle(s.now, Input::ClientLine(b"USER evil.example:alice".to_vec()));
         match s.m.next_action() {
-            Action::UpstreamRefused { user, upstream } => {
-                assert_eq!((user.as_deref(), upstream.as_deref()), (Some("evil.example:alice"), Some("evil.example:110")));
+            Action::LoginFailed { why, user, upstream } => {
+                assert_eq!(why, LoginFailure::UpstreamNotAllowed);
+                assert_eq!(
+                    (user.as_deref(), upstream.as_deref()),
+                    (Some("evil.example:alice"), Some("evil.example:110"))
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -1783,6 +1875,67 @@ mod tests {
             assert!(matches!(s.run(), Need::ClientLine));
         }
         assert!(s.take_upstream().is_empty());
+    }
+
+    // --- the network edge, decided here (issue 12) ---
+
+    fn edge(starttls: bool, plaintext_allowed: bool) -> Settings {
+        Settings { edge: capa::EdgeCapa { starttls, plaintext_allowed }, ..settings() }
+    }
+
+    #[test]
+    fn stls_upgrades_then_logins_go_through() {
+        let mut s = Sim::new(edge(true, false));
+        s.connect(&["USER"]);
+        s.c("CAPA");
+        let capa = s.take_client();
+        assert!(capa.contains("STLS\r\n") && !capa.contains("USER"), "{capa}");
+        s.c("STLS");
+        assert!(matches!(s.run(), Need::StartTls));
+        assert_eq!(s.take_client(), "+OK Begin TLS negotiation\r\n");
+        assert!(s.take_upstream().is_empty(), "STLS is popsift's, never the upstream's");
+        s.feed(Input::TlsStarted);
+        s.c("STLS");
+        assert_eq!(s.take_client(), "-ERR TLS is already active\r\n", "RFC 2595 §4: not twice");
+        s.c("CAPA");
+        let capa = s.take_client();
+        assert!(!capa.contains("STLS") && capa.contains("USER"), "{capa}");
+        s.login();
+        assert!(s.login_failures.is_empty());
+    }
+
+    #[test]
+    fn plaintext_logins_without_tls_are_refused_by_popsift() {
+        let mut s = Sim::new(edge(true, false));
+        s.connect(&[]);
+        for line in ["USER alice", "PASS secret", "AUTH PLAIN AGFsaWNlAHNlY3JldA==", "AUTH LOGIN"] {
+            s.c(line);
+            assert_eq!(s.take_client(), String::from_utf8_lossy(gate::PLAINTEXT_REFUSED), "{line}");
+        }
+        assert!(s.take_upstream().is_empty(), "the credentials went nowhere");
+        assert_eq!(s.login_failures, [LoginFailure::PlaintextDisallowed; 4]);
+        assert!(s.m.stats.auth_failed);
+        // APOP carries no password: it goes to the server.
+        s.c("APOP alice c4c9334bac560ecc979e58001b3e22fb");
+        assert!(s.take_upstream().starts_with("APOP alice"));
+    }
+
+    #[test]
+    fn a_throttled_address_is_refused_without_the_upstream() {
+        let mut s = Sim::new(settings());
+        s.connect(&[]);
+        s.throttled = true;
+        s.c("USER bob");
+        s.s("+OK");
+        assert_eq!(s.take_upstream(), "USER bob\r\n", "USER alone carries no secret");
+        s.take_client();
+        s.c("PASS guess");
+        assert_eq!(s.take_client(), String::from_utf8_lossy(THROTTLED));
+        assert!(s.take_upstream().is_empty());
+        assert_eq!(s.login_failures, [LoginFailure::Throttled]);
+        s.throttled = false;
+        s.c("PASS right");
+        assert_eq!(s.take_upstream(), "PASS right\r\n");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`pipeline`]: the TRANSACTION command queue: what goes upstream when, what each
 //!   command is owed, bounded memory, UPDATE's DELE batches (only after QUIT).
 //! - [`capa`]: how the upstream's capability list is rewritten for the client.
+//! - [`gate`]: the network edge's say in AUTHORIZATION (STLS, plain-text refusal, the
+//!   failed-login throttle), decided here and performed by the driver.
 //! - [`plan`]: what to do with each client command in AUTHORIZATION and TRANSACTION:
 //!   answer locally, relay upstream, or end the session.
 //! - [`relay`]: what a fetched message becomes: status size, tagged header block, the
@@ -30,6 +32,7 @@
 pub mod auth;
 pub mod capa;
 pub mod evaluated;
+pub mod gate;
 #[doc(hidden)]
 pub mod invariants;
 pub mod machine;

@@ -175,7 +175,9 @@ impl UpstreamFromUser {
                 let _ = u;
                 return Err(RouteError::EmptyPart);
             }
-            Some((p, u)) if p.bytes().all(|b| b.is_ascii_digit()) => (Some(parse_port(p).ok_or(RouteError::BadPort)?), u),
+            Some((p, u)) if p.bytes().all(|b| b.is_ascii_digit()) => {
+                (Some(parse_port(p).ok_or(RouteError::BadPort)?), u)
+            }
             _ => (None, rest),
         };
         if host.is_empty() || user.is_empty() {
@@ -184,16 +186,17 @@ impl UpstreamFromUser {
         check_host(host)?;
         let port = port.unwrap_or_else(|| self.default_port());
         let lower = host.to_ascii_lowercase();
-        let listed_exactly = self.allow.iter().any(|a| matches!(a, Allow::Exact { host: h, port: p } if *h == lower && *p == port));
+        let listed_exactly =
+            self.allow.iter().any(|a| matches!(a, Allow::Exact { host: h, port: p } if *h == lower && *p == port));
         // Patterns name domains: an address literal never matches one.
         let literal = host.parse::<IpAddr>().is_ok();
         let by_pattern = !literal
-            && self
-            .allow
-            .iter()
-            .any(|a| matches!(a, Allow::Domain { suffix, port: p } if *p == port && lower.ends_with(suffix.as_str())));
+            && self.allow.iter().any(
+                |a| matches!(a, Allow::Domain { suffix, port: p } if *p == port && lower.ends_with(suffix.as_str())),
+            );
         if !listed_exactly && !by_pattern {
-            let shown = if literal && host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+            let shown =
+                if literal && host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
             return Err(RouteError::NotAllowed(shown));
         }
         let tls = self.tls.unwrap_or(if port == 995 { UpstreamTls::Implicit } else { UpstreamTls::Starttls });
@@ -291,10 +294,16 @@ mod tests {
     fn host_user_and_host_port_user() {
         let u = u(&["pop.a.example:110", "*.b.example:995", "127.0.0.1:1110"]);
         let r = u.route("pop.a.example:alice").unwrap();
-        assert_eq!((r.upstream.display(), r.user.as_str(), r.listed_exactly), ("pop.a.example:110".into(), "alice", true));
+        assert_eq!(
+            (r.upstream.display(), r.user.as_str(), r.listed_exactly),
+            ("pop.a.example:110".into(), "alice", true)
+        );
         assert_eq!(r.upstream.tls, UpstreamTls::Starttls);
         let r = u.route("mail.b.example:995:bob:x").unwrap();
-        assert_eq!((r.upstream.display(), r.user.as_str(), r.listed_exactly), ("mail.b.example:995".into(), "bob:x", false));
+        assert_eq!(
+            (r.upstream.display(), r.user.as_str(), r.listed_exactly),
+            ("mail.b.example:995".into(), "bob:x", false)
+        );
         assert_eq!(r.upstream.tls, UpstreamTls::Implicit);
         assert_eq!(u.route("127.0.0.1:1110:carol").unwrap().user, "carol");
         assert_eq!(u.route("POP.A.EXAMPLE:alice").unwrap().upstream.host, "POP.A.EXAMPLE");
@@ -345,7 +354,11 @@ mod tests {
         let u = UpstreamFromUser::new("#", &allow, None, None).unwrap();
         let r = u.route("pop.a.example#al:ice").unwrap();
         assert_eq!(r.user, "al:ice");
-        assert_eq!(u.route("pop.a.example:alice"), Err(RouteError::NoHost { sep: "#".into() }), "':' is part of the user name here");
+        assert_eq!(
+            u.route("pop.a.example:alice"),
+            Err(RouteError::NoHost { sep: "#".into() }),
+            "':' is part of the user name here"
+        );
     }
 
     #[test]
@@ -357,8 +370,9 @@ mod tests {
         for bad in ["h:0", "h:x", "*.:110", "a b:110", "::1:110"] {
             assert!(UpstreamFromUser::new(":", &[bad.into()], None, None).is_err(), "{bad}");
         }
-        let u = UpstreamFromUser::new(":", &["[::1]:110".into(), "*.c.example".into()], Some(UpstreamTls::Implicit), None)
-            .unwrap();
+        let u =
+            UpstreamFromUser::new(":", &["[::1]:110".into(), "*.c.example".into()], Some(UpstreamTls::Implicit), None)
+                .unwrap();
         assert_eq!(u.allow[1], Allow::Domain { suffix: ".c.example".into(), port: 995 });
         assert!(u.route("[::1]:110:x").unwrap().listed_exactly);
         // A pattern never matches an address literal, however its digits end.

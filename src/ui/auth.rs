@@ -174,7 +174,8 @@ pub async fn pop3_login(
         return Err(LoginError::Refused);
     }
     let t = config.timeouts;
-    let tls = crate::net::tls::client_config(listener.upstream_ca()).map_err(|e| LoginError::Upstream(e.to_string()))?;
+    let tls =
+        crate::net::tls::client_config(listener.upstream_ca()).map_err(|e| LoginError::Upstream(e.to_string()))?;
     let (target, user, up) = match (&listener.upstream_from_user, &listener.upstream) {
         (Some(from_user), _) => {
             use crate::session::upstream_from_user::UpstreamFromUser;
