@@ -171,10 +171,7 @@ impl UpstreamFromUser {
             }
         };
         let (port, user) = match rest.split_once(sep) {
-            Some((p, u)) if p.is_empty() => {
-                let _ = u;
-                return Err(RouteError::EmptyPart);
-            }
+            Some(("", _)) => return Err(RouteError::EmptyPart),
             Some((p, u)) if p.bytes().all(|b| b.is_ascii_digit()) => {
                 (Some(parse_port(p).ok_or(RouteError::BadPort)?), u)
             }
