@@ -133,7 +133,7 @@ async fn cut_off(mut rx: tokio::sync::watch::Receiver<bool>) {
 pub async fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
     let span = info_span!("session", %peer, upstream = tracing::field::Empty, user = tracing::field::Empty);
     if let Some(up) = &ctx.listener.upstream {
-        span.record("upstream", up.display().as_str());
+        span.record("upstream", tracing::field::display(up.display()));
     }
     async move {
         let started = Instant::now();
@@ -353,7 +353,7 @@ impl Session<'_> {
                 Input::Resolved(r)
             }
             Need::ConnectTo { upstream: target, addrs } => {
-                tracing::Span::current().record("upstream", target.display().as_str());
+                tracing::Span::current().record("upstream", tracing::field::display(target.display()));
                 let connect = upstream::connect_to(&target, &addrs, &ctx.tls, &t);
                 let up = watching(&mut self.client, false, connect).await?;
                 let input = Input::Connected { greeting: up.greeting.clone(), caps: up.caps.clone() };
