@@ -9,7 +9,9 @@
 //!   listening socket at that address records that nobody connected; `localhost` allowed
 //!   only through a `*.example` pattern is refused the same way;
 //! - malformed names (empty part, overlong host, another separator) get `-ERR` and the
-//!   process keeps serving; each refusal is one stable failed-login line.
+//!   process keeps serving; each refusal is one stable failed-login line;
+//! - the review page takes `HOST:USER` under the same allow list, and shows the quarantine
+//!   copies keyed by the real server and user.
 mod support;
 
 use std::net::TcpListener;
@@ -150,4 +152,91 @@ fn servers_not_allowed_are_refused_before_any_connection() {
     p.wait_log(&format!("upstream=127.0.0.1:{trap_port} reason=upstream-not-allowed"));
     p.wait_log("upstream=- reason=upstream-not-allowed");
     assert!(matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "nobody connected");
+}
+
+/// One HTTP/1.1 exchange (`Connection: close`, read to EOF): (status, headers, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Logs in to the review page; the session cookie when the login was accepted.
+fn ui_login(ui: &str, user: &str, pass: &str) -> Option<String> {
+    let (_, h, page) = http(ui, "GET", "/login", &[], "");
+    let cookie = header(&h, "set-cookie").expect("a login cookie").split(';').next().unwrap().to_string();
+    let marker = "name=\"csrf\" value=\"";
+    let i = page.find(marker).expect("a login token") + marker.len();
+    let token = page[i..].split('"').next().unwrap();
+    let form = ::popsift::ui::form_encode(&[("user", user), ("password", pass), ("csrf", token)]);
+    let (status, h, _) = http(
+        ui,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &cookie)],
+        &form,
+    );
+    let session = header(&h, "set-cookie").filter(|c| c.starts_with("popsift_session"))?;
+    assert_eq!(status, 303);
+    Some(session.split(';').next().unwrap().to_string())
+}
+
+#[test]
+fn the_review_page_takes_host_user_and_shows_that_mailbox() {
+    let a = provider(&["lunch on friday", "casino bonus"]);
+    let ui_port = free_port();
+    let list = format!("'{}'", a.pop3_addr());
+    let listener = format!("    upstream_from_user: {{ allow: [{list}] }}\n");
+    let extra = format!("ui:\n  listen: 127.0.0.1:{ui_port}\n");
+    let rules = RULES.replace("action: hide", "action: quarantine");
+    let p = Popsift::start(&ProxyOpts {
+        upstream: "",
+        tls: "none",
+        rules: &rules,
+        listener: &listener,
+        extra: &extra,
+        ..Default::default()
+    });
+    let ui = format!("127.0.0.1:{ui_port}");
+    wait_until(std::time::Duration::from_secs(20), "the review page to listen", || p.log().contains("review page on"));
+    let name = format!("{}:alice", a.pop3_addr());
+    let f = poplib_fetch(&p.addr, &name, "alice-pw", &PoplibOpts::default());
+    assert_eq!(subjects(&f.messages), ["lunch on friday"]);
+    assert_eq!(a.mailbox("alice").len(), 1, "the casino message went to the quarantine");
+
+    assert!(ui_login(&ui, "alice", "alice-pw").is_none(), "no server named, none configured");
+    assert!(ui_login(&ui, &format!("{}:alice", "evil.example"), "alice-pw").is_none(), "not allowed");
+    assert!(ui_login(&ui, &name, "wrong").is_none());
+    let cookie = ui_login(&ui, &name, "alice-pw").expect("HOST:USER logs in");
+    // The quarantine copy is keyed by the real server and user: the owner sees it.
+    let (status, _, page) = http(&ui, "GET", "/quarantine", &[("Cookie", &cookie)], "");
+    assert!(status == 200 && page.contains("casino bonus"), "{status}: {page}");
 }
