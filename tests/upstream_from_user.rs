@@ -11,7 +11,8 @@
 //! - malformed names (empty part, overlong host, another separator) get `-ERR` and the
 //!   process keeps serving; each refusal is one stable failed-login line;
 //! - the review page takes `HOST:USER` under the same allow list, and shows the quarantine
-//!   copies keyed by the real server and user.
+//!   copies keyed by the real server and user;
+//! - the listener's `upstream_tls`/`upstream_ca` apply to the named server (implicit TLS).
 mod support;
 
 use std::net::TcpListener;
@@ -239,4 +240,24 @@ fn the_review_page_takes_host_user_and_shows_that_mailbox() {
     // The quarantine copy is keyed by the real server and user: the owner sees it.
     let (status, _, page) = http(&ui, "GET", "/quarantine", &[("Cookie", &cookie)], "");
     assert!(status == 200 && page.contains("casino bonus"), "{status}: {page}");
+}
+
+#[test]
+fn the_named_server_is_reached_over_the_listeners_upstream_tls() {
+    let a = provider(&["lunch on friday", "casino bonus"]);
+    // The listener's `upstream_tls` and `upstream_ca` apply to every server a login names.
+    let listener = format!("    upstream_from_user: {{ allow: ['{}'] }}\n", a.pop3s_addr());
+    let p = Popsift::start(&ProxyOpts {
+        upstream: "",
+        tls: "implicit",
+        ca: Some(a.ca_pem()),
+        rules: RULES,
+        listener: &listener,
+        ..Default::default()
+    });
+    let f = poplib_fetch(&p.addr, &format!("{}:alice", a.pop3s_addr()), "alice-pw", &PoplibOpts::default());
+    assert_eq!(subjects(&f.messages), ["lunch on friday"]);
+    // The plain port of the same server is not in `allow`.
+    let e = try_poplib_fetch(&p.addr, &format!("{}:alice", a.pop3_addr()), "alice-pw", &PoplibOpts::default());
+    assert!(e.is_err_and(|e| e.contains("-ERR [AUTH]")));
 }
