@@ -9,6 +9,12 @@
 //! Phases and where their policy lives:
 //! - AUTHORIZATION is passed through: [`crate::session::auth`] plans each line (SASL
 //!   exchanges, whose mailbox a login opens); the machine sequences relays and replies.
+//!   The network edge's say comes first ([`crate::session::gate`]: STLS → [`Need::StartTls`],
+//!   plain text refused without TLS, the failed-login throttle → [`Need::LoginAllowed`]).
+//!   With a per-user upstream ([`crate::session::upstream_from_user`]) popsift greets and
+//!   answers CAPA itself, and the login names the server: [`Need::Resolve`], the allow and
+//!   address checks, then [`Need::ConnectTo`] those addresses, and the USER or first SASL
+//!   response goes upstream rewritten to the real user name.
 //! - The login scan is performed by `net::login_scan` ([`Need::Scan`], [`Need::Evaluate`];
 //!   its TOP windows are the sans-IO [`crate::session::top_window`]'s; the header cache and
 //!   the evaluation batches stay with the performer); the machine decides what follows: refusing a server without TOP
@@ -20,8 +26,8 @@
 //!   sends DELE upstream (checked by the fuzz target and `tests/session_proptest.rs`).
 //!
 //! Open for what other parts add: the action set is an enum matched exhaustively by the one
-//! performer (`net::driver`), so new actions (a client TLS upgrade after STLS, bodies served
-//! from popsift's own store, a decision-history record at [`Action::ViewReady`]) are new
+//! performer (`net::driver`), so new actions (bodies served from popsift's own store, a
+//! decision-history record at [`Action::ViewReady`]) are new
 //! variants or new work at an existing one, not new code paths in the I/O pump.
 use std::collections::VecDeque;
 use std::sync::Arc;
