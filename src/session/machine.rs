@@ -90,6 +90,8 @@ impl Settings {
 /// popsift's own greeting on a per-user-upstream listener: no APOP timestamp (RFC 1939 §7),
 /// since the server that would check the digest is not known yet.
 pub const OWN_GREETING: &[u8] = b"+OK popsift ready\r\n";
+/// Longest `AUTH` line with an initial response, CRLF included (RFC 5034 §4, RFC 2449 §4).
+const MAX_INITIAL_RESPONSE_LINE: usize = 255;
 /// The `-ERR` for APOP and SASL mechanisms other than PLAIN and LOGIN on such a listener.
 pub const NOT_WITH_UPSTREAM_FROM_USER: &[u8] =
     b"-ERR [AUTH] only USER/PASS and AUTH PLAIN or LOGIN work here: the mail server is named in the user name\r\n";
@@ -991,6 +993,18 @@ impl Machine {
                 let _ = self.auth.sasl_response(first.strip_suffix(b"\r\n").unwrap_or(&first));
                 self.note_identity();
                 let mut l = start.into_bytes();
+                // RFC 5034 §4: a server that lists SASL takes the initial response with the
+                // command (no round trip beyond the upstream's own), up to the 255-octet
+                // line limit; otherwise it is sent at the server's `+`.
+                if mech == SaslMech::Plain
+                    && capa::has(self.caps.as_deref(), "SASL")
+                    && l.len() + 1 + first.len() <= MAX_INITIAL_RESPONSE_LINE
+                {
+                    l.push(b' ');
+                    l.extend_from_slice(&first);
+                    self.up(l, Phase::Login);
+                    return State::SaslReply;
+                }
                 l.extend_from_slice(b"\r\n");
                 self.up(l, Phase::Login);
                 State::SaslIntro(first)
@@ -1816,6 +1830,23 @@ mod tests {
         assert_eq!(s.m.login_user(), Some("alice"));
         s.s("+OK welcome");
         assert!(matches!(s.run(), Need::Scan { .. }));
+    }
+
+    #[test]
+    fn per_user_upstream_auth_plain_goes_in_one_line_to_a_sasl_server() {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let mut s = routed(&["pop.a.example:110"]);
+        s.c(&format!("AUTH PLAIN {}", b64(b"\x00pop.a.example:alice\x00pw")));
+        assert!(matches!(s.run(), Need::Resolve { .. }));
+        s.feed(Input::Resolved(Ok(vec!["93.184.216.34:110".parse().unwrap()])));
+        assert!(matches!(s.run(), Need::ConnectTo { .. }));
+        let caps = vec![Capability::new("SASL", "PLAIN LOGIN"), Capability::new("TOP", "")];
+        s.feed(Input::Connected { greeting: b"+OK".to_vec(), caps: Some(caps) });
+        assert_eq!(s.take_upstream(), format!("AUTH PLAIN {}\r\n", b64(b"\x00alice\x00pw")));
+        s.s("+OK");
+        assert!(matches!(s.run(), Need::Scan { .. }));
+        assert_eq!(s.m.login_user(), Some("alice"));
     }
 
     #[test]
