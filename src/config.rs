@@ -7,6 +7,9 @@
 //!     upstream: pop.example.com:995
 //!     upstream_tls: implicit        # implicit | starttls | none (default: implicit on 995)
 //!     upstream_ca: /etc/popsift/extra-ca.pem
+//!     # or, instead of (or besides) `upstream`: the login names the server, HOST:USER or
+//!     # HOST:PORT:USER (crate::session::upstream_from_user)
+//!     # upstream_from_user: { separator: ":", allow: [pop.example.com:995, "*.example.net:995"] }
 //!     # network edge (see crate::edge::settings): tls, allow_plaintext, proxy_protocol,
 //!     # max_sessions_per_ip, login_failures
 //! rules: rules/

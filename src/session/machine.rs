@@ -529,9 +529,8 @@ impl Machine {
                 State::AuthIdle
             }
             (State::Throttle(line), Input::LoginAllowed(true)) => self.auth_command(&line),
-            (State::Throttle(line), Input::LoginAllowed(false)) => {
+            (State::Throttle(_), Input::LoginAllowed(false)) => {
                 let user = self.auth.named().map(str::to_string);
-                let _ = line;
                 self.refuse_login(LoginFailure::Throttled, user, THROTTLED)
             }
             (State::RouteResolving(p), Input::Resolved(r)) => self.resolved(*p, r),
