@@ -28,18 +28,47 @@ pub fn build(pattern: &str) -> Result<Backtrack, String> {
         .delegate_size_limit(super::multiregex::PATTERN_SIZE_LIMIT)
         .build()
         .map_err(|e| e.to_string())?;
+    // `\G` (where the search started) would move with an anchored start: no candidates.
     let prefilter = relax(pattern)
+        .filter(|_| !pattern.contains("\\G"))
         .and_then(|p| regex::RegexBuilder::new(&p).size_limit(super::multiregex::PATTERN_SIZE_LIMIT).build().ok());
     Ok(Backtrack { re, prefilter })
 }
 
+/// Start positions tried one by one (each anchored, each with its own step limit) before
+/// the rest of the text goes to one ordinary search.
+pub const MAX_CANDIDATES: usize = 16;
+
 /// Whether `re` matches `text`; `None` when it ran out of steps (the caller makes the rule
 /// not fire, negated or not).
+///
+/// The backtracking engine pays for every start position it tries, and a pattern like
+/// `(?m)^(?!List-)…` over the whole header block would be started at each of its thousands
+/// of bytes. A match of `re` starting at some position is also a match of the linear-time
+/// prefilter starting there, so the prefilter finds the candidate starts (leftmost first,
+/// then again one character further on) and `re` runs anchored at each. After
+/// [`MAX_CANDIDATES`] of them the rest of the text gets one unanchored search, so the work
+/// stays bounded by `MAX_CANDIDATES + 1` step limits.
 pub fn try_match(re: &Backtrack, text: &str) -> Option<bool> {
-    if re.prefilter.as_ref().is_some_and(|p| !p.is_match(text)) {
+    let Some(pre) = &re.prefilter else {
+        return re.re.is_match(text).ok();
+    };
+    let mut at = 0;
+    for _ in 0..MAX_CANDIDATES {
+        let Some(m) = (at <= text.len()).then(|| pre.find_at(text, at)).flatten() else {
+            return Some(false);
+        };
+        let start = m.start();
+        let input = fancy_regex::RegexInput::new(text).from_pos(start).anchored(true);
+        if re.re.find_input(input).ok()?.is_some() {
+            return Some(true);
+        }
+        at = start + text[start..].chars().next().map_or(1, char::len_utf8);
+    }
+    if at > text.len() {
         return Some(false);
     }
-    re.re.is_match(text).ok()
+    re.re.find_from_pos(text, at).ok().map(|m| m.is_some())
 }
 
 /// Whether `re` matches `text`; running out of steps is no match.
@@ -424,6 +453,37 @@ mod tests {
                 assert_eq!(fast.is_match(t).unwrap(), plain.is_match(t).unwrap(), "{p} on {t:?}");
             }
         }
+    }
+
+    /// Anchored runs at the prefilter's candidate starts give the plain engine's answers,
+    /// including look-behind and `^` context before the start, and past MAX_CANDIDATES.
+    #[test]
+    fn candidate_starts_agree_with_plain_search() {
+        let many = format!("{}\nList-Id: 12345678\nX-Foo-Bar: 1234567\n", "To: a\n".repeat(40));
+        let cases: &[(&str, &[&str])] = &[
+            (
+                r"(?ism)^(?!List-|Content-)(?:[a-z]{4,}-[a-z]{3,}|[a-z]{3,}-[a-z]{4,}):\s+\d(?=\S{6,}\s*$)[\da-f]*\s*$",
+                &["List-Id: 12345678\n", "Content-Length: 1234567\nX-Mailer-Id: 1abcdef0\n", "Abcd-Efg: 12\n", &many],
+            ),
+            (r"(?<=x)ab(?!c)", &["ab", "xab", "xabc xab", "xabc"]),
+            (r"(?m)^(\w+) \1$", &["a b\nbuy buy", "buy now\nno no\n", "éé éé"]),
+            (r"(?i)\bc(?!ialis)[\sc]{0,2}i", &["cialis ci", "cialis", "écialis c i"]),
+            (r"\Gab(?!c)", &["ab", "xab", "abc"]),
+            (r"(?ism)^To:\s+<?[^@]+@([^\.]+)\.(?:[^\n]+\n+)*^Subject: \x22?\1\b", &["To: a\nTo: <u@brand.com>\nX: 1\nSubject: brand news\n", &many]),
+        ];
+        for (p, texts) in cases {
+            let b = build(p).unwrap();
+            assert_eq!(b.prefilter.is_some(), !p.contains(r"\G"), "{p}");
+            let plain = fancy_regex::Regex::new(p).unwrap();
+            for t in *texts {
+                assert_eq!(try_match(&b, t), Some(plain.is_match(t).unwrap()), "{p} on {t:?}");
+            }
+        }
+        // A match after more than MAX_CANDIDATES candidate starts is still found.
+        let b = build(r"(?m)^To: (\w)\1").unwrap();
+        let text = format!("{}To: bb\n", "To: ab\n".repeat(MAX_CANDIDATES * 2));
+        assert_eq!(try_match(&b, &text), Some(true));
+        assert_eq!(try_match(&b, &text.replace("bb", "bc")), Some(false));
     }
 
     #[test]
