@@ -433,16 +433,19 @@ mod tests {
             assert_eq!(possessive(p), p, "{p}");
         }
         let cases = [
-            (r"(?ism)\nFrom: (?:[^\n<]{0,80}<)?([^\n\s>]+)>?\n+(?:[^\n]{1,100}\n+)*To: (?:[^\n]{0,80}<)?\1[>,\s\n]", &[
-                "\nFrom: a@b\nX: y\nTo: <a@b>\n",
-                "\nFrom: Al <a@b>\nX: y\nZ: w\nTo: Al <a@b>\n",
-                "\nFrom: Al <a@b>\nX: y\nTo: Al <c@b>\n",
-                "\nFrom: a@b\nTo: \n",
-            ][..]),
-            (r"(?ism)^To:\s+<?[^@]+@([^\.]+)\.(?:[^\n]+\n+)*^Subject: \x22?\1\b", &[
-                "To: <u@brand.com>\nX: 1\nSubject: brand news\n",
-                "To: u@brand.com\nSubject: other\n",
-            ][..]),
+            (
+                r"(?ism)\nFrom: (?:[^\n<]{0,80}<)?([^\n\s>]+)>?\n+(?:[^\n]{1,100}\n+)*To: (?:[^\n]{0,80}<)?\1[>,\s\n]",
+                &[
+                    "\nFrom: a@b\nX: y\nTo: <a@b>\n",
+                    "\nFrom: Al <a@b>\nX: y\nZ: w\nTo: Al <a@b>\n",
+                    "\nFrom: Al <a@b>\nX: y\nTo: Al <c@b>\n",
+                    "\nFrom: a@b\nTo: \n",
+                ][..],
+            ),
+            (
+                r"(?ism)^To:\s+<?[^@]+@([^\.]+)\.(?:[^\n]+\n+)*^Subject: \x22?\1\b",
+                &["To: <u@brand.com>\nX: 1\nSubject: brand news\n", "To: u@brand.com\nSubject: other\n"][..],
+            ),
             (r"a[^<]*<b", &["a<b", "ax<b", "a<<b", "a"][..]),
         ];
         for (p, texts) in cases {
@@ -469,7 +472,10 @@ mod tests {
             (r"(?m)^(\w+) \1$", &["a b\nbuy buy", "buy now\nno no\n", "éé éé"]),
             (r"(?i)\bc(?!ialis)[\sc]{0,2}i", &["cialis ci", "cialis", "écialis c i"]),
             (r"\Gab(?!c)", &["ab", "xab", "abc"]),
-            (r"(?ism)^To:\s+<?[^@]+@([^\.]+)\.(?:[^\n]+\n+)*^Subject: \x22?\1\b", &["To: a\nTo: <u@brand.com>\nX: 1\nSubject: brand news\n", &many]),
+            (
+                r"(?ism)^To:\s+<?[^@]+@([^\.]+)\.(?:[^\n]+\n+)*^Subject: \x22?\1\b",
+                &["To: a\nTo: <u@brand.com>\nX: 1\nSubject: brand news\n", &many],
+            ),
         ];
         for (p, texts) in cases {
             let b = build(p).unwrap();

@@ -67,7 +67,10 @@ fn profile(yaml: &str, msgs: &[Vec<u8>]) {
         let text = format!("rules:\n- {}", one.replace('\n', "\n  "));
         let set = popsift::rules::compile::load_str(path, &text, &opts).unwrap();
         let bt = if r.get("backtrack").is_some() { " [bt]" } else { "" };
-        costs.push((time(&set) - base, format!("{}{bt} {} =~ {re}", r["id"].as_str().unwrap(), r["header"].as_str().unwrap())));
+        costs.push((
+            time(&set) - base,
+            format!("{}{bt} {} =~ {re}", r["id"].as_str().unwrap(), r["header"].as_str().unwrap()),
+        ));
     }
     costs.sort_by(|a, b| b.0.total_cmp(&a.0));
     let total: f64 = costs.iter().map(|c| c.0).sum();
