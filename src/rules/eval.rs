@@ -1,7 +1,8 @@
 //! Evaluating a rule set against one message's headers: the proxy's hot path.
 //!
 //! One pass per header target (the regex matcher, an Aho-Corasick scan, hash lookups), then
-//! `exists` and `size_over` rules, negations, `expr` rules in dependency order, and finally
+//! `exists` and `size_over` rules, negations, `expr` rules in dependency order (sub-rules
+//! that only feed `expr` rules are computed on demand, see [`Deferred`]), and finally
 //! the verdict: score = sum of matched scores; an `allow` rule beats everything; otherwise the
 //! most severe of the matched direct actions and (when score ≥ threshold) the configured
 //! spam action.

@@ -2,7 +2,8 @@
 //! generated rule file (target ≤ 1 s) and evaluating one header block (target ≤ 100 µs), with
 //! the default import, with the unreferenced `__` sub-rules kept (as the import wrote them
 //! before it dropped them), and with `--no-backtrack` (patterns needing look-around or
-//! back-references skipped).
+//! back-references skipped). `IMPORT_SA_LIMITS=1` times each backtracking rule alone;
+//! `IMPORT_SA_PROFILE=1` each regex rule compiled alone; `IMPORT_SA_DUMP=FILE` writes the rule file.
 //!
 //! Run: `cargo bench --bench import_sa`. Needs SpamAssassin's rules in /usr/share/spamassassin
 //! (and /etc/spamassassin, which loads its plugins): `apt-get install spamassassin`.
