@@ -2,7 +2,7 @@
 //!
 //! One pass per header target (the regex matcher, an Aho-Corasick scan, hash lookups), then
 //! `exists` and `size_over` rules, negations, `expr` rules in dependency order (sub-rules
-//! that only feed `expr` rules are computed on demand, see [`Deferred`]), and finally
+//! that only feed `expr` rules are computed on demand, see `Deferred`), and finally
 //! the verdict: score = sum of matched scores; an `allow` rule beats everything; otherwise the
 //! most severe of the matched direct actions and (when score ≥ threshold) the configured
 //! spam action.
