@@ -23,23 +23,52 @@ pub struct Backtrack {
 
 /// Compiles a pattern for the backtracking engine; the error is a one-line message.
 pub fn build(pattern: &str) -> Result<Backtrack, String> {
-    let re = fancy_regex::RegexBuilder::new(pattern)
+    let re = fancy_regex::RegexBuilder::new(&possessive(pattern))
         .backtrack_limit(BACKTRACK_LIMIT)
         .delegate_size_limit(super::multiregex::PATTERN_SIZE_LIMIT)
         .build()
         .map_err(|e| e.to_string())?;
+    // `\G` (where the search started) would move with an anchored start: no candidates.
     let prefilter = relax(pattern)
+        .filter(|_| !pattern.contains("\\G"))
         .and_then(|p| regex::RegexBuilder::new(&p).size_limit(super::multiregex::PATTERN_SIZE_LIMIT).build().ok());
     Ok(Backtrack { re, prefilter })
 }
 
+/// Start positions tried one by one (each anchored, each with its own step limit) before
+/// the rest of the text goes to one ordinary search.
+pub const MAX_CANDIDATES: usize = 16;
+
 /// Whether `re` matches `text`; `None` when it ran out of steps (the caller makes the rule
 /// not fire, negated or not).
+///
+/// The backtracking engine pays for every start position it tries, and a pattern like
+/// `(?m)^(?!List-)…` over the whole header block would be started at each of its thousands
+/// of bytes. A match of `re` starting at some position is also a match of the linear-time
+/// prefilter starting there, so the prefilter finds the candidate starts (leftmost first,
+/// then again one character further on) and `re` runs anchored at each. After
+/// [`MAX_CANDIDATES`] of them the rest of the text gets one unanchored search, so the work
+/// stays bounded by `MAX_CANDIDATES + 1` step limits.
 pub fn try_match(re: &Backtrack, text: &str) -> Option<bool> {
-    if re.prefilter.as_ref().is_some_and(|p| !p.is_match(text)) {
+    let Some(pre) = &re.prefilter else {
+        return re.re.is_match(text).ok();
+    };
+    let mut at = 0;
+    for _ in 0..MAX_CANDIDATES {
+        let Some(m) = (at <= text.len()).then(|| pre.find_at(text, at)).flatten() else {
+            return Some(false);
+        };
+        let start = m.start();
+        let input = fancy_regex::RegexInput::new(text).from_pos(start).anchored(true);
+        if re.re.find_input(input).ok()?.is_some() {
+            return Some(true);
+        }
+        at = start + text[start..].chars().next().map_or(1, char::len_utf8);
+    }
+    if at > text.len() {
         return Some(false);
     }
-    re.re.is_match(text).ok()
+    re.re.find_from_pos(text, at).ok().map(|m| m.is_some())
 }
 
 /// Whether `re` matches `text`; running out of steps is no match.
@@ -143,6 +172,153 @@ pub fn relax(p: &str) -> Option<String> {
     Some(out)
 }
 
+/// Makes greedy repeats of a negated class atomic where giving characters back can never
+/// lead to a match: `[^\n]{1,100}\n` becomes `(?>[^\n]{1,100})\n`, `[^\n<]{0,80}<` becomes
+/// `(?>[^\n<]{0,80})<` (PCRE calls this auto-possessification; fancy-regex does not do it).
+///
+/// A greedy repeat stops early only before a character its class excludes, or at its upper
+/// bound; if what follows must start with a character the class excludes, every shorter
+/// repeat leaves a class character in front of it and fails, so only the longest one can
+/// match and trying the others is wasted work. SpamAssassin's patterns over the whole header
+/// block (`(?:[^\n]{1,100}\n+)*To:`) spend most of their time in exactly that. The rewrite
+/// only fires when the next item is a single required non-letter character (`\n`, `<`, `@`,
+/// `\.`, …) listed in the class, and is skipped entirely for `(?x)` patterns (where a space
+/// or `#` is not what it looks like).
+pub fn possessive(p: &str) -> String {
+    let cs: Vec<char> = p.chars().collect();
+    let xmode = cs.windows(2).enumerate().any(|(i, w)| {
+        w == ['(', '?'] && cs[i + 2..].iter().take_while(|c| c.is_ascii_alphabetic() || **c == '-').any(|&c| c == 'x')
+    });
+    if xmode {
+        return p.to_string();
+    }
+    let mut out = String::with_capacity(p.len() + 16);
+    let mut i = 0;
+    let mut in_class = false;
+    while i < cs.len() {
+        let c = cs[i];
+        if c == '\\' {
+            out.push(c);
+            if let Some(&n) = cs.get(i + 1) {
+                out.push(n);
+            }
+            i += 2;
+            continue;
+        }
+        if in_class {
+            in_class = c != ']';
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        if c == '[' {
+            if let Some((excluded, end)) = negated_class(&cs, i) {
+                if let Some(q_end) = greedy_quantifier(&cs, end) {
+                    if next_required_char(&cs, q_end).is_some_and(|n| excluded.contains(&n)) {
+                        out.push_str("(?>");
+                        out.extend(&cs[i..q_end]);
+                        out.push(')');
+                        i = q_end;
+                        continue;
+                    }
+                }
+            }
+            in_class = true;
+            out.push(c);
+            i += 1;
+            // `]` (after an optional `^`) right at the start is literal.
+            if cs.get(i) == Some(&'^') {
+                out.push('^');
+                i += 1;
+            }
+            if cs.get(i) == Some(&']') {
+                out.push(']');
+                i += 1;
+            }
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
+/// A simple negated class `[^…]` at `i`: the characters it certainly excludes and the index
+/// after its `]`. `None` for anything not simple (nested classes, set operations, `]` first).
+fn negated_class(cs: &[char], i: usize) -> Option<(Vec<char>, usize)> {
+    if cs.get(i + 1) != Some(&'^') || cs.get(i + 2) == Some(&']') {
+        return None;
+    }
+    let mut excluded = Vec::new();
+    let mut k = i + 2;
+    loop {
+        match *cs.get(k)? {
+            ']' => return Some((excluded, k + 1)),
+            '[' | '&' | '~' => return None,
+            '\\' => {
+                match *cs.get(k + 1)? {
+                    'n' => excluded.push('\n'),
+                    'r' => excluded.push('\r'),
+                    't' => excluded.push('\t'),
+                    's' => excluded.extend(['\n', '\r', '\t', ' ', '\x0b', '\x0c']),
+                    // Other escapes (`\d`, `\w`, `\x41`, …) are skipped: excluding fewer
+                    // characters than the class does is always safe.
+                    n if n.is_ascii_punctuation() => excluded.push(n),
+                    _ => {}
+                }
+                k += 2;
+            }
+            // `-` may be a range operator (the range's ends are excluded either way).
+            '-' => k += 1,
+            c => {
+                if !c.is_alphanumeric() {
+                    excluded.push(c);
+                }
+                k += 1;
+            }
+        }
+    }
+}
+
+/// A greedy quantifier (`*`, `+`, `?`, `{m}`, `{m,}`, `{m,n}`) at `i`, not lazy or
+/// possessive already: the index after it.
+fn greedy_quantifier(cs: &[char], i: usize) -> Option<usize> {
+    let end = match *cs.get(i)? {
+        '*' | '+' | '?' => i + 1,
+        '{' => {
+            let close = i + 1 + cs[i + 1..].iter().position(|&c| c == '}')?;
+            if close == i + 1 || !cs[i + 1..close].iter().all(|c| c.is_ascii_digit() || *c == ',') {
+                return None;
+            }
+            close + 1
+        }
+        _ => return None,
+    };
+    (!matches!(cs.get(end), Some('?' | '+'))).then_some(end)
+}
+
+/// The character an item at `i` must start with when it is a single required non-letter
+/// character (`\n`, `<`, `\.`, `@`, possibly repeated at least once).
+fn next_required_char(cs: &[char], i: usize) -> Option<char> {
+    let (c, end) = match *cs.get(i)? {
+        '\\' => match *cs.get(i + 1)? {
+            'n' => ('\n', i + 2),
+            'r' => ('\r', i + 2),
+            't' => ('\t', i + 2),
+            n if n.is_ascii_punctuation() => (n, i + 2),
+            _ => return None,
+        },
+        c if c.is_alphanumeric() || "()|.*+?{}[]^$#".contains(c) || c.is_whitespace() => return None,
+        c => (c, i + 1),
+    };
+    // Optional (`?`, `*`, `{0,…}`) is not required.
+    match cs.get(end) {
+        Some('?' | '*') => None,
+        Some('{') if cs.get(end + 1) == Some(&'0') => None,
+        _ => Some(c),
+    }
+}
+
 /// The index after the group opening at `i` (balanced parentheses, escapes and classes skipped).
 fn skip_group(cs: &[char], mut i: usize) -> Option<usize> {
     let mut depth = 0usize;
@@ -232,6 +408,88 @@ mod tests {
                 assert_eq!(is_match(&b, t), plain.is_match(t).unwrap(), "{p} on {t}");
             }
         }
+    }
+
+    #[test]
+    fn possessive_rewrite_only_where_safe_and_same_answers() {
+        assert_eq!(possessive(r"(?:[^\n]{1,100}\n+)*To:"), r"(?:(?>[^\n]{1,100})\n+)*To:");
+        assert_eq!(possessive(r"(?:[^\n<]{0,80}<)?x"), r"(?:(?>[^\n<]{0,80})<)?x");
+        assert_eq!(possessive(r"[^\s>]+>"), r"(?>[^\s>]+)>");
+        assert_eq!(possessive(r"[^!-/]*/"), r"(?>[^!-/]*)/");
+        // Not excluded, optional, lazy, already possessive, a letter, `(?x)`, a `-`: unchanged.
+        for p in [
+            r"[^\n]+<",
+            r"[^\n]+\n?",
+            r"[^\n]+?\n",
+            r"[^\n]++\n",
+            r"[^a]+a",
+            r"(?x)[^\#]+\#",
+            r"[^a-z]+-",
+            r"[^\n]+\n{0,2}x",
+            r"[^]\n]+\n",
+            r"[\n]+\n",
+            r"[^\d]+\.",
+        ] {
+            assert_eq!(possessive(p), p, "{p}");
+        }
+        let cases = [
+            (
+                r"(?ism)\nFrom: (?:[^\n<]{0,80}<)?([^\n\s>]+)>?\n+(?:[^\n]{1,100}\n+)*To: (?:[^\n]{0,80}<)?\1[>,\s\n]",
+                &[
+                    "\nFrom: a@b\nX: y\nTo: <a@b>\n",
+                    "\nFrom: Al <a@b>\nX: y\nZ: w\nTo: Al <a@b>\n",
+                    "\nFrom: Al <a@b>\nX: y\nTo: Al <c@b>\n",
+                    "\nFrom: a@b\nTo: \n",
+                ][..],
+            ),
+            (
+                r"(?ism)^To:\s+<?[^@]+@([^\.]+)\.(?:[^\n]+\n+)*^Subject: \x22?\1\b",
+                &["To: <u@brand.com>\nX: 1\nSubject: brand news\n", "To: u@brand.com\nSubject: other\n"][..],
+            ),
+            (r"a[^<]*<b", &["a<b", "ax<b", "a<<b", "a"][..]),
+        ];
+        for (p, texts) in cases {
+            let plain = fancy_regex::Regex::new(p).unwrap();
+            let fast = fancy_regex::Regex::new(&possessive(p)).unwrap();
+            assert_ne!(possessive(p), p);
+            for t in texts {
+                assert_eq!(fast.is_match(t).unwrap(), plain.is_match(t).unwrap(), "{p} on {t:?}");
+            }
+        }
+    }
+
+    /// Anchored runs at the prefilter's candidate starts give the plain engine's answers,
+    /// including look-behind and `^` context before the start, and past MAX_CANDIDATES.
+    #[test]
+    fn candidate_starts_agree_with_plain_search() {
+        let many = format!("{}\nList-Id: 12345678\nX-Foo-Bar: 1234567\n", "To: a\n".repeat(40));
+        let cases: &[(&str, &[&str])] = &[
+            (
+                r"(?ism)^(?!List-|Content-)(?:[a-z]{4,}-[a-z]{3,}|[a-z]{3,}-[a-z]{4,}):\s+\d(?=\S{6,}\s*$)[\da-f]*\s*$",
+                &["List-Id: 12345678\n", "Content-Length: 1234567\nX-Mailer-Id: 1abcdef0\n", "Abcd-Efg: 12\n", &many],
+            ),
+            (r"(?<=x)ab(?!c)", &["ab", "xab", "xabc xab", "xabc"]),
+            (r"(?m)^(\w+) \1$", &["a b\nbuy buy", "buy now\nno no\n", "éé éé"]),
+            (r"(?i)\bc(?!ialis)[\sc]{0,2}i", &["cialis ci", "cialis", "écialis c i"]),
+            (r"\Gab(?!c)", &["ab", "xab", "abc"]),
+            (
+                r"(?ism)^To:\s+<?[^@]+@([^\.]+)\.(?:[^\n]+\n+)*^Subject: \x22?\1\b",
+                &["To: a\nTo: <u@brand.com>\nX: 1\nSubject: brand news\n", &many],
+            ),
+        ];
+        for (p, texts) in cases {
+            let b = build(p).unwrap();
+            assert_eq!(b.prefilter.is_some(), !p.contains(r"\G"), "{p}");
+            let plain = fancy_regex::Regex::new(p).unwrap();
+            for t in *texts {
+                assert_eq!(try_match(&b, t), Some(plain.is_match(t).unwrap()), "{p} on {t:?}");
+            }
+        }
+        // A match after more than MAX_CANDIDATES candidate starts is still found.
+        let b = build(r"(?m)^To: (\w)\1").unwrap();
+        let text = format!("{}To: bb\n", "To: ab\n".repeat(MAX_CANDIDATES * 2));
+        assert_eq!(try_match(&b, &text), Some(true));
+        assert_eq!(try_match(&b, &text.replace("bb", "bc")), Some(false));
     }
 
     #[test]

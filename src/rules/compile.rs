@@ -769,13 +769,29 @@ impl Loader<'_> {
         if !errors.is_empty() {
             return Err(RuleErrors(errors));
         }
+        // Backtracking rules get their final value (negation included) when they run.
+        let backtracking: std::collections::HashSet<u32> = self.backtrack.iter().map(|b| b.2).collect();
         let negated: Vec<u32> = self
             .rules
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.negate && !matches!(r.cond, Cond::Expr | Cond::Bayes))
+            .filter(|(i, r)| {
+                r.negate && !matches!(r.cond, Cond::Expr | Cond::Bayes) && !backtracking.contains(&(*i as u32))
+            })
             .map(|(i, _)| i as u32)
             .collect();
+        // Rules that only feed `expr:` rules run when one of those needs their value.
+        let mut deferred = vec![None; self.rules.len()];
+        for (i, b) in self.backtrack.iter().enumerate() {
+            if self.rules.get(b.2 as usize).is_some_and(|r| !r.reported()) {
+                deferred[b.2 as usize] = Some(super::eval::Deferred::Backtrack(i as u32));
+            }
+        }
+        for (i, (r, _)) in order.iter().enumerate() {
+            if self.rules.get(*r as usize).is_some_and(|r| !r.reported()) {
+                deferred[*r as usize] = Some(super::eval::Deferred::Expr(i as u32));
+            }
+        }
         let mut list_paths: Vec<PathBuf> = self.lists.paths().cloned().collect();
         list_paths.sort();
         Ok(RuleSet {
@@ -787,6 +803,7 @@ impl Loader<'_> {
             negated,
             exprs: order,
             backtrack: self.backtrack,
+            deferred,
             threshold: self.threshold.unwrap_or(super::DEFAULT_THRESHOLD),
             spam_action: self.opts.spam_action,
             files: self.files.len(),

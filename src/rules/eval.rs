@@ -1,7 +1,8 @@
 //! Evaluating a rule set against one message's headers: the proxy's hot path.
 //!
 //! One pass per header target (the regex matcher, an Aho-Corasick scan, hash lookups), then
-//! `exists` and `size_over` rules, negations, `expr` rules in dependency order, and finally
+//! `exists` and `size_over` rules, negations, `expr` rules in dependency order (sub-rules
+//! that only feed `expr` rules are computed on demand, see `Deferred`), and finally
 //! the verdict: score = sum of matched scores; an `allow` rule beats everything; otherwise the
 //! most severe of the matched direct actions and (when score ≥ threshold) the configured
 //! spam action.
@@ -196,6 +197,89 @@ pub fn evaluate(set: &RuleSet, h: &Headers, size: u64) -> Verdict {
 /// The classifier callback: ids of the rules that fired → spam probability.
 pub type Classify<'a> = &'a mut dyn FnMut(&[&str]) -> Option<f64>;
 
+/// How a deferred rule is computed: an index into `RuleSet::backtrack` or `RuleSet::exprs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deferred {
+    Backtrack(u32),
+    Expr(u32),
+}
+
+/// One message's evaluation state: the hits so far and the rules not computed yet.
+///
+/// A backtracking pattern over the whole header block can cost tens of microseconds, and
+/// SpamAssassin's `__` sub-rules are mostly such patterns behind a cheap guard in their meta
+/// (`__NAKED_TO && __PDS_TO_BRAND_SUBJECT`). Unreported backtracking and `expr` rules
+/// therefore start *pending* and run only when an `expr` needs their value
+/// ([`Expr::eval_lazy`](super::expr::Expr::eval_lazy)); a pending rule nobody asks for never
+/// runs, and being unreported it cannot change the verdict.
+struct Eval<'s, 'h> {
+    set: &'s RuleSet,
+    h: &'h Headers,
+    hits: Bits,
+    pending: Bits,
+    /// Target values built so far (`ALL` is built once per message, not once per rule).
+    values: Vec<(&'s Target, Option<Cow<'h, str>>)>,
+}
+
+impl Eval<'_, '_> {
+    /// Runs backtracking rule `i` and returns its final value: negation applied, and out of
+    /// steps means not firing, negated or not.
+    fn run_backtrack(&mut self, i: usize) -> bool {
+        let set = self.set;
+        let Some((t, re, r)) = set.backtrack.get(i) else { return false };
+        let vi = match self.values.iter().position(|(vt, _)| *vt == t) {
+            Some(vi) => vi,
+            None => {
+                self.values.push((t, target_value(self.h, t)));
+                self.values.len() - 1
+            }
+        };
+        let neg = set.rules.get(*r as usize).is_some_and(|rule| rule.negate);
+        match super::backtrack::try_match(re, self.values[vi].1.as_deref().unwrap_or("")) {
+            Some(m) => m != neg,
+            None => false,
+        }
+    }
+
+    /// Computes every pending backtracking rule (before the classifier sees the hits).
+    fn force_backtracks(&mut self) {
+        for (i, b) in self.set.backtrack.iter().enumerate() {
+            if self.pending.get(b.2) {
+                self.pending.set(b.2, false);
+                let v = self.run_backtrack(i);
+                self.hits.set(b.2, v);
+            }
+        }
+    }
+}
+
+impl super::expr::Operands for Eval<'_, '_> {
+    fn known(&self, r: u32) -> Option<bool> {
+        (!self.pending.get(r)).then(|| self.hits.get(r))
+    }
+
+    fn force(&mut self, r: u32) -> bool {
+        if !self.pending.get(r) {
+            return self.hits.get(r);
+        }
+        self.pending.set(r, false);
+        let set = self.set;
+        let v = match set.deferred.get(r as usize).copied().flatten() {
+            Some(Deferred::Backtrack(i)) => self.run_backtrack(i as usize),
+            Some(Deferred::Expr(i)) => match set.exprs.get(i as usize) {
+                Some((_, x)) => {
+                    let neg = set.rules.get(r as usize).is_some_and(|rule| rule.negate);
+                    x.eval_lazy(self) != neg
+                }
+                None => false,
+            },
+            None => false,
+        };
+        self.hits.set(r, v);
+        v
+    }
+}
+
 /// Evaluates `set` with a classifier: after the header, `exists` and `size_over` rules (and
 /// their negations), `classify` gets the ids of the rules that fired and returns the spam
 /// probability (or `None`); the `bayes:` bands are set from it, then `expr` rules run, so
@@ -205,50 +289,54 @@ pub fn evaluate_with(set: &RuleSet, h: &Headers, size: u64, classify: Option<Cla
     for tm in &set.targets {
         match_target(h, tm, &mut hits);
     }
-    // Backtracking rules often share a target (`ALL`, built anew on every call): each value
-    // is built once per message.
-    let mut values: Vec<(&Target, Option<Cow<'_, str>>)> = Vec::new();
-    for (t, re, r) in &set.backtrack {
-        let i = match values.iter().position(|(vt, _)| *vt == t) {
-            Some(i) => i,
-            None => {
-                values.push((t, target_value(h, t)));
-                values.len() - 1
-            }
-        };
-        let v = &values[i].1;
-        // Out of steps: set so that the rule ends up not firing, negated or not.
-        let neg = set.rules.get(*r as usize).is_some_and(|rule| rule.negate);
-        hits.set(*r, super::backtrack::try_match(re, v.as_deref().unwrap_or("")).unwrap_or(neg));
-    }
-    for (name, want, r) in &set.exists {
-        hits.set(*r, h.contains(name) == *want);
-    }
-    for &(limit, r) in &set.sizes {
-        hits.set(r, size > limit);
-    }
-    for &r in &set.negated {
-        let v = hits.get(r);
-        hits.set(r, !v);
-    }
-    if let Some(classify) = classify {
-        let fired: Vec<&str> = hits.ones().filter_map(|i| set.rules.get(i as usize).map(|r| &*r.id)).collect();
-        let Some(p) = classify(&fired) else { return finish(set, hits) };
-        for &(lo, hi, r) in &set.bayes {
-            let neg = set.rules.get(r as usize).is_some_and(|rule| rule.negate);
-            hits.set(r, super::schema::in_band(p, lo, hi) != neg);
+    let mut pending = Bits::new(set.rules.len());
+    for (r, d) in set.deferred.iter().enumerate() {
+        if d.is_some() {
+            pending.set(r as u32, true);
         }
     }
-    finish(set, hits)
+    let mut ev = Eval { set, h, hits, pending, values: Vec::new() };
+    for (i, (_, _, r)) in set.backtrack.iter().enumerate() {
+        if !ev.pending.get(*r) {
+            let v = ev.run_backtrack(i);
+            ev.hits.set(*r, v);
+        }
+    }
+    for (name, want, r) in &set.exists {
+        ev.hits.set(*r, h.contains(name) == *want);
+    }
+    for &(limit, r) in &set.sizes {
+        ev.hits.set(r, size > limit);
+    }
+    for &r in &set.negated {
+        let v = ev.hits.get(r);
+        ev.hits.set(r, !v);
+    }
+    if let Some(classify) = classify {
+        // The classifier sees every non-`expr` rule that fired, as without deferral.
+        ev.force_backtracks();
+        let fired: Vec<&str> = ev.hits.ones().filter_map(|i| set.rules.get(i as usize).map(|r| &*r.id)).collect();
+        let Some(p) = classify(&fired) else { return finish(ev) };
+        for &(lo, hi, r) in &set.bayes {
+            let neg = set.rules.get(r as usize).is_some_and(|rule| rule.negate);
+            ev.hits.set(r, super::schema::in_band(p, lo, hi) != neg);
+        }
+    }
+    finish(ev)
 }
 
-/// `expr` rules, then the verdict.
-fn finish(set: &RuleSet, mut hits: Bits) -> Verdict {
+/// `expr` rules (the deferred ones only on demand), then the verdict.
+fn finish(mut ev: Eval<'_, '_>) -> Verdict {
+    let set = ev.set;
     for (r, x) in &set.exprs {
-        let v = x.eval(&|i| hits.get(i));
+        if ev.pending.get(*r) {
+            continue;
+        }
+        let v = x.eval_lazy(&mut ev);
         let neg = set.rules.get(*r as usize).is_some_and(|rule| rule.negate);
-        hits.set(*r, v != neg);
+        ev.hits.set(*r, v != neg);
     }
+    let hits = ev.hits;
     let mut score = 0.0;
     let mut allow = false;
     let mut direct: Option<Action> = None;

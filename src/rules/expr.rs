@@ -314,6 +314,14 @@ impl Expr<Name> {
     }
 }
 
+/// Operand values for [`Expr::eval_lazy`]: some are known, the others computed on request.
+pub trait Operands {
+    /// The value if already computed.
+    fn known(&self, r: u32) -> Option<bool>;
+    /// The value, computing it first if needed.
+    fn force(&mut self, r: u32) -> bool;
+}
+
 impl Expr<u32> {
     /// Evaluates with `hit(rule)` telling whether a rule matched.
     pub fn eval(&self, hit: &impl Fn(u32) -> bool) -> bool {
@@ -331,6 +339,67 @@ impl Expr<u32> {
         match self {
             Expr::Sum(v) => v.iter().map(|(neg, e)| if *neg { -e.value(hit) } else { e.value(hit) }).sum(),
             e => e.eval(hit) as i64,
+        }
+    }
+    /// The value when some operands are not computed yet (`known` gives `None` for them):
+    /// `Some` when it is decided whatever they turn out to be (`A && B` with `A` false).
+    /// Counting forms are decided only when all their operands are known.
+    pub fn eval_known(&self, known: &impl Fn(u32) -> Option<bool>) -> Option<bool> {
+        match self {
+            Expr::Rule(r) => known(*r),
+            Expr::Not(e) => e.eval_known(known).map(|b| !b),
+            Expr::And(v) | Expr::Or(v) => {
+                // `And` is decided by a false operand, `Or` by a true one.
+                let decider = matches!(self, Expr::Or(_));
+                let mut all_known = true;
+                for e in v {
+                    match e.eval_known(known) {
+                        Some(b) if b == decider => return Some(decider),
+                        Some(_) => {}
+                        None => all_known = false,
+                    }
+                }
+                all_known.then_some(!decider)
+            }
+            Expr::Sum(_) | Expr::Cmp(..) => {
+                let mut deps = Vec::new();
+                self.deps(&mut deps);
+                if deps.iter().all(|&d| known(d).is_some()) {
+                    Some(self.eval(&|r| known(r).unwrap_or(false)))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Evaluates with operands computed on demand: an operand is forced only when the
+    /// operands already known do not decide its `&&`/`||` (so an expensive sub-rule behind a
+    /// false guard never runs, wherever the guard is written).
+    pub fn eval_lazy(&self, ops: &mut impl Operands) -> bool {
+        match self {
+            Expr::Rule(r) => ops.force(*r),
+            Expr::Not(e) => !e.eval_lazy(ops),
+            Expr::And(v) | Expr::Or(v) => {
+                let decider = matches!(self, Expr::Or(_));
+                if v.iter().any(|e| e.eval_known(&|r| ops.known(r)) == Some(decider)) {
+                    return decider;
+                }
+                for e in v {
+                    if e.eval_lazy(ops) == decider {
+                        return decider;
+                    }
+                }
+                !decider
+            }
+            Expr::Sum(_) | Expr::Cmp(..) => {
+                let mut deps = Vec::new();
+                self.deps(&mut deps);
+                for d in deps {
+                    ops.force(d);
+                }
+                self.eval(&|r| ops.known(r).unwrap_or(false))
+            }
         }
     }
     /// Every rule index referenced.
@@ -389,6 +458,59 @@ mod tests {
         let e = parse(src).unwrap();
         let x = e.resolve(&|n| ids.iter().position(|i| *i == n).map(|p| p as u32)).unwrap();
         x.eval(&|r| hits.contains(&ids[r as usize]))
+    }
+
+    /// Lazy evaluation gives the same value as eager evaluation, and forces an operand only
+    /// when the known ones leave the result open.
+    #[test]
+    fn lazy_agrees_and_skips_decided_operands() {
+        struct Ops {
+            hits: u32,
+            lazy: u32,
+            forced: Vec<u32>,
+        }
+        impl Operands for Ops {
+            fn known(&self, r: u32) -> Option<bool> {
+                (self.lazy & (1 << r) == 0).then_some(self.hits & (1 << r) != 0)
+            }
+            fn force(&mut self, r: u32) -> bool {
+                if self.lazy & (1 << r) != 0 {
+                    self.lazy &= !(1 << r);
+                    self.forced.push(r);
+                }
+                self.hits & (1 << r) != 0
+            }
+        }
+        let ids = ["A", "B", "C", "D"];
+        let exprs = [
+            "A && B",
+            "B && A",
+            "A || !B",
+            "!(A || B) && (C || D)",
+            "(A + B + C) > 1",
+            "D && (A + B >= 1)",
+            "A - B > 0 || C",
+            "(A && B) || (C && !D)",
+        ];
+        for src in exprs {
+            let x = parse(src).unwrap().resolve(&|n| ids.iter().position(|i| *i == n).map(|p| p as u32)).unwrap();
+            for hits in 0..16u32 {
+                for lazy in 0..16u32 {
+                    let mut ops = Ops { hits, lazy, forced: Vec::new() };
+                    let want = x.eval(&|r| hits & (1 << r) != 0);
+                    assert_eq!(x.eval_lazy(&mut ops), want, "{src} hits {hits:04b} lazy {lazy:04b}");
+                }
+            }
+        }
+        // `B && A` with A known false: the lazy B is never computed.
+        let x = parse("B && A").unwrap().resolve(&|n| ids.iter().position(|i| *i == n).map(|p| p as u32)).unwrap();
+        let mut ops = Ops { hits: 0b0010, lazy: 0b0010, forced: Vec::new() };
+        assert!(!x.eval_lazy(&mut ops));
+        assert!(ops.forced.is_empty());
+        // With A true it is.
+        let mut ops = Ops { hits: 0b0011, lazy: 0b0010, forced: Vec::new() };
+        assert!(x.eval_lazy(&mut ops));
+        assert_eq!(ops.forced, [1]);
     }
 
     #[test]

@@ -117,6 +117,9 @@ pub struct RuleSet {
     pub(crate) exprs: Vec<(u32, expr::Expr<u32>)>,
     /// `backtrack: true` regex rules, each run on its own.
     pub(crate) backtrack: Vec<(compile::Target, backtrack::Backtrack, u32)>,
+    /// Per rule: computed only when an `expr` needs it (unreported backtracking and `expr`
+    /// rules, such as SpamAssassin's `__` sub-rules); see [`eval`].
+    pub(crate) deferred: Vec<Option<eval::Deferred>>,
     pub(crate) threshold: f64,
     pub(crate) spam_action: Action,
     pub(crate) files: usize,
@@ -156,6 +159,7 @@ impl RuleSet {
             negated: Vec::new(),
             exprs: Vec::new(),
             backtrack: Vec::new(),
+            deferred: Vec::new(),
             threshold: DEFAULT_THRESHOLD,
             spam_action: Action::Tag,
             files: 0,
