@@ -10,9 +10,12 @@
 //!   each command or pipeline by `store.redis.command_timeout`. A call that fails or times
 //!   out is an `Err` the caller turns into its fallback (cache miss → `TOP`; quarantine →
 //!   `quarantine.on_failure`; model write → dropped and counted); nothing waits longer.
-//! - **Reconnect with backoff**: after a failure the connection is dropped and calls fail at
-//!   once (no connect attempt, no waiting) until the backoff has passed: 100 ms, doubling up
-//!   to 5 s. The first call after it connects afresh, so a Redis that comes back is used
+//! - **Reconnect with backoff** (a circuit breaker): after a failure the connection is
+//!   dropped and calls fail at once (no connect attempt, no waiting) until the backoff has
+//!   passed: 100 ms, doubling up to 5 s. One connect attempt is in flight at a time: calls
+//!   that arrive meanwhile wait for it (at most one `connect_timeout`) and, if it failed,
+//!   fail at once rather than each trying in turn, so N sessions against a blackholed
+//!   Redis finish in about one timeout, not N. The first call after it connects afresh, so a Redis that comes back is used
 //!   again within 5 s. `popsift_store_degraded{reason="unreachable"}` is 1 meanwhile.
 //! - **Durability is checked, not assumed**: a message may be `DELE`d upstream only once
 //!   its copy is durable (RFC 1939 §6: DELE is final at UPDATE). Redis acknowledges a write
@@ -173,6 +176,15 @@ impl Redis {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
+        }
+        // Circuit breaker: while one call was connecting, the others waited on the lock
+        // above (for one `connect_timeout` at most). If that attempt failed, they fail now
+        // instead of each trying (and waiting) in turn: one attempt in flight, never N.
+        {
+            let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            if h.retry_at.is_some_and(|t| Instant::now() < t) {
+                return Err(RedisError::Backoff { last: h.last_error.clone() });
+            }
         }
         let s = &self.settings;
         let config = ConnectionManagerConfig::new()
@@ -401,6 +413,36 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
         stop.send(()).unwrap();
         keeper.join().unwrap();
+    }
+
+    /// A blackholed Redis (a listener that never accepts, so connects hang until the
+    /// timeout): N concurrent calls finish in about one `connect_timeout`, not N of them,
+    /// because only one connect attempt is made and the waiters fail once it has failed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_calls_against_a_blackhole_share_one_timeout() {
+        // Never accepted: the handshake may complete in the backlog, but nothing answers.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let r = std::sync::Arc::new(Redis::new(&settings(&format!("redis://127.0.0.1:{port}"))).unwrap());
+        const N: usize = 8;
+        let t = Instant::now();
+        let calls: Vec<_> = (0..N)
+            .map(|_| {
+                let r = r.clone();
+                tokio::spawn(async move { r.query::<Option<String>>("connect", redis::pipe().get("k")).await })
+            })
+            .collect();
+        let mut failed_fast = 0;
+        for c in calls {
+            let got = c.await.unwrap();
+            assert!(got.is_err(), "{got:?}");
+            failed_fast += usize::from(matches!(got, Err(RedisError::Backoff { .. })));
+        }
+        let took = t.elapsed();
+        // One timeout is 300 ms; N in turn would be 2.4 s.
+        assert!(took < Duration::from_millis(1200), "{N} calls took {took:?}");
+        assert_eq!(failed_fast, N - 1, "exactly one connect attempt");
+        drop(l);
     }
 
     /// From an async task on the multi-thread runtime (where `Handle::block_on` alone

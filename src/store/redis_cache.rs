@@ -8,11 +8,20 @@
 //! same `[version][size][flags][header bytes]` encoding as the redb store, so the same
 //! size check (a reused UIDL is a miss) and truncation check apply.
 //!
-//! # Round trips
-//! A lookup is one `HMGET` with every UIDL asked (the scan asks in chunks of
-//! `scan.window_bytes`, so a 2,000-message mailbox of 10 KB messages is 3 lookups). An update
-//! is `HKEYS` (to find UIDLs gone from the server) plus one pipeline of `HDEL`, `HSET` and
-//! `EXPIRE`, after the client has its answer. Never one command per message.
+//! # Round trips (at most 3 per login, whatever the mailbox size)
+//! The scan asks once per login ([`HeaderStore::one_call_per_login`]): one `HMGET` with the
+//! UIDL of every message the in-memory verdict memo does not already answer, right after
+//! UIDL. An update, once per login after the scan (all fresh blocks together), is `HKEYS`
+//! (to find UIDLs gone from the server) plus, when anything changed, one pipeline of `HDEL`,
+//! `HSET` and `EXPIRE`, after the client has its answer. Never one command per message or
+//! per scan window.
+//!
+//! # Memory
+//! One lookup holds the header blocks of the messages it asks for (what the scan needs
+//! anyway, decoded one by one as the reply is consumed), never the mailbox's other entries
+//! (no `HGETALL`) and never bodies; a cold scan holds its fresh blocks until the one write.
+//! So a login through Redis holds about the mailbox's header bytes once (measured in
+//! `tests/benches/redis_store.rs`), where the embedded store holds a few `scan.window_bytes`.
 //!
 //! # Bounds
 //! Each mailbox hash expires [`TTL`] after its last update (a mailbox nobody reads stops
@@ -66,8 +75,10 @@ impl HeaderStore for RedisHeaderCache {
         }
         let got: Result<(Vec<Option<Vec<u8>>>,), _> = self.redis.blocking(self.redis.query("header_lookup", &p));
         match got {
+            // Consumed one by one: each stored value is freed once decoded, so the lookup
+            // holds the mailbox's header bytes about once, not twice.
             Ok((values,)) if values.len() == wanted.len() => values
-                .iter()
+                .into_iter()
                 .zip(wanted)
                 .map(|(v, w)| v.as_deref().and_then(|v| decode(v, w.size, header_limit)))
                 .collect(),
@@ -165,5 +176,9 @@ impl HeaderStore for RedisHeaderCache {
 
     fn location(&self) -> String {
         format!("redis {}", crate::config::redacted_url(&self.redis.settings().url))
+    }
+
+    fn one_call_per_login(&self) -> bool {
+        true
     }
 }
