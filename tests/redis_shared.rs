@@ -98,8 +98,8 @@ fn warm_through_the_other_instance_and_one_quarantine_for_both() {
     );
 }
 
-fn redis_settings(redis: &RedisServer, prefix: &str) -> popsift::config::RedisSettings {
-    popsift::config::RedisSettings {
+fn redis_settings(redis: &RedisServer, prefix: &str) -> ::popsift::config::RedisSettings {
+    ::popsift::config::RedisSettings {
         url: redis.url(),
         key_prefix: prefix.into(),
         connect_timeout: Duration::from_secs(2),
@@ -112,7 +112,7 @@ fn redis_settings(redis: &RedisServer, prefix: &str) -> popsift::config::RedisSe
 /// exact size, fetched byte for byte; once B's client deletes it, it is gone for A too.
 #[test]
 fn released_through_one_is_served_through_the_other() {
-    use popsift::store::history::{mailbox_key, History, HistorySettings, Released};
+    use ::popsift::store::history::{mailbox_key, History, HistorySettings, Released};
     let (d, all) = Dovecot::start_with_test_mailbox();
     let pass = d.password("alice").to_string();
     let redis = RedisServer::start();
@@ -126,12 +126,12 @@ fn released_through_one_is_served_through_the_other() {
 
     // "Not spam" on one quarantined copy.
     let settings = redis_settings(&redis, "rel");
-    let store = popsift::config::StoreSettings { redis: Some(settings.clone()) };
-    let q = popsift::store::quarantine::Quarantine::for_store(&store, Path::new("/nonexistent"));
+    let store = ::popsift::config::StoreSettings { redis: Some(settings.clone()) };
+    let q = ::popsift::store::quarantine::Quarantine::for_store(&store, Path::new("/nonexistent"));
     let listed = q.list().unwrap();
     let m = listed.iter().find(|m| m.user == "alice").expect("a copy of alice's spam");
     let original = q.original(&m.id).unwrap();
-    let h = popsift::store::redis_history::RedisHistory::new(&settings, HistorySettings::default()).unwrap();
+    let h = ::popsift::store::redis_history::RedisHistory::new(&settings, HistorySettings::default()).unwrap();
     let released = Released {
         uidl: "popsift-r-0123456789abcdef0123456789abcdef".into(),
         quarantine_id: m.id.clone(),
@@ -205,10 +205,55 @@ fn autolearn_through_one_is_seen_by_the_other() {
         !known().contains("3 spam, 3 ham, 6 messages known")
     });
     let stats = known();
-    assert!(!stats.contains("3 spam,"), "spam learned: {stats}");
+    let messages: u64 = stats
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" messages known"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no message count in {stats}"));
+    assert!(messages > 6, "A's verdicts learned into the shared model: {stats}");
     // B's running process loads the new generation from Redis.
     wait_until(Duration::from_secs(20), "B to load the model A's autolearn wrote", || loads(&b) > b_loads);
     assert!(!a.state_dir().join("bayes.redb").exists(), "nothing written to A's local model file");
+}
+
+/// A blackholed Redis (a listener that never accepts, so every connect hangs until
+/// `connect_timeout`): N concurrent logins each finish within a few timeouts, not N of them
+/// in turn, because one connect attempt is in flight at a time and the sessions waiting for
+/// it fail at once when it fails (then fail fast during the backoff). Mail flows; nothing is
+/// deleted without a durable copy.
+#[test]
+fn blackholed_redis_costs_concurrent_logins_one_timeout_not_n() {
+    const N: usize = 10;
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let pass = d.password("alice").to_string();
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let store = format!(
+        "store:\n  backend: redis\n  redis:\n    url: redis://{}\n    key_prefix: bh\n    connect_timeout: 3s\n    command_timeout: 3s\n",
+        hole.local_addr().unwrap()
+    );
+    let a = proxy(&d.pop3_addr(), &spam_rules("quarantine"), &store);
+    let started = std::time::Instant::now();
+    let logins: Vec<_> = (0..N)
+        .map(|_| {
+            let (addr, pass) = (a.addr.clone(), pass.clone());
+            std::thread::spawn(move || {
+                let f = poplib_fetch(&addr, "alice", &pass, &PoplibOpts::default());
+                (f, started.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for l in logins {
+        let (f, took) = l.join().unwrap();
+        assert_eq!(f.messages, wire(&ham(&all)), "spam hidden (quarantine.on_failure), ham served");
+        slowest = slowest.max(took);
+    }
+    // In turn, the N logins' first Redis calls alone would take N timeouts (30 s).
+    assert!(slowest < TIMEOUT * (N as u32) / 2, "{N} concurrent logins: the last finished after {slowest:?}");
+    assert_eq!(d.mailbox("alice").len(), all.len(), "nothing deleted without a durable copy");
+    assert!(a.log().contains("redis store unreachable"), "{}", a.log());
+    drop(hole);
 }
 
 fn write_messages(dir: &Path, kind: &str, n: usize) {
@@ -308,7 +353,10 @@ fn redis_with_everysec_falls_back_to_hide_with_a_warning() {
         Some("popsift_store_degraded{reason=\"not_durable\"} 1")
     );
     assert_eq!(redis.command(&["EXISTS", "es:q:all"]).as_deref(), Some(":0"), "no copy was written at all");
-    assert_eq!(redis.command(&["DBSIZE"]).as_deref(), Some(":1"), "only the header cache's hash");
+    assert_eq!(redis.command(&["EXISTS", "es:q:owner"]).as_deref(), Some(":0"));
+    // The header cache's hash and the decision history (decisions, newest per UIDL, the
+    // mailbox set): logs, written whatever the durability; no quarantine key at all.
+    assert_eq!(redis.command(&["DBSIZE"]).as_deref(), Some(":4"), "header cache and history only");
 }
 
 /// A Redis slower than `command_timeout` (a forwarder holding each reply 3 s; the timeout is

@@ -31,7 +31,9 @@
 //! # Sync callers
 //! The store traits are synchronous (they already run on tokio's blocking pool, or in a CLI
 //! command). [`Redis::blocking`] runs a call on the current runtime's handle from a blocking
-//! thread, or on a private single-thread runtime when there is none (the CLI tools). On the
+//! thread, on `serve`'s runtime from a plain thread of `serve` (the history writer,
+//! autolearn: the connection's task must live on a runtime that keeps running), or on a
+//! private single-thread runtime when there is none (the CLI tools). On the
 //! multi-thread runtime of `serve` it goes through `block_in_place`, so even a call from an
 //! async task (a web handler, say) blocks only its own worker, never panics; it should still
 //! be called from the blocking pool.
@@ -92,7 +94,11 @@ pub struct Redis {
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
     health: Mutex<Health>,
     durability: Mutex<Option<Durability>>,
-    /// For callers outside any tokio runtime (CLI tools).
+    /// The multi-thread runtime this store was made on (`serve`), if any: calls from threads
+    /// outside any runtime (the history writer, autolearn) run on it, so the connection's
+    /// background task always lives on a runtime that keeps running.
+    home: Option<tokio::runtime::Handle>,
+    /// For callers outside any tokio runtime when there is no `home` (CLI tools).
     own_runtime: OnceLock<tokio::runtime::Runtime>,
 }
 
@@ -119,6 +125,9 @@ impl Redis {
             conn: tokio::sync::Mutex::new(None),
             health: Mutex::new(Health { retry_at: None, backoff: BACKOFF_MIN, last_error: String::new() }),
             durability: Mutex::new(None),
+            home: tokio::runtime::Handle::try_current()
+                .ok()
+                .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread),
             own_runtime: OnceLock::new(),
         })
     }
@@ -297,16 +306,25 @@ impl Redis {
                 tokio::task::block_in_place(|| h.block_on(f))
             }
             Ok(h) => h.block_on(f),
-            Err(_) => {
-                let rt = self.own_runtime.get_or_init(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("a single-thread tokio runtime can be built")
-                });
-                rt.block_on(f)
-            }
+            // A plain thread of `serve` (history writer, autolearn): on the serve runtime,
+            // never on a private one whose tasks stop running between calls (a connection
+            // made there would stall every session's calls).
+            Err(_) => match &self.home {
+                Some(home) => home.block_on(f),
+                None => self.on_own_runtime(f),
+            },
         }
+    }
+
+    /// Runs `f` on the private single-thread runtime (made at first use).
+    fn on_own_runtime<F: std::future::Future>(&self, f: F) -> F::Output {
+        let rt = self.own_runtime.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a single-thread tokio runtime can be built")
+        });
+        rt.block_on(f)
     }
 }
 
