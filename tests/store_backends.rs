@@ -12,10 +12,12 @@ use popsift::classify::store::{Batch, TrainedMessage};
 use popsift::config::{RedisSettings, StoreSettings};
 use popsift::pop3::multiline::HeaderBlock;
 use popsift::store::header_cache::{Fresh, HeaderCache, Scope, Wanted};
-use popsift::store::history::{mailbox_key, now_secs, Decision, History, HistorySettings, Query, RedbHistory, Released};
-use popsift::store::redis_history::RedisHistory;
+use popsift::store::history::{
+    mailbox_key, now_secs, Decision, History, HistorySettings, Query, RedbHistory, Released,
+};
 use popsift::store::quarantine::{Meta, Quarantine};
 use popsift::store::redis_cache::RedisHeaderCache;
+use popsift::store::redis_history::RedisHistory;
 use popsift::store::redis_model::{open_for_reading, open_for_writing};
 use support::{wait_until, RedisServer};
 

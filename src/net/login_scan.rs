@@ -20,6 +20,11 @@
 //!
 //! At most two batches are held at once (one being evaluated, one being read) plus the
 //! cache's pending write, so a scan holds a few times `window_bytes` whatever the mailbox.
+//! Except with a store where each call is a network round trip (Redis,
+//! [`crate::store::header_cache::HeaderStore::one_call_per_login`]): there the mailbox is
+//! looked up in one call and its fresh blocks written in one call, so round trips per login
+//! stay constant, and the scan holds about the mailbox's header bytes once (still evaluated
+//! `window_bytes` at a time).
 //!
 //! With the header cache ([`crate::store::header_cache`]) and a server that has UIDL, the
 //! cache is asked first for every (UIDL, LIST size) and `TOP` goes out only for the misses,
@@ -235,11 +240,16 @@ pub async fn scan(
             while !found.is_empty() {
                 let take = if one_call {
                     let mut bytes = 0usize;
-                    found.iter().rev().take_while(|(_, _, h)| {
-                        let fits = bytes == 0 || bytes < budget;
-                        bytes += h.bytes.len();
-                        fits
-                    }).count().max(1)
+                    found
+                        .iter()
+                        .rev()
+                        .take_while(|(_, _, h)| {
+                            let fits = bytes == 0 || bytes < budget;
+                            bytes += h.bytes.len();
+                            fits
+                        })
+                        .count()
+                        .max(1)
                 } else {
                     found.len()
                 };
@@ -285,8 +295,7 @@ pub async fn scan(
     let mut evaluating: Option<JoinHandle<Settled>> = None;
     let mut cache_batches = 0usize;
     // Fresh blocks for a store written once per login (Redis: one write, not one per batch).
-    let mut one_write: Option<Vec<Fresh>> =
-        cache.as_ref().filter(|c| c.cache.one_call_per_login()).map(|_| Vec::new());
+    let mut one_write: Option<Vec<Fresh>> = cache.as_ref().filter(|c| c.cache.one_call_per_login()).map(|_| Vec::new());
     loop {
         if let Some(cmd) = tops.commands() {
             conn.write_all(&cmd, t.upstream_reply, Phase::Scan).await?;
@@ -308,8 +317,17 @@ pub async fn scan(
                     if let Some(prev) = evaluating.replace(next) {
                         let (done, secs) = settled(prev).await;
                         eval_seconds += secs;
-                        cache_batches +=
-                            keep(done, &mut evaluated, &mut evaluated_n, &cache, &uidls, &list, &present, &mut one_write).await;
+                        cache_batches += keep(
+                            done,
+                            &mut evaluated,
+                            &mut evaluated_n,
+                            &cache,
+                            &uidls,
+                            &list,
+                            &present,
+                            &mut one_write,
+                        )
+                        .await;
                     }
                 }
             }
@@ -319,7 +337,8 @@ pub async fn scan(
     for task in [evaluating.take(), (!held.is_empty()).then(|| evaluate_batch(held, eval))].into_iter().flatten() {
         let (done, secs) = settled(task).await;
         eval_seconds += secs;
-        cache_batches += keep(done, &mut evaluated, &mut evaluated_n, &cache, &uidls, &list, &present, &mut one_write).await;
+        cache_batches +=
+            keep(done, &mut evaluated, &mut evaluated_n, &cache, &uidls, &list, &present, &mut one_write).await;
     }
     if let (Some(c), Some(fresh)) = (&cache, one_write.take()) {
         // The login's one write (also evicts the mailbox's vanished messages).

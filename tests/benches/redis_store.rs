@@ -207,7 +207,11 @@ fn run(n: usize, body_kb: usize, repeat: usize) {
     println!("  redis / redb = {:.2}x", b.as_secs_f64() / a.as_secs_f64());
     println!("redis round trips per warm login: {trips:?} (HMGET + HKEYS/EXPIRE + writes if any)");
     let (pa, pb) = (median_u64(peak_redb), median_u64(peak_redis));
-    println!("peak RSS of popsift over a warm login (median): redb {:.1} MB, redis {:.1} MB", pa as f64 / 1024.0, pb as f64 / 1024.0);
+    println!(
+        "peak RSS of popsift over a warm login (median): redb {:.1} MB, redis {:.1} MB",
+        pa as f64 / 1024.0,
+        pb as f64 / 1024.0
+    );
 }
 
 fn median_u64(mut v: Vec<u64>) -> u64 {
