@@ -302,6 +302,51 @@ fn history_is_bounded_by_count_and_age_on_both_backends() {
     }
 }
 
+/// The history's round trips per login on Redis: one read (`HMGET` of the UIDLs) when
+/// nothing is new, plus one transaction (`MULTI`/`EXEC`) when something is; and the
+/// login's override read is one pipeline. Never one per message.
+#[test]
+fn redis_history_round_trips_per_login_are_constant() {
+    let r = RedisServer::start();
+    let h = RedisHistory::new(&settings(&r, "rt"), HistorySettings::default()).unwrap();
+    let mb = mailbox_key("h:110", "alice");
+    let now = now_secs();
+    let batch: Vec<Decision> = (0..2000).map(|i| decision(&mb, &format!("u{i}"), "hide", "s", now)).collect();
+    let (hmget, multi) = (r.calls("hmget"), r.calls("multi"));
+    assert_eq!(h.record(&batch, now).unwrap(), 2000);
+    assert_eq!((r.calls("hmget") - hmget, r.calls("multi") - multi), (1, 1), "first login: read + write");
+    let (hmget, multi) = (r.calls("hmget"), r.calls("multi"));
+    assert_eq!(h.record(&batch, now).unwrap(), 0);
+    assert_eq!((r.calls("hmget") - hmget, r.calls("multi") - multi), (1, 0), "unchanged mailbox: one read");
+    let (hkeys, hvals) = (r.calls("hkeys"), r.calls("hvals"));
+    h.overrides_of(&mb).unwrap();
+    assert_eq!((r.calls("hkeys") - hkeys, r.calls("hvals") - hvals), (1, 1), "one pipeline");
+}
+
+/// The header cache on Redis: a login's lookup is one `HMGET` and its update one `EVAL`
+/// (evictions, skipped and fresh blocks together), whatever the number of messages.
+#[test]
+fn redis_header_cache_round_trips_per_login_are_constant() {
+    let r = RedisServer::start();
+    let b = Backend { name: "redis", dir: tempfile::tempdir().unwrap(), store: redis_store(&r, "rtc"), _redis: None };
+    let c = b.cache(256 << 20);
+    let s = Scope::new("h:110", "alice");
+    let n = 5000;
+    let fresh: Vec<Fresh> = (0..n).map(|i| fresh(&format!("u{i}"), 100, "Subject: x\r\n\r\n")).collect();
+    let uidls: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+    let all: Vec<&str> = uidls.iter().map(String::as_str).collect();
+    let (hmget, eval) = (r.calls("hmget"), r.calls("eval"));
+    c.update_blocking(&s, &fresh, &present(&all));
+    let wanted: Vec<Wanted> = uidls.iter().map(|u| want(u, 100)).collect();
+    assert!(c.lookup_blocking(&s, &wanted, LIMIT).iter().all(Option::is_some));
+    // Half the messages gone from the server: evicted by the same one call.
+    c.update_blocking(&s, &[], &present(&all[..n / 2]));
+    assert_eq!((r.calls("hmget") - hmget, r.calls("eval") - eval), (1, 2));
+    let found = c.lookup_blocking(&s, &wanted, LIMIT);
+    assert_eq!(found.iter().filter(|f| f.is_some()).count(), n / 2);
+    assert!(found[..n / 2].iter().all(Option::is_some));
+}
+
 /// A release is state the owner chose: on a Redis that may lose acknowledged writes it is
 /// refused with the reason (nothing half-saved), and accepted once Redis is durable.
 #[test]
