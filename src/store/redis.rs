@@ -5,7 +5,8 @@
 //! # Why it is built this way
 //! - **One multiplexed connection** (`redis`'s tokio [`ConnectionManager`]): sessions send
 //!   their pipelines concurrently over it, and a login costs a fixed number of round trips
-//!   (an `HMGET` per scan chunk, see [`super::header_cache`]) — never one per message.
+//!   (one `HMGET` and one update script for the header cache, see [`super::redis_cache`])
+//!   — never one per message.
 //! - **Every call is bounded**: establishing a connection by `store.redis.connect_timeout`,
 //!   each command or pipeline by `store.redis.command_timeout`. A call that fails or times
 //!   out is an `Err` the caller turns into its fallback (cache miss → `TOP`; quarantine →

@@ -351,7 +351,7 @@ impl RedisHistory {
         let (all,): (HashMap<String, String>,) = self.run(&p)?;
         let stale: Vec<&String> = all
             .iter()
-            .filter(|(_, v)| v.split_once(' ').and_then(|(s, _)| s.parse::<u64>().ok()).is_none_or(|s| s < oldest))
+            .filter(|(_, v)| v.split_once(' ').and_then(|(s, _)| s.parse::<u64>().ok()).map_or(true, |s| s < oldest))
             .map(|(k, _)| k)
             .collect();
         if stale.is_empty() {
