@@ -163,7 +163,7 @@ pub const STORE_ERRORS_TOTAL: &str = "popsift_store_errors_total";
 /// The reasons [`STORE_DEGRADED`] can carry.
 pub const STORE_DEGRADED_REASONS: &[&str] = &["unreachable", "not_durable"];
 /// The operations [`STORE_ERRORS_TOTAL`] can carry.
-pub const STORE_OPS: &[&str] = &["connect", "header_lookup", "header_update", "quarantine", "model"];
+pub const STORE_OPS: &[&str] = &["connect", "header_lookup", "header_update", "quarantine", "model", "history"];
 // --- end shared store ---
 
 /// Prometheus metric type.

@@ -98,6 +98,164 @@ fn warm_through_the_other_instance_and_one_quarantine_for_both() {
     );
 }
 
+fn redis_settings(redis: &RedisServer, prefix: &str) -> ::popsift::config::RedisSettings {
+    ::popsift::config::RedisSettings {
+        url: redis.url(),
+        key_prefix: prefix.into(),
+        connect_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(2),
+    }
+}
+
+/// A message quarantined through A and released (the review page's "Not spam", here through
+/// the store API with the same Redis) is served through B: listed with its own UIDL and
+/// exact size, fetched byte for byte; once B's client deletes it, it is gone for A too.
+#[test]
+fn released_through_one_is_served_through_the_other() {
+    use ::popsift::store::history::{mailbox_key, History, HistorySettings, Released};
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let pass = d.password("alice").to_string();
+    let redis = RedisServer::start();
+    let rules = spam_rules("quarantine");
+    let a = proxy(&d.pop3_addr(), &rules, &redis.store_yaml("rel"));
+    let b = proxy(&d.pop3_addr(), &rules, &redis.store_yaml("rel"));
+    let through_a = poplib_fetch(&a.addr, "alice", &pass, &PoplibOpts::default());
+    a.wait_sessions_finished(1);
+    assert_eq!(through_a.messages, wire(&ham(&all)));
+    assert_eq!(d.mailbox("alice").len(), ham(&all).len(), "spam copied, then deleted upstream");
+
+    // "Not spam" on one quarantined copy.
+    let settings = redis_settings(&redis, "rel");
+    let store = ::popsift::config::StoreSettings { redis: Some(settings.clone()) };
+    let q = ::popsift::store::quarantine::Quarantine::for_store(&store, Path::new("/nonexistent"));
+    let listed = q.list().unwrap();
+    let m = listed.iter().find(|m| m.user == "alice").expect("a copy of alice's spam");
+    let original = q.original(&m.id).unwrap();
+    let h = ::popsift::store::redis_history::RedisHistory::new(&settings, HistorySettings::default()).unwrap();
+    let released = Released {
+        uidl: "popsift-r-0123456789abcdef0123456789abcdef".into(),
+        quarantine_id: m.id.clone(),
+        size: original.len() as u64,
+        time: 1,
+    };
+    h.release(&mailbox_key(&m.upstream, &m.user), &released).unwrap();
+
+    // Through B, which released nothing itself: the server's ham, then the released message.
+    let through_b = poplib_fetch(&b.addr, "alice", &pass, &PoplibOpts::default());
+    b.wait_sessions_finished(1);
+    let mut expected = wire(&ham(&all));
+    expected.push(original.clone());
+    assert_eq!(through_b.messages, expected, "released message served through B, byte for byte");
+    assert!(wire(&spam(&all)).contains(&original), "as the server held it");
+    assert_eq!(through_b.list.last().map(|l| l.1), Some(original.len() as u64), "exact LIST size");
+    assert_eq!(through_b.uidl.last().map(|u| u.1.as_str()), Some(released.uidl.as_str()));
+
+    // B's client deletes it: the release and its copy are gone, for A as well.
+    let opts = PoplibOpts { delete: true, ..PoplibOpts::default() };
+    let _ = poplib_fetch(&b.addr, "alice", &pass, &opts);
+    b.wait_sessions_finished(2);
+    wait_until(Duration::from_secs(10), "the release to be forgotten", || {
+        h.released(&mailbox_key(&m.upstream, &m.user)).is_ok_and(|r| r.is_empty())
+    });
+    assert!(q.original(&m.id).is_err(), "its quarantine copy was removed");
+    let again = poplib_fetch(&a.addr, "alice", &pass, &PoplibOpts::default());
+    assert!(again.messages.is_empty(), "everything was deleted by B's client: {:?}", again.list);
+}
+
+/// Autolearn through A writes the shared model: B (another process) loads the new counts.
+#[test]
+fn autolearn_through_one_is_seen_by_the_other() {
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let pass = d.password("alice").to_string();
+    let redis = RedisServer::start();
+    let bayes = "bayes:\n  min_spam: 2\n  min_ham: 2\n  autolearn: { enabled: true, spam_above: 0.5, ham_below: 0.1, balance: 10.0 }\n";
+    let extra = format!("{}{bayes}", redis.store_yaml("al"));
+    let rules = spam_rules("hide");
+    let a = proxy(&d.pop3_addr(), &rules, &extra);
+    let b = proxy(&d.pop3_addr(), &rules, &extra);
+    // A first model (autolearn adds to a model, it does not start one).
+    let msgs = tempfile::tempdir().unwrap();
+    write_messages(&msgs.path().join("spam"), "spam", 3);
+    write_messages(&msgs.path().join("ham"), "ham", 3);
+    let (ok, out, err) = popsift_cli(&[
+        "train",
+        "--config",
+        &config(&b),
+        "--all",
+        "--spam",
+        msgs.path().join("spam").to_str().unwrap(),
+        "--ham",
+        msgs.path().join("ham").to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    a.wait_log("bayes model loaded");
+    b.wait_log("bayes model loaded");
+    let loads = |p: &Popsift| p.log().matches("bayes model loaded").count();
+    let b_loads = loads(&b);
+
+    let f = poplib_fetch(&a.addr, "alice", &pass, &PoplibOpts::default());
+    a.wait_sessions_finished(1);
+    assert_eq!(f.messages, wire(&ham(&all)));
+    let known = || {
+        let (ok, stats, _) = popsift_cli(&["train", "--config", &config(&b), "--stats"]);
+        assert!(ok);
+        stats
+    };
+    wait_until(Duration::from_secs(30), "autolearn through A to reach the shared model", || {
+        !known().contains("3 spam, 3 ham, 6 messages known")
+    });
+    let stats = known();
+    let messages: u64 = stats
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" messages known"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no message count in {stats}"));
+    assert!(messages > 6, "A's verdicts learned into the shared model: {stats}");
+    // B's running process loads the new generation from Redis.
+    wait_until(Duration::from_secs(20), "B to load the model A's autolearn wrote", || loads(&b) > b_loads);
+    assert!(!a.state_dir().join("bayes.redb").exists(), "nothing written to A's local model file");
+}
+
+/// A blackholed Redis (a listener that never accepts, so every connect hangs until
+/// `connect_timeout`): N concurrent logins each finish within a few timeouts, not N of them
+/// in turn, because one connect attempt is in flight at a time and the sessions waiting for
+/// it fail at once when it fails (then fail fast during the backoff). Mail flows; nothing is
+/// deleted without a durable copy.
+#[test]
+fn blackholed_redis_costs_concurrent_logins_one_timeout_not_n() {
+    const N: usize = 10;
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let pass = d.password("alice").to_string();
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let store = format!(
+        "store:\n  backend: redis\n  redis:\n    url: redis://{}\n    key_prefix: bh\n    connect_timeout: 3s\n    command_timeout: 3s\n",
+        hole.local_addr().unwrap()
+    );
+    let a = proxy(&d.pop3_addr(), &spam_rules("quarantine"), &store);
+    let started = std::time::Instant::now();
+    let logins: Vec<_> = (0..N)
+        .map(|_| {
+            let (addr, pass) = (a.addr.clone(), pass.clone());
+            std::thread::spawn(move || {
+                let f = poplib_fetch(&addr, "alice", &pass, &PoplibOpts::default());
+                (f, started.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for l in logins {
+        let (f, took) = l.join().unwrap();
+        assert_eq!(f.messages, wire(&ham(&all)), "spam hidden (quarantine.on_failure), ham served");
+        slowest = slowest.max(took);
+    }
+    // In turn, the N logins' first Redis calls alone would take N timeouts (30 s).
+    assert!(slowest < TIMEOUT * (N as u32) / 2, "{N} concurrent logins: the last finished after {slowest:?}");
+    assert_eq!(d.mailbox("alice").len(), all.len(), "nothing deleted without a durable copy");
+    assert!(a.log().contains("redis store unreachable"), "{}", a.log());
+    drop(hole);
+}
+
 fn write_messages(dir: &Path, kind: &str, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..n {
@@ -195,7 +353,10 @@ fn redis_with_everysec_falls_back_to_hide_with_a_warning() {
         Some("popsift_store_degraded{reason=\"not_durable\"} 1")
     );
     assert_eq!(redis.command(&["EXISTS", "es:q:all"]).as_deref(), Some(":0"), "no copy was written at all");
-    assert_eq!(redis.command(&["DBSIZE"]).as_deref(), Some(":1"), "only the header cache's hash");
+    assert_eq!(redis.command(&["EXISTS", "es:q:owner"]).as_deref(), Some(":0"));
+    // The header cache's hash and the decision history (decisions, newest per UIDL, the
+    // mailbox set): logs, written whatever the durability; no quarantine key at all.
+    assert_eq!(redis.command(&["DBSIZE"]).as_deref(), Some(":4"), "header cache and history only");
 }
 
 /// A Redis slower than `command_timeout` (a forwarder holding each reply 3 s; the timeout is

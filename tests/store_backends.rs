@@ -12,8 +12,12 @@ use popsift::classify::store::{Batch, TrainedMessage};
 use popsift::config::{RedisSettings, StoreSettings};
 use popsift::pop3::multiline::HeaderBlock;
 use popsift::store::header_cache::{Fresh, HeaderCache, Scope, Wanted};
+use popsift::store::history::{
+    mailbox_key, now_secs, Decision, History, HistorySettings, Query, RedbHistory, Released,
+};
 use popsift::store::quarantine::{Meta, Quarantine};
 use popsift::store::redis_cache::RedisHeaderCache;
+use popsift::store::redis_history::RedisHistory;
 use popsift::store::redis_model::{open_for_reading, open_for_writing};
 use support::{wait_until, RedisServer};
 
@@ -191,7 +195,173 @@ fn quarantine_same_assertions_on_both_backends() {
         assert_eq!(q.list().unwrap().len(), 1, "{}", b.name);
         assert_eq!(q.usage("alice", "h:110").messages, 0, "{}", b.name);
         assert!(q.original(&a.id).is_err(), "{}", b.name);
+
+        // A user name with spaces at its ends (the stored field is trimmed): removing the
+        // copy still takes it off that user's quota.
+        q.store(&meta(" carol ", "U3", 5), b"Subject: c\r\n\r\nx\r\n").unwrap();
+        assert_eq!(q.usage(" carol ", "h:110").messages, 1, "{}", b.name);
+        let c = q.list().unwrap().into_iter().find(|m| m.uidl == "U3").unwrap();
+        q.remove(&c.id).unwrap();
+        assert_eq!(q.usage(" carol ", "h:110").messages, 0, "{}: off the quota", b.name);
     }
+}
+
+fn history_of(b: &Backend, settings: HistorySettings) -> Box<dyn History> {
+    match &b.store.redis {
+        Some(r) => Box::new(RedisHistory::new(r, settings).unwrap()),
+        None => Box::new(RedbHistory::open(b.dir.path(), settings).unwrap()),
+    }
+}
+
+fn decision(mb: &str, uidl: &str, action: &str, subject: &str, time: u64) -> Decision {
+    Decision {
+        time,
+        mailbox: mb.into(),
+        uidl: uidl.into(),
+        size: 100,
+        from: "a@example.org".into(),
+        subject: subject.into(),
+        score: 6.0,
+        threshold: 5.0,
+        rules: vec!["r1".into()],
+        action: action.into(),
+        disposition: "hidden".into(),
+        spam: action != "none",
+        ..Decision::default()
+    }
+}
+
+fn uidls(v: &[(u64, Decision)]) -> Vec<&str> {
+    v.iter().map(|(_, d)| d.uidl.as_str()).collect()
+}
+
+#[test]
+fn history_same_assertions_on_both_backends() {
+    let q = |mb: &str| Query { mailbox: Some(mb.into()), limit: 100, ..Query::default() };
+    for b in Backend::both() {
+        let (m1, m2) = (mailbox_key("h:110", "alice"), mailbox_key("h:110", "bob"));
+        let h = history_of(&b, HistorySettings::default());
+        let now = now_secs();
+        let n = h
+            .record(&[decision(&m1, "u1", "hide", "Cheap pills", now), decision(&m1, "u2", "none", "Lunch", now)], now)
+            .unwrap();
+        assert_eq!(n, 2, "{}", b.name);
+        h.record(&[decision(&m2, "u1", "quarantine", "Other box", now)], now).unwrap();
+        let all = h.decisions(&q(&m1)).unwrap();
+        assert_eq!(uidls(&all), ["u2", "u1"], "{}: newest first, one mailbox", b.name);
+        let found = h.decisions(&Query { search: Some("PILLS".into()), ..q(&m1) }).unwrap();
+        assert_eq!(uidls(&found), ["u1"], "{}", b.name);
+        let found = h.decisions(&Query { action: Some("none".into()), ..q(&m1) }).unwrap();
+        assert_eq!(uidls(&found), ["u2"], "{}", b.name);
+        assert_eq!(h.decisions(&Query { limit: 10, ..Query::default() }).unwrap().len(), 3, "{}", b.name);
+        assert_eq!(h.mailboxes().unwrap(), [m1.clone(), m2.clone()], "{}", b.name);
+        assert_eq!(h.rule_counts(Some(&m1), now).unwrap(), vec![("r1".to_string(), [2, 2, 2])], "{}", b.name);
+        let (seq, d) = &all[1];
+        assert_eq!(h.decision(&m1, *seq).unwrap().as_ref(), Some(d), "{}", b.name);
+        assert_eq!(h.decision(&m1, seq + 12345).unwrap(), None, "{}", b.name);
+        let older = h.decisions(&Query { before: Some(all[0].0), ..q(&m1) }).unwrap();
+        assert_eq!(uidls(&older), ["u1"], "{}: paging", b.name);
+
+        // One message seen at many logins is one decision; a new verdict is a new one.
+        assert_eq!(h.record(&[decision(&m1, "u1", "hide", "Cheap pills", now)], now).unwrap(), 0, "{}", b.name);
+        assert_eq!(h.record(&[decision(&m1, "u1", "quarantine", "Cheap pills", now)], now).unwrap(), 1, "{}", b.name);
+
+        // Overrides and releases: per mailbox, and seen by a second store object (another
+        // instance, or a restart).
+        h.show(&m1, "u1", now).unwrap();
+        let r = Released { uidl: "popsift-r-ab".into(), quarantine_id: "q1".into(), size: 10, time: now };
+        h.release(&m1, &r).unwrap();
+        drop(h);
+        let h = history_of(&b, HistorySettings::default());
+        assert!(h.has_overrides(&m1), "{}", b.name);
+        assert!(h.shown(&m1).unwrap().contains("u1") && h.shown(&m2).unwrap().is_empty(), "{}", b.name);
+        assert_eq!(h.released(&m1).unwrap(), vec![r.clone()], "{}", b.name);
+        assert_eq!(h.overrides_of(&m1).unwrap().1, vec![r], "{}", b.name);
+        assert!(h.released(&m2).unwrap().is_empty(), "{}", b.name);
+        h.unrelease(&m1, "popsift-r-ab").unwrap();
+        assert!(h.released(&m1).unwrap().is_empty(), "{}", b.name);
+    }
+}
+
+#[test]
+fn history_is_bounded_by_count_and_age_on_both_backends() {
+    for b in Backend::both() {
+        let h = history_of(&b, HistorySettings { enabled: true, max_days: 30, max_per_mailbox: 3 });
+        let mb = mailbox_key("h:110", "alice");
+        let now = now_secs();
+        let batch: Vec<Decision> = (0..5).map(|i| decision(&mb, &format!("u{i}"), "hide", "s", now)).collect();
+        assert_eq!(h.record(&batch, now).unwrap(), 5, "{}", b.name);
+        let q = Query { mailbox: Some(mb.clone()), limit: 100, ..Query::default() };
+        assert_eq!(uidls(&h.decisions(&q).unwrap()), ["u4", "u3", "u2"], "{}", b.name);
+        // A message whose decision was trimmed away is recorded again when seen.
+        assert_eq!(h.record(&[decision(&mb, "u0", "hide", "s", now)], now).unwrap(), 1, "{}", b.name);
+        // 31 days on, everything recorded now is too old: the next write prunes it.
+        let later = now + 31 * 86_400;
+        h.record(&[decision(&mb, "new", "hide", "s", later)], later).unwrap();
+        assert_eq!(uidls(&h.decisions(&q).unwrap()), ["new"], "{}", b.name);
+    }
+}
+
+/// The history's round trips per login on Redis: one read (`HMGET` of the UIDLs) when
+/// nothing is new, plus one transaction (`MULTI`/`EXEC`) when something is; and the
+/// login's override read is one pipeline. Never one per message.
+#[test]
+fn redis_history_round_trips_per_login_are_constant() {
+    let r = RedisServer::start();
+    let h = RedisHistory::new(&settings(&r, "rt"), HistorySettings::default()).unwrap();
+    let mb = mailbox_key("h:110", "alice");
+    let now = now_secs();
+    let batch: Vec<Decision> = (0..2000).map(|i| decision(&mb, &format!("u{i}"), "hide", "s", now)).collect();
+    let (hmget, multi) = (r.calls("hmget"), r.calls("multi"));
+    assert_eq!(h.record(&batch, now).unwrap(), 2000);
+    assert_eq!((r.calls("hmget") - hmget, r.calls("multi") - multi), (1, 1), "first login: read + write");
+    let (hmget, multi) = (r.calls("hmget"), r.calls("multi"));
+    assert_eq!(h.record(&batch, now).unwrap(), 0);
+    assert_eq!((r.calls("hmget") - hmget, r.calls("multi") - multi), (1, 0), "unchanged mailbox: one read");
+    let (hkeys, hvals) = (r.calls("hkeys"), r.calls("hvals"));
+    h.overrides_of(&mb).unwrap();
+    assert_eq!((r.calls("hkeys") - hkeys, r.calls("hvals") - hvals), (1, 1), "one pipeline");
+}
+
+/// The header cache on Redis: a login's lookup is one `HMGET` and its update one `EVAL`
+/// (evictions, skipped and fresh blocks together), whatever the number of messages.
+#[test]
+fn redis_header_cache_round_trips_per_login_are_constant() {
+    let r = RedisServer::start();
+    let b = Backend { name: "redis", dir: tempfile::tempdir().unwrap(), store: redis_store(&r, "rtc"), _redis: None };
+    let c = b.cache(256 << 20);
+    let s = Scope::new("h:110", "alice");
+    let n = 5000;
+    let fresh: Vec<Fresh> = (0..n).map(|i| fresh(&format!("u{i}"), 100, "Subject: x\r\n\r\n")).collect();
+    let uidls: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+    let all: Vec<&str> = uidls.iter().map(String::as_str).collect();
+    let (hmget, eval) = (r.calls("hmget"), r.calls("eval"));
+    c.update_blocking(&s, &fresh, &present(&all));
+    let wanted: Vec<Wanted> = uidls.iter().map(|u| want(u, 100)).collect();
+    assert!(c.lookup_blocking(&s, &wanted, LIMIT).iter().all(Option::is_some));
+    // Half the messages gone from the server: evicted by the same one call.
+    c.update_blocking(&s, &[], &present(&all[..n / 2]));
+    assert_eq!((r.calls("hmget") - hmget, r.calls("eval") - eval), (1, 2));
+    let found = c.lookup_blocking(&s, &wanted, LIMIT);
+    assert_eq!(found.iter().filter(|f| f.is_some()).count(), n / 2);
+    assert!(found[..n / 2].iter().all(Option::is_some));
+}
+
+/// A release is state the owner chose: on a Redis that may lose acknowledged writes it is
+/// refused with the reason (nothing half-saved), and accepted once Redis is durable.
+#[test]
+fn redis_without_fsync_always_refuses_a_release() {
+    let r = RedisServer::start_with("everysec");
+    let h = RedisHistory::new(&settings(&r, "hr"), HistorySettings::default()).unwrap();
+    let mb = mailbox_key("h:110", "alice");
+    let rel = Released { uidl: "popsift-r-cd".into(), quarantine_id: "q2".into(), size: 10, time: 1 };
+    let err = h.release(&mb, &rel).unwrap_err().to_string();
+    assert!(err.contains("not durable") && err.contains("everysec"), "{err}");
+    assert!(h.show(&mb, "u1", 1).is_err());
+    assert!(h.released(&mb).unwrap().is_empty() && h.shown(&mb).unwrap().is_empty(), "nothing saved");
+    assert_eq!(r.command(&["CONFIG", "SET", "appendfsync", "always"]).as_deref(), Some("+OK"));
+    h.release(&mb, &rel).unwrap();
+    assert_eq!(h.released(&mb).unwrap(), vec![rel]);
 }
 
 fn trained(spam: bool) -> TrainedMessage {

@@ -11,7 +11,8 @@
 //! Sessions never wait for it: [`Autolearner::offer`] decides from the verdict, drops
 //! duplicates seen recently, and hands the header block to a bounded queue with `try_send`
 //! (a full queue drops the offer and counts it). One background thread drains the queue in
-//! batches: it opens the model store (waiting for a `popsift train` run if one holds it),
+//! batches: it opens the configured model store (the redb file, waiting for a `popsift
+//! train` run if one holds it; or Redis with `store.backend: redis`, shared by every instance),
 //! trains each message with [`Trainer`] — never relabelling a message the user or an earlier
 //! run already trained — and commits the batch in one transaction. The proxy's
 //! [`super::ModelHandle`] sees the new counts at its next poll. Manual training
@@ -138,6 +139,17 @@ impl Autolearner {
     /// Starts the background thread for `state_dir`'s model, or `None` when autolearn is off.
     /// `rules` gives the rule set whose fired rules become `rule:` tokens, as in training.
     pub fn start(state_dir: &Path, bayes: &BayesSettings, rules: Arc<RulesHandle>) -> Option<Arc<Autolearner>> {
+        Autolearner::start_in(state_dir, &crate::config::StoreSettings::default(), bayes, rules)
+    }
+
+    /// As [`Autolearner::start`], learning into the model store `store` names (Redis with
+    /// `store.backend: redis`, so every instance's autolearn teaches the one shared model).
+    pub fn start_in(
+        state_dir: &Path,
+        store: &crate::config::StoreSettings,
+        bayes: &BayesSettings,
+        rules: Arc<RulesHandle>,
+    ) -> Option<Arc<Autolearner>> {
         if !bayes.autolearn.enabled {
             return None;
         }
@@ -146,6 +158,7 @@ impl Autolearner {
         let pending = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             state_dir: state_dir.to_path_buf(),
+            store: store.clone(),
             bayes: bayes.clone(),
             rules,
             counts: counts.clone(),
@@ -216,6 +229,8 @@ impl Autolearner {
 /// The background thread's state.
 struct Worker {
     state_dir: PathBuf,
+    /// Which model store to write: the redb file in `state_dir`, or Redis.
+    store: crate::config::StoreSettings,
     bayes: BayesSettings,
     rules: Arc<RulesHandle>,
     counts: Arc<AutolearnCounts>,
@@ -254,7 +269,7 @@ impl Worker {
         match self.learn_once(jobs) {
             // Damage found only when reading every entry (or writing): moved aside as well,
             // then the batch goes into a new model.
-            Err(e @ super::StoreError::Corrupt { .. }) => {
+            Err(e @ super::StoreError::Corrupt { .. }) if self.store.redis.is_none() => {
                 super::store::move_aside(&self.state_dir, &e)?;
                 self.learn_once(jobs)
             }
@@ -263,9 +278,12 @@ impl Worker {
     }
 
     fn learn_once(&self, jobs: &[Job]) -> Result<(), super::StoreError> {
-        let store = super::store::open_or_rebuild(&self.state_dir)?;
+        let store: Box<dyn super::ModelStore> = match &self.store.redis {
+            Some(r) => Box::new(crate::store::redis_model::RedisModelStore::new(r)?),
+            None => Box::new(super::store::open_or_rebuild(&self.state_dir)?),
+        };
         let tokenizer = Tokenizer::from_settings(&self.bayes);
-        let mut trainer = Trainer::new(&store, tokenizer, Some(self.rules.current()))?
+        let mut trainer = Trainer::new(&*store, tokenizer, Some(self.rules.current()))?
             .with_minimums(self.bayes.min_spam, self.bayes.min_ham);
         let mut results = Vec::with_capacity(jobs.len());
         for job in jobs {

@@ -62,8 +62,8 @@ pub async fn serve(
     let (cut_off, cut_off_rx) = watch::channel(false);
     // Review page (issue 13): the decision history, shared with the UI.
     let history = {
-        let (dir, settings) = (config.state_dir.clone(), config.history);
-        tokio::task::spawn_blocking(move || crate::store::history::shared(&dir, settings)).await.ok().flatten()
+        let (dir, settings, store) = (config.state_dir.clone(), config.history, config.store.clone());
+        tokio::task::spawn_blocking(move || crate::store::history::shared(&dir, settings, &store)).await.ok().flatten()
     };
     let mut loops = Vec::new();
     // One count of sessions per client address across all listeners (`max_sessions_per_ip`).
@@ -230,7 +230,7 @@ async fn open_model(config: &Config, rules: &Arc<RulesHandle>) -> Arc<crate::cla
     let settings = config.bayes.clone();
     let store = config.store.clone();
     // Autolearn (off by default): a background thread fed by the sessions' verdicts.
-    let learner = crate::classify::autolearn::Autolearner::start(&dir, &settings, rules.clone());
+    let learner = crate::classify::autolearn::Autolearner::start_in(&dir, &store, &settings, rules.clone());
     let open = move || crate::classify::ModelHandle::open_with(&dir, store, settings, learner);
     let handle = match tokio::task::spawn_blocking(open).await {
         Ok(h) => h,

@@ -20,6 +20,11 @@
 //!
 //! At most two batches are held at once (one being evaluated, one being read) plus the
 //! cache's pending write, so a scan holds a few times `window_bytes` whatever the mailbox.
+//! Except with a store where each call is a network round trip (Redis,
+//! [`crate::store::header_cache::HeaderStore::one_call_per_login`]): there the mailbox is
+//! looked up in one call and its fresh blocks written in one call, so round trips per login
+//! stay constant, and the scan holds about the mailbox's header bytes once (still evaluated
+//! `window_bytes` at a time).
 //!
 //! With the header cache ([`crate::store::header_cache`]) and a server that has UIDL, the
 //! cache is asked first for every (UIDL, LIST size) and `TOP` goes out only for the misses,
@@ -205,9 +210,12 @@ pub async fn scan(
             (0..list.len()).filter(|&i| memos[i].is_none() && uidls.contains_key(&list[i].0)).collect();
         let started = std::time::Instant::now();
         // Looked up and evaluated in chunks of about `window_bytes` (by LIST size), so a
-        // warm scan holds no more than a cold one.
-        let mut rest = &keyed[..];
-        while !rest.is_empty() {
+        // warm scan holds no more than a cold one. A store where each call is a round trip
+        // (Redis) is asked once for the whole mailbox; its blocks are still evaluated in
+        // chunks of `window_bytes` (see `HeaderStore::one_call_per_login`).
+        let one_call = c.cache.one_call_per_login();
+        let lookup_budget = if one_call { usize::MAX } else { budget };
+        let chunks = |rest: &[usize], budget: usize| {
             let mut bytes = 0usize;
             let n = rest
                 .iter()
@@ -217,18 +225,42 @@ pub async fn scan(
                     fits
                 })
                 .count();
-            let (chunk, tail) = rest.split_at(n.max(1));
+            n.max(1)
+        };
+        let mut rest = &keyed[..];
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(chunks(rest, lookup_budget));
             rest = tail;
             let wanted = chunk.iter().map(|&i| Wanted { uidl: uidls[&list[i].0].clone(), size: list[i].1 }).collect();
             let found = c.cache.lookup(c.scope.clone(), wanted, settings.header_limit).await;
-            let batch: Vec<_> = chunk.iter().zip(found).filter_map(|(&i, h)| Some((i, list[i].1, h?))).collect();
-            cache_hits += batch.len();
-            let (done, secs) = settled(evaluate_batch(batch, eval)).await;
-            eval_seconds += secs;
-            evaluated_n += done.len();
-            for (i, e, _) in done {
-                have[i] = true;
-                evaluated[i] = Some(e);
+            let mut found: Vec<_> = chunk.iter().zip(found).filter_map(|(&i, h)| Some((i, list[i].1, h?))).collect();
+            cache_hits += found.len();
+            // Evaluated `window_bytes` at a time, the blocks dropped batch by batch.
+            found.reverse();
+            while !found.is_empty() {
+                let take = if one_call {
+                    let mut bytes = 0usize;
+                    found
+                        .iter()
+                        .rev()
+                        .take_while(|(_, _, h)| {
+                            let fits = bytes == 0 || bytes < budget;
+                            bytes += h.bytes.len();
+                            fits
+                        })
+                        .count()
+                        .max(1)
+                } else {
+                    found.len()
+                };
+                let batch: Vec<_> = found.drain(found.len() - take..).rev().collect();
+                let (done, secs) = settled(evaluate_batch(batch, eval)).await;
+                eval_seconds += secs;
+                evaluated_n += done.len();
+                for (i, e, _) in done {
+                    have[i] = true;
+                    evaluated[i] = Some(e);
+                }
             }
         }
         tracing::debug!(lookup_ms = started.elapsed().as_millis() as u64, "header cache lookup");
@@ -262,6 +294,8 @@ pub async fn scan(
     let (mut held, mut held_bytes) = (Vec::new(), 0usize);
     let mut evaluating: Option<JoinHandle<Settled>> = None;
     let mut cache_batches = 0usize;
+    // Fresh blocks for a store written once per login (Redis: one write, not one per batch).
+    let mut one_write: Option<Vec<Fresh>> = cache.as_ref().filter(|c| c.cache.one_call_per_login()).map(|_| Vec::new());
     loop {
         if let Some(cmd) = tops.commands() {
             conn.write_all(&cmd, t.upstream_reply, Phase::Scan).await?;
@@ -283,8 +317,17 @@ pub async fn scan(
                     if let Some(prev) = evaluating.replace(next) {
                         let (done, secs) = settled(prev).await;
                         eval_seconds += secs;
-                        cache_batches +=
-                            keep(done, &mut evaluated, &mut evaluated_n, &cache, &uidls, &list, &present).await;
+                        cache_batches += keep(
+                            done,
+                            &mut evaluated,
+                            &mut evaluated_n,
+                            &cache,
+                            &uidls,
+                            &list,
+                            &present,
+                            &mut one_write,
+                        )
+                        .await;
                     }
                 }
             }
@@ -294,9 +337,13 @@ pub async fn scan(
     for task in [evaluating.take(), (!held.is_empty()).then(|| evaluate_batch(held, eval))].into_iter().flatten() {
         let (done, secs) = settled(task).await;
         eval_seconds += secs;
-        cache_batches += keep(done, &mut evaluated, &mut evaluated_n, &cache, &uidls, &list, &present).await;
+        cache_batches +=
+            keep(done, &mut evaluated, &mut evaluated_n, &cache, &uidls, &list, &present, &mut one_write).await;
     }
-    if let (Some(c), 0) = (&cache, cache_batches) {
+    if let (Some(c), Some(fresh)) = (&cache, one_write.take()) {
+        // The login's one write (also evicts the mailbox's vanished messages).
+        c.cache.update_in_background(c.scope.clone(), fresh, present).await;
+    } else if let (Some(c), 0) = (&cache, cache_batches) {
         // Nothing new to store, but the mailbox's vanished messages are still evicted.
         c.cache.update_in_background(c.scope.clone(), Vec::new(), present).await;
     }
@@ -348,7 +395,9 @@ pub async fn refetch_headers(
 
 /// Keeps the evaluations of a settled batch of fresh (`TOP`) blocks and hands the blocks to
 /// the header cache, which writes them in the background; returns the number of cache
-/// batches started (0 or 1). The blocks are dropped once written.
+/// batches started (0 or 1). The blocks are dropped once written. With `one_write` (a
+/// store written once per login) the blocks are kept there for that write instead.
+#[allow(clippy::too_many_arguments)]
 async fn keep(
     done: Vec<(usize, Arc<Evaluated>, HeaderBlock)>,
     evaluated: &mut [Option<Arc<Evaluated>>],
@@ -357,6 +406,7 @@ async fn keep(
     uidls: &HashMap<u32, Arc<str>>,
     list: &[(u32, u64)],
     present: &HashSet<Arc<str>>,
+    one_write: &mut Option<Vec<Fresh>>,
 ) -> usize {
     *count += done.len();
     let mut fresh = Vec::with_capacity(if cache.is_some() { done.len() } else { 0 });
@@ -366,12 +416,16 @@ async fn keep(
             fresh.push(Fresh { uidl: uidl.clone(), size: list[i].1, headers: h });
         }
     }
-    match cache {
-        Some(c) => {
+    match (cache, one_write) {
+        (Some(_), Some(all)) => {
+            all.append(&mut fresh);
+            0
+        }
+        (Some(c), None) => {
             c.cache.update_in_background(c.scope.clone(), fresh, present.clone()).await;
             1
         }
-        None => 0,
+        (None, _) => 0,
     }
 }
 

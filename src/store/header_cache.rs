@@ -155,6 +155,13 @@ pub trait HeaderStore: Send + Sync + std::fmt::Debug {
     fn stats_blocking(&self) -> Option<(u64, u64)>;
     /// Where it lives, for the log (a path or a Redis URL without credentials).
     fn location(&self) -> String;
+    /// Whether each call is a network round trip (Redis): the scan then looks a mailbox up
+    /// in one call right after UIDL and writes its fresh blocks in one call at the end,
+    /// instead of one call per `scan.window_bytes` chunk (a local store, where a chunk
+    /// costs no round trip and keeps the scan's memory at a few windows).
+    fn one_call_per_login(&self) -> bool {
+        false
+    }
 }
 
 /// The shared cache (one per process, `Arc`-shared by all sessions), whichever store holds it.
@@ -208,6 +215,11 @@ impl HeaderCache {
     /// See [`HeaderStore::update_blocking`]. Blocking.
     pub fn update_blocking(&self, scope: &Scope, fresh: &[Fresh], present: &HashSet<Arc<str>>) {
         self.store.update_blocking(scope, fresh, present)
+    }
+
+    /// See [`HeaderStore::one_call_per_login`].
+    pub fn one_call_per_login(&self) -> bool {
+        self.store.one_call_per_login()
     }
 
     /// See [`HeaderStore::stats_blocking`]. Blocking.

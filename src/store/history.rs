@@ -20,8 +20,9 @@
 //! disk) drops the batch and counts it (`popsift_history_dropped_total`): the history is
 //! for review, the mail flow never waits for it.
 //!
-//! The store is a trait ([`History`]) so a shared backend can follow; [`RedbHistory`] is the
-//! embedded one, `<state_dir>/history.redb`.
+//! The store is a trait ([`History`]); [`RedbHistory`] is the embedded one,
+//! `<state_dir>/history.redb`, and [`super::redis_history::RedisHistory`] the shared one
+//! (`store.backend: redis`), so every instance behind a balancer sees one history.
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +44,7 @@ const DECISIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dec
 const BY_UIDL: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("by_uidl");
 
 /// FNV-1a over what makes a decision new: size, action, disposition, dry run.
-fn fingerprint(d: &Decision) -> u64 {
+pub(crate) fn fingerprint(d: &Decision) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let size = d.size.to_le_bytes();
     let parts: [&[u8]; 5] = [&size, d.action.as_bytes(), b"\0", d.disposition.as_bytes(), &[u8::from(d.dry_run)]];
@@ -147,7 +148,7 @@ pub struct Query {
 }
 
 impl Query {
-    fn keeps(&self, d: &Decision, needle: Option<&str>) -> bool {
+    pub(crate) fn keeps(&self, d: &Decision, needle: Option<&str>) -> bool {
         if let Some(a) = &self.action {
             let ok = match a.as_str() {
                 "spam" => d.spam,
@@ -210,6 +211,11 @@ pub trait History: Send + Sync {
     /// Whether `mailbox` may have "show" overrides or released messages, answered from
     /// memory (never blocks): a login of a mailbox without any skips reading them.
     fn has_overrides(&self, mailbox: &str) -> bool;
+    /// [`History::shown`] and [`History::released`] together (a shared store answers both
+    /// in one round trip).
+    fn overrides_of(&self, mailbox: &str) -> Result<(HashSet<String>, Vec<Released>), HistoryError> {
+        Ok((self.shown(mailbox)?, self.released(mailbox)?))
+    }
 }
 
 /// The embedded store.
@@ -323,7 +329,7 @@ impl RedbHistory {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<Decision, HistoryError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Decision, HistoryError> {
     serde_json::from_slice(bytes).map_err(|e| HistoryError::Corrupt(e.to_string()))
 }
 
@@ -585,6 +591,17 @@ pub fn released_entries(
             return Vec::new();
         }
     };
+    entries_of_released(store, quarantine, mailbox, server_uidls, released)
+}
+
+/// [`released_entries`] of releases already read.
+fn entries_of_released(
+    store: &dyn History,
+    quarantine: &crate::store::quarantine::Quarantine,
+    mailbox: &str,
+    server_uidls: &HashSet<Arc<str>>,
+    released: Vec<Released>,
+) -> Vec<crate::session::view::Entry> {
     let mut out = Vec::new();
     for r in released {
         if server_uidls.contains(r.uidl.as_str()) {
@@ -622,9 +639,12 @@ pub async fn overrides(
         return Vec::new();
     }
     let on_server: HashSet<Arc<str>> = entries.iter().filter_map(|e| e.uidl.clone()).collect();
-    let read = tokio::task::spawn_blocking(move || {
-        let shown = store.shown(&mailbox).unwrap_or_default();
-        (shown, released_entries(&*store, &quarantine, &mailbox, &on_server))
+    let read = tokio::task::spawn_blocking(move || match store.overrides_of(&mailbox) {
+        Ok((shown, released)) => (shown, entries_of_released(&*store, &quarantine, &mailbox, &on_server, released)),
+        Err(e) => {
+            tracing::warn!(error = %e, "overrides and released messages not read; not applied at this login");
+            (HashSet::new(), Vec::new())
+        }
     });
     match read.await {
         Ok((shown, released)) => {
@@ -708,10 +728,15 @@ impl Recorder {
     }
 }
 
-/// The recorder over `<state_dir>/history.redb`, opened once per process and shared by the
-/// sessions and the review page (a redb file can be opened only once). `None` (logged) when
-/// it cannot be opened: the proxy runs on without a history.
-pub fn shared(state_dir: &Path, settings: HistorySettings) -> Option<Arc<Recorder>> {
+/// The recorder over the configured store (`<state_dir>/history.redb`, or Redis with
+/// `store.backend: redis`, see [`super::redis_history`]), opened once per process and shared
+/// by the sessions and the review page (a redb file can be opened only once). `None`
+/// (logged) when it cannot be opened: the proxy runs on without a history.
+pub fn shared(
+    state_dir: &Path,
+    settings: HistorySettings,
+    store: &crate::config::StoreSettings,
+) -> Option<Arc<Recorder>> {
     if !settings.enabled {
         return None;
     }
@@ -719,13 +744,20 @@ pub fn shared(state_dir: &Path, settings: HistorySettings) -> Option<Arc<Recorde
     use std::sync::{Mutex, OnceLock, Weak};
     static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Recorder>>>> = OnceLock::new();
     let mut open = OPEN.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    let key = state_dir.join(FILE_NAME);
+    let key = match &store.redis {
+        Some(r) => PathBuf::from(format!("redis\u{1f}{}\u{1f}{}", r.url, r.key_prefix)),
+        None => state_dir.join(FILE_NAME),
+    };
     if let Some(r) = open.get(&key).and_then(Weak::upgrade) {
         return Some(r);
     }
-    match RedbHistory::open(state_dir, settings) {
+    let opened: Result<Arc<dyn History>, HistoryError> = match &store.redis {
+        Some(r) => super::redis_history::RedisHistory::new(r, settings).map(|h| Arc::new(h) as Arc<dyn History>),
+        None => RedbHistory::open(state_dir, settings).map(|h| Arc::new(h) as Arc<dyn History>),
+    };
+    match opened {
         Ok(h) => {
-            let r = Recorder::start(Arc::new(h));
+            let r = Recorder::start(h);
             open.insert(key, Arc::downgrade(&r));
             Some(r)
         }

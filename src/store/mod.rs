@@ -10,16 +10,18 @@
 //! shared one on Redis (`store.backend: redis`, [`redis`]) for several instances:
 //! [`header_cache::HeaderStore`] ([`redis_cache`]), the quarantine's backends
 //! ([`quarantine::Quarantine::for_config`], [`redis_quarantine`]), and the classifier's
-//! [`crate::classify::ModelStore`] ([`redis_model`]). Nothing above `store/` knows which
-//! one runs. A further kind (decision history) gets a Redis implementation the same way:
-//! a struct holding [`redis::shared`]'s connection, keys under `<prefix>:<kind>:`, every
-//! call through [`redis::Redis::query`] (bounded, counted, backoff).
+//! [`crate::classify::ModelStore`] ([`redis_model`]), the decision history with the review
+//! page's releases and overrides ([`history::History`], [`redis_history`]). Nothing above
+//! `store/` knows which one runs. Each Redis store holds [`redis::shared`]'s connection, keys
+//! under `<prefix>:<kind>:`, every call through [`redis::Redis::query`] (bounded, counted,
+//! circuit breaker with backoff).
 
 pub mod header_cache;
 pub mod history;
 pub mod quarantine;
 pub mod redis;
 pub mod redis_cache;
+pub mod redis_history;
 pub mod redis_model;
 pub mod redis_quarantine;
 pub mod verdict_memo;

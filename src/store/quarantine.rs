@@ -89,6 +89,9 @@ pub trait QuarantineStore: Send + Sync + std::fmt::Debug {
     fn location(&self) -> String;
 }
 
+/// Quarantines [`Quarantine::for_store`] keeps built, at most.
+const BUILT_KEPT: usize = 8;
+
 /// The quarantine, whichever store holds it (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct Quarantine {
@@ -253,12 +256,26 @@ impl Quarantine {
         Quarantine::for_store(&config.store, &config.quarantine.dir)
     }
 
-    /// As [`Quarantine::for_config`], from the two settings that decide it.
+    /// As [`Quarantine::for_config`], from the two settings that decide it. Built once per
+    /// process for each (settings, folder) and shared after that: a session asks for it at
+    /// every copy, and building one (the Redis URL checked, the location formatted) is not
+    /// free. The registry keeps the last [`BUILT_KEPT`] settings seen (hot reloads add one).
     pub fn for_store(store: &crate::config::StoreSettings, dir: &Path) -> Quarantine {
-        match &store.redis {
+        type Built = std::sync::Mutex<Vec<(crate::config::StoreSettings, PathBuf, Quarantine)>>;
+        static BUILT: std::sync::OnceLock<Built> = std::sync::OnceLock::new();
+        let mut built = BUILT.get_or_init(Built::default).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, q)) = built.iter().find(|(s, d, _)| s == store && d == dir) {
+            return q.clone();
+        }
+        let q = match &store.redis {
             Some(r) => Quarantine::with_store(std::sync::Arc::new(super::redis_quarantine::RedisQuarantine::new(r))),
             None => Quarantine::new(dir),
+        };
+        if built.len() >= BUILT_KEPT {
+            built.remove(0);
         }
+        built.push((store.clone(), dir.to_path_buf(), q.clone()));
+        q
     }
 
     pub fn with_store(store: std::sync::Arc<dyn QuarantineStore>) -> Quarantine {

@@ -5,14 +5,18 @@
 //! # Why it is built this way
 //! - **One multiplexed connection** (`redis`'s tokio [`ConnectionManager`]): sessions send
 //!   their pipelines concurrently over it, and a login costs a fixed number of round trips
-//!   (an `HMGET` per scan chunk, see [`super::header_cache`]) — never one per message.
+//!   (one `HMGET` and one update script for the header cache, see [`super::redis_cache`])
+//!   — never one per message.
 //! - **Every call is bounded**: establishing a connection by `store.redis.connect_timeout`,
 //!   each command or pipeline by `store.redis.command_timeout`. A call that fails or times
 //!   out is an `Err` the caller turns into its fallback (cache miss → `TOP`; quarantine →
 //!   `quarantine.on_failure`; model write → dropped and counted); nothing waits longer.
-//! - **Reconnect with backoff**: after a failure the connection is dropped and calls fail at
-//!   once (no connect attempt, no waiting) until the backoff has passed: 100 ms, doubling up
-//!   to 5 s. The first call after it connects afresh, so a Redis that comes back is used
+//! - **Reconnect with backoff** (a circuit breaker): after a failure the connection is
+//!   dropped and calls fail at once (no connect attempt, no waiting) until the backoff has
+//!   passed: 100 ms, doubling up to 5 s. One connect attempt is in flight at a time: calls
+//!   that arrive meanwhile wait for it (at most one `connect_timeout`) and, if it failed,
+//!   fail at once rather than each trying in turn, so N sessions against a blackholed
+//!   Redis finish in about one timeout, not N. The first call after it connects afresh, so a Redis that comes back is used
 //!   again within 5 s. `popsift_store_degraded{reason="unreachable"}` is 1 meanwhile.
 //! - **Durability is checked, not assumed**: a message may be `DELE`d upstream only once
 //!   its copy is durable (RFC 1939 §6: DELE is final at UPDATE). Redis acknowledges a write
@@ -28,7 +32,9 @@
 //! # Sync callers
 //! The store traits are synchronous (they already run on tokio's blocking pool, or in a CLI
 //! command). [`Redis::blocking`] runs a call on the current runtime's handle from a blocking
-//! thread, or on a private single-thread runtime when there is none (the CLI tools). On the
+//! thread, on `serve`'s runtime from a plain thread of `serve` (the history writer,
+//! autolearn: the connection's task must live on a runtime that keeps running), or on a
+//! private single-thread runtime when there is none (the CLI tools). On the
 //! multi-thread runtime of `serve` it goes through `block_in_place`, so even a call from an
 //! async task (a web handler, say) blocks only its own worker, never panics; it should still
 //! be called from the blocking pool.
@@ -89,7 +95,11 @@ pub struct Redis {
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
     health: Mutex<Health>,
     durability: Mutex<Option<Durability>>,
-    /// For callers outside any tokio runtime (CLI tools).
+    /// The multi-thread runtime this store was made on (`serve`), if any: calls from threads
+    /// outside any runtime (the history writer, autolearn) run on it, so the connection's
+    /// background task always lives on a runtime that keeps running.
+    home: Option<tokio::runtime::Handle>,
+    /// For callers outside any tokio runtime when there is no `home` (CLI tools).
     own_runtime: OnceLock<tokio::runtime::Runtime>,
 }
 
@@ -116,6 +126,9 @@ impl Redis {
             conn: tokio::sync::Mutex::new(None),
             health: Mutex::new(Health { retry_at: None, backoff: BACKOFF_MIN, last_error: String::new() }),
             durability: Mutex::new(None),
+            home: tokio::runtime::Handle::try_current()
+                .ok()
+                .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread),
             own_runtime: OnceLock::new(),
         })
     }
@@ -173,6 +186,15 @@ impl Redis {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
+        }
+        // Circuit breaker: while one call was connecting, the others waited on the lock
+        // above (for one `connect_timeout` at most). If that attempt failed, they fail now
+        // instead of each trying (and waiting) in turn: one attempt in flight, never N.
+        {
+            let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            if h.retry_at.is_some_and(|t| Instant::now() < t) {
+                return Err(RedisError::Backoff { last: h.last_error.clone() });
+            }
         }
         let s = &self.settings;
         let config = ConnectionManagerConfig::new()
@@ -285,16 +307,25 @@ impl Redis {
                 tokio::task::block_in_place(|| h.block_on(f))
             }
             Ok(h) => h.block_on(f),
-            Err(_) => {
-                let rt = self.own_runtime.get_or_init(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("a single-thread tokio runtime can be built")
-                });
-                rt.block_on(f)
-            }
+            // A plain thread of `serve` (history writer, autolearn): on the serve runtime,
+            // never on a private one whose tasks stop running between calls (a connection
+            // made there would stall every session's calls).
+            Err(_) => match &self.home {
+                Some(home) => home.block_on(f),
+                None => self.on_own_runtime(f),
+            },
         }
+    }
+
+    /// Runs `f` on the private single-thread runtime (made at first use).
+    fn on_own_runtime<F: std::future::Future>(&self, f: F) -> F::Output {
+        let rt = self.own_runtime.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a single-thread tokio runtime can be built")
+        });
+        rt.block_on(f)
     }
 }
 
@@ -401,6 +432,36 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
         stop.send(()).unwrap();
         keeper.join().unwrap();
+    }
+
+    /// A blackholed Redis (a listener that never accepts, so connects hang until the
+    /// timeout): N concurrent calls finish in about one `connect_timeout`, not N of them,
+    /// because only one connect attempt is made and the waiters fail once it has failed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_calls_against_a_blackhole_share_one_timeout() {
+        // Never accepted: the handshake may complete in the backlog, but nothing answers.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let r = std::sync::Arc::new(Redis::new(&settings(&format!("redis://127.0.0.1:{port}"))).unwrap());
+        const N: usize = 8;
+        let t = Instant::now();
+        let calls: Vec<_> = (0..N)
+            .map(|_| {
+                let r = r.clone();
+                tokio::spawn(async move { r.query::<Option<String>>("connect", redis::pipe().get("k")).await })
+            })
+            .collect();
+        let mut failed_fast = 0;
+        for c in calls {
+            let got = c.await.unwrap();
+            assert!(got.is_err(), "{got:?}");
+            failed_fast += usize::from(matches!(got, Err(RedisError::Backoff { .. })));
+        }
+        let took = t.elapsed();
+        // One timeout is 300 ms; N in turn would be 2.4 s.
+        assert!(took < Duration::from_millis(1200), "{N} calls took {took:?}");
+        assert_eq!(failed_fast, N - 1, "exactly one connect attempt");
+        drop(l);
     }
 
     /// From an async task on the multi-thread runtime (where `Handle::block_on` alone

@@ -8,11 +8,20 @@
 //! same `[version][size][flags][header bytes]` encoding as the redb store, so the same
 //! size check (a reused UIDL is a miss) and truncation check apply.
 //!
-//! # Round trips
-//! A lookup is one `HMGET` with every UIDL asked (the scan asks in chunks of
-//! `scan.window_bytes`, so a 2,000-message mailbox of 10 KB messages is 3 lookups). An update
-//! is `HKEYS` (to find UIDLs gone from the server) plus one pipeline of `HDEL`, `HSET` and
-//! `EXPIRE`, after the client has its answer. Never one command per message.
+//! # Round trips (2 per login, whatever the mailbox size)
+//! The scan asks once per login ([`HeaderStore::one_call_per_login`]): one `HMGET` with the
+//! UIDL of every message the in-memory verdict memo does not already answer, right after
+//! UIDL. An update, once per login after the scan (all fresh blocks together), is one `EVAL`
+//! of a short script that drops the UIDLs gone from the server, writes the fresh blocks and
+//! renews the TTL atomically, after the client has its answer. So a login costs the cache two
+//! round trips. Never one command per message or per scan window.
+//!
+//! # Memory
+//! One lookup holds the header blocks of the messages it asks for (what the scan needs
+//! anyway, decoded one by one as the reply is consumed), never the mailbox's other entries
+//! (no `HGETALL`) and never bodies; a cold scan holds its fresh blocks until the one write.
+//! So a login through Redis holds about the mailbox's header bytes once (measured in
+//! `tests/benches/redis_store.rs`), where the embedded store holds a few `scan.window_bytes`.
 //!
 //! # Bounds
 //! Each mailbox hash expires [`TTL`] after its last update (a mailbox nobody reads stops
@@ -34,6 +43,29 @@ use tracing::debug;
 use super::header_cache::{decode, encode, Fresh, HeaderStore, Scope, Wanted};
 use super::redis::{key_part, Redis};
 use crate::pop3::multiline::HeaderBlock;
+
+/// The update in one round trip (`EVAL`, atomic). `KEYS[1]`: the mailbox hash. `ARGV`: TTL,
+/// then the counts of present UIDLs, skipped UIDLs and fresh pairs, then the present UIDLs,
+/// the skipped UIDLs, and (UIDL, encoded block) pairs. Answers the number of entries evicted.
+const UPDATE_SCRIPT: &str = r"
+local key = KEYS[1]
+local np, ns, nf = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local present = {}
+for i = 5, 4 + np do present[ARGV[i]] = true end
+local gone = 0
+for _, u in ipairs(redis.call('HKEYS', key)) do
+  if not present[u] then
+    redis.call('HDEL', key, u)
+    gone = gone + 1
+  end
+end
+local at = 5 + np
+for i = at, at + ns - 1 do redis.call('HDEL', key, ARGV[i]) end
+at = at + ns
+for i = 0, nf - 1 do redis.call('HSET', key, ARGV[at + 2 * i], ARGV[at + 2 * i + 1]) end
+if redis.call('EXISTS', key) == 1 then redis.call('EXPIRE', key, ARGV[1]) end
+return gone
+";
 
 /// A mailbox's cached headers expire this long after its last login.
 pub const TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -66,8 +98,10 @@ impl HeaderStore for RedisHeaderCache {
         }
         let got: Result<(Vec<Option<Vec<u8>>>,), _> = self.redis.blocking(self.redis.query("header_lookup", &p));
         match got {
+            // Consumed one by one: each stored value is freed once decoded, so the lookup
+            // holds the mailbox's header bytes about once, not twice.
             Ok((values,)) if values.len() == wanted.len() => values
-                .iter()
+                .into_iter()
                 .zip(wanted)
                 .map(|(v, w)| v.as_deref().and_then(|v| decode(v, w.size, header_limit)))
                 .collect(),
@@ -86,48 +120,43 @@ impl HeaderStore for RedisHeaderCache {
     fn update_blocking(&self, scope: &Scope, fresh: &[Fresh], present: &HashSet<Arc<str>>) {
         let key = self.key(scope);
         let r = &self.redis;
-        let done: Result<(), super::redis::RedisError> = r.blocking(async {
-            let mut p = redis::pipe();
-            p.cmd("HKEYS").arg(&key).cmd("EXPIRE").arg(&key).arg(TTL.as_secs()).ignore();
-            let (stored,): (Vec<Vec<u8>>,) = r.query("header_update", &p).await?;
-            let gone: Vec<&[u8]> = stored
-                .iter()
-                .map(Vec::as_slice)
-                .filter(|u| std::str::from_utf8(u).map_or(true, |u| !present.contains(u)))
-                .collect();
-            // Like the redb store: never write more than `max_size` in one update (the last
-            // blocks win); an older block under a skipped UIDL must not outlive it.
-            let mut keep_from = fresh.len();
-            let mut bytes = 0u64;
-            while keep_from > 0 {
-                let f = &fresh[keep_from - 1];
-                let n = (f.uidl.len() + f.headers.bytes.len() + 10) as u64;
-                if bytes + n > self.max_size {
-                    break;
-                }
-                bytes += n;
-                keep_from -= 1;
+        // Like the redb store: never write more than `max_size` in one update (the last
+        // blocks win); an older block under a skipped UIDL must not outlive it.
+        let mut keep_from = fresh.len();
+        let mut bytes = 0u64;
+        while keep_from > 0 {
+            let f = &fresh[keep_from - 1];
+            let n = (f.uidl.len() + f.headers.bytes.len() + 10) as u64;
+            if bytes + n > self.max_size {
+                break;
             }
-            let skipped: Vec<&[u8]> = fresh[..keep_from].iter().map(|f| f.uidl.as_bytes()).collect();
-            if gone.is_empty() && fresh.is_empty() {
-                return Ok(());
-            }
-            let mut p = redis::pipe();
-            for chunk in gone.chunks(1000).chain(skipped.chunks(1000)) {
-                p.cmd("HDEL").arg(&key).arg(chunk).ignore();
-            }
-            for chunk in fresh[keep_from..].chunks(1000) {
-                p.cmd("HSET").arg(&key);
-                for f in chunk {
-                    p.arg(f.uidl.as_bytes()).arg(encode(f.size, &f.headers));
-                }
-                p.ignore();
-            }
-            p.cmd("EXPIRE").arg(&key).arg(TTL.as_secs()).ignore();
-            r.query::<()>("header_update", &p).await?;
-            debug!(stored = fresh.len() - keep_from, gone = gone.len(), "header cache updated on redis");
-            Ok(())
-        });
+            bytes += n;
+            keep_from -= 1;
+        }
+        // One round trip: the script evicts the UIDLs not in `present`, deletes the skipped
+        // ones, writes the fresh blocks and renews the TTL, atomically.
+        let mut p = redis::pipe();
+        p.cmd("EVAL")
+            .arg(UPDATE_SCRIPT)
+            .arg(1)
+            .arg(&key)
+            .arg(TTL.as_secs())
+            .arg(present.len())
+            .arg(keep_from)
+            .arg(fresh.len() - keep_from);
+        for u in present {
+            p.arg(u.as_bytes());
+        }
+        for f in &fresh[..keep_from] {
+            p.arg(f.uidl.as_bytes());
+        }
+        for f in &fresh[keep_from..] {
+            p.arg(f.uidl.as_bytes()).arg(encode(f.size, &f.headers));
+        }
+        let done: Result<(u64,), super::redis::RedisError> = r.blocking(r.query("header_update", &p));
+        if let Ok((gone,)) = &done {
+            debug!(stored = fresh.len() - keep_from, gone, "header cache updated on redis");
+        }
         if let Err(e) = done {
             debug!(error = %e, "header cache update on redis failed; dropped (the next login reads those headers with TOP)");
         }
@@ -165,5 +194,9 @@ impl HeaderStore for RedisHeaderCache {
 
     fn location(&self) -> String {
         format!("redis {}", crate::config::redacted_url(&self.redis.settings().url))
+    }
+
+    fn one_call_per_login(&self) -> bool {
+        true
     }
 }

@@ -8,7 +8,12 @@
 //!   digest work the same;
 //! - `<prefix>:q:all`: sorted set of ids by quarantine time (`list`, `find` by prefix);
 //! - `<prefix>:q:user:<user>`: hash id → `<octets> <digest> <upstream>` (escaped), the
-//!   user's quota and the "already quarantined" digests in one `HGETALL`.
+//!   user's quota and the "already quarantined" digests in one `HGETALL`;
+//! - `<prefix>:q:owner`: hash id → the user's key part, so `remove` finds the user hash
+//!   from what was stored, not from the (cleaned, trimmed) `X-Popsift-User` field.
+//!
+//! `show` and `remove` of a full id read that one message (one `GET`); only an id that is
+//! not one (a prefix, as the CLI accepts) is looked for in the index, with `ZSCAN MATCH`.
 //!
 //! None of these keys has a TTL, so `maxmemory-policy volatile-lru` never evicts them.
 //!
@@ -69,7 +74,7 @@ impl RedisQuarantine {
         r.key("q:all")
     }
 
-    /// Every id, oldest first.
+    /// Every id, oldest first (for `list`).
     fn ids(&self) -> Result<Vec<(String, u64)>, QuarantineError> {
         let r = self.redis()?;
         let mut p = redis::pipe();
@@ -78,20 +83,64 @@ impl RedisQuarantine {
         Ok(ids.into_iter().map(|(id, t)| (id, t.max(0.0) as u64)).collect())
     }
 
-    /// The one id `id` names (exactly, or as a unique prefix).
-    fn find(&self, id: &str) -> Result<String, QuarantineError> {
+    fn owner_key(r: &Redis) -> String {
+        r.key("q:owner")
+    }
+
+    /// The one id `id` names: a unique prefix of a stored id, looked for with `ZSCAN MATCH`
+    /// (only when `id` is not itself a stored id, which the callers try first).
+    fn find_prefix(&self, id: &str) -> Result<String, QuarantineError> {
         if id.is_empty() {
             return Err(QuarantineError::NotFound(id.to_string()));
         }
-        let ids = self.ids()?;
-        if let Some((exact, _)) = ids.iter().find(|(i, _)| i == id) {
-            return Ok(exact.clone());
+        let r = self.redis()?;
+        let pattern = format!("{}*", glob_escape(id));
+        let mut found: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let mut p = redis::pipe();
+            p.cmd("ZSCAN").arg(Self::all_key(r)).arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+            let ((next, pairs),): ((u64, Vec<String>),) = r.blocking(r.query("quarantine", &p)).map_err(failed)?;
+            // ZSCAN answers member, score, member, score, ...
+            for m in pairs.into_iter().step_by(2) {
+                if m.starts_with(id) && !found.contains(&m) {
+                    found.push(m);
+                }
+            }
+            if found.len() > 1 {
+                break;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        let mut found: Vec<String> = ids.into_iter().map(|(i, _)| i).filter(|i| i.starts_with(id)).collect();
         match found.len() {
             1 => Ok(found.remove(0)),
             _ => Err(QuarantineError::NotFound(id.to_string())),
         }
+    }
+
+    /// The stored bytes of exactly `id`, `None` when there is no such message (one `GET`).
+    fn get(&self, id: &str) -> Result<Option<Vec<u8>>, QuarantineError> {
+        let r = self.redis()?;
+        let mut p = redis::pipe();
+        p.cmd("GET").arg(Self::msg_key(r, id));
+        let (got,): (Option<Vec<u8>>,) = r.blocking(r.query("quarantine", &p)).map_err(failed)?;
+        Ok(got)
+    }
+
+    /// The full id and stored bytes `id` names (an id, or a unique prefix of one).
+    fn lookup(&self, id: &str) -> Result<(String, Vec<u8>), QuarantineError> {
+        if id.is_empty() {
+            return Err(QuarantineError::NotFound(id.to_string()));
+        }
+        if let Some(bytes) = self.get(id)? {
+            return Ok((id.to_string(), bytes));
+        }
+        let full = self.find_prefix(id)?;
+        let bytes = self.get(&full)?.ok_or_else(|| QuarantineError::NotFound(id.to_string()))?;
+        Ok((full, bytes))
     }
 
     /// Writes a finished copy (see the module doc): durability check, then one transaction.
@@ -131,6 +180,11 @@ impl RedisQuarantine {
                 .arg(Self::user_key(r, user))
                 .arg(id)
                 .arg(format!("{} {digest} {}", stored.len(), key_part(upstream)))
+                .ignore()
+                .cmd("HSET")
+                .arg(Self::owner_key(r))
+                .arg(id)
+                .arg(key_part(user))
                 .ignore();
             r.query::<()>("quarantine", &p).await.map_err(failed)
         })?;
@@ -248,19 +302,20 @@ impl QuarantineStore for RedisQuarantine {
     }
 
     fn show(&self, id: &str) -> Result<Vec<u8>, QuarantineError> {
-        let r = self.redis()?;
-        let id = self.find(id)?;
-        let mut p = redis::pipe();
-        p.cmd("GET").arg(Self::msg_key(r, &id));
-        let (got,): (Option<Vec<u8>>,) = r.blocking(r.query("quarantine", &p)).map_err(failed)?;
-        got.ok_or(QuarantineError::NotFound(id))
+        self.lookup(id).map(|(_, bytes)| bytes)
     }
 
     fn remove(&self, id: &str) -> Result<(), QuarantineError> {
         let r = self.redis()?;
-        let id = self.find(id)?;
-        let stored = self.show(&id)?;
-        let user = header_value(&stored, "X-Popsift-User");
+        let (id, stored) = self.lookup(id)?;
+        let mut p = redis::pipe();
+        p.cmd("HGET").arg(Self::owner_key(r)).arg(&id);
+        let (owner,): (Option<String>,) = r.blocking(r.query("quarantine", &p)).map_err(failed)?;
+        // Copies made before the owner hash existed: the user from the stored field.
+        let user_key = match owner {
+            Some(part) => r.key(&format!("q:user:{part}")),
+            None => Self::user_key(r, &header_value(&stored, "X-Popsift-User")),
+        };
         let mut p = redis::pipe();
         p.atomic()
             .cmd("DEL")
@@ -271,7 +326,11 @@ impl QuarantineStore for RedisQuarantine {
             .arg(&id)
             .ignore()
             .cmd("HDEL")
-            .arg(Self::user_key(r, &user))
+            .arg(user_key)
+            .arg(&id)
+            .ignore()
+            .cmd("HDEL")
+            .arg(Self::owner_key(r))
             .arg(&id)
             .ignore();
         r.blocking(r.query::<()>("quarantine", &p)).map_err(failed)
@@ -279,5 +338,26 @@ impl QuarantineStore for RedisQuarantine {
 
     fn location(&self) -> String {
         self.location.clone()
+    }
+}
+
+/// `s` with Redis glob specials (`* ? [ ] \\`) escaped, for a literal `MATCH` prefix.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glob_specials_are_escaped() {
+        assert_eq!(super::glob_escape("a*b?[c]\\d"), "a\\*b\\?\\[c\\]\\\\d");
+        assert_eq!(super::glob_escape("1764.M1P2.host"), "1764.M1P2.host");
     }
 }

@@ -86,11 +86,11 @@ pub async fn start(config: Arc<Config>, rules: Arc<RulesHandle>) -> Result<Optio
         TcpListener::bind(settings.listen).await.map_err(|source| UiError::Bind { addr: settings.listen, source })?;
     let addr = listener.local_addr().map_err(|source| UiError::Bind { addr: settings.listen, source })?;
     let history = {
-        let (dir, s) = (config.state_dir.clone(), config.history);
-        tokio::task::spawn_blocking(move || history::shared(&dir, s)).await.ok().flatten()
+        let (dir, s, store) = (config.state_dir.clone(), config.history, config.store.clone());
+        tokio::task::spawn_blocking(move || history::shared(&dir, s, &store)).await.ok().flatten()
     };
     let ui = Arc::new(Ui {
-        quarantine: Quarantine::new(&config.quarantine.dir),
+        quarantine: Quarantine::for_config(&config),
         sessions: Sessions::new(settings.session_ttl),
         secure: tls.is_some(),
         settings,
@@ -515,8 +515,17 @@ async fn get(ui: &Arc<Ui>, s: &Session, path: &str, q: &HashMap<String, String>)
                 }
                 None => Vec::new(),
             };
-            let dir = ui.config.state_dir.clone();
+            let (dir, model_store) = (ui.config.state_dir.clone(), ui.config.store.clone());
             let trained = blocking(move || {
+                if model_store.redis.is_some() {
+                    // The shared model (Redis): its counts from one load.
+                    let store = crate::store::redis_model::open_for_reading(&dir, &model_store, Duration::from_secs(2))
+                        .map_err(|e| e.to_string())?;
+                    return store
+                        .map(|s| s.load().map(|m| (m.nspam(), m.nham(), m.token_count() as u64)))
+                        .transpose()
+                        .map_err(|e| e.to_string());
+                }
                 let store = crate::classify::store::RedbStore::open_existing(&dir, Duration::from_secs(2))
                     .map_err(|e| e.to_string())?;
                 store
@@ -579,11 +588,13 @@ async fn quarantined_of(ui: &Arc<Ui>, mailbox: &str, uidl: &str) -> Option<Liste
 /// store; the sessions' model handle picks the change up at its next poll.
 async fn train(ui: &Arc<Ui>, msg: Vec<u8>, spam: bool) -> Result<crate::classify::train::Outcome, String> {
     let (dir, settings, rules) = (ui.config.state_dir.clone(), ui.config.bayes.clone(), ui.rules.current());
+    let model_store = ui.config.store.clone();
     blocking(move || {
-        let store = crate::classify::store::RedbStore::open(&dir).map_err(|e| e.to_string())?;
+        // The configured model store: Redis with `store.backend: redis`, else the redb file.
+        let store = crate::store::redis_model::open_for_writing(&dir, &model_store).map_err(|e| e.to_string())?;
         let tokenizer = crate::classify::Tokenizer::new(settings.ignore_headers.iter().map(String::as_str));
         let mut trainer =
-            crate::classify::train::Trainer::new(&store, tokenizer, Some(rules)).map_err(|e| e.to_string())?;
+            crate::classify::train::Trainer::new(&*store, tokenizer, Some(rules)).map_err(|e| e.to_string())?;
         let o = trainer.train(&msg, spam);
         trainer.commit().map_err(|e| e.to_string())?;
         Ok(o)
