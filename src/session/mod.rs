@@ -30,6 +30,7 @@ pub mod capa;
 pub mod evaluated;
 #[doc(hidden)]
 pub mod invariants;
+pub mod login_pipeline;
 pub mod machine;
 pub mod phase;
 pub mod pipeline;
