@@ -442,8 +442,10 @@ impl Machine {
             }
             (State::AuthLogin, Input::UpstreamLine(r)) => self.login_reply(r),
             // Replies to the requests sent behind a refused PASS: never shown to the client.
-            // A server that closed instead has refused the login; the client has its `-ERR`.
-            (State::AuthDiscard(_), Input::UpstreamLineFailed) => State::Closed,
+            // A server that closed instead (Dovecot after `-ERR [IN-USE]`) has refused the
+            // login, nothing more: the client has its `-ERR`, and meets the closed upstream
+            // at its next command as it would have without the requests (QUIT: `+OK`).
+            (State::AuthDiscard(_), Input::UpstreamLineFailed) => State::AuthIdle,
             (State::AuthDiscard(d), Input::UpstreamLine(r)) => self.discarded(d.status(is_ok(&r))),
             (State::AuthDiscard(d), Input::UpstreamBody(_)) => self.discarded(d.body_read()),
             (State::SaslReply, Input::UpstreamLine(r)) => {
@@ -1291,19 +1293,24 @@ mod tests {
     }
 
     #[test]
-    fn a_server_that_closes_after_a_refused_pipelined_pass_ends_the_session_quietly() {
+    fn a_server_that_closes_after_a_refused_pipelined_pass_is_a_refused_login() {
         let mut s = Sim::new(settings());
         s.connect(&["PIPELINING"]);
         s.c("USER bob");
         s.s("+OK");
-        s.c("PASS wrong");
-        s.s("-ERR [AUTH] nope");
+        s.c("PASS secret");
+        s.s("-ERR [IN-USE] Mailbox is locked by another POP3 session.");
         s.take_client();
         assert!(matches!(s.run(), Need::UpstreamLine { lenient: true, .. }));
         s.feed(Input::UpstreamLineFailed);
         assert_eq!(s.take_client(), "");
+        assert!(s.m.awaiting_auth_command() && s.m.stats.auth_failed);
+        // QUIT in AUTHORIZATION, upstream gone: answered as without the requests.
+        s.c("QUIT");
+        assert!(matches!(s.run(), Need::UpstreamLine { lenient: true, .. }));
+        s.feed(Input::UpstreamLineFailed);
+        assert_eq!(s.take_client(), "+OK bye\r\n");
         assert!(matches!(s.m.next_action(), Action::Close));
-        assert!(s.m.stats.auth_failed);
     }
 
     #[test]
