@@ -174,3 +174,31 @@ fn dovecot_lock_in_use_is_relayed() {
     assert!(first.command("QUIT").starts_with("+OK"));
     assert_eq!(d.mailbox("alice").len(), all.len());
 }
+
+/// Issue 16: with Dovecot advertising PIPELINING before login, popsift sends the scan's
+/// STAT, LIST, CAPA and UIDL behind PASS. A wrong password: the client sees Dovecot's `-ERR`
+/// and nothing of the replies behind it (the next reply is its USER's, not a leftover
+/// `-ERR Unknown command.`); the connection stays usable (Dovecot closes after three
+/// invalid commands in a row: CAPA keeps them apart), the right password then logs in and
+/// the mailbox is complete; the failed login is logged once.
+#[test]
+fn wrong_password_with_the_scan_pipelined_behind_pass() {
+    let (d, all) = Dovecot::start_with_test_mailbox();
+    let (user, pass) = alice(&d);
+    let rules = spam_rules("hide");
+    let p = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), tls: "none", rules: &rules, ..Default::default() });
+    let mut c = RawPop::connect(&p.addr);
+    assert!(c.command(&format!("USER {user}")).starts_with("+OK"));
+    let refused = c.command("PASS wrong-password");
+    assert!(refused.starts_with("-ERR [AUTH]"), "{refused}");
+    assert_eq!(c.command(&format!("USER {user}")), "+OK", "the reply to USER, nothing left over");
+    assert!(c.command(&format!("PASS {pass}")).starts_with("+OK"));
+    let stat = c.command("STAT");
+    assert_eq!(stat.split(' ').nth(1), Some(ham(&all).len().to_string().as_str()), "{stat}");
+    assert!(c.command("QUIT").starts_with("+OK"));
+    p.wait_sessions_finished(1);
+    let log = p.log();
+    assert_eq!(log.matches("login failed:").count(), 1, "{log}");
+    assert!(!log.contains("wrong-password") && !log.contains(&pass), "passwords are never logged");
+    assert!(!log.contains("Unknown command"), "{log}");
+}

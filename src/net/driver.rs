@@ -423,7 +423,7 @@ impl Session<'_> {
             }
             // Boxed (issue 16): the scan's state lives on the heap only while it runs,
             // instead of enlarging the future an idle session keeps for its whole life.
-            Need::Scan { pipelining } => return Box::pin(self.scan(pipelining, m)).await,
+            Need::Scan { pipelining, requested } => return Box::pin(self.scan(pipelining, requested, m)).await,
             Need::Evaluate(outcome) => {
                 let up = connected(&mut self.up)?;
                 if self.scan.is_none() {
@@ -454,12 +454,12 @@ impl Session<'_> {
     /// The login scan's reads. The login `+OK` may be due meanwhile (see the module doc):
     /// then the machine is ticked and its client-side actions performed while the scan
     /// goes on (only the client is touched; the scan owns the upstream).
-    async fn scan(&mut self, pipelining: bool, m: &mut Machine) -> Result<Input, SessionError> {
+    async fn scan(&mut self, pipelining: bool, requested: bool, m: &mut Machine) -> Result<Input, SessionError> {
         let ctx = self.ctx;
         let scan = LoginScan::start(ctx, self.target.as_ref(), m.login_user()).await;
         let outcome = {
             let up = connected(&mut self.up)?;
-            let scanning = scan.list(up, ctx, pipelining);
+            let scanning = scan.list(up, ctx, pipelining, requested);
             tokio::pin!(scanning);
             loop {
                 let Some(wake) = m.wake_at() else { break scanning.await? };

@@ -67,6 +67,8 @@ use crate::store::verdict_memo::MailboxMemo;
 
 /// Cap on LIST and UIDL replies (a 100,000-message mailbox needs about 4 MiB of UIDL).
 const MAX_LISTING: usize = 64 * 1024 * 1024;
+/// Cap on the CAPA reply read and dropped after a pipelined login.
+const MAX_CAPA_REPLY: usize = 64 * 1024;
 
 /// What the scan evaluates each header block with, batch by batch (see the module doc).
 #[derive(Clone)]
@@ -140,23 +142,35 @@ async fn stat_reply(conn: &mut Conn<Stream>, t: &Timeouts) -> Result<Option<(u64
     }
 }
 
+/// How the scan's first requests go out.
+#[derive(Debug, Clone, Copy)]
+pub struct Requests {
+    /// The upstream pipelines (and `scan.pipelining` allows it).
+    pub pipelining: bool,
+    /// STAT, LIST, CAPA and UIDL already went out behind PASS
+    /// ([`crate::session::login_pipeline`]): only their replies are read.
+    pub requested: bool,
+}
+
 pub async fn scan(
     conn: &mut Conn<Stream>,
-    pipelining: bool,
+    requests: Requests,
     settings: &ScanSettings,
     t: &Timeouts,
     cache: Option<CacheUse<'_>>,
     eval: &Evaluator,
 ) -> Result<ScanOutcome, SessionError> {
+    let Requests { pipelining, requested } = requests;
     // STAT first: its count and size must agree with LIST (RFC 1939 §5), else the listing
     // is not the mailbox the server will act on, and nothing may be deleted by it.
-    if pipelining {
-        conn.write_all(b"STAT\r\nLIST\r\nUIDL\r\n", t.upstream_reply, Phase::Scan).await?;
-    } else {
-        conn.write_all(b"STAT\r\n", t.upstream_reply, Phase::Scan).await?;
+    // Sent behind PASS already, or all three at once, or one at a time.
+    let ahead = pipelining || requested;
+    if !requested {
+        let first: &[u8] = if pipelining { b"STAT\r\nLIST\r\nUIDL\r\n" } else { b"STAT\r\n" };
+        conn.write_all(first, t.upstream_reply, Phase::Scan).await?;
     }
     let stat = stat_reply(conn, t).await?;
-    if !pipelining {
+    if !ahead {
         conn.write_all(b"LIST\r\n", t.upstream_reply, Phase::Scan).await?;
     }
     if status(conn, t).await? != StatusKind::Ok {
@@ -167,7 +181,13 @@ pub async fn scan(
     if let Some((count, size)) = stat {
         check_stat(count, size, &list).map_err(|e| SessionError::invalid_reply(Phase::Scan, "stat", e))?;
     }
-    if !pipelining {
+    if requested {
+        // The CAPA sent behind PASS (only to keep invalid commands apart, see
+        // `session::login_pipeline`): its reply is dropped.
+        if status(conn, t).await? == StatusKind::Ok {
+            conn.read_multiline(MAX_CAPA_REPLY, t, Phase::Scan).await?;
+        }
+    } else if !pipelining {
         conn.write_all(b"UIDL\r\n", t.upstream_reply, Phase::Scan).await?;
     }
     let mut uidls: HashMap<u32, Arc<str>> = HashMap::new();
@@ -514,6 +534,7 @@ impl LoginScan {
         up: &mut Conn<Stream>,
         ctx: &SessionContext,
         pipelining: bool,
+        requested: bool,
     ) -> Result<ScanOutcome, SessionError> {
         let cfg = &ctx.config;
         let cache = match (&ctx.cache, &self.scope) {
@@ -524,7 +545,7 @@ impl LoginScan {
             _ => None,
         };
         let eval = Evaluator { rules: self.rules.clone(), model: self.model.clone(), tag: cfg.tag.clone() };
-        let outcome = scan(up, pipelining, &cfg.scan, &cfg.timeouts, cache, &eval).await?;
+        let outcome = scan(up, Requests { pipelining, requested }, &cfg.scan, &cfg.timeouts, cache, &eval).await?;
         tracing::debug!(
             messages = outcome.items.len(),
             cache_hits = outcome.cache_hits,

@@ -41,6 +41,7 @@ use crate::pop3::status::{Status, StatusKind};
 use crate::session::auth::{Authorization, SaslStep, INVALID_SASL_NAME};
 use crate::session::capa::{self, Known};
 use crate::session::gate::{self, Gate, LoginFailure, STLS_OK, THROTTLED};
+use crate::session::login_pipeline;
 use crate::session::phase::Phase;
 use crate::session::pipeline::{dele_batches, Pipeline, Step};
 use crate::session::plan::{err, AuthPlan};
@@ -174,7 +175,9 @@ pub enum Need {
     /// A multi-line body (CAPA) → [`Input::UpstreamBody`].
     UpstreamBody { phase: Phase },
     /// LIST, UIDL and TOP (or the header cache) for every message → [`Input::Listed`].
-    Scan { pipelining: bool },
+    /// `requested`: STAT, LIST, CAPA and UIDL went out behind PASS
+    /// ([`crate::session::login_pipeline`]): their replies follow, read them first.
+    Scan { pipelining: bool, requested: bool },
     /// Evaluate the scan's items into entries → [`Input::Evaluated`].
     Evaluate(Box<ScanOutcome>),
     /// Open the quarantine folder of the login's user (its usage, for the quota) →
@@ -254,6 +257,8 @@ enum State {
     AuthMultiline,
     /// PASS / APOP sent.
     AuthLogin,
+    /// A refused PASS had the scan's requests behind it: their replies are read and dropped.
+    AuthDiscard(login_pipeline::Discard),
     /// A SASL exchange runs: the upstream's next reply.
     SaslReply,
     /// A SASL challenge was relayed: the client's response.
@@ -340,6 +345,9 @@ pub struct Machine {
     /// The upstream's `+OK` to the login (with CRLF), not yet sent unless `login_answered`.
     login_reply: Vec<u8>,
     login_answered: bool,
+    /// The scan's first requests went out behind the PASS now outstanding (see
+    /// [`crate::session::login_pipeline`]).
+    login_requested: bool,
     /// When the login `+OK` is due even though the scan still runs.
     answer_at: Option<Instant>,
     entries: Vec<Entry>,
@@ -380,6 +388,7 @@ impl Machine {
             logged_as: None,
             login_reply: Vec::new(),
             login_answered: false,
+            login_requested: false,
             answer_at: None,
             entries: Vec::new(),
             candidates: Vec::new(),
@@ -418,7 +427,11 @@ impl Machine {
             }
             State::SaslCancel => Need::UpstreamLine { phase: Phase::Login, lenient: false },
             State::AuthQuit | State::Refusing => Need::UpstreamLine { phase: Phase::Update, lenient: true },
-            State::Scanning => Need::Scan { pipelining: self.scan_pipelining() },
+            State::Scanning => Need::Scan { pipelining: self.scan_pipelining(), requested: self.login_requested },
+            State::AuthDiscard(d) => match d.due() {
+                login_pipeline::Due::Body => Need::UpstreamBody { phase: Phase::Login },
+                _ => Need::UpstreamLine { phase: Phase::Login, lenient: true },
+            },
             State::Evaluating | State::QuarantineFolder | State::Quarantining => {
                 // These needs carry data and were returned once, when the state was entered.
                 return Action::Need(Need::Pending);
@@ -481,6 +494,7 @@ impl Machine {
                 | State::RouteConnecting(_)
                 | State::SaslLocal(_)
                 | State::SaslIntro(_)
+                | State::AuthDiscard(_)
         )
     }
 
@@ -573,6 +587,13 @@ impl Machine {
                 State::AuthIdle
             }
             (State::AuthLogin, Input::UpstreamLine(r)) => self.login_reply(r),
+            // Replies to the requests sent behind a refused PASS: never shown to the client.
+            // A server that closed instead (Dovecot after `-ERR [IN-USE]`) has refused the
+            // login, nothing more: the client has its `-ERR`, and meets the closed upstream
+            // at its next command as it would have without the requests (QUIT: `+OK`).
+            (State::AuthDiscard(_), Input::UpstreamLineFailed) => State::AuthIdle,
+            (State::AuthDiscard(d), Input::UpstreamLine(r)) => self.discarded(d.status(is_ok(&r))),
+            (State::AuthDiscard(d), Input::UpstreamBody(_)) => self.discarded(d.body_read()),
             (State::SaslReply, Input::UpstreamLine(r)) => {
                 if Status::parse(&r).is_some_and(|s| s.kind == StatusKind::Continue) {
                     // RFC 5034 §4: relay the challenge, then the client's response line
@@ -786,7 +807,13 @@ impl Machine {
                 self.up(l, Phase::Login);
                 State::AuthMultiline
             }
-            AuthPlan::Login(l) => {
+            AuthPlan::Login(mut l) => {
+                // Issue 16: the scan's first requests ride along with PASS when the server
+                // pipelines (see `session::login_pipeline`).
+                self.login_requested = self.scan_pipelining() && login_pipeline::is_pass(&l);
+                if self.login_requested {
+                    l.extend_from_slice(login_pipeline::REQUESTS);
+                }
                 self.up(l, Phase::Login);
                 State::AuthLogin
             }
@@ -1033,12 +1060,24 @@ impl Machine {
             self.stats.auth_failed = true;
             self.emit(Action::LoginRefused(r.clone()));
             self.reply(r);
+            if std::mem::take(&mut self.login_requested) {
+                return State::AuthDiscard(login_pipeline::Discard::new());
+            }
             return State::AuthIdle;
         }
         self.stats.logged_in = true;
         self.login_reply = r;
         self.answer_at = self.settings.early_answer_after.map(|d| self.now + d);
         State::Scanning
+    }
+
+    /// After one reply to the requests behind a refused PASS was dropped: the next, or back
+    /// to AUTHORIZATION.
+    fn discarded(&mut self, d: login_pipeline::Discard) -> State {
+        match d.due() {
+            login_pipeline::Due::Done => State::AuthIdle,
+            _ => State::AuthDiscard(d),
+        }
     }
 
     /// Sends the login `+OK` now if the scan has run past `scan.early_answer_after`.
@@ -1375,9 +1414,14 @@ mod tests {
             self.s("+OK");
             assert_eq!(self.take_client(), "+OK\r\n");
             self.c("PASS secret");
-            assert_eq!(self.take_upstream(), "PASS secret\r\n");
+            let sent = self.take_upstream();
+            // Issue 16: with a pipelining server the scan's requests ride along.
+            let requested = self.m.scan_pipelining();
+            let tail =
+                if requested { String::from_utf8_lossy(login_pipeline::REQUESTS).into_owned() } else { String::new() };
+            assert_eq!(sent, format!("PASS secret\r\n{tail}"));
             self.s("+OK logged in");
-            assert!(matches!(self.run(), Need::Scan { .. }));
+            assert!(matches!(self.run(), Need::Scan { requested: r, .. } if r == requested));
         }
 
         /// The scan found `entries`; quarantine copies end as `copies` says, in order.
@@ -1600,6 +1644,93 @@ mod tests {
         assert_eq!(s.take_client(), "+OK bye\r\n");
         assert!(matches!(s.m.next_action(), Action::Close));
         assert!(!s.take_upstream().contains("DELE"));
+    }
+
+    #[test]
+    fn a_pipelining_server_gets_the_scan_requests_behind_pass() {
+        let mut s = Sim::new(settings());
+        s.connect(&["PIPELINING", "TOP", "UIDL"]);
+        s.c("USER alice");
+        s.s("+OK");
+        s.take_upstream();
+        s.c("PASS secret");
+        assert_eq!(s.take_upstream(), "PASS secret\r\nSTAT\r\nLIST\r\nCAPA\r\nUIDL\r\n", "one write");
+        s.s("+OK logged in");
+        assert!(matches!(s.run(), Need::Scan { pipelining: true, requested: true }));
+    }
+
+    #[test]
+    fn without_pipelining_or_with_apop_pass_goes_alone() {
+        let mut off = settings();
+        off.scan_pipelining = false;
+        for (settings, caps, login) in [
+            (off, &["PIPELINING"][..], "PASS secret"),
+            (settings(), &[][..], "PASS secret"),
+            (settings(), &["PIPELINING"][..], "APOP alice 0123456789abcdef0123456789abcdef"),
+        ] {
+            let mut s = Sim::new(settings);
+            s.connect(caps);
+            if login.starts_with("PASS") {
+                s.c("USER alice");
+                s.s("+OK");
+                s.take_upstream();
+            }
+            s.c(login);
+            assert_eq!(s.take_upstream(), format!("{login}\r\n"));
+            s.s("+OK");
+            assert!(matches!(s.run(), Need::Scan { requested: false, .. }), "{login}");
+        }
+    }
+
+    #[test]
+    fn a_refused_pipelined_pass_drops_the_replies_behind_it() {
+        let mut s = Sim::new(settings());
+        s.connect(&["PIPELINING"]);
+        s.c("USER bob");
+        s.s("+OK");
+        s.c("PASS wrong");
+        assert_eq!(s.take_upstream(), "USER bob\r\nPASS wrong\r\nSTAT\r\nLIST\r\nCAPA\r\nUIDL\r\n");
+        s.s("-ERR [AUTH] nope");
+        assert_eq!(s.take_client(), "+OK\r\n-ERR [AUTH] nope\r\n");
+        assert!(s.m.stats.auth_failed && !s.m.stats.logged_in);
+        // STAT and LIST refused, CAPA answered (valid before login), UIDL refused.
+        s.s("-ERR Unknown command.");
+        s.s("-ERR Unknown command.");
+        s.s("+OK");
+        assert!(matches!(s.run(), Need::UpstreamBody { .. }));
+        s.feed(Input::UpstreamBody(b"TOP\r\nPIPELINING\r\n".to_vec()));
+        s.s("-ERR Unknown command.");
+        assert_eq!(s.take_client(), "", "nothing of them reaches the client");
+        assert!(s.m.awaiting_auth_command());
+        // The client may try again on the same connection.
+        s.c("USER bob");
+        assert_eq!(s.take_upstream(), "USER bob\r\n");
+        s.s("+OK");
+        s.c("PASS right");
+        assert_eq!(s.take_upstream(), "PASS right\r\nSTAT\r\nLIST\r\nCAPA\r\nUIDL\r\n");
+        s.s("+OK");
+        assert!(matches!(s.run(), Need::Scan { requested: true, .. }));
+    }
+
+    #[test]
+    fn a_server_that_closes_after_a_refused_pipelined_pass_is_a_refused_login() {
+        let mut s = Sim::new(settings());
+        s.connect(&["PIPELINING"]);
+        s.c("USER bob");
+        s.s("+OK");
+        s.c("PASS secret");
+        s.s("-ERR [IN-USE] Mailbox is locked by another POP3 session.");
+        s.take_client();
+        assert!(matches!(s.run(), Need::UpstreamLine { lenient: true, .. }));
+        s.feed(Input::UpstreamLineFailed);
+        assert_eq!(s.take_client(), "");
+        assert!(s.m.awaiting_auth_command() && s.m.stats.auth_failed);
+        // QUIT in AUTHORIZATION, upstream gone: answered as without the requests.
+        s.c("QUIT");
+        assert!(matches!(s.run(), Need::UpstreamLine { lenient: true, .. }));
+        s.feed(Input::UpstreamLineFailed);
+        assert_eq!(s.take_client(), "+OK bye\r\n");
+        assert!(matches!(s.m.next_action(), Action::Close));
     }
 
     #[test]

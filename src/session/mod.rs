@@ -35,6 +35,7 @@ pub mod evaluated;
 pub mod gate;
 #[doc(hidden)]
 pub mod invariants;
+pub mod login_pipeline;
 pub mod machine;
 pub mod phase;
 pub mod pipeline;
