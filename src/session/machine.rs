@@ -1701,7 +1701,7 @@ mod tests {
         s.feed(Input::UpstreamBody(b"TOP\r\nPIPELINING\r\n".to_vec()));
         s.s("-ERR Unknown command.");
         assert_eq!(s.take_client(), "", "nothing of them reaches the client");
-        assert!(s.m.awaiting_auth_command());
+        assert!(matches!(s.m.state, State::AuthIdle));
         // The client may try again on the same connection.
         s.c("USER bob");
         assert_eq!(s.take_upstream(), "USER bob\r\n");
@@ -1724,7 +1724,7 @@ mod tests {
         assert!(matches!(s.run(), Need::UpstreamLine { lenient: true, .. }));
         s.feed(Input::UpstreamLineFailed);
         assert_eq!(s.take_client(), "");
-        assert!(s.m.awaiting_auth_command() && s.m.stats.auth_failed);
+        assert!(matches!(s.m.state, State::AuthIdle) && s.m.stats.auth_failed);
         // QUIT in AUTHORIZATION, upstream gone: answered as without the requests.
         s.c("QUIT");
         assert!(matches!(s.run(), Need::UpstreamLine { lenient: true, .. }));
