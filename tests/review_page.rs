@@ -247,6 +247,8 @@ fn review_page_over_http_isolation_csrf_release_and_escaping() {
         "{detail}"
     );
     assert!(detail.contains("Message-ID: &lt;s1.alice@spam.example&gt;"), "{detail}");
+    // What the rule matched, recorded at login: the header it read and the span.
+    assert!(detail.contains("from:addr: </span>deals1<mark>@spam.example</mark>"), "{detail}");
     // Bob cannot open alice's decision by its address.
     assert_eq!(b_get_after_login(&s, &link).0, 404);
 

@@ -24,6 +24,9 @@ pub struct About {
     pub from: Box<str>,
     pub subject: Box<str>,
     pub bayes: Option<f64>,
+    /// What each fired rule matched (see [`crate::rules::explain`]); empty when no rule
+    /// fired or the history is off.
+    pub matched: Box<[crate::rules::explain::Matched]>,
 }
 
 /// Longest From or Subject kept in an [`About`], in characters.

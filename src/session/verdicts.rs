@@ -167,7 +167,18 @@ pub fn evaluate(
     let headers = crate::rules::Headers::parse(&h.bytes);
     let (verdict, bayes) = rules.evaluate_headers_with_model(&headers, size, model);
     crate::classify::autolearn::offer(learn, &h.bytes, h.truncated, &verdict);
-    let about = About { from: cut(headers.get("from")), subject: cut(headers.get("subject")), bayes };
+    // Only the decision history reads `about` beyond the probability: without it, nothing
+    // is copied or explained.
+    let about = if crate::rules::explain::enabled() {
+        let matched = if verdict.rules.is_empty() {
+            Box::default()
+        } else {
+            crate::rules::explain::explain(rules, &headers, size, &verdict.rules, bayes).into()
+        };
+        About { from: cut(headers.get("from")), subject: cut(headers.get("subject")), bayes, matched }
+    } else {
+        About { bayes, ..About::default() }
+    };
     // A capped header block cannot be rewritten exactly: such a message is left as is.
     let rewrite = if h.truncated {
         None

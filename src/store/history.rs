@@ -105,6 +105,10 @@ pub struct Decision {
     pub disposition: String,
     pub dry_run: bool,
     pub spam: bool,
+    /// What each fired rule matched, bounded (see [`crate::rules::explain`]). Absent in
+    /// records written before it was kept.
+    #[serde(default)]
+    pub matched: Vec<crate::rules::explain::Matched>,
 }
 
 impl Decision {
@@ -543,6 +547,7 @@ pub fn login_decisions(
                 .to_string(),
                 dry_run,
                 spam: v.spam,
+                matched: ev.about.matched.to_vec(),
             })
         })
         .collect()
@@ -725,6 +730,8 @@ pub fn shared(state_dir: &Path, settings: HistorySettings) -> Option<Arc<Recorde
     }
     match RedbHistory::open(state_dir, settings) {
         Ok(h) => {
+            // Sessions now explain their verdicts for the history (`rules::explain`).
+            crate::rules::explain::set_enabled(true);
             let r = Recorder::start(Arc::new(h));
             open.insert(key, Arc::downgrade(&r));
             Some(r)

@@ -14,6 +14,7 @@ td,th{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-al
 .spam{color:#a00}.ham{color:#070}form.inline{display:inline}button{font:inherit;padding:.2em .6em}\
 .msg{background:#fff;border:1px solid #ddd;padding:1em;white-space:pre-wrap;overflow-x:auto}\
 .err{background:#fee;border:1px solid #c00;padding:.5em}.ok{background:#efe;border:1px solid #0a0;padding:.5em}\
+.hdr{color:#555;font-family:monospace}td.matched{font-family:monospace;word-break:break-word}\
 input[type=text],input[type=search],input[type=password],select{font:inherit;max-width:100%}";
 
 /// The page frame. `who` is shown with a log-out button when logged in.
@@ -186,13 +187,19 @@ pub fn decision(seq: u64, d: &Decision, rules: &[RuleLine], held: Option<&str>, 
         @if !rules.is_empty() {
             h2 { "Why" }
             table {
-                thead { tr { th { "Rule" } th { "Score" } th { "Action" } th { "Description" } } }
+                thead { tr { th { "Rule" } th { "Score" } th { "Action" } th { "Matched" } th { "Description" } } }
                 tbody {
                     @for r in rules {
                         tr {
                             td { (r.id) }
                             td { @if let Some(sc) = r.score { (format!("{sc:+.1}")) } }
                             td { (r.action.as_deref().unwrap_or("")) }
+                            td.matched {
+                                @if let Some(m) = d.matched.iter().find(|m| m.rule == r.id) {
+                                    @if !m.header.is_empty() { span.hdr { (m.header) ": " } }
+                                    (m.before) @if !m.found.is_empty() { mark { (m.found) } } (m.after)
+                                }
+                            }
                             td { (r.describe.as_deref().unwrap_or("")) }
                         }
                     }

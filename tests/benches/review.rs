@@ -44,6 +44,20 @@ fn decision(i: usize, now: u64) -> Decision {
         disposition: if i % 3 == 0 { "condemned".into() } else { "visible".into() },
         dry_run: false,
         spam: i % 3 == 0,
+        matched: if i % 3 == 0 {
+            ["SPAM_DOMAIN", "LOTTERY"]
+                .iter()
+                .map(|r| popsift::rules::explain::Matched {
+                    rule: r.to_string(),
+                    header: "subject".into(),
+                    before: "Subject line number ".into(),
+                    found: "quarterly results".into(),
+                    after: " and more".into(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -69,6 +83,7 @@ fn entries(n: usize) -> Vec<Entry> {
                     from: format!("Sender {i} <s{i}@example.org>").into(),
                     subject: format!("Message {i} about something").into(),
                     bayes: None,
+                    matched: Box::default(),
                 },
             })),
             released: None,
