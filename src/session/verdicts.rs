@@ -175,7 +175,14 @@ pub fn evaluate(
         } else {
             crate::rules::explain::explain(rules, &headers, size, &verdict.rules, bayes).into()
         };
-        About { from: cut(headers.get("from")), subject: cut(headers.get("subject")), bayes, matched }
+        let clues = match (model, bayes) {
+            (Some(m), Some(_)) => {
+                let fired: Vec<&str> = verdict.rules.iter().map(|r| &**r).collect();
+                crate::classify::explain::weighed_most(m, &headers, &fired).into()
+            }
+            _ => Box::default(),
+        };
+        About { from: cut(headers.get("from")), subject: cut(headers.get("subject")), bayes, matched, clues }
     } else {
         About { bayes, ..About::default() }
     };

@@ -109,6 +109,9 @@ pub struct Decision {
     /// records written before it was kept.
     #[serde(default)]
     pub matched: Vec<crate::rules::explain::Matched>,
+    /// The tokens that weighed most in `bayes` (see [`crate::classify::explain`]).
+    #[serde(default)]
+    pub clues: Vec<crate::classify::explain::Clue>,
 }
 
 impl Decision {
@@ -548,6 +551,7 @@ pub fn login_decisions(
                 dry_run,
                 spam: v.spam,
                 matched: ev.about.matched.to_vec(),
+                clues: ev.about.clues.to_vec(),
             })
         })
         .collect()

@@ -792,6 +792,30 @@ mod tests {
     }
 
     #[test]
+    fn detail_shows_matched_text_and_clues_escaped() {
+        let d = Decision {
+            mailbox: "u\u{1f}h:110".into(),
+            rules: vec!["R1".into()],
+            bayes: Some(0.97),
+            matched: vec![crate::rules::explain::Matched {
+                rule: "R1".into(),
+                header: "subject".into(),
+                before: "a <b> ".into(),
+                found: "<i>x</i>".into(),
+                after: " c".into(),
+            }],
+            clues: vec![crate::classify::explain::Clue { token: "<tok>".into(), probability: 0.99, spam: 7, ham: 0 }],
+            ..Decision::default()
+        };
+        let lines =
+            [pages::RuleLine { id: "R1".into(), score: Some(2.0), action: None, describe: Some("<d>".into()) }];
+        let page = pages::decision(1, &d, &lines, None, "tok").into_string();
+        assert!(page.contains("subject: </span>a &lt;b&gt; <mark>&lt;i&gt;x&lt;/i&gt;</mark> c"), "{page}");
+        assert!(page.contains("&lt;tok&gt;") && page.contains("0.990") && !page.contains("<tok>"), "{page}");
+        assert!(!page.contains("<i>") && !page.contains("<d>"));
+    }
+
+    #[test]
     fn subjects_are_escaped() {
         let d = Decision {
             subject: "<script>alert(1)</script>".into(),

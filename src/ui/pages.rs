@@ -206,6 +206,23 @@ pub fn decision(seq: u64, d: &Decision, rules: &[RuleLine], held: Option<&str>, 
                 }
             }
         }
+        @if !d.clues.is_empty() {
+            h2 { "Classifier: the tokens that weighed most" }
+            table {
+                thead { tr { th { "Token" } th { "Spam probability" } th { "Towards" } th { "Trained spam" } th { "Trained ham" } } }
+                tbody {
+                    @for c in &d.clues {
+                        tr class=(if c.probability >= 0.5 { "spam" } else { "ham" }) {
+                            td.matched { (c.token) }
+                            td { (format!("{:.3}", c.probability)) }
+                            td { @if c.probability >= 0.5 { "spam" } @else { "not spam" } " (" (format!("{:+.1}", c.log_odds())) ")" }
+                            td { (c.spam) }
+                            td { (c.ham) }
+                        }
+                    }
+                }
+            }
+        }
         @if let Some(h) = held {
             h2 { "Headers as the server held them" }
             pre.msg { (h) }

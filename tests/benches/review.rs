@@ -58,6 +58,7 @@ fn decision(i: usize, now: u64) -> Decision {
         } else {
             Vec::new()
         },
+        clues: Vec::new(),
     }
 }
 
@@ -84,6 +85,7 @@ fn entries(n: usize) -> Vec<Entry> {
                     subject: format!("Message {i} about something").into(),
                     bayes: None,
                     matched: Box::default(),
+                    clues: Box::default(),
                 },
             })),
             released: None,
