@@ -379,6 +379,63 @@ fn not_spam_on_a_hidden_message_shows_it_from_the_next_login() {
     assert!(stats.contains("SPAM_DOMAIN") && stats.contains("Trained on 1 spam and 1 ham"), "{stats}");
 }
 
+/// The `Not spam` form of the decision whose row mentions `text`: (mb, seq).
+fn decision_form(a: &Browser, text: &str) -> (String, String) {
+    let (_, page) = a.get(&format!("/decisions?{}", enc(&[("q", text)])));
+    let row = page
+        .split("<tr")
+        .find(|r| r.contains(text) && r.contains("name=\"mb\""))
+        .unwrap_or_else(|| panic!("no row for {text}: {page}"));
+    (attr_after(row, "name=\"mb\" value=\"").unwrap(), attr_after(row, "name=\"seq\" value=\"").unwrap())
+}
+
+#[test]
+fn not_spam_with_the_allowlist_box_lets_the_sender_through_from_the_next_login() {
+    let s = setup("");
+    assert_eq!(scan(&s, "alice", &PoplibOpts::default()).messages.len(), 1);
+    let a = Browser::login(&s.ui, "alice", s.d.password("alice"));
+    wait_until(Duration::from_secs(20), "alice's decisions", || a.get("/decisions").1.contains("Cheap pills"));
+    let (mb, seq) = decision_form(&a, "Cheap pills");
+    let (status, body) = a.post("/notspam", &[("csrf", &a.csrf()), ("mb", &mb), ("seq", &seq), ("allow", "1")]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("is released") && body.contains("deals1@spam.example is on your allowlist"), "{body}");
+    // The list file on disk: the address under a comment line.
+    let list = s.p.dir.path().join("rules/users/alice@127.0.0.1/allowlist.txt");
+    let text = std::fs::read_to_string(&list).unwrap_or_else(|e| panic!("{}: {e}", list.display()));
+    assert!(text.starts_with('#') && text.lines().any(|l| l == "deals1@spam.example"), "{text}");
+    // Twice: said so, nothing added.
+    let (_, again) = a.post("/notspam", &[("csrf", &a.csrf()), ("mb", &mb), ("seq", &seq), ("allow", "1")]);
+    assert!(again.contains("no longer in the quarantine") || again.contains("already on your allowlist"), "{again}");
+    assert_eq!(std::fs::read_to_string(&list).unwrap().matches("deals1@spam.example").count(), 1);
+
+    // A NEW message from that sender: the rules would quarantine it, the allowlist (hot
+    // reloaded at the next login) lets it through unfiltered.
+    let new = format!(
+        "From: Offers <deals1@spam.example>\r\nTo: alice@example.org\r\nSubject: Another offer\r\nMessage-ID: <new.alice@spam.example>\r\n\r\nHello again.\r\n"
+    );
+    s.d.deliver("alice", "1009.popsift-test-new", new.as_bytes());
+    let got = scan(&s, "alice", &PoplibOpts::default());
+    assert!(
+        got.messages.contains(&expected_wire_form(new.as_bytes())),
+        "the new message is shown as sent: {:?}",
+        got.uidl
+    );
+    // Another sender of that domain is still caught.
+    assert!(s.d.mailbox("alice").len() >= 2, "nothing of alice's was deleted by the allowed login");
+    // The `<script>` spam (deals2@) is still quarantined, not shown.
+    assert!(!got.messages.iter().any(|m| String::from_utf8_lossy(m).contains("alert(1)")));
+
+    // A mailbox server without per-mailbox rules: a clear message, the release still done.
+    drop(a);
+    let s2 = setup("rules_per_user:\n  enabled: false\n");
+    scan(&s2, "alice", &PoplibOpts::default());
+    let a2 = Browser::login(&s2.ui, "alice", s2.d.password("alice"));
+    wait_until(Duration::from_secs(20), "alice's decisions", || a2.get("/decisions").1.contains("Cheap pills"));
+    let (mb, seq) = decision_form(&a2, "Cheap pills");
+    let (status, body) = a2.post("/notspam", &[("csrf", &a2.csrf()), ("mb", &mb), ("seq", &seq), ("allow", "1")]);
+    assert!(status == 200 && body.contains("is released") && body.contains("no per-mailbox rules"), "{body}");
+}
+
 #[test]
 fn the_admin_sees_every_mailbox() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_popsift"))
@@ -628,11 +685,19 @@ fn browser_log_in_release_with_one_click_and_fetch_the_same_bytes() {
         std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/review-page.png"), &png).unwrap();
     }
 
-    // The quarantine: one click on "Not spam" in the row of "Cheap pills".
+    // The detail page says what the rule matched.
+    page.click("xpath", "//a[contains(., 'Cheap pills')]");
+    let detail = page.text_when("the decision's detail", |t| t.contains("Why"));
+    assert!(detail.contains("from:addr: deals1@spam.example"), "{detail}");
+
+    // The quarantine: tick "add sender to my allowlist", one click on "Not spam" in the
+    // row of "Cheap pills".
     page.go(&format!("{base}/quarantine"));
     assert!(page.text().contains("Cheap pills"));
+    page.click("xpath", "//tr[td[contains(., 'Cheap pills')]]//input[@name='allow']");
     page.click("xpath", "//tr[td[contains(., 'Cheap pills')]]//button[text()='Not spam']");
-    page.text_when("the release to be confirmed", |t| t.contains("is released"));
+    let t = page.text_when("the release to be confirmed", |t| t.contains("is released"));
+    assert!(t.contains("deals1@spam.example is on your allowlist"), "{t}");
 
     let got = scan(&s, "alice", &PoplibOpts::default());
     let want = expected_wire_form(&spam_message(1, "Cheap pills for alice", "alice").bytes);

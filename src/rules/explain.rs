@@ -69,7 +69,13 @@ pub fn explain(set: &RuleSet, h: &Headers, size: u64, fired: &[Arc<str>], bayes:
             before: "matched (not reproducible now)".into(),
             ..Why::default()
         });
-        out.push(Matched { rule: id.to_string(), header: why.header, before: why.before, found: why.found, after: why.after });
+        out.push(Matched {
+            rule: id.to_string(),
+            header: why.header,
+            before: why.before,
+            found: why.found,
+            after: why.after,
+        });
     }
     out
 }
@@ -94,7 +100,9 @@ fn why(set: &RuleSet, h: &Headers, size: u64, bayes: Option<f64>, r: u32, depth:
             let hit = header_match(set, h, r);
             match (hit, rule.negate) {
                 (Some(w), false) => Some(w),
-                (None, true) => Some(note(targets_of(set, r), "nothing matched (the rule fires when nothing does)".into())),
+                (None, true) => {
+                    Some(note(targets_of(set, r), "nothing matched (the rule fires when nothing does)".into()))
+                }
                 _ => None,
             }
         }
@@ -242,7 +250,12 @@ fn header_match(set: &RuleSet, h: &Headers, r: u32) -> Option<Why> {
         if !tm.domains.is_empty() || !tm.addresses.is_empty() {
             for addr in addresses_of(h, &tm.target, text) {
                 if tm.addresses.get(addr.as_str()).is_some_and(|v| v.contains(&r)) {
-                    return Some(Why { header: name, found: cut_chars(&addr, MAX_CHARS - 20), after: " (listed address)".into(), ..Why::default() });
+                    return Some(Why {
+                        header: name,
+                        found: cut_chars(&addr, MAX_CHARS - 20),
+                        after: " (listed address)".into(),
+                        ..Why::default()
+                    });
                 }
                 let mut listed = None;
                 for_each_suffix(&domain_of(&addr), |s| {
@@ -284,7 +297,12 @@ fn snippet(header: &str, text: &str, range: std::ops::Range<usize>) -> Why {
     } else {
         pre.to_string()
     };
-    Why { header: header.to_string(), before: clean(&before), found: clean(&found), after: clean(&cut_chars(post, CONTEXT)) }
+    Why {
+        header: header.to_string(),
+        before: clean(&before),
+        found: clean(&found),
+        after: clean(&cut_chars(post, CONTEXT)),
+    }
 }
 
 /// The first `n` characters of `s` (`…` appended when cut), control characters as spaces.
@@ -321,7 +339,10 @@ mod tests {
         let m = run(&s, b"Subject: Cheap V1AGRA for you today\r\n\r\n");
         assert_eq!(m.len(), 1);
         assert_eq!((m[0].rule.as_str(), m[0].header.as_str()), ("pills", "subject"));
-        assert_eq!((m[0].before.as_str(), m[0].found.as_str(), m[0].after.as_str()), ("Cheap ", "V1AGRA", " for you today"));
+        assert_eq!(
+            (m[0].before.as_str(), m[0].found.as_str(), m[0].after.as_str()),
+            ("Cheap ", "V1AGRA", " for you today")
+        );
     }
 
     #[test]

@@ -600,6 +600,97 @@ fn trained_text(r: &Result<crate::classify::train::Outcome, String>, label: &str
 }
 
 async fn post(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<String, String>) -> Resp {
+    let resp = post_action(ui, s, cookie, path, f).await;
+    // "Not spam" with "add sender to my allowlist" ticked: only once the message itself was
+    // put right (a 2xx), the sender joins the mailbox's allowlist.
+    if matches!(path, "/notspam" | "/release") && f.get("allow").is_some_and(|v| !v.is_empty()) {
+        if !resp.status().is_success() {
+            return resp;
+        }
+        let Some((user, upstream, from)) = sender_of(ui, s, path, f).await else { return resp };
+        let (ok, text) = allow_sender(ui, &user, &upstream, &from).await;
+        return append_notice(resp, &text, ok).await;
+    }
+    resp
+}
+
+/// The mailbox (user, upstream) and the From of the message a "Not spam" form names.
+async fn sender_of(
+    ui: &Arc<Ui>,
+    s: &Session,
+    path: &str,
+    f: &HashMap<String, String>,
+) -> Option<(String, String, String)> {
+    if path == "/release" {
+        // The copy is gone from the quarantine by now only if the release failed.
+        let id = f.get("id")?;
+        let m = released_copy(ui, s, id).await?;
+        return Some((m.user, m.upstream, m.from));
+    }
+    let (mb, _, d) = find_decision(ui, s, f).await?;
+    let (user, upstream) = history::split_mailbox(&mb);
+    Some((user.to_string(), upstream.to_string(), d.from))
+}
+
+/// The quarantined message `id` of this viewer (still listed after a release).
+async fn released_copy(ui: &Arc<Ui>, s: &Session, id: &str) -> Option<Listed> {
+    quarantined_by_id(ui, &s.viewer, id).await
+}
+
+/// Adds the address in `from` to the allowlist of `user` at `upstream` (`host:port`);
+/// returns the sentence for the page.
+async fn allow_sender(ui: &Arc<Ui>, user: &str, upstream: &str, from: &str) -> (bool, String) {
+    let Some(settings) = ui.config.rules_per_user.clone() else {
+        return (
+            false,
+            "The sender was not added to an allowlist: this server has no per-mailbox rules (rules_per_user is off)."
+                .into(),
+        );
+    };
+    let addr = crate::rules::header::parse_addresses(from).into_iter().map(|m| m.addr).find(|a| !a.is_empty());
+    let Some(addr) = addr else {
+        return (false, format!("The sender was not added to your allowlist: {from:?} holds no address."));
+    };
+    // The per-mailbox directory is named by the upstream host, as the sessions name it.
+    let host = ui
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.upstream.display() == upstream)
+        .map(|l| l.upstream.host.clone())
+        .unwrap_or_else(|| upstream.rsplit_once(':').map_or(upstream, |(h, _)| h).to_string());
+    let (user, a) = (user.to_string(), addr.clone());
+    let r = blocking(move || {
+        crate::rules::users::allowlist_add(&settings, &user, &host, &a).map_err(|e| match e {
+            crate::rules::users::AllowlistError::Io { .. } => {
+                tracing::warn!(error = %e, "review page: allowlist not written");
+                "the allowlist could not be written (see the log)".to_string()
+            }
+            e => e.to_string(),
+        })
+    })
+    .await;
+    match r {
+        Ok(true) => (true, format!("{addr} is on your allowlist: from your next login, its mail is never filtered.")),
+        Ok(false) => (true, format!("{addr} was already on your allowlist.")),
+        Err(e) => (false, format!("The sender was not added to your allowlist: {e}.")),
+    }
+}
+
+/// `resp` (a message page, its body in memory) with one more notice at the end of `main`.
+async fn append_notice(resp: Resp, text: &str, ok: bool) -> Resp {
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let page = String::from_utf8_lossy(&bytes);
+    let notice = pages::notice(text, ok).into_string();
+    let page = match page.rfind("</main>") {
+        Some(i) => format!("{}{notice}{}", &page[..i], &page[i..]),
+        None => format!("{page}{notice}"),
+    };
+    Response::from_parts(parts, Full::new(Bytes::from(page)))
+}
+
+async fn post_action(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<String, String>) -> Resp {
     match path {
         "/logout" => {
             ui.sessions.remove(cookie);
@@ -807,8 +898,7 @@ mod tests {
             clues: vec![crate::classify::explain::Clue { token: "<tok>".into(), probability: 0.99, spam: 7, ham: 0 }],
             ..Decision::default()
         };
-        let lines =
-            [pages::RuleLine { id: "R1".into(), score: Some(2.0), action: None, describe: Some("<d>".into()) }];
+        let lines = [pages::RuleLine { id: "R1".into(), score: Some(2.0), action: None, describe: Some("<d>".into()) }];
         let page = pages::decision(1, &d, &lines, None, "tok").into_string();
         assert!(page.contains("subject: </span>a &lt;b&gt; <mark>&lt;i&gt;x&lt;/i&gt;</mark> c"), "{page}");
         assert!(page.contains("&lt;tok&gt;") && page.contains("0.990") && !page.contains("<tok>"), "{page}");

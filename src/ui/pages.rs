@@ -14,7 +14,7 @@ td,th{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-al
 .spam{color:#a00}.ham{color:#070}form.inline{display:inline}button{font:inherit;padding:.2em .6em}\
 .msg{background:#fff;border:1px solid #ddd;padding:1em;white-space:pre-wrap;overflow-x:auto}\
 .err{background:#fee;border:1px solid #c00;padding:.5em}.ok{background:#efe;border:1px solid #0a0;padding:.5em}\
-.hdr{color:#555;font-family:monospace}td.matched{font-family:monospace;word-break:break-word}\
+label.allow{font-size:.85em;color:#444;white-space:nowrap}.hdr{color:#555;font-family:monospace}td.matched{font-family:monospace;word-break:break-word}\
 input[type=text],input[type=search],input[type=password],select{font:inherit;max-width:100%}";
 
 /// The page frame. `who` is shown with a log-out button when logged in.
@@ -78,6 +78,11 @@ fn verdict_class(d: &Decision) -> &'static str {
     }
 }
 
+/// The "add sender to my allowlist" checkbox that goes with a "Not spam" button.
+fn allow_box() -> Markup {
+    html! { " " label.allow { input type="checkbox" name="allow" value="1"; " add sender to my allowlist" } }
+}
+
 /// The two one-click buttons for a decision.
 pub fn buttons(mailbox: &str, seq: u64, csrf: &str) -> Markup {
     html! {
@@ -86,6 +91,7 @@ pub fn buttons(mailbox: &str, seq: u64, csrf: &str) -> Markup {
             input type="hidden" name="mb" value=(mailbox);
             input type="hidden" name="seq" value=(seq);
             button type="submit" { "Not spam" }
+            (allow_box())
         }
         " "
         form.inline method="post" action="/spam" {
@@ -264,6 +270,7 @@ fn quarantine_buttons(id: &str, csrf: &str) -> Markup {
             input type="hidden" name="csrf" value=(csrf);
             input type="hidden" name="id" value=(id);
             button type="submit" { "Not spam" }
+            (allow_box())
         }
         " "
         form.inline method="post" action="/quarantine/delete" {
