@@ -436,6 +436,45 @@ fn not_spam_with_the_allowlist_box_lets_the_sender_through_from_the_next_login()
     assert!(status == 200 && body.contains("is released") && body.contains("no per-mailbox rules"), "{body}");
 }
 
+/// A mail server that greets and then never answers (a web login to it would otherwise hang
+/// until the UI's 120 s connection limit cut the browser off).
+#[test]
+fn a_login_to_a_silent_mail_server_ends_at_the_named_timeout_with_a_clear_page() {
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = server.local_addr().unwrap().to_string();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let silent = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        server.set_nonblocking(true).unwrap();
+        // Until the test ends: greet every connection, read, never answer.
+        while stop_rx.try_recv().is_err() {
+            match server.accept() {
+                Ok((mut c, _)) => {
+                    let _ = c.write_all(b"+OK silent server ready\r\n");
+                    held.push(c);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let ui_port = free_port();
+    let p = Popsift::start(&ProxyOpts {
+        upstream: &upstream,
+        extra: &format!("ui:\n  listen: 127.0.0.1:{ui_port}\n  login_timeout: 2s\n"),
+        ..Default::default()
+    });
+    let ui = format!("127.0.0.1:{ui_port}");
+    wait_until(Duration::from_secs(20), "the review page to listen", || p.log().contains("review page on"));
+    let started = std::time::Instant::now();
+    let (status, _, body) = login_post(&ui, "alice", "pw");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("did not answer the login check within 2 s"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(60), "ended by the named timeout, not a longer one");
+    assert!(p.log().contains("ui.login_timeout"), "{}", p.log());
+    let _ = stop_tx.send(());
+    silent.join().unwrap();
+}
+
 #[test]
 fn the_admin_sees_every_mailbox() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_popsift"))

@@ -297,6 +297,12 @@ impl Quarantine {
         self.store.show(id)
     }
 
+    /// One message's description, as [`Self::list`] gives it, reading only that message
+    /// (the review page's actions look messages up by id).
+    pub fn listed(&self, id: &str) -> Result<Listed, QuarantineError> {
+        Ok(describe(id, &self.show(id)?))
+    }
+
     /// The message exactly as the server held it.
     pub fn original(&self, id: &str) -> Result<Vec<u8>, QuarantineError> {
         Ok(strip_meta(&self.show(id)?).to_vec())

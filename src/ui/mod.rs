@@ -294,6 +294,35 @@ impl Ui {
         self.page(status, if ok { "Done" } else { "Not done" }, s, body)
     }
 
+    /// The mail servers the login form offers: every configured upstream (`HOST:PORT`, each
+    /// once, in listener order), or only `ui.upstream` when set. One entry: no choice shown.
+    fn servers(&self) -> Vec<String> {
+        if let Some(up) = &self.settings.upstream {
+            return vec![up.clone()];
+        }
+        let mut out: Vec<String> = Vec::new();
+        for l in &self.config.listeners {
+            let d = l.upstream.display();
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    /// The listener whose upstream checks a login: the one server there is, or the one the
+    /// form chose (only a configured one: the field is checked, never dialled as given).
+    fn login_listener(&self, chosen: Option<&str>) -> Result<&crate::config::Listener, &'static str> {
+        let servers = self.servers();
+        let want = match (servers.as_slice(), chosen) {
+            ([], _) => return Err("No mail server is configured."),
+            ([one], _) => one.clone(),
+            (_, Some(c)) if servers.iter().any(|s| s == c) => c.to_string(),
+            _ => return Err("Choose your mail server from the list."),
+        };
+        self.config.listeners.iter().find(|l| l.upstream.display() == want).ok_or("No mail server is configured.")
+    }
+
     fn store(&self) -> Option<Arc<dyn History>> {
         self.history.as_ref().map(|h| h.store().clone())
     }
@@ -360,7 +389,7 @@ fn login_form(ui: &Ui, status: StatusCode, error: Option<&str>, current: Option<
     let token = current
         .filter(|t| t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         .unwrap_or_else(|| ui.sessions.login_token());
-    let mut r = html(status, ui.frame("Log in", None, pages::login(error, &token)));
+    let mut r = html(status, ui.frame("Log in", None, pages::login(error, &token, &ui.servers())));
     let secure = if ui.secure { "; Secure" } else { "" };
     if let Ok(v) =
         HeaderValue::from_str(&format!("{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict{secure}"))
@@ -398,10 +427,24 @@ async fn login(ui: &Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
             Viewer::Admin
         }
         _ => {
-            let Some(listener) = ui.config.listeners.first() else {
-                return fail(StatusCode::SERVICE_UNAVAILABLE, "No mail server is configured.");
+            let listener = match ui.login_listener(form.get("server").map(String::as_str)) {
+                Ok(l) => l,
+                Err(text) => return fail(StatusCode::BAD_REQUEST, text),
             };
-            match auth::pop3_login(&ui.config, listener, &user, &password).await {
+            let limit = ui.settings.login_timeout;
+            let checked = tokio::time::timeout(limit, auth::pop3_login(&ui.config, listener, &user, &password)).await;
+            let Ok(checked) = checked else {
+                tracing::warn!(%peer, upstream = %listener.upstream.display(), timeout_s = limit.as_secs_f64(),
+                    "review page: login check timed out (ui.login_timeout)");
+                return fail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "Your mail server did not answer the login check within {} s: please try again later.",
+                        limit.as_secs()
+                    ),
+                );
+            };
+            match checked {
                 Ok(()) => {
                     let upstream = listener.upstream.display();
                     Viewer::Owner { mailbox: history::mailbox_key(&upstream, &user), user, upstream }
@@ -565,8 +608,19 @@ async fn quarantine_of(ui: &Arc<Ui>, viewer: &Viewer) -> Result<Vec<Listed>, Str
     Ok(items)
 }
 
+/// The quarantined message `id`, if this viewer may see it. Reads that one message, not the
+/// whole quarantine.
 async fn quarantined_by_id(ui: &Arc<Ui>, viewer: &Viewer, id: &str) -> Option<Listed> {
-    quarantine_of(ui, viewer).await.ok()?.into_iter().find(|m| m.id == id)
+    // An id is a file name (the forms carry whole ids): nothing that could walk the tree.
+    if id.is_empty() || id.len() > 255 || id.contains(['/', '\\']) || id.starts_with('.') {
+        return None;
+    }
+    let (qs, i) = (ui.quarantine.clone(), id.to_string());
+    let m = blocking(move || qs.listed(&i).map_err(|e| e.to_string())).await.ok()?;
+    match viewer {
+        Viewer::Owner { user, upstream, .. } if &m.user != user || &m.upstream != upstream => None,
+        _ => Some(m),
+    }
 }
 
 async fn quarantined_of(ui: &Arc<Ui>, mailbox: &str, uidl: &str) -> Option<Listed> {
@@ -880,6 +934,46 @@ mod tests {
         assert!(a.starts_with("popsift-r-") && a.len() == 42, "{a}");
         // RFC 1939 §7: a UIDL is 1 to 70 characters in 0x21..=0x7E.
         assert!(a.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+    }
+
+    fn ui_for(yaml: &str) -> Result<Ui, crate::config::ConfigError> {
+        let file = crate::config::ConfigFile::parse(yaml, std::path::Path::new("p.yaml"))?;
+        let config = Arc::new(Config::build(file, crate::config::Overrides::default())?);
+        Ok(Ui {
+            settings: config.ui.clone().expect("ui configured"),
+            sessions: Sessions::new(Duration::from_secs(60)),
+            history: None,
+            quarantine: Quarantine::new(&config.quarantine.dir),
+            rules: RulesHandle::new(crate::rules::RuleSet::empty()),
+            secure: false,
+            config,
+        })
+    }
+
+    const TWO: &str = "listeners:\n  - listen: 127.0.0.1:1110\n    upstream: a.example:110\n  - listen: 127.0.0.1:1111\n    upstream: b.example:995\n  - listen: 127.0.0.1:1112\n    upstream: a.example:110\nui:\n  listen: 127.0.0.1:8080\n";
+
+    #[test]
+    fn several_upstreams_offer_a_checked_choice() {
+        let ui = ui_for(TWO).unwrap();
+        assert_eq!(ui.servers(), ["a.example:110", "b.example:995"], "each upstream once, in order");
+        assert_eq!(ui.login_listener(Some("b.example:995")).unwrap().upstream.host, "b.example");
+        // Only a configured server, never one the form names.
+        assert!(ui.login_listener(Some("evil.example:110")).is_err());
+        assert!(ui.login_listener(None).is_err());
+        let form = pages::login(None, "t", &ui.servers()).into_string();
+        assert!(form.contains("<select name=\"server\"") && form.contains(">b.example:995</option>"), "{form}");
+        // `ui.upstream` pins one: no list, the form's field is not needed.
+        let ui = ui_for(&format!("{TWO}  upstream: b.example:995\n")).unwrap();
+        assert_eq!(ui.servers(), ["b.example:995"]);
+        assert_eq!(ui.login_listener(None).unwrap().upstream.host, "b.example");
+        assert!(!pages::login(None, "t", &ui.servers()).into_string().contains("<select"));
+        // A `ui.upstream` no listener has is a config error naming the field.
+        let e = ui_for(&format!("{TWO}  upstream: c.example:110\n")).err().unwrap().to_string();
+        assert!(e.contains("ui.upstream") && e.contains("a.example:110"), "{e}");
+        // The login timeout stays below the connection limit.
+        let e = ui_for(&format!("{TWO}  login_timeout: 5m\n")).err().unwrap().to_string();
+        assert!(e.contains("ui.login_timeout"), "{e}");
+        assert_eq!(ui_for(TWO).unwrap().settings.login_timeout, auth::LOGIN_CHECK_TIMEOUT);
     }
 
     #[test]

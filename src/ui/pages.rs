@@ -48,7 +48,9 @@ pub fn frame(title: &str, who: Option<(&str, &str)>, body: Markup) -> Markup {
     }
 }
 
-pub fn login(error: Option<&str>, csrf: &str) -> Markup {
+/// The login form; `servers` (configured upstreams, `HOST:PORT`) become a list to choose
+/// from when there are several.
+pub fn login(error: Option<&str>, csrf: &str, servers: &[String]) -> Markup {
     html! {
         h1 { "Log in" }
         p { "Your mailbox's user name and password (checked with your mail server, never stored)." }
@@ -57,6 +59,11 @@ pub fn login(error: Option<&str>, csrf: &str) -> Markup {
             input type="hidden" name="csrf" value=(csrf);
             p { label { "User name " input type="text" name="user" autocomplete="username" required; } }
             p { label { "Password " input type="password" name="password" autocomplete="current-password" required; } }
+            @if servers.len() > 1 {
+                p { label { "Mail server " select name="server" required {
+                    @for s in servers { option value=(s) { (s) } }
+                } } }
+            }
             p { button type="submit" { "Log in" } }
         }
     }
