@@ -475,6 +475,93 @@ fn a_login_to_a_silent_mail_server_ends_at_the_named_timeout_with_a_clear_page()
     silent.join().unwrap();
 }
 
+/// A CA and a `localhost`/127.0.0.1 leaf signed by it, as PEM files in `dir`: (ca, cert, key).
+fn make_pki(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, format!("review page test CA {name}"));
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = leaf.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let paths =
+        [dir.join(format!("{name}-ca.pem")), dir.join(format!("{name}-cert.pem")), dir.join(format!("{name}-key.pem"))];
+    std::fs::write(&paths[0], ca.pem()).unwrap();
+    std::fs::write(&paths[1], cert.pem()).unwrap();
+    std::fs::write(&paths[2], leaf_key.serialize_pem()).unwrap();
+    let [ca, cert, key] = paths;
+    (ca, cert, key)
+}
+
+/// `GET /login` over TLS verified against `ca`: the status line, or the TLS error.
+fn https_status(addr: &str, ca: &std::path::Path) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(format!("GET /login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    match text.lines().next() {
+        Some(l) if l.starts_with("HTTP/1.1") => Ok(l.to_string()),
+        _ => Err(format!("no HTTP answer: {text:?}")),
+    }
+}
+
+/// The review page under TLS uses the listeners' certificate holder: re-read on SIGHUP, a
+/// broken pair at reload keeps the old one.
+#[test]
+fn the_review_page_certificate_reloads_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_a, cert_a, key_a) = make_pki(dir.path(), "a");
+    let (ca_b, cert_b, key_b) = make_pki(dir.path(), "b");
+    let (cert, key) = (dir.path().join("live-cert.pem"), dir.path().join("live-key.pem"));
+    std::fs::copy(&cert_a, &cert).unwrap();
+    std::fs::copy(&key_a, &key).unwrap();
+    let d = Dovecot::start(DovecotOptions::default());
+    let ui_port = free_port();
+    let p = Popsift::start(&ProxyOpts {
+        upstream: &d.pop3_addr(),
+        extra: &format!(
+            "ui:\n  listen: 127.0.0.1:{ui_port}\n  tls: {{ cert: {}, key: {} }}\n",
+            cert.display(),
+            key.display()
+        ),
+        ..Default::default()
+    });
+    let ui = format!("127.0.0.1:{ui_port}");
+    wait_until(Duration::from_secs(20), "the review page to listen", || p.log().contains("review page on https"));
+    assert!(https_status(&ui, &ca_a).is_ok_and(|l| l.contains(" 200")), "certificate A at start");
+    assert!(https_status(&ui, &ca_b).is_err(), "certificate B is not served yet");
+    std::fs::copy(&cert_b, &cert).unwrap();
+    std::fs::copy(&key_b, &key).unwrap();
+    p.signal("HUP");
+    p.wait_log("TLS certificate reloaded");
+    assert!(https_status(&ui, &ca_b).is_ok_and(|l| l.contains(" 200")), "certificate B after SIGHUP");
+    assert!(https_status(&ui, &ca_a).is_err(), "certificate A is gone");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n").unwrap();
+    p.signal("HUP");
+    p.wait_log("TLS certificate not reloaded; keeping the previous one");
+    assert!(https_status(&ui, &ca_b).is_ok_and(|l| l.contains(" 200")), "certificate B kept");
+}
+
 #[test]
 fn the_admin_sees_every_mailbox() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_popsift"))

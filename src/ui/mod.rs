@@ -3,7 +3,8 @@
 //!
 //! - [`auth`]: sessions, CSRF, the login rate limit, the POP3 and admin logins.
 //! - [`pages`]: the HTML (maud: escaped by default).
-//! - this file: the listener (plain HTTP on loopback, or rustls with `ui.tls`), routing, and
+//! - this file: the listener (plain HTTP on loopback, or rustls with `ui.tls` through the
+//!   listeners' own [`crate::edge::tls::ServerTls`], so SIGHUP re-reads it too), routing, and
 //!   the actions (`Not spam`, `Spam`, release, delete for good).
 //!
 //! It never takes the proxy down: a port that cannot be bound, or a TLS key that cannot be
@@ -78,8 +79,14 @@ pub struct Ui {
 /// not start (the caller logs it and serves on: the UI never takes the proxy down).
 pub async fn start(config: Arc<Config>, rules: Arc<RulesHandle>) -> Result<Option<SocketAddr>, UiError> {
     let Some(settings) = config.ui.clone() else { return Ok(None) };
+    // The listeners' own certificate holder: TLS 1.2/1.3, re-read on SIGHUP (a broken
+    // pair at reload is logged and the old one stays).
     let tls = match &settings.tls {
-        Some(t) => Some(tls_acceptor(&t.cert, &t.key)?),
+        Some(t) => {
+            let tls = crate::edge::tls::ServerTls::open(&t.cert, &t.key).map_err(|e| UiError::Tls(e.to_string()))?;
+            tls.spawn_reloader();
+            Some(tls)
+        }
         None => None,
     };
     let listener =
@@ -104,26 +111,9 @@ pub async fn start(config: Arc<Config>, rules: Arc<RulesHandle>) -> Result<Optio
     Ok(Some(addr))
 }
 
-fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, UiError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| UiError::Tls(format!("{}: {e}", cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| UiError::Tls(format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| UiError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| UiError::Tls(e.to_string()))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
-}
-
 /// The accept loop: [`crate::net::http::serve`]'s limits, plus TLS and the peer address
 /// (for the login rate limit).
-async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui: Arc<Ui>) {
+async fn serve(listener: TcpListener, tls: Option<Arc<crate::edge::tls::ServerTls>>, ui: Arc<Ui>) {
     let limits = LIMITS;
     let local = listener.local_addr().ok();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -138,7 +128,8 @@ async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui
                 continue;
             }
         };
-        let (ui, tls) = (ui.clone(), tls.clone());
+        // Each connection takes the certificate current at its accept.
+        let (ui, tls) = (ui.clone(), tls.as_ref().map(|t| t.acceptor()));
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let ui = ui.clone();
@@ -505,7 +496,10 @@ async fn get(ui: &Arc<Ui>, s: &Session, path: &str, q: &HashMap<String, String>)
             let held = match held {
                 Some(m) => {
                     let (qs, id) = (ui.quarantine.clone(), m.id.clone());
-                    blocking(move || qs.original(&id).map_err(|e| e.to_string())).await.ok().map(|b| header_text(&b))
+                    blocking(move || qs.original(&id).map_err(|e| e.to_string()))
+                        .await
+                        .ok()
+                        .map(|b| String::from_utf8_lossy(crate::mailfiles::header_block(&b)).into_owned())
                 }
                 None => None,
             };
@@ -574,14 +568,6 @@ async fn get(ui: &Arc<Ui>, s: &Session, path: &str, q: &HashMap<String, String>)
         }
         _ => ui.message(s, StatusCode::NOT_FOUND, "No such page."),
     }
-}
-
-/// The header block of a message, as text.
-fn header_text(msg: &[u8]) -> String {
-    let end = memchr::memmem::find(msg, b"\r\n\r\n")
-        .map(|i| i + 2)
-        .or_else(|| memchr::memmem::find(msg, b"\n\n").map(|i| i + 1));
-    String::from_utf8_lossy(&msg[..end.unwrap_or(msg.len())]).into_owned()
 }
 
 async fn find_decision(ui: &Arc<Ui>, s: &Session, f: &HashMap<String, String>) -> Option<(String, u64, Decision)> {
