@@ -585,11 +585,19 @@ async fn find_decision(ui: &Arc<Ui>, s: &Session, f: &HashMap<String, String>) -
 /// The quarantine messages this viewer may see.
 async fn quarantine_of(ui: &Arc<Ui>, viewer: &Viewer) -> Result<Vec<Listed>, String> {
     let qs = ui.quarantine.clone();
-    let mut items = blocking(move || qs.list().map_err(|e| e.to_string())).await?;
-    if let Viewer::Owner { user, upstream, .. } = viewer {
-        // A mailbox is a user at one server: the same name at another server is someone else.
-        items.retain(|m| &m.user == user && &m.upstream == upstream);
-    }
+    // A mailbox is a user at one server: the same name at another server is someone else.
+    let mailbox = match viewer {
+        Viewer::Owner { user, upstream, .. } => Some((user.clone(), upstream.clone())),
+        Viewer::Admin => None,
+    };
+    let mut items = blocking(move || {
+        match mailbox {
+            Some((user, upstream)) => qs.list_mailbox(&user, &upstream),
+            None => qs.list(),
+        }
+        .map_err(|e| e.to_string())
+    })
+    .await?;
     items.reverse();
     Ok(items)
 }
@@ -611,9 +619,9 @@ async fn quarantined_by_id(ui: &Arc<Ui>, viewer: &Viewer, id: &str) -> Option<Li
 
 async fn quarantined_of(ui: &Arc<Ui>, mailbox: &str, uidl: &str) -> Option<Listed> {
     let (user, upstream) = history::split_mailbox(mailbox);
-    let qs = ui.quarantine.clone();
-    let items = blocking(move || qs.list().map_err(|e| e.to_string())).await.ok()?;
-    items.into_iter().rev().find(|m| m.user == user && m.upstream == upstream && m.uidl == uidl)
+    let (qs, user, upstream) = (ui.quarantine.clone(), user.to_string(), upstream.to_string());
+    let items = blocking(move || qs.list_mailbox(&user, &upstream).map_err(|e| e.to_string())).await.ok()?;
+    items.into_iter().rev().find(|m| m.uidl == uidl)
 }
 
 /// Trains one message (or recorded header block) with a label, in the proxy's classifier
