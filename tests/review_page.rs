@@ -410,9 +410,7 @@ fn not_spam_with_the_allowlist_box_lets_the_sender_through_from_the_next_login()
 
     // A NEW message from that sender: the rules would quarantine it, the allowlist (hot
     // reloaded at the next login) lets it through unfiltered.
-    let new = format!(
-        "From: Offers <deals1@spam.example>\r\nTo: alice@example.org\r\nSubject: Another offer\r\nMessage-ID: <new.alice@spam.example>\r\n\r\nHello again.\r\n"
-    );
+    let new = "From: Offers <deals1@spam.example>\r\nTo: alice@example.org\r\nSubject: Another offer\r\nMessage-ID: <new.alice@spam.example>\r\n\r\nHello again.\r\n";
     s.d.deliver("alice", "1009.popsift-test-new", new.as_bytes());
     let got = scan(&s, "alice", &PoplibOpts::default());
     assert!(

@@ -6,8 +6,10 @@
 //! takes the clues the combining step uses ([`super::Model::clues`], the same
 //! strength cut-off and cap) and keeps the [`TOP`] whose log-odds `ln(p / (1 − p))` are
 //! largest in magnitude: the tokens that pulled the probability furthest towards spam or
-//! ham. It runs only for messages the model was consulted for, and only when the decision
-//! history records them (see `session::verdicts::evaluate`).
+//! ham. It runs only for messages the model was consulted for that are spam, fired a rule or
+//! lean to spam, and only when the decision history records them (see
+//! `session::verdicts::evaluate`): the clues stay with the verdict for the session and the
+//! verdict memo, so plain ham carries none.
 use serde::{Deserialize, Serialize};
 
 use super::Model;
@@ -16,7 +18,7 @@ use crate::rules::Headers;
 /// Tokens kept per message.
 pub const TOP: usize = 10;
 /// Longest token text kept, in characters (tokens are header words and addresses).
-const TOKEN_CHARS: usize = 60;
+const TOKEN_CHARS: usize = 40;
 
 /// One token's weight in a message's probability.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

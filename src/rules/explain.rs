@@ -240,7 +240,8 @@ fn header_match(set: &RuleSet, h: &Headers, r: u32) -> Option<Why> {
                     let after = m.end() >= bytes.len() || !is_word_byte(bytes[m.end()]);
                     let first_word = bytes.get(m.start()).is_some_and(|&b| is_word_byte(b));
                     let last_word = m.end() > 0 && bytes.get(m.end() - 1).is_some_and(|&b| is_word_byte(b));
-                    if !((before || !first_word) && (after || !last_word)) {
+                    let whole_word = (before || !first_word) && (after || !last_word);
+                    if !whole_word {
                         continue;
                     }
                 }

@@ -175,8 +175,12 @@ pub fn evaluate(
         } else {
             crate::rules::explain::explain(rules, &headers, size, &verdict.rules, bayes).into()
         };
+        // The tokens only where there is something to explain (spam, a rule, or a
+        // probability leaning to spam): they live with the verdict in the session and the
+        // verdict memo, and a mailbox is mostly plain ham.
+        let worth = verdict.spam || !verdict.rules.is_empty() || bayes.is_some_and(|p| p >= 0.5);
         let clues = match (model, bayes) {
-            (Some(m), Some(_)) => {
+            (Some(m), Some(_)) if worth => {
                 let fired: Vec<&str> = verdict.rules.iter().map(|r| &**r).collect();
                 crate::classify::explain::weighed_most(m, &headers, &fired).into()
             }

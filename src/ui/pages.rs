@@ -14,7 +14,7 @@ td,th{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-al
 .spam{color:#a00}.ham{color:#070}form.inline{display:inline}button{font:inherit;padding:.2em .6em}\
 .msg{background:#fff;border:1px solid #ddd;padding:1em;white-space:pre-wrap;overflow-x:auto}\
 .err{background:#fee;border:1px solid #c00;padding:.5em}.ok{background:#efe;border:1px solid #0a0;padding:.5em}\
-label.allow{font-size:.85em;color:#444;white-space:nowrap}.hdr{color:#555;font-family:monospace}td.matched{font-family:monospace;word-break:break-word}\
+label.allow{display:inline-block;font-size:.8em;color:#444;max-width:10em;vertical-align:middle}.hdr{color:#555;font-family:monospace}td.matched{font-family:monospace;word-break:break-word}\
 input[type=text],input[type=search],input[type=password],select{font:inherit;max-width:100%}";
 
 /// The page frame. `who` is shown with a log-out button when logged in.
