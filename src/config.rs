@@ -258,6 +258,12 @@ pub struct UiFile {
     /// An argon2 PHC string (`popsift hash-password`): this password logs in as admin.
     pub admin_password_hash: Option<String>,
     pub session_ttl: Option<DurationValue>,
+    /// The whole POP3 login check of the login form (connect, greeting, USER, PASS), at
+    /// most; default 30s, below the UI's 120 s connection limit.
+    pub login_timeout: Option<DurationValue>,
+    /// `HOST:PORT` of one configured upstream: the login form checks passwords there only.
+    /// Without it, with several upstreams, the form offers them in a list.
+    pub upstream: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -274,6 +280,9 @@ pub struct UiSettings {
     pub tls: Option<UiTlsFile>,
     pub admin_password_hash: Option<String>,
     pub session_ttl: Duration,
+    pub login_timeout: Duration,
+    /// A configured upstream's `HOST:PORT` (checked against the listeners).
+    pub upstream: Option<String>,
 }
 
 fn ui_settings(file: Option<UiFile>, flag: Option<SocketAddr>) -> Result<Option<UiSettings>, ConfigError> {
@@ -301,6 +310,20 @@ fn ui_settings(file: Option<UiFile>, flag: Option<SocketAddr>) -> Result<Option<
         tls: file.tls,
         admin_password_hash: file.admin_password_hash,
         session_ttl: file.session_ttl.map_or(Duration::from_secs(8 * 3600), |d| d.0),
+        login_timeout: match file.login_timeout.map(|d| d.0) {
+            None => crate::ui::auth::LOGIN_CHECK_TIMEOUT,
+            Some(t) if !t.is_zero() && t < crate::ui::LIMITS.connection_lifetime => t,
+            Some(_) => {
+                return Err(ConfigError::BadValue {
+                    field: "ui.login_timeout".into(),
+                    reason: format!(
+                        "must be more than 0s and less than the review page's {}s connection limit",
+                        crate::ui::LIMITS.connection_lifetime.as_secs()
+                    ),
+                })
+            }
+        },
+        upstream: file.upstream,
     }))
 }
 
@@ -923,6 +946,15 @@ impl Config {
         bayes.autolearn = file.bayes.autolearn.settings()?;
         let history = history_settings(&file.history)?;
         let ui = ui_settings(file.ui, args.ui)?;
+        if let Some(up) = ui.as_ref().and_then(|u| u.upstream.as_deref()) {
+            if !listeners.iter().any(|l| l.upstream_display() == up) {
+                let known: Vec<String> = listeners.iter().map(|l| l.upstream_display()).collect();
+                return Err(ConfigError::BadValue {
+                    field: "ui.upstream".into(),
+                    reason: format!("{up:?} is not the upstream of any listener (they are: {})", known.join(", ")),
+                });
+            }
+        }
         let dt = TagSettings::default();
         let q = file.quarantine;
         let dq = QuarantineSettings::defaults(&state_dir);

@@ -247,6 +247,8 @@ fn review_page_over_http_isolation_csrf_release_and_escaping() {
         "{detail}"
     );
     assert!(detail.contains("Message-ID: &lt;s1.alice@spam.example&gt;"), "{detail}");
+    // What the rule matched, recorded at login: the header it read and the span.
+    assert!(detail.contains("from:addr: </span>deals1<mark>@spam.example</mark>"), "{detail}");
     // Bob cannot open alice's decision by its address.
     assert_eq!(b_get_after_login(&s, &link).0, 404);
 
@@ -375,6 +377,187 @@ fn not_spam_on_a_hidden_message_shows_it_from_the_next_login() {
     assert!(status == 200 && body.contains("Trained as spam"), "{status} {body}");
     let (_, stats) = a.get("/stats");
     assert!(stats.contains("SPAM_DOMAIN") && stats.contains("Trained on 1 spam and 1 ham"), "{stats}");
+}
+
+/// The `Not spam` form of the decision whose row mentions `text`: (mb, seq).
+fn decision_form(a: &Browser, text: &str) -> (String, String) {
+    let (_, page) = a.get(&format!("/decisions?{}", enc(&[("q", text)])));
+    let row = page
+        .split("<tr")
+        .find(|r| r.contains(text) && r.contains("name=\"mb\""))
+        .unwrap_or_else(|| panic!("no row for {text}: {page}"));
+    (attr_after(row, "name=\"mb\" value=\"").unwrap(), attr_after(row, "name=\"seq\" value=\"").unwrap())
+}
+
+#[test]
+fn not_spam_with_the_allowlist_box_lets_the_sender_through_from_the_next_login() {
+    let s = setup("");
+    assert_eq!(scan(&s, "alice", &PoplibOpts::default()).messages.len(), 1);
+    let a = Browser::login(&s.ui, "alice", s.d.password("alice"));
+    wait_until(Duration::from_secs(20), "alice's decisions", || a.get("/decisions").1.contains("Cheap pills"));
+    let (mb, seq) = decision_form(&a, "Cheap pills");
+    let (status, body) = a.post("/notspam", &[("csrf", &a.csrf()), ("mb", &mb), ("seq", &seq), ("allow", "1")]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("is released") && body.contains("deals1@spam.example is on your allowlist"), "{body}");
+    // The list file on disk: the address under a comment line.
+    let list = s.p.dir.path().join("rules/users/alice@127.0.0.1/allowlist.txt");
+    let text = std::fs::read_to_string(&list).unwrap_or_else(|e| panic!("{}: {e}", list.display()));
+    assert!(text.starts_with('#') && text.lines().any(|l| l == "deals1@spam.example"), "{text}");
+    // Twice: said so, nothing added.
+    let (_, again) = a.post("/notspam", &[("csrf", &a.csrf()), ("mb", &mb), ("seq", &seq), ("allow", "1")]);
+    assert!(again.contains("no longer in the quarantine") || again.contains("already on your allowlist"), "{again}");
+    assert_eq!(std::fs::read_to_string(&list).unwrap().matches("deals1@spam.example").count(), 1);
+
+    // A NEW message from that sender: the rules would quarantine it, the allowlist (hot
+    // reloaded at the next login) lets it through unfiltered.
+    let new = "From: Offers <deals1@spam.example>\r\nTo: alice@example.org\r\nSubject: Another offer\r\nMessage-ID: <new.alice@spam.example>\r\n\r\nHello again.\r\n";
+    s.d.deliver("alice", "1009.popsift-test-new", new.as_bytes());
+    let got = scan(&s, "alice", &PoplibOpts::default());
+    assert!(
+        got.messages.contains(&expected_wire_form(new.as_bytes())),
+        "the new message is shown as sent: {:?}",
+        got.uidl
+    );
+    // Another sender of that domain is still caught.
+    assert!(s.d.mailbox("alice").len() >= 2, "nothing of alice's was deleted by the allowed login");
+    // The `<script>` spam (deals2@) is still quarantined, not shown.
+    assert!(!got.messages.iter().any(|m| String::from_utf8_lossy(m).contains("alert(1)")));
+
+    // A mailbox server without per-mailbox rules: a clear message, the release still done.
+    drop(a);
+    let s2 = setup("rules_per_user:\n  enabled: false\n");
+    scan(&s2, "alice", &PoplibOpts::default());
+    let a2 = Browser::login(&s2.ui, "alice", s2.d.password("alice"));
+    wait_until(Duration::from_secs(20), "alice's decisions", || a2.get("/decisions").1.contains("Cheap pills"));
+    let (mb, seq) = decision_form(&a2, "Cheap pills");
+    let (status, body) = a2.post("/notspam", &[("csrf", &a2.csrf()), ("mb", &mb), ("seq", &seq), ("allow", "1")]);
+    assert!(status == 200 && body.contains("is released") && body.contains("no per-mailbox rules"), "{body}");
+}
+
+/// A mail server that greets and then never answers (a web login to it would otherwise hang
+/// until the UI's 120 s connection limit cut the browser off).
+#[test]
+fn a_login_to_a_silent_mail_server_ends_at_the_named_timeout_with_a_clear_page() {
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = server.local_addr().unwrap().to_string();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let silent = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        server.set_nonblocking(true).unwrap();
+        // Until the test ends: greet every connection, read, never answer.
+        while stop_rx.try_recv().is_err() {
+            match server.accept() {
+                Ok((mut c, _)) => {
+                    let _ = c.write_all(b"+OK silent server ready\r\n");
+                    held.push(c);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let ui_port = free_port();
+    let p = Popsift::start(&ProxyOpts {
+        upstream: &upstream,
+        extra: &format!("ui:\n  listen: 127.0.0.1:{ui_port}\n  login_timeout: 2s\n"),
+        ..Default::default()
+    });
+    let ui = format!("127.0.0.1:{ui_port}");
+    wait_until(Duration::from_secs(20), "the review page to listen", || p.log().contains("review page on"));
+    let started = std::time::Instant::now();
+    let (status, _, body) = login_post(&ui, "alice", "pw");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("did not answer the login check within 2 s"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(60), "ended by the named timeout, not a longer one");
+    assert!(p.log().contains("ui.login_timeout"), "{}", p.log());
+    let _ = stop_tx.send(());
+    silent.join().unwrap();
+}
+
+/// A CA and a `localhost`/127.0.0.1 leaf signed by it, as PEM files in `dir`: (ca, cert, key).
+fn make_pki(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, format!("review page test CA {name}"));
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = leaf.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let paths =
+        [dir.join(format!("{name}-ca.pem")), dir.join(format!("{name}-cert.pem")), dir.join(format!("{name}-key.pem"))];
+    std::fs::write(&paths[0], ca.pem()).unwrap();
+    std::fs::write(&paths[1], cert.pem()).unwrap();
+    std::fs::write(&paths[2], leaf_key.serialize_pem()).unwrap();
+    let [ca, cert, key] = paths;
+    (ca, cert, key)
+}
+
+/// `GET /login` over TLS verified against `ca`: the status line, or the TLS error.
+fn https_status(addr: &str, ca: &std::path::Path) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(format!("GET /login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    match text.lines().next() {
+        Some(l) if l.starts_with("HTTP/1.1") => Ok(l.to_string()),
+        _ => Err(format!("no HTTP answer: {text:?}")),
+    }
+}
+
+/// The review page under TLS uses the listeners' certificate holder: re-read on SIGHUP, a
+/// broken pair at reload keeps the old one.
+#[test]
+fn the_review_page_certificate_reloads_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_a, cert_a, key_a) = make_pki(dir.path(), "a");
+    let (ca_b, cert_b, key_b) = make_pki(dir.path(), "b");
+    let (cert, key) = (dir.path().join("live-cert.pem"), dir.path().join("live-key.pem"));
+    std::fs::copy(&cert_a, &cert).unwrap();
+    std::fs::copy(&key_a, &key).unwrap();
+    let d = Dovecot::start(DovecotOptions::default());
+    let ui_port = free_port();
+    let p = Popsift::start(&ProxyOpts {
+        upstream: &d.pop3_addr(),
+        extra: &format!(
+            "ui:\n  listen: 127.0.0.1:{ui_port}\n  tls: {{ cert: {}, key: {} }}\n",
+            cert.display(),
+            key.display()
+        ),
+        ..Default::default()
+    });
+    let ui = format!("127.0.0.1:{ui_port}");
+    wait_until(Duration::from_secs(20), "the review page to listen", || p.log().contains("review page on https"));
+    assert!(https_status(&ui, &ca_a).is_ok_and(|l| l.contains(" 200")), "certificate A at start");
+    assert!(https_status(&ui, &ca_b).is_err(), "certificate B is not served yet");
+    std::fs::copy(&cert_b, &cert).unwrap();
+    std::fs::copy(&key_b, &key).unwrap();
+    p.signal("HUP");
+    p.wait_log("TLS certificate reloaded");
+    assert!(https_status(&ui, &ca_b).is_ok_and(|l| l.contains(" 200")), "certificate B after SIGHUP");
+    assert!(https_status(&ui, &ca_a).is_err(), "certificate A is gone");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n").unwrap();
+    p.signal("HUP");
+    p.wait_log("TLS certificate not reloaded; keeping the previous one");
+    assert!(https_status(&ui, &ca_b).is_ok_and(|l| l.contains(" 200")), "certificate B kept");
 }
 
 #[test]
@@ -626,11 +809,19 @@ fn browser_log_in_release_with_one_click_and_fetch_the_same_bytes() {
         std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/review-page.png"), &png).unwrap();
     }
 
-    // The quarantine: one click on "Not spam" in the row of "Cheap pills".
+    // The detail page says what the rule matched.
+    page.click("xpath", "//a[contains(., 'Cheap pills')]");
+    let detail = page.text_when("the decision's detail", |t| t.contains("Why"));
+    assert!(detail.contains("from:addr: deals1@spam.example"), "{detail}");
+
+    // The quarantine: tick "add sender to my allowlist", one click on "Not spam" in the
+    // row of "Cheap pills".
     page.go(&format!("{base}/quarantine"));
     assert!(page.text().contains("Cheap pills"));
+    page.click("xpath", "//tr[td[contains(., 'Cheap pills')]]//input[@name='allow']");
     page.click("xpath", "//tr[td[contains(., 'Cheap pills')]]//button[text()='Not spam']");
-    page.text_when("the release to be confirmed", |t| t.contains("is released"));
+    let t = page.text_when("the release to be confirmed", |t| t.contains("is released"));
+    assert!(t.contains("deals1@spam.example is on your allowlist"), "{t}");
 
     let got = scan(&s, "alice", &PoplibOpts::default());
     let want = expected_wire_form(&spam_message(1, "Cheap pills for alice", "alice").bytes);

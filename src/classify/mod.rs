@@ -15,12 +15,14 @@
 //!   message is trained once, by digest; `forget` untrains exactly);
 //! - [`handle`]: [`ModelHandle`], the proxy's current snapshot, refreshed when the file
 //!   changes, never blocking a session;
+//! - [`explain`]: the tokens that weighed most in one message's probability (review page);
 //! - [`eval`]: k-fold cross-validation over labelled messages (the figures in the README).
 //!
 //! A model with fewer than `min_spam` spam or `min_ham` ham messages gives no probability,
 //! and then no `bayes:` rule fires.
 pub mod autolearn;
 pub mod eval;
+pub mod explain;
 pub mod handle;
 pub mod model;
 pub mod store;

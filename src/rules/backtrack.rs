@@ -71,6 +71,12 @@ pub fn try_match(re: &Backtrack, text: &str) -> Option<bool> {
     re.re.find_from_pos(text, at).ok().map(|m| m.is_some())
 }
 
+/// Where `re` first matches in `text` (byte range), for explaining a verdict (not used by
+/// evaluation); `None` for no match or out of steps.
+pub fn find(re: &Backtrack, text: &str) -> Option<std::ops::Range<usize>> {
+    re.re.find(text).ok().flatten().map(|m| m.range())
+}
+
 /// Whether `re` matches `text`; running out of steps is no match.
 pub fn is_match(re: &Backtrack, text: &str) -> bool {
     try_match(re, text).unwrap_or(false)

@@ -100,7 +100,7 @@ fn mailbox_part<'a>(raws: impl Iterator<Item = &'a str>, form: Form) -> String {
 }
 
 /// The addresses in a target's value, for `domain_in`/`address_in`.
-fn addresses_of(h: &Headers, t: &Target, value: &str) -> Vec<String> {
+pub(crate) fn addresses_of(h: &Headers, t: &Target, value: &str) -> Vec<String> {
     let raws: Vec<&str> = match &t.source {
         Source::Named(n) if t.form != Form::Addr => h.get_all_raw(n).collect(),
         Source::ToCc if t.form != Form::Addr => h.get_all_raw("to").chain(h.get_all_raw("cc")).collect(),
@@ -125,7 +125,7 @@ fn addresses_of(h: &Headers, t: &Target, value: &str) -> Vec<String> {
     out
 }
 
-fn is_word_byte(b: u8) -> bool {
+pub(crate) fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
 }
 

@@ -6,6 +6,7 @@
 //! - [`header`] and [`decode`]: header block parsing, RFC 2047 decoding, address parsing;
 //! - [`expr`]: the boolean `expr:` language; [`lists`]: list files;
 //! - [`eval`]: evaluating a header block into a [`Verdict`];
+//! - [`explain`]: after the fact, what each fired rule matched (for the review page);
 //! - [`reload`]: [`RulesHandle`], the atomically swapped current set with hot reload;
 //! - [`users`]: per-mailbox rule directories and allowlists layered over the global set;
 //! - [`error`]: [`RuleErrors`], every load error with file:line:column and rule id.
@@ -19,6 +20,7 @@ pub mod compile;
 pub mod decode;
 pub mod error;
 pub mod eval;
+pub mod explain;
 pub mod expr;
 pub mod header;
 pub mod lists;

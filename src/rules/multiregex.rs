@@ -30,6 +30,9 @@ pub struct MultiRegex {
     literals: Option<AhoCorasick>,
     literal_owners: Vec<Vec<u32>>,
     single: Vec<Option<meta::Regex>>,
+    /// Each pattern's source, compiled on its own only when the review page asks where it
+    /// matched ([`MultiRegex::find`]; never on the evaluation path).
+    sources: Vec<(Box<str>, std::sync::OnceLock<Option<regex::Regex>>)>,
 }
 
 impl MultiRegex {
@@ -69,6 +72,18 @@ impl MultiRegex {
                 f(c as usize);
             }
         }
+    }
+}
+
+impl MultiRegex {
+    /// Where pattern `p` first matches in `text` (byte range), for explaining a verdict
+    /// after the fact (`rules::explain`); never used by evaluation. The evaluation automata
+    /// are built without captures, so they tell whether and where a match ends but not
+    /// where it starts: the pattern is compiled on its own the first time it is explained.
+    pub fn find(&self, p: usize, text: &str) -> Option<std::ops::Range<usize>> {
+        let (src, re) = self.sources.get(p)?;
+        let re = re.get_or_init(|| regex::RegexBuilder::new(src).size_limit(PATTERN_SIZE_LIMIT).build().ok());
+        re.as_ref()?.find(text).map(|m| m.range())
     }
 }
 
@@ -214,7 +229,8 @@ pub fn build_regex_set(pats: &[&str], cache: usize) -> Result<MultiRegex, (Optio
                 .map_err(|e| (None, e.to_string()))?,
         )
     };
-    Ok(MultiRegex { always, always_ids, literals, literal_owners, single })
+    let sources = pats.iter().map(|p| (Box::from(*p), std::sync::OnceLock::new())).collect();
+    Ok(MultiRegex { always, always_ids, literals, literal_owners, single, sources })
 }
 
 #[cfg(test)]

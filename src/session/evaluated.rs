@@ -24,6 +24,12 @@ pub struct About {
     pub from: Box<str>,
     pub subject: Box<str>,
     pub bayes: Option<f64>,
+    /// What each fired rule matched (see [`crate::rules::explain`]); empty when no rule
+    /// fired or the history is off.
+    pub matched: Box<[crate::rules::explain::Matched]>,
+    /// The tokens that weighed most in `bayes` (see [`crate::classify::explain`]); empty
+    /// when the model was not consulted or the history is off.
+    pub clues: Box<[crate::classify::explain::Clue]>,
 }
 
 /// Longest From or Subject kept in an [`About`], in characters.

@@ -167,7 +167,29 @@ pub fn evaluate(
     let headers = crate::rules::Headers::parse(&h.bytes);
     let (verdict, bayes) = rules.evaluate_headers_with_model(&headers, size, model);
     crate::classify::autolearn::offer(learn, &h.bytes, h.truncated, &verdict);
-    let about = About { from: cut(headers.get("from")), subject: cut(headers.get("subject")), bayes };
+    // Only the decision history reads `about` beyond the probability: without it, nothing
+    // is copied or explained.
+    let about = if crate::rules::explain::enabled() {
+        let matched = if verdict.rules.is_empty() {
+            Box::default()
+        } else {
+            crate::rules::explain::explain(rules, &headers, size, &verdict.rules, bayes).into()
+        };
+        // The tokens only where there is something to explain (spam, a rule, or a
+        // probability leaning to spam): they live with the verdict in the session and the
+        // verdict memo, and a mailbox is mostly plain ham.
+        let worth = verdict.spam || !verdict.rules.is_empty() || bayes.is_some_and(|p| p >= 0.5);
+        let clues = match (model, bayes) {
+            (Some(m), Some(_)) if worth => {
+                let fired: Vec<&str> = verdict.rules.iter().map(|r| &**r).collect();
+                crate::classify::explain::weighed_most(m, &headers, &fired).into()
+            }
+            _ => Box::default(),
+        };
+        About { from: cut(headers.get("from")), subject: cut(headers.get("subject")), bayes, matched, clues }
+    } else {
+        About { bayes, ..About::default() }
+    };
     // A capped header block cannot be rewritten exactly: such a message is left as is.
     let rewrite = if h.truncated {
         None

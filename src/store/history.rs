@@ -106,6 +106,13 @@ pub struct Decision {
     pub disposition: String,
     pub dry_run: bool,
     pub spam: bool,
+    /// What each fired rule matched, bounded (see [`crate::rules::explain`]). Absent in
+    /// records written before it was kept.
+    #[serde(default)]
+    pub matched: Vec<crate::rules::explain::Matched>,
+    /// The tokens that weighed most in `bayes` (see [`crate::classify::explain`]).
+    #[serde(default)]
+    pub clues: Vec<crate::classify::explain::Clue>,
 }
 
 impl Decision {
@@ -549,6 +556,8 @@ pub fn login_decisions(
                 .to_string(),
                 dry_run,
                 spam: v.spam,
+                matched: ev.about.matched.to_vec(),
+                clues: ev.about.clues.to_vec(),
             })
         })
         .collect()
@@ -757,6 +766,8 @@ pub fn shared(
     };
     match opened {
         Ok(h) => {
+            // Sessions now explain their verdicts for the history (`rules::explain`).
+            crate::rules::explain::set_enabled(true);
             let r = Recorder::start(h);
             open.insert(key, Arc::downgrade(&r));
             Some(r)

@@ -81,6 +81,11 @@ pub trait QuarantineStore: Send + Sync + std::fmt::Debug {
     fn usage(&self, user: &str, upstream: &str) -> Usage;
     /// Every quarantined message, oldest first.
     fn list(&self) -> Result<Vec<Listed>, QuarantineError>;
+    /// The quarantined messages of one mailbox (`user` at `upstream`), oldest first. The
+    /// default filters [`Self::list`]; a store that keeps mailboxes apart reads only one.
+    fn list_mailbox(&self, user: &str, upstream: &str) -> Result<Vec<Listed>, QuarantineError> {
+        Ok(self.list()?.into_iter().filter(|m| m.user == user && m.upstream == upstream).collect())
+    }
     /// The stored bytes (with popsift's fields) of a message by id or unique id prefix.
     fn show(&self, id: &str) -> Result<Vec<u8>, QuarantineError>;
     /// Removes a message by id or unique id prefix.
@@ -309,9 +314,21 @@ impl Quarantine {
         self.store.list()
     }
 
+    /// The quarantined messages of one mailbox, oldest first (see
+    /// [`QuarantineStore::list_mailbox`]).
+    pub fn list_mailbox(&self, user: &str, upstream: &str) -> Result<Vec<Listed>, QuarantineError> {
+        self.store.list_mailbox(user, upstream)
+    }
+
     /// The stored message (with popsift's fields).
     pub fn show(&self, id: &str) -> Result<Vec<u8>, QuarantineError> {
         self.store.show(id)
+    }
+
+    /// One message's description, as [`Self::list`] gives it, reading only that message
+    /// (the review page's actions look messages up by id).
+    pub fn listed(&self, id: &str) -> Result<Listed, QuarantineError> {
+        Ok(describe(id, &self.show(id)?))
     }
 
     /// The message exactly as the server held it.
@@ -361,6 +378,28 @@ impl QuarantineStore for MaildirQuarantine {
     }
     fn list(&self) -> Result<Vec<Listed>, QuarantineError> {
         MaildirQuarantine::list(self)
+    }
+    /// Reads only that user's folder (the review page of one mailbox owner).
+    fn list_mailbox(&self, user: &str, upstream: &str) -> Result<Vec<Listed>, QuarantineError> {
+        let md = self.maildir(user);
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            let dir = md.join(sub);
+            let files = match fs::read_dir(&dir) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(QuarantineError::Io { path: dir, source: e }),
+            };
+            for f in files.flatten() {
+                let Ok(bytes) = fs::read(f.path()) else { continue };
+                let m = describe(&f.file_name().to_string_lossy(), &bytes);
+                if m.user == user && m.upstream == upstream {
+                    out.push(m);
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.quarantined_at, &a.id).cmp(&(b.quarantined_at, &b.id)));
+        Ok(out)
     }
     fn show(&self, id: &str) -> Result<Vec<u8>, QuarantineError> {
         let p = self.find(id)?;
@@ -560,6 +599,30 @@ pub fn deliver_maildir(dir: &Path, message: &[u8]) -> Result<PathBuf, Quarantine
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_mailbox_and_one_message_are_read_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Quarantine::new(&dir.path().join("quarantine"));
+        for (user, upstream, uidl) in [("alice", "a:110", "1"), ("alice", "b:110", "2"), ("bob", "a:110", "3")] {
+            let meta = Meta { user: user.into(), upstream: upstream.into(), uidl: uidl.into(), ..Meta::default() };
+            q.store(&meta, format!("Subject: {uidl}\r\n\r\nx\r\n").as_bytes()).unwrap();
+        }
+        let mine = q.list_mailbox("alice", "a:110").unwrap();
+        assert_eq!(
+            mine.iter().map(|m| m.uidl.as_str()).collect::<Vec<_>>(),
+            ["1"],
+            "the same user at another server is someone else"
+        );
+        // The same answer as filtering the whole list (the trait's default).
+        let all: Vec<Listed> =
+            q.list().unwrap().into_iter().filter(|m| m.user == "alice" && m.upstream == "a:110").collect();
+        assert_eq!(mine, all);
+        assert!(q.list_mailbox("carol", "a:110").unwrap().is_empty());
+        let one = q.listed(&mine[0].id).unwrap();
+        assert_eq!(one, mine[0]);
+        assert!(matches!(q.listed("no-such-id"), Err(QuarantineError::NotFound(_))));
+    }
 
     #[test]
     fn store_list_show_original() {

@@ -27,6 +27,10 @@ use crate::net::error::Phase;
 use crate::net::stream::Stream;
 use crate::pop3::status::{Status, MAX_STATUS_LINE};
 
+/// Default for `ui.login_timeout`: the whole POP3 login check of the form, at most. Well
+/// below the UI's connection limit ([`crate::ui::LIMITS`]), so a slow mail server is
+/// answered with a clear page instead of a connection closed mid-request.
+pub const LOGIN_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Login attempts allowed per client address per [`LOGIN_WINDOW`].
 pub const LOGIN_ATTEMPTS: usize = 5;
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);

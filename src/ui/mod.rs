@@ -3,7 +3,8 @@
 //!
 //! - [`auth`]: sessions, CSRF, the login rate limit, the POP3 and admin logins.
 //! - [`pages`]: the HTML (maud: escaped by default).
-//! - this file: the listener (plain HTTP on loopback, or rustls with `ui.tls`), routing, and
+//! - this file: the listener (plain HTTP on loopback, or rustls with `ui.tls` through the
+//!   listeners' own [`crate::edge::tls::ServerTls`], so SIGHUP re-reads it too), routing, and
 //!   the actions (`Not spam`, `Spam`, release, delete for good).
 //!
 //! It never takes the proxy down: a port that cannot be bound, or a TLS key that cannot be
@@ -78,8 +79,14 @@ pub struct Ui {
 /// not start (the caller logs it and serves on: the UI never takes the proxy down).
 pub async fn start(config: Arc<Config>, rules: Arc<RulesHandle>) -> Result<Option<SocketAddr>, UiError> {
     let Some(settings) = config.ui.clone() else { return Ok(None) };
+    // The listeners' own certificate holder: TLS 1.2/1.3, re-read on SIGHUP (a broken
+    // pair at reload is logged and the old one stays).
     let tls = match &settings.tls {
-        Some(t) => Some(tls_acceptor(&t.cert, &t.key)?),
+        Some(t) => {
+            let tls = crate::edge::tls::ServerTls::open(&t.cert, &t.key).map_err(|e| UiError::Tls(e.to_string()))?;
+            tls.spawn_reloader();
+            Some(tls)
+        }
         None => None,
     };
     let listener =
@@ -104,26 +111,9 @@ pub async fn start(config: Arc<Config>, rules: Arc<RulesHandle>) -> Result<Optio
     Ok(Some(addr))
 }
 
-fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, UiError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| UiError::Tls(format!("{}: {e}", cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| UiError::Tls(format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| UiError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| UiError::Tls(e.to_string()))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
-}
-
 /// The accept loop: [`crate::net::http::serve`]'s limits, plus TLS and the peer address
 /// (for the login rate limit).
-async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui: Arc<Ui>) {
+async fn serve(listener: TcpListener, tls: Option<Arc<crate::edge::tls::ServerTls>>, ui: Arc<Ui>) {
     let limits = LIMITS;
     let local = listener.local_addr().ok();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -138,7 +128,8 @@ async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui
                 continue;
             }
         };
-        let (ui, tls) = (ui.clone(), tls.clone());
+        // Each connection takes the certificate current at its accept.
+        let (ui, tls) = (ui.clone(), tls.as_ref().map(|t| t.acceptor()));
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let ui = ui.clone();
@@ -294,6 +285,35 @@ impl Ui {
         self.page(status, if ok { "Done" } else { "Not done" }, s, body)
     }
 
+    /// The mail servers the login form offers: every configured upstream (`HOST:PORT`, each
+    /// once, in listener order), or only `ui.upstream` when set. One entry: no choice shown.
+    fn servers(&self) -> Vec<String> {
+        if let Some(up) = &self.settings.upstream {
+            return vec![up.clone()];
+        }
+        let mut out: Vec<String> = Vec::new();
+        for l in &self.config.listeners {
+            let d = l.upstream_display();
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    /// The listener whose upstream checks a login: the one server there is, or the one the
+    /// form chose (only a configured one: the field is checked, never dialled as given).
+    fn login_listener(&self, chosen: Option<&str>) -> Result<&crate::config::Listener, &'static str> {
+        let servers = self.servers();
+        let want = match (servers.as_slice(), chosen) {
+            ([], _) => return Err("No mail server is configured."),
+            ([one], _) => one.clone(),
+            (_, Some(c)) if servers.iter().any(|s| s == c) => c.to_string(),
+            _ => return Err("Choose your mail server from the list."),
+        };
+        self.config.listeners.iter().find(|l| l.upstream_display() == want).ok_or("No mail server is configured.")
+    }
+
     fn store(&self) -> Option<Arc<dyn History>> {
         self.history.as_ref().map(|h| h.store().clone())
     }
@@ -360,7 +380,7 @@ fn login_form(ui: &Ui, status: StatusCode, error: Option<&str>, current: Option<
     let token = current
         .filter(|t| t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         .unwrap_or_else(|| ui.sessions.login_token());
-    let mut r = html(status, ui.frame("Log in", None, pages::login(error, &token)));
+    let mut r = html(status, ui.frame("Log in", None, pages::login(error, &token, &ui.servers())));
     let secure = if ui.secure { "; Secure" } else { "" };
     if let Ok(v) =
         HeaderValue::from_str(&format!("{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict{secure}"))
@@ -398,10 +418,24 @@ async fn login(ui: &Arc<Ui>, peer: IpAddr, req: Request<Incoming>) -> Resp {
             Viewer::Admin
         }
         _ => {
-            let Some(listener) = ui.config.listeners.first() else {
-                return fail(StatusCode::SERVICE_UNAVAILABLE, "No mail server is configured.");
+            let listener = match ui.login_listener(form.get("server").map(String::as_str)) {
+                Ok(l) => l,
+                Err(text) => return fail(StatusCode::BAD_REQUEST, text),
             };
-            match auth::pop3_login(&ui.config, listener, &user, &password).await {
+            let limit = ui.settings.login_timeout;
+            let checked = tokio::time::timeout(limit, auth::pop3_login(&ui.config, listener, &user, &password)).await;
+            let Ok(checked) = checked else {
+                tracing::warn!(%peer, upstream = %listener.upstream_display(), timeout_s = limit.as_secs_f64(),
+                    "review page: login check timed out (ui.login_timeout)");
+                return fail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "Your mail server did not answer the login check within {} s: please try again later.",
+                        limit.as_secs()
+                    ),
+                );
+            };
+            match checked {
                 Ok((upstream, user)) => {
                     Viewer::Owner { mailbox: history::mailbox_key(&upstream, &user), user, upstream }
                 }
@@ -461,7 +495,10 @@ async fn get(ui: &Arc<Ui>, s: &Session, path: &str, q: &HashMap<String, String>)
             let held = match held {
                 Some(m) => {
                     let (qs, id) = (ui.quarantine.clone(), m.id.clone());
-                    blocking(move || qs.original(&id).map_err(|e| e.to_string())).await.ok().map(|b| header_text(&b))
+                    blocking(move || qs.original(&id).map_err(|e| e.to_string()))
+                        .await
+                        .ok()
+                        .map(|b| String::from_utf8_lossy(crate::mailfiles::header_block(&b)).into_owned())
                 }
                 None => None,
             };
@@ -541,14 +578,6 @@ async fn get(ui: &Arc<Ui>, s: &Session, path: &str, q: &HashMap<String, String>)
     }
 }
 
-/// The header block of a message, as text.
-fn header_text(msg: &[u8]) -> String {
-    let end = memchr::memmem::find(msg, b"\r\n\r\n")
-        .map(|i| i + 2)
-        .or_else(|| memchr::memmem::find(msg, b"\n\n").map(|i| i + 1));
-    String::from_utf8_lossy(&msg[..end.unwrap_or(msg.len())]).into_owned()
-}
-
 async fn find_decision(ui: &Arc<Ui>, s: &Session, f: &HashMap<String, String>) -> Option<(String, u64, Decision)> {
     let mb = f.get("mb")?.clone();
     let seq: u64 = f.get("seq")?.parse().ok()?;
@@ -564,24 +593,43 @@ async fn find_decision(ui: &Arc<Ui>, s: &Session, f: &HashMap<String, String>) -
 /// The quarantine messages this viewer may see.
 async fn quarantine_of(ui: &Arc<Ui>, viewer: &Viewer) -> Result<Vec<Listed>, String> {
     let qs = ui.quarantine.clone();
-    let mut items = blocking(move || qs.list().map_err(|e| e.to_string())).await?;
-    if let Viewer::Owner { user, upstream, .. } = viewer {
-        // A mailbox is a user at one server: the same name at another server is someone else.
-        items.retain(|m| &m.user == user && &m.upstream == upstream);
-    }
+    // A mailbox is a user at one server: the same name at another server is someone else.
+    let mailbox = match viewer {
+        Viewer::Owner { user, upstream, .. } => Some((user.clone(), upstream.clone())),
+        Viewer::Admin => None,
+    };
+    let mut items = blocking(move || {
+        match mailbox {
+            Some((user, upstream)) => qs.list_mailbox(&user, &upstream),
+            None => qs.list(),
+        }
+        .map_err(|e| e.to_string())
+    })
+    .await?;
     items.reverse();
     Ok(items)
 }
 
+/// The quarantined message `id`, if this viewer may see it. Reads that one message, not the
+/// whole quarantine.
 async fn quarantined_by_id(ui: &Arc<Ui>, viewer: &Viewer, id: &str) -> Option<Listed> {
-    quarantine_of(ui, viewer).await.ok()?.into_iter().find(|m| m.id == id)
+    // An id is a file name (the forms carry whole ids): nothing that could walk the tree.
+    if id.is_empty() || id.len() > 255 || id.contains(['/', '\\']) || id.starts_with('.') {
+        return None;
+    }
+    let (qs, i) = (ui.quarantine.clone(), id.to_string());
+    let m = blocking(move || qs.listed(&i).map_err(|e| e.to_string())).await.ok()?;
+    match viewer {
+        Viewer::Owner { user, upstream, .. } if &m.user != user || &m.upstream != upstream => None,
+        _ => Some(m),
+    }
 }
 
 async fn quarantined_of(ui: &Arc<Ui>, mailbox: &str, uidl: &str) -> Option<Listed> {
     let (user, upstream) = history::split_mailbox(mailbox);
-    let qs = ui.quarantine.clone();
-    let items = blocking(move || qs.list().map_err(|e| e.to_string())).await.ok()?;
-    items.into_iter().rev().find(|m| m.user == user && m.upstream == upstream && m.uidl == uidl)
+    let (qs, user, upstream) = (ui.quarantine.clone(), user.to_string(), upstream.to_string());
+    let items = blocking(move || qs.list_mailbox(&user, &upstream).map_err(|e| e.to_string())).await.ok()?;
+    items.into_iter().rev().find(|m| m.uidl == uidl)
 }
 
 /// Trains one message (or recorded header block) with a label, in the proxy's classifier
@@ -610,6 +658,98 @@ fn trained_text(r: &Result<crate::classify::train::Outcome, String>, label: &str
 }
 
 async fn post(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<String, String>) -> Resp {
+    let resp = post_action(ui, s, cookie, path, f).await;
+    // "Not spam" with "add sender to my allowlist" ticked: only once the message itself was
+    // put right (a 2xx), the sender joins the mailbox's allowlist.
+    if matches!(path, "/notspam" | "/release") && f.get("allow").is_some_and(|v| !v.is_empty()) {
+        if !resp.status().is_success() {
+            return resp;
+        }
+        let Some((user, upstream, from)) = sender_of(ui, s, path, f).await else { return resp };
+        let (ok, text) = allow_sender(ui, &user, &upstream, &from).await;
+        return append_notice(resp, &text, ok).await;
+    }
+    resp
+}
+
+/// The mailbox (user, upstream) and the From of the message a "Not spam" form names.
+async fn sender_of(
+    ui: &Arc<Ui>,
+    s: &Session,
+    path: &str,
+    f: &HashMap<String, String>,
+) -> Option<(String, String, String)> {
+    if path == "/release" {
+        // The copy is gone from the quarantine by now only if the release failed.
+        let id = f.get("id")?;
+        let m = released_copy(ui, s, id).await?;
+        return Some((m.user, m.upstream, m.from));
+    }
+    let (mb, _, d) = find_decision(ui, s, f).await?;
+    let (user, upstream) = history::split_mailbox(&mb);
+    Some((user.to_string(), upstream.to_string(), d.from))
+}
+
+/// The quarantined message `id` of this viewer (still listed after a release).
+async fn released_copy(ui: &Arc<Ui>, s: &Session, id: &str) -> Option<Listed> {
+    quarantined_by_id(ui, &s.viewer, id).await
+}
+
+/// Adds the address in `from` to the allowlist of `user` at `upstream` (`host:port`);
+/// returns the sentence for the page.
+async fn allow_sender(ui: &Arc<Ui>, user: &str, upstream: &str, from: &str) -> (bool, String) {
+    let Some(settings) = ui.config.rules_per_user.clone() else {
+        return (
+            false,
+            "The sender was not added to an allowlist: this server has no per-mailbox rules (rules_per_user is off)."
+                .into(),
+        );
+    };
+    let addr = crate::rules::header::parse_addresses(from).into_iter().map(|m| m.addr).find(|a| !a.is_empty());
+    let Some(addr) = addr else {
+        return (false, format!("The sender was not added to your allowlist: {from:?} holds no address."));
+    };
+    // The per-mailbox directory is named by the upstream host, as the sessions name it.
+    let host = ui
+        .config
+        .listeners
+        .iter()
+        .filter_map(|l| l.upstream.as_ref())
+        .find(|u| u.display() == upstream)
+        .map(|u| u.host.clone())
+        .unwrap_or_else(|| upstream.rsplit_once(':').map_or(upstream, |(h, _)| h).to_string());
+    let (user, a) = (user.to_string(), addr.clone());
+    let r = blocking(move || {
+        crate::rules::users::allowlist_add(&settings, &user, &host, &a).map_err(|e| match e {
+            crate::rules::users::AllowlistError::Io { .. } => {
+                tracing::warn!(error = %e, "review page: allowlist not written");
+                "the allowlist could not be written (see the log)".to_string()
+            }
+            e => e.to_string(),
+        })
+    })
+    .await;
+    match r {
+        Ok(true) => (true, format!("{addr} is on your allowlist: from your next login, its mail is never filtered.")),
+        Ok(false) => (true, format!("{addr} was already on your allowlist.")),
+        Err(e) => (false, format!("The sender was not added to your allowlist: {e}.")),
+    }
+}
+
+/// `resp` (a message page, its body in memory) with one more notice at the end of `main`.
+async fn append_notice(resp: Resp, text: &str, ok: bool) -> Resp {
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let page = String::from_utf8_lossy(&bytes);
+    let notice = pages::notice(text, ok).into_string();
+    let page = match page.rfind("</main>") {
+        Some(i) => format!("{}{notice}{}", &page[..i], &page[i..]),
+        None => format!("{page}{notice}"),
+    };
+    Response::from_parts(parts, Full::new(Bytes::from(page)))
+}
+
+async fn post_action(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &HashMap<String, String>) -> Resp {
     match path {
         "/logout" => {
             ui.sessions.remove(cookie);
@@ -799,6 +939,69 @@ mod tests {
         assert!(a.starts_with("popsift-r-") && a.len() == 42, "{a}");
         // RFC 1939 §7: a UIDL is 1 to 70 characters in 0x21..=0x7E.
         assert!(a.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+    }
+
+    fn ui_for(yaml: &str) -> Result<Ui, crate::config::ConfigError> {
+        let file = crate::config::ConfigFile::parse(yaml, std::path::Path::new("p.yaml"))?;
+        let config = Arc::new(Config::build(file, crate::config::Overrides::default())?);
+        Ok(Ui {
+            settings: config.ui.clone().expect("ui configured"),
+            sessions: Sessions::new(Duration::from_secs(60)),
+            history: None,
+            quarantine: Quarantine::new(&config.quarantine.dir),
+            rules: RulesHandle::new(crate::rules::RuleSet::empty()),
+            secure: false,
+            config,
+        })
+    }
+
+    const TWO: &str = "listeners:\n  - listen: 127.0.0.1:1110\n    upstream: a.example:110\n  - listen: 127.0.0.1:1111\n    upstream: b.example:995\n  - listen: 127.0.0.1:1112\n    upstream: a.example:110\nui:\n  listen: 127.0.0.1:8080\n";
+
+    #[test]
+    fn several_upstreams_offer_a_checked_choice() {
+        let ui = ui_for(TWO).unwrap();
+        assert_eq!(ui.servers(), ["a.example:110", "b.example:995"], "each upstream once, in order");
+        assert_eq!(ui.login_listener(Some("b.example:995")).unwrap().upstream.as_ref().unwrap().host, "b.example");
+        // Only a configured server, never one the form names.
+        assert!(ui.login_listener(Some("evil.example:110")).is_err());
+        assert!(ui.login_listener(None).is_err());
+        let form = pages::login(None, "t", &ui.servers()).into_string();
+        assert!(form.contains("<select name=\"server\"") && form.contains(">b.example:995</option>"), "{form}");
+        // `ui.upstream` pins one: no list, the form's field is not needed.
+        let ui = ui_for(&format!("{TWO}  upstream: b.example:995\n")).unwrap();
+        assert_eq!(ui.servers(), ["b.example:995"]);
+        assert_eq!(ui.login_listener(None).unwrap().upstream.as_ref().unwrap().host, "b.example");
+        assert!(!pages::login(None, "t", &ui.servers()).into_string().contains("<select"));
+        // A `ui.upstream` no listener has is a config error naming the field.
+        let e = ui_for(&format!("{TWO}  upstream: c.example:110\n")).err().unwrap().to_string();
+        assert!(e.contains("ui.upstream") && e.contains("a.example:110"), "{e}");
+        // The login timeout stays below the connection limit.
+        let e = ui_for(&format!("{TWO}  login_timeout: 5m\n")).err().unwrap().to_string();
+        assert!(e.contains("ui.login_timeout"), "{e}");
+        assert_eq!(ui_for(TWO).unwrap().settings.login_timeout, auth::LOGIN_CHECK_TIMEOUT);
+    }
+
+    #[test]
+    fn detail_shows_matched_text_and_clues_escaped() {
+        let d = Decision {
+            mailbox: "u\u{1f}h:110".into(),
+            rules: vec!["R1".into()],
+            bayes: Some(0.97),
+            matched: vec![crate::rules::explain::Matched {
+                rule: "R1".into(),
+                header: "subject".into(),
+                before: "a <b> ".into(),
+                found: "<i>x</i>".into(),
+                after: " c".into(),
+            }],
+            clues: vec![crate::classify::explain::Clue { token: "<tok>".into(), probability: 0.99, spam: 7, ham: 0 }],
+            ..Decision::default()
+        };
+        let lines = [pages::RuleLine { id: "R1".into(), score: Some(2.0), action: None, describe: Some("<d>".into()) }];
+        let page = pages::decision(1, &d, &lines, None, "tok").into_string();
+        assert!(page.contains("subject: </span>a &lt;b&gt; <mark>&lt;i&gt;x&lt;/i&gt;</mark> c"), "{page}");
+        assert!(page.contains("&lt;tok&gt;") && page.contains("0.990") && !page.contains("<tok>"), "{page}");
+        assert!(!page.contains("<i>") && !page.contains("<d>"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ td,th{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-al
 .spam{color:#a00}.ham{color:#070}form.inline{display:inline}button{font:inherit;padding:.2em .6em}\
 .msg{background:#fff;border:1px solid #ddd;padding:1em;white-space:pre-wrap;overflow-x:auto}\
 .err{background:#fee;border:1px solid #c00;padding:.5em}.ok{background:#efe;border:1px solid #0a0;padding:.5em}\
+label.allow{display:inline-block;font-size:.8em;color:#444;max-width:10em;vertical-align:middle}.hdr{color:#555;font-family:monospace}td.matched{font-family:monospace;word-break:break-word}\
 input[type=text],input[type=search],input[type=password],select{font:inherit;max-width:100%}";
 
 /// The page frame. `who` is shown with a log-out button when logged in.
@@ -47,7 +48,9 @@ pub fn frame(title: &str, who: Option<(&str, &str)>, body: Markup) -> Markup {
     }
 }
 
-pub fn login(error: Option<&str>, csrf: &str) -> Markup {
+/// The login form; `servers` (configured upstreams, `HOST:PORT`) become a list to choose
+/// from when there are several.
+pub fn login(error: Option<&str>, csrf: &str, servers: &[String]) -> Markup {
     html! {
         h1 { "Log in" }
         p { "Your mailbox's user name and password (checked with your mail server, never stored)." }
@@ -56,6 +59,11 @@ pub fn login(error: Option<&str>, csrf: &str) -> Markup {
             input type="hidden" name="csrf" value=(csrf);
             p { label { "User name " input type="text" name="user" autocomplete="username" required; } }
             p { label { "Password " input type="password" name="password" autocomplete="current-password" required; } }
+            @if servers.len() > 1 {
+                p { label { "Mail server " select name="server" required {
+                    @for s in servers { option value=(s) { (s) } }
+                } } }
+            }
             p { button type="submit" { "Log in" } }
         }
     }
@@ -77,6 +85,11 @@ fn verdict_class(d: &Decision) -> &'static str {
     }
 }
 
+/// The "add sender to my allowlist" checkbox that goes with a "Not spam" button.
+fn allow_box() -> Markup {
+    html! { " " label.allow { input type="checkbox" name="allow" value="1"; " add sender to my allowlist" } }
+}
+
 /// The two one-click buttons for a decision.
 pub fn buttons(mailbox: &str, seq: u64, csrf: &str) -> Markup {
     html! {
@@ -85,6 +98,7 @@ pub fn buttons(mailbox: &str, seq: u64, csrf: &str) -> Markup {
             input type="hidden" name="mb" value=(mailbox);
             input type="hidden" name="seq" value=(seq);
             button type="submit" { "Not spam" }
+            (allow_box())
         }
         " "
         form.inline method="post" action="/spam" {
@@ -186,14 +200,37 @@ pub fn decision(seq: u64, d: &Decision, rules: &[RuleLine], held: Option<&str>, 
         @if !rules.is_empty() {
             h2 { "Why" }
             table {
-                thead { tr { th { "Rule" } th { "Score" } th { "Action" } th { "Description" } } }
+                thead { tr { th { "Rule" } th { "Score" } th { "Action" } th { "Matched" } th { "Description" } } }
                 tbody {
                     @for r in rules {
                         tr {
                             td { (r.id) }
                             td { @if let Some(sc) = r.score { (format!("{sc:+.1}")) } }
                             td { (r.action.as_deref().unwrap_or("")) }
+                            td.matched {
+                                @if let Some(m) = d.matched.iter().find(|m| m.rule == r.id) {
+                                    @if !m.header.is_empty() { span.hdr { (m.header) ": " } }
+                                    (m.before) @if !m.found.is_empty() { mark { (m.found) } } (m.after)
+                                }
+                            }
                             td { (r.describe.as_deref().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+        }
+        @if !d.clues.is_empty() {
+            h2 { "Classifier: the tokens that weighed most" }
+            table {
+                thead { tr { th { "Token" } th { "Spam probability" } th { "Towards" } th { "Trained spam" } th { "Trained ham" } } }
+                tbody {
+                    @for c in &d.clues {
+                        tr class=(if c.probability >= 0.5 { "spam" } else { "ham" }) {
+                            td.matched { (c.token) }
+                            td { (format!("{:.3}", c.probability)) }
+                            td { @if c.probability >= 0.5 { "spam" } @else { "not spam" } " (" (format!("{:+.1}", c.log_odds())) ")" }
+                            td { (c.spam) }
+                            td { (c.ham) }
                         }
                     }
                 }
@@ -240,6 +277,7 @@ fn quarantine_buttons(id: &str, csrf: &str) -> Markup {
             input type="hidden" name="csrf" value=(csrf);
             input type="hidden" name="id" value=(id);
             button type="submit" { "Not spam" }
+            (allow_box())
         }
         " "
         form.inline method="post" action="/quarantine/delete" {

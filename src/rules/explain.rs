@@ -1,0 +1,412 @@
+//! Why a rule fired, in words a mailbox owner can check: for each rule of a verdict, the
+//! header it read and the text it matched, with a little context (issue 13, the review
+//! page's detail view).
+//!
+//! A post-pass, never part of evaluation: [`super::eval`] only learns *that* a rule
+//! matched (one pass per header target, no spans), which is what keeps it fast. Here each
+//! FIRED rule's own matcher runs again on the same headers with a `find` to get the span:
+//! its regex (the [`super::multiregex::MultiRegex`] pattern, or the backtracking one), its
+//! keyword (the target's Aho-Corasick automaton, whole-word checks included), or the
+//! address/domain that was listed. `exists`, `size_over` and `bayes:` rules say what made
+//! them true; an `expr:` rule lists the rules it combines and whether each held; a negated
+//! rule says that nothing matched. Each explanation is bounded ([`MAX_CHARS`]): header
+//! values can be long (an `ALL` target is the whole header block), the history keeps only a
+//! few hundred characters per rule.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::compile::{Cond, Form, Source, Target, TargetMatcher};
+use super::eval::{addresses_of, is_word_byte, target_value};
+use super::header::Headers;
+use super::lists::{domain_of, for_each_suffix};
+use super::RuleSet;
+
+/// Most characters of one explanation (`before` + `found` + `after`).
+pub const MAX_CHARS: usize = 200;
+/// Characters of context on each side of a match.
+const CONTEXT: usize = 30;
+/// `expr:` rules nested deeper than this are not explained further.
+const MAX_DEPTH: usize = 6;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the session path explains verdicts (and keeps From/Subject): on only when the
+/// decision history records them (`history.enabled`), so a proxy without the review page
+/// pays nothing. Set once at start.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// See [`set_enabled`].
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// What one fired rule matched.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Matched {
+    pub rule: String,
+    /// What the rule read: a header target as written in rules (`subject`, `from:addr`,
+    /// `ALL`), or `size`, `bayes`, `expr`, `exists`.
+    pub header: String,
+    /// Context before the match (or the whole explanation when there is no span).
+    pub before: String,
+    /// The matched text; empty when the rule has no span (negated, size, bayes, expr).
+    pub found: String,
+    pub after: String,
+}
+
+/// Explains each rule of `fired` (ids, as in [`super::Verdict::rules`]) against the headers
+/// it was evaluated on. `bayes` is the classifier's probability, if one was computed.
+pub fn explain(set: &RuleSet, h: &Headers, size: u64, fired: &[Arc<str>], bayes: Option<f64>) -> Vec<Matched> {
+    let mut out = Vec::with_capacity(fired.len());
+    for id in fired {
+        let Some(r) = set.rules.iter().position(|x| x.id == *id) else { continue };
+        let why = why(set, h, size, bayes, r as u32, 0).unwrap_or_else(|| Why {
+            header: String::new(),
+            before: "matched (not reproducible now)".into(),
+            ..Why::default()
+        });
+        out.push(Matched {
+            rule: id.to_string(),
+            header: why.header,
+            before: why.before,
+            found: why.found,
+            after: why.after,
+        });
+    }
+    out
+}
+
+#[derive(Debug, Default)]
+struct Why {
+    header: String,
+    before: String,
+    found: String,
+    after: String,
+}
+
+fn note(header: impl Into<String>, text: String) -> Why {
+    Why { header: header.into(), before: cut_chars(&text, MAX_CHARS), ..Why::default() }
+}
+
+/// Why rule `r` holds for these headers, or `None` when it does not.
+fn why(set: &RuleSet, h: &Headers, size: u64, bayes: Option<f64>, r: u32, depth: usize) -> Option<Why> {
+    let rule = set.rules.get(r as usize)?;
+    match rule.cond {
+        Cond::Header => {
+            let hit = header_match(set, h, r);
+            match (hit, rule.negate) {
+                (Some(w), false) => Some(w),
+                (None, true) => {
+                    Some(note(targets_of(set, r), "nothing matched (the rule fires when nothing does)".into()))
+                }
+                _ => None,
+            }
+        }
+        Cond::Exists => {
+            let (name, want, _) = set.exists.iter().find(|e| e.2 == r)?;
+            let present = h.contains(name);
+            if (present == *want) == rule.negate {
+                return None;
+            }
+            Some(match h.get(name) {
+                Some(v) => snippet(name, v, 0..v.len()),
+                None => note(name.clone(), "no such header".into()),
+            })
+        }
+        Cond::Size => {
+            let (limit, _) = set.sizes.iter().find(|e| e.1 == r)?;
+            if (size > *limit) == rule.negate {
+                return None;
+            }
+            let cmp = if size > *limit { "over" } else { "not over" };
+            Some(note("size", format!("{size} octets, {cmp} {limit}")))
+        }
+        Cond::Bayes => {
+            let (lo, hi, _) = set.bayes.iter().find(|e| e.2 == r)?;
+            let p = bayes?;
+            if super::schema::in_band(p, *lo, *hi) == rule.negate {
+                return None;
+            }
+            let inside = if rule.negate { "outside" } else { "in" };
+            Some(note("bayes", format!("probability {p:.3}, {inside} {lo}..{hi}")))
+        }
+        Cond::Expr => {
+            if depth >= MAX_DEPTH {
+                return Some(note("expr", "(nested too deep to explain)".into()));
+            }
+            let (_, x) = set.exprs.iter().find(|e| e.0 == r)?;
+            let mut deps = Vec::new();
+            x.deps(&mut deps);
+            deps.dedup();
+            let mut holds = Vec::with_capacity(deps.len());
+            for &d in &deps {
+                holds.push((d, why(set, h, size, bayes, d, depth + 1).is_some()));
+            }
+            let value = x.eval(&|i| holds.iter().find(|(d, _)| *d == i).is_some_and(|(_, v)| *v));
+            if value == rule.negate {
+                return None;
+            }
+            let parts: Vec<String> = holds
+                .iter()
+                .filter_map(|(d, v)| {
+                    let id = &set.rules.get(*d as usize)?.id;
+                    Some(format!("{id} {}", if *v { "yes" } else { "no" }))
+                })
+                .collect();
+            Some(note("expr", parts.join(", ")))
+        }
+    }
+}
+
+/// The targets a header rule reads, for a rule that fired because nothing matched.
+fn targets_of(set: &RuleSet, r: u32) -> String {
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |t: &Target| {
+        let n = target_name(t);
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    };
+    for tm in &set.targets {
+        if owns(tm, r) {
+            add(&tm.target);
+        }
+    }
+    for (t, _, rr) in &set.backtrack {
+        if *rr == r {
+            add(t);
+        }
+    }
+    names.join(", ")
+}
+
+fn owns(tm: &TargetMatcher, r: u32) -> bool {
+    tm.regex.as_ref().is_some_and(|(_, o)| o.iter().any(|v| v.contains(&r)))
+        || tm.keywords.as_ref().is_some_and(|k| k.owners.iter().any(|v| v.iter().any(|(x, _)| *x == r)))
+        || tm.domains.values().any(|v| v.contains(&r))
+        || tm.addresses.values().any(|v| v.contains(&r))
+}
+
+/// A target as rules write it: `subject`, `from:addr`, `ALL`, `ToCc:name`.
+pub fn target_name(t: &Target) -> String {
+    let base = match &t.source {
+        Source::Named(n) => n.clone(),
+        Source::All => "ALL".into(),
+        Source::ToCc => "ToCc".into(),
+    };
+    match t.form {
+        Form::Decoded => base,
+        Form::Raw => format!("{base}:raw"),
+        Form::Addr => format!("{base}:addr"),
+        Form::Name => format!("{base}:name"),
+    }
+}
+
+/// The first match of header rule `r`: its regex, keyword, listed address or domain, or its
+/// backtracking regex.
+fn header_match(set: &RuleSet, h: &Headers, r: u32) -> Option<Why> {
+    for tm in set.targets.iter().filter(|tm| owns(tm, r)) {
+        let Some(value) = target_value(h, &tm.target) else { continue };
+        let text: &str = &value;
+        let name = target_name(&tm.target);
+        if let Some((set, owners)) = &tm.regex {
+            for (p, o) in owners.iter().enumerate() {
+                if o.contains(&r) {
+                    if let Some(range) = set.find(p, text) {
+                        return Some(snippet(&name, text, range));
+                    }
+                }
+            }
+        }
+        if let Some(kw) = &tm.keywords {
+            let lowered;
+            let hay: &str = if kw.lowercase {
+                lowered = text.to_lowercase();
+                &lowered
+            } else {
+                text
+            };
+            let bytes = hay.as_bytes();
+            for m in kw.ac.find_overlapping_iter(hay) {
+                let Some(owners) = kw.owners.get(m.pattern().as_usize()) else { continue };
+                let Some(&(_, whole)) = owners.iter().find(|(x, _)| *x == r) else { continue };
+                if whole {
+                    // The same whole-word test as evaluation (`rules::eval`).
+                    let before = m.start() == 0 || !is_word_byte(bytes[m.start() - 1]);
+                    let after = m.end() >= bytes.len() || !is_word_byte(bytes[m.end()]);
+                    let first_word = bytes.get(m.start()).is_some_and(|&b| is_word_byte(b));
+                    let last_word = m.end() > 0 && bytes.get(m.end() - 1).is_some_and(|&b| is_word_byte(b));
+                    let whole_word = (before || !first_word) && (after || !last_word);
+                    if !whole_word {
+                        continue;
+                    }
+                }
+                return Some(snippet(&name, hay, m.range()));
+            }
+        }
+        if !tm.domains.is_empty() || !tm.addresses.is_empty() {
+            for addr in addresses_of(h, &tm.target, text) {
+                if tm.addresses.get(addr.as_str()).is_some_and(|v| v.contains(&r)) {
+                    return Some(Why {
+                        header: name,
+                        found: cut_chars(&addr, MAX_CHARS - 20),
+                        after: " (listed address)".into(),
+                        ..Why::default()
+                    });
+                }
+                let mut listed = None;
+                for_each_suffix(&domain_of(&addr), |s| {
+                    if listed.is_none() && tm.domains.get(s).is_some_and(|v| v.contains(&r)) {
+                        listed = Some(s.to_string());
+                    }
+                });
+                if let Some(d) = listed {
+                    let after = cut_chars(&format!(" (listed domain {d})"), MAX_CHARS / 2);
+                    return Some(Why { header: name, found: cut_chars(&addr, MAX_CHARS / 2), after, ..Why::default() });
+                }
+            }
+        }
+    }
+    for (t, re, rr) in &set.backtrack {
+        if *rr != r {
+            continue;
+        }
+        let Some(value) = target_value(h, t) else { continue };
+        if let Some(range) = super::backtrack::find(re, &value) {
+            return Some(snippet(&target_name(t), &value, range));
+        }
+    }
+    None
+}
+
+/// `text[range]` with up to [`CONTEXT`] characters either side, `…` where cut, control
+/// characters (the line breaks of an `ALL` value) shown as spaces; at most [`MAX_CHARS`].
+fn snippet(header: &str, text: &str, range: std::ops::Range<usize>) -> Why {
+    let (Some(pre), Some(mid), Some(post)) = (text.get(..range.start), text.get(range.clone()), text.get(range.end..))
+    else {
+        return note(header, cut_chars(text, MAX_CHARS));
+    };
+    let found = cut_chars(mid, MAX_CHARS - 2 * (CONTEXT + 1));
+    let pre_chars = pre.chars().count();
+    let before: String = if pre_chars > CONTEXT {
+        let tail: String = pre.chars().skip(pre_chars - CONTEXT).collect();
+        format!("…{tail}")
+    } else {
+        pre.to_string()
+    };
+    Why {
+        header: header.to_string(),
+        before: clean(&before),
+        found: clean(&found),
+        after: clean(&cut_chars(post, CONTEXT)),
+    }
+}
+
+/// The first `n` characters of `s` (`…` appended when cut), control characters as spaces.
+fn cut_chars(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => clean(&format!("{}…", s.get(..i).unwrap_or(""))),
+        None => clean(s),
+    }
+}
+
+fn clean(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::EngineOptions;
+    use std::path::Path;
+
+    fn set(yaml: &str) -> RuleSet {
+        RuleSet::from_yaml(Path::new("t.yaml"), yaml, &EngineOptions::default()).unwrap()
+    }
+
+    fn run(set: &RuleSet, block: &[u8]) -> Vec<Matched> {
+        let h = Headers::parse(block);
+        let v = set.evaluate_headers(&h, block.len() as u64);
+        explain(set, &h, block.len() as u64, &v.rules, None)
+    }
+
+    #[test]
+    fn regex_match_with_context() {
+        let s = set("rules:\n  - id: pills\n    header: Subject\n    regex: '(?i)v[i1]agra'\n    score: 3\n");
+        let m = run(&s, b"Subject: Cheap V1AGRA for you today\r\n\r\n");
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].rule.as_str(), m[0].header.as_str()), ("pills", "subject"));
+        assert_eq!(
+            (m[0].before.as_str(), m[0].found.as_str(), m[0].after.as_str()),
+            ("Cheap ", "V1AGRA", " for you today")
+        );
+    }
+
+    #[test]
+    fn pattern_without_literal_is_found() {
+        let s = set("rules:\n  - id: digits\n    header: Subject\n    regex: '\\d{4,}'\n    score: 1\n");
+        let m = run(&s, b"Subject: order 123456 shipped\r\n\r\n");
+        assert_eq!(m[0].found, "123456");
+    }
+
+    #[test]
+    fn keyword_whole_word_and_listed_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.txt"), "spam.example\n").unwrap();
+        let yaml = "rules:\n  - id: kw\n    header: Subject\n    keywords: [cash]\n    whole_word: true\n    score: 1\n  - id: dom\n    header: From\n    domain_in: bad.txt\n    score: 1\n";
+        let path = dir.path().join("r.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let s = RuleSet::load(&path, &EngineOptions::default()).unwrap();
+        let m = run(&s, b"From: A <a@mx.spam.example>\r\nSubject: cashcash or CASH now\r\n\r\n");
+        let kw = m.iter().find(|m| m.rule == "kw").unwrap();
+        // "cashcash" is not the whole word: the match is the later "CASH".
+        assert_eq!(kw.found, "CASH");
+        assert!(kw.before.ends_with("or "), "{kw:?}");
+        let dom = m.iter().find(|m| m.rule == "dom").unwrap();
+        assert_eq!(dom.found, "a@mx.spam.example");
+        assert!(dom.after.contains("spam.example"));
+    }
+
+    #[test]
+    fn exists_size_negated_and_expr_say_why() {
+        let yaml = "rules:
+  - id: noid
+    header: Message-ID
+    exists: false
+  - id: big
+    size_over: 10
+  - id: nosub
+    header: Subject
+    regex: 'hello'
+    negate: true
+  - id: both
+    expr: 'noid && big'
+    score: 2
+";
+        let s = set(yaml);
+        let block = b"Subject: bye\r\n\r\n";
+        let h = Headers::parse(block);
+        let ids: Vec<Arc<str>> = ["both", "nosub", "noid", "big"].iter().map(|s| Arc::from(*s)).collect();
+        let m = explain(&s, &h, 5000, &ids, None);
+        assert_eq!(m[0].header, "expr");
+        assert_eq!(m[0].before, "noid yes, big yes");
+        assert!(m[1].before.contains("nothing matched"), "{:?}", m[1]);
+        assert_eq!(m[2].before, "no such header");
+        assert_eq!(m[3].before, "5000 octets, over 10");
+    }
+
+    #[test]
+    fn long_values_are_bounded() {
+        let s = set("rules:\n  - id: all\n    header: ALL\n    regex: 'x+'\n    score: 1\n");
+        let long = format!("Subject: {}{}{}\r\nX-A: b\r\n\r\n", "a".repeat(500), "x".repeat(1000), "b".repeat(500));
+        let m = run(&s, long.as_bytes());
+        let total = m[0].before.chars().count() + m[0].found.chars().count() + m[0].after.chars().count();
+        assert!(total <= MAX_CHARS + 2, "{total}");
+        assert!(m[0].before.starts_with('…') && m[0].found.ends_with('…'));
+        assert!(!m[0].after.contains('\n') && !m[0].after.contains('\r'));
+    }
+}
