@@ -254,7 +254,6 @@ pub struct Machine {
     candidates: Vec<usize>,
     next_candidate: usize,
     pipeline: Option<Pipeline>,
-    up_pipelining: bool,
     known: Known,
     /// UPDATE: DELE batches not yet sent, and the numbers whose replies are due.
     batches: VecDeque<(Vec<u8>, Vec<u32>)>,
@@ -282,7 +281,6 @@ impl Machine {
             candidates: Vec::new(),
             next_candidate: 0,
             pipeline: None,
-            up_pipelining: false,
             known: Known::default(),
             batches: VecDeque::new(),
             awaiting: VecDeque::new(),
@@ -372,7 +370,13 @@ impl Machine {
     }
 
     fn scan_pipelining(&self) -> bool {
-        self.settings.scan_pipelining && capa::has(self.caps.as_deref(), "PIPELINING")
+        self.settings.scan_pipelining && self.upstream_pipelines()
+    }
+
+    /// RFC 2449 §6.6: the upstream announced PIPELINING (derived from its CAPA, which is
+    /// read once at connect).
+    fn upstream_pipelines(&self) -> bool {
+        capa::has(self.caps.as_deref(), "PIPELINING")
     }
 
     fn emit(&mut self, a: Action) {
@@ -699,8 +703,7 @@ impl Machine {
             uidl: view.entries().iter().all(|e| e.uidl.is_some()),
             logged_in: true,
         };
-        self.up_pipelining = capa::has(self.caps.as_deref(), "PIPELINING");
-        self.pipeline = Some(Pipeline::new(view, self.up_pipelining));
+        self.pipeline = Some(Pipeline::new(view, self.upstream_pipelines()));
         self.emit(Action::ViewReady);
         if !self.login_answered {
             self.login_answered = true;
@@ -770,7 +773,7 @@ impl Machine {
     /// UPDATE (RFC 1939 §6): DELE the client's deletions and the condemned messages, in
     /// batches of `scan.window` when the upstream pipelines, then QUIT.
     fn update(&mut self, deletions: &[u32]) -> State {
-        let window = if self.up_pipelining { self.settings.window.max(1) } else { 1 };
+        let window = if self.upstream_pipelines() { self.settings.window.max(1) } else { 1 };
         self.batches = dele_batches(deletions, window).map(|(c, n)| (c, n.to_vec())).collect();
         self.awaiting.clear();
         self.update_send(true)
@@ -968,7 +971,6 @@ mod tests {
                     upstream: e.upstream,
                     size: e.upstream_size,
                     uidl: e.uidl.clone(),
-                    headers: None,
                     memo: None,
                     evaluated: e.evaluated.clone(),
                 })
@@ -1264,7 +1266,7 @@ mod tests {
         let mut s = Sim::new(Settings { without_top: WithoutTop::Refuse, ..settings() });
         s.connect(&[]);
         s.login();
-        let items = vec![ScanItem { upstream: 1, size: 5, uidl: None, headers: None, memo: None, evaluated: None }];
+        let items = vec![ScanItem { upstream: 1, size: 5, uidl: None, memo: None, evaluated: None }];
         s.feed(Input::Listed(Box::new(ScanOutcome { items, top_supported: false, ..Default::default() })));
         s.s("+OK bye");
         assert_eq!(s.take_upstream(), "QUIT\r\n");
