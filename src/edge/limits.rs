@@ -53,11 +53,6 @@ impl SessionsPerIp {
         *n += 1;
         Some(IpSlot { owner: Arc::clone(self), ip })
     }
-
-    /// Sessions open from `ip` now.
-    pub fn count(&self, ip: IpAddr) -> usize {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner).get(&ip.to_canonical()).copied().unwrap_or(0)
-    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -809,25 +809,6 @@ fn is_ok(line: &[u8]) -> bool {
     Status::parse(line).is_some_and(|s| s.is_ok())
 }
 
-/// The entries of a scan evaluated by no rules (every message shown unfiltered): what a
-/// harness feeds as [`Input::Evaluated`] when it needs no rule set to reach TRANSACTION.
-pub fn unevaluated(outcome: &ScanOutcome) -> Vec<Entry> {
-    outcome
-        .items
-        .iter()
-        .map(|i| Entry {
-            upstream: i.upstream,
-            upstream_size: i.size,
-            size: i.size,
-            uidl: i.uidl.clone(),
-            disposition: Disposition::Visible,
-            rewrite: None,
-            evaluated: None,
-            released: None,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     //! `C:` (client) and `S:` (upstream) lines in, what popsift says to each out: no
