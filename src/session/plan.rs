@@ -199,10 +199,7 @@ mod tests {
         assert_eq!(reply(tx(&mut v, "UIDL 1")), "+OK 1 uid-2\r\n");
         assert_eq!(tx(&mut v, "RETR 2"), TxPlan::Fetch { command: b"RETR 4\r\n".to_vec(), entry: 3 });
         assert_eq!(tx(&mut v, "TOP 1 5"), TxPlan::Fetch { command: b"TOP 2 5\r\n".to_vec(), entry: 1 });
-        assert_eq!(
-            tx(&mut v, "TOP 1 99999999"),
-            TxPlan::Fetch { command: b"TOP 2 99999999\r\n".to_vec(), entry: 1 }
-        );
+        assert_eq!(tx(&mut v, "TOP 1 99999999"), TxPlan::Fetch { command: b"TOP 2 99999999\r\n".to_vec(), entry: 1 });
         assert_eq!(reply(tx(&mut v, "DELE 1")), "+OK message 1 deleted\r\n");
         assert_eq!(reply(tx(&mut v, "RETR 1")), "-ERR message 1 already deleted\r\n");
         assert_eq!(reply(tx(&mut v, "DELE 1")), "-ERR message 1 already deleted\r\n");
