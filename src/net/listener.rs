@@ -91,6 +91,7 @@ pub async fn serve(
         let permits = permits.clone();
         let mut stop = shutdown.clone();
         let local = sock.local_addr().ok();
+        let behind_balancer = l.edge.proxy_protocol.is_some();
         loops.push(tokio::spawn(async move {
             // EMFILE and friends: logged once per second (with the count suppressed since),
             // each followed by a short back-off, so a descriptor shortage never becomes a hot
@@ -109,7 +110,13 @@ pub async fn serve(
                     }
                 };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    warn!(%peer, "session limit reached; refusing connection");
+                    if behind_balancer {
+                        // The PROXY header is not read yet: the socket's peer is the
+                        // balancer, not the client; say so rather than blame it.
+                        warn!(balancer = %peer, "session limit reached; refusing connection (client address unknown: its PROXY header was not read)");
+                    } else {
+                        warn!(%peer, "session limit reached; refusing connection");
+                    }
                     tokio::spawn(async move {
                         use tokio::io::AsyncWriteExt;
                         let mut s = stream;
