@@ -299,6 +299,27 @@ async fn over_size_quota_is_not_deleted() {
     assert!(copies(&p.state_dir(), "alice").is_empty());
 }
 
+// A quarantine store that hangs (here: a FIFO with no writer in the user's folder, so
+// reading the folder's usage blocks, as on a hung network mount). Before: the login waited
+// forever. After: past `timeouts.quarantine_usage` the copy fails, `on_failure` applies, the
+// spam is shown and nothing is DELEd; logged and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_quarantine_usage_scan_falls_back_to_on_failure() {
+    let up = scripted(vec![Item::new(msg("viagra stuck", "1\r\n"), "v1"), Item::new(ham(), "h1")]).await;
+    let extra = "timeouts: { quarantine_usage: 500ms }\nquarantine: { on_failure: show }\n";
+    let p = proxy(&up.addr, QUARANTINE_VIAGRA, extra);
+    let new = p.state_dir().join("quarantine/alice/new");
+    std::fs::create_dir_all(&new).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(new.join("hung")).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    let stat = tokio::time::timeout(Duration::from_secs(30), session(&p.addr, "alice")).await;
+    assert!(stat.expect("the login is not held by the hung store").starts_with("+OK 2 "), "on_failure: show");
+    assert!(up.deles().is_empty(), "nothing copied, nothing deleted: {:?}", up.deles());
+    assert!(p.log().contains("timeouts.quarantine_usage"), "logged");
+    let m = p.scrape();
+    assert!(m.contains("popsift_login_step_timeouts_total{step=\"quarantine_usage\"} 1"), "{m}");
+}
+
 fn vm_hwm_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
