@@ -323,9 +323,26 @@ impl Machine {
         Action::Need(need)
     }
 
-    /// When the machine wants an [`Input::Tick`] even if nothing else happens.
+    /// The next action if it is client output ([`Action::ToClient`], [`Action::Flush`]),
+    /// else `None` and nothing is taken: what a performer busy with a need (the login's
+    /// work) writes after an [`Input::Tick`].
+    pub fn next_client_output(&mut self) -> Option<Action> {
+        match self.actions.front() {
+            Some(Action::ToClient(_) | Action::Flush) => self.actions.pop_front(),
+            _ => None,
+        }
+    }
+
+    /// When the machine wants an [`Input::Tick`] even if nothing else happens: while the
+    /// login's work runs (scan, evaluation, quarantine copies) and its `+OK` is not out yet.
     pub fn wake_at(&self) -> Option<Instant> {
-        self.answer_at.filter(|_| !self.login_answered && matches!(self.state, State::Scanning))
+        self.answer_at.filter(|_| !self.login_answered && self.login_work_running())
+    }
+
+    /// Between a successful login and the view: the states whose work the performer does
+    /// while the early login answer may fall due.
+    fn login_work_running(&self) -> bool {
+        matches!(self.state, State::Scanning | State::Evaluating | State::QuarantineFolder | State::Quarantining)
     }
 
     /// TLS is now active on the client connection: STLS is no longer offered.
@@ -401,7 +418,7 @@ impl Machine {
     pub fn handle(&mut self, now: Instant, input: Input) {
         self.now = now;
         if let Input::Tick = input {
-            if matches!(self.state, State::Scanning) {
+            if self.login_work_running() {
                 self.answer_early_if_due();
             }
             return;
@@ -1240,6 +1257,51 @@ mod tests {
         s.feed(Input::Quarantined(Quarantined::Stored));
         s.idle();
         assert_eq!(s.take_client(), "", "answered once");
+    }
+
+    /// A slow evaluation or a slow quarantine copy: the performer ticks while it works, and
+    /// the early answer goes out on time, mid-work (before: only the scan was ticked, so the
+    /// `+OK` waited for the evaluation or the copy to end).
+    #[test]
+    fn evaluation_and_copies_are_ticked_for_the_early_answer() {
+        for slow in ["evaluation", "folder", "copy"] {
+            let mut s = Sim::new(settings());
+            s.connect(&[]);
+            s.login();
+            s.take_client();
+            let q = Some(RuleAction::Quarantine);
+            s.feed(Input::Listed(Box::new(ScanOutcome { top_supported: true, ..Default::default() })));
+            assert!(matches!(s.run(), Need::Evaluate(_)));
+            let late = s.t0 + Duration::from_secs(21);
+            let tick = |s: &mut Sim| {
+                assert_eq!(s.m.wake_at(), Some(s.t0 + Duration::from_secs(20)), "{slow}: a wake-up is due");
+                s.now = late;
+                s.feed(Input::Tick);
+                assert!(matches!(s.run(), Need::Pending), "{slow}: the outstanding need stays outstanding");
+                assert_eq!(s.take_client(), "+OK logged in\r\n", "{slow}: answered while the work runs");
+                assert_eq!(s.m.wake_at(), None, "{slow}: answered once");
+            };
+            if slow == "evaluation" {
+                tick(&mut s);
+            }
+            s.feed(Input::Evaluated(vec![entry(1, q), entry(2, None)]));
+            assert!(matches!(s.run(), Need::QuarantineFolder));
+            if slow == "folder" {
+                tick(&mut s);
+            }
+            s.feed(Input::QuarantineFolder);
+            assert!(matches!(s.run(), Need::Quarantine(_)));
+            if slow == "copy" {
+                tick(&mut s);
+            }
+            s.feed(Input::Quarantined(Quarantined::Failed));
+            s.c("STAT");
+            s.idle();
+            assert_eq!(s.take_client(), "+OK 1 200\r\n", "{slow}: the failed copy stays hidden");
+            s.c("QUIT");
+            s.s("+OK");
+            assert!(!s.take_upstream().contains("DELE"), "{slow}: nothing copied, nothing deleted");
+        }
     }
 
     #[test]

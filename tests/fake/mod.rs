@@ -40,6 +40,8 @@ pub struct Behaviour {
     /// answered: the test holds the scan exactly as long as it wants (`add_permits` to let
     /// TOPs through), instead of guessing with delays.
     pub top_gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// Like `top_gate`, for RETR (a quarantine copy held as long as the test wants).
+    pub retr_gate: Option<Arc<tokio::sync::Semaphore>>,
     /// Answer `TOP n 0` for this message with a line that is neither `+OK` nor `-ERR` (the
     /// scan fails with a protocol error while the connection stays up).
     pub bad_top_reply: Option<usize>,
@@ -70,6 +72,7 @@ impl Default for Behaviour {
             stall_on_list: false,
             top_delay: None,
             top_gate: None,
+            retr_gate: None,
             bad_top_reply: None,
             stls_reply: None,
             user: "alice".into(),
@@ -202,6 +205,14 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                     let kw = parts.next().unwrap_or("").to_ascii_uppercase();
                     let args: Vec<&str> = parts.collect();
                     let num = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok());
+                    if kw == "RETR" {
+                        if let Some(gate) = &b.retr_gate {
+                            match gate.acquire().await {
+                                Ok(p) => p.forget(),
+                                Err(_) => return,
+                            }
+                        }
+                    }
                     if kw == "TOP" {
                         if let Some(gate) = &b.top_gate {
                             match gate.acquire().await {
