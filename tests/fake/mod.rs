@@ -1,19 +1,21 @@
 //! A small scripted POP3 server, only for what a real Dovecot cannot be made to do: APOP
 //! checks without a real digest, servers without CAPA/TOP/UIDL, `-ERR` after a correct PASS,
 //! dying mid-RETR, a TOP that returns the whole message, a scan held at TOP until the test
-//! lets it go, a garbled TOP reply, STLS refused or followed by injected bytes. Everything
+//! lets it go, a garbled TOP reply, STLS refused or followed by injected bytes, and a slow
+//! server (a greeting or a reply dribbled an octet at a time, a command never answered or
+//! answered late: what per-read timeouts could not stop). Everything
 //! else is tested against Dovecot. The log records commands, pipelining, UPDATE deletions
 //! and connections opened/closed (wait on those, never on time).
 #![allow(dead_code)]
 
 pub mod popsift;
 pub mod scripted;
-pub mod slow;
 pub mod threaded;
 #[path = "../support/wait.rs"]
 pub mod wait;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -32,10 +34,17 @@ pub struct Behaviour {
     pub die_mid_retr: Option<usize>,
     /// Close the connection instead of answering QUIT in TRANSACTION.
     pub die_at_quit: bool,
-    /// Never answer LIST (a hung server).
-    pub stall_on_list: bool,
-    /// Wait this long before answering each TOP (a slow server, for the early answer).
-    pub top_delay: Option<std::time::Duration>,
+    /// Send the greeting one octet per interval, endlessly (watching for popsift's close).
+    pub greeting_every: Option<Duration>,
+    /// The reply to this command keyword (e.g. `USER`, `LIST`, `RETR`) is dribbled one
+    /// octet per interval, endlessly: a status line that never ends, or a multi-line body
+    /// that never finishes (what per-read timeouts could not stop).
+    pub dribble: Option<(&'static str, Duration)>,
+    /// This command keyword is never answered (a hung server); the connection stays open
+    /// until popsift closes it.
+    pub stall: Option<&'static str>,
+    /// The (normal) reply to this command keyword comes only after this long.
+    pub delay: Option<(&'static str, Duration)>,
     /// Every TOP (supported or not) waits for a permit of this semaphore before it is
     /// answered: the test holds the scan exactly as long as it wants (`add_permits` to let
     /// TOPs through), instead of guessing with delays.
@@ -69,8 +78,10 @@ impl Default for Behaviour {
             err_after_correct_pass: false,
             die_mid_retr: None,
             die_at_quit: false,
-            stall_on_list: false,
-            top_delay: None,
+            greeting_every: None,
+            dribble: None,
+            stall: None,
+            delay: None,
             top_gate: None,
             retr_gate: None,
             bad_top_reply: None,
@@ -183,7 +194,25 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                 let _closed = ClosedOnDrop(log.clone());
                 let (r, mut w) = sock.into_split();
                 let mut r = BufReader::new(r);
-                w.write_all(format!("{}\r\n", b.greeting).as_bytes()).await.ok();
+                let greeting = format!("{}\r\n", b.greeting);
+                match b.greeting_every {
+                    Some(every) => {
+                        // Dribble the greeting while watching for popsift's close.
+                        for o in greeting.bytes().cycle() {
+                            if w.write_all(&[o]).await.is_err() {
+                                return;
+                            }
+                            let mut l = String::new();
+                            tokio::select! {
+                                n = r.read_line(&mut l) => if n.unwrap_or(0) == 0 { return },
+                                _ = tokio::time::sleep(every) => {}
+                            }
+                        }
+                    }
+                    None => {
+                        w.write_all(greeting.as_bytes()).await.ok();
+                    }
+                }
                 let mut logged_in = false;
                 let mut user_ok = false;
                 let mut deleted = vec![false; messages.len()];
@@ -205,6 +234,38 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                     let kw = parts.next().unwrap_or("").to_ascii_uppercase();
                     let args: Vec<&str> = parts.collect();
                     let num = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok());
+                    if b.stall.is_some_and(|k| k == kw) {
+                        // Never answer; wait for popsift to close.
+                        let mut rest = String::new();
+                        while r.read_line(&mut rest).await.unwrap_or(0) > 0 {
+                            rest.clear();
+                        }
+                        return;
+                    }
+                    if let Some((_, every)) = b.dribble.filter(|(k, _)| *k == kw) {
+                        let start: &[u8] = if matches!(kw.as_str(), "LIST" | "UIDL" | "RETR" | "TOP" | "CAPA") {
+                            b"+OK here it comes\r\n"
+                        } else {
+                            b"+OK "
+                        };
+                        if w.write_all(start).await.is_err() {
+                            return;
+                        }
+                        loop {
+                            let mut more = String::new();
+                            tokio::select! {
+                                n = r.read_line(&mut more) => if n.unwrap_or(0) == 0 { return },
+                                _ = tokio::time::sleep(every) => {
+                                    if w.write_all(b"x").await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if let Some((_, d)) = b.delay.filter(|(k, _)| *k == kw) {
+                        tokio::time::sleep(d).await;
+                    }
                     if kw == "RETR" {
                         if let Some(gate) = &b.retr_gate {
                             match gate.acquire().await {
@@ -317,10 +378,6 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                             format!("+OK {} {}\r\n", live.len(), live.iter().map(|(m, _)| m.len()).sum::<usize>())
                                 .into_bytes()
                         }
-                        "LIST" if b.stall_on_list => {
-                            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-                            return;
-                        }
                         "LIST" if args.is_empty() => {
                             let mut s = "+OK\r\n".to_string();
                             for (i, m) in messages.iter().enumerate() {
@@ -343,9 +400,6 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                         }
                         "TOP" if b.top => match num(0).filter(|n| *n >= 1 && *n <= messages.len()) {
                             Some(n) => {
-                                if let Some(d) = b.top_delay {
-                                    tokio::time::sleep(d).await;
-                                }
                                 let m = &messages[n - 1];
                                 let lines = args.get(1).and_then(|a| a.parse::<usize>().ok()).unwrap_or(0);
                                 let body = if b.top_returns_whole {
