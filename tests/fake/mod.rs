@@ -3,14 +3,16 @@
 //! dying mid-RETR, a TOP that returns the whole message, a scan held at TOP until the test
 //! lets it go, a garbled TOP reply, STLS refused or followed by injected bytes, and a slow
 //! server (a greeting or a reply dribbled an octet at a time, a command never answered or
-//! answered late: what per-read timeouts could not stop). Everything
+//! answered late: what per-read timeouts could not stop), and any reply a test scripts per
+//! connection and command ([`Behaviour::script`]: the bad-input cases of issue 12 — a LIST
+//! with gaps, sizes that are not numbers, a megabyte status line, garbage bytes, a TOP that
+//! never ends, a close right after `+OK` to PASS, data nobody asked for). Everything
 //! else is tested against Dovecot. The log records commands, pipelining, UPDATE deletions
 //! and connections opened/closed (wait on those, never on time).
 #![allow(dead_code)]
 
 pub mod popsift;
 pub mod scripted;
-pub mod threaded;
 #[path = "../support/wait.rs"]
 pub mod wait;
 
@@ -54,6 +56,10 @@ pub struct Behaviour {
     /// Answer `TOP n 0` for this message with a line that is neither `+OK` nor `-ERR` (the
     /// scan fails with a protocol error while the connection stays up).
     pub bad_top_reply: Option<usize>,
+    /// Consulted for every command line (with the connection's number, from 0) before
+    /// anything else: `Some` overrides the reply (a LIST with gaps, a megabyte status line,
+    /// garbage, data nobody asked for …), `None` falls back to the behaviour above.
+    pub script: Option<ScriptFn>,
     /// The raw reply to STLS (e.g. `"+OK\r\n+OK injected\r\n"`); `None`: `-ERR`.
     pub stls_reply: Option<String>,
     pub user: String,
@@ -79,6 +85,7 @@ impl Default for Behaviour {
             die_mid_retr: None,
             die_at_quit: false,
             greeting_every: None,
+            script: None,
             dribble: None,
             stall: None,
             delay: None,
@@ -96,6 +103,8 @@ impl Default for Behaviour {
 #[derive(Default, Debug)]
 pub struct Log {
     pub commands: Vec<String>,
+    /// The connection (numbered from 0) each of `commands` came on.
+    pub conns: Vec<usize>,
     /// Messages deleted by a completed UPDATE (1-based numbers).
     pub expunged: Vec<usize>,
     /// Commands that arrived while the next one was already buffered: the client pipelined.
@@ -107,6 +116,36 @@ pub struct Log {
     /// Raw bytes received after an accepted STLS (a TLS ClientHello would land here: the
     /// fake speaks no TLS).
     pub after_stls: Vec<u8>,
+}
+
+/// What the server does for one command when a [`Behaviour::script`] overrides it.
+pub enum Reply {
+    /// Send these bytes, then read the next command.
+    Send(Vec<u8>),
+    /// Send these bytes, then close the connection.
+    SendThenClose(Vec<u8>),
+    /// Send these bytes, then keep sending `chunk` until the peer goes away.
+    SendForever(Vec<u8>, Vec<u8>),
+    /// Send these bytes, then say nothing more (the connection stays open).
+    SendThenHang(Vec<u8>),
+}
+
+pub type Script = dyn Fn(usize, &str) -> Option<Reply> + Send + Sync;
+
+/// A script, shareable between connections.
+#[derive(Clone)]
+pub struct ScriptFn(pub Arc<Script>);
+
+impl std::fmt::Debug for ScriptFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScriptFn")
+    }
+}
+
+impl ScriptFn {
+    pub fn new(f: impl Fn(usize, &str) -> Option<Reply> + Send + Sync + 'static) -> Option<ScriptFn> {
+        Some(ScriptFn(Arc::new(f)))
+    }
 }
 
 /// A small test message with the given Subject and body.
@@ -126,6 +165,17 @@ impl Fake {
     /// Commands received so far (a copy).
     pub fn commands(&self) -> Vec<String> {
         self.log.lock().unwrap().commands.clone()
+    }
+
+    /// Commands received on connection `conn` (numbered from 0).
+    pub fn commands_of(&self, conn: usize) -> Vec<String> {
+        let l = self.log.lock().unwrap();
+        l.commands.iter().zip(&l.conns).filter(|(_, c)| **c == conn).map(|(s, _)| s.clone()).collect()
+    }
+
+    /// Whether any connection sent a DELE.
+    pub fn saw_dele(&self) -> bool {
+        self.commands().iter().any(|c| c.to_ascii_uppercase().starts_with("DELE"))
     }
 
     pub fn set_messages(&self, m: Vec<Vec<u8>>) {
@@ -176,6 +226,20 @@ fn stuff(msg: &[u8]) -> Vec<u8> {
     out
 }
 
+/// [`start`] for a test without a runtime of its own: the server runs on a runtime in a
+/// thread of its own for the rest of the test process.
+pub fn start_in_thread(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            tx.send(start(b, messages).await).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
 pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
     let shared = Arc::new(Mutex::new(messages));
     let shared2 = shared.clone();
@@ -189,7 +253,11 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
             let b = b.clone();
             let messages = shared2.lock().unwrap().clone();
             let log = log2.clone();
-            log.lock().unwrap().connections += 1;
+            let conn = {
+                let mut l = log.lock().unwrap();
+                l.connections += 1;
+                l.connections - 1
+            };
             tokio::spawn(async move {
                 let _closed = ClosedOnDrop(log.clone());
                 let (r, mut w) = sock.into_split();
@@ -226,6 +294,7 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                     {
                         let mut lg = log.lock().unwrap();
                         lg.commands.push(l.clone());
+                        lg.conns.push(conn);
                         if !r.buffer().is_empty() {
                             lg.pipelined += 1;
                         }
@@ -234,6 +303,39 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                     let kw = parts.next().unwrap_or("").to_ascii_uppercase();
                     let args: Vec<&str> = parts.collect();
                     let num = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok());
+                    if let Some(reply) = b.script.as_ref().and_then(|s| (s.0)(conn, &l)) {
+                        match reply {
+                            Reply::Send(x) => {
+                                if w.write_all(&x).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                            Reply::SendThenClose(x) => {
+                                w.write_all(&x).await.ok();
+                                w.shutdown().await.ok();
+                                return;
+                            }
+                            Reply::SendForever(x, chunk) => {
+                                if w.write_all(&x).await.is_err() {
+                                    return;
+                                }
+                                // Bounded so a failing test does not leave a task spinning.
+                                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                                while tokio::time::Instant::now() < deadline && w.write_all(&chunk).await.is_ok() {}
+                                return;
+                            }
+                            Reply::SendThenHang(x) => {
+                                w.write_all(&x).await.ok();
+                                // Hold the connection open without a word until the peer closes it.
+                                let mut rest = String::new();
+                                while r.read_line(&mut rest).await.unwrap_or(0) > 0 {
+                                    rest.clear();
+                                }
+                                return;
+                            }
+                        }
+                    }
                     if b.stall.is_some_and(|k| k == kw) {
                         // Never answer; wait for popsift to close.
                         let mut rest = String::new();
