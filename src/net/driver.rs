@@ -21,7 +21,7 @@
 //! (default 20 s) popsift sends the upstream's login `+OK` at once and goes on scanning.
 //! "The scan" here is every step between PASS and the view — listing, evaluation, the
 //! review page's overrides, the quarantine folder and each quarantine copy: each runs
-//! under [`ticking`], so none of them can hold the early answer past its time.
+//! under `ticking`, so none of them can hold the early answer past its time.
 //! Whatever the client sends meanwhile stays queued unread (RFC 2449 §6.6 pipelining has
 //! the client wait for replies in order anyway) and is answered only when the view is
 //! complete: every TRANSACTION command but NOOP needs it, and answering in order means even
