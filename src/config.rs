@@ -20,7 +20,8 @@
 //! max_sessions: 256
 //! timeouts: { connect: 15s, tls_handshake: 15s, greeting: 30s, upstream_reply: 120s, upstream_min_rate: 1KiB,
 //!             client_idle: 10m, client_line: 60s,
-//!             drain: 30s, client_tls_handshake: 15s }
+//!             drain: 30s, client_tls_handshake: 15s,
+//!             history_lookup: 10s, quarantine_usage: 10s }
 //! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 1024, window_bytes: 8MiB,
 //!         early_answer_after: 20s }
 //! cache: { enabled: true, max_size: 256MiB }   # header cache, <state_dir>/header-cache.redb
@@ -582,6 +583,10 @@ pub struct TimeoutsFile {
     pub drain: Option<DurationValue>,
     /// The client's TLS handshake (implicit TLS, or after STLS); see crate::edge.
     pub client_tls_handshake: Option<DurationValue>,
+    // --- login-time store deadlines (net::history_hooks, net::quarantine_copy) ---
+    pub history_lookup: Option<DurationValue>,
+    pub quarantine_usage: Option<DurationValue>,
+    // --- end login-time store deadlines ---
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -701,6 +706,15 @@ pub struct Timeouts {
     pub drain: Duration,
     /// A client's whole TLS handshake (implicit TLS, or after STLS).
     pub client_tls_handshake: Duration,
+    // --- login-time store deadlines (net::history_hooks, net::quarantine_copy) ---
+    /// The review page's overrides lookup at login; past it, the login goes on without the
+    /// owner's corrections (nothing is condemned by their absence: a "Not spam" message
+    /// stays hidden this once, released messages are not shown this once).
+    pub history_lookup: Duration,
+    /// Reading the quarantine folder's usage (quota) at login; past it, every quarantine
+    /// copy of this login fails and `quarantine.on_failure` applies (nothing is deleted).
+    pub quarantine_usage: Duration,
+    // --- end login-time store deadlines ---
 }
 
 impl Default for Timeouts {
@@ -715,6 +729,8 @@ impl Default for Timeouts {
             client_line: Duration::from_secs(60),
             drain: Duration::from_secs(30),
             client_tls_handshake: crate::edge::settings::DEFAULT_CLIENT_TLS_HANDSHAKE,
+            history_lookup: Duration::from_secs(10),
+            quarantine_usage: Duration::from_secs(10),
         }
     }
 }
@@ -899,6 +915,8 @@ impl Config {
             client_line: t.client_line.map_or(d.client_line, |v| v.0),
             drain: t.drain.map_or(d.drain, |v| v.0),
             client_tls_handshake: t.client_tls_handshake.map_or(d.client_tls_handshake, |v| v.0),
+            history_lookup: t.history_lookup.map_or(d.history_lookup, |v| v.0),
+            quarantine_usage: t.quarantine_usage.map_or(d.quarantine_usage, |v| v.0),
         };
         let s = file.scan;
         let ds = ScanSettings::default();

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod edge;
+pub mod hex;
 pub mod locate;
 pub mod mailfiles;
 pub mod metrics;

@@ -165,6 +165,13 @@ pub const STORE_DEGRADED_REASONS: &[&str] = &["unreachable", "not_durable"];
 /// The operations [`STORE_ERRORS_TOTAL`] can carry.
 pub const STORE_OPS: &[&str] = &["connect", "header_lookup", "header_update", "quarantine", "model", "history"];
 // --- end shared store ---
+// --- login-time store deadlines (net::history_hooks, net::quarantine_copy) ---
+/// Counter `{step}`: a login step past its named deadline (`timeouts.<step>`); the login went
+/// on with the safe fallback.
+pub const LOGIN_STEP_TIMEOUTS_TOTAL: &str = "popsift_login_step_timeouts_total";
+/// `step` values of [`LOGIN_STEP_TIMEOUTS_TOTAL`].
+pub const LOGIN_STEPS: &[&str] = &["history_lookup", "quarantine_usage"];
+// --- end login-time store deadlines ---
 
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -478,6 +485,16 @@ pub const METRICS: &[MetricDef] = &[
         buckets: &[],
     },
     // --- end shared store ---
+    // --- login-time store deadlines ---
+    MetricDef {
+        name: LOGIN_STEP_TIMEOUTS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &["step"],
+        help: "Login steps past their deadline, by step (history_lookup: the review page's overrides not applied this login; quarantine_usage: quarantine copies fall back to quarantine.on_failure).",
+        buckets: &[],
+    },
+    // --- end login-time store deadlines ---
 ];
 
 /// Every exported metric name (the `name` column of [`METRICS`]).
@@ -514,6 +531,7 @@ pub const ALL_NAMES: &[&str] = &[
     LOGIN_FAILURES_TOTAL,
     STORE_DEGRADED,
     STORE_ERRORS_TOTAL,
+    LOGIN_STEP_TIMEOUTS_TOTAL,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -676,6 +694,9 @@ fn register() {
     }
     for &op in STORE_OPS {
         counter!(STORE_ERRORS_TOTAL, "op" => op).absolute(0);
+    }
+    for &step in LOGIN_STEPS {
+        counter!(LOGIN_STEP_TIMEOUTS_TOTAL, "step" => step).absolute(0);
     }
 }
 
@@ -943,6 +964,12 @@ pub fn store_error(op: &'static str) {
 }
 
 // --- end shared store ---
+
+/// A login step passed its named deadline (`popsift_login_step_timeouts_total{step}`); `step`
+/// is one of [`LOGIN_STEPS`].
+pub fn login_step_timeout(step: &'static str) {
+    counter!(LOGIN_STEP_TIMEOUTS_TOTAL, "step" => step).increment(1);
+}
 
 #[cfg(test)]
 mod tests {

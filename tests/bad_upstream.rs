@@ -16,14 +16,23 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use fake::threaded::{self as scripted, Reply, Scripted};
+use fake::{Behaviour, Fake as Scripted, Reply, ScriptFn};
 use support::{Popsift, ProxyOpts, RawPop};
 
 /// A short upstream reply timeout keeps the stalled cases quick.
 const EXTRA: &str = "timeouts:\n  upstream_reply: 2s\n";
 
+/// Two small messages, served when the script does not override a reply.
+const MAILBOX: [&str; 2] = [
+    "From: a@example.org\r\nSubject: first\r\nMessage-ID: <1@x>\r\n\r\nbody one\r\n",
+    "From: b@example.org\r\nSubject: second\r\nMessage-ID: <2@x>\r\n\r\nbody two\r\n",
+];
+
 fn start(script: impl Fn(usize, &str) -> Option<Reply> + Send + Sync + 'static) -> (Scripted, Popsift) {
-    let up = scripted::start(script);
+    // No PIPELINING: one command at a time, so each misbehaviour meets the command it is for.
+    let capa = Some(["TOP", "UIDL", "USER"].map(String::from).to_vec());
+    let b = Behaviour { capa, script: ScriptFn::new(script), ..Behaviour::default() };
+    let up = fake::start_in_thread(b, MAILBOX.iter().map(|m| m.as_bytes().to_vec()).collect());
     let p = Popsift::start(&ProxyOpts { upstream: &up.addr, extra: EXTRA, ..Default::default() });
     (up, p)
 }
@@ -212,7 +221,7 @@ fn upstream_data_with_no_command_outstanding() {
         if conn != 0 || line != "TOP 2 0" {
             return None;
         }
-        let head = &scripted::MAILBOX[1][..scripted::MAILBOX[1].find("\r\n\r\n").unwrap() + 4];
+        let head = &MAILBOX[1][..MAILBOX[1].find("\r\n\r\n").unwrap() + 4];
         Some(Reply::Send(format!("+OK\r\n{head}.\r\n+OK nobody asked\r\n").into_bytes()))
     });
     let mut c = RawPop::connect(&p.addr);

@@ -1,5 +1,5 @@
 //! Deadlines per phase, not per read (issue 10, item 5), against the real popsift binary and
-//! a scripted upstream (tests/fake/slow.rs): a client that trickles its command line, an
+//! a scripted upstream (tests/fake/mod.rs): a client that trickles its command line, an
 //! upstream that trickles its greeting, a status line or a listing, and a client that
 //! leaves while the upstream stalls. Each must end the session within a bounded time and
 //! give its slot back (`max_sessions: 1`, then a new client is served). The unit tests of
@@ -13,9 +13,17 @@ mod support;
 use std::time::{Duration, Instant};
 
 use fake::popsift::Client;
-use fake::slow::{start_slow, Slowness};
+use fake::Behaviour;
 use support::{Popsift, ProxyOpts};
 use tokio::io::AsyncWriteExt;
+
+/// The slow server's dribble interval (one octet per this).
+const EVERY: Duration = Duration::from_millis(200);
+
+/// The scripted upstream with two small messages, misbehaving as `b` says.
+async fn slow(b: Behaviour) -> fake::Fake {
+    fake::start(b, vec![fake::msg("slow 1", "body 1\r\n"), fake::msg("slow 2", "body 2\r\n")]).await
+}
 
 fn proxy(upstream: &str, extra: &str) -> Popsift {
     Popsift::start(&ProxyOpts { upstream, extra, ..ProxyOpts::default() })
@@ -50,7 +58,7 @@ async fn no_session_active(p: &Popsift) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_client_is_cut_at_client_line_and_its_slot_freed() {
-    let up = start_slow(Slowness::default()).await;
+    let up = slow(Behaviour::default()).await;
     let p = proxy(&up.addr, "max_sessions: 1\ntimeouts: { client_line: 3s }\n");
     let (mut c, greeting) = Client::connect(&p.addr).await;
     assert!(greeting.starts_with("+OK"), "{greeting}");
@@ -76,19 +84,19 @@ async fn slowloris_client_is_cut_at_client_line_and_its_slot_freed() {
     slot_is_free(&p.addr).await;
     let log = p.log();
     assert!(log.contains("client command line timed out after 3s"), "{log}");
-    assert!(up.commands.lock().unwrap().iter().all(|c| !c.starts_with("DELE")));
+    assert!(up.commands().iter().all(|c| !c.starts_with("DELE")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dribbled_greeting_gets_sys_temp_within_the_greeting_deadline() {
-    let up = start_slow(Slowness { greeting_every: Some(Duration::from_millis(300)), ..Slowness::default() }).await;
+    let up = slow(Behaviour { greeting_every: Some(Duration::from_millis(300)), ..Behaviour::default() }).await;
     let p = proxy(&up.addr, "max_sessions: 1\ntimeouts: { greeting: 2s }\n");
     let started = Instant::now();
     let (_c, first) = Client::connect(&p.addr).await;
     let took = started.elapsed();
     assert!(first.starts_with("-ERR [SYS/TEMP]") && first.contains("greeting timed out"), "{first:?}");
     assert!(took < Duration::from_secs(8), "answered after {took:?}");
-    up.wait_closed(1, Duration::from_secs(10)).await;
+    up.wait_closed(1).await;
     slot_is_free_or_greeting_err(&p.addr).await;
 }
 
@@ -108,7 +116,7 @@ async fn slot_is_free_or_greeting_err(addr: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dribbled_status_line_gets_sys_temp_within_upstream_reply() {
-    let up = start_slow(Slowness { dribble: Some("USER"), ..Slowness::default() }).await;
+    let up = slow(Behaviour { dribble: Some(("USER", EVERY)), ..Behaviour::default() }).await;
     let p = proxy(&up.addr, "max_sessions: 1\ntimeouts: { upstream_reply: 2s }\n");
     let (mut c, greeting) = Client::connect(&p.addr).await;
     assert!(greeting.starts_with("+OK"), "{greeting}");
@@ -117,14 +125,14 @@ async fn dribbled_status_line_gets_sys_temp_within_upstream_reply() {
     let took = started.elapsed();
     assert!(reply.starts_with("-ERR [SYS/TEMP]") && reply.contains("login timed out after 2s"), "{reply:?}");
     assert!(took < Duration::from_secs(8), "answered after {took:?}");
-    up.wait_closed(1, Duration::from_secs(10)).await;
+    up.wait_closed(1).await;
     no_session_active(&p).await;
-    assert!(up.commands.lock().unwrap().iter().all(|c| !c.starts_with("DELE")));
+    assert!(up.commands().iter().all(|c| !c.starts_with("DELE")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dribbled_listing_in_the_scan_gets_sys_temp_under_min_rate() {
-    let up = start_slow(Slowness { dribble: Some("LIST"), ..Slowness::default() }).await;
+    let up = slow(Behaviour { dribble: Some(("LIST", EVERY)), ..Behaviour::default() }).await;
     let p = proxy(&up.addr, "max_sessions: 1\ntimeouts: { upstream_reply: 2s, upstream_min_rate: 1KiB }\n");
     let (mut c, _) = Client::connect(&p.addr).await;
     assert!(c.cmd("USER alice").await.starts_with("+OK"));
@@ -133,9 +141,9 @@ async fn dribbled_listing_in_the_scan_gets_sys_temp_under_min_rate() {
     let took = started.elapsed();
     assert!(reply.starts_with("-ERR [SYS/TEMP]") && reply.contains("scan too slow"), "{reply:?}");
     assert!(took < Duration::from_secs(8), "answered after {took:?}");
-    up.wait_closed(1, Duration::from_secs(10)).await;
+    up.wait_closed(1).await;
     no_session_active(&p).await;
-    assert!(up.commands.lock().unwrap().iter().all(|c| !c.starts_with("DELE")));
+    assert!(up.commands().iter().all(|c| !c.starts_with("DELE")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +158,7 @@ async fn client_reset_while_upstream_stalls_ends_the_session_promptly() {
 
 /// The client closes (or resets, with `SO_LINGER` 0) while the upstream never answers RETR.
 async fn client_leaves_while_upstream_stalls(reset: bool) {
-    let up = start_slow(Slowness { stall: Some("RETR"), ..Slowness::default() }).await;
+    let up = slow(Behaviour { stall: Some("RETR"), ..Behaviour::default() }).await;
     // Default timeouts: the upstream reply alone would hold the session for 120 s.
     let p = proxy(&up.addr, "max_sessions: 1\n");
     let (mut c, _) = Client::connect(&p.addr).await;
@@ -159,7 +167,7 @@ async fn client_leaves_while_upstream_stalls(reset: bool) {
     c.send("RETR 1\r\n").await;
     // Wait until the command reached the upstream, then leave.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !up.commands.lock().unwrap().iter().any(|c| c == "RETR 1") {
+    while !up.commands().iter().any(|c| c == "RETR 1") {
         assert!(Instant::now() < deadline, "RETR never reached the upstream");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -168,7 +176,7 @@ async fn client_leaves_while_upstream_stalls(reset: bool) {
         socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO)).unwrap();
     }
     drop(c);
-    up.wait_closed(1, Duration::from_secs(10)).await;
+    up.wait_closed(1).await;
     no_session_active(&p).await;
     let took = left.elapsed();
     assert!(took < Duration::from_secs(10), "session ended {took:?} after the client left");
@@ -176,7 +184,7 @@ async fn client_leaves_while_upstream_stalls(reset: bool) {
     let why = if reset { "client I/O error" } else { "client closed" };
     assert!(log.lines().any(|l| l.contains("session finished") && l.contains(why)), "{log}");
     slot_is_free(&p.addr).await;
-    assert!(up.commands.lock().unwrap().iter().all(|c| !c.starts_with("DELE")));
+    assert!(up.commands().iter().all(|c| !c.starts_with("DELE")));
 }
 
 /// Watching the client during upstream waits must not cost a client that pipelines its
@@ -203,7 +211,7 @@ async fn pipelined_commands_then_half_close_still_get_replies_and_update() {
 /// while it waits: the queued QUIT keeps the session going to its UPDATE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_after_quit_while_the_upstream_is_slow_still_updates() {
-    let up = start_slow(Slowness { delay: Some(("RETR", Duration::from_secs(1))), ..Slowness::default() }).await;
+    let up = slow(Behaviour { delay: Some(("RETR", Duration::from_secs(1))), ..Behaviour::default() }).await;
     let p = proxy(&up.addr, "");
     let (mut c, _) = Client::connect(&p.addr).await;
     assert!(c.cmd("USER alice").await.starts_with("+OK"));
@@ -212,7 +220,7 @@ async fn half_close_after_quit_while_the_upstream_is_slow_still_updates() {
     c.sock.shutdown().await.unwrap();
     let rest = String::from_utf8_lossy(&c.rest().await).into_owned();
     assert!(rest.contains("body 2\r\n.\r\n+OK bye"), "{rest}");
-    let commands = up.commands.lock().unwrap().clone();
+    let commands = up.commands();
     let tail: Vec<&str> = commands.iter().rev().take(2).rev().map(|s| s.as_str()).collect();
     assert_eq!(tail, ["DELE 1", "QUIT"], "{commands:?}");
 }

@@ -11,7 +11,9 @@
 //!   `_bucket`, `_sum`, `_count`), and the README examples parse;
 //! - every sample popsift config (`deploy/**/popsift*.yaml`) is a valid config as `serve` reads
 //!   it, and the systemd unit runs the packaged binary as the `popsift` user on
-//!   `/etc/popsift/popsift.yaml`.
+//!   `/etc/popsift/popsift.yaml`;
+//! - the fail2ban jail and filter (`deploy/fail2ban/`) pass `fail2ban-client -t` in a config
+//!   directory of their own (Debian's `fail2ban`; missing, the test fails).
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -659,4 +661,43 @@ fn systemd_unit_runs_the_packaged_binary_as_the_popsift_user() {
     let debian = build(&deploy("debian/popsift.yaml"));
     assert_eq!(debian.rules, Path::new("/etc/popsift/rules"));
     assert_eq!(debian.state_dir, Path::new("/var/lib/popsift"));
+}
+
+/// `fail2ban-client -c DIR -t` over the shipped jail and filter, in a temporary config
+/// directory holding only them plus the least `fail2ban.conf` / `jail.conf` / action they
+/// need (so `/etc/fail2ban` is never read). `-d` then shows what the server would be told:
+/// the jail really uses popsift's filter with both its lines.
+#[test]
+fn fail2ban_jail_and_filter_pass_fail2ban_client_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for sub in ["filter.d", "jail.d", "action.d"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+    }
+    std::fs::copy(deploy("fail2ban/filter.d/popsift.conf"), d.join("filter.d/popsift.conf")).unwrap();
+    std::fs::copy(deploy("fail2ban/jail.d/popsift.conf"), d.join("jail.d/popsift.conf")).unwrap();
+    std::fs::write(
+        d.join("fail2ban.conf"),
+        format!(
+            "[Definition]\nloglevel = INFO\nlogtarget = STDERR\nsocket = {0}/f2b.sock\npidfile = {0}/f2b.pid\ndbfile = :memory:\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("jail.conf"), "[DEFAULT]\nbanaction = noop\naction = %(banaction)s\n").unwrap();
+    std::fs::write(d.join("action.d/noop.conf"), "[Definition]\nactionban = true\nactionunban = true\n").unwrap();
+    let run = |flag: &str| {
+        let out = Command::new("fail2ban-client").arg("-c").arg(d).arg(flag).output().unwrap_or_else(|e| {
+            panic!("cannot run fail2ban-client ({e}): install Debian package `fail2ban`; CI needs it")
+        });
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "fail2ban-client {flag} failed: {text}");
+        text
+    };
+    let tested = run("-t");
+    assert!(tested.contains("configuration test is successful"), "{tested}");
+    let dump = run("-d");
+    assert!(dump.contains("['add', 'popsift',"), "the jail is enabled: {dump}");
+    let regexes = dump.lines().find(|l| l.contains("'popsift', 'addfailregex'")).unwrap_or_else(|| panic!("{dump}"));
+    assert_eq!(regexes.matches("login failed: client=<ADDR> user=").count(), 2, "{regexes}");
 }

@@ -244,3 +244,29 @@ fn untrusted_sources_and_bad_headers_are_refused_and_others_served() {
     assert!(m.contains("popsift_edge_refusals_total{reason=\"proxy_untrusted\"} 1"), "{m}");
     assert!(m.contains("popsift_edge_refusals_total{reason=\"proxy_header\"} 2"), "{m}");
 }
+
+/// At the session cap the connection is refused before its PROXY header is read: the log
+/// names the socket's peer as the balancer, never as the client.
+#[test]
+fn session_limit_on_a_proxy_listener_names_the_balancer_not_a_client() {
+    let (d, _all) = Dovecot::start_with_test_mailbox();
+    let p = Popsift::start(&ProxyOpts {
+        upstream: &d.pop3_addr(),
+        listener: EDGE,
+        extra: "max_sessions: 1\n",
+        log_level: "info",
+        ..Default::default()
+    });
+    let mut first = connect_from("127.0.0.1", &p.addr);
+    first.get_mut().write_all(b"PROXY TCP4 198.51.100.30 127.0.0.1 40000 110\r\n").unwrap();
+    assert!(line(&mut first).unwrap().starts_with("+OK"));
+    let mut second = connect_from("127.0.0.1", &p.addr);
+    assert!(line(&mut second).unwrap().starts_with("-ERR [SYS/TEMP]"));
+    p.wait_log("session limit reached");
+    let log = p.log();
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("session limit reached")).collect();
+    assert_eq!(refused.len(), 1, "{log}");
+    assert!(refused[0].contains("balancer=127.0.0.1:"), "{}", refused[0]);
+    assert!(!refused[0].contains("peer=") && !refused[0].contains("client="), "{}", refused[0]);
+    assert!(say(&mut first, "QUIT").starts_with("+OK"));
+}

@@ -299,6 +299,27 @@ async fn over_size_quota_is_not_deleted() {
     assert!(copies(&p.state_dir(), "alice").is_empty());
 }
 
+// A quarantine store that hangs (here: a FIFO with no writer in the user's folder, so
+// reading the folder's usage blocks, as on a hung network mount). Before: the login waited
+// forever. After: past `timeouts.quarantine_usage` the copy fails, `on_failure` applies, the
+// spam is shown and nothing is DELEd; logged and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_quarantine_usage_scan_falls_back_to_on_failure() {
+    let up = scripted(vec![Item::new(msg("viagra stuck", "1\r\n"), "v1"), Item::new(ham(), "h1")]).await;
+    let extra = "timeouts: { quarantine_usage: 500ms }\nquarantine: { on_failure: show }\n";
+    let p = proxy(&up.addr, QUARANTINE_VIAGRA, extra);
+    let new = p.state_dir().join("quarantine/alice/new");
+    std::fs::create_dir_all(&new).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(new.join("hung")).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    let stat = tokio::time::timeout(Duration::from_secs(30), session(&p.addr, "alice")).await;
+    assert!(stat.expect("the login is not held by the hung store").starts_with("+OK 2 "), "on_failure: show");
+    assert!(up.deles().is_empty(), "nothing copied, nothing deleted: {:?}", up.deles());
+    assert!(p.log().contains("timeouts.quarantine_usage"), "logged");
+    let m = p.scrape();
+    assert!(m.contains("popsift_login_step_timeouts_total{step=\"quarantine_usage\"} 1"), "{m}");
+}
+
 fn vm_hwm_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
@@ -345,7 +366,7 @@ mod decisions {
     use popsift::pop3::multiline::HeaderBlock;
     use popsift::rules::{Action, EngineOptions, RuleSet};
     use popsift::session::tag::TagSettings;
-    use popsift::session::verdicts::{build_entries, recheck, to_recheck, uidl_trust, Evaluated, ScanItem};
+    use popsift::session::verdicts::{build_entries, evaluate, recheck, to_recheck, uidl_trust, Evaluated, ScanItem};
     use popsift::session::view::Disposition;
     use proptest::prelude::*;
 
@@ -391,8 +412,9 @@ mod decisions {
             let mut memo: HashMap<(String, u64), Arc<Evaluated>> = HashMap::new();
             for (s, u, size) in &before {
                 let h = headers(s);
-                let items = vec![ScanItem { upstream: 1, size: *size, uidl: None, headers: Some(h.clone()), memo: None, evaluated: None }];
-                let e = build_entries(items, &set, None, false, &tag).remove(0);
+                let evaluated = Some(Arc::new(evaluate(&h, *size, &set, None, &tag)));
+                let items = vec![ScanItem { upstream: 1, size: *size, uidl: None, memo: None, evaluated }];
+                let e = build_entries(items, false).remove(0);
                 memo.insert((u.clone(), *size), e.evaluated.clone().unwrap());
                 cache.insert(u.clone(), (*size, h));
             }
@@ -403,22 +425,25 @@ mod decisions {
             let mut items = Vec::new();
             let mut unverified = Vec::new();
             for (i, (s, u, size)) in now.iter().enumerate() {
-                let mut item = ScanItem { upstream: i as u32 + 1, size: *size, uidl: Some(Arc::from(u.as_str())), headers: None, memo: None, evaluated: None };
+                let mut item = ScanItem { upstream: i as u32 + 1, size: *size, uidl: Some(Arc::from(u.as_str())), memo: None, evaluated: None };
+                let mut cached = None;
                 if trusted {
                     if memo_first {
                         item.memo = memo.get(&(u.clone(), *size)).cloned();
                     }
                     if item.memo.is_none() {
-                        item.headers = cache.get(u).filter(|(cs, _)| cs == size).map(|(_, h)| h.clone());
+                        cached = cache.get(u).filter(|(cs, _)| cs == size).map(|(_, h)| h.clone());
                     }
                 }
-                unverified.push(item.memo.is_some() || item.headers.is_some());
-                if item.memo.is_none() && item.headers.is_none() {
-                    item.headers = Some(headers(s)); // TOP n 0
+                unverified.push(item.memo.is_some() || cached.is_some());
+                if item.memo.is_none() {
+                    // Evaluated as the scan reads it: from the cache, or `TOP n 0`.
+                    let h = cached.unwrap_or_else(|| headers(s));
+                    item.evaluated = Some(Arc::new(evaluate(&h, *size, &set, None, &tag)));
                 }
                 items.push(item);
             }
-            let mut entries = build_entries(items, &set, None, false, &tag);
+            let mut entries = build_entries(items, false);
             let again = to_recheck(&entries, &unverified, false);
             let fresh = again.iter().map(|&i| Some(headers(&now[i].0))).collect();
             recheck(&mut entries, &again, fresh, &set, None, false, &tag);

@@ -275,3 +275,35 @@ async fn client_giving_up_after_the_early_answer_still_fills_the_cache() {
     let second = up.commands()[before..].to_vec();
     assert!(tops(&second).is_empty(), "the next attempt sent TOP again: {second:?}");
 }
+
+/// A slow quarantine copy (RETR held at the server) must not hold the early login answer:
+/// the client gets `+OK` while the copy runs, its first command waits for the view, and at
+/// QUIT only the message whose copy was stored is DELEd.
+#[tokio::test]
+async fn early_answer_goes_out_while_a_quarantine_copy_is_held() {
+    let gate = Arc::new(Semaphore::new(0));
+    let up = upstream(Behaviour { retr_gate: Some(gate.clone()), ..no_pipelining() }, mailbox()).await;
+    let rules = "rules:\n  - id: Q\n    header: Subject\n    regex: '(?i)viagra'\n    action: quarantine\n";
+    let p = popsift(&up.addr, rules, "scan: { early_answer_after: 200ms }\ncache: { enabled: false }\n").await;
+    let (mut c, _) = Client::connect(&p.addr).await;
+    assert!(c.cmd("USER alice").await.starts_with("+OK"));
+    c.send("PASS pw\r\n").await;
+    let retrs = || up.commands().iter().filter(|c| c.starts_with("RETR ")).count();
+    let r = c.line_within(Duration::from_secs(15)).await.expect("no early answer while the copy was held");
+    assert_eq!(r, "+OK logged in");
+    wait_until_async(Duration::from_secs(15), "RETR 2 to reach the server", || retrs() == 1).await;
+    assert!(up.commands().contains(&"RETR 2".to_string()), "{:?}", up.commands());
+    // The first copy is held: the first command waits for the view.
+    c.send("STAT\r\n").await;
+    assert_eq!(c.line_within(Duration::from_millis(200)).await, None, "STAT answered before the copies ended");
+    gate.add_permits(2);
+    let m = mailbox();
+    assert_eq!(c.line().await, format!("+OK 3 {}", m[0].len() + m[2].len() + m[3].len()));
+    assert!(c.cmd("QUIT").await.starts_with("+OK"));
+    up.wait_closed(1).await;
+    let cmds = up.commands();
+    let deles: Vec<&String> = cmds.iter().filter(|c| c.starts_with("DELE ")).collect();
+    assert_eq!(deles, ["DELE 2", "DELE 5"], "exactly the two stored copies are deleted: {cmds:?}");
+    let stored = std::fs::read_dir(p.dir.path().join("state/quarantine/alice/new")).unwrap().count();
+    assert_eq!(stored, 2, "both copies on disk before their DELE");
+}

@@ -304,7 +304,7 @@ async fn tagged_spam_has_exact_sizes() {
 
 #[tokio::test]
 async fn hung_upstream_hits_the_named_reply_timeout() {
-    let b = Behaviour { stall_on_list: true, ..Behaviour::default() };
+    let b = Behaviour { stall: Some("LIST"), ..Behaviour::default() };
     let up = upstream(b, mailbox()).await;
     let p = popsift(&up.addr, RULES, "timeouts:\n  upstream_reply: 1s\n").await;
     let (mut c, _) = Client::connect(&p.addr).await;

@@ -126,6 +126,8 @@ pub async fn accept(
     tcp: TcpStream,
     deadline: Duration,
 ) -> Result<TlsStream<TcpStream>, HandshakeError> {
+    // From the first handshake byte on, a panic reply must not go out in the clear.
+    crate::net::listener::client_tls_begins();
     match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
         Err(_) => Err(HandshakeError::Timeout(deadline)),
         Ok(Err(e)) => Err(HandshakeError::Failed(e)),

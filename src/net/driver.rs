@@ -19,6 +19,9 @@
 //! after it and POP3 has no way to say "wait" before a reply. Mail clients give up on a
 //! reply after 30–120 s, so when the scan is still running after `early_answer_after`
 //! (default 20 s) popsift sends the upstream's login `+OK` at once and goes on scanning.
+//! "The scan" here is every step between PASS and the view — listing, evaluation, the
+//! review page's overrides, the quarantine folder and each quarantine copy: each runs
+//! under `ticking`, so none of them can hold the early answer past its time.
 //! Whatever the client sends meanwhile stays queued unread (RFC 2449 §6.6 pipelining has
 //! the client wait for replies in order anyway) and is answered only when the view is
 //! complete: every TRANSACTION command but NOOP needs it, and answering in order means even
@@ -95,6 +98,40 @@ async fn watching<S: AsyncRead + AsyncWrite + Unpin, T>(
         biased;
         r = wait => r,
         gone = client.gone(WATCH_READ_AHEAD, quit_queued) => Err(gone),
+    }
+}
+
+/// Runs `work` (the login's scan, evaluation or a quarantine copy, which own the upstream)
+/// to its end. Meanwhile, whenever the machine's wake-up falls due (the early login answer,
+/// `scan.early_answer_after`), ticks it and writes what it says to the client: only the
+/// client is touched. So no slow step of the login holds its early `+OK`.
+async fn ticking<T>(
+    client: &mut Conn<ClientStream>,
+    out: &mut Vec<u8>,
+    m: &mut Machine,
+    write_limit: Duration,
+    work: impl Future<Output = Result<T, SessionError>>,
+) -> Result<T, SessionError> {
+    tokio::pin!(work);
+    loop {
+        let Some(wake) = m.wake_at() else { return work.await };
+        tokio::select! {
+            r = &mut work => return r,
+            _ = tokio::time::sleep_until(wake.into()) => {
+                m.handle(Instant::now(), Input::Tick);
+                // A tick only ever queues client output; the need in progress stays as it is.
+                while let Some(a) = m.next_client_output() {
+                    match a {
+                        Action::Flush => {
+                            client.write_all(out, write_limit, Phase::ClientWrite).await?;
+                            out.clear();
+                        }
+                        Action::ToClient(b) => out.extend_from_slice(&b),
+                        _ => {}
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -424,28 +461,37 @@ impl Session<'_> {
             // Boxed (issue 16): the scan's state lives on the heap only while it runs,
             // instead of enlarging the future an idle session keeps for its whole life.
             Need::Scan { pipelining, requested } => return Box::pin(self.scan(pipelining, requested, m)).await,
+            // Evaluation, the quarantine folder and each copy may be slow: they run under
+            // `ticking`, so the early login answer still goes out on time.
             Need::Evaluate(outcome) => {
+                let shown = self.upstream_shown();
                 let up = connected(&mut self.up)?;
                 if self.scan.is_none() {
                     self.scan = Some(LoginScan::start(ctx, self.target.as_ref(), m.login_user()).await);
                 }
                 let scan = self.scan.as_mut().ok_or(SessionError::Internal("login scan state"))?;
                 let uidl_trusted = outcome.uidl_trusted;
-                let mut entries = scan.evaluate(up, ctx, *outcome).await?;
-                let shown = self.upstream_shown();
-                history_hooks::before_view(ctx, &shown, m.login_user(), uidl_trusted, &mut entries).await;
-                Input::Evaluated(entries)
+                let user = m.login_user().map(str::to_string);
+                let work = async {
+                    let mut entries = scan.evaluate(up, ctx, *outcome).await?;
+                    history_hooks::before_view(ctx, &shown, user.as_deref(), uidl_trusted, &mut entries).await;
+                    Ok(entries)
+                };
+                Input::Evaluated(ticking(&mut self.client, &mut self.out, m, t.client_idle, work).await?)
             }
             Need::QuarantineFolder => {
-                self.usage = quarantine_copy::open_folder(ctx, &self.upstream_shown(), m.login_user()).await;
+                let user = m.login_user().map(str::to_string);
+                let shown = self.upstream_shown();
+                let work = async { Ok(quarantine_copy::open_folder(ctx, &shown, user.as_deref()).await) };
+                self.usage = ticking(&mut self.client, &mut self.out, m, t.client_idle, work).await?;
                 Input::QuarantineFolder
             }
             Need::Quarantine(entry) => {
                 let shown = self.upstream_shown();
                 let up = connected(&mut self.up)?;
-                let r =
-                    quarantine_copy::quarantine(up, ctx, &shown, m.login_user(), self.usage.as_mut(), &entry).await?;
-                Input::Quarantined(r)
+                let user = m.login_user().map(str::to_string);
+                let work = quarantine_copy::quarantine(up, ctx, &shown, user.as_deref(), self.usage.as_mut(), &entry);
+                Input::Quarantined(ticking(&mut self.client, &mut self.out, m, t.client_idle, work).await?)
             }
             Need::Pending => return Err(SessionError::Internal("the session machine asked for an input twice")),
         })
@@ -460,27 +506,7 @@ impl Session<'_> {
         let outcome = {
             let up = connected(&mut self.up)?;
             let scanning = scan.list(up, ctx, pipelining, requested);
-            tokio::pin!(scanning);
-            loop {
-                let Some(wake) = m.wake_at() else { break scanning.await? };
-                tokio::select! {
-                    r = &mut scanning => break r?,
-                    _ = tokio::time::sleep_until(wake.into()) => {
-                        m.handle(Instant::now(), Input::Tick);
-                        loop {
-                            match m.next_action() {
-                                Action::ToClient(b) => self.out.extend_from_slice(&b),
-                                Action::Flush => {
-                                    let t = ctx.config.timeouts.client_idle;
-                                    self.client.write_all(&self.out, t, Phase::ClientWrite).await?;
-                                    self.out.clear();
-                                }
-                                _ => break,
-                            }
-                        }
-                    }
-                }
-            }
+            ticking(&mut self.client, &mut self.out, m, ctx.config.timeouts.client_idle, scanning).await?
         };
         self.scan = Some(scan);
         Ok(Input::Listed(Box::new(outcome)))

@@ -7,6 +7,11 @@
 //!
 //! Only with a trusted UIDL listing (see `session::verdicts::uidl_trust`): overrides and
 //! releases are keyed by UIDL.
+//!
+//! The overrides lookup has a named deadline (`timeouts.history_lookup`): a slow store
+//! must not hold the login. Past it the login goes on with no overrides applied (the safe
+//! side: a correction is missed this once, nothing is deleted because of it), logged and
+//! counted (`popsift_login_step_timeouts_total{step="history_lookup"}`).
 use std::sync::Arc;
 
 use crate::net::driver::SessionContext;
@@ -30,8 +35,16 @@ pub async fn before_view(
 ) {
     let (Some(h), Some(mb), true) = (&ctx.history, mailbox(upstream, user), uidl_trusted) else { return };
     let q = Quarantine::for_config(&ctx.config);
-    let released = history::overrides(h.store().clone(), q, mb, entries).await;
-    entries.extend(released);
+    let limit = ctx.config.timeouts.history_lookup;
+    // `overrides` changes `entries` only after its read has finished: cut short, nothing
+    // has been applied.
+    match tokio::time::timeout(limit, history::overrides(h.store().clone(), q, mb, entries)).await {
+        Ok(released) => entries.extend(released),
+        Err(_) => {
+            crate::metrics::login_step_timeout("history_lookup");
+            tracing::warn!(deadline = ?limit, "review-page overrides not read within timeouts.history_lookup; this login goes on without them");
+        }
+    }
 }
 
 /// Records the verdicts of this login (never blocks: a full queue drops and counts).

@@ -7,8 +7,12 @@
 //! Each session runs in a task of its own under [`supervise`], the session boundary: a
 //! panic anywhere in a session (a bug; peer input must never cause one) is caught there,
 //! logged and counted, and the client is told `-ERR [SYS/TEMP]` on a spare handle of its
-//! socket. Nothing is deleted (UPDATE only follows the client's QUIT), the session's gauges
+//! socket — only while that socket still speaks plain text: once a TLS handshake with the
+//! client has begun (implicit TLS or STLS), the TLS state died with the session, and bytes
+//! written in the clear would be garbage inside the TLS stream (RFC 8446 §5: the peer must
+//! treat them as a fatal error), so the socket is closed without a reply. Nothing is deleted (UPDATE only follows the client's QUIT), the session's gauges
 //! fall back through their drop guards, and the process keeps serving.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +91,7 @@ pub async fn serve(
         let permits = permits.clone();
         let mut stop = shutdown.clone();
         let local = sock.local_addr().ok();
+        let behind_balancer = l.edge.proxy_protocol.is_some();
         loops.push(tokio::spawn(async move {
             // EMFILE and friends: logged once per second (with the count suppressed since),
             // each followed by a short back-off, so a descriptor shortage never becomes a hot
@@ -105,7 +110,13 @@ pub async fn serve(
                     }
                 };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    warn!(%peer, "session limit reached; refusing connection");
+                    if behind_balancer {
+                        // The PROXY header is not read yet: the socket's peer is the
+                        // balancer, not the client; say so rather than blame it.
+                        warn!(balancer = %peer, "session limit reached; refusing connection (client address unknown: its PROXY header was not read)");
+                    } else {
+                        warn!(%peer, "session limit reached; refusing connection");
+                    }
                     tokio::spawn(async move {
                         use tokio::io::AsyncWriteExt;
                         let mut s = stream;
@@ -158,6 +169,19 @@ fn spare_handle(stream: &TcpStream) -> Option<socket2::Socket> {
     socket2::SockRef::from(stream).try_clone().ok()
 }
 
+tokio::task_local! {
+    /// Whether the supervised session's client socket still speaks plain text.
+    static CLEAR_TEXT: Arc<AtomicBool>;
+}
+
+/// Marks the running session's client socket as carrying TLS from now on (called as a
+/// handshake with the client begins, see `edge::tls::accept`): a panic then closes the
+/// socket instead of writing a plain-text `-ERR` into the TLS stream. Outside a supervised
+/// session (tests, tools) it does nothing.
+pub fn client_tls_begins() {
+    let _ = CLEAR_TEXT.try_with(|plain| plain.store(false, Ordering::Relaxed));
+}
+
 /// What the client is told when its session panicked.
 const PANIC_REPLY: &[u8] = b"-ERR [SYS/TEMP] internal error in popsift; nothing was deleted, try again later\r\n";
 
@@ -172,7 +196,8 @@ async fn supervise<F>(
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let _permit = permit;
-    let outcome = tokio::spawn(session).await;
+    let plain = Arc::new(AtomicBool::new(true));
+    let outcome = tokio::spawn(CLEAR_TEXT.scope(plain.clone(), session)).await;
     let Err(e) = outcome else { return };
     if !e.is_panic() {
         // Cancelled: the runtime is shutting down.
@@ -181,8 +206,14 @@ async fn supervise<F>(
     let payload = e.into_panic();
     let what = crate::panics::message(&*payload);
     crate::metrics::session_panicked();
-    error!(%peer, panic = %what, "session panicked (a bug); the client is told -ERR, nothing was deleted, and popsift keeps serving");
+    let plain = plain.load(Ordering::Relaxed);
+    error!(%peer, panic = %what, told = plain, "session panicked (a bug); the client is told -ERR (unless its connection is TLS: then it is closed), nothing was deleted, and popsift keeps serving");
     let Some(std) = spare else { return };
+    if !plain {
+        // The TLS session state is gone with the task: close, never write in the clear.
+        let _ = std.shutdown(std::net::Shutdown::Both);
+        return;
+    }
     let client = std::net::TcpStream::from(std);
     if client.set_nonblocking(true).is_err() {
         return;
@@ -263,7 +294,6 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::AsyncReadExt;
 
     struct SetOnDrop(Arc<AtomicBool>);
@@ -301,5 +331,28 @@ mod tests {
         let mut got = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got)).await.unwrap().unwrap();
         assert_eq!(got, PANIC_REPLY);
+    }
+
+    /// Once the client socket carries TLS, a panic must not write a plain-text `-ERR` on the
+    /// raw socket (it would land inside the TLS stream): the connection is closed instead.
+    #[tokio::test]
+    async fn a_panic_after_tls_began_closes_without_plain_text() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, peer) = l.accept().await.unwrap();
+        let permits = Arc::new(Semaphore::new(1));
+        let permit = permits.clone().try_acquire_owned().unwrap();
+        let spare = spare_handle(&server);
+        let session = async move {
+            let _socket = server;
+            client_tls_begins();
+            tokio::task::yield_now().await;
+            panic!("a bug after the TLS handshake began");
+        };
+        supervise(session, spare, peer, permit).await;
+        assert_eq!(permits.available_permits(), 1, "the session permit came back");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got)).await.unwrap().unwrap();
+        assert!(got.is_empty(), "nothing in the clear on a TLS connection: {:?}", String::from_utf8_lossy(&got));
     }
 }

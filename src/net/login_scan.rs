@@ -375,7 +375,6 @@ pub async fn scan(
             upstream: n,
             size,
             uidl: uidls.get(&n).cloned(),
-            headers: None,
             memo,
             evaluated,
         })
@@ -574,15 +573,11 @@ impl LoginScan {
         }
         let uidl_trusted = outcome.uidl_trusted;
         let unverified = outcome.unverified;
-        // Messages the rules actually look at now (not memoised, headers read); most were
-        // evaluated during the scan already.
-        self.evaluated_now =
-            outcome.evaluated + outcome.items.iter().filter(|i| i.memo.is_none() && i.headers.is_some()).count();
-        let eval_started = std::time::Instant::now();
-        let mut entries =
-            evaluate_off_thread(outcome.items, self.rules.clone(), self.model.clone(), cfg.dry_run, &cfg.tag).await;
-        let eval_seconds = outcome.eval_seconds + eval_started.elapsed().as_secs_f64();
-        self.eval_per_message = eval_seconds / self.evaluated_now.max(1) as f64;
+        // Messages the rules looked at in this login (not memoised, headers read): all were
+        // evaluated during the scan, as their header blocks arrived.
+        self.evaluated_now = outcome.evaluated;
+        self.eval_per_message = outcome.eval_seconds / self.evaluated_now.max(1) as f64;
+        let mut entries = build_entries(outcome.items, cfg.dry_run);
         // A cached or memoised verdict never condemns on its own: fetch those headers again.
         let rechecks = to_recheck(&entries, &unverified, cfg.dry_run);
         if !rechecks.is_empty() {
@@ -645,38 +640,6 @@ impl LoginScan {
             "scan done"
         );
     }
-}
-
-/// Below this many messages the rules run in one blocking task; above, in one per core.
-const EVAL_CHUNK_MIN: usize = 256;
-
-/// Evaluates the rules for every scanned message on tokio's blocking pool (10,000 header
-/// blocks take tens of milliseconds of CPU: not something to run on an async worker),
-/// split over the available cores, results in server order.
-async fn evaluate_off_thread(
-    items: Vec<ScanItem>,
-    rules: Arc<RuleSet>,
-    model: Option<Arc<crate::classify::Model>>,
-    dry_run: bool,
-    tag: &TagSettings,
-) -> Vec<Entry> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunks = (items.len() / EVAL_CHUNK_MIN).clamp(1, cores);
-    let per = items.len().div_ceil(chunks).max(1);
-    let mut items = items;
-    let mut tasks = Vec::with_capacity(chunks);
-    while !items.is_empty() {
-        let rest = items.split_off(per.min(items.len()));
-        let chunk = std::mem::replace(&mut items, rest);
-        let (rules, model, tag) = (rules.clone(), model.clone(), tag.clone());
-        tasks.push(tokio::task::spawn_blocking(move || build_entries(chunk, &rules, model.as_deref(), dry_run, &tag)));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        // A panic in the rules engine is a bug; surface it like one.
-        out.extend(t.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
-    }
-    out
 }
 
 /// Most upstreams remembered as "warned about: no TOP". The set only saves log lines, so

@@ -4,6 +4,10 @@
 //! file (never held whole) and stopped at
 //! [`crate::config::QuarantineSettings::copy_limit`]. What a copy means for the message
 //! (condemned, hidden or shown) is decided by the machine; this module logs and counts.
+//!
+//! Reading the folder's usage has a named deadline (`timeouts.quarantine_usage`): past it,
+//! every copy of this login fails and `quarantine.on_failure` applies (nothing is deleted),
+//! logged and counted (`popsift_login_step_timeouts_total{step="quarantine_usage"}`).
 use std::path::PathBuf;
 
 use crate::net::conn::{BodyClock, Conn};
@@ -35,16 +39,28 @@ pub enum CopyError {
     Copy(String),
     #[error("quarantine copy lost")]
     Lost,
+    #[error("the quarantine folder's usage could not be read (store failed or timeouts.quarantine_usage passed)")]
+    FolderUnavailable,
     #[error("quarantine quota of this user reached ({messages} messages, {bytes} octets; quota_messages {quota_messages}, quota_size {quota_size})")]
     Quota { messages: u64, bytes: u64, quota_messages: u64, quota_size: u64 },
 }
 
-/// The usage of the login user's folder, read on the blocking pool; `None` when the user
-/// is unknown or the folder could not be read (every copy then fails: nothing is deleted).
+/// The usage of the login user's folder, read on the blocking pool within
+/// `timeouts.quarantine_usage`; `None` when the user is unknown or the folder could not be
+/// read in time (every copy then fails: nothing is deleted).
 pub async fn open_folder(ctx: &SessionContext, upstream: &str, login_user: Option<&str>) -> Option<Usage> {
     let user = login_user?.to_string();
     let (q, upstream) = (Quarantine::for_config(&ctx.config), upstream.to_string());
-    tokio::task::spawn_blocking(move || q.usage(&user, &upstream)).await.ok()
+    let limit = ctx.config.timeouts.quarantine_usage;
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(move || q.usage(&user, &upstream))).await {
+        Ok(read) => read.ok(),
+        Err(_) => {
+            crate::metrics::login_step_timeout("quarantine_usage");
+            let on_failure = ctx.config.quarantine.on_failure;
+            tracing::warn!(deadline = ?limit, ?on_failure, "quarantine usage not read within timeouts.quarantine_usage; this login's copies fail and quarantine.on_failure applies");
+            None
+        }
+    }
 }
 
 /// Copies one message and logs the result. The error is an upstream failure (it ends the
@@ -59,7 +75,8 @@ pub async fn quarantine(
 ) -> Result<Quarantined, SessionError> {
     let result = match (usage, login_user) {
         (Some(usage), Some(user)) => copy(up, ctx, upstream, user, usage, e).await?,
-        _ => Err(CopyError::UnknownUser),
+        (None, Some(_)) => Err(CopyError::FolderUnavailable),
+        (_, None) => Err(CopyError::UnknownUser),
     };
     Ok(match result {
         Ok(Some(path)) => {

@@ -218,7 +218,6 @@ fn drive_machine(pairs: &[(u32, u64)], upstream: &[u8], control: &[u8], client: 
                             upstream: n,
                             size,
                             uidl: Some(format!("u{n}").into()),
-                            headers: None,
                             memo: None,
                             evaluated: None,
                         })

@@ -354,7 +354,6 @@ pub struct Machine {
     candidates: Vec<usize>,
     next_candidate: usize,
     pipeline: Option<Pipeline>,
-    up_pipelining: bool,
     known: Known,
     /// UPDATE: DELE batches not yet sent, and the numbers whose replies are due.
     batches: VecDeque<(Vec<u8>, Vec<u32>)>,
@@ -394,7 +393,6 @@ impl Machine {
             candidates: Vec::new(),
             next_candidate: 0,
             pipeline: None,
-            up_pipelining: false,
             known: Known::default(),
             batches: VecDeque::new(),
             awaiting: VecDeque::new(),
@@ -449,9 +447,26 @@ impl Machine {
         Action::Need(need)
     }
 
-    /// When the machine wants an [`Input::Tick`] even if nothing else happens.
+    /// The next action if it is client output ([`Action::ToClient`], [`Action::Flush`]),
+    /// else `None` and nothing is taken: what a performer busy with a need (the login's
+    /// work) writes after an [`Input::Tick`].
+    pub fn next_client_output(&mut self) -> Option<Action> {
+        match self.actions.front() {
+            Some(Action::ToClient(_) | Action::Flush) => self.actions.pop_front(),
+            _ => None,
+        }
+    }
+
+    /// When the machine wants an [`Input::Tick`] even if nothing else happens: while the
+    /// login's work runs (scan, evaluation, quarantine copies) and its `+OK` is not out yet.
     pub fn wake_at(&self) -> Option<Instant> {
-        self.answer_at.filter(|_| !self.login_answered && matches!(self.state, State::Scanning))
+        self.answer_at.filter(|_| !self.login_answered && self.login_work_running())
+    }
+
+    /// Between a successful login and the view: the states whose work the performer does
+    /// while the early login answer may fall due.
+    fn login_work_running(&self) -> bool {
+        matches!(self.state, State::Scanning | State::Evaluating | State::QuarantineFolder | State::Quarantining)
     }
 
     /// TLS is active on the client connection from the start (implicit TLS): STLS is not
@@ -499,7 +514,13 @@ impl Machine {
     }
 
     fn scan_pipelining(&self) -> bool {
-        self.settings.scan_pipelining && capa::has(self.caps.as_deref(), "PIPELINING")
+        self.settings.scan_pipelining && self.upstream_pipelines()
+    }
+
+    /// RFC 2449 §6.6: the upstream announced PIPELINING (derived from its CAPA, which is
+    /// read once at connect).
+    fn upstream_pipelines(&self) -> bool {
+        capa::has(self.caps.as_deref(), "PIPELINING")
     }
 
     fn emit(&mut self, a: Action) {
@@ -524,7 +545,7 @@ impl Machine {
     pub fn handle(&mut self, now: Instant, input: Input) {
         self.now = now;
         if let Input::Tick = input {
-            if matches!(self.state, State::Scanning) {
+            if self.login_work_running() {
                 self.answer_early_if_due();
             }
             return;
@@ -1138,8 +1159,7 @@ impl Machine {
             uidl: view.entries().iter().all(|e| e.uidl.is_some()),
             logged_in: true,
         };
-        self.up_pipelining = capa::has(self.caps.as_deref(), "PIPELINING");
-        self.pipeline = Some(Pipeline::new(view, self.up_pipelining));
+        self.pipeline = Some(Pipeline::new(view, self.upstream_pipelines()));
         self.emit(Action::ViewReady);
         if !self.login_answered {
             self.login_answered = true;
@@ -1209,7 +1229,7 @@ impl Machine {
     /// UPDATE (RFC 1939 §6): DELE the client's deletions and the condemned messages, in
     /// batches of `scan.window` when the upstream pipelines, then QUIT.
     fn update(&mut self, deletions: &[u32]) -> State {
-        let window = if self.up_pipelining { self.settings.window.max(1) } else { 1 };
+        let window = if self.upstream_pipelines() { self.settings.window.max(1) } else { 1 };
         self.batches = dele_batches(deletions, window).map(|(c, n)| (c, n.to_vec())).collect();
         self.awaiting.clear();
         self.update_send(true)
@@ -1243,25 +1263,6 @@ impl Machine {
 
 fn is_ok(line: &[u8]) -> bool {
     Status::parse(line).is_some_and(|s| s.is_ok())
-}
-
-/// The entries of a scan evaluated by no rules (every message shown unfiltered): what a
-/// harness feeds as [`Input::Evaluated`] when it needs no rule set to reach TRANSACTION.
-pub fn unevaluated(outcome: &ScanOutcome) -> Vec<Entry> {
-    outcome
-        .items
-        .iter()
-        .map(|i| Entry {
-            upstream: i.upstream,
-            upstream_size: i.size,
-            size: i.size,
-            uidl: i.uidl.clone(),
-            disposition: Disposition::Visible,
-            rewrite: None,
-            evaluated: None,
-            released: None,
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -1432,7 +1433,6 @@ mod tests {
                     upstream: e.upstream,
                     size: e.upstream_size,
                     uidl: e.uidl.clone(),
-                    headers: None,
                     memo: None,
                     evaluated: e.evaluated.clone(),
                 })
@@ -1810,12 +1810,57 @@ mod tests {
         assert_eq!(s.take_client(), "", "answered once");
     }
 
+    /// A slow evaluation or a slow quarantine copy: the performer ticks while it works, and
+    /// the early answer goes out on time, mid-work (before: only the scan was ticked, so the
+    /// `+OK` waited for the evaluation or the copy to end).
+    #[test]
+    fn evaluation_and_copies_are_ticked_for_the_early_answer() {
+        for slow in ["evaluation", "folder", "copy"] {
+            let mut s = Sim::new(settings());
+            s.connect(&[]);
+            s.login();
+            s.take_client();
+            let q = Some(RuleAction::Quarantine);
+            s.feed(Input::Listed(Box::new(ScanOutcome { top_supported: true, ..Default::default() })));
+            assert!(matches!(s.run(), Need::Evaluate(_)));
+            let late = s.t0 + Duration::from_secs(21);
+            let tick = |s: &mut Sim| {
+                assert_eq!(s.m.wake_at(), Some(s.t0 + Duration::from_secs(20)), "{slow}: a wake-up is due");
+                s.now = late;
+                s.feed(Input::Tick);
+                assert!(matches!(s.run(), Need::Pending), "{slow}: the outstanding need stays outstanding");
+                assert_eq!(s.take_client(), "+OK logged in\r\n", "{slow}: answered while the work runs");
+                assert_eq!(s.m.wake_at(), None, "{slow}: answered once");
+            };
+            if slow == "evaluation" {
+                tick(&mut s);
+            }
+            s.feed(Input::Evaluated(vec![entry(1, q), entry(2, None)]));
+            assert!(matches!(s.run(), Need::QuarantineFolder));
+            if slow == "folder" {
+                tick(&mut s);
+            }
+            s.feed(Input::QuarantineFolder);
+            assert!(matches!(s.run(), Need::Quarantine(_)));
+            if slow == "copy" {
+                tick(&mut s);
+            }
+            s.feed(Input::Quarantined(Quarantined::Failed));
+            s.c("STAT");
+            s.idle();
+            assert_eq!(s.take_client(), "+OK 1 200\r\n", "{slow}: the failed copy stays hidden");
+            s.c("QUIT");
+            s.s("+OK");
+            assert!(!s.take_upstream().contains("DELE"), "{slow}: nothing copied, nothing deleted");
+        }
+    }
+
     #[test]
     fn a_server_without_top_is_refused_when_configured() {
         let mut s = Sim::new(Settings { without_top: WithoutTop::Refuse, ..settings() });
         s.connect(&[]);
         s.login();
-        let items = vec![ScanItem { upstream: 1, size: 5, uidl: None, headers: None, memo: None, evaluated: None }];
+        let items = vec![ScanItem { upstream: 1, size: 5, uidl: None, memo: None, evaluated: None }];
         s.feed(Input::Listed(Box::new(ScanOutcome { items, top_supported: false, ..Default::default() })));
         s.s("+OK bye");
         assert_eq!(s.take_upstream(), "QUIT\r\n");

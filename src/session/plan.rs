@@ -32,12 +32,10 @@ pub enum TxPlan {
     Relay(Vec<u8>),
     /// Relay RETR / TOP for a visible message; the reply is multi-line on `+OK`.
     /// `entry` is the message's position in `MailboxView::entries` (from the view, never
-    /// derived from the upstream number). `full` is true for RETR and for TOP asking
-    /// for at least as many lines as the message has (fetchmail's `TOP n 99999999`).
+    /// derived from the upstream number).
     Fetch {
         command: Vec<u8>,
         entry: usize,
-        full: bool,
     },
     Capa,
     /// Enter UPDATE: DELE these upstream numbers, then QUIT.
@@ -114,13 +112,10 @@ pub fn transaction(cmd: &Command, view: &mut MailboxView) -> TxPlan {
                 },
             }
         }
-        Command::Retr(n) => fetch(view, *n, Command::Retr, true, None),
+        Command::Retr(n) => fetch(view, *n, Command::Retr, None),
         Command::Top { msg, lines } => {
-            // A TOP asking for more lines than any message could hold is a full retrieval;
-            // the exact line count is only known to the upstream, which sends what exists.
-            let full = *lines >= 99_999_999;
             let lines = *lines;
-            fetch(view, *msg, move |u| Command::Top { msg: u, lines }, full, Some(lines))
+            fetch(view, *msg, move |u| Command::Top { msg: u, lines }, Some(lines))
         }
         Command::Dele(n) => match view.delete(*n) {
             Ok(()) => TxPlan::Reply(ok(format_args!("message {n} deleted"))),
@@ -144,7 +139,7 @@ pub fn transaction(cmd: &Command, view: &mut MailboxView) -> TxPlan {
     }
 }
 
-fn fetch(view: &MailboxView, n: u32, make: impl FnOnce(u32) -> Command, full: bool, top: Option<u64>) -> TxPlan {
+fn fetch(view: &MailboxView, n: u32, make: impl FnOnce(u32) -> Command, top: Option<u64>) -> TxPlan {
     // The entry's position comes from the view, not from `upstream - 1`: an upstream whose
     // numbers have gaps (issue 12) must not send a lookup out of bounds.
     match view.locate(n) {
@@ -152,7 +147,7 @@ fn fetch(view: &MailboxView, n: u32, make: impl FnOnce(u32) -> Command, full: bo
         Ok((_, e)) if e.released.is_some() => {
             TxPlan::Reply(crate::session::view::released_reply(e.released.as_deref().unwrap_or_default(), top))
         }
-        Ok((entry, e)) => TxPlan::Fetch { command: make(e.upstream).encode(), entry, full },
+        Ok((entry, e)) => TxPlan::Fetch { command: make(e.upstream).encode(), entry },
         Err(e) => TxPlan::Reply(err(e)),
     }
 }
@@ -202,12 +197,9 @@ mod tests {
         assert_eq!(reply(tx(&mut v, "LIST 3")), "-ERR no such message, only 2 messages in maildrop\r\n");
         assert_eq!(reply(tx(&mut v, "UIDL")), "+OK unique-id listing follows\r\n1 uid-2\r\n2 uid-4\r\n.\r\n");
         assert_eq!(reply(tx(&mut v, "UIDL 1")), "+OK 1 uid-2\r\n");
-        assert_eq!(tx(&mut v, "RETR 2"), TxPlan::Fetch { command: b"RETR 4\r\n".to_vec(), entry: 3, full: true });
-        assert_eq!(tx(&mut v, "TOP 1 5"), TxPlan::Fetch { command: b"TOP 2 5\r\n".to_vec(), entry: 1, full: false });
-        assert_eq!(
-            tx(&mut v, "TOP 1 99999999"),
-            TxPlan::Fetch { command: b"TOP 2 99999999\r\n".to_vec(), entry: 1, full: true }
-        );
+        assert_eq!(tx(&mut v, "RETR 2"), TxPlan::Fetch { command: b"RETR 4\r\n".to_vec(), entry: 3 });
+        assert_eq!(tx(&mut v, "TOP 1 5"), TxPlan::Fetch { command: b"TOP 2 5\r\n".to_vec(), entry: 1 });
+        assert_eq!(tx(&mut v, "TOP 1 99999999"), TxPlan::Fetch { command: b"TOP 2 99999999\r\n".to_vec(), entry: 1 });
         assert_eq!(reply(tx(&mut v, "DELE 1")), "+OK message 1 deleted\r\n");
         assert_eq!(reply(tx(&mut v, "RETR 1")), "-ERR message 1 already deleted\r\n");
         assert_eq!(reply(tx(&mut v, "DELE 1")), "-ERR message 1 already deleted\r\n");
@@ -251,7 +243,7 @@ mod tests {
             released: None,
         };
         let mut v = MailboxView::new(vec![e(1), e(5)]);
-        assert_eq!(tx(&mut v, "RETR 2"), TxPlan::Fetch { command: b"RETR 5\r\n".to_vec(), entry: 1, full: true });
+        assert_eq!(tx(&mut v, "RETR 2"), TxPlan::Fetch { command: b"RETR 5\r\n".to_vec(), entry: 1 });
         let TxPlan::Fetch { entry, .. } = tx(&mut v, "TOP 2 0") else { panic!() };
         assert_eq!(v.entries().get(entry).map(|e| e.upstream), Some(5));
         assert_eq!(reply(tx(&mut v, "RETR 3")), "-ERR no such message, only 2 messages in maildrop\r\n");

@@ -28,14 +28,13 @@ pub struct ScanItem {
     pub upstream: u32,
     pub size: u64,
     pub uidl: Option<Arc<str>>,
-    /// `None` when the upstream could not serve TOP (the message is shown unfiltered) or
-    /// when `memo` already holds the result.
-    pub headers: Option<HeaderBlock>,
     /// The result of an earlier evaluation with the same rule set (see
     /// `store::verdict_memo`); when present the headers are neither read nor evaluated.
     pub memo: Option<Arc<Evaluated>>,
     /// This message's header block, read in this session, already evaluated during the
     /// scan (which then drops the block to bound its memory, see `net::login_scan`).
+    /// Neither this nor `memo`: TOP failed or is not supported, the message is shown
+    /// unfiltered.
     pub evaluated: Option<Arc<Evaluated>>,
 }
 
@@ -132,20 +131,14 @@ pub fn recheck(
         .zip(fresh)
         .filter_map(|(&i, headers)| {
             let e = entries.get(i)?;
+            let evaluated = headers.map(|h| Arc::new(evaluate(&h, e.upstream_size, rules, model, tagging)));
             Some((
                 i,
-                ScanItem {
-                    upstream: e.upstream,
-                    size: e.upstream_size,
-                    uidl: e.uidl.clone(),
-                    headers,
-                    memo: None,
-                    evaluated: None,
-                },
+                ScanItem { upstream: e.upstream, size: e.upstream_size, uidl: e.uidl.clone(), memo: None, evaluated },
             ))
         })
         .unzip();
-    for (i, e) in at.into_iter().zip(build_entries(items, rules, model, dry_run, tagging)) {
+    for (i, e) in at.into_iter().zip(build_entries(items, dry_run)) {
         if let Some(slot) = entries.get_mut(i) {
             *slot = e;
         }
@@ -216,25 +209,18 @@ pub fn disposition(action: Option<Action>, dry_run: bool) -> Disposition {
     }
 }
 
-/// Evaluates every scanned message into view entries. Visible spam (and, under dry run,
-/// every condemned message) is tagged; its size grows by exactly the header change. The
-/// entries are returned rather than a view so that quarantine can settle the fate of
-/// its messages (stored → condemned; failed → hidden or shown) before the view is fixed.
-pub fn build_entries(
-    items: Vec<ScanItem>,
-    rules: &RuleSet,
-    model: Option<&Model>,
-    dry_run: bool,
-    tagging: &TagSettings,
-) -> Vec<Entry> {
+/// Turns every scanned message's evaluation (made during the scan, or memoised) into view
+/// entries. Visible spam (and, under dry run, every condemned message) is tagged; its size
+/// grows by exactly the header change. The entries are returned rather than a view so that
+/// quarantine can settle the fate of its messages (stored → condemned; failed → hidden or
+/// shown) before the view is fixed. Nothing is evaluated here: the scan evaluates each
+/// header block as it arrives and drops it (see `net::login_scan`), [`recheck`] evaluates
+/// fresh blocks itself.
+pub fn build_entries(items: Vec<ScanItem>, dry_run: bool) -> Vec<Entry> {
     items
         .into_iter()
         .map(|item| {
-            let evaluated = match (item.memo.as_ref().or(item.evaluated.as_ref()), &item.headers) {
-                (Some(m), _) => Some(m.clone()),
-                (None, Some(h)) => Some(Arc::new(evaluate(h, item.size, rules, model, tagging))),
-                (None, None) => None,
-            };
+            let evaluated = item.memo.or(item.evaluated);
             let d = disposition(evaluated.as_ref().and_then(|e| e.verdict.action), dry_run);
             // Visible messages carry their tag; so do quarantine candidates: if the copy fails
             // and the config says to show the message, it is shown tagged.

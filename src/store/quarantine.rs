@@ -184,7 +184,7 @@ impl Copy {
     /// `sha256:<hex>` of the message bytes written so far.
     pub fn digest(&self) -> String {
         let d = self.hash.clone().finish();
-        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::hex::lower(d.as_ref());
         format!("sha256:{hex}")
     }
 
@@ -660,7 +660,7 @@ mod tests {
     }
 
     fn hex(b: &[u8]) -> String {
-        b.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::lower(b)
     }
 
     #[test]

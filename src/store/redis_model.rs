@@ -32,7 +32,7 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 }
 
 fn hex(d: &Digest) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::lower(d)
 }
 
 fn unhex(s: &str) -> Option<Digest> {

@@ -36,6 +36,8 @@ pub const LOGIN_ATTEMPTS: usize = 5;
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 /// Most sessions held at once; the oldest goes first beyond it.
 const MAX_SESSIONS: usize = 10_000;
+/// Client addresses remembered by the login rate limit.
+const MAX_ATTEMPT_ADDRESSES: usize = 100_000;
 /// The admin's user name on the login form.
 pub const ADMIN_USER: &str = "admin";
 
@@ -81,7 +83,7 @@ pub struct Sessions {
     ttl: Duration,
     rng: SystemRandom,
     map: Mutex<HashMap<String, Session>>,
-    attempts: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+    attempts: Mutex<crate::edge::limits::Recent<IpAddr, Vec<Instant>>>,
 }
 
 /// 32 random bytes, URL-safe base64.
@@ -100,7 +102,12 @@ pub fn same(a: &str, b: &str) -> bool {
 
 impl Sessions {
     pub fn new(ttl: Duration) -> Sessions {
-        Sessions { ttl, rng: SystemRandom::new(), map: Mutex::default(), attempts: Mutex::default() }
+        Sessions {
+            ttl,
+            rng: SystemRandom::new(),
+            map: Mutex::default(),
+            attempts: Mutex::new(crate::edge::limits::Recent::new(MAX_ATTEMPT_ADDRESSES)),
+        }
     }
 
     /// A random token for the login form (see `LOGIN_COOKIE` in [`crate::ui`]).
@@ -138,10 +145,8 @@ impl Sessions {
     pub fn allow_attempt(&self, ip: IpAddr) -> bool {
         let now = Instant::now();
         let mut map = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            map.retain(|_, v| v.iter().any(|t| now.duration_since(*t) < LOGIN_WINDOW));
-        }
-        let v = map.entry(ip).or_default();
+        // Bounded: the address that tried least recently is forgotten first (amortised O(1)).
+        let v = map.touch(ip, Vec::new);
         v.retain(|t| now.duration_since(*t) < LOGIN_WINDOW);
         if v.len() >= LOGIN_ATTEMPTS {
             return false;
@@ -256,6 +261,20 @@ mod tests {
         }
         assert!(!s.allow_attempt(a));
         assert!(s.allow_attempt(b));
+    }
+
+    #[test]
+    fn rate_limit_table_stays_bounded_under_a_flood_of_addresses() {
+        let s = Sessions::new(Duration::from_secs(60));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..LOGIN_ATTEMPTS {
+            assert!(s.allow_attempt(a));
+        }
+        for i in 0..(MAX_ATTEMPT_ADDRESSES as u32 + 1_000) {
+            assert!(s.allow_attempt(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))));
+        }
+        assert_eq!(s.attempts.lock().unwrap().len(), MAX_ATTEMPT_ADDRESSES);
+        assert!(s.allow_attempt(a), "the least recent address was forgotten (bounded memory)");
     }
 
     #[test]

@@ -878,7 +878,7 @@ async fn post_action(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &Ha
 /// server's UIDLs, and the session drops a release whose UIDL the server itself lists).
 pub fn release_uidl(msg: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, msg);
-    let hex: String = d.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let hex = crate::hex::lower(d.as_ref().get(..16).unwrap_or(d.as_ref()));
     format!("popsift-r-{hex}")
 }
 

@@ -1,19 +1,23 @@
 //! A small scripted POP3 server, only for what a real Dovecot cannot be made to do: APOP
 //! checks without a real digest, servers without CAPA/TOP/UIDL, `-ERR` after a correct PASS,
 //! dying mid-RETR, a TOP that returns the whole message, a scan held at TOP until the test
-//! lets it go, a garbled TOP reply, STLS refused or followed by injected bytes. Everything
+//! lets it go, a garbled TOP reply, STLS refused or followed by injected bytes, and a slow
+//! server (a greeting or a reply dribbled an octet at a time, a command never answered or
+//! answered late: what per-read timeouts could not stop), and any reply a test scripts per
+//! connection and command ([`Behaviour::script`]: the bad-input cases of issue 12 — a LIST
+//! with gaps, sizes that are not numbers, a megabyte status line, garbage bytes, a TOP that
+//! never ends, a close right after `+OK` to PASS, data nobody asked for). Everything
 //! else is tested against Dovecot. The log records commands, pipelining, UPDATE deletions
 //! and connections opened/closed (wait on those, never on time).
 #![allow(dead_code)]
 
 pub mod popsift;
 pub mod scripted;
-pub mod slow;
-pub mod threaded;
 #[path = "../support/wait.rs"]
 pub mod wait;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -32,17 +36,30 @@ pub struct Behaviour {
     pub die_mid_retr: Option<usize>,
     /// Close the connection instead of answering QUIT in TRANSACTION.
     pub die_at_quit: bool,
-    /// Never answer LIST (a hung server).
-    pub stall_on_list: bool,
-    /// Wait this long before answering each TOP (a slow server, for the early answer).
-    pub top_delay: Option<std::time::Duration>,
+    /// Send the greeting one octet per interval, endlessly (watching for popsift's close).
+    pub greeting_every: Option<Duration>,
+    /// The reply to this command keyword (e.g. `USER`, `LIST`, `RETR`) is dribbled one
+    /// octet per interval, endlessly: a status line that never ends, or a multi-line body
+    /// that never finishes (what per-read timeouts could not stop).
+    pub dribble: Option<(&'static str, Duration)>,
+    /// This command keyword is never answered (a hung server); the connection stays open
+    /// until popsift closes it.
+    pub stall: Option<&'static str>,
+    /// The (normal) reply to this command keyword comes only after this long.
+    pub delay: Option<(&'static str, Duration)>,
     /// Every TOP (supported or not) waits for a permit of this semaphore before it is
     /// answered: the test holds the scan exactly as long as it wants (`add_permits` to let
     /// TOPs through), instead of guessing with delays.
     pub top_gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// Like `top_gate`, for RETR (a quarantine copy held as long as the test wants).
+    pub retr_gate: Option<Arc<tokio::sync::Semaphore>>,
     /// Answer `TOP n 0` for this message with a line that is neither `+OK` nor `-ERR` (the
     /// scan fails with a protocol error while the connection stays up).
     pub bad_top_reply: Option<usize>,
+    /// Consulted for every command line (with the connection's number, from 0) before
+    /// anything else: `Some` overrides the reply (a LIST with gaps, a megabyte status line,
+    /// garbage, data nobody asked for …), `None` falls back to the behaviour above.
+    pub script: Option<ScriptFn>,
     /// The raw reply to STLS (e.g. `"+OK\r\n+OK injected\r\n"`); `None`: `-ERR`.
     pub stls_reply: Option<String>,
     pub user: String,
@@ -67,9 +84,13 @@ impl Default for Behaviour {
             err_after_correct_pass: false,
             die_mid_retr: None,
             die_at_quit: false,
-            stall_on_list: false,
-            top_delay: None,
+            greeting_every: None,
+            script: None,
+            dribble: None,
+            stall: None,
+            delay: None,
             top_gate: None,
+            retr_gate: None,
             bad_top_reply: None,
             stls_reply: None,
             user: "alice".into(),
@@ -82,6 +103,8 @@ impl Default for Behaviour {
 #[derive(Default, Debug)]
 pub struct Log {
     pub commands: Vec<String>,
+    /// The connection (numbered from 0) each of `commands` came on.
+    pub conns: Vec<usize>,
     /// Messages deleted by a completed UPDATE (1-based numbers).
     pub expunged: Vec<usize>,
     /// Commands that arrived while the next one was already buffered: the client pipelined.
@@ -93,6 +116,36 @@ pub struct Log {
     /// Raw bytes received after an accepted STLS (a TLS ClientHello would land here: the
     /// fake speaks no TLS).
     pub after_stls: Vec<u8>,
+}
+
+/// What the server does for one command when a [`Behaviour::script`] overrides it.
+pub enum Reply {
+    /// Send these bytes, then read the next command.
+    Send(Vec<u8>),
+    /// Send these bytes, then close the connection.
+    SendThenClose(Vec<u8>),
+    /// Send these bytes, then keep sending `chunk` until the peer goes away.
+    SendForever(Vec<u8>, Vec<u8>),
+    /// Send these bytes, then say nothing more (the connection stays open).
+    SendThenHang(Vec<u8>),
+}
+
+pub type Script = dyn Fn(usize, &str) -> Option<Reply> + Send + Sync;
+
+/// A script, shareable between connections.
+#[derive(Clone)]
+pub struct ScriptFn(pub Arc<Script>);
+
+impl std::fmt::Debug for ScriptFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScriptFn")
+    }
+}
+
+impl ScriptFn {
+    pub fn new(f: impl Fn(usize, &str) -> Option<Reply> + Send + Sync + 'static) -> Option<ScriptFn> {
+        Some(ScriptFn(Arc::new(f)))
+    }
 }
 
 /// A small test message with the given Subject and body.
@@ -112,6 +165,17 @@ impl Fake {
     /// Commands received so far (a copy).
     pub fn commands(&self) -> Vec<String> {
         self.log.lock().unwrap().commands.clone()
+    }
+
+    /// Commands received on connection `conn` (numbered from 0).
+    pub fn commands_of(&self, conn: usize) -> Vec<String> {
+        let l = self.log.lock().unwrap();
+        l.commands.iter().zip(&l.conns).filter(|(_, c)| **c == conn).map(|(s, _)| s.clone()).collect()
+    }
+
+    /// Whether any connection sent a DELE.
+    pub fn saw_dele(&self) -> bool {
+        self.commands().iter().any(|c| c.to_ascii_uppercase().starts_with("DELE"))
     }
 
     pub fn set_messages(&self, m: Vec<Vec<u8>>) {
@@ -162,6 +226,20 @@ fn stuff(msg: &[u8]) -> Vec<u8> {
     out
 }
 
+/// [`start`] for a test without a runtime of its own: the server runs on a runtime in a
+/// thread of its own for the rest of the test process.
+pub fn start_in_thread(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            tx.send(start(b, messages).await).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
 pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
     let shared = Arc::new(Mutex::new(messages));
     let shared2 = shared.clone();
@@ -175,12 +253,34 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
             let b = b.clone();
             let messages = shared2.lock().unwrap().clone();
             let log = log2.clone();
-            log.lock().unwrap().connections += 1;
+            let conn = {
+                let mut l = log.lock().unwrap();
+                l.connections += 1;
+                l.connections - 1
+            };
             tokio::spawn(async move {
                 let _closed = ClosedOnDrop(log.clone());
                 let (r, mut w) = sock.into_split();
                 let mut r = BufReader::new(r);
-                w.write_all(format!("{}\r\n", b.greeting).as_bytes()).await.ok();
+                let greeting = format!("{}\r\n", b.greeting);
+                match b.greeting_every {
+                    Some(every) => {
+                        // Dribble the greeting while watching for popsift's close.
+                        for o in greeting.bytes().cycle() {
+                            if w.write_all(&[o]).await.is_err() {
+                                return;
+                            }
+                            let mut l = String::new();
+                            tokio::select! {
+                                n = r.read_line(&mut l) => if n.unwrap_or(0) == 0 { return },
+                                _ = tokio::time::sleep(every) => {}
+                            }
+                        }
+                    }
+                    None => {
+                        w.write_all(greeting.as_bytes()).await.ok();
+                    }
+                }
                 let mut logged_in = false;
                 let mut user_ok = false;
                 let mut deleted = vec![false; messages.len()];
@@ -194,6 +294,7 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                     {
                         let mut lg = log.lock().unwrap();
                         lg.commands.push(l.clone());
+                        lg.conns.push(conn);
                         if !r.buffer().is_empty() {
                             lg.pipelined += 1;
                         }
@@ -202,6 +303,79 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                     let kw = parts.next().unwrap_or("").to_ascii_uppercase();
                     let args: Vec<&str> = parts.collect();
                     let num = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok());
+                    if let Some(reply) = b.script.as_ref().and_then(|s| (s.0)(conn, &l)) {
+                        match reply {
+                            Reply::Send(x) => {
+                                if w.write_all(&x).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                            Reply::SendThenClose(x) => {
+                                w.write_all(&x).await.ok();
+                                w.shutdown().await.ok();
+                                return;
+                            }
+                            Reply::SendForever(x, chunk) => {
+                                if w.write_all(&x).await.is_err() {
+                                    return;
+                                }
+                                // Bounded so a failing test does not leave a task spinning.
+                                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                                while tokio::time::Instant::now() < deadline && w.write_all(&chunk).await.is_ok() {}
+                                return;
+                            }
+                            Reply::SendThenHang(x) => {
+                                w.write_all(&x).await.ok();
+                                // Hold the connection open without a word until the peer closes it.
+                                let mut rest = String::new();
+                                while r.read_line(&mut rest).await.unwrap_or(0) > 0 {
+                                    rest.clear();
+                                }
+                                return;
+                            }
+                        }
+                    }
+                    if b.stall.is_some_and(|k| k == kw) {
+                        // Never answer; wait for popsift to close.
+                        let mut rest = String::new();
+                        while r.read_line(&mut rest).await.unwrap_or(0) > 0 {
+                            rest.clear();
+                        }
+                        return;
+                    }
+                    if let Some((_, every)) = b.dribble.filter(|(k, _)| *k == kw) {
+                        let start: &[u8] = if matches!(kw.as_str(), "LIST" | "UIDL" | "RETR" | "TOP" | "CAPA") {
+                            b"+OK here it comes\r\n"
+                        } else {
+                            b"+OK "
+                        };
+                        if w.write_all(start).await.is_err() {
+                            return;
+                        }
+                        loop {
+                            let mut more = String::new();
+                            tokio::select! {
+                                n = r.read_line(&mut more) => if n.unwrap_or(0) == 0 { return },
+                                _ = tokio::time::sleep(every) => {
+                                    if w.write_all(b"x").await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if let Some((_, d)) = b.delay.filter(|(k, _)| *k == kw) {
+                        tokio::time::sleep(d).await;
+                    }
+                    if kw == "RETR" {
+                        if let Some(gate) = &b.retr_gate {
+                            match gate.acquire().await {
+                                Ok(p) => p.forget(),
+                                Err(_) => return,
+                            }
+                        }
+                    }
                     if kw == "TOP" {
                         if let Some(gate) = &b.top_gate {
                             match gate.acquire().await {
@@ -306,10 +480,6 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                             format!("+OK {} {}\r\n", live.len(), live.iter().map(|(m, _)| m.len()).sum::<usize>())
                                 .into_bytes()
                         }
-                        "LIST" if b.stall_on_list => {
-                            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-                            return;
-                        }
                         "LIST" if args.is_empty() => {
                             let mut s = "+OK\r\n".to_string();
                             for (i, m) in messages.iter().enumerate() {
@@ -332,9 +502,6 @@ pub async fn start(b: Behaviour, messages: Vec<Vec<u8>>) -> Fake {
                         }
                         "TOP" if b.top => match num(0).filter(|n| *n >= 1 && *n <= messages.len()) {
                             Some(n) => {
-                                if let Some(d) = b.top_delay {
-                                    tokio::time::sleep(d).await;
-                                }
                                 let m = &messages[n - 1];
                                 let lines = args.get(1).and_then(|a| a.parse::<usize>().ok()).unwrap_or(0);
                                 let body = if b.top_returns_whole {
