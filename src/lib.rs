@@ -14,6 +14,7 @@ pub mod config;
 pub mod edge;
 pub mod locate;
 pub mod mailfiles;
+pub mod allocator;
 pub mod metrics;
 pub mod net;
 pub mod panics;

@@ -294,10 +294,12 @@ impl Session<'_> {
             Action::User(name) => {
                 tracing::Span::current().record("user", name.as_str());
             }
-            Action::ViewReady => {
-                if let (Some(scan), Some(view)) = (&self.scan, m.view()) {
-                    scan.report(view, self.ctx.config.dry_run);
-                    history_hooks::record(self.ctx, m.login_user(), view);
+            Action::ViewReady(entries) => {
+                // What the rules said of each message is reported here and then dropped:
+                // the view keeps only what TRANSACTION needs (issue 16).
+                if let Some(scan) = &self.scan {
+                    scan.report(&entries, self.ctx.config.dry_run);
+                    history_hooks::record(self.ctx, m.login_user(), &entries);
                 }
                 self.scan = None;
                 self.usage = None;
@@ -313,9 +315,10 @@ impl Session<'_> {
         let t = ctx.config.timeouts;
         Ok(match need {
             Need::Connect => {
-                let up =
+                let mut up =
                     watching(&mut self.client, false, upstream::connect(&ctx.listener.upstream, &ctx.tls, &t)).await?;
-                let input = Input::Connected { greeting: up.greeting.clone(), caps: up.caps.clone() };
+                // Moved, not copied: the machine keeps them for the session (issue 16).
+                let input = Input::Connected { greeting: std::mem::take(&mut up.greeting), caps: up.caps.take() };
                 self.up = Some(up);
                 input
             }
@@ -349,6 +352,7 @@ impl Session<'_> {
                         u.conn.release_if_empty();
                     }
                     *out = Vec::new();
+                    m.release_idle();
                 };
                 self.client.fill_client_or_idle(t.client_idle, t.client_line, release).await?;
                 Input::ClientInput

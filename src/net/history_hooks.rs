@@ -27,9 +27,9 @@ pub async fn before_view(ctx: &SessionContext, user: Option<&str>, uidl_trusted:
 }
 
 /// Records the verdicts of this login (never blocks: a full queue drops and counts).
-pub fn record(ctx: &SessionContext, user: Option<&str>, view: &MailboxView) {
+pub fn record(ctx: &SessionContext, user: Option<&str>, entries: &[Entry]) {
     let (Some(h), Some(mb)) = (&ctx.history, mailbox(ctx, user)) else { return };
-    h.record(history::login_decisions(&mb, view.entries(), ctx.config.dry_run, history::now_secs()));
+    h.record(history::login_decisions(&mb, entries, ctx.config.dry_run, history::now_secs()));
 }
 
 /// After the upstream accepted QUIT (UPDATE done): released messages the client deleted
