@@ -290,7 +290,7 @@ impl Session<'_> {
                     tokio::time::sleep(delay).await;
                 }
             }
-            Action::Updated => history_hooks::after_update(self.ctx, m.login_user(), m.view()).await,
+            Action::Updated => Box::pin(history_hooks::after_update(self.ctx, m.login_user(), m.view())).await,
             Action::User(name) => {
                 tracing::Span::current().record("user", name.as_str());
             }
@@ -315,8 +315,11 @@ impl Session<'_> {
         let t = ctx.config.timeouts;
         Ok(match need {
             Need::Connect => {
-                let mut up =
-                    watching(&mut self.client, false, upstream::connect(&ctx.listener.upstream, &ctx.tls, &t)).await?;
+                // Boxed, like the other once-per-session steps below (issue 16): a TLS
+                // handshake's state lives on the heap while it runs, instead of sizing the
+                // future every idle session keeps (6 KiB, measured by tests/benches/idle_sessions.rs).
+                let connect = Box::pin(upstream::connect(&ctx.listener.upstream, &ctx.tls, &t));
+                let mut up = watching(&mut self.client, false, connect).await?;
                 // Moved, not copied: the machine keeps them for the session (issue 16).
                 let input = Input::Connected { greeting: std::mem::take(&mut up.greeting), caps: up.caps.take() };
                 self.up = Some(up);
@@ -327,7 +330,7 @@ impl Session<'_> {
                 let line = self.client.read_command(MAX_COMMAND_LINE, t.client_idle, t.client_line).await?.to_vec();
                 // The network edge answers some AUTHORIZATION commands itself (STLS, plain-text
                 // logins without TLS, the failed-login throttle); the machine never sees them.
-                if m.awaiting_auth_command() && self.edge_gate(&line, m).await? {
+                if m.awaiting_auth_command() && Box::pin(self.edge_gate(&line, m)).await? {
                     continue;
                 }
                 break Input::ClientLine(line);
@@ -372,28 +375,36 @@ impl Session<'_> {
             // Boxed (issue 16): the scan's state lives on the heap only while it runs,
             // instead of enlarging the future an idle session keeps for its whole life.
             Need::Scan { pipelining } => return Box::pin(self.scan(pipelining, m)).await,
-            Need::Evaluate(outcome) => {
-                let up = connected(&mut self.up)?;
-                if self.scan.is_none() {
-                    self.scan = Some(LoginScan::start(ctx, m.login_user()).await);
-                }
-                let scan = self.scan.as_mut().ok_or(SessionError::Internal("login scan state"))?;
-                let uidl_trusted = outcome.uidl_trusted;
-                let mut entries = scan.evaluate(up, ctx, *outcome).await?;
-                history_hooks::before_view(ctx, m.login_user(), uidl_trusted, &mut entries).await;
-                Input::Evaluated(entries)
-            }
+            Need::Evaluate(outcome) => return Box::pin(self.evaluate(*outcome, m)).await,
             Need::QuarantineFolder => {
-                self.usage = quarantine_copy::open_folder(ctx, m.login_user()).await;
+                self.usage = Box::pin(quarantine_copy::open_folder(ctx, m.login_user())).await;
                 Input::QuarantineFolder
             }
             Need::Quarantine(entry) => {
                 let up = connected(&mut self.up)?;
-                let r = quarantine_copy::quarantine(up, ctx, m.login_user(), self.usage.as_mut(), &entry).await?;
-                Input::Quarantined(r)
+                let copy = quarantine_copy::quarantine(up, ctx, m.login_user(), self.usage.as_mut(), &entry);
+                Input::Quarantined(Box::pin(copy).await?)
             }
             Need::Pending => return Err(SessionError::Internal("the session machine asked for an input twice")),
         })
+    }
+
+    /// Evaluates the scan's items into view entries (boxed by the caller, see `Need::Scan`).
+    async fn evaluate(
+        &mut self,
+        outcome: crate::session::verdicts::ScanOutcome,
+        m: &Machine,
+    ) -> Result<Input, SessionError> {
+        let ctx = self.ctx;
+        let up = connected(&mut self.up)?;
+        if self.scan.is_none() {
+            self.scan = Some(LoginScan::start(ctx, m.login_user()).await);
+        }
+        let scan = self.scan.as_mut().ok_or(SessionError::Internal("login scan state"))?;
+        let uidl_trusted = outcome.uidl_trusted;
+        let mut entries = scan.evaluate(up, ctx, outcome).await?;
+        history_hooks::before_view(ctx, m.login_user(), uidl_trusted, &mut entries).await;
+        Ok(Input::Evaluated(entries))
     }
 
     /// The login scan's reads. The login `+OK` may be due meanwhile (see the module doc):
