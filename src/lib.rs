@@ -7,6 +7,7 @@
 //! rules; [`mailfiles`] reads .eml, Maildir and mbox files.
 #![forbid(unsafe_code)]
 
+pub mod allocator;
 pub mod classify;
 pub mod cli;
 pub mod cmd;
@@ -14,7 +15,6 @@ pub mod config;
 pub mod edge;
 pub mod locate;
 pub mod mailfiles;
-pub mod allocator;
 pub mod metrics;
 pub mod net;
 pub mod panics;

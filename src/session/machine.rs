@@ -708,11 +708,8 @@ impl Machine {
             .iter()
             .filter(|e| e.disposition == Disposition::Visible && e.verdict().is_some_and(|v| v.spam))
             .count();
-        self.known = Known {
-            top: entries.iter().any(|e| e.evaluated.is_some()),
-            uidl: view.all_have_uidl(),
-            logged_in: true,
-        };
+        self.known =
+            Known { top: entries.iter().any(|e| e.evaluated.is_some()), uidl: view.all_have_uidl(), logged_in: true };
         self.up_pipelining = capa::has(self.caps.as_deref(), "PIPELINING");
         self.pipeline = Some(Pipeline::new(view, self.up_pipelining));
         self.emit(Action::ViewReady(entries));

@@ -149,9 +149,7 @@ fn fetch(view: &MailboxView, n: u32, make: impl FnOnce(u32) -> Command, full: bo
     // numbers have gaps (issue 12) must not send a lookup out of bounds.
     match view.locate(n) {
         // Released from quarantine (review page): answered from popsift's copy.
-        Ok((_, Msg { released: Some(bytes), .. })) => {
-            TxPlan::Reply(crate::session::view::released_reply(bytes, top))
-        }
+        Ok((_, Msg { released: Some(bytes), .. })) => TxPlan::Reply(crate::session::view::released_reply(bytes, top)),
         Ok((entry, e)) => TxPlan::Fetch { command: make(e.upstream).encode(), entry, full },
         Err(e) => TxPlan::Reply(err(e)),
     }

@@ -324,7 +324,10 @@ impl MailboxView {
 
     /// Marked deleted by the client.
     fn deleted(&self) -> impl Iterator<Item = (u32, &Dense)> {
-        self.visible.iter().filter_map(|&p| self.entries.get(p as usize).map(|d| (p, d))).filter(|(_, d)| d.flags & DELETED != 0)
+        self.visible
+            .iter()
+            .filter_map(|&p| self.entries.get(p as usize).map(|d| (p, d)))
+            .filter(|(_, d)| d.flags & DELETED != 0)
     }
 
     /// DELE n: marks the message; nothing happens upstream until QUIT.
@@ -495,7 +498,10 @@ mod dense_tests {
 
     #[test]
     fn rare_parts_and_missing_uidls_come_back_per_message() {
-        let rw = Arc::new(HeaderRewrite { original: b"S: a\r\n\r\n".to_vec(), replacement: b"S: [SPAM] a\r\n\r\n".to_vec() });
+        let rw = Arc::new(HeaderRewrite {
+            original: b"S: a\r\n\r\n".to_vec(),
+            replacement: b"S: [SPAM] a\r\n\r\n".to_vec(),
+        });
         let plain = |n: u32, uidl: Option<&str>| Entry {
             upstream: n,
             upstream_size: 10 * u64::from(n),

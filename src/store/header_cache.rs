@@ -314,7 +314,11 @@ impl RedbHeaderCache {
     }
 
     /// [`open`](Self::open) with redb's page cache bounded by `memory` (`cache.memory`).
-    pub fn open_with_memory(state_dir: &Path, max_size: u64, memory: Option<u64>) -> Result<RedbHeaderCache, CacheError> {
+    pub fn open_with_memory(
+        state_dir: &Path,
+        max_size: u64,
+        memory: Option<u64>,
+    ) -> Result<RedbHeaderCache, CacheError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| CacheError::Dir { path: state_dir.to_path_buf(), source })?;
         let path = state_dir.join(FILE_NAME);

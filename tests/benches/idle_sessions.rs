@@ -414,9 +414,17 @@ async fn run(n: usize) {
     println!("after:  {after_kinds}");
     println!();
     println!("allocator (MiB) and threads at each step:");
-    println!("{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}", "step", "allocated", "active", "metadata", "resident", "PSS", "threads");
+    println!(
+        "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "step", "allocated", "active", "metadata", "resident", "PSS", "threads"
+    );
     for s in &stages {
-        let f = |k: &str| s.alloc.iter().find(|(n, _)| n == k).map_or("-".to_string(), |(_, v)| format!("{:.1}", *v as f64 / 1048576.0));
+        let f = |k: &str| {
+            s.alloc
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or("-".to_string(), |(_, v)| format!("{:.1}", *v as f64 / 1048576.0))
+        };
         println!(
             "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10.1} {:>8}",
             s.name,
@@ -482,11 +490,8 @@ impl Stage {
             })
             .collect();
         let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap_or_default();
-        let threads = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        let threads =
+            status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
         Stage { name, pss_kib: pss_kib(p.pid()), alloc, threads }
     }
 }
