@@ -24,7 +24,7 @@
 //!             history_lookup: 10s, quarantine_usage: 10s }
 //! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 1024, window_bytes: 8MiB,
 //!         early_answer_after: 20s }
-//! cache: { enabled: true, max_size: 256MiB }   # header cache, <state_dir>/header-cache.redb
+//! cache: { enabled: true, max_size: 256MiB, memory: 256MiB }   # header cache, <state_dir>/header-cache.redb
 //! bayes: { min_spam: 20, min_ham: 20, ignore_headers: [X-Barracuda*, …], train_restored: true,
 //!          own_received: { skip: 0, hosts: [] },
 //!          autolearn: { enabled: false, spam_above: 12.0, ham_below: 0.1, balance: 3.0 } }
@@ -436,6 +436,8 @@ impl BayesFile {
 pub struct CacheFile {
     pub enabled: Option<bool>,
     pub max_size: Option<SizeValue>,
+    /// redb's in-memory page cache (issue 16); default: as large as `max_size`.
+    pub memory: Option<SizeValue>,
 }
 
 /// Checked header cache settings.
@@ -444,11 +446,15 @@ pub struct CacheSettings {
     pub enabled: bool,
     /// Bound on the stored bytes (keys + values); oldest entries go first.
     pub max_size: u64,
+    /// `cache.memory`: bound on redb's in-memory page cache (the embedded store), which
+    /// keeps the pages it read or wrote after the sessions that used them ended. `None`:
+    /// as large as `max_size` (see `store::header_cache::redb_cache_bytes`).
+    pub memory: Option<u64>,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
-        CacheSettings { enabled: true, max_size: 256 * 1024 * 1024 }
+        CacheSettings { enabled: true, max_size: 256 * 1024 * 1024, memory: None }
     }
 }
 
@@ -954,6 +960,7 @@ impl Config {
         let cache = CacheSettings {
             enabled: file.cache.enabled.unwrap_or(dc.enabled),
             max_size: file.cache.max_size.map_or(dc.max_size, |v| v.0),
+            memory: file.cache.memory.map(|v| v.0).or(dc.memory),
         };
         let max_sessions = file.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
         if max_sessions == 0 {
@@ -1380,11 +1387,11 @@ mod tests {
         let mut a = args();
         a.upstream = Some("h:110".into());
         let c = Config::build(ConfigFile::default(), a.clone()).unwrap();
-        assert_eq!(c.cache, CacheSettings { enabled: true, max_size: 256 * 1024 * 1024 });
+        assert_eq!(c.cache, CacheSettings { enabled: true, max_size: 256 * 1024 * 1024, memory: None });
         assert_eq!(c.scan.early_answer_after, Some(DEFAULT_EARLY_ANSWER_AFTER));
-        let text = "cache: { enabled: false, max_size: 1MiB }\nscan: { early_answer_after: 'off' }\n";
+        let text = "cache: { enabled: false, max_size: 1MiB, memory: 4MiB }\nscan: { early_answer_after: 'off' }\n";
         let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), a.clone()).unwrap();
-        assert_eq!(c.cache, CacheSettings { enabled: false, max_size: 1024 * 1024 });
+        assert_eq!(c.cache, CacheSettings { enabled: false, max_size: 1024 * 1024, memory: Some(4 << 20) });
         assert_eq!(c.scan.early_answer_after, None);
         let text = "scan: { early_answer_after: 1500ms }\n";
         let c = Config::build(ConfigFile::parse(text, Path::new("p.yaml")).unwrap(), a.clone()).unwrap();

@@ -7,6 +7,7 @@
 //! rules; [`mailfiles`] reads .eml, Maildir and mbox files.
 #![forbid(unsafe_code)]
 
+pub mod allocator;
 pub mod classify;
 pub mod cli;
 pub mod cmd;

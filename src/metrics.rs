@@ -172,6 +172,10 @@ pub const LOGIN_STEP_TIMEOUTS_TOTAL: &str = "popsift_login_step_timeouts_total";
 /// `step` values of [`LOGIN_STEP_TIMEOUTS_TOTAL`].
 pub const LOGIN_STEPS: &[&str] = &["history_lookup", "quarantine_usage"];
 // --- end login-time store deadlines ---
+// --- allocator memory (issue 16) ---
+/// Gauge `{kind}`: the allocator's figures (see [`crate::allocator`]), read at each scrape.
+pub const ALLOCATOR_BYTES: &str = "popsift_allocator_bytes";
+// --- end allocator memory ---
 
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -495,6 +499,16 @@ pub const METRICS: &[MetricDef] = &[
         buckets: &[],
     },
     // --- end login-time store deadlines ---
+    // --- allocator memory (issue 16) ---
+    MetricDef {
+        name: ALLOCATOR_BYTES,
+        kind: MetricKind::Gauge,
+        unit: Some(Unit::Bytes),
+        labels: &["kind"],
+        help: "The memory allocator's figures: allocated (live objects), active (their pages), metadata, resident (pages the allocator holds in RAM), mapped, retained (address space kept, not resident).",
+        buckets: &[],
+    },
+    // --- end allocator memory ---
 ];
 
 /// Every exported metric name (the `name` column of [`METRICS`]).
@@ -532,6 +546,7 @@ pub const ALL_NAMES: &[&str] = &[
     STORE_DEGRADED,
     STORE_ERRORS_TOTAL,
     LOGIN_STEP_TIMEOUTS_TOTAL,
+    ALLOCATOR_BYTES,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -618,7 +633,14 @@ fn metrics_response(
 ) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
     use crate::net::http::response;
     if method == hyper::Method::GET && path == "/metrics" {
+        allocator_figures();
         response(hyper::StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", handle.render())
+    } else if method == hyper::Method::GET && path == "/debug/allocator" {
+        // jemalloc's own statistics (issue 16): live objects per size class and more.
+        match crate::allocator::stats_json() {
+            Some(json) => response(hyper::StatusCode::OK, "application/json", json),
+            None => response(hyper::StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "no allocator statistics\n"),
+        }
     } else {
         response(hyper::StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: use GET /metrics\n")
     }
@@ -626,7 +648,17 @@ fn metrics_response(
 
 /// The current exposition (Prometheus text format), or `None` before [`install`].
 pub fn render() -> Option<String> {
+    allocator_figures();
     HANDLE.get().map(PrometheusHandle::render)
+}
+
+/// Sets [`ALLOCATOR_BYTES`] from the allocator's counters now (a scrape reads them fresh).
+fn allocator_figures() {
+    if let Some(f) = crate::allocator::figures() {
+        for (kind, bytes) in f.labelled() {
+            gauge!(ALLOCATOR_BYTES, "kind" => kind).set(bytes as f64);
+        }
+    }
 }
 
 /// Describes every metric and creates the series whose label values are known, at 0, so they

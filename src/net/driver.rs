@@ -348,15 +348,17 @@ impl Session<'_> {
             }
             Action::Updated => {
                 let up = self.upstream_shown();
-                history_hooks::after_update(self.ctx, &up, m.login_user(), m.view()).await
+                Box::pin(history_hooks::after_update(self.ctx, &up, m.login_user(), m.view())).await
             }
             Action::User(name) => {
                 tracing::Span::current().record("user", name.as_str());
             }
-            Action::ViewReady => {
-                if let (Some(scan), Some(view)) = (&self.scan, m.view()) {
-                    scan.report(view, self.ctx.config.dry_run);
-                    history_hooks::record(self.ctx, &self.upstream_shown(), m.login_user(), view);
+            Action::ViewReady(entries) => {
+                // What the rules said of each message is reported here and then dropped:
+                // the view keeps only what TRANSACTION needs (issue 16).
+                if let Some(scan) = &self.scan {
+                    scan.report(&entries, self.ctx.config.dry_run);
+                    history_hooks::record(self.ctx, &self.upstream_shown(), m.login_user(), &entries);
                 }
                 self.scan = None;
                 self.usage = None;
@@ -374,8 +376,13 @@ impl Session<'_> {
             Need::Connect => {
                 let target =
                     ctx.listener.upstream.clone().ok_or(SessionError::Internal("listener without upstream"))?;
-                let up = watching(&mut self.client, false, upstream::connect(&target, &ctx.tls, &t)).await?;
-                let input = Input::Connected { greeting: up.greeting.clone(), caps: up.caps.clone() };
+                // Boxed, like the other once-per-session steps below (issue 16): a TLS
+                // handshake's state lives on the heap while it runs, instead of sizing the
+                // future every idle session keeps (6 KiB, measured by tests/benches/idle_sessions.rs).
+                let connect = Box::pin(upstream::connect(&target, &ctx.tls, &t));
+                let mut up = watching(&mut self.client, false, connect).await?;
+                // Moved, not copied: the machine keeps them for the session (issue 16).
+                let input = Input::Connected { greeting: std::mem::take(&mut up.greeting), caps: up.caps.take() };
                 self.up = Some(up);
                 self.target = Some(target);
                 input
@@ -391,9 +398,9 @@ impl Session<'_> {
             }
             Need::ConnectTo { upstream: target, addrs } => {
                 tracing::Span::current().record("upstream", tracing::field::display(target.display()));
-                let connect = upstream::connect_to(&target, &addrs, &ctx.tls, &t);
-                let up = watching(&mut self.client, false, connect).await?;
-                let input = Input::Connected { greeting: up.greeting.clone(), caps: up.caps.clone() };
+                let connect = Box::pin(upstream::connect_to(&target, &addrs, &ctx.tls, &t));
+                let mut up = watching(&mut self.client, false, connect).await?;
+                let input = Input::Connected { greeting: std::mem::take(&mut up.greeting), caps: up.caps.take() };
                 self.up = Some(up);
                 self.target = Some(target);
                 input
@@ -442,6 +449,7 @@ impl Session<'_> {
                         u.conn.release_if_empty();
                     }
                     *out = Vec::new();
+                    m.release_idle();
                 };
                 self.client.fill_client_or_idle(t.client_idle, t.client_line, release).await?;
                 Input::ClientInput
@@ -477,13 +485,13 @@ impl Session<'_> {
                     history_hooks::before_view(ctx, &shown, user.as_deref(), uidl_trusted, &mut entries).await;
                     Ok(entries)
                 };
-                Input::Evaluated(ticking(&mut self.client, &mut self.out, m, t.client_idle, work).await?)
+                Input::Evaluated(Box::pin(ticking(&mut self.client, &mut self.out, m, t.client_idle, work)).await?)
             }
             Need::QuarantineFolder => {
                 let user = m.login_user().map(str::to_string);
                 let shown = self.upstream_shown();
                 let work = async { Ok(quarantine_copy::open_folder(ctx, &shown, user.as_deref()).await) };
-                self.usage = ticking(&mut self.client, &mut self.out, m, t.client_idle, work).await?;
+                self.usage = Box::pin(ticking(&mut self.client, &mut self.out, m, t.client_idle, work)).await?;
                 Input::QuarantineFolder
             }
             Need::Quarantine(entry) => {
@@ -491,7 +499,7 @@ impl Session<'_> {
                 let up = connected(&mut self.up)?;
                 let user = m.login_user().map(str::to_string);
                 let work = quarantine_copy::quarantine(up, ctx, &shown, user.as_deref(), self.usage.as_mut(), &entry);
-                Input::Quarantined(ticking(&mut self.client, &mut self.out, m, t.client_idle, work).await?)
+                Input::Quarantined(Box::pin(ticking(&mut self.client, &mut self.out, m, t.client_idle, work)).await?)
             }
             Need::Pending => return Err(SessionError::Internal("the session machine asked for an input twice")),
         })

@@ -48,9 +48,9 @@ pub async fn before_view(
 }
 
 /// Records the verdicts of this login (never blocks: a full queue drops and counts).
-pub fn record(ctx: &SessionContext, upstream: &str, user: Option<&str>, view: &MailboxView) {
+pub fn record(ctx: &SessionContext, upstream: &str, user: Option<&str>, entries: &[Entry]) {
     let (Some(h), Some(mb)) = (&ctx.history, mailbox(upstream, user)) else { return };
-    h.record(history::login_decisions(&mb, view.entries(), ctx.config.dry_run, history::now_secs()));
+    h.record(history::login_decisions(&mb, entries, ctx.config.dry_run, history::now_secs()));
 }
 
 /// After the upstream accepted QUIT (UPDATE done): released messages the client deleted

@@ -61,7 +61,7 @@ use crate::session::tag::TagSettings;
 use crate::session::top_window::TopWindow;
 pub use crate::session::verdicts::ScanOutcome;
 use crate::session::verdicts::{build_entries, evaluate, recheck, to_recheck, uidl_trust, Evaluated, ScanItem};
-use crate::session::view::{Entry, MailboxView};
+use crate::session::view::Entry;
 use crate::store::header_cache::{Fresh, HeaderCache, Scope, Wanted};
 use crate::store::verdict_memo::MailboxMemo;
 
@@ -601,14 +601,14 @@ impl LoginScan {
     }
 
     /// Logs and counts the verdicts of the finished view.
-    pub fn report(&self, view: &MailboxView, dry_run: bool) {
+    pub fn report(&self, entries: &[Entry], dry_run: bool) {
         use crate::metrics as m;
         // Evaluation runs in parallel chunks off the async threads, so per-message times are
         // not observed one by one: each evaluated message records the batch's mean.
         for _ in 0..self.evaluated_now {
             m::rule_eval_duration(self.eval_per_message);
         }
-        for e in view.entries() {
+        for e in entries {
             let Some(v) = e.verdict() else { continue };
             m::message_scanned();
             let action = v.action.map_or("none", |a| a.as_str());
@@ -631,9 +631,9 @@ impl LoginScan {
             }
         }
         m::scan_duration(self.started.elapsed().as_secs_f64());
-        let (_, hidden, condemned) = view.counts();
+        let (_, hidden, condemned) = crate::session::view::counts(entries.iter().map(|e| e.disposition));
         tracing::debug!(
-            messages = view.entries().len(),
+            messages = entries.len(),
             hidden,
             condemned,
             elapsed_ms = self.started.elapsed().as_millis() as u64,

@@ -309,7 +309,7 @@ fn lenient_pairs(body: &[u8]) -> Vec<(u32, u64)> {
 
 /// A view whose dispositions come from the sizes (so the input chooses them too).
 fn view_of(pairs: &[(u32, u64)], uidls: Option<&[(u32, String)]>) -> MailboxView {
-    let entries = pairs
+    let entries: Vec<Entry> = pairs
         .iter()
         .map(|&(n, size)| Entry {
             upstream: n,
@@ -326,7 +326,7 @@ fn view_of(pairs: &[(u32, u64)], uidls: Option<&[(u32, String)]>) -> MailboxView
             released: None,
         })
         .collect();
-    MailboxView::new(entries)
+    MailboxView::new(&entries)
 }
 
 fn run_client(mut view: MailboxView, client: &[u8]) {
@@ -335,8 +335,8 @@ fn run_client(mut view: MailboxView, client: &[u8]) {
     let mut pipeline = Pipeline::new(view.clone(), client.len() % 2 == 0);
     let mut auth = Authorization::new();
     let condemned: BTreeSet<u32> =
-        view.entries().iter().filter(|e| e.disposition == Disposition::Condemned).map(|e| e.upstream).collect();
-    let all: BTreeSet<u32> = view.entries().iter().map(|e| e.upstream).collect();
+        view.messages().filter(|e| e.disposition == Disposition::Condemned).map(|e| e.upstream).collect();
+    let all: BTreeSet<u32> = view.messages().map(|e| e.upstream).collect();
     let mut logged_in = false;
     let mut rest = client;
     loop {
@@ -383,7 +383,7 @@ fn run_client(mut view: MailboxView, client: &[u8]) {
                 return;
             }
             TxPlan::Fetch { command, entry, .. } => {
-                let e = view.entries().get(entry).expect("Fetch names an existing entry");
+                let e = view.at(entry).expect("Fetch names an existing entry");
                 assert!(matches!(cmd, Command::Retr(_) | Command::Top { .. }));
                 let asked = parse(command.strip_suffix(b"\r\n").expect("CRLF")).expect("fetch command parses");
                 let n = match asked {

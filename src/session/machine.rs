@@ -219,8 +219,10 @@ pub enum Action {
     Updated,
     /// The name to log this session under changed.
     User(String),
-    /// The view is complete: log and count its verdicts (see `net::login_scan::report`).
-    ViewReady,
+    /// The view is complete: log and count the verdicts of these entries (see
+    /// `net::login_scan::report`) and record them (decision history), then drop them: the
+    /// view keeps only what TRANSACTION needs (issue 16, see [`MailboxView`]).
+    ViewReady(Vec<Entry>),
     /// Wait for an input.
     Need(Need),
     /// The session is over.
@@ -488,6 +490,17 @@ impl Machine {
     /// The view the client sees, once TRANSACTION has begun.
     pub fn view(&self) -> Option<&MailboxView> {
         self.pipeline.as_ref().map(Pipeline::view)
+    }
+
+    /// Idle memory (issue 16): the client has been silent for a while, so the room the
+    /// last commands left in the machine's queues is given back (only when empty).
+    pub fn release_idle(&mut self) {
+        if self.actions.is_empty() {
+            self.actions = VecDeque::new();
+        }
+        if let Some(p) = self.pipeline.as_mut() {
+            p.release_idle();
+        }
     }
 
     /// The session is in AUTHORIZATION (before a successful login).
@@ -1144,23 +1157,21 @@ impl Machine {
 
     /// The view is complete: answer the login (unless answered early) and enter TRANSACTION.
     fn open_view(&mut self) -> State {
-        let view = MailboxView::new(std::mem::take(&mut self.entries));
+        let entries = std::mem::take(&mut self.entries);
+        self.candidates = Vec::new();
+        let view = MailboxView::new(&entries);
         let (_, hidden, condemned) = view.counts();
-        self.stats.messages = view.entries().len();
+        self.stats.messages = view.len();
         self.stats.hidden = hidden;
         self.stats.condemned = condemned;
-        self.stats.tagged = view
-            .entries()
+        self.stats.tagged = entries
             .iter()
             .filter(|e| e.disposition == Disposition::Visible && e.verdict().is_some_and(|v| v.spam))
             .count();
-        self.known = Known {
-            top: view.entries().iter().any(|e| e.evaluated.is_some()),
-            uidl: view.entries().iter().all(|e| e.uidl.is_some()),
-            logged_in: true,
-        };
+        self.known =
+            Known { top: entries.iter().any(|e| e.evaluated.is_some()), uidl: view.all_have_uidl(), logged_in: true };
         self.pipeline = Some(Pipeline::new(view, self.upstream_pipelines()));
-        self.emit(Action::ViewReady);
+        self.emit(Action::ViewReady(entries));
         if !self.login_answered {
             self.login_answered = true;
             let r = std::mem::take(&mut self.login_reply);
@@ -1776,7 +1787,7 @@ mod tests {
                 &[Quarantined::Stored, Quarantined::Failed, Quarantined::AlreadyStored],
             );
             let view = s.m.view().expect("in TRANSACTION");
-            let d: Vec<Disposition> = view.entries().iter().map(|e| e.disposition).collect();
+            let d: Vec<Disposition> = view.messages().map(|e| e.disposition).collect();
             let failed = if failed_shown { Disposition::Visible } else { Disposition::Hidden };
             assert_eq!(d, [Disposition::Condemned, failed, Disposition::Condemned, Disposition::Visible]);
             s.c("QUIT");

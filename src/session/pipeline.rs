@@ -125,6 +125,17 @@ impl Pipeline {
         &self.view
     }
 
+    /// Idle memory (issue 16): gives back the room the last commands left in the queue and
+    /// the read-ahead bytes, when nothing is in them.
+    pub fn release_idle(&mut self) {
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+        if self.ahead.is_empty() {
+            self.ahead = Vec::new();
+        }
+    }
+
     /// The machine takes another command line now (bounded memory, nothing after QUIT).
     pub fn wants_input(&self) -> bool {
         !self.quit_planned && self.queue.len() < MAX_QUEUE && self.prepared < MAX_PREPARED
@@ -165,8 +176,8 @@ impl Pipeline {
             }
             TxPlan::Fetch { command, entry, .. } => {
                 self.send_ahead(send_now, &command);
-                let rewrite = self.view.entries().get(entry).and_then(|e| {
-                    e.rewrite.clone().map(|header| Rewrite { header, upstream_size: e.upstream_size, size: e.size })
+                let rewrite = self.view.at(entry).and_then(|e| {
+                    e.rewrite.cloned().map(|header| Rewrite { header, upstream_size: e.upstream_size, size: e.size })
                 });
                 Pending::Fetch { command, sent: send_now, rewrite }
             }
@@ -247,7 +258,7 @@ mod tests {
 
     fn view(n: u32) -> MailboxView {
         MailboxView::new(
-            (1..=n)
+            &(1..=n)
                 .map(|i| Entry {
                     upstream: i,
                     upstream_size: 100,
@@ -258,7 +269,7 @@ mod tests {
                     evaluated: None,
                     released: None,
                 })
-                .collect(),
+                .collect::<Vec<_>>(),
         )
     }
 

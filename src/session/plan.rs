@@ -1,7 +1,7 @@
 //! What to do with each client command: answer from the mailbox view, relay upstream, or
 //! end the session. The driver executes the plan; nothing here does I/O.
 use crate::pop3::Command;
-use crate::session::view::MailboxView;
+use crate::session::view::{MailboxView, Msg};
 
 /// Plans for the AUTHORIZATION state (RFC 1939 §4), which popsift passes through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,21 +93,21 @@ pub fn transaction(cmd: &Command, view: &mut MailboxView) -> TxPlan {
             Err(e) => TxPlan::Reply(err(e)),
         },
         Command::Uidl(arg) => {
-            if view.entries().iter().any(|e| e.uidl.is_none()) {
+            if !view.all_have_uidl() {
                 return TxPlan::Reply(err("UIDL is not supported by the server"));
             }
             match arg {
                 None => {
                     let mut out = ok("unique-id listing follows");
                     for (v, e) in view.live() {
-                        let uid = e.uidl.as_deref().unwrap_or_default();
+                        let uid = e.uidl.unwrap_or_default();
                         out.extend_from_slice(format!("{v} {uid}\r\n").as_bytes());
                     }
                     out.extend_from_slice(b".\r\n");
                     TxPlan::Reply(out)
                 }
                 Some(n) => match view.get(*n) {
-                    Ok(e) => TxPlan::Reply(ok(format_args!("{n} {}", e.uidl.as_deref().unwrap_or_default()))),
+                    Ok(e) => TxPlan::Reply(ok(format_args!("{n} {}", e.uidl.unwrap_or_default()))),
                     Err(e) => TxPlan::Reply(err(e)),
                 },
             }
@@ -144,9 +144,7 @@ fn fetch(view: &MailboxView, n: u32, make: impl FnOnce(u32) -> Command, top: Opt
     // numbers have gaps (issue 12) must not send a lookup out of bounds.
     match view.locate(n) {
         // Released from quarantine (review page): answered from popsift's copy.
-        Ok((_, e)) if e.released.is_some() => {
-            TxPlan::Reply(crate::session::view::released_reply(e.released.as_deref().unwrap_or_default(), top))
-        }
+        Ok((_, Msg { released: Some(bytes), .. })) => TxPlan::Reply(crate::session::view::released_reply(bytes, top)),
         Ok((entry, e)) => TxPlan::Fetch { command: make(e.upstream).encode(), entry },
         Err(e) => TxPlan::Reply(err(e)),
     }
@@ -169,7 +167,7 @@ mod tests {
             evaluated: None,
             released: None,
         };
-        MailboxView::new(vec![
+        MailboxView::new(&[
             e(1, Disposition::Hidden),
             e(2, Disposition::Visible),
             e(3, Disposition::Condemned),
@@ -215,7 +213,7 @@ mod tests {
 
     #[test]
     fn uidl_without_server_support() {
-        let mut v = MailboxView::new(vec![Entry {
+        let mut v = MailboxView::new(&[Entry {
             upstream: 1,
             upstream_size: 1,
             size: 1,
@@ -242,10 +240,10 @@ mod tests {
             evaluated: None,
             released: None,
         };
-        let mut v = MailboxView::new(vec![e(1), e(5)]);
+        let mut v = MailboxView::new(&[e(1), e(5)]);
         assert_eq!(tx(&mut v, "RETR 2"), TxPlan::Fetch { command: b"RETR 5\r\n".to_vec(), entry: 1 });
         let TxPlan::Fetch { entry, .. } = tx(&mut v, "TOP 2 0") else { panic!() };
-        assert_eq!(v.entries().get(entry).map(|e| e.upstream), Some(5));
+        assert_eq!(v.at(entry).map(|e| e.upstream), Some(5));
         assert_eq!(reply(tx(&mut v, "RETR 3")), "-ERR no such message, only 2 messages in maildrop\r\n");
         assert_eq!(reply(tx(&mut v, "DELE 2")), "+OK message 2 deleted\r\n");
         assert_eq!(tx(&mut v, "QUIT"), TxPlan::Quit { deletions: vec![5] });

@@ -110,28 +110,174 @@ pub enum ViewError {
     AlreadyDeleted(u32),
 }
 
+/// One message of the view as the TRANSACTION commands see it, borrowed from the view's
+/// dense storage (see [`MailboxView`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Msg<'a> {
+    /// The upstream message number (0 for a released message).
+    pub upstream: u32,
+    /// Size as the upstream reports it in LIST.
+    pub upstream_size: u64,
+    /// Size the client sees.
+    pub size: u64,
+    pub uidl: Option<&'a str>,
+    pub disposition: Disposition,
+    /// The header block to send instead of the original (tagging).
+    pub rewrite: Option<&'a Arc<HeaderRewrite>>,
+    /// The bytes of a message released from quarantine (see [`released_entry`]).
+    pub released: Option<&'a Arc<[u8]>>,
+}
+
+/// `Dense::flags` bits: the disposition in the low two bits, then the rare parts.
+const DISPOSITION_MASK: u8 = 0b11;
+const DELETED: u8 = 1 << 2;
+const HAS_REWRITE: u8 = 1 << 3;
+const RELEASED: u8 = 1 << 4;
+/// `Dense::uidl_len` of a message without UIDL.
+const NO_UIDL: u32 = u32::MAX;
+
+/// A view entry as kept for the whole TRANSACTION state: 32 bytes, its UIDL in the view's
+/// arena, its rare parts (tag rewrite, released copy) in side tables (see [`MailboxView`]).
+#[derive(Debug, Clone, Copy)]
+struct Dense {
+    upstream: u32,
+    /// The UIDL's place in `MailboxView::uidls`.
+    uidl_start: u32,
+    uidl_len: u32,
+    flags: u8,
+    upstream_size: u64,
+    size: u64,
+}
+
+impl Dense {
+    fn disposition(&self) -> Disposition {
+        match self.flags & DISPOSITION_MASK {
+            0 => Disposition::Visible,
+            1 => Disposition::Hidden,
+            _ => Disposition::Condemned,
+        }
+    }
+}
+
+fn disposition_bits(d: Disposition) -> u8 {
+    match d {
+        Disposition::Visible => 0,
+        Disposition::Hidden => 1,
+        Disposition::Condemned => 2,
+    }
+}
+
+/// The filtered mailbox, held by a session for the whole TRANSACTION state, mostly idle
+/// (issue 16: a provider's instance holds thousands of such sessions). So it is dense:
+/// 32 bytes per message plus 4 per visible message and the UIDL's octets in one arena per
+/// view; the deletion mark is a flag bit; the rare parts (a tag rewrite, a message released
+/// from quarantine) live in side tables sorted by position. What evaluating a message
+/// produced (verdict, From, Subject) is not kept: the login reports it when the view opens
+/// ([`MailboxView::new`] takes the entries by reference; the caller reports and drops them).
 #[derive(Debug, Clone, Default)]
 pub struct MailboxView {
-    entries: Vec<Entry>,
-    /// Virtual number - 1 → index into `entries`.
-    visible: Vec<usize>,
-    /// Per visible message: marked deleted by the client.
-    deleted: Vec<bool>,
+    entries: Vec<Dense>,
+    /// Every UIDL, one after another.
+    uidls: String,
+    /// Virtual number - 1 → position in `entries`.
+    visible: Vec<u32>,
+    /// (position, rewrite) for the entries with [`HAS_REWRITE`], by position.
+    rewrites: Vec<(u32, Arc<HeaderRewrite>)>,
+    /// (position, bytes) for the entries with [`RELEASED`], by position.
+    released: Vec<(u32, Arc<[u8]>)>,
 }
 
 impl MailboxView {
     /// `entries` in upstream order. Nothing here assumes entry i has upstream number i + 1:
     /// positions and upstream numbers are kept apart (the login scan also refuses a LIST
-    /// that is not numbered 1..N, see [`crate::pop3::listing`]).
-    pub fn new(entries: Vec<Entry>) -> MailboxView {
-        let visible: Vec<usize> =
-            entries.iter().enumerate().filter(|(_, e)| e.disposition == Disposition::Visible).map(|(i, _)| i).collect();
-        let deleted = vec![false; visible.len()];
-        MailboxView { entries, visible, deleted }
+    /// that is not numbered 1..N, see [`crate::pop3::listing`]). Positions are `u32` (a
+    /// mailbox of more than 4 billion messages is cut there; LIST numbers are `u32` anyway).
+    pub fn new(entries: &[Entry]) -> MailboxView {
+        let n = entries.len().min(u32::MAX as usize);
+        let uidl_bytes = entries.iter().take(n).filter_map(|e| e.uidl.as_deref()).map(str::len).sum();
+        let mut v = MailboxView {
+            entries: Vec::with_capacity(n),
+            uidls: String::with_capacity(uidl_bytes),
+            visible: Vec::new(),
+            rewrites: Vec::new(),
+            released: Vec::new(),
+        };
+        for (pos, e) in (0u32..).zip(entries.iter().take(n)) {
+            let mut flags = disposition_bits(e.disposition);
+            let (uidl_start, uidl_len) = match e.uidl.as_deref() {
+                Some(u) if v.uidls.len() + u.len() <= u32::MAX as usize => {
+                    let start = v.uidls.len() as u32;
+                    v.uidls.push_str(u);
+                    (start, u.len() as u32)
+                }
+                _ => (0, NO_UIDL),
+            };
+            if let Some(rw) = &e.rewrite {
+                flags |= HAS_REWRITE;
+                v.rewrites.push((pos, rw.clone()));
+            }
+            if let Some(bytes) = &e.released {
+                flags |= RELEASED;
+                v.released.push((pos, bytes.clone()));
+            }
+            if e.disposition == Disposition::Visible {
+                v.visible.push(pos);
+            }
+            v.entries.push(Dense {
+                upstream: e.upstream,
+                uidl_start,
+                uidl_len,
+                flags,
+                upstream_size: e.upstream_size,
+                size: e.size,
+            });
+        }
+        v.visible.shrink_to_fit();
+        v.rewrites.shrink_to_fit();
+        v.released.shrink_to_fit();
+        v
     }
 
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
+    /// Number of messages (visible or not).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The message at `pos` in upstream order (see [`locate`](Self::locate)).
+    pub fn at(&self, pos: usize) -> Option<Msg<'_>> {
+        let d = self.entries.get(pos)?;
+        Some(self.msg(pos as u32, d))
+    }
+
+    /// Every message in upstream order, visible or not.
+    pub fn messages(&self) -> impl Iterator<Item = Msg<'_>> {
+        (0u32..).zip(&self.entries).map(|(pos, d)| self.msg(pos, d))
+    }
+
+    fn msg(&self, pos: u32, d: &Dense) -> Msg<'_> {
+        let side = |on: bool| on.then_some(pos);
+        Msg {
+            upstream: d.upstream,
+            upstream_size: d.upstream_size,
+            size: d.size,
+            uidl: if d.uidl_len == NO_UIDL {
+                None
+            } else {
+                self.uidls.get(d.uidl_start as usize..(d.uidl_start as usize).saturating_add(d.uidl_len as usize))
+            },
+            disposition: d.disposition(),
+            rewrite: side(d.flags & HAS_REWRITE != 0).and_then(|p| lookup(&self.rewrites, p)),
+            released: side(d.flags & RELEASED != 0).and_then(|p| lookup(&self.released, p)),
+        }
+    }
+
+    /// Every message has a UIDL (the server answered UIDL at login).
+    pub fn all_have_uidl(&self) -> bool {
+        self.entries.iter().all(|d| d.uidl_len != NO_UIDL)
     }
 
     pub fn visible_count(&self) -> usize {
@@ -144,46 +290,52 @@ impl MailboxView {
     }
 
     /// Visible, not deleted messages with their virtual numbers.
-    pub fn live(&self) -> impl Iterator<Item = (u32, &Entry)> {
-        self.visible
-            .iter()
-            .zip(&self.deleted)
-            .enumerate()
-            .filter(|(_, (_, &d))| !d)
-            .filter_map(|(v, (&i, _))| Some((u32::try_from(v + 1).ok()?, self.entries.get(i)?)))
+    pub fn live(&self) -> impl Iterator<Item = (u32, Msg<'_>)> {
+        (1u32..).zip(&self.visible).filter_map(|(v, &pos)| {
+            let d = self.entries.get(pos as usize)?;
+            (d.flags & DELETED == 0).then(|| (v, self.msg(pos, d)))
+        })
     }
 
     /// The message behind virtual number `n`, unless out of range or deleted.
-    pub fn get(&self, n: u32) -> Result<&Entry, ViewError> {
+    pub fn get(&self, n: u32) -> Result<Msg<'_>, ViewError> {
         self.locate(n).map(|(_, e)| e)
     }
 
-    /// Like [`get`](Self::get), with the entry's position in [`entries`](Self::entries).
+    /// Like [`get`](Self::get), with the message's position (see [`at`](Self::at)).
     /// Positions come from the view itself, never from upstream message numbers, so they
     /// are always in bounds whatever numbers the server used.
-    pub fn locate(&self, n: u32) -> Result<(usize, &Entry), ViewError> {
-        let idx = self.index(n)?;
-        if self.deleted.get(idx).copied().unwrap_or(true) {
+    pub fn locate(&self, n: u32) -> Result<(usize, Msg<'_>), ViewError> {
+        let pos = self.position(n)?;
+        let d = self.entries.get(pos).ok_or(ViewError::NoSuchMessage { visible: self.visible.len() })?;
+        if d.flags & DELETED != 0 {
             return Err(ViewError::AlreadyDeleted(n));
         }
-        let pos = *self.visible.get(idx).ok_or(ViewError::NoSuchMessage { visible: self.visible.len() })?;
-        let entry = self.entries.get(pos).ok_or(ViewError::NoSuchMessage { visible: self.visible.len() })?;
-        Ok((pos, entry))
+        Ok((pos, self.msg(pos as u32, d)))
     }
 
-    /// Virtual number `n` (1-based) → position in `visible` / `deleted`.
-    fn index(&self, n: u32) -> Result<usize, ViewError> {
+    /// Virtual number `n` (1-based) → position in `entries`.
+    fn position(&self, n: u32) -> Result<usize, ViewError> {
         let visible = self.visible.len();
         let idx = (n as usize).checked_sub(1).filter(|&i| i < visible);
-        idx.ok_or(ViewError::NoSuchMessage { visible })
+        let pos = idx.and_then(|i| self.visible.get(i));
+        pos.map(|&p| p as usize).ok_or(ViewError::NoSuchMessage { visible })
+    }
+
+    /// Marked deleted by the client.
+    fn deleted(&self) -> impl Iterator<Item = (u32, &Dense)> {
+        self.visible
+            .iter()
+            .filter_map(|&p| self.entries.get(p as usize).map(|d| (p, d)))
+            .filter(|(_, d)| d.flags & DELETED != 0)
     }
 
     /// DELE n: marks the message; nothing happens upstream until QUIT.
     pub fn delete(&mut self, n: u32) -> Result<(), ViewError> {
-        let idx = self.index(n)?;
-        match self.deleted.get_mut(idx) {
-            Some(d) if !*d => {
-                *d = true;
+        let pos = self.position(n)?;
+        match self.entries.get_mut(pos) {
+            Some(d) if d.flags & DELETED == 0 => {
+                d.flags |= DELETED;
                 Ok(())
             }
             _ => Err(ViewError::AlreadyDeleted(n)),
@@ -192,19 +344,17 @@ impl MailboxView {
 
     /// RSET: unmarks every message the client deleted (condemned ones stay condemned).
     pub fn reset(&mut self) {
-        self.deleted.iter_mut().for_each(|d| *d = false);
+        self.entries.iter_mut().for_each(|d| d.flags &= !DELETED);
     }
 
     /// Upstream numbers to DELE in the UPDATE state: the client's deletions and the messages
     /// the rules condemned, in ascending order.
     pub fn update_deletions(&self) -> Vec<u32> {
         let mut out: Vec<u32> = self
-            .visible
-            .iter()
-            .zip(&self.deleted)
-            .filter(|(_, &d)| d)
-            .filter_map(|(&i, _)| self.entries.get(i).filter(|e| e.released.is_none()).map(|e| e.upstream))
-            .chain(self.entries.iter().filter(|e| e.disposition == Disposition::Condemned).map(|e| e.upstream))
+            .deleted()
+            .filter(|(_, d)| d.flags & RELEASED == 0)
+            .map(|(_, d)| d.upstream)
+            .chain(self.entries.iter().filter(|d| d.disposition() == Disposition::Condemned).map(|d| d.upstream))
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -214,26 +364,34 @@ impl MailboxView {
     /// UIDLs of the released messages (see [`released_entry`]) the client marked deleted:
     /// after a successful UPDATE they leave popsift's store.
     pub fn released_deleted(&self) -> Vec<Arc<str>> {
-        self.visible
-            .iter()
-            .zip(&self.deleted)
-            .filter(|(_, &d)| d)
-            .filter_map(|(&i, _)| self.entries.get(i).filter(|e| e.released.is_some()).and_then(|e| e.uidl.clone()))
+        self.deleted()
+            .filter(|(_, d)| d.flags & RELEASED != 0)
+            .filter_map(|(p, d)| self.msg(p, d).uidl.map(Arc::from))
             .collect()
     }
 
     /// Counts of (visible, hidden, condemned) messages.
     pub fn counts(&self) -> (usize, usize, usize) {
-        let mut c = (0, 0, 0);
-        for e in &self.entries {
-            match e.disposition {
-                Disposition::Visible => c.0 += 1,
-                Disposition::Hidden => c.1 += 1,
-                Disposition::Condemned => c.2 += 1,
-            }
-        }
-        c
+        counts(self.entries.iter().map(Dense::disposition))
     }
+}
+
+/// Counts of (visible, hidden, condemned) among `dispositions`.
+pub fn counts(dispositions: impl Iterator<Item = Disposition>) -> (usize, usize, usize) {
+    let mut c = (0, 0, 0);
+    for d in dispositions {
+        match d {
+            Disposition::Visible => c.0 += 1,
+            Disposition::Hidden => c.1 += 1,
+            Disposition::Condemned => c.2 += 1,
+        }
+    }
+    c
+}
+
+/// The side-table value of position `pos` (tables are sorted by position).
+fn lookup<T>(table: &[(u32, T)], pos: u32) -> Option<&T> {
+    table.binary_search_by_key(&pos, |(p, _)| *p).ok().and_then(|i| table.get(i)).map(|(_, t)| t)
 }
 
 #[cfg(test)]
@@ -253,15 +411,19 @@ mod tests {
         }
     }
 
-    fn view() -> MailboxView {
+    fn wide() -> Vec<Entry> {
         use Disposition::*;
-        MailboxView::new(vec![
+        vec![
             entry(1, 100, Visible),
             entry(2, 200, Hidden),
             entry(3, 300, Condemned),
             entry(4, 400, Visible),
             entry(5, 500, Visible),
-        ])
+        ]
+    }
+
+    fn view() -> MailboxView {
+        MailboxView::new(&wide())
     }
 
     #[test]
@@ -279,12 +441,13 @@ mod tests {
     #[test]
     fn released_messages_are_served_from_their_bytes_and_never_deleted_upstream() {
         let msg: Arc<[u8]> = Arc::from(&b"Subject: hi\r\n\r\nline 1\r\n.dot\r\nline 3\r\n"[..]);
-        let mut entries = view().entries().to_vec();
+        let mut entries = wide();
         entries.push(released_entry("popsift-r-1", msg.clone()));
-        let mut v = MailboxView::new(entries);
+        let mut v = MailboxView::new(&entries);
         assert_eq!(v.stat(), (4, 1000 + msg.len() as u64));
         let e = v.get(4).unwrap();
-        assert_eq!((e.size, e.uidl.as_deref()), (msg.len() as u64, Some("popsift-r-1")));
+        assert_eq!((e.size, e.uidl), (msg.len() as u64, Some("popsift-r-1")));
+        assert_eq!(e.released.map(|b| &b[..]), Some(&msg[..]));
         let full = released_reply(&msg, None);
         assert_eq!(full, [&b"+OK 37 octets\r\nSubject: hi\r\n\r\nline 1\r\n..dot\r\nline 3\r\n.\r\n"[..]].concat());
         assert_eq!(released_reply(&msg, Some(0)), b"+OK 37 octets\r\nSubject: hi\r\n\r\n.\r\n".to_vec());
@@ -320,5 +483,53 @@ mod tests {
         v.reset();
         assert_eq!(v.stat(), (3, 1000));
         assert_eq!(v.update_deletions(), vec![3]);
+    }
+}
+
+#[cfg(test)]
+mod dense_tests {
+    use super::*;
+
+    #[test]
+    fn a_view_entry_stays_within_its_budget() {
+        // Issue 16: ≤ 64 B per message of the view, UIDL included.
+        assert_eq!(std::mem::size_of::<Dense>(), 32);
+    }
+
+    #[test]
+    fn rare_parts_and_missing_uidls_come_back_per_message() {
+        let rw = Arc::new(HeaderRewrite {
+            original: b"S: a\r\n\r\n".to_vec(),
+            replacement: b"S: [SPAM] a\r\n\r\n".to_vec(),
+        });
+        let plain = |n: u32, uidl: Option<&str>| Entry {
+            upstream: n,
+            upstream_size: 10 * u64::from(n),
+            size: 10 * u64::from(n),
+            uidl: uidl.map(Arc::from),
+            disposition: Disposition::Visible,
+            rewrite: None,
+            evaluated: None,
+            released: None,
+        };
+        let mut tagged = plain(2, Some("b"));
+        tagged.rewrite = Some(rw.clone());
+        tagged.size = 28;
+        let entries = vec![plain(1, Some("a")), tagged, plain(3, None), plain(4, Some("dddd"))];
+        let v = MailboxView::new(&entries);
+        assert!(!v.all_have_uidl());
+        let got: Vec<_> = v.live().map(|(n, m)| (n, m.upstream, m.size, m.uidl, m.rewrite.is_some())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, 1, 10, Some("a"), false),
+                (2, 2, 28, Some("b"), true),
+                (3, 3, 30, None, false),
+                (4, 4, 40, Some("dddd"), false)
+            ]
+        );
+        assert!(Arc::ptr_eq(v.get(2).unwrap().rewrite.unwrap(), &rw));
+        assert_eq!(v.at(1).map(|m| m.upstream_size), Some(20));
+        assert_eq!(v.messages().count(), 4);
     }
 }

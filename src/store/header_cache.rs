@@ -194,7 +194,11 @@ impl HeaderCache {
                     config.cache.max_size,
                 ))))
             }
-            None => HeaderCache::open(&config.state_dir, config.cache.max_size),
+            None => Ok(HeaderCache::with_store(Box::new(RedbHeaderCache::open_with_memory(
+                &config.state_dir,
+                config.cache.max_size,
+                config.cache.memory,
+            )?))),
         }
     }
 
@@ -286,6 +290,8 @@ impl HeaderCache {
 pub struct RedbHeaderCache {
     path: PathBuf,
     max_size: u64,
+    /// redb's page cache in bytes (see [`redb_cache_bytes`]).
+    cache_bytes: usize,
     /// `None` after a failure that could not be repaired: popsift then runs without cache.
     db: Mutex<Option<Arc<Database>>>,
 }
@@ -316,11 +322,21 @@ impl RedbHeaderCache {
     /// anew; an error is returned only when no working cache could be had at all, and the
     /// caller then runs without one.
     pub fn open(state_dir: &Path, max_size: u64) -> Result<RedbHeaderCache, CacheError> {
+        RedbHeaderCache::open_with_memory(state_dir, max_size, None)
+    }
+
+    /// [`open`](Self::open) with redb's page cache bounded by `memory` (`cache.memory`).
+    pub fn open_with_memory(
+        state_dir: &Path,
+        max_size: u64,
+        memory: Option<u64>,
+    ) -> Result<RedbHeaderCache, CacheError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| CacheError::Dir { path: state_dir.to_path_buf(), source })?;
         let path = state_dir.join(FILE_NAME);
-        let db = open_or_rebuild(&path, max_size)?;
-        Ok(RedbHeaderCache { path, max_size, db: Mutex::new(Some(Arc::new(db))) })
+        let cache_bytes = redb_cache_bytes(max_size, memory);
+        let db = open_or_rebuild(&path, cache_bytes)?;
+        Ok(RedbHeaderCache { path, max_size, cache_bytes, db: Mutex::new(Some(Arc::new(db))) })
     }
 
     pub fn path(&self) -> &Path {
@@ -346,7 +362,7 @@ impl RedbHeaderCache {
                 return;
             }
         }
-        match guarded(|| create_db(&self.path, self.max_size).map_err(|e| e.to_string())) {
+        match guarded(|| create_db(&self.path, self.cache_bytes).map_err(|e| e.to_string())) {
             Ok(db) => *guard = Some(Arc::new(db)),
             Err(e) => {
                 warn!(path = %self.path.display(), error = %e, "cannot recreate the header cache; running without it")
@@ -430,7 +446,7 @@ impl RedbHeaderCache {
                 drop(db);
                 *slot = std::fs::remove_file(&self.path)
                     .ok()
-                    .and_then(|()| open_checked(&self.path, self.max_size).ok())
+                    .and_then(|()| open_checked(&self.path, self.cache_bytes).ok())
                     .map(Arc::new);
             }
         }
@@ -478,19 +494,27 @@ pub fn file_bound(max_size: u64) -> u64 {
 /// least 16 MiB, never redb's default of 1 GiB. Measured with 10,000 cached messages (60 MB):
 /// a warm lookup takes ~60 ms with the pages in redb's cache and ~150 ms with a 64 MiB
 /// cache reading the rest through the OS page cache.
-fn redb_cache_bytes(max_size: u64) -> usize {
-    max_size.clamp(16 << 20, 1 << 30) as usize
+///
+/// The pages stay cached after the sessions that read or wrote them have ended: with
+/// 5,000 distinct mailboxes logging in, this cache was most of what popsift kept once they
+/// were gone (issue 16). `cache.memory` (`memory`) bounds it (at least 1 MiB) for an
+/// instance that would rather re-read cold pages through the OS page cache.
+fn redb_cache_bytes(max_size: u64, memory: Option<u64>) -> usize {
+    match memory {
+        Some(m) => m.clamp(1 << 20, 1 << 30) as usize,
+        None => max_size.clamp(16 << 20, 1 << 30) as usize,
+    }
 }
 
-fn create_db(path: &Path, max_size: u64) -> Result<Database, DatabaseError> {
-    redb::Builder::new().set_cache_size(redb_cache_bytes(max_size)).create(path)
+fn create_db(path: &Path, cache_bytes: usize) -> Result<Database, DatabaseError> {
+    redb::Builder::new().set_cache_size(cache_bytes).create(path)
 }
 
 /// Opens the file and checks every page's checksum (once, at start: it reads the whole
 /// file), so damage is found here and not in the middle of a login.
-fn open_checked(path: &Path, max_size: u64) -> Result<Database, Result<DatabaseError, String>> {
+fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Result<DatabaseError, String>> {
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut db = create_db(path, max_size)?;
+        let mut db = create_db(path, cache_bytes)?;
         db.check_integrity()?;
         Ok::<_, DatabaseError>(db)
     }));
@@ -501,8 +525,8 @@ fn open_checked(path: &Path, max_size: u64) -> Result<Database, Result<DatabaseE
     }
 }
 
-fn open_or_rebuild(path: &Path, max_size: u64) -> Result<Database, CacheError> {
-    match open_checked(path, max_size) {
+fn open_or_rebuild(path: &Path, cache_bytes: usize) -> Result<Database, CacheError> {
+    match open_checked(path, cache_bytes) {
         Ok(db) => return Ok(db),
         // Another process has it open: deleting it would pull it from under that process.
         Err(Ok(e @ DatabaseError::DatabaseAlreadyOpen)) => {
@@ -516,7 +540,7 @@ fn open_or_rebuild(path: &Path, max_size: u64) -> Result<Database, CacheError> {
         }
     }
     std::fs::remove_file(path).map_err(|source| CacheError::Remove { path: path.to_path_buf(), source })?;
-    match open_checked(path, max_size) {
+    match open_checked(path, cache_bytes) {
         Ok(db) => Ok(db),
         Err(Ok(source)) => Err(CacheError::Open { path: path.to_path_buf(), source }),
         Err(Err(detail)) => Err(CacheError::Store { path: path.to_path_buf(), detail }),

@@ -24,6 +24,15 @@
 //! Printed: per-session KiB = (during - warm) / N, and after / start. Targets (issue 16):
 //! ≤ 5.25 KiB per session (4 KiB + 64 B per message of the view), after within 20 % of start.
 //!
+//! Where the bytes are: at each step the allocator's own figures (`popsift_allocator_bytes`
+//! from `/metrics`: live objects, their pages, metadata, resident) and the thread count, and
+//! between `warm` and `during` the live objects per size class (jemalloc's `curregs` from
+//! `/debug/allocator`), divided by N: what one idle session holds, by object size.
+//! `POPSIFT_IDLE_MESSAGES` sets the messages per mailbox (default 20; e.g. 200 with fewer
+//! sessions separates the per-message from the per-session cost); `POPSIFT_IDLE_BIN` runs
+//! another popsift binary (an earlier build kept for a before/after comparison);
+//! `POPSIFT_IDLE_CACHE_MEMORY=16MiB` bounds redb's page cache (`cache.memory`).
+//!
 //! Not criterion: the figures are memory of another process at given moments, not times.
 #[path = "../support/mod.rs"]
 #[allow(unused_imports)]
@@ -37,8 +46,11 @@ use support::{Popsift, ProxyOpts};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Messages in every mailbox.
-const MESSAGES: usize = 20;
+/// Messages in every mailbox (`POPSIFT_IDLE_MESSAGES`, default 20).
+fn messages() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::env::var("POPSIFT_IDLE_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(20))
+}
 /// Logins in flight at once (popsift and the fake share the machine's two cores).
 const CONCURRENT_LOGINS: usize = 64;
 
@@ -133,7 +145,7 @@ fn message(i: usize) -> Vec<u8> {
 async fn fake_upstream(closed: Arc<AtomicUsize>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake upstream");
     let addr = listener.local_addr().expect("addr").to_string();
-    let messages: Arc<Vec<Vec<u8>>> = Arc::new((1..=MESSAGES).map(message).collect());
+    let messages: Arc<Vec<Vec<u8>>> = Arc::new((1..=messages()).map(message).collect());
     tokio::spawn(async move {
         loop {
             let Ok((sock, _)) = listener.accept().await else { return };
@@ -249,7 +261,7 @@ impl Client {
         let pass = c.command("PASS pw").await;
         assert!(pass.starts_with("+OK"), "login u{i}: {pass:?}");
         let stat = c.command("STAT").await;
-        assert!(stat.starts_with(&format!("+OK {MESSAGES} ")), "STAT {stat:?}");
+        assert!(stat.starts_with(&format!("+OK {} ", messages())), "STAT {stat:?}");
         c
     }
 }
@@ -311,22 +323,32 @@ async fn run(n: usize) {
     // POPSIFT_IDLE_CACHE=off: without the header cache, whose in-memory page cache (bounded
     // by `cache.max_size`, shared by all sessions) grows with the header blocks written.
     let cache_off = std::env::var("POPSIFT_IDLE_CACHE").is_ok_and(|v| v == "off");
-    let cache = if cache_off { "cache: { enabled: false }\n" } else { "" };
+    // POPSIFT_IDLE_CACHE_MEMORY=16MiB: redb's page cache bounded (`cache.memory`).
+    let cache = match std::env::var("POPSIFT_IDLE_CACHE_MEMORY") {
+        _ if cache_off => "cache: { enabled: false }\n".to_string(),
+        Ok(m) => format!("cache: {{ memory: {m} }}\n"),
+        Err(_) => String::new(),
+    };
     let extra = format!("max_sessions: {}\n{cache}", n + 16);
+    // POPSIFT_IDLE_BIN: another popsift binary (an earlier build, for before/after figures).
+    let bin = std::env::var("POPSIFT_IDLE_BIN").ok();
     let p = Popsift::start(&ProxyOpts {
         upstream: &upstream,
         rules: "rules: []\n",
         extra: &extra,
         log_level: "info",
+        bin: bin.as_deref(),
         ..Default::default()
     });
     let pid = p.pid();
     println!(
-        "idle sessions benchmark: {n} logged-in idle sessions of {MESSAGES} messages, header cache {}, popsift pid {pid}",
+        "idle sessions benchmark: {n} logged-in idle sessions of {} messages, header cache {}, popsift pid {pid}",
+        messages(),
         if cache_off { "off" } else { "on" }
     );
     wait_quiet(pid).await;
     let start = pss_kib(pid);
+    let mut stages = vec![Stage::take("start", &p)];
 
     let warmup = open_sessions(&p.addr, 0, 1).await;
     quit_all(warmup).await;
@@ -334,6 +356,8 @@ async fn run(n: usize) {
         .await;
     wait_quiet(pid).await;
     let warm = pss_kib(pid);
+    stages.push(Stage::take("warm", &p));
+    let bins_warm = size_classes(&p);
 
     let t = Instant::now();
     let mut clients = open_sessions(&p.addr, 1, n).await;
@@ -343,6 +367,8 @@ async fn run(n: usize) {
     // is not theirs.
     let during = wait_pss_settled(pid).await;
     let during_kinds = pss_by_kind(pid);
+    stages.push(Stage::take("during", &p));
+    let bins_during = size_classes(&p);
 
     // Every session is alive: each answers a NOOP.
     let tasks: Vec<_> = clients
@@ -367,6 +393,7 @@ async fn run(n: usize) {
     let after_at_once = pss_kib(pid);
     let after = wait_pss_settled(pid).await;
     let after_kinds = pss_by_kind(pid);
+    stages.push(Stage::take("after", &p));
 
     let per = (during.saturating_sub(warm)) as f64 / n as f64;
     let per_noop = (after_noop.saturating_sub(warm)) as f64 / n as f64;
@@ -385,4 +412,114 @@ async fn run(n: usize) {
     println!("{:<34} {:>10}", "  (right after the last session)", kib(after_at_once));
     println!("during: {during_kinds}");
     println!("after:  {after_kinds}");
+    println!();
+    println!("allocator (MiB) and threads at each step:");
+    println!(
+        "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "step", "allocated", "active", "metadata", "resident", "PSS", "threads"
+    );
+    for s in &stages {
+        let f = |k: &str| {
+            s.alloc
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or("-".to_string(), |(_, v)| format!("{:.1}", *v as f64 / 1048576.0))
+        };
+        println!(
+            "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10.1} {:>8}",
+            s.name,
+            f("allocated"),
+            f("active"),
+            f("metadata"),
+            f("resident"),
+            s.pss_kib as f64 / 1024.0,
+            s.threads
+        );
+    }
+    if let (Some(w), Some(d)) = (stages.get(1), stages.get(2)) {
+        let per = |k: &str| {
+            let v = |s: &Stage| s.alloc.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v as i64);
+            (v(d) - v(w)) as f64 / n as f64
+        };
+        println!(
+            "per session: allocated {:.0} B, active {:.0} B, metadata {:.0} B, resident {:.0} B, PSS {:.0} B",
+            per("allocated"),
+            per("active"),
+            per("metadata"),
+            per("resident"),
+            (d.pss_kib as f64 - w.pss_kib as f64) * 1024.0 / n as f64
+        );
+    }
+    if let (Some(w), Some(d)) = (bins_warm, bins_during) {
+        println!("live objects per session by size class (during - warm, / {n}):");
+        let mut rows: Vec<(u64, f64)> = d
+            .iter()
+            .map(|&(size, count)| {
+                let before = w.iter().find(|(s, _)| *s == size).map_or(0, |(_, c)| *c);
+                (size, (count as f64 - before as f64) / n as f64)
+            })
+            .filter(|(_, per)| per.abs() >= 0.05)
+            .collect();
+        rows.sort_by(|a, b| (b.0 as f64 * b.1).total_cmp(&(a.0 as f64 * a.1)));
+        let total: f64 = rows.iter().map(|(s, c)| *s as f64 * c).sum();
+        for (size, per) in rows.iter().take(16) {
+            println!("  {size:>7} B x {per:>6.2} = {:>7.0} B", *size as f64 * per);
+        }
+        println!("  total {total:.0} B per session in live objects");
+    }
+}
+
+/// What popsift's allocator and threads looked like at one step.
+struct Stage {
+    name: &'static str,
+    pss_kib: u64,
+    /// `popsift_allocator_bytes` by kind (empty when not exported).
+    alloc: Vec<(String, u64)>,
+    threads: u64,
+}
+
+impl Stage {
+    fn take(name: &'static str, p: &Popsift) -> Stage {
+        let alloc = p
+            .scrape()
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("popsift_allocator_bytes{kind=\"")?;
+                let (kind, value) = rest.split_once("\"} ")?;
+                Some((kind.to_string(), value.trim().parse::<f64>().ok()? as u64))
+            })
+            .collect();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap_or_default();
+        let threads =
+            status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        Stage { name, pss_kib: pss_kib(p.pid()), alloc, threads }
+    }
+}
+
+/// Live objects per size class, (size, count): small classes (`bins`) and large ones
+/// (`lextents`) from jemalloc's statistics at `/debug/allocator`; `None` when not served.
+fn size_classes(p: &Popsift) -> Option<Vec<(u64, u64)>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&p.metrics_addr).ok()?;
+    write!(s, "GET /debug/allocator HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let j = &v["jemalloc"];
+    let sizes = |key: &str| -> Vec<u64> {
+        j["arenas"][key].as_array().map(|a| a.iter().filter_map(|b| b["size"].as_u64()).collect()).unwrap_or_default()
+    };
+    let counts = |key: &str, field: &str| -> Vec<u64> {
+        j["stats.arenas"]["merged"][key]
+            .as_array()
+            .map(|a| a.iter().map(|b| b[field].as_u64().unwrap_or(0)).collect())
+            .unwrap_or_default()
+    };
+    let mut out: Vec<(u64, u64)> = sizes("bin").into_iter().zip(counts("bins", "curregs")).collect();
+    out.extend(sizes("lextent").into_iter().zip(counts("lextents", "curlextents")));
+    Some(out)
 }
