@@ -1140,12 +1140,14 @@ impl Machine {
         };
         self.up_pipelining = capa::has(self.caps.as_deref(), "PIPELINING");
         self.pipeline = Some(Pipeline::new(view, self.up_pipelining));
-        self.emit(Action::ViewReady);
         if !self.login_answered {
             self.login_answered = true;
             let r = std::mem::take(&mut self.login_reply);
             self.reply(r);
         }
+        // After the login's `+OK` is flushed: what ViewReady does (the scan report, queueing
+        // the decision history) never delays the client's first answer.
+        self.emit(Action::ViewReady);
         self.tx_advance(State::TxPlanning)
     }
 
@@ -1300,6 +1302,8 @@ mod tests {
         throttled: bool,
         /// Failed logins the performer was told to log.
         login_failures: Vec<LoginFailure>,
+        /// Client writes, flushes and view-ready signals, in the order performed.
+        order: Vec<String>,
     }
 
     impl Sim {
@@ -1314,6 +1318,7 @@ mod tests {
                 quiet_checks: 0,
                 throttled: false,
                 login_failures: Vec::new(),
+                order: Vec::new(),
             }
         }
 
@@ -1331,7 +1336,12 @@ mod tests {
 
         fn perform(&mut self, a: Action) {
             match a {
-                Action::ToClient(b) => self.client.push_str(&String::from_utf8_lossy(&b)),
+                Action::ToClient(b) => {
+                    self.client.push_str(&String::from_utf8_lossy(&b));
+                    self.order.push(String::from_utf8_lossy(&b).trim_end().to_string());
+                }
+                Action::Flush => self.order.push("flush".into()),
+                Action::ViewReady => self.order.push("view ready".into()),
                 Action::ToUpstream { bytes, check_quiet, .. } => {
                     self.quiet_checks += usize::from(check_quiet);
                     self.upstream.push_str(&String::from_utf8_lossy(&bytes));
@@ -1507,6 +1517,20 @@ mod tests {
         assert_eq!(s.take_client(), "+OK bye\r\n");
         assert!(matches!(s.m.next_action(), Action::Close));
         assert_eq!(s.m.stats.deleted_upstream, 2);
+    }
+
+    #[test]
+    fn the_login_answer_is_flushed_before_view_ready() {
+        // ViewReady records the decision history and reports the scan: neither may delay the
+        // client's `+OK` (issue 13).
+        let mut s = Sim::new(settings());
+        s.connect(&["TOP", "UIDL"]);
+        s.login();
+        s.scanned(vec![entry(1, None), entry(2, Some(RuleAction::Hide))], &[]);
+        let at = |what: &str| s.order.iter().position(|o| o == what).unwrap_or_else(|| panic!("{what}: {:?}", s.order));
+        let (ok, ready) = (at("+OK logged in"), at("view ready"));
+        assert!(ok < ready, "{:?}", s.order);
+        assert!(s.order[ok..ready].iter().any(|o| o == "flush"), "{:?}", s.order);
     }
 
     #[test]
