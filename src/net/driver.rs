@@ -319,10 +319,14 @@ impl Session<'_> {
             Action::ViewReady => {
                 if let (Some(scan), Some(view)) = (&self.scan, m.view()) {
                     scan.report(view, self.ctx.config.dry_run);
-                    history_hooks::record(self.ctx, &self.upstream_shown(), m.login_user(), view);
                 }
                 self.scan = None;
                 self.usage = None;
+            }
+            Action::RecordHistory => {
+                if let Some(view) = m.view() {
+                    history_hooks::record(self.ctx, &self.upstream_shown(), m.login_user(), view);
+                }
             }
             Action::Need(_) | Action::Close => {}
         }

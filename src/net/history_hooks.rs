@@ -36,7 +36,7 @@ pub async fn before_view(
 
 /// Records the verdicts of this login (never blocks: a full queue drops and counts). The
 /// session only takes shared references to its entries; the writer thread builds and stores
-/// the decisions. Runs after the login's `+OK` went out (see `Action::ViewReady`).
+/// the decisions. Runs after the login's `+OK` went out (see `Action::RecordHistory`).
 pub fn record(ctx: &SessionContext, upstream: &str, user: Option<&str>, view: &MailboxView) {
     let (Some(h), Some(mb)) = (&ctx.history, mailbox(upstream, user)) else { return };
     h.record_login(history::LoginBatch::of(&mb, view.entries(), ctx.config.dry_run, history::now_secs()));

@@ -27,7 +27,7 @@
 //!
 //! Open for what other parts add: the action set is an enum matched exhaustively by the one
 //! performer (`net::driver`), so new actions (bodies served from popsift's own store, a
-//! decision-history record at [`Action::ViewReady`]) are new
+//! decision-history record at [`Action::RecordHistory`]) are new
 //! variants or new work at an existing one, not new code paths in the I/O pump.
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -221,6 +221,9 @@ pub enum Action {
     User(String),
     /// The view is complete: log and count its verdicts (see `net::login_scan::report`).
     ViewReady,
+    /// The view is complete and the login answered: record its decisions (the review page's
+    /// history, `net::history_hooks::record`).
+    RecordHistory,
     /// Wait for an input.
     Need(Need),
     /// The session is over.
@@ -1140,14 +1143,15 @@ impl Machine {
         };
         self.up_pipelining = capa::has(self.caps.as_deref(), "PIPELINING");
         self.pipeline = Some(Pipeline::new(view, self.up_pipelining));
+        self.emit(Action::ViewReady);
         if !self.login_answered {
             self.login_answered = true;
             let r = std::mem::take(&mut self.login_reply);
             self.reply(r);
         }
-        // After the login's `+OK` is flushed: what ViewReady does (the scan report, queueing
-        // the decision history) never delays the client's first answer.
-        self.emit(Action::ViewReady);
+        // After the login's `+OK` is flushed: queueing the decision history never delays the
+        // client's first answer (issue 13).
+        self.emit(Action::RecordHistory);
         self.tx_advance(State::TxPlanning)
     }
 
@@ -1342,6 +1346,7 @@ mod tests {
                 }
                 Action::Flush => self.order.push("flush".into()),
                 Action::ViewReady => self.order.push("view ready".into()),
+                Action::RecordHistory => self.order.push("record".into()),
                 Action::ToUpstream { bytes, check_quiet, .. } => {
                     self.quiet_checks += usize::from(check_quiet);
                     self.upstream.push_str(&String::from_utf8_lossy(&bytes));
@@ -1520,17 +1525,17 @@ mod tests {
     }
 
     #[test]
-    fn the_login_answer_is_flushed_before_view_ready() {
-        // ViewReady records the decision history and reports the scan: neither may delay the
-        // client's `+OK` (issue 13).
+    fn the_login_answer_is_flushed_before_the_history_is_recorded() {
+        // Recording the decision history may not delay the client's `+OK` (issue 13); the
+        // scan report (metrics, verdict log lines) still comes before it.
         let mut s = Sim::new(settings());
         s.connect(&["TOP", "UIDL"]);
         s.login();
         s.scanned(vec![entry(1, None), entry(2, Some(RuleAction::Hide))], &[]);
         let at = |what: &str| s.order.iter().position(|o| o == what).unwrap_or_else(|| panic!("{what}: {:?}", s.order));
-        let (ok, ready) = (at("+OK logged in"), at("view ready"));
-        assert!(ok < ready, "{:?}", s.order);
-        assert!(s.order[ok..ready].iter().any(|o| o == "flush"), "{:?}", s.order);
+        let (ready, ok, record) = (at("view ready"), at("+OK logged in"), at("record"));
+        assert!(ready < ok && ok < record, "{:?}", s.order);
+        assert!(s.order[ok..record].iter().any(|o| o == "flush"), "{:?}", s.order);
     }
 
     #[test]
