@@ -186,6 +186,7 @@ pub async fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext
             ctx: &ctx,
             scan: None,
             usage: None,
+            history: None,
             target: None,
         };
         let mut settings = Settings::from_config(&ctx.config);
@@ -287,6 +288,9 @@ struct Session<'a> {
     /// The upstream this session is connected to (the listener's, or the one a per-user
     /// login named): with the user it keys the cache, quarantine, history and rules.
     target: Option<UpstreamConfig>,
+    /// This login's decisions, taken at `ViewReady` and queued at `RecordHistory` (after the
+    /// login's `+OK`).
+    history: Option<crate::store::history::LoginBatch>,
 }
 
 impl Session<'_> {
@@ -355,13 +359,19 @@ impl Session<'_> {
             }
             Action::ViewReady(entries) => {
                 // What the rules said of each message is reported here and then dropped:
-                // the view keeps only what TRANSACTION needs (issue 16).
+                // the view keeps only what TRANSACTION needs (issue 16). The history takes
+                // its shared references now and is queued after the login's `+OK`.
                 if let Some(scan) = &self.scan {
                     scan.report(&entries, self.ctx.config.dry_run);
-                    history_hooks::record(self.ctx, &self.upstream_shown(), m.login_user(), &entries);
+                    self.history = history_hooks::batch(self.ctx, &self.upstream_shown(), m.login_user(), &entries);
                 }
                 self.scan = None;
                 self.usage = None;
+            }
+            Action::RecordHistory => {
+                if let Some(batch) = self.history.take() {
+                    history_hooks::record(self.ctx, batch);
+                }
             }
             Action::Need(_) | Action::Close => {}
         }

@@ -47,10 +47,20 @@ pub async fn before_view(
     }
 }
 
-/// Records the verdicts of this login (never blocks: a full queue drops and counts).
-pub fn record(ctx: &SessionContext, upstream: &str, user: Option<&str>, entries: &[Entry]) {
-    let (Some(h), Some(mb)) = (&ctx.history, mailbox(upstream, user)) else { return };
-    h.record(history::login_decisions(&mb, entries, ctx.config.dry_run, history::now_secs()));
+/// What the decision history needs of this login's entries, taken when the view is ready
+/// (shared references, a few reference counts per message); `None` when the history is off.
+pub fn batch(ctx: &SessionContext, upstream: &str, user: Option<&str>, entries: &[Entry]) -> Option<history::LoginBatch> {
+    let (Some(_), Some(mb)) = (&ctx.history, mailbox(upstream, user)) else { return None };
+    Some(history::LoginBatch::of(&mb, entries, ctx.config.dry_run, history::now_secs()))
+}
+
+/// Records a login's verdicts (never blocks: a full queue drops and counts); the writer
+/// thread builds and stores the decisions. Runs after the login's `+OK` went out (see
+/// `Action::RecordHistory`).
+pub fn record(ctx: &SessionContext, batch: history::LoginBatch) {
+    if let Some(h) = &ctx.history {
+        h.record_login(batch);
+    }
 }
 
 /// After the upstream accepted QUIT (UPDATE done): released messages the client deleted

@@ -27,7 +27,7 @@
 //!
 //! Open for what other parts add: the action set is an enum matched exhaustively by the one
 //! performer (`net::driver`), so new actions (bodies served from popsift's own store, a
-//! decision-history record at [`Action::ViewReady`]) are new
+//! decision-history record at [`Action::RecordHistory`]) are new
 //! variants or new work at an existing one, not new code paths in the I/O pump.
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -220,9 +220,13 @@ pub enum Action {
     /// The name to log this session under changed.
     User(String),
     /// The view is complete: log and count the verdicts of these entries (see
-    /// `net::login_scan::report`) and record them (decision history), then drop them: the
-    /// view keeps only what TRANSACTION needs (issue 16, see [`MailboxView`]).
+    /// `net::login_scan::report`) and take what the decision history needs (shared, not
+    /// copied), then drop them: the view keeps only what TRANSACTION needs (issue 16, see
+    /// [`MailboxView`]).
     ViewReady(Vec<Entry>),
+    /// The view is complete and the login answered: record its decisions (the review page's
+    /// history, `net::history_hooks::record`).
+    RecordHistory,
     /// Wait for an input.
     Need(Need),
     /// The session is over.
@@ -1177,6 +1181,9 @@ impl Machine {
             let r = std::mem::take(&mut self.login_reply);
             self.reply(r);
         }
+        // After the login's `+OK` is flushed: queueing the decision history never delays the
+        // client's first answer (issue 13).
+        self.emit(Action::RecordHistory);
         self.tx_advance(State::TxPlanning)
     }
 
@@ -1312,6 +1319,8 @@ mod tests {
         throttled: bool,
         /// Failed logins the performer was told to log.
         login_failures: Vec<LoginFailure>,
+        /// Client writes, flushes and view-ready signals, in the order performed.
+        order: Vec<String>,
     }
 
     impl Sim {
@@ -1326,6 +1335,7 @@ mod tests {
                 quiet_checks: 0,
                 throttled: false,
                 login_failures: Vec::new(),
+                order: Vec::new(),
             }
         }
 
@@ -1343,7 +1353,13 @@ mod tests {
 
         fn perform(&mut self, a: Action) {
             match a {
-                Action::ToClient(b) => self.client.push_str(&String::from_utf8_lossy(&b)),
+                Action::ToClient(b) => {
+                    self.client.push_str(&String::from_utf8_lossy(&b));
+                    self.order.push(String::from_utf8_lossy(&b).trim_end().to_string());
+                }
+                Action::Flush => self.order.push("flush".into()),
+                Action::ViewReady(_) => self.order.push("view ready".into()),
+                Action::RecordHistory => self.order.push("record".into()),
                 Action::ToUpstream { bytes, check_quiet, .. } => {
                     self.quiet_checks += usize::from(check_quiet);
                     self.upstream.push_str(&String::from_utf8_lossy(&bytes));
@@ -1518,6 +1534,20 @@ mod tests {
         assert_eq!(s.take_client(), "+OK bye\r\n");
         assert!(matches!(s.m.next_action(), Action::Close));
         assert_eq!(s.m.stats.deleted_upstream, 2);
+    }
+
+    #[test]
+    fn the_login_answer_is_flushed_before_the_history_is_recorded() {
+        // Recording the decision history may not delay the client's `+OK` (issue 13); the
+        // scan report (metrics, verdict log lines) still comes before it.
+        let mut s = Sim::new(settings());
+        s.connect(&["TOP", "UIDL"]);
+        s.login();
+        s.scanned(vec![entry(1, None), entry(2, Some(RuleAction::Hide))], &[]);
+        let at = |what: &str| s.order.iter().position(|o| o == what).unwrap_or_else(|| panic!("{what}: {:?}", s.order));
+        let (ready, ok, record) = (at("view ready"), at("+OK logged in"), at("record"));
+        assert!(ready < ok && ok < record, "{:?}", s.order);
+        assert!(s.order[ok..record].iter().any(|o| o == "flush"), "{:?}", s.order);
     }
 
     #[test]

@@ -36,7 +36,8 @@ use serde::{Deserialize, Serialize};
 /// File name under the state directory.
 pub const FILE_NAME: &str = "history.redb";
 
-/// (mailbox, sequence) → JSON [`Decision`]. Sequences are microseconds since the epoch,
+/// (mailbox, sequence) → [`Decision`] in the binary form of [`super::history_codec`] (records
+/// written before it are JSON, and still read). Sequences are microseconds since the epoch,
 /// made unique per write, so a range scan is in time order.
 const DECISIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("decisions");
 /// (mailbox, UIDL) → (sequence, [`fingerprint`]) of its newest decision: a repeat is
@@ -336,10 +337,10 @@ impl RedbHistory {
         }
         for s in doomed {
             if let Some(v) = table.remove((mailbox, s)).map_err(|e| self.err(e))? {
-                if let Ok(d) = serde_json::from_slice::<Decision>(v.value()) {
-                    let newest = by_uidl.get((mailbox, d.uidl.as_str())).map_err(|e| self.err(e))?.map(|g| g.value().0);
+                if let Some(uidl) = super::history_codec::uidl_of(v.value()) {
+                    let newest = by_uidl.get((mailbox, uidl.as_str())).map_err(|e| self.err(e))?.map(|g| g.value().0);
                     if newest == Some(s) {
-                        by_uidl.remove((mailbox, d.uidl.as_str())).map_err(|e| self.err(e))?;
+                        by_uidl.remove((mailbox, uidl.as_str())).map_err(|e| self.err(e))?;
                     }
                 }
             }
@@ -348,8 +349,9 @@ impl RedbHistory {
     }
 }
 
+/// A stored decision: binary (see [`super::history_codec`]) or JSON.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Decision, HistoryError> {
-    serde_json::from_slice(bytes).map_err(|e| HistoryError::Corrupt(e.to_string()))
+    super::history_codec::decode(bytes)
 }
 
 impl History for RedbHistory {
@@ -360,6 +362,8 @@ impl History for RedbHistory {
             let mut table = tx.open_table(DECISIONS).map_err(|e| self.err(e))?;
             let mut by_uidl = tx.open_table(BY_UIDL).map_err(|e| self.err(e))?;
             let mut touched: Vec<&str> = Vec::new();
+            // One encoding buffer for the whole batch.
+            let mut buf = Vec::with_capacity(256);
             for d in batch {
                 let fp = fingerprint(d);
                 let prev =
@@ -368,8 +372,9 @@ impl History for RedbHistory {
                     continue;
                 }
                 let seq = self.next_seq(now);
-                let json = serde_json::to_vec(d).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
-                table.insert((d.mailbox.as_str(), seq), json.as_slice()).map_err(|e| self.err(e))?;
+                buf.clear();
+                super::history_codec::encode_into(d, &mut buf);
+                table.insert((d.mailbox.as_str(), seq), buf.as_slice()).map_err(|e| self.err(e))?;
                 by_uidl.insert((d.mailbox.as_str(), d.uidl.as_str()), (seq, fp)).map_err(|e| self.err(e))?;
                 written += 1;
                 if !touched.contains(&d.mailbox.as_str()) {
@@ -542,37 +547,85 @@ pub fn login_decisions(
     dry_run: bool,
     now: u64,
 ) -> Vec<Decision> {
-    use crate::session::view::Disposition;
-    entries
-        .iter()
-        .filter_map(|e| {
-            let ev = e.evaluated.as_deref()?;
-            let v = &ev.verdict;
-            Some(Decision {
-                time: now,
-                mailbox: mailbox.to_string(),
-                uidl: e.uidl.as_deref()?.to_string(),
-                size: e.upstream_size,
-                from: ev.about.from.to_string(),
-                subject: ev.about.subject.to_string(),
-                score: v.score,
-                threshold: v.threshold,
-                rules: v.rules.iter().map(|r| r.to_string()).collect(),
-                bayes: ev.about.bayes,
-                action: v.action.map_or("none", |a| a.as_str()).to_string(),
-                disposition: match e.disposition {
-                    Disposition::Visible => "visible",
-                    Disposition::Hidden => "hidden",
-                    Disposition::Condemned => "condemned",
-                }
-                .to_string(),
-                dry_run,
-                spam: v.spam,
-                matched: ev.about.matched.to_vec(),
-                clues: ev.about.clues.to_vec(),
+    LoginBatch::of(mailbox, entries, dry_run, now).decisions()
+}
+
+/// One login's verdicts as a session hands them over: the mailbox and, per evaluated message,
+/// its UIDL, size, disposition and verdict, all shared (`Arc`) with the view, so taking it
+/// costs the session a few reference counts per message; the writer thread turns it into
+/// [`Decision`]s (string copies, encoding) off the session.
+pub struct LoginBatch {
+    mailbox: String,
+    dry_run: bool,
+    now: u64,
+    items: Vec<LoginItem>,
+}
+
+struct LoginItem {
+    uidl: Arc<str>,
+    size: u64,
+    disposition: crate::session::view::Disposition,
+    evaluated: Arc<crate::session::evaluated::Evaluated>,
+}
+
+impl LoginBatch {
+    /// The evaluated entries of a view (those with a UIDL).
+    pub fn of(mailbox: &str, entries: &[crate::session::view::Entry], dry_run: bool, now: u64) -> LoginBatch {
+        let items = entries
+            .iter()
+            .filter_map(|e| {
+                Some(LoginItem {
+                    uidl: e.uidl.clone()?,
+                    size: e.upstream_size,
+                    disposition: e.disposition,
+                    evaluated: e.evaluated.clone()?,
+                })
             })
-        })
-        .collect()
+            .collect();
+        LoginBatch { mailbox: mailbox.to_string(), dry_run, now, items }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// The decisions (on the writer thread).
+    pub fn decisions(&self) -> Vec<Decision> {
+        use crate::session::view::Disposition;
+        self.items
+            .iter()
+            .map(|it| {
+                let (ev, v) = (&*it.evaluated, &it.evaluated.verdict);
+                Decision {
+                    time: self.now,
+                    mailbox: self.mailbox.clone(),
+                    uidl: it.uidl.to_string(),
+                    size: it.size,
+                    from: ev.about.from.to_string(),
+                    subject: ev.about.subject.to_string(),
+                    score: v.score,
+                    threshold: v.threshold,
+                    rules: v.rules.iter().map(|r| r.to_string()).collect(),
+                    bayes: ev.about.bayes,
+                    action: v.action.map_or("none", |a| a.as_str()).to_string(),
+                    disposition: match it.disposition {
+                        Disposition::Visible => "visible",
+                        Disposition::Hidden => "hidden",
+                        Disposition::Condemned => "condemned",
+                    }
+                    .to_string(),
+                    dry_run: self.dry_run,
+                    spam: v.spam,
+                    matched: ev.about.matched.to_vec(),
+                    clues: ev.about.clues.to_vec(),
+                }
+            })
+            .collect()
+    }
 }
 
 /// Shows the messages whose UIDL the owner said "Not spam" to (see [`History::show`]);
@@ -698,8 +751,14 @@ pub fn forget_released(
 /// Hands login batches to a writer thread (see the module doc).
 pub struct Recorder {
     store: Arc<dyn History>,
-    tx: SyncSender<Vec<Decision>>,
+    tx: SyncSender<Batch>,
     dropped: AtomicU64,
+}
+
+/// What the writer thread is handed.
+enum Batch {
+    Decisions(Vec<Decision>),
+    Login(LoginBatch),
 }
 
 /// Batches waiting for the writer at most; beyond, batches are dropped and counted.
@@ -708,10 +767,14 @@ pub const QUEUE_BATCHES: usize = 256;
 impl Recorder {
     /// Starts the writer thread over `store`.
     pub fn start(store: Arc<dyn History>) -> Arc<Recorder> {
-        let (tx, rx) = sync_channel::<Vec<Decision>>(QUEUE_BATCHES);
+        let (tx, rx) = sync_channel::<Batch>(QUEUE_BATCHES);
         let writer = Arc::clone(&store);
         let spawned = std::thread::Builder::new().name("popsift-history".into()).spawn(move || {
             while let Ok(batch) = rx.recv() {
+                let batch = match batch {
+                    Batch::Decisions(d) => d,
+                    Batch::Login(l) => l.decisions(),
+                };
                 if let Err(e) = writer.record(&batch, now_secs()) {
                     tracing::warn!(error = %e, decisions = batch.len(), "decision history not written");
                 }
@@ -728,11 +791,25 @@ impl Recorder {
         if batch.is_empty() {
             return true;
         }
+        let n = batch.len();
+        self.send(Batch::Decisions(batch), n)
+    }
+
+    /// Queues one login's verdicts (see [`LoginBatch`]); never waits.
+    pub fn record_login(&self, batch: LoginBatch) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let n = batch.len();
+        self.send(Batch::Login(batch), n)
+    }
+
+    fn send(&self, batch: Batch, n: usize) -> bool {
         match self.tx.try_send(batch) {
             Ok(()) => true,
-            Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::history_dropped(b.len());
+                crate::metrics::history_dropped(n);
                 false
             }
         }
@@ -845,6 +922,64 @@ mod tests {
         assert_eq!(h.record(&[d("m", "u1", "hide", "s", now)], now).unwrap(), 0);
         // A new verdict for the same message is a new decision.
         assert_eq!(h.record(&[d("m", "u1", "quarantine", "s", now)], now).unwrap(), 1);
+    }
+
+    #[test]
+    fn json_records_of_earlier_versions_read_next_to_binary_ones() {
+        let (_d, h) = open(HistorySettings::default());
+        let now = now_secs();
+        let old = d("m", "old", "hide", "Written as JSON", now);
+        // A second ago (older than 30 days would be pruned).
+        let seq = (now - 1) * 1_000_000;
+        {
+            let tx = h.db.begin_write().unwrap();
+            let json = serde_json::to_vec(&old).unwrap();
+            tx.open_table(DECISIONS).unwrap().insert(("m", seq), json.as_slice()).unwrap();
+            tx.open_table(BY_UIDL).unwrap().insert(("m", "old"), (seq, fingerprint(&old))).unwrap();
+            tx.commit().unwrap();
+        }
+        h.record(&[d("m", "new", "hide", "Written binary", now)], now).unwrap();
+        let all = h.decisions(&Query { mailbox: Some("m".into()), limit: 10, ..Query::default() }).unwrap();
+        assert_eq!(
+            all.iter().map(|(_, d)| d.subject.as_str()).collect::<Vec<_>>(),
+            ["Written binary", "Written as JSON"]
+        );
+        assert_eq!(h.decision("m", seq).unwrap(), Some(old.clone()));
+        // Its repeat is still recognised.
+        assert_eq!(h.record(&[old], now).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_login_batch_holds_the_views_evaluated_entries() {
+        use crate::session::evaluated::Evaluated;
+        use crate::session::view::{Disposition, Entry};
+        let ev = Arc::new(Evaluated {
+            verdict: crate::rules::Verdict {
+                score: 9.0,
+                threshold: 5.0,
+                spam: true,
+                action: Some(crate::rules::Action::Hide),
+                rules: vec!["R".into()],
+            },
+            rewrite: None,
+            about: Default::default(),
+        });
+        let e = |u: Option<&str>, ev: Option<Arc<Evaluated>>| Entry {
+            upstream: 1,
+            upstream_size: 42,
+            size: 42,
+            uidl: u.map(Arc::from),
+            disposition: Disposition::Hidden,
+            rewrite: None,
+            evaluated: ev,
+            released: None,
+        };
+        let entries = [e(Some("a"), Some(ev.clone())), e(Some("b"), None), e(None, Some(ev))];
+        let b = LoginBatch::of("m", &entries, true, 7);
+        assert_eq!(b.len(), 1);
+        let d = &b.decisions()[0];
+        assert_eq!((d.uidl.as_str(), d.size, d.action.as_str(), d.disposition.as_str()), ("a", 42, "hide", "hidden"));
+        assert!(d.dry_run && d.spam && d.time == 7 && d.rules == ["R"]);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 pub mod header_cache;
 pub mod history;
+pub mod history_codec;
 pub mod quarantine;
 pub mod redis;
 pub mod redis_cache;

@@ -17,6 +17,9 @@
 #[allow(unused_imports)]
 mod support;
 
+#[path = "proc_cpu.rs"]
+mod proc_cpu;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -174,35 +177,7 @@ mod scan {
     const RULES: &str =
         "rules:\n  - id: SPAM_DOMAIN\n    header: From:addr\n    regex: '(?i)@spam\\.example$'\n    action: hide\n";
 
-    /// CPU time of process `pid` so far: the sum over its threads of the on-CPU time in
-    /// `/proc/PID/task/*/schedstat` (nanoseconds; `/proc/PID/stat`'s user+sys ticks are
-    /// 10 ms, too coarse for one login).
-    fn cpu(pid: u32) -> Duration {
-        let mut ns = 0u64;
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-            for t in tasks.flatten() {
-                let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
-                ns += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            }
-        }
-        Duration::from_nanos(ns)
-    }
-
-    /// The CPU time of `pid` once it stops growing (the history writer commits after the
-    /// login's `+OK`): read until two reads 200 ms apart agree, at most 10 s.
-    fn settled_cpu(pid: u32) -> Duration {
-        let end = Instant::now() + Duration::from_secs(10);
-        let mut last = cpu(pid);
-        while Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(200));
-            let now = cpu(pid);
-            if now == last {
-                return now;
-            }
-            last = now;
-        }
-        last
-    }
+    use crate::proc_cpu::settled_cpu;
 
     /// Login to `+OK` of PASS, through a fresh popsift (cold: new state dir): (wall time of
     /// PASS to `+OK`, CPU time of popsift for the whole login including the history write).

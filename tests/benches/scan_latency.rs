@@ -27,6 +27,15 @@
 //!   one at a time for the first `SCAN_BENCH_NAIVE_PREFIX` (default 200) messages,
 //!   extrapolated linearly to N (the output says so).
 //!
+//! History mode (issue 13: "recording decisions adds ≤ 5 % to a cold login scan"):
+//! `cargo bench --bench scan_latency -- --history` (or `SCAN_BENCH_HISTORY=1`) measures only
+//! cold logins, with `history: { enabled: false }` and `true` interleaved (off, on, off, on …)
+//! for `SCAN_BENCH_ROUNDS` rounds (default 7, at least 5), each through a fresh popsift and
+//! state dir behind the same delay forwarder; it prints the medians of login-to-`+OK` wall
+//! time and of popsift's CPU time per login (all threads, from schedstat, read once it stops
+//! growing so the history writer's commit is included), and their on/off ratios. Sizes
+//! default to 2000 in this mode.
+//!
 //! Run: `cargo bench --bench scan_latency` or `tests/benches/scan_latency.sh`.
 //! Another popsift build (e.g. the previous one, to compare): `SCAN_BENCH_BIN=PATH`.
 //! Sizes: `SCAN_BENCH_SIZES=1000,10000` (default). Window: `SCAN_BENCH_WINDOW` (default:
@@ -36,6 +45,9 @@ mod support;
 
 #[path = "delay_proxy.rs"]
 mod delay_proxy;
+
+#[path = "proc_cpu.rs"]
+mod proc_cpu;
 
 use std::time::{Duration, Instant};
 
@@ -317,15 +329,78 @@ fn run(n: usize, rtt: Duration, repeat: usize) {
     }
 }
 
+/// Cold login through a fresh popsift (new state dir) with the history on or off: (PASS to
+/// `+OK`, popsift's CPU time for the login including the history write after it).
+fn cold_login_cpu(upstream: &str, user: &str, pass: &str, history: bool) -> (Duration, Duration) {
+    let state = tempfile::tempdir().unwrap();
+    let window = std::env::var("SCAN_BENCH_WINDOW").ok().map(|w| format!(", window: {w}")).unwrap_or_default();
+    let extra = format!("history: {{ enabled: {history} }}\nscan: {{ early_answer_after: 'off'{window} }}\n");
+    let args = ["--state-dir", state.path().to_str().unwrap()];
+    let bin = std::env::var("SCAN_BENCH_BIN").ok();
+    let p = Popsift::start(&ProxyOpts {
+        upstream,
+        rules: RULES,
+        extra: &extra,
+        args: &args,
+        bin: bin.as_deref(),
+        ..Default::default()
+    });
+    let before = proc_cpu::settled_cpu(p.pid());
+    let (wall, _) = login(&p.addr, user, pass);
+    (wall, proc_cpu::settled_cpu(p.pid()).saturating_sub(before))
+}
+
+/// The history's cost on a cold login scan (see the module doc, "History mode").
+fn history_cost(n: usize, rtt: Duration, rounds: usize) {
+    println!("\n== history on/off: {n} messages, RTT {} ms, {rounds} rounds ==", rtt.as_millis());
+    let d = Dovecot::start(DovecotOptions::default());
+    let (user, pass) = ("alice", d.password("alice").to_string());
+    for i in 0..n {
+        d.deliver(user, &format!("{i:06}.bench"), &message(i));
+    }
+    let _ = naive(&d.pop3_addr(), user, &pass, 1);
+    let delayed = delay_proxy::start(d.pop3_addr(), rtt / 2);
+    let (mut wall, mut cpu): ([Vec<Duration>; 2], [Vec<Duration>; 2]) = Default::default();
+    for _ in 0..rounds {
+        for (i, on) in [false, true].into_iter().enumerate() {
+            let (w, c) = cold_login_cpu(&delayed, user, &pass, on);
+            wall[i].push(w);
+            cpu[i].push(c);
+        }
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let per_round: Vec<String> =
+        cpu[0].iter().zip(&cpu[1]).map(|(a, b)| format!("{:.1}/{:.1}", ms(*a), ms(*b))).collect();
+    let [w_off, w_on] = wall.map(median);
+    let [c_off, c_on] = cpu.map(median);
+    println!("history off: {:.1} ms wall (PASS to +OK), {:.1} ms popsift CPU per login", ms(w_off), ms(c_off));
+    println!("history on : {:.1} ms wall, {:.1} ms CPU", ms(w_on), ms(c_on));
+    println!(
+        "on/off     : {:.3} wall, {:.3} CPU (target ≤ 1.05); CPU ms per round off/on: {}",
+        ms(w_on) / ms(w_off).max(1e-9),
+        ms(c_on) / ms(c_off).max(1e-9),
+        per_round.join(" ")
+    );
+}
+
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument is not supported here.
+    // `cargo bench` passes `--bench`; `--history` selects the history mode.
+    let history = std::env::args().any(|a| a == "--history") || std::env::var_os("SCAN_BENCH_HISTORY").is_some();
     let sizes: Vec<usize> = std::env::var("SCAN_BENCH_SIZES")
-        .unwrap_or_else(|_| "1000,10000".into())
+        .unwrap_or_else(|_| if history { "2000".into() } else { "1000,10000".into() })
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let rtt = Duration::from_millis(env_or("SCAN_BENCH_RTT_MS", 50));
     let repeat: usize = env_or::<usize>("SCAN_BENCH_REPEAT", 3).max(1);
+    if history {
+        let rounds = env_or::<usize>("SCAN_BENCH_ROUNDS", 7).max(5);
+        println!("scan_latency --history: cold login scans with the decision history off and on");
+        for n in sizes {
+            history_cost(n, rtt, rounds);
+        }
+        return;
+    }
     println!("scan_latency: login-to-+OK through popsift (release build) vs a naive serial TOP scan");
     for n in sizes {
         run(n, rtt, repeat);
