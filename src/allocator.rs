@@ -14,6 +14,10 @@
 //! objects of that size) at `GET /debug/allocator` on the metrics port, which is how the
 //! idle-sessions benchmark attributes the bytes of an idle session to object sizes.
 //!
+//! `malloc_stats_print` walks every size class under the allocator's locks: the metrics port
+//! (unauthenticated) serves it through [`StatsCache`], printed on the blocking pool and at
+//! most once per [`STATS_MAX_AGE`], so a client looping on it cannot stall a runtime worker.
+//!
 //! In a process whose global allocator is not jemalloc (unit tests) the figures describe
 //! jemalloc's own, nearly empty heap; nothing here fails for that.
 
@@ -78,9 +82,92 @@ pub fn stats_json() -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// How long a printed copy of [`stats_json`] is served before it is printed again.
+pub const STATS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A copy of the allocator's statistics, printed at most once per `max_age` and never on a
+/// runtime worker (see the module doc). Concurrent requests for a stale copy wait for one
+/// print (on an async lock), not a print each.
+pub struct StatsCache {
+    print: fn() -> Option<String>,
+    max_age: std::time::Duration,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Option<std::sync::Arc<str>>)>>,
+    prints: std::sync::atomic::AtomicU64,
+}
+
+impl StatsCache {
+    /// A cache of `print`'s output (in the process: [`stats_json`]), kept for `max_age`.
+    pub const fn new(print: fn() -> Option<String>, max_age: std::time::Duration) -> StatsCache {
+        StatsCache {
+            print,
+            max_age,
+            last: tokio::sync::Mutex::const_new(None),
+            prints: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The statistics, printed now (on the blocking pool) if the kept copy is older than
+    /// `max_age`; `None` when they could not be printed.
+    pub async fn get(&self) -> Option<std::sync::Arc<str>> {
+        let mut last = self.last.lock().await;
+        if let Some((at, copy)) = &*last {
+            if at.elapsed() < self.max_age {
+                return copy.clone();
+            }
+        }
+        self.prints.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let print = self.print;
+        let copy = tokio::task::spawn_blocking(print).await.ok().flatten().map(std::sync::Arc::from);
+        *last = Some((std::time::Instant::now(), copy.clone()));
+        copy
+    }
+
+    /// How many times the statistics were printed.
+    pub fn prints(&self) -> u64 {
+        self.prints.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The process's cache of [`stats_json`] (served at `GET /debug/allocator`).
+pub static STATS: StatsCache = StatsCache::new(stats_json, STATS_MAX_AGE);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static COUNTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    fn counted_print() -> Option<String> {
+        let n = COUNTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(format!("print {n}"))
+    }
+    static COUNTED_ZERO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    fn counted_print_zero() -> Option<String> {
+        let n = COUNTED_ZERO.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(format!("print {n}"))
+    }
+
+    #[tokio::test]
+    async fn requests_within_the_age_share_one_print() {
+        let cache = StatsCache::new(counted_print, std::time::Duration::from_secs(3600));
+        let (a, b) = tokio::join!(cache.get(), cache.get());
+        let c = cache.get().await;
+        assert_eq!(cache.prints(), 1);
+        assert_eq!(COUNTED.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(a.as_deref(), Some("print 0"));
+        assert_eq!((b, c), (a.clone(), a));
+        // Once the copy is older than the age, the next request prints again.
+        let fresh = StatsCache::new(counted_print_zero, std::time::Duration::ZERO);
+        assert_eq!(fresh.get().await.as_deref(), Some("print 0"));
+        assert_eq!(fresh.get().await.as_deref(), Some("print 1"));
+        assert_eq!(fresh.prints(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_process_cache_serves_jemalloc_json() {
+        let s = STATS.get().await.expect("statistics");
+        assert!(serde_json::from_str::<serde_json::Value>(&s).is_ok());
+        assert!(STATS.prints() >= 1);
+    }
 
     #[test]
     fn figures_are_read_and_consistent() {

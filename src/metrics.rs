@@ -608,7 +608,7 @@ pub fn install(addr: Option<SocketAddr>) -> Result<(), MetricsError> {
         let render_handle = handle.clone();
         runtime.spawn(crate::net::http::serve(listener, "metrics", limits, move |req| {
             let h = render_handle.clone();
-            async move { metrics_response(&h, req.method(), req.uri().path()) }
+            async move { metrics_response(&h, req.method(), req.uri().path()).await }
         }));
     }
     // Histogram samples are drained into their buckets at each render, or here every 5 s
@@ -626,7 +626,7 @@ pub fn install(addr: Option<SocketAddr>) -> Result<(), MetricsError> {
 
 /// The answer to one request on the metrics port: the exposition for `GET /metrics`
 /// (Prometheus text format 0.0.4), 404 for anything else. The request body is never read.
-fn metrics_response(
+async fn metrics_response(
     handle: &PrometheusHandle,
     method: &hyper::Method,
     path: &str,
@@ -636,9 +636,10 @@ fn metrics_response(
         allocator_figures();
         response(hyper::StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", handle.render())
     } else if method == hyper::Method::GET && path == "/debug/allocator" {
-        // jemalloc's own statistics (issue 16): live objects per size class and more.
-        match crate::allocator::stats_json() {
-            Some(json) => response(hyper::StatusCode::OK, "application/json", json),
+        // jemalloc's own statistics (issue 16): live objects per size class and more. Printed
+        // on the blocking pool, at most once a second (see `allocator::StatsCache`).
+        match crate::allocator::STATS.get().await {
+            Some(json) => response(hyper::StatusCode::OK, "application/json", json.to_string()),
             None => response(hyper::StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "no allocator statistics\n"),
         }
     } else {

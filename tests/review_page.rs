@@ -276,6 +276,16 @@ fn review_page_over_http_isolation_csrf_release_and_escaping() {
     assert_eq!(status, 403);
     let after_forgery = scan(&s, "alice", &PoplibOpts::default());
     assert_eq!(after_forgery.messages.len(), 1, "forged POSTs released nothing");
+    // Exact ids only: a prefix of the id (Maildir ids start with the epoch seconds, so a
+    // prefix can name another user's copy later) releases and deletes nothing.
+    let prefix = &id[..id.len() - 1];
+    let (status, body) = a.post("/release", &[("csrf", &csrf), ("id", prefix)]);
+    assert!(status == 404 && body.contains("nothing was changed"), "{status} {body}");
+    let (status, body) = a.post("/quarantine/delete", &[("csrf", &csrf), ("id", prefix)]);
+    assert!(status == 404 && body.contains("nothing was changed"), "{status} {body}");
+    assert_eq!(a.get(&format!("/quarantine/view?id={prefix}")).0, 404);
+    assert_eq!(scan(&s, "alice", &PoplibOpts::default()).messages.len(), 1, "a prefix released nothing");
+    assert!(a.get("/quarantine").1.contains("Cheap pills"), "a prefix deleted nothing");
 
     // "Not spam": released into alice's mailbox.
     let (status, body) = a.post("/release", &[("csrf", &csrf), ("id", &id)]);

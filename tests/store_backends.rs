@@ -15,7 +15,7 @@ use popsift::store::header_cache::{Fresh, HeaderCache, Scope, Wanted};
 use popsift::store::history::{
     mailbox_key, now_secs, Decision, History, HistorySettings, Query, RedbHistory, Released,
 };
-use popsift::store::quarantine::{Meta, Quarantine};
+use popsift::store::quarantine::{Meta, Quarantine, QuarantineError};
 use popsift::store::redis_cache::RedisHeaderCache;
 use popsift::store::redis_history::RedisHistory;
 use popsift::store::redis_model::{open_for_reading, open_for_writing};
@@ -188,6 +188,18 @@ fn quarantine_same_assertions_on_both_backends() {
         assert!(u.digests.contains(&c.digest()), "{}: the same message has the same digest", b.name);
         drop(c);
         assert_eq!(q.list().unwrap().len(), 2, "{}: an abandoned copy leaves nothing", b.name);
+
+        // Exact ids (the review page, released messages): a prefix names nothing, and
+        // removing by a prefix removes nothing; the CLI keeps unique prefixes.
+        let prefix = &a.id[..a.id.len() - 1];
+        assert_eq!(q.show(prefix).unwrap(), q.show(&a.id).unwrap(), "{}: the CLI takes a prefix", b.name);
+        assert_eq!(q.listed(&a.id).unwrap().id, a.id, "{}", b.name);
+        assert!(matches!(q.listed(prefix), Err(QuarantineError::NotFound(_))), "{}", b.name);
+        assert!(matches!(q.original_exact(prefix), Err(QuarantineError::NotFound(_))), "{}", b.name);
+        assert!(matches!(q.remove_exact(prefix), Err(QuarantineError::NotFound(_))), "{}", b.name);
+        assert!(q.remove_exact("").is_err() && q.original_exact("../alice").is_err(), "{}", b.name);
+        assert_eq!(q.list().unwrap().len(), 2, "{}: nothing removed by a prefix", b.name);
+        assert_eq!(q.original_exact(&a.id).unwrap(), msg, "{}", b.name);
 
         // Ids by unique prefix; remove takes it off the list and the quota.
         assert!(q.show("").is_err() && q.show("no-such-id").is_err(), "{}", b.name);

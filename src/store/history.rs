@@ -682,7 +682,7 @@ fn entries_of_released(
             tracing::warn!(uidl = r.uidl, "a released message's UIDL is also on the server: not shown");
             continue;
         }
-        match quarantine.original(&r.quarantine_id) {
+        match quarantine.original_exact(&r.quarantine_id) {
             Ok(bytes) => out.push(crate::session::view::released_entry(&r.uidl, Arc::from(bytes))),
             // Only a copy that is really gone ends the release; a store that cannot answer now
             // (Redis down, a disk error) leaves it for the next login.
@@ -739,7 +739,7 @@ pub fn forget_released(
 ) {
     let Ok(released) = store.released(mailbox) else { return };
     for r in released.iter().filter(|r| uidls.iter().any(|u| **u == *r.uidl)) {
-        if let Err(e) = quarantine.remove(&r.quarantine_id) {
+        if let Err(e) = quarantine.remove_exact(&r.quarantine_id) {
             tracing::warn!(uidl = r.uidl, error = %e, "released message deleted by the client, but its copy was not removed");
         }
         if let Err(e) = store.unrelease(mailbox, &r.uidl) {
@@ -1017,6 +1017,31 @@ mod tests {
         drop(h);
         let h = RedbHistory::open(&dir, HistorySettings::default()).unwrap();
         assert!(h.has_overrides("m1") && !h.has_overrides("m2"));
+    }
+
+    #[test]
+    fn a_release_naming_an_id_prefix_serves_and_deletes_nothing() {
+        use crate::store::quarantine::{Meta, Quarantine};
+        let (d, h) = open(HistorySettings::default());
+        let q = Quarantine::new(&d.path().join("quarantine"));
+        // Bob's copy; a release of alice's records only a prefix of an id (Maildir ids
+        // start with the epoch seconds, so such a prefix can name bob's copy).
+        let meta = Meta { user: "bob".into(), upstream: "a:110".into(), uidl: "b1".into(), ..Meta::default() };
+        q.store(&meta, b"Subject: bob's\r\n\r\nx\r\n").unwrap();
+        let bob = q.list().unwrap().remove(0).id;
+        let prefix = &bob[..bob.len() - 1];
+        assert!(q.show(prefix).is_ok(), "the prefix does resolve (for the CLI)");
+        let r = Released { uidl: "popsift-r-1".into(), quarantine_id: prefix.into(), size: 10, time: 1 };
+        h.release("alice", &r).unwrap();
+        h.release("carol", &r).unwrap();
+        assert!(released_entries(&h, &q, "alice", &HashSet::new()).is_empty(), "bob's copy is not served to alice");
+        forget_released(&h, &q, "carol", &[Arc::from("popsift-r-1")]);
+        assert_eq!(q.list().unwrap().len(), 1, "bob's copy is not deleted");
+        assert!(h.released("carol").unwrap().is_empty());
+        // The full id serves it.
+        let r = Released { quarantine_id: bob.clone(), ..r };
+        h.release("bob", &r).unwrap();
+        assert_eq!(released_entries(&h, &q, "bob", &HashSet::new()).len(), 1);
     }
 
     #[test]

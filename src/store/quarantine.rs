@@ -90,6 +90,12 @@ pub trait QuarantineStore: Send + Sync + std::fmt::Debug {
     fn show(&self, id: &str) -> Result<Vec<u8>, QuarantineError>;
     /// Removes a message by id or unique id prefix.
     fn remove(&self, id: &str) -> Result<(), QuarantineError>;
+    /// The stored bytes of the message whose id is exactly `id` (no prefixes: the review
+    /// page and the serving of released messages name one message, never "the one that
+    /// starts like this", which could be another user's copy). Prefixes are for the CLI.
+    fn show_exact(&self, id: &str) -> Result<Vec<u8>, QuarantineError>;
+    /// Removes the message whose id is exactly `id` (see [`Self::show_exact`]).
+    fn remove_exact(&self, id: &str) -> Result<(), QuarantineError>;
     /// Where it lives, for messages (a directory, or a Redis URL without credentials).
     fn location(&self) -> String;
 }
@@ -326,9 +332,21 @@ impl Quarantine {
     }
 
     /// One message's description, as [`Self::list`] gives it, reading only that message
-    /// (the review page's actions look messages up by id).
+    /// (the review page's actions look messages up by id). Exact ids only: a prefix is
+    /// `NotFound`, so `Listed.id` is always a full id (it is stored with a release and later
+    /// served and deleted by it).
     pub fn listed(&self, id: &str) -> Result<Listed, QuarantineError> {
-        Ok(describe(id, &self.show(id)?))
+        Ok(describe(id, &self.store.show_exact(id)?))
+    }
+
+    /// [`Self::original`] of exactly `id` (no prefix; see [`QuarantineStore::show_exact`]).
+    pub fn original_exact(&self, id: &str) -> Result<Vec<u8>, QuarantineError> {
+        Ok(strip_meta(&self.store.show_exact(id)?).to_vec())
+    }
+
+    /// [`Self::remove`] of exactly `id` (no prefix; see [`QuarantineStore::show_exact`]).
+    pub fn remove_exact(&self, id: &str) -> Result<(), QuarantineError> {
+        self.store.remove_exact(id)
     }
 
     /// The message exactly as the server held it.
@@ -409,6 +427,14 @@ impl QuarantineStore for MaildirQuarantine {
         let p = self.find(id)?;
         fs::remove_file(&p).map_err(io_err(&p))
     }
+    fn show_exact(&self, id: &str) -> Result<Vec<u8>, QuarantineError> {
+        let p = self.find_exact(id)?;
+        fs::read(&p).map_err(io_err(&p))
+    }
+    fn remove_exact(&self, id: &str) -> Result<(), QuarantineError> {
+        let p = self.find_exact(id)?;
+        fs::remove_file(&p).map_err(io_err(&p))
+    }
     fn location(&self) -> String {
         self.root.display().to_string()
     }
@@ -485,6 +511,26 @@ impl MaildirQuarantine {
         }
         out.sort_by(|a, b| (a.quarantined_at, &a.id).cmp(&(b.quarantined_at, &b.id)));
         Ok(out)
+    }
+
+    /// Finds the message whose id (file name) is exactly `id`. An id that is not a single
+    /// plain file name component is `NotFound` (it could not name a copy, and must not walk
+    /// the tree).
+    pub fn find_exact(&self, id: &str) -> Result<PathBuf, QuarantineError> {
+        let plain = !id.is_empty() && id != "." && id != ".." && !id.contains(['/', '\\', '\0']);
+        if plain {
+            if let Ok(users) = fs::read_dir(&self.root) {
+                for u in users.flatten() {
+                    for sub in ["new", "cur"] {
+                        let p = u.path().join(sub).join(id);
+                        if p.is_file() {
+                            return Ok(p);
+                        }
+                    }
+                }
+            }
+        }
+        Err(QuarantineError::NotFound(id.to_string()))
     }
 
     /// Finds a message by id (or a unique prefix of it).

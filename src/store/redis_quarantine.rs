@@ -130,6 +130,47 @@ impl RedisQuarantine {
         Ok(got)
     }
 
+    /// Removes the message `id` (a full id) whose stored bytes are `stored`: one transaction.
+    fn remove_found(&self, id: &str, stored: &[u8]) -> Result<(), QuarantineError> {
+        let r = self.redis()?;
+        let mut p = redis::pipe();
+        p.cmd("HGET").arg(Self::owner_key(r)).arg(id);
+        let (owner,): (Option<String>,) = r.blocking(r.query("quarantine", &p)).map_err(failed)?;
+        // Copies made before the owner hash existed: the user from the stored field.
+        let user_key = match owner {
+            Some(part) => r.key(&format!("q:user:{part}")),
+            None => Self::user_key(r, &header_value(stored, "X-Popsift-User")),
+        };
+        let mut p = redis::pipe();
+        p.atomic()
+            .cmd("DEL")
+            .arg(Self::msg_key(r, id))
+            .ignore()
+            .cmd("ZREM")
+            .arg(Self::all_key(r))
+            .arg(id)
+            .ignore()
+            .cmd("HDEL")
+            .arg(user_key)
+            .arg(id)
+            .ignore()
+            .cmd("HDEL")
+            .arg(Self::owner_key(r))
+            .arg(id)
+            .ignore();
+        r.blocking(r.query::<()>("quarantine", &p)).map_err(failed)
+    }
+
+    /// The stored bytes of exactly `id` (never a prefix: the review page and the serving of
+    /// released messages must not reach another message whose id starts the same way).
+    fn lookup_exact(&self, id: &str) -> Result<(String, Vec<u8>), QuarantineError> {
+        if id.is_empty() {
+            return Err(QuarantineError::NotFound(id.to_string()));
+        }
+        let bytes = self.get(id)?.ok_or_else(|| QuarantineError::NotFound(id.to_string()))?;
+        Ok((id.to_string(), bytes))
+    }
+
     /// The full id and stored bytes `id` names (an id, or a unique prefix of one).
     fn lookup(&self, id: &str) -> Result<(String, Vec<u8>), QuarantineError> {
         if id.is_empty() {
@@ -305,35 +346,18 @@ impl QuarantineStore for RedisQuarantine {
         self.lookup(id).map(|(_, bytes)| bytes)
     }
 
+    fn show_exact(&self, id: &str) -> Result<Vec<u8>, QuarantineError> {
+        self.lookup_exact(id).map(|(_, bytes)| bytes)
+    }
+
     fn remove(&self, id: &str) -> Result<(), QuarantineError> {
-        let r = self.redis()?;
         let (id, stored) = self.lookup(id)?;
-        let mut p = redis::pipe();
-        p.cmd("HGET").arg(Self::owner_key(r)).arg(&id);
-        let (owner,): (Option<String>,) = r.blocking(r.query("quarantine", &p)).map_err(failed)?;
-        // Copies made before the owner hash existed: the user from the stored field.
-        let user_key = match owner {
-            Some(part) => r.key(&format!("q:user:{part}")),
-            None => Self::user_key(r, &header_value(&stored, "X-Popsift-User")),
-        };
-        let mut p = redis::pipe();
-        p.atomic()
-            .cmd("DEL")
-            .arg(Self::msg_key(r, &id))
-            .ignore()
-            .cmd("ZREM")
-            .arg(Self::all_key(r))
-            .arg(&id)
-            .ignore()
-            .cmd("HDEL")
-            .arg(user_key)
-            .arg(&id)
-            .ignore()
-            .cmd("HDEL")
-            .arg(Self::owner_key(r))
-            .arg(&id)
-            .ignore();
-        r.blocking(r.query::<()>("quarantine", &p)).map_err(failed)
+        self.remove_found(&id, &stored)
+    }
+
+    fn remove_exact(&self, id: &str) -> Result<(), QuarantineError> {
+        let (id, stored) = self.lookup_exact(id)?;
+        self.remove_found(&id, &stored)
     }
 
     fn location(&self) -> String {

@@ -495,7 +495,7 @@ async fn get(ui: &Arc<Ui>, s: &Session, path: &str, q: &HashMap<String, String>)
             let held = match held {
                 Some(m) => {
                     let (qs, id) = (ui.quarantine.clone(), m.id.clone());
-                    blocking(move || qs.original(&id).map_err(|e| e.to_string()))
+                    blocking(move || qs.original_exact(&id).map_err(|e| e.to_string()))
                         .await
                         .ok()
                         .map(|b| String::from_utf8_lossy(crate::mailfiles::header_block(&b)).into_owned())
@@ -532,7 +532,7 @@ async fn get(ui: &Arc<Ui>, s: &Session, path: &str, q: &HashMap<String, String>)
                 );
             };
             let (qs, id) = (ui.quarantine.clone(), m.id.clone());
-            match blocking(move || qs.original(&id).map_err(|e| e.to_string())).await {
+            match blocking(move || qs.original_exact(&id).map_err(|e| e.to_string())).await {
                 Ok(b) => ui.page(
                     StatusCode::OK,
                     "Quarantined message",
@@ -619,6 +619,11 @@ async fn quarantined_by_id(ui: &Arc<Ui>, viewer: &Viewer, id: &str) -> Option<Li
     }
     let (qs, i) = (ui.quarantine.clone(), id.to_string());
     let m = blocking(move || qs.listed(&i).map_err(|e| e.to_string())).await.ok()?;
+    // Exact ids only: the id goes on into a release record and the "released" guard of
+    // delete, which compare and serve whole ids; a prefix would name another message.
+    if m.id != id {
+        return None;
+    }
     match viewer {
         Viewer::Owner { user, upstream, .. } if &m.user != user || &m.upstream != upstream => None,
         _ => Some(m),
@@ -864,7 +869,7 @@ async fn post_action(ui: &Arc<Ui>, s: &Session, cookie: &str, path: &str, f: &Ha
                 }
             }
             let (qs, id) = (ui.quarantine.clone(), m.id.clone());
-            match blocking(move || qs.remove(&id).map_err(|e| e.to_string())).await {
+            match blocking(move || qs.remove_exact(&id).map_err(|e| e.to_string())).await {
                 Ok(()) => ui.message(s, StatusCode::OK, &format!("{:?} was deleted for good.", m.subject)),
                 Err(e) => ui.message(s, StatusCode::SERVICE_UNAVAILABLE, &format!("Not deleted: {e}")),
             }
@@ -893,7 +898,7 @@ async fn release(ui: &Arc<Ui>, s: &Session, mailbox: &str, m: &Listed) -> Resp {
         );
     };
     let (qs, id) = (ui.quarantine.clone(), m.id.clone());
-    let original = match blocking(move || qs.original(&id).map_err(|e| e.to_string())).await {
+    let original = match blocking(move || qs.original_exact(&id).map_err(|e| e.to_string())).await {
         Ok(b) => b,
         Err(e) => return ui.message(s, StatusCode::NOT_FOUND, &format!("Nothing was changed: {e}")),
     };
