@@ -23,8 +23,9 @@
 //! Except with a store where each call is a network round trip (Redis,
 //! [`crate::store::header_cache::HeaderStore::one_call_per_login`]): there the mailbox is
 //! looked up in one call and its fresh blocks written in one call, so round trips per login
-//! stay constant, and the scan holds about the mailbox's header bytes once (still evaluated
-//! `window_bytes` at a time).
+//! stay constant, and the scan holds at most `cache.max_size` of fresh blocks for that write
+//! ([`crate::store::header_cache::PendingWrite`]: older blocks are dropped, as the store
+//! would skip them anyway; still evaluated `window_bytes` at a time).
 //!
 //! With the header cache ([`crate::store::header_cache`]) and a server that has UIDL, the
 //! cache is asked first for every (UIDL, LIST size) and `TOP` goes out only for the misses,
