@@ -68,6 +68,10 @@ end
 return redis.call('INCRBY', KEYS[1], ARGV[3]) - tonumber(ARGV[3]) + 1
 "#;
 
+/// A record's first round trip: the UIDLs' known decisions, the oldest kept (member,
+/// score), the UIDL index size, and the batch's first sequence.
+type FirstReads = (Vec<Option<String>>, Vec<(String, f64)>, u64, u64);
+
 /// Removes from the set `KEYS[1]` each member `ARGV[i]` whose decisions key `KEYS[i + 1]`
 /// does not exist, atomically (an instance recording into it meanwhile keeps it listed).
 const PRUNE_SCRIPT: &str = r#"
@@ -213,7 +217,7 @@ impl History for RedisHistory {
                 .arg(floor)
                 .arg(floor + count - 1)
                 .arg(count);
-            let (known, oldest, uidls, first): (Vec<Option<String>>, Vec<(String, f64)>, u64, u64) = self.run(&p)?;
+            let (known, oldest, uidls, first): FirstReads = self.run(&p)?;
             let mut next_seq = first;
             let oldest = oldest.first().map_or(u64::MAX, |(_, s)| *s as u64).max(cutoff);
             // Round trip 2: one transaction of writes.
@@ -291,7 +295,7 @@ impl History for RedisHistory {
                 p.cmd("EXISTS").arg(self.key("d", mb));
             }
             let exists: Vec<u64> = self.run(&p)?;
-            let (live, dead): (Vec<(String, u64)>, Vec<(String, u64)>) =
+            let (live, dead): (Vec<_>, Vec<_>) =
                 all.into_iter().zip(exists.into_iter().chain(std::iter::repeat(1))).partition(|(_, e)| *e > 0);
             all = live.into_iter().map(|(mb, _)| mb).collect();
             if !dead.is_empty() {
