@@ -335,6 +335,68 @@ fn redis_history_round_trips_per_login_are_constant() {
     assert_eq!((r.calls("hkeys") - hkeys, r.calls("hvals") - hvals), (1, 1), "one pipeline");
 }
 
+/// Two instances recording the same mailbox at the same moment: every decision gets its own
+/// id (sequences come from Redis, not from each process's clock), and each id finds its own
+/// decision (the review page's "Not spam"/"Spam" forms act on the message they show).
+#[test]
+fn redis_history_ids_are_distinct_across_instances() {
+    let r = RedisServer::start();
+    let mb = mailbox_key("h:110", "alice");
+    let now = now_secs();
+    let per = 1000;
+    for round in 0..3 {
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|who| {
+                let (s, mb, barrier) = (settings(&r, "ids"), mb.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    // A store object per "instance".
+                    let h = RedisHistory::new(&s, HistorySettings::default()).unwrap();
+                    let batch: Vec<Decision> =
+                        (0..per).map(|i| decision(&mb, &format!("{who}{round}-{i}"), "hide", "s", now)).collect();
+                    barrier.wait();
+                    h.record(&batch, now).unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), per);
+        }
+    }
+    let h = RedisHistory::new(&settings(&r, "ids"), HistorySettings::default()).unwrap();
+    let all = h.decisions(&Query { mailbox: Some(mb.clone()), limit: 100_000, ..Query::default() }).unwrap();
+    assert_eq!(all.len(), 6 * per);
+    let ids: HashSet<u64> = all.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(ids.len(), all.len(), "two decisions share an id");
+    for (seq, d) in all.iter().step_by(97) {
+        assert_eq!(h.decision(&mb, *seq).unwrap().as_ref(), Some(d), "id {seq} finds its own decision");
+    }
+    // Still times (the age trim and the rule counts read them as microseconds).
+    assert!(all.iter().all(|(seq, _)| *seq / 1_000_000 >= now && *seq / 1_000_000 < now + 60));
+}
+
+/// A mailbox whose decisions expired leaves `h:mailboxes` when the list is read, not only
+/// the list: the set does not keep every mailbox ever seen.
+#[test]
+fn redis_history_drops_expired_mailboxes_from_the_set() {
+    let r = RedisServer::start();
+    let h = RedisHistory::new(&settings(&r, "mbx"), HistorySettings::default()).unwrap();
+    let (m1, m2) = (mailbox_key("h:110", "alice"), mailbox_key("h:110", "bob"));
+    let now = now_secs();
+    h.record(&[decision(&m1, "u1", "hide", "s", now), decision(&m2, "u1", "hide", "s", now)], now).unwrap();
+    assert_eq!(r.command(&["SCARD", "mbx:h:mailboxes"]).as_deref(), Some(":2"));
+    // As when its TTL runs out.
+    let dead = format!("mbx:h:d:{}", popsift::store::redis::key_part(&m1));
+    assert_eq!(r.command(&["DEL", &dead]).as_deref(), Some(":1"));
+    assert_eq!(h.mailboxes().unwrap(), [m2.as_str()]);
+    assert_eq!(r.command(&["SCARD", "mbx:h:mailboxes"]).as_deref(), Some(":1"), "the dead member is removed");
+    assert_eq!(r.command(&["SISMEMBER", "mbx:h:mailboxes", &m2]).as_deref(), Some(":1"));
+    // Recording into it again lists it again.
+    h.record(&[decision(&m1, "u2", "hide", "s", now)], now).unwrap();
+    assert_eq!(h.mailboxes().unwrap(), [m1, m2]);
+}
+
 /// The header cache on Redis: a login's lookup is one `HMGET` and its update one `EVAL`
 /// (evictions, skipped and fresh blocks together), whatever the number of messages.
 #[test]

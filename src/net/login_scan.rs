@@ -23,8 +23,9 @@
 //! Except with a store where each call is a network round trip (Redis,
 //! [`crate::store::header_cache::HeaderStore::one_call_per_login`]): there the mailbox is
 //! looked up in one call and its fresh blocks written in one call, so round trips per login
-//! stay constant, and the scan holds about the mailbox's header bytes once (still evaluated
-//! `window_bytes` at a time).
+//! stay constant, and the scan holds at most `cache.max_size` of fresh blocks for that write
+//! ([`crate::store::header_cache::PendingWrite`]: older blocks are dropped, as the store
+//! would skip them anyway; still evaluated `window_bytes` at a time).
 //!
 //! With the header cache ([`crate::store::header_cache`]) and a server that has UIDL, the
 //! cache is asked first for every (UIDL, LIST size) and `TOP` goes out only for the misses,
@@ -62,7 +63,7 @@ use crate::session::top_window::TopWindow;
 pub use crate::session::verdicts::ScanOutcome;
 use crate::session::verdicts::{build_entries, evaluate, recheck, to_recheck, uidl_trust, Evaluated, ScanItem};
 use crate::session::view::Entry;
-use crate::store::header_cache::{Fresh, HeaderCache, Scope, Wanted};
+use crate::store::header_cache::{Fresh, HeaderCache, PendingWrite, Scope, Wanted};
 use crate::store::verdict_memo::MailboxMemo;
 
 /// Cap on LIST and UIDL replies (a 100,000-message mailbox needs about 4 MiB of UIDL).
@@ -315,7 +316,9 @@ pub async fn scan(
     let mut evaluating: Option<JoinHandle<Settled>> = None;
     let mut cache_batches = 0usize;
     // Fresh blocks for a store written once per login (Redis: one write, not one per batch).
-    let mut one_write: Option<Vec<Fresh>> = cache.as_ref().filter(|c| c.cache.one_call_per_login()).map(|_| Vec::new());
+    // Bounded by the cache's size: older blocks are dropped (and evicted) as newer ones come.
+    let mut one_write: Option<PendingWrite> =
+        cache.as_ref().filter(|c| c.cache.one_call_per_login()).map(|c| PendingWrite::new(c.cache.max_write_bytes()));
     loop {
         if let Some(cmd) = tops.commands() {
             conn.write_all(&cmd, t.upstream_reply, Phase::Scan).await?;
@@ -360,8 +363,9 @@ pub async fn scan(
         cache_batches +=
             keep(done, &mut evaluated, &mut evaluated_n, &cache, &uidls, &list, &present, &mut one_write).await;
     }
-    if let (Some(c), Some(fresh)) = (&cache, one_write.take()) {
+    if let (Some(c), Some(pending)) = (&cache, one_write.take()) {
         // The login's one write (also evicts the mailbox's vanished messages).
+        let (fresh, present) = pending.finish(present);
         c.cache.update_in_background(c.scope.clone(), fresh, present).await;
     } else if let (Some(c), 0) = (&cache, cache_batches) {
         // Nothing new to store, but the mailbox's vanished messages are still evicted.
@@ -425,7 +429,7 @@ async fn keep(
     uidls: &HashMap<u32, Arc<str>>,
     list: &[(u32, u64)],
     present: &HashSet<Arc<str>>,
-    one_write: &mut Option<Vec<Fresh>>,
+    one_write: &mut Option<PendingWrite>,
 ) -> usize {
     *count += done.len();
     let mut fresh = Vec::with_capacity(if cache.is_some() { done.len() } else { 0 });
@@ -437,7 +441,7 @@ async fn keep(
     }
     match (cache, one_write) {
         (Some(_), Some(all)) => {
-            all.append(&mut fresh);
+            all.append(fresh);
             0
         }
         (Some(c), None) => {

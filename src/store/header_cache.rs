@@ -162,6 +162,62 @@ pub trait HeaderStore: Send + Sync + std::fmt::Debug {
     fn one_call_per_login(&self) -> bool {
         false
     }
+    /// The most block bytes (as [`write_cost`] counts them) one update stores: the rest is
+    /// skipped by the store, so a login's [`PendingWrite`] need not hold it.
+    fn max_write_bytes(&self) -> u64 {
+        u64::MAX
+    }
+}
+
+/// What a block costs in one update's bound (UIDL, block and a little framing).
+pub fn write_cost(f: &Fresh) -> u64 {
+    (f.uidl.len() + f.headers.bytes.len() + 10) as u64
+}
+
+/// The fresh blocks of a login kept for its one write ([`HeaderStore::one_call_per_login`]).
+/// The store keeps only the last `max_write_bytes` of an update, so blocks are dropped from
+/// the front as soon as the total exceeds it: the scan's memory is bounded by the cache's
+/// size, not by mailbox size × header size. A dropped block's UIDL is taken out of the
+/// `present` set written with the update, so the store evicts any older block under it
+/// (as it does for the UIDLs it skips itself: an older block must not outlive it).
+#[derive(Debug)]
+pub struct PendingWrite {
+    blocks: std::collections::VecDeque<Fresh>,
+    bytes: u64,
+    max: u64,
+    skipped: Vec<Arc<str>>,
+}
+
+impl PendingWrite {
+    pub fn new(max: u64) -> PendingWrite {
+        PendingWrite { blocks: Default::default(), bytes: 0, max, skipped: Vec::new() }
+    }
+
+    /// Appends `fresh` (server order: the last blocks win), dropping the oldest over the bound.
+    pub fn append(&mut self, fresh: Vec<Fresh>) {
+        for f in fresh {
+            self.bytes += write_cost(&f);
+            self.blocks.push_back(f);
+            while self.bytes > self.max {
+                let Some(old) = self.blocks.pop_front() else { break };
+                self.bytes -= write_cost(&old);
+                self.skipped.push(old.uidl);
+            }
+        }
+    }
+
+    /// Bytes of the blocks held (never above the bound).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The update: the blocks kept, and `present` without the skipped UIDLs.
+    pub fn finish(self, mut present: HashSet<Arc<str>>) -> (Vec<Fresh>, HashSet<Arc<str>>) {
+        for u in &self.skipped {
+            present.remove(u);
+        }
+        (self.blocks.into(), present)
+    }
 }
 
 /// The shared cache (one per process, `Arc`-shared by all sessions), whichever store holds it.
@@ -224,6 +280,11 @@ impl HeaderCache {
     /// See [`HeaderStore::one_call_per_login`].
     pub fn one_call_per_login(&self) -> bool {
         self.store.one_call_per_login()
+    }
+
+    /// See [`HeaderStore::max_write_bytes`].
+    pub fn max_write_bytes(&self) -> u64 {
+        self.store.max_write_bytes()
     }
 
     /// See [`HeaderStore::stats_blocking`]. Blocking.
@@ -945,5 +1006,26 @@ mod tests {
         let file = dir.path().join("plainfile");
         std::fs::write(&file, b"x").unwrap();
         assert!(HeaderCache::open(&file.join("sub"), 1 << 20).is_err());
+    }
+
+    /// Issue (redis one-write): a cold login of a large mailbox held every fresh block
+    /// until the end of the scan. The pending write never holds more than the bound, keeps
+    /// the last blocks, and the dropped ones leave `present` (so their old entries go).
+    #[test]
+    fn pending_write_holds_at_most_the_bound() {
+        let max = 1000;
+        let mut w = PendingWrite::new(max);
+        let body = format!("Subject: {}\r\n\r\n", "x".repeat(90));
+        let all: Vec<Fresh> = (0..200).map(|i| fresh(&format!("u{i}"), 1000, &body)).collect();
+        let uidls: HashSet<Arc<str>> = all.iter().map(|f| f.uidl.clone()).collect();
+        for chunk in all.chunks(7) {
+            w.append(chunk.to_vec());
+            assert!(w.bytes() <= max, "{} > {max}", w.bytes());
+        }
+        let (kept, present) = w.finish(uidls);
+        assert!(!kept.is_empty() && kept.iter().map(write_cost).sum::<u64>() <= max);
+        assert_eq!(kept.last().unwrap().uidl.as_ref(), "u199", "the last blocks win");
+        assert_eq!(present.len(), kept.len(), "skipped UIDLs are evicted");
+        assert!(kept.iter().all(|f| present.contains(&f.uidl)));
     }
 }

@@ -126,7 +126,7 @@ impl HeaderStore for RedisHeaderCache {
         let mut bytes = 0u64;
         while keep_from > 0 {
             let f = &fresh[keep_from - 1];
-            let n = (f.uidl.len() + f.headers.bytes.len() + 10) as u64;
+            let n = super::header_cache::write_cost(f);
             if bytes + n > self.max_size {
                 break;
             }
@@ -198,5 +198,9 @@ impl HeaderStore for RedisHeaderCache {
 
     fn one_call_per_login(&self) -> bool {
         true
+    }
+
+    fn max_write_bytes(&self) -> u64 {
+        self.max_size
     }
 }

@@ -12,7 +12,17 @@
 //!   next login is recognised without reading decisions);
 //! - `shown:<mb>`: hash UIDL → time the owner said "Not spam" on a hidden message;
 //! - `rel:<mb>`: hash released UIDL → JSON [`Released`];
-//! - `mailboxes`: set of mailbox keys with decisions (the admin's list).
+//! - `mailboxes`: set of mailbox keys with decisions (the admin's list); a member whose
+//!   `d:` key expired is removed when the list is next read;
+//! - `seq`: the last sequence handed out, shared by every instance (see below).
+//!
+//! # Sequences are allocated by Redis
+//! A decision's id is (mailbox, sequence), used by the review page's "Not spam"/"Spam"
+//! forms. A per-process clock would give two instances recording the same mailbox at once
+//! equal sequences, and a form could then act on the other message. So each mailbox batch
+//! reserves its sequences in Redis with [`SEQ_SCRIPT`] (in the batch's first round trip, so
+//! no extra one): at least the current time in microseconds (the scores stay times, which
+//! the age trim and the rule counts use), and always above every sequence handed out before.
 //!
 //! # Bounded (as the redb store)
 //! Every record trims `d:<mb>` by age (`ZREMRANGEBYSCORE` below `history.max_days`) and by
@@ -44,10 +54,39 @@ use crate::config::RedisSettings;
 /// Decisions read per page when a query filters.
 const PAGE: usize = 500;
 
+/// Reserves `ARGV[3]` sequences: answers the first, `max(now, last + 1)` with `ARGV[1]` =
+/// now in microseconds and `ARGV[2]` = now + count - 1 (computed by the caller: the counter
+/// is only ever written by `SET` of a decimal string or by `INCRBY`, never from a Lua float,
+/// whose string form could be `1.8e+15`).
+pub const SEQ_SCRIPT: &str = r#"
+local now = tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if last < now then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return now
+end
+return redis.call('INCRBY', KEYS[1], ARGV[3]) - tonumber(ARGV[3]) + 1
+"#;
+
+/// A record's first round trip: the UIDLs' known decisions, the oldest kept (member,
+/// score), the UIDL index size, and the batch's first sequence.
+type FirstReads = (Vec<Option<String>>, Vec<(String, f64)>, u64, u64);
+
+/// Removes from the set `KEYS[1]` each member `ARGV[i]` whose decisions key `KEYS[i + 1]`
+/// does not exist, atomically (an instance recording into it meanwhile keeps it listed).
+const PRUNE_SCRIPT: &str = r#"
+local gone = 0
+for i = 1, #ARGV do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    gone = gone + redis.call('SREM', KEYS[1], ARGV[i])
+  end
+end
+return gone
+"#;
+
 pub struct RedisHistory {
     redis: Arc<Redis>,
     settings: HistorySettings,
-    last_seq: std::sync::Mutex<u64>,
 }
 
 impl std::fmt::Debug for RedisHistory {
@@ -74,11 +113,7 @@ fn unmember(m: &str) -> Result<(u64, Decision), HistoryError> {
 
 impl RedisHistory {
     pub fn new(settings: &RedisSettings, history: HistorySettings) -> Result<RedisHistory, HistoryError> {
-        Ok(RedisHistory {
-            redis: super::redis::shared(settings).map_err(err)?,
-            settings: history,
-            last_seq: std::sync::Mutex::new(0),
-        })
+        Ok(RedisHistory { redis: super::redis::shared(settings).map_err(err)?, settings: history })
     }
 
     fn key(&self, kind: &str, mailbox: &str) -> String {
@@ -90,15 +125,14 @@ impl RedisHistory {
         r.blocking(r.query::<T>("history", p)).map_err(err)
     }
 
-    /// As the redb store's: strictly increasing, microseconds.
-    fn next_seq(&self, now: u64) -> u64 {
+    /// `now` (seconds) in microseconds, with the clock's current sub-second part: the floor
+    /// of the sequences [`SEQ_SCRIPT`] hands out.
+    fn now_micros(now: u64) -> u64 {
         let micros = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| u64::from(d.subsec_micros()))
             .unwrap_or(0);
-        let mut last = self.last_seq.lock().unwrap_or_else(|p| p.into_inner());
-        *last = now.saturating_mul(1_000_000).saturating_add(micros).max(*last + 1);
-        *last
+        now.saturating_mul(1_000_000).saturating_add(micros)
     }
 
     /// Fails unless Redis is durable (see the module doc).
@@ -166,14 +200,25 @@ impl History for RedisHistory {
         for (mailbox, ds) in by_mailbox {
             let (dk, uk) = (self.key("d", mailbox), self.key("u", mailbox));
             // Round trip 1: what is known of these UIDLs, the oldest decision kept, the size
-            // of the UIDL index.
+            // of the UIDL index, and the batch's sequences (one per decision at most; the
+            // repeats skipped below leave gaps, which cost nothing).
             let mut p = redis::pipe();
             p.cmd("HMGET").arg(&uk);
             for d in &ds {
                 p.arg(&d.uidl);
             }
             p.cmd("ZRANGE").arg(&dk).arg(0).arg(0).arg("WITHSCORES").cmd("HLEN").arg(&uk);
-            let (known, oldest, uidls): (Vec<Option<String>>, Vec<(String, f64)>, u64) = self.run(&p)?;
+            let floor = Self::now_micros(now);
+            let count = ds.len() as u64;
+            p.cmd("EVAL")
+                .arg(SEQ_SCRIPT)
+                .arg(1)
+                .arg(self.redis.key("h:seq"))
+                .arg(floor)
+                .arg(floor + count - 1)
+                .arg(count);
+            let (known, oldest, uidls, first): FirstReads = self.run(&p)?;
+            let mut next_seq = first;
             let oldest = oldest.first().map_or(u64::MAX, |(_, s)| *s as u64).max(cutoff);
             // Round trip 2: one transaction of writes.
             let mut p = redis::pipe();
@@ -189,7 +234,8 @@ impl History for RedisHistory {
                 if repeat == Some(fp) {
                     continue;
                 }
-                let seq = self.next_seq(now);
+                let seq = next_seq;
+                next_seq += 1;
                 p.cmd("ZADD").arg(&dk).arg(seq).arg(member(seq, d)?).ignore();
                 p.cmd("HSET").arg(&uk).arg(&d.uidl).arg(format!("{seq} {fp}")).ignore();
                 seen.insert(&d.uidl, fp);
@@ -240,18 +286,29 @@ impl History for RedisHistory {
         let mut p = redis::pipe();
         p.cmd("SMEMBERS").arg(self.redis.key("h:mailboxes"));
         let (mut all,): (Vec<String>,) = self.run(&p)?;
-        // A mailbox whose decisions all expired leaves the set lazily: skip it here.
+        // A mailbox whose decisions all expired leaves the set lazily: skipped here, and
+        // removed from the set (checked again atomically: another instance may be recording
+        // into it right now).
         if !all.is_empty() {
             let mut p = redis::pipe();
             for mb in &all {
                 p.cmd("EXISTS").arg(self.key("d", mb));
             }
             let exists: Vec<u64> = self.run(&p)?;
-            let mut i = 0;
-            all.retain(|_| {
-                i += 1;
-                exists.get(i - 1).copied().unwrap_or(0) > 0
-            });
+            let (live, dead): (Vec<_>, Vec<_>) =
+                all.into_iter().zip(exists.into_iter().chain(std::iter::repeat(1))).partition(|(_, e)| *e > 0);
+            all = live.into_iter().map(|(mb, _)| mb).collect();
+            if !dead.is_empty() {
+                let mut p = redis::pipe();
+                p.cmd("EVAL").arg(PRUNE_SCRIPT).arg(dead.len() + 1).arg(self.redis.key("h:mailboxes"));
+                for (mb, _) in &dead {
+                    p.arg(self.key("d", mb));
+                }
+                for (mb, _) in &dead {
+                    p.arg(mb);
+                }
+                let _: (u64,) = self.run(&p)?;
+            }
         }
         all.sort();
         Ok(all)
