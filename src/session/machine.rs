@@ -1109,7 +1109,7 @@ impl Machine {
                 let first = first.expose();
                 let start = format!("AUTH {}", mech.name());
                 self.auth.command(start.as_bytes());
-                let _ = self.auth.sasl_response(first.strip_suffix(b"\r\n").unwrap_or(&first));
+                let _ = self.auth.sasl_response(first.strip_suffix(b"\r\n").unwrap_or(first));
                 self.note_identity();
                 let mut l = start.into_bytes();
                 // RFC 5034 §4: a server that lists SASL takes the initial response with the

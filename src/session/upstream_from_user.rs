@@ -457,7 +457,16 @@ mod tests {
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip} must be internal");
         }
-        for ip in ["192.0.1.1", "198.17.0.1", "198.20.0.1", "239.0.0.1", "64:ff9b::5db8:d822", "2002:5db8:d822::1", "2001:db8::1", "93.184.216.34"] {
+        for ip in [
+            "192.0.1.1",
+            "198.17.0.1",
+            "198.20.0.1",
+            "239.0.0.1",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+            "2001:db8::1",
+            "93.184.216.34",
+        ] {
             // 239/8 is multicast (internal); the others are public.
             assert_eq!(is_internal(ip.parse().unwrap()), ip.starts_with("239."), "{ip}");
         }
