@@ -357,6 +357,8 @@ impl Session<'_> {
             Action::User(name) => {
                 tracing::Span::current().record("user", name.as_str());
             }
+            // Dropping the connection closes it (leftover replies must answer no command).
+            Action::DropUpstream => self.up = None,
             Action::ViewReady(entries) => {
                 // What the rules said of each message is reported here and then dropped:
                 // the view keeps only what TRANSACTION needs (issue 16). The history takes
@@ -492,10 +494,16 @@ impl Session<'_> {
                 let user = m.login_user().map(str::to_string);
                 let work = async {
                     let mut entries = scan.evaluate(up, ctx, *outcome).await?;
-                    history_hooks::before_view(ctx, &shown, user.as_deref(), uidl_trusted, &mut entries).await;
-                    Ok(entries)
+                    let overrides_read =
+                        history_hooks::before_view(ctx, &shown, user.as_deref(), uidl_trusted, &mut entries).await;
+                    Ok((entries, overrides_read))
                 };
-                Input::Evaluated(Box::pin(ticking(&mut self.client, &mut self.out, m, t.client_idle, work)).await?)
+                let (entries, overrides_read) =
+                    Box::pin(ticking(&mut self.client, &mut self.out, m, t.client_idle, work)).await?;
+                if !overrides_read {
+                    m.hold_condemnation();
+                }
+                Input::Evaluated(entries)
             }
             Need::QuarantineFolder => {
                 let user = m.login_user().map(str::to_string);

@@ -9,9 +9,10 @@
 //! releases are keyed by UIDL.
 //!
 //! The overrides lookup has a named deadline (`timeouts.history_lookup`): a slow store
-//! must not hold the login. Past it the login goes on with no overrides applied (the safe
-//! side: a correction is missed this once, nothing is deleted because of it), logged and
-//! counted (`popsift_login_step_timeouts_total{step="history_lookup"}`).
+//! must not hold the login. Past it the login goes on with no overrides applied, logged and
+//! counted (`popsift_login_step_timeouts_total{step="history_lookup"}`), and nothing is
+//! condemned at this login (`before_view` returns `false`, the caller holds condemnation):
+//! a missed "Not spam" must not let a message be copied and deleted; hidden stays hidden.
 use std::sync::Arc;
 
 use crate::net::driver::SessionContext;
@@ -26,23 +27,29 @@ fn mailbox(upstream: &str, user: Option<&str>) -> Option<String> {
 }
 
 /// Applies the owner's "Not spam" overrides to `entries` and appends the released messages.
+/// `false`: the overrides could not be read in time, so nothing may be condemned at this
+/// login (see the module doc).
 pub async fn before_view(
     ctx: &SessionContext,
     upstream: &str,
     user: Option<&str>,
     uidl_trusted: bool,
     entries: &mut Vec<Entry>,
-) {
-    let (Some(h), Some(mb), true) = (&ctx.history, mailbox(upstream, user), uidl_trusted) else { return };
+) -> bool {
+    let (Some(h), Some(mb), true) = (&ctx.history, mailbox(upstream, user), uidl_trusted) else { return true };
     let q = Quarantine::for_config(&ctx.config);
     let limit = ctx.config.timeouts.history_lookup;
     // `overrides` changes `entries` only after its read has finished: cut short, nothing
     // has been applied.
     match tokio::time::timeout(limit, history::overrides(h.store().clone(), q, mb, entries)).await {
-        Ok(released) => entries.extend(released),
+        Ok(released) => {
+            entries.extend(released);
+            true
+        }
         Err(_) => {
             crate::metrics::login_step_timeout("history_lookup");
-            tracing::warn!(deadline = ?limit, "review-page overrides not read within timeouts.history_lookup; this login goes on without them");
+            tracing::warn!(deadline = ?limit, "review-page overrides not read within timeouts.history_lookup; this login goes on without them and condemns nothing");
+            false
         }
     }
 }

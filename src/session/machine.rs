@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use crate::config::Upstream;
 use crate::config::{OnFailure, WithoutTop};
 use crate::pop3::capa::{self as capa_codec, Capability};
-use crate::pop3::command::{self, Command};
+use crate::pop3::command::{self, Command, Secret};
 use crate::pop3::status::{Status, StatusKind};
 use crate::session::auth::{Authorization, SaslStep, INVALID_SASL_NAME};
 use crate::session::capa::{self, Known};
@@ -47,7 +47,7 @@ use crate::session::pipeline::{dele_batches, Pipeline, Step};
 use crate::session::plan::{err, AuthPlan};
 use crate::session::relay::rewrite_octets;
 use crate::session::upstream_from_user::{Route, RouteError, UpstreamFromUser};
-use crate::session::verdicts::{quarantine_candidates, ScanOutcome};
+use crate::session::verdicts::{hold_condemned, quarantine_candidates, ScanOutcome};
 use crate::session::view::{Disposition, Entry, HeaderRewrite, MailboxView};
 
 /// The client's reply when the server has no TOP and the config refuses unfiltered mail.
@@ -219,6 +219,9 @@ pub enum Action {
     Updated,
     /// The name to log this session under changed.
     User(String),
+    /// Close and forget the upstream connection: what is left on it cannot be paired with
+    /// any command (see the machine's `upstream_dropped`).
+    DropUpstream,
     /// The view is complete: log and count the verdicts of these entries (see
     /// `net::login_scan::report`) and take what the decision history needs (shared, not
     /// copied), then drop them: the view keeps only what TRANSACTION needs (issue 16, see
@@ -255,8 +258,9 @@ enum State {
     AuthIdle,
     /// STLS accepted: the client's TLS handshake.
     StartingTls,
-    /// A command carrying credentials waits for the throttle's answer.
-    Throttle(Vec<u8>),
+    /// A command carrying credentials (a PASS or AUTH PLAIN line) waits for the throttle's
+    /// answer: redacted in Debug output.
+    Throttle(Secret),
     /// A single-line relay (USER, UTF8): the reply goes to the client.
     AuthRelay,
     /// `AUTH` without a mechanism: `+OK` is followed by a list.
@@ -282,7 +286,7 @@ enum State {
     SaslLocal(SaslMech),
     /// Per-user upstream: `AUTH MECH` was sent upstream; its `+` is answered with this
     /// rewritten first response (with CRLF).
-    SaslIntro(Vec<u8>),
+    SaslIntro(Secret),
     /// The login scan runs (LIST, UIDL, TOP).
     Scanning,
     Evaluating,
@@ -335,7 +339,7 @@ enum Then {
     /// `USER name\r\n` with the real name.
     User(Vec<u8>),
     /// `AUTH MECH`, then this first response (base64, CRLF) at the server's `+`.
-    Sasl { mech: SaslMech, first: Vec<u8> },
+    Sasl { mech: SaslMech, first: Secret },
 }
 
 /// The session's state machine (see the module doc).
@@ -369,6 +373,13 @@ pub struct Machine {
     secure: bool,
     /// Per-user upstream: the server this session is connected to, once a login named it.
     routed_to: Option<Upstream>,
+    /// The owner's "Not spam" overrides could not be read in time (see
+    /// [`Machine::hold_condemnation`]): nothing is condemned at this login.
+    condemn_held: bool,
+    /// The upstream connection was dropped in AUTHORIZATION: replies to requests sent
+    /// behind a refused PASS could not be read, so what it would say next belongs to no
+    /// client command.
+    upstream_dropped: bool,
     pub stats: Stats,
 }
 
@@ -401,6 +412,8 @@ impl Machine {
             pipeline: None,
             known: Known::default(),
             batches: VecDeque::new(),
+            condemn_held: false,
+            upstream_dropped: false,
             awaiting: VecDeque::new(),
             dele_refused: 0,
             secure: false,
@@ -479,6 +492,14 @@ impl Machine {
     /// offered. After STLS the machine learns it from [`Input::TlsStarted`].
     pub fn tls_started(&mut self) {
         self.secure = true;
+    }
+
+    /// The review page's overrides for this mailbox could not be read in time
+    /// (`timeouts.history_lookup`): one of them may be a "Not spam" for a message the rules
+    /// condemn. Like dry run for condemnation only: no quarantine copy, no DELE at this
+    /// login; hidden messages stay hidden. Call before [`Input::Evaluated`].
+    pub fn hold_condemnation(&mut self) {
+        self.condemn_held = true;
     }
 
     /// The client's QUIT has been read: its EOF no longer ends the session early.
@@ -575,12 +596,17 @@ impl Machine {
                 self.reply(greeting);
                 State::AuthIdle
             }
+            (State::AuthIdle, Input::ClientLine(line))
+                if self.upstream_dropped && self.settings.upstream_from_user.is_none() =>
+            {
+                self.upstream_gone(&line)
+            }
             (State::AuthIdle, Input::ClientLine(line)) => self.gated_command(line),
             (State::StartingTls, Input::TlsStarted) => {
                 self.secure = true;
                 State::AuthIdle
             }
-            (State::Throttle(line), Input::LoginAllowed(true)) => self.auth_command(&line),
+            (State::Throttle(line), Input::LoginAllowed(true)) => self.auth_command(line.expose()),
             (State::Throttle(_), Input::LoginAllowed(false)) => {
                 let user = self.auth.named().map(str::to_string);
                 self.refuse_login(LoginFailure::Throttled, user, THROTTLED)
@@ -603,7 +629,7 @@ impl Machine {
             }
             (State::SaslIntro(first), Input::UpstreamLine(r)) => {
                 if Status::parse(&r).is_some_and(|s| s.kind == StatusKind::Continue) {
-                    self.up(first, Phase::Login);
+                    self.up(first.expose().to_vec(), Phase::Login);
                     State::SaslReply
                 } else {
                     self.login_reply(r)
@@ -629,7 +655,18 @@ impl Machine {
             // A server that closed instead (Dovecot after `-ERR [IN-USE]`) has refused the
             // login, nothing more: the client has its `-ERR`, and meets the closed upstream
             // at its next command as it would have without the requests (QUIT: `+OK`).
-            (State::AuthDiscard(_), Input::UpstreamLineFailed) => State::AuthIdle,
+            //
+            // `lenient` also turns a timeout or a non-status line into `UpstreamLineFailed`
+            // while the connection stays open: the leftover replies to the scan's requests
+            // would then answer the client's next commands. So the connection is dropped
+            // either way; a per-user login may name its server again (a new connection), a
+            // fixed upstream answers QUIT and refuses the rest (`upstream_gone`).
+            (State::AuthDiscard(_), Input::UpstreamLineFailed) => {
+                self.emit(Action::DropUpstream);
+                self.upstream_dropped = true;
+                self.routed_to = None;
+                State::AuthIdle
+            }
             (State::AuthDiscard(d), Input::UpstreamLine(r)) => self.discarded(d.status(is_ok(&r))),
             (State::AuthDiscard(d), Input::UpstreamBody(_)) => self.discarded(d.body_read()),
             (State::SaslReply, Input::UpstreamLine(r)) => {
@@ -678,7 +715,10 @@ impl Machine {
             }
             (State::Evaluating, Input::Evaluated(entries)) => {
                 self.entries = entries;
-                self.candidates = quarantine_candidates(&self.entries, self.settings.dry_run);
+                if self.condemn_held {
+                    hold_condemned(&mut self.entries);
+                }
+                self.candidates = quarantine_candidates(&self.entries, self.settings.dry_run || self.condemn_held);
                 self.next_candidate = 0;
                 if self.candidates.is_empty() {
                     self.open_view()
@@ -771,7 +811,13 @@ impl Machine {
                 State::Closed
             }
             (state, input) => {
-                tracing::debug!(?state, ?input, "input not expected in this state; ignored");
+                // Credentials never reach the log: states hold them as `Secret`; a client
+                // line may be a PASS, so only its kind is shown.
+                let input = match &input {
+                    Input::ClientLine(_) => "ClientLine(<redacted>)".to_string(),
+                    other => format!("{other:?}"),
+                };
+                tracing::debug!(?state, %input, "input not expected in this state; ignored");
                 state
             }
         };
@@ -789,6 +835,18 @@ impl Machine {
                 self.emit(Action::User(name));
             }
         }
+    }
+
+    /// AUTHORIZATION with the upstream dropped: QUIT ends the session as it would have
+    /// (no UPDATE in AUTHORIZATION, RFC 1939 §6); anything else gets `-ERR [SYS/TEMP]` and
+    /// the session ends (the client reconnects).
+    fn upstream_gone(&mut self, line: &[u8]) -> State {
+        if matches!(command::parse(line), Ok(Command::Quit)) {
+            self.reply(b"+OK bye\r\n".to_vec());
+        } else {
+            self.reply(err("[SYS/TEMP] upstream server connection lost; reconnect and try again"));
+        }
+        State::Closed
     }
 
     /// AUTHORIZATION: the edge's say first ([`crate::session::gate`]), then the command.
@@ -811,7 +869,7 @@ impl Machine {
                 };
                 self.refuse_login(why, user, reply)
             }
-            Gate::CheckThrottle => State::Throttle(line),
+            Gate::CheckThrottle => State::Throttle(Secret::new(line)),
         }
     }
 
@@ -1004,7 +1062,7 @@ impl Machine {
         };
         let mut first = b64.encode(rewritten).into_bytes();
         first.extend_from_slice(b"\r\n");
-        self.route_to(route, Then::Sasl { mech, first })
+        self.route_to(route, Then::Sasl { mech, first: Secret::new(first) })
     }
 
     /// Goes to the route's server: at once when this session is already connected to it,
@@ -1052,9 +1110,10 @@ impl Machine {
                 State::AuthRelay
             }
             Then::Sasl { mech, first } => {
+                let first = first.expose();
                 let start = format!("AUTH {}", mech.name());
                 self.auth.command(start.as_bytes());
-                let _ = self.auth.sasl_response(first.strip_suffix(b"\r\n").unwrap_or(&first));
+                let _ = self.auth.sasl_response(first.strip_suffix(b"\r\n").unwrap_or(first));
                 self.note_identity();
                 let mut l = start.into_bytes();
                 // RFC 5034 §4: a server that lists SASL takes the initial response with the
@@ -1065,13 +1124,13 @@ impl Machine {
                     && l.len() + 1 + first.len() <= MAX_INITIAL_RESPONSE_LINE
                 {
                     l.push(b' ');
-                    l.extend_from_slice(&first);
+                    l.extend_from_slice(first);
                     self.up(l, Phase::Login);
                     return State::SaslReply;
                 }
                 l.extend_from_slice(b"\r\n");
                 self.up(l, Phase::Login);
-                State::SaslIntro(first)
+                State::SaslIntro(Secret::new(first))
             }
         }
     }
@@ -1368,6 +1427,7 @@ mod tests {
                     self.client.push_str(if rewrite.is_some() { "<tagged body>\r\n" } else { "<body>\r\n" })
                 }
                 Action::LoginFailed { why, .. } => self.login_failures.push(why),
+                Action::DropUpstream => self.upstream.push_str("<dropped>"),
                 _ => {}
             }
         }
@@ -1763,15 +1823,110 @@ mod tests {
         s.s("-ERR [IN-USE] Mailbox is locked by another POP3 session.");
         s.take_client();
         assert!(matches!(s.run(), Need::UpstreamLine { lenient: true, .. }));
+        s.take_upstream();
         s.feed(Input::UpstreamLineFailed);
         assert_eq!(s.take_client(), "");
         assert!(matches!(s.m.state, State::AuthIdle) && s.m.stats.auth_failed);
+        assert_eq!(s.take_upstream(), "<dropped>");
         // QUIT in AUTHORIZATION, upstream gone: answered as without the requests.
         s.c("QUIT");
-        assert!(matches!(s.run(), Need::UpstreamLine { lenient: true, .. }));
-        s.feed(Input::UpstreamLineFailed);
         assert_eq!(s.take_client(), "+OK bye\r\n");
         assert!(matches!(s.m.next_action(), Action::Close));
+        assert_eq!(s.take_upstream(), "", "nothing more goes to the dropped upstream");
+    }
+
+    /// A read behind a refused PASS that fails while the connection stays open (a timeout,
+    /// a line that is not a status line): the replies still due to STAT/LIST/CAPA/UIDL must
+    /// never answer the client's next commands. The upstream is dropped; the next command
+    /// gets a clean `-ERR [SYS/TEMP]` and nothing is sent upstream.
+    #[test]
+    fn a_failed_read_behind_a_refused_pass_drops_the_upstream() {
+        let mut s = Sim::new(settings());
+        s.connect(&["PIPELINING"]);
+        s.c("USER bob");
+        s.s("+OK");
+        s.c("PASS wrong");
+        s.s("-ERR [AUTH] nope");
+        s.s("-ERR Unknown command.");
+        assert!(matches!(s.run(), Need::UpstreamLine { lenient: true, .. }));
+        s.take_upstream();
+        s.take_client();
+        s.feed(Input::UpstreamLineFailed);
+        assert_eq!(s.take_upstream(), "<dropped>", "the connection with replies still due is dropped");
+        s.c("USER bob");
+        assert_eq!(s.take_upstream(), "", "nothing is written where stale replies wait");
+        assert!(s.take_client().starts_with("-ERR [SYS/TEMP] "));
+        assert!(matches!(s.m.next_action(), Action::Close));
+    }
+
+    /// Per-user upstream: after the drop the session is no longer routed; the next login
+    /// names its server again and gets a new connection.
+    #[test]
+    fn a_per_user_login_reconnects_after_the_upstream_was_dropped() {
+        let mut s = routed(&["pop.a.example:110"]);
+        for attempt in 0..2 {
+            s.c("USER pop.a.example:bob");
+            assert!(matches!(s.run(), Need::Resolve { .. }), "attempt {attempt}: a new connection");
+            let addr = std::net::SocketAddr::from(([93, 184, 216, 34], 110));
+            s.feed(Input::Resolved(Ok(vec![addr])));
+            assert!(matches!(s.run(), Need::ConnectTo { .. }));
+            let caps = ["TOP", "UIDL", "PIPELINING"].iter().map(|c| Capability::new(c, "")).collect();
+            s.feed(Input::Connected { greeting: b"+OK ready".to_vec(), caps: Some(caps) });
+            s.s("+OK");
+            s.c("PASS wrong");
+            assert_eq!(s.take_upstream(), "USER bob\r\nPASS wrong\r\nSTAT\r\nLIST\r\nCAPA\r\nUIDL\r\n");
+            s.s("-ERR [AUTH] nope");
+            assert!(matches!(s.run(), Need::UpstreamLine { lenient: true, .. }));
+            s.feed(Input::UpstreamLineFailed);
+            assert_eq!(s.take_upstream(), "<dropped>");
+            s.take_client();
+        }
+    }
+
+    /// The review page's overrides could not be read in time: nothing is condemned at this
+    /// login (no quarantine copy, no DELE), hidden stays hidden.
+    #[test]
+    fn held_condemnation_copies_and_deletes_nothing() {
+        let mut s = Sim::new(settings());
+        s.connect(&[]);
+        s.login();
+        s.m.hold_condemnation();
+        let (d, q) = (Some(RuleAction::Delete), Some(RuleAction::Quarantine));
+        // `scanned` panics if a quarantine copy is asked for (no copy results given).
+        s.scanned(vec![entry(1, None), entry(2, d), entry(3, q)], &[]);
+        assert_eq!(s.take_client(), "+OK logged in\r\n");
+        s.c("STAT");
+        s.idle();
+        assert_eq!(s.take_client(), "+OK 1 100\r\n", "the condemned and the candidate stay hidden");
+        s.take_upstream();
+        s.c("QUIT");
+        assert_eq!(s.take_upstream(), "QUIT\r\n", "nothing deleted");
+        // Without the hold the same login deletes message 2.
+        let mut s = Sim::new(settings());
+        s.connect(&[]);
+        s.login();
+        s.scanned(vec![entry(1, None), entry(2, d)], &[]);
+        s.take_upstream();
+        s.c("QUIT");
+        assert_eq!(s.take_upstream(), "DELE 2\r\n");
+    }
+
+    /// Credentials held by AUTHORIZATION states never show in their Debug output (the
+    /// catch-all arm logs the state).
+    #[test]
+    fn states_holding_credentials_debug_without_them() {
+        let pass = "hunter2-secret";
+        let plain = format!("AUTH PLAIN {pass}");
+        let shown = [
+            format!("{:?}", State::Throttle(Secret::new(format!("PASS {pass}")))),
+            format!("{:?}", State::Throttle(Secret::new(plain.clone()))),
+            format!("{:?}", State::SaslIntro(Secret::new(format!("{pass}\r\n")))),
+            format!("{:?}", Then::Sasl { mech: SaslMech::Plain, first: Secret::new(pass) }),
+        ];
+        for s in &shown {
+            assert!(!s.contains(pass), "{s}");
+            assert!(s.contains("redacted"), "{s}");
+        }
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl UpstreamFromUser {
             return Ok(Allow::Domain { suffix: format!(".{}", domain.to_ascii_lowercase()), port });
         }
         check_host(host).map_err(|e| e.to_string())?;
-        Ok(Allow::Exact { host: host.to_ascii_lowercase(), port })
+        Ok(Allow::Exact { host: normal_host(host), port })
     }
 
     /// The port when the user name names none: 995 with implicit TLS, else 110.
@@ -182,7 +182,7 @@ impl UpstreamFromUser {
         }
         check_host(host)?;
         let port = port.unwrap_or_else(|| self.default_port());
-        let lower = host.to_ascii_lowercase();
+        let lower = normal_host(host);
         let listed_exactly =
             self.allow.iter().any(|a| matches!(a, Allow::Exact { host: h, port: p } if *h == lower && *p == port));
         // Patterns name domains: an address literal never matches one.
@@ -198,7 +198,10 @@ impl UpstreamFromUser {
         }
         let tls = self.tls.unwrap_or(if port == 995 { UpstreamTls::Implicit } else { UpstreamTls::Starttls });
         Ok(Some(Route {
-            upstream: Upstream { host: host.to_string(), port, tls, ca: self.ca.clone() },
+            // The normal form: history, quarantine folder and quota and the header-cache
+            // scope are keyed by `Upstream::display()`, so `POP.A.EXAMPLE:alice` must be the
+            // same mailbox as `pop.a.example:alice`.
+            upstream: Upstream { host: lower, port, tls, ca: self.ca.clone() },
             user: user.to_string(),
             listed_exactly,
         }))
@@ -214,6 +217,15 @@ impl UpstreamFromUser {
             return Err(RouteError::Internal);
         }
         Ok(())
+    }
+}
+
+/// A host in one spelling per server: DNS names are case-insensitive (RFC 4343), so
+/// lowercased; an IP literal in its canonical text form (`::0001` → `::1`, no brackets).
+fn normal_host(host: &str) -> String {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => host.to_ascii_lowercase(),
     }
 }
 
@@ -247,7 +259,11 @@ fn check_host(host: &str) -> Result<(), RouteError> {
 
 /// Addresses a name from a user must not reach unless listed exactly: loopback,
 /// unspecified, private (RFC 1918, ULA), link-local, CGNAT (RFC 6598), broadcast,
-/// multicast, `0.0.0.0/8`; IPv4-mapped IPv6 counts as the IPv4 address.
+/// multicast, `0.0.0.0/8`, IETF protocol assignments `192.0.0.0/24` (RFC 6890),
+/// benchmarking `198.18.0.0/15` (RFC 2544), reserved `240.0.0.0/4`, deprecated site-local
+/// `fec0::/10` (RFC 3879); IPv4-mapped and IPv4-compatible IPv6, NAT64 (`64:ff9b::/96`,
+/// RFC 6052; `64:ff9b:1::/48`, RFC 8215) and 6to4 (`2002::/16`, RFC 3056) count as the
+/// IPv4 address they embed.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => is_internal_v4(v4),
@@ -265,17 +281,30 @@ fn is_internal_v4(ip: Ipv4Addr) -> bool {
         || ip.is_multicast()
         || a == 0
         || (a == 100 && (64..128).contains(&b))
+        || (a == 192 && b == 0 && ip.octets()[2] == 0)
+        || (a == 198 && (b & 0xfe) == 18)
+        || a >= 240
 }
 
 fn is_internal_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments().first().copied().unwrap_or(0);
+    let s = ip.segments();
+    let first = s[0];
+    let o = ip.octets();
+    let low_v4 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
     ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
+        || (first & 0xffc0) == 0xfec0
         // IPv4-compatible (deprecated) ::a.b.c.d
         || ip.to_ipv4().is_some_and(|v4| first == 0 && is_internal_v4(v4))
+        // NAT64 well-known prefix 64:ff9b::/96: the last 32 bits are the IPv4 address.
+        || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && is_internal_v4(low_v4))
+        // Local-use NAT64 64:ff9b:1::/48: a translator the operator runs, internal.
+        || (s[..3] == [0x64, 0xff9b, 1])
+        // 6to4 2002:AABB:CCDD::/48: bits 16..48 are the IPv4 address.
+        || (first == 0x2002 && is_internal_v4(Ipv4Addr::new(o[2], o[3], o[4], o[5])))
 }
 
 #[cfg(test)]
@@ -303,7 +332,7 @@ mod tests {
         );
         assert_eq!(r.upstream.tls, UpstreamTls::Implicit);
         assert_eq!(u.route("127.0.0.1:1110:carol").unwrap().user, "carol");
-        assert_eq!(u.route("POP.A.EXAMPLE:alice").unwrap().upstream.host, "POP.A.EXAMPLE");
+        assert_eq!(u.route("POP.A.EXAMPLE:alice").unwrap().upstream.host, "pop.a.example");
         assert_eq!(u.route("plainuser"), Err(RouteError::NoHost { sep: ":".into() }));
         let fallback = Upstream { host: "own.example".into(), port: 110, tls: UpstreamTls::None, ca: None };
         let r = u.clone().with_fallback(Some(fallback.clone())).route("plainuser").unwrap();
@@ -406,5 +435,50 @@ mod tests {
         assert_eq!(UpstreamFromUser::addresses_allowed(&via_pattern, &[]), Err(RouteError::Unresolved));
         let exact = u.route("localhost:alice").unwrap();
         assert_eq!(UpstreamFromUser::addresses_allowed(&exact, &[lo]), Ok(()));
+    }
+
+    #[test]
+    fn reserved_translated_and_site_local_ranges_are_internal() {
+        for ip in [
+            "192.0.0.8",
+            "198.18.0.1",
+            "198.19.255.254",
+            "240.0.0.1",
+            "255.255.255.254",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "64:ff9b::c0a8:101",
+            "64:ff9b:1::5db8:d822",
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2002:c0a8:101::1",
+            "fec0::1",
+            "feff::1",
+        ] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip} must be internal");
+        }
+        for ip in [
+            "192.0.1.1",
+            "198.17.0.1",
+            "198.20.0.1",
+            "239.0.0.1",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+            "2001:db8::1",
+            "93.184.216.34",
+        ] {
+            // 239/8 is multicast (internal); the others are public.
+            assert_eq!(is_internal(ip.parse().unwrap()), ip.starts_with("239."), "{ip}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_keyed_in_one_spelling() {
+        let u = u(&["pop.a.example:110", "[::1]:110", "127.0.0.1:110"]);
+        let a = u.route("POP.A.Example:alice").unwrap();
+        assert_eq!((a.upstream.display(), a.listed_exactly), ("pop.a.example:110".into(), true));
+        let b = u.route("[0:0::0001]:110:alice").unwrap();
+        assert_eq!((b.upstream.host.as_str(), b.upstream.port, b.listed_exactly), ("::1", 110, true));
+        assert_eq!(b.upstream.display(), u.route("[::1]:alice").unwrap().upstream.display());
     }
 }

@@ -248,6 +248,14 @@ pub fn build_entries(items: Vec<ScanItem>, dry_run: bool) -> Vec<Entry> {
         .collect()
 }
 
+/// Condemned entries become hidden: left on the server, not deleted (for a login whose
+/// owner corrections could not be read, see `Machine::hold_condemnation`).
+pub fn hold_condemned(entries: &mut [Entry]) {
+    for e in entries.iter_mut().filter(|e| e.disposition == Disposition::Condemned) {
+        e.disposition = Disposition::Hidden;
+    }
+}
+
 /// Entries awaiting quarantine (their disposition is `Hidden` until stored).
 pub fn quarantine_candidates(entries: &[Entry], dry_run: bool) -> Vec<usize> {
     if dry_run {
