@@ -557,6 +557,21 @@ mod tests {
         let t = std::time::Instant::now();
         assert_eq!(try_match(&re, &hostile), None, "ran out of steps");
         assert!(!is_match(&re, &hostile));
+        // Many candidate starts (one per line), each catastrophic: the runs of one match share
+        // one budget, at most BACKTRACK_LIMIT steps in all.
+        let re = build(r"(?m)^(a|aa)+\1$").unwrap();
+        let many = format!("{hostile}\n").repeat(40);
+        let (n0, steps0) = runs();
+        assert_eq!(try_match(&re, &many), None);
+        let (n1, steps1) = runs();
+        assert!(steps1 - steps0 <= BACKTRACK_LIMIT, "{} steps allowed in {} runs", steps1 - steps0, n1 - n0);
+        // Candidates that all fail within their share: 16 of them, then the rest, same bound.
+        let re = build(r"(?m)^(a|aa)+\1c$").unwrap();
+        let many = format!("{}c", "aab\n".repeat(40));
+        assert_eq!(try_match(&re, &many), Some(false));
+        let (n2, steps2) = runs();
+        assert_eq!(n2 - n1, MAX_CANDIDATES + 1);
+        assert!(steps2 - steps1 <= BACKTRACK_LIMIT);
         // Generous bound for a loaded machine: unbounded, this takes far longer than the
         // age of the universe.
         assert!(t.elapsed() < std::time::Duration::from_secs(5));

@@ -469,4 +469,60 @@ mod tests {
         assert!(m[0].before.starts_with('…') && m[0].found.ends_with('…'));
         assert!(!m[0].after.contains('\n') && !m[0].after.contains('\r'));
     }
+
+    /// A wide, deep `expr` tree (fan-out 10, depth 6) over shared backtracking `__` leaves:
+    /// explaining it runs no matcher again and no more backtracking than evaluation did
+    /// (re-deriving each operand recursively was ~10^5 runs).
+    #[test]
+    fn wide_deep_expr_is_bounded() {
+        let mut y = String::from("rules:\n");
+        for i in 0..10 {
+            // Only the last leaf matches: lazy evaluation has to run all ten once.
+            let word = if i == 9 { "hit".to_string() } else { format!("miss{i}") };
+            y += &format!(
+                "  - id: __L5_{i}\n    header: ALL\n    regex: '(?m)^Subject: (?!x){word}'\n    backtrack: true\n"
+            );
+        }
+        for level in (1..5).rev() {
+            for i in 0..10 {
+                let ops: Vec<String> = (0..10).map(|j| format!("__L{}_{j}", level + 1)).collect();
+                y += &format!("  - id: __L{level}_{i}\n    expr: '{}'\n", ops.join(" || "));
+            }
+        }
+        let ops: Vec<String> = (0..10).map(|j| format!("__L1_{j}")).collect();
+        y += &format!("  - id: top\n    expr: '{}'\n    score: 5\n", ops.join(" || "));
+        y += "  - id: subj\n    header: Subject\n    regex: 'hit'\n    score: 1\n";
+        let s = set(&y);
+        let block = b"Subject: hit\r\n\r\n";
+        let h = Headers::parse(block);
+        let (runs0, _) = crate::rules::backtrack::runs();
+        let v = s.evaluate_headers(&h, block.len() as u64);
+        let (runs1, _) = crate::rules::backtrack::runs();
+        assert_eq!(&*v.rules, [Arc::from("top"), Arc::from("subj")]);
+        let mut e = Explainer::new(&s, &h, block.len() as u64, None);
+        let m = e.explain(&v.rules);
+        let (runs2, _) = crate::rules::backtrack::runs();
+        assert_eq!(runs1 - runs0, 10, "evaluation runs each shared leaf once");
+        assert!(runs2 - runs1 <= runs1 - runs0, "explain: {} backtracking runs", runs2 - runs1);
+        assert_eq!(e.matcher_calls, 1, "only `subj` is matched again");
+        assert_eq!(m[0].before, "__L1_0 yes, __L1_1 not needed, __L1_2 not needed, __L1_3 not needed, __L1_4 not needed, __L1_5 not needed, __L1_6 not needed, __L1_7 not needed, __L1_8 not needed, __L1_9 not needed");
+        assert_eq!(m[1].found, "hit");
+    }
+
+    #[test]
+    fn explained_rules_are_capped() {
+        let mut y = String::from("rules:\n");
+        for i in 0..(MAX_NODES + 6) {
+            y += &format!("  - id: r{i}\n    header: Subject\n    regex: 'a'\n    score: 1\n");
+        }
+        let s = set(&y);
+        let block = b"Subject: a\r\n\r\n";
+        let h = Headers::parse(block);
+        let v = s.evaluate_headers(&h, block.len() as u64);
+        let mut e = Explainer::new(&s, &h, block.len() as u64, None);
+        let m = e.explain(&v.rules);
+        assert_eq!(m.len(), MAX_NODES + 6);
+        assert_eq!(e.matcher_calls, MAX_NODES);
+        assert!(m[MAX_NODES].before.contains("not explained"), "{:?}", m[MAX_NODES]);
+    }
 }
