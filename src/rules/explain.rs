@@ -8,7 +8,8 @@
 //! its regex (the [`super::multiregex::MultiRegex`] pattern, or the backtracking one), its
 //! keyword (the target's Aho-Corasick automaton, whole-word checks included), or the
 //! address/domain that was listed. `exists`, `size_over` and `bayes:` rules say what made
-//! them true; an `expr:` rule lists the rules it combines and whether each held; a negated
+//! them true; an `expr:` rule lists the rules it combines and whether each held (as the
+//! evaluation found, "not needed" for one it skipped; nothing is re-run); a negated
 //! rule says that nothing matched. Each explanation is bounded ([`MAX_CHARS`]): header
 //! values can be long (an `ALL` target is the whole header block), the history keeps only a
 //! few hundred characters per rule.
