@@ -3,18 +3,29 @@
 //!
 //! popsift's own matcher is linear-time; a backtracking engine is not, and a hostile header
 //! could make a pattern like `(a+)+\1` take exponential time. Each match is therefore capped
-//! at [`BACKTRACK_LIMIT`] backtracking steps; a match that hits
+//! at [`BACKTRACK_LIMIT`] backtracking steps in all (shared by the runs of one match, see
+//! [`try_match`]); a match that hits
 //! the cap counts as *no match*, so a stalled pattern can never condemn a message. Patterns
 //! are size-limited like ordinary ones. `popsift import-sa` uses this for SpamAssassin
 //! patterns that Rust's `regex` cannot run.
 
 /// Backtracking steps allowed per match attempt over one header value.
 pub const BACKTRACK_LIMIT: usize = 100_000;
+/// Steps for one anchored run at a candidate start: all [`MAX_CANDIDATES`] of them together
+/// get half of [`BACKTRACK_LIMIT`].
+const CANDIDATE_LIMIT: usize = BACKTRACK_LIMIT / (2 * MAX_CANDIDATES);
+/// Steps for the final search after the candidates: what they cannot have used.
+const REST_LIMIT: usize = BACKTRACK_LIMIT - MAX_CANDIDATES * CANDIDATE_LIMIT;
 
 /// A compiled `backtrack: true` pattern with its linear-time prefilter.
 #[derive(Debug)]
 pub struct Backtrack {
+    /// With a prefilter: the final search, limited to [`REST_LIMIT`] steps; without one:
+    /// the only run, limited to [`BACKTRACK_LIMIT`].
     re: fancy_regex::Regex,
+    /// The same pattern limited to [`CANDIDATE_LIMIT`] steps, for the anchored runs at the
+    /// prefilter's candidate starts (only with a prefilter).
+    candidate: Option<fancy_regex::Regex>,
     /// A linear-time regex for a superset of what `re` matches (look-around dropped,
     /// back-references widened): most headers fail it, and then the backtracking engine is
     /// never started.
@@ -23,20 +34,47 @@ pub struct Backtrack {
 
 /// Compiles a pattern for the backtracking engine; the error is a one-line message.
 pub fn build(pattern: &str) -> Result<Backtrack, String> {
-    let re = fancy_regex::RegexBuilder::new(&possessive(pattern))
-        .backtrack_limit(BACKTRACK_LIMIT)
-        .delegate_size_limit(super::multiregex::PATTERN_SIZE_LIMIT)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let compile = |limit: usize| {
+        fancy_regex::RegexBuilder::new(&possessive(pattern))
+            .backtrack_limit(limit)
+            .delegate_size_limit(super::multiregex::PATTERN_SIZE_LIMIT)
+            .build()
+            .map_err(|e| e.to_string())
+    };
     // `\G` (where the search started) would move with an anchored start: no candidates.
     let prefilter = relax(pattern)
         .filter(|_| !pattern.contains("\\G"))
         .and_then(|p| regex::RegexBuilder::new(&p).size_limit(super::multiregex::PATTERN_SIZE_LIMIT).build().ok());
-    Ok(Backtrack { re, prefilter })
+    if prefilter.is_none() {
+        return Ok(Backtrack { re: compile(BACKTRACK_LIMIT)?, candidate: None, prefilter });
+    }
+    Ok(Backtrack { re: compile(REST_LIMIT)?, candidate: Some(compile(CANDIDATE_LIMIT)?), prefilter })
 }
 
-/// Start positions tried one by one (each anchored, each with its own step limit) before
-/// the rest of the text goes to one ordinary search.
+#[cfg(test)]
+thread_local! {
+    /// Backtracking runs on this thread and the step limits they were given, for tests.
+    static RUNS: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Counts one run with `limit` steps (tests only).
+#[inline]
+fn charge(_limit: usize) {
+    #[cfg(test)]
+    RUNS.with(|c| {
+        let (n, steps) = c.get();
+        c.set((n + 1, steps + _limit));
+    });
+}
+
+/// Backtracking runs on this thread so far and the sum of their step limits (tests only).
+#[cfg(test)]
+pub(crate) fn runs() -> (usize, usize) {
+    RUNS.with(|c| c.get())
+}
+
+/// Start positions tried one by one (each anchored) before the rest of the text goes to one
+/// ordinary search.
 pub const MAX_CANDIDATES: usize = 16;
 
 /// Whether `re` matches `text`; `None` when it ran out of steps (the caller makes the rule
@@ -47,10 +85,15 @@ pub const MAX_CANDIDATES: usize = 16;
 /// of bytes. A match of `re` starting at some position is also a match of the linear-time
 /// prefilter starting there, so the prefilter finds the candidate starts (leftmost first,
 /// then again one character further on) and `re` runs anchored at each. After
-/// [`MAX_CANDIDATES`] of them the rest of the text gets one unanchored search, so the work
-/// stays bounded by `MAX_CANDIDATES + 1` step limits.
+/// [`MAX_CANDIDATES`] of them, or at the first candidate that runs out of its share of
+/// steps, the rest of the text (from that candidate on) gets one unanchored search.
+///
+/// The runs share one budget: each candidate gets [`CANDIDATE_LIMIT`] steps and the final
+/// search [`REST_LIMIT`], so a hostile header costs at most [`BACKTRACK_LIMIT`] steps per
+/// rule in all, as a single unanchored run would.
 pub fn try_match(re: &Backtrack, text: &str) -> Option<bool> {
-    let Some(pre) = &re.prefilter else {
+    let (Some(pre), Some(candidate)) = (&re.prefilter, &re.candidate) else {
+        charge(BACKTRACK_LIMIT);
         return re.re.is_match(text).ok();
     };
     let mut at = 0;
@@ -60,20 +103,28 @@ pub fn try_match(re: &Backtrack, text: &str) -> Option<bool> {
         };
         let start = m.start();
         let input = fancy_regex::RegexInput::new(text).from_pos(start).anchored(true);
-        if re.re.find_input(input).ok()?.is_some() {
-            return Some(true);
+        charge(CANDIDATE_LIMIT);
+        match candidate.find_input(input) {
+            Ok(Some(_)) => return Some(true),
+            Ok(None) => at = start + text[start..].chars().next().map_or(1, char::len_utf8),
+            // Out of this candidate's share: the final search starts here, with the rest.
+            Err(_) => {
+                at = start;
+                break;
+            }
         }
-        at = start + text[start..].chars().next().map_or(1, char::len_utf8);
     }
     if at > text.len() {
         return Some(false);
     }
+    charge(REST_LIMIT);
     re.re.find_from_pos(text, at).ok().map(|m| m.is_some())
 }
 
 /// Where `re` first matches in `text` (byte range), for explaining a verdict (not used by
 /// evaluation); `None` for no match or out of steps.
 pub fn find(re: &Backtrack, text: &str) -> Option<std::ops::Range<usize>> {
+    charge(if re.candidate.is_some() { REST_LIMIT } else { BACKTRACK_LIMIT });
     re.re.find(text).ok().flatten().map(|m| m.range())
 }
 
@@ -506,6 +557,21 @@ mod tests {
         let t = std::time::Instant::now();
         assert_eq!(try_match(&re, &hostile), None, "ran out of steps");
         assert!(!is_match(&re, &hostile));
+        // Many candidate starts (one per line), each catastrophic: the runs of one match share
+        // one budget, at most BACKTRACK_LIMIT steps in all.
+        let re = build(r"(?m)^(a|aa)+\1$").unwrap();
+        let many = format!("{hostile}\n").repeat(40);
+        let (n0, steps0) = runs();
+        assert_eq!(try_match(&re, &many), None);
+        let (n1, steps1) = runs();
+        assert!(steps1 - steps0 <= BACKTRACK_LIMIT, "{} steps allowed in {} runs", steps1 - steps0, n1 - n0);
+        // Candidates that all fail within their share: 16 of them, then the rest, same bound.
+        let re = build(r"(?m)^(a|aa)+\1c$").unwrap();
+        let many = format!("{}c", "aab\n".repeat(40));
+        assert_eq!(try_match(&re, &many), Some(false));
+        let (n2, steps2) = runs();
+        assert_eq!(n2 - n1, MAX_CANDIDATES + 1);
+        assert!(steps2 - steps1 <= BACKTRACK_LIMIT);
         // Generous bound for a loaded machine: unbounded, this takes far longer than the
         // age of the universe.
         assert!(t.elapsed() < std::time::Duration::from_secs(5));

@@ -285,6 +285,34 @@ impl super::expr::Operands for Eval<'_, '_> {
 /// probability (or `None`); the `bayes:` bands are set from it, then `expr` rules run, so
 /// they can combine bands with other rules.
 pub fn evaluate_with(set: &RuleSet, h: &Headers, size: u64, classify: Option<Classify<'_>>) -> Verdict {
+    finish(run(set, h, size, classify))
+}
+
+/// What one evaluation knew about each rule: its final value, or `None` for a deferred rule
+/// nobody asked for (never computed). For explaining a verdict without re-running matchers
+/// ([`super::explain`]).
+pub(crate) struct Known {
+    hits: Bits,
+    pending: Bits,
+}
+
+impl Known {
+    pub(crate) fn get(&self, r: u32) -> Option<bool> {
+        (!self.pending.get(r)).then(|| self.hits.get(r))
+    }
+}
+
+/// Evaluates again as [`evaluate_with`] did, with the classifier's answer `bayes` given, and
+/// keeps the per-rule values (the same lazy work: deferred rules stay pending).
+pub(crate) fn evaluate_known(set: &RuleSet, h: &Headers, size: u64, bayes: Option<f64>) -> Known {
+    let mut answer = |_: &[&str]| bayes;
+    let classify: Option<Classify<'_>> = if bayes.is_some() { Some(&mut answer) } else { None };
+    let ev = run(set, h, size, classify);
+    Known { hits: ev.hits, pending: ev.pending }
+}
+
+/// Every rule's value, `expr` rules included (the deferred ones only on demand).
+fn run<'s, 'h>(set: &'s RuleSet, h: &'h Headers, size: u64, classify: Option<Classify<'_>>) -> Eval<'s, 'h> {
     let mut hits = Bits::new(set.rules.len());
     for tm in &set.targets {
         match_target(h, tm, &mut hits);
@@ -316,18 +344,13 @@ pub fn evaluate_with(set: &RuleSet, h: &Headers, size: u64, classify: Option<Cla
         // The classifier sees every non-`expr` rule that fired, as without deferral.
         ev.force_backtracks();
         let fired: Vec<&str> = ev.hits.ones().filter_map(|i| set.rules.get(i as usize).map(|r| &*r.id)).collect();
-        let Some(p) = classify(&fired) else { return finish(ev) };
-        for &(lo, hi, r) in &set.bayes {
-            let neg = set.rules.get(r as usize).is_some_and(|rule| rule.negate);
-            ev.hits.set(r, super::schema::in_band(p, lo, hi) != neg);
+        if let Some(p) = classify(&fired) {
+            for &(lo, hi, r) in &set.bayes {
+                let neg = set.rules.get(r as usize).is_some_and(|rule| rule.negate);
+                ev.hits.set(r, super::schema::in_band(p, lo, hi) != neg);
+            }
         }
     }
-    finish(ev)
-}
-
-/// `expr` rules (the deferred ones only on demand), then the verdict.
-fn finish(mut ev: Eval<'_, '_>) -> Verdict {
-    let set = ev.set;
     for (r, x) in &set.exprs {
         if ev.pending.get(*r) {
             continue;
@@ -336,6 +359,12 @@ fn finish(mut ev: Eval<'_, '_>) -> Verdict {
         let neg = set.rules.get(*r as usize).is_some_and(|rule| rule.negate);
         ev.hits.set(*r, v != neg);
     }
+    ev
+}
+
+/// The verdict from the rules' values.
+fn finish(ev: Eval<'_, '_>) -> Verdict {
+    let set = ev.set;
     let hits = ev.hits;
     let mut score = 0.0;
     let mut allow = false;
