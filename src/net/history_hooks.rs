@@ -56,7 +56,12 @@ pub async fn before_view(
 
 /// What the decision history needs of this login's entries, taken when the view is ready
 /// (shared references, a few reference counts per message); `None` when the history is off.
-pub fn batch(ctx: &SessionContext, upstream: &str, user: Option<&str>, entries: &[Entry]) -> Option<history::LoginBatch> {
+pub fn batch(
+    ctx: &SessionContext,
+    upstream: &str,
+    user: Option<&str>,
+    entries: &[Entry],
+) -> Option<history::LoginBatch> {
     let (Some(_), Some(mb)) = (&ctx.history, mailbox(upstream, user)) else { return None };
     Some(history::LoginBatch::of(&mb, entries, ctx.config.dry_run, history::now_secs()))
 }
