@@ -355,8 +355,10 @@ fn redis_with_everysec_falls_back_to_hide_with_a_warning() {
     assert_eq!(redis.command(&["EXISTS", "es:q:all"]).as_deref(), Some(":0"), "no copy was written at all");
     assert_eq!(redis.command(&["EXISTS", "es:q:owner"]).as_deref(), Some(":0"));
     // The header cache's hash and the decision history (decisions, newest per UIDL, the
-    // mailbox set): logs, written whatever the durability; no quarantine key at all.
-    assert_eq!(redis.command(&["DBSIZE"]).as_deref(), Some(":4"), "header cache and history only");
+    // mailbox set, the id counter `h:seq`): logs, written whatever the durability; no
+    // quarantine key at all.
+    assert_eq!(redis.command(&["EXISTS", "es:h:seq"]).as_deref(), Some(":1"), "decision ids are reserved in Redis");
+    assert_eq!(redis.command(&["DBSIZE"]).as_deref(), Some(":5"), "header cache and history only");
 }
 
 /// A Redis slower than `command_timeout` (a forwarder holding each reply 3 s; the timeout is
