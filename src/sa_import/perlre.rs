@@ -6,6 +6,8 @@
 //! and refuses what has none: look-around, back-references, atomic groups, possessive
 //! quantifiers, `\K`, `\G`, recursion, and code blocks. Refusals become the skip reason
 //! "unsupported regex feature"; popsift keeps its guarantee of linear-time matching.
+//! A pattern too big for one automaton (counted repetitions of Unicode classes) runs on the
+//! bounded backtracking engine instead ([`in_vm`]).
 
 /// Why a pattern cannot be translated.
 #[derive(Debug, Clone, PartialEq)]
