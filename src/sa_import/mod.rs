@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub mod parse;
 pub mod perlre;
+pub mod replace;
 pub mod translate;
 
 pub use translate::{Imported, Options, Report};

@@ -47,6 +47,13 @@ pub enum Directive {
         flags: Vec<String>,
     },
     ReplaceRules(Vec<String>),
+    /// `replace_tag` / `replace_pre` / `replace_inter` / `replace_post` (`kind` is the part
+    /// after `replace_`), `replace_start` / `replace_end` (empty `name`).
+    ReplaceTag {
+        kind: String,
+        name: String,
+        value: String,
+    },
     RequiredScore(f64),
     /// A line that could not be read (`what` says why).
     Bad {
@@ -251,6 +258,16 @@ pub fn parse_directive(kw: &str, rest: &str) -> Option<Directive> {
         }
         "describe" => Some(Directive::Describe { name, text: args.trim().to_string() }),
         "tflags" => Some(Directive::Tflags { name, flags: args.split_whitespace().map(str::to_string).collect() }),
+        "replace_tag" | "replace_pre" | "replace_inter" | "replace_post" => Some(Directive::ReplaceTag {
+            kind: kw["replace_".len()..].to_string(),
+            name,
+            value: args.trim().to_string(),
+        }),
+        "replace_start" | "replace_end" => Some(Directive::ReplaceTag {
+            kind: kw["replace_".len()..].to_string(),
+            name: String::new(),
+            value: rest.trim().to_string(),
+        }),
         "replace_rules" => Some(Directive::ReplaceRules(rest.split_whitespace().map(str::to_string).collect())),
         "required_score" | "required_hits" => match name.parse::<f64>() {
             Ok(v) if v.is_finite() => Some(Directive::RequiredScore(v)),

@@ -6,6 +6,8 @@
 //! and refuses what has none: look-around, back-references, atomic groups, possessive
 //! quantifiers, `\K`, `\G`, recursion, and code blocks. Refusals become the skip reason
 //! "unsupported regex feature"; popsift keeps its guarantee of linear-time matching.
+//! A pattern too big for one automaton (counted repetitions of Unicode classes) runs on the
+//! bounded backtracking engine instead ([`in_vm`]).
 
 /// Why a pattern cannot be translated.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +53,15 @@ pub fn translate_with(pattern: &str, fancy: bool) -> Result<String, Unsupported>
     let out = if inline.is_empty() { body } else { format!("(?{inline}){body}") };
     // The final word: the pattern must build with popsift's own engine and size limit.
     if fancy {
-        crate::rules::backtrack::build(&out).map_err(|e| Unsupported(first_line(&e)))?;
+        if let Err(e) = crate::rules::backtrack::build(&out) {
+            // Over the size limit as one automaton: run the groups on the backtracking VM
+            // (same matches; a syntax error fails both ways).
+            let vm = in_vm(&out);
+            if vm == out || crate::rules::backtrack::build(&vm).is_err() {
+                return Err(Unsupported(first_line(&e)));
+            }
+            return Ok(vm);
+        }
     } else {
         regex::RegexBuilder::new(&out)
             .size_limit(crate::rules::multiregex::PATTERN_SIZE_LIMIT)
@@ -59,6 +69,43 @@ pub fn translate_with(pattern: &str, fancy: bool) -> Result<String, Unsupported>
             .map_err(|e| Unsupported(first_line(&e.to_string())))?;
     }
     Ok(out)
+}
+
+/// Makes every non-capturing group `(?:…)` start with an empty atomic group `(?>)`, which
+/// matches the same text but makes `fancy-regex` run the group (and any repetition of it) on
+/// its own backtracking VM instead of handing the whole pattern to `regex` as one automaton.
+/// `(?:,[^,]{1,90}){30}` (SpamAssassin's `__TO_TOO_MANY`) is tiny there but a Unicode class
+/// repeated 2700 times is over [`crate::rules::multiregex::PATTERN_SIZE_LIMIT`] as an NFA.
+pub fn in_vm(re: &str) -> String {
+    let mut out = String::with_capacity(re.len() + 16);
+    let (mut escaped, mut in_class) = (false, false);
+    let mut it = re.char_indices().peekable();
+    while let Some((i, c)) = it.next() {
+        out.push(c);
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if in_class {
+            in_class = c != ']';
+        } else if c == '[' {
+            in_class = true;
+            // `[]…]` and `[^]…]`: a leading `]` is a literal.
+            for lead in ['^', ']'] {
+                if let Some(&(_, n)) = it.peek() {
+                    if n == lead {
+                        out.push(n);
+                        it.next();
+                    }
+                }
+            }
+        } else if c == '(' && re[i + 1..].starts_with("?:") {
+            out.push_str("?:(?>)");
+            it.next();
+            it.next();
+        }
+    }
+    out
 }
 
 fn first_line(s: &str) -> String {
@@ -298,6 +345,19 @@ mod tests {
         assert!(r.backtrack, "{p}");
         r.pattern
     }
+    #[test]
+    fn over_size_limit_runs_on_the_vm() {
+        // SpamAssassin's __TO_TOO_MANY: too big as one automaton, small on the VM.
+        let p = bt("/(?:,[^,]{1,90}){30}/");
+        assert_eq!(p, "(?:(?>),[^,]{1,90}){30}");
+        let re = crate::rules::backtrack::build(&p).unwrap();
+        let hit = ",a".repeat(30);
+        assert_eq!(crate::rules::backtrack::try_match(&re, &hit), Some(true));
+        assert_eq!(crate::rules::backtrack::try_match(&re, &",a".repeat(29)), Some(false));
+        assert_eq!(in_vm(r"[(?:]\(?:(?:x)"), r"[(?:]\(?:(?:(?>)x)");
+        assert_eq!(in_vm(r"\(?:"), r"\(?:");
+    }
+
     fn no(p: &str) -> String {
         translate_with(p, false).unwrap_err().0
     }

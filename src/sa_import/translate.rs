@@ -35,8 +35,6 @@ pub enum Skip {
     Regex(String),
     /// Score 0 in set 0, or `meta NAME 0`.
     Disabled,
-    /// `replace_rules`: the pattern holds `<tags>` filled in by the ReplaceTags plugin.
-    ReplaceTags,
     /// A meta naming a rule that is not imported.
     MetaDependency(String),
     /// A meta naming a rule defined nowhere.
@@ -60,7 +58,6 @@ impl Skip {
             Skip::Modifier(_) => "unsupported header modifier".into(),
             Skip::Regex(_) => "unsupported regex feature".into(),
             Skip::Disabled => "disabled (score 0 in set 0, or meta 0)".into(),
-            Skip::ReplaceTags => "uses replace_tags".into(),
             Skip::MetaDependency(_) => "meta depends on a rule not imported".into(),
             Skip::MetaUndefined(_) => "meta names an undefined rule".into(),
             Skip::MetaExpr(_) => "meta expression popsift cannot evaluate".into(),
@@ -71,7 +68,7 @@ impl Skip {
     /// The specific detail, for `--verbose`.
     pub fn detail(&self) -> Option<&str> {
         match self {
-            Skip::NotHeader(_) | Skip::Network | Skip::Eval | Skip::Disabled | Skip::ReplaceTags => None,
+            Skip::NotHeader(_) | Skip::Network | Skip::Eval | Skip::Disabled => None,
             Skip::PseudoHeader(d)
             | Skip::Modifier(d)
             | Skip::Regex(d)
@@ -190,6 +187,7 @@ pub fn translate(items: &[Located], files: &[String], opts: &Options) -> Importe
     let mut describes: HashMap<String, String> = HashMap::new();
     let mut tflags: HashMap<String, Vec<String>> = HashMap::new();
     let mut replaced: HashSet<String> = HashSet::new();
+    let mut tags = super::replace::Tags::default();
     let mut report = Report::default();
     for it in items {
         let def = |kind| Def { file: it.file, line: it.line, kind };
@@ -213,6 +211,9 @@ pub fn translate(items: &[Located], files: &[String], opts: &Options) -> Importe
                 tflags.insert(name.clone(), flags.clone());
             }
             Directive::ReplaceRules(names) => replaced.extend(names.iter().cloned()),
+            Directive::ReplaceTag { kind, name, value } => {
+                tags.set(kind, name, value);
+            }
             Directive::RequiredScore(v) => report.threshold = Some(*v),
             Directive::Bad { what } => report.skipped.push(Skipped {
                 file: it.file,
@@ -274,9 +275,22 @@ pub fn translate(items: &[Located], files: &[String], opts: &Options) -> Importe
                 return Err(Skip::Network);
             }
             let score = score_of(n)?;
-            if replaced.contains(n) {
-                return Err(Skip::ReplaceTags);
-            }
+            let replaced_test;
+            let test = if replaced.contains(n) {
+                replaced_test = match test {
+                    HeaderTest::Match { target, negate, pattern, unset } => HeaderTest::Match {
+                        target: target.clone(),
+                        negate: *negate,
+                        pattern: tags.apply(pattern),
+                        unset: unset.clone(),
+                    },
+                    // SpamAssassin substitutes only in patterns (`test_qrs`).
+                    other => other.clone(),
+                };
+                &replaced_test
+            } else {
+                test
+            };
             let base = PRule {
                 id: n.to_string(),
                 describe: describes.get(n).cloned(),
@@ -754,6 +768,14 @@ mod tests {
     }
 
     #[test]
+    fn replace_rules_substitute_tags_before_translation() {
+        let imp = run("replace_tag A [aA@]\nreplace_post P {1,2}\nheader B X =~ /<post P>(?!ab)<A>b/\nreplace_rules B\nheader C X =~ /<A>/\n");
+        assert_eq!(rule(&imp, "B").test, PTest::Backtrack("(?!ab)[aA@]{1,2}b".into()));
+        // Only the rules replace_rules names.
+        assert_eq!(rule(&imp, "C").test, PTest::Regex("<A>".into()));
+    }
+
+    #[test]
     fn header_rule_with_score_describe_and_flags() {
         let imp = run("header A Subject =~ /free/i\nscore A 1.5 2 3 4\ndescribe A Says free\n");
         let a = rule(&imp, "A");
@@ -866,7 +888,6 @@ mod tests {
         assert_eq!(imp.report.skipped[0].skip, Skip::Regex("look-ahead".into()));
         assert_eq!(skipped("header B X =~ /a/\nscore B 0\n"), Skip::Disabled);
         assert_eq!(skipped("meta B 0\n"), Skip::Disabled);
-        assert_eq!(skipped("header B X =~ /<A>/\nreplace_rules B\n"), Skip::ReplaceTags);
         let imp = run("body __A /x/\nmeta B __A && 1\n");
         assert_eq!(imp.report.skipped[1].skip, Skip::MetaDependency("__A".into()));
         assert_eq!(skipped("meta B __NOPE\n"), Skip::MetaUndefined("__NOPE".into()));
