@@ -51,6 +51,22 @@ pub fn build(pattern: &str) -> Result<Backtrack, String> {
     Ok(Backtrack { re: compile(REST_LIMIT)?, candidate: Some(compile(CANDIDATE_LIMIT)?), prefilter })
 }
 
+/// Copies the `[` at `cs[i]` and what a class may start with (an optional `^`, then a `]`
+/// that is literal right at the start); returns the index after them.
+fn class_start(cs: &[char], mut i: usize, out: &mut String) -> usize {
+    out.push('[');
+    i += 1;
+    if cs.get(i) == Some(&'^') {
+        out.push('^');
+        i += 1;
+    }
+    if cs.get(i) == Some(&']') {
+        out.push(']');
+        i += 1;
+    }
+    i
+}
+
 #[cfg(test)]
 thread_local! {
     /// Backtracking runs on this thread and the step limits they were given, for tests.
@@ -189,17 +205,7 @@ pub fn relax(p: &str) -> Option<String> {
         match c {
             '[' => {
                 in_class = true;
-                out.push(c);
-                i += 1;
-                // `]` (after an optional `^`) right at the start is literal.
-                if cs.get(i) == Some(&'^') {
-                    out.push('^');
-                    i += 1;
-                }
-                if cs.get(i) == Some(&']') {
-                    out.push(']');
-                    i += 1;
-                }
+                i = class_start(&cs, i, &mut out);
                 continue;
             }
             '(' if cs.get(i + 1) == Some(&'?') => {
@@ -281,17 +287,7 @@ pub fn possessive(p: &str) -> String {
                 }
             }
             in_class = true;
-            out.push(c);
-            i += 1;
-            // `]` (after an optional `^`) right at the start is literal.
-            if cs.get(i) == Some(&'^') {
-                out.push('^');
-                i += 1;
-            }
-            if cs.get(i) == Some(&']') {
-                out.push(']');
-                i += 1;
-            }
+            i = class_start(&cs, i, &mut out);
             continue;
         }
         out.push(c);
