@@ -121,6 +121,18 @@ pub(crate) struct Keywords {
     pub lowercase: bool,
 }
 
+impl Keywords {
+    /// The text the automaton searches: lowercased when some keyword needs it (one home for
+    /// the evaluation and its explanation, so both search the same bytes).
+    pub fn haystack<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        if self.lowercase {
+            std::borrow::Cow::Owned(text.to_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(text)
+        }
+    }
+}
+
 /// Everything that reads one target.
 #[derive(Debug)]
 pub(crate) struct TargetMatcher {

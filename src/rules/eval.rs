@@ -142,13 +142,8 @@ fn match_target(h: &Headers, tm: &TargetMatcher, hits: &mut Bits) {
         });
     }
     if let Some(kw) = &tm.keywords {
-        let lowered;
-        let hay: &str = if kw.lowercase {
-            lowered = text.to_lowercase();
-            &lowered
-        } else {
-            text
-        };
+        let lowered = kw.haystack(text);
+        let hay: &str = &lowered;
         let bytes = hay.as_bytes();
         for m in kw.ac.find_overlapping_iter(hay) {
             let Some(owners) = kw.owners.get(m.pattern().as_usize()) else {

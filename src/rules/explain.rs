@@ -294,13 +294,8 @@ fn target_match(h: &Headers, tm: &TargetMatcher, text: &str, r: u32) -> Option<W
         }
     }
     if let Some(kw) = &tm.keywords {
-        let lowered;
-        let hay: &str = if kw.lowercase {
-            lowered = text.to_lowercase();
-            &lowered
-        } else {
-            text
-        };
+        let lowered = kw.haystack(text);
+        let hay: &str = &lowered;
         let bytes = hay.as_bytes();
         for m in kw.ac.find_overlapping_iter(hay) {
             let Some(owners) = kw.owners.get(m.pattern().as_usize()) else { continue };
