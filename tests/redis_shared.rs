@@ -174,20 +174,7 @@ fn autolearn_through_one_is_seen_by_the_other() {
     let a = proxy(&d.pop3_addr(), &rules, &extra);
     let b = proxy(&d.pop3_addr(), &rules, &extra);
     // A first model (autolearn adds to a model, it does not start one).
-    let msgs = tempfile::tempdir().unwrap();
-    write_messages(&msgs.path().join("spam"), "spam", 3);
-    write_messages(&msgs.path().join("ham"), "ham", 3);
-    let (ok, out, err) = popsift_cli(&[
-        "train",
-        "--config",
-        &config(&b),
-        "--all",
-        "--spam",
-        msgs.path().join("spam").to_str().unwrap(),
-        "--ham",
-        msgs.path().join("ham").to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}{err}");
+    train_three_of_each(&b);
     a.wait_log("bayes model loaded");
     b.wait_log("bayes model loaded");
     let loads = |p: &Popsift| p.log().matches("bayes model loaded").count();
@@ -274,20 +261,7 @@ fn trained_through_one_is_seen_by_the_other() {
     let extra = format!("{}bayes:\n  min_spam: 2\n  min_ham: 2\n", redis.store_yaml("train"));
     let a = proxy("127.0.0.1:9", "rules: []\n", &extra);
     let b = proxy("127.0.0.1:9", "rules: []\n", &extra);
-    let msgs = tempfile::tempdir().unwrap();
-    write_messages(&msgs.path().join("spam"), "spam", 3);
-    write_messages(&msgs.path().join("ham"), "ham", 3);
-    let (ok, out, err) = popsift_cli(&[
-        "train",
-        "--config",
-        &config(&a),
-        "--all",
-        "--spam",
-        msgs.path().join("spam").to_str().unwrap(),
-        "--ham",
-        msgs.path().join("ham").to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}{err}");
+    let out = train_three_of_each(&a);
     assert!(out.contains("redis"), "the summary names the store: {out}");
     // B's running process picks the new generation up from Redis (its poll is 1 s).
     b.wait_log("bayes model loaded");
@@ -472,4 +446,24 @@ fn shipped_haproxy_config_balances_two_instances() {
     assert!(logins(&a) >= 1 && logins(&b) >= 1, "leastconn spread the logins over both instances");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Trains 3 spam and 3 ham through `popsift train --all` with this instance's config; returns
+/// the command's output (it fails the test if the command failed).
+fn train_three_of_each(p: &Popsift) -> String {
+    let msgs = tempfile::tempdir().unwrap();
+    write_messages(&msgs.path().join("spam"), "spam", 3);
+    write_messages(&msgs.path().join("ham"), "ham", 3);
+    let (ok, out, err) = popsift_cli(&[
+        "train",
+        "--config",
+        &config(p),
+        "--all",
+        "--spam",
+        msgs.path().join("spam").to_str().unwrap(),
+        "--ham",
+        msgs.path().join("ham").to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    out
 }
