@@ -458,8 +458,9 @@ mod tests {
             failed_fast += usize::from(matches!(got, Err(RedisError::Backoff { .. })));
         }
         let took = t.elapsed();
-        // One timeout is 300 ms; N in turn would be 2.4 s.
-        assert!(took < Duration::from_millis(1200), "{N} calls took {took:?}");
+        // One timeout is 300 ms; N in turn would be 2.4 s. The count below is the proof; the
+        // bound only rules out the serial case, with room for a loaded machine.
+        assert!(took < Duration::from_millis(2000), "{N} calls took {took:?}");
         assert_eq!(failed_fast, N - 1, "exactly one connect attempt");
         drop(l);
     }
