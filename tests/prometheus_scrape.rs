@@ -148,8 +148,12 @@ fn real_prometheus_scrapes_popsift_and_runs_alerts_and_dashboard_queries() {
     });
     assert_eq!(health["health"], "up", "{health}\n{}", log_tail());
 
-    // The values arrived as recorded.
+    // The values arrived as recorded. A target reported healthy can precede the moment its
+    // first scrape's samples answer queries, so wait for them before comparing.
     let got = |q: &str| scalar(prom_addr, q);
+    wait_for("the first scrape's samples to answer queries", deadline, || {
+        got(r#"popsift_sessions_total{result="ok"}"#).and(got(r#"up{job="popsift"}"#))
+    });
     assert_eq!(got(r#"popsift_sessions_total{result="ok"}"#), Some(2.0));
     assert_eq!(got(r#"popsift_sessions_total{result="client_aborted"}"#), Some(0.0));
     assert_eq!(got("popsift_sessions_active"), Some(1.0));
