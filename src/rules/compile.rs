@@ -27,6 +27,9 @@ pub enum Source {
     All,
     /// `To` and `Cc` together.
     ToCc,
+    /// The envelope sender as SpamAssassin derives it from the header block
+    /// ([`super::envelope`]).
+    EnvelopeFrom,
 }
 
 /// How the value is presented to the matcher.
@@ -40,6 +43,8 @@ pub enum Form {
     Addr,
     /// Only the display names, one per line.
     Name,
+    /// Only the display names, not RFC 2047-decoded (`:name:raw`).
+    NameRaw,
 }
 
 /// A `header:` value, parsed.
@@ -49,10 +54,13 @@ pub struct Target {
     pub form: Form,
 }
 
-/// Parses `Subject`, `From:addr`, `ToCc:name`, `ALL`, `Received:raw`.
+/// Parses `Subject`, `From:addr`, `ToCc:name`, `From:name:raw`, `ALL`, `Received:raw`,
+/// `EnvelopeFrom`.
 pub fn parse_target(s: &str) -> Result<Target, String> {
     let s = s.trim();
+    let name_raw = s.len() > 9 && s.is_char_boundary(s.len() - 9) && s[s.len() - 9..].eq_ignore_ascii_case(":name:raw");
     let (name, form) = match s.rsplit_once(':') {
+        _ if name_raw => (s[..s.len() - 9].trim(), Form::NameRaw),
         Some((n, m)) => {
             let form = match m.trim().to_ascii_lowercase().as_str() {
                 "addr" => Form::Addr,
@@ -68,10 +76,15 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         return Err(format!("bad header name {name:?}"));
     }
     let source = if name == "ALL" {
-        if matches!(form, Form::Addr | Form::Name) {
+        if matches!(form, Form::Addr | Form::Name | Form::NameRaw) {
             return Err("ALL takes no :addr or :name modifier".into());
         }
         Source::All
+    } else if name == "EnvelopeFrom" {
+        if matches!(form, Form::Name | Form::NameRaw) {
+            return Err("EnvelopeFrom is an address: no :name modifier".into());
+        }
+        Source::EnvelopeFrom
     } else if name.eq_ignore_ascii_case("ToCc") {
         Source::ToCc
     } else {
@@ -610,7 +623,7 @@ impl Loader<'_> {
                     }
                 };
                 let Some(t) = target else { return };
-                if matches!(t.form, Form::Name) || t.source == Source::All {
+                if matches!(t.form, Form::Name | Form::NameRaw) || t.source == Source::All {
                     e(
                         self,
                         "header",

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 use super::compile::{Form, Source, Target, TargetMatcher};
-use super::header::{parse_addresses, Headers};
+use super::header::{parse_addresses, parse_addresses_undecoded, Headers};
 use super::lists::{domain_of, for_each_suffix};
 use super::{Action, RuleSet, Verdict};
 
@@ -55,6 +55,7 @@ pub fn target_value<'h>(h: &'h Headers, t: &Target) -> Option<Cow<'h, str>> {
     match (&t.source, t.form) {
         (Source::All, Form::Raw) => Some(Cow::Owned(h.all_raw())),
         (Source::All, _) => Some(Cow::Owned(h.all_decoded())),
+        (Source::EnvelopeFrom, _) => super::envelope::envelope_from(h).map(Cow::Owned),
         (Source::Named(n), Form::Decoded) => h.get(n).map(Cow::Borrowed),
         (Source::Named(n), Form::Raw) => h.get_raw(n).map(Cow::Borrowed),
         (Source::Named(n), form) => {
@@ -85,7 +86,8 @@ pub fn target_value<'h>(h: &'h Headers, t: &Target) -> Option<Cow<'h, str>> {
 fn mailbox_part<'a>(raws: impl Iterator<Item = &'a str>, form: Form) -> String {
     let mut out = String::new();
     for raw in raws {
-        for m in parse_addresses(raw) {
+        let boxes = if form == Form::NameRaw { parse_addresses_undecoded(raw) } else { parse_addresses(raw) };
+        for m in boxes {
             let s = if form == Form::Addr { m.addr } else { m.name };
             if s.is_empty() {
                 continue;

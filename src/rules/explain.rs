@@ -271,12 +271,14 @@ pub fn target_name(t: &Target) -> String {
         Source::Named(n) => n.clone(),
         Source::All => "ALL".into(),
         Source::ToCc => "ToCc".into(),
+        Source::EnvelopeFrom => "EnvelopeFrom".into(),
     };
     match t.form {
         Form::Decoded => base,
         Form::Raw => format!("{base}:raw"),
         Form::Addr => format!("{base}:addr"),
         Form::Name => format!("{base}:name"),
+        Form::NameRaw => format!("{base}:name:raw"),
     }
 }
 

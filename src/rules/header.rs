@@ -305,13 +305,23 @@ pub struct Mailbox {
 /// and groups (`team: a@x, b@y;`). Works on the raw (undecoded) value so encoded commas
 /// inside display names don't split mailboxes.
 pub fn parse_addresses(raw: &str) -> Vec<Mailbox> {
+    addresses(raw, true)
+}
+
+/// [`parse_addresses`] with the display names left RFC 2047-encoded (the `:name:raw` rule
+/// modifier: SpamAssassin's phrase before MIME decoding).
+pub fn parse_addresses_undecoded(raw: &str) -> Vec<Mailbox> {
+    addresses(raw, false)
+}
+
+fn addresses(raw: &str, decode: bool) -> Vec<Mailbox> {
     let mut out = Vec::new();
     for part in split_top_level(raw) {
         let part = strip_group_prefix(part.trim()).trim().trim_end_matches(';').trim();
         if part.is_empty() {
             continue;
         }
-        out.push(parse_mailbox(part));
+        out.push(parse_mailbox(part, decode));
     }
     out
 }
@@ -355,14 +365,14 @@ fn strip_group_prefix(s: &str) -> &str {
     s
 }
 
-fn parse_mailbox(part: &str) -> Mailbox {
+fn parse_mailbox(part: &str, decode: bool) -> Mailbox {
     if let Some(lt) = find_unquoted(part, '<') {
         let rest = &part[lt + 1..];
         let addr = match rest.find('>') {
             Some(gt) => &rest[..gt],
             None => rest,
         };
-        let name = clean_name(&part[..lt]);
+        let name = clean_name(&part[..lt], decode);
         return Mailbox { name, addr: clean_addr(addr) };
     }
     // `addr (comment name)` or a bare address.
@@ -389,10 +399,10 @@ fn parse_mailbox(part: &str) -> Mailbox {
     }
     let addr = clean_addr(&addr);
     if addr.contains('@') || comment.is_empty() {
-        Mailbox { name: clean_name(&comment), addr }
+        Mailbox { name: clean_name(&comment, decode), addr }
     } else {
         // No address at all: a display name alone (`undisclosed recipients`).
-        Mailbox { name: clean_name(&format!("{addr} {comment}")), addr: String::new() }
+        Mailbox { name: clean_name(&format!("{addr} {comment}"), decode), addr: String::new() }
     }
 }
 
@@ -424,8 +434,8 @@ fn clean_addr(s: &str) -> String {
     }
 }
 
-fn clean_name(s: &str) -> String {
-    let decoded = decode_words(s.trim());
+fn clean_name(s: &str, decode: bool) -> String {
+    let decoded = if decode { decode_words(s.trim()) } else { std::borrow::Cow::Borrowed(s.trim()) };
     let t = decoded.trim();
     let t = t.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(t);
     let mut out = String::with_capacity(t.len());
@@ -503,6 +513,8 @@ mod tests {
         assert_eq!(m[1], Mailbox { name: "Jane X".into(), addr: "jane@x.org".into() });
         let m = parse_addresses("=?utf-8?Q?J=C3=BCrgen?= <j@x.de>");
         assert_eq!(m[0].name, "Jürgen");
+        let m = parse_addresses_undecoded("=?utf-8?Q?J=C3=BCrgen?= <j@x.de>");
+        assert_eq!(m[0].name, "=?utf-8?Q?J=C3=BCrgen?=");
         let m = parse_addresses("<broken@x");
         assert_eq!(m[0].addr, "broken@x");
     }

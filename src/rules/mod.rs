@@ -18,6 +18,7 @@ use std::sync::Arc;
 pub mod backtrack;
 pub mod compile;
 pub mod decode;
+pub mod envelope;
 pub mod error;
 pub mod eval;
 pub mod explain;

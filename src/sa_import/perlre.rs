@@ -56,11 +56,14 @@ pub fn translate_with(pattern: &str, fancy: bool) -> Result<String, Unsupported>
         if let Err(e) = crate::rules::backtrack::build(&out) {
             // Over the size limit as one automaton: run the groups on the backtracking VM
             // (same matches; a syntax error fails both ways).
-            let vm = in_vm(&out);
-            if vm == out || crate::rules::backtrack::build(&vm).is_err() {
-                return Err(Unsupported(first_line(&e)));
+            // Groups first; counted classes too only when that is not enough.
+            for classes in [false, true] {
+                let vm = in_vm(&out, classes);
+                if vm != out && crate::rules::backtrack::build(&vm).is_ok() {
+                    return Ok(vm);
+                }
             }
-            return Ok(vm);
+            return Err(Unsupported(first_line(&e)));
         }
     } else {
         regex::RegexBuilder::new(&out)
@@ -76,36 +79,68 @@ pub fn translate_with(pattern: &str, fancy: bool) -> Result<String, Unsupported>
 /// its own backtracking VM instead of handing the whole pattern to `regex` as one automaton.
 /// `(?:,[^,]{1,90}){30}` (SpamAssassin's `__TO_TOO_MANY`) is tiny there but a Unicode class
 /// repeated 2700 times is over [`crate::rules::multiregex::PATTERN_SIZE_LIMIT`] as an NFA.
-pub fn in_vm(re: &str) -> String {
+/// A class under a counted repetition, `[^\n\w<]{0,80}` (`__PDS_TO_EQ_FROM_NAME_2`: the
+/// complement of a case-folded Unicode `\w`, 80 times), becomes `(?:(?>)[^\n\w<]){0,80}`
+/// for the same reason: the VM repeats one small class automaton (with `classes` only, since
+/// it makes the VM step through each character).
+pub fn in_vm(re: &str, classes: bool) -> String {
+    let cs: Vec<char> = re.chars().collect();
     let mut out = String::with_capacity(re.len() + 16);
-    let (mut escaped, mut in_class) = (false, false);
-    let mut it = re.char_indices().peekable();
-    while let Some((i, c)) = it.next() {
-        out.push(c);
-        if escaped {
-            escaped = false;
-        } else if c == '\\' {
-            escaped = true;
-        } else if in_class {
-            in_class = c != ']';
-        } else if c == '[' {
-            in_class = true;
-            // `[]…]` and `[^]…]`: a leading `]` is a literal.
-            for lead in ['^', ']'] {
-                if let Some(&(_, n)) = it.peek() {
-                    if n == lead {
-                        out.push(n);
-                        it.next();
-                    }
-                }
-            }
-        } else if c == '(' && re[i + 1..].starts_with("?:") {
-            out.push_str("?:(?>)");
-            it.next();
-            it.next();
+    let mut i = 0;
+    while i < cs.len() {
+        let c = cs[i];
+        if c == '\\' {
+            out.extend(&cs[i..(i + 2).min(cs.len())]);
+            i += 2;
+            continue;
         }
+        if c == '[' {
+            let end = class_end(&cs, i);
+            let counted = classes && cs.get(end) == Some(&'{') && cs.get(end + 1).is_some_and(|d| d.is_ascii_digit());
+            if counted {
+                out.push_str("(?:(?>)");
+            }
+            out.extend(&cs[i..end]);
+            if counted {
+                out.push(')');
+            }
+            i = end;
+            continue;
+        }
+        out.push(c);
+        if c == '(' && cs.get(i + 1) == Some(&'?') && cs.get(i + 2) == Some(&':') {
+            out.push_str("?:(?>)");
+            i += 3;
+            continue;
+        }
+        i += 1;
     }
     out
+}
+
+/// The index after the bracket class that opens at `cs[start]`: a leading `^` and `]` are
+/// part of it, escapes and POSIX classes `[:alpha:]` are skipped whole (unclosed: the end).
+fn class_end(cs: &[char], start: usize) -> usize {
+    let mut i = start + 1;
+    if cs.get(i) == Some(&'^') {
+        i += 1;
+    }
+    if cs.get(i) == Some(&']') {
+        i += 1;
+    }
+    while i < cs.len() {
+        match cs[i] {
+            '\\' => i += 2,
+            ']' => return i + 1,
+            '[' if cs.get(i + 1) == Some(&':') => {
+                i = (i + 2..cs.len().saturating_sub(1))
+                    .find(|&k| cs[k] == ':' && cs[k + 1] == ']')
+                    .map_or(i + 1, |k| k + 2)
+            }
+            _ => i += 1,
+        }
+    }
+    cs.len()
 }
 
 fn first_line(s: &str) -> String {
@@ -354,8 +389,30 @@ mod tests {
         let hit = ",a".repeat(30);
         assert_eq!(crate::rules::backtrack::try_match(&re, &hit), Some(true));
         assert_eq!(crate::rules::backtrack::try_match(&re, &",a".repeat(29)), Some(false));
-        assert_eq!(in_vm(r"[(?:]\(?:(?:x)"), r"[(?:]\(?:(?:(?>)x)");
-        assert_eq!(in_vm(r"\(?:"), r"\(?:");
+        assert_eq!(in_vm(r"[(?:]\(?:(?:x)", false), r"[(?:]\(?:(?:(?>)x)");
+        assert_eq!(in_vm(r"\(?:", true), r"\(?:");
+        assert_eq!(
+            in_vm(r"[^]a]{2}[[:alpha:]]{1,3}b{2}[x]+", true),
+            r"(?:(?>)[^]a]){2}(?:(?>)[[:alpha:]]){1,3}b{2}[x]+"
+        );
+        assert_eq!(in_vm(r"\[a]{2}", true), r"\[a]{2}");
+    }
+
+    /// `__PDS_TO_EQ_FROM_NAME_2`: a look-ahead holding a back-reference, a possessive
+    /// quantifier, and `[^\n\w<]{0,80}` that is over the size limit as one automaton.
+    #[test]
+    fn look_ahead_with_back_reference_and_big_counted_class() {
+        let p = bt(
+            r#"/\nFrom:\W+"([\w+.-]+\@[\w.-]+\.\w\w+)(?:[^\n\w<]{0,80}<)?((?!\1)[^\n">]++)>?\n+(?:[^\n]{1,100}\n+)*To: (?:[^\n<]{0,80}<)?(\1)>?/ism"#,
+        );
+        let re = crate::rules::backtrack::build(&p).unwrap();
+        let m = |s: &str| crate::rules::backtrack::try_match(&re, s);
+        // From's display name is an address, the real address differs, To is that address.
+        assert_eq!(m("X: y\nFrom: \"bob@bank.com\" <evil@spam.ru>\nSubject: hi\nTo: bob@bank.com\n"), Some(true));
+        // Same address in the name and the brackets: the look-ahead refuses.
+        assert_eq!(m("X: y\nFrom: \"bob@bank.com\" <bob@bank.com>\nTo: bob@bank.com\n"), Some(false));
+        // To is someone else.
+        assert_eq!(m("X: y\nFrom: \"bob@bank.com\" <evil@spam.ru>\nTo: eve@x.org\n"), Some(false));
     }
 
     fn no(p: &str) -> String {

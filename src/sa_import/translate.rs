@@ -26,7 +26,7 @@ pub enum Skip {
     Network,
     /// `header … eval:…`: Perl code.
     Eval,
-    /// `X-Spam-Relays-*`, `EnvelopeFrom`, `ALL-TRUSTED`…: SpamAssassin builds these from its
+    /// `X-Spam-Relays-*`, `ALL-TRUSTED`…: SpamAssassin builds these from its
     /// parse of the Received chain and its trust settings.
     PseudoHeader(String),
     /// `:first`, `:last`, `:host`, `:domain`, `:ip`, `:revip`.
@@ -463,7 +463,7 @@ fn header_rule(
     let (target, negate, pattern, unset) = match test {
         HeaderTest::Exists(h) => {
             let header = target_of(h)?;
-            if header == "MESSAGEID" || header.contains(':') || header == "ALL" {
+            if header == "MESSAGEID" || header.contains(':') || header == "ALL" || header == "EnvelopeFrom" {
                 return Err(Skip::PseudoHeader(h.clone()));
             }
             if header.eq_ignore_ascii_case("ToCc") {
@@ -531,6 +531,10 @@ fn header_rule(
     // `[if-unset: X]`: only matters when testing X gives another result than testing "".
     if let Some(u) = unset {
         if compiled(u) != compiled("") {
+            if header == "EnvelopeFrom" {
+                // popsift's `exists:` takes a real header, and SpamAssassin's value may be unset.
+                return Err(Skip::PseudoHeader("EnvelopeFrom with [if-unset: …]".into()));
+            }
             let set = helper("SET");
             let m = helper("RE");
             let missing_hits = compiled(u) != negate;
@@ -581,19 +585,28 @@ fn target_of(t: &str) -> Result<String, Skip> {
     let name = parts.next().unwrap_or("");
     let mut form = None;
     for m in parts {
-        match m {
-            "raw" | "addr" | "name" if form.is_none() => form = Some(m),
+        match (form, m) {
+            (None, "raw" | "addr" | "name") => form = Some(m),
+            // SpamAssassin reads the modifiers in any order: the name before MIME decoding.
+            (Some("name"), "raw") | (Some("raw"), "name") => form = Some("name:raw"),
             _ => return Err(Skip::Modifier(format!("{t}: `:{m}`"))),
         }
     }
     let upper = name.to_ascii_uppercase();
-    if name == "EnvelopeFrom" || upper.starts_with("X-SPAM-RELAYS-") || upper.starts_with("ALL-") {
+    if name == "EnvelopeFrom" {
+        // popsift derives it as SpamAssassin does (`rules::envelope`); it is an address.
+        return match form {
+            None | Some("raw") | Some("addr") => Ok("EnvelopeFrom".into()),
+            Some(m) => Err(Skip::Modifier(format!("{t}: EnvelopeFrom:{m}"))),
+        };
+    }
+    if upper.starts_with("X-SPAM-RELAYS-") || upper.starts_with("ALL-") {
         return Err(Skip::PseudoHeader(name.to_string()));
     }
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Skip::Bad(format!("bad header name {name:?}")));
     }
-    if name == "ALL" && matches!(form, Some("addr") | Some("name")) {
+    if name == "ALL" && matches!(form, Some("addr") | Some("name") | Some("name:raw")) {
         return Err(Skip::Modifier(format!("{t}: ALL takes only :raw")));
     }
     if name == "MESSAGEID" {
@@ -798,6 +811,13 @@ mod tests {
         assert_eq!(rule(&imp, "B").header.as_deref(), Some("ToCc"));
         assert_eq!(rule(&imp, "C").header.as_deref(), Some("ALL:raw"));
         assert_eq!(rule(&imp, "D").test, PTest::Exists(true));
+        // EnvelopeFrom is derived by popsift (rules::envelope); `:name:raw` in either order.
+        let imp = run(
+            "header F EnvelopeFrom =~ /\\@x\\.com$/\nheader G From:name:raw =~ /y/\nheader H From:raw:name =~ /z/\n",
+        );
+        assert_eq!(rule(&imp, "F").header.as_deref(), Some("EnvelopeFrom"));
+        assert_eq!(rule(&imp, "G").header.as_deref(), Some("From:name:raw"));
+        assert_eq!(rule(&imp, "H").header.as_deref(), Some("From:name:raw"));
         let imp = run("header E exists:ToCc\n");
         assert_eq!(rule(&imp, "E").test, PTest::Expr("E__TO || E__CC".into()));
         assert_eq!(rule(&imp, "E__CC").header.as_deref(), Some("Cc"));
@@ -875,7 +895,10 @@ mod tests {
         assert_eq!(skipped("header B X =~ /x/\ntflags B net\n"), Skip::Network);
         assert_eq!(skipped("header B eval:check_for_x()\n"), Skip::Eval);
         assert!(matches!(skipped("header B X-Spam-Relays-External =~ /x/\n"), Skip::PseudoHeader(_)));
-        assert!(matches!(skipped("header B EnvelopeFrom =~ /x/\n"), Skip::PseudoHeader(_)));
+        assert!(matches!(skipped("header B exists:EnvelopeFrom\n"), Skip::PseudoHeader(_)));
+        assert!(matches!(skipped("header B EnvelopeFrom =~ /x/ [if-unset: x]\n"), Skip::PseudoHeader(_)));
+        assert!(matches!(skipped("header B EnvelopeFrom:name =~ /x/\n"), Skip::Modifier(_)));
+        assert!(matches!(skipped("header B From:name:addr =~ /x/\n"), Skip::Modifier(_)));
         assert!(matches!(skipped("header B From:first:addr =~ /x/\n"), Skip::Modifier(_)));
         assert!(matches!(skipped("header B ALL:addr =~ /x/\n"), Skip::Modifier(_)));
         assert!(matches!(skipped("header B X =~ /a(?{ 1 })/\n"), Skip::Regex(_)));
