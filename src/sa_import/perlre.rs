@@ -199,6 +199,17 @@ fn rewrite(p: &str, xmode: bool, fancy: bool) -> Result<String, Unsupported> {
                         }
                         i = end;
                     }
+                    'x' if in_class && cs.get(i..i + 2).is_some_and(|h| h.iter().all(|&d| d == 'f' || d == 'F')) && {
+                        // The range's start: `\xHH-` just written.
+                        let start = out.strip_suffix('-').and_then(|o| o.get(o.len().saturating_sub(4)..));
+                        start.and_then(|t| t.strip_prefix(r"\x")).and_then(|h| u8::from_str_radix(h, 16).ok()).is_some_and(|v| v <= 0x80)
+                    } =>
+                    {
+                        // `[\x80-\xff]`: SpamAssassin matches bytes, so this is every byte of
+                        // every non-ASCII character; popsift matches characters: all of them.
+                        out.push_str(r"\x{10FFFF}");
+                        i += 2;
+                    }
                     'Q' => {
                         // Literal text up to \E.
                         while i < cs.len() && !(cs[i] == '\\' && cs.get(i + 1) == Some(&'E')) {
@@ -396,6 +407,18 @@ mod tests {
             r"(?:(?>)[^]a]){2}(?:(?>)[[:alpha:]]){1,3}b{2}[x]+"
         );
         assert_eq!(in_vm(r"\[a]{2}", true), r"\[a]{2}");
+    }
+
+    /// A class range up to `\xff` from `\x80` or below covers every non-ASCII character (in
+    /// SpamAssassin's bytes, every byte of one); other ranges stay.
+    #[test]
+    fn byte_range_to_xff_is_every_non_ascii_character() {
+        assert_eq!(t(r"/[\x00-\x08\x7f-\xff]/"), r"[\x00-\x08\x7f-\x{10FFFF}]");
+        assert_eq!(t(r"/[^<>\x80-\xFF]+/"), r"[^<>\x80-\x{10FFFF}]+");
+        assert_eq!(t(r"/[\xc0-\xff]/"), r"[\xc0-\xff]");
+        assert_eq!(t(r"/[\xff]/"), r"[\xff]");
+        let re = regex::Regex::new(&t(r"/[\x00-\x08\x7f-\xff]/")).unwrap();
+        assert!(re.is_match("中") && re.is_match("é") && !re.is_match("plain"));
     }
 
     /// `__PDS_TO_EQ_FROM_NAME_2`: a look-ahead holding a back-reference, a possessive
