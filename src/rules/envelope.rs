@@ -71,14 +71,14 @@ fn relay_envelope_from(h: &Headers) -> Option<String> {
     let mut last_trusted = None;
     for r in h.get_all_raw("Received").filter_map(relay) {
         if !r.trusted {
-            return r.envfrom.filter(usable);
+            return r.envfrom.filter(|e| usable(e));
         }
         last_trusted = Some(r);
     }
-    last_trusted.and_then(|r| r.envfrom).filter(usable)
+    last_trusted.and_then(|r| r.envfrom).filter(|e| usable(e))
 }
 
-fn usable(envf: &String) -> bool {
+fn usable(envf: &str) -> bool {
     envf.is_empty() || envf.find('@').is_some_and(|i| i > 0)
 }
 
@@ -125,7 +125,7 @@ fn envfrom_of(rest: &str) -> Option<String> {
         ["return-path: ", "return-path ", "envelope-sender ", "envelope-sender=", "envelope-from ", "envelope-from="]
     {
         if let Some(i) = lower.find(key) {
-            if found.is_none_or(|(j, _)| i < j) {
+            if !found.is_some_and(|(j, _)| i >= j) {
                 found = Some((i, key.len()));
             }
         }
@@ -166,7 +166,7 @@ fn first_ip(from_part: &str) -> Option<String> {
         rest = &inner[close..];
     }
     from_part
-        .split(|c: char| c == ' ' || c == '(' || c == ')')
+        .split([' ', '(', ')'])
         .skip(1)
         .map(|t| t.trim_end_matches([',', ';']))
         .map(|t| t.split_once(':').filter(|(a, _)| is_ipv4(a)).map_or(t, |(a, _)| a))

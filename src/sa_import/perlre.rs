@@ -199,12 +199,7 @@ fn rewrite(p: &str, xmode: bool, fancy: bool) -> Result<String, Unsupported> {
                         }
                         i = end;
                     }
-                    'x' if in_class && cs.get(i..i + 2).is_some_and(|h| h.iter().all(|&d| d == 'f' || d == 'F')) && {
-                        // The range's start: `\xHH-` just written.
-                        let start = out.strip_suffix('-').and_then(|o| o.get(o.len().saturating_sub(4)..));
-                        start.and_then(|t| t.strip_prefix(r"\x")).and_then(|h| u8::from_str_radix(h, 16).ok()).is_some_and(|v| v <= 0x80)
-                    } =>
-                    {
+                    'x' if in_class && is_ff(cs.get(i..i + 2)) && range_from_ascii_edge(&out) => {
                         // `[\x80-\xff]`: SpamAssassin matches bytes, so this is every byte of
                         // every non-ASCII character; popsift matches characters: all of them.
                         out.push_str(r"\x{10FFFF}");
@@ -356,6 +351,18 @@ fn rewrite(p: &str, xmode: bool, fancy: bool) -> Result<String, Unsupported> {
         i += 1;
     }
     Ok(out)
+}
+
+/// `ff` (the hex digits of `\xff`).
+fn is_ff(hex: Option<&[char]>) -> bool {
+    hex.is_some_and(|h| h.iter().all(|&d| d == 'f' || d == 'F'))
+}
+
+/// Whether the class written so far ends with `\xHH-`, HH at most 0x80: a range that, ending
+/// at `\xff`, holds every byte a non-ASCII character is made of.
+fn range_from_ascii_edge(out: &str) -> bool {
+    let start = out.strip_suffix('-').and_then(|o| o.get(o.len().saturating_sub(4)..));
+    start.and_then(|t| t.strip_prefix(r"\x")).and_then(|h| u8::from_str_radix(h, 16).ok()).is_some_and(|v| v <= 0x80)
 }
 
 /// A run of `\xHH` escapes from `start` (at a backslash) that spells at least one multi-byte
