@@ -331,7 +331,9 @@ impl Session<'_> {
                 connected(&mut self.up)?.write_all(&bytes, t, phase).await?;
             }
             Action::RelayBody { phase, rewrite: None } => self.relay_body(phase, m.quit_queued()).await?,
-            Action::RelayBody { rewrite: Some(rw), .. } => self.relay_rewritten(&rw, m.quit_queued()).await?,
+            // Boxed (issue 16): only tagged messages take this way, and its header splitter
+            // would otherwise size the future of every idle session.
+            Action::RelayBody { rewrite: Some(rw), .. } => Box::pin(self.relay_rewritten(&rw, m.quit_queued())).await?,
             Action::LoginRefused(reply) => {
                 if crate::edge::is_login_failure(&reply) {
                     let user = m.login_user().or(m.stats.user.as_deref()).map(str::to_string);
@@ -386,7 +388,9 @@ impl Session<'_> {
     /// Performs a need: waits for what the machine asked, under its phase's timeout.
     async fn perform(&mut self, need: Need, m: &mut Machine) -> Result<Input, SessionError> {
         let ctx = self.ctx;
-        let t = ctx.config.timeouts;
+        // Borrowed, not copied: a copy (168 bytes) would be kept across every wait below,
+        // in the future every idle session holds (issue 16).
+        let t = &ctx.config.timeouts;
         Ok(match need {
             Need::Connect => {
                 let target =
@@ -394,7 +398,7 @@ impl Session<'_> {
                 // Boxed, like the other once-per-session steps below (issue 16): a TLS
                 // handshake's state lives on the heap while it runs, instead of sizing the
                 // future every idle session keeps (6 KiB, measured by tests/benches/idle_sessions.rs).
-                let connect = Box::pin(upstream::connect(&target, &ctx.tls, &t));
+                let connect = Box::pin(upstream::connect(&target, &ctx.tls, t));
                 let mut up = watching(&mut self.client, false, connect).await?;
                 // Moved, not copied: the machine keeps them for the session (issue 16).
                 let input = Input::Connected { greeting: std::mem::take(&mut up.greeting), caps: up.caps.take() };
@@ -414,7 +418,7 @@ impl Session<'_> {
             }
             Need::ConnectTo { upstream: target, addrs } => {
                 tracing::Span::current().record("upstream", tracing::field::display(target.display()));
-                let connect = Box::pin(upstream::connect_to(&target, &addrs, &ctx.tls, &t));
+                let connect = Box::pin(upstream::connect_to(&target, &addrs, &ctx.tls, t));
                 let mut up = watching(&mut self.client, false, connect).await?;
                 let input = Input::Connected { greeting: std::mem::take(&mut up.greeting), caps: up.caps.take() };
                 self.up = Some(up);
@@ -479,7 +483,7 @@ impl Session<'_> {
             }
             Need::UpstreamBody { phase } => {
                 let conn = connected(&mut self.up)?;
-                let read = conn.read_multiline(MAX_CAPA, &t, phase);
+                let read = conn.read_multiline(MAX_CAPA, t, phase);
                 // Boxed (issue 16): CAPA and the AUTHORIZATION exchanges read here, rarely
                 // anything later; its state would otherwise size every idle session's future.
                 Input::UpstreamBody(Box::pin(watching(&mut self.client, m.quit_queued(), read)).await?)
