@@ -133,15 +133,12 @@ pub async fn serve(
                 let ctx = ctx.clone();
                 // The edge (PROXY header, per-address limit, implicit TLS) runs in the
                 // session's task, so a slow or hostile client never stalls accepting.
-                // Boxed here (issue 16): the session's task then holds a pointer, not the
-                // session future's state (sized by its largest step, a few KiB).
-                let plain = Arc::new(AtomicBool::new(true));
-                let session = Box::pin(CLEAR_TEXT.scope(plain.clone(), async move {
+                let session = async move {
                     let Some(admitted) = ctx.edge.admit(stream, peer).await else { return };
                     let _slot = admitted.slot;
                     driver::run(admitted.client, admitted.peer, ctx).await;
-                }));
-                tokio::spawn(supervise(session, plain, spare, peer, permit));
+                };
+                tokio::spawn(supervise(session, spare, peer, permit));
             }
         }));
     }
@@ -227,18 +224,37 @@ impl<F: Future<Output = ()>> Future for Unwinding<F> {
 /// Runs `session` and catches a panic at this boundary (see the module doc and
 /// [`Unwinding`]). The session permit is held until the session is over, whichever way it
 /// ends.
-async fn supervise<F>(
-    session: Pin<Box<F>>,
-    plain: Arc<AtomicBool>,
+///
+/// Not an `async fn`: the session is boxed here, before the returned future exists, so the
+/// session's task holds a pointer and not the session's state (sized by its largest step,
+/// a few KiB; an `async fn` keeps its arguments in its own state).
+fn supervise<F>(
+    session: F,
     spare: Option<socket2::Socket>,
     peer: std::net::SocketAddr,
     permit: OwnedSemaphorePermit,
-) where
-    F: std::future::Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    F: Future<Output = ()> + Send + 'static,
 {
-    let _permit = permit;
-    let Err(payload) = (Unwinding { session: Some(session) }).await else { return };
-    let what = crate::panics::message(&*payload);
+    let plain = Arc::new(AtomicBool::new(true));
+    let session = Unwinding { session: Some(Box::pin(CLEAR_TEXT.scope(plain.clone(), session))) };
+    async move {
+        let _permit = permit;
+        let Err(payload) = session.await else { return };
+        let what = crate::panics::message(&*payload);
+        after_panic(&what, &plain, spare, peer).await;
+    }
+}
+
+/// After a session panicked (`what`: the panic's message): logs and counts it, and tells
+/// the client (see the module doc).
+async fn after_panic(
+    what: &str,
+    plain: &AtomicBool,
+    spare: Option<socket2::Socket>,
+    peer: std::net::SocketAddr,
+) {
     crate::metrics::session_panicked();
     let plain = plain.load(Ordering::Relaxed);
     error!(%peer, panic = %what, told = plain, "session panicked (a bug); the client is told -ERR (unless its connection is TLS: then it is closed), nothing was deleted, and popsift keeps serving");
