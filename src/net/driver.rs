@@ -519,14 +519,16 @@ impl Session<'_> {
                 let user = m.login_user().map(str::to_string);
                 let shown = self.upstream_shown();
                 let work = async { Ok(quarantine_copy::open_folder(ctx, &shown, user.as_deref()).await) };
-                self.usage = Box::pin(ticking(&mut self.client, &mut self.out, m, t.client_idle, work)).await?.map(Box::new);
+                self.usage =
+                    Box::pin(ticking(&mut self.client, &mut self.out, m, t.client_idle, work)).await?.map(Box::new);
                 Input::QuarantineFolder
             }
             Need::Quarantine(entry) => {
                 let shown = self.upstream_shown();
                 let up = connected(&mut self.up)?;
                 let user = m.login_user().map(str::to_string);
-                let work = quarantine_copy::quarantine(up, ctx, &shown, user.as_deref(), self.usage.as_deref_mut(), &entry);
+                let work =
+                    quarantine_copy::quarantine(up, ctx, &shown, user.as_deref(), self.usage.as_deref_mut(), &entry);
                 Input::Quarantined(Box::pin(ticking(&mut self.client, &mut self.out, m, t.client_idle, work)).await?)
             }
             Need::Pending => return Err(SessionError::Internal("the session machine asked for an input twice")),

@@ -249,12 +249,7 @@ where
 
 /// After a session panicked (`what`: the panic's message): logs and counts it, and tells
 /// the client (see the module doc).
-async fn after_panic(
-    what: &str,
-    plain: &AtomicBool,
-    spare: Option<socket2::Socket>,
-    peer: std::net::SocketAddr,
-) {
+async fn after_panic(what: &str, plain: &AtomicBool, spare: Option<socket2::Socket>, peer: std::net::SocketAddr) {
     crate::metrics::session_panicked();
     let plain = plain.load(Ordering::Relaxed);
     error!(%peer, panic = %what, told = plain, "session panicked (a bug); the client is told -ERR (unless its connection is TLS: then it is closed), nothing was deleted, and popsift keeps serving");
