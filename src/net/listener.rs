@@ -243,7 +243,8 @@ where
         let _permit = permit;
         let Err(payload) = session.await else { return };
         let what = crate::panics::message(&*payload);
-        after_panic(&what, &plain, spare, peer).await;
+        // Boxed: a rare path, whose state would otherwise size every session's task cell.
+        Box::pin(after_panic(&what, &plain, spare, peer)).await;
     }
 }
 
