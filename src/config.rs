@@ -24,7 +24,7 @@
 //!             history_lookup: 10s, quarantine_usage: 10s }
 //! scan: { header_limit: 256KiB, without_top: pass, pipelining: true, window: 1024, window_bytes: 8MiB,
 //!         early_answer_after: 20s }
-//! cache: { enabled: true, max_size: 256MiB, memory: 256MiB }   # header cache, <state_dir>/header-cache.redb
+//! cache: { enabled: true, max_size: 256MiB, memory: 2MiB }   # header cache, <state_dir>/header-cache.redb
 //! bayes: { min_spam: 20, min_ham: 20, ignore_headers: [X-Barracuda*, …], train_restored: true,
 //!          own_received: { skip: 0, hosts: [] },
 //!          autolearn: { enabled: false, spam_above: 12.0, ham_below: 0.1, balance: 3.0 } }
@@ -436,7 +436,7 @@ impl BayesFile {
 pub struct CacheFile {
     pub enabled: Option<bool>,
     pub max_size: Option<SizeValue>,
-    /// redb's in-memory page cache (issue 16); default: as large as `max_size`.
+    /// redb's in-memory page cache (issue 16); default 2 MiB.
     pub memory: Option<SizeValue>,
 }
 
@@ -448,7 +448,7 @@ pub struct CacheSettings {
     pub max_size: u64,
     /// `cache.memory`: bound on redb's in-memory page cache (the embedded store), which
     /// keeps the pages it read or wrote after the sessions that used them ended. `None`:
-    /// as large as `max_size` (see `store::header_cache::redb_cache_bytes`).
+    /// 2 MiB (`store::header_cache::DEFAULT_MEMORY`, see `redb_cache_bytes` there).
     pub memory: Option<u64>,
 }
 

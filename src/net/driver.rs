@@ -281,16 +281,18 @@ struct Session<'a> {
     out: Vec<u8>,
     /// A multi-line reply has been started towards the client: an `-ERR` now would corrupt it.
     mid_response: bool,
-    /// The login scan in progress (between `Need::Scan` and the view).
-    scan: Option<LoginScan>,
+    /// The login scan in progress (between `Need::Scan` and the view). Boxed, like
+    /// `usage` and `history` (issue 16): an idle session keeps a pointer's room for them,
+    /// not theirs.
+    scan: Option<Box<LoginScan>>,
     /// The login user's quarantine folder usage (quota), once opened.
-    usage: Option<QuarantineUsage>,
+    usage: Option<Box<QuarantineUsage>>,
     /// The upstream this session is connected to (the listener's, or the one a per-user
     /// login named): with the user it keys the cache, quarantine, history and rules.
     target: Option<UpstreamConfig>,
     /// This login's decisions, taken at `ViewReady` and queued at `RecordHistory` (after the
     /// login's `+OK`).
-    history: Option<crate::store::history::LoginBatch>,
+    history: Option<Box<crate::store::history::LoginBatch>>,
 }
 
 impl Session<'_> {
@@ -329,7 +331,9 @@ impl Session<'_> {
                 connected(&mut self.up)?.write_all(&bytes, t, phase).await?;
             }
             Action::RelayBody { phase, rewrite: None } => self.relay_body(phase, m.quit_queued()).await?,
-            Action::RelayBody { rewrite: Some(rw), .. } => self.relay_rewritten(&rw, m.quit_queued()).await?,
+            // Boxed (issue 16): only tagged messages take this way, and its header splitter
+            // would otherwise size the future of every idle session.
+            Action::RelayBody { rewrite: Some(rw), .. } => Box::pin(self.relay_rewritten(&rw, m.quit_queued())).await?,
             Action::LoginRefused(reply) => {
                 if crate::edge::is_login_failure(&reply) {
                     let user = m.login_user().or(m.stats.user.as_deref()).map(str::to_string);
@@ -365,14 +369,15 @@ impl Session<'_> {
                 // its shared references now and is queued after the login's `+OK`.
                 if let Some(scan) = &self.scan {
                     scan.report(&entries, self.ctx.config.dry_run);
-                    self.history = history_hooks::batch(self.ctx, &self.upstream_shown(), m.login_user(), &entries);
+                    self.history =
+                        history_hooks::batch(self.ctx, &self.upstream_shown(), m.login_user(), &entries).map(Box::new);
                 }
                 self.scan = None;
                 self.usage = None;
             }
             Action::RecordHistory => {
                 if let Some(batch) = self.history.take() {
-                    history_hooks::record(self.ctx, batch);
+                    history_hooks::record(self.ctx, *batch);
                 }
             }
             Action::Need(_) | Action::Close => {}
@@ -383,7 +388,9 @@ impl Session<'_> {
     /// Performs a need: waits for what the machine asked, under its phase's timeout.
     async fn perform(&mut self, need: Need, m: &mut Machine) -> Result<Input, SessionError> {
         let ctx = self.ctx;
-        let t = ctx.config.timeouts;
+        // Borrowed, not copied: a copy (168 bytes) would be kept across every wait below,
+        // in the future every idle session holds (issue 16).
+        let t = &ctx.config.timeouts;
         Ok(match need {
             Need::Connect => {
                 let target =
@@ -391,7 +398,7 @@ impl Session<'_> {
                 // Boxed, like the other once-per-session steps below (issue 16): a TLS
                 // handshake's state lives on the heap while it runs, instead of sizing the
                 // future every idle session keeps (6 KiB, measured by tests/benches/idle_sessions.rs).
-                let connect = Box::pin(upstream::connect(&target, &ctx.tls, &t));
+                let connect = Box::pin(upstream::connect(&target, &ctx.tls, t));
                 let mut up = watching(&mut self.client, false, connect).await?;
                 // Moved, not copied: the machine keeps them for the session (issue 16).
                 let input = Input::Connected { greeting: std::mem::take(&mut up.greeting), caps: up.caps.take() };
@@ -401,7 +408,8 @@ impl Session<'_> {
             }
             Need::Resolve { host, port } => {
                 let lookup = tokio::time::timeout(t.connect, tokio::net::lookup_host((host.as_str(), port)));
-                let r = match watching(&mut self.client, false, async { Ok(lookup.await) }).await? {
+                // Boxed, once per session (issue 16): see `Need::Connect`.
+                let r = match Box::pin(watching(&mut self.client, false, async { Ok(lookup.await) })).await? {
                     Ok(Ok(addrs)) => Ok(addrs.collect()),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!("no answer within {:?}", t.connect)),
@@ -410,7 +418,7 @@ impl Session<'_> {
             }
             Need::ConnectTo { upstream: target, addrs } => {
                 tracing::Span::current().record("upstream", tracing::field::display(target.display()));
-                let connect = Box::pin(upstream::connect_to(&target, &addrs, &ctx.tls, &t));
+                let connect = Box::pin(upstream::connect_to(&target, &addrs, &ctx.tls, t));
                 let mut up = watching(&mut self.client, false, connect).await?;
                 let input = Input::Connected { greeting: std::mem::take(&mut up.greeting), caps: up.caps.take() };
                 self.up = Some(up);
@@ -433,9 +441,9 @@ impl Session<'_> {
                     self.client.consume(injected);
                 }
                 let peer = self.peer;
-                self.ctx
-                    .edge
-                    .start_tls(self.client.get_mut(), peer)
+                // Boxed, once per session (issue 16): the handshake's state (1.5 KiB) would
+                // otherwise size the future every idle session keeps.
+                Box::pin(self.ctx.edge.start_tls(self.client.get_mut(), peer))
                     .await
                     .map_err(|e| SessionError::ClientIo(std::io::Error::other(e.to_string())))?;
                 Input::TlsStarted
@@ -475,8 +483,10 @@ impl Session<'_> {
             }
             Need::UpstreamBody { phase } => {
                 let conn = connected(&mut self.up)?;
-                let read = conn.read_multiline(MAX_CAPA, &t, phase);
-                Input::UpstreamBody(watching(&mut self.client, m.quit_queued(), read).await?)
+                let read = conn.read_multiline(MAX_CAPA, t, phase);
+                // Boxed (issue 16): CAPA and the AUTHORIZATION exchanges read here, rarely
+                // anything later; its state would otherwise size every idle session's future.
+                Input::UpstreamBody(Box::pin(watching(&mut self.client, m.quit_queued(), read)).await?)
             }
             // Boxed (issue 16): the scan's state lives on the heap only while it runs,
             // instead of enlarging the future an idle session keeps for its whole life.
@@ -487,7 +497,7 @@ impl Session<'_> {
                 let shown = self.upstream_shown();
                 let up = connected(&mut self.up)?;
                 if self.scan.is_none() {
-                    self.scan = Some(LoginScan::start(ctx, self.target.as_ref(), m.login_user()).await);
+                    self.scan = Some(Box::new(LoginScan::start(ctx, self.target.as_ref(), m.login_user()).await));
                 }
                 let scan = self.scan.as_mut().ok_or(SessionError::Internal("login scan state"))?;
                 let uidl_trusted = outcome.uidl_trusted;
@@ -509,14 +519,16 @@ impl Session<'_> {
                 let user = m.login_user().map(str::to_string);
                 let shown = self.upstream_shown();
                 let work = async { Ok(quarantine_copy::open_folder(ctx, &shown, user.as_deref()).await) };
-                self.usage = Box::pin(ticking(&mut self.client, &mut self.out, m, t.client_idle, work)).await?;
+                self.usage =
+                    Box::pin(ticking(&mut self.client, &mut self.out, m, t.client_idle, work)).await?.map(Box::new);
                 Input::QuarantineFolder
             }
             Need::Quarantine(entry) => {
                 let shown = self.upstream_shown();
                 let up = connected(&mut self.up)?;
                 let user = m.login_user().map(str::to_string);
-                let work = quarantine_copy::quarantine(up, ctx, &shown, user.as_deref(), self.usage.as_mut(), &entry);
+                let work =
+                    quarantine_copy::quarantine(up, ctx, &shown, user.as_deref(), self.usage.as_deref_mut(), &entry);
                 Input::Quarantined(Box::pin(ticking(&mut self.client, &mut self.out, m, t.client_idle, work)).await?)
             }
             Need::Pending => return Err(SessionError::Internal("the session machine asked for an input twice")),
@@ -534,7 +546,7 @@ impl Session<'_> {
             let scanning = scan.list(up, ctx, pipelining, requested);
             ticking(&mut self.client, &mut self.out, m, ctx.config.timeouts.client_idle, scanning).await?
         };
-        self.scan = Some(scan);
+        self.scan = Some(Box::new(scan));
         Ok(Input::Listed(Box::new(outcome)))
     }
 

@@ -3,7 +3,7 @@
 //! and the pre-login capability list (RFC 2449 §5). The greeting and each status line must
 //! arrive whole within their timeouts (`timeouts.greeting`, `timeouts.upstream_reply`): a
 //! server dribbling them octet by octet is cut (see `net::conn`).
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rustls::pki_types::ServerName;
@@ -26,8 +26,9 @@ pub struct Upstream {
     pub conn: Conn<Stream>,
     /// The greeting line without CRLF, relayed to the client unchanged (APOP timestamp).
     pub greeting: Vec<u8>,
-    /// The pre-login CAPA list, `None` when the server does not know CAPA.
-    pub caps: Option<Vec<Capability>>,
+    /// The pre-login CAPA list, `None` when the server does not know CAPA; shared with
+    /// other sessions that got the same list (see [`share_caps`]).
+    pub caps: Option<Arc<[Capability]>>,
 }
 
 /// Connects to the configured upstream (its name resolved here).
@@ -113,7 +114,7 @@ async fn connect_at(
         conn = Conn::new(handshake(tcp, cfg, tls, t).await?, Side::Upstream);
     }
     // RFC 2595 §4: capabilities learned before TLS must be discarded; we ask only now.
-    let caps = fetch_capa(&mut conn, t).await?;
+    let caps = fetch_capa(&mut conn, t).await?.map(share_caps);
     Ok(Upstream { conn, greeting, caps })
 }
 
@@ -148,5 +149,57 @@ pub async fn fetch_capa(conn: &mut Conn<Stream>, t: &Timeouts) -> Result<Option<
             phase: Phase::Capa,
             detail: format!("unexpected reply {:?}", String::from_utf8_lossy(&line)),
         }),
+    }
+}
+
+/// How many distinct capability lists [`share_caps`] remembers (a few upstreams, or one
+/// server whose list changed).
+const SHARED_CAPS: usize = 8;
+
+/// One copy of a capability list for every session that got the same one (issue 16): a
+/// session keeps its upstream's list for its whole life (CAPA is answered from it), and
+/// a dozen capabilities are some 15 allocations and ~700 bytes per idle session when each
+/// keeps its own. The most recently seen distinct lists are remembered (at most
+/// [`SHARED_CAPS`]); a list not among them is kept by its session alone and replaces the
+/// oldest, so the memory stays bounded whatever the upstreams send.
+pub fn share_caps(caps: Vec<Capability>) -> Arc<[Capability]> {
+    static RECENT: Mutex<Vec<Arc<[Capability]>>> = Mutex::new(Vec::new());
+    let mut recent = RECENT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = recent.iter().position(|c| **c == *caps) {
+        let shared = recent.remove(i);
+        recent.push(shared.clone());
+        return shared;
+    }
+    let own: Arc<[Capability]> = caps.into();
+    if recent.len() >= SHARED_CAPS {
+        recent.remove(0);
+    }
+    recent.push(own.clone());
+    own
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(tags: &[&str]) -> Vec<Capability> {
+        tags.iter().map(|t| Capability::new(t, "")).collect()
+    }
+
+    #[test]
+    fn equal_capability_lists_are_one_copy_and_the_remembered_ones_are_bounded() {
+        let a = share_caps(list(&["TOP", "UIDL", "X-SHARE-TEST-A"]));
+        let b = share_caps(list(&["TOP", "UIDL", "X-SHARE-TEST-A"]));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(&*a, &list(&["TOP", "UIDL", "X-SHARE-TEST-A"])[..]);
+        let other = share_caps(list(&["TOP", "X-SHARE-TEST-B"]));
+        assert!(!Arc::ptr_eq(&a, &other));
+        // Many distinct lists: only the most recent few stay shared, the first is forgotten.
+        for i in 0..SHARED_CAPS {
+            share_caps(list(&[&format!("X-SHARE-TEST-C{i}")]));
+        }
+        let again = share_caps(list(&["TOP", "UIDL", "X-SHARE-TEST-A"]));
+        assert!(!Arc::ptr_eq(&a, &again));
+        assert_eq!(a, again);
     }
 }

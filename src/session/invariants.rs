@@ -153,8 +153,11 @@ fn drive_machine(pairs: &[(u32, u64)], upstream: &[u8], control: &[u8], client: 
             }
             Action::Need(need) => match need {
                 Need::Connect => {
-                    let caps =
-                        if bit(5) { Some(vec![crate::pop3::capa::Capability::new("PIPELINING", "")]) } else { None };
+                    let caps = if bit(5) {
+                        Some(vec![crate::pop3::capa::Capability::new("PIPELINING", "")].into())
+                    } else {
+                        None
+                    };
                     Input::Connected { greeting: b"+OK hi".to_vec(), caps }
                 }
                 Need::StartTls => Input::TlsStarted,
@@ -165,8 +168,11 @@ fn drive_machine(pairs: &[(u32, u64)], upstream: &[u8], control: &[u8], client: 
                     Input::Resolved(Ok(vec![std::net::SocketAddr::from((ip, port))]))
                 }
                 Need::ConnectTo { .. } => {
-                    let caps =
-                        if bit(5) { Some(vec![crate::pop3::capa::Capability::new("PIPELINING", "")]) } else { None };
+                    let caps = if bit(5) {
+                        Some(vec![crate::pop3::capa::Capability::new("PIPELINING", "")].into())
+                    } else {
+                        None
+                    };
                     Input::Connected { greeting: b"+OK hi".to_vec(), caps }
                 }
                 Need::ClientLine | Need::BufferedClientLine { .. } | Need::ClientInput => {

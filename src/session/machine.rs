@@ -101,7 +101,7 @@ pub const NOT_WITH_UPSTREAM_FROM_USER: &[u8] =
 #[derive(Debug)]
 pub enum Input {
     /// The upstream is connected and greeted: its greeting (without CRLF) and pre-login CAPA.
-    Connected { greeting: Vec<u8>, caps: Option<Vec<Capability>> },
+    Connected { greeting: Vec<u8>, caps: Option<std::sync::Arc<[Capability]>> },
     /// Answer to [`Need::StartTls`]: the client's TLS handshake succeeded.
     TlsStarted,
     /// Answer to [`Need::LoginAllowed`]: `false` when the client's address is throttled.
@@ -349,7 +349,8 @@ pub struct Machine {
     actions: VecDeque<Action>,
     /// Time of the latest input.
     now: Instant,
-    caps: Option<Vec<Capability>>,
+    /// Shared with the other sessions that got the same list (`net::upstream::share_caps`).
+    caps: Option<std::sync::Arc<[Capability]>>,
     auth: Authorization,
     logged_as: Option<String>,
     /// The upstream's `+OK` to the login (with CRLF), not yet sent unless `login_answered`.
@@ -2108,7 +2109,7 @@ mod tests {
         }
         s.feed(Input::Connected {
             greeting: b"+OK <123@up> ready".to_vec(),
-            caps: Some(vec![Capability::new("TOP", "")]),
+            caps: Some(vec![Capability::new("TOP", "")].into()),
         });
     }
 
@@ -2213,7 +2214,7 @@ mod tests {
         s.feed(Input::Resolved(Ok(vec!["93.184.216.34:110".parse().unwrap()])));
         assert!(matches!(s.run(), Need::ConnectTo { .. }));
         let caps = vec![Capability::new("SASL", "PLAIN LOGIN"), Capability::new("TOP", "")];
-        s.feed(Input::Connected { greeting: b"+OK".to_vec(), caps: Some(caps) });
+        s.feed(Input::Connected { greeting: b"+OK".to_vec(), caps: Some(caps.into()) });
         assert_eq!(s.take_upstream(), format!("AUTH PLAIN {}\r\n", b64(b"\x00alice\x00pw")));
         s.s("+OK");
         assert!(matches!(s.run(), Need::Scan { .. }));

@@ -551,19 +551,26 @@ pub fn file_bound(max_size: u64) -> u64 {
     max_size.saturating_mul(2).saturating_add(16 << 20)
 }
 
-/// redb's in-memory page cache: as large as the data it may hold (`cache.max_size`), at
-/// least 16 MiB, never redb's default of 1 GiB. Measured with 10,000 cached messages (60 MB):
-/// a warm lookup takes ~60 ms with the pages in redb's cache and ~150 ms with a 64 MiB
-/// cache reading the rest through the OS page cache.
+/// redb's in-memory page cache by default (`cache.memory` unset): 2 MiB.
 ///
-/// The pages stay cached after the sessions that read or wrote them have ended: with
-/// 5,000 distinct mailboxes logging in, this cache was most of what popsift kept once they
-/// were gone (issue 16). `cache.memory` (`memory`) bounds it (at least 1 MiB) for an
-/// instance that would rather re-read cold pages through the OS page cache.
+/// The pages stay cached after the sessions that read or wrote them have ended: with 5,000
+/// distinct mailboxes logging in, a cache as large as `cache.max_size` (the default before)
+/// kept some 6 KiB per mailbox, most of what popsift held once they were gone (issue 16,
+/// tests/benches/idle_sessions.rs: 14.7 KiB per idle session and 3.9× the starting memory
+/// after they ended; bounded to 1 MiB, 9.7 KiB and 2.3×). A warm login does not read this
+/// cache (its verdicts come from the in-memory memo, `store::verdict_memo`); a login that
+/// misses the memo (after a restart, or a mailbox not seen recently) reads its header
+/// blocks through the OS page cache instead: measured with 10,000 cached messages (60 MB),
+/// ~60 ms with every page in redb's cache, ~150 ms reading them through the OS.
+pub const DEFAULT_MEMORY: u64 = 2 << 20;
+
+/// redb's page cache in bytes: `cache.memory` (`memory`), at least 1 MiB and at most
+/// 1 GiB; [`DEFAULT_MEMORY`] when unset, and never more than the data it may hold
+/// (`cache.max_size`, at least 1 MiB).
 fn redb_cache_bytes(max_size: u64, memory: Option<u64>) -> usize {
     match memory {
         Some(m) => m.clamp(1 << 20, 1 << 30) as usize,
-        None => max_size.clamp(16 << 20, 1 << 30) as usize,
+        None => DEFAULT_MEMORY.min(max_size.max(1 << 20)) as usize,
     }
 }
 

@@ -251,9 +251,10 @@ pub fn now_secs() -> u64 {
 /// its cache, up to 1 GiB by default: with 5,000 distinct mailboxes logging in, the
 /// history's pages were 12–14 KiB per mailbox that stayed after the sessions ended
 /// (tests/benches/idle_sessions.rs). Appends touch only the right edge of the B-trees and the
-/// review page reads one mailbox at a time, so a few MiB keep the hot pages; colder ones are
-/// read through the OS page cache.
-const HISTORY_CACHE_BYTES: usize = 4 << 20;
+/// review page reads one mailbox at a time, so 1 MiB keeps the hot pages; colder ones are
+/// read through the OS page cache. (4 MiB, the bound before, was a quarter of popsift's
+/// whole starting memory kept for good once 5,000 mailboxes had logged in.)
+const HISTORY_CACHE_BYTES: usize = 1 << 20;
 
 impl RedbHistory {
     /// Opens (creating) `<state_dir>/history.redb`.

@@ -321,7 +321,8 @@ async fn run(n: usize) {
     let closed = Arc::new(AtomicUsize::new(0));
     let upstream = fake_upstream(closed.clone()).await;
     // POPSIFT_IDLE_CACHE=off: without the header cache, whose in-memory page cache (bounded
-    // by `cache.max_size`, shared by all sessions) grows with the header blocks written.
+    // by `cache.memory`, 2 MiB by default, shared by all sessions) fills with the header
+    // blocks written.
     let cache_off = std::env::var("POPSIFT_IDLE_CACHE").is_ok_and(|v| v == "off");
     // POPSIFT_IDLE_CACHE_MEMORY=16MiB: redb's page cache bounded (`cache.memory`).
     let cache = match std::env::var("POPSIFT_IDLE_CACHE_MEMORY") {
