@@ -16,14 +16,22 @@
 //! 1.10× direct and ≤ HAProxy + 5 % in all four cells.
 //!
 //! `POPSIFT_BENCH_BASELINE=PATH` adds another popsift binary (an earlier build) to the same
-//! rotation and prints its median and popsift / baseline under each row.
+//! rotation and prints its median and popsift / baseline under each row (time and CPU).
+//! `POPSIFT_BENCH_BIN=PATH` measures that build as "popsift" instead of cargo's.
+//!
+//! CPU columns (issue 16): the CPU time popsift and HAProxy used per download (all threads,
+//! from `/proc/PID/task/*/schedstat`, so the 10 ms ticks of `/proc/PID/stat` do not limit it),
+//! popsift / HAProxy, and each one's user-space share (utime / (utime + stime), summed over
+//! the runs). CPU time is what a loaded machine distorts least: compare those columns when
+//! the wall times scatter. Each download starts once popsift's CPU has settled after the
+//! login (its decision history is written in the background after the `+OK`).
 //!
 //! Not criterion: the thing measured is a pair of external processes and the figure wanted is
 //! a ratio of two medians printed side by side, which a plain `main` does with less machinery.
-#[path = "../support/mod.rs"]
-mod support;
 #[path = "proc_cpu.rs"]
 mod proc_cpu;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
