@@ -24,6 +24,21 @@
 //! buffers back ([`Conn::fill_client_or_idle`], [`Conn::release_if_empty`]): a client
 //! that sends its next command at once (one at a time on a LAN) keeps them, so the relay
 //! loop allocates nothing per command.
+//!
+//! # CPU per command (issue 16)
+//! A one-command-at-a-time client costs popsift two waits per command (its next command,
+//! the server's reply). A fresh `tokio::time::timeout` per wait registers a timer entry in
+//! the runtime's wheel under its lock, removes it again under the lock when the read
+//! completes, and, when its deadline is the earliest one (the client's [`IDLE_GRACE`]),
+//! wakes the I/O driver through its eventfd: one extra `write` syscall and one extra
+//! `epoll_wait` event per command. So each connection keeps one timer ([`Conn::timer`]) for
+//! its whole life and moves its deadline per wait: moving it later is one atomic
+//! compare-and-swap in tokio, no lock, no wake-up. Every read and write is also tried once
+//! before any timer is touched: data already buffered in the socket (a pipelining client,
+//! a reply that arrived while popsift wrote) needs no deadline at all.
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -74,6 +89,9 @@ pub struct Conn<S> {
     line_started: Option<Instant>,
     /// The peer's EOF was seen by [`Conn::gone`] while commands were still buffered.
     eof_seen: bool,
+    /// The deadline of the wait in progress, kept between waits (see the module doc);
+    /// boxed so an idle session's future stays small, and dropped with the buffers.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Octets read from / written to the socket, for metrics and the session summary.
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -90,6 +108,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             side,
             line_started: None,
             eof_seen: false,
+            timer: None,
             bytes_in: 0,
             bytes_out: 0,
         }
@@ -125,12 +144,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.filled = n >= self.offered;
     }
 
-    /// Gives the read buffer's memory back when nothing is buffered (the connection is idle).
+    /// Gives the read buffer's memory back when nothing is buffered (the connection is idle),
+    /// and the timer of the last wait (its deadline is stale; the next wait makes a new one).
     pub fn release_if_empty(&mut self) {
         if self.buf.is_empty() && self.room != Room::Released {
             self.buf = BytesMut::new();
             self.room = Room::Released;
             self.filled = false;
+            self.timer = None;
         }
     }
 
@@ -278,9 +299,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     async fn fill_by(&mut self, deadline: Instant, after: Duration, phase: Phase) -> Result<(), SessionError> {
         self.make_room();
-        let read = tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await;
+        let Conn { io, buf, timer, .. } = self;
+        let mut read = std::pin::pin!(io.read_buf(buf));
+        // Tried once first: what the socket already holds needs no deadline (module doc).
+        let read = match poll_once(read.as_mut()).await {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => {
+                let timer = until(timer, deadline);
+                tokio::select! {
+                    biased;
+                    r = read => Ok(r),
+                    () = timer => Err(()),
+                }
+            }
+        };
         match read {
-            Err(_) => Err(SessionError::Timeout { phase, after }),
+            Err(()) => Err(SessionError::Timeout { phase, after }),
             Ok(Ok(0)) => Err(match self.side {
                 Side::Client => SessionError::ClientClosed,
                 Side::Upstream => SessionError::UpstreamClosed { phase },
@@ -337,11 +371,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if data.is_empty() {
             return Ok(());
         }
-        let write = async {
+        let mut write = std::pin::pin!(async {
             self.io.write_all(data).await?;
             self.io.flush().await
+        });
+        // Tried once first: a socket with room takes it all at once, and then no timer is
+        // created (module doc). Only a peer that stops reading gets a deadline.
+        let written = match poll_once(write.as_mut()).await {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => tokio::time::timeout(limit, write).await,
         };
-        match tokio::time::timeout(limit, write).await {
+        match written {
             Err(_) => Err(SessionError::Timeout { phase, after: limit }),
             Ok(Ok(())) => {
                 self.bytes_out += data.len() as u64;
@@ -375,6 +415,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         } else {
             Err(self.io)
         }
+    }
+}
+
+/// Polls `f` once (with the task's waker): `Pending` leaves it to be awaited further.
+fn poll_once<F: Future>(mut f: Pin<&mut F>) -> impl Future<Output = Poll<F::Output>> + '_ {
+    std::future::poll_fn(move |cx| Poll::Ready(f.as_mut().poll(cx)))
+}
+
+/// The connection's timer, made to expire at `deadline` (see the module doc): created on the
+/// first wait, then moved. Moving a registered timer later is lock-free in tokio; only an
+/// earlier deadline (or one after the timer fired) goes through the timer wheel's lock.
+fn until(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline: Instant) -> Pin<&mut tokio::time::Sleep> {
+    match timer {
+        Some(t) => {
+            if t.deadline() != deadline {
+                t.as_mut().reset(deadline);
+            }
+            t.as_mut()
+        }
+        None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))).as_mut(),
     }
 }
 

@@ -47,12 +47,21 @@ impl BodyScanner {
         while let Some(&byte) = chunk.get(i) {
             match self.state {
                 ScanState::Done => return Some(0),
-                ScanState::Mid => match memchr::memchr(b'\n', chunk.get(i..).unwrap_or_default()) {
+                // Only a line that starts with `.` can end the body, so the scan jumps from
+                // one "\n." to the next in one vectorised search instead of stopping at
+                // every line (issue 16: that was a third of popsift's user-space CPU when
+                // relaying pipelined RETRs).
+                ScanState::Mid => match line_dot().find(chunk.get(i..).unwrap_or_default()) {
                     Some(off) => {
-                        i += off + 1;
-                        self.state = ScanState::LineStart;
+                        i += off + 2;
+                        self.state = ScanState::Dot;
                     }
-                    None => return None,
+                    None => {
+                        if chunk.last() == Some(&b'\n') {
+                            self.state = ScanState::LineStart;
+                        }
+                        return None;
+                    }
                 },
                 ScanState::LineStart => {
                     self.state = match byte {
@@ -95,6 +104,12 @@ impl BodyScanner {
     pub fn terminator_len(&self) -> usize {
         self.terminator_len
     }
+}
+
+/// The searcher for a line that starts with `.` (built once).
+fn line_dot() -> &'static memchr::memmem::Finder<'static> {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    FINDER.get_or_init(|| memchr::memmem::Finder::new(b"\n."))
 }
 
 /// Keeps the header block of a multi-line reply (normally `TOP n 0`), unstuffed, up to a cap,
@@ -467,6 +482,59 @@ mod tests {
     fn incomplete() {
         assert_eq!(scan_every_split(b"a\r\n.\r"), None);
         assert_eq!(scan_every_split(b"a\r\nb.\r\n"), None);
+    }
+
+    /// The terminator by its definition (RFC 1939 §3): the first line holding only `.`
+    /// (CRLF or a bare LF), at the body's start or after a line end.
+    fn terminator_by_definition(input: &[u8]) -> Option<usize> {
+        (0..input.len()).find_map(|p| {
+            let at_line_start = p == 0 || input[p - 1] == b'\n';
+            let rest = &input[p..];
+            match () {
+                _ if at_line_start && rest.starts_with(b".\r\n") => Some(p + 3),
+                _ if at_line_start && rest.starts_with(b".\n") => Some(p + 2),
+                _ => None,
+            }
+        })
+    }
+
+    #[test]
+    fn the_scanner_agrees_with_the_definition_on_every_short_body() {
+        // Every body of up to 7 octets over the octets that matter (and one that does not),
+        // at every split point and byte by byte: the search that jumps from "\n." to "\n."
+        // finds exactly the terminator the line-by-line definition finds.
+        let alphabet = [b'.', b'\r', b'\n', b'a'];
+        for len in 0..=7u32 {
+            for code in 0..alphabet.len().pow(len) {
+                let mut c = code;
+                let body: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let b = alphabet[c % alphabet.len()];
+                        c /= alphabet.len();
+                        b
+                    })
+                    .collect();
+                assert_eq!(scan_every_split(&body), terminator_by_definition(&body), "{body:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn terminator_after_a_long_line_in_a_later_chunk() {
+        let mut body = vec![b'x'; 100_000];
+        body.extend_from_slice(b"\r\n..stuffed\r\n.\r\nNEXT");
+        let end = body.len() - 4;
+        assert_eq!(terminator_by_definition(&body), Some(end));
+        for piece in [1, 7, 4096, 65536] {
+            let mut s = BodyScanner::new();
+            let mut seen = 0;
+            let found = body.chunks(piece).find_map(|c| {
+                let r = s.feed(c).map(|n| seen + n);
+                seen += c.len();
+                r
+            });
+            assert_eq!(found, Some(end), "pieces of {piece}");
+        }
     }
 
     fn collect_split(input: &[u8], cap: usize, split: usize) -> (Option<usize>, HeaderBlock) {
