@@ -44,7 +44,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::net::error::{Phase, SessionError};
 use crate::pop3::line::{split_line, Line};
@@ -60,6 +60,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// The first read into an empty, released buffer (see the module doc): larger than a
 /// one-at-a-time command or a status line, small enough to cost nothing while idle.
 pub const SMALL_READ: usize = 512;
+/// The first read of a client that was idle goes into this many octets inside the wait,
+/// not into a buffer made before it (see [`Conn::fill_released_by`]).
+const FIRST_READ: usize = 64;
 /// How long a client may be silent after its last reply before the session gives its
 /// buffers back (see the module doc).
 pub const IDLE_GRACE: Duration = Duration::from_millis(250);
@@ -237,8 +240,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             on_idle();
             self.release_if_empty();
+            if self.room == Room::Released {
+                return self.fill_released_by(started + idle, idle, Phase::ClientIdle).await;
+            }
         }
         self.fill_by(started + idle, idle, Phase::ClientIdle).await
+    }
+
+    /// Idle memory (issue 16): waits for the first octets into a released buffer without
+    /// making the buffer first. They are read into [`FIRST_READ`] octets inside the wait
+    /// itself, and the buffer ([`SMALL_READ`]) is made only once they arrived; a
+    /// [`Conn::fill_by`] would reserve it before waiting, so every idle session would hold
+    /// one for the whole of its idle wait. A one-at-a-time command fits in one such read:
+    /// no extra syscall.
+    async fn fill_released_by(&mut self, deadline: Instant, after: Duration, phase: Phase) -> Result<(), SessionError> {
+        let mut first = [0u8; FIRST_READ];
+        let mut first = ReadBuf::new(&mut first);
+        let read = {
+            let Conn { io, timer, .. } = &mut *self;
+            let mut read = std::pin::pin!(std::future::poll_fn(|cx| Pin::new(&mut *io).poll_read(cx, &mut first)));
+            match poll_once(read.as_mut()).await {
+                Poll::Ready(r) => Ok(r),
+                Poll::Pending => {
+                    let timer = until(timer, deadline);
+                    tokio::select! {
+                        biased;
+                        r = read => Ok(r),
+                        () = timer => Err(()),
+                    }
+                }
+            }
+        };
+        match read {
+            Err(()) => Err(SessionError::Timeout { phase, after }),
+            Ok(Ok(())) if first.filled().is_empty() => Err(match self.side {
+                Side::Client => SessionError::ClientClosed,
+                Side::Upstream => SessionError::UpstreamClosed { phase },
+            }),
+            Ok(Ok(())) => {
+                self.make_room();
+                self.buf.extend_from_slice(first.filled());
+                self.note_read(first.filled().len());
+                Ok(())
+            }
+            Ok(Err(e)) => Err(match self.side {
+                Side::Client => SessionError::ClientIo(e),
+                Side::Upstream => SessionError::UpstreamIo { phase, source: e },
+            }),
+        }
     }
 
     /// Reads at least one more byte into the buffer, waiting at most `limit`.
@@ -638,6 +687,21 @@ mod tests {
         assert!(conn.buf.capacity() <= SMALL_READ, "capacity {}", conn.buf.capacity());
         conn.release_if_empty();
         assert_eq!((conn.room, conn.buf.capacity()), (Room::Released, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn command_longer_than_the_first_read_after_idle_is_read_whole() {
+        let (mut conn, peer) = pair(Side::Client);
+        let user = format!("USER {}", "x".repeat(3 * FIRST_READ));
+        let sent = format!("{user}\r\nSTAT\r\n").into_bytes();
+        dribble(peer, sent.clone(), sent.len(), Duration::from_secs(30), Duration::from_secs(1));
+        conn.fill_client_or_idle(Duration::from_secs(600), Duration::from_secs(3), || {}).await.unwrap();
+        // The first read took what fits on the stack; the rest follows without waiting.
+        assert_eq!(conn.buffered().len(), FIRST_READ);
+        let line = conn.read_command(255, Duration::from_secs(600), Duration::from_secs(3)).await.unwrap();
+        assert_eq!(&line[..], user.as_bytes());
+        assert_eq!(&conn.read_command(255, Duration::from_secs(600), Duration::from_secs(3)).await.unwrap()[..], b"STAT");
+        assert_eq!(conn.bytes_in, sent.len() as u64);
     }
 
     #[tokio::test(start_paused = true)]

@@ -135,6 +135,11 @@ async fn ticking<T>(
     }
 }
 
+/// The waits for the client's next command: what an idle session is doing.
+fn is_client_wait(need: &Need) -> bool {
+    matches!(need, Need::ClientLine | Need::BufferedClientLine { .. } | Need::ClientInput)
+}
+
 /// Everything a session needs that outlives it.
 pub struct SessionContext {
     pub listener: Listener,
@@ -297,31 +302,108 @@ struct Session<'a> {
 
 impl Session<'_> {
     /// Performs the machine's actions until it closes.
+    ///
+    /// Idle memory (issue 16): this loop is what a session that waits for its client keeps
+    /// for its whole life, so it awaits only the client-side steps (reading the next
+    /// command, writing replies). Everything else (the upstream exchange of a command with
+    /// its status line and body relay, the login, UPDATE) runs in [`Session::steps`], boxed
+    /// once per command: its state lives on the heap only while the command runs. The
+    /// bound is checked by the test `idle_future_is_small`.
     async fn pump(&mut self, m: &mut Machine) -> Result<(), SessionError> {
+        let mut next = None;
         loop {
-            match m.next_action() {
+            match next.take().unwrap_or_else(|| m.next_action()) {
                 Action::Close => {
                     self.flush().await?;
                     return Ok(());
                 }
+                Action::ToClient(b) => self.queue_client(&b).await?,
+                Action::Flush => self.flush().await?,
+                Action::Need(need) if is_client_wait(&need) => {
+                    let input = self.client_wait(need, m).await?;
+                    m.handle(Instant::now(), input);
+                }
+                other => next = Some(Box::pin(self.steps(other, m)).await?),
+            }
+        }
+    }
+
+    /// Performs `first` and the actions after it up to the next wait for the client's input
+    /// (or the close), which it returns for [`Session::pump`]: one command's work (or one
+    /// pipelined batch's), in the future `pump` boxes.
+    async fn steps(&mut self, first: Action, m: &mut Machine) -> Result<Action, SessionError> {
+        let mut action = first;
+        loop {
+            match action {
                 Action::Need(need) => {
                     let input = self.perform(need, m).await?;
                     m.handle(Instant::now(), input);
                 }
                 other => self.act(other, m).await?,
             }
+            action = m.next_action();
+            match &action {
+                Action::Close => return Ok(action),
+                // Not at `BufferedClientLine` (no wait): a pipelined batch stays in one box.
+                Action::Need(Need::ClientLine | Need::ClientInput) => return Ok(action),
+                _ => {}
+            }
         }
+    }
+
+    /// Queues client output, writing it once much is pending.
+    async fn queue_client(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        self.out.extend_from_slice(bytes);
+        if self.out.len() >= FLUSH_AT {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// The waits for the client's next command (see [`is_client_wait`]): the only needs
+    /// [`Session::pump`] performs itself, so its future is sized by these alone.
+    async fn client_wait(&mut self, need: Need, m: &mut Machine) -> Result<Input, SessionError> {
+        let t = &self.ctx.config.timeouts;
+        Ok(match need {
+            Need::ClientLine => {
+                self.flush().await?;
+                Input::ClientLine(
+                    self.client.read_command(MAX_COMMAND_LINE, t.client_idle, t.client_line).await?.to_vec(),
+                )
+            }
+            Need::BufferedClientLine { read_ahead } => loop {
+                // For a pipelining client, top the buffer up with whatever it has already
+                // sent (without waiting) while the queue runs low, so the upstream stays
+                // busy. A one-command-at-a-time client never has more: no extra syscall.
+                match self.client.take_line(MAX_COMMAND_LINE)? {
+                    Some(line) => break Input::ClientLine(line.to_vec()),
+                    None if read_ahead && self.client.try_fill()? => continue,
+                    None => break Input::NoClientLine,
+                }
+            },
+            Need::ClientInput => {
+                self.flush().await?;
+                // Idle memory (issue 16): a client silent past `conn::IDLE_GRACE` makes the
+                // session give back its buffers while it waits.
+                let (up, out) = (&mut self.up, &mut self.out);
+                let release = || {
+                    if let Some(u) = up.as_mut() {
+                        u.conn.release_if_empty();
+                    }
+                    *out = Vec::new();
+                    m.release_idle();
+                };
+                self.client.fill_client_or_idle(t.client_idle, t.client_line, release).await?;
+                Input::ClientInput
+            }
+            _ => return Err(SessionError::Internal("not a wait for the client")),
+        })
     }
 
     /// Performs one action that needs no answer.
     async fn act(&mut self, action: Action, m: &Machine) -> Result<(), SessionError> {
         match action {
-            Action::ToClient(b) => {
-                self.out.extend_from_slice(&b);
-                if self.out.len() >= FLUSH_AT {
-                    self.flush().await?;
-                }
-            }
+            Action::ToClient(b) => self.queue_client(&b).await?,
             Action::Flush => self.flush().await?,
             Action::ToUpstream { bytes, phase, check_quiet } => {
                 if check_quiet {
@@ -425,12 +507,6 @@ impl Session<'_> {
                 self.target = Some(target);
                 input
             }
-            Need::ClientLine => {
-                self.flush().await?;
-                Input::ClientLine(
-                    self.client.read_command(MAX_COMMAND_LINE, t.client_idle, t.client_line).await?.to_vec(),
-                )
-            }
             Need::StartTls => {
                 self.flush().await?;
                 // Anything the client sent after STLS in the clear must not be taken as if
@@ -449,30 +525,8 @@ impl Session<'_> {
                 Input::TlsStarted
             }
             Need::LoginAllowed => Input::LoginAllowed(!ctx.edge.is_throttled(self.peer.ip())),
-            Need::BufferedClientLine { read_ahead } => loop {
-                // For a pipelining client, top the buffer up with whatever it has already
-                // sent (without waiting) while the queue runs low, so the upstream stays
-                // busy. A one-command-at-a-time client never has more: no extra syscall.
-                match self.client.take_line(MAX_COMMAND_LINE)? {
-                    Some(line) => break Input::ClientLine(line.to_vec()),
-                    None if read_ahead && self.client.try_fill()? => continue,
-                    None => break Input::NoClientLine,
-                }
-            },
-            Need::ClientInput => {
-                self.flush().await?;
-                // Idle memory (issue 16): a client silent past `conn::IDLE_GRACE` makes the
-                // session give back its buffers while it waits.
-                let (up, out) = (&mut self.up, &mut self.out);
-                let release = || {
-                    if let Some(u) = up.as_mut() {
-                        u.conn.release_if_empty();
-                    }
-                    *out = Vec::new();
-                    m.release_idle();
-                };
-                self.client.fill_client_or_idle(t.client_idle, t.client_line, release).await?;
-                Input::ClientInput
+            Need::ClientLine | Need::BufferedClientLine { .. } | Need::ClientInput => {
+                return self.client_wait(need, m).await
             }
             Need::UpstreamLine { phase, lenient: true } => match self.up_line(phase, m.quit_queued()).await {
                 Ok(line) => Input::UpstreamLine(line),
@@ -690,5 +744,26 @@ impl Session<'_> {
             return Ok(());
         }
         self.relay_body(Phase::Relay, quit_queued).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an async fn returns, from the fn item alone (no arguments).
+    fn future_size<A, B, C, F: Future>(_: impl FnOnce(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Issue 16: the session future is what every idle session keeps for its whole life.
+    /// It holds the session, the machine and the wait for the client's next command; the
+    /// work of a command is boxed per command (`Session::steps`) and must not creep back in.
+    #[test]
+    fn idle_future_is_small() {
+        let session = future_size(run);
+        let per_command = future_size(Session::steps);
+        eprintln!("session future {session} B, per-command future {per_command} B");
+        assert!(session <= 2048, "the session future grew to {session} B");
     }
 }
