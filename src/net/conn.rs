@@ -700,7 +700,10 @@ mod tests {
         assert_eq!(conn.buffered().len(), FIRST_READ);
         let line = conn.read_command(255, Duration::from_secs(600), Duration::from_secs(3)).await.unwrap();
         assert_eq!(&line[..], user.as_bytes());
-        assert_eq!(&conn.read_command(255, Duration::from_secs(600), Duration::from_secs(3)).await.unwrap()[..], b"STAT");
+        assert_eq!(
+            &conn.read_command(255, Duration::from_secs(600), Duration::from_secs(3)).await.unwrap()[..],
+            b"STAT"
+        );
         assert_eq!(conn.bytes_in, sent.len() as u64);
     }
 
