@@ -195,9 +195,9 @@ pub fn relax(p: &str) -> Option<String> {
                 in_class = false;
             } else if c == '[' && cs.get(i + 1) == Some(&':') {
                 // POSIX class: copy through its closing `:]`.
-                let end = (i + 2..cs.len().saturating_sub(1)).find(|&k| cs[k] == ':' && cs[k + 1] == ']')?;
-                out.extend(&cs[i..end + 2]);
-                i = end + 2;
+                let end = posix_class_end(&cs, i)?;
+                out.extend(&cs[i..end]);
+                i = end;
                 continue;
             }
             out.push(c);
@@ -237,8 +237,17 @@ pub fn relax(p: &str) -> Option<String> {
     Some(out)
 }
 
+/// Where the POSIX class (`[:alpha:]`) opening at `cs[i] == '['` ends (just past its `:]`);
+/// `None` when it is not closed. Shared by [`relax`] and [`widen_counts`], so that the `]` of
+/// `:]` is never taken for the end of the enclosing bracket class.
+fn posix_class_end(cs: &[char], i: usize) -> Option<usize> {
+    (i + 2..cs.len().saturating_sub(1)).find(|&k| cs[k] == ':' && cs[k + 1] == ']').map(|k| k + 2)
+}
+
 /// `X{m,n}`, `X{m,}`, `X{m}` become `X*` (m = 0) or `X+`: each matches a superset, and the
-/// automaton no longer holds up to n copies of X. Classes and escapes are copied unchanged.
+/// automaton no longer holds up to n copies of X. Classes (with their POSIX classes) and
+/// escapes are copied unchanged, including the braced argument of `\x{…}`, `\p{…}`, `\N{…}`,
+/// `\o{…}`, `\g{…}` and `\k{…}` (not a count).
 pub fn widen_counts(p: &str) -> String {
     let cs: Vec<char> = p.chars().collect();
     let mut out = String::with_capacity(p.len());
@@ -247,11 +256,24 @@ pub fn widen_counts(p: &str) -> String {
     while i < cs.len() {
         let c = cs[i];
         if c == '\\' {
-            out.extend(&cs[i..(i + 2).min(cs.len())]);
-            i += 2;
+            let mut end = (i + 2).min(cs.len());
+            if matches!(cs.get(i + 1), Some('x' | 'o' | 'p' | 'P' | 'N' | 'g' | 'k')) && cs.get(i + 2) == Some(&'{') {
+                if let Some(k) = cs[i + 2..].iter().position(|&x| x == '}') {
+                    end = i + 2 + k + 1;
+                }
+            }
+            out.extend(&cs[i..end]);
+            i = end;
             continue;
         }
         if in_class {
+            if c == '[' && cs.get(i + 1) == Some(&':') {
+                if let Some(end) = posix_class_end(&cs, i) {
+                    out.extend(&cs[i..end]);
+                    i = end;
+                    continue;
+                }
+            }
             in_class = c != ']';
             out.push(c);
             i += 1;
@@ -513,6 +535,11 @@ mod tests {
     #[test]
     fn widened_counts_are_a_smaller_superset() {
         assert_eq!(widen_counts(r"a{0,80}b{1,100}c{3}d{2,}[x{2}]\{4}e{,2}"), r"a*b+c+d+[x{2}]\{4}e{,2}");
+        // A POSIX class's `:]` does not end the bracket class: its `{2}` stays literal.
+        assert_eq!(widen_counts(r"[[:alpha:]x{2}]y{3}"), r"[[:alpha:]x{2}]y+");
+        // A braced escape argument is not a count; a count after it still widens.
+        assert_eq!(widen_counts(r"\x{2013}\p{L}{2}\d{3}"), r"\x{2013}\p{L}+\d+");
+        assert!(regex::Regex::new(&widen_counts(r"a\x{2013}{2,5}")).is_ok());
         // `__PDS_TO_EQ_FROM_NAME_2`: its relaxed form is too big for the linear-time engine
         // as written, not widened, so it still gets a prefilter.
         let p = r#"(?ism)\nFrom:\W+"([\w+.-]+@[\w.-]+\.\w\w+)(?:(?>)(?:(?>)[^\n\w<]){0,80}<)?((?!\1)[^\n">]++)>?\n"#;

@@ -15,11 +15,16 @@
 //!
 //! The trust boundary of step 1 is SpamAssassin's inferred one (no `trusted_networks`): relays
 //! from a private address (RFC 1918, loopback, link-local, CGN, IPv6 ULA/link-local) or with
-//! an authentication token (`with ESMTPA`/`ESMTPSA`/`LMTPA`/`HTTP…`) are trusted. Unlike
-//! SpamAssassin, which knows some hundred `Received` formats, a relay here is any
-//! `Received: from … by …` line naming an IP address before ` by ` (bracketed, or the first
-//! bare one); its envelope sender comes from the generic `envelope-from <…>` notes and XMail's
-//! `from <…>`, not from qmail-scanner's separate header.
+//! an authentication token (`with ESMTPA`/`ESMTPSA`/`LMTPA`/`HTTP…`, or SpamAssassin's
+//! Sendmail/Courier/Postfix authentication comments) are trusted. Unlike SpamAssassin, which
+//! knows some hundred `Received` formats, a relay here is any `Received: from … by …` line
+//! naming an IP address before ` by ` where the receiving MTA writes it (see [`relay_ip`]):
+//! the HELO and host name are the sender's choice, and reading an address or the word
+//! `authenticated` from them would let a spammer move the trust boundary and pick the
+//! envelope sender. Its envelope sender comes from the generic `envelope-from <…>` notes and
+//! XMail's `from <…>`, not from qmail-scanner's separate header. Like SpamAssassin with its
+//! default `originating_ip_headers`, an IP in `X-Originating-IP` and kin ends the chain with
+//! a relay that names no sender.
 use super::header::{parse_addresses, Headers};
 
 /// The envelope sender as SpamAssassin would derive it; `None` when it cannot be known (the
@@ -75,7 +80,31 @@ fn relay_envelope_from(h: &Headers) -> Option<String> {
         }
         last_trusted = Some(r);
     }
+    if originating_ip(h) {
+        // SpamAssassin appends a relay without an envelope sender for these headers (its
+        // default `originating_ip_headers`), below every `Received` one: trusted or not, it
+        // is then the relay consulted, and it names no sender.
+        return None;
+    }
     last_trusted.and_then(|r| r.envfrom).filter(|e| usable(e))
+}
+
+/// SpamAssassin's default `originating_ip_headers` (10_default_prefs.cf); one counts when
+/// its topmost field holds an IP address.
+const ORIGINATING_IP_HEADERS: [&str; 6] = [
+    "X-Yahoo-Post-IP",
+    "X-Originating-IP",
+    "X-Apparently-From",
+    "X-SenderIP",
+    "X-AOL-IP",
+    "X-MS-Exchange-CrossTenant-OriginalAttributedTenantConnectingIp",
+];
+
+fn originating_ip(h: &Headers) -> bool {
+    ORIGINATING_IP_HEADERS.iter().filter_map(|name| h.get_all_raw(name).next()).any(|v| {
+        v.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
+            .any(|t| is_ipv4(t) || (t.contains(':') && t.parse::<std::net::Ipv6Addr>().is_ok()))
+    })
 }
 
 fn usable(envf: &str) -> bool {
@@ -98,9 +127,9 @@ fn relay(value: &str) -> Option<Relay> {
         return None;
     }
     let by = rest.find(" by ")?;
-    let ip = first_ip(&rest[..by])?;
-    // SpamAssassin: ` with ((?:ES|L|UTF8S|UTF8L)MTPS?A|ASMTP|HTTP[SU]?)(?: |;|$)`, or an
-    // `authenticated` comment before ` by `.
+    let ip = relay_ip(&rest[..by])?;
+    // SpamAssassin: ` with ((?:ES|L|UTF8S|UTF8L)MTPS?A|ASMTP|HTTP[SU]?)(?: |;|$)`, or one of
+    // its authentication comments after the relay's address (see [`auth_comment`]).
     let lower = rest.to_ascii_lowercase();
     let auth = lower.match_indices(" with ").any(|(i, w)| {
         let proto = lower[i + w.len()..].split([' ', ';']).next().unwrap_or("");
@@ -108,7 +137,7 @@ fn relay(value: &str) -> Option<Relay> {
             .iter()
             .any(|p| proto.strip_prefix(p).is_some_and(|t| t == "a" || t == "sa"));
         smtp_auth || ["asmtp", "http", "https", "httpu"].contains(&proto)
-    }) || lower[..by].contains("authenticated");
+    }) || auth_comment(line);
     Some(Relay { trusted: is_private(&ip) || auth, envfrom: envfrom_of(rest) })
 }
 
@@ -151,27 +180,82 @@ fn envfrom_of(rest: &str) -> Option<String> {
     Some(v.chars().map(|c| if c.is_whitespace() || "\0#[]()<>|".contains(c) { '!' } else { c }).collect())
 }
 
-/// The relay's address: the first bracketed IP (`[192.0.2.1]`, `cpunks@[192.0.2.1]`,
-/// `[IPv6:2001:db8::1]`), else the first bare IPv4 address after the host name.
-fn first_ip(from_part: &str) -> Option<String> {
-    let mut rest = from_part;
-    while let Some(open) = rest.find('[') {
-        let inner = &rest[open + 1..];
-        let Some(close) = inner.find(']') else { break };
-        let t = &inner[..close];
-        let t = strip_prefix_ci(t, "ipv6:").unwrap_or(t);
-        if is_ipv4(t) || (t.contains(':') && t.parse::<std::net::Ipv6Addr>().is_ok()) {
-            return Some(t.to_ascii_lowercase());
-        }
-        rest = &inner[close..];
+/// SpamAssassin's authentication comments (`Received.pm`, 4.0), each anchored after the
+/// MTA-written address so that a sender-chosen HELO or host name cannot supply the word:
+/// Sendmail/MDaemon `([IP]) (… authenticated …) by` (case-sensitive `authenticated`),
+/// Courier `]) (AUTH: LOGIN user) by` and Postfix `) (Authenticated sender: u) by h (Postfix) with`.
+fn auth_comment(line: &str) -> bool {
+    static RES: std::sync::OnceLock<[regex::Regex; 3]> = std::sync::OnceLock::new();
+    let res = RES.get_or_init(|| {
+        [
+            r"^\(?from .*?(?:\](?: \([^)]*\))?\)|\)\]) .*?\(.*?authenticated.*?\).*? by",
+            r"^\(?from .*?(?:\]\)|\)\]) \(AUTH: (?:LOGIN|PLAIN|DIGEST-MD5|CRAM-MD5) \S+(?:, .*?)?\) by ",
+            r"\) \(Authenticated sender: \S+\) by \S+ \([^)]+\) with ",
+        ]
+        .map(|re| regex::Regex::new(re).expect("fixed pattern"))
+    });
+    (line.contains("authenticated") && res[0].is_match(line)) || res[1..].iter().any(|re| re.is_match(line))
+}
+
+/// The relay's address, taken only from where the receiving MTA writes it, never from the
+/// sender-chosen HELO or host name: the first word after `from` is skipped, and so are
+/// `(HELO …)`/`(EHLO …)` comments and `helo=…` fields. What is left gives the first bracketed
+/// IP (Postfix/Sendmail `(rdns [IP])`, Exim `([IP] …)`, `(user@[IP])`, `([IP])`,
+/// `[IPv6:…]`), else the first bare IPv4 (qmail `(HELO x) (IP)`). A line that is only
+/// `from [IP]` (no comment at all) names the connecting address itself, as SpamAssassin reads it.
+fn relay_ip(from_part: &str) -> Option<String> {
+    let from_part = from_part.trim();
+    let (first, rest) = from_part.split_once(' ').unwrap_or((from_part, ""));
+    if rest.trim().is_empty() {
+        return first.strip_prefix('[').and_then(|t| t.strip_suffix(']')).and_then(ip_literal);
     }
-    from_part
-        .split([' ', '(', ')'])
-        .skip(1)
+    let rest = drop_helo(rest);
+    let mut scan = rest.as_str();
+    while let Some(open) = scan.find('[') {
+        let inner = &scan[open + 1..];
+        let Some(close) = inner.find(']') else { break };
+        if let Some(ip) = ip_literal(&inner[..close]) {
+            return Some(ip);
+        }
+        scan = &inner[close..];
+    }
+    rest.split([' ', '(', ')'])
         .map(|t| t.trim_end_matches([',', ';']))
         .map(|t| t.split_once(':').filter(|(a, _)| is_ipv4(a)).map_or(t, |(a, _)| a))
         .find(|t| is_ipv4(t))
         .map(str::to_string)
+}
+
+/// `192.0.2.1`, `2001:db8::1` or `IPv6:2001:db8::1` as an address, lower-cased.
+fn ip_literal(t: &str) -> Option<String> {
+    let t = strip_prefix_ci(t, "ipv6:").unwrap_or(t);
+    (is_ipv4(t) || (t.contains(':') && t.parse::<std::net::Ipv6Addr>().is_ok())).then(|| t.to_ascii_lowercase())
+}
+
+/// The from-part without its sender-chosen `(HELO …)`/`(EHLO …)` comments and `helo=…` fields.
+fn drop_helo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(open) = rest.find('(') {
+        let after = &rest[open + 1..];
+        if strip_prefix_ci(after, "helo ").or_else(|| strip_prefix_ci(after, "ehlo ")).is_some() {
+            out.push_str(&rest[..open]);
+            rest = after.find(')').map_or("", |c| &after[c + 1..]);
+        } else {
+            out.push_str(&rest[..=open]);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    let mut cleaned = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.to_ascii_lowercase().find("helo=") {
+        cleaned.push_str(&rest[..i]);
+        let tail = &rest[i + 5..];
+        rest = tail.find([' ', ')']).map_or("", |e| &tail[e..]);
+    }
+    cleaned.push_str(rest);
+    cleaned
 }
 
 fn is_ipv4(s: &str) -> bool {
@@ -179,7 +263,7 @@ fn is_ipv4(s: &str) -> bool {
     parts.len() == 4 && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.parse::<u8>().is_ok())
 }
 
-/// SpamAssassin's `IP_PRIVATE` (Constants.pm) for the addresses [`first_ip`] returns.
+/// SpamAssassin's `IP_PRIVATE` (Constants.pm) for the addresses [`relay_ip`] returns.
 fn is_private(ip: &str) -> bool {
     if let Ok(v4) = ip.parse::<std::net::Ipv4Addr>() {
         let [a, b, ..] = v4.octets();
@@ -261,9 +345,60 @@ mod tests {
         // Lines without an IP address or `by` are not relays.
         assert!(relay("from localhost by host with local (Exim) (envelope-from <a@b>)").is_none());
         assert!(relay("by host with LMTP id 4").is_none());
-        assert_eq!(first_ip("h (cpunks@[207.200.56.4])").as_deref(), Some("207.200.56.4"));
-        assert_eq!(first_ip("h ([IPv6:2001:db8::1])").as_deref(), Some("2001:db8::1"));
-        assert_eq!(first_ip("unknown (HELO x) (97.103.86.127)").as_deref(), Some("97.103.86.127"));
+        assert_eq!(relay_ip("h (cpunks@[207.200.56.4])").as_deref(), Some("207.200.56.4"));
+        assert_eq!(relay_ip("h ([IPv6:2001:db8::1])").as_deref(), Some("2001:db8::1"));
+        assert_eq!(relay_ip("unknown (HELO x) (97.103.86.127)").as_deref(), Some("97.103.86.127"));
+        assert_eq!(relay_ip("[203.0.113.9]").as_deref(), Some("203.0.113.9"));
         assert!(is_private("172.20.1.1") && is_private("fe80::1") && !is_private("8.8.8.8"));
+    }
+
+    /// Each expectation is what SpamAssassin 4.0's `get_envelope_from` returned for the same
+    /// header block (checked with a throwaway Perl call).
+    #[test]
+    fn relay_address_and_trust_ignore_sender_chosen_text() {
+        let forged =
+            "Received: from x ([198.51.100.7]) by y with esmtp (envelope-from <ceo@bank.example>) id 2; now\n\n";
+        // Postfix with `EHLO [10.0.0.1]`: the address is the one in `(unknown [IP])`, public.
+        let b = format!(
+            "Return-Path: <rp@sender.example>\n\
+             Received: from [10.0.0.1] (unknown [203.0.113.9]) by mx.example (Postfix) with ESMTP id 1; now\n{forged}"
+        );
+        assert_eq!(ef(&b).as_deref(), Some("rp@sender.example"));
+        // qmail with `HELO 10.0.0.1`: the address follows the HELO comment.
+        let b = format!(
+            "Return-Path: <rp@sender.example>\n\
+             Received: from unknown (HELO 10.0.0.1) (203.0.113.9) by mx.example with SMTP; now\n{forged}"
+        );
+        assert_eq!(ef(&b).as_deref(), Some("rp@sender.example"));
+        assert_eq!(relay_ip("unknown (HELO 10.0.0.1) (203.0.113.9)").as_deref(), Some("203.0.113.9"));
+        assert_eq!(relay_ip("h ([203.0.113.9] helo=10.0.0.1)").as_deref(), Some("203.0.113.9"));
+        // Exim with a host name that contains `authenticated`: not an authentication note.
+        let b = format!(
+            "Return-Path: <rp@sender.example>\n\
+             Received: from authenticated.evil.example ([203.0.113.9] helo=x) by mx.example with esmtp (Exim 4.96) id 1; now\n{forged}"
+        );
+        assert_eq!(ef(&b).as_deref(), Some("rp@sender.example"));
+        // Sendmail's and Postfix's real authentication comments still make the relay trusted.
+        let b = format!(
+            "Return-Path: <rp@sender.example>\n\
+             Received: from mail.sender.example ([203.0.113.9]) (authenticated bits=0) by mx.example (8.15/8.15) with ESMTP id 1; now\n{forged}"
+        );
+        assert_eq!(ef(&b).as_deref(), Some("ceo@bank.example"));
+        let b = format!(
+            "Return-Path: <rp@sender.example>\n\
+             Received: from h (unknown [203.0.113.9]) (Authenticated sender: u) by mx.example (Postfix) with ESMTP id 1; now\n{forged}"
+        );
+        assert_eq!(ef(&b).as_deref(), Some("ceo@bank.example"));
+    }
+
+    #[test]
+    fn originating_ip_header_ends_the_chain() {
+        let b = "Return-Path: <rp@sender.example>\n\
+                 Received: from a ([10.0.0.1]) by b with esmtp (envelope-from <new@x.example>); now\n\
+                 Received: from c ([198.51.100.7]) by d with esmtpsa (envelope-from <old@x.example>); now\n";
+        assert_eq!(ef(&format!("{b}\n")).as_deref(), Some("old@x.example"));
+        assert_eq!(ef(&format!("{b}X-Originating-IP: [198.51.100.99]\n\n")).as_deref(), Some("rp@sender.example"));
+        assert_eq!(ef(&format!("{b}X-Originating-IP: [10.1.2.3]\n\n")).as_deref(), Some("rp@sender.example"));
+        assert_eq!(ef(&format!("{b}X-Originating-IP: none\n\n")).as_deref(), Some("old@x.example"));
     }
 }

@@ -358,11 +358,42 @@ fn is_ff(hex: Option<&[char]>) -> bool {
     hex.is_some_and(|h| h.iter().all(|&d| d == 'f' || d == 'F'))
 }
 
-/// Whether the class written so far ends with `\xHH-`, HH at most 0x80: a range that, ending
-/// at `\xff`, holds every byte a non-ASCII character is made of.
+/// Whether the class written so far ends with `START-`, START a single character at most
+/// 0x80 (literal `!`, escaped `\-`, `\t`, `\xHH`, `\x{HH}`, octal): a range that, ending at
+/// `\xff`, holds every byte a non-ASCII character is made of.
 fn range_from_ascii_edge(out: &str) -> bool {
-    let start = out.strip_suffix('-').and_then(|o| o.get(o.len().saturating_sub(4)..));
-    start.and_then(|t| t.strip_prefix(r"\x")).and_then(|h| u8::from_str_radix(h, 16).ok()).is_some_and(|v| v <= 0x80)
+    out.strip_suffix('-').and_then(range_start).is_some_and(|v| v <= 0x80)
+}
+
+/// The character the translated class text `o` ends with, when that is one character (not a
+/// class escape like `\d`, nor the class's own `[`, `[^` or a POSIX class's `:]`).
+fn range_start(o: &str) -> Option<u32> {
+    // Whether the character at byte `k` follows an odd run of backslashes.
+    let escaped = |k: usize| o[..k].bytes().rev().take_while(|&b| b == b'\\').count() % 2 == 1;
+    if let Some(body) = o.strip_suffix('}') {
+        if let Some(open) = body.rfind("\\x{").filter(|&k| !escaped(k)) {
+            return u32::from_str_radix(&body[open + 3..], 16).ok();
+        }
+    }
+    if let Some(k) = o.len().checked_sub(4).filter(|&k| o.is_char_boundary(k) && !escaped(k)) {
+        if let Some(v) = o[k..].strip_prefix("\\x").and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            return Some(v.into());
+        }
+    }
+    let (k, c) = o.char_indices().next_back()?;
+    if escaped(k) {
+        return match c {
+            't' => Some(9),
+            'n' => Some(10),
+            'r' => Some(13),
+            'f' => Some(12),
+            'e' => Some(27),
+            c if c.is_ascii_alphanumeric() => None,
+            c => Some(c.into()),
+        };
+    }
+    let opener = c == '[' || (c == '^' && o[..k].ends_with('[') && !escaped(k - 1));
+    (!opener && c != ']').then_some(c.into())
 }
 
 /// A run of `\xHH` escapes from `start` (at a backslash) that spells at least one multi-byte
@@ -424,6 +455,16 @@ mod tests {
         assert_eq!(t(r"/[^<>\x80-\xFF]+/"), r"[^<>\x80-\x{10FFFF}]+");
         assert_eq!(t(r"/[\xc0-\xff]/"), r"[\xc0-\xff]");
         assert_eq!(t(r"/[\xff]/"), r"[\xff]");
+        // Any single range start up to 0x80, literal or escaped, reaches every character.
+        assert_eq!(t(r"/[!-\xff]/"), r"[!-\x{10FFFF}]");
+        assert_eq!(t(r"/[ -\xff]/"), r"[ -\x{10FFFF}]");
+        assert_eq!(t(r"/[\t-\xFF]/"), r"[\t-\x{10FFFF}]");
+        assert_eq!(t(r"/[\.-\xff]/"), r"[\.-\x{10FFFF}]");
+        assert_eq!(t(r"/[\040-\xff]/"), r"[\x{20}-\x{10FFFF}]");
+        // Not a range start: a class escape, the class opener, a start above 0x80.
+        assert_eq!(t(r"/[^-\xff]/"), r"[^-\xff]");
+        assert_eq!(t(r"/[\xc0-\xff]/"), r"[\xc0-\xff]");
+        assert!(regex::Regex::new(&t(r"/^[!-\xff]+$/")).unwrap().is_match("caf\u{e9}\u{4e2d}!"));
         let re = regex::Regex::new(&t(r"/[\x00-\x08\x7f-\xff]/")).unwrap();
         assert!(re.is_match("中") && re.is_match("é") && !re.is_match("plain"));
     }
