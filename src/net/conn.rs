@@ -31,8 +31,9 @@
 //! the runtime's wheel under its lock, removes it again under the lock when the read
 //! completes, and, when its deadline is the earliest one (the client's [`IDLE_GRACE`]),
 //! wakes the I/O driver through its eventfd: one extra `write` syscall and one extra
-//! `epoll_wait` event per command. So each connection keeps one timer ([`Conn::timer`]) for
-//! its whole life and moves its deadline per wait: moving it later is one atomic
+//! `epoll_wait` event per command. So each connection keeps one timer ([`Conn::timer`]) from
+//! wait to wait (dropped with the buffers when the connection goes idle, see
+//! [`Conn::release_if_empty`]) and moves its deadline per read: moving it later is one atomic
 //! compare-and-swap in tokio, no lock, no wake-up. Every read and write is also tried once
 //! before any timer is touched: data already buffered in the socket (a pipelining client,
 //! a reply that arrived while popsift wrote) needs no deadline at all.
