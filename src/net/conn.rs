@@ -173,6 +173,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// The peer closed its side: which error depends on the side.
+    fn closed(&self, phase: Phase) -> SessionError {
+        match self.side {
+            Side::Client => SessionError::ClientClosed,
+            Side::Upstream => SessionError::UpstreamClosed { phase },
+        }
+    }
+
+    /// A socket error, attributed to the side it happened on.
+    fn io_error(&self, phase: Phase, e: std::io::Error) -> SessionError {
+        match self.side {
+            Side::Client => SessionError::ClientIo(e),
+            Side::Upstream => SessionError::UpstreamIo { phase, source: e },
+        }
+    }
+
     fn too_long(&self, max: usize) -> SessionError {
         match self.side {
             Side::Client => SessionError::ClientLineTooLong { limit: max },
@@ -259,35 +275,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut first = ReadBuf::new(&mut first);
         let read = {
             let Conn { io, timer, .. } = &mut *self;
-            let mut read = std::pin::pin!(std::future::poll_fn(|cx| Pin::new(&mut *io).poll_read(cx, &mut first)));
-            match poll_once(read.as_mut()).await {
-                Poll::Ready(r) => Ok(r),
-                Poll::Pending => {
-                    let timer = until(timer, deadline);
-                    tokio::select! {
-                        biased;
-                        r = read => Ok(r),
-                        () = timer => Err(()),
-                    }
-                }
-            }
+            let read = std::pin::pin!(std::future::poll_fn(|cx| Pin::new(&mut *io).poll_read(cx, &mut first)));
+            by_deadline(read, timer, deadline).await
         };
         match read {
-            Err(()) => Err(SessionError::Timeout { phase, after }),
-            Ok(Ok(())) if first.filled().is_empty() => Err(match self.side {
-                Side::Client => SessionError::ClientClosed,
-                Side::Upstream => SessionError::UpstreamClosed { phase },
-            }),
-            Ok(Ok(())) => {
+            None => Err(SessionError::Timeout { phase, after }),
+            Some(Ok(())) if first.filled().is_empty() => Err(self.closed(phase)),
+            Some(Ok(())) => {
                 self.make_room();
                 self.buf.extend_from_slice(first.filled());
                 self.note_read(first.filled().len());
                 Ok(())
             }
-            Ok(Err(e)) => Err(match self.side {
-                Side::Client => SessionError::ClientIo(e),
-                Side::Upstream => SessionError::UpstreamIo { phase, source: e },
-            }),
+            Some(Err(e)) => Err(self.io_error(phase, e)),
         }
     }
 
@@ -332,51 +332,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
         match read.poll(&mut cx) {
             Poll::Pending => Ok(false),
-            Poll::Ready(Ok(0)) => Err(match self.side {
-                Side::Client => SessionError::ClientClosed,
-                Side::Upstream => SessionError::UpstreamClosed { phase },
-            }),
+            Poll::Ready(Ok(0)) => Err(self.closed(phase)),
             Poll::Ready(Ok(n)) => {
                 self.note_read(n);
                 Ok(true)
             }
-            Poll::Ready(Err(e)) => Err(match self.side {
-                Side::Client => SessionError::ClientIo(e),
-                Side::Upstream => SessionError::UpstreamIo { phase, source: e },
-            }),
+            Poll::Ready(Err(e)) => Err(self.io_error(phase, e)),
         }
     }
 
     async fn fill_by(&mut self, deadline: Instant, after: Duration, phase: Phase) -> Result<(), SessionError> {
         self.make_room();
         let Conn { io, buf, timer, .. } = self;
-        let mut read = std::pin::pin!(io.read_buf(buf));
-        // Tried once first: what the socket already holds needs no deadline (module doc).
-        let read = match poll_once(read.as_mut()).await {
-            Poll::Ready(r) => Ok(r),
-            Poll::Pending => {
-                let timer = until(timer, deadline);
-                tokio::select! {
-                    biased;
-                    r = read => Ok(r),
-                    () = timer => Err(()),
-                }
-            }
-        };
-        match read {
-            Err(()) => Err(SessionError::Timeout { phase, after }),
-            Ok(Ok(0)) => Err(match self.side {
-                Side::Client => SessionError::ClientClosed,
-                Side::Upstream => SessionError::UpstreamClosed { phase },
-            }),
-            Ok(Ok(n)) => {
+        let read = std::pin::pin!(io.read_buf(buf));
+        match by_deadline(read, timer, deadline).await {
+            None => Err(SessionError::Timeout { phase, after }),
+            Some(Ok(0)) => Err(self.closed(phase)),
+            Some(Ok(n)) => {
                 self.note_read(n);
                 Ok(())
             }
-            Ok(Err(e)) => Err(match self.side {
-                Side::Client => SessionError::ClientIo(e),
-                Side::Upstream => SessionError::UpstreamIo { phase, source: e },
-            }),
+            Some(Err(e)) => Err(self.io_error(phase, e)),
         }
     }
 
@@ -437,10 +413,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.bytes_out += data.len() as u64;
                 Ok(())
             }
-            Ok(Err(e)) => Err(match self.side {
-                Side::Client => SessionError::ClientIo(e),
-                Side::Upstream => SessionError::UpstreamIo { phase, source: e },
-            }),
+            Ok(Err(e)) => Err(self.io_error(phase, e)),
         }
     }
 
@@ -465,6 +438,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         } else {
             Err(self.io)
         }
+    }
+}
+
+/// Awaits `f` until `deadline` on the connection's `timer`; `None` when the deadline came
+/// first. `f` is polled once before the timer is touched: what the socket already holds
+/// needs no deadline (module doc).
+async fn by_deadline<F: Future>(
+    mut f: Pin<&mut F>,
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Instant,
+) -> Option<F::Output> {
+    if let Poll::Ready(r) = poll_once(f.as_mut()).await {
+        return Some(r);
+    }
+    tokio::select! {
+        biased;
+        r = f => Some(r),
+        () = until(timer, deadline) => None,
     }
 }
 
