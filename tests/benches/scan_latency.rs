@@ -213,20 +213,25 @@ struct Proxy {
 }
 
 fn popsift(upstream: &str, state: &std::path::Path, scan_extra: &str) -> Proxy {
+    Proxy { p: start_popsift(upstream, state, "", scan_extra) }
+}
+
+/// popsift in front of `upstream` with the bench's rules, `state` as its state dir, the early
+/// answer off, `SCAN_BENCH_WINDOW` if set, and `extra` config / `scan_extra` scan keys.
+/// `SCAN_BENCH_BIN=PATH`: measure another popsift build (e.g. the previous release).
+fn start_popsift(upstream: &str, state: &std::path::Path, extra: &str, scan_extra: &str) -> Popsift {
     let window = std::env::var("SCAN_BENCH_WINDOW").ok().map(|w| format!(", window: {w}")).unwrap_or_default();
-    let extra = format!("scan: {{ early_answer_after: 'off'{window}{scan_extra} }}\n");
+    let extra = format!("{extra}scan: {{ early_answer_after: 'off'{window}{scan_extra} }}\n");
     let args = ["--state-dir", state.to_str().unwrap()];
-    // `SCAN_BENCH_BIN=PATH`: measure another popsift build (e.g. the previous release).
     let bin = std::env::var("SCAN_BENCH_BIN").ok();
-    let p = Popsift::start(&ProxyOpts {
+    Popsift::start(&ProxyOpts {
         upstream,
         rules: RULES,
         extra: &extra,
         args: &args,
         bin: bin.as_deref(),
         ..Default::default()
-    });
-    Proxy { p }
+    })
 }
 
 fn run(n: usize, rtt: Duration, repeat: usize) {
@@ -301,7 +306,7 @@ fn run(n: usize, rtt: Duration, repeat: usize) {
         e
     };
 
-    let prefix: usize = env_or::<usize>("SCAN_BENCH_NAIVE_PREFIX", 200).min(n);
+    let prefix: usize = env_or::<usize>("SCAN_BENCH_NAIVE_PREFIX", 200).clamp(1, n.max(1));
     let (fixed, per_top) = naive(&delayed, user, &pass, prefix);
     let naive_total = fixed + per_top * n as u32;
     println!(
@@ -333,18 +338,7 @@ fn run(n: usize, rtt: Duration, repeat: usize) {
 /// `+OK`, popsift's CPU time for the login including the history write after it).
 fn cold_login_cpu(upstream: &str, user: &str, pass: &str, history: bool) -> (Duration, Duration) {
     let state = tempfile::tempdir().unwrap();
-    let window = std::env::var("SCAN_BENCH_WINDOW").ok().map(|w| format!(", window: {w}")).unwrap_or_default();
-    let extra = format!("history: {{ enabled: {history} }}\nscan: {{ early_answer_after: 'off'{window} }}\n");
-    let args = ["--state-dir", state.path().to_str().unwrap()];
-    let bin = std::env::var("SCAN_BENCH_BIN").ok();
-    let p = Popsift::start(&ProxyOpts {
-        upstream,
-        rules: RULES,
-        extra: &extra,
-        args: &args,
-        bin: bin.as_deref(),
-        ..Default::default()
-    });
+    let p = start_popsift(upstream, state.path(), &format!("history: {{ enabled: {history} }}\n"), "");
     let before = proc_cpu::settled_cpu(p.pid());
     let (wall, _) = login(&p.addr, user, pass);
     (wall, proc_cpu::settled_cpu(p.pid()).saturating_sub(before))
