@@ -382,14 +382,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// `sink`, and consumes it; bytes after the terminator stay buffered for the next reply.
     /// `None`: nothing buffered (call [`Conn::fill_body`]); `Some(true)`: the body ended.
     pub fn relay_buffered(&mut self, feed: &mut impl crate::pop3::BodyFeed, sink: impl FnOnce(&[u8])) -> Option<bool> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        let done = feed.feed(&self.buf);
-        let n = done.unwrap_or(self.buf.len());
+        let (n, done) = self.body_part(0, feed)?;
         sink(self.buf.get(..n).unwrap_or_default());
         self.buf.advance(n);
-        Some(done.is_some())
+        Some(done)
+    }
+
+    /// [`Conn::relay_buffered`] without the sink and without consuming: offers the buffered
+    /// bytes after the first `held` (already fed) to `feed` and says how many octets from the
+    /// front belong to the body (`held` included, terminator included) and whether it ended
+    /// there. `None`: nothing new is buffered. The octets stay buffered until the caller
+    /// [`Conn::consume`]s them, so the body relay can gather a large write in the read buffer
+    /// and send it from there without copying it (issue 16).
+    pub fn body_part(&mut self, held: usize, feed: &mut impl crate::pop3::BodyFeed) -> Option<(usize, bool)> {
+        let new = self.buf.get(held..).filter(|b| !b.is_empty())?;
+        let done = feed.feed(new);
+        Some((held + done.unwrap_or(new.len()), done.is_some()))
     }
 
     /// Writes everything; a peer that stops reading for `limit` is an error.
@@ -411,6 +419,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Err(_) => Err(SessionError::Timeout { phase, after: limit }),
             Ok(Ok(())) => {
                 self.bytes_out += data.len() as u64;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.io_error(phase, e)),
+        }
+    }
+
+    /// Writes `head` then `tail`, in one `writev` where the stream supports it (plain TCP):
+    /// pending replies and a body part still in the upstream's read buffer go out together
+    /// without first being copied into one buffer (issue 16). Deadline as [`Conn::write_all`].
+    pub async fn write_all_pair(
+        &mut self,
+        head: &[u8],
+        tail: &[u8],
+        limit: Duration,
+        phase: Phase,
+    ) -> Result<(), SessionError> {
+        if head.is_empty() {
+            return self.write_all(tail, limit, phase).await;
+        }
+        let io = &mut self.io;
+        let mut write = std::pin::pin!(async move {
+            let (mut head, mut tail) = (head, tail);
+            while !head.is_empty() {
+                let n = io.write_vectored(&[std::io::IoSlice::new(head), std::io::IoSlice::new(tail)]).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                let from_head = n.min(head.len());
+                head = head.get(from_head..).unwrap_or_default();
+                tail = tail.get(n - from_head..).unwrap_or_default();
+            }
+            io.write_all(tail).await?;
+            io.flush().await
+        });
+        // Tried once first, as in `write_all`: no timer unless the client stops reading.
+        let written = match poll_once(write.as_mut()).await {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => tokio::time::timeout(limit, write).await,
+        };
+        match written {
+            Err(_) => Err(SessionError::Timeout { phase, after: limit }),
+            Ok(Ok(())) => {
+                self.bytes_out += (head.len() + tail.len()) as u64;
                 Ok(())
             }
             Ok(Err(e)) => Err(self.io_error(phase, e)),

@@ -681,19 +681,38 @@ impl Session<'_> {
         let mut scanner = BodyScanner::new();
         let mut clock = BodyClock::start(&t);
         self.mid_response = true;
+        // Body octets at the front of the upstream's read buffer, fed to the scanner and not
+        // yet written. Issue 16: a large body is gathered there (up to `FLUSH_AT` with what is
+        // queued) and written from there behind the queued output in one `writev`, instead of
+        // being copied into the output queue first (one user-space copy less per octet).
+        let mut held = 0;
         loop {
-            match up.relay_buffered(&mut scanner, |body| self.out.extend_from_slice(body)) {
-                Some(true) => {
+            match up.body_part(held, &mut scanner) {
+                Some((n, true)) => {
+                    // The end of the body joins the output queue: replies to pipelined
+                    // commands behind it go out in the same write.
+                    self.out.extend_from_slice(up.buffered().get(..n).unwrap_or_default());
+                    up.consume(n);
                     self.mid_response = false;
                     return Ok(());
                 }
-                Some(false) if self.out.len() >= FLUSH_AT => {
-                    self.client.write_all(&self.out, t.client_idle, Phase::ClientWrite).await?;
-                    self.out.clear();
-                }
-                _ => {}
+                Some((n, false)) => held = n,
+                None => {}
             }
-            watching(&mut self.client, quit_queued, up.fill_body(&mut clock, phase)).await?;
+            if self.out.len() + held >= FLUSH_AT {
+                let part = up.buffered().get(..held).unwrap_or_default();
+                self.client.write_all_pair(&self.out, part, t.client_idle, Phase::ClientWrite).await?;
+                up.consume(held);
+                held = 0;
+                self.out.clear();
+            }
+            if let Err(e) = watching(&mut self.client, quit_queued, up.fill_body(&mut clock, phase)).await {
+                // What arrived is passed on when the upstream fails (see
+                // `tell_client_upstream_failed`): the held part joins the queue.
+                self.out.extend_from_slice(up.buffered().get(..held).unwrap_or_default());
+                up.consume(held);
+                return Err(e);
+            }
         }
     }
 
