@@ -321,11 +321,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// cost every one-command-at-a-time client that much per command.
     pub fn fill_if_ready(&mut self, phase: Phase) -> Result<bool, SessionError> {
         use std::future::Future;
-        use std::task::{Context, Poll, Waker};
+        use std::task::{Context, Poll, Wake, Waker};
+        struct NoWake;
+        impl Wake for NoWake {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        // A waker that does nothing, made once, not allocated per call (this runs before
+        // every command sent to an idle upstream, issue 16; `Waker::noop` is newer than
+        // the MSRV).
+        static NO_WAKE: std::sync::LazyLock<Waker> =
+            std::sync::LazyLock::new(|| Waker::from(std::sync::Arc::new(NoWake)));
         self.make_room();
-        // A waker that does nothing, without an allocation per call (this runs before every
-        // command sent to an idle upstream, issue 16).
-        let mut cx = Context::from_waker(Waker::noop());
+        let mut cx = Context::from_waker(&NO_WAKE);
         let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
         match read.poll(&mut cx) {
             Poll::Pending => Ok(false),
