@@ -416,8 +416,7 @@ async fn run(n: usize) {
     // (10 s idle), and with them their allocator caches and stacks: "after" waits for that
     // (bounded), so it is what the process keeps, not what is on its way out.
     let warm_threads = stages.get(1).map_or(0, |s| s.threads);
-    let threads_back =
-        wait_until(Duration::from_secs(40), || threads(pid) <= warm_threads).await;
+    let threads_back = wait_until(Duration::from_secs(40), || threads(pid) <= warm_threads).await;
     let after = if threads_back { wait_pss_settled(pid).await } else { settled };
     let after_kinds = pss_by_kind(pid);
     stages.push(Stage::take("after", &p));
