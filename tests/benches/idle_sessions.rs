@@ -18,8 +18,10 @@
 //! 3. `during`: N sessions logged in (USER, PASS, STAT) and idle, PSS no longer falling
 //!    (the logins' transient memory given back, see step 4); then a NOOP on every
 //!    session, each must answer `+OK` (they are alive, not merely counted);
-//! 4. `after`: every session ended with QUIT, popsift quiet (no CPU used for a second) and
-//!    its PSS no longer falling (the allocator returns freed pages after a decay time).
+//! 4. `after`: every session ended with QUIT, popsift quiet (no CPU used for a second), its
+//!    PSS no longer falling (the allocator returns freed pages after a decay time), and the
+//!    runtime's extra blocking threads gone (they exit after tokio's 10 s keep-alive; waited
+//!    for at most 40 s, the PSS before that printed too).
 //!
 //! Printed: per-session KiB = (during - warm) / N, and after / start. Targets (issue 16):
 //! ≤ 5.25 KiB per session (4 KiB + 64 B per message of the view), after within 20 % of start.
@@ -27,7 +29,10 @@
 //! Where the bytes are: at each step the allocator's own figures (`popsift_allocator_bytes`
 //! from `/metrics`: live objects, their pages, metadata, resident) and the thread count, and
 //! between `warm` and `during` the live objects per size class (jemalloc's `curregs` from
-//! `/debug/allocator`), divided by N: what one idle session holds, by object size.
+//! `/debug/allocator`), divided by N: what one idle session holds, by object size; and
+//! between `start` and `after` the same (what the ended sessions left live: caches that
+//! grow with users or with the peak of sessions) and each size class's slack (slab bytes
+//! holding no live object: pages the objects left live keep active).
 //! `POPSIFT_IDLE_MESSAGES` sets the messages per mailbox (default 20; e.g. 200 with fewer
 //! sessions separates the per-message from the per-session cost); `POPSIFT_IDLE_BIN` runs
 //! another popsift binary (an earlier build kept for a before/after comparison);
