@@ -1340,7 +1340,7 @@ impl Machine {
     }
 
     fn update_advance(&mut self) -> State {
-        if self.deletes.as_ref().is_none_or(|q| q.awaiting.is_empty()) {
+        if !self.deletes.as_ref().is_some_and(|q| !q.awaiting.is_empty()) {
             self.update_send(false)
         } else {
             State::Update
