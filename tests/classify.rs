@@ -469,3 +469,18 @@ fn handle_sees_training_done_after_it_loaded() {
     assert_eq!((first.nspam(), second.nspam()), (20, 21));
     assert!(second.generation() > first.generation());
 }
+
+/// Issue 16: the serving process polls the model every second, and asks the blocking pool
+/// to re-read it only when its file moved (a task there every second kept idle blocking
+/// threads from ever exiting).
+#[test]
+fn an_unchanged_model_file_needs_no_reread() {
+    let t = tempfile::tempdir().unwrap();
+    let h = ModelHandle::open(t.path(), BayesSettings::default());
+    assert!(!h.may_have_changed(), "no model, and none appeared");
+    drop(trained_store(t.path(), 20));
+    assert!(h.may_have_changed(), "a model appeared");
+    h.refresh_blocking();
+    assert!(h.current().expect("model").ready());
+    assert!(!h.may_have_changed(), "read, and unchanged since");
+}

@@ -209,7 +209,22 @@ impl ModelHandle {
         }
     }
 
+    /// Whether [`Self::refresh_blocking`] has anything to do: the model file's stamp moved
+    /// since the last look (one `stat`), or the model is shared (asked at every poll).
+    pub fn may_have_changed(&self) -> bool {
+        if self.store.redis.is_some() {
+            return true;
+        }
+        let now = stamp(&self.path());
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) != now
+    }
+
     /// Starts the polling task. Must be called inside a tokio runtime; runs until it ends.
+    ///
+    /// The blocking pool is used only when the file changed (issue 16): a task sent to it
+    /// every second wakes its idle threads in turn, so none ever stayed idle for tokio's
+    /// keep-alive and the threads a burst of logins started (each with its stack and its
+    /// allocator cache) never exited.
     pub fn spawn_refresher(self: &Arc<Self>) {
         let me = Arc::clone(self);
         tokio::spawn(async move {
@@ -217,6 +232,9 @@ impl ModelHandle {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                if !me.may_have_changed() {
+                    continue;
+                }
                 let h = me.clone();
                 let _ = tokio::task::spawn_blocking(move || h.refresh_blocking()).await;
             }

@@ -342,6 +342,15 @@ enum Then {
     Sasl { mech: SaslMech, first: Secret },
 }
 
+/// UPDATE (RFC 1939 §6): DELE batches not yet sent, the numbers whose replies are due,
+/// and how many the server refused.
+#[derive(Debug, Default)]
+struct Deletes {
+    batches: VecDeque<(Vec<u8>, Vec<u32>)>,
+    awaiting: VecDeque<u32>,
+    refused: usize,
+}
+
 /// The session's state machine (see the module doc).
 pub struct Machine {
     settings: Settings,
@@ -366,10 +375,9 @@ pub struct Machine {
     next_candidate: usize,
     pipeline: Option<Pipeline>,
     known: Known,
-    /// UPDATE: DELE batches not yet sent, and the numbers whose replies are due.
-    batches: VecDeque<(Vec<u8>, Vec<u32>)>,
-    awaiting: VecDeque<u32>,
-    dele_refused: usize,
+    /// UPDATE's deletions, made at QUIT (boxed, issue 16: an idle session keeps a
+    /// pointer's room for them, not 72 bytes in the future it holds).
+    deletes: Option<Box<Deletes>>,
     /// TLS is active on the client connection (implicit, or after STLS).
     secure: bool,
     /// Per-user upstream: the server this session is connected to, once a login named it.
@@ -412,11 +420,9 @@ impl Machine {
             next_candidate: 0,
             pipeline: None,
             known: Known::default(),
-            batches: VecDeque::new(),
+            deletes: None,
             condemn_held: false,
             upstream_dropped: false,
-            awaiting: VecDeque::new(),
-            dele_refused: 0,
             secure: false,
             routed_to: None,
             stats: Stats::default(),
@@ -792,11 +798,12 @@ impl Machine {
                 self.tx_advance(State::TxPlanning)
             }
             (State::Update, Input::UpstreamLine(r)) => {
-                let n = self.awaiting.pop_front().unwrap_or_default();
+                let q = self.deletes.get_or_insert_with(Box::default);
+                let n = q.awaiting.pop_front().unwrap_or_default();
                 if is_ok(&r) {
                     self.stats.deleted_upstream += 1;
                 } else {
-                    self.dele_refused += 1;
+                    q.refused += 1;
                     tracing::warn!(msg = n, reply = %String::from_utf8_lossy(&r), "upstream refused DELE; the message stays on the server");
                 }
                 self.update_advance()
@@ -1308,21 +1315,23 @@ impl Machine {
     /// batches of `scan.window` when the upstream pipelines, then QUIT.
     fn update(&mut self, deletions: &[u32]) -> State {
         let window = if self.upstream_pipelines() { self.settings.window.max(1) } else { 1 };
-        self.batches = dele_batches(deletions, window).map(|(c, n)| (c, n.to_vec())).collect();
-        self.awaiting.clear();
+        let q = self.deletes.get_or_insert_with(Box::default);
+        q.batches = dele_batches(deletions, window).map(|(c, n)| (c, n.to_vec())).collect();
+        q.awaiting.clear();
         self.update_send(true)
     }
 
     fn update_send(&mut self, first: bool) -> State {
-        match self.batches.pop_front() {
+        let q = self.deletes.get_or_insert_with(Box::default);
+        match q.batches.pop_front() {
             Some((bytes, numbers)) => {
+                q.awaiting = numbers.into();
                 self.emit(Action::ToUpstream { bytes, phase: Phase::Update, check_quiet: first });
-                self.awaiting = numbers.into();
                 State::Update
             }
             None => {
-                if self.dele_refused > 0 {
-                    tracing::warn!(failed = self.dele_refused, "some deletions were refused by the server");
+                if q.refused > 0 {
+                    tracing::warn!(failed = q.refused, "some deletions were refused by the server");
                 }
                 self.emit(Action::ToUpstream { bytes: b"QUIT\r\n".to_vec(), phase: Phase::Update, check_quiet: first });
                 State::UpdateQuit
@@ -1331,7 +1340,7 @@ impl Machine {
     }
 
     fn update_advance(&mut self) -> State {
-        if self.awaiting.is_empty() {
+        if !self.deletes.as_ref().is_some_and(|q| !q.awaiting.is_empty()) {
             self.update_send(false)
         } else {
             State::Update

@@ -307,6 +307,27 @@ impl HeaderCache {
         map.entry(scope.clone()).or_default().clone()
     }
 
+    /// Gives back `lock` (taken by [`Self::scope_lock`], no longer held): the map forgets
+    /// it when nobody else holds it, so no entry outlives the lookups and updates of its
+    /// mailbox (issue 16: the map otherwise kept up to [`SCOPE_LOCKS_SWEEP`] unused locks,
+    /// with their names, after the sessions ended). A later login of that mailbox makes a
+    /// new one: nothing is waiting on this one, and no update holds it. The table itself
+    /// is shrunk when a burst of logins is over.
+    fn forget_scope_lock(&self, scope: &Scope, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = match self.scopes.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Under the map's lock nobody can take a new reference from the map: two
+        // references (the map's and `lock`) means nobody else holds or waits on it.
+        if Arc::strong_count(&lock) == 2 && map.get(scope).is_some_and(|kept| Arc::ptr_eq(kept, &lock)) {
+            map.remove(scope);
+            if map.is_empty() && map.capacity() > SCOPE_LOCKS_KEPT_ROOM {
+                map.shrink_to_fit();
+            }
+        }
+    }
+
     /// Scope locks currently kept (for tests).
     pub fn scope_locks(&self) -> usize {
         self.scopes.lock().map_or(0, |m| m.len())
@@ -321,28 +342,34 @@ impl HeaderCache {
         header_limit: usize,
     ) -> Vec<Option<HeaderBlock>> {
         let lock = self.scope_lock(&scope);
-        let _pending_update = lock.lock().await;
+        let pending_update = lock.lock().await;
         // One read transaction: splitting it over threads was measured slower (redb's page
         // cache is shared between readers).
         let me = self.clone();
         let n = wanted.len();
-        tokio::task::spawn_blocking(move || me.lookup_blocking(&scope, &wanted, header_limit)).await.unwrap_or_else(
-            |e| {
+        let key = scope.clone();
+        let found = tokio::task::spawn_blocking(move || me.lookup_blocking(&scope, &wanted, header_limit))
+            .await
+            .unwrap_or_else(|e| {
                 warn!(error = %e, "header cache lookup task failed");
                 vec![None; n]
-            },
-        )
+            });
+        drop(pending_update);
+        self.forget_scope_lock(&key, lock);
+        found
     }
 
     /// Starts [`Self::update_blocking`] on the blocking pool and returns without waiting for
     /// it: the client's `+OK` does not wait for the cache write (and its fsync). The scope
     /// stays locked until the write is done, so the next lookup of this mailbox waits for it.
     pub async fn update_in_background(self: &Arc<Self>, scope: Scope, fresh: Vec<Fresh>, present: HashSet<Arc<str>>) {
-        let guard = self.scope_lock(&scope).lock_owned().await;
+        let lock = self.scope_lock(&scope);
+        let guard = lock.clone().lock_owned().await;
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             me.update_blocking(&scope, &fresh, &present);
             drop(guard);
+            me.forget_scope_lock(&scope, lock);
         });
     }
 }
@@ -532,6 +559,8 @@ impl RedbHeaderCache {
 
 /// Scope locks kept before the unused ones are swept (see `HeaderCache::scope_lock`).
 const SCOPE_LOCKS_SWEEP: usize = 1024;
+/// Room the scope-lock map keeps once empty (see `HeaderCache::forget_scope_lock`).
+const SCOPE_LOCKS_KEPT_ROOM: usize = 64;
 
 /// Runs redb code, turning a panic into an error. redb 2 detects a damaged file by its
 /// checksums, but some damage (a file truncated below its recorded length, a wild page
@@ -828,6 +857,35 @@ mod tests {
         // A lock in use is never swept: its holder still orders that mailbox.
         let again = c.scope_lock(&Scope::new("h:110", "busy"));
         assert!(Arc::ptr_eq(&held, &again));
+    }
+
+    /// Issue 16: once a mailbox's lookups and updates are done, its lock is gone from the
+    /// map (not kept until a sweep), and the map's table shrinks back after a burst.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scope_locks_go_when_their_mailbox_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(HeaderCache::open(dir.path(), 1 << 20).unwrap());
+        let held = c.scope_lock(&Scope::new("h:110", "busy"));
+        for i in 0..200 {
+            let scope = Scope::new("h:110", format!("user{i}"));
+            assert!(c.lookup(scope.clone(), vec![want("u1", 10)], LIMIT).await[0].is_none());
+            c.update_in_background(scope, vec![fresh("u1", 10, "A\r\n\r\n")], present(&["u1"])).await;
+        }
+        // Each update finishes on the blocking pool; wait (bounded) for the last of them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while c.scope_locks() > 1 {
+            assert!(std::time::Instant::now() < deadline, "{} scope locks kept", c.scope_locks());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // The lock someone still holds stays, and still orders its mailbox.
+        assert!(Arc::ptr_eq(&held, &c.scope_lock(&Scope::new("h:110", "busy"))));
+        // The updates were written and are found by the next lookups.
+        let again = c.lookup(Scope::new("h:110", "user7"), vec![want("u1", 10)], LIMIT).await;
+        assert!(again[0].is_some());
+        // Given back by its last holder, it goes too, and the emptied table shrinks.
+        c.forget_scope_lock(&Scope::new("h:110", "busy"), held);
+        assert_eq!(c.scope_locks(), 0);
+        assert!(c.scopes.lock().unwrap().capacity() <= SCOPE_LOCKS_KEPT_ROOM);
     }
 
     #[test]

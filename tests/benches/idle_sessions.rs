@@ -18,8 +18,10 @@
 //! 3. `during`: N sessions logged in (USER, PASS, STAT) and idle, PSS no longer falling
 //!    (the logins' transient memory given back, see step 4); then a NOOP on every
 //!    session, each must answer `+OK` (they are alive, not merely counted);
-//! 4. `after`: every session ended with QUIT, popsift quiet (no CPU used for a second) and
-//!    its PSS no longer falling (the allocator returns freed pages after a decay time).
+//! 4. `after`: every session ended with QUIT, popsift quiet (no CPU used for a second), its
+//!    PSS no longer falling (the allocator returns freed pages after a decay time), and the
+//!    runtime's extra blocking threads gone (they exit after tokio's 10 s keep-alive; waited
+//!    for at most 40 s, the PSS before that printed too).
 //!
 //! Printed: per-session KiB = (during - warm) / N, and after / start. Targets (issue 16):
 //! ≤ 5.25 KiB per session (4 KiB + 64 B per message of the view), after within 20 % of start.
@@ -27,7 +29,10 @@
 //! Where the bytes are: at each step the allocator's own figures (`popsift_allocator_bytes`
 //! from `/metrics`: live objects, their pages, metadata, resident) and the thread count, and
 //! between `warm` and `during` the live objects per size class (jemalloc's `curregs` from
-//! `/debug/allocator`), divided by N: what one idle session holds, by object size.
+//! `/debug/allocator`), divided by N: what one idle session holds, by object size; and
+//! between `start` and `after` the same (what the ended sessions left live: caches that
+//! grow with users or with the peak of sessions) and each size class's slack (slab bytes
+//! holding no live object: pages the objects left live keep active).
 //! `POPSIFT_IDLE_MESSAGES` sets the messages per mailbox (default 20; e.g. 200 with fewer
 //! sessions separates the per-message from the per-session cost); `POPSIFT_IDLE_BIN` runs
 //! another popsift binary (an earlier build kept for a before/after comparison);
@@ -121,6 +126,24 @@ async fn wait_pss_settled(pid: u32) -> u64 {
         low = low.min(now);
     }
     pss_kib(pid)
+}
+
+/// Threads of a process.
+fn threads(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Waits until `cond` holds or `timeout` passed; whether it held.
+async fn wait_until(timeout: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    true
 }
 
 /// Waits (bounded) until `cond` holds.
@@ -350,6 +373,7 @@ async fn run(n: usize) {
     wait_quiet(pid).await;
     let start = pss_kib(pid);
     let mut stages = vec![Stage::take("start", &p)];
+    let bins_start = size_classes(&p);
 
     let warmup = open_sessions(&p.addr, 0, 1).await;
     quit_all(warmup).await;
@@ -392,9 +416,16 @@ async fn run(n: usize) {
     wait_for("every upstream session to end", Duration::from_secs(120), || closed.load(Ordering::SeqCst) > n).await;
     wait_quiet(pid).await;
     let after_at_once = pss_kib(pid);
-    let after = wait_pss_settled(pid).await;
+    let settled = wait_pss_settled(pid).await;
+    // The runtime's blocking threads that the logins started exit after tokio's keep-alive
+    // (10 s idle), and with them their allocator caches and stacks: "after" waits for that
+    // (bounded), so it is what the process keeps, not what is on its way out.
+    let warm_threads = stages.get(1).map_or(0, |s| s.threads);
+    let threads_back = wait_until(Duration::from_secs(40), || threads(pid) <= warm_threads).await;
+    let after = if threads_back { wait_pss_settled(pid).await } else { settled };
     let after_kinds = pss_by_kind(pid);
     stages.push(Stage::take("after", &p));
+    let bins_after = size_classes(&p);
 
     let per = (during.saturating_sub(warm)) as f64 / n as f64;
     let per_noop = (after_noop.saturating_sub(warm)) as f64 / n as f64;
@@ -411,6 +442,13 @@ async fn run(n: usize) {
         after as f64 / warm as f64
     );
     println!("{:<34} {:>10}", "  (right after the last session)", kib(after_at_once));
+    println!(
+        "{:<34} {:>10}   ({} threads, warm {warm_threads}{})",
+        "  (settled, before threads exited)",
+        kib(settled),
+        threads(pid),
+        if threads_back { "" } else { "; the extra threads did not exit within 40 s" }
+    );
     println!("during: {during_kinds}");
     println!("after:  {after_kinds}");
     println!();
@@ -451,23 +489,38 @@ async fn run(n: usize) {
             (d.pss_kib as f64 - w.pss_kib as f64) * 1024.0 / n as f64
         );
     }
-    if let (Some(w), Some(d)) = (bins_warm, bins_during) {
-        println!("live objects per session by size class (during - warm, / {n}):");
-        let mut rows: Vec<(u64, f64)> = d
-            .iter()
-            .map(|&(size, count)| {
-                let before = w.iter().find(|(s, _)| *s == size).map_or(0, |(_, c)| *c);
-                (size, (count as f64 - before as f64) / n as f64)
-            })
-            .filter(|(_, per)| per.abs() >= 0.05)
-            .collect();
-        rows.sort_by(|a, b| (b.0 as f64 * b.1).total_cmp(&(a.0 as f64 * a.1)));
-        let total: f64 = rows.iter().map(|(s, c)| *s as f64 * c).sum();
-        for (size, per) in rows.iter().take(16) {
-            println!("  {size:>7} B x {per:>6.2} = {:>7.0} B", *size as f64 * per);
-        }
-        println!("  total {total:.0} B per session in live objects");
+    if let (Some(w), Some(d)) = (&bins_warm, &bins_during) {
+        let (w, d) = (&w.counts(), &d.counts());
+        print_size_classes(&format!("live objects per session by size class (during - warm, / {n}):"), w, d, n);
     }
+    // What stayed live after every session ended, per mailbox (the sessions' users were
+    // all distinct): caches that grow with users show up here, as do per-thread caches.
+    if let (Some(s), Some(a)) = (&bins_start, &bins_after) {
+        let (sc, ac) = (&s.counts(), &a.counts());
+        print_size_classes(&format!("live objects per ended session by size class (after - start, / {n}):"), sc, ac, n);
+        print_slack("allocator slack (slab bytes holding no live object) by size class, after - start:", s, a);
+    }
+}
+
+/// Prints the live objects of `later` minus those of `earlier`, per size class, divided by
+/// `n`, largest first, leaving out classes whose difference is under 2 bytes per `n` (a
+/// large object, e.g. a cache's slab page, counts by its bytes, not its count).
+fn print_size_classes(title: &str, earlier: &[(u64, u64)], later: &[(u64, u64)], n: usize) {
+    println!("{title}");
+    let mut rows: Vec<(u64, f64)> = later
+        .iter()
+        .map(|&(size, count)| {
+            let before = earlier.iter().find(|(s, _)| *s == size).map_or(0, |(_, c)| *c);
+            (size, (count as f64 - before as f64) / n as f64)
+        })
+        .filter(|(size, per)| (*size as f64 * per).abs() >= 2.0)
+        .collect();
+    rows.sort_by(|a, b| (b.0 as f64 * b.1).total_cmp(&(a.0 as f64 * a.1)));
+    let total: f64 = rows.iter().map(|(s, c)| *s as f64 * c).sum();
+    for (size, per) in rows.iter().take(16) {
+        println!("  {size:>7} B x {per:>6.2} = {:>7.0} B", *size as f64 * per);
+    }
+    println!("  total {total:.0} B per session in live objects");
 }
 
 /// What popsift's allocator and threads looked like at one step.
@@ -490,16 +543,12 @@ impl Stage {
                 Some((kind.to_string(), value.trim().parse::<f64>().ok()? as u64))
             })
             .collect();
-        let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap_or_default();
-        let threads =
-            status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-        Stage { name, pss_kib: pss_kib(p.pid()), alloc, threads }
+        Stage { name, pss_kib: pss_kib(p.pid()), alloc, threads: threads(p.pid()) }
     }
 }
 
-/// Live objects per size class, (size, count): small classes (`bins`) and large ones
-/// (`lextents`) from jemalloc's statistics at `/debug/allocator`; `None` when not served.
-fn size_classes(p: &Popsift) -> Option<Vec<(u64, u64)>> {
+/// jemalloc's statistics from `/debug/allocator`; `None` when not served.
+fn allocator_json(p: &Popsift) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(&p.metrics_addr).ok()?;
     write!(s, "GET /debug/allocator HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
@@ -509,18 +558,67 @@ fn size_classes(p: &Popsift) -> Option<Vec<(u64, u64)>> {
     if !head.starts_with("HTTP/1.1 200") {
         return None;
     }
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    serde_json::from_str(body).ok()
+}
+
+/// What one reading of the allocator says per size class: (size, live objects, slack),
+/// slack being the bytes of its slabs not holding a live object (pages kept active by
+/// the objects still in them: fragmentation). Small classes (`bins`) and large ones
+/// (`lextents`, no slack) from jemalloc's statistics at `/debug/allocator`.
+struct SizeClasses(Vec<(u64, u64, u64)>);
+
+/// Live objects per size class, (size, count), and each class's slack; `None` when the
+/// statistics are not served.
+fn size_classes(p: &Popsift) -> Option<SizeClasses> {
+    let v = allocator_json(p)?;
     let j = &v["jemalloc"];
-    let sizes = |key: &str| -> Vec<u64> {
-        j["arenas"][key].as_array().map(|a| a.iter().filter_map(|b| b["size"].as_u64()).collect()).unwrap_or_default()
+    let field = |key: &str, f: &str| -> Vec<u64> {
+        j["arenas"][key].as_array().map(|a| a.iter().map(|b| b[f].as_u64().unwrap_or(0)).collect()).unwrap_or_default()
     };
-    let counts = |key: &str, field: &str| -> Vec<u64> {
+    let counts = |key: &str, f: &str| -> Vec<u64> {
         j["stats.arenas"]["merged"][key]
             .as_array()
-            .map(|a| a.iter().map(|b| b[field].as_u64().unwrap_or(0)).collect())
+            .map(|a| a.iter().map(|b| b[f].as_u64().unwrap_or(0)).collect())
             .unwrap_or_default()
     };
-    let mut out: Vec<(u64, u64)> = sizes("bin").into_iter().zip(counts("bins", "curregs")).collect();
-    out.extend(sizes("lextent").into_iter().zip(counts("lextents", "curlextents")));
-    Some(out)
+    let (sizes, slab_sizes) = (field("bin", "size"), field("bin", "slab_size"));
+    let (regs, slabs) = (counts("bins", "curregs"), counts("bins", "curslabs"));
+    let mut out: Vec<(u64, u64, u64)> = (0..sizes.len().min(regs.len()))
+        .map(|i| {
+            let slab = slab_sizes.get(i).copied().unwrap_or(0) * slabs.get(i).copied().unwrap_or(0);
+            (sizes[i], regs[i], slab.saturating_sub(sizes[i] * regs[i]))
+        })
+        .collect();
+    out.extend(field("lextent", "size").into_iter().zip(counts("lextents", "curlextents")).map(|(s, c)| (s, c, 0)));
+    Some(SizeClasses(out))
+}
+
+impl SizeClasses {
+    fn counts(&self) -> Vec<(u64, u64)> {
+        self.0.iter().map(|&(s, c, _)| (s, c)).collect()
+    }
+
+    /// Slack (bytes) per size class.
+    fn slack(&self) -> Vec<(u64, u64)> {
+        self.0.iter().map(|&(s, _, k)| (s, k)).collect()
+    }
+}
+
+/// Prints how the allocator's slack per size class changed from `earlier` to `later`, in
+/// KiB, largest first (the size classes whose slabs are kept by few live objects).
+fn print_slack(title: &str, earlier: &SizeClasses, later: &SizeClasses) {
+    println!("{title}");
+    let before = earlier.slack();
+    let mut rows: Vec<(u64, i64)> = later
+        .slack()
+        .into_iter()
+        .map(|(size, k)| (size, k as i64 - before.iter().find(|(s, _)| *s == size).map_or(0, |(_, b)| *b as i64)))
+        .filter(|(_, d)| d.abs() >= 16 * 1024)
+        .collect();
+    rows.sort_by_key(|(_, d)| -d);
+    let total: i64 = rows.iter().map(|(_, d)| d).sum();
+    for (size, d) in rows.iter().take(10) {
+        println!("  {size:>7} B: {:>8.0} KiB", *d as f64 / 1024.0);
+    }
+    println!("  total {:.1} MiB", total as f64 / 1048576.0);
 }
