@@ -29,7 +29,12 @@ pub struct Backtrack {
     /// A linear-time regex for a superset of what `re` matches (look-around dropped,
     /// back-references widened): most headers fail it, and then the backtracking engine is
     /// never started.
-    prefilter: Option<regex::Regex>,
+    prefilter: Option<regex_automata::meta::Regex>,
+    /// The literals every match of the prefilter starts with (`\nFrom:` in any case), when
+    /// there are few and none is short: candidate starts are found with a literal search
+    /// and checked with an anchored run of the prefilter, not a full leftmost match (see
+    /// [`next_start`]).
+    starts: Option<regex::bytes::Regex>,
 }
 
 /// Compiles a pattern for the backtracking engine; the error is a one-line message.
@@ -44,13 +49,51 @@ pub fn build(pattern: &str) -> Result<Backtrack, String> {
     // `\G` (where the search started) would move with an anchored start: no candidates.
     // A prefilter over the size limit (`[^\n\w<]{0,80}`: a case-folded Unicode class 80
     // times) is tried again with its counted repeats widened, a smaller superset.
-    let pre = |p: &str| regex::RegexBuilder::new(p).size_limit(super::multiregex::PATTERN_SIZE_LIMIT).build().ok();
-    let prefilter =
-        relax(pattern).filter(|_| !pattern.contains("\\G")).and_then(|p| pre(&p).or_else(|| pre(&widen_counts(&p))));
-    if prefilter.is_none() {
-        return Ok(Backtrack { re: compile(BACKTRACK_LIMIT)?, candidate: None, prefilter });
+    let prefilter = relax(pattern)
+        .filter(|_| !pattern.contains("\\G"))
+        .and_then(|p| Some((prefilter(&p).or_else(|| prefilter(&widen_counts(&p)))?, p)));
+    let Some((prefilter, relaxed)) = prefilter else {
+        return Ok(Backtrack { re: compile(BACKTRACK_LIMIT)?, candidate: None, prefilter: None, starts: None });
+    };
+    Ok(Backtrack {
+        re: compile(REST_LIMIT)?,
+        candidate: Some(compile(CANDIDATE_LIMIT)?),
+        prefilter: Some(prefilter),
+        starts: literal_starts(&relaxed),
+    })
+}
+
+/// The linear-time prefilter for a relaxed pattern, configured as `regex::Regex` is (same
+/// syntax, leftmost-first, popsift's size limit); `None` if it does not build.
+fn prefilter(p: &str) -> Option<regex_automata::meta::Regex> {
+    use regex_automata::meta;
+    let config = meta::Config::new()
+        .nfa_size_limit(Some(super::multiregex::PATTERN_SIZE_LIMIT))
+        .hybrid_cache_capacity(2 * (1 << 20))
+        .match_kind(regex_automata::MatchKind::LeftmostFirst)
+        .utf8_empty(true);
+    meta::Builder::new().configure(config).syntax(regex_automata::util::syntax::Config::new()).build(p).ok()
+}
+
+/// Literal prefixes shorter than this find too many candidates to beat one leftmost search.
+const MIN_START_LITERAL: usize = 3;
+/// More literals than this (case folding multiplies them) go to the leftmost search.
+const MAX_START_LITERALS: usize = 64;
+
+/// A byte-literal search for the prefixes every match of the (relaxed) pattern `p` starts
+/// with, as `regex-syntax` extracts them (look-around assertions such as `^` and `\b` are
+/// transparent, so the set covers every match start). `None` when the set is infinite, has
+/// an empty or short literal, or is large.
+fn literal_starts(p: &str) -> Option<regex::bytes::Regex> {
+    let hir = regex_syntax::ParserBuilder::new().build().parse(p).ok()?;
+    let seq = regex_syntax::hir::literal::Extractor::new().extract(&hir);
+    let lits = seq.literals()?;
+    if lits.is_empty() || lits.len() > MAX_START_LITERALS || lits.iter().any(|l| l.as_bytes().len() < MIN_START_LITERAL) {
+        return None;
     }
-    Ok(Backtrack { re: compile(REST_LIMIT)?, candidate: Some(compile(CANDIDATE_LIMIT)?), prefilter })
+    let alts: Vec<String> =
+        lits.iter().map(|l| l.as_bytes().iter().map(|b| format!("\\x{b:02x}")).collect::<String>()).collect();
+    regex::bytes::Regex::new(&format!("(?-u:{})", alts.join("|"))).ok()
 }
 
 /// Copies the `[` at `cs[i]` and what a class may start with (an optional `^`, then a `]`
@@ -116,10 +159,9 @@ pub fn try_match(re: &Backtrack, text: &str) -> Option<bool> {
     };
     let mut at = 0;
     for _ in 0..MAX_CANDIDATES {
-        let Some(m) = (at <= text.len()).then(|| pre.find_at(text, at)).flatten() else {
+        let Some(start) = (at <= text.len()).then(|| next_start(re, pre, text, at)).flatten() else {
             return Some(false);
         };
-        let start = m.start();
         let input = fancy_regex::RegexInput::new(text).from_pos(start).anchored(true);
         charge(CANDIDATE_LIMIT);
         match candidate.find_input(input) {
@@ -137,6 +179,34 @@ pub fn try_match(re: &Backtrack, text: &str) -> Option<bool> {
     }
     charge(REST_LIMIT);
     re.re.find_from_pos(text, at).ok().map(|m| m.is_some())
+}
+
+/// Literal hits the anchored prefilter may reject before the rest goes to one leftmost
+/// search: each rejection can scan to the end of the text, so this bounds the work.
+const MAX_LITERAL_REJECTS: usize = 4 * MAX_CANDIDATES;
+
+/// The first position at or after `at` where the prefilter matches (a match of `re` can
+/// only start at such a position); `None` if there is none.
+///
+/// A leftmost search (`find`) runs to the end of the prefilter's match and back to find its
+/// start, and a prefilter such as `\nFrom: …\n+(?:[^\n]{1,100}\n+)*Subject: …` matches to
+/// near the end of the block: most of a header block is scanned twice for each candidate.
+/// With literal prefixes (`\nFrom: `) the candidates are the literal's occurrences, each
+/// checked by an anchored prefilter run that stops at its first match end (`earliest`).
+fn next_start(re: &Backtrack, pre: &regex_automata::meta::Regex, text: &str, at: usize) -> Option<usize> {
+    use regex_automata::{Anchored, Input};
+    let leftmost = |from: usize| pre.find(Input::new(text).span(from..text.len())).map(|m| m.start());
+    let Some(lits) = &re.starts else { return leftmost(at) };
+    let mut from = at;
+    for _ in 0..MAX_LITERAL_REJECTS {
+        let s = lits.find_at(text.as_bytes(), from)?.start();
+        let anchored = Input::new(text).span(s..text.len()).anchored(Anchored::Yes).earliest(true);
+        if text.is_char_boundary(s) && pre.is_match(anchored) {
+            return Some(s);
+        }
+        from = s + 1;
+    }
+    leftmost(from)
 }
 
 /// Where `re` first matches in `text` (byte range), for explaining a verdict (not used by
