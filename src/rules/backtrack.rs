@@ -96,7 +96,9 @@ fn starts(p: &str) -> Option<Starts> {
     let hir = regex_syntax::ParserBuilder::new().build().parse(p).ok()?;
     let seq = regex_syntax::hir::literal::Extractor::new().extract(&hir);
     let usable = |lits: &[regex_syntax::hir::literal::Literal]| {
-        !lits.is_empty() && lits.len() <= MAX_START_LITERALS && lits.iter().all(|l| l.as_bytes().len() >= MIN_START_LITERAL)
+        !lits.is_empty()
+            && lits.len() <= MAX_START_LITERALS
+            && lits.iter().all(|l| l.as_bytes().len() >= MIN_START_LITERAL)
     };
     if let Some(lits) = seq.literals().filter(|l| usable(l)) {
         let alts: Vec<String> =
