@@ -169,7 +169,7 @@ pub const MAX_CANDIDATES: usize = 16;
 /// `(?m)^(?!List-)…` over the whole header block would be started at each of its thousands
 /// of bytes. A match of `re` starting at some position is also a match of the linear-time
 /// prefilter starting there, so the prefilter finds the candidate starts (leftmost first,
-/// then again one character further on) and `re` runs anchored at each. After
+/// then again one character further on; see [`next_start`]) and `re` runs anchored at each. After
 /// [`MAX_CANDIDATES`] of them, or at the first candidate that runs out of its share of
 /// steps, the rest of the text (from that candidate on) gets one unanchored search.
 ///
