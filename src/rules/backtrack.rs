@@ -182,8 +182,9 @@ pub fn try_match(re: &Backtrack, text: &str) -> Option<bool> {
         return re.re.is_match(text).ok();
     };
     let mut at = 0;
+    let mut rejects = MAX_LITERAL_REJECTS;
     for _ in 0..MAX_CANDIDATES {
-        let Some(start) = (at <= text.len()).then(|| next_start(re, pre, text, at)).flatten() else {
+        let Some(start) = (at <= text.len()).then(|| next_start(re, pre, text, at, &mut rejects)).flatten() else {
             return Some(false);
         };
         let input = fancy_regex::RegexInput::new(text).from_pos(start).anchored(true);
@@ -205,8 +206,10 @@ pub fn try_match(re: &Backtrack, text: &str) -> Option<bool> {
     re.re.find_from_pos(text, at).ok().map(|m| m.is_some())
 }
 
-/// Literal hits the anchored prefilter may reject before the rest goes to one leftmost
-/// search: each rejection can scan to the end of the text, so this bounds the work.
+/// Literal or line-start candidates the anchored prefilter may reject in one match (shared
+/// by all its candidates) before the leftmost search takes over: a rejection can scan to the
+/// end of the text, so this bounds a hostile header's cost at 64 scans of it plus the
+/// [`MAX_CANDIDATES`] leftmost searches the plain candidate loop may do.
 const MAX_LITERAL_REJECTS: usize = 4 * MAX_CANDIDATES;
 
 /// The first position at or after `at` where the prefilter matches (a match of `re` can
@@ -217,14 +220,20 @@ const MAX_LITERAL_REJECTS: usize = 4 * MAX_CANDIDATES;
 /// near the end of the block: most of a header block is scanned twice for each candidate.
 /// With literal prefixes (`\nFrom: `) the candidates are the literal's occurrences, for a
 /// line-anchored pattern the line starts, each checked by an anchored prefilter run that
-/// stops at its first match end (`earliest`); after [`MAX_LITERAL_REJECTS`] rejected ones
-/// the leftmost search takes over.
-fn next_start(re: &Backtrack, pre: &regex_automata::meta::Regex, text: &str, at: usize) -> Option<usize> {
+/// stops at its first match end (`earliest`); after [`MAX_LITERAL_REJECTS`] rejected ones in
+/// the whole match (`rejects` counts them down) the leftmost search takes over.
+fn next_start(
+    re: &Backtrack,
+    pre: &regex_automata::meta::Regex,
+    text: &str,
+    at: usize,
+    rejects: &mut usize,
+) -> Option<usize> {
     use regex_automata::{Anchored, Input};
     let leftmost = |from: usize| pre.find(Input::new(text).span(from..text.len())).map(|m| m.start());
     let bytes = text.as_bytes();
     let mut from = at;
-    for _ in 0..MAX_LITERAL_REJECTS {
+    while *rejects > 0 {
         let s = match re.starts.as_ref() {
             None => return leftmost(at),
             Some(Starts::Literals(lits)) => lits.find_at(bytes, from)?.start(),
@@ -236,6 +245,7 @@ fn next_start(re: &Backtrack, pre: &regex_automata::meta::Regex, text: &str, at:
             return Some(s);
         }
         from = s + 1;
+        *rejects -= 1;
     }
     leftmost(from)
 }
