@@ -29,7 +29,19 @@ pub struct Backtrack {
     /// A linear-time regex for a superset of what `re` matches (look-around dropped,
     /// back-references widened): most headers fail it, and then the backtracking engine is
     /// never started.
-    prefilter: Option<regex::Regex>,
+    prefilter: Option<regex_automata::meta::Regex>,
+    /// Where a match can start, when that is narrower than "anywhere" (see [`next_start`]).
+    starts: Option<Starts>,
+}
+
+/// Positions a match can start at, found without running the prefilter over the text.
+#[derive(Debug)]
+enum Starts {
+    /// At an occurrence of one of these literals (`\nFrom:` in any case): every match of
+    /// the prefilter starts with one.
+    Literals(regex::bytes::Regex),
+    /// At the start of a line: the pattern begins with a multi-line `^` (`(?m)^Name:`).
+    Lines,
 }
 
 /// Compiles a pattern for the backtracking engine; the error is a one-line message.
@@ -44,13 +56,68 @@ pub fn build(pattern: &str) -> Result<Backtrack, String> {
     // `\G` (where the search started) would move with an anchored start: no candidates.
     // A prefilter over the size limit (`[^\n\w<]{0,80}`: a case-folded Unicode class 80
     // times) is tried again with its counted repeats widened, a smaller superset.
-    let pre = |p: &str| regex::RegexBuilder::new(p).size_limit(super::multiregex::PATTERN_SIZE_LIMIT).build().ok();
-    let prefilter =
-        relax(pattern).filter(|_| !pattern.contains("\\G")).and_then(|p| pre(&p).or_else(|| pre(&widen_counts(&p))));
-    if prefilter.is_none() {
-        return Ok(Backtrack { re: compile(BACKTRACK_LIMIT)?, candidate: None, prefilter });
+    let prefilter = relax(pattern)
+        .filter(|_| !pattern.contains("\\G"))
+        .and_then(|p| Some((prefilter(&p).or_else(|| prefilter(&widen_counts(&p)))?, p)));
+    let Some((prefilter, relaxed)) = prefilter else {
+        return Ok(Backtrack { re: compile(BACKTRACK_LIMIT)?, candidate: None, prefilter: None, starts: None });
+    };
+    Ok(Backtrack {
+        re: compile(REST_LIMIT)?,
+        candidate: Some(compile(CANDIDATE_LIMIT)?),
+        prefilter: Some(prefilter),
+        starts: starts(&relaxed),
+    })
+}
+
+/// The linear-time prefilter for a relaxed pattern, configured as `regex::Regex` is (same
+/// syntax, leftmost-first, popsift's size limit); `None` if it does not build.
+fn prefilter(p: &str) -> Option<regex_automata::meta::Regex> {
+    use regex_automata::meta;
+    let config = meta::Config::new()
+        .nfa_size_limit(Some(super::multiregex::PATTERN_SIZE_LIMIT))
+        .hybrid_cache_capacity(2 * (1 << 20))
+        .match_kind(regex_automata::MatchKind::LeftmostFirst)
+        .utf8_empty(true);
+    meta::Builder::new().configure(config).syntax(regex_automata::util::syntax::Config::new()).build(p).ok()
+}
+
+/// Literal prefixes shorter than this find too many candidates to beat one leftmost search.
+const MIN_START_LITERAL: usize = 3;
+/// More literals than this (case folding multiplies them) go to the leftmost search.
+const MAX_START_LITERALS: usize = 256;
+
+/// Where matches of the relaxed pattern `p` can start: at the literal prefixes that
+/// `regex-syntax` extracts (look-around assertions such as `^` and `\b` are transparent to
+/// it, so the set covers every match start), or failing that at line starts when every
+/// match begins with a multi-line `^`. `None` (anywhere) when the literal set is infinite,
+/// has an empty or short literal or is large, and the pattern is not line-anchored.
+fn starts(p: &str) -> Option<Starts> {
+    let hir = regex_syntax::ParserBuilder::new().build().parse(p).ok()?;
+    let seq = regex_syntax::hir::literal::Extractor::new().extract(&hir);
+    let usable = |lits: &[regex_syntax::hir::literal::Literal]| {
+        !lits.is_empty()
+            && lits.len() <= MAX_START_LITERALS
+            && lits.iter().all(|l| l.as_bytes().len() >= MIN_START_LITERAL)
+    };
+    if let Some(lits) = seq.literals().filter(|l| usable(l)) {
+        let alts: Vec<String> =
+            lits.iter().map(|l| l.as_bytes().iter().map(|b| format!("\\x{b:02x}")).collect::<String>()).collect();
+        return regex::bytes::Regex::new(&format!("(?-u:{})", alts.join("|"))).ok().map(Starts::Literals);
     }
-    Ok(Backtrack { re: compile(REST_LIMIT)?, candidate: Some(compile(CANDIDATE_LIMIT)?), prefilter })
+    line_anchored(&hir).then_some(Starts::Lines)
+}
+
+/// Whether every match of `hir` begins with a multi-line `^` (only at a line start).
+fn line_anchored(hir: &regex_syntax::hir::Hir) -> bool {
+    use regex_syntax::hir::{HirKind, Look};
+    match hir.kind() {
+        HirKind::Look(Look::StartLF) => true,
+        HirKind::Concat(items) => items.first().is_some_and(line_anchored),
+        HirKind::Capture(c) => line_anchored(&c.sub),
+        HirKind::Alternation(alts) => alts.iter().all(line_anchored),
+        _ => false,
+    }
 }
 
 /// Copies the `[` at `cs[i]` and what a class may start with (an optional `^`, then a `]`
@@ -102,7 +169,7 @@ pub const MAX_CANDIDATES: usize = 16;
 /// `(?m)^(?!List-)…` over the whole header block would be started at each of its thousands
 /// of bytes. A match of `re` starting at some position is also a match of the linear-time
 /// prefilter starting there, so the prefilter finds the candidate starts (leftmost first,
-/// then again one character further on) and `re` runs anchored at each. After
+/// then again one character further on; see [`next_start`]) and `re` runs anchored at each. After
 /// [`MAX_CANDIDATES`] of them, or at the first candidate that runs out of its share of
 /// steps, the rest of the text (from that candidate on) gets one unanchored search.
 ///
@@ -115,11 +182,11 @@ pub fn try_match(re: &Backtrack, text: &str) -> Option<bool> {
         return re.re.is_match(text).ok();
     };
     let mut at = 0;
+    let mut rejects = MAX_LITERAL_REJECTS;
     for _ in 0..MAX_CANDIDATES {
-        let Some(m) = (at <= text.len()).then(|| pre.find_at(text, at)).flatten() else {
+        let Some(start) = (at <= text.len()).then(|| next_start(re, pre, text, at, &mut rejects)).flatten() else {
             return Some(false);
         };
-        let start = m.start();
         let input = fancy_regex::RegexInput::new(text).from_pos(start).anchored(true);
         charge(CANDIDATE_LIMIT);
         match candidate.find_input(input) {
@@ -137,6 +204,50 @@ pub fn try_match(re: &Backtrack, text: &str) -> Option<bool> {
     }
     charge(REST_LIMIT);
     re.re.find_from_pos(text, at).ok().map(|m| m.is_some())
+}
+
+/// Literal or line-start candidates the anchored prefilter may reject in one match (shared
+/// by all its candidates) before the leftmost search takes over: a rejection can scan to the
+/// end of the text, so this bounds a hostile header's cost at 64 scans of it plus the
+/// [`MAX_CANDIDATES`] leftmost searches the plain candidate loop may do.
+const MAX_LITERAL_REJECTS: usize = 4 * MAX_CANDIDATES;
+
+/// The first position at or after `at` where the prefilter matches (a match of `re` can
+/// only start at such a position); `None` if there is none.
+///
+/// A leftmost search (`find`) runs to the end of the prefilter's match and back to find its
+/// start, and a prefilter such as `\nFrom: …\n+(?:[^\n]{1,100}\n+)*Subject: …` matches to
+/// near the end of the block: most of a header block is scanned twice for each candidate.
+/// With literal prefixes (`\nFrom: `) the candidates are the literal's occurrences, for a
+/// line-anchored pattern the line starts, each checked by an anchored prefilter run that
+/// stops at its first match end (`earliest`); after [`MAX_LITERAL_REJECTS`] rejected ones in
+/// the whole match (`rejects` counts them down) the leftmost search takes over.
+fn next_start(
+    re: &Backtrack,
+    pre: &regex_automata::meta::Regex,
+    text: &str,
+    at: usize,
+    rejects: &mut usize,
+) -> Option<usize> {
+    use regex_automata::{Anchored, Input};
+    let leftmost = |from: usize| pre.find(Input::new(text).span(from..text.len())).map(|m| m.start());
+    let bytes = text.as_bytes();
+    let mut from = at;
+    while *rejects > 0 {
+        let s = match re.starts.as_ref() {
+            None => return leftmost(at),
+            Some(Starts::Literals(lits)) => lits.find_at(bytes, from)?.start(),
+            Some(Starts::Lines) if from == 0 || bytes.get(from - 1) == Some(&b'\n') => from,
+            Some(Starts::Lines) => from + memchr::memchr(b'\n', bytes.get(from..)?)? + 1,
+        };
+        let anchored = Input::new(text).span(s..text.len()).anchored(Anchored::Yes).earliest(true);
+        if text.is_char_boundary(s) && pre.is_match(anchored) {
+            return Some(s);
+        }
+        from = s + 1;
+        *rejects -= 1;
+    }
+    leftmost(from)
 }
 
 /// Where `re` first matches in `text` (byte range), for explaining a verdict (not used by
@@ -634,6 +745,43 @@ mod tests {
         let text = format!("{}To: bb\n", "To: ab\n".repeat(MAX_CANDIDATES * 2));
         assert_eq!(try_match(&b, &text), Some(true));
         assert_eq!(try_match(&b, &text.replace("bb", "bc")), Some(false));
+    }
+
+    /// Literal-prefix and line-start candidates: where they apply, where they must not, and
+    /// the same answers as the plain engine, also past [`MAX_LITERAL_REJECTS`] rejected starts.
+    #[test]
+    fn literal_and_line_starts_agree_with_plain_search() {
+        let kind = |p: &str| match build(p).unwrap().starts {
+            Some(Starts::Literals(_)) => "literals",
+            Some(Starts::Lines) => "lines",
+            None => "anywhere",
+        };
+        assert_eq!(kind(r"(?i)\nFrom: (\w+) \1"), "literals");
+        assert_eq!(kind(r"(?m)^(?:To|Cc): (\w)\1"), "literals");
+        assert_eq!(kind(r"(?<=x)abc(?!d)"), "literals");
+        assert_eq!(kind(r"(?m)^[a-z]+: (\w)\1"), "lines");
+        assert_eq!(kind(r"(?m)^(?!List-)(?:[a-z]{4,}-[a-z]{3,}):\s+\d(?=\S{6,}\s*$)"), "lines");
+        // No literal, a short one, `^` only at the text start or in one branch: anywhere.
+        assert_eq!(kind(r"(\w)\1"), "anywhere");
+        assert_eq!(kind(r"a(\w)\1"), "anywhere");
+        assert_eq!(kind(r"^[a-z]+(\w)\1"), "anywhere");
+        assert_eq!(kind(r"(?m)(?:^[a-z]|\d)(\w)\1"), "anywhere");
+        // A look-behind before the literal still sees the text in front of the candidate.
+        let many_from = format!("{}\nFROM: 11\n", "\nFrom: x\n".repeat(3 * MAX_LITERAL_REJECTS));
+        let many_lines = format!("{}11\n", "x\n".repeat(3 * MAX_LITERAL_REJECTS));
+        let cases: &[(&str, &[&str])] = &[
+            (r"(?i)\nFrom: (\d)\1", &[&many_from, &many_from.replace("11", "12"), "From: 11", "\nfrom: 77"]),
+            (r"(?<=x)abc(?!d)", &["abc", "xabc", "xabcd xabc", "xabcd"]),
+            (r"(?m)^(\d)\1", &[&many_lines, &many_lines.replace("11", "12"), "a11\n", "\n\n22"]),
+            (r"(?m)^[a-z]+: (\w)\1$", &["x\nab: cc\n", "ab: cd\nef: gg", "é: aa", "1ab: cc"]),
+        ];
+        for (p, texts) in cases {
+            let b = build(p).unwrap();
+            let plain = fancy_regex::Regex::new(p).unwrap();
+            for t in *texts {
+                assert_eq!(try_match(&b, t), Some(plain.is_match(t).unwrap()), "{p} on {t:?}");
+            }
+        }
     }
 
     #[test]

@@ -131,8 +131,7 @@ pub(crate) fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
 }
 
-fn match_target(h: &Headers, tm: &TargetMatcher, hits: &mut Bits) {
-    let value = target_value(h, &tm.target);
+fn match_target(h: &Headers, value: &Option<Cow<'_, str>>, tm: &TargetMatcher, hits: &mut Bits) {
     let text: &str = value.as_deref().unwrap_or("");
     if let Some((set, owners)) = &tm.regex {
         set.for_each_match(text, |p| {
@@ -311,8 +310,15 @@ pub(crate) fn evaluate_known(set: &RuleSet, h: &Headers, size: u64, bayes: Optio
 /// Every rule's value, `expr` rules included (the deferred ones only on demand).
 fn run<'s, 'h>(set: &'s RuleSet, h: &'h Headers, size: u64, classify: Option<Classify<'_>>) -> Eval<'s, 'h> {
     let mut hits = Bits::new(set.rules.len());
+    // Built values (`ALL`, `EnvelopeFrom`, `From:addr`, …) are kept for the backtracking
+    // rules over the same targets; a borrowed header value costs nothing to look up again.
+    let mut values = Vec::new();
     for tm in &set.targets {
-        match_target(h, tm, &mut hits);
+        let value = target_value(h, &tm.target);
+        match_target(h, &value, tm, &mut hits);
+        if matches!(value, Some(Cow::Owned(_))) {
+            values.push((&tm.target, value));
+        }
     }
     let mut pending = Bits::new(set.rules.len());
     for (r, d) in set.deferred.iter().enumerate() {
@@ -320,7 +326,7 @@ fn run<'s, 'h>(set: &'s RuleSet, h: &'h Headers, size: u64, classify: Option<Cla
             pending.set(r as u32, true);
         }
     }
-    let mut ev = Eval { set, h, hits, pending, values: Vec::new() };
+    let mut ev = Eval { set, h, hits, pending, values };
     for (i, (_, _, r)) in set.backtrack.iter().enumerate() {
         if !ev.pending.get(*r) {
             let v = ev.run_backtrack(i);
