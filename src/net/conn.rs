@@ -406,32 +406,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Writes everything; a peer that stops reading for `limit` is an error.
     pub async fn write_all(&mut self, data: &[u8], limit: Duration, phase: Phase) -> Result<(), SessionError> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        let mut write = std::pin::pin!(async {
-            self.io.write_all(data).await?;
-            self.io.flush().await
-        });
-        // Tried once first: a socket with room takes it all at once, and then no timer is
-        // created (module doc). Only a peer that stops reading gets a deadline.
-        let written = match poll_once(write.as_mut()).await {
-            Poll::Ready(r) => Ok(r),
-            Poll::Pending => tokio::time::timeout(limit, write).await,
-        };
-        match written {
-            Err(_) => Err(SessionError::Timeout { phase, after: limit }),
-            Ok(Ok(())) => {
-                self.bytes_out += data.len() as u64;
-                Ok(())
-            }
-            Ok(Err(e)) => Err(self.io_error(phase, e)),
-        }
+        self.write_all_pair(&[], data, limit, phase).await
     }
 
-    /// Writes `head` then `tail`, in one `writev` where the stream supports it (plain TCP):
-    /// pending replies and a body part still in the upstream's read buffer go out together
-    /// without first being copied into one buffer (issue 16). Deadline as [`Conn::write_all`].
+    /// Writes `head` then `tail`: pending replies and a body part still in the upstream's
+    /// read buffer go out together in one `writev` where the stream supports it (plain TCP),
+    /// without first being copied into one buffer (issue 16). With an empty `head` this is
+    /// one plain `write_all` (no `writev`). A peer that stops reading for `limit` is an error.
     pub async fn write_all_pair(
         &mut self,
         head: &[u8],
@@ -439,8 +420,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         limit: Duration,
         phase: Phase,
     ) -> Result<(), SessionError> {
-        if head.is_empty() {
-            return self.write_all(tail, limit, phase).await;
+        let len = head.len() + tail.len();
+        if len == 0 {
+            return Ok(());
         }
         let io = &mut self.io;
         let mut write = std::pin::pin!(async move {
@@ -457,7 +439,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             io.write_all(tail).await?;
             io.flush().await
         });
-        // Tried once first, as in `write_all`: no timer unless the client stops reading.
+        // Tried once first: a socket with room takes it all at once, and then no timer is
+        // created (module doc). Only a peer that stops reading gets a deadline.
         let written = match poll_once(write.as_mut()).await {
             Poll::Ready(r) => Ok(r),
             Poll::Pending => tokio::time::timeout(limit, write).await,
@@ -465,7 +448,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         match written {
             Err(_) => Err(SessionError::Timeout { phase, after: limit }),
             Ok(Ok(())) => {
-                self.bytes_out += (head.len() + tail.len()) as u64;
+                self.bytes_out += len as u64;
                 Ok(())
             }
             Ok(Err(e)) => Err(self.io_error(phase, e)),
