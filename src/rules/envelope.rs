@@ -101,10 +101,10 @@ const ORIGINATING_IP_HEADERS: [&str; 6] = [
 ];
 
 fn originating_ip(h: &Headers) -> bool {
-    ORIGINATING_IP_HEADERS.iter().filter_map(|name| h.get_all_raw(name).next()).any(|v| {
-        v.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
-            .any(|t| is_ipv4(t) || (t.contains(':') && t.parse::<std::net::Ipv6Addr>().is_ok()))
-    })
+    ORIGINATING_IP_HEADERS
+        .iter()
+        .filter_map(|name| h.get_all_raw(name).next())
+        .any(|v| v.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':')).any(|t| ip_literal(t).is_some()))
 }
 
 fn usable(envf: &str) -> bool {
@@ -201,13 +201,16 @@ fn auth_comment(line: &str) -> bool {
 /// sender-chosen HELO or host name: the first word after `from` is skipped, and so are
 /// `(HELO …)`/`(EHLO …)` comments and `helo=…` fields. What is left gives the first bracketed
 /// IP (Postfix/Sendmail `(rdns [IP])`, Exim `([IP] …)`, `(user@[IP])`, `([IP])`,
-/// `[IPv6:…]`), else the first bare IPv4 (qmail `(HELO x) (IP)`). A line that is only
-/// `from [IP]` (no comment at all) names the connecting address itself, as SpamAssassin reads it.
+/// `[IPv6:…]`), else the first bare IPv4 (qmail `(HELO x) (IP)`). When the comments hold
+/// no address, a first word `[IP]` is the connecting address: Exim writes it there when the
+/// client has no reverse DNS (`from [IP] (helo=x) by`, SpamAssassin's `Received.pm` reads
+/// it so), and a line that is only `from [IP]` names it too.
 fn relay_ip(from_part: &str) -> Option<String> {
     let from_part = from_part.trim();
     let (first, rest) = from_part.split_once(' ').unwrap_or((from_part, ""));
+    let written_as_first = || first.strip_prefix('[').and_then(|t| t.strip_suffix(']')).and_then(ip_literal);
     if rest.trim().is_empty() {
-        return first.strip_prefix('[').and_then(|t| t.strip_suffix(']')).and_then(ip_literal);
+        return written_as_first();
     }
     let rest = drop_helo(rest);
     let mut scan = rest.as_str();
@@ -224,6 +227,7 @@ fn relay_ip(from_part: &str) -> Option<String> {
         .map(|t| t.split_once(':').filter(|(a, _)| is_ipv4(a)).map_or(t, |(a, _)| a))
         .find(|t| is_ipv4(t))
         .map(str::to_string)
+        .or_else(written_as_first)
 }
 
 /// `192.0.2.1`, `2001:db8::1` or `IPv6:2001:db8::1` as an address, lower-cased.
@@ -249,7 +253,8 @@ fn drop_helo(s: &str) -> String {
     out.push_str(rest);
     let mut cleaned = String::with_capacity(out.len());
     let mut rest = out.as_str();
-    while let Some(i) = rest.to_ascii_lowercase().find("helo=") {
+    // ASCII case-insensitive search in place: lower-casing the rest per field was quadratic.
+    while let Some(i) = rest.as_bytes().windows(5).position(|w| w.eq_ignore_ascii_case(b"helo=")) {
         cleaned.push_str(&rest[..i]);
         let tail = &rest[i + 5..];
         rest = tail.find([' ', ')']).map_or("", |e| &tail[e..]);
@@ -372,6 +377,15 @@ mod tests {
         assert_eq!(ef(&b).as_deref(), Some("rp@sender.example"));
         assert_eq!(relay_ip("unknown (HELO 10.0.0.1) (203.0.113.9)").as_deref(), Some("203.0.113.9"));
         assert_eq!(relay_ip("h ([203.0.113.9] helo=10.0.0.1)").as_deref(), Some("203.0.113.9"));
+        // Exim without reverse DNS writes the address as the first word: an untrusted public
+        // relay whose envelope sender counts, not the forged line below it (SpamAssassin 4.0:
+        // `real@spam.example`, relays untrusted `[ ip=203.0.113.9 … ] [ ip=10.0.0.1 … ]`).
+        assert_eq!(relay_ip("[203.0.113.9] (helo=x)").as_deref(), Some("203.0.113.9"));
+        assert_eq!(relay_ip("[203.0.113.9] (port=25 helo=x)").as_deref(), Some("203.0.113.9"));
+        let b = "Return-Path: <rp@sender.example>\n\
+             Received: from [203.0.113.9] (helo=x) by mx.example with esmtp (Exim 4.96) (envelope-from <real@spam.example>) id 1; now\n\
+             Received: from x ([10.0.0.1]) by y with esmtp (envelope-from <ceo@bank.example>) id 2; now\n\n";
+        assert_eq!(ef(b).as_deref(), Some("real@spam.example"));
         // Exim with a host name that contains `authenticated`: not an authentication note.
         let b = format!(
             "Return-Path: <rp@sender.example>\n\
