@@ -116,14 +116,10 @@ impl ModelHandle {
         if self.store.redis.is_some() {
             return self.refresh_shared();
         }
-        let path = self.path();
-        let now = stamp(&path);
-        {
-            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            if *seen == now {
-                return;
-            }
+        if !self.may_have_changed() {
+            return;
         }
+        let path = self.path();
         let old_generation = self.current.load().as_ref().map(|m| m.generation());
         match RedbStore::open_existing(&self.state_dir, READ_WAIT) {
             Ok(None) => {
@@ -219,25 +215,28 @@ impl ModelHandle {
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) != now
     }
 
-    /// Starts the polling task. Must be called inside a tokio runtime; runs until it ends.
+    /// Starts the poller: one plain thread that looks every [`POLL`] and ends once the
+    /// handle is gone. Must be called inside a tokio runtime (the shared store's calls run
+    /// on it).
     ///
-    /// The blocking pool is used only when the file changed (issue 16): a task sent to it
-    /// every second wakes its idle threads in turn, so none ever stayed idle for tokio's
-    /// keep-alive and the threads a burst of logins started (each with its stack and its
-    /// allocator cache) never exited.
+    /// Not a task that sends the look to the blocking pool (issue 16): a task sent there every
+    /// second wakes its idle threads in turn, so none ever stayed idle for tokio's keep-alive
+    /// and the threads a burst of logins started (each with its stack and its allocator
+    /// cache) never exited. The `stat` of the model file (or the shared store's generation
+    /// check) now runs on this thread, never on a runtime worker.
     pub fn spawn_refresher(self: &Arc<Self>) {
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(POLL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let me = Arc::downgrade(self);
+        let runtime = tokio::runtime::Handle::current();
+        let poller = std::thread::Builder::new().name("popsift-model".into()).spawn(move || {
+            let _runtime = runtime.enter();
             loop {
-                tick.tick().await;
-                if !me.may_have_changed() {
-                    continue;
-                }
-                let h = me.clone();
-                let _ = tokio::task::spawn_blocking(move || h.refresh_blocking()).await;
+                std::thread::sleep(POLL);
+                let Some(h) = me.upgrade() else { return };
+                h.refresh_blocking();
             }
         });
+        if let Err(e) = poller {
+            tracing::error!(error = %e, "cannot start the bayes model poller; the model is not reloaded");
+        }
     }
 }
