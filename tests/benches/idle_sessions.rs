@@ -42,6 +42,10 @@
 #[path = "../support/mod.rs"]
 #[allow(unused_imports)]
 mod support;
+// Only its tick reader is used here.
+#[allow(dead_code)]
+#[path = "proc_cpu.rs"]
+mod proc_cpu;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -92,10 +96,9 @@ fn pss_by_kind(pid: u32) -> String {
 
 /// User + system CPU ticks of a process.
 fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("popsift runs");
-    let after = s.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "popsift runs");
+    let (user, sys) = proc_cpu::user_sys_ticks(pid);
+    user + sys
 }
 
 /// Waits until the process has used no CPU for a second (everything it was doing is done).

@@ -32,3 +32,16 @@ pub fn settled_cpu(pid: u32) -> Duration {
     }
     last
 }
+
+/// User and system CPU of `pid` in clock ticks (`/proc/PID/stat` fields 14 and 15; 10 ms
+/// ticks, meaningful summed over runs); (0, 0) when the process is gone. Not every bench
+/// that includes this file reads the split.
+#[allow(dead_code)]
+pub fn user_sys_ticks(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (in parentheses, may contain spaces): utime and
+    // stime are the 12th and 13th of them.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    (f.get(11).copied().unwrap_or(0), f.get(12).copied().unwrap_or(0))
+}

@@ -212,16 +212,8 @@ struct Cpu {
 
 impl Cpu {
     fn of(pid: u32) -> Cpu {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the command name (which is in parentheses and may contain spaces):
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-        let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-        let f: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap_or(0)).collect();
-        Cpu {
-            total: proc_cpu::cpu(pid),
-            user_ticks: f.get(11).copied().unwrap_or(0),
-            sys_ticks: f.get(12).copied().unwrap_or(0),
-        }
+        let (user_ticks, sys_ticks) = proc_cpu::user_sys_ticks(pid);
+        Cpu { total: proc_cpu::cpu(pid), user_ticks, sys_ticks }
     }
 
     fn since(self, before: Cpu) -> Cpu {
