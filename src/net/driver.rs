@@ -80,6 +80,13 @@ use crate::store::verdict_memo::VerdictMemo;
 
 /// Client output is flushed when this much is pending, even mid-response.
 const FLUSH_AT: usize = 64 * 1024;
+/// A body part that does not end in the upstream's read buffer is kept there (and written
+/// from there, see [`Session::relay_body`]) only from this size on. A smaller one is copied
+/// into the output queue as before: kept, the next read's `reserve` would move it to the
+/// buffer's front and the body's end would copy it again, so a small pipelined body split
+/// across two reads was copied twice (issue 16: the 2,000 × 10 KB pipelined cell measured
+/// 1.11–1.16× the CPU of the build without the held part).
+const HOLD_FROM: usize = 16 * 1024;
 /// Most client input read ahead while watching the client during an upstream wait.
 const WATCH_READ_AHEAD: usize = 64 * 1024;
 /// Cap on a multi-line CAPA reply.
@@ -702,6 +709,11 @@ impl Session<'_> {
                     up.consume(n);
                     self.mid_response = false;
                     return Ok(());
+                }
+                Some((n, false)) if n < HOLD_FROM => {
+                    self.out.extend_from_slice(up.buffered().get(..n).unwrap_or_default());
+                    up.consume(n);
+                    held = 0;
                 }
                 Some((n, false)) => held = n,
                 None => {}
