@@ -15,6 +15,7 @@ pub mod config;
 pub mod edge;
 pub mod hex;
 pub mod locate;
+pub mod logging;
 pub mod mailfiles;
 pub mod metrics;
 pub mod net;

@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use popsift::cli::{Cli, Command, LogFormat};
 use popsift::cmd::{self, Exit};
+use popsift::logging;
 
 /// jemalloc instead of glibc malloc (issue 16): less memory per idle session, and what
 /// ended sessions freed goes back to the system (figures in README, "Performance").
@@ -54,8 +55,10 @@ fn init_tracing(format: LogFormat, level: Option<&str>) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    // The formats are tracing-subscriber's own, with the running session's label where its
+    // span used to be (`popsift::logging`: no span per session).
     match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.event_format(logging::Human::default()).init(),
+        LogFormat::Json => builder.json().event_format(logging::Json::default()).init(),
     }
 }

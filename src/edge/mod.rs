@@ -16,7 +16,7 @@
 //! ([`Edge::start_tls`]) and holds the throttle's shared state ([`Edge::is_throttled`]).
 //!
 //! Every failed login is logged by [`Edge::login_failed`] as one line in a stable format,
-//! outside the session's span so that nothing the client chose precedes the address:
+//! outside the session's log context (`parent: None`) so that nothing the client chose precedes the address:
 //! `login failed: client=ADDR user="NAME" upstream=HOST:PORT reason=REASON` (target
 //! `popsift::login`). `deploy/fail2ban/filter.d/popsift.conf` matches it.
 // Peer data never panics a session (issue 12): no unwrap/expect/indexing outside tests.
@@ -202,7 +202,7 @@ impl Edge {
             self.throttle.record_failure(client, Instant::now());
         }
         crate::metrics::login_failure(why.label());
-        // `parent: None`: outside the session span, so the line starts with the address.
+        // `parent: None`: without the session label (`crate::logging`), so the line starts with the address.
         warn!(target: "popsift::login", parent: None, "login failed: client={client} user={:?} upstream={upstream} reason={}", user.unwrap_or(""), why.label());
         self.throttle.settings().delay
     }

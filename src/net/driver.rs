@@ -54,11 +54,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{info, warn};
 
 use crate::config::Upstream as UpstreamConfig;
 use crate::config::{Config, Listener};
 use crate::edge::tls::ClientStream;
+use crate::logging;
 use crate::metrics::{self as m, Direction, SessionResult};
 use crate::net::conn::{BodyClock, Conn, Side};
 use crate::net::error::{Phase, SessionError};
@@ -180,11 +181,14 @@ async fn cut_off(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// edge admitted it (`crate::edge`); `peer` is the client's address (from the PROXY header
 /// behind a balancer).
 pub async fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
-    let span = info_span!("session", %peer, upstream = tracing::field::Empty, user = tracing::field::Empty);
+    // The session's log context (peer, upstream, user): a task-local label, not a tracing
+    // span, whose registry entry cost ~0.7 KiB per session and kept it after the end
+    // (issue 16; `crate::logging`).
+    let mut label = logging::Label::new(peer);
     if let Some(up) = &ctx.listener.upstream {
-        span.record("upstream", tracing::field::display(up.display()));
+        label = label.with_upstream(up.display());
     }
-    async move {
+    logging::scope(label, async move {
         let started = Instant::now();
         // Counts the session in `popsift_sessions_active` until dropped, even by a panic.
         let active = m::ActiveSession::start();
@@ -271,8 +275,7 @@ pub async fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext
             duration_ms = started.elapsed().as_millis() as u64,
             "session finished"
         );
-    }
-    .instrument(span)
+    })
     .await
 }
 
@@ -455,7 +458,7 @@ impl Session<'_> {
                 Box::pin(history_hooks::after_update(self.ctx, &up, m.login_user(), m.view())).await
             }
             Action::User(name) => {
-                tracing::Span::current().record("user", name.as_str());
+                logging::set_user(&name);
             }
             // Dropping the connection closes it (leftover replies must answer no command).
             Action::DropUpstream => self.up = None,
@@ -513,7 +516,7 @@ impl Session<'_> {
                 Input::Resolved(r)
             }
             Need::ConnectTo { upstream: target, addrs } => {
-                tracing::Span::current().record("upstream", tracing::field::display(target.display()));
+                logging::set_upstream(target.display());
                 let connect = Box::pin(upstream::connect_to(&target, &addrs, &ctx.tls, t));
                 let mut up = watching(&mut self.client, false, connect).await?;
                 let input = Input::Connected { greeting: std::mem::take(&mut up.greeting), caps: up.caps.take() };
