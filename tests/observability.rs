@@ -145,6 +145,29 @@ fn credentials_never_reach_the_logs_at_any_level() {
         let log = p.log();
         assert!(log.contains("session finished"), "logging works: {log}");
         assert!(log.contains("alice"), "the user name is logged");
+        // Every session's summary says which session: client address, upstream, user (the
+        // task-local label of `popsift::logging`, printed where the session span was).
+        let finished: Vec<&str> = log.lines().filter(|l| l.contains("session finished")).collect();
+        assert_eq!(finished.len(), 5, "{log}");
+        for line in &finished {
+            let (peer, upstream, user) = if format == "json" {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                let span = &v["span"];
+                assert_eq!(span["name"], "session", "{line}");
+                assert_eq!(v["spans"][0], *span, "{line}");
+                let s = |k: &str| span[k].as_str().map(str::to_string);
+                (s("peer"), s("upstream"), s("user"))
+            } else {
+                let label = line.split_once(" session{").and_then(|(_, r)| r.split_once("}: ")).map(|(l, _)| l);
+                let label = label.unwrap_or_else(|| panic!("no session label: {line}"));
+                let field = |k: &str| label.split(' ').find_map(|f| f.strip_prefix(k)).map(str::to_string);
+                (field("peer="), field("upstream="), field("user="))
+            };
+            assert!(peer.is_some_and(|p| p.starts_with("127.0.0.1:")), "{line}");
+            assert_eq!(upstream, Some(d.pop3_addr()), "{line}");
+            let want = if format == "json" { "alice" } else { "\"alice\"" };
+            assert_eq!(user.as_deref(), Some(want), "{line}");
+        }
         for secret in [pass.as_str(), "Wrong-Secret-42", plain.as_str()] {
             assert!(!log.contains(secret), "{format} log at trace level contains a credential");
         }
