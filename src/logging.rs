@@ -9,7 +9,7 @@
 //! 1.4 MiB of allocator slack pinned after 5,000 sessions had ended (README, "Idle
 //! sessions").
 //!
-//! Instead, a session runs inside [`scope`]: a [`Label`] in a tokio task-local, one small
+//! Instead, a session runs inside [`scope`]: a [`Label`] in a tokio task-local, one 64-byte
 //! heap object per session that goes away with it. [`set_user`] and [`set_upstream`] fill
 //! it in once they are known (not per command: the relay path does not touch it). The two
 //! event formatters, [`Human`] and [`Json`], print it where the span used to be, in the
@@ -25,7 +25,7 @@
 //! none with the span either (a span is not carried across tasks or threads).
 //! An event with an explicit `parent: None` is printed without it: the failed-login line
 //! (`popsift::login`, matched by fail2ban) starts with the address on purpose.
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,24 +44,33 @@ tokio::task_local! {
 /// The span's name that the label stands for (log consumers match on it).
 const NAME: &str = "session";
 
-/// A session's log context. Boxed: the session future keeps one pointer, not 80 bytes.
-pub struct Label(Box<RefCell<Fields>>);
+/// A session's log context. Boxed: the session future keeps one pointer, not 64 bytes.
+pub struct Label(Box<Fields>);
 
+/// `Cell`s, not a `RefCell`: no borrow flag, so the box fits the 64-byte size class. The
+/// task-local is only ever touched by its own task, one call at a time.
 struct Fields {
     peer: SocketAddr,
-    upstream: Option<Box<str>>,
-    user: Option<Box<str>>,
+    upstream: Cell<Option<Box<str>>>,
+    user: Cell<Option<Box<str>>>,
+}
+
+/// What a line prints of a label, read out of its cells for the time of one event.
+struct Shown<'a> {
+    peer: SocketAddr,
+    upstream: Option<&'a str>,
+    user: Option<&'a str>,
 }
 
 impl Label {
     /// A session from `peer`, its upstream not known yet.
     pub fn new(peer: SocketAddr) -> Self {
-        Label(Box::new(RefCell::new(Fields { peer, upstream: None, user: None })))
+        Label(Box::new(Fields { peer, upstream: Cell::new(None), user: Cell::new(None) }))
     }
 
     /// The same, with the upstream known from the start (the listener's own).
     pub fn with_upstream(self, upstream: String) -> Self {
-        self.0.borrow_mut().upstream = Some(upstream.into_boxed_str());
+        self.0.upstream.set(Some(upstream.into_boxed_str()));
         self
     }
 }
@@ -74,33 +83,34 @@ pub fn scope<F: Future>(label: Label, session: F) -> impl Future<Output = F::Out
 /// Records the user name of the running session (after USER, APOP or AUTH). Outside a
 /// session it does nothing.
 pub fn set_user(name: &str) {
-    update(|f| {
-        if f.user.as_deref() != Some(name) {
-            f.user = Some(name.into());
-        }
+    let _ = SESSION.try_with(|l| {
+        let old = l.0.user.take();
+        l.0.user.set(if old.as_deref() == Some(name) { old } else { Some(name.into()) });
     });
 }
 
 /// Records the upstream of the running session (chosen from the user name).
 pub fn set_upstream(upstream: String) {
-    update(|f| f.upstream = Some(upstream.into_boxed_str()));
+    let _ = SESSION.try_with(|l| l.0.upstream.set(Some(upstream.into_boxed_str())));
 }
 
-fn update(change: impl FnOnce(&mut Fields)) {
-    let _ = SESSION.try_with(|l| {
-        if let Ok(mut f) = l.0.try_borrow_mut() {
-            change(&mut f);
-        }
-    });
-}
-
-/// Calls `f` with the running session's label, if the event is in one. Never panics: a
-/// label being changed right now (it is not: nothing logs while it is) is left out.
-fn with_label<R>(event: &Event<'_>, f: impl FnOnce(&Fields) -> R) -> Option<R> {
+/// Calls `f` with the running session's label, if the event is in one (an event with an
+/// explicit parent, e.g. `parent: None`, is not). The values are taken out of their cells
+/// while `f` runs and put back after it (formatting does not log, so nothing sees them
+/// missing).
+fn with_label<R>(event: &Event<'_>, f: impl FnOnce(&Shown<'_>) -> R) -> Option<R> {
     if !event.is_contextual() {
         return None;
     }
-    SESSION.try_with(|l| l.0.try_borrow().ok().map(|fields| f(&fields))).ok().flatten()
+    SESSION
+        .try_with(|l| {
+            let (upstream, user) = (l.0.upstream.take(), l.0.user.take());
+            let r = f(&Shown { peer: l.0.peer, upstream: upstream.as_deref(), user: user.as_deref() });
+            l.0.upstream.set(upstream);
+            l.0.user.set(user);
+            r
+        })
+        .ok()
 }
 
 /// Writes `s` with control characters escaped (`\u{1b}`), so that a value taken from a
@@ -178,15 +188,15 @@ fn write_level(w: &mut Writer<'_>, level: Level, ansi: bool) -> fmt::Result {
 
 /// `session{peer=… upstream=… user="…"}:` and a space unless other spans follow, as
 /// tracing-subscriber printed the span (`user` in `Debug` form, as a recorded `&str` was).
-fn write_human_label(w: &mut Writer<'_>, f: &Fields, ansi: bool, more_spans: bool) -> fmt::Result {
+fn write_human_label(w: &mut Writer<'_>, f: &Shown<'_>, ansi: bool, more_spans: bool) -> fmt::Result {
     let (bold, dimmed, italic, reset) = if ansi { (BOLD, DIMMED, ITALIC, RESET) } else { ("", "", "", "") };
     write!(w, "{bold}{NAME}{reset}{bold}{{{reset}")?;
     write!(w, "{italic}peer{reset}{dimmed}={reset}{}", f.peer)?;
-    if let Some(up) = &f.upstream {
+    if let Some(up) = f.upstream {
         write!(w, " {italic}upstream{reset}{dimmed}={reset}")?;
         write_escaped(w, up)?;
     }
-    if let Some(user) = &f.user {
+    if let Some(user) = f.user {
         write!(w, " {italic}user{reset}{dimmed}={reset}{user:?}")?;
     }
     write!(w, "{bold}}}{reset}{dimmed}:{reset}")?;
@@ -228,7 +238,7 @@ where
 
 /// The label as the JSON object tracing-subscriber printed for the span: its fields in
 /// name order, then `"name"`.
-fn json_label(f: &Fields) -> Result<String, fmt::Error> {
+fn json_label(f: &Shown<'_>) -> Result<String, fmt::Error> {
     struct AsStr<'a>(&'a dyn fmt::Display);
     impl serde::Serialize for AsStr<'_> {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -240,11 +250,11 @@ fn json_label(f: &Fields) -> Result<String, fmt::Error> {
     let write = |ser: &mut serde_json::Serializer<&mut Vec<u8>>| -> Result<(), serde_json::Error> {
         let mut map = ser.serialize_map(None)?;
         map.serialize_entry("peer", &AsStr(&f.peer))?;
-        if let Some(up) = &f.upstream {
-            map.serialize_entry("upstream", &**up)?;
+        if let Some(up) = f.upstream {
+            map.serialize_entry("upstream", up)?;
         }
-        if let Some(user) = &f.user {
-            map.serialize_entry("user", &**user)?;
+        if let Some(user) = f.user {
+            map.serialize_entry("user", user)?;
         }
         map.serialize_entry("name", NAME)?;
         map.end()
@@ -471,6 +481,12 @@ mod tests {
         let v = json(hostile).remove(0);
         assert_eq!(v["span"]["user"], "a\r\nINFO fake\x1b[31m");
         assert_eq!(v["span"]["upstream"], "evil\n.example:110");
+    }
+
+    #[test]
+    fn a_label_fits_the_64_byte_size_class_and_the_future_keeps_a_pointer() {
+        assert!(std::mem::size_of::<Fields>() <= 64, "{}", std::mem::size_of::<Fields>());
+        assert_eq!(std::mem::size_of::<Label>(), std::mem::size_of::<usize>());
     }
 
     #[test]
