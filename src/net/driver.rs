@@ -166,6 +166,19 @@ pub struct SessionContext {
     pub edge: Arc<crate::edge::Edge>,
     /// The decision history (review page); `None` when off or it could not be opened.
     pub history: Option<Arc<crate::store::history::Recorder>>,
+    /// The machine's policy for this listener, made once ([`SessionContext::settings_for`])
+    /// and shared by its sessions (issue 16: a pointer in each idle session, not a copy).
+    pub settings: Arc<Settings>,
+}
+
+impl SessionContext {
+    /// The machine's settings for sessions of `listener` under `config` behind `edge`.
+    pub fn settings_for(config: &Config, listener: &Listener, edge: &crate::edge::Edge) -> Arc<Settings> {
+        let mut settings = Settings::from_config(config);
+        settings.edge = edge.capa_policy();
+        settings.upstream_from_user = listener.upstream_from_user.clone();
+        Arc::new(settings)
+    }
 }
 
 /// Resolves when the drain deadline has passed (never, if the sender is gone without it).
@@ -201,10 +214,7 @@ pub async fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext
             history: None,
             target: None,
         };
-        let mut settings = Settings::from_config(&ctx.config);
-        settings.edge = ctx.edge.capa_policy();
-        settings.upstream_from_user = ctx.listener.upstream_from_user.clone();
-        let mut machine = Machine::new(settings, Instant::now());
+        let mut machine = Machine::with_settings(ctx.settings.clone(), Instant::now());
         if secure {
             machine.tls_started();
         }
@@ -305,7 +315,8 @@ struct Session<'a> {
     usage: Option<Box<QuarantineUsage>>,
     /// The upstream this session is connected to (the listener's, or the one a per-user
     /// login named): with the user it keys the cache, quarantine, history and rules.
-    target: Option<UpstreamConfig>,
+    /// Boxed (issue 16): 56 bytes on the heap, not in every idle session's future.
+    target: Option<Box<UpstreamConfig>>,
     /// This login's decisions, taken at `ViewReady` and queued at `RecordHistory` (after the
     /// login's `+OK`).
     history: Option<Box<crate::store::history::LoginBatch>>,
@@ -499,7 +510,7 @@ impl Session<'_> {
                 // Moved, not copied: the machine keeps them for the session (issue 16).
                 let input = Input::Connected { greeting: std::mem::take(&mut up.greeting), caps: up.caps.take() };
                 self.up = Some(Box::new(up));
-                self.target = Some(target);
+                self.target = Some(Box::new(target));
                 input
             }
             Need::Resolve { host, port } => {
@@ -565,7 +576,7 @@ impl Session<'_> {
                 let shown = self.upstream_shown();
                 let up = connected(&mut self.up)?;
                 if self.scan.is_none() {
-                    self.scan = Some(Box::new(LoginScan::start(ctx, self.target.as_ref(), m.login_user()).await));
+                    self.scan = Some(Box::new(LoginScan::start(ctx, self.target.as_deref(), m.login_user()).await));
                 }
                 let scan = self.scan.as_mut().ok_or(SessionError::Internal("login scan state"))?;
                 let uidl_trusted = outcome.uidl_trusted;
@@ -608,7 +619,7 @@ impl Session<'_> {
     /// goes on (only the client is touched; the scan owns the upstream).
     async fn scan(&mut self, pipelining: bool, requested: bool, m: &mut Machine) -> Result<Input, SessionError> {
         let ctx = self.ctx;
-        let scan = LoginScan::start(ctx, self.target.as_ref(), m.login_user()).await;
+        let scan = LoginScan::start(ctx, self.target.as_deref(), m.login_user()).await;
         let outcome = {
             let up = connected(&mut self.up)?;
             let scanning = scan.list(up, ctx, pipelining, requested);

@@ -83,6 +83,7 @@ pub async fn serve(
         let ctx = Arc::new(SessionContext {
             listener: l.clone(),
             config: config.clone(),
+            settings: SessionContext::settings_for(&config, l, &edge),
             tls: tls::client_config(l.upstream_ca())?,
             rules: rules.clone(),
             cache: cache.clone(),

@@ -161,7 +161,10 @@ pub enum Need {
     Resolve { host: String, port: u16 },
     /// Connect to this upstream at exactly these (checked) addresses, read its greeting and
     /// CAPA → [`Input::Connected`]. From now on the session's mailbox keys use it.
-    ConnectTo { upstream: Upstream, addrs: Vec<std::net::SocketAddr> },
+    ///
+    /// The server boxed (issue 16): every `Need` and `Action` is as large as its largest
+    /// variant, and one is kept in the future of every idle session.
+    ConnectTo { upstream: Box<Upstream>, addrs: Vec<std::net::SocketAddr> },
     /// Flush the client output, then wait for one client line → [`Input::ClientLine`].
     ClientLine,
     /// A client line already buffered, without waiting (when `read_ahead`, first read what
@@ -353,7 +356,9 @@ struct Deletes {
 
 /// The session's state machine (see the module doc).
 pub struct Machine {
-    settings: Settings,
+    /// Shared by the sessions of a listener (issue 16: a pointer in every idle session's
+    /// future instead of a copy).
+    settings: Arc<Settings>,
     state: State,
     actions: VecDeque<Action>,
     /// Time of the latest input.
@@ -381,7 +386,9 @@ pub struct Machine {
     /// TLS is active on the client connection (implicit, or after STLS).
     secure: bool,
     /// Per-user upstream: the server this session is connected to, once a login named it.
-    routed_to: Option<Upstream>,
+    /// Boxed (issue 16): only per-user listeners set it, and it would take 56 bytes in the
+    /// future of every idle session.
+    routed_to: Option<Box<Upstream>>,
     /// The owner's "Not spam" overrides could not be read in time (see
     /// [`Machine::hold_condemnation`]): nothing is condemned at this login.
     condemn_held: bool,
@@ -394,6 +401,11 @@ pub struct Machine {
 
 impl Machine {
     pub fn new(settings: Settings, now: Instant) -> Machine {
+        Machine::with_settings(Arc::new(settings), now)
+    }
+
+    /// [`Machine::new`] with settings shared by the sessions of a listener.
+    pub fn with_settings(settings: Arc<Settings>, now: Instant) -> Machine {
         let mut actions = VecDeque::new();
         let state = if settings.upstream_from_user.is_some() {
             // The server is not known before the login names it: popsift greets.
@@ -622,7 +634,7 @@ impl Machine {
             (State::RouteConnecting(p), Input::Connected { caps, .. }) => {
                 // The server's greeting is not relayed: the client has had popsift's.
                 self.caps = caps;
-                self.routed_to = Some(p.route.upstream.clone());
+                self.routed_to = Some(Box::new(p.route.upstream.clone()));
                 self.send_then(p.then)
             }
             (State::SaslLocal(mech), Input::ClientLine(line)) => {
@@ -1077,7 +1089,7 @@ impl Machine {
     /// else after resolving and checking its addresses.
     fn route_to(&mut self, route: Route, then: Then) -> State {
         match &self.routed_to {
-            Some(up) if *up == route.upstream => self.send_then(then),
+            Some(up) if **up == route.upstream => self.send_then(then),
             Some(_) => {
                 self.reply(err("[AUTH] this session is connected to another mail server; reconnect to log in there"));
                 State::AuthIdle
@@ -1103,7 +1115,7 @@ impl Machine {
             let shown = p.route.upstream.display();
             return self.refuse_route(Some(&p.route.user), Some(shown), &e);
         }
-        self.queue_need(Need::ConnectTo { upstream: p.route.upstream.clone(), addrs });
+        self.queue_need(Need::ConnectTo { upstream: Box::new(p.route.upstream.clone()), addrs });
         State::RouteConnecting(Box::new(p))
     }
 
@@ -2364,5 +2376,28 @@ mod tests {
         s.feed(Input::Quarantined(Quarantined::Stored));
         assert!(matches!(s.run(), Need::Connect));
         assert!(s.take_upstream().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod layout_probe {
+    use super::*;
+    #[test]
+    fn print_layout() {
+        use std::mem::size_of;
+        eprintln!("Machine {}", size_of::<Machine>());
+        eprintln!("Settings {}", size_of::<Settings>());
+        eprintln!("State {}", size_of::<State>());
+        eprintln!("actions {}", size_of::<VecDeque<Action>>());
+        eprintln!("Authorization {}", size_of::<Authorization>());
+        eprintln!("entries {}", size_of::<Vec<Entry>>());
+        eprintln!("Option<Pipeline> {}", size_of::<Option<Pipeline>>());
+        eprintln!("MailboxView {}", size_of::<crate::session::view::MailboxView>());
+        eprintln!("Known {}", size_of::<Known>());
+        eprintln!("Option<Upstream> {}", size_of::<Option<Upstream>>());
+        eprintln!("Stats {}", size_of::<Stats>());
+        eprintln!("Instant {}", size_of::<Instant>());
+        eprintln!("Action {}", size_of::<Action>());
+        eprintln!("Need {}", size_of::<Need>());
     }
 }
