@@ -143,8 +143,32 @@ async fn ticking<T>(
 }
 
 /// The waits for the client's next command: what an idle session is doing.
-fn is_client_wait(need: &Need) -> bool {
-    matches!(need, Need::ClientLine | Need::BufferedClientLine { .. } | Need::ClientInput)
+///
+/// A copy of the [`Need`] in one octet or two (issue 16): [`Session::client_wait`] keeps its
+/// argument for its whole wait, in the future every idle session holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientWait {
+    Line,
+    Buffered { read_ahead: bool },
+    Input,
+}
+
+impl ClientWait {
+    fn of(need: &Need) -> Option<ClientWait> {
+        match need {
+            Need::ClientLine => Some(ClientWait::Line),
+            Need::BufferedClientLine { read_ahead } => Some(ClientWait::Buffered { read_ahead: *read_ahead }),
+            Need::ClientInput => Some(ClientWait::Input),
+            _ => None,
+        }
+    }
+
+    fn of_action(action: &Action) -> Option<ClientWait> {
+        match action {
+            Action::Need(need) => ClientWait::of(need),
+            _ => None,
+        }
+    }
 }
 
 /// Everything a session needs that outlives it.
@@ -192,12 +216,21 @@ async fn cut_off(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// everything is logged and counted here. `client` is plain TCP or TLS, as the listener's
 /// edge admitted it (`crate::edge`); `peer` is the client's address (from the PROXY header
 /// behind a balancer).
-pub async fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
+///
+/// Not an `async fn` (issue 16): the span is made here and the session's own future is
+/// instrumented directly, so the session future holds its arguments once (an `async fn`
+/// around an `async move` block held them twice).
+pub fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext>) -> impl Future<Output = ()> {
     let span = info_span!("session", %peer, upstream = tracing::field::Empty, user = tracing::field::Empty);
     if let Some(up) = &ctx.listener.upstream {
         span.record("upstream", tracing::field::display(up.display()));
     }
-    async move {
+    session(client, peer, ctx).instrument(span)
+}
+
+/// The session itself (see [`run`]).
+async fn session(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
+    {
         let started = Instant::now();
         // Counts the session in `popsift_sessions_active` until dropped, even by a panic.
         let active = m::ActiveSession::start();
@@ -282,8 +315,6 @@ pub async fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext
             "session finished"
         );
     }
-    .instrument(span)
-    .await
 }
 
 /// What `Session::up` being `None` would mean: only before connect, when nothing uses it.
@@ -334,17 +365,25 @@ impl Session<'_> {
     async fn pump(&mut self, m: &mut Machine) -> Result<(), SessionError> {
         let mut next = None;
         loop {
-            match next.take().unwrap_or_else(|| m.next_action()) {
+            let action = next.take().unwrap_or_else(|| m.next_action());
+            if let Some(wait) = ClientWait::of_action(&action) {
+                drop(action);
+                // Flushed here rather than inside the wait (issue 16): the write's state
+                // and the wait's then share their room in this future.
+                if !matches!(wait, ClientWait::Buffered { .. }) {
+                    self.flush().await?;
+                }
+                let input = self.client_wait(wait, m).await?;
+                m.handle(Instant::now(), input);
+                continue;
+            }
+            match action {
                 Action::Close => {
                     self.flush().await?;
                     return Ok(());
                 }
                 Action::ToClient(b) => self.queue_client(&b).await?,
                 Action::Flush => self.flush().await?,
-                Action::Need(need) if is_client_wait(&need) => {
-                    let input = self.client_wait(need, m).await?;
-                    m.handle(Instant::now(), input);
-                }
                 other => next = Some(Box::pin(self.steps(other, m)).await?),
             }
         }
@@ -382,13 +421,13 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// The waits for the client's next command (see [`is_client_wait`]): the only needs
-    /// [`Session::pump`] performs itself, so its future is sized by these alone.
-    async fn client_wait(&mut self, need: Need, m: &mut Machine) -> Result<Input, SessionError> {
+    /// The waits for the client's next command (see [`ClientWait`]): the only needs
+    /// [`Session::pump`] performs itself, so its future is sized by these alone. Pending
+    /// output was flushed before `Line` and `Input` by `pump`.
+    async fn client_wait(&mut self, wait: ClientWait, m: &mut Machine) -> Result<Input, SessionError> {
         let t = &self.ctx.config.timeouts;
-        Ok(match need {
-            Need::ClientLine => {
-                self.flush().await?;
+        Ok(match wait {
+            ClientWait::Line => {
                 // Boxed (issue 16): only AUTHORIZATION reads whole lines here (a few per
                 // session); inline, this read (536 bytes) was the largest state of the
                 // future every idle session keeps, whose idle TRANSACTION wait is the
@@ -396,7 +435,7 @@ impl Session<'_> {
                 let read = self.client.read_command(MAX_COMMAND_LINE, t.client_idle, t.client_line);
                 Input::ClientLine(Box::pin(read).await?.to_vec())
             }
-            Need::BufferedClientLine { read_ahead } => loop {
+            ClientWait::Buffered { read_ahead } => loop {
                 // For a pipelining client, top the buffer up with whatever it has already
                 // sent (without waiting) while the queue runs low, so the upstream stays
                 // busy. A one-command-at-a-time client never has more: no extra syscall.
@@ -406,8 +445,7 @@ impl Session<'_> {
                     None => break Input::NoClientLine,
                 }
             },
-            Need::ClientInput => {
-                self.flush().await?;
+            ClientWait::Input => {
                 // Idle memory (issue 16): a client silent past `conn::IDLE_GRACE` makes the
                 // session give back its buffers while it waits.
                 let (up, out) = (&mut self.up, &mut self.out);
@@ -421,7 +459,6 @@ impl Session<'_> {
                 self.client.fill_client_or_idle(t.client_idle, t.client_line, release).await?;
                 Input::ClientInput
             }
-            _ => return Err(SessionError::Internal("not a wait for the client")),
         })
     }
 
@@ -551,7 +588,11 @@ impl Session<'_> {
             }
             Need::LoginAllowed => Input::LoginAllowed(!ctx.edge.is_throttled(self.peer.ip())),
             Need::ClientLine | Need::BufferedClientLine { .. } | Need::ClientInput => {
-                return self.client_wait(need, m).await
+                let Some(wait) = ClientWait::of(&need) else { return Err(SessionError::Internal("not a client wait")) };
+                if !matches!(wait, ClientWait::Buffered { .. }) {
+                    self.flush().await?;
+                }
+                return self.client_wait(wait, m).await;
             }
             Need::UpstreamLine { phase, lenient: true } => match self.up_line(phase, m.quit_queued()).await {
                 Ok(line) => Input::UpstreamLine(line),
@@ -832,5 +873,22 @@ mod tests {
         // class (it was in the 3,072 one: `run` 2,736 B before the AUTHORIZATION line
         // read, the drain watch, the upstream connection and UPDATE's queue were boxed).
         assert!(session <= RUN_FUTURE_MAX, "the session future grew to {session} B");
+    }
+
+    #[test]
+    fn probe_conn_futures() {
+        let mut c = Conn::new(ClientStream::Detached, Side::Client);
+        let d = Duration::from_secs(1);
+        let f = c.fill_client_or_idle(d, d, || {});
+        eprintln!("fill_client_or_idle {}", std::mem::size_of_val(&f));
+        drop(f);
+        let f = c.write_all(b"x", d, Phase::ClientWrite);
+        eprintln!("write_all {}", std::mem::size_of_val(&f));
+        drop(f);
+        let f = c.read_command(10, d, d);
+        eprintln!("read_command {}", std::mem::size_of_val(&f));
+        drop(f);
+        eprintln!("conn {} clientstream {}", std::mem::size_of::<Conn<ClientStream>>(), std::mem::size_of::<ClientStream>());
+        eprintln!("span {} sessionerror {}", std::mem::size_of::<tracing::Span>(), std::mem::size_of::<SessionError>());
     }
 }

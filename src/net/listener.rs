@@ -136,8 +136,10 @@ pub async fn serve(
                 // session's task, so a slow or hostile client never stalls accepting.
                 let session = async move {
                     let Some(admitted) = ctx.edge.admit(stream, peer).await else { return };
-                    let _slot = admitted.slot;
-                    driver::run(admitted.client, admitted.peer, ctx).await;
+                    // Taken apart (issue 16): keeping the slot as a field of `admitted` kept
+                    // all of it in the session's state for the session's whole life.
+                    let crate::edge::Admitted { client, peer, slot: _slot } = admitted;
+                    driver::run(client, peer, ctx).await;
                 };
                 tokio::spawn(supervise(session, spare, peer, permit));
             }
