@@ -2378,26 +2378,3 @@ mod tests {
         assert!(s.take_upstream().is_empty());
     }
 }
-
-#[cfg(test)]
-mod layout_probe {
-    use super::*;
-    #[test]
-    fn print_layout() {
-        use std::mem::size_of;
-        eprintln!("Machine {}", size_of::<Machine>());
-        eprintln!("Settings {}", size_of::<Settings>());
-        eprintln!("State {}", size_of::<State>());
-        eprintln!("actions {}", size_of::<VecDeque<Action>>());
-        eprintln!("Authorization {}", size_of::<Authorization>());
-        eprintln!("entries {}", size_of::<Vec<Entry>>());
-        eprintln!("Option<Pipeline> {}", size_of::<Option<Pipeline>>());
-        eprintln!("MailboxView {}", size_of::<crate::session::view::MailboxView>());
-        eprintln!("Known {}", size_of::<Known>());
-        eprintln!("Option<Upstream> {}", size_of::<Option<Upstream>>());
-        eprintln!("Stats {}", size_of::<Stats>());
-        eprintln!("Instant {}", size_of::<Instant>());
-        eprintln!("Action {}", size_of::<Action>());
-        eprintln!("Need {}", size_of::<Need>());
-    }
-}
