@@ -225,12 +225,15 @@ pub fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext>) -> 
     if let Some(up) = &ctx.listener.upstream {
         span.record("upstream", tracing::field::display(up.display()));
     }
-    session(client, peer, ctx).instrument(span)
+    session(Box::new((client, peer)), ctx).instrument(span)
 }
 
-/// The session itself (see [`run`]).
-async fn session(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext>) {
+/// The session itself (see [`run`]). The client connection and its address come boxed
+/// (issue 16): an `async fn` keeps its arguments in its state for its whole life, even
+/// once moved out, so a pointer's room instead of theirs.
+async fn session(arrived: Box<(ClientStream, SocketAddr)>, ctx: Arc<SessionContext>) {
     {
+        let (client, peer) = *arrived;
         let started = Instant::now();
         // Counts the session in `popsift_sessions_active` until dropped, even by a panic.
         let active = m::ActiveSession::start();
@@ -363,9 +366,10 @@ impl Session<'_> {
     /// once per command: its state lives on the heap only while the command runs. The
     /// bound is checked by the test `idle_future_is_small`.
     async fn pump(&mut self, m: &mut Machine) -> Result<(), SessionError> {
-        let mut next = None;
+        // One action at a time, moved out before each wait (issue 16): a value kept across
+        // the loop (the step's returned action in an `Option`) took its room for good.
+        let mut action = m.next_action();
         loop {
-            let action = next.take().unwrap_or_else(|| m.next_action());
             if let Some(wait) = ClientWait::of_action(&action) {
                 drop(action);
                 // Flushed here rather than inside the wait (issue 16): the write's state
@@ -375,17 +379,24 @@ impl Session<'_> {
                 }
                 let input = self.client_wait(wait, m).await?;
                 m.handle(Instant::now(), input);
+                action = m.next_action();
                 continue;
             }
-            match action {
+            action = match action {
                 Action::Close => {
                     self.flush().await?;
                     return Ok(());
                 }
-                Action::ToClient(b) => self.queue_client(&b).await?,
-                Action::Flush => self.flush().await?,
-                other => next = Some(Box::pin(self.steps(other, m)).await?),
-            }
+                Action::ToClient(b) => {
+                    self.queue_client(&b).await?;
+                    m.next_action()
+                }
+                Action::Flush => {
+                    self.flush().await?;
+                    m.next_action()
+                }
+                other => Box::pin(self.steps(other, m)).await?,
+            };
         }
     }
 

@@ -134,7 +134,12 @@ pub async fn serve(
                 let ctx = ctx.clone();
                 // The edge (PROXY header, per-address limit, implicit TLS) runs in the
                 // session's task, so a slow or hostile client never stalls accepting.
+                // Boxed until admission (issue 16): what an `async` block captures stays in
+                // its state for the session's whole life, even once moved out; a pointer's
+                // room instead of the socket's and the address's.
+                let arrived = Box::new((stream, peer));
                 let session = async move {
+                    let (stream, peer) = *arrived;
                     let Some(admitted) = ctx.edge.admit(stream, peer).await else { return };
                     // Taken apart (issue 16): keeping the slot as a field of `admitted` kept
                     // all of it in the session's state for the session's whole life.

@@ -253,6 +253,16 @@ pub struct Stats {
     pub logged_in: bool,
 }
 
+/// The evaluated listing during the quarantine copies (see [`Machine`]'s `scanned`).
+#[derive(Debug)]
+struct Scanned {
+    entries: Vec<Entry>,
+    /// Positions in `entries` to copy into the quarantine, in order.
+    candidates: Vec<usize>,
+    /// The next candidate to copy.
+    next: usize,
+}
+
 /// Where the session is, and what the next input means.
 #[derive(Debug)]
 enum State {
@@ -375,9 +385,9 @@ pub struct Machine {
     login_requested: bool,
     /// When the login `+OK` is due even though the scan still runs.
     answer_at: Option<Instant>,
-    entries: Vec<Entry>,
-    candidates: Vec<usize>,
-    next_candidate: usize,
+    /// The evaluated listing and its quarantine candidates, from evaluation until the view
+    /// opens (boxed, issue 16: an idle session keeps a pointer's room, not 56 bytes).
+    scanned: Option<Box<Scanned>>,
     pipeline: Option<Pipeline>,
     known: Known,
     /// UPDATE's deletions, made at QUIT (boxed, issue 16: an idle session keeps a
@@ -427,9 +437,7 @@ impl Machine {
             login_answered: false,
             login_requested: false,
             answer_at: None,
-            entries: Vec::new(),
-            candidates: Vec::new(),
-            next_candidate: 0,
+            scanned: None,
             pipeline: None,
             known: Known::default(),
             deletes: None,
@@ -732,14 +740,14 @@ impl Machine {
                 self.reply(REFUSED_WITHOUT_TOP.to_vec());
                 State::Closed
             }
-            (State::Evaluating, Input::Evaluated(entries)) => {
-                self.entries = entries;
+            (State::Evaluating, Input::Evaluated(mut entries)) => {
                 if self.condemn_held {
-                    hold_condemned(&mut self.entries);
+                    hold_condemned(&mut entries);
                 }
-                self.candidates = quarantine_candidates(&self.entries, self.settings.dry_run || self.condemn_held);
-                self.next_candidate = 0;
-                if self.candidates.is_empty() {
+                let candidates = quarantine_candidates(&entries, self.settings.dry_run || self.condemn_held);
+                let none = candidates.is_empty();
+                self.scanned = Some(Box::new(Scanned { entries, candidates, next: 0 }));
+                if none {
                     self.open_view()
                 } else {
                     self.queue_need(Need::QuarantineFolder);
@@ -748,12 +756,14 @@ impl Machine {
             }
             (State::QuarantineFolder, Input::QuarantineFolder) => self.next_quarantine(),
             (State::Quarantining, Input::Quarantined(result)) => {
-                let i = self.candidates.get(self.next_candidate.wrapping_sub(1)).copied();
-                if let Some(e) = i.and_then(|i| self.entries.get_mut(i)) {
+                let show_on_failure = self.settings.on_failure == OnFailure::Show;
+                let sc = self.scanned.as_deref_mut();
+                let i = sc.as_ref().and_then(|sc| sc.candidates.get(sc.next.wrapping_sub(1)).copied());
+                if let Some(e) = i.and_then(|i| sc.and_then(|sc| sc.entries.get_mut(i))) {
                     match result {
                         Quarantined::Stored | Quarantined::AlreadyStored => e.disposition = Disposition::Condemned,
                         Quarantined::Failed => {
-                            if self.settings.on_failure == OnFailure::Show {
+                            if show_on_failure {
                                 e.disposition = Disposition::Visible;
                             }
                         }
@@ -1224,13 +1234,13 @@ impl Machine {
 
     fn next_quarantine(&mut self) -> State {
         self.answer_early_if_due();
-        let Some(&i) = self.candidates.get(self.next_candidate) else {
+        let Some(sc) = self.scanned.as_deref_mut() else { return self.open_view() };
+        let Some(&i) = sc.candidates.get(sc.next) else {
             return self.open_view();
         };
-        self.next_candidate += 1;
-        match self.entries.get(i) {
+        sc.next += 1;
+        match sc.entries.get(i).map(|e| Box::new(e.clone())) {
             Some(e) => {
-                let e = Box::new(e.clone());
                 self.queue_need(Need::Quarantine(e));
                 State::Quarantining
             }
@@ -1240,8 +1250,7 @@ impl Machine {
 
     /// The view is complete: answer the login (unless answered early) and enter TRANSACTION.
     fn open_view(&mut self) -> State {
-        let entries = std::mem::take(&mut self.entries);
-        self.candidates = Vec::new();
+        let entries = self.scanned.take().map(|sc| sc.entries).unwrap_or_default();
         let view = MailboxView::new(&entries);
         let (_, hidden, condemned) = view.counts();
         self.stats.messages = view.len();
