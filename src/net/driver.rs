@@ -205,6 +205,13 @@ impl SessionContext {
     }
 }
 
+/// The value out of its box, the box freed at once: `let x = *boxed;` frees it only when
+/// `boxed` goes out of scope, and for an argument or a capture of a session's future that
+/// is the session's end (issue 16: the box was then one more object per idle session).
+pub fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
 /// Resolves when the drain deadline has passed (never, if the sender is gone without it).
 async fn cut_off(mut rx: tokio::sync::watch::Receiver<bool>) {
     if rx.wait_for(|c| *c).await.is_err() {
@@ -233,7 +240,7 @@ pub fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext>) -> 
 /// once moved out, so a pointer's room instead of theirs.
 async fn session(arrived: Box<(ClientStream, SocketAddr)>, ctx: Arc<SessionContext>) {
     {
-        let (client, peer) = *arrived;
+        let (client, peer) = unbox(arrived);
         let started = Instant::now();
         // Counts the session in `popsift_sessions_active` until dropped, even by a panic.
         let active = m::ActiveSession::start();

@@ -139,7 +139,7 @@ pub async fn serve(
                 // room instead of the socket's and the address's.
                 let arrived = Box::new((stream, peer));
                 let session = async move {
-                    let (stream, peer) = *arrived;
+                    let (stream, peer) = driver::unbox(arrived);
                     let Some(admitted) = ctx.edge.admit(stream, peer).await else { return };
                     // Taken apart (issue 16): keeping the slot as a field of `admitted` kept
                     // all of it in the session's state for the session's whole life.
