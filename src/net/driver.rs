@@ -208,6 +208,7 @@ impl SessionContext {
 /// The value out of its box, the box freed at once: `let x = *boxed;` frees it only when
 /// `boxed` goes out of scope, and for an argument or a capture of a session's future that
 /// is the session's end (issue 16: the box was then one more object per idle session).
+#[allow(clippy::boxed_local)] // the point: the box is freed here
 pub fn unbox<T>(boxed: Box<T>) -> T {
     *boxed
 }
