@@ -83,6 +83,7 @@ pub async fn serve(
         let ctx = Arc::new(SessionContext {
             listener: l.clone(),
             config: config.clone(),
+            settings: SessionContext::settings_for(&config, l, &edge),
             tls: tls::client_config(l.upstream_ca())?,
             rules: rules.clone(),
             cache: cache.clone(),
@@ -133,10 +134,17 @@ pub async fn serve(
                 let ctx = ctx.clone();
                 // The edge (PROXY header, per-address limit, implicit TLS) runs in the
                 // session's task, so a slow or hostile client never stalls accepting.
+                // Boxed until admission (issue 16): what an `async` block captures stays in
+                // its state for the session's whole life, even once moved out; a pointer's
+                // room instead of the socket's and the address's.
+                let arrived = Box::new((stream, peer));
                 let session = async move {
+                    let (stream, peer) = driver::unbox(arrived);
                     let Some(admitted) = ctx.edge.admit(stream, peer).await else { return };
-                    let _slot = admitted.slot;
-                    driver::run(admitted.client, admitted.peer, ctx).await;
+                    // Taken apart (issue 16): keeping the slot as a field of `admitted` kept
+                    // all of it in the session's state for the session's whole life.
+                    let crate::edge::Admitted { client, peer, slot: _slot } = admitted;
+                    driver::run(client, peer, ctx).await;
                 };
                 tokio::spawn(supervise(session, spare, peer, permit));
             }

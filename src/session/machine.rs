@@ -161,7 +161,10 @@ pub enum Need {
     Resolve { host: String, port: u16 },
     /// Connect to this upstream at exactly these (checked) addresses, read its greeting and
     /// CAPA → [`Input::Connected`]. From now on the session's mailbox keys use it.
-    ConnectTo { upstream: Upstream, addrs: Vec<std::net::SocketAddr> },
+    ///
+    /// The server boxed (issue 16): every `Need` and `Action` is as large as its largest
+    /// variant, and one is kept in the future of every idle session.
+    ConnectTo { upstream: Box<Upstream>, addrs: Vec<std::net::SocketAddr> },
     /// Flush the client output, then wait for one client line → [`Input::ClientLine`].
     ClientLine,
     /// A client line already buffered, without waiting (when `read_ahead`, first read what
@@ -248,6 +251,16 @@ pub struct Stats {
     pub deleted_upstream: usize,
     pub auth_failed: bool,
     pub logged_in: bool,
+}
+
+/// The evaluated listing during the quarantine copies (see [`Machine`]'s `scanned`).
+#[derive(Debug)]
+struct Scanned {
+    entries: Vec<Entry>,
+    /// Positions in `entries` to copy into the quarantine, in order.
+    candidates: Vec<usize>,
+    /// The next candidate to copy.
+    next: usize,
 }
 
 /// Where the session is, and what the next input means.
@@ -353,7 +366,9 @@ struct Deletes {
 
 /// The session's state machine (see the module doc).
 pub struct Machine {
-    settings: Settings,
+    /// Shared by the sessions of a listener (issue 16: a pointer in every idle session's
+    /// future instead of a copy).
+    settings: Arc<Settings>,
     state: State,
     actions: VecDeque<Action>,
     /// Time of the latest input.
@@ -370,9 +385,9 @@ pub struct Machine {
     login_requested: bool,
     /// When the login `+OK` is due even though the scan still runs.
     answer_at: Option<Instant>,
-    entries: Vec<Entry>,
-    candidates: Vec<usize>,
-    next_candidate: usize,
+    /// The evaluated listing and its quarantine candidates, from evaluation until the view
+    /// opens (boxed, issue 16: an idle session keeps a pointer's room, not 56 bytes).
+    scanned: Option<Box<Scanned>>,
     pipeline: Option<Pipeline>,
     known: Known,
     /// UPDATE's deletions, made at QUIT (boxed, issue 16: an idle session keeps a
@@ -381,7 +396,9 @@ pub struct Machine {
     /// TLS is active on the client connection (implicit, or after STLS).
     secure: bool,
     /// Per-user upstream: the server this session is connected to, once a login named it.
-    routed_to: Option<Upstream>,
+    /// Boxed (issue 16): only per-user listeners set it, and it would take 56 bytes in the
+    /// future of every idle session.
+    routed_to: Option<Box<Upstream>>,
     /// The owner's "Not spam" overrides could not be read in time (see
     /// [`Machine::hold_condemnation`]): nothing is condemned at this login.
     condemn_held: bool,
@@ -394,6 +411,11 @@ pub struct Machine {
 
 impl Machine {
     pub fn new(settings: Settings, now: Instant) -> Machine {
+        Machine::with_settings(Arc::new(settings), now)
+    }
+
+    /// [`Machine::new`] with settings shared by the sessions of a listener.
+    pub fn with_settings(settings: Arc<Settings>, now: Instant) -> Machine {
         let mut actions = VecDeque::new();
         let state = if settings.upstream_from_user.is_some() {
             // The server is not known before the login names it: popsift greets.
@@ -415,9 +437,7 @@ impl Machine {
             login_answered: false,
             login_requested: false,
             answer_at: None,
-            entries: Vec::new(),
-            candidates: Vec::new(),
-            next_candidate: 0,
+            scanned: None,
             pipeline: None,
             known: Known::default(),
             deletes: None,
@@ -622,7 +642,7 @@ impl Machine {
             (State::RouteConnecting(p), Input::Connected { caps, .. }) => {
                 // The server's greeting is not relayed: the client has had popsift's.
                 self.caps = caps;
-                self.routed_to = Some(p.route.upstream.clone());
+                self.routed_to = Some(Box::new(p.route.upstream.clone()));
                 self.send_then(p.then)
             }
             (State::SaslLocal(mech), Input::ClientLine(line)) => {
@@ -720,14 +740,14 @@ impl Machine {
                 self.reply(REFUSED_WITHOUT_TOP.to_vec());
                 State::Closed
             }
-            (State::Evaluating, Input::Evaluated(entries)) => {
-                self.entries = entries;
+            (State::Evaluating, Input::Evaluated(mut entries)) => {
                 if self.condemn_held {
-                    hold_condemned(&mut self.entries);
+                    hold_condemned(&mut entries);
                 }
-                self.candidates = quarantine_candidates(&self.entries, self.settings.dry_run || self.condemn_held);
-                self.next_candidate = 0;
-                if self.candidates.is_empty() {
+                let candidates = quarantine_candidates(&entries, self.settings.dry_run || self.condemn_held);
+                let none = candidates.is_empty();
+                self.scanned = Some(Box::new(Scanned { entries, candidates, next: 0 }));
+                if none {
                     self.open_view()
                 } else {
                     self.queue_need(Need::QuarantineFolder);
@@ -736,12 +756,14 @@ impl Machine {
             }
             (State::QuarantineFolder, Input::QuarantineFolder) => self.next_quarantine(),
             (State::Quarantining, Input::Quarantined(result)) => {
-                let i = self.candidates.get(self.next_candidate.wrapping_sub(1)).copied();
-                if let Some(e) = i.and_then(|i| self.entries.get_mut(i)) {
+                let show_on_failure = self.settings.on_failure == OnFailure::Show;
+                let sc = self.scanned.as_deref_mut();
+                let i = sc.as_ref().and_then(|sc| sc.candidates.get(sc.next.wrapping_sub(1)).copied());
+                if let Some(e) = i.and_then(|i| sc.and_then(|sc| sc.entries.get_mut(i))) {
                     match result {
                         Quarantined::Stored | Quarantined::AlreadyStored => e.disposition = Disposition::Condemned,
                         Quarantined::Failed => {
-                            if self.settings.on_failure == OnFailure::Show {
+                            if show_on_failure {
                                 e.disposition = Disposition::Visible;
                             }
                         }
@@ -1077,7 +1099,7 @@ impl Machine {
     /// else after resolving and checking its addresses.
     fn route_to(&mut self, route: Route, then: Then) -> State {
         match &self.routed_to {
-            Some(up) if *up == route.upstream => self.send_then(then),
+            Some(up) if **up == route.upstream => self.send_then(then),
             Some(_) => {
                 self.reply(err("[AUTH] this session is connected to another mail server; reconnect to log in there"));
                 State::AuthIdle
@@ -1103,7 +1125,7 @@ impl Machine {
             let shown = p.route.upstream.display();
             return self.refuse_route(Some(&p.route.user), Some(shown), &e);
         }
-        self.queue_need(Need::ConnectTo { upstream: p.route.upstream.clone(), addrs });
+        self.queue_need(Need::ConnectTo { upstream: Box::new(p.route.upstream.clone()), addrs });
         State::RouteConnecting(Box::new(p))
     }
 
@@ -1212,13 +1234,13 @@ impl Machine {
 
     fn next_quarantine(&mut self) -> State {
         self.answer_early_if_due();
-        let Some(&i) = self.candidates.get(self.next_candidate) else {
+        let Some(sc) = self.scanned.as_deref_mut() else { return self.open_view() };
+        let Some(&i) = sc.candidates.get(sc.next) else {
             return self.open_view();
         };
-        self.next_candidate += 1;
-        match self.entries.get(i) {
+        sc.next += 1;
+        match sc.entries.get(i).map(|e| Box::new(e.clone())) {
             Some(e) => {
-                let e = Box::new(e.clone());
                 self.queue_need(Need::Quarantine(e));
                 State::Quarantining
             }
@@ -1228,8 +1250,7 @@ impl Machine {
 
     /// The view is complete: answer the login (unless answered early) and enter TRANSACTION.
     fn open_view(&mut self) -> State {
-        let entries = std::mem::take(&mut self.entries);
-        self.candidates = Vec::new();
+        let entries = self.scanned.take().map(|sc| sc.entries).unwrap_or_default();
         let view = MailboxView::new(&entries);
         let (_, hidden, condemned) = view.counts();
         self.stats.messages = view.len();

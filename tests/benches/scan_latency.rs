@@ -38,6 +38,8 @@
 //!
 //! Run: `cargo bench --bench scan_latency` or `tests/benches/scan_latency.sh`.
 //! Another popsift build (e.g. the previous one, to compare): `SCAN_BENCH_BIN=PATH`.
+//! `SCAN_BENCH_CACHE_MEMORY=256KiB`: the header cache's page cache (`cache.memory`) bounded
+//! to that instead of its default (issue 16: what a smaller cache costs a login).
 //! Sizes: `SCAN_BENCH_SIZES=1000,10000` (default). Window: `SCAN_BENCH_WINDOW` (default:
 //! popsift's default `scan.window`).
 #[path = "../support/mod.rs"]
@@ -221,7 +223,9 @@ fn popsift(upstream: &str, state: &std::path::Path, scan_extra: &str) -> Proxy {
 /// `SCAN_BENCH_BIN=PATH`: measure another popsift build (e.g. the previous release).
 fn start_popsift(upstream: &str, state: &std::path::Path, extra: &str, scan_extra: &str) -> Popsift {
     let window = std::env::var("SCAN_BENCH_WINDOW").ok().map(|w| format!(", window: {w}")).unwrap_or_default();
-    let extra = format!("{extra}scan: {{ early_answer_after: 'off'{window}{scan_extra} }}\n");
+    let cache =
+        std::env::var("SCAN_BENCH_CACHE_MEMORY").map(|m| format!("cache: {{ memory: {m} }}\n")).unwrap_or_default();
+    let extra = format!("{extra}{cache}scan: {{ early_answer_after: 'off'{window}{scan_extra} }}\n");
     let args = ["--state-dir", state.to_str().unwrap()];
     let bin = std::env::var("SCAN_BENCH_BIN").ok();
     Popsift::start(&ProxyOpts {
