@@ -304,6 +304,16 @@ fn message(i: usize, size: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Who downloads in a round of the bench.
+#[derive(Debug, Clone, Copy)]
+enum Peer {
+    Direct,
+    Popsift,
+    Pump,
+    HaProxy,
+    Baseline,
+}
+
 fn main() {
     // `cargo bench --bench relay -- FILTER`: run only the rows whose "user pattern" contains
     // FILTER (e.g. `small`, `large pipelined`); `cargo bench` itself adds `--bench`.
@@ -388,27 +398,52 @@ fn main() {
             }
             // CPU time (all threads, from schedstat) each proxy process used per download.
             let (mut cpu, mut cpu_haproxy, mut cpu_based) = (Cpu::default(), Cpu::default(), Cpu::default());
-            for _ in 0..reps {
-                let (t, o1, _) = download(&d.pop3_addr(), user, &pass, pattern, None);
-                direct.push(t);
-                let (t, o2, c) = download(&p.addr, user, &pass, pattern, Some(p.pid()));
-                cpu.add(c);
-                via.push(t);
-                let (t, o3, _) = download(&pump.addr, user, &pass, pattern, None);
-                pumped.push(t);
-                let (t, o4, c) = download(&haproxy.addr, user, &pass, pattern, Some(haproxy.pid()));
-                cpu_haproxy.add(c);
-                haproxied.push(t);
-                assert_eq!(o1, o2, "popsift delivered a different number of octets");
-                assert_eq!(o1, o3, "the pump delivered a different number of octets");
-                assert_eq!(o1, o4, "haproxy delivered a different number of octets");
-                if let Some(b) = &baseline {
-                    let (t, o5, c) = download(&b.addr, user, &pass, pattern, Some(b.pid()));
-                    cpu_based.add(c);
-                    based.push(t);
-                    assert_eq!(o1, o5, "the baseline delivered a different number of octets");
+            // The order within a round rotates from round to round (issue 16): whoever runs
+            // first after another's session ends (Dovecot's index writes, the previous
+            // proxy's teardown) is not always the same one.
+            let mut order = vec![Peer::Direct, Peer::Popsift, Peer::Pump, Peer::HaProxy];
+            if baseline.is_some() {
+                order.push(Peer::Baseline);
+            }
+            for round in 0..reps {
+                let mut sizes = Vec::new();
+                for peer in order.iter().cycle().skip(round % order.len()).take(order.len()) {
+                    match peer {
+                        Peer::Direct => {
+                            let (t, o, _) = download(&d.pop3_addr(), user, &pass, pattern, None);
+                            direct.push(t);
+                            sizes.push(("direct", o));
+                        }
+                        Peer::Popsift => {
+                            let (t, o, c) = download(&p.addr, user, &pass, pattern, Some(p.pid()));
+                            cpu.add(c);
+                            via.push(t);
+                            sizes.push(("popsift", o));
+                            octets = o;
+                        }
+                        Peer::Pump => {
+                            let (t, o, _) = download(&pump.addr, user, &pass, pattern, None);
+                            pumped.push(t);
+                            sizes.push(("the pump", o));
+                        }
+                        Peer::HaProxy => {
+                            let (t, o, c) = download(&haproxy.addr, user, &pass, pattern, Some(haproxy.pid()));
+                            cpu_haproxy.add(c);
+                            haproxied.push(t);
+                            sizes.push(("haproxy", o));
+                        }
+                        Peer::Baseline => {
+                            let Some(b) = &baseline else { continue };
+                            let (t, o, c) = download(&b.addr, user, &pass, pattern, Some(b.pid()));
+                            cpu_based.add(c);
+                            based.push(t);
+                            sizes.push(("the baseline", o));
+                        }
+                    }
                 }
-                octets = o2;
+                for (who, o) in &sizes {
+                    assert_eq!(*o, sizes[0].1, "{who} delivered a different number of octets than {}", sizes[0].0);
+                }
             }
             let (md, mv, mp, mh) = (median(direct), median(via), median(pumped), median(haproxied));
             let ms = |t: Duration| format!("{:.1}", t.as_secs_f64() * 1e3);
