@@ -209,7 +209,10 @@ mod tests {
         assert_eq!(reply(tx(&mut v, "UIDL 1")), "+OK 1 uid-2\r\n");
         assert_eq!(tx(&mut v, "RETR 2"), TxPlan::Fetch { command: Command::Retr(4), entry: 3 });
         assert_eq!(tx(&mut v, "TOP 1 5"), TxPlan::Fetch { command: Command::Top { msg: 2, lines: 5 }, entry: 1 });
-        assert_eq!(tx(&mut v, "TOP 1 99999999"), TxPlan::Fetch { command: Command::Top { msg: 2, lines: 99999999 }, entry: 1 });
+        assert_eq!(
+            tx(&mut v, "TOP 1 99999999"),
+            TxPlan::Fetch { command: Command::Top { msg: 2, lines: 99999999 }, entry: 1 }
+        );
         assert_eq!(reply(tx(&mut v, "DELE 1")), "+OK message 1 deleted\r\n");
         assert_eq!(reply(tx(&mut v, "RETR 1")), "-ERR message 1 already deleted\r\n");
         assert_eq!(reply(tx(&mut v, "DELE 1")), "-ERR message 1 already deleted\r\n");
