@@ -113,9 +113,10 @@ pub struct Pipeline {
     /// Buffers the performer gave back (commands written upstream, replies written to the
     /// client), reused for the next commands, replies and status lines: a command answered
     /// one at a time allocates no buffer of its own (issue 16). Small and few
-    /// ([`SPARE_MAX`] of at most [`SPARE_ROOM_MAX`] octets), and dropped when the session
-    /// goes idle.
-    spare: Vec<Vec<u8>>,
+    /// ([`SPARE_MAX`] of at most [`SPARE_ROOM_MAX`] octets; an empty slot has no capacity),
+    /// and dropped when the session goes idle. Boxed: a pointer's room in the future every
+    /// idle session keeps, not a `Vec`'s.
+    spare: Option<Box<[Vec<u8>; SPARE_MAX]>>,
 }
 
 impl Pipeline {
@@ -130,7 +131,7 @@ impl Pipeline {
             quit_planned: false,
             pipelining_client: false,
             prepared: 0,
-            spare: Vec::new(),
+            spare: None,
         }
     }
 
@@ -147,21 +148,26 @@ impl Pipeline {
         if self.ahead.is_empty() {
             self.ahead = Vec::new();
         }
-        self.spare = Vec::new();
+        self.spare = None;
     }
 
     /// Takes back a buffer whose contents were written (see `spare`); kept if it is small
     /// and fewer than [`SPARE_MAX`] are kept.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() > 0 && buf.capacity() <= SPARE_ROOM_MAX && self.spare.len() < SPARE_MAX {
+        if buf.capacity() == 0 || buf.capacity() > SPARE_ROOM_MAX {
+            return;
+        }
+        let slots = self.spare.get_or_insert_with(Box::default);
+        if let Some(slot) = slots.iter_mut().find(|s| s.capacity() == 0) {
             buf.clear();
-            self.spare.push(buf);
+            *slot = buf;
         }
     }
 
     /// An empty buffer with room for a status or command line: a recycled one if any.
     pub fn spare(&mut self) -> Vec<u8> {
-        let mut buf = self.spare.pop().unwrap_or_default();
+        let kept = self.spare.as_mut().and_then(|slots| slots.iter_mut().find(|s| s.capacity() > 0));
+        let mut buf = kept.map(std::mem::take).unwrap_or_default();
         buf.reserve(SPARE_ROOM);
         buf
     }
@@ -511,13 +517,14 @@ mod tests {
         for _ in 0..10 {
             p.recycle(Vec::with_capacity(64));
         }
-        assert_eq!(p.spare.len(), SPARE_MAX);
+        let kept = |p: &Pipeline| p.spare.as_ref().map_or(0, |s| s.iter().filter(|b| b.capacity() > 0).count());
+        assert_eq!(kept(&p), SPARE_MAX);
         let mut q = Pipeline::new(view(3), false);
         q.recycle(Vec::with_capacity(SPARE_ROOM_MAX + 1));
         q.recycle(Vec::new());
-        assert!(q.spare.is_empty(), "large and empty buffers are not kept");
+        assert_eq!(kept(&q), 0, "large and empty buffers are not kept");
         p.release_idle();
-        assert_eq!(p.spare.capacity(), 0);
+        assert!(p.spare.is_none());
     }
 
     #[test]
