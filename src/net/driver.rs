@@ -401,6 +401,7 @@ impl Session<'_> {
                 }
                 Action::ToClient(b) => {
                     self.queue_client(&b).await?;
+                    m.recycle(b);
                     m.next_action()
                 }
                 Action::Flush => {
@@ -463,7 +464,12 @@ impl Session<'_> {
                 // sent (without waiting) while the queue runs low, so the upstream stays
                 // busy. A one-command-at-a-time client never has more: no extra syscall.
                 match self.client.take_line(MAX_COMMAND_LINE)? {
-                    Some(line) => break Input::ClientLine(line.to_vec()),
+                    // In a buffer the machine recycles (issue 16: no allocation per command).
+                    Some(line) => {
+                        let mut buf = m.spare();
+                        buf.extend_from_slice(&line);
+                        break Input::ClientLine(buf);
+                    }
                     None if read_ahead && self.client.try_fill()? => continue,
                     None => break Input::NoClientLine,
                 }
@@ -485,10 +491,14 @@ impl Session<'_> {
         })
     }
 
-    /// Performs one action that needs no answer.
-    async fn act(&mut self, action: Action, m: &Machine) -> Result<(), SessionError> {
+    /// Performs one action that needs no answer. Written buffers go back to the machine
+    /// for reuse ([`Machine::recycle`], issue 16).
+    async fn act(&mut self, action: Action, m: &mut Machine) -> Result<(), SessionError> {
         match action {
-            Action::ToClient(b) => self.queue_client(&b).await?,
+            Action::ToClient(b) => {
+                self.queue_client(&b).await?;
+                m.recycle(b);
+            }
             Action::Flush => self.flush().await?,
             Action::ToUpstream { bytes, phase, check_quiet } => {
                 if check_quiet {
@@ -496,6 +506,7 @@ impl Session<'_> {
                 }
                 let t = self.ctx.config.timeouts.upstream_reply;
                 connected(&mut self.up)?.write_all(&bytes, t, phase).await?;
+                m.recycle(bytes);
             }
             Action::RelayBody { phase, rewrite: None } => self.relay_body(phase, m.quit_queued()).await?,
             // Boxed (issue 16): only tagged messages take this way, and its header splitter
@@ -617,12 +628,14 @@ impl Session<'_> {
                 }
                 return self.client_wait(wait, m).await;
             }
-            Need::UpstreamLine { phase, lenient: true } => match self.up_line(phase, m.quit_queued()).await {
-                Ok(line) => Input::UpstreamLine(line),
-                Err(_) => Input::UpstreamLineFailed,
-            },
+            Need::UpstreamLine { phase, lenient: true } => {
+                match self.up_line(phase, m.quit_queued(), m.spare()).await {
+                    Ok(line) => Input::UpstreamLine(line),
+                    Err(_) => Input::UpstreamLineFailed,
+                }
+            }
             Need::UpstreamLine { phase, lenient: false } => {
-                Input::UpstreamLine(self.up_line(phase, m.quit_queued()).await?)
+                Input::UpstreamLine(self.up_line(phase, m.quit_queued(), m.spare()).await?)
             }
             Need::UpstreamBody { phase } => {
                 let conn = connected(&mut self.up)?;
@@ -744,9 +757,10 @@ impl Session<'_> {
         })
     }
 
-    /// One upstream status line, whole within `upstream_reply`. Outside the scan and
-    /// UPDATE the client is watched meanwhile (see the module doc).
-    async fn up_line(&mut self, phase: Phase, quit_queued: bool) -> Result<Vec<u8>, SessionError> {
+    /// One upstream status line, whole within `upstream_reply`, appended to `into` (a
+    /// buffer the machine recycles, [`Machine::spare`]). Outside the scan and UPDATE the
+    /// client is watched meanwhile (see the module doc).
+    async fn up_line(&mut self, phase: Phase, quit_queued: bool, mut into: Vec<u8>) -> Result<Vec<u8>, SessionError> {
         let t = self.ctx.config.timeouts.upstream_reply;
         let conn = connected(&mut self.up)?;
         let read = conn.read_line(MAX_STATUS_LINE, t, phase);
@@ -760,7 +774,8 @@ impl Session<'_> {
                 detail: format!("not a status line: {:?}", String::from_utf8_lossy(line.get(..80).unwrap_or(&line))),
             });
         }
-        Ok(line.to_vec())
+        into.extend_from_slice(&line);
+        Ok(into)
     }
 
     /// Copies one multi-line body from upstream to the client, verbatim (dot-stuffing kept).

@@ -98,34 +98,41 @@ impl Command {
     /// Encodes the command as a wire line with CRLF.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32);
-        let kw = self.keyword().as_bytes();
-        out.extend_from_slice(kw);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the command as a wire line with CRLF to `out`. Allocates nothing when `out`
+    /// has room (issue 16: RETR, TOP and NOOP are written straight into the buffer of
+    /// commands going upstream; numbers are formatted in place, not through a `String`).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        out.extend_from_slice(self.keyword().as_bytes());
         match self {
-            Command::User(name) => push_arg(&mut out, name.as_bytes()),
-            Command::Pass(s) => push_arg(&mut out, s.expose()),
+            Command::User(name) => push_arg(out, name.as_bytes()),
+            Command::Pass(s) => push_arg(out, s.expose()),
             Command::Apop { name, digest } => {
-                push_arg(&mut out, name.as_bytes());
-                push_arg(&mut out, digest.expose());
+                push_arg(out, name.as_bytes());
+                push_arg(out, digest.expose());
             }
             Command::Auth { mechanism, initial } => {
                 if let Some(m) = mechanism {
-                    push_arg(&mut out, m.as_bytes());
+                    push_arg(out, m.as_bytes());
                 }
                 if let Some(i) = initial {
-                    push_arg(&mut out, i.expose());
+                    push_arg(out, i.expose());
                 }
             }
+            // Writing into a `Vec` cannot fail.
             Command::List(Some(n)) | Command::Uidl(Some(n)) | Command::Retr(n) | Command::Dele(n) => {
-                push_arg(&mut out, n.to_string().as_bytes())
+                let _ = write!(out, " {n}");
             }
             Command::Top { msg, lines } => {
-                push_arg(&mut out, msg.to_string().as_bytes());
-                push_arg(&mut out, lines.to_string().as_bytes());
+                let _ = write!(out, " {msg} {lines}");
             }
             _ => {}
         }
         out.extend_from_slice(b"\r\n");
-        out
     }
 }
 
@@ -229,9 +236,19 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         return Err(CommandError::Empty);
     }
     let kw = std::str::from_utf8(kw).map_err(|_| CommandError::NotText)?;
-    let upper = kw.to_ascii_uppercase();
+    // Upper-cased on the stack (issue 16: no allocation per command); every keyword
+    // popsift knows has four octets, a longer one is `Unknown` (and only then a `String`).
+    let mut folded = [0u8; 4];
+    let upper = match folded.get_mut(..kw.len()) {
+        Some(f) => {
+            f.copy_from_slice(kw.as_bytes());
+            f.make_ascii_uppercase();
+            std::str::from_utf8(f).unwrap_or_default()
+        }
+        None => "",
+    };
     // PASS and AUTH payloads are opaque bytes; everything else must be text.
-    match upper.as_str() {
+    match upper {
         "PASS" => {
             // RFC 1939 §7: the password is the rest of the line, spaces included.
             if rest.is_empty() {
@@ -267,8 +284,16 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         _ => {}
     }
     let rest = std::str::from_utf8(rest).map_err(|_| CommandError::NotText)?;
-    let args: Vec<&str> = rest.split(' ').filter(|a| !a.is_empty()).collect();
-    let cmd = match upper.as_str() {
+    // At most three arguments are kept (on the stack): every command takes two at most,
+    // so a third is all "too many arguments" needs to see.
+    let mut kept = [""; 3];
+    let mut count = 0;
+    for (slot, a) in kept.iter_mut().zip(rest.split(' ').filter(|a| !a.is_empty())) {
+        *slot = a;
+        count += 1;
+    }
+    let args = kept.get(..count).unwrap_or_default();
+    let cmd = match upper {
         "USER" => {
             // Some user names contain spaces; keep the rest of the line as the server would.
             let name = rest.trim_matches(' ');
@@ -280,19 +305,19 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
             }
             Command::User(name.to_string())
         }
-        "CAPA" => no_args(&args, "CAPA", Command::Capa)?,
-        "STLS" => no_args(&args, "STLS", Command::Stls)?,
-        "UTF8" => no_args(&args, "UTF8", Command::Utf8)?,
-        "STAT" => no_args(&args, "STAT", Command::Stat)?,
-        "NOOP" => no_args(&args, "NOOP", Command::Noop)?,
-        "RSET" => no_args(&args, "RSET", Command::Rset)?,
-        "QUIT" => no_args(&args, "QUIT", Command::Quit)?,
-        "LIST" => Command::List(optional_number(&args, "LIST")?),
-        "UIDL" => Command::Uidl(optional_number(&args, "UIDL")?),
-        "RETR" => Command::Retr(required_number(&args, "RETR")?),
-        "DELE" => Command::Dele(required_number(&args, "DELE")?),
+        "CAPA" => no_args(args, "CAPA", Command::Capa)?,
+        "STLS" => no_args(args, "STLS", Command::Stls)?,
+        "UTF8" => no_args(args, "UTF8", Command::Utf8)?,
+        "STAT" => no_args(args, "STAT", Command::Stat)?,
+        "NOOP" => no_args(args, "NOOP", Command::Noop)?,
+        "RSET" => no_args(args, "RSET", Command::Rset)?,
+        "QUIT" => no_args(args, "QUIT", Command::Quit)?,
+        "LIST" => Command::List(optional_number(args, "LIST")?),
+        "UIDL" => Command::Uidl(optional_number(args, "UIDL")?),
+        "RETR" => Command::Retr(required_number(args, "RETR")?),
+        "DELE" => Command::Dele(required_number(args, "DELE")?),
         "TOP" => {
-            let (msg, lines) = match args.as_slice() {
+            let (msg, lines) = match args {
                 [msg, lines] => (*msg, *lines),
                 [] | [_] => return Err(CommandError::MissingArgument { keyword: "TOP" }),
                 _ => return Err(CommandError::TooManyArguments { keyword: "TOP" }),
@@ -307,7 +332,7 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
             };
             Command::Top { msg, lines }
         }
-        _ => Command::Unknown(upper),
+        _ => Command::Unknown(kw.to_ascii_uppercase()),
     };
     Ok(cmd)
 }
@@ -375,6 +400,30 @@ mod tests {
         assert_eq!(p("DELE 1 2"), Err(CommandError::TooManyArguments { keyword: "DELE" }));
         assert_eq!(p("TOP 1"), Err(CommandError::MissingArgument { keyword: "TOP" }));
         assert_eq!(p("STAT 1"), Err(CommandError::TooManyArguments { keyword: "STAT" }));
+        // Arguments are kept on the stack, three at most: more is still "too many".
+        assert_eq!(p("DELE 1 2 3 4 5"), Err(CommandError::TooManyArguments { keyword: "DELE" }));
+        assert_eq!(p("TOP 1 2 3"), Err(CommandError::TooManyArguments { keyword: "TOP" }));
+        assert_eq!(p("LIST 1  2 3 4"), Err(CommandError::TooManyArguments { keyword: "LIST" }));
+        assert_eq!(p("retr   7  "), Ok(Command::Retr(7)));
+        assert_eq!(p("TOP  2   0"), Ok(Command::Top { msg: 2, lines: 0 }));
+    }
+
+    #[test]
+    fn keywords_of_any_length() {
+        // Folded on the stack up to four octets; longer ones are unknown, upper-cased.
+        assert_eq!(p("xtndxmit now"), Ok(Command::Unknown("XTNDXMIT".into())));
+        assert_eq!(p("top"), Err(CommandError::MissingArgument { keyword: "TOP" }));
+        assert_eq!(p("x"), Ok(Command::Unknown("X".into())));
+        assert_eq!(p("STATS"), Ok(Command::Unknown("STATS".into())));
+        assert_eq!(p("\u{e9}t"), Ok(Command::Unknown("\u{e9}T".into())));
+    }
+
+    #[test]
+    fn encode_into_appends() {
+        let mut out = b"RETR 1\r\n".to_vec();
+        Command::Top { msg: 2, lines: 99_999_999 }.encode_into(&mut out);
+        Command::Noop.encode_into(&mut out);
+        assert_eq!(out, b"RETR 1\r\nTOP 2 99999999\r\nNOOP\r\n");
     }
 
     #[test]

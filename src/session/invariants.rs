@@ -377,7 +377,7 @@ fn run_client(mut view: MailboxView, client: &[u8]) {
             }
             continue;
         }
-        let planned = plan::transaction(&cmd, &mut view);
+        let planned = plan::transaction(&cmd, &mut view, &mut Vec::new());
         drive_pipeline(&mut pipeline, line, &planned);
         match planned {
             TxPlan::Quit { deletions } => {
@@ -391,7 +391,8 @@ fn run_client(mut view: MailboxView, client: &[u8]) {
             TxPlan::Fetch { command, entry, .. } => {
                 let e = view.at(entry).expect("Fetch names an existing entry");
                 assert!(matches!(cmd, Command::Retr(_) | Command::Top { .. }));
-                let asked = parse(command.strip_suffix(b"\r\n").expect("CRLF")).expect("fetch command parses");
+                let wire = command.encode();
+                let asked = parse(wire.strip_suffix(b"\r\n").expect("CRLF")).expect("fetch command parses");
                 let n = match asked {
                     Command::Retr(n) | Command::Top { msg: n, .. } => n,
                     other => panic!("fetch planned {other:?}"),
@@ -399,7 +400,7 @@ fn run_client(mut view: MailboxView, client: &[u8]) {
                 assert_eq!(n, e.upstream, "fetch asks for another message than its entry");
                 assert_eq!(e.disposition, Disposition::Visible, "fetch of a message the client cannot see");
             }
-            TxPlan::Relay(b) => assert!(!is_dele(&b), "DELE relayed in TRANSACTION"),
+            TxPlan::Relay(c) => assert!(!is_dele(&c.encode()), "DELE relayed in TRANSACTION"),
             TxPlan::Reply(b) => assert!(b.ends_with(b"\r\n")),
             TxPlan::Capa => {}
         }

@@ -555,6 +555,22 @@ impl Machine {
         }
     }
 
+    /// Gives back a buffer the machine handed out (an [`Action::ToClient`] or
+    /// [`Action::ToUpstream`] whose bytes were written or copied), for reuse by the next
+    /// command's reply, status line or upstream command (issue 16: a command answered one at
+    /// a time then allocates no buffer). Only TRANSACTION keeps them; dropped otherwise.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if let Some(p) = self.pipeline.as_mut() {
+            p.recycle(buf);
+        }
+    }
+
+    /// An empty buffer to carry the next input's line ([`Input::ClientLine`],
+    /// [`Input::UpstreamLine`]): a recycled one in TRANSACTION (see [`Machine::recycle`]).
+    pub fn spare(&mut self) -> Vec<u8> {
+        self.pipeline.as_mut().map(Pipeline::spare).unwrap_or_default()
+    }
+
     /// The session is in AUTHORIZATION (before a successful login).
     pub fn authorizing(&self) -> bool {
         matches!(
@@ -774,6 +790,7 @@ impl Machine {
             (State::TxPlanning, Input::ClientLine(line)) => {
                 if let Some(p) = self.pipeline.as_mut() {
                     p.push_line(&line);
+                    p.recycle(line);
                 }
                 self.tx_advance(State::TxPlanning)
             }

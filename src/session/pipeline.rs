@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::pop3::command;
+use crate::pop3::command::{self, Command};
 use crate::session::plan::{self, err, TxPlan};
 use crate::session::view::{HeaderRewrite, MailboxView};
 
@@ -27,6 +27,12 @@ pub const MAX_QUEUE: usize = 256;
 /// Most octets of locally prepared replies (LIST, UIDL, STAT …) queued for pipelined
 /// commands; beyond this the machine wants no input until they are sent.
 pub const MAX_PREPARED: usize = 256 * 1024;
+/// Most buffers kept for reuse (see [`Pipeline::recycle`]).
+const SPARE_MAX: usize = 4;
+/// A buffer larger than this (a whole LIST) is not kept for reuse.
+const SPARE_ROOM_MAX: usize = 4096;
+/// Room a reused buffer gets: any status line or command line fits.
+const SPARE_ROOM: usize = 128;
 
 /// A header rewrite to apply while relaying RETR/TOP, with the sizes for the status line.
 #[derive(Debug, Clone)]
@@ -40,8 +46,8 @@ pub struct Rewrite {
 #[derive(Debug)]
 enum Pending {
     Local(Vec<u8>),
-    Relay { command: Vec<u8>, sent: bool },
-    Fetch { command: Vec<u8>, sent: bool, rewrite: Option<Rewrite> },
+    Relay { command: Command, sent: bool },
+    Fetch { command: Command, sent: bool, rewrite: Option<Rewrite> },
     Capa { sent: bool },
     Quit { deletions: Vec<u32> },
 }
@@ -104,6 +110,13 @@ pub struct Pipeline {
     pipelining_client: bool,
     /// Octets of the `Pending::Local` replies in `queue`.
     prepared: usize,
+    /// Buffers the performer gave back (commands written upstream, replies written to the
+    /// client), reused for the next commands, replies and status lines: a command answered
+    /// one at a time allocates no buffer of its own (issue 16). Small and few
+    /// ([`SPARE_MAX`] of at most [`SPARE_ROOM_MAX`] octets; an empty slot has no capacity),
+    /// and dropped when the session goes idle. Boxed: a pointer's room in the future every
+    /// idle session keeps, not a `Vec`'s.
+    spare: Option<Box<[Vec<u8>; SPARE_MAX]>>,
 }
 
 impl Pipeline {
@@ -118,6 +131,7 @@ impl Pipeline {
             quit_planned: false,
             pipelining_client: false,
             prepared: 0,
+            spare: None,
         }
     }
 
@@ -134,6 +148,28 @@ impl Pipeline {
         if self.ahead.is_empty() {
             self.ahead = Vec::new();
         }
+        self.spare = None;
+    }
+
+    /// Takes back a buffer whose contents were written (see `spare`); kept if it is small
+    /// and fewer than [`SPARE_MAX`] are kept.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > SPARE_ROOM_MAX {
+            return;
+        }
+        let slots = self.spare.get_or_insert_with(Box::default);
+        if let Some(slot) = slots.iter_mut().find(|s| s.capacity() == 0) {
+            buf.clear();
+            *slot = buf;
+        }
+    }
+
+    /// An empty buffer with room for a status or command line: a recycled one if any.
+    pub fn spare(&mut self) -> Vec<u8> {
+        let kept = self.spare.as_mut().and_then(|slots| slots.iter_mut().find(|s| s.capacity() > 0));
+        let mut buf = kept.map(std::mem::take).unwrap_or_default();
+        buf.reserve(SPARE_ROOM);
+        buf
     }
 
     /// The machine takes another command line now (bounded memory, nothing after QUIT).
@@ -155,13 +191,15 @@ impl Pipeline {
     /// Plans one client command line (without CRLF) and queues it.
     pub fn push_line(&mut self, line: &[u8]) {
         self.pipelining_client |= !self.queue.is_empty();
+        let mut buf = self.spare();
         let planned = match command::parse(line) {
             Ok(cmd) => {
                 tracing::debug!(command = cmd.keyword(), "client command");
-                plan::transaction(&cmd, &mut self.view)
+                plan::transaction(&cmd, &mut self.view, &mut buf)
             }
             Err(e) => TxPlan::Reply(err(e)),
         };
+        self.recycle(buf);
         // Without upstream pipelining a command goes out only when nothing is in flight and
         // no earlier command still waits to be sent: replies come back in order.
         let send_now = self.up_pipelining || (self.outstanding == 0 && !self.queue.iter().any(Pending::unsent));
@@ -182,7 +220,7 @@ impl Pipeline {
                 Pending::Fetch { command, sent: send_now, rewrite }
             }
             TxPlan::Capa => {
-                self.send_ahead(send_now, b"CAPA\r\n");
+                self.send_ahead(send_now, &Command::Capa);
                 Pending::Capa { sent: send_now }
             }
             TxPlan::Quit { deletions } => {
@@ -193,9 +231,9 @@ impl Pipeline {
         self.queue.push_back(pending);
     }
 
-    fn send_ahead(&mut self, now: bool, command: &[u8]) {
+    fn send_ahead(&mut self, now: bool, command: &Command) {
         if now {
-            self.ahead.extend_from_slice(command);
+            command.encode_into(&mut self.ahead);
             self.outstanding += 1;
             self.ahead_count += 1;
         }
@@ -208,7 +246,8 @@ impl Pipeline {
         }
         let upstream_was_idle = self.outstanding == self.ahead_count;
         self.ahead_count = 0;
-        Some(Ahead { bytes: std::mem::take(&mut self.ahead), upstream_was_idle })
+        let next = self.spare();
+        Some(Ahead { bytes: std::mem::replace(&mut self.ahead, next), upstream_was_idle })
     }
 
     /// The oldest command's due, or `None` when the queue is empty (read more input).
@@ -221,18 +260,20 @@ impl Pipeline {
             }
             Pending::Relay { command, sent } => Step::Relay { send: self.due(sent, command) },
             Pending::Fetch { command, sent, rewrite } => Step::Fetch { send: self.due(sent, command), rewrite },
-            Pending::Capa { sent } => Step::Capa { send: self.due(sent, b"CAPA\r\n".to_vec()) },
+            Pending::Capa { sent } => Step::Capa { send: self.due(sent, Command::Capa) },
             Pending::Quit { deletions } => Step::Quit { deletions },
         })
     }
 
     /// A command whose turn came: its reply is read now; it is written first if unsent.
-    fn due(&mut self, sent: bool, command: Vec<u8>) -> Option<Vec<u8>> {
+    fn due(&mut self, sent: bool, command: Command) -> Option<Vec<u8>> {
         if sent {
             self.outstanding = self.outstanding.saturating_sub(1);
             None
         } else {
-            Some(command)
+            let mut bytes = self.spare();
+            command.encode_into(&mut bytes);
+            Some(bytes)
         }
     }
 }
@@ -244,7 +285,7 @@ pub fn dele_batches(deletions: &[u32], window: usize) -> impl Iterator<Item = (V
     deletions.chunks(window.max(1)).map(|chunk| {
         let mut cmds = Vec::with_capacity(chunk.len() * 12);
         for n in chunk {
-            cmds.extend_from_slice(&command::Command::Dele(*n).encode());
+            Command::Dele(*n).encode_into(&mut cmds);
         }
         (cmds, chunk)
     })
@@ -446,6 +487,44 @@ mod tests {
             ],
         );
         assert!(!p.wants_input());
+    }
+
+    /// Issue 16: a command answered one at a time reuses the buffers the performer gave
+    /// back (its upstream command, the reply, the status line), and the pool stays small.
+    #[test]
+    fn buffers_given_back_are_reused_and_bounded() {
+        let mut p = Pipeline::new(view(3), false);
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..20 {
+            p.push_line(b"RETR 1");
+            let ahead = p.take_ahead().expect("sent at once");
+            assert_eq!(s(&ahead.bytes), "RETR 1\r\n");
+            let status = p.spare();
+            assert!(status.capacity() >= SPARE_ROOM);
+            assert_eq!(p.next_step(), Some(Step::Fetch { send: None, rewrite: None }));
+            p.push_line(b"STAT");
+            let Some(Step::Reply(reply)) = p.next_step() else { panic!("STAT is answered locally") };
+            assert_eq!(s(&reply), "+OK 2 200\r\n");
+            let ptrs = [ahead.bytes.as_ptr(), status.as_ptr(), reply.as_ptr()];
+            if round > 2 {
+                assert!(ptrs.iter().all(|p| seen.contains(p)), "round {round}: a new buffer");
+            }
+            seen.extend(ptrs);
+            for b in [ahead.bytes, status, reply] {
+                p.recycle(b);
+            }
+        }
+        for _ in 0..10 {
+            p.recycle(Vec::with_capacity(64));
+        }
+        let kept = |p: &Pipeline| p.spare.as_ref().map_or(0, |s| s.iter().filter(|b| b.capacity() > 0).count());
+        assert_eq!(kept(&p), SPARE_MAX);
+        let mut q = Pipeline::new(view(3), false);
+        q.recycle(Vec::with_capacity(SPARE_ROOM_MAX + 1));
+        q.recycle(Vec::new());
+        assert_eq!(kept(&q), 0, "large and empty buffers are not kept");
+        p.release_idle();
+        assert!(p.spare.is_none());
     }
 
     #[test]

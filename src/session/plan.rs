@@ -29,12 +29,14 @@ pub enum AuthPlan {
 pub enum TxPlan {
     Reply(Vec<u8>),
     /// Relay a single-line command (NOOP keeps the upstream's autologout timer fresh).
-    Relay(Vec<u8>),
+    /// Commands going upstream are values, encoded where they are written (issue 16: into
+    /// the buffer of commands sent ahead, no allocation of their own).
+    Relay(Command),
     /// Relay RETR / TOP for a visible message; the reply is multi-line on `+OK`.
     /// `entry` is the message's position in `MailboxView::entries` (from the view, never
     /// derived from the upstream number).
     Fetch {
-        command: Vec<u8>,
+        command: Command,
         entry: usize,
     },
     Capa,
@@ -48,8 +50,16 @@ pub fn err(text: impl std::fmt::Display) -> Vec<u8> {
     format!("-ERR {text}\r\n").into_bytes()
 }
 
-pub fn ok(text: impl std::fmt::Display) -> Vec<u8> {
-    format!("+OK {text}\r\n").into_bytes()
+/// `+OK text` CRLF written into `buf` (emptied first), which becomes the reply: `buf` is a
+/// buffer the session recycles (see `session::pipeline`), so a local reply such as STAT's
+/// allocates nothing once the session runs (issue 16).
+fn ok_in(buf: &mut Vec<u8>, text: std::fmt::Arguments<'_>) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = std::mem::take(buf);
+    out.clear();
+    // Writing into a `Vec` cannot fail.
+    let _ = write!(out, "+OK {text}\r\n");
+    out
 }
 
 /// `line` is the client's line without CRLF, relayed verbatim for login commands.
@@ -72,24 +82,26 @@ pub fn authorization(cmd: &Command, line: &[u8]) -> AuthPlan {
     }
 }
 
-/// Plans one command in TRANSACTION, updating deletion marks in `view`.
-pub fn transaction(cmd: &Command, view: &mut MailboxView) -> TxPlan {
+/// Plans one command in TRANSACTION, updating deletion marks in `view`. A `+OK` reply is
+/// written into `buf` (taken; see [`ok_in`]); `buf` is left as it was otherwise.
+pub fn transaction(cmd: &Command, view: &mut MailboxView, buf: &mut Vec<u8>) -> TxPlan {
+    use std::io::Write;
     match cmd {
         Command::Stat => {
             let (n, size) = view.stat();
-            TxPlan::Reply(ok(format_args!("{n} {size}")))
+            TxPlan::Reply(ok_in(buf, format_args!("{n} {size}")))
         }
         Command::List(None) => {
             let (n, size) = view.stat();
-            let mut out = ok(format_args!("{n} messages ({size} octets)"));
+            let mut out = ok_in(buf, format_args!("{n} messages ({size} octets)"));
             for (v, e) in view.live() {
-                out.extend_from_slice(format!("{v} {}\r\n", e.size).as_bytes());
+                let _ = write!(out, "{v} {}\r\n", e.size);
             }
             out.extend_from_slice(b".\r\n");
             TxPlan::Reply(out)
         }
         Command::List(Some(n)) => match view.get(*n) {
-            Ok(e) => TxPlan::Reply(ok(format_args!("{n} {}", e.size))),
+            Ok(e) => TxPlan::Reply(ok_in(buf, format_args!("{n} {}", e.size))),
             Err(e) => TxPlan::Reply(err(e)),
         },
         Command::Uidl(arg) => {
@@ -98,16 +110,16 @@ pub fn transaction(cmd: &Command, view: &mut MailboxView) -> TxPlan {
             }
             match arg {
                 None => {
-                    let mut out = ok("unique-id listing follows");
+                    let mut out = ok_in(buf, format_args!("unique-id listing follows"));
                     for (v, e) in view.live() {
                         let uid = e.uidl.unwrap_or_default();
-                        out.extend_from_slice(format!("{v} {uid}\r\n").as_bytes());
+                        let _ = write!(out, "{v} {uid}\r\n");
                     }
                     out.extend_from_slice(b".\r\n");
                     TxPlan::Reply(out)
                 }
                 Some(n) => match view.get(*n) {
-                    Ok(e) => TxPlan::Reply(ok(format_args!("{n} {}", e.uidl.unwrap_or_default()))),
+                    Ok(e) => TxPlan::Reply(ok_in(buf, format_args!("{n} {}", e.uidl.unwrap_or_default()))),
                     Err(e) => TxPlan::Reply(err(e)),
                 },
             }
@@ -118,15 +130,15 @@ pub fn transaction(cmd: &Command, view: &mut MailboxView) -> TxPlan {
             fetch(view, *msg, move |u| Command::Top { msg: u, lines }, Some(lines))
         }
         Command::Dele(n) => match view.delete(*n) {
-            Ok(()) => TxPlan::Reply(ok(format_args!("message {n} deleted"))),
+            Ok(()) => TxPlan::Reply(ok_in(buf, format_args!("message {n} deleted"))),
             Err(e) => TxPlan::Reply(err(e)),
         },
         Command::Rset => {
             view.reset();
             let (n, size) = view.stat();
-            TxPlan::Reply(ok(format_args!("maildrop has {n} messages ({size} octets)")))
+            TxPlan::Reply(ok_in(buf, format_args!("maildrop has {n} messages ({size} octets)")))
         }
-        Command::Noop => TxPlan::Relay(Command::Noop.encode()),
+        Command::Noop => TxPlan::Relay(Command::Noop),
         Command::Capa => TxPlan::Capa,
         Command::Quit => TxPlan::Quit { deletions: view.update_deletions() },
         Command::User(_)
@@ -145,7 +157,7 @@ fn fetch(view: &MailboxView, n: u32, make: impl FnOnce(u32) -> Command, top: Opt
     match view.locate(n) {
         // Released from quarantine (review page): answered from popsift's copy.
         Ok((_, Msg { released: Some(bytes), .. })) => TxPlan::Reply(crate::session::view::released_reply(bytes, top)),
-        Ok((entry, e)) => TxPlan::Fetch { command: make(e.upstream).encode(), entry },
+        Ok((entry, e)) => TxPlan::Fetch { command: make(e.upstream), entry },
         Err(e) => TxPlan::Reply(err(e)),
     }
 }
@@ -176,7 +188,7 @@ mod tests {
     }
 
     fn tx(v: &mut MailboxView, line: &str) -> TxPlan {
-        transaction(&parse(line.as_bytes()).unwrap(), v)
+        transaction(&parse(line.as_bytes()).unwrap(), v, &mut Vec::new())
     }
 
     fn reply(p: TxPlan) -> String {
@@ -195,9 +207,12 @@ mod tests {
         assert_eq!(reply(tx(&mut v, "LIST 3")), "-ERR no such message, only 2 messages in maildrop\r\n");
         assert_eq!(reply(tx(&mut v, "UIDL")), "+OK unique-id listing follows\r\n1 uid-2\r\n2 uid-4\r\n.\r\n");
         assert_eq!(reply(tx(&mut v, "UIDL 1")), "+OK 1 uid-2\r\n");
-        assert_eq!(tx(&mut v, "RETR 2"), TxPlan::Fetch { command: b"RETR 4\r\n".to_vec(), entry: 3 });
-        assert_eq!(tx(&mut v, "TOP 1 5"), TxPlan::Fetch { command: b"TOP 2 5\r\n".to_vec(), entry: 1 });
-        assert_eq!(tx(&mut v, "TOP 1 99999999"), TxPlan::Fetch { command: b"TOP 2 99999999\r\n".to_vec(), entry: 1 });
+        assert_eq!(tx(&mut v, "RETR 2"), TxPlan::Fetch { command: Command::Retr(4), entry: 3 });
+        assert_eq!(tx(&mut v, "TOP 1 5"), TxPlan::Fetch { command: Command::Top { msg: 2, lines: 5 }, entry: 1 });
+        assert_eq!(
+            tx(&mut v, "TOP 1 99999999"),
+            TxPlan::Fetch { command: Command::Top { msg: 2, lines: 99999999 }, entry: 1 }
+        );
         assert_eq!(reply(tx(&mut v, "DELE 1")), "+OK message 1 deleted\r\n");
         assert_eq!(reply(tx(&mut v, "RETR 1")), "-ERR message 1 already deleted\r\n");
         assert_eq!(reply(tx(&mut v, "DELE 1")), "-ERR message 1 already deleted\r\n");
@@ -206,7 +221,7 @@ mod tests {
         assert_eq!(tx(&mut v, "QUIT"), TxPlan::Quit { deletions: vec![2, 3] });
         assert_eq!(reply(tx(&mut v, "RSET")), "+OK maildrop has 2 messages (60 octets)\r\n");
         assert_eq!(tx(&mut v, "QUIT"), TxPlan::Quit { deletions: vec![3] });
-        assert_eq!(tx(&mut v, "NOOP"), TxPlan::Relay(b"NOOP\r\n".to_vec()));
+        assert_eq!(tx(&mut v, "NOOP"), TxPlan::Relay(Command::Noop));
         assert_eq!(reply(tx(&mut v, "USER x")), "-ERR already logged in (TRANSACTION state)\r\n");
         assert_eq!(reply(tx(&mut v, "XYZZY")), "-ERR unknown command\r\n");
     }
@@ -241,7 +256,7 @@ mod tests {
             released: None,
         };
         let mut v = MailboxView::new(&[e(1), e(5)]);
-        assert_eq!(tx(&mut v, "RETR 2"), TxPlan::Fetch { command: b"RETR 5\r\n".to_vec(), entry: 1 });
+        assert_eq!(tx(&mut v, "RETR 2"), TxPlan::Fetch { command: Command::Retr(5), entry: 1 });
         let TxPlan::Fetch { entry, .. } = tx(&mut v, "TOP 2 0") else { panic!() };
         assert_eq!(v.at(entry).map(|e| e.upstream), Some(5));
         assert_eq!(reply(tx(&mut v, "RETR 3")), "-ERR no such message, only 2 messages in maildrop\r\n");
