@@ -494,6 +494,17 @@ mod tests {
     #[test]
     fn buffers_given_back_are_reused_and_bounded() {
         let mut p = Pipeline::new(view(3), false);
+        // A buffer of a capacity nothing else asks for comes back as it was given. The
+        // blocker takes the block it would free if it were dropped, so a reused address
+        // cannot pass for reuse.
+        let marked = Vec::with_capacity(300);
+        let at = marked.as_ptr();
+        p.recycle(marked);
+        let blocker = Vec::<u8>::with_capacity(300);
+        let back = p.spare();
+        assert_eq!((back.as_ptr(), back.capacity()), (at, 300), "the recycled buffer itself");
+        drop(blocker);
+        p.recycle(back);
         let mut seen = std::collections::HashSet::new();
         for round in 0..20 {
             p.push_line(b"RETR 1");
