@@ -135,6 +135,8 @@ fn transaction_commands_allocate_almost_nothing() {
         last = after;
     }
     eprintln!("allocations per command: {}", report.join(", "));
-    assert!(over.is_empty(), "allocations per command over their bound: {over:?} (all: {report:?})");
+    if bin.is_none() {
+        assert!(over.is_empty(), "allocations per command over their bound: {over:?} (all: {report:?})");
+    }
     assert!(c.command("QUIT").starts_with("+OK"));
 }
