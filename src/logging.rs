@@ -228,8 +228,9 @@ where
         let Some(label) = with_label(event, json_label).transpose()? else {
             return self.inner.format_event(ctx, writer, event);
         };
-        // Once per event of a session, never per command: the line is built, then the
-        // label goes where the inner format puts spans (after every other key).
+        // Per event of a session (at the default level a few per session; at `debug` also
+        // one per client command): the line is built, then the label goes where the
+        // inner format puts spans (after every other key).
         let mut line = String::new();
         self.inner.format_event(ctx, Writer::new(&mut line), event)?;
         writer.write_str(&with_json_label(&line, &label))
