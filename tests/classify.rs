@@ -484,3 +484,27 @@ fn an_unchanged_model_file_needs_no_reread() {
     assert!(h.current().expect("model").ready());
     assert!(!h.may_have_changed(), "read, and unchanged since");
 }
+
+/// A training commit that leaves the model file's length and modification time as they were
+/// (a commit in the same coarse timestamp tick as the reader's last look, which itself
+/// writes the file) is still loaded: the trainer's change marker moved.
+#[test]
+fn training_within_one_timestamp_tick_is_seen() {
+    let t = tempfile::tempdir().unwrap();
+    drop(trained_store(t.path(), 20));
+    let h = ModelHandle::open(t.path(), BayesSettings::default());
+    let path = h.path();
+    let before = std::fs::metadata(&path).unwrap();
+    assert_eq!(h.current().expect("model").nspam(), 20);
+    let store = RedbStore::open(t.path()).unwrap();
+    let mut tr = Trainer::new(&store, Tokenizer::default(), None).unwrap();
+    tr.train(spam_msg(99).as_bytes(), true);
+    tr.commit().unwrap();
+    drop(store);
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(before.modified().unwrap()).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), before.len(), "same length, same time: the same stamp");
+    assert!(h.may_have_changed());
+    h.refresh_blocking();
+    assert_eq!(h.current().unwrap().nspam(), 21, "the second commit was loaded");
+    assert!(!h.may_have_changed(), "and nothing more to do");
+}

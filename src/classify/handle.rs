@@ -1,8 +1,9 @@
 //! [`ModelHandle`]: the proxy's current model snapshot, refreshed when training changed it.
 //!
 //! Sessions take [`ModelHandle::current`] once at login (an `Arc`, read-only, like the rule
-//! set) and never touch the store. A background task looks at the model file once per
-//! [`POLL`]; when its size or modification time changed it opens the file (waiting at most
+//! set) and never touch the store. A background thread looks at the model file once per
+//! [`POLL`]; when its size or modification time changed, or the change marker the trainer
+//! writes next to it after each commit ([`super::store::read_marker`]), it opens the file (waiting at most
 //! a moment if `popsift train` holds it), compares the stored generation and, if training
 //! happened, reads the new counts on a blocking thread and swaps the snapshot in. So a
 //! `popsift train` run while `serve` runs is seen within about a second, writes never block
@@ -40,7 +41,9 @@ pub struct ModelHandle {
     store: crate::config::StoreSettings,
     settings: BayesSettings,
     current: ArcSwapOption<Model>,
-    seen: Mutex<Stamp>,
+    /// The model file's stamp after the last look, and the change marker read before it
+    /// ([`super::store::read_marker`]): either moving means a look inside.
+    seen: Mutex<(Stamp, Option<u64>)>,
     autolearner: Option<Arc<super::autolearn::Autolearner>>,
 }
 
@@ -94,7 +97,7 @@ impl ModelHandle {
             store,
             settings,
             current: ArcSwapOption::empty(),
-            seen: Mutex::new(None),
+            seen: Mutex::new((None, None)),
             autolearner,
         });
         h.refresh_blocking();
@@ -116,7 +119,11 @@ impl ModelHandle {
         if self.store.redis.is_some() {
             return self.refresh_shared();
         }
-        if !self.may_have_changed() {
+        // The marker is read before the file is: a commit after this point changes it
+        // again and is seen at the next poll, even when the file's stamp (taken after the
+        // read, which itself writes the file) cannot show it.
+        let marker = self.marker();
+        if !self.changed(marker) {
             return;
         }
         let path = self.path();
@@ -161,7 +168,7 @@ impl ModelHandle {
                 tracing::error!(error = %e, "cannot open the bayes model; keeping the last one");
             }
         }
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(&path);
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = (stamp(&path), marker);
     }
 
     /// A damaged model: moved aside, a new empty one created; no classifier until it is
@@ -176,7 +183,7 @@ impl ModelHandle {
             }
             Err(e) => tracing::error!(error = %e, "bayes model damaged and cannot be moved aside"),
         }
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(&self.path());
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = (stamp(&self.path()), self.marker());
     }
 
     /// The shared store: compare the generation (one round trip), load when it moved. A
@@ -208,11 +215,17 @@ impl ModelHandle {
     /// Whether [`Self::refresh_blocking`] has anything to do: the model file's stamp moved
     /// since the last look (one `stat`), or the model is shared (asked at every poll).
     pub fn may_have_changed(&self) -> bool {
-        if self.store.redis.is_some() {
-            return true;
-        }
-        let now = stamp(&self.path());
+        self.store.redis.is_some() || self.changed(self.marker())
+    }
+
+    /// The model file's stamp or its change marker (read as `marker`) moved since the last look.
+    fn changed(&self, marker: Option<u64>) -> bool {
+        let now = (stamp(&self.path()), marker);
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) != now
+    }
+
+    fn marker(&self) -> Option<u64> {
+        super::store::read_marker(&self.path())
     }
 
     /// Starts the poller: one plain thread that looks every [`POLL`] and ends once the

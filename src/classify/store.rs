@@ -207,6 +207,35 @@ impl RedbStore {
     }
 }
 
+/// The change marker next to a model file: the generation of its latest training commit,
+/// written by the trainer after the commit and never by a reader. Readers cannot tell a
+/// commit by the file's stamp alone: redb writes the file when a reader opens and closes
+/// it, so a stamp taken after a read can already include a commit made in the same
+/// timestamp tick (see [`super::ModelHandle`]).
+pub fn marker_path(model: &Path) -> PathBuf {
+    let mut p = model.as_os_str().to_owned();
+    p.push(".generation");
+    PathBuf::from(p)
+}
+
+/// The generation in the change marker of `model`, if there is a readable one.
+pub fn read_marker(model: &Path) -> Option<u64> {
+    std::fs::read_to_string(marker_path(model)).ok()?.trim().parse().ok()
+}
+
+/// Writes the change marker (whole, by rename). A failure only costs readers the marker:
+/// they still see the file's stamp move.
+fn write_marker(model: &Path, generation: u64) {
+    let marker = marker_path(model);
+    let mut tmp = marker.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let written = std::fs::write(&tmp, format!("{generation}\n")).and_then(|()| std::fs::rename(&tmp, &marker));
+    if let Err(e) = written {
+        tracing::debug!(path = %marker.display(), error = %e, "cannot write the bayes model's change marker");
+    }
+}
+
 /// Moves a damaged model file aside (`bayes.redb.corrupt-<unix seconds>`, never deleted: it
 /// holds the user's training, and a redb expert may still recover it), logs it and counts it
 /// (`popsift_bayes_model_rebuilds_total`). The next open creates a new, empty model — the way
@@ -294,9 +323,9 @@ impl ModelStore for RedbStore {
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-        guarded(|| {
+        let generation = guarded(|| {
             let w = self.db.begin_write()?;
-            {
+            let generation = {
                 let mut tokens = w.open_table(TOKENS)?;
                 for (t, &(ds, dh)) in &batch.tokens {
                     if ds == 0 && dh == 0 {
@@ -317,8 +346,8 @@ impl ModelStore for RedbStore {
                     meta.insert(k, (cur as i64 + d).max(0) as u64)?;
                 }
                 meta.insert("version", super::TOKENS_VERSION as u64)?;
-                let generation = meta.get("generation")?.map(|v| v.value()).unwrap_or(0);
-                meta.insert("generation", generation + 1)?;
+                let generation = meta.get("generation")?.map(|v| v.value()).unwrap_or(0) + 1;
+                meta.insert("generation", generation)?;
                 let mut msgs = w.open_table(MESSAGES)?;
                 for d in &batch.remove {
                     msgs.remove(d.as_slice())?;
@@ -326,16 +355,19 @@ impl ModelStore for RedbStore {
                 for (d, m) in &batch.add {
                     msgs.insert(d.as_slice(), encode_message(m).as_slice())?;
                 }
-            }
+                generation
+            };
             w.commit()?;
-            Ok(())
+            Ok(generation)
         })
         .map_err(|f| match f {
             Failure::Db(DatabaseError::Storage(redb::StorageError::Io(e))) => {
                 StoreError::Io { path: self.path.clone(), detail: e.to_string() }
             }
             f => self.corrupt(f),
-        })
+        })?;
+        write_marker(&self.path, generation);
+        Ok(())
     }
 }
 
