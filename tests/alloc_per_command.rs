@@ -28,16 +28,7 @@ const N: u64 = 1000;
 /// Allocation requests the process has made so far (all size classes, all threads), or
 /// `None` when the binary serves no allocator statistics.
 fn requests(p: &Popsift) -> Option<u64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(&p.metrics_addr).ok()?;
-    write!(s, "GET /debug/allocator HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let v = p.allocator_json()?;
     let merged = &v["jemalloc"]["stats.arenas"]["merged"];
     let sum = |key: &str| -> u64 {
         merged[key].as_array().map_or(0, |a| a.iter().map(|b| b["nrequests"].as_u64().unwrap_or(0)).sum())

@@ -569,20 +569,6 @@ impl Stage {
     }
 }
 
-/// jemalloc's statistics from `/debug/allocator`; `None` when not served.
-fn allocator_json(p: &Popsift) -> Option<serde_json::Value> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(&p.metrics_addr).ok()?;
-    write!(s, "GET /debug/allocator HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    serde_json::from_str(body).ok()
-}
-
 /// What one reading of the allocator says per size class: (size, live objects, slack),
 /// slack being the bytes of its slabs not holding a live object (pages kept active by
 /// the objects still in them: fragmentation). Small classes (`bins`) and large ones
@@ -592,7 +578,7 @@ struct SizeClasses(Vec<(u64, u64, u64)>);
 /// Live objects per size class, (size, count), and each class's slack; `None` when the
 /// statistics are not served.
 fn size_classes(p: &Popsift) -> Option<SizeClasses> {
-    let v = allocator_json(p)?;
+    let v = p.allocator_json()?;
     let j = &v["jemalloc"];
     let field = |key: &str, f: &str| -> Vec<u64> {
         j["arenas"][key].as_array().map(|a| a.iter().map(|b| b[f].as_u64().unwrap_or(0)).collect()).unwrap_or_default()

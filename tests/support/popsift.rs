@@ -195,15 +195,31 @@ impl Popsift {
 
     /// The body of `GET /metrics`.
     pub fn scrape(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.metrics_addr).expect("metrics endpoint");
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
+        let out = self.get("/metrics").expect("metrics endpoint");
         match out.split_once("\r\n\r\n") {
             Some((_, body)) => body.to_string(),
             None => out,
         }
+    }
+
+    /// jemalloc's statistics (`GET /debug/allocator`, JSON); `None` when not served.
+    pub fn allocator_json(&self) -> Option<serde_json::Value> {
+        let out = self.get("/debug/allocator")?;
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        serde_json::from_str(body).ok()
+    }
+
+    /// `GET path` on the metrics port: the whole response, head and body.
+    fn get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.metrics_addr).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
     }
 }
 
