@@ -314,15 +314,12 @@ fn message(i: usize, size: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Who downloads in a round of the bench.
-#[derive(Debug, Clone, Copy)]
-enum Peer {
-    Direct,
-    Popsift,
-    Pump,
-    HaProxy,
-    Baseline,
-}
+/// Positions in a row's list of peers (direct, popsift, pump, HAProxy, baseline).
+const DIRECT: usize = 0;
+const POPSIFT: usize = 1;
+const PUMP: usize = 2;
+const HAPROXY: usize = 3;
+const BASELINE: usize = 4;
 
 fn main() {
     // `cargo bench --bench relay -- FILTER`: run only the rows whose "user pattern" contains
@@ -392,70 +389,48 @@ fn main() {
             if filter.as_ref().is_some_and(|f| !format!("{user} {name}").contains(f.as_str())) {
                 continue;
             }
-            let mut direct = Vec::new();
-            let mut via = Vec::new();
-            let mut pumped = Vec::new();
-            let mut haproxied = Vec::new();
             let mut octets = 0;
-            // Warm-up (Dovecot builds its index and caches), then rotate direct / popsift /
-            // pump so all three see the same machine load.
-            let mut based = Vec::new();
-            for addr in [d.pop3_addr(), p.addr.clone(), pump.addr.clone(), haproxy.addr.clone()] {
-                let _ = download(&addr, user, &pass, pattern, None);
-            }
+            // Who downloads: address, the process whose CPU is counted, name in messages.
+            let mut peers = vec![
+                (d.pop3_addr(), None, "direct"),
+                (p.addr.clone(), Some(p.pid()), "popsift"),
+                (pump.addr.clone(), None, "the pump"),
+                (haproxy.addr.clone(), Some(haproxy.pid()), "haproxy"),
+            ];
             if let Some(b) = &baseline {
-                let _ = download(&b.addr, user, &pass, pattern, None);
+                peers.push((b.addr.clone(), Some(b.pid()), "the baseline"));
             }
-            // CPU time (all threads, from schedstat) each proxy process used per download.
-            let (mut cpu, mut cpu_haproxy, mut cpu_based) = (Cpu::default(), Cpu::default(), Cpu::default());
-            // The order within a round rotates from round to round (issue 16): whoever runs
-            // first after another's session ends (Dovecot's index writes, the previous
-            // proxy's teardown) is not always the same one.
-            let mut order = vec![Peer::Direct, Peer::Popsift, Peer::Pump, Peer::HaProxy];
-            if baseline.is_some() {
-                order.push(Peer::Baseline);
+            // Warm-up (Dovecot builds its index and caches).
+            for (addr, _, _) in &peers {
+                let _ = download(addr, user, &pass, pattern, None);
             }
+            // Per peer its download times and the CPU (all threads, from schedstat) its
+            // process used per download.
+            let mut times = vec![Vec::new(); peers.len()];
+            let mut cpus = vec![Cpu::default(); peers.len()];
             for round in 0..reps {
                 let mut sizes = Vec::new();
-                for peer in order.iter().cycle().skip(round % order.len()).take(order.len()) {
-                    match peer {
-                        Peer::Direct => {
-                            let (t, o, _) = download(&d.pop3_addr(), user, &pass, pattern, None);
-                            direct.push(t);
-                            sizes.push(("direct", o));
-                        }
-                        Peer::Popsift => {
-                            let (t, o, c) = download(&p.addr, user, &pass, pattern, Some(p.pid()));
-                            cpu.add(c);
-                            via.push(t);
-                            sizes.push(("popsift", o));
-                            octets = o;
-                        }
-                        Peer::Pump => {
-                            let (t, o, _) = download(&pump.addr, user, &pass, pattern, None);
-                            pumped.push(t);
-                            sizes.push(("the pump", o));
-                        }
-                        Peer::HaProxy => {
-                            let (t, o, c) = download(&haproxy.addr, user, &pass, pattern, Some(haproxy.pid()));
-                            cpu_haproxy.add(c);
-                            haproxied.push(t);
-                            sizes.push(("haproxy", o));
-                        }
-                        Peer::Baseline => {
-                            let Some(b) = &baseline else { continue };
-                            let (t, o, c) = download(&b.addr, user, &pass, pattern, Some(b.pid()));
-                            cpu_based.add(c);
-                            based.push(t);
-                            sizes.push(("the baseline", o));
-                        }
+                // The order within a round rotates from round to round (issue 16): whoever
+                // runs first after another's session ends (Dovecot's index writes, the
+                // previous proxy's teardown) is not always the same one.
+                for i in (0..peers.len()).cycle().skip(round % peers.len()).take(peers.len()) {
+                    let (addr, pid, name) = &peers[i];
+                    let (t, o, c) = download(addr, user, &pass, pattern, *pid);
+                    times[i].push(t);
+                    cpus[i].add(c);
+                    if i == POPSIFT {
+                        octets = o;
                     }
+                    sizes.push((*name, o));
                 }
                 for (who, o) in &sizes {
                     assert_eq!(*o, sizes[0].1, "{who} delivered a different number of octets than {}", sizes[0].0);
                 }
             }
-            let (md, mv, mp, mh) = (median(direct), median(via), median(pumped), median(haproxied));
+            let (cpu, cpu_haproxy) = (cpus[POPSIFT], cpus[HAPROXY]);
+            let medians: Vec<Duration> = times.into_iter().map(median).collect();
+            let (md, mv, mp, mh) = (medians[DIRECT], medians[POPSIFT], medians[PUMP], medians[HAPROXY]);
+            let based = medians.get(BASELINE).copied();
             let ms = |t: Duration| format!("{:.1}", t.as_secs_f64() * 1e3);
             let ratio = |a: Duration, b: Duration| format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64());
             let cpu_ms = |c: Cpu| format!("{:.1}", c.total.as_secs_f64() * 1e3 / reps as f64);
@@ -477,8 +452,8 @@ fn main() {
                 &cpu.user_percent(),
                 &cpu_haproxy.user_percent(),
             ]);
-            if !based.is_empty() {
-                let mb = median(based);
+            if let Some(mb) = based {
+                let cpu_based = cpus[BASELINE];
                 println!(
                     "{:<14} {:<14} {:>9} baseline {} ms = {}, popsift / baseline = {}; baseline CPU {} ms/run, popsift / baseline CPU = {}",
                     "",
