@@ -384,12 +384,7 @@ impl Session<'_> {
         loop {
             if let Some(wait) = ClientWait::of_action(&action) {
                 drop(action);
-                // Flushed here rather than inside the wait (issue 16): the write's state
-                // and the wait's then share their room in this future.
-                if !matches!(wait, ClientWait::Buffered { .. }) {
-                    self.flush().await?;
-                }
-                let input = self.client_wait(wait, m).await?;
+                let input = self.flushed_wait(wait, m).await?;
                 m.handle(Instant::now(), input);
                 action = m.next_action();
                 continue;
@@ -445,9 +440,20 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// [`Session::client_wait`] after writing the pending output, which the client must have
+    /// before it can send its next command; not before a line already buffered (a pipelined
+    /// batch's replies go out together). The flush is outside `client_wait` (issue 16): the
+    /// write's state and the wait's then share their room in the idle session's future.
+    async fn flushed_wait(&mut self, wait: ClientWait, m: &mut Machine) -> Result<Input, SessionError> {
+        if !matches!(wait, ClientWait::Buffered { .. }) {
+            self.flush().await?;
+        }
+        self.client_wait(wait, m).await
+    }
+
     /// The waits for the client's next command (see [`ClientWait`]): the only needs
     /// [`Session::pump`] performs itself, so its future is sized by these alone. Pending
-    /// output was flushed before `Line` and `Input` by `pump`.
+    /// output was flushed before `Line` and `Input` ([`Session::flushed_wait`]).
     async fn client_wait(&mut self, wait: ClientWait, m: &mut Machine) -> Result<Input, SessionError> {
         let t = &self.ctx.config.timeouts;
         Ok(match wait {
@@ -623,10 +629,7 @@ impl Session<'_> {
             Need::LoginAllowed => Input::LoginAllowed(!ctx.edge.is_throttled(self.peer.ip())),
             Need::ClientLine | Need::BufferedClientLine { .. } | Need::ClientInput => {
                 let Some(wait) = ClientWait::of(&need) else { return Err(SessionError::Internal("not a client wait")) };
-                if !matches!(wait, ClientWait::Buffered { .. }) {
-                    self.flush().await?;
-                }
-                return self.client_wait(wait, m).await;
+                return self.flushed_wait(wait, m).await;
             }
             Need::UpstreamLine { phase, lenient: true } => {
                 match self.up_line(phase, m.quit_queued(), m.spare()).await {
