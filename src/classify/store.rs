@@ -227,8 +227,9 @@ pub fn read_marker(model: &Path) -> Option<u64> {
 /// they still see the file's stamp move.
 fn write_marker(model: &Path, generation: u64) {
     let marker = marker_path(model);
+    // Per process: `serve`'s autolearn and a `popsift train` may both write one.
     let mut tmp = marker.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
     let written = std::fs::write(&tmp, format!("{generation}\n")).and_then(|()| std::fs::rename(&tmp, &marker));
     if let Err(e) = written {
