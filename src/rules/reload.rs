@@ -230,8 +230,9 @@ impl RulesHandle {
             let me = Arc::clone(&self);
             let _ = tokio::task::spawn_blocking(move || me.reload()).await;
             sync_watches(&mut watcher, &mut watched);
-            // Drop events caused by our own reading.
-            while rx.try_recv().is_ok() {}
+            // Events queued during the reload are kept: an edit landing after the reload read
+            // its file must trigger the next one. Our own reading raises only access events,
+            // which the watcher above never sends.
         }
     }
 }
