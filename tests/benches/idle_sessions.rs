@@ -135,6 +135,46 @@ async fn wait_pss_settled(pid: u32) -> u64 {
     pss_kib(pid)
 }
 
+/// PSS in KiB of the threads' stacks: anonymous read-write mappings right above a guard
+/// mapping (no access), as pthread lays out a thread's stack, plus the main thread's
+/// `[stack]`. A thread's stack pages that it touched stay resident while it lives.
+fn stacks_pss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut total, mut prev_guard_end, mut counting) = (0u64, None::<u64>, false);
+    for l in s.lines() {
+        let mut words = l.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            let (lo, hi) = first.split_once('-').unwrap_or(("0", "0"));
+            let (lo, hi) = (u64::from_str_radix(lo, 16).unwrap_or(0), u64::from_str_radix(hi, 16).unwrap_or(0));
+            let perms = words.next().unwrap_or("");
+            let path = words.nth(3).unwrap_or("");
+            // A guard of at most 64 KiB below at most 16 MiB (the allocator's reserved
+            // address space is larger and not below a guard).
+            counting = path == "[stack]"
+                || (path.is_empty() && perms == "rw-p" && prev_guard_end == Some(lo) && hi - lo <= 16 << 20);
+            prev_guard_end = (path.is_empty() && perms == "---p" && hi - lo <= 64 << 10).then_some(hi);
+        } else if first == "Pss:" && counting {
+            total += words.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// The process's threads by name (`comm`), e.g. `tokio-runtime-w x 8, popsift x 1`.
+fn thread_names(pid: u32) -> String {
+    let mut names: Vec<(String, usize)> = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim().to_string();
+        match names.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => names.push((name, 1)),
+        }
+    }
+    names.sort();
+    names.iter().map(|(n, c)| format!("{n} x {c}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Threads of a process.
 fn threads(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -377,6 +417,14 @@ async fn run(n: usize) {
         messages(),
         if cache_off { "off" } else { "on" }
     );
+    // jemalloc's arenas: each keeps its own slabs per size class (see README, "Idle sessions").
+    if let Some(v) = p.allocator_json() {
+        let opt = &v["jemalloc"]["opt"];
+        println!(
+            "allocator: {} arenas, thread caches up to {} B per object",
+            v["jemalloc"]["arenas"]["narenas"], opt["tcache_max"]
+        );
+    }
     wait_quiet(pid).await;
     let start = pss_kib(pid);
     let mut stages = vec![Stage::take("start", &p)];
@@ -400,6 +448,7 @@ async fn run(n: usize) {
     let mut login_time = t.elapsed();
     wait_quiet(pid).await;
     let half = wait_pss_settled(pid).await;
+    stages.push(Stage::take("half", &p));
     let t = Instant::now();
     clients.extend(open_sessions(&p.addr, 1 + first, n - first).await);
     login_time += t.elapsed();
@@ -476,8 +525,8 @@ async fn run(n: usize) {
     println!();
     println!("allocator (MiB) and threads at each step:");
     println!(
-        "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
-        "step", "allocated", "active", "metadata", "resident", "PSS", "threads"
+        "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
+        "step", "allocated", "active", "metadata", "resident", "PSS", "threads", "stacks", "tcache"
     );
     for s in &stages {
         let f = |k: &str| {
@@ -487,17 +536,25 @@ async fn run(n: usize) {
                 .map_or("-".to_string(), |(_, v)| format!("{:.1}", *v as f64 / 1048576.0))
         };
         println!(
-            "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10.1} {:>8}",
+            "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10.1} {:>8} {:>8.1} {:>8}",
             s.name,
             f("allocated"),
             f("active"),
             f("metadata"),
             f("resident"),
             s.pss_kib as f64 / 1024.0,
-            s.threads
+            s.threads,
+            s.stacks_kib as f64 / 1024.0,
+            s.tcache.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1048576.0))
         );
     }
-    if let (Some(w), Some(d)) = (stages.get(1), stages.get(2)) {
+    for s in &stages {
+        println!("threads {:<7} {}", s.name, s.thread_names);
+    }
+    if let (Some(w), Some(h), Some(d)) = (stages.get(1), stages.get(2), stages.get(3)) {
+        print_fixed_fill(w, h, d, first, n - first);
+    }
+    if let (Some(w), Some(d)) = (stages.get(1), stages.get(3)) {
         let per = |k: &str| {
             let v = |s: &Stage| s.alloc.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v as i64);
             (v(d) - v(w)) as f64 / n as f64
@@ -515,6 +572,11 @@ async fn run(n: usize) {
         let (w, d) = (&w.counts(), &d.counts());
         print_size_classes(&format!("live objects per session by size class (during - warm, / {n}):"), w, d, n);
     }
+    // Slack that the logins left while the sessions are idle: slabs partly filled by
+    // objects of the login burst (freed since) or spread over several arenas.
+    if let (Some(w), Some(d)) = (&bins_warm, &bins_during) {
+        print_slack("allocator slack by size class, during - warm:", w, d);
+    }
     // What stayed live after every session ended, per mailbox (the sessions' users were
     // all distinct): caches that grow with users show up here, as do per-thread caches.
     if let (Some(s), Some(a)) = (&bins_start, &bins_after) {
@@ -522,6 +584,32 @@ async fn run(n: usize) {
         print_size_classes(&format!("live objects per ended session by size class (after - start, / {n}):"), sc, ac, n);
         print_slack("allocator slack (slab bytes holding no live object) by size class, after - start:", s, a);
     }
+}
+
+/// Prints what the first half of the logins added beyond what the same number of sessions
+/// added in the second half (the slope): the one-time fill the average per session carries,
+/// by kind (live objects, allocator slack, allocator metadata, thread caches, thread stacks,
+/// PSS). `w`, `h`, `d`: warm, after the first half (`first` sessions), during (`first` +
+/// `second`).
+fn print_fixed_fill(w: &Stage, h: &Stage, d: &Stage, first: usize, second: usize) {
+    let v = |s: &Stage, k: &str| s.alloc.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v as f64);
+    let kinds: [(&str, &dyn Fn(&Stage) -> f64); 6] = [
+        ("live objects", &|s| v(s, "allocated") - s.tcache.unwrap_or(0) as f64),
+        ("slack", &|s| v(s, "active") - v(s, "allocated")),
+        ("metadata", &|s| v(s, "metadata")),
+        ("thread caches", &|s| s.tcache.unwrap_or(0) as f64),
+        ("thread stacks", &|s| s.stacks_kib as f64 * 1024.0),
+        ("PSS", &|s| s.pss_kib as f64 * 1024.0),
+    ];
+    let scale = first as f64 / second.max(1) as f64;
+    let parts: Vec<String> = kinds
+        .iter()
+        .map(|(name, f)| {
+            let fill = (f(h) - f(w)) - (f(d) - f(h)) * scale;
+            format!("{name} {:.1}", fill / 1048576.0)
+        })
+        .collect();
+    println!("one-time fill of the first {first} logins beyond the slope (MiB): {}", parts.join(", "));
 }
 
 /// Prints the live objects of `later` minus those of `earlier`, per size class, divided by
@@ -552,6 +640,12 @@ struct Stage {
     /// `popsift_allocator_bytes` by kind (empty when not exported).
     alloc: Vec<(String, u64)>,
     threads: u64,
+    /// PSS of the threads' stacks (KiB).
+    stacks_kib: u64,
+    /// Bytes in the threads' allocator caches (jemalloc's `tcache_bytes`).
+    tcache: Option<u64>,
+    /// The threads by name.
+    thread_names: String,
 }
 
 impl Stage {
@@ -565,7 +659,19 @@ impl Stage {
                 Some((kind.to_string(), value.trim().parse::<f64>().ok()? as u64))
             })
             .collect();
-        Stage { name, pss_kib: pss_kib(p.pid()), alloc, threads: threads(p.pid()) }
+        // Thread caches: objects freed by a thread and kept for its next allocations (not
+        // live, but counted as allocated by jemalloc); an idle thread keeps its cache.
+        let merged = p.allocator_json().map(|v| v["jemalloc"]["stats.arenas"]["merged"].clone());
+        let tcache = merged.as_ref().and_then(|m| m["tcache_bytes"].as_u64());
+        Stage {
+            name,
+            pss_kib: pss_kib(p.pid()),
+            alloc,
+            threads: threads(p.pid()),
+            stacks_kib: stacks_pss_kib(p.pid()),
+            tcache,
+            thread_names: thread_names(p.pid()),
+        }
     }
 }
 
