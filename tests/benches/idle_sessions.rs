@@ -31,12 +31,15 @@
 //! also carries their fill.
 //!
 //! Where the bytes are: at each step the allocator's own figures (`popsift_allocator_bytes`
-//! from `/metrics`: live objects, their pages, metadata, resident) and the thread count, and
-//! between `warm` and `during` the live objects per size class (jemalloc's `curregs` from
-//! `/debug/allocator`), divided by N: what one idle session holds, by object size; and
-//! between `start` and `after` the same (what the ended sessions left live: caches that
-//! grow with users or with the peak of sessions) and each size class's slack (slab bytes
-//! holding no live object: pages the objects left live keep active).
+//! from `/metrics`: live objects, their pages, metadata, resident), the thread caches
+//! (`tcache_bytes`: counted as allocated by jemalloc), the threads by name and their stacks'
+//! PSS, and between `warm` and `during` the live objects per size class (jemalloc's `curregs`
+//! from `/debug/allocator`), divided by N: what one idle session holds, by object size, and
+//! the slack the logins left (slab bytes holding no live object, per size class); between
+//! `start` and `after` the same (what the ended sessions left live: caches that grow with
+//! users or with the peak of sessions, and the pages those keep active). The **one-time
+//! fill**, (half - warm) - (during - half), split into live objects, slack, metadata, thread
+//! caches and stacks, is what the average carries beyond the slope.
 //! `POPSIFT_IDLE_MESSAGES` sets the messages per mailbox (default 20; e.g. 200 with fewer
 //! sessions separates the per-message from the per-session cost); `POPSIFT_IDLE_BIN` runs
 //! another popsift binary (an earlier build kept for a before/after comparison);
@@ -593,21 +596,22 @@ async fn run(n: usize) {
 /// `second`).
 fn print_fixed_fill(w: &Stage, h: &Stage, d: &Stage, first: usize, second: usize) {
     let v = |s: &Stage, k: &str| s.alloc.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v as f64);
-    let kinds: [(&str, &dyn Fn(&Stage) -> f64); 6] = [
-        ("live objects", &|s| v(s, "allocated") - s.tcache.unwrap_or(0) as f64),
-        ("slack", &|s| v(s, "active") - v(s, "allocated")),
-        ("metadata", &|s| v(s, "metadata")),
-        ("thread caches", &|s| s.tcache.unwrap_or(0) as f64),
-        ("thread stacks", &|s| s.stacks_kib as f64 * 1024.0),
-        ("PSS", &|s| s.pss_kib as f64 * 1024.0),
-    ];
+    let names = ["live objects", "slack", "metadata", "thread caches", "thread stacks", "PSS"];
+    let kinds = |s: &Stage| {
+        let tcache = s.tcache.unwrap_or(0) as f64;
+        [
+            v(s, "allocated") - tcache,
+            v(s, "active") - v(s, "allocated"),
+            v(s, "metadata"),
+            tcache,
+            s.stacks_kib as f64 * 1024.0,
+            s.pss_kib as f64 * 1024.0,
+        ]
+    };
     let scale = first as f64 / second.max(1) as f64;
-    let parts: Vec<String> = kinds
-        .iter()
-        .map(|(name, f)| {
-            let fill = (f(h) - f(w)) - (f(d) - f(h)) * scale;
-            format!("{name} {:.1}", fill / 1048576.0)
-        })
+    let (w, h, d) = (kinds(w), kinds(h), kinds(d));
+    let parts: Vec<String> = (0..names.len())
+        .map(|i| format!("{} {:.1}", names[i], ((h[i] - w[i]) - (d[i] - h[i]) * scale) / 1048576.0))
         .collect();
     println!("one-time fill of the first {first} logins beyond the slope (MiB): {}", parts.join(", "));
 }
