@@ -424,7 +424,7 @@ async fn run(n: usize) {
     if let Some(v) = p.allocator_json() {
         let opt = &v["jemalloc"]["opt"];
         println!(
-            "allocator: {} arenas, thread caches up to {} B per object",
+            "allocator: {} arenas (one of them jemalloc's for huge objects), thread caches up to {} B per object",
             v["jemalloc"]["arenas"]["narenas"], opt["tcache_max"]
         );
     }
