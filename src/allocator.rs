@@ -178,6 +178,19 @@ mod tests {
         assert_eq!(f.labelled().len(), 6);
     }
 
+    /// The jemalloc linked in carries the build-time configuration of `.cargo/config.toml`
+    /// that README's idle-session figures were measured with (a build outside this
+    /// repository, e.g. without its cargo configuration, would silently lose it): one arena,
+    /// dirty pages returned after 250 ms.
+    #[test]
+    fn jemalloc_carries_the_build_time_configuration() {
+        let conf = tikv_jemalloc_ctl::config::malloc_conf::read().expect("config.malloc_conf");
+        let options: Vec<&str> = conf.trim_end_matches('\0').split(',').collect();
+        for want in ["narenas:1", "dirty_decay_ms:250", "muzzy_decay_ms:0", "background_thread:true"] {
+            assert!(options.contains(&want), "{want} missing from the built-in malloc_conf {conf:?}");
+        }
+    }
+
     #[test]
     fn stats_json_has_the_size_classes() {
         let s = stats_json().expect("statistics");
