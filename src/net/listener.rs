@@ -77,10 +77,11 @@ pub async fn serve(
     };
     // Issue 16: when no session has run for a while, the stores give their page caches back.
     let releaser = {
-        let (cache, history) = (cache.clone(), history.clone());
+        let (cache, history, memo) = (cache.clone(), history.clone(), memo.clone());
         let release = move || {
             let cache_done = cache.as_ref().map_or(true, |c| c.release_memory());
             let history_done = history.as_ref().map_or(true, |h| h.store().release_memory());
+            memo.repack();
             cache_done && history_done
         };
         let quiet = crate::net::idle_release::RELEASE_AFTER;

@@ -221,6 +221,11 @@ impl MailboxMemo {
         Some(MailboxMemo { buf: buf.into_boxed_slice(), rules: rules.into(), rewrites: rewrites.into() })
     }
 
+    /// A copy in fresh allocations (see [`VerdictMemo::repack`]).
+    fn copied(&self) -> MailboxMemo {
+        MailboxMemo { buf: self.buf.clone(), rules: self.rules.clone(), rewrites: self.rewrites.clone() }
+    }
+
     /// Messages memoised.
     pub fn len(&self) -> usize {
         self.buf.get(..4).and_then(|b| b.try_into().ok()).map_or(0, |b| u32::from_le_bytes(b) as usize)
@@ -353,6 +358,28 @@ impl VerdictMemo {
         self.store_with_model(scope, rules, None, entries)
     }
 
+    /// Moves every mailbox's memo (buffer, key, table) to fresh allocations, then frees
+    /// the old ones; called when no session has run for a while (`net::idle_release`).
+    /// The memo is written during logins, so its buffers sit among the sessions' own
+    /// objects (a 20-message mailbox's buffer is the size class of a session's future) and,
+    /// once the sessions are gone, each keeps an otherwise empty allocator page from being
+    /// given back. Allocated anew while nothing else runs, the copies fill a few pages
+    /// together. Entries, rule sets and recency are unchanged.
+    pub fn repack(&self) {
+        let Ok(mut guard) = self.inner.lock() else { return };
+        let (map, _) = &mut *guard;
+        let mut fresh = HashMap::with_capacity(map.len());
+        for (scope, slot) in map.iter() {
+            let key = Scope::new(scope.upstream.as_str(), scope.user.as_str());
+            let entries = Arc::new(slot.entries.copied());
+            fresh.insert(key, Slot { rules: slot.rules.clone(), model: slot.model, entries, last_used: slot.last_used });
+        }
+        // The copies exist before the originals are freed, so they cannot take their places.
+        let old = std::mem::replace(map, fresh);
+        drop(guard);
+        drop(old);
+    }
+
     /// [`Self::store`] for verdicts made with the classifier model of generation `model`.
     pub fn store_with_model(&self, scope: Scope, rules: Arc<RuleSet>, model: Option<u64>, entries: MailboxMemo) {
         let Ok(mut guard) = self.inner.lock() else { return };
@@ -472,6 +499,25 @@ mod tests {
         assert!(memo.known(&alice, &rules).is_empty(), "so does dropping the model");
         let reloaded = Arc::new(RuleSet::empty());
         assert!(memo.known(&alice, &reloaded).is_empty(), "a reload invalidates");
+    }
+
+    /// Repacking keeps every entry, its rule set and the recency order.
+    #[test]
+    fn repack_keeps_everything() {
+        let memo = VerdictMemo::new(2);
+        let rules = Arc::new(RuleSet::empty());
+        let s = |u: &str| Scope::new("pop:995", u);
+        memo.store(s("a"), rules.clone(), memo_of(&[("x", 1, eval(2.5))]));
+        memo.store(s("b"), rules.clone(), memo_of(&[("y", 2, eval(3.5))]));
+        let before = memo.known(&s("a"), &rules);
+        memo.repack();
+        let after = memo.known(&s("a"), &rules);
+        assert!(!Arc::ptr_eq(&before, &after), "moved to a fresh allocation");
+        assert_same(&after.get("x", 1).unwrap(), &eval(2.5));
+        assert_same(&memo.known(&s("b"), &rules).get("y", 2).unwrap(), &eval(3.5));
+        memo.store(s("c"), rules.clone(), MailboxMemo::default());
+        assert!(memo.known(&s("b"), &rules).is_empty(), "b was still the least recently used");
+        assert_eq!(memo.known(&s("a"), &rules).len(), 1);
     }
 
     #[test]
