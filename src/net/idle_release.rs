@@ -119,7 +119,10 @@ pub async fn release_when_idle(
         let release = release.clone();
         match tokio::task::spawn_blocking(move || release()).await {
             Ok(true) => {
-                tracing::debug!(sessions_since = started - released, "no session for a while: the stores gave their page caches back");
+                tracing::debug!(
+                    sessions_since = started - released,
+                    "no session for a while: the stores gave their page caches back"
+                );
                 released = started;
             }
             Ok(false) => tracing::debug!("a store was in use; giving its memory back later"),

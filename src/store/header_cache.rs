@@ -463,7 +463,9 @@ impl RedbHeaderCache {
                     self.reopen.store(false, Ordering::Relaxed);
                     *slot = Some(Arc::new(db));
                 }
-                Err(e) => warn!(path = %self.path.display(), error = %e, "header cache not reopened; scanning without it"),
+                Err(e) => {
+                    warn!(path = %self.path.display(), error = %e, "header cache not reopened; scanning without it")
+                }
             }
         }
         slot.clone()

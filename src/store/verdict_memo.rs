@@ -372,7 +372,8 @@ impl VerdictMemo {
         for (scope, slot) in map.iter() {
             let key = Scope::new(scope.upstream.as_str(), scope.user.as_str());
             let entries = Arc::new(slot.entries.copied());
-            fresh.insert(key, Slot { rules: slot.rules.clone(), model: slot.model, entries, last_used: slot.last_used });
+            fresh
+                .insert(key, Slot { rules: slot.rules.clone(), model: slot.model, entries, last_used: slot.last_used });
         }
         // The copies exist before the originals are freed, so they cannot take their places.
         let old = std::mem::replace(map, fresh);
@@ -428,10 +429,23 @@ mod tests {
     /// tag rewrite, From, Subject, bayes, what each rule matched and the clues.
     #[test]
     fn every_field_round_trips_exactly() {
-        let rewrite = Arc::new(HeaderRewrite { original: b"Subject: x\r\n\r\n".to_vec(), replacement: b"Subject: [SPAM] x\r\n\r\n".to_vec() });
+        let rewrite = Arc::new(HeaderRewrite {
+            original: b"Subject: x\r\n\r\n".to_vec(),
+            replacement: b"Subject: [SPAM] x\r\n\r\n".to_vec(),
+        });
         let ids: Vec<Arc<str>> = vec![Arc::from("money"), Arc::from("bayes_99"), Arc::from("caps")];
         let mut full = Vec::new();
-        for (i, action) in [None, Some(Action::Allow), Some(Action::Tag), Some(Action::Hide), Some(Action::Quarantine), Some(Action::Delete)].into_iter().enumerate() {
+        for (i, action) in [
+            None,
+            Some(Action::Allow),
+            Some(Action::Tag),
+            Some(Action::Hide),
+            Some(Action::Quarantine),
+            Some(Action::Delete),
+        ]
+        .into_iter()
+        .enumerate()
+        {
             full.push(Evaluated {
                 verdict: Verdict {
                     score: 0.1 + i as f64 * 1.7,
@@ -445,13 +459,30 @@ mod tests {
                     from: format!("Sénder {i} <s{i}@example.net>").into(),
                     subject: if i == 1 { "".into() } else { "Ünïcödé subject \u{1f4e7}".into() },
                     bayes: (i != 3).then_some(0.999_999_999_7 - i as f64 / 3.0),
-                    matched: vec![Matched { rule: "money".into(), header: "subject".into(), before: "free ".into(), found: "money".into(), after: "!".into() }; i % 3].into(),
-                    clues: vec![Clue { token: format!("tok{i}"), probability: 1.0 / 3.0, spam: u32::MAX, ham: i as u32 }; i].into(),
+                    matched: vec![
+                        Matched {
+                            rule: "money".into(),
+                            header: "subject".into(),
+                            before: "free ".into(),
+                            found: "money".into(),
+                            after: "!".into()
+                        };
+                        i % 3
+                    ]
+                    .into(),
+                    clues: vec![
+                        Clue { token: format!("tok{i}"), probability: 1.0 / 3.0, spam: u32::MAX, ham: i as u32 };
+                        i
+                    ]
+                    .into(),
                 },
             });
         }
-        let items: Vec<(String, u64, Evaluated)> =
-            full.iter().enumerate().map(|(i, e)| (format!("uidl-{}", 9 - i), 1000 + i as u64 * 300, e.clone())).collect();
+        let items: Vec<(String, u64, Evaluated)> = full
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (format!("uidl-{}", 9 - i), 1000 + i as u64 * 300, e.clone()))
+            .collect();
         let memo = MailboxMemo::build(items.iter().map(|(u, s, e)| (u.as_str(), *s, e))).unwrap();
         assert_eq!(memo.len(), items.len());
         for (u, s, e) in &items {
@@ -473,7 +504,8 @@ mod tests {
     /// given twice counts, and the mailbox is a single buffer (plus the shared side tables).
     #[test]
     fn many_entries_are_found_and_the_last_duplicate_wins() {
-        let mut items: Vec<(String, u64, Evaluated)> = (0..2000).map(|i| (format!("{:x}", i * 7919 % 2003), i, eval(i as f64))).collect();
+        let mut items: Vec<(String, u64, Evaluated)> =
+            (0..2000).map(|i| (format!("{:x}", i * 7919 % 2003), i, eval(i as f64))).collect();
         items.push((items[5].0.clone(), 5, eval(-1.0)));
         let memo = MailboxMemo::build(items.iter().map(|(u, s, e)| (u.as_str(), *s, e))).unwrap();
         assert_eq!(memo.len(), 2000);
@@ -509,15 +541,15 @@ mod tests {
         let s = |u: &str| Scope::new("pop:995", u);
         memo.store(s("a"), rules.clone(), memo_of(&[("x", 1, eval(2.5))]));
         memo.store(s("b"), rules.clone(), memo_of(&[("y", 2, eval(3.5))]));
-        let before = memo.known(&s("a"), &rules);
+        let before = memo.known(&s("a"), &rules); // a is now more recent than b
         memo.repack();
-        let after = memo.known(&s("a"), &rules);
-        assert!(!Arc::ptr_eq(&before, &after), "moved to a fresh allocation");
-        assert_same(&after.get("x", 1).unwrap(), &eval(2.5));
-        assert_same(&memo.known(&s("b"), &rules).get("y", 2).unwrap(), &eval(3.5));
+        let entries = |u: &str| memo.inner.lock().unwrap().0.get(&s(u)).unwrap().entries.clone();
+        assert!(!Arc::ptr_eq(&before, &entries("a")), "moved to a fresh allocation");
+        assert_same(&entries("a").get("x", 1).unwrap(), &eval(2.5));
+        assert_same(&entries("b").get("y", 2).unwrap(), &eval(3.5));
         memo.store(s("c"), rules.clone(), MailboxMemo::default());
-        assert!(memo.known(&s("b"), &rules).is_empty(), "b was still the least recently used");
-        assert_eq!(memo.known(&s("a"), &rules).len(), 1);
+        assert!(memo.known(&s("b"), &rules).is_empty(), "b is still the least recently used");
+        assert_eq!(memo.known(&s("a"), &rules).len(), 1, "and a still valid for its rule set");
     }
 
     #[test]
