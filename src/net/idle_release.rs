@@ -119,6 +119,7 @@ pub async fn release_when_idle(
         let release = release.clone();
         match tokio::task::spawn_blocking(move || release()).await {
             Ok(true) => {
+                crate::metrics::idle_released();
                 tracing::debug!(
                     sessions_since = started - released,
                     "no session for a while: the stores gave their page caches back"
