@@ -27,7 +27,11 @@
 //! held elsewhere: the rule ids (the rule set's own strings) and the tag rewrites (a
 //! tagged spam's header blocks, too large to copy per login). A hit decodes one entry into
 //! a fresh `Arc<Evaluated>` (a few small allocations per message of a warm login; a binary
-//! search finds it).
+//! search finds it). The buffers are still allocated during logins, among the sessions'
+//! objects (a 20-message buffer is the size class of a session's future), so when no
+//! session has run for a while they are moved to fresh allocations
+//! ([`VerdictMemo::repack`], from `net::idle_release`), where they no longer pin the
+//! pages the sessions left.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
