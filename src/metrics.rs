@@ -176,6 +176,9 @@ pub const LOGIN_STEPS: &[&str] = &["history_lookup", "quarantine_usage"];
 /// Gauge `{kind}`: the allocator's figures (see [`crate::allocator`]), read at each scrape.
 pub const ALLOCATOR_BYTES: &str = "popsift_allocator_bytes";
 // --- end allocator memory ---
+// --- memory back after the sessions end (issue 16) ---
+pub const IDLE_RELEASES_TOTAL: &str = "popsift_idle_releases_total";
+// --- end memory back after the sessions end ---
 
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -509,6 +512,16 @@ pub const METRICS: &[MetricDef] = &[
         buckets: &[],
     },
     // --- end allocator memory ---
+    // --- memory back after the sessions end (issue 16) ---
+    MetricDef {
+        name: IDLE_RELEASES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: Some(Unit::Count),
+        labels: &[],
+        help: "Times the header cache and the decision history gave their page caches back (closed and reopened their files) after no session had run for 5 s.",
+        buckets: &[],
+    },
+    // --- end memory back after the sessions end ---
 ];
 
 /// Every exported metric name (the `name` column of [`METRICS`]).
@@ -547,6 +560,7 @@ pub const ALL_NAMES: &[&str] = &[
     STORE_ERRORS_TOTAL,
     LOGIN_STEP_TIMEOUTS_TOTAL,
     ALLOCATOR_BYTES,
+    IDLE_RELEASES_TOTAL,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -712,7 +726,8 @@ fn register() {
         counter!(UPSTREAM_INVALID_REPLIES_TOTAL, "reply" => reply).absolute(0);
     }
     counter!(SESSION_PANICS_TOTAL).absolute(0);
-    // Histograms: registering the handle renders empty buckets from the first scrape.
+    counter!(IDLE_RELEASES_TOTAL).absolute(0); // memory back after the sessions end
+                                               // Histograms: registering the handle renders empty buckets from the first scrape.
     let _ = histogram!(SCAN_DURATION_SECONDS);
     let _ = histogram!(RULE_EVAL_DURATION_SECONDS);
     let _ = histogram!(UPSTREAM_CONNECT_DURATION_SECONDS);
@@ -916,6 +931,12 @@ pub fn uidl_untrusted_session() {
 pub fn header_cache_lookup(hit: bool) {
     let result = if hit { "hit" } else { "miss" };
     counter!(HEADER_CACHE_LOOKUPS_TOTAL, "result" => result).increment(1);
+}
+
+/// No session ran for a while and the stores gave their page caches back
+/// (`popsift_idle_releases_total`, see `net::idle_release`).
+pub fn idle_released() {
+    counter!(IDLE_RELEASES_TOTAL).increment(1);
 }
 
 /// A message answered by the in-memory verdict memo, without reading the header cache

@@ -170,3 +170,57 @@ async fn pipelined_uidl_without_reading_is_bounded_in_bytes() {
     // 256 prepared replies were ~38 MB; a byte bound leaves a few.
     assert!(after - before < 12 * MIB, "peak grew by {} MiB", (after - before) / MIB);
 }
+
+/// A counter's value in popsift's exposition (0 when absent).
+fn counter(p: &Popsift, series: &str) -> f64 {
+    p.scrape()
+        .lines()
+        .find(|l| l.split(' ').next() == Some(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits (bounded) until `series` reaches `at_least`.
+async fn wait_counter(p: &Popsift, series: &str, at_least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counter(p, series) < at_least {
+        assert!(Instant::now() < deadline, "{series} never reached {at_least}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One login of alice: the message count, and whether message 12 came back tagged.
+async fn login_once(p: &Popsift) -> (String, bool) {
+    let (mut c, _) = Client::connect(&p.addr).await;
+    assert!(c.cmd("USER alice").await.starts_with("+OK"));
+    assert!(c.cmd("PASS pw").await.starts_with("+OK"));
+    let stat = c.cmd("STAT").await;
+    let (status, body) = c.multi("TOP 12 0").await;
+    assert!(status.starts_with("+OK"), "{status}");
+    let tagged = String::from_utf8_lossy(&body).contains("X-Spam-Flag: YES");
+    assert!(c.cmd("QUIT").await.starts_with("+OK"));
+    (stat, tagged)
+}
+
+/// Memory back after the sessions end (issue 16): once no session has run for a while
+/// (5 s), the header cache and the decision history close and reopen their files (empty
+/// page caches) and the verdict memo is repacked; a session must have run since the last
+/// time. The next login is unchanged: same view, the tag rewrite kept, its verdicts
+/// answered by the (repacked) memo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stores_give_their_page_caches_back_when_no_session_runs() {
+    const RELEASES: &str = "popsift_idle_releases_total";
+    const MEMO: &str = "popsift_header_cache_lookups_total{result=\"memo\"}";
+    let messages: Vec<Vec<u8>> = (1..=20).map(|i| big_header_message(i, 1)).collect();
+    let up = upstream(Behaviour::default(), messages).await;
+    let p = Popsift::start(&ProxyOpts { upstream: &up.addr, rules: RULES, log_level: "info", ..ProxyOpts::default() });
+    assert_eq!(counter(&p, RELEASES), 0.0, "no session yet: nothing to give back");
+    let first = login_once(&p).await;
+    assert!(first.1, "message 12 tagged");
+    wait_counter(&p, RELEASES, 1.0).await;
+    let memo_before = counter(&p, MEMO);
+    assert_eq!(login_once(&p).await, first, "the same view after the stores reopened");
+    assert_eq!(counter(&p, MEMO) - memo_before, 20.0, "every verdict from the repacked memo");
+    wait_counter(&p, RELEASES, 2.0).await;
+    assert!(up.commands().iter().all(|c| !c.starts_with("DELE")));
+}

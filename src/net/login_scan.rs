@@ -224,7 +224,7 @@ pub async fn scan(
         // Messages evaluated at an earlier login under the same rules need nothing at all.
         for (i, (n, size)) in list.iter().enumerate() {
             if let Some(u) = uidls.get(n) {
-                memos[i] = c.memo.get(&(u.clone(), *size)).cloned();
+                memos[i] = c.memo.get(u, *size);
             }
         }
         let keyed: Vec<usize> =
@@ -595,10 +595,11 @@ impl LoginScan {
             );
         }
         if let (Some(scope), true) = (self.scope.clone(), uidl_trusted) {
-            let memo: MailboxMemo = entries
-                .iter()
-                .filter_map(|e| Some(((e.uidl.clone()?, e.upstream_size), e.evaluated.clone()?)))
-                .collect();
+            // One buffer per mailbox (issue 16: what the memo keeps outlives the sessions).
+            let memo = MailboxMemo::build(
+                entries.iter().filter_map(|e| Some((e.uidl.as_deref()?, e.upstream_size, e.evaluated.as_deref()?))),
+            )
+            .unwrap_or_default();
             ctx.memo.store_with_model(scope, self.rules.clone(), self.model_generation, memo);
         }
         Ok(entries)

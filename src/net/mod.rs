@@ -24,6 +24,7 @@ pub mod error;
 pub mod fd_budget;
 pub mod history_hooks;
 pub mod http;
+pub mod idle_release;
 pub mod listener;
 pub mod login_scan;
 pub mod quarantine_copy;

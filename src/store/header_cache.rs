@@ -62,6 +62,7 @@
 //! and [`HeaderCache::update_in_background`], which run them on tokio's blocking pool.
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -166,6 +167,12 @@ pub trait HeaderStore: Send + Sync + std::fmt::Debug {
     /// skipped by the store, so a login's [`PendingWrite`] need not hold it.
     fn max_write_bytes(&self) -> u64 {
         u64::MAX
+    }
+    /// Gives back the memory the store keeps between logins (redb's page cache), called
+    /// when no session has run for a while (see `net::idle_release`). `false`: in use now
+    /// (a lookup or an update in flight), try again later. Nothing stored is lost.
+    fn release_memory(&self) -> bool {
+        true
     }
 }
 
@@ -287,6 +294,11 @@ impl HeaderCache {
         self.store.max_write_bytes()
     }
 
+    /// See [`HeaderStore::release_memory`]. Blocking.
+    pub fn release_memory(&self) -> bool {
+        self.store.release_memory()
+    }
+
     /// See [`HeaderStore::stats_blocking`]. Blocking.
     pub fn stats_blocking(&self) -> Option<(u64, u64)> {
         self.store.stats_blocking()
@@ -380,8 +392,11 @@ pub struct RedbHeaderCache {
     max_size: u64,
     /// redb's page cache in bytes (see [`redb_cache_bytes`]).
     cache_bytes: usize,
-    /// `None` after a failure that could not be repaired: popsift then runs without cache.
+    /// `None` after a failure that could not be repaired: popsift then runs without cache;
+    /// or, with `reopen` set, after [`HeaderStore::release_memory`] could not reopen it.
     db: Mutex<Option<Arc<Database>>>,
+    /// The file was closed to give its page cache back and not reopened: try at next use.
+    reopen: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RedbHeaderCache {
@@ -402,6 +417,9 @@ impl HeaderStore for RedbHeaderCache {
     }
     fn location(&self) -> String {
         self.path.display().to_string()
+    }
+    fn release_memory(&self) -> bool {
+        RedbHeaderCache::release_memory(self)
     }
 }
 
@@ -424,7 +442,13 @@ impl RedbHeaderCache {
         let path = state_dir.join(FILE_NAME);
         let cache_bytes = redb_cache_bytes(max_size, memory);
         let db = open_or_rebuild(&path, cache_bytes)?;
-        Ok(RedbHeaderCache { path, max_size, cache_bytes, db: Mutex::new(Some(Arc::new(db))) })
+        Ok(RedbHeaderCache {
+            path,
+            max_size,
+            cache_bytes,
+            db: Mutex::new(Some(Arc::new(db))),
+            reopen: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -432,7 +456,52 @@ impl RedbHeaderCache {
     }
 
     fn db(&self) -> Option<Arc<Database>> {
-        self.db.lock().ok().and_then(|g| g.clone())
+        let mut slot = self.db.lock().ok()?;
+        if slot.is_none() && self.reopen.load(Ordering::Relaxed) {
+            match guarded(|| create_db(&self.path, self.cache_bytes).map_err(|e| e.to_string())) {
+                Ok(db) => {
+                    self.reopen.store(false, Ordering::Relaxed);
+                    *slot = Some(Arc::new(db));
+                }
+                Err(e) => {
+                    warn!(path = %self.path.display(), error = %e, "header cache not reopened; scanning without it")
+                }
+            }
+        }
+        slot.clone()
+    }
+
+    /// Closes the file and opens it again, so the new handle starts with an empty page
+    /// cache: redb keeps the pages that a burst of logins read and wrote for good (up to
+    /// `cache.memory`), and they, with the allocator pages they pin, were most of what
+    /// popsift kept once the sessions had ended (issue 16). Only when nothing holds the
+    /// handle: a lookup or an update in flight keeps it (`false`: try again later), so no
+    /// write is cut short. The file was closed cleanly, so the reopen neither repairs nor
+    /// re-checks it (a few milliseconds). A failed reopen (disk gone, the file taken by
+    /// another process) is logged and tried again at the next lookup or update; until it
+    /// succeeds the logins scan without the cache, as after any cache failure.
+    pub fn release_memory(&self) -> bool {
+        let Ok(mut slot) = self.db.lock() else { return true };
+        let Some(shared) = slot.take() else { return true };
+        let db = match Arc::try_unwrap(shared) {
+            Ok(db) => db,
+            Err(shared) => {
+                *slot = Some(shared);
+                return false;
+            }
+        };
+        let reopened = guarded(|| {
+            drop(db);
+            create_db(&self.path, self.cache_bytes).map_err(|e| e.to_string())
+        });
+        match reopened {
+            Ok(db) => *slot = Some(Arc::new(db)),
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "header cache not reopened after giving its memory back; trying again at the next login");
+                self.reopen.store(true, Ordering::Relaxed);
+            }
+        }
+        true
     }
 
     /// After a failed operation: delete the file and start over, unless another thread
@@ -1006,6 +1075,35 @@ mod tests {
                 None => assert_eq!(i % 2, 1),
             }
         }
+    }
+
+    /// Giving the page cache back (issue 16) closes the file and opens it anew: the old
+    /// handle, and with it its page cache, is gone and everything stored is still there; a
+    /// handle in use (a lookup or update in flight) is never closed under it; a reopen
+    /// that fails (the file held by another process) is a miss, retried at the next use.
+    #[test]
+    fn release_reopens_with_everything_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = RedbHeaderCache::open(dir.path(), 1 << 20).unwrap();
+        let s = Scope::new("h:110", "e");
+        c.update_blocking(&s, &[fresh("a", 1, "A\r\n\r\n")], &present(&["a"]));
+        let in_use = c.db().unwrap();
+        assert!(!c.release_memory(), "a handle in use is kept");
+        assert!(Arc::ptr_eq(&in_use, &c.db().unwrap()));
+        let old = Arc::downgrade(&in_use);
+        drop(in_use);
+        assert!(c.release_memory());
+        assert!(old.upgrade().is_none(), "the old handle and its page cache are gone");
+        assert!(c.lookup_blocking(&s, &[want("a", 1)], LIMIT)[0].is_some(), "nothing lost");
+
+        // The reopen failed: another process held the file meanwhile.
+        *c.db.lock().unwrap() = None;
+        c.reopen.store(true, Ordering::Relaxed);
+        let other = create_db(c.path(), 1 << 20).unwrap();
+        assert!(c.lookup_blocking(&s, &[want("a", 1)], LIMIT)[0].is_none(), "a miss, not a failure");
+        drop(other);
+        assert!(c.lookup_blocking(&s, &[want("a", 1)], LIMIT)[0].is_some(), "reopened at the next use");
+        assert!(c.release_memory());
     }
 
     #[test]

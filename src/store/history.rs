@@ -224,12 +224,20 @@ pub trait History: Send + Sync {
     fn overrides_of(&self, mailbox: &str) -> Result<(HashSet<String>, Vec<Released>), HistoryError> {
         Ok((self.shown(mailbox)?, self.released(mailbox)?))
     }
+    /// Gives back the memory the store keeps between uses (its page cache), called when no
+    /// session has run for a while (see `net::idle_release`). `false`: in use now (a write
+    /// in flight), try again later. Nothing stored is lost.
+    fn release_memory(&self) -> bool {
+        true
+    }
 }
 
 /// The embedded store.
 pub struct RedbHistory {
     path: PathBuf,
-    db: Database,
+    /// `None` after [`History::release_memory`] could not reopen the file: opened again at
+    /// the next use (see [`RedbHistory::db`]).
+    db: std::sync::Mutex<Option<Arc<Database>>>,
     settings: HistorySettings,
     last_seq: std::sync::Mutex<u64>,
     /// Mailboxes with a "show" override or a released message (kept from open on).
@@ -256,17 +264,18 @@ pub fn now_secs() -> u64 {
 /// whole starting memory kept for good once 5,000 mailboxes had logged in.)
 const HISTORY_CACHE_BYTES: usize = 1 << 20;
 
+/// Opens (creating) the file with its page cache bounded (issue 16: redb's default is 1 GiB).
+fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    redb::Builder::new().set_cache_size(HISTORY_CACHE_BYTES).create(path)
+}
+
 impl RedbHistory {
     /// Opens (creating) `<state_dir>/history.redb`.
     pub fn open(state_dir: &Path, settings: HistorySettings) -> Result<RedbHistory, HistoryError> {
         let path = state_dir.join(FILE_NAME);
         let db_err = |detail: String| HistoryError::Db { path: path.clone(), detail };
         std::fs::create_dir_all(state_dir).map_err(|e| db_err(e.to_string()))?;
-        // Idle memory (issue 16): redb's page cache bounded (its default is 1 GiB).
-        let db = redb::Builder::new()
-            .set_cache_size(HISTORY_CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| db_err(e.to_string()))?;
+        let db = open_db(&path).map_err(|e| db_err(e.to_string()))?;
         let tx = db.begin_write().map_err(|e| db_err(e.to_string()))?;
         {
             tx.open_table(DECISIONS).map_err(|e| db_err(e.to_string()))?;
@@ -291,11 +300,25 @@ impl RedbHistory {
         }
         Ok(RedbHistory {
             path,
-            db,
+            db: std::sync::Mutex::new(Some(Arc::new(db))),
             settings,
             last_seq: std::sync::Mutex::new(0),
             with_overrides: std::sync::Mutex::new(with_overrides),
         })
+    }
+
+    /// The open database, opened again if [`History::release_memory`] closed it and could
+    /// not reopen it (the error is then this call's, as for any failing write or read).
+    /// Callers keep the handle for as long as their transaction lives, so a release never
+    /// closes the file under one.
+    fn db(&self) -> Result<Arc<Database>, HistoryError> {
+        let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(open_db(&self.path).map_err(|e| self.err(e))?);
+        *slot = Some(db.clone());
+        Ok(db)
     }
 
     fn mark_overrides(&self, mailbox: &str) {
@@ -357,7 +380,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decision, HistoryError> {
 
 impl History for RedbHistory {
     fn record(&self, batch: &[Decision], now: u64) -> Result<usize, HistoryError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.err(e))?;
         let mut written = 0;
         {
             let mut table = tx.open_table(DECISIONS).map_err(|e| self.err(e))?;
@@ -391,7 +415,8 @@ impl History for RedbHistory {
     }
 
     fn decisions(&self, q: &Query) -> Result<Vec<(u64, Decision)>, HistoryError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(DECISIONS).map_err(|e| self.err(e))?;
         let needle = q.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
         let before = q.before.unwrap_or(u64::MAX);
@@ -431,14 +456,16 @@ impl History for RedbHistory {
     }
 
     fn decision(&self, mailbox: &str, seq: u64) -> Result<Option<Decision>, HistoryError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(DECISIONS).map_err(|e| self.err(e))?;
         let v = table.get((mailbox, seq)).map_err(|e| self.err(e))?;
         v.map(|v| decode(v.value())).transpose()
     }
 
     fn mailboxes(&self) -> Result<Vec<String>, HistoryError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(BY_UIDL).map_err(|e| self.err(e))?;
         let mut out: Vec<String> = Vec::new();
         for item in table.iter().map_err(|e| self.err(e))? {
@@ -452,7 +479,8 @@ impl History for RedbHistory {
     }
 
     fn rule_counts(&self, mailbox: Option<&str>, now: u64) -> Result<Vec<(String, [u64; 3])>, HistoryError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(DECISIONS).map_err(|e| self.err(e))?;
         let mut counts: std::collections::BTreeMap<String, [u64; 3]> = Default::default();
         let limits = [1u64, 7, 30].map(|d| now.saturating_sub(d * 86_400));
@@ -485,13 +513,15 @@ impl History for RedbHistory {
 
     fn show(&self, mailbox: &str, uidl: &str, now: u64) -> Result<(), HistoryError> {
         self.mark_overrides(mailbox);
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.open_table(SHOWN).map_err(|e| self.err(e))?.insert((mailbox, uidl), now).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
     }
 
     fn shown(&self, mailbox: &str) -> Result<HashSet<String>, HistoryError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(SHOWN).map_err(|e| self.err(e))?;
         let mut out = HashSet::new();
         for item in table.range((mailbox, "")..).map_err(|e| self.err(e))? {
@@ -508,7 +538,8 @@ impl History for RedbHistory {
     fn release(&self, mailbox: &str, r: &Released) -> Result<(), HistoryError> {
         let json = serde_json::to_vec(r).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
         self.mark_overrides(mailbox);
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.open_table(RELEASED)
             .map_err(|e| self.err(e))?
             .insert((mailbox, r.uidl.as_str()), json.as_slice())
@@ -517,7 +548,8 @@ impl History for RedbHistory {
     }
 
     fn released(&self, mailbox: &str) -> Result<Vec<Released>, HistoryError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(RELEASED).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for item in table.range((mailbox, "")..).map_err(|e| self.err(e))? {
@@ -531,9 +563,37 @@ impl History for RedbHistory {
     }
 
     fn unrelease(&self, mailbox: &str, uidl: &str) -> Result<(), HistoryError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.open_table(RELEASED).map_err(|e| self.err(e))?.remove((mailbox, uidl)).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Closes the file and opens it again, so the new handle starts with an empty page
+    /// cache (redb keeps the pages a burst of logins wrote for good, issue 16). Only when
+    /// nothing holds the handle: a write or read in flight keeps it (`false`, try later).
+    /// The decisions, overrides and releases are all in the file; what this struct keeps
+    /// besides (sequence, mailboxes with overrides) stays. A failed reopen is logged and
+    /// retried at the next use ([`RedbHistory::db`]): that use fails like any write to a
+    /// failing disk (logged; the mail flow never waits for the history).
+    fn release_memory(&self) -> bool {
+        let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(shared) = slot.take() else { return true };
+        let db = match Arc::try_unwrap(shared) {
+            Ok(db) => db,
+            Err(shared) => {
+                *slot = Some(shared);
+                return false;
+            }
+        };
+        drop(db);
+        match open_db(&self.path) {
+            Ok(db) => *slot = Some(Arc::new(db)),
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "decision history not reopened after giving its memory back; trying again at its next use")
+            }
+        }
+        true
     }
 
     fn has_overrides(&self, mailbox: &str) -> bool {
@@ -933,7 +993,7 @@ mod tests {
         // A second ago (older than 30 days would be pruned).
         let seq = (now - 1) * 1_000_000;
         {
-            let tx = h.db.begin_write().unwrap();
+            let tx = h.db().unwrap().begin_write().unwrap();
             let json = serde_json::to_vec(&old).unwrap();
             tx.open_table(DECISIONS).unwrap().insert(("m", seq), json.as_slice()).unwrap();
             tx.open_table(BY_UIDL).unwrap().insert(("m", "old"), (seq, fingerprint(&old))).unwrap();
@@ -997,6 +1057,31 @@ mod tests {
         let left = h.decisions(&Query { mailbox: Some("m".into()), limit: 100, ..Query::default() }).unwrap();
         assert_eq!(left.len(), 1, "{left:?}");
         assert_eq!(left[0].1.uidl, "new");
+    }
+
+    /// Giving the page cache back (issue 16) closes the file and opens it anew: the old
+    /// handle is gone, decisions and overrides are kept; a handle in use is never closed;
+    /// a failed reopen fails that use (logged by the writer) and is retried at the next.
+    #[test]
+    fn release_reopens_with_everything_kept() {
+        let (_d, h) = open(HistorySettings::default());
+        let all = Query { limit: 10, ..Query::default() };
+        assert_eq!(h.record(&[d("m1", "u1", "hide", "one", 1)], now_secs()).unwrap(), 1);
+        h.show("m1", "u1", 1).unwrap();
+        let in_use = h.db().unwrap();
+        assert!(!h.release_memory(), "a handle in use is kept");
+        let old = Arc::downgrade(&in_use);
+        drop(in_use);
+        assert!(h.release_memory());
+        assert!(old.upgrade().is_none(), "the old handle and its page cache are gone");
+        assert_eq!(h.decisions(&all).unwrap().len(), 1, "nothing lost");
+        assert!(h.has_overrides("m1") && h.shown("m1").unwrap().contains("u1"));
+
+        *h.db.lock().unwrap() = None;
+        let other = open_db(&h.path).unwrap();
+        assert!(h.decisions(&all).is_err(), "the file is held elsewhere: an error, not a panic");
+        drop(other);
+        assert_eq!(h.decisions(&all).unwrap().len(), 1, "reopened at the next use");
     }
 
     #[test]

@@ -13,15 +13,309 @@
 //! size) is not an identity: the memo is not used for a listing with duplicate UIDLs, and a
 //! memoised verdict that condemns is re-checked against fresh headers before any DELE
 //! (see [`crate::session::verdicts`]).
-use std::collections::HashMap;
+//!
+//! # Compact: one buffer per mailbox
+//! The memo outlives the sessions (it is what makes a polling client's next login fast), so
+//! what it keeps is what popsift holds once they have all ended (issue 16). Kept as a map
+//! of `Arc<Evaluated>`, a mailbox of 20 messages was some 60 small allocations (each
+//! evaluation, its UIDL, From and Subject, the map's table), made during the logins among the
+//! sessions' own objects: 256 mailboxes left ~20,000 survivors that kept the allocator's
+//! pages of those size classes from being given back. A [`MailboxMemo`] is instead one
+//! exact-size buffer: a sorted offset table and the entries encoded after it (UIDL, size,
+//! score, threshold, spam, action, bayes, fired rules, From, Subject, what each rule
+//! matched, the classifier's clues), plus two side tables that only share `Arc`s already
+//! held elsewhere: the rule ids (the rule set's own strings) and the tag rewrites (a
+//! tagged spam's header blocks, too large to copy per login). A hit decodes one entry into
+//! a fresh `Arc<Evaluated>` (a few small allocations per message of a warm login; a binary
+//! search finds it). The buffers are still allocated during logins, among the sessions'
+//! objects (a 20-message buffer is the size class of a session's future), so when no
+//! session has run for a while they are moved to fresh allocations
+//! ([`VerdictMemo::repack`], from `net::idle_release`), where they no longer pin the
+//! pages the sessions left.
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use crate::rules::RuleSet;
+use crate::rules::{Action, RuleSet, Verdict};
+use crate::session::evaluated::{About, HeaderRewrite};
 use crate::session::verdicts::Evaluated;
 use crate::store::header_cache::Scope;
 
-/// Memoised results of one mailbox: (UIDL, LIST size) → evaluation.
-pub type MailboxMemo = HashMap<(Arc<str>, u64), Arc<Evaluated>>;
+/// Memoised results of one mailbox: (UIDL, LIST size) → evaluation, in one buffer (see the
+/// module doc). Empty by default.
+#[derive(Default)]
+pub struct MailboxMemo {
+    /// `[n u32 LE][n record offsets u32 LE, in (UIDL, size) order][records]`.
+    buf: Box<[u8]>,
+    /// Rule ids the records name by index.
+    rules: Box<[Arc<str>]>,
+    /// Tag rewrites the records name by index.
+    rewrites: Box<[Arc<HeaderRewrite>]>,
+}
+
+impl std::fmt::Debug for MailboxMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailboxMemo").field("entries", &self.len()).field("bytes", &self.buf.len()).finish()
+    }
+}
+
+const SPAM: u8 = 1;
+const BAYES: u8 = 2;
+const REWRITE: u8 = 4;
+const ACTION_SHIFT: u8 = 3;
+
+fn action_code(a: Option<Action>) -> u8 {
+    match a {
+        None => 0,
+        Some(Action::Allow) => 1,
+        Some(Action::Tag) => 2,
+        Some(Action::Hide) => 3,
+        Some(Action::Quarantine) => 4,
+        Some(Action::Delete) => 5,
+    }
+}
+
+fn action_of(code: u8) -> Option<Option<Action>> {
+    Some(match code {
+        0 => None,
+        1 => Some(Action::Allow),
+        2 => Some(Action::Tag),
+        3 => Some(Action::Hide),
+        4 => Some(Action::Quarantine),
+        5 => Some(Action::Delete),
+        _ => return None,
+    })
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_f64(out: &mut Vec<u8>, v: f64) {
+    out.extend_from_slice(&v.to_bits().to_le_bytes());
+}
+
+/// Reads a record; every read is checked (a malformed buffer is a miss, never a panic).
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.rest.split_first()?;
+        self.rest = rest;
+        Some(b)
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.rest.len() {
+            return None;
+        }
+        let (b, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Some(b)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let n = usize::try_from(self.varint()?).ok()?;
+        std::str::from_utf8(self.bytes(n)?).ok()
+    }
+
+    fn f64(&mut self) -> Option<f64> {
+        let b: [u8; 8] = self.bytes(8)?.try_into().ok()?;
+        Some(f64::from_bits(u64::from_le_bytes(b)))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        u32::try_from(self.varint()?).ok()
+    }
+}
+
+impl MailboxMemo {
+    /// The memo of `items` ((UIDL, LIST size, evaluation); for a key given twice the last
+    /// one counts). `None` when it would not fit the buffer's 32-bit offsets (not memoised).
+    pub fn build<'a>(items: impl IntoIterator<Item = (&'a str, u64, &'a Evaluated)>) -> Option<MailboxMemo> {
+        let sorted: BTreeMap<(&str, u64), &Evaluated> = items.into_iter().map(|(u, s, e)| ((u, s), e)).collect();
+        let n = sorted.len();
+        let head = 4 + 4 * n;
+        let mut buf: Vec<u8> = Vec::with_capacity(head + n * 96);
+        buf.resize(head, 0);
+        let mut rules: Vec<Arc<str>> = Vec::new();
+        let mut rule_index: HashMap<&str, u64> = HashMap::new();
+        let mut rewrites: Vec<Arc<HeaderRewrite>> = Vec::new();
+        for (i, ((uidl, size), e)) in sorted.iter().enumerate() {
+            let at = u32::try_from(buf.len()).ok()?;
+            buf.get_mut(4 + 4 * i..8 + 4 * i)?.copy_from_slice(&at.to_le_bytes());
+            put_str(&mut buf, uidl);
+            put_varint(&mut buf, *size);
+            let v = &e.verdict;
+            put_f64(&mut buf, v.score);
+            put_f64(&mut buf, v.threshold);
+            let mut flags = action_code(v.action) << ACTION_SHIFT;
+            if v.spam {
+                flags |= SPAM;
+            }
+            if e.about.bayes.is_some() {
+                flags |= BAYES;
+            }
+            if e.rewrite.is_some() {
+                flags |= REWRITE;
+            }
+            buf.push(flags);
+            if let Some(b) = e.about.bayes {
+                put_f64(&mut buf, b);
+            }
+            if let Some(r) = &e.rewrite {
+                let at = match rewrites.iter().position(|k| Arc::ptr_eq(k, r)) {
+                    Some(at) => at,
+                    None => {
+                        rewrites.push(r.clone());
+                        rewrites.len() - 1
+                    }
+                };
+                put_varint(&mut buf, at as u64);
+            }
+            put_varint(&mut buf, v.rules.len() as u64);
+            for id in &v.rules {
+                let at = *rule_index.entry(id).or_insert_with(|| {
+                    rules.push(id.clone());
+                    (rules.len() - 1) as u64
+                });
+                put_varint(&mut buf, at);
+            }
+            put_str(&mut buf, &e.about.from);
+            put_str(&mut buf, &e.about.subject);
+            put_varint(&mut buf, e.about.matched.len() as u64);
+            for m in e.about.matched.iter() {
+                for s in [&m.rule, &m.header, &m.before, &m.found, &m.after] {
+                    put_str(&mut buf, s);
+                }
+            }
+            put_varint(&mut buf, e.about.clues.len() as u64);
+            for c in e.about.clues.iter() {
+                put_str(&mut buf, &c.token);
+                put_f64(&mut buf, c.probability);
+                put_varint(&mut buf, u64::from(c.spam));
+                put_varint(&mut buf, u64::from(c.ham));
+            }
+        }
+        u32::try_from(buf.len()).ok()?;
+        buf.get_mut(..4)?.copy_from_slice(&u32::try_from(n).ok()?.to_le_bytes());
+        drop(rule_index);
+        Some(MailboxMemo { buf: buf.into_boxed_slice(), rules: rules.into(), rewrites: rewrites.into() })
+    }
+
+    /// A copy in fresh allocations (see [`VerdictMemo::repack`]).
+    fn copied(&self) -> MailboxMemo {
+        MailboxMemo { buf: self.buf.clone(), rules: self.rules.clone(), rewrites: self.rewrites.clone() }
+    }
+
+    /// Messages memoised.
+    pub fn len(&self) -> usize {
+        self.buf.get(..4).and_then(|b| b.try_into().ok()).map_or(0, |b| u32::from_le_bytes(b) as usize)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of the buffer (for tests).
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The record at sorted position `i`, positioned after its key, and its key.
+    fn record(&self, i: usize) -> Option<(&str, u64, Reader<'_>)> {
+        let at = self.buf.get(4 + 4 * i..8 + 4 * i)?;
+        let at = u32::from_le_bytes(at.try_into().ok()?) as usize;
+        let mut r = Reader { rest: self.buf.get(at..)? };
+        let uidl = r.str()?;
+        let size = r.varint()?;
+        Some((uidl, size, r))
+    }
+
+    /// What `(uidl, size)` evaluated to, decoded afresh; `None` for a miss (absent, or
+    /// memoised under another size: a reused UIDL).
+    pub fn get(&self, uidl: &str, size: u64) -> Option<Arc<Evaluated>> {
+        let (mut lo, mut hi) = (0usize, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let (u, s, r) = self.record(mid)?;
+            match (u, s).cmp(&(uidl, size)) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return self.decode(r).map(Arc::new),
+            }
+        }
+        None
+    }
+
+    fn decode(&self, mut r: Reader<'_>) -> Option<Evaluated> {
+        let score = r.f64()?;
+        let threshold = r.f64()?;
+        let flags = r.byte()?;
+        let action = action_of(flags >> ACTION_SHIFT)?;
+        let bayes = if flags & BAYES != 0 { Some(r.f64()?) } else { None };
+        let rewrite = if flags & REWRITE != 0 {
+            Some(self.rewrites.get(usize::try_from(r.varint()?).ok()?)?.clone())
+        } else {
+            None
+        };
+        let n = usize::try_from(r.varint()?).ok()?;
+        let mut rules = Vec::with_capacity(n.min(self.rules.len().max(1) * 4));
+        for _ in 0..n {
+            rules.push(self.rules.get(usize::try_from(r.varint()?).ok()?)?.clone());
+        }
+        let from = r.str()?.into();
+        let subject = r.str()?.into();
+        let n = usize::try_from(r.varint()?).ok()?;
+        let mut matched = Vec::with_capacity(n.min(r.rest.len()));
+        for _ in 0..n {
+            matched.push(crate::rules::explain::Matched {
+                rule: r.str()?.to_string(),
+                header: r.str()?.to_string(),
+                before: r.str()?.to_string(),
+                found: r.str()?.to_string(),
+                after: r.str()?.to_string(),
+            });
+        }
+        let n = usize::try_from(r.varint()?).ok()?;
+        let mut clues = Vec::with_capacity(n.min(r.rest.len()));
+        for _ in 0..n {
+            clues.push(crate::classify::explain::Clue {
+                token: r.str()?.to_string(),
+                probability: r.f64()?,
+                spam: r.u32()?,
+                ham: r.u32()?,
+            });
+        }
+        Some(Evaluated {
+            verdict: Verdict { score, threshold, spam: flags & SPAM != 0, action, rules },
+            rewrite,
+            about: About { from, subject, bayes, matched: matched.into(), clues: clues.into() },
+        })
+    }
+}
 
 struct Slot {
     rules: Arc<RuleSet>,
@@ -68,6 +362,29 @@ impl VerdictMemo {
         self.store_with_model(scope, rules, None, entries)
     }
 
+    /// Moves every mailbox's memo (buffer, key, table) to fresh allocations, then frees
+    /// the old ones; called when no session has run for a while (`net::idle_release`).
+    /// The memo is written during logins, so its buffers sit among the sessions' own
+    /// objects (a 20-message mailbox's buffer is the size class of a session's future) and,
+    /// once the sessions are gone, each keeps an otherwise empty allocator page from being
+    /// given back. Allocated anew while nothing else runs, the copies fill a few pages
+    /// together. Entries, rule sets and recency are unchanged.
+    pub fn repack(&self) {
+        let Ok(mut guard) = self.inner.lock() else { return };
+        let (map, _) = &mut *guard;
+        let mut fresh = HashMap::with_capacity(map.len());
+        for (scope, slot) in map.iter() {
+            let key = Scope::new(scope.upstream.as_str(), scope.user.as_str());
+            let entries = Arc::new(slot.entries.copied());
+            fresh
+                .insert(key, Slot { rules: slot.rules.clone(), model: slot.model, entries, last_used: slot.last_used });
+        }
+        // The copies exist before the originals are freed, so they cannot take their places.
+        let old = std::mem::replace(map, fresh);
+        drop(guard);
+        drop(old);
+    }
+
     /// [`Self::store`] for verdicts made with the classifier model of generation `model`.
     pub fn store_with_model(&self, scope: Scope, rules: Arc<RuleSet>, model: Option<u64>, entries: MailboxMemo) {
         let Ok(mut guard) = self.inner.lock() else { return };
@@ -81,18 +398,126 @@ impl VerdictMemo {
         map.insert(scope, Slot { rules, model, entries: Arc::new(entries), last_used: *clock });
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::Verdict;
+    use crate::classify::explain::Clue;
+    use crate::rules::explain::Matched;
 
-    fn eval(score: f64) -> Arc<Evaluated> {
-        Arc::new(Evaluated {
+    fn eval(score: f64) -> Evaluated {
+        Evaluated {
             verdict: Verdict { score, threshold: 5.0, spam: false, action: None, rules: vec![] },
             rewrite: None,
             about: Default::default(),
-        })
+        }
+    }
+
+    fn memo_of(items: &[(&str, u64, Evaluated)]) -> MailboxMemo {
+        MailboxMemo::build(items.iter().map(|(u, s, e)| (*u, *s, e))).unwrap()
+    }
+
+    /// Every field of an evaluation, compared exactly (floats by their bits).
+    fn assert_same(a: &Evaluated, b: &Evaluated) {
+        let (va, vb) = (&a.verdict, &b.verdict);
+        assert_eq!(va.score.to_bits(), vb.score.to_bits());
+        assert_eq!(va.threshold.to_bits(), vb.threshold.to_bits());
+        assert_eq!((va.spam, va.action, &va.rules), (vb.spam, vb.action, &vb.rules));
+        assert_eq!(a.rewrite, b.rewrite);
+        assert_eq!(a.about.bayes.map(f64::to_bits), b.about.bayes.map(f64::to_bits));
+        assert_eq!(a.about, b.about);
+        let bits = |c: &[Clue]| c.iter().map(|c| c.probability.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.about.clues), bits(&b.about.clues));
+    }
+
+    /// The compact form gives back exactly what was stored: verdict, action, fired rules,
+    /// tag rewrite, From, Subject, bayes, what each rule matched and the clues.
+    #[test]
+    fn every_field_round_trips_exactly() {
+        let rewrite = Arc::new(HeaderRewrite {
+            original: b"Subject: x\r\n\r\n".to_vec(),
+            replacement: b"Subject: [SPAM] x\r\n\r\n".to_vec(),
+        });
+        let ids: Vec<Arc<str>> = vec![Arc::from("money"), Arc::from("bayes_99"), Arc::from("caps")];
+        let mut full = Vec::new();
+        for (i, action) in [
+            None,
+            Some(Action::Allow),
+            Some(Action::Tag),
+            Some(Action::Hide),
+            Some(Action::Quarantine),
+            Some(Action::Delete),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            full.push(Evaluated {
+                verdict: Verdict {
+                    score: 0.1 + i as f64 * 1.7,
+                    threshold: -0.0,
+                    spam: i % 2 == 0,
+                    action,
+                    rules: ids.iter().skip(i % 3).cloned().collect(),
+                },
+                rewrite: (i % 2 == 0).then(|| rewrite.clone()),
+                about: About {
+                    from: format!("Sénder {i} <s{i}@example.net>").into(),
+                    subject: if i == 1 { "".into() } else { "Ünïcödé subject \u{1f4e7}".into() },
+                    bayes: (i != 3).then_some(0.999_999_999_7 - i as f64 / 3.0),
+                    matched: vec![
+                        Matched {
+                            rule: "money".into(),
+                            header: "subject".into(),
+                            before: "free ".into(),
+                            found: "money".into(),
+                            after: "!".into()
+                        };
+                        i % 3
+                    ]
+                    .into(),
+                    clues: vec![
+                        Clue { token: format!("tok{i}"), probability: 1.0 / 3.0, spam: u32::MAX, ham: i as u32 };
+                        i
+                    ]
+                    .into(),
+                },
+            });
+        }
+        let items: Vec<(String, u64, Evaluated)> = full
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (format!("uidl-{}", 9 - i), 1000 + i as u64 * 300, e.clone()))
+            .collect();
+        let memo = MailboxMemo::build(items.iter().map(|(u, s, e)| (u.as_str(), *s, e))).unwrap();
+        assert_eq!(memo.len(), items.len());
+        for (u, s, e) in &items {
+            let got = memo.get(u, *s).unwrap_or_else(|| panic!("{u} memoised"));
+            assert_same(&got, e);
+            if let (Some(a), Some(b)) = (&got.rewrite, &e.rewrite) {
+                assert!(Arc::ptr_eq(a, b), "the rewrite is shared, not copied");
+            }
+            for (a, b) in got.verdict.rules.iter().zip(&e.verdict.rules) {
+                assert!(Arc::ptr_eq(a, b), "rule ids are the rule set's own strings");
+            }
+            assert!(memo.get(u, s + 1).is_none(), "a size mismatch (a reused UIDL) is a miss");
+        }
+        assert!(memo.get("uidl-x", 1000).is_none());
+        assert!(MailboxMemo::default().get("uidl-9", 1000).is_none());
+    }
+
+    /// Many messages: each is found by its key (the offsets are sorted), the last of a key
+    /// given twice counts, and the mailbox is a single buffer (plus the shared side tables).
+    #[test]
+    fn many_entries_are_found_and_the_last_duplicate_wins() {
+        let mut items: Vec<(String, u64, Evaluated)> =
+            (0..2000).map(|i| (format!("{:x}", i * 7919 % 2003), i, eval(i as f64))).collect();
+        items.push((items[5].0.clone(), 5, eval(-1.0)));
+        let memo = MailboxMemo::build(items.iter().map(|(u, s, e)| (u.as_str(), *s, e))).unwrap();
+        assert_eq!(memo.len(), 2000);
+        for (u, s, e) in items.iter().skip(6).take(1990) {
+            assert_same(&memo.get(u, *s).unwrap(), e);
+        }
+        assert_eq!(memo.get(&items[5].0, 5).unwrap().verdict.score, -1.0);
+        assert!(memo.rules.is_empty() && memo.rewrites.is_empty(), "nothing besides the buffer");
     }
 
     #[test]
@@ -100,13 +525,11 @@ mod tests {
         let memo = VerdictMemo::new(2);
         let rules = Arc::new(RuleSet::empty());
         let alice = Scope::new("pop:995", "alice");
-        let mut m = MailboxMemo::new();
-        m.insert((Arc::from("u1"), 100), eval(1.0));
-        memo.store(alice.clone(), rules.clone(), m);
+        memo.store(alice.clone(), rules.clone(), memo_of(&[("u1", 100, eval(1.0))]));
         assert_eq!(memo.known(&alice, &rules).len(), 1);
         assert!(memo.known(&Scope::new("pop:995", "bob"), &rules).is_empty(), "other users see nothing");
         assert!(memo.known(&Scope::new("other:995", "alice"), &rules).is_empty(), "other upstreams neither");
-        memo.store_with_model(alice.clone(), rules.clone(), Some(3), memo.known(&alice, &rules).as_ref().clone());
+        memo.store_with_model(alice.clone(), rules.clone(), Some(3), memo_of(&[("u1", 100, eval(1.0))]));
         assert_eq!(memo.known_with_model(&alice, &rules, Some(3)).len(), 1);
         assert!(memo.known_with_model(&alice, &rules, Some(4)).is_empty(), "training invalidates");
         assert!(memo.known(&alice, &rules).is_empty(), "so does dropping the model");
@@ -114,18 +537,35 @@ mod tests {
         assert!(memo.known(&alice, &reloaded).is_empty(), "a reload invalidates");
     }
 
+    /// Repacking keeps every entry, its rule set and the recency order.
+    #[test]
+    fn repack_keeps_everything() {
+        let memo = VerdictMemo::new(2);
+        let rules = Arc::new(RuleSet::empty());
+        let s = |u: &str| Scope::new("pop:995", u);
+        memo.store(s("a"), rules.clone(), memo_of(&[("x", 1, eval(2.5))]));
+        memo.store(s("b"), rules.clone(), memo_of(&[("y", 2, eval(3.5))]));
+        let before = memo.known(&s("a"), &rules); // a is now more recent than b
+        memo.repack();
+        let entries = |u: &str| memo.inner.lock().unwrap().0.get(&s(u)).unwrap().entries.clone();
+        assert!(!Arc::ptr_eq(&before, &entries("a")), "moved to a fresh allocation");
+        assert_same(&entries("a").get("x", 1).unwrap(), &eval(2.5));
+        assert_same(&entries("b").get("y", 2).unwrap(), &eval(3.5));
+        memo.store(s("c"), rules.clone(), MailboxMemo::default());
+        assert!(memo.known(&s("b"), &rules).is_empty(), "b is still the least recently used");
+        assert_eq!(memo.known(&s("a"), &rules).len(), 1, "and a still valid for its rule set");
+    }
+
     #[test]
     fn bounded_by_mailboxes_lru() {
         let memo = VerdictMemo::new(2);
         let rules = Arc::new(RuleSet::empty());
         let s = |u: &str| Scope::new("pop:995", u);
-        memo.store(s("a"), rules.clone(), MailboxMemo::new());
-        memo.store(s("b"), rules.clone(), MailboxMemo::new());
+        memo.store(s("a"), rules.clone(), MailboxMemo::default());
+        memo.store(s("b"), rules.clone(), MailboxMemo::default());
         let _ = memo.known(&s("a"), &rules); // a is now more recent than b
-        let mut m = MailboxMemo::new();
-        m.insert((Arc::from("x"), 1), eval(0.0));
-        memo.store(s("c"), rules.clone(), m.clone());
-        memo.store(s("a"), rules.clone(), m);
+        memo.store(s("c"), rules.clone(), memo_of(&[("x", 1, eval(0.0))]));
+        memo.store(s("a"), rules.clone(), memo_of(&[("x", 1, eval(0.0))]));
         assert_eq!(memo.known(&s("a"), &rules).len(), 1);
         assert_eq!(memo.known(&s("c"), &rules).len(), 1);
         let inner = memo.inner.lock().unwrap();

@@ -1,0 +1,235 @@
+//! The count of running sessions, and the stores giving their memory back when none has
+//! run for a while (issue 16: memory back after the sessions end).
+//!
+//! The header cache's and the decision history's redb files keep, in redb's page caches,
+//! the pages a burst of logins read and wrote (up to `cache.memory` and 1 MiB), for good:
+//! measured with 5,000 sessions (tests/benches/idle_sessions.rs), they and the allocator
+//! pages they pin were most of what popsift kept once every session had ended (about 2× its
+//! starting memory). So when the number of running sessions has stayed at zero for
+//! [`RELEASE_AFTER`], both stores close their file and open it again
+//! ([`crate::store::header_cache::HeaderStore::release_memory`],
+//! [`crate::store::history::History::release_memory`]): the new handles start with empty
+//! caches. A store in use (a background write in flight) says so and is tried again after
+//! another quiet period, so no write is cut short. The verdict memo stays: it is what makes
+//! a polling client's next login fast, and it is kept small instead
+//! ([`crate::store::verdict_memo`]).
+//!
+//! Debounced: only after the count has *stayed* at zero for [`RELEASE_AFTER`] (5 s), and
+//! once per idle period (a session must have run since the last release), so an instance
+//! whose one client logs in every few seconds never closes a file; one that polls every
+//! minute pays one close and reopen (a few milliseconds, on the blocking pool, while no
+//! session runs) per poll, and its logins are answered from the verdict memo anyway.
+//!
+//! The count is kept by [`SessionSlot`], which is also the session's permit (the
+//! `max_sessions` cap): one pointer in every session's task, as the permit it replaces
+//! was two words. The releaser wakes only when the count leaves or reaches zero.
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+
+/// How long the count must stay at zero before the stores give their memory back. Long
+/// enough that a client logging in again at once (a mail client's retry, a second
+/// account) does not make a store close its file under it; short enough that the memory
+/// is back well before anyone looks (the idle bench reads it ≥ 10 s after the last close).
+pub const RELEASE_AFTER: Duration = Duration::from_secs(5);
+
+/// Sessions running, and sessions started since the process began.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Count {
+    pub live: usize,
+    pub started: u64,
+}
+
+/// The running sessions: the `max_sessions` permits and their count.
+#[derive(Debug)]
+pub struct Sessions {
+    permits: Arc<Semaphore>,
+    count: watch::Sender<Count>,
+}
+
+/// One running session's place: gives its permit back and counts it out when dropped.
+#[derive(Debug)]
+pub struct SessionSlot(Arc<Sessions>);
+
+impl Sessions {
+    pub fn new(max: usize) -> Arc<Sessions> {
+        Arc::new(Sessions { permits: Arc::new(Semaphore::new(max)), count: watch::channel(Count::default()).0 })
+    }
+
+    /// A place for one more session; `None` when `max` are running.
+    pub fn try_start(self: &Arc<Self>) -> Option<SessionSlot> {
+        self.permits.try_acquire().ok()?.forget();
+        // Receivers are woken only when the count leaves zero.
+        self.count.send_if_modified(|c| {
+            c.live += 1;
+            c.started += 1;
+            c.live == 1
+        });
+        Some(SessionSlot(self.clone()))
+    }
+
+    /// The permits (the drain waits until it holds them all).
+    pub fn permits(&self) -> &Arc<Semaphore> {
+        &self.permits
+    }
+
+    /// Watches the count (woken when it leaves or reaches zero).
+    pub fn watch(&self) -> watch::Receiver<Count> {
+        self.count.subscribe()
+    }
+
+    /// The count now.
+    pub fn count(&self) -> Count {
+        *self.count.borrow()
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.count.send_if_modified(|c| {
+            c.live = c.live.saturating_sub(1);
+            c.live == 0
+        });
+        self.0.permits.add_permits(1);
+    }
+}
+
+/// Runs until the count's sender is gone: each time the count has stayed at zero for
+/// `quiet` after at least one session ran since the last release, calls `release` on the
+/// blocking pool (`true`: done; `false`: something was in use, tried again after another
+/// `quiet`).
+pub async fn release_when_idle(
+    mut count: watch::Receiver<Count>,
+    quiet: Duration,
+    release: Arc<dyn Fn() -> bool + Send + Sync>,
+) {
+    let mut released = count.borrow_and_update().started;
+    loop {
+        let started = match count.wait_for(|c| c.live == 0 && c.started != released).await {
+            Ok(c) => c.started,
+            Err(_) => return,
+        };
+        match tokio::time::timeout(quiet, count.changed()).await {
+            // A session began (and maybe ended) meanwhile: wait for zero again.
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return,
+            Err(_quiet) => {}
+        }
+        let release = release.clone();
+        match tokio::task::spawn_blocking(move || release()).await {
+            Ok(true) => {
+                crate::metrics::idle_released();
+                tracing::debug!(
+                    sessions_since = started - released,
+                    "no session for a while: the stores gave their page caches back"
+                );
+                released = started;
+            }
+            Ok(false) => tracing::debug!("a store was in use; giving its memory back later"),
+            Err(e) => tracing::warn!(error = %e, "giving the stores' memory back failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn counter(busy: usize) -> (Arc<AtomicUsize>, Arc<dyn Fn() -> bool + Send + Sync>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        // The first `busy` calls find the store in use.
+        (calls, Arc::new(move || c.fetch_add(1, Ordering::SeqCst) >= busy))
+    }
+
+    /// Lets the releaser task run until it waits again (paused clock: no time passes).
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The count follows the slots, and the permits come back with them.
+    #[test]
+    fn slots_count_sessions_and_cap_them() {
+        let s = Sessions::new(2);
+        let a = s.try_start().unwrap();
+        let b = s.try_start().unwrap();
+        assert!(s.try_start().is_none(), "the cap holds");
+        assert_eq!(s.count(), Count { live: 2, started: 2 });
+        drop(a);
+        assert_eq!(s.count().live, 1);
+        let c = s.try_start().expect("a permit came back");
+        drop((b, c));
+        assert_eq!(s.count(), Count { live: 0, started: 3 });
+        assert_eq!(s.permits().available_permits(), 2);
+    }
+
+    /// Released once the count stayed at zero for the quiet time, once per idle period,
+    /// never while a session runs, and not when sessions come and go within it.
+    #[tokio::test(start_paused = true)]
+    async fn released_after_a_quiet_period_only() {
+        let s = Sessions::new(10);
+        let (calls, release) = counter(0);
+        let task = tokio::spawn(release_when_idle(s.watch(), RELEASE_AFTER, release));
+        settle().await;
+        tokio::time::sleep(RELEASE_AFTER * 3).await;
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "no session ran: nothing to give back");
+
+        let one = s.try_start().unwrap();
+        tokio::time::sleep(RELEASE_AFTER * 3).await;
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "never while a session runs");
+        drop(one);
+        settle().await;
+        // Flapping: a session comes and goes every second; the quiet time never passes.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(s.try_start().unwrap());
+            settle().await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "sessions coming and going within the quiet time");
+        tokio::time::sleep(RELEASE_AFTER + Duration::from_millis(10)).await;
+        settle().await;
+        // The release runs on the blocking pool: wait for it (bounded).
+        for _ in 0..1000 {
+            if calls.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            settle().await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "released once the count stayed at zero");
+        tokio::time::sleep(RELEASE_AFTER * 5).await;
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "once per idle period");
+        drop(s);
+        tokio::time::timeout(Duration::from_secs(1), task).await.expect("ends with the count").unwrap();
+    }
+
+    /// A store in use is tried again after another quiet period.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_store_is_tried_again() {
+        let s = Sessions::new(10);
+        let (calls, release) = counter(2);
+        let task = tokio::spawn(release_when_idle(s.watch(), RELEASE_AFTER, release));
+        settle().await;
+        drop(s.try_start().unwrap());
+        for _ in 0..2000 {
+            if calls.load(Ordering::SeqCst) >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            settle().await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "two busy answers, then released");
+        tokio::time::sleep(RELEASE_AFTER * 5).await;
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "and then left alone");
+        drop(s);
+        tokio::time::timeout(Duration::from_secs(1), task).await.expect("ends with the count").unwrap();
+    }
+}
