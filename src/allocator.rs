@@ -186,7 +186,14 @@ mod tests {
     fn jemalloc_carries_the_build_time_configuration() {
         let conf = tikv_jemalloc_ctl::config::malloc_conf::read().expect("config.malloc_conf");
         let options: Vec<&str> = conf.trim_end_matches('\0').split(',').collect();
-        for want in ["narenas:1", "dirty_decay_ms:250", "muzzy_decay_ms:0", "background_thread:true"] {
+        for want in [
+            "narenas:1",
+            "dirty_decay_ms:250",
+            "muzzy_decay_ms:0",
+            "background_thread:true",
+            "tcache_nslots_small_max:16",
+            "tcache_nslots_large:4",
+        ] {
             assert!(options.contains(&want), "{want} missing from the built-in malloc_conf {conf:?}");
         }
     }
