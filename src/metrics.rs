@@ -518,7 +518,7 @@ pub const METRICS: &[MetricDef] = &[
         kind: MetricKind::Counter,
         unit: Some(Unit::Count),
         labels: &[],
-        help: "Times the header cache and the decision history gave their page caches back (closed and reopened their files) after no session had run for 5 s.",
+        help: "Times the stores gave their memory back after no session had run for 5 s (the redb header cache and decision history close and reopen their files; the verdict memo is repacked).",
         buckets: &[],
     },
     // --- end memory back after the sessions end ---
@@ -726,8 +726,9 @@ fn register() {
         counter!(UPSTREAM_INVALID_REPLIES_TOTAL, "reply" => reply).absolute(0);
     }
     counter!(SESSION_PANICS_TOTAL).absolute(0);
-    counter!(IDLE_RELEASES_TOTAL).absolute(0); // memory back after the sessions end
-                                               // Histograms: registering the handle renders empty buckets from the first scrape.
+    // Memory back after the sessions end.
+    counter!(IDLE_RELEASES_TOTAL).absolute(0);
+    // Histograms: registering the handle renders empty buckets from the first scrape.
     let _ = histogram!(SCAN_DURATION_SECONDS);
     let _ = histogram!(RULE_EVAL_DURATION_SECONDS);
     let _ = histogram!(UPSTREAM_CONNECT_DURATION_SECONDS);

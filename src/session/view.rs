@@ -32,8 +32,8 @@ pub struct Entry {
     pub disposition: Disposition,
     /// The header block to send instead of the original (tagging), decided at login.
     pub rewrite: Option<Arc<HeaderRewrite>>,
-    /// What the rules decided (`None`: not evaluated, e.g. the server had no TOP), shared
-    /// with the verdict memo.
+    /// What the rules decided (`None`: not evaluated, e.g. the server had no TOP); on a
+    /// verdict-memo hit, decoded afresh from the memo.
     pub evaluated: Option<Arc<Evaluated>>,
     /// A message released from quarantine by its owner (review page): not on the server;
     /// RETR/TOP are answered from these bytes (the message exactly as the server held it),

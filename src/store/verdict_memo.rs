@@ -163,6 +163,8 @@ impl MailboxMemo {
         let mut rules: Vec<Arc<str>> = Vec::new();
         let mut rule_index: HashMap<&str, u64> = HashMap::new();
         let mut rewrites: Vec<Arc<HeaderRewrite>> = Vec::new();
+        // Each tagged message usually has a rewrite of its own: a map, not a scan per message.
+        let mut rewrite_index: HashMap<*const HeaderRewrite, u64> = HashMap::new();
         for (i, ((uidl, size), e)) in sorted.iter().enumerate() {
             let at = u32::try_from(buf.len()).ok()?;
             buf.get_mut(4 + 4 * i..8 + 4 * i)?.copy_from_slice(&at.to_le_bytes());
@@ -186,14 +188,11 @@ impl MailboxMemo {
                 put_f64(&mut buf, b);
             }
             if let Some(r) = &e.rewrite {
-                let at = match rewrites.iter().position(|k| Arc::ptr_eq(k, r)) {
-                    Some(at) => at,
-                    None => {
-                        rewrites.push(r.clone());
-                        rewrites.len() - 1
-                    }
-                };
-                put_varint(&mut buf, at as u64);
+                let at = *rewrite_index.entry(Arc::as_ptr(r)).or_insert_with(|| {
+                    rewrites.push(r.clone());
+                    (rewrites.len() - 1) as u64
+                });
+                put_varint(&mut buf, at);
             }
             put_varint(&mut buf, v.rules.len() as u64);
             for id in &v.rules {
@@ -221,7 +220,6 @@ impl MailboxMemo {
         }
         u32::try_from(buf.len()).ok()?;
         buf.get_mut(..4)?.copy_from_slice(&u32::try_from(n).ok()?.to_le_bytes());
-        drop(rule_index);
         Some(MailboxMemo { buf: buf.into_boxed_slice(), rules: rules.into(), rewrites: rewrites.into() })
     }
 
@@ -237,11 +235,6 @@ impl MailboxMemo {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Bytes of the buffer (for tests).
-    pub fn bytes(&self) -> usize {
-        self.buf.len()
     }
 
     /// The record at sorted position `i`, positioned after its key, and its key.
@@ -369,20 +362,52 @@ impl VerdictMemo {
     /// once the sessions are gone, each keeps an otherwise empty allocator page from being
     /// given back. Allocated anew while nothing else runs, the copies fill a few pages
     /// together. Entries, rule sets and recency are unchanged.
+    ///
+    /// The copying happens outside the lock (a memo of 256 large mailboxes is many
+    /// megabytes, and logins take the lock on the runtime's workers); a mailbox stored
+    /// again meanwhile keeps its new memo.
     pub fn repack(&self) {
+        let copies = self.copies();
+        self.install(copies);
+    }
+
+    /// Every mailbox's memo and key copied, with the original each was copied from; taken
+    /// under the lock, copied outside it.
+    fn copies(&self) -> Vec<(Scope, Arc<MailboxMemo>, Arc<MailboxMemo>)> {
+        let originals: Vec<(Scope, Arc<MailboxMemo>)> = match self.inner.lock() {
+            Ok(guard) => guard.0.iter().map(|(scope, slot)| (scope.clone(), slot.entries.clone())).collect(),
+            Err(_) => return Vec::new(),
+        };
+        // Copied while the originals are alive, so the copies cannot take their places.
+        originals
+            .into_iter()
+            .map(|(scope, original)| {
+                let copy = Arc::new(original.copied());
+                (scope.clone(), original, copy)
+            })
+            .collect()
+    }
+
+    /// Puts the copies in place of the mailboxes still holding the memo they were made
+    /// from; a mailbox stored again since keeps its new memo.
+    fn install(&self, copies: Vec<(Scope, Arc<MailboxMemo>, Arc<MailboxMemo>)>) {
+        let mut copies: HashMap<Scope, (Arc<MailboxMemo>, Arc<MailboxMemo>)> =
+            copies.into_iter().map(|(scope, original, copy)| (scope, (original, copy))).collect();
         let Ok(mut guard) = self.inner.lock() else { return };
         let (map, _) = &mut *guard;
         let mut fresh = HashMap::with_capacity(map.len());
-        for (scope, slot) in map.iter() {
-            let key = Scope::new(scope.upstream.as_str(), scope.user.as_str());
-            let entries = Arc::new(slot.entries.copied());
-            fresh
-                .insert(key, Slot { rules: slot.rules.clone(), model: slot.model, entries, last_used: slot.last_used });
+        for (scope, slot) in map.drain() {
+            match copies.remove_entry(&scope) {
+                Some((key, (original, copy))) if Arc::ptr_eq(&original, &slot.entries) => {
+                    fresh.insert(key, Slot { entries: copy, ..slot });
+                }
+                _ => {
+                    fresh.insert(scope, slot);
+                }
+            }
         }
-        // The copies exist before the originals are freed, so they cannot take their places.
-        let old = std::mem::replace(map, fresh);
-        drop(guard);
-        drop(old);
+        // The originals go as their last holder lets go (a login may still read one).
+        *map = fresh;
     }
 
     /// [`Self::store`] for verdicts made with the classifier model of generation `model`.
@@ -554,6 +579,26 @@ mod tests {
         memo.store(s("c"), rules.clone(), MailboxMemo::default());
         assert!(memo.known(&s("b"), &rules).is_empty(), "b is still the least recently used");
         assert_eq!(memo.known(&s("a"), &rules).len(), 1, "and a still valid for its rule set");
+    }
+
+    /// A mailbox stored again while the repack copied keeps what was stored last.
+    #[test]
+    fn repack_keeps_a_memo_stored_meanwhile() {
+        let memo = VerdictMemo::new(4);
+        let rules = Arc::new(RuleSet::empty());
+        let s = |u: &str| Scope::new("pop:995", u);
+        memo.store(s("a"), rules.clone(), memo_of(&[("x", 1, eval(2.5))]));
+        memo.store(s("b"), rules.clone(), memo_of(&[("y", 2, eval(3.5))]));
+        let copies = memo.copies();
+        memo.store(s("a"), rules.clone(), memo_of(&[("z", 3, eval(4.5))]));
+        let b_before = memo.known(&s("b"), &rules);
+        memo.install(copies);
+        let a = memo.known(&s("a"), &rules);
+        assert!(a.get("x", 1).is_none(), "the stale copy did not replace the newer memo");
+        assert_same(&a.get("z", 3).unwrap(), &eval(4.5));
+        let b = memo.known(&s("b"), &rules);
+        assert!(!Arc::ptr_eq(&b_before, &b), "an unchanged mailbox took its copy");
+        assert_same(&b.get("y", 2).unwrap(), &eval(3.5));
     }
 
     #[test]
