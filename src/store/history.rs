@@ -341,8 +341,9 @@ impl RedbHistory {
     /// Callers keep the handle for as long as their transaction lives, so a release never
     /// closes the file under one.
     fn db(&self) -> Result<Arc<Database>, HistoryError> {
-        self.used.store(true, Ordering::Relaxed);
         let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        // Under the lock a release resets it in: no use is missed.
+        self.used.store(true, Ordering::Relaxed);
         if let Some(db) = slot.as_ref() {
             return Ok(db.clone());
         }
