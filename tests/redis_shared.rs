@@ -88,10 +88,7 @@ fn warm_through_the_other_instance_and_one_quarantine_for_both() {
     let (ok, listed, err) = popsift_cli(&["quarantine", "--config", &config(&a), "list", "--json"]);
     assert!(ok, "{err}");
     assert_eq!(listed.lines().count(), spam(&all).len() - 1, "A's view: the restored one is gone");
-    assert_eq!(
-        a.metric("popsift_store_degraded{reason=\"not_durable\"}"),
-        Some(0.0)
-    );
+    assert_eq!(a.metric("popsift_store_degraded{reason=\"not_durable\"}"), Some(0.0));
 }
 
 fn redis_settings(redis: &RedisServer, prefix: &str) -> ::popsift::config::RedisSettings {
@@ -285,10 +282,7 @@ fn redis_stopped_mid_run_logins_keep_working_and_nothing_is_lost() {
     assert_eq!(d.mailbox("alice").len(), all.len(), "no durable copy, so nothing was deleted");
     assert!(a.log().contains("redis store unreachable"), "{}", a.log());
     assert!(a.log().contains("quarantine failed; message NOT deleted"));
-    assert_eq!(
-        a.metric("popsift_store_degraded{reason=\"unreachable\"}"),
-        Some(1.0)
-    );
+    assert_eq!(a.metric("popsift_store_degraded{reason=\"unreachable\"}"), Some(1.0));
 
     // Back: the model poll reconnects within the backoff (≤ 5 s), and the next login
     // quarantines (copies, then deletes) the spam.
@@ -318,10 +312,7 @@ fn redis_with_everysec_falls_back_to_hide_with_a_warning() {
     assert_eq!(f.messages, wire(&ham(&all)), "spam hidden");
     assert_eq!(d.mailbox("alice").len(), all.len(), "nothing deleted without a durable copy");
     assert!(a.log().contains("appendfsync everysec"), "the warning says why: {}", a.log());
-    assert_eq!(
-        a.metric("popsift_store_degraded{reason=\"not_durable\"}"),
-        Some(1.0)
-    );
+    assert_eq!(a.metric("popsift_store_degraded{reason=\"not_durable\"}"), Some(1.0));
     assert_eq!(redis.command(&["EXISTS", "es:q:all"]).as_deref(), Some(":0"), "no copy was written at all");
     assert_eq!(redis.command(&["EXISTS", "es:q:owner"]).as_deref(), Some(":0"));
     // The header cache's hash and the decision history (decisions, newest per UIDL, the
@@ -366,10 +357,7 @@ fn shipped_redis_fragment_is_durable_for_popsift() {
     let a = proxy("127.0.0.1:9", "rules: []\n", &redis.store_yaml("frag"));
     a.wait_log("redis store connected");
     assert!(a.log().contains("durability=Durable"), "{}", a.log());
-    assert_eq!(
-        a.metric("popsift_store_degraded{reason=\"not_durable\"}"),
-        Some(0.0)
-    );
+    assert_eq!(a.metric("popsift_store_degraded{reason=\"not_durable\"}"), Some(0.0));
 }
 
 /// The shipped HAProxy config, with this test's addresses, in front of two instances

@@ -529,9 +529,9 @@ impl RedbHeaderCache {
     /// popsift kept once the sessions had ended (issue 16). Only when nothing holds the
     /// handle: a lookup or an update in flight keeps it (`false`: try again later), so no
     /// write is cut short. The reopen is normally a few milliseconds; a file left needing
-    /// repair, or damaged, is rebuilt instead (see [`Self::reopen_db`]). A failed reopen
-    /// (disk gone, the file taken by another process) is logged once and tried again at a
-    /// lookup or update at most every [`REOPEN_RETRY`]; until it succeeds the logins scan
+    /// repair, or damaged, is rebuilt instead (see `reopen_db`). A failed reopen (disk
+    /// gone, the file taken by another process) is logged once and tried again at a lookup
+    /// or update at most every 30 s (`REOPEN_RETRY`); until it succeeds the logins scan
     /// without the cache, as after any cache failure. A store not used since it was opened
     /// has nothing cached: left as it is.
     pub fn release_memory(&self) -> bool {
@@ -754,11 +754,7 @@ fn create_db(path: &Path, cache_bytes: usize, repair: Repair) -> Result<Database
 
 /// Opens the file and checks every page's checksum (once, at start: it reads the whole
 /// file), so damage is found here and not in the middle of a login.
-fn open_checked(
-    path: &Path,
-    cache_bytes: usize,
-    repair: Repair,
-) -> Result<Database, Result<DatabaseError, String>> {
+fn open_checked(path: &Path, cache_bytes: usize, repair: Repair) -> Result<Database, Result<DatabaseError, String>> {
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut db = create_db(path, cache_bytes, repair)?;
         db.check_integrity()?;

@@ -819,7 +819,9 @@ pub async fn overrides(
     }
     let on_server: HashSet<Arc<str>> = entries.iter().filter_map(|e| e.uidl.clone()).collect();
     let read = tokio::task::spawn_blocking(move || match store.overrides_of(&mailbox) {
-        Ok((shown, released)) => Some((shown, entries_of_released(&*store, &quarantine, &mailbox, &on_server, released))),
+        Ok((shown, released)) => {
+            Some((shown, entries_of_released(&*store, &quarantine, &mailbox, &on_server, released)))
+        }
         Err(e) => {
             tracing::warn!(error = %e, "overrides and released messages not read; this login condemns nothing");
             None
