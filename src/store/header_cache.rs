@@ -505,10 +505,11 @@ impl RedbHeaderCache {
     /// cleanly, so this is a plain open: no check, no repair (a few milliseconds). redb
     /// ignores a failure of the final commit it makes when a handle is closed (a full
     /// disk, say): the file then needs a repair, which reads the whole file three times;
-    /// it is not run here (this holds the lock every lookup takes) but the file is taken
-    /// as damaged, deleted and created anew ([`open_or_rebuild`]; a cache can always be
-    /// rebuilt), after one read of the file that found it. The same for any other error
-    /// but one: another process holding the file keeps it (an error, tried again later).
+    /// it is not run here (this holds the lock every lookup takes): the file is taken as
+    /// damaged, deleted and created anew ([`open_or_rebuild`]; a cache can always be
+    /// rebuilt), which costs the reads redb makes before it would start repairing, not the
+    /// repair. The same for any other error but one: another process holding the file
+    /// keeps it (an error, tried again later).
     fn reopen_db(&self) -> Result<Database, String> {
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             create_db(&self.path, self.cache_bytes, Repair::Refuse)
