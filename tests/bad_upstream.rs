@@ -45,16 +45,6 @@ fn on_first(
     move |conn, line| (conn == 0 && line.eq_ignore_ascii_case(kw)).then(&reply)
 }
 
-/// The sum of a metric's series in an exposition (0 when absent).
-fn metric(exposition: &str, series: &str) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.strip_prefix(series))
-        .filter_map(|rest| rest.trim().parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits (bounded) until `cond` holds of the log.
 fn wait_log(p: &Popsift, what: &str, cond: impl Fn(&str) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -113,7 +103,7 @@ fn assert_contained(up: &Scripted, p: &Popsift, err: &str, logged: &str) {
     let log = p.log();
     assert!(!log.contains("panicked"), "a panic:\n{log}");
     wait_no_active_sessions(p);
-    assert_eq!(metric(&p.scrape(), "popsift_session_panics_total"), 0.0);
+    assert_eq!(p.metric("popsift_session_panics_total").unwrap_or(0.0), 0.0);
 }
 
 /// The client's side of a session whose login scan fails: PASS gets the `-ERR`, then the
@@ -135,7 +125,7 @@ fn list_with_gaps() {
     let err = login_refused(&p);
     assert_contained(&up, &p, &err, "upstream reply refused");
     assert!(p.log().contains("where 2 was due"), "the log says what was wrong:\n{}", p.log());
-    assert_eq!(metric(&p.scrape(), "popsift_upstream_invalid_replies_total{reply=\"list\"}"), 1.0);
+    assert_eq!(p.metric("popsift_upstream_invalid_replies_total{reply=\"list\"}"), Some(1.0));
 }
 
 #[test]
@@ -143,7 +133,7 @@ fn list_sizes_that_are_not_numbers() {
     let (up, p) = start(on_first("LIST", || Reply::Send(b"+OK\r\n1 abc\r\n2 -5\r\n.\r\n".to_vec())));
     let err = login_refused(&p);
     assert_contained(&up, &p, &err, "upstream reply refused");
-    assert_eq!(metric(&p.scrape(), "popsift_upstream_invalid_replies_total{reply=\"list\"}"), 1.0);
+    assert_eq!(p.metric("popsift_upstream_invalid_replies_total{reply=\"list\"}"), Some(1.0));
 }
 
 /// A STAT whose count and size disagree with LIST (RFC 1939 §5): the listing is not the
@@ -154,7 +144,7 @@ fn stat_that_disagrees_with_list() {
     let err = login_refused(&p);
     assert_contained(&up, &p, &err, "upstream reply refused");
     assert!(p.log().contains("STAT reply breaks RFC 1939"), "the log says what was wrong:\n{}", p.log());
-    assert_eq!(metric(&p.scrape(), "popsift_upstream_invalid_replies_total{reply=\"stat\"}"), 1.0);
+    assert_eq!(p.metric("popsift_upstream_invalid_replies_total{reply=\"stat\"}"), Some(1.0));
 }
 
 /// `TOP n 0` answered with a header line and then silence: bounded by the reply timeout.

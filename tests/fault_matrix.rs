@@ -73,16 +73,6 @@ fn assert_unchanged(d: &Dovecot, before: &BTreeMap<String, Vec<u8>>, what: &str)
     assert!(after == *before, "{what}: a stored message changed");
 }
 
-/// The sum of every series of a metric in a Prometheus exposition.
-fn metric(exposition: &str, name: &str) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ') || r.starts_with('{')))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The virtual number (1-based) of a message among the visible ones.
 fn visible_number(visible: &[TestMessage], name_part: &str) -> usize {
     1 + visible.iter().position(|m| m.name.contains(name_part)).expect("message in the visible list")
@@ -382,7 +372,7 @@ fn quarantine_unwritable_shows_and_keeps() {
     let blocker = tempfile::NamedTempFile::new().unwrap();
     let extra = format!("quarantine:\n  dir: {}/quarantine\n  on_failure: show\n", blocker.path().display());
     let p = start_proxy(&d, &d.pop3_addr(), &spam_rules("quarantine"), &extra);
-    let errors_before = metric(&p.scrape(), "popsift_quarantine_errors_total");
+    let errors_before = p.metric("popsift_quarantine_errors_total").unwrap_or(0.0);
     let f = poplib_fetch(&p.addr, "alice", &pass, &PoplibOpts::default());
     // Every message is shown; ham untouched, spam whose copy failed shown *tagged* (the user
     // chose to see it rather than lose it; the tag lets the client's filter file it).
@@ -396,7 +386,7 @@ fn quarantine_unwritable_shows_and_keeps() {
         }
     }
     assert_unchanged(&d, &before, "quarantine failed");
-    let errors = metric(&p.scrape(), "popsift_quarantine_errors_total") - errors_before;
+    let errors = p.metric("popsift_quarantine_errors_total").unwrap_or(0.0) - errors_before;
     assert_eq!(errors as usize, spam(&all).len(), "each failure counted");
     assert!(p.log().contains("quarantine failed; message NOT deleted"), "{}", p.log());
     // The session itself went fine.
@@ -438,7 +428,7 @@ fn quarantine_disk_full_hides_and_keeps() {
     let pass = d.password("alice").to_string();
     let extra = format!("quarantine:\n  dir: {}\n", fs.dir.path().display());
     let p = start_proxy(&d, &d.pop3_addr(), &spam_rules("quarantine"), &extra);
-    let errors_before = metric(&p.scrape(), "popsift_quarantine_errors_total");
+    let errors_before = p.metric("popsift_quarantine_errors_total").unwrap_or(0.0);
     let f = poplib_fetch(&p.addr, "alice", &pass, &PoplibOpts::default());
     assert_eq!(f.messages, wire(&ham(&all)), "only ham shown");
     let big = all.iter().find(|m| m.name.contains("spam-100k")).unwrap();
@@ -448,7 +438,7 @@ fn quarantine_disk_full_hides_and_keeps() {
     let after = d.mailbox("alice");
     assert_eq!(keys(&after), expect, "stored spam deleted at QUIT; the unstorable one kept");
     assert_eq!(after[&big.name], big.bytes);
-    let errors = metric(&p.scrape(), "popsift_quarantine_errors_total") - errors_before;
+    let errors = p.metric("popsift_quarantine_errors_total").unwrap_or(0.0) - errors_before;
     assert_eq!(errors, 1.0);
     let stored = quarantine_files(&fs.dir.path().join("alice/new"));
     assert_eq!(stored.len(), spam(&all).len() - 1);

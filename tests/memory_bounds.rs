@@ -171,24 +171,6 @@ async fn pipelined_uidl_without_reading_is_bounded_in_bytes() {
     assert!(after - before < 12 * MIB, "peak grew by {} MiB", (after - before) / MIB);
 }
 
-/// A counter's value in popsift's exposition (0 when absent).
-fn counter(p: &Popsift, series: &str) -> f64 {
-    p.scrape()
-        .lines()
-        .find(|l| l.split(' ').next() == Some(series))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-}
-
-/// Waits (bounded) until `series` reaches `at_least`.
-async fn wait_counter(p: &Popsift, series: &str, at_least: f64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while counter(p, series) < at_least {
-        assert!(Instant::now() < deadline, "{series} never reached {at_least}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// One login of alice: the message count, and whether message 12 came back tagged.
 async fn login_once(p: &Popsift) -> (String, bool) {
     let (mut c, _) = Client::connect(&p.addr).await;
@@ -205,22 +187,37 @@ async fn login_once(p: &Popsift) -> (String, bool) {
 /// Memory back after the sessions end (issue 16): once no session has run for a while
 /// (5 s), the header cache and the decision history close and reopen their files (empty
 /// page caches) and the verdict memo is repacked; a session must have run since the last
-/// time. The next login is unchanged: same view, the tag rewrite kept, its verdicts
-/// answered by the (repacked) memo.
+/// time. The next login is unchanged: same view, the tag rewrite kept, the verdicts of the
+/// messages seen before answered by the (repacked) memo; a message new since is scanned
+/// and its decision recorded in the reopened history (read back once popsift has stopped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stores_give_their_page_caches_back_when_no_session_runs() {
+    use popsift::store::history::{History, HistorySettings, Query, RedbHistory};
     const RELEASES: &str = "popsift_idle_releases_total";
     const MEMO: &str = "popsift_header_cache_lookups_total{result=\"memo\"}";
-    let messages: Vec<Vec<u8>> = (1..=20).map(|i| big_header_message(i, 1)).collect();
-    let up = upstream(Behaviour::default(), messages).await;
-    let p = Popsift::start(&ProxyOpts { upstream: &up.addr, rules: RULES, log_level: "info", ..ProxyOpts::default() });
-    assert_eq!(counter(&p, RELEASES), 0.0, "no session yet: nothing to give back");
-    let first = login_once(&p).await;
-    assert!(first.1, "message 12 tagged");
-    wait_counter(&p, RELEASES, 1.0).await;
-    let memo_before = counter(&p, MEMO);
-    assert_eq!(login_once(&p).await, first, "the same view after the stores reopened");
-    assert_eq!(counter(&p, MEMO) - memo_before, 20.0, "every verdict from the repacked memo");
-    wait_counter(&p, RELEASES, 2.0).await;
+    let mut messages: Vec<Vec<u8>> = (1..=20).map(|i| big_header_message(i, 1)).collect();
+    let up = upstream(Behaviour::default(), messages.clone()).await;
+    let mut p =
+        Popsift::start(&ProxyOpts { upstream: &up.addr, rules: RULES, log_level: "info", ..ProxyOpts::default() });
+    let (stat, tagged) = login_once(&p).await;
+    assert!(stat.starts_with("+OK 20 ") && tagged, "20 messages, message 12 tagged: {stat}");
+    p.wait_metric(RELEASES, 1.0).await;
+    messages.push(big_header_message(21, 1));
+    up.set_messages(messages);
+    let memo_before = p.metric(MEMO).unwrap_or(0.0);
+    let (stat, tagged) = login_once(&p).await;
+    assert!(stat.starts_with("+OK 21 ") && tagged, "the same view and the new message: {stat}");
+    assert_eq!(p.metric(MEMO).unwrap_or(0.0) - memo_before, 20.0, "the known verdicts from the repacked memo");
+    p.wait_metric(RELEASES, 2.0).await;
     assert!(up.commands().iter().all(|c| !c.starts_with("DELE")));
+
+    p.signal("TERM");
+    p.wait(Duration::from_secs(30));
+    let h = RedbHistory::open(&p.state_dir(), HistorySettings::default()).expect("the history file");
+    let all = h.decisions(&Query { limit: 100, ..Query::default() }).unwrap();
+    assert!(
+        all.iter().any(|(_, d)| d.subject == "message 21"),
+        "the new message's decision recorded after the reopen: {:?}",
+        all.iter().map(|(_, d)| &d.subject).collect::<Vec<_>>()
+    );
 }

@@ -13,6 +13,9 @@
 //! counted (`popsift_login_step_timeouts_total{step="history_lookup"}`), and nothing is
 //! condemned at this login (`before_view` returns `false`, the caller holds condemnation):
 //! a missed "Not spam" must not let a message be copied and deleted; hidden stays hidden.
+//! The same holds when the read fails (the store's error, say a file that could not be
+//! opened again after giving its memory back, or the reading task's failure): logged, and
+//! nothing condemned.
 use std::sync::Arc;
 
 use crate::net::driver::SessionContext;
@@ -27,8 +30,8 @@ fn mailbox(upstream: &str, user: Option<&str>) -> Option<String> {
 }
 
 /// Applies the owner's "Not spam" overrides to `entries` and appends the released messages.
-/// `false`: the overrides could not be read in time, so nothing may be condemned at this
-/// login (see the module doc).
+/// `false`: the overrides could not be read (in time, or at all), so nothing may be
+/// condemned at this login (see the module doc).
 pub async fn before_view(
     ctx: &SessionContext,
     upstream: &str,
@@ -42,10 +45,12 @@ pub async fn before_view(
     // `overrides` changes `entries` only after its read has finished: cut short, nothing
     // has been applied.
     match tokio::time::timeout(limit, history::overrides(h.store().clone(), q, mb, entries)).await {
-        Ok(released) => {
+        Ok(Some(released)) => {
             entries.extend(released);
             true
         }
+        // Logged by `overrides`.
+        Ok(None) => false,
         Err(_) => {
             crate::metrics::login_step_timeout("history_lookup");
             tracing::warn!(deadline = ?limit, "review-page overrides not read within timeouts.history_lookup; this login goes on without them and condemns nothing");

@@ -17,8 +17,21 @@
 //! Debounced: only after the count has *stayed* at zero for [`RELEASE_AFTER`] (5 s), and
 //! once per idle period (a session must have run since the last release), so an instance
 //! whose one client logs in every few seconds never closes a file; one that polls every
-//! minute pays one close and reopen (a few milliseconds, on the blocking pool, while no
-//! session runs) per poll, and its logins are answered from the verdict memo anyway.
+//! minute pays one close and reopen per poll (on the blocking pool, while no session runs;
+//! normally a few milliseconds, more when a file must be rebuilt, see
+//! [`crate::store::header_cache::RedbHeaderCache::release_memory`]), and its logins are
+//! answered from the verdict memo anyway.
+//!
+//! The count is of connections, not of store use: a health check that connects and
+//! disconnects is a session. So each store remembers whether it was used since it was
+//! (re)opened ([`crate::store::header_cache::HeaderCache::used`],
+//! [`crate::store::history::History::used`]): an unused one gives nothing back and closes
+//! nothing (it reports done), and the listener repacks the verdict memo only when a store
+//! was used. A check every few seconds still keeps the count from staying at zero for
+//! [`RELEASE_AFTER`], so the caches of the last burst stay until the checks pause; and one
+//! long-lived idle session (a client that keeps its connection open) keeps them too. Both
+//! accepted: the release is about an instance after a burst of logins, not about every
+//! lull.
 //!
 //! The count is kept by [`SessionSlot`], which is also the session's permit (the
 //! `max_sessions` cap): one pointer in every session's task, as the permit it replaces
@@ -132,6 +145,26 @@ pub async fn release_when_idle(
     }
 }
 
+/// The release the listener runs when no session has run for a while: each store gives
+/// its page cache back (a store not used since its last release does nothing), and
+/// `repack` (the verdict memo's) runs only when one of them was used: a quiet period
+/// after connections that used no store (health checks) costs nothing. `true`: done;
+/// `false`: a store was in use, try again later. Blocking.
+pub fn release_stores(
+    cache: Option<&crate::store::header_cache::HeaderCache>,
+    history: Option<&dyn crate::store::history::History>,
+    repack: impl FnOnce(),
+) -> bool {
+    let used = cache.is_some_and(|c| c.used()) || history.is_some_and(|h| h.used());
+    if !used {
+        return true;
+    }
+    let cache_done = cache.map_or(true, |c| c.release_memory());
+    let history_done = history.map_or(true, |h| h.release_memory());
+    repack();
+    cache_done && history_done
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +264,35 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3, "and then left alone");
         drop(s);
         tokio::time::timeout(Duration::from_secs(1), task).await.expect("ends with the count").unwrap();
+    }
+
+    /// Stores not used since their last release give nothing back and the memo is not
+    /// repacked; once one was used, both are released and the memo repacked, and then
+    /// they are unused again.
+    #[test]
+    fn stores_unused_since_the_last_release_cost_nothing() {
+        use crate::store::header_cache::{HeaderCache, Scope};
+        use crate::store::history::{History, HistorySettings, RedbHistory};
+        let dir = tempfile::tempdir().unwrap();
+        let cache = HeaderCache::open(dir.path(), 1 << 20).unwrap();
+        let history = RedbHistory::open(dir.path(), HistorySettings::default()).unwrap();
+        let repacks = AtomicUsize::new(0);
+        let release = || {
+            release_stores(Some(&cache), Some(&history), || {
+                repacks.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        assert!(release(), "nothing used: done");
+        assert_eq!(repacks.load(Ordering::SeqCst), 0, "and no repack");
+        history.shown("m").unwrap();
+        assert!(release());
+        assert_eq!(repacks.load(Ordering::SeqCst), 1, "the history was used: released, memo repacked");
+        assert!(!cache.used() && !history.used());
+        cache.lookup_blocking(&Scope::new("h:110", "u"), &[], 1024);
+        assert!(release());
+        assert_eq!(repacks.load(Ordering::SeqCst), 2, "the cache was used");
+        assert!(release());
+        assert_eq!(repacks.load(Ordering::SeqCst), 2, "unused again since");
+        assert!(release_stores(None, None, || panic!("no store: nothing to repack for")));
     }
 }

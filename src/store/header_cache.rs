@@ -62,8 +62,9 @@
 //! and [`HeaderCache::update_in_background`], which run them on tokio's blocking pool.
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use redb::{Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tracing::{debug, warn};
@@ -173,6 +174,11 @@ pub trait HeaderStore: Send + Sync + std::fmt::Debug {
     /// (a lookup or an update in flight), try again later. Nothing stored is lost.
     fn release_memory(&self) -> bool {
         true
+    }
+    /// Whether the store was used (a lookup or an update) since it was opened or last gave
+    /// its memory back: an unused store has nothing to give back (see `net::idle_release`).
+    fn used(&self) -> bool {
+        false
     }
 }
 
@@ -299,6 +305,11 @@ impl HeaderCache {
         self.store.release_memory()
     }
 
+    /// See [`HeaderStore::used`].
+    pub fn used(&self) -> bool {
+        self.store.used()
+    }
+
     /// See [`HeaderStore::stats_blocking`]. Blocking.
     pub fn stats_blocking(&self) -> Option<(u64, u64)> {
         self.store.stats_blocking()
@@ -395,9 +406,16 @@ pub struct RedbHeaderCache {
     /// `None` after a failure that could not be repaired: popsift then runs without cache;
     /// or, with `reopen` set, after [`HeaderStore::release_memory`] could not reopen it.
     db: Mutex<Option<Arc<Database>>>,
-    /// The file was closed to give its page cache back and not reopened: try at next use.
-    reopen: std::sync::atomic::AtomicBool,
+    /// The file was closed to give its page cache back and not reopened: the earliest time
+    /// a use tries again (taken after `db`'s lock).
+    reopen: Mutex<Option<Instant>>,
+    /// Set by every lookup and update, cleared when the file is reopened.
+    used: AtomicBool,
 }
+
+/// After a failed reopen, the least time before the next try: a failing disk is not tried
+/// (and logged) at every login, each under the lock every lookup takes.
+const REOPEN_RETRY: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for RedbHeaderCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -421,6 +439,9 @@ impl HeaderStore for RedbHeaderCache {
     fn release_memory(&self) -> bool {
         RedbHeaderCache::release_memory(self)
     }
+    fn used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
+    }
 }
 
 impl RedbHeaderCache {
@@ -441,13 +462,14 @@ impl RedbHeaderCache {
             .map_err(|source| CacheError::Dir { path: state_dir.to_path_buf(), source })?;
         let path = state_dir.join(FILE_NAME);
         let cache_bytes = redb_cache_bytes(max_size, memory);
-        let db = open_or_rebuild(&path, cache_bytes)?;
+        let db = open_or_rebuild(&path, cache_bytes, Repair::Run)?;
         Ok(RedbHeaderCache {
             path,
             max_size,
             cache_bytes,
             db: Mutex::new(Some(Arc::new(db))),
-            reopen: std::sync::atomic::AtomicBool::new(false),
+            reopen: Mutex::new(None),
+            used: AtomicBool::new(false),
         })
     }
 
@@ -456,19 +478,50 @@ impl RedbHeaderCache {
     }
 
     fn db(&self) -> Option<Arc<Database>> {
-        let mut slot = self.db.lock().ok()?;
-        if slot.is_none() && self.reopen.load(Ordering::Relaxed) {
-            match guarded(|| create_db(&self.path, self.cache_bytes).map_err(|e| e.to_string())) {
-                Ok(db) => {
-                    self.reopen.store(false, Ordering::Relaxed);
-                    *slot = Some(Arc::new(db));
-                }
-                Err(e) => {
-                    warn!(path = %self.path.display(), error = %e, "header cache not reopened; scanning without it")
+        let mut slot = self.db.lock().unwrap_or_else(PoisonError::into_inner);
+        // Under the lock a release resets it in: no use is missed.
+        self.used.store(true, Ordering::Relaxed);
+        if slot.is_none() {
+            let mut reopen = self.reopen.lock().unwrap_or_else(PoisonError::into_inner);
+            if reopen.is_some_and(|at| Instant::now() >= at) {
+                match self.reopen_db() {
+                    Ok(db) => {
+                        *reopen = None;
+                        tracing::info!(path = %self.path.display(), "header cache reopened");
+                        *slot = Some(Arc::new(db));
+                    }
+                    // Warned once, when the streak began (`release_memory`).
+                    Err(e) => {
+                        debug!(path = %self.path.display(), error = %e, "header cache still not reopened; scanning without it");
+                        *reopen = Some(Instant::now() + REOPEN_RETRY);
+                    }
                 }
             }
         }
         slot.clone()
+    }
+
+    /// Opens the file again after [`Self::release_memory`] closed it. The file was closed
+    /// cleanly, so this is a plain open: no check, no repair (a few milliseconds). redb
+    /// ignores a failure of the final commit it makes when a handle is closed (a full
+    /// disk, say): the file then needs a repair, which reads the whole file three times;
+    /// it is not run here (this holds the lock every lookup takes): the file is taken as
+    /// damaged, deleted and created anew ([`open_or_rebuild`]; a cache can always be
+    /// rebuilt), which costs the reads redb makes before it would start repairing, not the
+    /// repair. The same for any other error but one: another process holding the file
+    /// keeps it (an error, tried again later).
+    fn reopen_db(&self) -> Result<Database, String> {
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            create_db(&self.path, self.cache_bytes, Repair::Refuse)
+        }));
+        let why = match opened {
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(e @ DatabaseError::DatabaseAlreadyOpen)) => return Err(e.to_string()),
+            Ok(Err(e)) => e.to_string(),
+            Err(p) => format!("redb panicked: {}", crate::panics::message(&*p)),
+        };
+        warn!(path = %self.path.display(), error = %why, "header cache not reopened as it was; rebuilding it");
+        open_or_rebuild(&self.path, self.cache_bytes, Repair::Refuse).map_err(|e| e.to_string())
     }
 
     /// Closes the file and opens it again, so the new handle starts with an empty page
@@ -476,12 +529,17 @@ impl RedbHeaderCache {
     /// `cache.memory`), and they, with the allocator pages they pin, were most of what
     /// popsift kept once the sessions had ended (issue 16). Only when nothing holds the
     /// handle: a lookup or an update in flight keeps it (`false`: try again later), so no
-    /// write is cut short. The file was closed cleanly, so the reopen neither repairs nor
-    /// re-checks it (a few milliseconds). A failed reopen (disk gone, the file taken by
-    /// another process) is logged and tried again at the next lookup or update; until it
-    /// succeeds the logins scan without the cache, as after any cache failure.
+    /// write is cut short. The reopen is normally a few milliseconds; a file left needing
+    /// repair, or damaged, is rebuilt instead (see `reopen_db`). A failed reopen (disk
+    /// gone, the file taken by another process) is logged once and tried again at a lookup
+    /// or update at most every 30 s (`REOPEN_RETRY`); until it succeeds the logins scan
+    /// without the cache, as after any cache failure. A store not used since it was opened
+    /// has nothing cached: left as it is.
     pub fn release_memory(&self) -> bool {
-        let Ok(mut slot) = self.db.lock() else { return true };
+        let mut slot = self.db.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() && !self.used.load(Ordering::Relaxed) {
+            return true;
+        }
         let Some(shared) = slot.take() else { return true };
         let db = match Arc::try_unwrap(shared) {
             Ok(db) => db,
@@ -490,15 +548,19 @@ impl RedbHeaderCache {
                 return false;
             }
         };
-        let reopened = guarded(|| {
+        let closed = guarded(|| {
             drop(db);
-            create_db(&self.path, self.cache_bytes).map_err(|e| e.to_string())
+            Ok(())
         });
-        match reopened {
+        if let Err(e) = closed {
+            warn!(path = %self.path.display(), error = %e, "header cache not closed cleanly");
+        }
+        self.used.store(false, Ordering::Relaxed);
+        match self.reopen_db() {
             Ok(db) => *slot = Some(Arc::new(db)),
             Err(e) => {
-                warn!(path = %self.path.display(), error = %e, "header cache not reopened after giving its memory back; trying again at the next login");
-                self.reopen.store(true, Ordering::Relaxed);
+                warn!(path = %self.path.display(), error = %e, retry = ?REOPEN_RETRY, "header cache not reopened after giving its memory back; scanning without it until it is");
+                *self.reopen.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + REOPEN_RETRY);
             }
         }
         true
@@ -507,7 +569,7 @@ impl RedbHeaderCache {
     /// After a failed operation: delete the file and start over, unless another thread
     /// already did (the database in hand is no longer the current one).
     fn rebuild(&self, failed: &Arc<Database>, why: &str) {
-        let Ok(mut guard) = self.db.lock() else { return };
+        let mut guard = self.db.lock().unwrap_or_else(PoisonError::into_inner);
         if !guard.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, failed)) {
             return;
         }
@@ -519,7 +581,7 @@ impl RedbHeaderCache {
                 return;
             }
         }
-        match guarded(|| create_db(&self.path, self.cache_bytes).map_err(|e| e.to_string())) {
+        match guarded(|| create_db(&self.path, self.cache_bytes, Repair::Refuse).map_err(|e| e.to_string())) {
             Ok(db) => *guard = Some(Arc::new(db)),
             Err(e) => {
                 warn!(path = %self.path.display(), error = %e, "cannot recreate the header cache; running without it")
@@ -603,7 +665,7 @@ impl RedbHeaderCache {
                 drop(db);
                 *slot = std::fs::remove_file(&self.path)
                     .ok()
-                    .and_then(|()| open_checked(&self.path, self.cache_bytes).ok())
+                    .and_then(|()| open_checked(&self.path, self.cache_bytes, Repair::Refuse).ok())
                     .map(Arc::new);
             }
         }
@@ -672,15 +734,30 @@ fn redb_cache_bytes(max_size: u64, memory: Option<u64>) -> usize {
     }
 }
 
-fn create_db(path: &Path, cache_bytes: usize) -> Result<Database, DatabaseError> {
-    redb::Builder::new().set_cache_size(cache_bytes).create(path)
+/// Whether opening a file that needs repair (not closed cleanly) repairs it: at start, yes
+/// (it keeps the cache over a crash); when reopening a file while popsift serves, no
+/// ([`DatabaseError::RepairAborted`]: the caller rebuilds it, see
+/// [`RedbHeaderCache::reopen_db`]). Moot for a file just created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repair {
+    Run,
+    Refuse,
+}
+
+fn create_db(path: &Path, cache_bytes: usize, repair: Repair) -> Result<Database, DatabaseError> {
+    let mut b = redb::Builder::new();
+    b.set_cache_size(cache_bytes);
+    if repair == Repair::Refuse {
+        b.set_repair_callback(|s: &mut redb::RepairSession| s.abort());
+    }
+    b.create(path)
 }
 
 /// Opens the file and checks every page's checksum (once, at start: it reads the whole
 /// file), so damage is found here and not in the middle of a login.
-fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Result<DatabaseError, String>> {
+fn open_checked(path: &Path, cache_bytes: usize, repair: Repair) -> Result<Database, Result<DatabaseError, String>> {
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut db = create_db(path, cache_bytes)?;
+        let mut db = create_db(path, cache_bytes, repair)?;
         db.check_integrity()?;
         Ok::<_, DatabaseError>(db)
     }));
@@ -691,8 +768,8 @@ fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Result<Data
     }
 }
 
-fn open_or_rebuild(path: &Path, cache_bytes: usize) -> Result<Database, CacheError> {
-    match open_checked(path, cache_bytes) {
+fn open_or_rebuild(path: &Path, cache_bytes: usize, repair: Repair) -> Result<Database, CacheError> {
+    match open_checked(path, cache_bytes, repair) {
         Ok(db) => return Ok(db),
         // Another process has it open: deleting it would pull it from under that process.
         Err(Ok(e @ DatabaseError::DatabaseAlreadyOpen)) => {
@@ -706,7 +783,7 @@ fn open_or_rebuild(path: &Path, cache_bytes: usize) -> Result<Database, CacheErr
         }
     }
     std::fs::remove_file(path).map_err(|source| CacheError::Remove { path: path.to_path_buf(), source })?;
-    match open_checked(path, cache_bytes) {
+    match open_checked(path, cache_bytes, repair) {
         Ok(db) => Ok(db),
         Err(Ok(source)) => Err(CacheError::Open { path: path.to_path_buf(), source }),
         Err(Err(detail)) => Err(CacheError::Store { path: path.to_path_buf(), detail }),
@@ -1096,14 +1173,107 @@ mod tests {
         assert!(old.upgrade().is_none(), "the old handle and its page cache are gone");
         assert!(c.lookup_blocking(&s, &[want("a", 1)], LIMIT)[0].is_some(), "nothing lost");
 
-        // The reopen failed: another process held the file meanwhile.
-        *c.db.lock().unwrap() = None;
-        c.reopen.store(true, Ordering::Relaxed);
-        let other = create_db(c.path(), 1 << 20).unwrap();
+        // The reopen fails: another process holds the file meanwhile.
+        let other = closed_and_held(&c);
         assert!(c.lookup_blocking(&s, &[want("a", 1)], LIMIT)[0].is_none(), "a miss, not a failure");
         drop(other);
-        assert!(c.lookup_blocking(&s, &[want("a", 1)], LIMIT)[0].is_some(), "reopened at the next use");
+        assert!(c.lookup_blocking(&s, &[want("a", 1)], LIMIT)[0].is_none(), "not tried again at once");
+        retry_now(&c);
+        assert!(c.lookup_blocking(&s, &[want("a", 1)], LIMIT)[0].is_some(), "reopened at a use after the wait");
+        assert!(c.reopen.lock().unwrap().is_none());
         assert!(c.release_memory());
+    }
+
+    /// The store as a release leaves it when another process took the file between the
+    /// close and the reopen: closed, a reopen pending; the other process's handle.
+    fn closed_and_held(c: &RedbHeaderCache) -> Database {
+        c.lookup_blocking(&Scope::new("h:110", "x"), &[], LIMIT);
+        *c.db.lock().unwrap() = None;
+        let other = create_db(c.path(), 1 << 20, Repair::Run).unwrap();
+        assert!(c.reopen_db().is_err(), "held elsewhere: not reopened");
+        *c.reopen.lock().unwrap() = Some(Instant::now() + REOPEN_RETRY);
+        other
+    }
+
+    /// Makes the next use try a pending reopen (as once [`REOPEN_RETRY`] has passed).
+    fn retry_now(c: &RedbHeaderCache) {
+        let mut at = c.reopen.lock().unwrap();
+        assert!(at.is_some(), "a reopen is pending");
+        *at = Some(Instant::now());
+    }
+
+    /// A file that cannot be opened as it was when the store reopens it (here: replaced by
+    /// garbage while the store had it closed) is rebuilt, not retried forever: the cache
+    /// works again, empty.
+    #[test]
+    fn a_damaged_file_is_rebuilt_at_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = RedbHeaderCache::open(dir.path(), 1 << 20).unwrap();
+        let s = Scope::new("h:110", "e");
+        c.update_blocking(&s, &[fresh("a", 1, "A\r\n\r\n")], &present(&["a"]));
+        drop(closed_and_held(&c));
+        std::fs::write(c.path(), vec![0x5a; 64 << 10]).unwrap();
+        retry_now(&c);
+        assert!(c.lookup_blocking(&s, &[want("a", 1)], LIMIT)[0].is_none(), "rebuilt: empty");
+        assert!(c.reopen.lock().unwrap().is_none(), "no reopen pending");
+        c.update_blocking(&s, &[fresh("b", 2, "B\r\n\r\n")], &present(&["b"]));
+        assert!(c.lookup_blocking(&s, &[want("b", 2)], LIMIT)[0].is_some(), "and works");
+    }
+
+    /// A file left needing repair (a close that could not write its final commit, as
+    /// after a crash) is repaired at start, but not when the store reopens it while popsift
+    /// serves (the repair reads the whole file, under the lock every lookup takes): the
+    /// repair is refused and the file rebuilt.
+    #[test]
+    fn a_file_needing_repair_is_rebuilt_not_repaired_at_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = dir.path().join("crashed.redb");
+        {
+            let path = dir.path().join("elsewhere.redb");
+            let db = create_db(&path, 1 << 20, Repair::Run).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(ENTRIES).unwrap().insert(b"k".as_slice(), b"v".as_slice()).unwrap();
+            tx.commit().unwrap();
+            // The file as a crash leaves it: still marked open.
+            std::fs::copy(&path, &crashed).unwrap();
+        }
+        let work = dir.path().join("work.redb");
+        std::fs::copy(&crashed, &work).unwrap();
+        assert!(matches!(create_db(&work, 1 << 20, Repair::Refuse), Err(DatabaseError::RepairAborted)));
+        let repaired = create_db(&work, 1 << 20, Repair::Run).expect("repaired at start");
+        let r = repaired.begin_read().unwrap();
+        assert_eq!(r.open_table(ENTRIES).unwrap().get(b"k".as_slice()).unwrap().unwrap().value(), b"v");
+        drop((r, repaired));
+
+        let c = RedbHeaderCache::open(&dir.path().join("state"), 1 << 20).unwrap();
+        drop(closed_and_held(&c));
+        std::fs::copy(&crashed, c.path()).unwrap();
+        retry_now(&c);
+        let s = Scope::new("h:110", "e");
+        c.update_blocking(&s, &[fresh("b", 2, "B\r\n\r\n")], &present(&["b"]));
+        assert!(c.reopen.lock().unwrap().is_none(), "reopened");
+        assert!(c.lookup_blocking(&s, &[want("b", 2)], LIMIT)[0].is_some(), "rebuilt, and works");
+    }
+
+    /// A store nobody used since it was opened (or gave its memory back) keeps its handle:
+    /// nothing to give back, nothing to close and reopen (`net::idle_release`).
+    #[test]
+    fn an_unused_store_is_left_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = RedbHeaderCache::open(dir.path(), 1 << 20).unwrap();
+        let s = Scope::new("h:110", "e");
+        let handle = |c: &RedbHeaderCache| Arc::downgrade(c.db.lock().unwrap().as_ref().unwrap());
+        assert!(!HeaderStore::used(&c), "opening is not a use");
+        let first = handle(&c);
+        assert!(c.release_memory(), "nothing to do is done");
+        assert!(first.upgrade().is_some(), "an unused store keeps its handle");
+        c.lookup_blocking(&s, &[want("a", 1)], LIMIT);
+        assert!(HeaderStore::used(&c));
+        assert!(c.release_memory());
+        assert!(first.upgrade().is_none() && !HeaderStore::used(&c), "a used one is reopened, unused again");
+        let second = handle(&c);
+        assert!(c.release_memory());
+        assert!(second.upgrade().is_some(), "and left alone until it is used");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
 /// File name under the state directory.
@@ -230,6 +230,11 @@ pub trait History: Send + Sync {
     fn release_memory(&self) -> bool {
         true
     }
+    /// Whether the store was used (read or written) since it was opened or last gave its
+    /// memory back: an unused store has nothing to give back (see `net::idle_release`).
+    fn used(&self) -> bool {
+        false
+    }
 }
 
 /// The embedded store.
@@ -242,6 +247,8 @@ pub struct RedbHistory {
     last_seq: std::sync::Mutex<u64>,
     /// Mailboxes with a "show" override or a released message (kept from open on).
     with_overrides: std::sync::Mutex<HashSet<String>>,
+    /// Set by every use ([`RedbHistory::db`]), cleared when the file is reopened.
+    used: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RedbHistory {
@@ -269,21 +276,42 @@ fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
     redb::Builder::new().set_cache_size(HISTORY_CACHE_BYTES).create(path)
 }
 
+/// [`open_db`], then the tables every read expects (a read of a missing table is an error,
+/// not an empty answer). The one way the file is opened: at start, and when it is opened
+/// again after giving its memory back, so a file deleted or replaced while popsift runs
+/// comes back whole. Cheap when they exist: one read transaction, no write, no fsync.
+fn open_initialised(path: &Path) -> Result<Database, String> {
+    let db = open_db(path).map_err(|e| e.to_string())?;
+    let complete = {
+        let r = db.begin_read().map_err(|e| e.to_string())?;
+        let mut present = 0;
+        for t in r.list_tables().map_err(|e| e.to_string())? {
+            if [DECISIONS.name(), BY_UIDL.name(), SHOWN.name(), RELEASED.name()].contains(&t.name()) {
+                present += 1;
+            }
+        }
+        present == 4
+    };
+    if !complete {
+        let tx = db.begin_write().map_err(|e| e.to_string())?;
+        {
+            tx.open_table(DECISIONS).map_err(|e| e.to_string())?;
+            tx.open_table(BY_UIDL).map_err(|e| e.to_string())?;
+            tx.open_table(SHOWN).map_err(|e| e.to_string())?;
+            tx.open_table(RELEASED).map_err(|e| e.to_string())?;
+        }
+        tx.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(db)
+}
+
 impl RedbHistory {
     /// Opens (creating) `<state_dir>/history.redb`.
     pub fn open(state_dir: &Path, settings: HistorySettings) -> Result<RedbHistory, HistoryError> {
         let path = state_dir.join(FILE_NAME);
         let db_err = |detail: String| HistoryError::Db { path: path.clone(), detail };
         std::fs::create_dir_all(state_dir).map_err(|e| db_err(e.to_string()))?;
-        let db = open_db(&path).map_err(|e| db_err(e.to_string()))?;
-        let tx = db.begin_write().map_err(|e| db_err(e.to_string()))?;
-        {
-            tx.open_table(DECISIONS).map_err(|e| db_err(e.to_string()))?;
-            tx.open_table(BY_UIDL).map_err(|e| db_err(e.to_string()))?;
-            tx.open_table(SHOWN).map_err(|e| db_err(e.to_string()))?;
-            tx.open_table(RELEASED).map_err(|e| db_err(e.to_string()))?;
-        }
-        tx.commit().map_err(|e| db_err(e.to_string()))?;
+        let db = open_initialised(&path).map_err(db_err)?;
         let mut with_overrides = HashSet::new();
         {
             let r = db.begin_read().map_err(|e| db_err(e.to_string()))?;
@@ -304,6 +332,7 @@ impl RedbHistory {
             settings,
             last_seq: std::sync::Mutex::new(0),
             with_overrides: std::sync::Mutex::new(with_overrides),
+            used: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -313,10 +342,12 @@ impl RedbHistory {
     /// closes the file under one.
     fn db(&self) -> Result<Arc<Database>, HistoryError> {
         let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        // Under the lock a release resets it in: no use is missed.
+        self.used.store(true, Ordering::Relaxed);
         if let Some(db) = slot.as_ref() {
             return Ok(db.clone());
         }
-        let db = Arc::new(open_db(&self.path).map_err(|e| self.err(e))?);
+        let db = Arc::new(open_initialised(&self.path).map_err(|e| self.err(e))?);
         *slot = Some(db.clone());
         Ok(db)
     }
@@ -575,9 +606,14 @@ impl History for RedbHistory {
     /// The decisions, overrides and releases are all in the file; what this struct keeps
     /// besides (sequence, mailboxes with overrides) stays. A failed reopen is logged and
     /// retried at the next use ([`RedbHistory::db`]): that use fails like any write to a
-    /// failing disk (logged; the mail flow never waits for the history).
+    /// failing disk (logged; the mail flow never waits for the history), and a login then
+    /// condemns nothing (`net::history_hooks`). A store not used since it was opened has
+    /// nothing cached: left as it is.
     fn release_memory(&self) -> bool {
         let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() && !self.used.load(Ordering::Relaxed) {
+            return true;
+        }
         let Some(shared) = slot.take() else { return true };
         let db = match Arc::try_unwrap(shared) {
             Ok(db) => db,
@@ -587,13 +623,18 @@ impl History for RedbHistory {
             }
         };
         drop(db);
-        match open_db(&self.path) {
+        self.used.store(false, Ordering::Relaxed);
+        match open_initialised(&self.path) {
             Ok(db) => *slot = Some(Arc::new(db)),
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "decision history not reopened after giving its memory back; trying again at its next use")
             }
         }
         true
+    }
+
+    fn used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
     }
 
     fn has_overrides(&self, mailbox: &str) -> bool {
@@ -761,32 +802,41 @@ fn entries_of_released(
 
 /// At login, on the blocking pool: applies the owner's "show" overrides to `entries` (see
 /// [`apply_shown`]) and returns the released messages' entries (see [`released_entries`]),
-/// to be appended after the server's own.
+/// to be appended after the server's own. `None`: they could not be read (the store
+/// failed, or the task reading them did), logged; `entries` are untouched and the caller
+/// must not condemn anything at this login (a missed "Not spam", see
+/// `net::history_hooks`).
 pub async fn overrides(
     store: Arc<dyn History>,
     quarantine: crate::store::quarantine::Quarantine,
     mailbox: String,
     entries: &mut [crate::session::view::Entry],
-) -> Vec<crate::session::view::Entry> {
+) -> Option<Vec<crate::session::view::Entry>> {
     // Most mailboxes have none: no trip to the blocking pool (measured: ~10 ms of a 2,000
     // message cold login on a loaded machine).
     if !store.has_overrides(&mailbox) {
-        return Vec::new();
+        return Some(Vec::new());
     }
     let on_server: HashSet<Arc<str>> = entries.iter().filter_map(|e| e.uidl.clone()).collect();
     let read = tokio::task::spawn_blocking(move || match store.overrides_of(&mailbox) {
-        Ok((shown, released)) => (shown, entries_of_released(&*store, &quarantine, &mailbox, &on_server, released)),
+        Ok((shown, released)) => {
+            Some((shown, entries_of_released(&*store, &quarantine, &mailbox, &on_server, released)))
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "overrides and released messages not read; not applied at this login");
-            (HashSet::new(), Vec::new())
+            tracing::warn!(error = %e, "overrides and released messages not read; this login condemns nothing");
+            None
         }
     });
     match read.await {
-        Ok((shown, released)) => {
+        Ok(Some((shown, released))) => {
             apply_shown(entries, &shown);
-            released
+            Some(released)
         }
-        Err(_) => Vec::new(),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the overrides failed; this login condemns nothing");
+            None
+        }
     }
 }
 
@@ -1082,6 +1132,79 @@ mod tests {
         assert!(h.decisions(&all).is_err(), "the file is held elsewhere: an error, not a panic");
         drop(other);
         assert_eq!(h.decisions(&all).unwrap().len(), 1, "reopened at the next use");
+    }
+
+    /// A file deleted (or replaced by an empty one) while popsift runs comes back whole
+    /// when the store opens it again, after giving its memory back or at its next use: its
+    /// tables are there, so reads answer (empty) instead of failing.
+    #[test]
+    fn a_file_gone_while_running_comes_back_with_its_tables() {
+        let (dir, h) = open(HistorySettings::default());
+        let all = Query { limit: 10, ..Query::default() };
+        h.record(&[d("m1", "u1", "hide", "one", now_secs())], now_secs()).unwrap();
+        std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
+        assert!(h.release_memory());
+        assert!(h.shown("m1").unwrap().is_empty(), "a read of the new file answers");
+        assert!(h.released("m1").unwrap().is_empty() && h.decisions(&all).unwrap().is_empty());
+
+        *h.db.lock().unwrap() = None;
+        std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
+        assert!(h.mailboxes().unwrap().is_empty(), "reopened at the next use, with its tables");
+        assert_eq!(h.record(&[d("m1", "u2", "hide", "two", now_secs())], now_secs()).unwrap(), 1);
+        assert_eq!(h.decisions(&all).unwrap().len(), 1);
+    }
+
+    /// A store nobody used since it was opened (or gave its memory back) keeps its handle:
+    /// nothing to give back, nothing to close, fsync and reopen (`net::idle_release`).
+    #[test]
+    fn an_unused_store_is_left_open() {
+        let (_d, h) = open(HistorySettings::default());
+        let handle = |h: &RedbHistory| Arc::downgrade(h.db.lock().unwrap().as_ref().unwrap());
+        assert!(!h.used(), "opening is not a use");
+        let first = handle(&h);
+        assert!(h.release_memory(), "nothing to do is done");
+        assert!(first.upgrade().is_some(), "an unused store keeps its handle");
+        h.shown("m1").unwrap();
+        assert!(h.used());
+        assert!(h.release_memory());
+        assert!(first.upgrade().is_none() && !h.used(), "a used one is reopened, unused again");
+        let second = handle(&h);
+        assert!(h.release_memory());
+        assert!(second.upgrade().is_some(), "and left alone until it is used");
+    }
+
+    /// A login whose "Not spam" overrides cannot be read (here: the file was closed to give
+    /// its memory back and another handle holds it, so reopening fails) gets `None`, its
+    /// entries untouched: the caller then condemns nothing (`net::history_hooks`). With the
+    /// store readable again, the override applies.
+    #[tokio::test]
+    async fn unreadable_overrides_are_none_never_an_empty_set() {
+        use crate::session::view::{Disposition, Entry};
+        let (d, h) = open(HistorySettings::default());
+        h.show("m1", "u1", 1).unwrap();
+        let q = crate::store::quarantine::Quarantine::new(&d.path().join("quarantine"));
+        let entry = Entry {
+            upstream: 1,
+            upstream_size: 10,
+            size: 10,
+            uidl: Some("u1".into()),
+            disposition: Disposition::Condemned,
+            rewrite: None,
+            evaluated: None,
+            released: None,
+        };
+        let mut entries = vec![entry];
+        // Closed, as a failed reopen leaves it, and the file held elsewhere.
+        *h.db.lock().unwrap() = None;
+        let other = open_db(&d.path().join(FILE_NAME)).unwrap();
+        let h: Arc<dyn History> = Arc::new(h);
+        let read = overrides(h.clone(), q.clone(), "m1".into(), &mut entries).await;
+        assert!(read.is_none(), "a failed read is not \"no overrides\"");
+        assert_eq!(entries[0].disposition, Disposition::Condemned, "nothing applied");
+        drop(other);
+        let read = overrides(h, q, "m1".into(), &mut entries).await;
+        assert_eq!(read.map(|r| r.len()), Some(0), "readable again: no releases");
+        assert_eq!(entries[0].disposition, Disposition::Visible, "the override applies");
     }
 
     #[test]

@@ -202,6 +202,18 @@ impl Popsift {
         }
     }
 
+    /// The value of `series` in `GET /metrics` (see [`metric_in`]).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metric_in(&self.scrape(), series)
+    }
+
+    /// Waits (bounded, 60 s) until `series` is at least `at_least` (absent counts as 0).
+    pub async fn wait_metric(&self, series: &str, at_least: f64) {
+        let what = format!("{series} to reach {at_least}");
+        let reached = || self.metric(series).unwrap_or(0.0) >= at_least;
+        super::wait::wait_until_async(Duration::from_secs(60), &what, reached).await;
+    }
+
     /// jemalloc's statistics (`GET /debug/allocator`, JSON); `None` when not served.
     pub fn allocator_json(&self) -> Option<serde_json::Value> {
         let out = self.get("/debug/allocator")?;
@@ -228,4 +240,21 @@ impl Drop for Popsift {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of `series` in a Prometheus exposition: one series written whole
+/// (`name{label="v"}`), or for a bare name the sum of all its series (with any labels);
+/// `None` when absent. The tests' one reader of the exposition.
+pub fn metric_in(exposition: &str, series: &str) -> Option<f64> {
+    let bare = !series.contains('{');
+    let mut found = None;
+    for line in exposition.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else { continue };
+        if name == series || (bare && name.split('{').next() == Some(series)) {
+            if let Ok(v) = value.parse::<f64>() {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    found
 }
