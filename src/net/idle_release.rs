@@ -132,7 +132,6 @@ pub async fn release_when_idle(
         let release = release.clone();
         match tokio::task::spawn_blocking(move || release()).await {
             Ok(true) => {
-                crate::metrics::idle_released();
                 tracing::debug!(
                     sessions_since = started - released,
                     "no session for a while: the stores gave their page caches back"
@@ -162,7 +161,12 @@ pub fn release_stores(
     let cache_done = cache.map_or(true, |c| c.release_memory());
     let history_done = history.map_or(true, |h| h.release_memory());
     repack();
-    cache_done && history_done
+    // Counted only when something was given back (not for a quiet period of health checks).
+    let done = cache_done && history_done;
+    if done {
+        crate::metrics::idle_released();
+    }
+    done
 }
 
 #[cfg(test)]

@@ -80,10 +80,8 @@ pub async fn serve(
     let releaser = {
         let (cache, history, memo) = (cache.clone(), history.clone(), memo.clone());
         let release = move || {
-            let cache_done = cache.as_ref().map_or(true, |c| c.release_memory());
-            let history_done = history.as_ref().map_or(true, |h| h.store().release_memory());
-            memo.repack();
-            cache_done && history_done
+            let history = history.as_ref().map(|h| &**h.store());
+            crate::net::idle_release::release_stores(cache.as_deref(), history, || memo.repack())
         };
         let quiet = crate::net::idle_release::RELEASE_AFTER;
         tokio::spawn(crate::net::idle_release::release_when_idle(sessions.watch(), quiet, Arc::new(release)))

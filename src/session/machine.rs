@@ -522,7 +522,8 @@ impl Machine {
     }
 
     /// The review page's overrides for this mailbox could not be read in time
-    /// (`timeouts.history_lookup`): one of them may be a "Not spam" for a message the rules
+    /// (`timeouts.history_lookup`) or at all (the store failed): one of them may be a
+    /// "Not spam" for a message the rules
     /// condemn. Like dry run for condemnation only: no quarantine copy, no DELE at this
     /// login; hidden messages stay hidden. Call before [`Input::Evaluated`].
     pub fn hold_condemnation(&mut self) {
