@@ -537,16 +537,9 @@ impl RedbHeaderCache {
     /// has nothing cached: left as it is.
     pub fn release_memory(&self) -> bool {
         let mut slot = self.db.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.is_some() && !self.used.load(Ordering::Relaxed) {
-            return true;
-        }
-        let Some(shared) = slot.take() else { return true };
-        let db = match Arc::try_unwrap(shared) {
+        let db = match crate::store::release::take_for_release(&mut slot, &self.used) {
             Ok(db) => db,
-            Err(shared) => {
-                *slot = Some(shared);
-                return false;
-            }
+            Err(done) => return done,
         };
         let closed = guarded(|| {
             drop(db);

@@ -9,6 +9,7 @@
 //! the first byte. A record that is neither (truncated, a future version) is
 //! [`HistoryError::Corrupt`], never a panic.
 use super::history::{Decision, HistoryError};
+use super::wire::{put_f64, put_str as string, put_uint as uint, Reader};
 use crate::classify::explain::Clue;
 use crate::rules::explain::Matched;
 
@@ -25,8 +26,8 @@ pub fn encode_into(d: &Decision, out: &mut Vec<u8>) {
     uint(out, d.size);
     string(out, &d.from);
     string(out, &d.subject);
-    out.extend_from_slice(&d.score.to_le_bytes());
-    out.extend_from_slice(&d.threshold.to_le_bytes());
+    put_f64(out, d.score);
+    put_f64(out, d.threshold);
     uint(out, d.rules.len() as u64);
     for r in &d.rules {
         string(out, r);
@@ -34,7 +35,7 @@ pub fn encode_into(d: &Decision, out: &mut Vec<u8>) {
     match d.bayes {
         Some(p) => {
             out.push(1);
-            out.extend_from_slice(&p.to_le_bytes());
+            put_f64(out, p);
         }
         None => out.push(0),
     }
@@ -50,7 +51,7 @@ pub fn encode_into(d: &Decision, out: &mut Vec<u8>) {
     uint(out, d.clues.len() as u64);
     for c in &d.clues {
         string(out, &c.token);
-        out.extend_from_slice(&c.probability.to_le_bytes());
+        put_f64(out, c.probability);
         uint(out, u64::from(c.spam));
         uint(out, u64::from(c.ham));
     }
@@ -67,7 +68,7 @@ pub fn encode(d: &Decision) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<Decision, HistoryError> {
     match bytes.first() {
         Some(&V1) => {
-            let mut r = Reader { rest: &bytes[1..] };
+            let mut r = Reader::new(&bytes[1..]);
             let d = r.decision().ok_or_else(|| HistoryError::Corrupt("truncated or malformed record".into()))?;
             if !r.rest.is_empty() {
                 return Err(HistoryError::Corrupt("trailing bytes after a record".into()));
@@ -83,7 +84,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decision, HistoryError> {
 /// Only the UIDL of a binary record (pruning needs nothing else); JSON records are decoded.
 pub fn uidl_of(bytes: &[u8]) -> Option<String> {
     if bytes.first() == Some(&V1) {
-        let mut r = Reader { rest: &bytes[1..] };
+        let mut r = Reader::new(&bytes[1..]);
         r.uint()?;
         r.str()?;
         return r.str().map(str::to_string);
@@ -91,74 +92,7 @@ pub fn uidl_of(bytes: &[u8]) -> Option<String> {
     decode(bytes).ok().map(|d| d.uidl)
 }
 
-fn uint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn string(out: &mut Vec<u8>, s: &str) {
-    uint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.rest.len() < n {
-            return None;
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Some(head)
-    }
-
-    fn byte(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-
-    fn uint(&mut self) -> Option<u64> {
-        let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f).checked_shl(shift)?;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    fn f64(&mut self) -> Option<f64> {
-        let b: [u8; 8] = self.take(8)?.try_into().ok()?;
-        Some(f64::from_le_bytes(b))
-    }
-
-    fn str(&mut self) -> Option<&'a str> {
-        let n = usize::try_from(self.uint()?).ok()?;
-        std::str::from_utf8(self.take(n)?).ok()
-    }
-
-    fn string(&mut self) -> Option<String> {
-        self.str().map(str::to_string)
-    }
-
-    /// A list length, refused when it cannot fit in what is left (each element takes at
-    /// least one byte): a corrupt length never allocates.
-    fn len(&mut self) -> Option<usize> {
-        let n = usize::try_from(self.uint()?).ok()?;
-        (n <= self.rest.len()).then_some(n)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        u32::try_from(self.uint()?).ok()
-    }
-
+impl Reader<'_> {
     fn decision(&mut self) -> Option<Decision> {
         let time = self.uint()?;
         let mailbox = self.string()?;
@@ -168,7 +102,7 @@ impl<'a> Reader<'a> {
         let subject = self.string()?;
         let score = self.f64()?;
         let threshold = self.f64()?;
-        let n = self.len()?;
+        let n = self.list_len()?;
         let rules = (0..n).map(|_| self.string()).collect::<Option<Vec<_>>>()?;
         let bayes = match self.byte()? {
             0 => None,
@@ -178,7 +112,7 @@ impl<'a> Reader<'a> {
         let action = self.string()?;
         let disposition = self.string()?;
         let flags = self.byte()?;
-        let n = self.len()?;
+        let n = self.list_len()?;
         let matched = (0..n)
             .map(|_| {
                 Some(Matched {
@@ -190,7 +124,7 @@ impl<'a> Reader<'a> {
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        let n = self.len()?;
+        let n = self.list_len()?;
         let clues = (0..n)
             .map(|_| {
                 Some(Clue { token: self.string()?, probability: self.f64()?, spam: self.u32()?, ham: self.u32()? })

@@ -25,4 +25,6 @@ pub mod redis_cache;
 pub mod redis_history;
 pub mod redis_model;
 pub mod redis_quarantine;
+pub mod release;
 pub mod verdict_memo;
+pub mod wire;

@@ -39,6 +39,7 @@ use crate::rules::{Action, RuleSet, Verdict};
 use crate::session::evaluated::{About, HeaderRewrite};
 use crate::session::verdicts::Evaluated;
 use crate::store::header_cache::Scope;
+use crate::store::wire::{put_f64, put_str, put_uint, Reader};
 
 /// Memoised results of one mailbox: (UIDL, LIST size) → evaluation, in one buffer (see the
 /// module doc). Empty by default.
@@ -86,71 +87,6 @@ fn action_of(code: u8) -> Option<Option<Action>> {
     })
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_f64(out: &mut Vec<u8>, v: f64) {
-    out.extend_from_slice(&v.to_bits().to_le_bytes());
-}
-
-/// Reads a record; every read is checked (a malformed buffer is a miss, never a panic).
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&b, rest) = self.rest.split_first()?;
-        self.rest = rest;
-        Some(b)
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
-        if n > self.rest.len() {
-            return None;
-        }
-        let (b, rest) = self.rest.split_at(n);
-        self.rest = rest;
-        Some(b)
-    }
-
-    fn str(&mut self) -> Option<&'a str> {
-        let n = usize::try_from(self.varint()?).ok()?;
-        std::str::from_utf8(self.bytes(n)?).ok()
-    }
-
-    fn f64(&mut self) -> Option<f64> {
-        let b: [u8; 8] = self.bytes(8)?.try_into().ok()?;
-        Some(f64::from_bits(u64::from_le_bytes(b)))
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        u32::try_from(self.varint()?).ok()
-    }
-}
-
 impl MailboxMemo {
     /// The memo of `items` ((UIDL, LIST size, evaluation); for a key given twice the last
     /// one counts). `None` when it would not fit the buffer's 32-bit offsets (not memoised).
@@ -169,7 +105,7 @@ impl MailboxMemo {
             let at = u32::try_from(buf.len()).ok()?;
             buf.get_mut(4 + 4 * i..8 + 4 * i)?.copy_from_slice(&at.to_le_bytes());
             put_str(&mut buf, uidl);
-            put_varint(&mut buf, *size);
+            put_uint(&mut buf, *size);
             let v = &e.verdict;
             put_f64(&mut buf, v.score);
             put_f64(&mut buf, v.threshold);
@@ -192,30 +128,30 @@ impl MailboxMemo {
                     rewrites.push(r.clone());
                     (rewrites.len() - 1) as u64
                 });
-                put_varint(&mut buf, at);
+                put_uint(&mut buf, at);
             }
-            put_varint(&mut buf, v.rules.len() as u64);
+            put_uint(&mut buf, v.rules.len() as u64);
             for id in &v.rules {
                 let at = *rule_index.entry(id).or_insert_with(|| {
                     rules.push(id.clone());
                     (rules.len() - 1) as u64
                 });
-                put_varint(&mut buf, at);
+                put_uint(&mut buf, at);
             }
             put_str(&mut buf, &e.about.from);
             put_str(&mut buf, &e.about.subject);
-            put_varint(&mut buf, e.about.matched.len() as u64);
+            put_uint(&mut buf, e.about.matched.len() as u64);
             for m in e.about.matched.iter() {
                 for s in [&m.rule, &m.header, &m.before, &m.found, &m.after] {
                     put_str(&mut buf, s);
                 }
             }
-            put_varint(&mut buf, e.about.clues.len() as u64);
+            put_uint(&mut buf, e.about.clues.len() as u64);
             for c in e.about.clues.iter() {
                 put_str(&mut buf, &c.token);
                 put_f64(&mut buf, c.probability);
-                put_varint(&mut buf, u64::from(c.spam));
-                put_varint(&mut buf, u64::from(c.ham));
+                put_uint(&mut buf, u64::from(c.spam));
+                put_uint(&mut buf, u64::from(c.ham));
             }
         }
         u32::try_from(buf.len()).ok()?;
@@ -241,9 +177,9 @@ impl MailboxMemo {
     fn record(&self, i: usize) -> Option<(&str, u64, Reader<'_>)> {
         let at = self.buf.get(4 + 4 * i..8 + 4 * i)?;
         let at = u32::from_le_bytes(at.try_into().ok()?) as usize;
-        let mut r = Reader { rest: self.buf.get(at..)? };
+        let mut r = Reader::new(self.buf.get(at..)?);
         let uidl = r.str()?;
-        let size = r.varint()?;
+        let size = r.uint()?;
         Some((uidl, size, r))
     }
 
@@ -270,18 +206,18 @@ impl MailboxMemo {
         let action = action_of(flags >> ACTION_SHIFT)?;
         let bayes = if flags & BAYES != 0 { Some(r.f64()?) } else { None };
         let rewrite = if flags & REWRITE != 0 {
-            Some(self.rewrites.get(usize::try_from(r.varint()?).ok()?)?.clone())
+            Some(self.rewrites.get(usize::try_from(r.uint()?).ok()?)?.clone())
         } else {
             None
         };
-        let n = usize::try_from(r.varint()?).ok()?;
+        let n = usize::try_from(r.uint()?).ok()?;
         let mut rules = Vec::with_capacity(n.min(self.rules.len().max(1) * 4));
         for _ in 0..n {
-            rules.push(self.rules.get(usize::try_from(r.varint()?).ok()?)?.clone());
+            rules.push(self.rules.get(usize::try_from(r.uint()?).ok()?)?.clone());
         }
         let from = r.str()?.into();
         let subject = r.str()?.into();
-        let n = usize::try_from(r.varint()?).ok()?;
+        let n = usize::try_from(r.uint()?).ok()?;
         let mut matched = Vec::with_capacity(n.min(r.rest.len()));
         for _ in 0..n {
             matched.push(crate::rules::explain::Matched {
@@ -292,7 +228,7 @@ impl MailboxMemo {
                 after: r.str()?.to_string(),
             });
         }
-        let n = usize::try_from(r.varint()?).ok()?;
+        let n = usize::try_from(r.uint()?).ok()?;
         let mut clues = Vec::with_capacity(n.min(r.rest.len()));
         for _ in 0..n {
             clues.push(crate::classify::explain::Clue {
