@@ -160,10 +160,11 @@ pub fn release_stores(
     }
     let cache_done = cache.map_or(true, |c| c.release_memory());
     let history_done = history.map_or(true, |h| h.release_memory());
-    repack();
-    // Counted only when something was given back (not for a quiet period of health checks).
+    // A store in use is tried again after another quiet period: repack once, then, not at
+    // every try. Counted only when something was given back (not for health checks).
     let done = cache_done && history_done;
     if done {
+        repack();
         crate::metrics::idle_released();
     }
     done
@@ -179,6 +180,18 @@ mod tests {
         let c = calls.clone();
         // The first `busy` calls find the store in use.
         (calls, Arc::new(move || c.fetch_add(1, Ordering::SeqCst) >= busy))
+    }
+
+    /// Waits (bounded, 20 s of the paused clock) until the release ran `n` times: it runs on
+    /// the blocking pool, outside the paused clock.
+    async fn wait_calls(calls: &AtomicUsize, n: usize) {
+        for _ in 0..2000 {
+            if calls.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            settle().await;
+        }
     }
 
     /// Lets the releaser task run until it waits again (paused clock: no time passes).
@@ -231,14 +244,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 0, "sessions coming and going within the quiet time");
         tokio::time::sleep(RELEASE_AFTER + Duration::from_millis(10)).await;
         settle().await;
-        // The release runs on the blocking pool: wait for it (bounded).
-        for _ in 0..1000 {
-            if calls.load(Ordering::SeqCst) > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            settle().await;
-        }
+        wait_calls(&calls, 1).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1, "released once the count stayed at zero");
         tokio::time::sleep(RELEASE_AFTER * 5).await;
         settle().await;
@@ -255,13 +261,7 @@ mod tests {
         let task = tokio::spawn(release_when_idle(s.watch(), RELEASE_AFTER, release));
         settle().await;
         drop(s.try_start().unwrap());
-        for _ in 0..2000 {
-            if calls.load(Ordering::SeqCst) >= 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            settle().await;
-        }
+        wait_calls(&calls, 3).await;
         assert_eq!(calls.load(Ordering::SeqCst), 3, "two busy answers, then released");
         tokio::time::sleep(RELEASE_AFTER * 5).await;
         settle().await;
