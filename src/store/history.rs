@@ -865,6 +865,27 @@ enum Batch {
     Login(LoginBatch),
 }
 
+/// How long the writer waits for another batch before it empties its allocator cache.
+const IDLE_FLUSH_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The writer's next batch (`None`: every sender is gone). Once no batch has come for
+/// [`IDLE_FLUSH_AFTER`] after some work, the writer empties its allocator cache and then
+/// waits without a timeout (issue 16): the free objects a burst of logins' writes left in it
+/// would otherwise keep their slabs' pages for as long as the process runs (see
+/// [`crate::allocator::flush_thread_cache`]). One flush per pause in the logins, off their
+/// path; none while the batches keep coming.
+fn next_batch(rx: &std::sync::mpsc::Receiver<Batch>) -> Option<Batch> {
+    use std::sync::mpsc::RecvTimeoutError;
+    match rx.recv_timeout(IDLE_FLUSH_AFTER) {
+        Ok(batch) => Some(batch),
+        Err(RecvTimeoutError::Disconnected) => None,
+        Err(RecvTimeoutError::Timeout) => {
+            crate::allocator::flush_thread_cache();
+            rx.recv().ok()
+        }
+    }
+}
+
 /// Batches waiting for the writer at most; beyond, batches are dropped and counted.
 pub const QUEUE_BATCHES: usize = 256;
 
@@ -874,7 +895,7 @@ impl Recorder {
         let (tx, rx) = sync_channel::<Batch>(QUEUE_BATCHES);
         let writer = Arc::clone(&store);
         let spawned = std::thread::Builder::new().name("popsift-history".into()).spawn(move || {
-            while let Ok(batch) = rx.recv() {
+            while let Some(batch) = next_batch(&rx) {
                 let batch = match batch {
                     Batch::Decisions(d) => d,
                     Batch::Login(l) => l.decisions(),
