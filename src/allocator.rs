@@ -158,7 +158,18 @@ pub fn flush_thread_cache() -> bool {
         Ok(on) => on,
         Err(_) => return false,
     };
-    on && mib.write(false).is_ok() && mib.write(true).is_ok()
+    let flushed = on && mib.write(false).is_ok() && mib.write(true).is_ok();
+    if flushed {
+        FLUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    flushed
+}
+
+static FLUSHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many thread caches [`flush_thread_cache`] has emptied since the process began.
+pub fn thread_cache_flushes() -> u64 {
+    FLUSHES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Bumped by [`request_thread_flushes`]: threads that wake on their own (the model poller)
@@ -173,12 +184,14 @@ pub fn request_thread_flushes() {
 /// Flushes the calling thread's cache if a flush was requested since `seen` (the thread's own
 /// record, updated); one relaxed load otherwise. `true` if it flushed.
 pub fn flush_if_requested(seen: &mut u64) -> bool {
-    let now = FLUSH_REQUESTS.load(std::sync::atomic::Ordering::Relaxed);
-    if now == *seen {
-        return false;
-    }
+    take_request(FLUSH_REQUESTS.load(std::sync::atomic::Ordering::Relaxed), seen) && flush_thread_cache()
+}
+
+/// Whether the request count `now` moved since `seen` (then recorded).
+fn take_request(now: u64, seen: &mut u64) -> bool {
+    let moved = now != *seen;
     *seen = now;
-    flush_thread_cache()
+    moved
 }
 
 /// The bytes held in every thread's allocator cache (jemalloc's `tcache_bytes`, merged over
@@ -319,6 +332,25 @@ mod tests {
         ] {
             assert!(options.contains(&want), "{want} missing from the built-in malloc_conf {conf:?}");
         }
+    }
+
+    /// A requested flush is done once by each thread that checks, and not again until the
+    /// next request. (Whether the cache empties is `tests/thread_cache_flush.rs`, on jemalloc.)
+    #[test]
+    fn a_requested_flush_happens_once_per_request() {
+        let mut seen = 0;
+        assert!(!take_request(0, &mut seen), "nothing requested");
+        assert!(take_request(1, &mut seen), "requested");
+        assert!(!take_request(1, &mut seen), "once");
+        assert!(take_request(3, &mut seen), "two more requests: one flush");
+        assert!(!take_request(3, &mut seen));
+        let before = FLUSH_REQUESTS.load(std::sync::atomic::Ordering::Relaxed);
+        request_thread_flushes();
+        assert!(FLUSH_REQUESTS.load(std::sync::atomic::Ordering::Relaxed) > before);
+        let flushes = thread_cache_flushes();
+        let mut seen = before;
+        assert!(flush_if_requested(&mut seen), "this thread flushed");
+        assert!(thread_cache_flushes() > flushes);
     }
 
     #[test]
