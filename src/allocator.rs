@@ -18,6 +18,10 @@
 //! (unauthenticated) serves it through [`StatsCache`], printed on the blocking pool and at
 //! most once per [`STATS_MAX_AGE`], so a client looping on it cannot stall a runtime worker.
 //!
+//! It also empties threads' allocator caches when popsift goes idle ([`flush_thread_cache`],
+//! [`flush_worker_caches`], [`request_thread_flushes`]): an idle thread never gives its
+//! cache back by itself, and the cached objects keep their slabs' pages resident.
+//!
 //! In a process whose global allocator is not jemalloc (unit tests) the figures describe
 //! jemalloc's own, nearly empty heap; nothing here fails for that.
 

@@ -33,6 +33,14 @@
 //! accepted: the release is about an instance after a burst of logins, not about every
 //! lull.
 //!
+//! After a release, the threads that stay empty their allocator caches (ninth session,
+//! README "Idle sessions"): the free objects a burst of sessions left in the runtime
+//! workers' jemalloc caches kept their slabs' pages (2–3 MiB of slack after the sessions
+//! ended). The releasing blocking thread and every worker flush at once
+//! ([`crate::allocator::flush_worker_caches`]), the model poller at its next poll; the
+//! history writer flushes by itself when its queue pauses. Nothing of it runs while
+//! sessions do.
+//!
 //! The count is kept by [`SessionSlot`], which is also the session's permit (the
 //! `max_sessions` cap): one pointer in every session's task, as the permit it replaces
 //! was two words. The releaser wakes only when the count leaves or reaches zero.
