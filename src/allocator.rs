@@ -18,6 +18,10 @@
 //! (unauthenticated) serves it through [`StatsCache`], printed on the blocking pool and at
 //! most once per [`STATS_MAX_AGE`], so a client looping on it cannot stall a runtime worker.
 //!
+//! It also empties threads' allocator caches when popsift goes idle ([`flush_thread_cache`],
+//! [`flush_worker_caches`], [`request_thread_flushes`]): an idle thread never gives its
+//! cache back by itself, and the cached objects keep their slabs' pages resident.
+//!
 //! In a process whose global allocator is not jemalloc (unit tests) the figures describe
 //! jemalloc's own, nearly empty heap; nothing here fails for that.
 
@@ -131,6 +135,142 @@ impl StatsCache {
 /// The process's cache of [`stats_json`] (served at `GET /debug/allocator`).
 pub static STATS: StatsCache = StatsCache::new(stats_json, STATS_MAX_AGE);
 
+/// Empties the calling thread's allocator cache (jemalloc's tcache): the free objects it
+/// holds go back to their slabs, so a slab whose other objects are free too can be returned.
+/// `true` if a cache was flushed; `false` when thread caches are off (`tcache:false`) or the
+/// allocator cannot be asked.
+///
+/// Why (issue 16): every thread keeps up to 16 free objects per small size class (4 per large
+/// one, `.cargo/config.toml`) for its next allocations. A thread that stays alive but idle
+/// (the runtime workers, the history writer, the model poller) keeps what the last burst of
+/// logins left in its cache for good (jemalloc's own cache GC runs only as the thread
+/// allocates), and each cached object keeps its whole slab's pages resident.
+///
+/// jemalloc's `thread.tcache.flush` is a mallctl with neither a value to read nor one to write,
+/// which the safe API of `tikv_jemalloc_ctl` cannot call (the crate forbids `unsafe`).
+/// Turning `thread.tcache.enabled` off destroys the thread's cache after flushing every bin
+/// back to the arena (`tcache_cleanup` → `tcache_destroy` → `tcache_flush_cache` in
+/// jemalloc 5.3's `src/tcache.c`); turning it on again gives the thread a new, empty cache.
+/// Acts on the calling thread only: each thread that stays must call it itself.
+pub fn flush_thread_cache() -> bool {
+    use tikv_jemalloc_ctl::{Access, AsName, Mib};
+    static ENABLED: std::sync::OnceLock<Option<Mib<[usize; 3]>>> = std::sync::OnceLock::new();
+    let Some(mib) = ENABLED.get_or_init(|| b"thread.tcache.enabled\0".name().mib().ok()) else {
+        return false;
+    };
+    let on: bool = match mib.read() {
+        Ok(on) => on,
+        Err(_) => return false,
+    };
+    let flushed = on && mib.write(false).is_ok() && mib.write(true).is_ok();
+    if flushed {
+        FLUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    flushed
+}
+
+static FLUSHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many thread caches [`flush_thread_cache`] has emptied since the process began.
+pub fn thread_cache_flushes() -> u64 {
+    FLUSHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Bumped by [`request_thread_flushes`]: threads that wake on their own (the model poller)
+/// flush their cache when it moved ([`flush_if_requested`]).
+static FLUSH_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Asks every thread that checks [`flush_if_requested`] to flush its cache once.
+pub fn request_thread_flushes() {
+    FLUSH_REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Flushes the calling thread's cache if a flush was requested since `seen` (the thread's own
+/// record, updated); one relaxed load otherwise. `true` if it flushed.
+pub fn flush_if_requested(seen: &mut u64) -> bool {
+    take_request(FLUSH_REQUESTS.load(std::sync::atomic::Ordering::Relaxed), seen) && flush_thread_cache()
+}
+
+/// Whether the request count `now` moved since `seen` (then recorded).
+fn take_request(now: u64, seen: &mut u64) -> bool {
+    let moved = now != *seen;
+    *seen = now;
+    moved
+}
+
+/// The bytes held in every thread's allocator cache (jemalloc's `tcache_bytes`, merged over
+/// the arenas), or `None` when the allocator keeps no statistics.
+pub fn thread_cache_bytes() -> Option<u64> {
+    use tikv_jemalloc_ctl::{epoch, Access, AsName};
+    epoch::advance().ok()?;
+    // MALLCTL_ARENAS_ALL (4096): the arenas merged.
+    let bytes: usize = b"stats.arenas.4096.tcache_bytes\0".name().read().ok()?;
+    Some(bytes as u64)
+}
+
+/// Empties the allocator cache of every worker of the runtime `handle` (see
+/// [`flush_thread_cache`]), waiting at most `within`; returns how many distinct workers
+/// flushed theirs. Blocking: call it on the blocking pool or a plain thread, never on a
+/// worker.
+///
+/// A worker can only flush its own cache, so one small task per worker is spawned, each
+/// flushing the cache of the worker that runs it and then holding that worker (at most until
+/// `within`) until every task has run: a worker holding one of them cannot take another, so
+/// the rest are run by the other workers, which tokio wakes for the queued tasks. Without the
+/// hold one worker, woken again and again, could run them all. Used when popsift goes idle
+/// ([`crate::net::idle_release`]): the workers are idle then, and the hold lasts as long as
+/// the other workers take to wake (microseconds).
+pub fn flush_worker_caches(handle: &tokio::runtime::Handle, within: std::time::Duration) -> usize {
+    let workers = handle.metrics().num_workers();
+    let meet = std::sync::Arc::new(Meet {
+        workers,
+        deadline: std::time::Instant::now() + within,
+        state: std::sync::Mutex::new((Vec::with_capacity(workers), 0)),
+        arrived: std::sync::Condvar::new(),
+    });
+    for _ in 0..workers {
+        let meet = meet.clone();
+        handle.spawn(async move {
+            meet.arrive(flush_thread_cache());
+            meet.wait();
+        });
+    }
+    meet.wait()
+}
+
+/// Where [`flush_worker_caches`]' tasks meet: the threads that flushed, and how many tasks ran.
+struct Meet {
+    workers: usize,
+    deadline: std::time::Instant,
+    state: std::sync::Mutex<(Vec<std::thread::ThreadId>, usize)>,
+    arrived: std::sync::Condvar,
+}
+
+impl Meet {
+    fn arrive(&self, flushed: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let me = std::thread::current().id();
+        if flushed && !state.0.contains(&me) {
+            state.0.push(me);
+        }
+        state.1 += 1;
+        self.arrived.notify_all();
+    }
+
+    /// Waits until every task ran or the deadline passed; the threads that flushed.
+    fn wait(&self) -> usize {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while state.1 < self.workers {
+            let left = self.deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self.arrived.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        state.0.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +336,25 @@ mod tests {
         ] {
             assert!(options.contains(&want), "{want} missing from the built-in malloc_conf {conf:?}");
         }
+    }
+
+    /// A requested flush is done once by each thread that checks, and not again until the
+    /// next request. (Whether the cache empties is `tests/thread_cache_flush.rs`, on jemalloc.)
+    #[test]
+    fn a_requested_flush_happens_once_per_request() {
+        let mut seen = 0;
+        assert!(!take_request(0, &mut seen), "nothing requested");
+        assert!(take_request(1, &mut seen), "requested");
+        assert!(!take_request(1, &mut seen), "once");
+        assert!(take_request(3, &mut seen), "two more requests: one flush");
+        assert!(!take_request(3, &mut seen));
+        let before = FLUSH_REQUESTS.load(std::sync::atomic::Ordering::Relaxed);
+        request_thread_flushes();
+        assert!(FLUSH_REQUESTS.load(std::sync::atomic::Ordering::Relaxed) > before);
+        let flushes = thread_cache_flushes();
+        let mut seen = before;
+        assert!(flush_if_requested(&mut seen), "this thread flushed");
+        assert!(thread_cache_flushes() > flushes);
     }
 
     #[test]

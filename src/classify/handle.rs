@@ -242,10 +242,13 @@ impl ModelHandle {
         let runtime = tokio::runtime::Handle::current();
         let poller = std::thread::Builder::new().name("popsift-model".into()).spawn(move || {
             let _runtime = runtime.enter();
+            let mut flushes = 0;
             loop {
                 std::thread::sleep(POLL);
                 let Some(h) = me.upgrade() else { return };
                 h.refresh_blocking();
+                // Once popsift went idle, this thread's allocator cache goes back too.
+                crate::allocator::flush_if_requested(&mut flushes);
             }
         });
         if let Err(e) = poller {

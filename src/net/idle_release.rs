@@ -33,6 +33,14 @@
 //! accepted: the release is about an instance after a burst of logins, not about every
 //! lull.
 //!
+//! After a release, the threads that stay empty their allocator caches (ninth session,
+//! README "Idle sessions"): the free objects a burst of sessions left in the runtime
+//! workers' jemalloc caches kept their slabs' pages (2–3 MiB of slack after the sessions
+//! ended). The releasing blocking thread and every worker flush at once
+//! ([`crate::allocator::flush_worker_caches`]), the model poller at its next poll; the
+//! history writer flushes by itself when its queue pauses. Nothing of it runs while
+//! sessions do.
+//!
 //! The count is kept by [`SessionSlot`], which is also the session's permit (the
 //! `max_sessions` cap): one pointer in every session's task, as the permit it replaces
 //! was two words. The releaser wakes only when the count leaves or reaches zero.
@@ -130,7 +138,15 @@ pub async fn release_when_idle(
             Err(_quiet) => {}
         }
         let release = release.clone();
-        match tokio::task::spawn_blocking(move || release()).await {
+        let runtime = tokio::runtime::Handle::current();
+        let job = tokio::task::spawn_blocking(move || {
+            let done = release();
+            if done {
+                flush_thread_caches(&runtime);
+            }
+            done
+        });
+        match job.await {
             Ok(true) => {
                 tracing::debug!(
                     sessions_since = started - released,
@@ -142,6 +158,20 @@ pub async fn release_when_idle(
             Err(e) => tracing::warn!(error = %e, "giving the stores' memory back failed"),
         }
     }
+}
+
+/// How long the release waits for every runtime worker to empty its allocator cache.
+const FLUSH_WITHIN: Duration = Duration::from_millis(200);
+
+/// After a release: the allocator caches of the threads that stay are emptied (the calling
+/// blocking thread's, every runtime worker's, and, at their next poll, the model poller's),
+/// so the free objects the burst of sessions left in them no longer keep their slabs'
+/// pages (see [`crate::allocator::flush_thread_cache`]). Blocking.
+fn flush_thread_caches(runtime: &tokio::runtime::Handle) {
+    crate::allocator::flush_thread_cache();
+    let workers = crate::allocator::flush_worker_caches(runtime, FLUSH_WITHIN);
+    crate::allocator::request_thread_flushes();
+    tracing::debug!(workers, "allocator caches of the runtime workers emptied");
 }
 
 /// The release the listener runs when no session has run for a while: each store gives

@@ -865,6 +865,27 @@ enum Batch {
     Login(LoginBatch),
 }
 
+/// How long the writer waits for another batch before it empties its allocator cache.
+const IDLE_FLUSH_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The writer's next batch (`None`: every sender is gone). Once no batch has come for
+/// [`IDLE_FLUSH_AFTER`] after some work, the writer empties its allocator cache and then
+/// waits without a timeout (issue 16): the free objects a burst of logins' writes left in it
+/// would otherwise keep their slabs' pages for as long as the process runs (see
+/// [`crate::allocator::flush_thread_cache`], passed as `flush`). One flush per pause in the
+/// logins, off their path; none while the batches keep coming.
+fn next_batch<F: FnOnce() -> bool>(rx: &std::sync::mpsc::Receiver<Batch>, flush: F) -> Option<Batch> {
+    use std::sync::mpsc::RecvTimeoutError;
+    match rx.recv_timeout(IDLE_FLUSH_AFTER) {
+        Ok(batch) => Some(batch),
+        Err(RecvTimeoutError::Disconnected) => None,
+        Err(RecvTimeoutError::Timeout) => {
+            flush();
+            rx.recv().ok()
+        }
+    }
+}
+
 /// Batches waiting for the writer at most; beyond, batches are dropped and counted.
 pub const QUEUE_BATCHES: usize = 256;
 
@@ -874,7 +895,7 @@ impl Recorder {
         let (tx, rx) = sync_channel::<Batch>(QUEUE_BATCHES);
         let writer = Arc::clone(&store);
         let spawned = std::thread::Builder::new().name("popsift-history".into()).spawn(move || {
-            while let Ok(batch) = rx.recv() {
+            while let Some(batch) = next_batch(&rx, crate::allocator::flush_thread_cache) {
                 let batch = match batch {
                     Batch::Decisions(d) => d,
                     Batch::Login(l) => l.decisions(),
@@ -975,6 +996,26 @@ pub fn shared(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The writer empties its allocator cache once no batch has come for a second, then
+    /// waits on without a timeout; a batch is still taken, and a closed queue ends it.
+    #[test]
+    fn the_writer_flushes_its_cache_when_the_batches_pause() {
+        let (tx, rx) = sync_channel::<Batch>(1);
+        let (flushed_tx, flushed) = std::sync::mpsc::channel::<()>();
+        tx.send(Batch::Decisions(Vec::new())).unwrap();
+        let writer = std::thread::spawn(move || {
+            let flush = |tx: std::sync::mpsc::Sender<()>| move || tx.send(()).is_ok();
+            // A batch already queued is taken at once, without a flush.
+            let queued = next_batch(&rx, flush(flushed_tx.clone())).is_some();
+            let after_pause = next_batch(&rx, flush(flushed_tx.clone())).is_some();
+            (queued, after_pause, next_batch(&rx, flush(flushed_tx)).is_none())
+        });
+        flushed.recv_timeout(IDLE_FLUSH_AFTER * 20).expect("flushed once the queue was quiet");
+        tx.send(Batch::Decisions(Vec::new())).unwrap();
+        drop(tx);
+        assert_eq!(writer.join().unwrap(), (true, true, true));
+    }
 
     fn d(mb: &str, uidl: &str, action: &str, subject: &str, time: u64) -> Decision {
         Decision {

@@ -33,7 +33,8 @@
 //! Where the bytes are: at each step the allocator's own figures (`popsift_allocator_bytes`
 //! from `/metrics`: live objects, their pages, metadata, resident), the thread caches
 //! (`tcache_bytes`: counted as allocated by jemalloc), the threads by name and their stacks'
-//! PSS, and between `warm` and `during` the live objects per size class (jemalloc's `curregs`
+//! PSS, the allocator's metadata split into extent descriptors, page radix tree and the rest
+//! (what the peak leaves and jemalloc never gives back), and between `warm` and `during` the live objects per size class (jemalloc's `curregs`
 //! from `/debug/allocator`), divided by N: what one idle session holds, by object size, and
 //! the slack the logins left (slab bytes holding no live object, per size class); between
 //! `start` and `after` the same (what the ended sessions left live: caches that grow with
@@ -554,6 +555,18 @@ async fn run(n: usize) {
     for s in &stages {
         println!("threads {:<7} {}", s.name, s.thread_names);
     }
+    for s in &stages {
+        if let Some((edata, rtree, rest)) = s.metadata {
+            let m = |b: u64| b as f64 / 1048576.0;
+            println!(
+                "metadata {:<6} edata {:.2} MiB, rtree {:.2} MiB, other {:.2} MiB",
+                s.name,
+                m(edata),
+                m(rtree),
+                m(rest)
+            );
+        }
+    }
     if let (Some(w), Some(h), Some(d)) = (stages.get(1), stages.get(2), stages.get(3)) {
         print_fixed_fill(w, h, d, first, n - first);
     }
@@ -650,6 +663,9 @@ struct Stage {
     tcache: Option<u64>,
     /// The threads by name.
     thread_names: String,
+    /// The allocator's metadata split: extent descriptors (`edata`), its radix tree of pages
+    /// (`rtree`), the rest (arenas, thread caches' stacks …), bytes; `None` if not served.
+    metadata: Option<(u64, u64, u64)>,
 }
 
 impl Stage {
@@ -667,6 +683,13 @@ impl Stage {
         // live, but counted as allocated by jemalloc); an idle thread keeps its cache.
         let merged = p.allocator_json().map(|v| v["jemalloc"]["stats.arenas"]["merged"].clone());
         let tcache = merged.as_ref().and_then(|m| m["tcache_bytes"].as_u64());
+        // What grows with the peak and is never given back (jemalloc's base allocations).
+        let metadata = p.allocator_json().and_then(|v| {
+            let st = &v["jemalloc"]["stats"];
+            let (all, edata, rtree) =
+                (st["metadata"].as_u64()?, st["metadata_edata"].as_u64()?, st["metadata_rtree"].as_u64()?);
+            Some((edata, rtree, all.saturating_sub(edata + rtree)))
+        });
         Stage {
             name,
             pss_kib: pss_kib(p.pid()),
@@ -675,6 +698,7 @@ impl Stage {
             stacks_kib: stacks_pss_kib(p.pid()),
             tcache,
             thread_names: thread_names(p.pid()),
+            metadata,
         }
     }
 }
