@@ -890,7 +890,9 @@ impl Machine {
         };
     }
 
-    /// Takes the identity the AUTHORIZATION machine knows into the stats and the log.
+    /// Gives the log the identity the AUTHORIZATION machine knows (once per change). The
+    /// name itself stays in `auth` only ([`Machine::named`], [`Machine::login_user`]): no
+    /// copy for the stats (issue 16).
     fn note_identity(&mut self) {
         let Some(shown) = self.auth.login_user().or(self.auth.named()) else { return };
         if self.logged_as.as_deref() != Some(shown) {
