@@ -182,6 +182,9 @@ const CUT_OFF_GRACE: Duration = Duration::from_secs(2);
 /// The admission is boxed too (issue 16), once per session and only while it runs: its
 /// state (the PROXY header read, an implicit TLS handshake: 1,640 bytes in the release
 /// build) was larger than the session's own and sized the box every idle session keeps.
+/// Not an `async fn`: that would hold its arguments twice (as parameters, and in the
+/// locals they are moved into).
+#[allow(clippy::manual_async_fn)]
 fn admitted(
     arrived: Box<(TcpStream, std::net::SocketAddr)>,
     ctx: Arc<SessionContext>,
