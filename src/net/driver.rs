@@ -362,6 +362,11 @@ fn connected(up: &mut Option<Box<Upstream>>) -> Result<&mut Conn<Stream>, Sessio
     up.as_mut().map(|u| &mut u.conn).ok_or(NOT_CONNECTED)
 }
 
+/// [`Session::target`], borrowing only the `target` field.
+fn target_of<'c>(ctx: &'c SessionContext, named: &'c Option<Box<UpstreamConfig>>) -> Option<&'c UpstreamConfig> {
+    named.as_deref().or(ctx.listener.upstream.as_ref())
+}
+
 struct Session<'a> {
     ctx: &'a SessionContext,
     /// The client's address (carried by the PROXY header behind a balancer).
@@ -380,9 +385,11 @@ struct Session<'a> {
     scan: Option<Box<LoginScan>>,
     /// The login user's quarantine folder usage (quota), once opened.
     usage: Option<Box<QuarantineUsage>>,
-    /// The upstream this session is connected to (the listener's, or the one a per-user
-    /// login named): with the user it keys the cache, quarantine, history and rules.
-    /// Boxed (issue 16): 56 bytes on the heap, not in every idle session's future.
+    /// The upstream a per-user login named (see [`Session::target`] for the one this
+    /// session is connected to). Boxed (issue 16): 56 bytes on the heap, not in every idle
+    /// session's future; and `None` on a listener with its own upstream, which is read
+    /// from the listener instead of copied (a 64-byte object and the host name's copy less
+    /// per session).
     target: Option<Box<UpstreamConfig>>,
     /// This login's decisions, taken at `ViewReady` and queued at `RecordHistory` (after the
     /// login's `+OK`).
@@ -599,16 +606,15 @@ impl Session<'_> {
         Ok(match need {
             Need::Connect => {
                 let target =
-                    ctx.listener.upstream.clone().ok_or(SessionError::Internal("listener without upstream"))?;
+                    ctx.listener.upstream.as_ref().ok_or(SessionError::Internal("listener without upstream"))?;
                 // Boxed, like the other once-per-session steps below (issue 16): a TLS
                 // handshake's state lives on the heap while it runs, instead of sizing the
                 // future every idle session keeps (6 KiB, measured by tests/benches/idle_sessions.rs).
-                let connect = Box::pin(upstream::connect(&target, &ctx.tls, t));
+                let connect = Box::pin(upstream::connect(target, &ctx.tls, t));
                 let mut up = watching(&mut self.client, false, connect).await?;
                 // Moved, not copied: the machine keeps them for the session (issue 16).
                 let input = Input::Connected { greeting: std::mem::take(&mut up.greeting), caps: up.caps.take() };
                 self.up = Some(Box::new(up));
-                self.target = Some(Box::new(target));
                 input
             }
             Need::Resolve { host, port } => {
@@ -677,7 +683,8 @@ impl Session<'_> {
                 let shown = self.upstream_shown();
                 let up = connected(&mut self.up)?;
                 if self.scan.is_none() {
-                    self.scan = Some(Box::new(LoginScan::start(ctx, self.target.as_deref(), m.login_user()).await));
+                    self.scan =
+                        Some(Box::new(LoginScan::start(ctx, target_of(ctx, &self.target), m.login_user()).await));
                 }
                 let scan = self.scan.as_mut().ok_or(SessionError::Internal("login scan state"))?;
                 let uidl_trusted = outcome.uidl_trusted;
@@ -720,7 +727,7 @@ impl Session<'_> {
     /// goes on (only the client is touched; the scan owns the upstream).
     async fn scan(&mut self, pipelining: bool, requested: bool, m: &mut Machine) -> Result<Input, SessionError> {
         let ctx = self.ctx;
-        let scan = LoginScan::start(ctx, self.target.as_deref(), m.login_user()).await;
+        let scan = LoginScan::start(ctx, self.target(), m.login_user()).await;
         let outcome = {
             let up = connected(&mut self.up)?;
             let scanning = scan.list(up, ctx, pipelining, requested);
@@ -730,9 +737,15 @@ impl Session<'_> {
         Ok(Input::Listed(Box::new(outcome)))
     }
 
+    /// The upstream this session is connected to (the listener's, or the one a per-user
+    /// login named): with the user it keys the cache, quarantine, history and rules.
+    fn target(&self) -> Option<&UpstreamConfig> {
+        target_of(self.ctx, &self.target)
+    }
+
     /// The session's upstream as `HOST:PORT` (the listener's until a login named one).
     fn upstream_shown(&self) -> String {
-        match &self.target {
+        match self.target() {
             Some(t) => t.display(),
             None => self.ctx.listener.upstream_display(),
         }
