@@ -58,7 +58,9 @@ use tracing::{info, warn};
 
 use crate::config::Upstream as UpstreamConfig;
 use crate::config::{Config, Listener};
+use crate::edge::limits::IpSlot;
 use crate::edge::tls::ClientStream;
+use crate::edge::Admitted;
 use crate::logging;
 use crate::metrics::{self as m, Direction, SessionResult};
 use crate::net::conn::{BodyClock, Conn, Side};
@@ -229,7 +231,8 @@ async fn cut_off(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// Not an `async fn` (issue 16): the log label is made here and the session's own future
 /// is scoped directly, so the session future holds its arguments once (an `async fn`
 /// around an `async move` block held them twice).
-pub fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext>) -> impl Future<Output = ()> {
+pub fn run(admitted: Admitted, ctx: Arc<SessionContext>) -> impl Future<Output = ()> {
+    let Admitted { client, peer, slot } = admitted;
     // The session's log context (peer, upstream, user): a task-local label, not a tracing
     // span, whose registry entry cost ~0.7 KiB per session and kept it after the end
     // (issue 16; `crate::logging`).
@@ -237,19 +240,25 @@ pub fn run(client: ClientStream, peer: SocketAddr, ctx: Arc<SessionContext>) -> 
     if let Some(up) = &ctx.listener.upstream {
         label = label.with_upstream(up.display());
     }
-    logging::scope(label, session(Box::new((client, peer)), ctx))
+    logging::scope(label, session(Box::new((client, peer, slot)), ctx))
 }
 
-/// The session itself (see [`run`]). The client connection and its address come boxed
-/// (issue 16): an `async fn` keeps its arguments in its state for its whole life, even
-/// once moved out, so a pointer's room instead of theirs.
-async fn session(arrived: Box<(ClientStream, SocketAddr)>, ctx: Arc<SessionContext>) {
+/// The session itself (see [`run`]). The client connection, its address and the
+/// per-address session slot (held to the end) come boxed (issue 16): an `async fn` keeps
+/// its arguments in its state for its whole life, even once moved out, so a pointer's room
+/// instead of theirs.
+///
+/// Idle memory (issue 16): a local that is borrowed, or only partly moved out, keeps its
+/// room in the state across every later wait. So the client stream is moved into the
+/// connection whole and asked about TLS there, and what follows the session's end (the
+/// result, the last word to the client, the summary) runs in [`finish`], boxed: inline,
+/// the result alone kept 56 bytes in the state every idle session holds.
+async fn session(arrived: Box<(ClientStream, SocketAddr, IpSlot)>, ctx: Arc<SessionContext>) {
     {
-        let (client, peer) = unbox(arrived);
+        let (client, peer, _slot) = unbox(arrived);
         let started = Instant::now();
         // Counts the session in `popsift_sessions_active` until dropped, even by a panic.
         let active = m::ActiveSession::start();
-        let secure = client.is_tls();
         let mut s = Session {
             peer,
             client: Conn::new(client, Side::Client),
@@ -263,7 +272,7 @@ async fn session(arrived: Box<(ClientStream, SocketAddr)>, ctx: Arc<SessionConte
             target: None,
         };
         let mut machine = Machine::with_settings(ctx.settings.clone(), Instant::now());
-        if secure {
+        if s.client.get_mut().is_tls() {
             machine.tls_started();
         }
         // The drain deadline's wait boxed (issue 16): 184 bytes on the heap instead of in
@@ -272,64 +281,76 @@ async fn session(arrived: Box<(ClientStream, SocketAddr)>, ctx: Arc<SessionConte
             r = s.pump(&mut machine) => r,
             () = Box::pin(cut_off(ctx.cut_off.clone())) => Err(SessionError::CutOff),
         };
-        let outcome = match &result {
-            Ok(()) => SessionResult::Ok,
-            Err(e) if e.upstream_kind().is_some() => {
-                if let Some(kind) = e.upstream_kind() {
-                    m::upstream_error(kind);
-                }
-                s.tell_client_upstream_failed(e).await;
-                SessionResult::UpstreamError
-            }
-            Err(SessionError::Timeout { phase: Phase::ClientIdle, after }) => {
-                // RFC 1939 §3 autologout: close without entering UPDATE (nothing is deleted).
-                let text = format!("-ERR autologout: idle for {}s\r\n", after.as_secs());
-                let _ = s.client.write_all(text.as_bytes(), LAST_WORD, Phase::ClientIdle).await;
-                SessionResult::ClientAborted
-            }
-            Err(SessionError::Timeout { phase: Phase::ClientLine, after }) => {
-                let text = format!("-ERR command line not completed within {after:?}; closing\r\n");
-                let _ = s.client.write_all(text.as_bytes(), LAST_WORD, Phase::ClientLine).await;
-                SessionResult::ClientAborted
-            }
-            Err(SessionError::ClientLineTooLong { limit }) => {
-                let text = format!("-ERR line too long (limit {limit} octets); closing\r\n");
-                let _ = s.client.write_all(text.as_bytes(), LAST_WORD, Phase::Relay).await;
-                SessionResult::ClientAborted
-            }
-            // Drain deadline: closed without a word (nothing was asked; RFC 1939 §3 has the
-            // server speak only in reply) and without UPDATE.
-            Err(_) => SessionResult::ClientAborted,
-        };
-        let st = &machine.stats;
-        // A client that only ever failed to log in, however it left, is an auth failure.
-        let outcome = match outcome {
-            SessionResult::Ok | SessionResult::ClientAborted if st.auth_failed && !st.logged_in => {
-                SessionResult::AuthFailed
-            }
-            other => other,
-        };
-        s.client.shutdown().await;
-        let (bytes_up, bytes_client) = (s.up.as_ref().map_or(0, |u| u.conn.bytes_in), s.client.bytes_out);
-        m::bytes(Direction::FromUpstream, bytes_up);
-        m::bytes(Direction::ToClient, bytes_client);
-        active.finish(outcome);
-        let error = result.as_ref().err().map(|e| e.to_string());
-        info!(
-            result = ?outcome,
-            error = error.as_deref().unwrap_or(""),
-            messages = st.messages,
-            hidden = st.hidden,
-            condemned = st.condemned,
-            tagged = st.tagged,
-            retrieved = st.retrieved,
-            deleted_upstream = st.deleted_upstream,
-            bytes_from_upstream = bytes_up,
-            bytes_to_client = bytes_client,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "session finished"
-        );
+        Box::pin(finish(&mut s, &machine, result, started, active)).await;
     }
+}
+
+/// The end of a session (see [`session`]): the client's last word (autologout, an upstream
+/// failure, a line too long), the close, the metrics and the summary line.
+async fn finish(
+    s: &mut Session<'_>,
+    machine: &Machine,
+    result: Result<(), SessionError>,
+    started: Instant,
+    active: m::ActiveSession,
+) {
+    let outcome = match &result {
+        Ok(()) => SessionResult::Ok,
+        Err(e) if e.upstream_kind().is_some() => {
+            if let Some(kind) = e.upstream_kind() {
+                m::upstream_error(kind);
+            }
+            s.tell_client_upstream_failed(e).await;
+            SessionResult::UpstreamError
+        }
+        Err(SessionError::Timeout { phase: Phase::ClientIdle, after }) => {
+            // RFC 1939 §3 autologout: close without entering UPDATE (nothing is deleted).
+            let text = format!("-ERR autologout: idle for {}s\r\n", after.as_secs());
+            let _ = s.client.write_all(text.as_bytes(), LAST_WORD, Phase::ClientIdle).await;
+            SessionResult::ClientAborted
+        }
+        Err(SessionError::Timeout { phase: Phase::ClientLine, after }) => {
+            let text = format!("-ERR command line not completed within {after:?}; closing\r\n");
+            let _ = s.client.write_all(text.as_bytes(), LAST_WORD, Phase::ClientLine).await;
+            SessionResult::ClientAborted
+        }
+        Err(SessionError::ClientLineTooLong { limit }) => {
+            let text = format!("-ERR line too long (limit {limit} octets); closing\r\n");
+            let _ = s.client.write_all(text.as_bytes(), LAST_WORD, Phase::Relay).await;
+            SessionResult::ClientAborted
+        }
+        // Drain deadline: closed without a word (nothing was asked; RFC 1939 §3 has the
+        // server speak only in reply) and without UPDATE.
+        Err(_) => SessionResult::ClientAborted,
+    };
+    let st = &machine.stats;
+    // A client that only ever failed to log in, however it left, is an auth failure.
+    let outcome = match outcome {
+        SessionResult::Ok | SessionResult::ClientAborted if st.auth_failed && !st.logged_in => {
+            SessionResult::AuthFailed
+        }
+        other => other,
+    };
+    s.client.shutdown().await;
+    let (bytes_up, bytes_client) = (s.up.as_ref().map_or(0, |u| u.conn.bytes_in), s.client.bytes_out);
+    m::bytes(Direction::FromUpstream, bytes_up);
+    m::bytes(Direction::ToClient, bytes_client);
+    active.finish(outcome);
+    let error = result.as_ref().err().map(|e| e.to_string());
+    info!(
+        result = ?outcome,
+        error = error.as_deref().unwrap_or(""),
+        messages = st.messages,
+        hidden = st.hidden,
+        condemned = st.condemned,
+        tagged = st.tagged,
+        retrieved = st.retrieved,
+        deleted_upstream = st.deleted_upstream,
+        bytes_from_upstream = bytes_up,
+        bytes_to_client = bytes_client,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session finished"
+    );
 }
 
 /// What `Session::up` being `None` would mean: only before connect, when nothing uses it.
@@ -339,6 +360,11 @@ const NOT_CONNECTED: SessionError = SessionError::UpstreamClosed { phase: Phase:
 /// client while they hold it).
 fn connected(up: &mut Option<Box<Upstream>>) -> Result<&mut Conn<Stream>, SessionError> {
     up.as_mut().map(|u| &mut u.conn).ok_or(NOT_CONNECTED)
+}
+
+/// [`Session::target`], borrowing only the `target` field.
+fn target_of<'c>(ctx: &'c SessionContext, named: &'c Option<Box<UpstreamConfig>>) -> Option<&'c UpstreamConfig> {
+    named.as_deref().or(ctx.listener.upstream.as_ref())
 }
 
 struct Session<'a> {
@@ -359,9 +385,11 @@ struct Session<'a> {
     scan: Option<Box<LoginScan>>,
     /// The login user's quarantine folder usage (quota), once opened.
     usage: Option<Box<QuarantineUsage>>,
-    /// The upstream this session is connected to (the listener's, or the one a per-user
-    /// login named): with the user it keys the cache, quarantine, history and rules.
-    /// Boxed (issue 16): 56 bytes on the heap, not in every idle session's future.
+    /// The upstream a per-user login named (see [`Session::target`] for the one this
+    /// session is connected to). Boxed (issue 16): 56 bytes on the heap, not in every idle
+    /// session's future; and `None` on a listener with its own upstream, which is read
+    /// from the listener instead of copied (a 64-byte object and the host name's copy less
+    /// per session).
     target: Option<Box<UpstreamConfig>>,
     /// This login's decisions, taken at `ViewReady` and queued at `RecordHistory` (after the
     /// login's `+OK`).
@@ -520,7 +548,7 @@ impl Session<'_> {
             Action::RelayBody { rewrite: Some(rw), .. } => Box::pin(self.relay_rewritten(&rw, m.quit_queued())).await?,
             Action::LoginRefused(reply) => {
                 if crate::edge::is_login_failure(&reply) {
-                    let user = m.login_user().or(m.stats.user.as_deref()).map(str::to_string);
+                    let user = m.login_user().or(m.named()).map(str::to_string);
                     let upstream = self.upstream_shown();
                     let why = crate::edge::LoginFailure::UpstreamRefused;
                     let delay = self.ctx.edge.login_failed(self.peer.ip(), user.as_deref(), &upstream, why);
@@ -578,16 +606,15 @@ impl Session<'_> {
         Ok(match need {
             Need::Connect => {
                 let target =
-                    ctx.listener.upstream.clone().ok_or(SessionError::Internal("listener without upstream"))?;
+                    ctx.listener.upstream.as_ref().ok_or(SessionError::Internal("listener without upstream"))?;
                 // Boxed, like the other once-per-session steps below (issue 16): a TLS
                 // handshake's state lives on the heap while it runs, instead of sizing the
                 // future every idle session keeps (6 KiB, measured by tests/benches/idle_sessions.rs).
-                let connect = Box::pin(upstream::connect(&target, &ctx.tls, t));
+                let connect = Box::pin(upstream::connect(target, &ctx.tls, t));
                 let mut up = watching(&mut self.client, false, connect).await?;
                 // Moved, not copied: the machine keeps them for the session (issue 16).
                 let input = Input::Connected { greeting: std::mem::take(&mut up.greeting), caps: up.caps.take() };
                 self.up = Some(Box::new(up));
-                self.target = Some(Box::new(target));
                 input
             }
             Need::Resolve { host, port } => {
@@ -656,7 +683,8 @@ impl Session<'_> {
                 let shown = self.upstream_shown();
                 let up = connected(&mut self.up)?;
                 if self.scan.is_none() {
-                    self.scan = Some(Box::new(LoginScan::start(ctx, self.target.as_deref(), m.login_user()).await));
+                    self.scan =
+                        Some(Box::new(LoginScan::start(ctx, target_of(ctx, &self.target), m.login_user()).await));
                 }
                 let scan = self.scan.as_mut().ok_or(SessionError::Internal("login scan state"))?;
                 let uidl_trusted = outcome.uidl_trusted;
@@ -699,7 +727,7 @@ impl Session<'_> {
     /// goes on (only the client is touched; the scan owns the upstream).
     async fn scan(&mut self, pipelining: bool, requested: bool, m: &mut Machine) -> Result<Input, SessionError> {
         let ctx = self.ctx;
-        let scan = LoginScan::start(ctx, self.target.as_deref(), m.login_user()).await;
+        let scan = LoginScan::start(ctx, self.target(), m.login_user()).await;
         let outcome = {
             let up = connected(&mut self.up)?;
             let scanning = scan.list(up, ctx, pipelining, requested);
@@ -709,9 +737,15 @@ impl Session<'_> {
         Ok(Input::Listed(Box::new(outcome)))
     }
 
+    /// The upstream this session is connected to (the listener's, or the one a per-user
+    /// login named): with the user it keys the cache, quarantine, history and rules.
+    fn target(&self) -> Option<&UpstreamConfig> {
+        target_of(self.ctx, &self.target)
+    }
+
     /// The session's upstream as `HOST:PORT` (the listener's until a login named one).
     fn upstream_shown(&self) -> String {
-        match &self.target {
+        match self.target() {
             Some(t) => t.display(),
             None => self.ctx.listener.upstream_display(),
         }
@@ -892,14 +926,14 @@ mod tests {
     }
 
     /// Most the session future may take (see `idle_future_is_small`).
-    const RUN_FUTURE_MAX: usize = 1648;
+    const RUN_FUTURE_MAX: usize = 1408;
 
     /// Issue 16: the session future is what every idle session keeps for its whole life.
     /// It holds the session, the machine and the wait for the client's next command; the
     /// work of a command is boxed per command (`Session::steps`) and must not creep back in.
     #[test]
     fn idle_future_is_small() {
-        let session = future_size(run);
+        let session = future_size2(run);
         let per_command = future_size(Session::steps);
         eprintln!(
             "session future {session} B (machine {} B, session {} B, pump {} B, client wait {} B), per-command future {per_command} B",
@@ -909,14 +943,20 @@ mod tests {
             future_size(Session::client_wait),
         );
         // The listener boxes this future inside its admission block and the task-local
-        // scope: at 1,632 B here (debug build) that box is in jemalloc's 1,792-byte size
-        // class in the release build (tests/benches/idle_sessions.rs shows one 1,792 B
-        // object per idle session); the bound leaves 16 B. It was in the 2,560 one with a
-        // `run` of 2,280 B here (debug build) before the settings were shared, the
-        // per-user upstream, the session's target and `Need::ConnectTo`'s server boxed,
-        // the client wait given a one-octet kind, and `run` stopped holding its arguments
-        // twice; in the 3,072 one before the AUTHORIZATION line read, the drain watch, the
-        // upstream connection and UPDATE's queue were boxed.
+        // scope (`net::listener::tests::the_idle_session_box_is_small` bounds that box by
+        // its size class). 1,392 B here (debug build; 1,384 B release) puts that box at
+        // 1,440 B (1,432 B release), in jemalloc's 1,536-byte size class; the bound leaves
+        // 16 B. It was 1,600 B (release) and the box in the 1,792 one before the machine
+        // dropped what TRANSACTION does not need (the login's `+OK` and its due time boxed,
+        // the user name kept once, `u32` counts, the SASL mechanism only while its identity
+        // is unread, the view's tables as boxed slices), the session stopped keeping the
+        // borrowed client stream and its result (the end boxed, `finish`), and the
+        // admission and its per-address slot were neither partly moved nor held twice.
+        // Earlier: the 2,560 class with a `run` of 2,280 B (debug build) before the settings
+        // were shared, the per-user upstream, the session's target and `Need::ConnectTo`'s
+        // server boxed, the client wait given a one-octet kind, and `run` stopped holding
+        // its arguments twice; the 3,072 one before the AUTHORIZATION line read, the drain
+        // watch, the upstream connection and UPDATE's queue were boxed.
         assert!(session <= RUN_FUTURE_MAX, "the session future grew to {session} B");
     }
 }

@@ -28,12 +28,14 @@ pub enum SaslStep {
 #[derive(Debug, Default)]
 pub struct Authorization {
     /// The name given by the last USER or APOP (for the log).
-    named: Option<String>,
+    named: Option<Box<str>>,
     /// Whose mailbox the login in progress opens, when known for sure.
-    login_user: Option<String>,
-    /// A SASL exchange is running with this mechanism; the identity is still to be read
-    /// from the first response while `identity_pending`.
-    sasl: Option<(String, bool)>,
+    login_user: Option<Box<str>>,
+    /// A SASL exchange is running with this mechanism, and its identity is still to be read
+    /// from the first response. `None` once read (or when none runs): the machine keeps
+    /// this for the whole session, so nothing that is over stays in it (issue 16: `Box<str>`
+    /// rather than `String` here, 16 bytes instead of 24 in every idle session's future).
+    sasl: Option<Box<str>>,
 }
 
 impl Authorization {
@@ -61,16 +63,16 @@ impl Authorization {
         };
         tracing::debug!(command = cmd.keyword(), "client command");
         if let Command::User(name) | Command::Apop { name, .. } = &cmd {
-            self.named = Some(name.clone());
+            self.named = Some(name.as_str().into());
         }
         let planned = plan::authorization(&cmd, line);
         match (&planned, &cmd) {
-            (AuthPlan::Login(_), Command::Apop { name, .. }) => self.login_user = Some(name.clone()),
+            (AuthPlan::Login(_), Command::Apop { name, .. }) => self.login_user = Some(name.as_str().into()),
             // PASS logs in the name of the last USER.
             (AuthPlan::Login(_), _) => self.login_user = self.named.clone(),
             (AuthPlan::Sasl(_), Command::Auth { mechanism: Some(mech), initial }) => {
                 self.login_user = None;
-                self.sasl = Some((mech.clone(), true));
+                self.sasl = Some(mech.as_str().into());
                 if let Some(init) = initial {
                     if !self.read_identity(init.expose()) {
                         self.sasl = None;
@@ -97,14 +99,10 @@ impl Authorization {
     /// Reads the identity from the exchange's first response; false when it must not be
     /// relayed.
     fn read_identity(&mut self, response: &[u8]) -> bool {
-        let Some((mech, pending)) = self.sasl.as_mut() else { return true };
-        if !*pending {
-            return true;
-        }
-        *pending = false;
-        match command::sasl_identity(mech, response) {
+        let Some(mech) = self.sasl.take() else { return true };
+        match command::sasl_identity(&mech, response) {
             SaslIdentity::Known(name) => {
-                self.login_user = Some(name);
+                self.login_user = Some(name.into_boxed_str());
                 true
             }
             SaslIdentity::Unknown => true,

@@ -239,18 +239,34 @@ pub enum Action {
     Close,
 }
 
-/// What the session did, for the summary log line.
+/// What the session did, for the summary log line. Counts are `u32` (saturating): the
+/// machine keeps them for the whole session (issue 16: 24 bytes less in every idle
+/// session's future than `usize`); a mailbox view has at most `u32::MAX` messages anyway.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
-    pub user: Option<String>,
-    pub messages: usize,
-    pub hidden: usize,
-    pub condemned: usize,
-    pub tagged: usize,
-    pub retrieved: usize,
-    pub deleted_upstream: usize,
+    pub messages: u32,
+    pub hidden: u32,
+    pub condemned: u32,
+    pub tagged: u32,
+    pub retrieved: u32,
+    pub deleted_upstream: u32,
     pub auth_failed: bool,
     pub logged_in: bool,
+}
+
+/// A count for [`Stats`], saturating at `u32::MAX`.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The login's `+OK` and when it is due, from that reply until the view opens (boxed in
+/// the machine, issue 16: TRANSACTION keeps a pointer's room for them, not 40 bytes).
+#[derive(Debug)]
+struct LoginAnswer {
+    /// The upstream's `+OK` to the login (with CRLF), not yet sent unless `login_answered`.
+    reply: Vec<u8>,
+    /// When it is due even though the scan still runs (`scan.early_answer_after`).
+    at: Option<Instant>,
 }
 
 /// The evaluated listing during the quarantine copies (see [`Machine`]'s `scanned`).
@@ -376,15 +392,14 @@ pub struct Machine {
     /// Shared with the other sessions that got the same list (`net::upstream::share_caps`).
     caps: Option<std::sync::Arc<[Capability]>>,
     auth: Authorization,
-    logged_as: Option<String>,
-    /// The upstream's `+OK` to the login (with CRLF), not yet sent unless `login_answered`.
-    login_reply: Vec<u8>,
+    /// The name last given to the log ([`Action::User`]).
+    logged_as: Option<Box<str>>,
+    /// The login's `+OK` while the scan runs (see [`LoginAnswer`]).
+    login_reply: Option<Box<LoginAnswer>>,
     login_answered: bool,
     /// The scan's first requests went out behind the PASS now outstanding (see
     /// [`crate::session::login_pipeline`]).
     login_requested: bool,
-    /// When the login `+OK` is due even though the scan still runs.
-    answer_at: Option<Instant>,
     /// The evaluated listing and its quarantine candidates, from evaluation until the view
     /// opens (boxed, issue 16: an idle session keeps a pointer's room, not 56 bytes).
     scanned: Option<Box<Scanned>>,
@@ -433,10 +448,9 @@ impl Machine {
             caps: None,
             auth: Authorization::new(),
             logged_as: None,
-            login_reply: Vec::new(),
+            login_reply: None,
             login_answered: false,
             login_requested: false,
-            answer_at: None,
             scanned: None,
             pipeline: None,
             known: Known::default(),
@@ -506,7 +520,7 @@ impl Machine {
     /// When the machine wants an [`Input::Tick`] even if nothing else happens: while the
     /// login's work runs (scan, evaluation, quarantine copies) and its `+OK` is not out yet.
     pub fn wake_at(&self) -> Option<Instant> {
-        self.answer_at.filter(|_| !self.login_answered && self.login_work_running())
+        self.login_reply.as_ref().and_then(|l| l.at).filter(|_| !self.login_answered && self.login_work_running())
     }
 
     /// Between a successful login and the view: the states whose work the performer does
@@ -538,6 +552,11 @@ impl Machine {
     /// The mailbox the login opens, when popsift knows it for sure (see `session::auth`).
     pub fn login_user(&self) -> Option<&str> {
         self.auth.login_user()
+    }
+
+    /// The name the last USER or APOP gave (for the log).
+    pub fn named(&self) -> Option<&str> {
+        self.auth.named()
     }
 
     /// The view the client sees, once TRANSACTION has begun.
@@ -821,7 +840,7 @@ impl Machine {
                     }
                 }
                 if ok {
-                    self.stats.retrieved += 1;
+                    self.stats.retrieved = self.stats.retrieved.saturating_add(1);
                 }
                 self.tx_advance(State::TxPlanning)
             }
@@ -841,7 +860,7 @@ impl Machine {
                 let q = self.deletes.get_or_insert_with(Box::default);
                 let n = q.awaiting.pop_front().unwrap_or_default();
                 if is_ok(&r) {
-                    self.stats.deleted_upstream += 1;
+                    self.stats.deleted_upstream = self.stats.deleted_upstream.saturating_add(1);
                 } else {
                     q.refused += 1;
                     tracing::warn!(msg = n, reply = %String::from_utf8_lossy(&r), "upstream refused DELE; the message stays on the server");
@@ -871,17 +890,15 @@ impl Machine {
         };
     }
 
-    /// Takes the identity the AUTHORIZATION machine knows into the stats and the log.
+    /// Gives the log the identity the AUTHORIZATION machine knows (once per change). The
+    /// name itself stays in `auth` only ([`Machine::named`], [`Machine::login_user`]): no
+    /// copy for the stats (issue 16).
     fn note_identity(&mut self) {
-        if let Some(name) = self.auth.named() {
-            self.stats.user = Some(name.to_string());
-        }
-        let shown = self.auth.login_user().or(self.auth.named()).map(str::to_string);
-        if shown.is_some() && shown != self.logged_as {
-            self.logged_as = shown.clone();
-            if let Some(name) = shown {
-                self.emit(Action::User(name));
-            }
+        let Some(shown) = self.auth.login_user().or(self.auth.named()) else { return };
+        if self.logged_as.as_deref() != Some(shown) {
+            let name = shown.to_string();
+            self.logged_as = Some(shown.into());
+            self.emit(Action::User(name));
         }
     }
 
@@ -1211,8 +1228,8 @@ impl Machine {
             return State::AuthIdle;
         }
         self.stats.logged_in = true;
-        self.login_reply = r;
-        self.answer_at = self.settings.early_answer_after.map(|d| self.now + d);
+        let at = self.settings.early_answer_after.map(|d| self.now + d);
+        self.login_reply = Some(Box::new(LoginAnswer { reply: r, at }));
         State::Scanning
     }
 
@@ -1227,11 +1244,12 @@ impl Machine {
 
     /// Sends the login `+OK` now if the scan has run past `scan.early_answer_after`.
     fn answer_early_if_due(&mut self) {
-        if self.login_answered || !self.answer_at.is_some_and(|at| self.now >= at) {
+        let Some(login) = self.login_reply.as_deref() else { return };
+        if self.login_answered || !login.at.is_some_and(|at| self.now >= at) {
             return;
         }
+        let r = login.reply.clone();
         self.login_answered = true;
-        let r = self.login_reply.clone();
         self.reply(r);
         tracing::info!("scan still running: login answered early; the first command waits for the scan");
     }
@@ -1271,21 +1289,23 @@ impl Machine {
         let entries = self.scanned.take().map(|sc| sc.entries).unwrap_or_default();
         let view = MailboxView::new(&entries);
         let (_, hidden, condemned) = view.counts();
-        self.stats.messages = view.len();
-        self.stats.hidden = hidden;
-        self.stats.condemned = condemned;
-        self.stats.tagged = entries
-            .iter()
-            .filter(|e| e.disposition == Disposition::Visible && e.verdict().is_some_and(|v| v.spam))
-            .count();
+        self.stats.messages = count(view.len());
+        self.stats.hidden = count(hidden);
+        self.stats.condemned = count(condemned);
+        self.stats.tagged = count(
+            entries
+                .iter()
+                .filter(|e| e.disposition == Disposition::Visible && e.verdict().is_some_and(|v| v.spam))
+                .count(),
+        );
         self.known =
             Known { top: entries.iter().any(|e| e.evaluated.is_some()), uidl: view.all_have_uidl(), logged_in: true };
         self.pipeline = Some(Pipeline::new(view, self.upstream_pipelines()));
         self.emit(Action::ViewReady(entries));
+        let login = self.login_reply.take();
         if !self.login_answered {
             self.login_answered = true;
-            let r = std::mem::take(&mut self.login_reply);
-            self.reply(r);
+            self.reply(login.map(|l| l.reply).unwrap_or_default());
         }
         // After the login's `+OK` is flushed: queueing the decision history never delays the
         // client's first answer (issue 13).
