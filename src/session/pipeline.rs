@@ -183,6 +183,13 @@ impl Pipeline {
         self.pipelining_client && self.queue.len() <= MAX_QUEUE / 2
     }
 
+    /// Nothing is queued or in flight: the reply being relayed now (already taken by
+    /// [`Pipeline::next_step`]) is the last output before the client's next command, so the
+    /// performer may write it at once instead of queueing it for the flush (issue 16).
+    pub fn drained(&self) -> bool {
+        self.queue.is_empty() && self.outstanding == 0
+    }
+
     /// QUIT has been read: the client's EOF no longer ends the session early.
     pub fn quit_planned(&self) -> bool {
         self.quit_planned
