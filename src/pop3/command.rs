@@ -106,7 +106,6 @@ impl Command {
     /// has room (issue 16: RETR, TOP and NOOP are written straight into the buffer of
     /// commands going upstream; numbers are formatted in place, not through a `String`).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
         out.extend_from_slice(self.keyword().as_bytes());
         match self {
             Command::User(name) => push_arg(out, name.as_bytes()),
@@ -123,17 +122,36 @@ impl Command {
                     push_arg(out, i.expose());
                 }
             }
-            // Writing into a `Vec` cannot fail.
             Command::List(Some(n)) | Command::Uidl(Some(n)) | Command::Retr(n) | Command::Dele(n) => {
-                let _ = write!(out, " {n}");
+                push_number(out, u64::from(*n));
             }
             Command::Top { msg, lines } => {
-                let _ = write!(out, " {msg} {lines}");
+                push_number(out, u64::from(*msg));
+                push_number(out, *lines);
             }
             _ => {}
         }
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends ` N` in decimal. Not `write!`: the formatting machinery cost about a fifth of
+/// `encode_into`'s instructions per RETR (issue 16, callgrind).
+fn push_number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    out.push(b' ');
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
 }
 
 fn push_arg(out: &mut Vec<u8>, arg: &[u8]) {
@@ -484,6 +502,18 @@ mod tests {
         assert_eq!(p(""), Err(CommandError::Empty));
         assert_eq!(p(" STAT"), Err(CommandError::Empty));
         assert_eq!(parse(b"\xff\xfe"), Err(CommandError::NotText));
+    }
+
+    /// The hand-written decimal of `encode_into` against `to_string`, at the edges.
+    #[test]
+    fn numbers_encode_as_decimal() {
+        for n in [0, 1, 9, 10, 99, 100, 65_535, 4_294_967_295u64, 10_000_000_000, u64::MAX - 1, u64::MAX] {
+            let mut out = Vec::new();
+            push_number(&mut out, n);
+            assert_eq!(out, format!(" {n}").into_bytes());
+        }
+        assert_eq!(Command::Retr(u32::MAX).encode(), b"RETR 4294967295\r\n");
+        assert_eq!(Command::Top { msg: 0, lines: u64::MAX }.encode(), b"TOP 0 18446744073709551615\r\n");
     }
 
     #[test]
