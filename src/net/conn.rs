@@ -482,27 +482,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 }
 
 /// Awaits `f` until `deadline` on the connection's `timer`; `None` when the deadline came
-/// first. `f` is polled once before the timer is touched: what the socket already holds
-/// needs no deadline (module doc).
+/// first. Each poll polls `f` first and the timer only when `f` is not ready, so what the
+/// socket already holds needs no deadline (module doc), and a read that must wait is polled
+/// once per wake-up, not twice (issue 16: a `poll_once` followed by a `select!` polled the
+/// socket again at once, two readiness checks more per one-at-a-time RETR).
 async fn by_deadline<F: Future>(
     mut f: Pin<&mut F>,
     timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     deadline: Instant,
 ) -> Option<F::Output> {
-    if let Poll::Ready(r) = poll_once(f.as_mut()).await {
-        return Some(r);
-    }
     loop {
-        tokio::select! {
-            biased;
-            r = f.as_mut() => return Some(r),
-            // The timer may have been left at an earlier deadline (see `until`): that is
-            // not the end of this wait, only the time to move it.
-            () = until(timer, deadline) => {
-                if Instant::now() >= deadline {
-                    return None;
-                }
+        let ready = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = f.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
             }
+            until(timer, deadline).poll(cx).map(|()| None)
+        })
+        .await;
+        match ready {
+            Some(r) => return Some(r),
+            None if Instant::now() >= deadline => return None,
+            // The timer was left at an earlier deadline (see `until`): that is not the end
+            // of this wait, only the time to move it (done by the next poll's `until`).
+            None => {}
         }
     }
 }
