@@ -253,28 +253,29 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
     if kw.is_empty() {
         return Err(CommandError::Empty);
     }
-    let kw = std::str::from_utf8(kw).map_err(|_| CommandError::NotText)?;
     // Upper-cased on the stack (issue 16: no allocation per command); every keyword
-    // popsift knows has four octets, a longer one is `Unknown` (and only then a `String`).
+    // popsift knows has four octets or three, a longer one is `Unknown` (and only then a
+    // `String`). Compared as bytes: a keyword that is not text matches none of them and is
+    // refused as `NotText` where `Unknown` is made (no UTF-8 check per command).
     let mut folded = [0u8; 4];
-    let upper = match folded.get_mut(..kw.len()) {
+    let upper: &[u8] = match folded.get_mut(..kw.len()) {
         Some(f) => {
-            f.copy_from_slice(kw.as_bytes());
+            f.copy_from_slice(kw);
             f.make_ascii_uppercase();
-            std::str::from_utf8(f).unwrap_or_default()
+            f
         }
-        None => "",
+        None => b"",
     };
     // PASS and AUTH payloads are opaque bytes; everything else must be text.
     match upper {
-        "PASS" => {
+        b"PASS" => {
             // RFC 1939 §7: the password is the rest of the line, spaces included.
             if rest.is_empty() {
                 return Err(CommandError::MissingArgument { keyword: "PASS" });
             }
             return Ok(Command::Pass(Secret::new(rest)));
         }
-        "AUTH" => {
+        b"AUTH" => {
             let mut parts = rest.split(|&b| b == b' ').filter(|p| !p.is_empty());
             let mechanism = match parts.next() {
                 Some(m) => Some(String::from_utf8(m.to_vec()).map_err(|_| CommandError::NotText)?),
@@ -286,7 +287,7 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
             }
             return Ok(Command::Auth { mechanism, initial });
         }
-        "APOP" => {
+        b"APOP" => {
             let mut parts = rest.split(|&b| b == b' ').filter(|p| !p.is_empty());
             let name = parts.next().ok_or(CommandError::MissingArgument { keyword: "APOP" })?;
             let digest = parts.next().ok_or(CommandError::MissingArgument { keyword: "APOP" })?;
@@ -312,7 +313,7 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
     }
     let args = kept.get(..count).unwrap_or_default();
     let cmd = match upper {
-        "USER" => {
+        b"USER" => {
             // Some user names contain spaces; keep the rest of the line as the server would.
             let name = rest.trim_matches(' ');
             if name.is_empty() {
@@ -323,18 +324,18 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
             }
             Command::User(name.to_string())
         }
-        "CAPA" => no_args(args, "CAPA", Command::Capa)?,
-        "STLS" => no_args(args, "STLS", Command::Stls)?,
-        "UTF8" => no_args(args, "UTF8", Command::Utf8)?,
-        "STAT" => no_args(args, "STAT", Command::Stat)?,
-        "NOOP" => no_args(args, "NOOP", Command::Noop)?,
-        "RSET" => no_args(args, "RSET", Command::Rset)?,
-        "QUIT" => no_args(args, "QUIT", Command::Quit)?,
-        "LIST" => Command::List(optional_number(args, "LIST")?),
-        "UIDL" => Command::Uidl(optional_number(args, "UIDL")?),
-        "RETR" => Command::Retr(required_number(args, "RETR")?),
-        "DELE" => Command::Dele(required_number(args, "DELE")?),
-        "TOP" => {
+        b"CAPA" => no_args(args, "CAPA", Command::Capa)?,
+        b"STLS" => no_args(args, "STLS", Command::Stls)?,
+        b"UTF8" => no_args(args, "UTF8", Command::Utf8)?,
+        b"STAT" => no_args(args, "STAT", Command::Stat)?,
+        b"NOOP" => no_args(args, "NOOP", Command::Noop)?,
+        b"RSET" => no_args(args, "RSET", Command::Rset)?,
+        b"QUIT" => no_args(args, "QUIT", Command::Quit)?,
+        b"LIST" => Command::List(optional_number(args, "LIST")?),
+        b"UIDL" => Command::Uidl(optional_number(args, "UIDL")?),
+        b"RETR" => Command::Retr(required_number(args, "RETR")?),
+        b"DELE" => Command::Dele(required_number(args, "DELE")?),
+        b"TOP" => {
             let (msg, lines) = match args {
                 [msg, lines] => (*msg, *lines),
                 [] | [_] => return Err(CommandError::MissingArgument { keyword: "TOP" }),
@@ -350,7 +351,7 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
             };
             Command::Top { msg, lines }
         }
-        _ => Command::Unknown(kw.to_ascii_uppercase()),
+        _ => Command::Unknown(std::str::from_utf8(kw).map_err(|_| CommandError::NotText)?.to_ascii_uppercase()),
     };
     Ok(cmd)
 }
