@@ -12,7 +12,10 @@
 //! answered strictly in order. Commands that need the upstream are sent ahead when the
 //! upstream itself pipelines; otherwise one at a time. Replies to the client are batched and
 //! flushed when no further command is waiting, so a pipelining client gets full-size writes
-//! and a one-command-at-a-time client gets each reply immediately.
+//! and a one-command-at-a-time client gets each reply immediately. A body whose reply is
+//! the last one owed (nothing queued or in flight, [`Machine::drained`]) is written at its
+//! end straight from the upstream's read buffer behind its status line, not copied into the
+//! output queue first (issue 16: ~10,000 of a 10 KB RETR's ~30,000 instructions).
 //!
 //! # Early answer (`scan.early_answer_after`)
 //! The login `+OK` normally waits for the scan, because the client may send STAT right

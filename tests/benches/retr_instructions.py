@@ -12,7 +12,9 @@ is the cost of one RETR.
 
 Usage (as root; needs dovecot-pop3d and valgrind):
     tests/benches/retr_instructions.py BINARY [BINARY ...]
-Environment: RETRS (default 1000), MESSAGES (default 200), OUT (default /tmp/retr-callgrind).
+Environment: RETRS (default 1000), MESSAGES (default 200), OUT (default /tmp/retr-callgrind),
+BATCH (default 1: one at a time; N > 1: pipelined in bursts of N, as the relay bench's
+pipelined cell).
 Prints, per binary, total Ir of the window and Ir per RETR; the dump files stay in OUT for
 `callgrind_annotate`.
 """
@@ -30,6 +32,8 @@ import time
 RETRS = int(os.environ.get("RETRS", "1000"))
 MESSAGES = int(os.environ.get("MESSAGES", "200"))
 OUT = os.environ.get("OUT", "/tmp/retr-callgrind")
+# BATCH > 1: the RETRs are pipelined (RFC 2449 §6.6) in bursts of BATCH commands.
+BATCH = int(os.environ.get("BATCH", "1"))
 MAIL_USER = "popsift-mail"
 
 
@@ -150,7 +154,12 @@ class Pop:
         return status
 
     def retr(self, n):
-        self.cmd(f"RETR {n}")
+        self.sock.sendall(f"RETR {n}\r\n".encode())
+        self.retr_reply()
+
+    def retr_reply(self):
+        status = self.line()
+        assert status.startswith(b"+OK"), status
         while True:
             end = self.buf.find(b"\r\n.\r\n")
             if end >= 0:
@@ -204,8 +213,15 @@ def measure(binary, dovecot_port, root):
     noops = [0]
     control(child.pid, "-z", pop, noops)
     zero_noops = noops[0]
-    for i in range(RETRS):
-        pop.retr(i % MESSAGES + 1)
+    if BATCH > 1:
+        for start in range(0, RETRS, BATCH):
+            nums = [i % MESSAGES + 1 for i in range(start, min(start + BATCH, RETRS))]
+            pop.sock.sendall(b"".join(f"RETR {n}\r\n".encode() for n in nums))
+            for _ in nums:
+                pop.retr_reply()
+    else:
+        for i in range(RETRS):
+            pop.retr(i % MESSAGES + 1)
     control(child.pid, "-d", pop, noops)
     pop.cmd("QUIT")
     child.terminate()
