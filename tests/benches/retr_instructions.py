@@ -15,7 +15,8 @@ Usage (as root; needs dovecot-pop3d and valgrind):
 Environment: RETRS (default 1000), MESSAGES (default 200), OUT (default /tmp/retr-callgrind),
 BATCH (default 1: one at a time; N > 1: pipelined in bursts of N, as the relay bench's
 pipelined cell).
-Prints, per binary, total Ir of the window and Ir per RETR; the dump files stay in OUT for
+A binary whose name contains `haproxy` is run as HAProxy in TCP mode (the relay bench's
+config) instead, for comparison. Prints, per binary, total Ir of the window and Ir per RETR; the dump files stay in OUT for
 `callgrind_annotate`.
 """
 import glob
@@ -199,9 +200,18 @@ def measure(binary, dovecot_port, root):
         )
     out = f"{OUT}/{tag}.%p"
     log = open(f"{work}/popsift.log", "w")
+    argv = [binary, "--log-level", "info", "serve", "--config", f"{work}/popsift.yaml"]
+    if "haproxy" in tag:
+        # HAProxy in TCP mode as the relay bench runs it, for comparison.
+        with open(f"{work}/haproxy.cfg", "w") as f:
+            f.write(
+                "global\n    maxconn 1024\n\ndefaults\n    mode tcp\n    timeout connect 10s\n"
+                "    timeout client 300s\n    timeout server 300s\n\nlisten pop3\n"
+                f"    bind 127.0.0.1:{port}\n    server dovecot 127.0.0.1:{dovecot_port}\n"
+            )
+        argv = [binary, "-f", f"{work}/haproxy.cfg", "-db"]
     child = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-         binary, "--log-level", "info", "serve", "--config", f"{work}/popsift.yaml"],
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv,
         cwd=work, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
     )
     wait_for("popsift under valgrind", lambda: connectable(port), 300)
