@@ -347,6 +347,25 @@ mod tests {
         assert_eq!(p.outstanding, 0);
     }
 
+    /// `drained` (issue 16: the driver writes a body at once only then): true only when the
+    /// reply just taken is the last one owed, with upstream pipelining or without.
+    #[test]
+    fn drained_only_when_the_reply_taken_is_the_last_owed() {
+        for up_pipelining in [true, false] {
+            let mut p = Pipeline::new(view(3), up_pipelining);
+            assert!(p.drained());
+            feed(&mut p, &["RETR 1"]);
+            assert!(!p.drained(), "queued");
+            assert!(matches!(p.next_step(), Some(Step::Fetch { .. })));
+            assert!(p.drained(), "one at a time: the RETR taken is the last");
+            feed(&mut p, &["RETR 1", "RETR 2"]);
+            assert!(matches!(p.next_step(), Some(Step::Fetch { .. })));
+            assert!(!p.drained(), "a second RETR is queued behind the first");
+            assert!(matches!(p.next_step(), Some(Step::Fetch { .. })));
+            assert!(p.drained());
+        }
+    }
+
     #[test]
     fn without_upstream_pipelining_one_command_is_in_flight_at_a_time() {
         let mut p = Pipeline::new(view(3), false);
