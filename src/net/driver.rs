@@ -821,13 +821,18 @@ impl Session<'_> {
         let mut held = 0;
         loop {
             match up.body_part(held, &mut scanner) {
-                Some((n, true)) if end.last && self.client.buffered().is_empty() => {
+                Some((n, true))
+                    if (end.last && self.client.buffered().is_empty()) || self.out.len() + n >= FLUSH_AT =>
+                {
                     // Issue 16: the last reply before the client's next command (one
                     // command at a time) goes out now, in one `writev` behind its status
                     // line straight from the read buffer, instead of being copied into the
-                    // output queue for the flush that would follow at once. Only the body's
-                    // octets: what follows the terminator stays buffered (and is then
-                    // unsolicited, `check_upstream_quiet`).
+                    // output queue for the flush that would follow at once. So does the end
+                    // of a pipelined reply that fills the queue to `FLUSH_AT`: the queue would
+                    // be written at the next reply's status line anyway (the same number of
+                    // writes, one copy less). Only the body's octets: what follows the
+                    // terminator stays buffered (the next pipelined reply, or unsolicited
+                    // data that `check_upstream_quiet` refuses).
                     let part = up.buffered().get(..n).unwrap_or_default();
                     self.client.write_all_pair(&self.out, part, t.client_idle, Phase::ClientWrite).await?;
                     up.consume(n);
