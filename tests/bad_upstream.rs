@@ -202,6 +202,28 @@ fn garbage_bytes() {
     assert_contained(&up, &p, &err, "unexpected reply");
 }
 
+/// The same behind a RETR body read by a one-command-at-a-time client: the body is written
+/// to the client straight from the read buffer (issue 16), and only its octets: the line
+/// behind the terminator stays buffered and ends the session at the next command.
+#[test]
+fn upstream_data_behind_a_relayed_body() {
+    let (up, p) = start(|conn, line| {
+        if conn != 0 || line != "RETR 1" {
+            return None;
+        }
+        let stored = MAILBOX[0];
+        Some(Reply::Send(format!("+OK {} octets\r\n{stored}.\r\n+OK nobody asked\r\n", stored.len()).into_bytes()))
+    });
+    let mut c = RawPop::connect(&p.addr);
+    assert_eq!(login(&mut c), "+OK logged in");
+    assert!(c.command("RETR 1").starts_with("+OK"));
+    assert_eq!(c.read_multiline(), MAILBOX[0].as_bytes(), "the body, whole and alone");
+    let err = c.command("NOOP");
+    assert!(c.read_until_closed().is_empty());
+    assert_contained(&up, &p, &err, "no command outstanding");
+    assert!(!up.commands_of(0).iter().any(|l| l == "NOOP"), "the command was not sent on a desynchronised stream");
+}
+
 /// A line arrives that no command asked for (here: right behind the last `TOP` reply of
 /// the scan). Trusting it would pair every later reply with the wrong command: the next
 /// command's reply would be this line, and RETR would relay another reply as a message.

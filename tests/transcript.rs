@@ -93,6 +93,51 @@ async fn pipelined_client_commands_answered_in_order() {
     assert!(all.ends_with("...two dots\r\n.\r\n+OK bye\r\n"), "{all}");
 }
 
+/// Issue 16: pipelined RETRs of bodies that fill the client's output queue past its flush
+/// size (64 KiB) are written partly straight from the upstream's read buffer (the end of
+/// each body that fills the queue) and partly through the queue: the client still gets
+/// every reply whole, byte for byte, in order (dot-stuffing kept).
+#[tokio::test]
+async fn pipelined_large_bodies_arrive_whole_and_in_order() {
+    let body: String = (0..600)
+        .map(|i| {
+            if i % 50 == 7 {
+                format!(".dot line {i}\r\n")
+            } else {
+                format!("filler line {i} of a larger message body ok\r\n")
+            }
+        })
+        .collect();
+    let mailbox: Vec<Vec<u8>> = (1..=4).map(|i| msg(&format!("big {i}"), &body)).collect();
+    let up = upstream(Behaviour::default(), mailbox.clone()).await;
+    let p = popsift(&up.addr, RULES, "").await;
+    let (mut c, _) = Client::connect(&p.addr).await;
+    let order = [1, 2, 3, 4, 2, 4, 1, 3, 3, 1];
+    let mut sent = String::from("USER alice\r\nPASS pw\r\n");
+    for n in order {
+        sent.push_str(&format!("RETR {n}\r\n"));
+    }
+    sent.push_str("QUIT\r\n");
+    c.send(&sent).await;
+    let all = c.rest().await;
+    let mut want = b"+OK\r\n+OK logged in\r\n".to_vec();
+    for n in order {
+        let m = &mailbox[n - 1];
+        want.extend_from_slice(format!("+OK {} octets\r\n", m.len()).as_bytes());
+        for line in m.split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                want.push(b'.');
+            }
+            want.extend_from_slice(line);
+        }
+        want.extend_from_slice(b".\r\n");
+    }
+    want.extend_from_slice(b"+OK bye\r\n");
+    assert!(want.len() > 3 * 64 * 1024, "the replies fill the queue several times");
+    assert_eq!(all.len(), want.len());
+    assert!(all == want, "relayed replies differ");
+}
+
 #[tokio::test]
 async fn pipelined_relay_to_upstream_without_pipelining() {
     let b = Behaviour { capa: Some(vec!["TOP".into(), "UIDL".into(), "USER".into()]), ..Behaviour::default() };

@@ -33,8 +33,10 @@
 //! wakes the I/O driver through its eventfd: one extra `write` syscall and one extra
 //! `epoll_wait` event per command. So each connection keeps one timer ([`Conn::timer`]) from
 //! wait to wait (dropped with the buffers when the connection goes idle, see
-//! [`Conn::release_if_empty`]) and moves its deadline per read: moving it later is one atomic
-//! compare-and-swap in tokio, no lock, no wake-up. Every read and write is also tried once
+//! [`Conn::release_if_empty`]). Its deadline is not moved per read either (a `Sleep::reset`
+//! and a clock read each time): a wait whose deadline is later than the armed one leaves it,
+//! and when it fires early the wait moves it to its own deadline and goes on (`until`,
+//! `by_deadline`), so every timeout still fires exactly when documented. Every read and write is also tried once
 //! before any timer is touched: data already buffered in the socket (a pipelining client,
 //! a reply that arrived while popsift wrote) needs no deadline at all.
 use std::future::Future;
@@ -480,20 +482,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 }
 
 /// Awaits `f` until `deadline` on the connection's `timer`; `None` when the deadline came
-/// first. `f` is polled once before the timer is touched: what the socket already holds
-/// needs no deadline (module doc).
+/// first. Each poll polls `f` first and the timer only when `f` is not ready, so what the
+/// socket already holds needs no deadline (module doc), and a read that must wait is polled
+/// once per wake-up, not twice (issue 16: a `poll_once` followed by a `select!` polled the
+/// socket again at once, two readiness checks more per one-at-a-time RETR).
 async fn by_deadline<F: Future>(
     mut f: Pin<&mut F>,
     timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     deadline: Instant,
 ) -> Option<F::Output> {
-    if let Poll::Ready(r) = poll_once(f.as_mut()).await {
-        return Some(r);
-    }
-    tokio::select! {
-        biased;
-        r = f => Some(r),
-        () = until(timer, deadline) => None,
+    loop {
+        let ready = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = f.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            until(timer, deadline).poll(cx).map(|()| None)
+        })
+        .await;
+        match ready {
+            Some(r) => return Some(r),
+            None if Instant::now() >= deadline => return None,
+            // The timer was left at an earlier deadline (see `until`): that is not the end
+            // of this wait, only the time to move it (done by the next poll's `until`).
+            None => {}
+        }
     }
 }
 
@@ -502,13 +514,17 @@ fn poll_once<F: Future>(mut f: Pin<&mut F>) -> impl Future<Output = Poll<F::Outp
     std::future::poll_fn(move |cx| Poll::Ready(f.as_mut().poll(cx)))
 }
 
-/// The connection's timer, made to expire at `deadline` (see the module doc): created on the
-/// first wait, then moved. Moving a registered timer later is lock-free in tokio; only an
-/// earlier deadline (or one after the timer fired) goes through the timer wheel's lock.
+/// The connection's timer, to expire no later than `deadline` (see the module doc): created
+/// on the first wait, then moved only when it must be. A timer still armed for an earlier
+/// deadline (the last wait's: one command after another moves the deadline later each
+/// time) is left as it is, and [`by_deadline`] moves it when it fires before `deadline`:
+/// one `Sleep::reset` and clock read per timeout period instead of per wait (issue 16:
+/// ~1.5 % of a one-at-a-time RETR's instructions). An earlier deadline, or a timer that
+/// fired, is reset at once (through the timer wheel's lock).
 fn until(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline: Instant) -> Pin<&mut tokio::time::Sleep> {
     match timer {
         Some(t) => {
-            if t.deadline() != deadline {
+            if t.deadline() > deadline || t.is_elapsed() {
                 t.as_mut().reset(deadline);
             }
             t.as_mut()

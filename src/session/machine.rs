@@ -549,6 +549,13 @@ impl Machine {
         self.pipeline.as_ref().is_some_and(Pipeline::quit_planned)
     }
 
+    /// TRANSACTION with no other command queued or in flight and no action queued: what is
+    /// being relayed now is the last output before the client's next command (issue 16:
+    /// the driver then writes a body straight from the upstream's read buffer).
+    pub fn drained(&self) -> bool {
+        self.actions.is_empty() && self.pipeline.as_ref().is_some_and(Pipeline::drained)
+    }
+
     /// The mailbox the login opens, when popsift knows it for sure (see `session::auth`).
     pub fn login_user(&self) -> Option<&str> {
         self.auth.login_user()

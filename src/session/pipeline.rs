@@ -183,6 +183,13 @@ impl Pipeline {
         self.pipelining_client && self.queue.len() <= MAX_QUEUE / 2
     }
 
+    /// Nothing is queued or in flight: the reply being relayed now (already taken by
+    /// [`Pipeline::next_step`]) is the last output before the client's next command, so the
+    /// performer may write it at once instead of queueing it for the flush (issue 16).
+    pub fn drained(&self) -> bool {
+        self.queue.is_empty() && self.outstanding == 0
+    }
+
     /// QUIT has been read: the client's EOF no longer ends the session early.
     pub fn quit_planned(&self) -> bool {
         self.quit_planned
@@ -338,6 +345,25 @@ mod tests {
         assert_eq!(p.next_step(), Some(Step::Relay { send: None }));
         assert_eq!(p.next_step(), None);
         assert_eq!(p.outstanding, 0);
+    }
+
+    /// `drained` (issue 16: the driver writes a body at once only then): true only when the
+    /// reply just taken is the last one owed, with upstream pipelining or without.
+    #[test]
+    fn drained_only_when_the_reply_taken_is_the_last_owed() {
+        for up_pipelining in [true, false] {
+            let mut p = Pipeline::new(view(3), up_pipelining);
+            assert!(p.drained());
+            feed(&mut p, &["RETR 1"]);
+            assert!(!p.drained(), "queued");
+            assert!(matches!(p.next_step(), Some(Step::Fetch { .. })));
+            assert!(p.drained(), "one at a time: the RETR taken is the last");
+            feed(&mut p, &["RETR 1", "RETR 2"]);
+            assert!(matches!(p.next_step(), Some(Step::Fetch { .. })));
+            assert!(!p.drained(), "a second RETR is queued behind the first");
+            assert!(matches!(p.next_step(), Some(Step::Fetch { .. })));
+            assert!(p.drained());
+        }
     }
 
     #[test]
