@@ -962,14 +962,7 @@ impl Session<'_> {
 mod tests {
     use super::*;
 
-    /// The size of the future an async fn returns, from the fn item alone (no arguments).
-    fn future_size<A, B, C, F: Future>(_: impl FnOnce(A, B, C) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    fn future_size2<A, B, F: Future>(_: impl FnOnce(A, B) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
+    use crate::net::type_size::{output_size2, output_size3};
 
     /// Most the session future may take (see `idle_future_is_small`).
     const RUN_FUTURE_MAX: usize = 1408;
@@ -979,14 +972,14 @@ mod tests {
     /// work of a command is boxed per command (`Session::steps`) and must not creep back in.
     #[test]
     fn idle_future_is_small() {
-        let session = future_size2(run);
-        let per_command = future_size(Session::steps);
+        let session = output_size2(run);
+        let per_command = output_size3(Session::steps);
         eprintln!(
             "session future {session} B (machine {} B, session {} B, pump {} B, client wait {} B), per-command future {per_command} B",
             std::mem::size_of::<Machine>(),
             std::mem::size_of::<Session<'_>>(),
-            future_size2(Session::pump),
-            future_size(Session::client_wait),
+            output_size2(Session::pump),
+            output_size3(Session::client_wait),
         );
         // The listener boxes this future inside its admission block and the task-local
         // scope (`net::listener::tests::the_idle_session_box_is_small` bounds that box by

@@ -38,8 +38,10 @@
 //! workers' jemalloc caches kept their slabs' pages (2–3 MiB of slack after the sessions
 //! ended). The releasing blocking thread and every worker flush at once
 //! ([`crate::allocator::flush_worker_caches`]), the model poller at its next poll; the
-//! history writer flushes by itself when its queue pauses. Nothing of it runs while
-//! sessions do.
+//! history writer flushes by itself when its queue pauses. The workers' flush runs only
+//! after 5 s without a session (also after connections that used no store, such as health
+//! checks: a few microseconds); a session arriving during it waits for a worker at most
+//! [`FLUSH_WITHIN`].
 //!
 //! The count is kept by [`SessionSlot`], which is also the session's permit (the
 //! `max_sessions` cap): one pointer in every session's task, as the permit it replaces
@@ -161,7 +163,11 @@ pub async fn release_when_idle(
 }
 
 /// How long the release waits for every runtime worker to empty its allocator cache.
-const FLUSH_WITHIN: Duration = Duration::from_millis(200);
+///
+/// Each worker is held (it runs no other task) until every worker has flushed or this
+/// bound passes, so it is short: a worker slower to wake than this simply keeps its cache
+/// until the next idle period (the flush is a saving, never needed for correctness).
+const FLUSH_WITHIN: Duration = Duration::from_millis(20);
 
 /// After a release: the allocator caches of the threads that stay are emptied (the calling
 /// blocking thread's, every runtime worker's, and, at their next poll, the model poller's),
@@ -177,7 +183,7 @@ fn flush_thread_caches(runtime: &tokio::runtime::Handle) {
 /// The release the listener runs when no session has run for a while: each store gives
 /// its page cache back (a store not used since its last release does nothing), and
 /// `repack` (the verdict memo's) runs only when one of them was used: a quiet period
-/// after connections that used no store (health checks) costs nothing. `true`: done;
+/// after connections that used no store (health checks) reopens and repacks nothing. `true`: done;
 /// `false`: a store was in use, try again later. Blocking.
 pub fn release_stores(
     cache: Option<&crate::store::header_cache::HeaderCache>,

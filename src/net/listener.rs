@@ -442,13 +442,7 @@ mod tests {
         assert!(got.is_empty(), "nothing in the clear on a TLS connection: {:?}", String::from_utf8_lossy(&got));
     }
 
-    fn output_size<A, B, F>(_: impl FnOnce(A, B) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    fn output_size3<A, B, C, F>(_: impl FnOnce(A, B, C) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
+    use crate::net::type_size::{output_size2, output_size3};
 
     /// The box every session keeps for its whole life (see [`scoped`]): issue 16 counts it
     /// per idle session. It must stay in jemalloc's 1,536-byte size class (the idle bench,
@@ -461,11 +455,11 @@ mod tests {
     #[test]
     fn the_idle_session_box_is_small() {
         const SIZE_CLASS: usize = 1536;
-        let boxed = output_size(|arrived: Box<(TcpStream, std::net::SocketAddr)>, ctx: Arc<SessionContext>| {
+        let boxed = output_size2(|arrived: Box<(TcpStream, std::net::SocketAddr)>, ctx: Arc<SessionContext>| {
             scoped(Arc::new(AtomicBool::new(true)), admitted(arrived, ctx))
         });
         let admit = output_size3(crate::edge::Edge::admit);
-        let run = output_size(driver::run);
+        let run = output_size2(driver::run);
         eprintln!("the session's box {boxed} B (admission {admit} B, boxed while it runs; run {run} B)");
         assert!(boxed <= SIZE_CLASS, "the session's box grew to {boxed} B, past jemalloc's {SIZE_CLASS}-byte class");
     }

@@ -30,6 +30,8 @@ pub mod login_scan;
 pub mod quarantine_copy;
 pub mod stream;
 pub mod tls;
+#[cfg(test)]
+pub(crate) mod type_size;
 pub mod upstream;
 
 pub use error::{Phase, SessionError};

@@ -869,21 +869,33 @@ enum Batch {
 const IDLE_FLUSH_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The writer's next batch (`None`: every sender is gone). Once no batch has come for
-/// [`IDLE_FLUSH_AFTER`] after some work, the writer empties its allocator cache and then
-/// waits without a timeout (issue 16): the free objects a burst of logins' writes left in it
-/// would otherwise keep their slabs' pages for as long as the process runs (see
+/// `after` ([`IDLE_FLUSH_AFTER`]) since the last one (`worked`: a batch was written since the
+/// last flush), the writer empties its allocator cache and then waits without a timeout
+/// (issue 16): the free objects a burst of logins' writes left in it would otherwise keep
+/// their slabs' pages for as long as the process runs (see
 /// [`crate::allocator::flush_thread_cache`], passed as `flush`). One flush per pause in the
-/// logins, off their path; none while the batches keep coming.
-fn next_batch<F: FnOnce() -> bool>(rx: &std::sync::mpsc::Receiver<Batch>, flush: F) -> Option<Batch> {
+/// logins, off their path; none while the batches keep coming, none without work.
+fn next_batch<F: FnOnce() -> bool>(
+    rx: &std::sync::mpsc::Receiver<Batch>,
+    after: std::time::Duration,
+    worked: &mut bool,
+    flush: F,
+) -> Option<Batch> {
     use std::sync::mpsc::RecvTimeoutError;
-    match rx.recv_timeout(IDLE_FLUSH_AFTER) {
-        Ok(batch) => Some(batch),
-        Err(RecvTimeoutError::Disconnected) => None,
-        Err(RecvTimeoutError::Timeout) => {
-            flush();
-            rx.recv().ok()
+    let batch = if *worked {
+        match rx.recv_timeout(after) {
+            Ok(batch) => Some(batch),
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                flush();
+                rx.recv().ok()
+            }
         }
-    }
+    } else {
+        rx.recv().ok()
+    };
+    *worked = batch.is_some();
+    batch
 }
 
 /// Batches waiting for the writer at most; beyond, batches are dropped and counted.
@@ -895,7 +907,9 @@ impl Recorder {
         let (tx, rx) = sync_channel::<Batch>(QUEUE_BATCHES);
         let writer = Arc::clone(&store);
         let spawned = std::thread::Builder::new().name("popsift-history".into()).spawn(move || {
-            while let Some(batch) = next_batch(&rx, crate::allocator::flush_thread_cache) {
+            let mut worked = false;
+            while let Some(batch) = next_batch(&rx, IDLE_FLUSH_AFTER, &mut worked, crate::allocator::flush_thread_cache)
+            {
                 let batch = match batch {
                     Batch::Decisions(d) => d,
                     Batch::Login(l) => l.decisions(),
@@ -997,24 +1011,38 @@ pub fn shared(
 mod tests {
     use super::*;
 
-    /// The writer empties its allocator cache once no batch has come for a second, then
-    /// waits on without a timeout; a batch is still taken, and a closed queue ends it.
+    /// The writer empties its allocator cache once no batch has come for a while after one
+    /// was written, then waits on without a timeout; a batch is still taken, a closed queue
+    /// ends it, and a quiet queue before any work flushes nothing.
     #[test]
     fn the_writer_flushes_its_cache_when_the_batches_pause() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        const AFTER: std::time::Duration = std::time::Duration::from_millis(10);
+        let flushes = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = sync_channel::<Batch>(1);
         let (flushed_tx, flushed) = std::sync::mpsc::channel::<()>();
-        tx.send(Batch::Decisions(Vec::new())).unwrap();
+        let counted = Arc::clone(&flushes);
         let writer = std::thread::spawn(move || {
-            let flush = |tx: std::sync::mpsc::Sender<()>| move || tx.send(()).is_ok();
-            // A batch already queued is taken at once, without a flush.
-            let queued = next_batch(&rx, flush(flushed_tx.clone())).is_some();
-            let after_pause = next_batch(&rx, flush(flushed_tx.clone())).is_some();
-            (queued, after_pause, next_batch(&rx, flush(flushed_tx)).is_none())
+            let flush = || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                flushed_tx.send(()).is_ok()
+            };
+            let mut worked = false;
+            // Quiet before any work: no flush, the first batch is taken when it comes.
+            let first = next_batch(&rx, AFTER, &mut worked, flush).is_some();
+            // Quiet after work: one flush, then the next batch is still taken.
+            let after_pause = next_batch(&rx, AFTER, &mut worked, flush).is_some();
+            (first, after_pause, next_batch(&rx, AFTER, &mut worked, flush).is_none())
         });
-        flushed.recv_timeout(IDLE_FLUSH_AFTER * 20).expect("flushed once the queue was quiet");
+        // Longer than AFTER with nothing queued: a flush here would be one without work.
+        std::thread::sleep(AFTER * 5);
+        assert_eq!(flushes.load(Ordering::SeqCst), 0, "no flush before any batch");
+        tx.send(Batch::Decisions(Vec::new())).unwrap();
+        flushed.recv_timeout(std::time::Duration::from_secs(20)).expect("flushed once the queue was quiet");
         tx.send(Batch::Decisions(Vec::new())).unwrap();
         drop(tx);
         assert_eq!(writer.join().unwrap(), (true, true, true));
+        assert_eq!(flushes.load(Ordering::SeqCst), 1, "one flush per pause, none at the close");
     }
 
     fn d(mb: &str, uidl: &str, action: &str, subject: &str, time: u64) -> Decision {

@@ -34,8 +34,9 @@
 //! from `/metrics`: live objects, their pages, metadata, resident), the thread caches
 //! (`tcache_bytes`: counted as allocated by jemalloc), the threads by name and their stacks'
 //! PSS, the allocator's metadata split into extent descriptors, page radix tree and the rest
-//! (what the peak leaves and jemalloc never gives back), and between `warm` and `during` the live objects per size class (jemalloc's `curregs`
-//! from `/debug/allocator`), divided by N: what one idle session holds, by object size, and
+//! (what the peak leaves and jemalloc never gives back), and between `warm` and `during` the
+//! live objects per size class (jemalloc's `curregs` from `/debug/allocator`), divided by N:
+//! what one idle session holds, by object size, and
 //! the slack the logins left (slab bytes holding no live object, per size class); between
 //! `start` and `after` the same (what the ended sessions left live: caches that grow with
 //! users or with the peak of sessions, and the pages those keep active). The **one-time
