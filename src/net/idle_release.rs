@@ -140,15 +140,7 @@ pub async fn release_when_idle(
             Err(_quiet) => {}
         }
         let release = release.clone();
-        let runtime = tokio::runtime::Handle::current();
-        let job = tokio::task::spawn_blocking(move || {
-            let done = release();
-            if done {
-                flush_thread_caches(&runtime);
-            }
-            done
-        });
-        match job.await {
+        match tokio::task::spawn_blocking(move || release()).await {
             Ok(true) => {
                 tracing::debug!(
                     sessions_since = started - released,
@@ -172,8 +164,9 @@ const FLUSH_WITHIN: Duration = Duration::from_millis(20);
 /// After a release: the allocator caches of the threads that stay are emptied (the calling
 /// blocking thread's, every runtime worker's, and, at their next poll, the model poller's),
 /// so the free objects the burst of sessions left in them no longer keep their slabs'
-/// pages (see [`crate::allocator::flush_thread_cache`]). Blocking.
-fn flush_thread_caches(runtime: &tokio::runtime::Handle) {
+/// pages (see [`crate::allocator::flush_thread_cache`]). Blocking: the listener's release
+/// runs it once [`release_stores`] is done.
+pub fn flush_thread_caches(runtime: &tokio::runtime::Handle) {
     crate::allocator::flush_thread_cache();
     let workers = crate::allocator::flush_worker_caches(runtime, FLUSH_WITHIN);
     crate::allocator::request_thread_flushes();

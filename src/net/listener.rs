@@ -79,9 +79,14 @@ pub async fn serve(
     // Issue 16: when no session has run for a while, the stores give their page caches back.
     let releaser = {
         let (cache, history, memo) = (cache.clone(), history.clone(), memo.clone());
+        let runtime = tokio::runtime::Handle::current();
         let release = move || {
             let history = history.as_ref().map(|h| &**h.store());
-            crate::net::idle_release::release_stores(cache.as_deref(), history, || memo.repack())
+            let done = crate::net::idle_release::release_stores(cache.as_deref(), history, || memo.repack());
+            if done {
+                crate::net::idle_release::flush_thread_caches(&runtime);
+            }
+            done
         };
         let quiet = crate::net::idle_release::RELEASE_AFTER;
         tokio::spawn(crate::net::idle_release::release_when_idle(sessions.watch(), quiet, Arc::new(release)))
