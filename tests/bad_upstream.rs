@@ -29,11 +29,19 @@ const MAILBOX: [&str; 2] = [
 ];
 
 fn start(script: impl Fn(usize, &str) -> Option<Reply> + Send + Sync + 'static) -> (Scripted, Popsift) {
+    start_with(EXTRA, script)
+}
+
+/// [`start`] with another config tail (`extra`).
+fn start_with(
+    extra: &str,
+    script: impl Fn(usize, &str) -> Option<Reply> + Send + Sync + 'static,
+) -> (Scripted, Popsift) {
     // No PIPELINING: one command at a time, so each misbehaviour meets the command it is for.
     let capa = Some(["TOP", "UIDL", "USER"].map(String::from).to_vec());
     let b = Behaviour { capa, script: ScriptFn::new(script), ..Behaviour::default() };
     let up = fake::start_in_thread(b, MAILBOX.iter().map(|m| m.as_bytes().to_vec()).collect());
-    let p = Popsift::start(&ProxyOpts { upstream: &up.addr, extra: EXTRA, ..Default::default() });
+    let p = Popsift::start(&ProxyOpts { upstream: &up.addr, extra, ..Default::default() });
     (up, p)
 }
 
@@ -222,6 +230,41 @@ fn upstream_data_behind_a_relayed_body() {
     assert!(c.read_until_closed().is_empty());
     assert_contained(&up, &p, &err, "no command outstanding");
     assert!(!up.commands_of(0).iter().any(|l| l == "NOOP"), "the command was not sent on a desynchronised stream");
+}
+
+/// A server that sends a body and then pauses (a slow link, a large message read from
+/// disk): what arrived reaches the client while the server still sends the rest, as through
+/// a byte pump (issue 16). Before, a part shorter than 64 KiB waited in popsift's output
+/// queue until the body ended or the reply timeout cut the session.
+#[test]
+fn body_part_reaches_the_client_while_the_server_sends_the_rest() {
+    let part: Vec<String> = (0..100).map(|i| format!("line {i:03} of a body the server is still sending")).collect();
+    let sent: String = part.iter().map(|l| format!("{l}\r\n")).collect();
+    let (_up, p) = start_with(
+        "timeouts:\n  upstream_reply: 60s\n",
+        on_first("RETR 1", move || Reply::SendThenHang(format!("+OK 99999 octets\r\n{sent}").into_bytes())),
+    );
+    let mut c = RawPop::connect(&p.addr);
+    assert_eq!(login(&mut c), "+OK logged in");
+    c.set_read_timeout(Duration::from_secs(10));
+    assert!(c.command("RETR 1").starts_with("+OK"));
+    for line in &part {
+        assert_eq!(&c.read_line(), line, "the body's first part, while the server is silent");
+    }
+}
+
+/// The same for pipelined commands: the first reply, whole, reaches the client while the
+/// server has not begun the second one; it does not wait behind it in popsift's queue.
+#[test]
+fn pipelined_reply_reaches_the_client_while_the_next_one_is_pending() {
+    let (_up, p) =
+        start_with("timeouts:\n  upstream_reply: 60s\n", on_first("RETR 2", || Reply::SendThenHang(Vec::new())));
+    let mut c = RawPop::connect(&p.addr);
+    assert_eq!(login(&mut c), "+OK logged in");
+    c.set_read_timeout(Duration::from_secs(10));
+    c.send_raw(b"RETR 1\r\nRETR 2\r\n");
+    assert!(c.read_line().starts_with("+OK"), "RETR 1's status line");
+    assert_eq!(c.read_multiline(), MAILBOX[0].as_bytes(), "RETR 1's body, while RETR 2 is unanswered");
 }
 
 /// A line arrives that no command asked for (here: right behind the last `TOP` reply of

@@ -315,8 +315,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Reads at least one more byte into the buffer by `deadline`; a timeout reports
-    /// `after` (the configured limit) and `phase`.
+    /// [`Conn::fill_if_ready`] for the next part of a multi-line reply: what it reads counts
+    /// on `clock` as [`Conn::fill_body`]'s reads do.
+    pub fn fill_body_if_ready(&mut self, clock: &mut BodyClock, phase: Phase) -> Result<bool, SessionError> {
+        let before = self.bytes_in;
+        let ready = self.fill_if_ready(phase)?;
+        clock.received += self.bytes_in - before;
+        Ok(ready)
+    }
+
     /// Reads what the socket already holds, without waiting: one poll of the read (plain or
     /// TLS alike). `Ok(false)` when nothing was ready. A zero-length `tokio::time::timeout`
     /// is no substitute: it only fires at the timer's next tick (about a millisecond), which
@@ -347,6 +354,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Reads at least one more byte into the buffer by `deadline`; a timeout reports
+    /// `after` (the configured limit) and `phase`.
     async fn fill_by(&mut self, deadline: Instant, after: Duration, phase: Phase) -> Result<(), SessionError> {
         self.make_room();
         let Conn { io, buf, timer, .. } = self;

@@ -86,13 +86,6 @@ use crate::store::verdict_memo::VerdictMemo;
 
 /// Client output is flushed when this much is pending, even mid-response.
 const FLUSH_AT: usize = 64 * 1024;
-/// A body part that does not end in the upstream's read buffer is kept there (and written
-/// from there, see [`Session::relay_body`]) only from this size on. A smaller one is copied
-/// into the output queue as before: kept, the next read's `reserve` would move it to the
-/// buffer's front and the body's end would copy it again, so a small pipelined body split
-/// across two reads was copied twice (issue 16: the 2,000 × 10 KB pipelined cell measured
-/// 1.11–1.16× the CPU of the build without the held part).
-const HOLD_FROM: usize = 16 * 1024;
 /// Most client input read ahead while watching the client during an upstream wait.
 const WATCH_READ_AHEAD: usize = 64 * 1024;
 /// Cap on a multi-line CAPA reply.
@@ -824,6 +817,15 @@ impl Session<'_> {
     /// client is watched meanwhile (see the module doc).
     async fn up_line(&mut self, phase: Phase, quit_queued: bool, mut into: Vec<u8>) -> Result<Vec<u8>, SessionError> {
         let t = self.ctx.config.timeouts.upstream_reply;
+        // Issue 16: replies queued for the client (earlier pipelined commands') go out before
+        // popsift waits for the server's next line, as a byte pump sends what it read; not
+        // while that line is already here or readable.
+        if !self.out.is_empty() {
+            let conn = connected(&mut self.up)?;
+            if memchr::memchr(b'\n', conn.buffered()).is_none() && !conn.fill_if_ready(phase)? {
+                self.flush().await?;
+            }
+        }
         let conn = connected(&mut self.up)?;
         let read = conn.read_line(MAX_STATUS_LINE, t, phase);
         let line = match phase {
@@ -849,9 +851,8 @@ impl Session<'_> {
         let mut clock = BodyClock::start(&t);
         self.mid_response = true;
         // Body octets at the front of the upstream's read buffer, fed to the scanner and not
-        // yet written. Issue 16: a large body is gathered there (up to `FLUSH_AT` with what is
-        // queued) and written from there behind the queued output in one `writev`, instead of
-        // being copied into the output queue first (one user-space copy less per octet).
+        // yet written. Issue 16: they are written from there behind the queued output in one
+        // `writev`, instead of being copied into the output queue first.
         let mut held = 0;
         loop {
             match up.body_part(held, &mut scanner) {
@@ -882,15 +883,31 @@ impl Session<'_> {
                     self.mid_response = false;
                     return Ok(());
                 }
-                Some((n, false)) if n < HOLD_FROM => {
-                    self.out.extend_from_slice(up.buffered().get(..n).unwrap_or_default());
-                    up.consume(n);
-                    held = 0;
-                }
                 Some((n, false)) => held = n,
                 None => {}
             }
-            if self.out.len() + held >= FLUSH_AT {
+            // Issue 16: what is gathered goes out before popsift waits for more of the body,
+            // as a byte pump sends what it read: the client takes it in while the server
+            // sends the rest. Not while more is already readable (then one larger write
+            // follows), and at `FLUSH_AT` in any case.
+            let gathered = self.out.len() + held;
+            let readable = match gathered > 0 && gathered < FLUSH_AT {
+                true => up.fill_body_if_ready(&mut clock, phase),
+                false => Ok(false),
+            };
+            let readable = match readable {
+                Ok(r) => r,
+                Err(e) => {
+                    // What arrived is passed on (see `tell_client_upstream_failed`).
+                    self.out.extend_from_slice(up.buffered().get(..held).unwrap_or_default());
+                    up.consume(held);
+                    return Err(e);
+                }
+            };
+            if readable {
+                continue;
+            }
+            if gathered > 0 {
                 let part = up.buffered().get(..held).unwrap_or_default();
                 self.client.write_all_pair(&self.out, part, t.client_idle, Phase::ClientWrite).await?;
                 up.consume(held);

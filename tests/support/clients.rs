@@ -522,6 +522,11 @@ impl RawPop {
         p
     }
 
+    /// Every later read times out after `d` instead of 30 s.
+    pub fn set_read_timeout(&mut self, d: Duration) {
+        self.reader.get_ref().set_read_timeout(Some(d)).expect("set_read_timeout");
+    }
+
     /// Send raw bytes (for pipelining several commands in one write).
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.reader.get_mut().write_all(bytes).expect("write to server");
