@@ -8,7 +8,10 @@
 //! Only the download is timed (the RETRs of every message until the last terminator), not the
 //! login scan, which has its own subsection in README ("Login scan latency"). Each measurement
 //! is repeated (`POPSIFT_BENCH_REPS`, default 7) after one warm-up; the median is reported with
-//! the ratio popsift / direct. Target: ≤ 1.2×.
+//! the ratio popsift / direct. Target: ≤ 1.2×. Every time ratio is paired: each round downloads
+//! once through every peer, back to back, and the ratio printed is the median over the rounds
+//! of that round's ratio, so a load that drifts between rounds (this machine's wall times
+//! scatter by ±30 % from one minute to the next) moves both sides of a ratio alike.
 //!
 //! Peers measured in the same run, interleaved with direct and popsift (issue 16): a plain
 //! byte pump (two threads per connection) and HAProxy in TCP mode (Debian `haproxy`, from a
@@ -288,6 +291,13 @@ fn download(addr: &str, user: &str, pass: &str, pattern: Pattern, cpu_of: Option
     (t, octets, cpu)
 }
 
+/// The median over the rounds of `a[i] / b[i]` (both measured in round `i`).
+fn paired_ratio(a: &[Duration], b: &[Duration]) -> f64 {
+    let mut r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.as_secs_f64() / b.as_secs_f64()).collect();
+    r.sort_by(f64::total_cmp);
+    r[r.len() / 2]
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -428,6 +438,12 @@ fn main() {
                 }
             }
             let (cpu, cpu_haproxy) = (cpus[POPSIFT], cpus[HAPROXY]);
+            // Time ratios are paired: the median over the rounds of each round's ratio (the
+            // two downloads ran back to back, under the same load), not a ratio of medians.
+            let paired = |a: usize, b: usize| format!("{:.2}x", paired_ratio(&times[a], &times[b]));
+            let (r_vd, r_pd, r_hd, r_vh) =
+                (paired(POPSIFT, DIRECT), paired(PUMP, DIRECT), paired(HAPROXY, DIRECT), paired(POPSIFT, HAPROXY));
+            let r_vb = times.get(BASELINE).map(|_| (paired(BASELINE, DIRECT), paired(POPSIFT, BASELINE)));
             let medians: Vec<Duration> = times.into_iter().map(median).collect();
             let (md, mv, mp, mh) = (medians[DIRECT], medians[POPSIFT], medians[PUMP], medians[HAPROXY]);
             let based = medians.get(BASELINE).copied();
@@ -441,10 +457,10 @@ fn main() {
                 &ms(mv),
                 &ms(mp),
                 &ms(mh),
-                &ratio(mv, md),
-                &ratio(mp, md),
-                &ratio(mh, md),
-                &ratio(mv, mh),
+                &r_vd,
+                &r_pd,
+                &r_hd,
+                &r_vh,
                 &format!("{:.0}", octets as f64 / 1e6 / mv.as_secs_f64()),
                 &cpu_ms(cpu),
                 &cpu_ms(cpu_haproxy),
@@ -452,7 +468,7 @@ fn main() {
                 &cpu.user_percent(),
                 &cpu_haproxy.user_percent(),
             ]);
-            if let Some(mb) = based {
+            if let (Some(mb), Some((r_bd, r_vb))) = (based, r_vb) {
                 let cpu_based = cpus[BASELINE];
                 println!(
                     "{:<14} {:<14} {:>9} baseline {} ms = {}, popsift / baseline = {}; baseline CPU {} ms/run, popsift / baseline CPU = {}",
@@ -460,8 +476,8 @@ fn main() {
                     "",
                     "",
                     ms(mb),
-                    ratio(mb, md),
-                    ratio(mv, mb),
+                    r_bd,
+                    r_vb,
                     cpu_ms(cpu_based),
                     ratio(cpu.total, cpu_based.total)
                 );
