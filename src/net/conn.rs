@@ -50,6 +50,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::net::error::{Phase, SessionError};
+use crate::net::outbox::{Outbox, SLICES};
 use crate::pop3::line::{split_line, Line};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,6 +392,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.buf.advance(n);
     }
 
+    /// Takes the first `n` buffered octets out as a shared part, without copying them
+    /// (see [`crate::net::outbox`]). The read buffer keeps the rest; while the part lives,
+    /// its next growth makes a new allocation instead of reusing this one.
+    pub fn split_front(&mut self, n: usize) -> bytes::Bytes {
+        self.buf.split_to(n.min(self.buf.len())).freeze()
+    }
+
     /// The one body-relay step every reader of a multi-line body uses (verbatim relay,
     /// quarantine copy, header collection, small replies read whole): offers the buffered
     /// bytes to `feed`, hands the part that belongs to the body (terminator included) to
@@ -420,10 +428,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.write_all_pair(&[], data, limit, phase).await
     }
 
-    /// Writes `head` then `tail`: pending replies and a body part still in the upstream's
-    /// read buffer go out together in one `writev` where the stream supports it (plain TCP),
-    /// without first being copied into one buffer (issue 16). With an empty `head` this is
-    /// one plain `write_all` (no `writev`). A peer that stops reading for `limit` is an error.
+    /// Writes `head` then `tail` (see [`Conn::write_runs`]).
     pub async fn write_all_pair(
         &mut self,
         head: &[u8],
@@ -431,23 +436,66 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         limit: Duration,
         phase: Phase,
     ) -> Result<(), SessionError> {
-        let len = head.len() + tail.len();
+        self.write_runs(|| [head, tail].into_iter(), limit, phase).await
+    }
+
+    /// Writes the client's queued output `out`, then `tail` (a body part still in the
+    /// upstream's read buffer), in one vectored write (see [`Conn::write_runs`]).
+    pub async fn write_outbox(
+        &mut self,
+        out: &Outbox,
+        tail: &[u8],
+        limit: Duration,
+        phase: Phase,
+    ) -> Result<(), SessionError> {
+        self.write_runs(|| out.runs(tail), limit, phase).await
+    }
+
+    /// Writes every run `runs()` yields (at most [`SLICES`] at a time), in order: pending replies and
+    /// body parts still in the upstream's read buffer go out together in one `writev` where
+    /// the stream supports it (plain TCP), without first being copied into one buffer
+    /// (issue 16). A single run is one plain write (no `writev`). The slices are made
+    /// afresh at each poll from what is left, so no array of them is kept in the future
+    /// every idle session holds. A peer that stops reading for `limit` is an error.
+    async fn write_runs<'a, R: Iterator<Item = &'a [u8]>>(
+        &mut self,
+        runs: impl Fn() -> R,
+        limit: Duration,
+        phase: Phase,
+    ) -> Result<(), SessionError> {
+        let len: usize = runs().map(<[u8]>::len).sum();
         if len == 0 {
             return Ok(());
         }
         let io = &mut self.io;
         let mut write = std::pin::pin!(async move {
-            let (mut head, mut tail) = (head, tail);
-            while !head.is_empty() {
-                let n = io.write_vectored(&[std::io::IoSlice::new(head), std::io::IoSlice::new(tail)]).await?;
+            let mut written = 0;
+            while written < len {
+                let n = std::future::poll_fn(|cx| {
+                    // Two slices cover a reply behind its status line; more only for a
+                    // queue with shared parts.
+                    let mut two = [std::io::IoSlice::new(&[]); 2];
+                    let iov;
+                    let some = match fill_slices(runs(), written, &mut two) {
+                        Some(k) => two.get(..k).unwrap_or_default(),
+                        None => {
+                            let mut all = [std::io::IoSlice::new(&[]); SLICES];
+                            let k = fill_slices(runs(), written, &mut all).unwrap_or(SLICES);
+                            iov = all;
+                            iov.get(..k).unwrap_or_default()
+                        }
+                    };
+                    match some {
+                        [one] => Pin::new(&mut *io).poll_write(cx, one),
+                        some => Pin::new(&mut *io).poll_write_vectored(cx, some),
+                    }
+                })
+                .await?;
                 if n == 0 {
                     return Err(std::io::ErrorKind::WriteZero.into());
                 }
-                let from_head = n.min(head.len());
-                head = head.get(from_head..).unwrap_or_default();
-                tail = tail.get(n - from_head..).unwrap_or_default();
+                written += n;
             }
-            io.write_all(tail).await?;
             io.flush().await
         });
         // Tried once first: a socket with room takes it all at once, and then no timer is
@@ -516,6 +564,27 @@ async fn by_deadline<F: Future>(
             None => {}
         }
     }
+}
+
+/// Fills `iov` with the runs after the first `skip` octets (empty runs left out);
+/// `Some(count)` when all fitted, `None` when `iov` is full and more remain.
+fn fill_slices<'a>(
+    runs: impl Iterator<Item = &'a [u8]>,
+    mut skip: usize,
+    iov: &mut [std::io::IoSlice<'a>],
+) -> Option<usize> {
+    let mut k = 0;
+    for run in runs {
+        if skip >= run.len() {
+            skip -= run.len();
+            continue;
+        }
+        let slot = iov.get_mut(k)?;
+        *slot = std::io::IoSlice::new(run.get(skip..).unwrap_or_default());
+        skip = 0;
+        k += 1;
+    }
+    Some(k)
 }
 
 /// Polls `f` once (with the task's waker): `Pending` leaves it to be awaited further.

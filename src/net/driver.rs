@@ -70,6 +70,7 @@ use crate::net::conn::{BodyClock, Conn, Side};
 use crate::net::error::{Phase, SessionError};
 use crate::net::history_hooks;
 use crate::net::login_scan::LoginScan;
+use crate::net::outbox::Outbox;
 use crate::net::quarantine_copy;
 use crate::net::stream::Stream;
 use crate::net::upstream::{self, Upstream};
@@ -113,7 +114,7 @@ async fn watching<S: AsyncRead + AsyncWrite + Unpin, T>(
 /// client is touched. So no slow step of the login holds its early `+OK`.
 async fn ticking<T>(
     client: &mut Conn<ClientStream>,
-    out: &mut Vec<u8>,
+    out: &mut Outbox,
     m: &mut Machine,
     write_limit: Duration,
     work: impl Future<Output = Result<T, SessionError>>,
@@ -129,7 +130,7 @@ async fn ticking<T>(
                 while let Some(a) = m.next_client_output() {
                     match a {
                         Action::Flush => {
-                            client.write_all(out, write_limit, Phase::ClientWrite).await?;
+                            client.write_outbox(out, &[], write_limit, Phase::ClientWrite).await?;
                             out.clear();
                         }
                         Action::ToClient(b) => out.extend_from_slice(&b),
@@ -275,7 +276,7 @@ async fn session(arrived: Box<(ClientStream, SocketAddr, IpSlot)>, ctx: Arc<Sess
             peer,
             client: Conn::new(client, Side::Client),
             up: None,
-            out: Vec::new(),
+            out: Outbox::new(),
             mid_response: false,
             ctx: &ctx,
             scan: None,
@@ -388,7 +389,7 @@ struct Session<'a> {
     /// the session future, which then fits a smaller allocator size class.
     up: Option<Box<Upstream>>,
     /// Client output not yet written.
-    out: Vec<u8>,
+    out: Outbox,
     /// A multi-line reply has been started towards the client: an `-ERR` now would corrupt it.
     mid_response: bool,
     /// The login scan in progress (between `Need::Scan` and the view). Boxed, like
@@ -528,7 +529,7 @@ impl Session<'_> {
                     if let Some(u) = up.as_mut() {
                         u.conn.release_if_empty();
                     }
-                    *out = Vec::new();
+                    out.release();
                     m.release_idle();
                 };
                 self.client.fill_client_or_idle(t.client_idle, t.client_line, release).await?;
@@ -772,7 +773,7 @@ impl Session<'_> {
     async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.out.is_empty() {
             let t = self.ctx.config.timeouts.client_idle;
-            self.client.write_all(&self.out, t, Phase::ClientWrite).await?;
+            self.client.write_outbox(&self.out, &[], t, Phase::ClientWrite).await?;
             self.out.clear();
         }
         Ok(())
@@ -783,7 +784,7 @@ impl Session<'_> {
             // Pass on what arrived; the client sees a reply without its terminator followed by
             // the close, exactly as if it had been talking to the failing server directly.
             let t = self.ctx.config.timeouts.client_idle;
-            let _ = self.client.write_all(&self.out, t, Phase::ClientWrite).await;
+            let _ = self.client.write_outbox(&self.out, &[], t, Phase::ClientWrite).await;
             return;
         }
         // Replies already complete (earlier pipelined commands) go out first, so the `-ERR`
@@ -791,7 +792,8 @@ impl Session<'_> {
         // end has the detail; the client gets no host names.
         let text = format!("-ERR [SYS/TEMP] upstream server failed ({}); try again later\r\n", e.client_reason());
         self.out.extend_from_slice(text.as_bytes());
-        let _ = self.client.write_all(&self.out, self.ctx.config.timeouts.client_idle, Phase::ClientWrite).await;
+        let _ =
+            self.client.write_outbox(&self.out, &[], self.ctx.config.timeouts.client_idle, Phase::ClientWrite).await;
         self.out.clear();
     }
 
@@ -869,7 +871,7 @@ impl Session<'_> {
                     // terminator stays buffered (the next pipelined reply, or unsolicited
                     // data that `check_upstream_quiet` refuses).
                     let part = up.buffered().get(..n).unwrap_or_default();
-                    self.client.write_all_pair(&self.out, part, t.client_idle, Phase::ClientWrite).await?;
+                    self.client.write_outbox(&self.out, part, t.client_idle, Phase::ClientWrite).await?;
                     up.consume(n);
                     self.out.clear();
                     self.mid_response = false;
@@ -877,9 +879,14 @@ impl Session<'_> {
                 }
                 Some((n, true)) => {
                     // The end of the body joins the output queue: replies to pipelined
-                    // commands behind it go out in the same write.
-                    self.out.extend_from_slice(up.buffered().get(..n).unwrap_or_default());
-                    up.consume(n);
+                    // commands behind it go out in the same write. Issue 16: split off the
+                    // read buffer as a shared part, not copied (see `net::outbox`).
+                    if self.out.would_share(n) {
+                        self.out.push_shared(up.split_front(n));
+                    } else {
+                        self.out.extend_from_slice(up.buffered().get(..n).unwrap_or_default());
+                        up.consume(n);
+                    }
                     self.mid_response = false;
                     return Ok(());
                 }
@@ -909,7 +916,7 @@ impl Session<'_> {
             }
             if gathered > 0 {
                 let part = up.buffered().get(..held).unwrap_or_default();
-                self.client.write_all_pair(&self.out, part, t.client_idle, Phase::ClientWrite).await?;
+                self.client.write_outbox(&self.out, part, t.client_idle, Phase::ClientWrite).await?;
                 up.consume(held);
                 held = 0;
                 self.out.clear();
@@ -959,7 +966,7 @@ impl Session<'_> {
             }
         };
         let header = raw.get(..header_end).unwrap_or_default();
-        if header_end > 0 && !rewritten_header(header, rw, &mut self.out) {
+        if header_end > 0 && !rewritten_header(header, rw, self.out.copied_mut()) {
             warn!("message headers changed since login; relayed untagged");
         }
         let rest = raw.get(body_start..).unwrap_or_default().to_vec();

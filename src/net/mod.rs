@@ -5,6 +5,7 @@
 //!   timeouts and size caps.
 //! - [`tls`]: the rustls client configuration (platform + webpki roots + `--upstream-ca`).
 //! - [`upstream`]: connecting to the real server: TCP, implicit TLS or STLS, greeting, CAPA.
+//! - [`outbox`]: the client's output queue (copied replies and shared body parts, in order).
 //! - [`login_scan`]: performs the login scan (STAT, LIST, UIDL, windowed `TOP n 0`, the
 //!   header cache, evaluation off the async threads, rechecks).
 //! - [`quarantine_copy`]: performs the quarantine copies (RETR into the user's Maildir).
@@ -27,6 +28,7 @@ pub mod http;
 pub mod idle_release;
 pub mod listener;
 pub mod login_scan;
+pub mod outbox;
 pub mod quarantine_copy;
 pub mod stream;
 pub mod tls;
