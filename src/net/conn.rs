@@ -712,6 +712,98 @@ mod tests {
     use tokio::io::DuplexStream;
     use tokio::time::sleep;
 
+    /// A peer that takes 1 to 7 octets per write, with or without vectored writes, and
+    /// never sends anything.
+    struct Trickle {
+        got: Vec<u8>,
+        writes: usize,
+        vectored: bool,
+    }
+
+    impl Trickle {
+        fn accept(&mut self, bufs: &[std::io::IoSlice<'_>]) -> usize {
+            self.writes += 1;
+            let room = 1 + self.writes * 5 % 7;
+            let before = self.got.len();
+            for b in bufs {
+                let n = (room - (self.got.len() - before)).min(b.len());
+                self.got.extend_from_slice(&b[..n]);
+            }
+            self.got.len() - before
+        }
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(self.accept(&[std::io::IoSlice::new(buf)])))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            match self.vectored {
+                true => Poll::Ready(Ok(self.accept(bufs))),
+                false => {
+                    let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+                    self.poll_write(cx, first)
+                }
+            }
+        }
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A full output queue (copied runs around every part the queue takes, then a tail)
+    /// reaches a peer that takes a few octets per write whole and in order, vectored or not.
+    #[tokio::test]
+    async fn an_outbox_is_written_whole_and_in_order_through_short_writes() {
+        use crate::net::outbox::{MAX_PARTS, SHARE_FROM};
+        for vectored in [false, true] {
+            let mut c = Conn::new(Trickle { got: Vec::new(), writes: 0, vectored }, Side::Client);
+            let mut out = Outbox::new();
+            let mut expected = Vec::new();
+            for i in 0..MAX_PARTS {
+                let status = format!("+OK {i}\r\n");
+                out.extend_from_slice(status.as_bytes());
+                expected.extend_from_slice(status.as_bytes());
+                let part: Vec<u8> = (0..SHARE_FROM + i).map(|k| (k * 7 + i) as u8).collect();
+                assert!(out.would_share(part.len()));
+                out.push_shared(bytes::Bytes::from(part.clone()));
+                expected.extend_from_slice(&part);
+            }
+            out.extend_from_slice(b"+OK last\r\n");
+            expected.extend_from_slice(b"+OK last\r\n");
+            let tail = b"the last body, from the read buffer\r\n.\r\n";
+            expected.extend_from_slice(tail);
+            c.write_outbox(&out, tail, Duration::from_secs(5), Phase::ClientWrite).await.unwrap();
+            assert_eq!(c.get_ref().got.len(), expected.len(), "vectored: {vectored}");
+            assert!(c.get_ref().got == expected, "octets out of order (vectored: {vectored})");
+            assert!(c.get_ref().writes > expected.len() / 7, "the peer took short writes");
+        }
+    }
+
     fn pair(side: Side) -> (Conn<DuplexStream>, DuplexStream) {
         let (a, b) = tokio::io::duplex(1 << 20);
         (Conn::new(a, side), b)

@@ -12,7 +12,10 @@
 //! answered strictly in order. Commands that need the upstream are sent ahead when the
 //! upstream itself pipelines; otherwise one at a time. Replies to the client are batched and
 //! flushed when no further command is waiting, so a pipelining client gets full-size writes
-//! and a one-command-at-a-time client gets each reply immediately. A body whose reply is
+//! and a one-command-at-a-time client gets each reply immediately; and before popsift waits
+//! for more from the server (issue 16): what it holds goes out first, as through a byte
+//! pump, unless more is readable at once. A pipelined body that ended in the upstream's
+//! read buffer is queued as a shared part of it, not copied ([`crate::net::outbox`]). A body whose reply is
 //! the last one owed (nothing queued or in flight, [`Machine::drained`]) is written at its
 //! end straight from the upstream's read buffer behind its status line, not copied into the
 //! output queue first (issue 16: ~10,000 of a 10 KB RETR's ~30,000 instructions).
@@ -678,12 +681,20 @@ impl Session<'_> {
                 return self.flushed_wait(wait, m).await;
             }
             Need::UpstreamLine { phase, lenient: true } => {
-                match self.up_line(phase, m.quit_queued(), m.spare()).await {
+                // Only the upstream's failures are lenient: one of the client's (a write
+                // before the wait) ends the session as anywhere else.
+                let line = match self.flush_before_line(phase).await {
+                    Ok(()) => self.up_line(phase, m.quit_queued(), m.spare()).await,
+                    Err(e) if e.upstream_kind().is_none() => return Err(e),
+                    Err(e) => Err(e),
+                };
+                match line {
                     Ok(line) => Input::UpstreamLine(line),
                     Err(_) => Input::UpstreamLineFailed,
                 }
             }
             Need::UpstreamLine { phase, lenient: false } => {
+                self.flush_before_line(phase).await?;
                 Input::UpstreamLine(self.up_line(phase, m.quit_queued(), m.spare()).await?)
             }
             Need::UpstreamBody { phase } => {
@@ -814,20 +825,29 @@ impl Session<'_> {
         })
     }
 
+    /// Issue 16: replies queued for the client (earlier pipelined commands') go out before
+    /// popsift waits for the server's next status line, as a byte pump sends what it read;
+    /// not while that line is already buffered or arrives whole without waiting (a part of
+    /// it is read and the rest looked for again).
+    async fn flush_before_line(&mut self, phase: Phase) -> Result<(), SessionError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let conn = connected(&mut self.up)?;
+        // At most a status line's length (past it, the read refuses the line).
+        while conn.buffered().len() <= MAX_STATUS_LINE && memchr::memchr(b'\n', conn.buffered()).is_none() {
+            if !conn.fill_if_ready(phase)? {
+                return self.flush().await;
+            }
+        }
+        Ok(())
+    }
+
     /// One upstream status line, whole within `upstream_reply`, appended to `into` (a
     /// buffer the machine recycles, [`Machine::spare`]). Outside the scan and UPDATE the
     /// client is watched meanwhile (see the module doc).
     async fn up_line(&mut self, phase: Phase, quit_queued: bool, mut into: Vec<u8>) -> Result<Vec<u8>, SessionError> {
         let t = self.ctx.config.timeouts.upstream_reply;
-        // Issue 16: replies queued for the client (earlier pipelined commands') go out before
-        // popsift waits for the server's next line, as a byte pump sends what it read; not
-        // while that line is already here or readable.
-        if !self.out.is_empty() {
-            let conn = connected(&mut self.up)?;
-            if memchr::memchr(b'\n', conn.buffered()).is_none() && !conn.fill_if_ready(phase)? {
-                self.flush().await?;
-            }
-        }
         let conn = connected(&mut self.up)?;
         let read = conn.read_line(MAX_STATUS_LINE, t, phase);
         let line = match phase {
@@ -966,7 +986,7 @@ impl Session<'_> {
             }
         };
         let header = raw.get(..header_end).unwrap_or_default();
-        if header_end > 0 && !rewritten_header(header, rw, self.out.copied_mut()) {
+        if header_end > 0 && !self.out.append_with(|out| rewritten_header(header, rw, out)) {
             warn!("message headers changed since login; relayed untagged");
         }
         let rest = raw.get(body_start..).unwrap_or_default().to_vec();
@@ -1007,9 +1027,9 @@ mod tests {
         );
         // The listener boxes this future inside its admission block and the task-local
         // scope (`net::listener::tests::the_idle_session_box_is_small` bounds that box by
-        // its size class). 1,392 B here (debug build; 1,384 B release) puts that box at
-        // 1,440 B (1,432 B release), in jemalloc's 1,536-byte size class; the bound leaves
-        // 16 B. It was 1,600 B (release) and the box in the 1,792 one before the machine
+        // its size class). 1,376 B here (debug build, since the output queue's writes make
+        // their slices at each poll; 1,392 B before) puts that box at 1,424 B, in
+        // jemalloc's 1,536-byte size class; the bound leaves 32 B. It was 1,600 B (release) and the box in the 1,792 one before the machine
         // dropped what TRANSACTION does not need (the login's `+OK` and its due time boxed,
         // the user name kept once, `u32` counts, the SASL mechanism only while its identity
         // is unread, the view's tables as boxed slices), the session stopped keeping the

@@ -50,10 +50,14 @@ impl Outbox {
         self.copied.extend_from_slice(bytes);
     }
 
-    /// The copied octets, to append to in place (a rewritten header block). What is
-    /// appended goes out after everything queued so far.
-    pub fn copied_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.copied
+    /// Runs `append` on the copied octets, to append to them in place (a rewritten header
+    /// block). What is appended goes out after everything queued so far; nothing queued may
+    /// be taken away (the parts' places are offsets into it).
+    pub fn append_with<T>(&mut self, append: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+        let before = self.copied.len();
+        let r = append(&mut self.copied);
+        debug_assert!(self.copied.len() >= before, "queued output was taken away");
+        r
     }
 
     /// Whether a body part of `len` octets is better queued with [`Outbox::push_shared`]
@@ -69,6 +73,8 @@ impl Outbox {
         }
         let at = self.copied.len();
         let parts = self.parts.get_or_insert_with(Box::default);
+        // More would still be written whole, in more than one write (see `would_share`).
+        debug_assert!(parts.list.len() < MAX_PARTS, "more parts than one write's slices");
         parts.octets += part.len();
         parts.list.push((at, part));
     }
@@ -145,7 +151,7 @@ mod tests {
         o.extend_from_slice(b"+OK 2\r\n");
         o.push_shared(Bytes::from_static(b"body two\r\n.\r\n"));
         o.push_shared(Bytes::from_static(b"-- three --"));
-        o.copied_mut().extend_from_slice(b"+OK 4\r\n");
+        o.append_with(|v| v.extend_from_slice(b"+OK 4\r\n"));
         assert_eq!(o.len(), 7 + 13 + 7 + 13 + 11 + 7);
         assert_eq!(
             joined(&o, b"tail"),

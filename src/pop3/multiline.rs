@@ -24,7 +24,8 @@ enum ScanState {
     /// At the start of a line (the body starts here, right after the status line).
     #[default]
     LineStart,
-    /// Inside a line.
+    /// Inside a line: the next octet to look at is never the first of a line (every way
+    /// here consumes at least the line's first octet), which [`find_line_dot`] relies on.
     Mid,
     /// Saw `.` at the start of a line.
     Dot,

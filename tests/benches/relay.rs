@@ -9,8 +9,8 @@
 //! login scan, which has its own subsection in README ("Login scan latency"). Each measurement
 //! is repeated (`POPSIFT_BENCH_REPS`, default 7) after one warm-up; the median is reported with
 //! the ratio popsift / direct. Target: ≤ 1.2×. Every time ratio is paired: each round downloads
-//! once through every peer, back to back, and the ratio printed is the median over the rounds
-//! of that round's ratio, so a load that drifts between rounds (this machine's wall times
+//! once through every peer (in an order that rotates), and the ratio printed is the median
+//! over the rounds of that round's ratio, so a load that drifts between rounds (this machine's wall times
 //! scatter by ±30 % from one minute to the next) moves both sides of a ratio alike.
 //!
 //! Peers measured in the same run, interleaved with direct and popsift (issue 16): a plain
@@ -439,7 +439,7 @@ fn main() {
             }
             let (cpu, cpu_haproxy) = (cpus[POPSIFT], cpus[HAPROXY]);
             // Time ratios are paired: the median over the rounds of each round's ratio (the
-            // two downloads ran back to back, under the same load), not a ratio of medians.
+            // two downloads ran in the same round, under the same load), not a ratio of medians.
             let paired = |a: usize, b: usize| format!("{:.2}x", paired_ratio(&times[a], &times[b]));
             let (r_vd, r_pd, r_hd, r_vh) =
                 (paired(POPSIFT, DIRECT), paired(PUMP, DIRECT), paired(HAPROXY, DIRECT), paired(POPSIFT, HAPROXY));
