@@ -15,10 +15,11 @@
 //! and a one-command-at-a-time client gets each reply immediately; and before popsift waits
 //! for more from the server (issue 16): what it holds goes out first, as through a byte
 //! pump, unless more is readable at once. A pipelined body that ended in the upstream's
-//! read buffer is queued as a shared part of it, not copied ([`crate::net::outbox`]). A body whose reply is
-//! the last one owed (nothing queued or in flight, [`Machine::drained`]) is written at its
-//! end straight from the upstream's read buffer behind its status line, not copied into the
-//! output queue first (issue 16: ~10,000 of a 10 KB RETR's ~30,000 instructions).
+//! read buffer is queued as a shared part of it, not copied ([`crate::net::outbox`]). A
+//! body whose reply is the last one owed (nothing queued or in flight,
+//! [`Machine::drained`]) is written at its end straight from the upstream's read buffer
+//! behind its status line, not copied into the output queue first (issue 16: ~10,000 of a
+//! 10 KB RETR's ~30,000 instructions).
 //!
 //! # Early answer (`scan.early_answer_after`)
 //! The login `+OK` normally waits for the scan, because the client may send STAT right
