@@ -451,12 +451,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.write_runs(|| out.runs(tail), limit, phase).await
     }
 
-    /// Writes every run `runs()` yields (at most [`SLICES`] at a time), in order: pending replies and
-    /// body parts still in the upstream's read buffer go out together in one `writev` where
-    /// the stream supports it (plain TCP), without first being copied into one buffer
-    /// (issue 16). A single run is one plain write (no `writev`). The slices are made
-    /// afresh at each poll from what is left, so no array of them is kept in the future
-    /// every idle session holds. A peer that stops reading for `limit` is an error.
+    /// Writes every run `runs()` yields (at most [`SLICES`] at a time), in order: pending
+    /// replies and body parts still in the upstream's read buffer go out together in one
+    /// `writev` where the stream supports it (plain TCP), without first being copied into
+    /// one buffer (issue 16). A single run is one plain write (no `writev`). The slices are
+    /// made afresh at each poll from what is left, so no array of them is kept in the
+    /// future every idle session holds. A peer that stops reading for `limit` is an error.
     async fn write_runs<'a, R: Iterator<Item = &'a [u8]>>(
         &mut self,
         runs: impl Fn() -> R,
