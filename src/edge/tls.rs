@@ -183,7 +183,7 @@ impl AsyncWrite for ClientStream {
         }
     }
     /// Passed through (issue 16): the body relay writes pending replies and a body part
-    /// straight from the upstream's read buffer in one `writev` (`Conn::write_all_pair`).
+    /// straight from the upstream's read buffer in one `writev` (`Conn::write_outbox`).
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

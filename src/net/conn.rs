@@ -425,18 +425,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Writes everything; a peer that stops reading for `limit` is an error.
     pub async fn write_all(&mut self, data: &[u8], limit: Duration, phase: Phase) -> Result<(), SessionError> {
-        self.write_all_pair(&[], data, limit, phase).await
-    }
-
-    /// Writes `head` then `tail` (see [`Conn::write_runs`]).
-    pub async fn write_all_pair(
-        &mut self,
-        head: &[u8],
-        tail: &[u8],
-        limit: Duration,
-        phase: Phase,
-    ) -> Result<(), SessionError> {
-        self.write_runs(|| [head, tail].into_iter(), limit, phase).await
+        self.write_runs(|| std::iter::once(data), limit, phase).await
     }
 
     /// Writes the client's queued output `out`, then `tail` (a body part still in the
@@ -966,7 +955,7 @@ mod tests {
     }
 
     /// Issue 16's relay step: a body gathered in the read buffer (`body_part` with the octets
-    /// already held) and written behind queued output by `write_all_pair` arrives whole and in
+    /// already held) and written behind queued output by `write_outbox` arrives whole and in
     /// order, through a pipe far smaller than either part (every write is partial).
     #[tokio::test]
     async fn body_held_in_the_read_buffer_is_written_whole_behind_queued_output() {
@@ -989,7 +978,9 @@ mod tests {
             got
         });
         let mut scanner = crate::pop3::BodyScanner::new();
-        let (mut held, mut queued) = (0, b"+OK 300000 octets\r\n".to_vec());
+        let mut held = 0;
+        let mut queued = Outbox::new();
+        queued.extend_from_slice(b"+OK 300000 octets\r\n");
         let end = loop {
             match up.body_part(held, &mut scanner) {
                 Some((n, true)) => break n,
@@ -998,15 +989,16 @@ mod tests {
             }
             if queued.len() + held >= 64 * 1024 {
                 let part = up.buffered()[..held].to_vec();
-                client.write_all_pair(&queued, &part, Duration::from_secs(10), Phase::ClientWrite).await.unwrap();
+                client.write_outbox(&queued, &part, Duration::from_secs(10), Phase::ClientWrite).await.unwrap();
                 up.consume(held);
-                (held, queued) = (0, Vec::new());
+                held = 0;
+                queued.clear();
             }
             up.fill(Duration::from_secs(10), Phase::Relay).await.unwrap();
         };
         queued.extend_from_slice(&up.buffered()[..end]);
         up.consume(end);
-        client.write_all(&queued, Duration::from_secs(10), Phase::ClientWrite).await.unwrap();
+        client.write_outbox(&queued, &[], Duration::from_secs(10), Phase::ClientWrite).await.unwrap();
         assert_eq!(up.buffered(), b"+OK next\r\n", "the next reply stays buffered");
         drop(client);
         let got = reader.await.unwrap();
