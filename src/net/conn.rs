@@ -162,6 +162,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Whether the buffer holds no whole line yet and less than `max` octets of one, i.e.
+    /// [`Conn::take_line`] would need more input (the same test it makes).
+    pub fn line_incomplete(&self, max: usize) -> bool {
+        matches!(split_line(&self.buf, max), Line::Incomplete)
+    }
+
     /// Takes one complete line (without its line end) from what is already buffered.
     pub fn take_line(&mut self, max: usize) -> Result<Option<BytesMut>, SessionError> {
         match split_line(&self.buf, max) {

@@ -836,7 +836,7 @@ impl Session<'_> {
         }
         let conn = connected(&mut self.up)?;
         // At most a status line's length (past it, the read refuses the line).
-        while conn.buffered().len() <= MAX_STATUS_LINE && memchr::memchr(b'\n', conn.buffered()).is_none() {
+        while conn.line_incomplete(MAX_STATUS_LINE) {
             if !conn.fill_if_ready(phase)? {
                 return self.flush().await;
             }
