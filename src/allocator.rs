@@ -168,11 +168,10 @@ pub fn flush_thread_cache() -> bool {
     // Off and not on again would leave this thread without a cache for good (slower
     // allocations, nothing lost): try twice, and say so if it stays off.
     let flushed = mib.write(true).is_ok() || mib.write(true).is_ok();
-    if !flushed {
-        tracing::warn!("allocator: this thread's cache could not be turned on again after its flush");
-    }
     if flushed {
         FLUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    } else {
+        tracing::warn!("allocator: this thread's cache could not be turned on again after its flush");
     }
     flushed
 }
