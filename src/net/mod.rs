@@ -12,6 +12,7 @@
 //! - [`driver`]: one client session from accept to close: the I/O pump that performs the
 //!   actions of [`crate::session::machine`] under named timeouts.
 //! - [`listener`]: accept loops, the session cap, graceful shutdown.
+//! - [`cut_off`]: the drain deadline beside a running session.
 //! - [`http`]: the bounded HTTP/1.1 server behind `/metrics` (and later HTTP listeners).
 //! - [`fd_budget`]: raising `RLIMIT_NOFILE` and checking the descriptor budget at start.
 
@@ -20,6 +21,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
 pub mod conn;
+pub mod cut_off;
 pub mod driver;
 pub mod error;
 pub mod fd_budget;

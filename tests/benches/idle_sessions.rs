@@ -48,6 +48,8 @@
 //! `POPSIFT_IDLE_CACHE_MEMORY=16MiB` bounds redb's page cache (`cache.memory`).
 //!
 //! Not criterion: the figures are memory of another process at given moments, not times.
+#[path = "plain_build.rs"]
+mod plain_build;
 #[path = "../support/mod.rs"]
 #[allow(unused_imports)]
 mod support;
@@ -407,13 +409,13 @@ async fn run(n: usize) {
     };
     let extra = format!("max_sessions: {}\n{cache}", n + 16);
     // POPSIFT_IDLE_BIN: another popsift binary (an earlier build, for before/after figures).
-    let bin = std::env::var("POPSIFT_IDLE_BIN").ok();
+    let bin = plain_build::popsift("POPSIFT_IDLE_BIN");
     let p = Popsift::start(&ProxyOpts {
         upstream: &upstream,
         rules: "rules: []\n",
         extra: &extra,
         log_level: "info",
-        bin: bin.as_deref(),
+        bin: Some(&bin),
         ..Default::default()
     });
     let pid = p.pid();

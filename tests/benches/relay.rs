@@ -1,8 +1,8 @@
 //! Relay overhead (issue 2, "Performance"): the same Dovecot mailbox downloaded directly and
 //! through popsift, one command at a time and pipelined, side by side in one run.
 //!
-//! Run with `cargo bench --bench relay` (release build of popsift; the binary is
-//! `CARGO_BIN_EXE_popsift`, built by cargo for this bench). Mailboxes: `small` = 2,000 ×
+//! Run with `cargo bench --bench relay` (a plain release build of popsift, built by the
+//! bench with `cargo build --release`: see `plain_build.rs`). Mailboxes: `small` = 2,000 ×
 //! 10 KB, `large` = 20 × 5 MB, delivered once into one Dovecot. popsift runs with
 //! `rules: []` (nothing to evaluate, so this measures the relay itself) and `--log-level info`.
 //! Only the download is timed (the RETRs of every message until the last terminator), not the
@@ -20,7 +20,7 @@
 //!
 //! `POPSIFT_BENCH_BASELINE=PATH` adds another popsift binary (an earlier build) to the same
 //! rotation and prints its median and popsift / baseline under each row (time and CPU).
-//! `POPSIFT_BENCH_BIN=PATH` measures that build as "popsift" instead of cargo's.
+//! `POPSIFT_BENCH_BIN=PATH` measures that build as "popsift" instead of the plain release build.
 //!
 //! CPU columns (issue 16): the CPU time popsift and HAProxy used per download (all threads,
 //! from `/proc/PID/task/*/schedstat`, so the 10 ms ticks of `/proc/PID/stat` do not limit it),
@@ -31,6 +31,8 @@
 //!
 //! Not criterion: the thing measured is a pair of external processes and the figure wanted is
 //! a ratio of two medians printed side by side, which a plain `main` does with less machinery.
+#[path = "plain_build.rs"]
+mod plain_build;
 #[path = "proc_cpu.rs"]
 mod proc_cpu;
 #[path = "../support/mod.rs"]
@@ -344,15 +346,14 @@ fn main() {
     for i in 0..20 {
         d.deliver("large", &format!("{}.bench-large", 100_000 + i), &message(i, 5 * 1024 * 1024));
     }
-    // `POPSIFT_BENCH_BIN=PATH`: measure that build instead of cargo's (a bench build enables
-    // the dev-dependencies' features, e.g. tokio's `test-util`, in the binary it builds).
-    let bin = std::env::var("POPSIFT_BENCH_BIN").ok();
+    // `POPSIFT_BENCH_BIN=PATH`: measure that build instead of the plain release build.
+    let bin = plain_build::popsift("POPSIFT_BENCH_BIN");
     let p = Popsift::start(&ProxyOpts {
         upstream: &d.pop3_addr(),
         tls: "none",
         rules: "rules: []\n",
         log_level: "info",
-        bin: bin.as_deref(),
+        bin: Some(&bin),
         ..Default::default()
     });
     // A byte pump that understands nothing (support::Forwarder: two blocking threads per
@@ -374,7 +375,7 @@ fn main() {
         })
     });
     println!("relay benchmark: median of {reps} runs after 1 warm-up; download only (login scan excluded)");
-    println!("popsift: {} (rules: []), pid {}", bin.as_deref().unwrap_or(env!("CARGO_BIN_EXE_popsift")), p.pid());
+    println!("popsift: {} (rules: []), pid {}", bin, p.pid());
     println!();
     let head = [
         "mailbox", "pattern", "direct", "popsift", "pump", "haproxy", "popsift", "pump", "haproxy", "popsift", "MB/s",

@@ -44,6 +44,8 @@
 //! to that instead of its default (issue 16: what a smaller cache costs a login).
 //! Sizes: `SCAN_BENCH_SIZES=1000,10000` (default). Window: `SCAN_BENCH_WINDOW` (default:
 //! popsift's default `scan.window`).
+#[path = "plain_build.rs"]
+mod plain_build;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -229,13 +231,13 @@ fn start_popsift(upstream: &str, state: &std::path::Path, extra: &str, scan_extr
         std::env::var("SCAN_BENCH_CACHE_MEMORY").map(|m| format!("cache: {{ memory: {m} }}\n")).unwrap_or_default();
     let extra = format!("{extra}{cache}scan: {{ early_answer_after: 'off'{window}{scan_extra} }}\n");
     let args = ["--state-dir", state.to_str().unwrap()];
-    let bin = std::env::var("SCAN_BENCH_BIN").ok();
+    let bin = plain_build::popsift("SCAN_BENCH_BIN");
     Popsift::start(&ProxyOpts {
         upstream,
         rules: RULES,
         extra: &extra,
         args: &args,
-        bin: bin.as_deref(),
+        bin: Some(&bin),
         ..Default::default()
     })
 }

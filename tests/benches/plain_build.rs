@@ -1,0 +1,37 @@
+//! The popsift binary a bench measures (issue 16): by default a plain `cargo build --release`
+//! of this checkout, the binary `cargo run --release` and the Debian package run.
+//!
+//! Not the one cargo builds for the bench itself (`CARGO_BIN_EXE_popsift`): that build has the
+//! dev-dependencies' features switched on, tokio's `test-util` among them, whose clock takes a
+//! mutex on every read (about 500 instructions more per one-at-a-time RETR by callgrind, on the
+//! latency-bound path the relay bench times). An environment variable names another build
+//! instead (an earlier one kept for a before/after comparison).
+
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// `$var` if set, else the path of a plain release build, built (once per bench run) if it is
+/// not up to date.
+pub fn popsift(var: &str) -> String {
+    if let Ok(path) = std::env::var(var) {
+        return path;
+    }
+    static PLAIN: OnceLock<String> = OnceLock::new();
+    PLAIN.get_or_init(build).clone()
+}
+
+fn build() -> String {
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--locked", "--bin", "popsift", "--message-format=json-render-diagnostics"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build --release");
+    assert!(out.status.success(), "cargo build --release --bin popsift failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "popsift")
+        .find_map(|v| v["executable"].as_str().map(str::to_string))
+        .expect("cargo reported no popsift executable")
+}
