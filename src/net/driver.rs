@@ -99,6 +99,16 @@ const MAX_CAPA: usize = 64 * 1024;
 /// How long a last word to a client (autologout, line too long) may take.
 const LAST_WORD: Duration = Duration::from_secs(5);
 
+/// The time for the machine's next input: read only while it keeps time
+/// ([`Machine::keeps_time`]), so a command in TRANSACTION costs no clock read here.
+fn clock(m: &Machine) -> Instant {
+    if m.keeps_time() {
+        Instant::now()
+    } else {
+        m.now()
+    }
+}
+
 /// Runs an upstream wait while watching the client: if the client goes (see
 /// [`Conn::gone`]), the wait is abandoned and the session ends.
 async fn watching<S: AsyncRead + AsyncWrite + Unpin, T>(
@@ -423,7 +433,7 @@ impl Session<'_> {
             if let Some(wait) = ClientWait::of_action(&action) {
                 drop(action);
                 let input = self.flushed_wait(wait, m).await?;
-                m.handle(Instant::now(), input);
+                m.handle(clock(m), input);
                 action = m.next_action();
                 continue;
             }
@@ -455,7 +465,7 @@ impl Session<'_> {
             match action {
                 Action::Need(need) => {
                     let input = self.perform(need, m).await?;
-                    m.handle(Instant::now(), input);
+                    m.handle(clock(m), input);
                 }
                 other => self.act(other, m).await?,
             }

@@ -517,6 +517,31 @@ impl Machine {
         }
     }
 
+    /// Whether [`Machine::handle`] uses the time it is given. Only the login does (the early
+    /// answer's due time, see `answer_early_if_due`); in TRANSACTION and UPDATE no input's
+    /// time matters, so the performer need not read the clock per command (issue 16: clock
+    /// reads were a tenth of the session's user time after a reply was written) and passes
+    /// [`Machine::now`] instead.
+    pub fn keeps_time(&self) -> bool {
+        !matches!(
+            self.state,
+            State::TxPlanning
+                | State::TxWaiting
+                | State::TxRelay
+                | State::TxFetch(_)
+                | State::TxCapaStatus
+                | State::TxCapaBody
+                | State::Update
+                | State::UpdateQuit
+                | State::Closed
+        )
+    }
+
+    /// The time of the last input handled.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// When the machine wants an [`Input::Tick`] even if nothing else happens: while the
     /// login's work runs (scan, evaluation, quarantine copies) and its `+OK` is not out yet.
     pub fn wake_at(&self) -> Option<Instant> {
@@ -2026,6 +2051,29 @@ mod tests {
         s.c("STAT");
         s.idle();
         assert_eq!(s.take_client(), "+OK 1 100\r\n");
+    }
+
+    /// Issue 16: the performer reads the clock only while the machine uses it. Every state
+    /// up to the view keeps time (the early answer's due time is taken from the `+OK` to
+    /// PASS, and ticks compare against it); TRANSACTION does not.
+    #[test]
+    fn time_is_kept_through_the_login_and_not_in_transaction() {
+        let mut s = Sim::new(settings());
+        assert!(s.m.keeps_time());
+        s.connect(&[]);
+        assert!(s.m.keeps_time());
+        s.login();
+        assert!(s.m.keeps_time(), "the scan runs: the early answer may fall due");
+        s.take_client();
+        s.scanned(vec![entry(1, None)], &[]);
+        s.c("STAT");
+        s.idle();
+        assert_eq!(s.take_client(), "+OK logged in\r\n+OK 1 100\r\n");
+        assert!(!s.m.keeps_time());
+        s.now = s.t0 + Duration::from_secs(90);
+        s.c("NOOP");
+        assert!(!s.m.keeps_time());
+        assert_eq!(s.m.now(), s.t0 + Duration::from_secs(90), "the time fed in is kept as given");
     }
 
     #[test]
