@@ -4,40 +4,47 @@
 //! Not a `select!` over the session and the deadline's watch (issue 16): a select polls every
 //! branch at every wake-up of the task, and the watch's wait (through tokio's cooperative
 //! budget) and the select's random start cost ~500 instructions per one-at-a-time RETR, which
-//! wakes a session twice (callgrind). Here the deadline's wait has a waker of its own that marks
-//! it due before it wakes the session, so it is polled only when it has news; every other
-//! wake-up of the session costs an atomic load and a waker comparison.
+//! wakes a session twice (callgrind). Here the wait is polled once to register with the watch,
+//! and again only when the watch's version moved (one atomic load per wake-up): a registered
+//! wait stays registered until the watch's news wakes the session.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 
 use tokio::sync::watch;
 
 /// Polls `work` until it ends (`Some`) or the drain deadline announced on `deadline` has
 /// passed (`None`; the caller then drops `work` where it stands). `work` comes pinned by the
-/// caller and this future holds two pointers: the session's future is what every idle
-/// session keeps (`driver`'s size test), so neither `work` nor the wait are held inline.
+/// caller (an `async fn` would keep it twice, see `driver`'s size test).
 pub fn until_cut_off<F: Future>(deadline: watch::Receiver<bool>, work: Pin<&mut F>) -> UntilCutOff<'_, F> {
-    UntilCutOff { work, deadline: Box::new(Deadline::new(deadline)) }
+    let probe = deadline.clone();
+    UntilCutOff { work, passed: Box::pin(passed(deadline)), probe, registered: false }
 }
 
-/// See [`until_cut_off`].
+/// See [`until_cut_off`]. Sits in the future every idle session keeps; on the heap only the
+/// watch's wait, as before.
 pub struct UntilCutOff<'a, F> {
     work: Pin<&'a mut F>,
-    deadline: Box<Deadline>,
+    passed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// A second receiver that is never marked seen: `has_changed` says whether the watch
+    /// moved since the session started (or that the sender is gone).
+    probe: watch::Receiver<bool>,
+    registered: bool,
 }
 
 impl<F: Future> Future for UntilCutOff<'_, F> {
     type Output = Option<F::Output>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.deadline.passed(cx) {
-            return Poll::Ready(None);
+        let me = &mut *self;
+        if !me.registered || me.probe.has_changed().unwrap_or(true) {
+            me.registered = true;
+            if me.passed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
         }
-        self.work.as_mut().poll(cx).map(Some)
+        me.work.as_mut().poll(cx).map(Some)
     }
 }
 
@@ -45,64 +52,6 @@ impl<F: Future> Future for UntilCutOff<'_, F> {
 async fn passed(mut rx: watch::Receiver<bool>) {
     if rx.wait_for(|c| *c).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-type Passed = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-struct Deadline {
-    passed: Passed,
-    news: Arc<News>,
-    /// `news` as a waker, made once.
-    waker: Waker,
-    /// The session's waker last handed to `news` (compared, not cloned, at each poll).
-    seen: Option<Waker>,
-}
-
-/// The deadline's own waker: marks it due, then wakes the session.
-struct News {
-    due: AtomicBool,
-    session: Mutex<Option<Waker>>,
-}
-
-impl News {
-    fn session(&self) -> MutexGuard<'_, Option<Waker>> {
-        self.session.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Wake for News {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.due.store(true, Ordering::Release);
-        if let Some(w) = self.session().as_ref() {
-            w.wake_by_ref();
-        }
-    }
-}
-
-impl Deadline {
-    fn new(rx: watch::Receiver<bool>) -> Deadline {
-        // Due at first, so the first poll registers the wait with the watch.
-        let news = Arc::new(News { due: AtomicBool::new(true), session: Mutex::new(None) });
-        Deadline { passed: Box::pin(passed(rx)), waker: Waker::from(news.clone()), news, seen: None }
-    }
-
-    /// Whether the deadline has passed; polls its wait only when its waker has fired since.
-    fn passed(&mut self, cx: &mut Context<'_>) -> bool {
-        // The session's waker is handed over before `due` is read: a wake-up after the read
-        // then reaches the waker this poll's task answers to.
-        if !self.seen.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *self.news.session() = Some(cx.waker().clone());
-            self.seen = Some(cx.waker().clone());
-        }
-        if !self.news.due.load(Ordering::Acquire) || !self.news.due.swap(false, Ordering::AcqRel) {
-            return false;
-        }
-        self.passed.as_mut().poll(&mut Context::from_waker(&self.waker)).is_ready()
     }
 }
 

@@ -1031,10 +1031,10 @@ mod tests {
         );
         // The listener boxes this future inside its admission block and the task-local
         // scope (`net::listener::tests::the_idle_session_box_is_small` bounds that box by
-        // its size class). 1,360 B here (debug build, since the drain deadline's wait is
-        // two pointers instead of a `select!`; 1,376 B before, 1,392 B before the output
-        // queue's writes made their slices at each poll) puts that box at 1,408 B, in
-        // jemalloc's 1,536-byte size class; the bound leaves 48 B. It was 1,600 B (release) and the box in the 1,792 one before the machine
+        // its size class). 1,392 B here (debug build; 1,376 B before the drain deadline's
+        // wait left its `select!` for `net::cut_off`, which keeps a second watch receiver
+        // inline rather than a box of its own per session) puts that box at 1,440 B, in
+        // jemalloc's 1,536-byte size class; the bound leaves 16 B. It was 1,600 B (release) and the box in the 1,792 one before the machine
         // dropped what TRANSACTION does not need (the login's `+OK` and its due time boxed,
         // the user name kept once, `u32` counts, the SASL mechanism only while its identity
         // is unread, the view's tables as boxed slices), the session stopped keeping the
