@@ -16,10 +16,18 @@ use tokio::sync::watch;
 
 /// Polls `work` until it ends (`Some`) or the drain deadline announced on `deadline` has
 /// passed (`None`; the caller then drops `work` where it stands). `work` comes pinned by the
-/// caller (an `async fn` would keep it twice, see `driver`'s size test).
-pub fn until_cut_off<F: Future>(deadline: watch::Receiver<bool>, work: Pin<&mut F>) -> UntilCutOff<'_, F> {
-    let probe = deadline.clone();
-    UntilCutOff { work, passed: Box::pin(passed(deadline)), probe, registered: false }
+/// caller (an `async fn` would keep it twice, see `driver`'s size test). `deadline` is the
+/// listener's receiver, never marked seen here: its `has_changed` says whether the watch
+/// moved since it was made (the only send is the deadline's).
+///
+/// Every poll of the session must reach this future with the task's own waker (as the
+/// layers around a session do: `Unwinding`, the task-locals): the registered wait wakes
+/// the waker of the poll that registered it.
+pub fn until_cut_off<'a, F: Future>(deadline: &'a watch::Receiver<bool>, work: Pin<&'a mut F>) -> UntilCutOff<'a, F> {
+    // Outside tokio's cooperative budget: a first poll with the task's budget spent would
+    // return `Pending` without registering, and no later poll would register it.
+    let passed = Box::pin(tokio::task::unconstrained(passed(deadline.clone())));
+    UntilCutOff { work, passed, probe: deadline, registered: false }
 }
 
 /// See [`until_cut_off`]. Sits in the future every idle session keeps; on the heap only the
@@ -27,9 +35,7 @@ pub fn until_cut_off<F: Future>(deadline: watch::Receiver<bool>, work: Pin<&mut 
 pub struct UntilCutOff<'a, F> {
     work: Pin<&'a mut F>,
     passed: Pin<Box<dyn Future<Output = ()> + Send>>,
-    /// A second receiver that is never marked seen: `has_changed` says whether the watch
-    /// moved since the session started (or that the sender is gone).
-    probe: watch::Receiver<bool>,
+    probe: &'a watch::Receiver<bool>,
     registered: bool,
 }
 
@@ -38,6 +44,7 @@ impl<F: Future> Future for UntilCutOff<'_, F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = &mut *self;
+        // Sender gone (`Err`): the wait is polled, and pends for good.
         if !me.registered || me.probe.has_changed().unwrap_or(true) {
             me.registered = true;
             if me.passed.as_mut().poll(cx).is_ready() {
@@ -63,13 +70,17 @@ mod tests {
     #[tokio::test]
     async fn work_that_ends_first_is_returned() {
         let (_tx, rx) = watch::channel(false);
-        assert_eq!(until_cut_off(rx, std::pin::pin!(async { 7 })).await, Some(7));
+        let work = std::pin::pin!(async { 7 });
+        assert_eq!(until_cut_off(&rx, work).await, Some(7));
     }
 
     #[tokio::test]
     async fn a_waiting_session_is_cut_off_when_the_deadline_passes() {
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(async move { until_cut_off(rx, std::pin::pin!(std::future::pending::<()>())).await });
+        let task = tokio::spawn(async move {
+            let work = std::pin::pin!(std::future::pending::<()>());
+            until_cut_off(&rx, work).await
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!task.is_finished());
         tx.send(true).unwrap();
@@ -91,7 +102,7 @@ mod tests {
                 }
                 n
             });
-            until_cut_off(rx, work).await
+            until_cut_off(&rx, work).await
         });
         for _ in 0..200 {
             ping.send(()).await.unwrap();
@@ -103,12 +114,36 @@ mod tests {
         assert_eq!(r, None);
     }
 
+    /// The first poll comes with the task's cooperative budget spent (a session whose
+    /// admission read much): the wait still registers, and the deadline ends the session.
+    #[tokio::test]
+    async fn a_first_poll_without_budget_still_registers() {
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let work = std::pin::pin!(std::future::pending::<()>());
+            let mut fut = until_cut_off(&rx, work);
+            std::future::poll_fn(|cx| {
+                // Spend the budget: `consume_budget` pends once it is gone.
+                while std::pin::pin!(tokio::task::consume_budget()).poll(cx).is_ready() {}
+                assert!(Pin::new(&mut fut).poll(cx).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+            fut.await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.send(true).unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), task).await.expect("cut off in time").unwrap();
+        assert_eq!(r, None);
+    }
+
     /// A deadline that had passed before the session started ends it at its first poll.
     #[tokio::test]
     async fn a_deadline_already_passed_ends_the_session_at_once() {
         let (tx, rx) = watch::channel(false);
         tx.send(true).unwrap();
-        assert_eq!(until_cut_off(rx, std::pin::pin!(std::future::pending::<()>())).await, None);
+        let work = std::pin::pin!(std::future::pending::<()>());
+        assert_eq!(until_cut_off(&rx, work).await, None);
     }
 
     /// The sender gone without the deadline: the work runs on to its end.
@@ -120,7 +155,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
             3
         });
-        let r = until_cut_off(rx, work).await;
+        let r = until_cut_off(&rx, work).await;
         assert_eq!(r, Some(3));
     }
 }

@@ -299,7 +299,7 @@ async fn session(arrived: Box<(ClientStream, SocketAddr, IpSlot)>, ctx: Arc<Sess
         // The drain deadline beside the session, polled only when it has news (issue 16).
         let result = {
             let pump = std::pin::pin!(s.pump(&mut machine));
-            until_cut_off(ctx.cut_off.clone(), pump).await.unwrap_or(Err(SessionError::CutOff))
+            until_cut_off(&ctx.cut_off, pump).await.unwrap_or(Err(SessionError::CutOff))
         };
         Box::pin(finish(&mut s, &machine, result, started, active)).await;
     }
@@ -1031,10 +1031,10 @@ mod tests {
         );
         // The listener boxes this future inside its admission block and the task-local
         // scope (`net::listener::tests::the_idle_session_box_is_small` bounds that box by
-        // its size class). 1,392 B here (debug build; 1,376 B before the drain deadline's
-        // wait left its `select!` for `net::cut_off`, which keeps a second watch receiver
-        // inline rather than a box of its own per session) puts that box at 1,440 B, in
-        // jemalloc's 1,536-byte size class; the bound leaves 16 B. It was 1,600 B (release) and the box in the 1,792 one before the machine
+        // its size class). 1,384 B here (debug build; 1,376 B while the drain deadline's
+        // wait sat in a `select!`, now `net::cut_off`, which holds the listener's receiver
+        // by reference and the same boxed wait) puts that box at 1,432 B, in jemalloc's
+        // 1,536-byte size class; the bound leaves 24 B. It was 1,600 B (release) and the box in the 1,792 one before the machine
         // dropped what TRANSACTION does not need (the login's `+OK` and its due time boxed,
         // the user name kept once, `u32` counts, the SASL mechanism only while its identity
         // is unread, the view's tables as boxed slices), the session stopped keeping the

@@ -10,8 +10,10 @@
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-/// `$var` if set, else the path of a plain release build, built (once per bench run) if it is
-/// not up to date.
+/// `$var` if set, else a private copy of a plain release build, built (once per bench run)
+/// if it is not up to date. A copy: cargo re-links `target/release/popsift` at every build
+/// (a bench build puts its test-util binary there), and two processes running one file
+/// share its pages, which the idle bench's PSS would count for neither.
 pub fn popsift(var: &str) -> String {
     if let Ok(path) = std::env::var(var) {
         return path;
@@ -28,10 +30,20 @@ fn build() -> String {
         .output()
         .expect("run cargo build --release");
     assert!(out.status.success(), "cargo build --release --bin popsift failed");
-    String::from_utf8_lossy(&out.stdout)
+    let built = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "popsift")
         .find_map(|v| v["executable"].as_str().map(str::to_string))
-        .expect("cargo reported no popsift executable")
+        .expect("cargo reported no popsift executable");
+    // One copy per bench, replaced at its next run; one per process only while another run
+    // of the same bench still executes it ("text file busy").
+    let dir = env!("CARGO_TARGET_TMPDIR");
+    let mine = format!("{dir}/popsift-plain-{}", env!("CARGO_CRATE_NAME"));
+    if std::fs::copy(&built, &mine).is_ok() {
+        return mine;
+    }
+    let fallback = format!("{mine}-{}", std::process::id());
+    std::fs::copy(&built, &fallback).expect("copy the plain build");
+    fallback
 }
