@@ -67,6 +67,14 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// The session `task` runs on until the deadline is announced on `tx`, then ends cut off.
+    async fn cut_off_in_time<T: std::fmt::Debug>(tx: watch::Sender<bool>, task: tokio::task::JoinHandle<Option<T>>) {
+        assert!(!task.is_finished(), "ended before the deadline");
+        tx.send(true).unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), task).await.expect("cut off in time").unwrap();
+        assert!(r.is_none(), "cut off, not ended by its work: {r:?}");
+    }
+
     #[tokio::test]
     async fn work_that_ends_first_is_returned() {
         let (_tx, rx) = watch::channel(false);
@@ -82,10 +90,7 @@ mod tests {
             until_cut_off(&rx, work).await
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!task.is_finished());
-        tx.send(true).unwrap();
-        let r = tokio::time::timeout(Duration::from_secs(5), task).await.expect("cut off in time").unwrap();
-        assert_eq!(r, None);
+        cut_off_in_time(tx, task).await;
     }
 
     /// The session woken by its own work many times before the deadline: the deadline is
@@ -108,10 +113,7 @@ mod tests {
             ping.send(()).await.unwrap();
             tokio::task::yield_now().await;
         }
-        assert!(!task.is_finished());
-        tx.send(true).unwrap();
-        let r = tokio::time::timeout(Duration::from_secs(5), task).await.expect("cut off in time").unwrap();
-        assert_eq!(r, None);
+        cut_off_in_time(tx, task).await;
     }
 
     /// The first poll comes with the task's cooperative budget spent (a session whose
@@ -132,9 +134,7 @@ mod tests {
             fut.await
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        tx.send(true).unwrap();
-        let r = tokio::time::timeout(Duration::from_secs(5), task).await.expect("cut off in time").unwrap();
-        assert_eq!(r, None);
+        cut_off_in_time(tx, task).await;
     }
 
     /// A deadline that had passed before the session started ends it at its first poll.

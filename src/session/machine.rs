@@ -387,7 +387,8 @@ pub struct Machine {
     settings: Arc<Settings>,
     state: State,
     actions: VecDeque<Action>,
-    /// Time of the latest input.
+    /// The time given with the latest input (in TRANSACTION and UPDATE the performer passes
+    /// this one back: see [`Machine::keeps_time`]).
     now: Instant,
     /// Shared with the other sessions that got the same list (`net::upstream::share_caps`).
     caps: Option<std::sync::Arc<[Capability]>>,
@@ -537,7 +538,7 @@ impl Machine {
         )
     }
 
-    /// The time of the last input handled.
+    /// The time given with the last input handled.
     pub fn now(&self) -> Instant {
         self.now
     }
