@@ -12,6 +12,8 @@
 //! is printed with the TLS/plain ratio. The client (rustls, same machine) shares the CPU.
 //!
 //! Run: `cargo bench --bench edge_tls`.
+#[path = "plain_build.rs"]
+mod plain_build;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -150,11 +152,19 @@ fn main() {
     let pki = make_pki(dir.path());
     let tls_listener =
         format!("    tls: {{ mode: implicit, cert: {}, key: {} }}\n", pki.cert.display(), pki.key.display());
-    let plain = Popsift::start(&ProxyOpts { upstream: &d.pop3_addr(), log_level: "info", ..Default::default() });
+    // `POPSIFT_BENCH_BIN=PATH`: that build instead of the plain release build.
+    let bin = plain_build::popsift("POPSIFT_BENCH_BIN");
+    let plain = Popsift::start(&ProxyOpts {
+        upstream: &d.pop3_addr(),
+        log_level: "info",
+        bin: Some(&bin),
+        ..Default::default()
+    });
     let tls = Popsift::start(&ProxyOpts {
         upstream: &d.pop3_addr(),
         log_level: "info",
         listener: &tls_listener,
+        bin: Some(&bin),
         ..Default::default()
     });
     let cfg = client_config(&pki.ca);

@@ -24,6 +24,8 @@
 //! new process per login) is printed per store.
 //!
 //! Run: `cargo bench --bench redis_store`.
+#[path = "plain_build.rs"]
+mod plain_build;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -145,12 +147,15 @@ fn run(n: usize, body_kb: usize, repeat: usize) {
     // the login, are counted by `tests/store_backends.rs`): these figures are the header
     // cache's.
     let extra_scan = "scan: { early_answer_after: 'off' }\nhistory: { enabled: false }\n";
+    // `POPSIFT_BENCH_BIN=PATH`: that build instead of the plain release build.
+    let bin = plain_build::popsift("POPSIFT_BENCH_BIN");
     let start = |extra: String| {
         Popsift::start(&ProxyOpts {
             upstream: &d.pop3_addr(),
             rules: RULES,
             extra: &extra,
             log_level: "info",
+            bin: Some(&bin),
             ..Default::default()
         })
     };

@@ -13,6 +13,8 @@
 //!
 //! The end-to-end comparison with a cold login scan of 2,000 messages (history on vs off,
 //! interleaved in one run) is `cargo bench --bench review -- --scan` (needs Dovecot).
+#[path = "plain_build.rs"]
+mod plain_build;
 #[path = "../support/mod.rs"]
 #[allow(unused_imports)]
 mod support;
@@ -183,11 +185,14 @@ mod scan {
     /// PASS to `+OK`, CPU time of popsift for the whole login including the history write).
     fn cold_login(d: &Dovecot, history: bool) -> (Duration, Duration) {
         let extra = format!("history: {{ enabled: {history} }}\nscan: {{ early_answer_after: 'off' }}\n");
+        // `POPSIFT_BENCH_BIN=PATH`: that build instead of the plain release build.
+        let bin = crate::plain_build::popsift("POPSIFT_BENCH_BIN");
         let p = Popsift::start(&ProxyOpts {
             upstream: &d.pop3_addr(),
             rules: RULES,
             extra: &extra,
             log_level: "info",
+            bin: Some(&bin),
             ..Default::default()
         });
         let cpu_before = settled_cpu(p.pid());
