@@ -1034,10 +1034,11 @@ mod tests {
         // its size class). 1,384 B here (debug build; 1,376 B while the drain deadline's
         // wait sat in a `select!`, now `net::cut_off`, which holds the listener's receiver
         // by reference and the same boxed wait) puts that box at 1,432 B, in jemalloc's
-        // 1,536-byte size class; the bound leaves 24 B. It was 1,600 B (release) and the box in the 1,792 one before the machine
-        // dropped what TRANSACTION does not need (the login's `+OK` and its due time boxed,
-        // the user name kept once, `u32` counts, the SASL mechanism only while its identity
-        // is unread, the view's tables as boxed slices), the session stopped keeping the
+        // 1,536-byte size class; the bound leaves 24 B. It was 1,600 B (release) and the
+        // box in the 1,792 one before the machine dropped what TRANSACTION does not need
+        // (the login's `+OK` and its due time boxed, the user name kept once, `u32` counts,
+        // the SASL mechanism only while its identity is unread, the view's tables as boxed
+        // slices), the session stopped keeping the
         // borrowed client stream and its result (the end boxed, `finish`), and the
         // admission and its per-address slot were neither partly moved nor held twice.
         // Earlier: the 2,560 class with a `run` of 2,280 B (debug build) before the settings
