@@ -139,10 +139,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             Room::Small if spare < SMALL_READ / 4 => self.buf.reserve(SMALL_READ),
             Room::Small => {}
-            Room::Large if spare < READ_CHUNK / 4 => self.buf.reserve(READ_CHUNK),
+            Room::Large if spare < READ_CHUNK / 4 => self.buf.reserve(self.large_room()),
             Room::Large => {}
         }
         self.offered = self.buf.capacity() - self.buf.len();
+    }
+
+    /// What a large buffer short of room asks for: enough to hold [`READ_CHUNK`] again, not
+    /// [`READ_CHUNK`] more. That fits the allocation it has, which `reserve` then reuses by
+    /// moving the few unread octets to its front; asking for more made it reallocate (and
+    /// grow) or allocate anew at every refill (issue 16: a tenth of popsift's instructions in
+    /// the pipelined 10 KB relay).
+    fn large_room(&self) -> usize {
+        READ_CHUNK.saturating_sub(self.buf.len()).max(READ_CHUNK / 4)
+    }
+
+    /// Whether the next read needs a new allocation: the buffer is large and short of room,
+    /// and its consumed front cannot be reused because parts split off it (queued output,
+    /// see [`crate::net::outbox`]) still live. Writing those first lets the read reuse the
+    /// buffer (issue 16). Reclaims the room when it can.
+    pub fn read_needs_allocation(&mut self) -> bool {
+        let spare = self.buf.capacity() - self.buf.len();
+        self.room == Room::Large && spare < READ_CHUNK / 4 && !self.buf.try_reclaim(self.large_room())
     }
 
     /// Counts `n` octets just read into the buffer.
@@ -210,12 +228,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Reads until a whole line is buffered, then takes it. The whole line must arrive
     /// within `limit` (a hard deadline, however the peer spaces its octets).
     pub async fn read_line(&mut self, max: usize, limit: Duration, phase: Phase) -> Result<BytesMut, SessionError> {
-        let deadline = Instant::now() + limit;
+        // The clock is read only if the line is not buffered yet (issue 16: a pipelined
+        // reply's status line usually is), and then once: the line's deadline.
+        let mut deadline = None;
         loop {
             if let Some(line) = self.take_line(max)? {
                 return Ok(line);
             }
-            self.fill_by(deadline, limit, phase).await?;
+            let by = *deadline.get_or_insert_with(|| Instant::now() + limit);
+            self.fill_by(by, limit, phase).await?;
         }
     }
 
@@ -308,12 +329,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Reads the next part of a multi-line reply under `clock` (see [`BodyClock`]).
     pub async fn fill_body(&mut self, clock: &mut BodyClock, phase: Phase) -> Result<(), SessionError> {
         let before = self.bytes_in;
-        let silence = Instant::now() + clock.base;
-        let deadline = clock.deadline();
+        let now = Instant::now();
+        let started = *clock.started.get_or_insert(now);
+        let silence = now + clock.base;
+        let deadline = clock.deadline(started);
         match self.fill_by(silence.min(deadline), clock.base, phase).await {
             // Nothing at all since the clock started is a plain timeout, not a slow reply.
             Err(SessionError::Timeout { .. }) if deadline <= silence && clock.received > 0 => {
-                Err(SessionError::TooSlow { phase, octets: clock.received, after: clock.started.elapsed() })
+                Err(SessionError::TooSlow { phase, octets: clock.received, after: started.elapsed() })
             }
             other => {
                 clock.received += self.bytes_in - before;
@@ -610,23 +633,27 @@ fn until(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline: Instant) ->
 /// at least `min_rate` octets a second beyond a `base` allowance (see the module doc).
 #[derive(Debug, Clone, Copy)]
 pub struct BodyClock {
-    started: Instant,
+    /// Set at the first wait for the body: a body already buffered (the usual pipelined
+    /// reply) costs no clock read (issue 16). Until then popsift was busy relaying what it
+    /// had, so the limits run from the same moment to within that work.
+    started: Option<Instant>,
     base: Duration,
     min_rate: u64,
     received: u64,
 }
 
 impl BodyClock {
-    /// Starts the clock for a reply now, from `timeouts.upstream_reply` and
-    /// `timeouts.upstream_min_rate`.
+    /// The clock for a reply, from `timeouts.upstream_reply` and `timeouts.upstream_min_rate`;
+    /// it starts at the first wait (see [`BodyClock::started`]).
     pub fn start(t: &crate::config::Timeouts) -> BodyClock {
-        BodyClock { started: Instant::now(), base: t.upstream_reply, min_rate: t.upstream_min_rate.max(1), received: 0 }
+        BodyClock { started: None, base: t.upstream_reply, min_rate: t.upstream_min_rate.max(1), received: 0 }
     }
 
-    /// When the reply must be complete, given the octets received so far.
-    pub fn deadline(&self) -> Instant {
+    /// When the reply must be complete, given the octets received so far, for a clock that
+    /// started at `started`.
+    fn deadline(&self, started: Instant) -> Instant {
         let earned = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
-        self.started + self.base + earned.min(Duration::from_secs(365 * 86400))
+        started + self.base + earned.min(Duration::from_secs(365 * 86400))
     }
 }
 
@@ -958,6 +985,44 @@ mod tests {
             conn.consume(conn.buffered().len());
         }
         assert_eq!(conn.room, Room::Large);
+    }
+
+    /// Issue 16: a pipelined stream refills a large buffer over and over. Each refill reuses
+    /// the one allocation (the unread tail moved to its front) once the parts split off it
+    /// (queued output) are gone, and says so beforehand while they live.
+    #[tokio::test]
+    async fn a_large_buffer_is_refilled_in_its_own_allocation() {
+        let (mut conn, mut peer) = pair(Side::Upstream);
+        let stream: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        peer.write_all(&stream).await.unwrap();
+        while conn.room != Room::Large {
+            conn.fill(Duration::from_secs(10), Phase::Relay).await.unwrap();
+        }
+        let mut got = conn.buffered().to_vec();
+        conn.consume(got.len());
+        conn.make_room();
+        let (base, capacity) = (conn.buf.as_ptr(), conn.buf.capacity());
+        let mut parts = Vec::new();
+        let mut reclaimed = 0;
+        while (conn.bytes_in as usize) < stream.len() {
+            if conn.read_needs_allocation() {
+                // What the driver does: write the queued parts first.
+                got.extend(parts.drain(..).flat_map(|p: bytes::Bytes| p.to_vec()));
+                assert!(!conn.read_needs_allocation(), "with no part alive the buffer is reused");
+                assert_eq!(conn.buf.as_ptr(), base, "the unread tail moved to the front");
+                assert_eq!(conn.buf.capacity(), capacity);
+                reclaimed += 1;
+            }
+            conn.fill(Duration::from_secs(10), Phase::Relay).await.unwrap();
+            // Keep a tail unread, as the part of a reply the read cut would be.
+            let n = conn.buffered().len().saturating_sub(5_000);
+            parts.push(conn.split_front(n));
+        }
+        got.extend(parts.drain(..).flat_map(|p| p.to_vec()));
+        got.extend_from_slice(conn.buffered());
+        assert!(reclaimed > 5, "refilled {reclaimed} times");
+        assert_eq!(got.len(), stream.len());
+        assert!(got == stream, "the stream arrived in order");
     }
 
     /// Issue 16's relay step: a body gathered in the read buffer (`body_part` with the octets

@@ -840,7 +840,9 @@ impl Session<'_> {
         let conn = connected(&mut self.up)?;
         // At most a status line's length (past it, the read refuses the line).
         while conn.line_incomplete(MAX_STATUS_LINE) {
-            if !conn.fill_if_ready(phase)? {
+            // Queued output that still shares the read buffer goes out first, so the read
+            // reuses the buffer instead of allocating another (see `Conn::read_needs_allocation`).
+            if conn.read_needs_allocation() || !conn.fill_if_ready(phase)? {
                 return self.flush().await;
             }
         }
@@ -922,7 +924,9 @@ impl Session<'_> {
             // sends the rest. Not while more is already readable (then one larger write
             // follows), and at `FLUSH_AT` in any case.
             let gathered = self.out.len() + held;
-            let readable = match gathered > 0 && gathered < FLUSH_AT {
+            // Nor when the read would need a new buffer because the queued output still shares
+            // this one (see `Conn::read_needs_allocation`): written first, it is free again.
+            let readable = match gathered > 0 && gathered < FLUSH_AT && !up.read_needs_allocation() {
                 true => up.fill_body_if_ready(&mut clock, phase),
                 false => Ok(false),
             };
