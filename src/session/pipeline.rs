@@ -7,7 +7,9 @@
 //!   answered strictly in the order it was read.
 //! - Commands that need the upstream are sent ahead only when the upstream pipelines;
 //!   otherwise one at a time (nothing is sent while an earlier one is in flight or unsent),
-//!   so replies always pair with their commands.
+//!   so replies always pair with their commands. While [`REFILL_BELOW`] or more are in
+//!   flight, the ones planned since wait and then go out together (see
+//!   [`Pipeline::take_ahead`]); the oldest command is never among those held back.
 //! - Memory is bounded: at most [`MAX_QUEUE`] commands and [`MAX_PREPARED`] octets of locally
 //!   prepared replies are queued; beyond that the machine asks for no more input until the
 //!   client has been answered (backpressure).
@@ -27,6 +29,10 @@ pub const MAX_QUEUE: usize = 256;
 /// Most octets of locally prepared replies (LIST, UIDL, STAT …) queued for pipelined
 /// commands; beyond this the machine wants no input until they are sent.
 pub const MAX_PREPARED: usize = 256 * 1024;
+/// Commands in flight upstream below which the commands planned since go out (see
+/// [`Pipeline::take_ahead`]): enough replies queued at the server that it never waits for
+/// popsift's next batch.
+pub const REFILL_BELOW: usize = MAX_QUEUE / 4;
 /// Most buffers kept for reuse (see [`Pipeline::recycle`]).
 const SPARE_MAX: usize = 4;
 /// A buffer larger than this (a whole LIST) is not kept for reuse.
@@ -246,12 +252,19 @@ impl Pipeline {
         }
     }
 
-    /// The commands to write upstream now, if any.
+    /// The commands to write upstream now, if any: those planned since the last write, once
+    /// fewer than [`REFILL_BELOW`] earlier ones are still in flight. A client that pipelines
+    /// a whole mailbox keeps the queue full and frees one place per reply; sending each new
+    /// command at once cost a write (and a TCP segment for the server to take in) per
+    /// command, where a byte pump forwards the client's burst in a few (issue 16). Held back
+    /// only behind commands in flight, which are older: the oldest queued command, whose
+    /// reply is read next, has always been written.
     pub fn take_ahead(&mut self) -> Option<Ahead> {
-        if self.ahead.is_empty() {
+        let in_flight = self.outstanding - self.ahead_count;
+        if self.ahead.is_empty() || in_flight >= REFILL_BELOW {
             return None;
         }
-        let upstream_was_idle = self.outstanding == self.ahead_count;
+        let upstream_was_idle = in_flight == 0;
         self.ahead_count = 0;
         let next = self.spare();
         Some(Ahead { bytes: std::mem::replace(&mut self.ahead, next), upstream_was_idle })
@@ -562,6 +575,37 @@ mod tests {
         assert_eq!(kept(&q), 0, "large and empty buffers are not kept");
         p.release_idle();
         assert!(p.spare.is_none());
+    }
+
+    /// Issue 16: a client that pipelines a whole mailbox gets its commands to the upstream
+    /// in a few large writes, not one per command, and the command whose reply is read
+    /// next has always been written.
+    #[test]
+    fn a_mailbox_pipelined_whole_goes_upstream_in_batches() {
+        let n = 2_000;
+        let mut p = Pipeline::new(view(n), true);
+        let mut lines = (1..=n).filter(|&i| i != 2).map(|i| format!("RETR {}", if i > 2 { i - 1 } else { i }));
+        let (mut written, mut writes, mut answered) = (0usize, 0usize, 0usize);
+        loop {
+            while p.wants_input() {
+                let Some(l) = lines.next() else { break };
+                p.push_line(l.as_bytes());
+            }
+            if let Some(a) = p.take_ahead() {
+                writes += 1;
+                written += s(&a.bytes).matches("\r\n").count();
+            }
+            match p.next_step() {
+                Some(Step::Fetch { send: None, .. }) => {
+                    answered += 1;
+                    assert!(written >= answered, "reply {answered} read before its command was written");
+                }
+                None => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((answered, written), (n as usize - 1, n as usize - 1));
+        assert!(writes <= 12, "{writes} writes upstream for {answered} commands");
     }
 
     #[test]
