@@ -15,8 +15,12 @@
 //!
 //! Peers measured in the same run, interleaved with direct and popsift (issue 16): a plain
 //! byte pump (two threads per connection) and HAProxy in TCP mode (Debian `haproxy`, from a
-//! generated config, the bench panics when it is missing). Issue 16's target: popsift ≤
-//! 1.10× direct and ≤ HAProxy + 5 % in all four cells.
+//! generated config, the bench panics when it is missing) and the tokio copy: a relay on
+//! popsift's own runtime with no protocol work (`copy_bidirectional`, a process of its own:
+//! this bench's binary started again, see `tokio_copy`). Issue 16's target: popsift ≤
+//! 1.10× direct and ≤ HAProxy + 5 % in all four cells. Under each row: the tokio copy's
+//! figures, and 95 % intervals of the paired ratios (`paired_interval`): what this run can
+//! tell apart from noise.
 //!
 //! `POPSIFT_BENCH_BASELINE=PATH` adds another popsift binary (an earlier build) to the same
 //! rotation and prints its median and popsift / baseline under each row (time and CPU).
@@ -141,16 +145,40 @@ impl Pop {
     }
 }
 
-/// HAProxy in TCP mode in front of `upstream`, from a generated config in a temp dir; killed
-/// on drop.
-struct HaProxy {
+/// A relay peer run as its own process (HAProxy, the tokio copy), killed on drop.
+struct PeerProcess {
     addr: String,
     child: Child,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
-impl HaProxy {
-    fn start(upstream: &str) -> HaProxy {
+impl PeerProcess {
+    /// Spawns `cmd` (which listens on `addr`) and waits until a probe connection through it
+    /// is answered by Dovecot's greeting.
+    fn spawn(mut cmd: Command, addr: String, name: &str, dir: Option<tempfile::TempDir>) -> PeerProcess {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(&addr) {
+                s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+                let mut b = [0u8; 3];
+                if s.read_exact(&mut b).is_ok() && &b == b"+OK" {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "{name} did not start listening on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PeerProcess { addr, child, _dir: dir }
+    }
+
+    /// HAProxy in TCP mode in front of `upstream`, from a generated config in a temp dir.
+    fn haproxy(upstream: &str) -> PeerProcess {
         let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -163,29 +191,17 @@ impl HaProxy {
         );
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, cfg).expect("write haproxy.cfg");
-        let child = Command::new(bin)
-            .arg("-f")
-            .arg(&path)
-            .arg("-db")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn haproxy");
-        // Ready when it accepts: a probe connection is relayed to Dovecot and answered.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(&addr) {
-                s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-                let mut b = [0u8; 3];
-                if s.read_exact(&mut b).is_ok() && &b == b"+OK" {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "haproxy did not start listening on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        HaProxy { addr, child, _dir: dir }
+        let mut cmd = Command::new(bin);
+        cmd.arg("-f").arg(&path).arg("-db");
+        PeerProcess::spawn(cmd, addr, "haproxy", Some(dir))
+    }
+
+    /// The tokio copy (see [`tokio_copy`]): this bench's own binary, started again in that role.
+    fn tokio_copy(upstream: &str) -> PeerProcess {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(std::env::current_exe().expect("the bench's own path"));
+        cmd.env(TOKIO_COPY, format!("{addr} {upstream}"));
+        PeerProcess::spawn(cmd, addr, "the tokio copy", None)
     }
 
     fn pid(&self) -> u32 {
@@ -193,11 +209,38 @@ impl HaProxy {
     }
 }
 
-impl Drop for HaProxy {
+impl Drop for PeerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Set (to "LISTEN UPSTREAM") when the bench's binary is started as the tokio copy.
+const TOKIO_COPY: &str = "POPSIFT_BENCH_TOKIO_COPY";
+
+/// The tokio copy: what a relay built on popsift's runtime pays for the hop with no protocol
+/// work at all (issue 16), so the latency-bound cells have a floor measured in the same run.
+/// A process of its own like popsift (the pump's threads share the bench client's process);
+/// tokio's multi-threaded runtime as popsift runs it (a worker per core), per connection
+/// `copy_bidirectional` with 64 KiB buffers (popsift's read chunk) and `TCP_NODELAY`.
+fn tokio_copy(spec: &str) {
+    let (listen, upstream) = spec.split_once(' ').expect("LISTEN UPSTREAM");
+    let (listen, upstream) = (listen.to_string(), upstream.to_string());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else { continue };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, 64 << 10, 64 << 10).await;
+            });
+        }
+    });
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -293,11 +336,28 @@ fn download(addr: &str, user: &str, pass: &str, pattern: Pattern, cpu_of: Option
     (t, octets, cpu)
 }
 
-/// The median over the rounds of `a[i] / b[i]` (both measured in round `i`).
-fn paired_ratio(a: &[Duration], b: &[Duration]) -> f64 {
+/// The per-round ratios `a[i] / b[i]` (both measured in round `i`), sorted.
+fn round_ratios(a: &[Duration], b: &[Duration]) -> Vec<f64> {
     let mut r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.as_secs_f64() / b.as_secs_f64()).collect();
     r.sort_by(f64::total_cmp);
+    r
+}
+
+/// The median over the rounds of `a[i] / b[i]`.
+fn paired_ratio(a: &[Duration], b: &[Duration]) -> f64 {
+    let r = round_ratios(a, b);
     r[r.len() / 2]
+}
+
+/// A 95 % confidence interval of that median, from the order statistics of the rounds'
+/// ratios (distribution-free: ranks n/2 ∓ 0.98·√n, the binomial's normal approximation).
+/// What a run can tell apart (issue 16): two builds of the same code (the baseline) differ
+/// by as much as this on this machine, so a target within it is not decided by one run.
+fn paired_interval(a: &[Duration], b: &[Duration]) -> (f64, f64) {
+    let r = round_ratios(a, b);
+    let n = r.len() as f64;
+    let k = ((n - 1.96 * n.sqrt()) / 2.0).floor().max(1.0) as usize;
+    (r[k - 1], r[r.len() - k])
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -326,14 +386,18 @@ fn message(i: usize, size: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Positions in a row's list of peers (direct, popsift, pump, HAProxy, baseline).
+/// Positions in a row's list of peers (direct, popsift, pump, HAProxy, tokio copy, baseline).
 const DIRECT: usize = 0;
 const POPSIFT: usize = 1;
 const PUMP: usize = 2;
 const HAPROXY: usize = 3;
-const BASELINE: usize = 4;
+const TOKIO: usize = 4;
+const BASELINE: usize = 5;
 
 fn main() {
+    if let Ok(spec) = std::env::var(TOKIO_COPY) {
+        return tokio_copy(&spec);
+    }
     // `cargo bench --bench relay -- FILTER`: run only the rows whose "user pattern" contains
     // FILTER (e.g. `small`, `large pipelined`); `cargo bench` itself adds `--bench`.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
@@ -360,7 +424,8 @@ fn main() {
     // connection, 64 KiB buffers, TCP_NODELAY): the floor any proxy in this position pays for
     // the extra hop on this machine.
     let pump = Forwarder::start(&d.pop3_addr());
-    let haproxy = HaProxy::start(&d.pop3_addr());
+    let haproxy = PeerProcess::haproxy(&d.pop3_addr());
+    let tokio_copy = PeerProcess::tokio_copy(&d.pop3_addr());
     // An earlier popsift build as a baseline in the same run (`POPSIFT_BENCH_BASELINE=PATH`):
     // "no worse than before" measured under the same load, not across runs.
     let baseline_bin = std::env::var("POPSIFT_BENCH_BASELINE").ok();
@@ -407,6 +472,7 @@ fn main() {
                 (p.addr.clone(), Some(p.pid()), "popsift"),
                 (pump.addr.clone(), None, "the pump"),
                 (haproxy.addr.clone(), Some(haproxy.pid()), "haproxy"),
+                (tokio_copy.addr.clone(), Some(tokio_copy.pid()), "the tokio copy"),
             ];
             if let Some(b) = &baseline {
                 peers.push((b.addr.clone(), Some(b.pid()), "the baseline"));
@@ -445,6 +511,20 @@ fn main() {
             let (r_vd, r_pd, r_hd, r_vh) =
                 (paired(POPSIFT, DIRECT), paired(PUMP, DIRECT), paired(HAPROXY, DIRECT), paired(POPSIFT, HAPROXY));
             let r_vb = times.get(BASELINE).map(|_| (paired(BASELINE, DIRECT), paired(POPSIFT, BASELINE)));
+            let (r_td, r_vt) = (paired(TOKIO, DIRECT), paired(POPSIFT, TOKIO));
+            let interval = |a: usize, b: usize| {
+                let (lo, hi) = paired_interval(&times[a], &times[b]);
+                format!("{lo:.2}–{hi:.2}")
+            };
+            let mut intervals = vec![
+                format!("popsift / direct {}", interval(POPSIFT, DIRECT)),
+                format!("popsift / haproxy {}", interval(POPSIFT, HAPROXY)),
+                format!("haproxy / direct {}", interval(HAPROXY, DIRECT)),
+                format!("popsift / tokio copy {}", interval(POPSIFT, TOKIO)),
+            ];
+            if times.get(BASELINE).is_some() {
+                intervals.push(format!("popsift / baseline {}", interval(POPSIFT, BASELINE)));
+            }
             let medians: Vec<Duration> = times.into_iter().map(median).collect();
             let (md, mv, mp, mh) = (medians[DIRECT], medians[POPSIFT], medians[PUMP], medians[HAPROXY]);
             let based = medians.get(BASELINE).copied();
@@ -469,6 +549,19 @@ fn main() {
                 &cpu.user_percent(),
                 &cpu_haproxy.user_percent(),
             ]);
+            let cpu_tokio = cpus[TOKIO];
+            println!(
+                "{:<14} {:<14} {:>9} tokio copy {} ms = {} direct, popsift / tokio copy = {}; tokio copy CPU {} ms/run, popsift / tokio copy CPU = {}",
+                "",
+                "",
+                "",
+                ms(medians[TOKIO]),
+                r_td,
+                r_vt,
+                cpu_ms(cpu_tokio),
+                ratio(cpu.total, cpu_tokio.total)
+            );
+            println!("{:<14} {:<14} {:>9} 95 % intervals: {}", "", "", "", intervals.join(", "));
             if let (Some(mb), Some((r_bd, r_vb))) = (based, r_vb) {
                 let cpu_based = cpus[BASELINE];
                 println!(
