@@ -139,7 +139,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             Room::Small if spare < SMALL_READ / 4 => self.buf.reserve(SMALL_READ),
             Room::Small => {}
-            Room::Large if spare < READ_CHUNK / 4 => self.buf.reserve(self.large_room()),
+            Room::Large if self.short_of_large_room() => self.buf.reserve(self.large_room()),
             Room::Large => {}
         }
         self.offered = self.buf.capacity() - self.buf.len();
@@ -154,13 +154,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         READ_CHUNK.saturating_sub(self.buf.len()).max(READ_CHUNK / 4)
     }
 
+    /// Whether a large buffer has less than a quarter of [`READ_CHUNK`] free: the one place
+    /// that says when it needs room ([`Conn::make_room`], [`Conn::read_needs_allocation`]).
+    fn short_of_large_room(&self) -> bool {
+        self.buf.capacity() - self.buf.len() < READ_CHUNK / 4
+    }
+
     /// Whether the next read needs a new allocation: the buffer is large and short of room,
     /// and its consumed front cannot be reused because parts split off it (queued output,
     /// see [`crate::net::outbox`]) still live. Writing those first lets the read reuse the
     /// buffer (issue 16). Reclaims the room when it can.
     pub fn read_needs_allocation(&mut self) -> bool {
-        let spare = self.buf.capacity() - self.buf.len();
-        self.room == Room::Large && spare < READ_CHUNK / 4 && !self.buf.try_reclaim(self.large_room())
+        self.room == Room::Large && self.short_of_large_room() && !self.buf.try_reclaim(self.large_room())
     }
 
     /// Counts `n` octets just read into the buffer.

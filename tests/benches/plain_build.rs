@@ -11,9 +11,10 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 /// `$var` if set (and not empty: `VAR= cargo bench` means the default), else a private copy
-/// of a plain release build, built (once per bench run) if it is not up to date. A copy: cargo re-links `target/release/popsift` at every build
-/// (a bench build puts its test-util binary there), and two processes running one file
-/// share its pages, which the idle bench's PSS would count for neither.
+/// of a plain release build, built (once per bench run) if it is not up to date. A copy:
+/// cargo re-links `target/release/popsift` at every build (a bench build puts its test-util
+/// binary there), and two processes running one file share its pages, which the idle
+/// bench's PSS would count for neither.
 pub fn popsift(var: &str) -> String {
     if let Some(path) = std::env::var(var).ok().filter(|p| !p.is_empty()) {
         return path;

@@ -421,8 +421,9 @@ fn main() {
         ..Default::default()
     });
     // A byte pump that understands nothing (support::Forwarder: two blocking threads per
-    // connection, 64 KiB buffers, TCP_NODELAY): the floor any proxy in this position pays for
-    // the extra hop on this machine.
+    // connection, 64 KiB buffers, TCP_NODELAY), in the bench's own process (its threads share
+    // the client's); the tokio copy is the same floor for a relay on popsift's runtime, in a
+    // process of its own.
     let pump = Forwarder::start(&d.pop3_addr());
     let haproxy = PeerProcess::haproxy(&d.pop3_addr());
     let tokio_copy = PeerProcess::tokio_copy(&d.pop3_addr());
